@@ -1,0 +1,645 @@
+//! Decoding evaluated block bodies into typed specs, with a diagnostic for every problem.
+
+use super::diag::{Diagnostic, Diagnostics, did_you_mean};
+use super::eval::to_json;
+use super::functions::hex;
+use super::load::{AttrDecl, BodyDecl};
+use super::schema::{self, BlockSchema, Ty};
+use crate::model::{
+    Accelerator, Accelerators, Address, Autostop, ClusterSpec, Cpus, JobSpec, Kind, Lifecycle,
+    ManagedJobSpec, Memory, ReadinessProbe, Recovery, ReplicaPolicy, Resources, ServiceSpec, Spec,
+    UNKNOWN,
+};
+use hcl::Value;
+use sha2::Digest;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+type Eval<'a> = dyn FnMut(&AttrDecl) -> Option<Value> + 'a;
+
+/// Evaluates and type-checks the attributes of `body` per `schema`.
+struct Fields<'b> {
+    body: &'b BodyDecl,
+    values: BTreeMap<String, (Value, &'b AttrDecl)>,
+}
+
+fn fields<'b>(
+    body: &'b BodyDecl,
+    schema: &BlockSchema,
+    eval: &mut Eval<'_>,
+    what: &str,
+    diags: &mut Diagnostics,
+) -> Fields<'b> {
+    let mut values = BTreeMap::new();
+    for (name, attr) in &body.attrs {
+        let Some(spec) = schema.attr(name) else {
+            continue;
+        };
+        if matches!(spec.ty, Ty::References) || schema::META_ATTRS.contains(&name.as_str()) {
+            continue;
+        }
+        let Some(v) = eval(attr) else { continue };
+        if let Some(problem) = type_problem(&v, spec.ty) {
+            diags.push(
+                Diagnostic::error(format!(
+                    "wrong type for {name:?} in {what}: expected {}, found {problem}",
+                    spec.ty.describe()
+                ))
+                .at(attr.file, Some(attr.span.clone()))
+                .label(format!("this is {problem}"))
+                .hint(format!("{name} takes {}", spec.ty.describe())),
+            );
+            continue;
+        }
+        values.insert(name.clone(), (v, attr));
+    }
+    Fields { body, values }
+}
+
+fn describe_value(v: &Value) -> String {
+    match v {
+        Value::Null => "null".into(),
+        Value::Bool(_) => "a bool".into(),
+        Value::Number(_) => "a number".into(),
+        Value::String(_) => "a string".into(),
+        Value::Array(_) => "a list".into(),
+        Value::Object(_) => "a map".into(),
+    }
+}
+
+fn is_unknown(v: &Value) -> bool {
+    v.as_str().is_some_and(|s| s.contains(UNKNOWN))
+}
+
+/// `None` when `v` has type `ty`; else what it is.
+fn type_problem(v: &Value, ty: Ty) -> Option<String> {
+    if is_unknown(v) {
+        return None;
+    }
+    let ok = match ty {
+        Ty::String => v.is_string(),
+        Ty::Number => v.is_number(),
+        Ty::Count => v.as_f64().is_some_and(|f| f >= 0.0 && f.fract() == 0.0),
+        Ty::Bool => v.is_boolean(),
+        Ty::ListOfStrings => v.as_array().is_some_and(|a| a.iter().all(Value::is_string)),
+        Ty::ListOfNumbers => v.as_array().is_some_and(|a| a.iter().all(Value::is_number)),
+        Ty::MapOfStrings => v.as_object().is_some_and(|o| {
+            o.values()
+                .all(|x| x.is_string() || x.is_number() || x.is_boolean())
+        }),
+        Ty::Accelerators => {
+            v.is_string() || v.as_array().is_some_and(|a| a.iter().all(Value::is_string))
+        }
+        Ty::StringOrNumber => v.is_string() || v.is_number(),
+        Ty::ClusterRef => v.as_object().is_some_and(|o| {
+            o.get("address")
+                .and_then(Value::as_str)
+                .is_some_and(|a| a.starts_with("cluster.") || a.contains(".cluster."))
+        }),
+        Ty::Any | Ty::References => true,
+    };
+    if ok {
+        return None;
+    }
+    Some(match (ty, v) {
+        (Ty::Count, Value::Number(_)) => "a number that is not a whole number ≥ 0".into(),
+        (Ty::ClusterRef, Value::String(s)) => format!("the string {s:?}"),
+        (Ty::ClusterRef, Value::Object(o)) if o.contains_key("address") => {
+            "a reference to something other than a cluster".into()
+        }
+        _ => describe_value(v),
+    })
+}
+
+impl Fields<'_> {
+    fn str(&self, name: &str) -> Option<String> {
+        self.values.get(name).and_then(|(v, _)| match v {
+            Value::String(s) => Some(s.clone()),
+            Value::Number(n) => Some(n.to_string()),
+            _ => None,
+        })
+    }
+    fn f64(&self, name: &str) -> Option<f64> {
+        self.values.get(name).and_then(|(v, _)| v.as_f64())
+    }
+    fn u32(&self, name: &str) -> Option<u32> {
+        self.f64(name).map(|f| f.min(f64::from(u32::MAX)) as u32)
+    }
+    fn bool(&self, name: &str) -> Option<bool> {
+        self.values.get(name).and_then(|(v, _)| v.as_bool())
+    }
+    fn numbers(&self, name: &str) -> Vec<f64> {
+        self.values
+            .get(name)
+            .and_then(|(v, _)| v.as_array())
+            .map(|a| a.iter().filter_map(Value::as_f64).collect())
+            .unwrap_or_default()
+    }
+    fn map(&self, name: &str) -> BTreeMap<String, String> {
+        self.values
+            .get(name)
+            .and_then(|(v, _)| v.as_object())
+            .map(|o| {
+                o.iter()
+                    .map(|(k, v)| {
+                        let s = match v {
+                            Value::String(s) => s.clone(),
+                            other => other.to_string(),
+                        };
+                        (k.clone(), s)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+    fn attr(&self, name: &str) -> Option<&AttrDecl> {
+        self.values
+            .get(name)
+            .map(|(_, a)| *a)
+            .or_else(|| self.body.attrs.get(name))
+    }
+}
+
+fn nested<'b>(body: &'b BodyDecl, name: &str) -> impl Iterator<Item = &'b BodyDecl> + 'b {
+    let name = name.to_string();
+    body.blocks
+        .iter()
+        .filter(move |b| b.0 == name)
+        .map(|b| &b.1)
+}
+
+fn request_error<T>(
+    attr: Option<&AttrDecl>,
+    r: Result<T, crate::model::RequestError>,
+    what: &str,
+    diags: &mut Diagnostics,
+) -> Option<T> {
+    match r {
+        Ok(v) => Some(v),
+        Err(e) => {
+            let mut d =
+                Diagnostic::error(format!("invalid {what}: {}", e.message)).hint(e.hint.clone());
+            if let Some(a) = attr {
+                d = d.at(a.file, Some(a.span.clone())).label(e.message);
+            }
+            diags.push(d);
+            None
+        }
+    }
+}
+
+fn decode_resources(
+    body: Option<&BodyDecl>,
+    eval: &mut Eval<'_>,
+    what: &str,
+    diags: &mut Diagnostics,
+    top: bool,
+) -> Resources {
+    let Some(body) = body else {
+        return Resources::default();
+    };
+    let schema = if top {
+        &schema::RESOURCES
+    } else {
+        &schema::CANDIDATE
+    };
+    let f = fields(body, schema, eval, what, diags);
+    let mut r = Resources::default();
+    if let Some((v, attr)) = f.values.get("accelerators") {
+        if !is_unknown(v) {
+            r.accelerators = match v {
+                Value::String(s) => {
+                    request_error(Some(attr), s.parse::<Accelerator>(), "accelerators", diags)
+                        .map(Accelerators::One)
+                }
+                Value::Array(items) => {
+                    let parsed: Option<Vec<Accelerator>> = items
+                        .iter()
+                        .map(|i| {
+                            request_error(
+                                Some(attr),
+                                i.as_str().unwrap_or_default().parse::<Accelerator>(),
+                                "accelerators",
+                                diags,
+                            )
+                        })
+                        .collect();
+                    // toset(...) reaches us as a sorted list; tell it apart by its expression.
+                    let is_set = matches!(&attr.expr, hcl_edit::expr::Expression::FuncCall(fc) if fc.name.name.as_str() == "toset");
+                    parsed.map(|p| {
+                        if is_set {
+                            Accelerators::AnyOf(p)
+                        } else {
+                            Accelerators::Ordered(p)
+                        }
+                    })
+                }
+                _ => None,
+            };
+        }
+    }
+    if let Some(s) = f.str("cpus") {
+        r.cpus = request_error(f.attr("cpus"), s.parse::<Cpus>(), "cpus", diags);
+    }
+    if let Some(s) = f.str("memory") {
+        r.memory = request_error(f.attr("memory"), s.parse::<Memory>(), "memory", diags);
+    }
+    r.use_spot = f.bool("use_spot").unwrap_or(false);
+    r.infra = f.str("infra");
+    if let (Some(infra), Some(attr)) = (&r.infra, f.attr("infra")) {
+        check_infra_string(infra, attr, diags);
+    }
+    r.instance_type = f.str("instance_type");
+    r.disk_size = f.u32("disk_size");
+    r.ports = f
+        .numbers("ports")
+        .into_iter()
+        .filter_map(|p| {
+            if (1.0..=65535.0).contains(&p) && p.fract() == 0.0 {
+                Some(p as u16)
+            } else {
+                None
+            }
+        })
+        .collect();
+    if f.numbers("ports").len() != r.ports.len()
+        && let Some(a) = f.attr("ports")
+    {
+        diags.push(
+            Diagnostic::error("ports must be whole numbers from 1 to 65535")
+                .at(a.file, Some(a.span.clone()))
+                .label("out of range")
+                .hint("write ports = [8080]"),
+        );
+    }
+    r.max_hourly_cost = f.f64("max_hourly_cost");
+    if r.max_hourly_cost.is_some_and(|c| c < 0.0)
+        && let Some(a) = f.attr("max_hourly_cost")
+    {
+        diags.push(
+            Diagnostic::error("max_hourly_cost must not be negative")
+                .at(a.file, Some(a.span.clone()))
+                .label("negative")
+                .hint("write a price in dollars per hour, e.g. 40.0"),
+        );
+    }
+    r.image_id = f.str("image_id");
+    if top {
+        r.any_of = nested(body, "any_of")
+            .map(|b| decode_resources(Some(b), eval, "any_of", diags, false))
+            .collect();
+        r.ordered = nested(body, "ordered")
+            .map(|b| decode_resources(Some(b), eval, "ordered", diags, false))
+            .collect();
+        if !r.any_of.is_empty()
+            && !r.ordered.is_empty()
+            && let Some((_, b, file, span)) = body.blocks.iter().find(|b| b.0 == "ordered")
+        {
+            let _ = b;
+            diags.push(
+                Diagnostic::error("resources has both any_of and ordered blocks")
+                    .at(*file, Some(span.clone()))
+                    .label("ordered here")
+                    .hint("use any_of (cheapest wins) or ordered (first that fits wins), not both"),
+            );
+        }
+    }
+    r
+}
+
+const INFRA_CLOUDS: [&str; 7] = ["aws", "gcp", "lambda", "k8s", "kubernetes", "ssh", "local"];
+
+fn check_infra_string(infra: &str, attr: &AttrDecl, diags: &mut Diagnostics) {
+    let first = infra.split('/').next().unwrap_or_default();
+    let parts = infra.split('/').count();
+    let problem = if infra.is_empty() || infra.split('/').any(str::is_empty) {
+        Some("empty part".to_string())
+    } else if first != "*" && !INFRA_CLOUDS.contains(&first.to_lowercase().as_str()) {
+        Some(format!("{first:?} is not a known infra"))
+    } else if parts > 3 {
+        Some("more than cloud/region/zone".to_string())
+    } else if first == "local" && parts > 1 {
+        Some("local takes no region".to_string())
+    } else {
+        None
+    };
+    if let Some(p) = problem {
+        let mut d = Diagnostic::error(format!("invalid infra {infra:?}: {p}"))
+            .at(attr.file, Some(attr.span.clone()))
+            .label(p);
+        d = match did_you_mean(first, INFRA_CLOUDS) {
+            Some(s) if s != first => d.hint(format!("did you mean {s:?}? Forms: cloud[/region[/zone]], k8s/CONTEXT, ssh/POOL, local; \"*\" matches any part")),
+            _ => d.hint("forms: cloud[/region[/zone]], k8s/CONTEXT, ssh/POOL, local; \"*\" matches any part"),
+        };
+        diags.push(d);
+    }
+}
+
+/// Content hash of a directory: paths, executable bits and contents, in path order.
+pub fn hash_dir(dir: &Path) -> std::io::Result<String> {
+    thread_local! {
+        static CACHE: std::cell::RefCell<BTreeMap<PathBuf, String>> = const { std::cell::RefCell::new(BTreeMap::new()) };
+    }
+    if let Some(h) = CACHE.with(|c| c.borrow().get(dir).cloned()) {
+        return Ok(h);
+    }
+    let mut files = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d)? {
+            let entry = entry?;
+            let ft = entry.file_type()?;
+            let path = entry.path();
+            if ft.is_dir() {
+                if path
+                    .file_name()
+                    .is_some_and(|n| n == ".git" || n == ".skyform")
+                {
+                    continue;
+                }
+                stack.push(path);
+            } else if ft.is_file() {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    let mut h = sha2::Sha256::new();
+    for f in &files {
+        use std::os::unix::fs::PermissionsExt;
+        let rel = f.strip_prefix(dir).unwrap_or(f);
+        let meta = std::fs::metadata(f)?;
+        h.update(rel.to_string_lossy().as_bytes());
+        h.update([0, u8::from(meta.permissions().mode() & 0o111 != 0)]);
+        let content = std::fs::read(f)?;
+        h.update((content.len() as u64).to_le_bytes());
+        h.update(&content);
+    }
+    let out = format!("sha256:{}", hex(&h.finalize()));
+    CACHE.with(|c| c.borrow_mut().insert(dir.to_path_buf(), out.clone()));
+    Ok(out)
+}
+
+/// Resolves and hashes a workdir given relative to `module_dir`; reported relative to `root`.
+fn workdir(
+    f: &Fields<'_>,
+    module_dir: &Path,
+    root: &Path,
+    diags: &mut Diagnostics,
+) -> (Option<String>, Option<String>) {
+    let Some(w) = f.str("workdir") else {
+        return (None, None);
+    };
+    let abs = module_dir.join(&w);
+    let shown = abs
+        .strip_prefix(root)
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| abs.display().to_string());
+    let shown = if shown.is_empty() {
+        ".".to_string()
+    } else {
+        shown
+    };
+    match hash_dir(&abs) {
+        Ok(h) => (Some(shown), Some(h)),
+        Err(e) => {
+            if let Some(a) = f.attr("workdir") {
+                diags.push(
+                    Diagnostic::error(format!("cannot read workdir {w:?}: {e}"))
+                        .at(a.file, Some(a.span.clone()))
+                        .label(format!("{} is not a readable directory", abs.display()))
+                        .hint("workdir is relative to the directory of this file"),
+                );
+            }
+            (Some(shown), None)
+        }
+    }
+}
+
+/// The directories decode needs: the module's (for relative paths) and the root's.
+#[derive(Debug, Clone)]
+pub struct Dirs<'a> {
+    pub module: &'a Path,
+    pub root: &'a Path,
+}
+
+/// Decodes one resource instance's body into its spec.
+pub fn decode(
+    kind: Kind,
+    body: &BodyDecl,
+    eval: &mut Eval<'_>,
+    what: &str,
+    dirs: &Dirs<'_>,
+    diags: &mut Diagnostics,
+) -> Option<Spec> {
+    let before = diags.error_count();
+    let schema = match kind {
+        Kind::Cluster => &schema::CLUSTER,
+        Kind::Job => &schema::JOB,
+        Kind::ManagedJob => &schema::MANAGED_JOB,
+        Kind::Service => &schema::SERVICE,
+    };
+    let f = fields(body, schema, eval, what, diags);
+    let resources = decode_resources(body.block("resources"), eval, "resources", diags, true);
+    let num_nodes = f.u32("num_nodes").unwrap_or(1);
+    if num_nodes == 0
+        && let Some(a) = f.attr("num_nodes")
+    {
+        diags.push(
+            Diagnostic::error("num_nodes must be at least 1")
+                .at(a.file, Some(a.span.clone()))
+                .label("zero nodes")
+                .hint("write num_nodes = 1, or remove the block to have none"),
+        );
+    }
+    let spec = match kind {
+        Kind::Cluster => {
+            let (workdir, workdir_hash) = workdir(&f, dirs.module, dirs.root, diags);
+            let autostop = body.block("autostop").map(|b| {
+                let a = fields(b, &schema::AUTOSTOP, eval, "autostop", diags);
+                Autostop {
+                    idle_minutes: a.u32("idle_minutes").unwrap_or(0),
+                    down: a.bool("down").unwrap_or(false),
+                }
+            });
+            Spec::Cluster(ClusterSpec {
+                num_nodes,
+                resources,
+                workdir,
+                workdir_hash,
+                envs: f.map("envs"),
+                setup: f.str("setup"),
+                autostop,
+            })
+        }
+        Kind::Job => {
+            let cluster = f
+                .values
+                .get("cluster")
+                .and_then(|(v, _)| v.as_object())
+                .and_then(|o| o.get("address"))
+                .and_then(Value::as_str)
+                .and_then(|s| s.parse::<Address>().ok());
+            let Some(cluster) = cluster else {
+                if diags.error_count() == before
+                    && let Some(a) = f.attr("cluster")
+                {
+                    diags.push(
+                        Diagnostic::error(format!("cluster of {what} must be a reference to one cluster"))
+                            .at(a.file, Some(a.span.clone()))
+                            .label("not a single cluster")
+                            .hint("write cluster = cluster.NAME (with [KEY] for a cluster with for_each or count)"),
+                    );
+                }
+                return None;
+            };
+            Spec::Job(JobSpec {
+                cluster,
+                num_nodes,
+                resources,
+                run: f.str("run").unwrap_or_default(),
+                envs: f.map("envs"),
+                secrets: f.map("secrets"),
+            })
+        }
+        Kind::ManagedJob => {
+            let (workdir, workdir_hash) = workdir(&f, dirs.module, dirs.root, diags);
+            let recovery = body.block("recovery").map(|b| {
+                let r = fields(b, &schema::RECOVERY, eval, "recovery", diags);
+                let strategy = r.str("strategy").unwrap_or_else(|| "failover".into());
+                if !["failover", "eager_next_region"].contains(&strategy.as_str())
+                    && let Some(a) = r.attr("strategy")
+                {
+                    diags.push(
+                        Diagnostic::error(format!("unknown recovery strategy {strategy:?}"))
+                            .at(a.file, Some(a.span.clone()))
+                            .label("not a strategy")
+                            .hint("use \"failover\" or \"eager_next_region\""),
+                    );
+                }
+                Recovery {
+                    strategy,
+                    max_restarts_on_errors: r.u32("max_restarts_on_errors").unwrap_or(0),
+                    recover_on_exit_codes: r
+                        .numbers("recover_on_exit_codes")
+                        .into_iter()
+                        .map(|n| n as i32)
+                        .collect(),
+                }
+            });
+            Spec::ManagedJob(ManagedJobSpec {
+                num_nodes,
+                resources,
+                workdir,
+                workdir_hash,
+                setup: f.str("setup"),
+                run: f.str("run").unwrap_or_default(),
+                envs: f.map("envs"),
+                secrets: f.map("secrets"),
+                recovery,
+            })
+        }
+        Kind::Service => {
+            let (workdir, workdir_hash) = workdir(&f, dirs.module, dirs.root, diags);
+            let readiness_probe = body.block("readiness_probe").map(|b| {
+                let r = fields(b, &schema::READINESS_PROBE, eval, "readiness_probe", diags);
+                ReadinessProbe {
+                    path: r.str("path").unwrap_or_else(|| "/".into()),
+                    initial_delay_seconds: r.u32("initial_delay_seconds").unwrap_or(0),
+                }
+            });
+            let policy = body.block("replica_policy").map(|b| {
+                let r = fields(b, &schema::REPLICA_POLICY, eval, "replica_policy", diags);
+                let p = ReplicaPolicy {
+                    min_replicas: r.u32("min_replicas").unwrap_or(1),
+                    max_replicas: r.u32("max_replicas"),
+                    target_qps_per_replica: r.f64("target_qps_per_replica"),
+                    base_ondemand_fallback_replicas: r.u32("base_ondemand_fallback_replicas"),
+                };
+                if let Some(max) = p.max_replicas
+                    && max < p.min_replicas
+                    && let Some(a) = r.attr("max_replicas")
+                {
+                    diags.push(
+                        Diagnostic::error(format!(
+                            "max_replicas ({max}) is below min_replicas ({})",
+                            p.min_replicas
+                        ))
+                        .at(a.file, Some(a.span.clone()))
+                        .label("smaller than min_replicas")
+                        .hint("raise max_replicas or lower min_replicas"),
+                    );
+                }
+                p
+            });
+            Spec::Service(ServiceSpec {
+                resources,
+                workdir,
+                workdir_hash,
+                setup: f.str("setup"),
+                run: f.str("run").unwrap_or_default(),
+                envs: f.map("envs"),
+                secrets: f.map("secrets"),
+                readiness_probe,
+                replica_policy: policy.unwrap_or(ReplicaPolicy {
+                    min_replicas: 1,
+                    max_replicas: None,
+                    target_qps_per_replica: None,
+                    base_ondemand_fallback_replicas: None,
+                }),
+            })
+        }
+    };
+    let _ = to_json;
+    (diags.error_count() == before).then_some(spec)
+}
+
+/// `lifecycle { … }`: literal settings, checked once per block.
+pub fn lifecycle(body: &BodyDecl, diags: &mut Diagnostics) -> Lifecycle {
+    let Some(b) = body.block("lifecycle") else {
+        return Lifecycle::default();
+    };
+    let mut noop = |attr: &AttrDecl| -> Option<Value> {
+        use hcl::eval::Evaluate;
+        attr.eval_expr.evaluate(&hcl::eval::Context::new()).ok()
+    };
+    let f = fields(b, &schema::LIFECYCLE, &mut noop, "lifecycle", diags);
+    let mut ignore = Vec::new();
+    if let Some(a) = b.attrs.get("ignore_changes") {
+        // A list of bare attribute names: ignore_changes = [setup, envs]
+        match &a.expr {
+            hcl_edit::expr::Expression::Array(arr) => {
+                for e in arr.iter() {
+                    match e {
+                        hcl_edit::expr::Expression::Variable(v) => {
+                            ignore.push(v.as_str().to_string())
+                        }
+                        hcl_edit::expr::Expression::String(s) => ignore.push(s.value().to_string()),
+                        _ => diags.push(
+                            Diagnostic::error("ignore_changes holds attribute names")
+                                .at(a.file, Some(a.span.clone()))
+                                .label("not an attribute name")
+                                .hint("write ignore_changes = [setup, envs]"),
+                        ),
+                    }
+                }
+            }
+            _ => diags.push(
+                Diagnostic::error("ignore_changes must be a list of attribute names")
+                    .at(a.file, Some(a.span.clone()))
+                    .label("not a list")
+                    .hint("write ignore_changes = [setup, envs]"),
+            ),
+        }
+    }
+    Lifecycle {
+        prevent_destroy: f.bool("prevent_destroy").unwrap_or(false),
+        ignore_changes: ignore,
+        create_before_destroy: f.bool("create_before_destroy").unwrap_or(false),
+    }
+}
+
+/// The literal JSON form of a value (for module outputs and similar).
+pub fn value_json(v: &Value) -> serde_json::Value {
+    to_json(v)
+}

@@ -1,0 +1,907 @@
+//! Reading a configuration directory: files → declarations with spans and static references.
+//!
+//! Nothing is evaluated here. Structure problems (unknown blocks and attributes, missing
+//! required parts, duplicates, references to undeclared things) are all collected.
+
+use super::diag::{Diagnostic, Diagnostics, FileId, Sources, did_you_mean, display_path};
+use super::schema::{self, BlockSchema, INFRA_TYPES, TOP_LEVEL, Ty};
+use crate::model::Kind;
+use hcl_edit::Span;
+use hcl_edit::expr::{Expression, TraversalOperator};
+use hcl_edit::structure::{Attribute, Block, Body, Structure};
+use hcl_edit::visit::{self, Visit};
+use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// A reference found in an expression: `root.attr.attr…` (index steps end the path).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ref {
+    pub root: String,
+    pub attrs: Vec<String>,
+    pub span: Range<usize>,
+}
+
+/// An attribute with where it was written.
+#[derive(Debug, Clone)]
+pub struct AttrDecl {
+    pub name: String,
+    pub expr: Expression,
+    /// The same expression in hcl-rs form, ready to evaluate.
+    pub eval_expr: hcl::Expression,
+    pub file: FileId,
+    pub span: Range<usize>,
+    pub refs: Vec<Ref>,
+}
+
+/// A block body after structural checks: its attributes and nested blocks.
+#[derive(Debug, Clone, Default)]
+pub struct BodyDecl {
+    /// The label of a labelled nested block (`state "s3"`).
+    pub label: Option<String>,
+    pub attrs: BTreeMap<String, AttrDecl>,
+    pub blocks: Vec<(String, BodyDecl, FileId, Range<usize>)>,
+}
+
+impl BodyDecl {
+    /// Every reference in the body, nested blocks included.
+    pub fn refs(&self) -> Vec<&Ref> {
+        let mut out: Vec<&Ref> = self.attrs.values().flat_map(|a| a.refs.iter()).collect();
+        for (_, b, _, _) in &self.blocks {
+            out.extend(b.refs());
+        }
+        out
+    }
+
+    pub fn block(&self, name: &str) -> Option<&BodyDecl> {
+        self.blocks.iter().find(|b| b.0 == name).map(|b| &b.1)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ResourceDecl {
+    pub kind: Kind,
+    pub name: String,
+    pub file: FileId,
+    /// The block's header (`cluster "dev"`), for messages about the whole block.
+    pub span: Range<usize>,
+    pub body: BodyDecl,
+}
+
+#[derive(Debug, Clone)]
+pub struct VariableDecl {
+    pub name: String,
+    pub file: FileId,
+    pub span: Range<usize>,
+    pub body: BodyDecl,
+}
+
+#[derive(Debug, Clone)]
+pub struct OutputDecl {
+    pub name: String,
+    pub file: FileId,
+    pub span: Range<usize>,
+    pub body: BodyDecl,
+}
+
+#[derive(Debug, Clone)]
+pub struct ModuleCallDecl {
+    pub name: String,
+    pub file: FileId,
+    pub span: Range<usize>,
+    pub body: BodyDecl,
+    /// The loaded module, when its source could be read.
+    pub module: Option<Arc<ModuleSource>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct InfraDecl {
+    pub kind: String,
+    pub name: Option<String>,
+    pub file: FileId,
+    pub span: Range<usize>,
+    pub body: BodyDecl,
+}
+
+/// One module directory, read and checked.
+#[derive(Debug, Clone, Default)]
+pub struct ModuleSource {
+    pub dir: PathBuf,
+    pub skyform: Option<(FileId, BodyDecl)>,
+    pub infra: Vec<InfraDecl>,
+    pub variables: BTreeMap<String, VariableDecl>,
+    pub locals: BTreeMap<String, AttrDecl>,
+    pub outputs: BTreeMap<String, OutputDecl>,
+    pub resources: BTreeMap<(Kind, String), ResourceDecl>,
+    pub modules: BTreeMap<String, ModuleCallDecl>,
+}
+
+/// Reads configuration directories, sharing one [`Sources`] and one [`Diagnostics`].
+#[derive(Debug)]
+pub struct Loader {
+    pub sources: Sources,
+    pub diags: Diagnostics,
+    /// For stable file names in messages.
+    base: PathBuf,
+    /// Module directories being loaded (to report recursion).
+    stack: Vec<PathBuf>,
+    cache: BTreeMap<PathBuf, Arc<ModuleSource>>,
+}
+
+impl Loader {
+    pub fn new(base: &Path) -> Loader {
+        Loader {
+            sources: Sources::default(),
+            diags: Diagnostics::default(),
+            base: base.to_path_buf(),
+            stack: Vec::new(),
+            cache: BTreeMap::new(),
+        }
+    }
+
+    /// Reads every `*.sky.hcl` in `dir` (in name order) and the modules it calls.
+    pub fn load_dir(&mut self, dir: &Path) -> ModuleSource {
+        let mut module = ModuleSource {
+            dir: dir.to_path_buf(),
+            ..ModuleSource::default()
+        };
+        let mut names = match std::fs::read_dir(dir) {
+            Ok(rd) => rd
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| {
+                    p.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.ends_with(".sky.hcl"))
+                })
+                .collect::<Vec<_>>(),
+            Err(e) => {
+                self.diags.push(
+                    Diagnostic::error(format!(
+                        "cannot read configuration directory {}: {e}",
+                        dir.display()
+                    ))
+                    .hint("run skyform in a directory of *.sky.hcl files, or pass -chdir DIR"),
+                );
+                return module;
+            }
+        };
+        names.sort();
+        if names.is_empty() && self.stack.is_empty() {
+            self.diags.push(
+                Diagnostic::error(format!(
+                    "no configuration files (*.sky.hcl) in {}",
+                    dir.display()
+                ))
+                .hint("create main.sky.hcl, or start from examples/quickstart"),
+            );
+        }
+        self.stack
+            .push(dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf()));
+        for path in names {
+            self.load_file(&path, &mut module);
+        }
+        self.stack.pop();
+        module
+    }
+
+    fn load_file(&mut self, path: &Path, module: &mut ModuleSource) {
+        let name = display_path(path, &self.base);
+        let text = match std::fs::read(path) {
+            Ok(bytes) => match String::from_utf8(bytes) {
+                Ok(t) => t,
+                Err(_) => {
+                    self.diags.push(
+                        Diagnostic::error(format!("{name} is not valid UTF-8"))
+                            .hint("save the file as UTF-8"),
+                    );
+                    return;
+                }
+            },
+            Err(e) => {
+                self.diags
+                    .push(Diagnostic::error(format!("cannot read {name}: {e}")));
+                return;
+            }
+        };
+        let file = self.sources.add(name, text.clone());
+        let body = match hcl_edit::parser::parse_body(&text) {
+            Ok(b) => b,
+            Err(e) => {
+                let offset = e.location().offset();
+                let end = (offset + 1).min(text.len());
+                let msg = e
+                    .message()
+                    .lines()
+                    .next()
+                    .unwrap_or("syntax error")
+                    .to_string();
+                self.diags.push(
+                    Diagnostic::error(format!("syntax error: {msg}"))
+                        .at(file, Some(offset.min(end)..end))
+                        .label(msg)
+                        .hint("fix the syntax; nothing else in this file was read"),
+                );
+                return;
+            }
+        };
+        self.collect_top(file, &body, module);
+    }
+
+    fn collect_top(&mut self, file: FileId, body: &Body, module: &mut ModuleSource) {
+        for structure in body.iter() {
+            let block = match structure {
+                Structure::Block(b) => b,
+                Structure::Attribute(attr) => {
+                    self.diags.push(
+                        Diagnostic::error(format!(
+                            "unexpected attribute {:?} at the top level",
+                            attr.key.as_str()
+                        ))
+                        .at(file, attr.span())
+                        .label("attributes belong inside a block")
+                        .hint("put it in a locals { } block, or inside the block it configures"),
+                    );
+                    continue;
+                }
+            };
+            let ident = block.ident.as_str();
+            let header = header_span(block);
+            let labels: Vec<&str> = block.labels.iter().map(|l| l.as_str()).collect();
+            match ident {
+                "skyform" => {
+                    if self.expect_labels(file, block, &labels, 0, "skyform { … }") {
+                        if module.skyform.is_some() {
+                            self.diags.push(
+                                Diagnostic::error("duplicate skyform block")
+                                    .at(file, header.clone())
+                                    .label("a second skyform block")
+                                    .hint("merge the settings into one skyform block"),
+                            );
+                        } else {
+                            let b = self.check_body(file, &block.body, &schema::SKYFORM, "skyform");
+                            module.skyform = Some((file, b));
+                        }
+                    }
+                }
+                "infra" => self.collect_infra(file, block, &labels, module),
+                "variable" | "output" | "module" => {
+                    if !self.expect_labels(
+                        file,
+                        block,
+                        &labels,
+                        1,
+                        &format!("{ident} \"NAME\" {{ … }}"),
+                    ) {
+                        continue;
+                    }
+                    let name = labels[0].to_string();
+                    if !valid_name(&name) {
+                        self.bad_name(file, block, &name);
+                        continue;
+                    }
+                    let (schema, what) = match ident {
+                        "variable" => (&schema::VARIABLE, "variable"),
+                        "output" => (&schema::OUTPUT, "output"),
+                        _ => (&schema::MODULE, "module"),
+                    };
+                    let dup = match ident {
+                        "variable" => module.variables.contains_key(&name),
+                        "output" => module.outputs.contains_key(&name),
+                        _ => module.modules.contains_key(&name),
+                    };
+                    if dup {
+                        self.duplicate(file, header, what, &name);
+                        continue;
+                    }
+                    let body = self.check_body(file, &block.body, schema, what);
+                    match ident {
+                        "variable" => {
+                            module.variables.insert(
+                                name.clone(),
+                                VariableDecl {
+                                    name,
+                                    file,
+                                    span: header.unwrap_or(0..0),
+                                    body,
+                                },
+                            );
+                        }
+                        "output" => {
+                            module.outputs.insert(
+                                name.clone(),
+                                OutputDecl {
+                                    name,
+                                    file,
+                                    span: header.unwrap_or(0..0),
+                                    body,
+                                },
+                            );
+                        }
+                        _ => {
+                            let loaded = self.load_module_source(file, &body, &module.dir);
+                            module.modules.insert(
+                                name.clone(),
+                                ModuleCallDecl {
+                                    name,
+                                    file,
+                                    span: header.unwrap_or(0..0),
+                                    body,
+                                    module: loaded,
+                                },
+                            );
+                        }
+                    }
+                }
+                "locals" => {
+                    if !self.expect_labels(file, block, &labels, 0, "locals { … }") {
+                        continue;
+                    }
+                    let body = self.check_body(file, &block.body, &schema::LOCALS, "locals");
+                    for (name, attr) in body.attrs {
+                        if let Some(prev) = module.locals.get(&name) {
+                            let _ = prev;
+                            self.duplicate(file, Some(attr.span.clone()), "local value", &name);
+                            continue;
+                        }
+                        module.locals.insert(name, attr);
+                    }
+                }
+                _ => {
+                    if let Some(kind) = Kind::parse(ident) {
+                        if !self.expect_labels(
+                            file,
+                            block,
+                            &labels,
+                            1,
+                            &format!("{ident} \"NAME\" {{ … }}"),
+                        ) {
+                            continue;
+                        }
+                        let name = labels[0].to_string();
+                        if !valid_name(&name) {
+                            self.bad_name(file, block, &name);
+                            continue;
+                        }
+                        if module.resources.contains_key(&(kind, name.clone())) {
+                            self.duplicate(file, header, ident, &name);
+                            continue;
+                        }
+                        let schema = match kind {
+                            Kind::Cluster => &schema::CLUSTER,
+                            Kind::Job => &schema::JOB,
+                            Kind::ManagedJob => &schema::MANAGED_JOB,
+                            Kind::Service => &schema::SERVICE,
+                        };
+                        let body = self.check_body(file, &block.body, schema, ident);
+                        if body.attrs.contains_key("count") && body.attrs.contains_key("for_each") {
+                            let span = body.attrs.get("for_each").map(|a| a.span.clone());
+                            self.diags.push(
+                                Diagnostic::error(format!(
+                                    "{ident} \"{name}\" sets both count and for_each"
+                                ))
+                                .at(file, span)
+                                .label("for_each here, count above")
+                                .hint("use count for N identical copies, or for_each for one per key — not both"),
+                            );
+                        }
+                        module.resources.insert(
+                            (kind, name.clone()),
+                            ResourceDecl {
+                                kind,
+                                name,
+                                file,
+                                span: header.unwrap_or(0..0),
+                                body,
+                            },
+                        );
+                    } else {
+                        let mut d = Diagnostic::error(format!("unknown block type {ident:?}"))
+                            .at(file, block.ident.span())
+                            .label("not a skyform block");
+                        d = match did_you_mean(ident, TOP_LEVEL) {
+                            Some(s) => d.hint(format!("did you mean {s:?}?")),
+                            None => {
+                                d.hint(format!("the block types are: {}", TOP_LEVEL.join(", ")))
+                            }
+                        };
+                        self.diags.push(d);
+                    }
+                }
+            }
+        }
+    }
+
+    fn collect_infra(
+        &mut self,
+        file: FileId,
+        block: &Block,
+        labels: &[&str],
+        module: &mut ModuleSource,
+    ) {
+        let header = header_span(block);
+        let Some(kind) = labels.first() else {
+            self.diags.push(
+                Diagnostic::error("infra block without a type")
+                    .at(file, header)
+                    .label("expected infra \"TYPE\"")
+                    .hint("write infra \"local\" {}, infra \"aws\" { … }, infra \"ssh\" \"POOL\" { … }"),
+            );
+            return;
+        };
+        let Some((_, named, schema)) = INFRA_TYPES.iter().find(|t| t.0 == *kind) else {
+            let names: Vec<&str> = INFRA_TYPES.iter().map(|t| t.0).collect();
+            let mut d = Diagnostic::error(format!("unknown infra type {kind:?}"))
+                .at(file, block.labels.first().and_then(|l| l.span()).or(header))
+                .label("not an infra type");
+            d = match did_you_mean(kind, names.iter().copied()) {
+                Some(s) => d.hint(format!("did you mean {s:?}?")),
+                None => d.hint(format!("the infra types are: {}", names.join(", "))),
+            };
+            self.diags.push(d);
+            return;
+        };
+        let want = if *named { 2 } else { 1 };
+        let shape = if *named {
+            format!("infra \"{kind}\" \"NAME\" {{ … }}")
+        } else {
+            format!("infra \"{kind}\" {{ … }}")
+        };
+        if !self.expect_labels(file, block, labels, want, &shape) {
+            return;
+        }
+        let name = labels.get(1).map(|s| s.to_string());
+        if module
+            .infra
+            .iter()
+            .any(|i| i.kind == *kind && i.name == name)
+        {
+            let what = match &name {
+                Some(n) => format!("{kind} \"{n}\""),
+                None => kind.to_string(),
+            };
+            self.duplicate(file, header, "infra", &what);
+            return;
+        }
+        let body = self.check_body(file, &block.body, schema, &format!("infra \"{kind}\""));
+        module.infra.push(InfraDecl {
+            kind: kind.to_string(),
+            name,
+            file,
+            span: header.unwrap_or(0..0),
+            body,
+        });
+    }
+
+    fn load_module_source(
+        &mut self,
+        file: FileId,
+        body: &BodyDecl,
+        from: &Path,
+    ) -> Option<Arc<ModuleSource>> {
+        let source = body.attrs.get("source")?;
+        let Expression::String(s) = &source.expr else {
+            self.diags.push(
+                Diagnostic::error("module source must be a literal string")
+                    .at(file, Some(source.span.clone()))
+                    .label("not a plain string")
+                    .hint("write source = \"./modules/NAME\""),
+            );
+            return None;
+        };
+        let s = s.value().as_str();
+        if !(s.starts_with("./") || s.starts_with("../")) {
+            self.diags.push(
+                Diagnostic::error(format!("module source {s:?} is not a local path"))
+                    .at(file, Some(source.span.clone()))
+                    .label("only local modules are supported")
+                    .hint(
+                        "write a path relative to this file's directory, starting with ./ or ../",
+                    ),
+            );
+            return None;
+        }
+        let dir = from.join(s);
+        let canonical = match dir.canonicalize() {
+            Ok(c) if c.is_dir() => c,
+            _ => {
+                self.diags.push(
+                    Diagnostic::error(format!("module source {s:?} is not a directory"))
+                        .at(file, Some(source.span.clone()))
+                        .label(format!("{} does not exist", dir.display()))
+                        .hint("check the path; it is relative to the directory of this file"),
+                );
+                return None;
+            }
+        };
+        if self.stack.contains(&canonical) {
+            self.diags.push(
+                Diagnostic::error(format!("module {s:?} calls itself"))
+                    .at(file, Some(source.span.clone()))
+                    .label("recursive module call")
+                    .hint("a module may not include itself, directly or through others"),
+            );
+            return None;
+        }
+        if let Some(m) = self.cache.get(&canonical) {
+            return Some(m.clone());
+        }
+        let loaded = self.load_dir(&canonical);
+        let arc = Arc::new(loaded);
+        self.cache.insert(canonical, arc.clone());
+        Some(arc)
+    }
+
+    fn expect_labels(
+        &mut self,
+        file: FileId,
+        block: &Block,
+        labels: &[&str],
+        n: usize,
+        shape: &str,
+    ) -> bool {
+        if labels.len() == n {
+            return true;
+        }
+        let ident = block.ident.as_str();
+        let msg = if labels.len() < n {
+            format!(
+                "{ident} block needs {n} label{}",
+                if n == 1 { "" } else { "s" }
+            )
+        } else {
+            format!("{ident} block has too many labels")
+        };
+        self.diags.push(
+            Diagnostic::error(msg)
+                .at(file, header_span(block))
+                .label(format!(
+                    "{} label{} here",
+                    labels.len(),
+                    if labels.len() == 1 { "" } else { "s" }
+                ))
+                .hint(format!("write {shape}")),
+        );
+        false
+    }
+
+    fn duplicate(&mut self, file: FileId, span: Option<Range<usize>>, what: &str, name: &str) {
+        self.diags.push(
+            Diagnostic::error(format!("duplicate {what} {name:?}"))
+                .at(file, span)
+                .label("declared again here")
+                .hint("names must be unique within a module: rename or remove one of them"),
+        );
+    }
+
+    fn bad_name(&mut self, file: FileId, block: &Block, name: &str) {
+        self.diags.push(
+            Diagnostic::error(format!("invalid name {name:?}"))
+                .at(file, block.labels.first().and_then(|l| l.span()))
+                .label("names are letters, digits, '_' and '-', starting with a letter or '_'")
+                .hint("rename it, e.g. \"train_1\""),
+        );
+    }
+
+    /// Checks a body against its schema and collects its attributes with references.
+    fn check_body(
+        &mut self,
+        file: FileId,
+        body: &Body,
+        schema: &BlockSchema,
+        what: &str,
+    ) -> BodyDecl {
+        let mut out = BodyDecl::default();
+        let mut seen_blocks: BTreeSet<String> = BTreeSet::new();
+        for structure in body.iter() {
+            match structure {
+                Structure::Attribute(attr) => {
+                    let name = attr.key.as_str().to_string();
+                    if !schema.open && schema.attr(&name).is_none() {
+                        let known: Vec<&str> = schema.attrs.iter().map(|a| a.name).collect();
+                        let mut d =
+                            Diagnostic::error(format!("unknown attribute {name:?} in {what}"))
+                                .at(file, attr.key.span())
+                                .label("not an attribute of this block");
+                        d = if schema.block(&name).is_some() {
+                            d.hint(format!("{name} is a block: write {name} {{ … }}"))
+                        } else {
+                            match did_you_mean(&name, known.iter().copied()) {
+                                Some(s) => d.hint(format!("did you mean {s:?}?")),
+                                None => d.hint(format!("{what} accepts: {}", known.join(", "))),
+                            }
+                        };
+                        self.diags.push(d);
+                        continue;
+                    }
+                    if out.attrs.contains_key(&name) {
+                        self.diags.push(
+                            Diagnostic::error(format!("attribute {name:?} is set twice in {what}"))
+                                .at(file, attr.key.span())
+                                .label("set again here")
+                                .hint("keep one of them"),
+                        );
+                        continue;
+                    }
+                    let decl = attr_decl(file, attr);
+                    if let Some(spec) = schema.attr(&name) {
+                        self.check_static_type(&decl, spec.ty, what);
+                    }
+                    out.attrs.insert(name, decl);
+                }
+                Structure::Block(block) => {
+                    let name = block.ident.as_str().to_string();
+                    let Some(nested) = schema.block(&name) else {
+                        let known: Vec<&str> = schema.blocks.iter().map(|b| b.name).collect();
+                        let mut d = Diagnostic::error(format!("unknown block {name:?} in {what}"))
+                            .at(file, block.ident.span())
+                            .label("not allowed here");
+                        d = if schema.attr(&name).is_some() {
+                            d.hint(format!("{name} is an attribute: write {name} = …"))
+                        } else {
+                            match did_you_mean(&name, known.iter().copied()) {
+                                Some(s) => d.hint(format!("did you mean {s:?}?")),
+                                None if known.is_empty() => {
+                                    d.hint(format!("{what} has no nested blocks"))
+                                }
+                                None => d.hint(format!(
+                                    "{what} accepts the blocks: {}",
+                                    known.join(", ")
+                                )),
+                            }
+                        };
+                        self.diags.push(d);
+                        continue;
+                    };
+                    let labelled = name == "state";
+                    if labelled && block.labels.len() != 1 {
+                        self.diags.push(
+                            Diagnostic::error("state block needs one label: the backend")
+                                .at(file, header_span(block))
+                                .label("expected state \"local\", \"s3\", \"gcs\" or \"azure\"")
+                                .hint("write state \"s3\" { bucket = \"…\", key = \"…\" }"),
+                        );
+                        continue;
+                    }
+                    if !labelled && !block.labels.is_empty() {
+                        self.diags.push(
+                            Diagnostic::error(format!("{name} block takes no labels"))
+                                .at(file, block.labels.first().and_then(|l| l.span()))
+                                .label("unexpected label")
+                                .hint(format!("write {name} {{ … }}")),
+                        );
+                        continue;
+                    }
+                    if !nested.repeated && !seen_blocks.insert(name.clone()) {
+                        self.diags.push(
+                            Diagnostic::error(format!("duplicate {name} block in {what}"))
+                                .at(file, header_span(block))
+                                .label("a second one here")
+                                .hint(format!("merge them into one {name} block")),
+                        );
+                        continue;
+                    }
+                    let mut inner = self.check_body(file, &block.body, nested.schema, &name);
+                    if labelled {
+                        inner.label = block.labels.first().map(|l| l.as_str().to_string());
+                    }
+                    out.blocks
+                        .push((name, inner, file, header_span(block).unwrap_or(0..0)));
+                }
+            }
+        }
+        for attr in schema.attrs.iter().filter(|a| a.required) {
+            if !out.attrs.contains_key(attr.name) {
+                self.diags.push(
+                    Diagnostic::error(format!(
+                        "missing required attribute {:?} in {what}",
+                        attr.name
+                    ))
+                    .at(
+                        file,
+                        body.span()
+                            .map(|s| s.start.saturating_sub(1)..s.start)
+                            .or(Some(0..0)),
+                    )
+                    .label(format!("{what} needs {}", attr.name))
+                    .hint(format!(
+                        "add {} = {}",
+                        attr.name,
+                        example_for(attr.ty)
+                    )),
+                );
+            }
+        }
+        for nested in schema.blocks.iter().filter(|b| b.required) {
+            if !out.blocks.iter().any(|b| b.0 == nested.name) {
+                self.diags.push(
+                    Diagnostic::error(format!(
+                        "missing required block {:?} in {what}",
+                        nested.name
+                    ))
+                    .at(
+                        file,
+                        body.span()
+                            .map(|s| s.start.saturating_sub(1)..s.start)
+                            .or(Some(0..0)),
+                    )
+                    .label(format!("{what} needs a {} block", nested.name))
+                    .hint(format!("add {} {{ … }}", nested.name)),
+                );
+            }
+        }
+        out
+    }
+
+    /// Type problems visible without evaluating: a literal of the wrong kind.
+    fn check_static_type(&mut self, decl: &AttrDecl, ty: Ty, what: &str) {
+        let literal = match &decl.expr {
+            Expression::String(_)
+            | Expression::StringTemplate(_)
+            | Expression::HeredocTemplate(_) => "a string",
+            Expression::Number(_) => "a number",
+            Expression::Bool(_) => "a bool",
+            Expression::Array(_) => "a list",
+            Expression::Object(_) => "an object",
+            _ => return,
+        };
+        let ok = match ty {
+            Ty::String => literal == "a string",
+            Ty::Number | Ty::Count => literal == "a number",
+            Ty::Bool => literal == "a bool",
+            Ty::ListOfStrings | Ty::ListOfNumbers | Ty::References => literal == "a list",
+            Ty::MapOfStrings => literal == "an object",
+            Ty::Accelerators => literal == "a string" || literal == "a list",
+            Ty::StringOrNumber => literal == "a string" || literal == "a number",
+            Ty::ClusterRef => false,
+            Ty::Any => true,
+        };
+        if !ok {
+            self.diags.push(
+                Diagnostic::error(format!(
+                    "wrong type for {:?} in {what}: expected {}, found {literal}",
+                    decl.name,
+                    ty.describe()
+                ))
+                .at(decl.file, Some(decl.span.clone()))
+                .label(format!("this is {literal}"))
+                .hint(format!("write {} = {}", decl.name, example_for(ty))),
+            );
+        }
+    }
+}
+
+fn example_for(ty: Ty) -> &'static str {
+    match ty {
+        Ty::String => "\"…\"",
+        Ty::Number => "1.5",
+        Ty::Count => "1",
+        Ty::Bool => "true",
+        Ty::ListOfStrings => "[\"a\", \"b\"]",
+        Ty::ListOfNumbers => "[8080]",
+        Ty::MapOfStrings => "{ KEY = \"value\" }",
+        Ty::Accelerators => "\"A100:8\"",
+        Ty::StringOrNumber => "\"8+\"",
+        Ty::ClusterRef => "cluster.NAME",
+        Ty::Any => "…",
+        Ty::References => "[cluster.NAME]",
+    }
+}
+
+fn valid_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+/// The span of a block's header: its identifier through its last label.
+fn header_span(block: &Block) -> Option<Range<usize>> {
+    let start = block.ident.span()?.start;
+    let end = block
+        .labels
+        .last()
+        .and_then(|l| l.span())
+        .or_else(|| block.ident.span())?
+        .end;
+    Some(start..end)
+}
+
+pub fn attr_decl(file: FileId, attr: &Attribute) -> AttrDecl {
+    let mut collector = RefCollector::default();
+    collector.visit_expr(&attr.value);
+    AttrDecl {
+        name: attr.key.as_str().to_string(),
+        expr: attr.value.clone(),
+        eval_expr: hcl::Expression::from(attr.value.clone()),
+        file,
+        span: attr.value.span().unwrap_or(0..0),
+        refs: collector.refs,
+    }
+}
+
+/// Collects references (`var.x`, `cluster.dev.head_ip`) from an expression, skipping names
+/// bound by `for` expressions.
+#[derive(Default)]
+struct RefCollector {
+    refs: Vec<Ref>,
+    scopes: Vec<Vec<String>>,
+}
+
+impl RefCollector {
+    fn bound(&self, name: &str) -> bool {
+        self.scopes.iter().any(|s| s.iter().any(|n| n == name))
+    }
+}
+
+impl Visit for RefCollector {
+    fn visit_expr(&mut self, expr: &Expression) {
+        match expr {
+            Expression::Variable(v) => {
+                let name = v.as_str();
+                if !self.bound(name) {
+                    self.refs.push(Ref {
+                        root: name.to_string(),
+                        attrs: Vec::new(),
+                        span: v.span().unwrap_or(0..0),
+                    });
+                }
+            }
+            Expression::Traversal(t) => {
+                if let Expression::Variable(v) = &t.expr {
+                    let name = v.as_str();
+                    if !self.bound(name) {
+                        let mut attrs = Vec::new();
+                        for op in &t.operators {
+                            match op.value() {
+                                TraversalOperator::GetAttr(id) => {
+                                    attrs.push(id.as_str().to_string())
+                                }
+                                TraversalOperator::Index(Expression::String(s))
+                                    if attrs.len() == 1 =>
+                                {
+                                    // cluster.pool["a"].x: keep walking past a literal key
+                                    let _ = s;
+                                    continue;
+                                }
+                                _ => break,
+                            }
+                        }
+                        self.refs.push(Ref {
+                            root: name.to_string(),
+                            attrs,
+                            span: t.span().unwrap_or(0..0),
+                        });
+                    }
+                    // Index expressions may hold references of their own.
+                    for op in &t.operators {
+                        if let TraversalOperator::Index(e) = op.value() {
+                            self.visit_expr(e);
+                        }
+                    }
+                } else {
+                    visit::visit_expr(self, expr);
+                }
+            }
+            Expression::ForExpr(f) => {
+                self.visit_expr(&f.intro.collection_expr);
+                let mut names = vec![f.intro.value_var.as_str().to_string()];
+                if let Some(k) = &f.intro.key_var {
+                    names.push(k.as_str().to_string());
+                }
+                self.scopes.push(names);
+                if let Some(k) = &f.key_expr {
+                    self.visit_expr(k);
+                }
+                self.visit_expr(&f.value_expr);
+                if let Some(c) = &f.cond {
+                    self.visit_expr(&c.expr);
+                }
+                self.scopes.pop();
+            }
+            _ => visit::visit_expr(self, expr),
+        }
+    }
+}

@@ -1,0 +1,320 @@
+//! Input variables: declared types, and values from `-var`, `-var-file`, `*.auto.skyvars.hcl`
+//! and `SKYFORM_VAR_*`, with the SPEC's precedence (env < auto files < -var-file < -var).
+
+use super::diag::{Diagnostic, Diagnostics};
+use super::load::VariableDecl;
+use hcl::Value;
+use hcl::eval::{Context, Evaluate};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::Path;
+
+/// A variable's declared type.
+#[derive(Debug, Clone, PartialEq)]
+pub enum VarType {
+    Any,
+    String,
+    Number,
+    Bool,
+    List(Box<VarType>),
+    Set(Box<VarType>),
+    Map(Box<VarType>),
+}
+
+impl VarType {
+    pub fn describe(&self) -> String {
+        match self {
+            VarType::Any => "any".into(),
+            VarType::String => "string".into(),
+            VarType::Number => "number".into(),
+            VarType::Bool => "bool".into(),
+            VarType::List(t) => format!("list({})", t.describe()),
+            VarType::Set(t) => format!("set({})", t.describe()),
+            VarType::Map(t) => format!("map({})", t.describe()),
+        }
+    }
+
+    /// Checks (and where HCL would, converts) a value to this type.
+    pub fn check(&self, v: &Value) -> Result<Value, String> {
+        match (self, v) {
+            (VarType::Any, _) | (_, Value::Null) => Ok(v.clone()),
+            (VarType::String, Value::String(_)) => Ok(v.clone()),
+            (VarType::String, Value::Number(n)) => Ok(Value::String(n.to_string())),
+            (VarType::String, Value::Bool(b)) => Ok(Value::String(b.to_string())),
+            (VarType::Number, Value::Number(_)) => Ok(v.clone()),
+            (VarType::Number, Value::String(s)) => s
+                .trim()
+                .parse::<f64>()
+                .map(Value::from)
+                .map_err(|_| format!("{s:?} is not a number")),
+            (VarType::Bool, Value::Bool(_)) => Ok(v.clone()),
+            (VarType::Bool, Value::String(s)) if s == "true" || s == "false" => {
+                Ok(Value::Bool(s == "true"))
+            }
+            (VarType::List(t) | VarType::Set(t), Value::Array(items)) => {
+                let mut out = items
+                    .iter()
+                    .map(|i| t.check(i))
+                    .collect::<Result<Vec<_>, _>>()?;
+                if matches!(self, VarType::Set(_)) {
+                    out.sort_by_key(|v| v.to_string());
+                    out.dedup();
+                }
+                Ok(Value::Array(out))
+            }
+            (VarType::Map(t), Value::Object(m)) => Ok(Value::Object(
+                m.iter()
+                    .map(|(k, v)| Ok((k.clone(), t.check(v)?)))
+                    .collect::<Result<_, String>>()?,
+            )),
+            (t, v) => Err(format!("expected {}, got {}", t.describe(), kind_of(v))),
+        }
+    }
+
+    fn parse(expr: &hcl::Expression) -> Option<VarType> {
+        match expr {
+            hcl::Expression::Variable(v) => match v.as_str() {
+                "any" => Some(VarType::Any),
+                "string" => Some(VarType::String),
+                "number" => Some(VarType::Number),
+                "bool" => Some(VarType::Bool),
+                _ => None,
+            },
+            hcl::Expression::FuncCall(f) if f.args.len() == 1 => {
+                let inner = Box::new(VarType::parse(&f.args[0])?);
+                match f.name.name.as_str() {
+                    "list" => Some(VarType::List(inner)),
+                    "set" => Some(VarType::Set(inner)),
+                    "map" => Some(VarType::Map(inner)),
+                    _ => None,
+                }
+            }
+            _ => None,
+        }
+    }
+
+    /// Complex types read `-var` text as an HCL expression; simple ones take it as it is.
+    fn is_complex(&self) -> bool {
+        matches!(
+            self,
+            VarType::List(_) | VarType::Set(_) | VarType::Map(_) | VarType::Any
+        )
+    }
+}
+
+fn kind_of(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a bool",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "a map",
+    }
+}
+
+/// The declared type of a variable (`any` when absent); bad type expressions are reported.
+pub fn declared_type(decl: &VariableDecl, diags: &mut Diagnostics) -> VarType {
+    let Some(attr) = decl.body.attrs.get("type") else {
+        return VarType::Any;
+    };
+    match VarType::parse(&attr.eval_expr) {
+        Some(t) => t,
+        None => {
+            let d = Diagnostic::error(format!("invalid type for variable {:?}", decl.name))
+                .at(attr.file, Some(attr.span.clone()))
+                .label("not a type")
+                .hint("use string, number, bool, any, list(T), set(T) or map(T)");
+            if !diags.items.contains(&d) {
+                diags.push(d);
+            }
+            VarType::Any
+        }
+    }
+}
+
+/// Where a variable value came from, for messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ValueSource {
+    Env(String),
+    AutoFile(String),
+    VarFile(String),
+    Flag,
+}
+
+impl ValueSource {
+    /// A value the user gave by name on purpose (not the environment).
+    pub fn is_explicit(&self) -> bool {
+        !matches!(self, ValueSource::Env(_))
+    }
+}
+
+impl fmt::Display for ValueSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ValueSource::Env(n) => write!(f, "environment variable {n}"),
+            ValueSource::AutoFile(p) => write!(f, "{p}"),
+            ValueSource::VarFile(p) => write!(f, "-var-file {p}"),
+            ValueSource::Flag => write!(f, "-var"),
+        }
+    }
+}
+
+/// A value as given: raw text (from -var or env) or an already-parsed value (from files).
+#[derive(Debug, Clone)]
+pub struct InputValue {
+    pub raw: RawValue,
+    pub source: ValueSource,
+}
+
+#[derive(Debug, Clone)]
+pub enum RawValue {
+    Text(String),
+    Parsed(Value),
+}
+
+/// Converts an input to the declared type.
+pub fn convert_input(input: &InputValue, ty: &VarType) -> Result<Value, String> {
+    match &input.raw {
+        RawValue::Parsed(v) => ty.check(v),
+        RawValue::Text(t) => {
+            if ty.is_complex() {
+                if let Ok(expr) = t.parse::<hcl::Expression>()
+                    && let Ok(v) = expr.evaluate(&Context::new())
+                {
+                    return ty.check(&v);
+                }
+                if *ty == VarType::Any {
+                    return Ok(Value::String(t.clone()));
+                }
+                return Err(format!("{t:?} is not a valid {} expression", ty.describe()));
+            }
+            ty.check(&Value::String(t.clone()))
+        }
+    }
+}
+
+/// Everything the command line and environment say about variables.
+#[derive(Debug, Clone, Default)]
+pub struct VarArgs {
+    /// `-var name=value`, in order.
+    pub vars: Vec<String>,
+    /// `-var-file FILE`, in order.
+    pub var_files: Vec<std::path::PathBuf>,
+}
+
+/// Collects input values by precedence. Problems are reported as diagnostics.
+pub fn collect_inputs(
+    dir: &Path,
+    args: &VarArgs,
+    env: &BTreeMap<String, String>,
+    diags: &mut Diagnostics,
+) -> BTreeMap<String, InputValue> {
+    let mut out = BTreeMap::new();
+    for (k, v) in env {
+        if let Some(name) = k.strip_prefix("SKYFORM_VAR_") {
+            out.insert(
+                name.to_string(),
+                InputValue {
+                    raw: RawValue::Text(v.clone()),
+                    source: ValueSource::Env(k.clone()),
+                },
+            );
+        }
+    }
+    let mut autos: Vec<_> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| {
+                    p.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.ends_with(".auto.skyvars.hcl"))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    autos.sort();
+    for path in autos {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_default();
+        read_var_file(&path, ValueSource::AutoFile(name), &mut out, diags);
+    }
+    for path in &args.var_files {
+        read_var_file(
+            path,
+            ValueSource::VarFile(path.display().to_string()),
+            &mut out,
+            diags,
+        );
+    }
+    for kv in &args.vars {
+        match kv.split_once('=') {
+            Some((k, v)) if !k.trim().is_empty() => {
+                out.insert(
+                    k.trim().to_string(),
+                    InputValue {
+                        raw: RawValue::Text(v.to_string()),
+                        source: ValueSource::Flag,
+                    },
+                );
+            }
+            _ => diags.push(
+                Diagnostic::error(format!("invalid -var {kv:?}"))
+                    .hint("write -var NAME=VALUE, e.g. -var epochs=5"),
+            ),
+        }
+    }
+    out
+}
+
+fn read_var_file(
+    path: &Path,
+    source: ValueSource,
+    out: &mut BTreeMap<String, InputValue>,
+    diags: &mut Diagnostics,
+) {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) => {
+            diags.push(
+                Diagnostic::error(format!("cannot read variable file {}: {e}", path.display()))
+                    .hint("check the path given to -var-file"),
+            );
+            return;
+        }
+    };
+    let body: hcl::Body = match hcl::from_str(&text) {
+        Ok(b) => b,
+        Err(e) => {
+            diags.push(
+                Diagnostic::error(format!("{}: {e}", path.display()))
+                    .hint("a variable file holds NAME = VALUE lines in HCL"),
+            );
+            return;
+        }
+    };
+    for attr in body.attributes() {
+        match attr.expr.evaluate(&Context::new()) {
+            Ok(v) => {
+                out.insert(
+                    attr.key.to_string(),
+                    InputValue {
+                        raw: RawValue::Parsed(v),
+                        source: source.clone(),
+                    },
+                );
+            }
+            Err(e) => diags.push(
+                Diagnostic::error(format!(
+                    "{}: value of {} must be constant: {e}",
+                    path.display(),
+                    attr.key
+                ))
+                .hint("variable files hold literal values only"),
+            ),
+        }
+    }
+}

@@ -1,0 +1,9 @@
+//! skyform: a declarative reconciler for AI compute.
+//!
+//! Data flows one way: `config` → `model` → `graph` → `plan` (with `state`, refresh and the
+//! `optimizer`) → `apply` → `providers` → `state`. See `docs/architecture.md`.
+
+pub mod config;
+pub mod model;
+pub mod optimizer;
+pub mod state;

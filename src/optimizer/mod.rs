@@ -1,0 +1,396 @@
+//! The optimizer: which offering each request should run on, and the ranked failover list.
+//!
+//! Pure and synchronous: offerings (gathered by providers and catalogs beforehand), the
+//! request and the set of blocked placements in; a ranked candidate list out. Prices are
+//! integer micro-dollars per hour so the order is total and stable.
+
+use crate::model::{Accelerators, Resources};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
+use std::fmt;
+
+/// Micro-dollars per hour.
+pub type Micros = u64;
+
+pub fn dollars(m: Micros) -> String {
+    format!("${}.{:02}", m / 1_000_000, (m % 1_000_000) / 10_000)
+}
+
+pub fn micros_from_dollars(d: f64) -> Micros {
+    if d.is_finite() && d > 0.0 {
+        (d * 1_000_000.0).round() as Micros
+    } else {
+        0
+    }
+}
+
+/// Something that can be rented or used: one node's shape at one place and price.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Offering {
+    /// `local`, `aws`, `gcp`, `k8s`, `ssh`.
+    pub cloud: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
+    pub instance_type: String,
+    /// GPU name → count per node.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub accelerators: Vec<(String, f64)>,
+    pub cpus: f64,
+    pub memory_gib: f64,
+    pub spot: bool,
+    pub price: Micros,
+    /// How many nodes of this shape can be had at once (None: as many as asked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_nodes: Option<u32>,
+}
+
+impl Offering {
+    /// `aws/us-east-1/us-east-1a`, `local`.
+    pub fn infra(&self) -> String {
+        let mut s = self.cloud.clone();
+        if let Some(r) = &self.region {
+            s.push('/');
+            s.push_str(r);
+            if let Some(z) = &self.zone {
+                s.push('/');
+                s.push_str(z);
+            }
+        }
+        s
+    }
+}
+
+/// A placement chosen for a request: an offering, the accelerator it satisfies, and the cost.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Candidate {
+    pub offering: Offering,
+    pub num_nodes: u32,
+    /// Hourly cost for all nodes.
+    pub hourly: Micros,
+}
+
+impl Candidate {
+    pub fn key(&self) -> String {
+        format!(
+            "{}:{}{}",
+            self.offering.infra(),
+            self.offering.instance_type,
+            if self.offering.spot { ":spot" } else { "" }
+        )
+    }
+}
+
+impl fmt::Display for Candidate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let o = &self.offering;
+        write!(f, "{} {}", o.infra(), o.instance_type)?;
+        if let Some((name, n)) = o.accelerators.first() {
+            write!(f, "  {name}:{}", crate::model::request::fmt_num(*n))?;
+        }
+        write!(
+            f,
+            "  {} vCPU  {} GiB  {}  {}/h",
+            crate::model::request::fmt_num(o.cpus),
+            crate::model::request::fmt_num(o.memory_gib),
+            if o.spot { "spot" } else { "on-demand" },
+            dollars(self.hourly)
+        )
+    }
+}
+
+/// Why no candidate was left.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NoMatch {
+    /// The constraint that removed the last candidates, e.g. "cpus = 64+ (largest: 2 vCPU)".
+    pub reason: String,
+}
+
+fn matches_infra(pattern: &str, o: &Offering) -> bool {
+    let want: Vec<&str> = pattern.split('/').collect();
+    let cloud = match want[0].to_lowercase().as_str() {
+        "kubernetes" => "k8s".to_string(),
+        c => c.to_string(),
+    };
+    let have = [
+        Some(o.cloud.as_str()),
+        o.region.as_deref(),
+        o.zone.as_deref(),
+    ];
+    if cloud != "*" && cloud != o.cloud {
+        return false;
+    }
+    for (i, w) in want.iter().enumerate().skip(1) {
+        if *w == "*" {
+            continue;
+        }
+        match have.get(i).copied().flatten() {
+            Some(h) if h.eq_ignore_ascii_case(w) => {}
+            _ => return false,
+        }
+    }
+    true
+}
+
+/// The candidates for `request` × `num_nodes`, cheapest first (or in the written order for
+/// `ordered` requests), skipping blocked placements. Deterministic: ties break on infra,
+/// instance type and spot.
+pub fn rank(
+    request: &Resources,
+    num_nodes: u32,
+    offerings: &[Offering],
+    blocked: &BTreeSet<String>,
+) -> Result<Vec<Candidate>, NoMatch> {
+    let ordered = !request.ordered.is_empty();
+    let mut out: Vec<(usize, Candidate)> = Vec::new();
+    let mut last_reason = String::from("no offerings are available");
+    for (group, req) in request.candidates().iter().enumerate() {
+        let mut pool: Vec<&Offering> = offerings.iter().collect();
+        let mut narrow =
+            |pool: &mut Vec<&Offering>, what: String, keep: &dyn Fn(&Offering) -> bool| {
+                if pool.is_empty() {
+                    return;
+                }
+                pool.retain(|o| keep(o));
+                if pool.is_empty() {
+                    last_reason = what;
+                }
+            };
+        if let Some(infra) = &req.infra {
+            narrow(
+                &mut pool,
+                format!("infra = {infra:?} matches no available infra"),
+                &|o| matches_infra(infra, o),
+            );
+        }
+        if let Some(it) = &req.instance_type {
+            narrow(
+                &mut pool,
+                format!("instance_type = {it:?} is not offered"),
+                &|o| &o.instance_type == it,
+            );
+        }
+        narrow(
+            &mut pool,
+            if req.use_spot {
+                "use_spot = true: no spot offerings".into()
+            } else {
+                "no on-demand offerings".into()
+            },
+            &|o| o.spot == req.use_spot,
+        );
+        if let Some(acc) = &req.accelerators {
+            let choices = acc.choices().to_vec();
+            let largest = pool
+                .iter()
+                .flat_map(|o| o.accelerators.iter().map(|a| format!("{}:{}", a.0, a.1)))
+                .collect::<BTreeSet<_>>();
+            narrow(
+                &mut pool,
+                format!(
+                    "accelerators = {acc}: available are {}",
+                    if largest.is_empty() {
+                        "none".to_string()
+                    } else {
+                        largest.into_iter().collect::<Vec<_>>().join(", ")
+                    }
+                ),
+                &|o| {
+                    choices.iter().any(|c| {
+                        o.accelerators.iter().any(|(n, have)| {
+                            n.eq_ignore_ascii_case(&c.name) && *have + 1e-9 >= c.count
+                        })
+                    })
+                },
+            );
+            if let Accelerators::Ordered(_) = acc {
+                // list order is honoured through the candidate's accelerator index below
+            }
+        }
+        if let Some(c) = req.cpus {
+            let most = pool.iter().map(|o| o.cpus).fold(0.0, f64::max);
+            narrow(
+                &mut pool,
+                format!(
+                    "cpus = {c} (the largest offer has {} vCPU)",
+                    crate::model::request::fmt_num(most)
+                ),
+                &|o| {
+                    c.satisfied_by(o.cpus)
+                        || (!c.at_least && o.cloud == "local" && o.cpus >= c.value)
+                },
+            );
+        }
+        if let Some(m) = req.memory {
+            let most = pool.iter().map(|o| o.memory_gib).fold(0.0, f64::max);
+            narrow(
+                &mut pool,
+                format!(
+                    "memory = {m} (the largest offer has {} GiB)",
+                    crate::model::request::fmt_num(most)
+                ),
+                &|o| {
+                    m.satisfied_by(o.memory_gib, o.cpus)
+                        || (o.cloud == "local"
+                            && matches!(m, crate::model::Memory::Exact(v) if o.memory_gib >= v))
+                },
+            );
+        }
+        narrow(
+            &mut pool,
+            format!("num_nodes = {num_nodes} exceeds what is available"),
+            &|o| o.max_nodes.is_none_or(|m| m >= num_nodes),
+        );
+        if let Some(max) = req.max_hourly_cost {
+            let cap = micros_from_dollars(max);
+            narrow(&mut pool, format!("max_hourly_cost = {max}"), &|o| {
+                o.price.saturating_mul(u64::from(num_nodes)) <= cap
+            });
+        }
+        for o in pool {
+            let c = Candidate {
+                offering: o.clone(),
+                num_nodes,
+                hourly: o.price.saturating_mul(u64::from(num_nodes)),
+            };
+            if blocked.iter().any(|b| c.key().starts_with(b.as_str())) {
+                last_reason = "every matching placement is blocked by earlier failures".into();
+                continue;
+            }
+            // Accelerator list order: earlier names rank first within an ordered list.
+            let acc_rank = match &req.accelerators {
+                Some(Accelerators::Ordered(list)) => list
+                    .iter()
+                    .position(|a| {
+                        o.accelerators
+                            .iter()
+                            .any(|(n, _)| n.eq_ignore_ascii_case(&a.name))
+                    })
+                    .unwrap_or(0),
+                _ => 0,
+            };
+            out.push((
+                if ordered {
+                    group * 1000 + acc_rank
+                } else {
+                    acc_rank
+                },
+                c,
+            ));
+        }
+    }
+    if out.is_empty() {
+        return Err(NoMatch {
+            reason: last_reason,
+        });
+    }
+    out.sort_by(|(ga, a), (gb, b)| {
+        ga.cmp(gb)
+            .then(a.hourly.cmp(&b.hourly))
+            .then_with(|| a.offering.infra().cmp(&b.offering.infra()))
+            .then_with(|| a.offering.instance_type.cmp(&b.offering.instance_type))
+            .then(a.offering.spot.cmp(&b.offering.spot))
+    });
+    let mut seen = BTreeSet::new();
+    Ok(out
+        .into_iter()
+        .map(|(_, c)| c)
+        .filter(|c| seen.insert(c.key()))
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn offer(
+        cloud: &str,
+        region: Option<&str>,
+        it: &str,
+        gpus: &[(&str, f64)],
+        cpus: f64,
+        price: f64,
+    ) -> Offering {
+        Offering {
+            cloud: cloud.into(),
+            region: region.map(String::from),
+            zone: None,
+            instance_type: it.into(),
+            accelerators: gpus.iter().map(|(n, c)| ((*n).to_string(), *c)).collect(),
+            cpus,
+            memory_gib: cpus * 4.0,
+            spot: false,
+            price: micros_from_dollars(price),
+            max_nodes: None,
+        }
+    }
+
+    #[test]
+    fn cheapest_first_and_filters() {
+        let offers = vec![
+            offer(
+                "aws",
+                Some("us-east-1"),
+                "p4d.24xlarge",
+                &[("A100", 8.0)],
+                96.0,
+                32.77,
+            ),
+            offer(
+                "gcp",
+                Some("us-central1"),
+                "a2-highgpu-8g",
+                &[("A100", 8.0)],
+                96.0,
+                29.39,
+            ),
+            offer("local", None, "local", &[], 2.0, 0.0),
+        ];
+        let req = Resources {
+            accelerators: Some(Accelerators::One("a100:8".parse().unwrap())),
+            ..Resources::default()
+        };
+        let ranked = rank(&req, 1, &offers, &BTreeSet::new()).unwrap();
+        assert_eq!(ranked.len(), 2);
+        assert_eq!(ranked[0].offering.cloud, "gcp");
+        let only_aws = Resources {
+            infra: Some("aws/*".into()),
+            ..req.clone()
+        };
+        assert_eq!(
+            rank(&only_aws, 2, &offers, &BTreeSet::new()).unwrap()[0].hourly,
+            2 * 32_770_000
+        );
+        let blocked: BTreeSet<String> = ["gcp/us-central1".to_string()].into();
+        assert_eq!(
+            rank(&req, 1, &offers, &blocked).unwrap()[0].offering.cloud,
+            "aws"
+        );
+        let too_big = Resources {
+            cpus: Some("500+".parse().unwrap()),
+            ..Resources::default()
+        };
+        let err = rank(&too_big, 1, &offers, &BTreeSet::new()).unwrap_err();
+        assert!(err.reason.contains("cpus = 500+"), "{}", err.reason);
+    }
+
+    proptest! {
+        #[test]
+        fn ranked_in_price_order_and_matching(prices in proptest::collection::vec(0.0f64..100.0, 1..20), need in 1u32..16) {
+            let offers: Vec<Offering> = prices.iter().enumerate()
+                .map(|(i, p)| offer("aws", Some(&format!("r{i}")), "t", &[], f64::from((i % 5) as u32 * 4 + 1), *p))
+                .collect();
+            let req = Resources { cpus: Some(format!("{need}+").parse().unwrap()), ..Resources::default() };
+            if let Ok(ranked) = rank(&req, 1, &offers, &BTreeSet::new()) {
+                for w in ranked.windows(2) {
+                    prop_assert!(w[0].hourly <= w[1].hourly);
+                }
+                for c in &ranked {
+                    prop_assert!(c.offering.cpus >= f64::from(need));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,230 @@
+//! State: what skyform has created, as versioned JSON with `lineage` and `serial`.
+//!
+//! The format lives here; stores (where the bytes go, how they are locked) are in
+//! [`local`] and behind the [`StateStore`] trait.
+
+pub mod local;
+
+use crate::model::{Address, Kind, Spec};
+use crate::optimizer::Candidate;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+pub use local::LocalStore;
+
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Where a resource is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// Creation started and was recorded before any machine or process existed; if skyform
+    /// stops here, refresh finds what was made and the next plan adopts or replaces it.
+    Creating,
+    Ready,
+    /// Known to be broken (creation interrupted, nodes lost): the next plan replaces it.
+    Tainted,
+}
+
+/// One failed or successful attempt to place a resource.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Attempt {
+    pub infra: String,
+    pub instance_type: String,
+    pub result: String,
+    pub seconds: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResourceState {
+    pub status: Status,
+    pub provider: String,
+    pub spec: Spec,
+    /// Attributes known once the resource exists (`head_ip`, `status`, `exit_code`, …).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub computed: BTreeMap<String, serde_json::Value>,
+    /// The provider's own identifiers (sandbox paths, process ids, instance ids).
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+    pub private: serde_json::Value,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement: Option<Candidate>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dependencies: Vec<Address>,
+    /// Top-level attributes that hold sensitive values.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sensitive: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attempts: Vec<Attempt>,
+}
+
+impl ResourceState {
+    pub fn kind(&self) -> Kind {
+        self.spec.kind()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OutputState {
+    pub value: serde_json::Value,
+    #[serde(default)]
+    pub sensitive: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct State {
+    pub format_version: u32,
+    pub skyform_version: String,
+    pub lineage: String,
+    pub serial: u64,
+    #[serde(default)]
+    pub resources: BTreeMap<Address, ResourceState>,
+    #[serde(default)]
+    pub outputs: BTreeMap<String, OutputState>,
+}
+
+impl State {
+    /// A new, empty state with a fresh lineage.
+    pub fn new() -> State {
+        State {
+            format_version: FORMAT_VERSION,
+            skyform_version: env!("CARGO_PKG_VERSION").to_string(),
+            lineage: uuid::Uuid::new_v4().to_string(),
+            serial: 0,
+            resources: BTreeMap::new(),
+            outputs: BTreeMap::new(),
+        }
+    }
+
+    pub fn to_json(&self) -> Vec<u8> {
+        let mut v = serde_json::to_vec_pretty(self).unwrap_or_default();
+        v.push(b'\n');
+        v
+    }
+
+    pub fn from_json(bytes: &[u8]) -> Result<State, StateError> {
+        let probe: serde_json::Value =
+            serde_json::from_slice(bytes).map_err(|e| StateError::Corrupt(e.to_string()))?;
+        let version = probe
+            .get("format_version")
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or(0);
+        if version > u64::from(FORMAT_VERSION) {
+            return Err(StateError::TooNew(version));
+        }
+        serde_json::from_value(probe).map_err(|e| StateError::Corrupt(e.to_string()))
+    }
+}
+
+impl Default for State {
+    fn default() -> Self {
+        State::new()
+    }
+}
+
+/// Who holds a lock, written into the lock file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LockInfo {
+    pub id: String,
+    pub who: String,
+    pub operation: String,
+    /// RFC 3339, UTC.
+    pub created: String,
+    pub version: String,
+    #[serde(default)]
+    pub pid: u32,
+}
+
+impl LockInfo {
+    pub fn new(operation: &str) -> LockInfo {
+        let user = std::env::var("USER")
+            .or_else(|_| std::env::var("LOGNAME"))
+            .unwrap_or_else(|_| "unknown".into());
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "localhost".into());
+        LockInfo {
+            id: uuid::Uuid::new_v4().to_string(),
+            who: format!("{user}@{host}"),
+            operation: operation.to_string(),
+            created: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            pid: std::process::id(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("the state is locked\n  by   {} ({})\n  since {}\n  lock {}", .0.who, .0.operation, .0.created, .0.id)]
+    Locked(Box<LockInfo>),
+    #[error("the state file is not valid: {0}")]
+    Corrupt(String),
+    #[error("the state was written by a newer skyform (format {0})")]
+    TooNew(u64),
+    #[error("lock {given} is not the current lock ({})", .held.as_deref().unwrap_or("none is held"))]
+    WrongLock { given: String, held: Option<String> },
+    #[error("{what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl StateError {
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            StateError::Locked(info) => Some(format!(
+                "wait with -lock-timeout=10m, or if that run is dead: skyform force-unlock {}",
+                info.id
+            )),
+            StateError::Corrupt(_) => Some(
+                "restore it from a backup (state.json.backup) or `skyform state push` a good copy"
+                    .into(),
+            ),
+            StateError::TooNew(_) => Some("upgrade skyform".into()),
+            StateError::WrongLock { .. } => {
+                Some("run `skyform force-unlock` with the id shown in the lock error".into())
+            }
+            StateError::Io { .. } => None,
+        }
+    }
+}
+
+/// Where state is kept. Every store passes the same conformance tests.
+#[async_trait::async_trait]
+pub trait StateStore: Send + Sync + std::fmt::Debug {
+    /// For messages: `.skyform/state.json`, `s3://bucket/key`.
+    fn describe(&self) -> String;
+    async fn read(&self) -> Result<Option<State>, StateError>;
+    /// Writes atomically: a reader sees the old or the new state, never a mix.
+    async fn write(&self, state: &State) -> Result<(), StateError>;
+    /// Takes the lock or says who holds it.
+    async fn lock(&self, info: &LockInfo) -> Result<(), StateError>;
+    /// Releases the lock if `id` holds it.
+    async fn unlock(&self, id: &str) -> Result<(), StateError>;
+    async fn lock_holder(&self) -> Result<Option<LockInfo>, StateError>;
+}
+
+/// Takes the lock, retrying with backoff until `timeout` passes.
+pub async fn lock_with_timeout(
+    store: &dyn StateStore,
+    info: &LockInfo,
+    timeout: std::time::Duration,
+) -> Result<(), StateError> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut delay = std::time::Duration::from_millis(50);
+    loop {
+        match store.lock(info).await {
+            Err(StateError::Locked(holder)) => {
+                if tokio::time::Instant::now() + delay > deadline {
+                    return Err(StateError::Locked(holder));
+                }
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(std::time::Duration::from_secs(2));
+            }
+            other => return other,
+        }
+    }
+}
