@@ -3,7 +3,11 @@
 //! Data flows one way: `config` → `model` → `graph` → `plan` (with `state`, refresh and the
 //! `optimizer`) → `apply` → `providers` → `state`. See `docs/architecture.md`.
 
+pub mod apply;
 pub mod config;
 pub mod model;
 pub mod optimizer;
+pub mod plan;
+pub mod providers;
+pub mod runtime;
 pub mod state;

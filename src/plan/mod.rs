@@ -1,0 +1,532 @@
+//! The plan: what apply will do, as data. Pure: config + refreshed state + offerings in,
+//! the same `Plan` out, byte for byte.
+
+pub mod refresh;
+
+use crate::config::{
+    self, Config, Diagnostic, Diagnostics, InputValue, Instance, OutputValue, Resolver,
+};
+use crate::model::spec::{computed_attributes, effect_of};
+use crate::model::{Address, Effect, Kind, Spec, UNKNOWN};
+use crate::optimizer::{self, Candidate, Micros, Offering};
+use crate::state::{State, Status};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+
+pub const PLAN_FORMAT_VERSION: &str = "1";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    NoOp,
+    Create,
+    Update,
+    Replace,
+    Delete,
+}
+
+impl Action {
+    pub fn is_change(self) -> bool {
+        self != Action::NoOp
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Change {
+    pub address: Address,
+    pub action: Action,
+    /// Why, one line each ("run forces replacement").
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reasons: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub before: Option<Spec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<Spec>,
+    /// Top-level attributes whose values are sensitive (never rendered).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sensitive: Vec<String>,
+    /// Ranked placements, best first (for kinds that get machines).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub candidates: Vec<Candidate>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub depends_on: Vec<Address>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub create_before_destroy: bool,
+    /// Notes that are not changes (a job that failed).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OutputChange {
+    pub action: Action,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub before: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<serde_json::Value>,
+    #[serde(default)]
+    pub sensitive: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Plan {
+    pub format_version: String,
+    pub skyform_version: String,
+    pub lineage: String,
+    pub serial: u64,
+    pub config_digest: String,
+    /// Variable values the plan was made with (sensitive ones are stored, never shown).
+    pub variables: BTreeMap<String, serde_json::Value>,
+    pub destroy: bool,
+    pub changes: Vec<Change>,
+    pub outputs: BTreeMap<String, OutputChange>,
+    pub cost_before: Micros,
+    pub cost_after: Micros,
+    /// Things refresh noticed (a node gone, a sandbox removed by hand).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drift: Vec<String>,
+}
+
+impl Plan {
+    pub fn counts(&self) -> (usize, usize, usize, usize) {
+        let n = |a| self.changes.iter().filter(|c| c.action == a).count();
+        (
+            n(Action::Create),
+            n(Action::Update),
+            n(Action::Replace),
+            n(Action::Delete),
+        )
+    }
+
+    pub fn has_changes(&self) -> bool {
+        self.changes.iter().any(|c| c.action.is_change())
+            || self.outputs.values().any(|o| o.action.is_change())
+    }
+}
+
+/// Inputs that shape the plan beyond config and state.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    pub destroy: bool,
+    pub targets: Vec<Address>,
+    pub replace: Vec<Address>,
+    /// Why refresh considers a resource broken (it will be replaced).
+    pub degraded: BTreeMap<Address, String>,
+    pub drift: Vec<String>,
+}
+
+/// The planner: told about every instance by the evaluator, it decides each change.
+struct Planner<'a> {
+    state: &'a State,
+    offerings: &'a [Offering],
+    options: &'a Options,
+    changes: BTreeMap<Address, Change>,
+    diags: Diagnostics,
+    sources_for_span: Vec<(Address, usize, std::ops::Range<usize>)>,
+}
+
+fn attrs_json(spec: &Spec) -> serde_json::Map<String, serde_json::Value> {
+    spec.attributes()
+}
+
+impl Resolver for Planner<'_> {
+    fn resource(&mut self, inst: Instance) -> BTreeMap<String, serde_json::Value> {
+        let addr = inst.address.clone();
+        let prior = self.state.resources.get(&addr);
+        let mut reasons = Vec::new();
+        let mut notes = Vec::new();
+        let mut action = match prior {
+            None => Action::Create,
+            Some(p) => {
+                let before = attrs_json(&p.spec);
+                let after = attrs_json(&inst.spec);
+                let keys: BTreeSet<&String> = before.keys().chain(after.keys()).collect();
+                let mut act = Action::NoOp;
+                for k in keys {
+                    if inst.lifecycle.ignore_changes.iter().any(|i| i == k) {
+                        continue;
+                    }
+                    if before.get(k) != after.get(k) {
+                        match effect_of(addr.kind, k) {
+                            Effect::Replace => {
+                                act = Action::Replace;
+                                reasons.push(format!("{k} forces replacement"));
+                            }
+                            Effect::InPlace => {
+                                if act == Action::NoOp {
+                                    act = Action::Update;
+                                }
+                            }
+                        }
+                    }
+                }
+                if p.status == Status::Tainted || p.status == Status::Creating {
+                    act = Action::Replace;
+                    let why = self
+                        .options
+                        .degraded
+                        .get(&addr)
+                        .cloned()
+                        .unwrap_or_else(|| "its creation did not finish".into());
+                    reasons.push(format!("tainted: {why}"));
+                }
+                act
+            }
+        };
+        if prior.is_some() && self.options.replace.iter().any(|r| addr.matches(r)) {
+            action = Action::Replace;
+            reasons.push("replacement requested with -replace".into());
+        }
+        // A job follows its cluster: a replaced or recreated cluster means a new queue.
+        if let Spec::Job(job) = &inst.spec {
+            if let Some(cc) = self.changes.get(&job.cluster)
+                && prior.is_some()
+                && matches!(cc.action, Action::Replace | Action::Create)
+                && action != Action::Replace
+            {
+                action = Action::Replace;
+                reasons.push(format!("its cluster {} is replaced", job.cluster));
+            }
+            if let Some(p) = prior
+                && action == Action::NoOp
+                && p.computed
+                    .get("status")
+                    .and_then(|s| s.as_str())
+                    .is_some_and(|s| s == "FAILED" || s == "CANCELLED")
+            {
+                let code = p
+                    .computed
+                    .get("exit_code")
+                    .map(|c| c.to_string())
+                    .unwrap_or_else(|| "-".into());
+                notes.push(format!(
+                    "{addr} {} (exit code {code}); run it again with -replace={addr}",
+                    p.computed
+                        .get("status")
+                        .and_then(|s| s.as_str())
+                        .unwrap_or("failed")
+                        .to_lowercase()
+                ));
+            }
+            self.check_fit(&inst, job);
+        }
+        // Placement: keep the current one unless the resource is (re)created.
+        let mut candidates = Vec::new();
+        if let Some((request, nodes)) = inst.spec.placement_request() {
+            if matches!(action, Action::Create | Action::Replace) {
+                match optimizer::rank(request, nodes, self.offerings, &BTreeSet::new()) {
+                    Ok(c) => candidates = c,
+                    Err(no) => {
+                        self.diags.push(
+                            Diagnostic::error(format!("no placement for {addr}: {}", no.reason))
+                                .at(inst.file, Some(inst.span.clone()))
+                                .label("nothing available satisfies this request")
+                                .hint("relax the resources block or declare more infra (this build offers: local)"),
+                        );
+                    }
+                }
+            } else if let Some(p) = prior.and_then(|p| p.placement.clone()) {
+                candidates = vec![p];
+            }
+        }
+        if matches!(action, Action::Replace) && inst.lifecycle.prevent_destroy {
+            self.diags.push(
+                Diagnostic::error(format!(
+                    "{addr} has lifecycle.prevent_destroy, but the plan would replace it"
+                ))
+                .at(inst.file, Some(inst.span.clone()))
+                .label(reasons.join("; "))
+                .hint(
+                    "undo the change, or remove prevent_destroy first if replacing it is intended",
+                ),
+            );
+        }
+        let computed = match (action, prior) {
+            (Action::NoOp | Action::Update, Some(p)) => {
+                let mut m = p.computed.clone();
+                for a in computed_attributes(addr.kind) {
+                    m.entry((*a).to_string()).or_insert(serde_json::Value::Null);
+                }
+                if let Some(c) = candidates.first() {
+                    m.insert(
+                        "placement".into(),
+                        serde_json::Value::String(c.offering.infra()),
+                    );
+                }
+                m
+            }
+            _ => computed_attributes(addr.kind)
+                .iter()
+                .map(|a| ((*a).to_string(), serde_json::Value::String(UNKNOWN.into())))
+                .collect(),
+        };
+        self.sources_for_span
+            .push((addr.clone(), inst.file, inst.span.clone()));
+        self.changes.insert(
+            addr.clone(),
+            Change {
+                address: addr,
+                action,
+                reasons,
+                before: prior.map(|p| p.spec.clone()),
+                after: Some(inst.spec),
+                sensitive: inst.sensitive.into_iter().collect(),
+                candidates,
+                depends_on: inst.depends_on.into_iter().collect(),
+                create_before_destroy: inst.lifecycle.create_before_destroy,
+                notes,
+            },
+        );
+        computed
+    }
+}
+
+impl Planner<'_> {
+    /// A job must fit on its cluster's nodes.
+    fn check_fit(&mut self, inst: &Instance, job: &crate::model::JobSpec) {
+        let Some(cluster) = self.changes.get(&job.cluster) else {
+            return;
+        };
+        let Some(Spec::Cluster(cs)) = &cluster.after else {
+            return;
+        };
+        let Some(place) = cluster.candidates.first() else {
+            return;
+        };
+        let o = &place.offering;
+        let mut problems = Vec::new();
+        if job.num_nodes > cs.num_nodes {
+            problems.push(format!(
+                "num_nodes = {} but {} has {} node(s)",
+                job.num_nodes, job.cluster, cs.num_nodes
+            ));
+        }
+        if let Some(c) = job.resources.cpus
+            && c.value > o.cpus
+        {
+            problems.push(format!(
+                "cpus = {c} but each node of {} has {} vCPU",
+                job.cluster,
+                crate::model::request::fmt_num(o.cpus)
+            ));
+        }
+        if let Some(acc) = &job.resources.accelerators {
+            let fits = acc.choices().iter().any(|a| {
+                o.accelerators
+                    .iter()
+                    .any(|(n, c)| n.eq_ignore_ascii_case(&a.name) && *c + 1e-9 >= a.count)
+            });
+            if !fits {
+                let have = if o.accelerators.is_empty() {
+                    "no accelerators".to_string()
+                } else {
+                    o.accelerators
+                        .iter()
+                        .map(|(n, c)| format!("{n}:{}", crate::model::request::fmt_num(*c)))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                };
+                problems.push(format!(
+                    "accelerators = {acc} but each node of {} has {have}",
+                    job.cluster
+                ));
+            }
+        }
+        for p in problems {
+            self.diags.push(
+                Diagnostic::error(format!("{} does not fit on its cluster: {p}", inst.address))
+                    .at(inst.file, Some(inst.span.clone()))
+                    .label("asks for more than the cluster has")
+                    .hint(format!(
+                        "lower the job's request, or give {} more resources",
+                        job.cluster
+                    )),
+            );
+        }
+    }
+}
+
+/// Makes the plan. `state` is the refreshed prior state.
+pub fn plan(
+    config: &Config,
+    inputs: &BTreeMap<String, InputValue>,
+    state: &State,
+    offerings: &[Offering],
+    options: &Options,
+) -> (Plan, Diagnostics) {
+    let mut planner = Planner {
+        state,
+        offerings,
+        options,
+        changes: BTreeMap::new(),
+        diags: Diagnostics::default(),
+        sources_for_span: Vec::new(),
+    };
+    let (outputs, mut diags) = config::evaluate(config, inputs, &mut planner);
+    diags.extend(std::mem::take(&mut planner.diags));
+    let mut changes = planner.changes;
+
+    if options.destroy {
+        for c in changes.values_mut() {
+            c.reasons.clear();
+            c.notes.clear();
+            c.candidates.clear();
+        }
+        changes.retain(|a, _| state.resources.contains_key(a));
+        for c in changes.values_mut() {
+            c.action = Action::Delete;
+            c.after = None;
+        }
+    }
+    // In state, not in config: delete.
+    for (addr, res) in &state.resources {
+        if !changes.contains_key(addr) {
+            changes.insert(
+                addr.clone(),
+                Change {
+                    address: addr.clone(),
+                    action: Action::Delete,
+                    reasons: if options.destroy {
+                        vec![]
+                    } else {
+                        vec!["not in the configuration".into()]
+                    },
+                    before: Some(res.spec.clone()),
+                    after: None,
+                    sensitive: res.sensitive.clone(),
+                    candidates: Vec::new(),
+                    depends_on: res.dependencies.clone(),
+                    create_before_destroy: false,
+                    notes: Vec::new(),
+                },
+            );
+        }
+    }
+    // -target: keep changes to the targets and what they depend on.
+    if !options.targets.is_empty() {
+        let mut keep: BTreeSet<Address> = BTreeSet::new();
+        let mut stack: Vec<Address> = changes
+            .keys()
+            .filter(|a| options.targets.iter().any(|t| a.matches(t)))
+            .cloned()
+            .collect();
+        while let Some(a) = stack.pop() {
+            if keep.insert(a.clone())
+                && let Some(c) = changes.get(&a)
+            {
+                stack.extend(c.depends_on.iter().cloned());
+            }
+        }
+        for (a, c) in changes.iter_mut() {
+            if !keep.contains(a) {
+                c.action = Action::NoOp;
+                c.reasons.clear();
+            }
+        }
+    }
+    let cost = |spec_candidates: Option<&Candidate>| spec_candidates.map_or(0, |c| c.hourly);
+    let cost_before: Micros = state
+        .resources
+        .values()
+        .filter(|r| {
+            !r.computed
+                .get("status")
+                .and_then(|s| s.as_str())
+                .is_some_and(|s| ["SUCCEEDED", "FAILED", "CANCELLED"].contains(&s))
+        })
+        .map(|r| cost(r.placement.as_ref()))
+        .sum();
+    let cost_after: Micros = changes
+        .values()
+        .filter(|c| c.action != Action::Delete)
+        .map(|c| match c.action {
+            Action::NoOp | Action::Update => state
+                .resources
+                .get(&c.address)
+                .filter(|r| {
+                    !r.computed
+                        .get("status")
+                        .and_then(|s| s.as_str())
+                        .is_some_and(|s| ["SUCCEEDED", "FAILED", "CANCELLED"].contains(&s))
+                })
+                .map_or(0, |r| cost(r.placement.as_ref())),
+            _ => cost(c.candidates.first()),
+        })
+        .sum();
+    let outputs = output_changes(&outputs, state, options.destroy);
+    let mut variables = BTreeMap::new();
+    for (k, v) in inputs {
+        let value = match &v.raw {
+            config::vars::RawValue::Text(t) => serde_json::Value::String(t.clone()),
+            config::vars::RawValue::Parsed(p) => config::eval::to_json(p),
+        };
+        variables.insert(k.clone(), value);
+    }
+    diags.sort();
+    let plan = Plan {
+        format_version: PLAN_FORMAT_VERSION.into(),
+        skyform_version: env!("CARGO_PKG_VERSION").into(),
+        lineage: state.lineage.clone(),
+        serial: state.serial,
+        config_digest: config.digest.clone(),
+        variables,
+        destroy: options.destroy,
+        changes: changes.into_values().collect(),
+        outputs,
+        cost_before,
+        cost_after,
+        drift: options.drift.clone(),
+    };
+    (plan, diags)
+}
+
+fn output_changes(
+    outputs: &BTreeMap<String, OutputValue>,
+    state: &State,
+    destroy: bool,
+) -> BTreeMap<String, OutputChange> {
+    let mut out = BTreeMap::new();
+    for (name, v) in outputs {
+        let before = state.outputs.get(name).map(|o| o.value.clone());
+        let after = if destroy { None } else { Some(v.value.clone()) };
+        let action = match (&before, &after) {
+            (None, Some(_)) => Action::Create,
+            (Some(_), None) => Action::Delete,
+            (Some(b), Some(a)) if b != a => Action::Update,
+            _ => Action::NoOp,
+        };
+        out.insert(
+            name.clone(),
+            OutputChange {
+                action,
+                before,
+                after,
+                sensitive: v.sensitive,
+            },
+        );
+    }
+    for (name, o) in &state.outputs {
+        out.entry(name.clone()).or_insert(OutputChange {
+            action: Action::Delete,
+            before: Some(o.value.clone()),
+            after: None,
+            sensitive: o.sensitive,
+        });
+    }
+    out
+}
+
+/// Digest of a plan's decisions, shown in reviews (sha256 over its JSON).
+pub fn digest(plan: &Plan) -> String {
+    use sha2::Digest;
+    let bytes = serde_json::to_vec(plan).unwrap_or_default();
+    format!(
+        "sha256:{}",
+        config::functions::hex(&sha2::Sha256::digest(bytes))
+    )
+}
+
+/// The kinds that get placement (for cost and failover lists).
+pub fn placed(kind: Kind) -> bool {
+    kind != Kind::Job
+}

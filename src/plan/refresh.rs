@@ -1,0 +1,104 @@
+//! Refresh: ask each resource's provider what is true now, concurrently.
+
+use crate::model::{Address, Kind};
+use crate::providers::{Observed, Registry};
+use crate::state::{State, Status};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// What refresh learned: the updated state, resources it found broken, and what drifted.
+#[derive(Debug, Clone, Default)]
+pub struct Refreshed {
+    pub degraded: BTreeMap<Address, String>,
+    pub drift: Vec<String>,
+}
+
+/// Refreshes every resource in `state` in place (clusters first, so jobs see their cluster).
+pub async fn refresh(state: &mut State, registry: &Arc<Registry>, concurrency: usize) -> Refreshed {
+    let mut out = Refreshed::default();
+    for phase in [true, false] {
+        let addrs: Vec<Address> = state
+            .resources
+            .keys()
+            .filter(|a| (a.kind == Kind::Cluster) == phase)
+            .cloned()
+            .collect();
+        let sem = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
+        let mut set = tokio::task::JoinSet::new();
+        for addr in addrs {
+            let Some(res) = state.resources.get(&addr).cloned() else {
+                continue;
+            };
+            let cluster = match &res.spec {
+                crate::model::Spec::Job(j) => state.resources.get(&j.cluster).cloned(),
+                _ => None,
+            };
+            let registry = registry.clone();
+            let sem = sem.clone();
+            set.spawn(async move {
+                let _permit = sem.acquire_owned().await;
+                let result = match registry.get(&res.provider) {
+                    Some(p) => p.refresh(&addr, &res, cluster.as_ref()).await,
+                    None => Err(crate::providers::ProviderError::other(format!(
+                        "provider {:?} is not available in this build",
+                        res.provider
+                    ))),
+                };
+                (addr, result)
+            });
+        }
+        let mut results = Vec::new();
+        while let Some(joined) = set.join_next().await {
+            if let Ok(r) = joined {
+                results.push(r);
+            }
+        }
+        results.sort_by(|a, b| a.0.cmp(&b.0));
+        for (addr, result) in results {
+            match result {
+                Ok(Observed::Up(computed)) => {
+                    if let Some(r) = state.resources.get_mut(&addr) {
+                        if r.status == Status::Creating && r.kind() == Kind::Job {
+                            // Submitted before the crash: adopt it.
+                            r.status = Status::Ready;
+                            out.drift.push(format!(
+                                "{addr}: adopted (it was submitted before skyform stopped)"
+                            ));
+                        }
+                        let before = r.computed.get("status").cloned();
+                        r.computed.extend(computed);
+                        if let (Some(b), Some(a)) = (before, r.computed.get("status"))
+                            && &b != a
+                            && r.kind() != Kind::Cluster
+                        {
+                            // Job progress is expected, not drift.
+                        }
+                    }
+                }
+                Ok(Observed::Degraded { reason, computed }) => {
+                    if let Some(r) = state.resources.get_mut(&addr) {
+                        r.computed.extend(computed);
+                        r.status = Status::Tainted;
+                    }
+                    out.drift.push(format!("{addr}: {reason}"));
+                    out.degraded.insert(addr, reason);
+                }
+                Ok(Observed::Gone { reason }) => {
+                    let was_creating = state
+                        .resources
+                        .get(&addr)
+                        .is_some_and(|r| r.status == Status::Creating);
+                    state.resources.remove(&addr);
+                    if !was_creating {
+                        out.drift
+                            .push(format!("{addr}: {reason}; it will be created again"));
+                    }
+                }
+                Err(e) => {
+                    out.drift.push(format!("{addr}: refresh failed: {e}"));
+                }
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,684 @@
+//! The local backend: clusters are sandbox directories under `.skyform/local/`, one agent
+//! process per node, each in a session of its own; jobs run as real processes.
+
+use super::{Created, Observed, Provider, ProviderError, Request};
+use crate::model::{Address, Spec};
+use crate::optimizer::{Offering, micros_from_dollars};
+use crate::runtime::{self, ClusterInfo, JobRecord, JobState, Layout, proc};
+use crate::state::ResourceState;
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Debug, Clone)]
+pub struct LocalProvider {
+    /// `.skyform/local` of the configuration.
+    pub base: PathBuf,
+    /// The program run as each node's agent (this skyform binary).
+    pub agent_exe: PathBuf,
+    /// What this machine advertises: CPUs, GiB, GPUs; overridable by `infra "local"`.
+    pub cpus: f64,
+    pub memory_gib: f64,
+    pub gpus: Vec<(String, f64)>,
+    pub price: u64,
+    pub setup_timeout: Duration,
+}
+
+impl LocalProvider {
+    pub fn new(
+        base: PathBuf,
+        settings: Option<&serde_json::Map<String, serde_json::Value>>,
+    ) -> LocalProvider {
+        let (mut cpus, mut mem, mut gpus) = proc::machine();
+        let mut price = 0;
+        if let Some(s) = settings {
+            if let Some(c) = s.get("cpus").and_then(serde_json::Value::as_f64) {
+                cpus = c;
+            }
+            if let Some(m) = s.get("memory").and_then(serde_json::Value::as_f64) {
+                mem = m;
+            }
+            if let Some(a) = s.get("accelerators").and_then(serde_json::Value::as_object) {
+                gpus = a
+                    .iter()
+                    .map(|(k, v)| {
+                        (
+                            k.clone(),
+                            v.as_f64()
+                                .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+                                .unwrap_or(0.0),
+                        )
+                    })
+                    .collect();
+            }
+            if let Some(p) = s.get("price_per_hour").and_then(serde_json::Value::as_f64) {
+                price = micros_from_dollars(p);
+            }
+        }
+        let agent_exe = std::env::var_os("SKYFORM_AGENT_EXE")
+            .map(PathBuf::from)
+            .or_else(|| std::env::current_exe().ok())
+            .unwrap_or_else(|| PathBuf::from("skyform"));
+        LocalProvider {
+            base,
+            agent_exe,
+            cpus,
+            memory_gib: mem,
+            gpus,
+            price,
+            setup_timeout: Duration::from_secs(3600),
+        }
+    }
+
+    fn cluster_dir(private: &serde_json::Value) -> Option<PathBuf> {
+        private
+            .get("dir")
+            .and_then(serde_json::Value::as_str)
+            .map(PathBuf::from)
+    }
+
+    fn gpus_per_node(&self) -> f64 {
+        self.gpus.iter().map(|g| g.1).sum()
+    }
+
+    fn node_agents(private: &serde_json::Value) -> Vec<(u32, Option<u64>)> {
+        private
+            .get("agents")
+            .and_then(serde_json::Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(|n| {
+                        Some((
+                            u32::try_from(n.get("pid")?.as_u64()?).ok()?,
+                            n.get("start_time").and_then(serde_json::Value::as_u64),
+                        ))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn computed_cluster(nodes: u32) -> BTreeMap<String, serde_json::Value> {
+        let ips: Vec<String> = (0..nodes).map(|_| "127.0.0.1".to_string()).collect();
+        BTreeMap::from([
+            ("head_ip".to_string(), json!("127.0.0.1")),
+            ("ips".to_string(), json!(ips)),
+            ("status".to_string(), json!("UP")),
+        ])
+    }
+
+    /// Creates the sandbox, starts the agents, syncs the workdir and runs setup.
+    async fn launch(
+        &self,
+        address: &Address,
+        dir: &Path,
+        nodes: u32,
+        workdir: Option<&Path>,
+        envs: &BTreeMap<String, String>,
+        setup: Option<&str>,
+    ) -> Result<Vec<serde_json::Value>, ProviderError> {
+        let layout = Layout::new(dir);
+        std::fs::create_dir_all(layout.queue())?;
+        let info = ClusterInfo {
+            name: address.to_string(),
+            num_nodes: nodes,
+            cpus_per_node: self.cpus,
+            gpus_per_node: self.gpus_per_node(),
+            envs: envs.clone(),
+            ips: (0..nodes).map(|_| "127.0.0.1".to_string()).collect(),
+        };
+        runtime::write_json(&layout.info(), &info)?;
+        let mut agents = Vec::new();
+        for rank in 0..nodes {
+            std::fs::create_dir_all(layout.workdir(rank))?;
+            if let Some(src) = workdir {
+                sync_dir(src, &layout.workdir(rank))?;
+            }
+            let log = std::fs::File::create(layout.node(rank).join("agent.log"))?;
+            let mut cmd = std::process::Command::new(&self.agent_exe);
+            cmd.arg("__agent")
+                .arg(dir)
+                .arg(rank.to_string())
+                .stdin(std::process::Stdio::null())
+                .stdout(log.try_clone()?)
+                .stderr(log);
+            proc::new_session(&mut cmd);
+            let child = cmd.spawn().map_err(|e| {
+                ProviderError::other(format!(
+                    "cannot start the node agent {}: {e}",
+                    self.agent_exe.display()
+                ))
+            })?;
+            let pid = child.id();
+            // The agent outlives us; dropping the handle does not kill it.
+            drop(child);
+            let start = proc::stat(pid).map(|s| s.start_time);
+            agents.push(json!({"rank": rank, "pid": pid, "start_time": start}));
+        }
+        if let Some(setup) = setup {
+            runtime::run_everywhere(&layout, nodes, "setup", setup, envs, self.setup_timeout)
+                .await
+                .map_err(ProviderError::other)?;
+        }
+        Ok(agents)
+    }
+
+    /// Kills every node agent of a sandbox: those recorded in state and those that announced
+    /// themselves in the sandbox (a create interrupted before state was written).
+    fn kill_agents(private: &serde_json::Value) {
+        let mut agents = Self::node_agents(private);
+        if let Some(dir) = Self::cluster_dir(private)
+            && let Ok(rd) = std::fs::read_dir(&dir)
+        {
+            for e in rd.filter_map(Result::ok) {
+                if let Some(a) =
+                    runtime::read_json::<serde_json::Value>(&e.path().join("agent.json"))
+                    && let Some(pid) = a
+                        .get("pid")
+                        .and_then(serde_json::Value::as_u64)
+                        .and_then(|p| u32::try_from(p).ok())
+                {
+                    agents.push((pid, a.get("start_time").and_then(serde_json::Value::as_u64)));
+                }
+            }
+        }
+        agents.sort_unstable();
+        agents.dedup();
+        for (pid, start) in agents {
+            // Only kill a session whose leader is still the process we started.
+            if proc::alive(pid, start) || !proc::session_members(pid).is_empty() {
+                proc::kill_session(pid);
+            }
+        }
+    }
+
+    fn job_record(
+        address: &Address,
+        spec: &Spec,
+        id: &str,
+        after: &[&ResourceState],
+    ) -> Option<JobRecord> {
+        let (run, nodes, resources, envs, teardown) = match spec {
+            Spec::Job(j) => (
+                &j.run,
+                j.num_nodes,
+                &j.resources,
+                j.envs
+                    .iter()
+                    .chain(j.secrets.iter())
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect::<BTreeMap<_, _>>(),
+                false,
+            ),
+            Spec::ManagedJob(m) => (
+                &m.run,
+                m.num_nodes,
+                &m.resources,
+                m.envs
+                    .iter()
+                    .chain(m.secrets.iter())
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+                true,
+            ),
+            Spec::Service(s) => (
+                &s.run,
+                s.replica_policy.min_replicas.max(1),
+                &s.resources,
+                s.envs
+                    .iter()
+                    .chain(s.secrets.iter())
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+                false,
+            ),
+            Spec::Cluster(_) => return None,
+        };
+        let gpus = resources
+            .accelerators
+            .as_ref()
+            .and_then(|a| a.choices().first().map(|c| c.count))
+            .unwrap_or(0.0);
+        let cpus = resources.cpus.map_or(0.5, |c| c.value);
+        let after = after
+            .iter()
+            .filter_map(|dep| {
+                let job = dep.private.get("job_id")?.as_str()?;
+                let dir = Self::cluster_dir(&dep.private)?;
+                Some(Layout::new(dir).status(job))
+            })
+            .collect();
+        Some(JobRecord {
+            id: id.to_string(),
+            name: address.to_string(),
+            run: run.clone(),
+            num_nodes: nodes,
+            cpus,
+            gpus,
+            envs,
+            after,
+            teardown,
+            submitted: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0),
+        })
+    }
+
+    fn job_computed(status: &runtime::JobStatus) -> BTreeMap<String, serde_json::Value> {
+        let mut m = BTreeMap::from([("status".to_string(), json!(status.state.as_str()))]);
+        m.insert(
+            "exit_code".into(),
+            status
+                .exit_code
+                .map_or(serde_json::Value::Null, |c| json!(c)),
+        );
+        if let Some(r) = &status.reason {
+            m.insert("reason".into(), json!(r));
+        }
+        m
+    }
+}
+
+/// Copies `src` into `dst` (files and directories; symlinks as links).
+pub fn sync_dir(src: &Path, dst: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dst)?;
+    for entry in std::fs::read_dir(src)? {
+        let entry = entry?;
+        let ft = entry.file_type()?;
+        let to = dst.join(entry.file_name());
+        if entry.file_name() == ".skyform" || entry.file_name() == ".git" {
+            continue;
+        }
+        if ft.is_dir() {
+            sync_dir(&entry.path(), &to)?;
+        } else if ft.is_symlink() {
+            let target = std::fs::read_link(entry.path())?;
+            let _ = std::fs::remove_file(&to);
+            std::os::unix::fs::symlink(target, &to)?;
+        } else {
+            std::fs::copy(entry.path(), &to)?;
+        }
+    }
+    Ok(())
+}
+
+#[async_trait::async_trait]
+impl Provider for LocalProvider {
+    fn name(&self) -> &'static str {
+        "local"
+    }
+
+    async fn offerings(&self) -> Result<Vec<Offering>, ProviderError> {
+        Ok(vec![Offering {
+            cloud: "local".into(),
+            region: None,
+            zone: None,
+            instance_type: "local".into(),
+            accelerators: self.gpus.clone(),
+            cpus: self.cpus,
+            memory_gib: self.memory_gib,
+            spot: false,
+            price: self.price,
+            max_nodes: None,
+        }])
+    }
+
+    fn new_private(&self, address: &Address, spec: &Spec) -> serde_json::Value {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let slug: String = address
+            .to_string()
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        match spec {
+            Spec::Job(_) => json!({ "job_id": format!("{slug}-{}", &id[..8]) }),
+            _ => {
+                json!({ "dir": self.base.join(format!("{slug}-{}", &id[..8])).display().to_string(), "job_id": format!("{slug}-{}", &id[..8]) })
+            }
+        }
+    }
+
+    async fn refresh(
+        &self,
+        _address: &Address,
+        res: &ResourceState,
+        cluster: Option<&ResourceState>,
+    ) -> Result<Observed, ProviderError> {
+        match &res.spec {
+            Spec::Cluster(c) => {
+                let Some(dir) = Self::cluster_dir(&res.private) else {
+                    return Ok(Observed::Gone {
+                        reason: "no sandbox recorded".into(),
+                    });
+                };
+                if !dir.is_dir() {
+                    return Ok(Observed::Gone {
+                        reason: format!("sandbox {} was removed", dir.display()),
+                    });
+                }
+                let agents = Self::node_agents(&res.private);
+                if agents.len() < c.num_nodes as usize {
+                    return Ok(Observed::Degraded {
+                        reason: "creation was interrupted before all nodes started".into(),
+                        computed: Self::computed_cluster(c.num_nodes),
+                    });
+                }
+                for (rank, (pid, start)) in agents.iter().enumerate() {
+                    if !proc::alive(*pid, *start) {
+                        return Ok(Observed::Degraded {
+                            reason: format!("node {rank} is not running (process {pid} is gone)"),
+                            computed: Self::computed_cluster(c.num_nodes),
+                        });
+                    }
+                }
+                Ok(Observed::Up(Self::computed_cluster(c.num_nodes)))
+            }
+            Spec::Job(_) => {
+                let (Some(cluster), Some(job)) = (
+                    cluster,
+                    res.private
+                        .get("job_id")
+                        .and_then(serde_json::Value::as_str),
+                ) else {
+                    return Ok(Observed::Gone {
+                        reason: "its cluster is not in state".into(),
+                    });
+                };
+                let Some(dir) = Self::cluster_dir(&cluster.private) else {
+                    return Ok(Observed::Gone {
+                        reason: "its cluster has no sandbox".into(),
+                    });
+                };
+                match runtime::job_status(&Layout::new(dir), job) {
+                    Some(s) => Ok(Observed::Up(Self::job_computed(&s))),
+                    None => Ok(Observed::Gone {
+                        reason: "the job is not in its cluster's queue".into(),
+                    }),
+                }
+            }
+            Spec::ManagedJob(_) | Spec::Service(_) => {
+                let (Some(dir), Some(job)) = (
+                    Self::cluster_dir(&res.private),
+                    res.private
+                        .get("job_id")
+                        .and_then(serde_json::Value::as_str),
+                ) else {
+                    return Ok(Observed::Gone {
+                        reason: "no sandbox recorded".into(),
+                    });
+                };
+                let layout = Layout::new(&dir);
+                let Some(status) = runtime::job_status(&layout, job) else {
+                    return Ok(Observed::Gone {
+                        reason: format!("sandbox {} has no record of the job", dir.display()),
+                    });
+                };
+                let mut computed = Self::job_computed(&status);
+                if let Spec::Service(s) = &res.spec {
+                    let port = s.resources.ports.first().copied().unwrap_or(8000);
+                    computed.insert("endpoint".into(), json!(format!("http://127.0.0.1:{port}")));
+                }
+                if !status.state.is_final() {
+                    for (rank, (pid, start)) in Self::node_agents(&res.private).iter().enumerate() {
+                        if !proc::alive(*pid, *start) {
+                            return Ok(Observed::Degraded {
+                                reason: format!("node {rank} of its cluster is not running"),
+                                computed,
+                            });
+                        }
+                    }
+                }
+                Ok(Observed::Up(computed))
+            }
+        }
+    }
+
+    async fn create(&self, req: Request<'_>) -> Result<Created, ProviderError> {
+        match req.spec {
+            Spec::Cluster(c) => {
+                let dir = Self::cluster_dir(req.private)
+                    .ok_or_else(|| ProviderError::other("no sandbox path chosen"))?;
+                let workdir = c.workdir.as_ref().map(|w| req.root.join(w));
+                let agents = self
+                    .launch(
+                        req.address,
+                        &dir,
+                        c.num_nodes,
+                        workdir.as_deref(),
+                        &c.envs,
+                        c.setup.as_deref(),
+                    )
+                    .await;
+                let mut private = req.private.clone();
+                match agents {
+                    Ok(agents) => {
+                        private["agents"] = json!(agents);
+                        Ok(Created {
+                            computed: Self::computed_cluster(c.num_nodes),
+                            private,
+                        })
+                    }
+                    Err(e) => {
+                        // Leave nothing running behind a failed create.
+                        let _ = self
+                            .delete(req.address, &placeholder(req.spec, req.private), None)
+                            .await;
+                        Err(e)
+                    }
+                }
+            }
+            Spec::Job(_) => {
+                let cluster = req
+                    .cluster
+                    .ok_or_else(|| ProviderError::other("the job's cluster is not in state"))?;
+                let dir = Self::cluster_dir(&cluster.private)
+                    .ok_or_else(|| ProviderError::other("the job's cluster has no sandbox"))?;
+                let id = req
+                    .private
+                    .get("job_id")
+                    .and_then(serde_json::Value::as_str)
+                    .unwrap_or_default();
+                let record = Self::job_record(req.address, req.spec, id, &req.after)
+                    .ok_or_else(|| ProviderError::other("not a job"))?;
+                runtime::submit(&Layout::new(&dir), &record)?;
+                let status = runtime::job_status(&Layout::new(&dir), id);
+                Ok(Created {
+                    computed: status.as_ref().map(Self::job_computed).unwrap_or_default(),
+                    private: req.private.clone(),
+                })
+            }
+            Spec::ManagedJob(_) | Spec::Service(_) => {
+                let dir = Self::cluster_dir(req.private)
+                    .ok_or_else(|| ProviderError::other("no sandbox path chosen"))?;
+                let (nodes, workdir, envs, setup) = match req.spec {
+                    Spec::ManagedJob(m) => (
+                        m.num_nodes,
+                        m.workdir.clone(),
+                        m.envs.clone(),
+                        m.setup.clone(),
+                    ),
+                    Spec::Service(s) => (
+                        s.replica_policy.min_replicas.max(1),
+                        s.workdir.clone(),
+                        s.envs.clone(),
+                        s.setup.clone(),
+                    ),
+                    _ => (1, None, BTreeMap::new(), None),
+                };
+                let workdir = workdir.map(|w| req.root.join(w));
+                let agents = match self
+                    .launch(
+                        req.address,
+                        &dir,
+                        nodes,
+                        workdir.as_deref(),
+                        &envs,
+                        setup.as_deref(),
+                    )
+                    .await
+                {
+                    Ok(a) => a,
+                    Err(e) => {
+                        let _ = self
+                            .delete(req.address, &placeholder(req.spec, req.private), None)
+                            .await;
+                        return Err(e);
+                    }
+                };
+                let mut private = req.private.clone();
+                private["agents"] = json!(agents);
+                let id = req
+                    .private
+                    .get("job_id")
+                    .and_then(serde_json::Value::as_str)
+                    .unwrap_or_default();
+                let record = Self::job_record(req.address, req.spec, id, &req.after)
+                    .ok_or_else(|| ProviderError::other("not a job"))?;
+                runtime::submit(&Layout::new(&dir), &record)?;
+                let mut computed =
+                    BTreeMap::from([("status".to_string(), json!(JobState::Queued.as_str()))]);
+                if let Spec::Service(s) = req.spec {
+                    let port = s.resources.ports.first().copied().unwrap_or(8000);
+                    computed.insert("endpoint".into(), json!(format!("http://127.0.0.1:{port}")));
+                }
+                Ok(Created { computed, private })
+            }
+        }
+    }
+
+    async fn update(&self, req: Request<'_>) -> Result<Created, ProviderError> {
+        match req.spec {
+            Spec::Cluster(c) => {
+                let dir = Self::cluster_dir(req.private)
+                    .ok_or_else(|| ProviderError::other("no sandbox recorded"))?;
+                let layout = Layout::new(&dir);
+                if let Some(mut info) = runtime::read_json::<ClusterInfo>(&layout.info()) {
+                    info.envs = c.envs.clone();
+                    runtime::write_json(&layout.info(), &info)?;
+                }
+                if let Some(w) = &c.workdir {
+                    for rank in 0..c.num_nodes {
+                        sync_dir(&req.root.join(w), &layout.workdir(rank))?;
+                    }
+                }
+                if let Some(setup) = &c.setup {
+                    runtime::run_everywhere(
+                        &layout,
+                        c.num_nodes,
+                        "setup",
+                        setup,
+                        &c.envs,
+                        self.setup_timeout,
+                    )
+                    .await
+                    .map_err(ProviderError::other)?;
+                }
+                Ok(Created {
+                    computed: Self::computed_cluster(c.num_nodes),
+                    private: req.private.clone(),
+                })
+            }
+            // Recovery settings and service policies are read at the next restart or scale.
+            _ => Ok(Created {
+                computed: BTreeMap::new(),
+                private: req.private.clone(),
+            }),
+        }
+    }
+
+    async fn delete(
+        &self,
+        _address: &Address,
+        res: &ResourceState,
+        cluster: Option<&ResourceState>,
+    ) -> Result<(), ProviderError> {
+        match &res.spec {
+            Spec::Job(_) => {
+                let (Some(cluster), Some(job)) = (
+                    cluster,
+                    res.private
+                        .get("job_id")
+                        .and_then(serde_json::Value::as_str),
+                ) else {
+                    return Ok(());
+                };
+                let Some(dir) = Self::cluster_dir(&cluster.private) else {
+                    return Ok(());
+                };
+                let layout = Layout::new(&dir);
+                if !dir.is_dir() {
+                    return Ok(());
+                }
+                let final_state =
+                    runtime::job_status(&layout, job).is_none_or(|s| s.state.is_final());
+                if !final_state {
+                    runtime::cancel(&layout, job)?;
+                    // Wait for the head to acknowledge (it kills the processes).
+                    for _ in 0..100 {
+                        if runtime::job_status(&layout, job).is_none_or(|s| s.state.is_final()) {
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+                Ok(())
+            }
+            _ => {
+                Self::kill_agents(&res.private);
+                if let Some(dir) = Self::cluster_dir(&res.private)
+                    && dir.starts_with(&self.base)
+                    && dir.exists()
+                {
+                    std::fs::remove_dir_all(&dir)?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn log_paths(&self, res: &ResourceState, cluster: Option<&ResourceState>) -> Vec<PathBuf> {
+        let dir = match &res.spec {
+            Spec::Job(_) => cluster.and_then(|c| Self::cluster_dir(&c.private)),
+            Spec::Cluster(_) => None,
+            _ => Self::cluster_dir(&res.private),
+        };
+        let (Some(dir), Some(job)) = (
+            dir,
+            res.private
+                .get("job_id")
+                .and_then(serde_json::Value::as_str),
+        ) else {
+            return Vec::new();
+        };
+        let nodes = match &res.spec {
+            Spec::Job(j) => j.num_nodes,
+            Spec::ManagedJob(m) => m.num_nodes,
+            Spec::Service(s) => s.replica_policy.min_replicas.max(1),
+            Spec::Cluster(_) => 0,
+        };
+        let layout = Layout::new(dir);
+        (0..nodes).map(|r| layout.log(job, r)).collect()
+    }
+}
+
+fn placeholder(spec: &Spec, private: &serde_json::Value) -> ResourceState {
+    ResourceState {
+        status: crate::state::Status::Creating,
+        provider: "local".into(),
+        spec: spec.clone(),
+        computed: BTreeMap::new(),
+        private: private.clone(),
+        placement: None,
+        dependencies: Vec::new(),
+        sensitive: Vec::new(),
+        attempts: Vec::new(),
+    }
+}

@@ -1,0 +1,121 @@
+//! Backends behind one trait. Each backend is one module; all pass one conformance suite.
+
+pub mod local;
+
+use crate::model::{Address, Spec};
+use crate::optimizer::{Candidate, Offering};
+use crate::state::ResourceState;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+/// How an error should steer the apply: the failover engine decides from the kind alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// No capacity here: block the zone and try the next candidate.
+    Capacity,
+    /// Out of quota: block the region.
+    Quota,
+    /// Credentials or configuration: block the whole cloud.
+    Config,
+    /// Worth retrying.
+    Transient,
+    NotFound,
+    /// Anything else: the resource fails.
+    Other,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct ProviderError {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+impl ProviderError {
+    pub fn other(message: impl Into<String>) -> ProviderError {
+        ProviderError {
+            kind: ErrorKind::Other,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<std::io::Error> for ProviderError {
+    fn from(e: std::io::Error) -> Self {
+        ProviderError::other(e.to_string())
+    }
+}
+
+/// What refresh found in the world.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Observed {
+    /// Exists and is healthy; these are its current computed attributes.
+    Up(BTreeMap<String, serde_json::Value>),
+    /// Exists but broken (a node died): the plan replaces it.
+    Degraded {
+        reason: String,
+        computed: BTreeMap<String, serde_json::Value>,
+    },
+    /// Gone (removed outside skyform): the plan creates it again.
+    Gone { reason: String },
+}
+
+/// Everything a provider needs to create or update one resource.
+#[derive(Debug, Clone)]
+pub struct Request<'a> {
+    pub address: &'a Address,
+    pub spec: &'a Spec,
+    /// Provider-private identifiers chosen before the call (recorded in state first), so a
+    /// retried or interrupted create is found again, never duplicated.
+    pub private: &'a serde_json::Value,
+    pub placement: Option<&'a Candidate>,
+    /// For jobs: the cluster's state.
+    pub cluster: Option<&'a ResourceState>,
+    /// For jobs: states of the jobs that must succeed first.
+    pub after: Vec<&'a ResourceState>,
+    /// The configuration directory (workdirs are relative to it).
+    pub root: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Created {
+    pub computed: BTreeMap<String, serde_json::Value>,
+    pub private: serde_json::Value,
+}
+
+#[async_trait::async_trait]
+pub trait Provider: Send + Sync + std::fmt::Debug {
+    fn name(&self) -> &'static str;
+    /// What this backend can offer the optimizer right now.
+    async fn offerings(&self) -> Result<Vec<Offering>, ProviderError>;
+    /// Fresh identifiers for a new resource, recorded in state before `create` runs.
+    fn new_private(&self, address: &Address, spec: &Spec) -> serde_json::Value;
+    async fn refresh(
+        &self,
+        address: &Address,
+        res: &ResourceState,
+        cluster: Option<&ResourceState>,
+    ) -> Result<Observed, ProviderError>;
+    async fn create(&self, req: Request<'_>) -> Result<Created, ProviderError>;
+    async fn update(&self, req: Request<'_>) -> Result<Created, ProviderError>;
+    async fn delete(
+        &self,
+        address: &Address,
+        res: &ResourceState,
+        cluster: Option<&ResourceState>,
+    ) -> Result<(), ProviderError>;
+    /// Log files of a job (one per rank), for `skyform logs`.
+    fn log_paths(&self, res: &ResourceState, cluster: Option<&ResourceState>) -> Vec<PathBuf>;
+}
+
+/// The providers available to this run, by name.
+#[derive(Debug)]
+pub struct Registry {
+    pub providers: BTreeMap<&'static str, Box<dyn Provider>>,
+}
+
+impl Registry {
+    pub fn get(&self, name: &str) -> Option<&dyn Provider> {
+        self.providers.get(name).map(|b| b.as_ref())
+    }
+}

@@ -1,0 +1,587 @@
+//! The cluster runtime: what runs on a cluster's nodes — a job queue kept on the head node, an
+//! agent per node that runs tasks in its own session, and logs and exit codes on disk.
+//!
+//! Layout of a cluster directory (local sandboxes today; the same tree on remote heads later):
+//!
+//! ```text
+//! cluster.json                 envs and shape, written by skyform
+//! queue/<job>.json             submitted jobs (written atomically by skyform)
+//! queue/<job>.cancel           a cancel request
+//! jobs/<job>/status.json       state of each job (written by the head agent)
+//! jobs/<job>/rank-<r>.log      stdout and stderr of each rank
+//! node-<r>/workdir/            the synced workdir
+//! node-<r>/tasks/<id>.json     work dispatched to this node
+//! node-<r>/done/<id>.json      exit codes of finished tasks
+//! node-<r>/agent.json          the agent's pid and start time
+//! ```
+
+pub mod proc;
+
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// A job as submitted to a cluster's queue.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobRecord {
+    pub id: String,
+    /// The skyform address, for messages.
+    pub name: String,
+    pub run: String,
+    pub num_nodes: u32,
+    pub cpus: f64,
+    pub gpus: f64,
+    #[serde(default)]
+    pub envs: BTreeMap<String, String>,
+    /// Status files of jobs that must succeed first (Slurm's afterok).
+    #[serde(default)]
+    pub after: Vec<PathBuf>,
+    /// Tear the cluster down when this job ends (managed jobs).
+    #[serde(default)]
+    pub teardown: bool,
+    /// Submission order (nanoseconds since the epoch).
+    pub submitted: u128,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum JobState {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl JobState {
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            JobState::Succeeded | JobState::Failed | JobState::Cancelled
+        )
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Queued => "QUEUED",
+            JobState::Running => "RUNNING",
+            JobState::Succeeded => "SUCCEEDED",
+            JobState::Failed => "FAILED",
+            JobState::Cancelled => "CANCELLED",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobStatus {
+    pub state: JobState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default)]
+    pub nodes: Vec<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended: Option<String>,
+}
+
+/// The shape and settings of a cluster, read by its agents.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClusterInfo {
+    pub name: String,
+    pub num_nodes: u32,
+    pub cpus_per_node: f64,
+    pub gpus_per_node: f64,
+    #[serde(default)]
+    pub envs: BTreeMap<String, String>,
+    pub ips: Vec<String>,
+}
+
+/// A unit of work on one node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Task {
+    pub id: String,
+    pub command: String,
+    pub envs: BTreeMap<String, String>,
+    pub log: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskDone {
+    pub exit_code: i32,
+}
+
+/// Paths inside a cluster directory.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    pub root: PathBuf,
+}
+
+impl Layout {
+    pub fn new(root: impl Into<PathBuf>) -> Layout {
+        Layout { root: root.into() }
+    }
+    pub fn info(&self) -> PathBuf {
+        self.root.join("cluster.json")
+    }
+    pub fn queue(&self) -> PathBuf {
+        self.root.join("queue")
+    }
+    pub fn queued(&self, job: &str) -> PathBuf {
+        self.queue().join(format!("{job}.json"))
+    }
+    pub fn cancel_request(&self, job: &str) -> PathBuf {
+        self.queue().join(format!("{job}.cancel"))
+    }
+    pub fn job_dir(&self, job: &str) -> PathBuf {
+        self.root.join("jobs").join(job)
+    }
+    pub fn status(&self, job: &str) -> PathBuf {
+        self.job_dir(job).join("status.json")
+    }
+    pub fn log(&self, job: &str, rank: u32) -> PathBuf {
+        self.job_dir(job).join(format!("rank-{rank}.log"))
+    }
+    pub fn node(&self, rank: u32) -> PathBuf {
+        self.root.join(format!("node-{rank}"))
+    }
+    pub fn workdir(&self, rank: u32) -> PathBuf {
+        self.node(rank).join("workdir")
+    }
+    pub fn tasks(&self, rank: u32) -> PathBuf {
+        self.node(rank).join("tasks")
+    }
+    pub fn done(&self, rank: u32) -> PathBuf {
+        self.node(rank).join("done")
+    }
+    pub fn agent(&self, rank: u32) -> PathBuf {
+        self.node(rank).join("agent.json")
+    }
+}
+
+/// Writes JSON atomically (temp + rename), so readers never see half a record.
+pub fn write_json<T: Serialize>(path: &Path, value: &T) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+    let bytes = serde_json::to_vec_pretty(value).map_err(std::io::Error::other)?;
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)
+}
+
+pub fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Option<T> {
+    let bytes = std::fs::read(path).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+fn now_rfc3339() -> String {
+    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
+}
+
+/// Submits a job to a cluster's queue; submitting the same id twice changes nothing.
+pub fn submit(layout: &Layout, job: &JobRecord) -> std::io::Result<()> {
+    if layout.queued(&job.id).exists() || layout.status(&job.id).exists() {
+        return Ok(());
+    }
+    write_json(&layout.queued(&job.id), job)
+}
+
+/// The status of a job: from the head's record, or queued if only submitted, or None.
+pub fn job_status(layout: &Layout, job: &str) -> Option<JobStatus> {
+    if let Some(s) = read_json::<JobStatus>(&layout.status(job)) {
+        return Some(s);
+    }
+    layout.queued(job).exists().then_some(JobStatus {
+        state: JobState::Queued,
+        exit_code: None,
+        reason: None,
+        nodes: Vec::new(),
+        started: None,
+        ended: None,
+    })
+}
+
+/// Asks the head to cancel a job (queued: dropped; running: its processes killed).
+pub fn cancel(layout: &Layout, job: &str) -> std::io::Result<()> {
+    std::fs::write(layout.cancel_request(job), b"")
+}
+
+/// One running task on this node.
+struct Running {
+    child: Child,
+}
+
+/// The agent loop of one node. The head (rank 0) also schedules the queue.
+pub fn run_agent(cluster_dir: &Path, rank: u32) -> std::io::Result<()> {
+    let layout = Layout::new(cluster_dir);
+    for d in [layout.tasks(rank), layout.done(rank), layout.queue()] {
+        std::fs::create_dir_all(d)?;
+    }
+    let me = std::process::id();
+    let start = proc::stat(me).map(|s| s.start_time);
+    write_json(
+        &layout.agent(rank),
+        &serde_json::json!({"pid": me, "start_time": start}),
+    )?;
+    let mut running: BTreeMap<String, Running> = BTreeMap::new();
+    let mut scheduler = (rank == 0).then(Scheduler::default);
+    loop {
+        run_tasks(&layout, rank, &mut running)?;
+        if let Some(s) = scheduler.as_mut()
+            && s.tick(&layout)?
+        {
+            // A managed job ended: the cluster is torn down; logs and status stay.
+            for r in 0..s.num_nodes(&layout) {
+                if let Some(a) = read_json::<serde_json::Value>(&layout.agent(r))
+                    && let Some(pid) = a.get("pid").and_then(serde_json::Value::as_u64)
+                    && pid != u64::from(me)
+                {
+                    proc::kill_session(pid as u32);
+                }
+            }
+            for r in 0..s.num_nodes(&layout) {
+                let _ = std::fs::remove_dir_all(layout.node(r));
+            }
+            std::fs::write(layout.root.join("torn_down"), now_rfc3339())?;
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn run_tasks(
+    layout: &Layout,
+    rank: u32,
+    running: &mut BTreeMap<String, Running>,
+) -> std::io::Result<()> {
+    // Start new tasks.
+    let mut files: Vec<PathBuf> = std::fs::read_dir(layout.tasks(rank))?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    files.sort();
+    for f in files {
+        let Some(task) = read_json::<Task>(&f) else {
+            continue;
+        };
+        if running.contains_key(&task.id)
+            || layout.done(rank).join(format!("{}.json", task.id)).exists()
+        {
+            continue;
+        }
+        if let Some(dir) = task.log.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&task.log)?;
+        let log2 = log.try_clone()?;
+        let workdir = layout.workdir(rank);
+        std::fs::create_dir_all(&workdir)?;
+        let mut cmd = Command::new("/bin/sh");
+        cmd.arg("-c")
+            .arg(&task.command)
+            .current_dir(&workdir)
+            .envs(&task.envs)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2);
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        match cmd.spawn() {
+            Ok(child) => {
+                running.insert(task.id.clone(), Running { child });
+            }
+            Err(e) => {
+                write_json(
+                    &layout.done(rank).join(format!("{}.json", task.id)),
+                    &TaskDone { exit_code: 127 },
+                )?;
+                let _ = std::fs::write(&task.log, format!("cannot start /bin/sh: {e}\n"));
+                let _ = std::fs::remove_file(&f);
+            }
+        }
+    }
+    // Cancel requests for tasks on this node.
+    let ids: Vec<String> = running.keys().cloned().collect();
+    for id in ids {
+        let cancel = layout.tasks(rank).join(format!("{id}.cancel"));
+        if cancel.exists()
+            && let Some(r) = running.get_mut(&id)
+        {
+            proc::signal(r.child.id(), libc::SIGTERM, true);
+            std::thread::sleep(Duration::from_millis(100));
+            proc::signal(r.child.id(), libc::SIGKILL, true);
+            let _ = std::fs::remove_file(&cancel);
+        }
+        let Some(r) = running.get_mut(&id) else {
+            continue;
+        };
+        if let Some(status) = r.child.try_wait()? {
+            use std::os::unix::process::ExitStatusExt;
+            let code = status
+                .code()
+                .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
+            write_json(
+                &layout.done(rank).join(format!("{id}.json")),
+                &TaskDone { exit_code: code },
+            )?;
+            let _ = std::fs::remove_file(layout.tasks(rank).join(format!("{id}.json")));
+            running.remove(&id);
+        }
+    }
+    Ok(())
+}
+
+#[derive(Default)]
+struct Scheduler {
+    nodes: Option<u32>,
+}
+
+impl Scheduler {
+    fn num_nodes(&mut self, layout: &Layout) -> u32 {
+        if self.nodes.is_none() {
+            self.nodes = read_json::<ClusterInfo>(&layout.info()).map(|i| i.num_nodes);
+        }
+        self.nodes.unwrap_or(1)
+    }
+
+    /// One scheduling pass. Returns true when a teardown job has ended.
+    fn tick(&mut self, layout: &Layout) -> std::io::Result<bool> {
+        let Some(info) = read_json::<ClusterInfo>(&layout.info()) else {
+            return Ok(false);
+        };
+        let mut jobs: Vec<JobRecord> = std::fs::read_dir(layout.queue())?
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "json"))
+            .filter_map(|p| read_json::<JobRecord>(&p))
+            .collect();
+        jobs.sort_by(|a, b| a.submitted.cmp(&b.submitted).then(a.id.cmp(&b.id)));
+        // Resources in use per node by running jobs.
+        let mut used: Vec<(f64, f64)> = vec![(0.0, 0.0); info.num_nodes as usize];
+        let mut statuses: BTreeMap<String, JobStatus> = BTreeMap::new();
+        for j in &jobs {
+            if let Some(s) = read_json::<JobStatus>(&layout.status(&j.id)) {
+                if s.state == JobState::Running {
+                    for n in &s.nodes {
+                        if let Some(u) = used.get_mut(*n as usize) {
+                            u.0 += j.cpus;
+                            u.1 += j.gpus;
+                        }
+                    }
+                }
+                statuses.insert(j.id.clone(), s);
+            }
+        }
+        let mut teardown_done = false;
+        for j in &jobs {
+            let status = statuses.get(&j.id).cloned();
+            let cancel_requested = layout.cancel_request(&j.id).exists();
+            match status.as_ref().map(|s| s.state) {
+                Some(s) if s.is_final() => {
+                    teardown_done |= j.teardown;
+                }
+                Some(JobState::Running) => {
+                    let mut st = status.unwrap_or_else(|| queued_status());
+                    if cancel_requested {
+                        for n in &st.nodes {
+                            let _ = std::fs::write(
+                                layout.tasks(*n).join(format!("{}.cancel", j.id)),
+                                b"",
+                            );
+                        }
+                    }
+                    let mut codes = Vec::new();
+                    for n in &st.nodes {
+                        if let Some(d) =
+                            read_json::<TaskDone>(&layout.done(*n).join(format!("{}.json", j.id)))
+                        {
+                            codes.push(d.exit_code);
+                        }
+                    }
+                    if codes.len() == st.nodes.len() {
+                        let failed = codes.iter().find(|c| **c != 0).copied();
+                        st.state = if cancel_requested {
+                            JobState::Cancelled
+                        } else if failed.is_some() {
+                            JobState::Failed
+                        } else {
+                            JobState::Succeeded
+                        };
+                        st.exit_code = Some(failed.unwrap_or(0));
+                        st.ended = Some(now_rfc3339());
+                        if cancel_requested {
+                            st.reason = Some("cancelled on request".into());
+                        }
+                        write_json(&layout.status(&j.id), &st)?;
+                        for n in &st.nodes {
+                            if let Some(u) = used.get_mut(*n as usize) {
+                                u.0 -= j.cpus;
+                                u.1 -= j.gpus;
+                            }
+                        }
+                        teardown_done |= j.teardown;
+                    }
+                }
+                _ => {
+                    // Queued.
+                    if cancel_requested {
+                        let mut st = queued_status();
+                        st.state = JobState::Cancelled;
+                        st.reason = Some("cancelled before it started".into());
+                        st.ended = Some(now_rfc3339());
+                        write_json(&layout.status(&j.id), &st)?;
+                        continue;
+                    }
+                    let mut blocked_by = None;
+                    let mut waiting = false;
+                    for dep in &j.after {
+                        match read_json::<JobStatus>(dep).map(|s| s.state) {
+                            Some(JobState::Succeeded) => {}
+                            Some(JobState::Failed | JobState::Cancelled) => {
+                                blocked_by = Some(dep.clone())
+                            }
+                            _ => waiting = true,
+                        }
+                    }
+                    if let Some(dep) = blocked_by {
+                        let name = dep
+                            .parent()
+                            .and_then(|p| p.file_name())
+                            .map(|n| n.to_string_lossy().to_string())
+                            .unwrap_or_default();
+                        let mut st = queued_status();
+                        st.state = JobState::Cancelled;
+                        st.reason = Some(format!("dependency {name} did not succeed"));
+                        st.ended = Some(now_rfc3339());
+                        write_json(&layout.status(&j.id), &st)?;
+                        teardown_done |= j.teardown;
+                        continue;
+                    }
+                    if waiting {
+                        continue;
+                    }
+                    // Pick nodes with room.
+                    let free: Vec<u32> = (0..info.num_nodes)
+                        .filter(|n| {
+                            let u = used[*n as usize];
+                            u.0 + j.cpus <= info.cpus_per_node + 1e-9
+                                && u.1 + j.gpus <= info.gpus_per_node + 1e-9
+                        })
+                        .collect();
+                    if (free.len() as u32) < j.num_nodes {
+                        continue;
+                    }
+                    let nodes: Vec<u32> = free.into_iter().take(j.num_nodes as usize).collect();
+                    let ips: Vec<String> = nodes
+                        .iter()
+                        .map(|n| {
+                            info.ips
+                                .get(*n as usize)
+                                .cloned()
+                                .unwrap_or_else(|| "127.0.0.1".into())
+                        })
+                        .collect();
+                    for (rank, node) in nodes.iter().enumerate() {
+                        let mut envs = info.envs.clone();
+                        envs.extend(j.envs.clone());
+                        envs.insert("SKYFORM_NODE_RANK".into(), rank.to_string());
+                        envs.insert("SKYFORM_NUM_NODES".into(), j.num_nodes.to_string());
+                        envs.insert("SKYFORM_NODE_IPS".into(), ips.join("\n"));
+                        envs.insert("SKYFORM_CLUSTER".into(), info.name.clone());
+                        envs.insert("SKYFORM_JOB_ID".into(), j.id.clone());
+                        if j.gpus > 0.0 {
+                            let n = j.gpus.ceil() as usize;
+                            let ids: Vec<String> = (0..n).map(|i| i.to_string()).collect();
+                            envs.insert("CUDA_VISIBLE_DEVICES".into(), ids.join(","));
+                        }
+                        let task = Task {
+                            id: j.id.clone(),
+                            command: j.run.clone(),
+                            envs,
+                            log: layout.log(&j.id, rank as u32),
+                        };
+                        write_json(&layout.tasks(*node).join(format!("{}.json", j.id)), &task)?;
+                        if let Some(u) = used.get_mut(*node as usize) {
+                            u.0 += j.cpus;
+                            u.1 += j.gpus;
+                        }
+                    }
+                    let mut st = queued_status();
+                    st.state = JobState::Running;
+                    st.nodes = nodes;
+                    st.started = Some(now_rfc3339());
+                    write_json(&layout.status(&j.id), &st)?;
+                }
+            }
+        }
+        Ok(teardown_done)
+    }
+}
+
+fn queued_status() -> JobStatus {
+    JobStatus {
+        state: JobState::Queued,
+        exit_code: None,
+        reason: None,
+        nodes: Vec::new(),
+        started: None,
+        ended: None,
+    }
+}
+
+/// Runs `command` on every node now (outside the queue) and waits: used for `setup`.
+pub async fn run_everywhere(
+    layout: &Layout,
+    nodes: u32,
+    id: &str,
+    command: &str,
+    envs: &BTreeMap<String, String>,
+    timeout: Duration,
+) -> Result<(), String> {
+    for rank in 0..nodes {
+        let _ = std::fs::remove_file(layout.done(rank).join(format!("{id}.json")));
+        let mut e = envs.clone();
+        e.insert("SKYFORM_NODE_RANK".into(), rank.to_string());
+        e.insert("SKYFORM_NUM_NODES".into(), nodes.to_string());
+        let task = Task {
+            id: id.to_string(),
+            command: command.to_string(),
+            envs: e,
+            log: layout.node(rank).join(format!("{id}.log")),
+        };
+        write_json(&layout.tasks(rank).join(format!("{id}.json")), &task)
+            .map_err(|e| e.to_string())?;
+    }
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut pending: BTreeSet<u32> = (0..nodes).collect();
+    while !pending.is_empty() {
+        for rank in pending.clone() {
+            if let Some(d) = read_json::<TaskDone>(&layout.done(rank).join(format!("{id}.json"))) {
+                pending.remove(&rank);
+                if d.exit_code != 0 {
+                    let log = std::fs::read_to_string(layout.node(rank).join(format!("{id}.log")))
+                        .unwrap_or_default();
+                    let tail: Vec<&str> = log.lines().rev().take(5).collect();
+                    let tail: Vec<&str> = tail.into_iter().rev().collect();
+                    return Err(format!(
+                        "{id} failed on node {rank} with exit code {}:\n    {}",
+                        d.exit_code,
+                        tail.join("\n    ")
+                    ));
+                }
+            }
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(format!("{id} did not finish within {}s", timeout.as_secs()));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
