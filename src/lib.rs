@@ -4,10 +4,13 @@
 //! `optimizer`) → `apply` → `providers` → `state`. See `docs/architecture.md`.
 
 pub mod apply;
+pub mod cli;
 pub mod config;
+pub mod graph;
 pub mod model;
 pub mod optimizer;
 pub mod plan;
 pub mod providers;
+pub mod render;
 pub mod runtime;
 pub mod state;

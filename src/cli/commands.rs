@@ -1,0 +1,1253 @@
+//! One function per command.
+
+use super::{
+    Cli, Command, EXIT_CHANGES, EXIT_ERROR, EXIT_OK, LockFlags, PlanFlags, StateCommand, VarFlags,
+};
+use crate::apply::{Applier, Event, Summary};
+use crate::config::{self, Config, Diagnostics, InputValue, VarArgs};
+use crate::model::Address;
+use crate::plan::{self, Options, Plan};
+use crate::providers::{Registry, local::LocalProvider};
+use crate::render::{self, Style};
+use crate::state::{self, LocalStore, LockInfo, State, StateStore};
+use std::collections::BTreeMap;
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// A command's failure: the message, and what to do next.
+struct Failure {
+    message: String,
+    hint: Option<String>,
+}
+
+impl Failure {
+    fn new(message: impl Into<String>) -> Failure {
+        Failure {
+            message: message.into(),
+            hint: None,
+        }
+    }
+    fn hint(mut self, h: impl Into<String>) -> Failure {
+        self.hint = Some(h.into());
+        self
+    }
+}
+
+impl From<state::StateError> for Failure {
+    fn from(e: state::StateError) -> Self {
+        let hint = e.hint();
+        Failure {
+            message: e.to_string(),
+            hint,
+        }
+    }
+}
+
+type Result<T> = std::result::Result<T, Failure>;
+
+/// A `fmt` failure (a file that cannot be read or written).
+#[derive(Debug)]
+pub struct FmtFailure(pub String);
+
+struct Ctx {
+    dir: PathBuf,
+    style: Style,
+    tty_in: bool,
+}
+
+impl Ctx {
+    fn store(&self) -> LocalStore {
+        LocalStore::new(self.dir.join(".skyform").join("state.json"))
+    }
+
+    fn registry(&self, config: Option<&Config>) -> Arc<Registry> {
+        let settings = config
+            .and_then(|c| c.infra.iter().find(|i| i.kind == "local"))
+            .map(|i| &i.settings);
+        let local = LocalProvider::new(self.dir.join(".skyform").join("local"), settings);
+        let mut providers: BTreeMap<&'static str, Box<dyn crate::providers::Provider>> =
+            BTreeMap::new();
+        providers.insert("local", Box::new(local));
+        Arc::new(Registry { providers })
+    }
+}
+
+fn print_failure(f: &Failure, style: &Style) {
+    eprintln!("{} {}", style.red("error:"), f.message);
+    if let Some(h) = &f.hint {
+        eprintln!("hint: {h}");
+    }
+}
+
+pub async fn run(cli: Cli) -> i32 {
+    let base = match &cli.chdir {
+        Some(d) => d.clone(),
+        None => PathBuf::from("."),
+    };
+    let color =
+        !cli.no_color && std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    let style = Style { color };
+    let dir_of = |d: &Option<PathBuf>| -> PathBuf {
+        d.as_ref().map_or_else(|| base.clone(), |d| base.join(d))
+    };
+    let ctx = |dir: PathBuf| Ctx {
+        dir,
+        style,
+        tty_in: std::io::stdin().is_terminal(),
+    };
+    let result = match cli.command {
+        Command::Init { dir } => init(&ctx(dir_of(&dir))).await,
+        Command::Validate { dir, json, vars } => validate(&ctx(dir_of(&dir)), json, &vars),
+        Command::Fmt { dir, check, diff } => {
+            super::fmt::run(&dir_of(&dir), check, diff).map_err(|e| Failure::new(e.0))
+        }
+        Command::Plan {
+            dir,
+            flags,
+            out,
+            detailed_exitcode,
+            json,
+            destroy,
+        } => {
+            plan_cmd(
+                &ctx(dir_of(&dir)),
+                &flags,
+                out.as_deref(),
+                detailed_exitcode,
+                json,
+                destroy,
+            )
+            .await
+        }
+        Command::Apply {
+            planfile,
+            flags,
+            auto_approve,
+            input,
+            parallelism,
+            wait,
+        } => {
+            // `apply DIR` is accepted as well as `apply PLANFILE`.
+            let (dir, planfile) = match planfile {
+                Some(p) if base.join(&p).is_dir() => (base.join(p), None),
+                other => (base.clone(), other.map(|p| base.join(p))),
+            };
+            apply_cmd(
+                &ctx(dir),
+                planfile.as_deref(),
+                &flags,
+                auto_approve && true,
+                input,
+                parallelism,
+                wait,
+                false,
+            )
+            .await
+        }
+        Command::Destroy {
+            dir,
+            auto_approve,
+            input,
+            vars,
+            lock,
+            parallelism,
+        } => {
+            let flags = PlanFlags {
+                vars,
+                target: Vec::new(),
+                replace: Vec::new(),
+                refresh: true,
+                lock,
+            };
+            apply_cmd(
+                &ctx(dir_of(&dir)),
+                None,
+                &flags,
+                auto_approve,
+                input,
+                parallelism,
+                false,
+                true,
+            )
+            .await
+        }
+        Command::Show { planfile, json } => {
+            show(
+                &ctx(base.clone()),
+                planfile.map(|p| base.join(p)).as_deref(),
+                json,
+            )
+            .await
+        }
+        Command::Output { name, json, raw } => {
+            output(&ctx(base.clone()), name.as_deref(), json, raw).await
+        }
+        Command::State { command } => state_cmd(&ctx(base.clone()), command).await,
+        Command::ForceUnlock { lock_id, force } => {
+            force_unlock(&ctx(base.clone()), &lock_id, force).await
+        }
+        Command::Status { json } => status(&ctx(base.clone()), json).await,
+        Command::Logs { address, follow } => logs(&ctx(base.clone()), &address, follow).await,
+        Command::Graph { dir, format } => graph(&ctx(dir_of(&dir)), &format),
+        Command::Agent { .. } => Ok(EXIT_OK),
+    };
+    match result {
+        Ok(code) => code,
+        Err(f) => {
+            print_failure(&f, &style);
+            EXIT_ERROR
+        }
+    }
+}
+
+fn var_args(v: &VarFlags) -> VarArgs {
+    VarArgs {
+        vars: v.vars.clone(),
+        var_files: v.var_files.clone(),
+    }
+}
+
+/// Loads config and variables; prints diagnostics and fails if there are errors.
+fn load(ctx: &Ctx, vars: &VarFlags) -> Result<(Config, BTreeMap<String, InputValue>)> {
+    let (config, mut diags) = config::load(&ctx.dir);
+    let (inputs, vdiags) = config::inputs(&config, &var_args(vars), &config::process_env());
+    diags.extend(vdiags);
+    report(&config, &mut diags, ctx.style)?;
+    Ok((config, inputs))
+}
+
+fn report(config: &Config, diags: &mut Diagnostics, style: Style) -> Result<()> {
+    diags.sort();
+    if !diags.items.is_empty() {
+        eprint!("{}", diags.render(&config.sources, style.color));
+    }
+    if diags.has_errors() {
+        return Err(Failure {
+            message: String::new(),
+            hint: None,
+        });
+    }
+    Ok(())
+}
+
+async fn init(ctx: &Ctx) -> Result<i32> {
+    let (config, mut diags) = config::load(&ctx.dir);
+    report(&config, &mut diags, ctx.style)?;
+    let store = ctx.store();
+    if store.read().await?.is_none() {
+        store.write(&State::new()).await?;
+        println!("Created the state at {}.", store.describe());
+    } else {
+        println!("The state at {} is ready.", store.describe());
+    }
+    if let Some(b) = &config.state_backend
+        && b.kind != "local"
+    {
+        return Err(Failure::new(format!(
+            "state backend {:?} is not available in this build yet",
+            b.kind
+        ))
+        .hint("remove the state block to use the local state file"));
+    }
+    println!("Infra:");
+    let mut kinds: Vec<String> = config.infra.iter().map(|i| i.kind.clone()).collect();
+    if kinds.is_empty() {
+        kinds.push("local".into());
+    }
+    for k in kinds {
+        let status = if k == "local" {
+            "ready (this machine)"
+        } else {
+            "not available in this build yet"
+        };
+        println!("  {k:<12} {status}");
+    }
+    println!("\nhint: run `skyform plan` to see what would be created");
+    Ok(EXIT_OK)
+}
+
+fn validate(ctx: &Ctx, json: bool, vars: &VarFlags) -> Result<i32> {
+    let (config, mut diags) = config::load(&ctx.dir);
+    let (inputs, vdiags) = config::inputs(&config, &var_args(vars), &config::process_env());
+    diags.extend(vdiags);
+    if !diags.has_errors() {
+        let mut collect = config::Collect::default();
+        let (_, ediags) = config::evaluate(&config, &inputs, &mut collect);
+        diags.extend(ediags);
+    }
+    diags.sort();
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&diags.to_json(&config.sources)).unwrap_or_default()
+        );
+        return Ok(if diags.has_errors() {
+            EXIT_ERROR
+        } else {
+            EXIT_OK
+        });
+    }
+    if !diags.items.is_empty() {
+        eprint!("{}", diags.render(&config.sources, ctx.style.color));
+    }
+    if diags.has_errors() {
+        return Ok(EXIT_ERROR);
+    }
+    println!("{}", ctx.style.green("The configuration is valid."));
+    Ok(EXIT_OK)
+}
+
+fn parse_addrs(list: &[String]) -> Result<Vec<Address>> {
+    list.iter()
+        .map(|s| s.parse::<Address>().map_err(|e| Failure::new(e.to_string()).hint("addresses look like cluster.dev, job.train[0] or module.sweep.managed_job.run[\"a\"]")))
+        .collect()
+}
+
+/// Holds the state lock for the duration of a command.
+struct Locked<'a> {
+    store: &'a LocalStore,
+    info: LockInfo,
+}
+
+impl Locked<'_> {
+    async fn release(self) {
+        let _ = self.store.unlock(&self.info.id).await;
+    }
+}
+
+async fn lock<'a>(store: &'a LocalStore, op: &str, flags: &LockFlags) -> Result<Locked<'a>> {
+    let info = LockInfo::new(op);
+    state::lock_with_timeout(store, &info, flags.lock_timeout).await?;
+    Ok(Locked { store, info })
+}
+
+/// Refresh + plan (the caller holds the lock).
+async fn make_plan(
+    ctx: &Ctx,
+    config: &Config,
+    inputs: &BTreeMap<String, InputValue>,
+    state: &mut State,
+    flags: &PlanFlags,
+    destroy: bool,
+) -> Result<Plan> {
+    let registry = ctx.registry(Some(config));
+    let mut options = Options {
+        destroy,
+        targets: parse_addrs(&flags.target)?,
+        replace: parse_addrs(&flags.replace)?,
+        ..Options::default()
+    };
+    if flags.refresh && !state.resources.is_empty() {
+        let t = std::time::Instant::now();
+        let n = state.resources.len();
+        let r = plan::refresh::refresh(state, &registry, 64).await;
+        eprintln!(
+            "Refreshing {n} resource{}... done in {:.1}s",
+            if n == 1 { "" } else { "s" },
+            t.elapsed().as_secs_f64()
+        );
+        options.degraded = r.degraded;
+        options.drift = r.drift;
+    }
+    let mut offerings = Vec::new();
+    for p in registry.providers.values() {
+        match p.offerings().await {
+            Ok(o) => offerings.extend(o),
+            Err(e) => eprintln!("warning: {} offers nothing: {e}", p.name()),
+        }
+    }
+    let (plan, mut diags) = plan::plan(config, inputs, state, &offerings, &options);
+    report(config, &mut diags, ctx.style)?;
+    Ok(plan)
+}
+
+async fn plan_cmd(
+    ctx: &Ctx,
+    flags: &PlanFlags,
+    out: Option<&Path>,
+    detailed: bool,
+    json: bool,
+    destroy: bool,
+) -> Result<i32> {
+    let (config, inputs) = load(ctx, &flags.vars)?;
+    let store = ctx.store();
+    let guard = lock(&store, "plan", &flags.lock).await?;
+    let result = async {
+        let mut state = store.read().await?.unwrap_or_default();
+        make_plan(ctx, &config, &inputs, &mut state, flags, destroy).await
+    }
+    .await;
+    guard.release().await;
+    let plan = result?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&render::json::plan(&plan)).unwrap_or_default()
+        );
+    } else {
+        print!("{}", render::human::plan(&plan, &ctx.style));
+    }
+    if let Some(path) = out {
+        let bytes = serde_json::to_vec_pretty(&plan).map_err(|e| Failure::new(e.to_string()))?;
+        LocalStore::write_atomic(path, &bytes)?;
+        if !json {
+            println!(
+                "\nSaved the plan to {}. Apply exactly it with `skyform apply {}`.",
+                path.display(),
+                path.display()
+            );
+        }
+    } else if !json && plan.has_changes() {
+        println!(
+            "\nhint: save this plan with -out plan.json and apply exactly it with `skyform apply plan.json`"
+        );
+    }
+    Ok(if detailed && plan.has_changes() {
+        EXIT_CHANGES
+    } else {
+        EXIT_OK
+    })
+}
+
+fn confirm(ctx: &Ctx, what: &str, auto_approve: bool, input: bool) -> Result<bool> {
+    if auto_approve {
+        return Ok(true);
+    }
+    if !input || !ctx.tty_in {
+        return Err(Failure::new(format!("{what} needs approval, and there is no terminal to ask")).hint("pass -auto-approve, or apply a saved plan: skyform plan -out plan.json && skyform apply plan.json"));
+    }
+    print!("\nDo you want to {what}? Only 'yes' will be accepted: ");
+    let _ = std::io::stdout().flush();
+    let mut line = String::new();
+    let _ = std::io::stdin().read_line(&mut line);
+    Ok(line.trim() == "yes")
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn apply_cmd(
+    ctx: &Ctx,
+    planfile: Option<&Path>,
+    flags: &PlanFlags,
+    auto_approve: bool,
+    input: bool,
+    parallelism: usize,
+    wait: bool,
+    destroy: bool,
+) -> Result<i32> {
+    let saved: Option<Plan> = match planfile {
+        Some(p) => {
+            let bytes = std::fs::read(p)
+                .map_err(|e| Failure::new(format!("cannot read plan {}: {e}", p.display())))?;
+            Some(serde_json::from_slice(&bytes).map_err(|e| {
+                Failure::new(format!("{} is not a skyform plan: {e}", p.display()))
+                    .hint("make one with skyform plan -out FILE")
+            })?)
+        }
+        None => None,
+    };
+    let (config, mut inputs) = load(ctx, &flags.vars)?;
+    let store = ctx.store();
+    let guard = lock(
+        &store,
+        if destroy { "destroy" } else { "apply" },
+        &flags.lock,
+    )
+    .await?;
+    let result = apply_locked(
+        ctx,
+        &config,
+        &mut inputs,
+        &store,
+        saved,
+        flags,
+        auto_approve,
+        input,
+        parallelism,
+        wait,
+        destroy,
+    )
+    .await;
+    guard.release().await;
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn apply_locked(
+    ctx: &Ctx,
+    config: &Config,
+    inputs: &mut BTreeMap<String, InputValue>,
+    store: &LocalStore,
+    saved: Option<Plan>,
+    flags: &PlanFlags,
+    auto_approve: bool,
+    input: bool,
+    parallelism: usize,
+    wait: bool,
+    destroy: bool,
+) -> Result<i32> {
+    let stored = store.read().await?;
+    let fresh = stored.is_none();
+    let mut state = stored.unwrap_or_default();
+    let plan = match saved {
+        Some(p) => {
+            if p.skyform_version != env!("CARGO_PKG_VERSION") {
+                return Err(Failure::new(format!(
+                    "the plan was made by skyform {}, this is {}",
+                    p.skyform_version,
+                    env!("CARGO_PKG_VERSION")
+                ))
+                .hint("make a new plan with this version"));
+            }
+            if p.config_digest != config.digest {
+                return Err(
+                    Failure::new("the configuration changed since the plan was made")
+                        .hint("make a new plan: skyform plan -out FILE"),
+                );
+            }
+            let state_moved = if fresh {
+                p.serial != 0
+            } else {
+                p.lineage != state.lineage || p.serial != state.serial
+            };
+            if state_moved {
+                return Err(Failure::new(format!(
+                    "stale plan: it was made against state serial {} of lineage {}, the state is now serial {} of lineage {}",
+                    p.serial, p.lineage, state.serial, state.lineage
+                ))
+                .hint("make a new plan: skyform plan -out FILE"));
+            }
+            if fresh {
+                state.lineage = p.lineage.clone();
+            }
+            // The plan's variables are the ones used from here on.
+            *inputs = p
+                .variables
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        k.clone(),
+                        InputValue {
+                            raw: config::vars::RawValue::Parsed(config::eval::json_to_hcl(v)),
+                            source: config::vars::ValueSource::Flag,
+                        },
+                    )
+                })
+                .collect();
+            // Refresh so apply works from what is true now.
+            let registry = ctx.registry(Some(config));
+            plan::refresh::refresh(&mut state, &registry, 64).await;
+            p
+        }
+        None => {
+            let p = make_plan(ctx, config, inputs, &mut state, flags, destroy).await?;
+            print!("{}", render::human::plan(&p, &ctx.style));
+            if !p.has_changes() {
+                return Ok(EXIT_OK);
+            }
+            let what = if destroy {
+                "destroy these resources"
+            } else {
+                "perform these actions"
+            };
+            if !confirm(ctx, what, auto_approve, input)? {
+                println!("Apply cancelled.");
+                return Ok(EXIT_ERROR);
+            }
+            println!();
+            p
+        }
+    };
+    let registry = ctx.registry(Some(config));
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let ctrl_c = tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!(
+                "\nInterrupt received: finishing the operations in flight, then stopping. Interrupt again to abandon them."
+            );
+            let _ = tx.send(true);
+            if tokio::signal::ctrl_c().await.is_ok() {
+                std::process::exit(130);
+            }
+        }
+    });
+    let style = ctx.style;
+    let on_event = move |e: &Event| match e {
+        Event::Started { address, what } => println!("{address}: {what}..."),
+        Event::Done {
+            address,
+            what,
+            seconds,
+        } => println!("{address}: {what} ({seconds:.1}s)"),
+        Event::Failed { address, error } => println!("{address}: {} {error}", style.red("failed:")),
+        Event::Skipped { address, because } => {
+            println!("{address}: skipped because {because} failed")
+        }
+        Event::StateWritten { .. } => {}
+    };
+    let applier = Applier {
+        registry: registry.clone(),
+        store,
+        root: config
+            .dir
+            .canonicalize()
+            .unwrap_or_else(|_| config.dir.clone()),
+        parallelism: parallelism.max(1),
+        on_event: &on_event,
+        interrupt: rx,
+    };
+    let summary = applier
+        .apply(&plan, &mut state)
+        .await
+        .map_err(|e| match e {
+            crate::apply::ApplyError::State(s) => Failure::from(s),
+        })?;
+    ctrl_c.abort();
+    // Outputs, evaluated against the state as it is now.
+    let outputs = outputs_now(config, inputs, &state);
+    crate::apply::set_outputs(&mut state, &outputs);
+    state.serial += 1;
+    store.write(&state).await?;
+    print_summary(&summary, &plan, &state, destroy, &ctx.style);
+    if !summary.ok() {
+        return Ok(EXIT_ERROR);
+    }
+    if wait {
+        return wait_for_jobs(ctx, config, &plan).await;
+    }
+    if !destroy
+        && plan
+            .changes
+            .iter()
+            .any(|c| c.address.kind != crate::model::Kind::Cluster && c.action.is_change())
+    {
+        println!("\nhint: follow the jobs with `skyform status` and `skyform logs ADDRESS -f`");
+    }
+    Ok(EXIT_OK)
+}
+
+fn outputs_now(
+    config: &Config,
+    inputs: &BTreeMap<String, InputValue>,
+    state: &State,
+) -> BTreeMap<String, config::OutputValue> {
+    let (p, _) = plan::plan(config, inputs, state, &[], &Options::default());
+    p.outputs
+        .into_iter()
+        .filter_map(|(k, o)| {
+            o.after.map(|v| {
+                (
+                    k,
+                    config::OutputValue {
+                        value: v,
+                        sensitive: o.sensitive,
+                    },
+                )
+            })
+        })
+        .collect()
+}
+
+fn print_summary(s: &Summary, plan: &Plan, state: &State, destroy: bool, style: &Style) {
+    let cost: u64 = state
+        .resources
+        .values()
+        .filter_map(|r| r.placement.as_ref())
+        .map(|c| c.hourly)
+        .sum();
+    println!();
+    if s.interrupted {
+        println!(
+            "{}",
+            style.yellow("Apply interrupted: the state records everything that was done.")
+        );
+    }
+    if !s.failures.is_empty() {
+        println!(
+            "{}",
+            style.red(&format!(
+                "Apply failed: {} error{}.",
+                s.failures.len(),
+                if s.failures.len() == 1 { "" } else { "s" }
+            ))
+        );
+        for (addr, e) in &s.failures {
+            println!("  {addr}: {e}");
+        }
+        if !s.skipped.is_empty() {
+            let names: Vec<String> = s.skipped.iter().map(ToString::to_string).collect();
+            println!("  skipped because of these: {}", names.join(", "));
+        }
+        println!("hint: fix the cause and run `skyform apply` again; finished work is kept");
+    }
+    if destroy {
+        println!(
+            "{}",
+            style.green(&format!(
+                "Destroy complete! Resources: {} destroyed.",
+                s.destroyed
+            ))
+        );
+    } else if s.ok() {
+        println!(
+            "{}",
+            style.green(&format!(
+                "Apply complete! Resources: {} added, {} changed, {} replaced, {} destroyed. Cost now {}/h.",
+                s.added,
+                s.changed,
+                s.replaced,
+                s.destroyed,
+                crate::optimizer::dollars(cost)
+            ))
+        );
+    }
+    let _ = plan;
+    if !state.outputs.is_empty() && !destroy {
+        println!("\nOutputs:");
+        for (k, o) in &state.outputs {
+            let v = if o.sensitive {
+                "(sensitive value)".to_string()
+            } else {
+                render::human::value(&o.value)
+            };
+            println!("  {k} = {v}");
+        }
+    }
+}
+
+async fn wait_for_jobs(ctx: &Ctx, config: &Config, plan: &Plan) -> Result<i32> {
+    let registry = ctx.registry(Some(config));
+    let store = ctx.store();
+    let watched: Vec<Address> = plan
+        .changes
+        .iter()
+        .filter(|c| {
+            matches!(
+                c.address.kind,
+                crate::model::Kind::Job | crate::model::Kind::ManagedJob
+            ) && matches!(c.action, plan::Action::Create | plan::Action::Replace)
+        })
+        .map(|c| c.address.clone())
+        .collect();
+    println!("\nWaiting for {} job(s)...", watched.len());
+    loop {
+        let mut state = store.read().await?.unwrap_or_default();
+        plan::refresh::refresh(&mut state, &registry, 64).await;
+        let statuses: Vec<(Address, String)> = watched
+            .iter()
+            .map(|a| {
+                (
+                    a.clone(),
+                    state
+                        .resources
+                        .get(a)
+                        .and_then(|r| r.computed.get("status"))
+                        .and_then(|s| s.as_str())
+                        .unwrap_or("UNKNOWN")
+                        .to_string(),
+                )
+            })
+            .collect();
+        if statuses
+            .iter()
+            .all(|(_, s)| ["SUCCEEDED", "FAILED", "CANCELLED", "UNKNOWN"].contains(&s.as_str()))
+        {
+            let failed: Vec<&(Address, String)> =
+                statuses.iter().filter(|(_, s)| s != "SUCCEEDED").collect();
+            for (a, s) in &statuses {
+                println!("  {a}: {s}");
+            }
+            return Ok(if failed.is_empty() {
+                EXIT_OK
+            } else {
+                EXIT_ERROR
+            });
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    }
+}
+
+async fn read_state(ctx: &Ctx) -> Result<State> {
+    ctx.store().read().await?.ok_or_else(|| {
+        Failure::new(format!("no state at {}", ctx.store().describe()))
+            .hint("run `skyform apply` first")
+    })
+}
+
+async fn show(ctx: &Ctx, planfile: Option<&Path>, json: bool) -> Result<i32> {
+    if let Some(p) = planfile {
+        let bytes = std::fs::read(p)
+            .map_err(|e| Failure::new(format!("cannot read plan {}: {e}", p.display())))?;
+        let plan: Plan = serde_json::from_slice(&bytes)
+            .map_err(|e| Failure::new(format!("{} is not a skyform plan: {e}", p.display())))?;
+        if json {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&render::json::plan(&plan)).unwrap_or_default()
+            );
+        } else {
+            print!("{}", render::human::plan(&plan, &ctx.style));
+        }
+        return Ok(EXIT_OK);
+    }
+    let state = read_state(ctx).await?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&state_json(&state)).unwrap_or_default()
+        );
+        return Ok(EXIT_OK);
+    }
+    if state.resources.is_empty() {
+        println!("The state is empty.");
+    }
+    for (addr, r) in &state.resources {
+        println!("# {addr}  ({:?})", r.status);
+        for (k, v) in r.spec.attributes() {
+            let shown = if r.sensitive.contains(&k) || k == "secrets" {
+                "(sensitive value)".to_string()
+            } else {
+                render::human::value(&v)
+            };
+            println!("    {k} = {shown}");
+        }
+        for (k, v) in &r.computed {
+            println!("    {k} = {}", render::human::value(v));
+        }
+        println!();
+    }
+    Ok(EXIT_OK)
+}
+
+/// State as JSON with sensitive values removed.
+fn state_json(state: &State) -> serde_json::Value {
+    let mut v = serde_json::to_value(state).unwrap_or_default();
+    if let Some(res) = v.get_mut("resources").and_then(|r| r.as_object_mut()) {
+        for (addr, r) in res.iter_mut() {
+            let sensitive: Vec<String> = state
+                .resources
+                .iter()
+                .find(|(a, _)| a.to_string() == *addr)
+                .map(|(_, r)| r.sensitive.clone())
+                .unwrap_or_default();
+            if let Some(spec) = r.get_mut("spec").and_then(|s| s.as_object_mut()) {
+                for k in sensitive.iter().map(String::as_str).chain(["secrets"]) {
+                    if let Some(x) = spec.get_mut(k) {
+                        *x = serde_json::Value::Null;
+                    }
+                }
+            }
+        }
+    }
+    if let Some(outs) = v.get_mut("outputs").and_then(|o| o.as_object_mut()) {
+        for o in outs.values_mut() {
+            if o.get("sensitive").and_then(|s| s.as_bool()) == Some(true) {
+                o["value"] = serde_json::Value::Null;
+            }
+        }
+    }
+    v
+}
+
+async fn output(ctx: &Ctx, name: Option<&str>, json: bool, raw: bool) -> Result<i32> {
+    let state = read_state(ctx).await?;
+    match name {
+        Some(n) => {
+            let o = state.outputs.get(n).ok_or_else(|| {
+                Failure::new(format!("no output {n:?}")).hint("list them with `skyform output`")
+            })?;
+            if raw {
+                match &o.value {
+                    serde_json::Value::String(s) => println!("{s}"),
+                    serde_json::Value::Number(_) | serde_json::Value::Bool(_) => {
+                        println!("{}", o.value)
+                    }
+                    _ => {
+                        return Err(
+                            Failure::new("-raw works only for strings, numbers and bools")
+                                .hint("use -json for lists and maps"),
+                        );
+                    }
+                }
+            } else if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&o.value).unwrap_or_default()
+                );
+            } else {
+                println!("{}", render::human::value(&o.value));
+            }
+        }
+        None => {
+            if json {
+                let m: serde_json::Map<String, serde_json::Value> = state
+                    .outputs
+                    .iter()
+                    .map(|(k, o)| {
+                        (
+                            k.clone(),
+                            serde_json::json!({"value": o.value, "sensitive": o.sensitive}),
+                        )
+                    })
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&m).unwrap_or_default());
+            } else {
+                for (k, o) in &state.outputs {
+                    let v = if o.sensitive {
+                        "(sensitive value)".to_string()
+                    } else {
+                        render::human::value(&o.value)
+                    };
+                    println!("{k} = {v}");
+                }
+            }
+        }
+    }
+    Ok(EXIT_OK)
+}
+
+async fn state_cmd(ctx: &Ctx, cmd: StateCommand) -> Result<i32> {
+    let store = ctx.store();
+    match cmd {
+        StateCommand::List => {
+            for a in read_state(ctx).await?.resources.keys() {
+                println!("{a}");
+            }
+        }
+        StateCommand::Show { address } => {
+            let addr: Address = parse_addrs(&[address])?.remove(0);
+            let state = read_state(ctx).await?;
+            let r = state.resources.get(&addr).ok_or_else(|| {
+                Failure::new(format!("{addr} is not in state"))
+                    .hint("list addresses with `skyform state list`")
+            })?;
+            let mut v = state_json(&state);
+            let one = v
+                .get_mut("resources")
+                .and_then(|r| r.get_mut(addr.to_string()))
+                .cloned()
+                .unwrap_or_default();
+            let _ = r;
+            println!("{}", serde_json::to_string_pretty(&one).unwrap_or_default());
+        }
+        StateCommand::Rm { address } => {
+            let addr: Address = parse_addrs(&[address])?.remove(0);
+            let guard = lock(
+                &store,
+                "state rm",
+                &LockFlags {
+                    lock_timeout: std::time::Duration::ZERO,
+                },
+            )
+            .await?;
+            let r = async {
+                let mut state = read_state(ctx).await?;
+                if state.resources.remove(&addr).is_none() {
+                    return Err(Failure::new(format!("{addr} is not in state")));
+                }
+                state.serial += 1;
+                store.write(&state).await?;
+                println!(
+                    "Removed {addr} from state (it still exists in the world; skyform forgot it)."
+                );
+                Ok(())
+            }
+            .await;
+            guard.release().await;
+            r?;
+        }
+        StateCommand::Mv { from, to } => {
+            let (from, to): (Address, Address) = {
+                let mut v = parse_addrs(&[from, to])?;
+                let t = v.remove(1);
+                (v.remove(0), t)
+            };
+            if from.kind != to.kind {
+                return Err(Failure::new(format!(
+                    "cannot move a {} to a {}",
+                    from.kind, to.kind
+                )));
+            }
+            let guard = lock(
+                &store,
+                "state mv",
+                &LockFlags {
+                    lock_timeout: std::time::Duration::ZERO,
+                },
+            )
+            .await?;
+            let r = async {
+                let mut state = read_state(ctx).await?;
+                if state.resources.contains_key(&to) {
+                    return Err(Failure::new(format!("{to} already exists in state")));
+                }
+                let res = state
+                    .resources
+                    .remove(&from)
+                    .ok_or_else(|| Failure::new(format!("{from} is not in state")))?;
+                state.resources.insert(to.clone(), res);
+                state.serial += 1;
+                store.write(&state).await?;
+                println!("Moved {from} to {to}.");
+                Ok(())
+            }
+            .await;
+            guard.release().await;
+            r?;
+        }
+        StateCommand::Pull => {
+            let state = read_state(ctx).await?;
+            print!("{}", String::from_utf8_lossy(&state.to_json()));
+        }
+        StateCommand::Push { file, force } => {
+            let bytes = std::fs::read(&file)
+                .map_err(|e| Failure::new(format!("cannot read {}: {e}", file.display())))?;
+            let new = State::from_json(&bytes)?;
+            let guard = lock(
+                &store,
+                "state push",
+                &LockFlags {
+                    lock_timeout: std::time::Duration::ZERO,
+                },
+            )
+            .await?;
+            let r = async {
+                if let Some(cur) = store.read().await?
+                    && !force
+                {
+                    if cur.lineage != new.lineage {
+                        return Err(Failure::new(format!(
+                            "{} has lineage {}, the state has {}",
+                            file.display(),
+                            new.lineage,
+                            cur.lineage
+                        ))
+                        .hint("pass -force to replace a state of another lineage"));
+                    }
+                    if new.serial <= cur.serial {
+                        return Err(Failure::new(format!(
+                            "{} has serial {}, not above the state's {}",
+                            file.display(),
+                            new.serial,
+                            cur.serial
+                        ))
+                        .hint("pass -force to overwrite a newer state"));
+                    }
+                }
+                store.write(&new).await?;
+                println!("Pushed {} (serial {}).", file.display(), new.serial);
+                Ok(())
+            }
+            .await;
+            guard.release().await;
+            r?;
+        }
+    }
+    Ok(EXIT_OK)
+}
+
+async fn force_unlock(ctx: &Ctx, id: &str, force: bool) -> Result<i32> {
+    let store = ctx.store();
+    let holder = store
+        .lock_holder()
+        .await?
+        .ok_or_else(|| Failure::new("the state is not locked"))?;
+    if !holder.id.starts_with(id) || id.len() < 4 {
+        return Err(Failure::new(format!(
+            "lock id {id} does not match the current lock {}",
+            holder.id
+        ))
+        .hint("copy the id from the lock error"));
+    }
+    println!(
+        "The lock is held by {} ({}) since {}.",
+        holder.who, holder.operation, holder.created
+    );
+    if !force {
+        if !ctx.tty_in {
+            return Err(Failure::new(
+                "force-unlock needs confirmation, and there is no terminal to ask",
+            )
+            .hint("pass -force if you are sure that run is dead"));
+        }
+        print!("Remove it? Only 'yes' will be accepted: ");
+        let _ = std::io::stdout().flush();
+        let mut line = String::new();
+        let _ = std::io::stdin().read_line(&mut line);
+        if line.trim() != "yes" {
+            println!("Kept the lock.");
+            return Ok(EXIT_ERROR);
+        }
+    }
+    store.unlock(&holder.id).await?;
+    println!("Removed the lock.");
+    Ok(EXIT_OK)
+}
+
+async fn status(ctx: &Ctx, json: bool) -> Result<i32> {
+    let mut state = read_state(ctx).await?;
+    let (config, _) = config::load(&ctx.dir);
+    let registry = ctx.registry(Some(&config));
+    plan::refresh::refresh(&mut state, &registry, 64).await;
+    if json {
+        let rows: Vec<serde_json::Value> = state
+            .resources
+            .iter()
+            .map(|(a, r)| serde_json::json!({"address": a.to_string(), "status": r.computed.get("status"), "exit_code": r.computed.get("exit_code"), "placement": r.placement.as_ref().map(|p| p.offering.infra()), "hourly_cost_micros": r.placement.as_ref().map(|p| p.hourly)}))
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&rows).unwrap_or_default()
+        );
+        return Ok(EXIT_OK);
+    }
+    let get = |r: &state::ResourceState, k: &str| {
+        r.computed
+            .get(k)
+            .map(|v| {
+                v.as_str()
+                    .map(String::from)
+                    .unwrap_or_else(|| v.to_string())
+            })
+            .unwrap_or_else(|| "-".into())
+    };
+    println!(
+        "{:<28} {:<10} {:<6} {:<10} {:>8}",
+        "CLUSTER", "INFRA", "NODES", "STATUS", "$/h"
+    );
+    let mut total = 0;
+    for (a, r) in state
+        .resources
+        .iter()
+        .filter(|(a, _)| a.kind != crate::model::Kind::Job)
+    {
+        let nodes = match &r.spec {
+            crate::model::Spec::Cluster(c) => c.num_nodes,
+            crate::model::Spec::ManagedJob(m) => m.num_nodes,
+            crate::model::Spec::Service(s) => s.replica_policy.min_replicas,
+            crate::model::Spec::Job(_) => 0,
+        };
+        let cost = r.placement.as_ref().map_or(0, |p| p.hourly);
+        total += cost;
+        println!(
+            "{:<28} {:<10} {:<6} {:<10} {:>8}",
+            a.to_string(),
+            r.placement
+                .as_ref()
+                .map_or("-".into(), |p| p.offering.infra()),
+            nodes,
+            get(r, "status"),
+            crate::optimizer::dollars(cost).trim_start_matches('$')
+        );
+    }
+    println!(
+        "\n{:<28} {:<28} {:<11} {:>4}",
+        "JOB", "CLUSTER", "STATUS", "EXIT"
+    );
+    for (a, r) in state
+        .resources
+        .iter()
+        .filter(|(a, _)| a.kind == crate::model::Kind::Job)
+    {
+        let cluster = match &r.spec {
+            crate::model::Spec::Job(j) => j.cluster.to_string(),
+            _ => "-".into(),
+        };
+        println!(
+            "{:<28} {:<28} {:<11} {:>4}",
+            a.to_string(),
+            cluster,
+            get(r, "status"),
+            get(r, "exit_code").replace("null", "-")
+        );
+    }
+    println!("\nTotal: {}/h", crate::optimizer::dollars(total));
+    Ok(EXIT_OK)
+}
+
+async fn logs(ctx: &Ctx, address: &str, follow: bool) -> Result<i32> {
+    let addr: Address = parse_addrs(&[address.to_string()])?.remove(0);
+    let (config, _) = config::load(&ctx.dir);
+    let registry = ctx.registry(Some(&config));
+    let mut offsets: Vec<u64> = Vec::new();
+    loop {
+        let mut state = read_state(ctx).await?;
+        let res = state.resources.get(&addr).cloned().ok_or_else(|| {
+            Failure::new(format!("{addr} is not in state"))
+                .hint("list addresses with `skyform state list`")
+        })?;
+        let cluster = match &res.spec {
+            crate::model::Spec::Job(j) => state.resources.get(&j.cluster).cloned(),
+            _ => None,
+        };
+        let provider = registry
+            .get(&res.provider)
+            .ok_or_else(|| Failure::new(format!("provider {} is not available", res.provider)))?;
+        let paths = provider.log_paths(&res, cluster.as_ref());
+        if paths.is_empty() {
+            return Err(Failure::new(format!("{addr} has no logs"))
+                .hint("logs exist for jobs, managed jobs and services"));
+        }
+        offsets.resize(paths.len(), 0);
+        for (i, p) in paths.iter().enumerate() {
+            if let Ok(bytes) = std::fs::read(p)
+                && (bytes.len() as u64) > offsets[i]
+            {
+                let new = &bytes[offsets[i] as usize..];
+                let prefix = if paths.len() > 1 {
+                    format!("(rank {i}) ")
+                } else {
+                    String::new()
+                };
+                for line in String::from_utf8_lossy(new).lines() {
+                    println!("{prefix}{line}");
+                }
+                offsets[i] = bytes.len() as u64;
+            }
+        }
+        if !follow {
+            return Ok(EXIT_OK);
+        }
+        plan::refresh::refresh(&mut state, &registry, 8).await;
+        let finished = state
+            .resources
+            .get(&addr)
+            .and_then(|r| r.computed.get("status"))
+            .and_then(|s| s.as_str())
+            .is_none_or(|s| ["SUCCEEDED", "FAILED", "CANCELLED"].contains(&s));
+        if finished {
+            // One last read for lines written just before the end.
+            for (i, p) in paths.iter().enumerate() {
+                if let Ok(bytes) = std::fs::read(p)
+                    && (bytes.len() as u64) > offsets[i]
+                {
+                    print!("{}", String::from_utf8_lossy(&bytes[offsets[i] as usize..]));
+                }
+            }
+            return Ok(EXIT_OK);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+fn graph(ctx: &Ctx, format: &str) -> Result<i32> {
+    let (config, inputs) = load(ctx, &VarFlags::default())?;
+    let mut collect = config::Collect::default();
+    let (_, mut diags) = config::evaluate(&config, &inputs, &mut collect);
+    report(&config, &mut diags, ctx.style)?;
+    let g = crate::graph::Graph::build(collect.instances.iter().map(|i| {
+        (
+            i.address.clone(),
+            i.depends_on.iter().cloned().collect::<Vec<_>>(),
+        )
+    }));
+    match format {
+        "dot" => print!("{}", g.to_dot()),
+        "mermaid" => print!("{}", g.to_mermaid()),
+        other => {
+            return Err(Failure::new(format!("unknown graph format {other:?}"))
+                .hint("use -format dot or -format mermaid"));
+        }
+    }
+    Ok(EXIT_OK)
+}

@@ -1,0 +1,262 @@
+//! The command line: argument parsing and output. Business logic lives in the library; this
+//! module wires it together for each command.
+
+mod commands;
+mod fmt;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+/// Exit codes (documented in docs/cli.md).
+pub const EXIT_OK: i32 = 0;
+pub const EXIT_ERROR: i32 = 1;
+pub const EXIT_CHANGES: i32 = 2;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "skyform",
+    version,
+    about = "Declarative reconciler for AI compute: plan and apply clusters, jobs and services"
+)]
+pub struct Cli {
+    /// Run as if started in DIR.
+    #[arg(long, global = true, value_name = "DIR")]
+    pub chdir: Option<PathBuf>,
+    /// No colour in output.
+    #[arg(long, global = true, env = "SKYFORM_NO_COLOR")]
+    pub no_color: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, clap::Args, Clone, Default)]
+pub struct VarFlags {
+    /// Set a variable: -var NAME=VALUE (repeatable).
+    #[arg(long = "var", value_name = "NAME=VALUE")]
+    pub vars: Vec<String>,
+    /// Read variables from an HCL file (repeatable).
+    #[arg(long = "var-file", value_name = "FILE")]
+    pub var_files: Vec<PathBuf>,
+}
+
+#[derive(Debug, clap::Args, Clone)]
+pub struct LockFlags {
+    /// How long to wait for the state lock (e.g. 30s, 5m).
+    #[arg(long = "lock-timeout", default_value = "0s", env = "SKYFORM_LOCK_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub lock_timeout: std::time::Duration,
+}
+
+#[derive(Debug, clap::Args, Clone)]
+pub struct PlanFlags {
+    #[command(flatten)]
+    pub vars: VarFlags,
+    /// Only these resources (and what they depend on). Repeatable.
+    #[arg(long = "target", value_name = "ADDR")]
+    pub target: Vec<String>,
+    /// Replace these resources even if unchanged. Repeatable.
+    #[arg(long = "replace", value_name = "ADDR")]
+    pub replace: Vec<String>,
+    /// Skip asking providers what is running.
+    #[arg(long = "refresh", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub refresh: bool,
+    #[command(flatten)]
+    pub lock: LockFlags,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check the configuration, create the state, report which infra is usable.
+    Init { dir: Option<PathBuf> },
+    /// Parse, evaluate and type-check, offline.
+    Validate {
+        dir: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        vars: VarFlags,
+    },
+    /// Rewrite *.sky.hcl files in canonical format.
+    Fmt {
+        dir: Option<PathBuf>,
+        /// Only check; exit 3 if files would change.
+        #[arg(long)]
+        check: bool,
+        /// Show the changes as a diff.
+        #[arg(long)]
+        diff: bool,
+    },
+    /// Refresh, diff and show what apply would do.
+    Plan {
+        dir: Option<PathBuf>,
+        #[command(flatten)]
+        flags: PlanFlags,
+        /// Write the plan to FILE for `skyform apply FILE`.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+        /// Exit 0 with no changes, 2 with changes, 1 on error.
+        #[arg(long = "detailed-exitcode", env = "SKYFORM_DETAILED_EXITCODE")]
+        detailed_exitcode: bool,
+        #[arg(long)]
+        json: bool,
+        /// Plan to destroy everything in state.
+        #[arg(long)]
+        destroy: bool,
+    },
+    /// Carry out a saved plan, or plan, confirm and apply.
+    Apply {
+        /// A plan file from `plan -out`.
+        planfile: Option<PathBuf>,
+        #[command(flatten)]
+        flags: PlanFlags,
+        #[arg(long = "auto-approve", env = "SKYFORM_AUTO_APPROVE")]
+        auto_approve: bool,
+        /// Never prompt.
+        #[arg(long = "input", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+        input: bool,
+        #[arg(long, default_value_t = 10, env = "SKYFORM_PARALLELISM")]
+        parallelism: usize,
+        /// Wait for submitted jobs to finish; fail if any failed.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Destroy everything in state.
+    Destroy {
+        dir: Option<PathBuf>,
+        #[arg(long = "auto-approve", env = "SKYFORM_AUTO_APPROVE")]
+        auto_approve: bool,
+        #[arg(long = "input", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+        input: bool,
+        #[command(flatten)]
+        vars: VarFlags,
+        #[command(flatten)]
+        lock: LockFlags,
+        #[arg(long, default_value_t = 10)]
+        parallelism: usize,
+    },
+    /// Show a saved plan or the current state.
+    Show {
+        planfile: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Outputs from state.
+    Output {
+        name: Option<String>,
+        #[arg(long)]
+        json: bool,
+        #[arg(long)]
+        raw: bool,
+    },
+    /// State surgery.
+    State {
+        #[command(subcommand)]
+        command: StateCommand,
+    },
+    /// Remove a stale lock.
+    #[command(name = "force-unlock")]
+    ForceUnlock {
+        lock_id: String,
+        #[arg(long)]
+        force: bool,
+    },
+    /// Clusters, jobs and services with their placement and cost.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// A job's output.
+    Logs {
+        address: String,
+        /// Keep following.
+        #[arg(short, long)]
+        follow: bool,
+    },
+    /// The dependency graph.
+    Graph {
+        dir: Option<PathBuf>,
+        #[arg(long, default_value = "dot")]
+        format: String,
+    },
+    /// (internal) run a node agent.
+    #[command(name = "__agent", hide = true)]
+    Agent { cluster_dir: PathBuf, rank: u32 },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StateCommand {
+    List,
+    Show {
+        address: String,
+    },
+    Rm {
+        address: String,
+    },
+    Mv {
+        from: String,
+        to: String,
+    },
+    Pull,
+    Push {
+        file: PathBuf,
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+/// Terraform-style single-dash long flags (`-auto-approve`) become clap's `--auto-approve`.
+pub fn normalize_args(args: impl IntoIterator<Item = String>) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut passthrough = false;
+    for a in args {
+        if passthrough || a == "--" {
+            passthrough = true;
+            out.push(a);
+            continue;
+        }
+        let b = a.as_bytes();
+        if b.len() > 2 && b[0] == b'-' && b[1] != b'-' && !b[1].is_ascii_digit() {
+            out.push(format!("-{a}"));
+        } else {
+            out.push(a);
+        }
+    }
+    out
+}
+
+/// Runs the CLI; returns the process exit code.
+pub fn main() -> i32 {
+    let args = normalize_args(std::env::args());
+    let cli = match Cli::try_parse_from(args) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { EXIT_ERROR } else { EXIT_OK };
+        }
+    };
+    if let Command::Agent { cluster_dir, rank } = &cli.command {
+        return match crate::runtime::run_agent(cluster_dir, *rank) {
+            Ok(()) => EXIT_OK,
+            Err(e) => {
+                eprintln!("agent: {e}");
+                EXIT_ERROR
+            }
+        };
+    }
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SKYFORM_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("off"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return EXIT_ERROR;
+        }
+    };
+    runtime.block_on(commands::run(cli))
+}
