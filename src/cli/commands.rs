@@ -137,7 +137,7 @@ pub async fn run(cli: Cli) -> i32 {
                 &ctx(dir),
                 planfile.as_deref(),
                 &flags,
-                auto_approve && true,
+                auto_approve,
                 input,
                 parallelism,
                 wait,

@@ -205,8 +205,10 @@ fn decode_resources(
     };
     let f = fields(body, schema, eval, what, diags);
     let mut r = Resources::default();
-    if let Some((v, attr)) = f.values.get("accelerators") {
-        if !is_unknown(v) {
+    if let Some((v, attr)) = f.values.get("accelerators")
+        && !is_unknown(v)
+    {
+        {
             r.accelerators = match v {
                 Value::String(s) => {
                     request_error(Some(attr), s.parse::<Accelerator>(), "accelerators", diags)

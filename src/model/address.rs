@@ -202,7 +202,7 @@ impl FromStr for Address {
 
 /// Splits `name[key].rest` into its name, optional key and the rest after the dot.
 fn split_step(s: &str) -> Result<(&str, Option<InstanceKey>, &str), String> {
-    let end = s.find(|c: char| c == '.' || c == '[').unwrap_or(s.len());
+    let end = s.find(['.', '[']).unwrap_or(s.len());
     let name = &s[..end];
     if name.is_empty()
         || !name

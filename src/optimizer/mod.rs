@@ -85,7 +85,10 @@ impl Candidate {
 impl fmt::Display for Candidate {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let o = &self.offering;
-        write!(f, "{} {}", o.infra(), o.instance_type)?;
+        write!(f, "{}", o.infra())?;
+        if o.instance_type != o.cloud {
+            write!(f, " {}", o.instance_type)?;
+        }
         if let Some((name, n)) = o.accelerators.first() {
             write!(f, "  {name}:{}", crate::model::request::fmt_num(*n))?;
         }

@@ -141,6 +141,9 @@ fn change_body(out: &mut String, c: &Change, s: &Style) {
                 };
                 if c.action == Action::Create {
                     let Some(a) = a else { continue };
+                    if a.as_object().is_some_and(|o| o.is_empty()) {
+                        continue;
+                    }
                     if is_multiline(Some(a)) && !hidden(k) {
                         heredoc(
                             out,

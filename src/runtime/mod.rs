@@ -388,7 +388,7 @@ impl Scheduler {
                     teardown_done |= j.teardown;
                 }
                 Some(JobState::Running) => {
-                    let mut st = status.unwrap_or_else(|| queued_status());
+                    let mut st = status.unwrap_or_else(queued_status);
                     if cancel_requested {
                         for n in &st.nodes {
                             let _ = std::fs::write(

@@ -147,7 +147,7 @@ fn gpu_short_name(full: &str) -> String {
         .split_whitespace()
         .next()
         .unwrap_or(s);
-    match parts.last() {
+    match parts.next_back() {
         Some(mem) if mem.ends_with("GB") && base == "A100" && mem == "80GB" => {
             format!("{base}-80GB")
         }

@@ -172,34 +172,12 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn write_read_lock() {
+    async fn conformance() {
         let dir = tempfile::tempdir().unwrap();
         let store = LocalStore::new(dir.path().join(".skyform/state.json"));
-        assert!(store.read().await.unwrap().is_none());
-        let mut s = State::new();
-        s.serial = 3;
-        store.write(&s).await.unwrap();
-        assert_eq!(store.read().await.unwrap().unwrap(), s);
+        crate::state::conformance::run(&store).await;
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(store.path())
-            .unwrap()
-            .permissions()
-            .mode()
-            & 0o777;
-        assert_eq!(mode, 0o600);
-
-        let a = LockInfo::new("apply");
-        let b = LockInfo::new("plan");
-        store.lock(&a).await.unwrap();
-        match store.lock(&b).await {
-            Err(StateError::Locked(h)) => assert_eq!(h.id, a.id),
-            other => panic!("expected contention, got {other:?}"),
-        }
-        assert!(matches!(
-            store.unlock(&b.id).await,
-            Err(StateError::WrongLock { .. })
-        ));
-        store.unlock(&a.id).await.unwrap();
-        store.lock(&b).await.unwrap();
+        let mode = std::fs::metadata(store.path()).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "the state file is private");
     }
 }

@@ -3,7 +3,10 @@
 //! The format lives here; stores (where the bytes go, how they are locked) are in
 //! [`local`] and behind the [`StateStore`] trait.
 
+#[cfg(test)]
+pub mod conformance;
 pub mod local;
+pub mod memory;
 
 use crate::model::{Address, Kind, Spec};
 use crate::optimizer::Candidate;
@@ -11,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 pub use local::LocalStore;
+pub use memory::MemoryStore;
 
 pub const FORMAT_VERSION: u32 = 1;
 

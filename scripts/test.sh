@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it: formatting, lints, unit, golden, property and
+# end-to-end tests. Everything the tests need is built by cargo or found on a stock machine
+# (sh, the local backend's real processes); later backends add their servers here (moto, sshd).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+echo "== rustfmt"
+cargo fmt --check
+
+echo "== clippy"
+cargo clippy --all-targets --locked -- -D warnings
+
+echo "== tests"
+cargo test --all-targets --locked -- --include-ignored
+
+echo "== examples and modules validate and plan offline"
+cargo build --locked --quiet
+for dir in examples/*/ ; do
+  [ -n "$(ls "$dir"/*.sky.hcl 2>/dev/null)" ] || continue
+  ./target/debug/skyform -chdir="$dir" validate
+done
+
+echo "All tests passed."
