@@ -48,7 +48,11 @@ fn check(path: &Path, actual: &str) -> Option<String> {
         return None;
     }
     let diff = similar::TextDiff::from_lines(&expected, actual);
-    Some(format!("{} differs (SKYFORM_BLESS=1 rewrites it):\n{}", path.display(), diff.unified_diff().header("expected", "actual")))
+    Some(format!(
+        "{} differs (SKYFORM_BLESS=1 rewrites it):\n{}",
+        path.display(),
+        diff.unified_diff().header("expected", "actual")
+    ))
 }
 
 fn validate_output(dir: &Path) -> (String, bool) {
@@ -68,7 +72,11 @@ fn validate_output(dir: &Path) -> (String, bool) {
 #[test]
 fn invalid_configs_give_exact_diagnostics() {
     let all = cases("testdata/config/invalid");
-    assert!(all.len() >= 30, "expected at least 30 invalid-config cases, found {}", all.len());
+    assert!(
+        all.len() >= 30,
+        "expected at least 30 invalid-config cases, found {}",
+        all.len()
+    );
     let mut failures = Vec::new();
     for case in all {
         let (out, has_errors) = validate_output(&case);
@@ -118,7 +126,12 @@ struct CaseOptions {
 }
 
 /// Plans `config` against `prior`, applies it perfectly, and settles the outputs.
-fn settle(config: &config::Config, inputs: &BTreeMap<String, config::InputValue>, prior: &State, offers: &[Offering]) -> State {
+fn settle(
+    config: &config::Config,
+    inputs: &BTreeMap<String, config::InputValue>,
+    prior: &State,
+    offers: &[Offering],
+) -> State {
     let (p, d) = plan::plan(config, inputs, prior, offers, &Options::default());
     assert!(!d.has_errors(), "{}", d.render(&config.sources, false));
     let mut state = support::applied(&p, prior);
@@ -128,24 +141,53 @@ fn settle(config: &config::Config, inputs: &BTreeMap<String, config::InputValue>
 }
 
 pub fn plan_case(case: &Path) -> (String, String) {
-    let opts: CaseOptions = std::fs::read(case.join("options.json")).ok().map(|b| serde_json::from_slice(&b).expect("options.json")).unwrap_or_default();
+    let opts: CaseOptions = std::fs::read(case.join("options.json"))
+        .ok()
+        .map(|b| serde_json::from_slice(&b).expect("options.json"))
+        .unwrap_or_default();
     let (config, mut diags) = config::load(case);
-    let (inputs, vd) = config::inputs(&config, &VarArgs { vars: opts.vars.clone(), var_files: Vec::new() }, &BTreeMap::new());
+    let (inputs, vd) = config::inputs(
+        &config,
+        &VarArgs {
+            vars: opts.vars.clone(),
+            var_files: Vec::new(),
+        },
+        &BTreeMap::new(),
+    );
     diags.extend(vd);
-    assert!(!diags.has_errors(), "{}: {}", case.display(), diags.render(&config.sources, false));
+    assert!(
+        !diags.has_errors(),
+        "{}: {}",
+        case.display(),
+        diags.render(&config.sources, false)
+    );
     let mut state = State::new();
     state.lineage = "00000000-0000-4000-8000-000000000000".into();
     let prior_dir = case.join("prior");
     if prior_dir.is_dir() {
         let (prior_config, pd) = config::load(&prior_dir);
-        assert!(!pd.has_errors(), "{}: {}", prior_dir.display(), pd.render(&prior_config.sources, false));
-        state = settle(&prior_config, &inputs, &state, &offerings(opts.price_per_hour));
+        assert!(
+            !pd.has_errors(),
+            "{}: {}",
+            prior_dir.display(),
+            pd.render(&prior_config.sources, false)
+        );
+        state = settle(
+            &prior_config,
+            &inputs,
+            &state,
+            &offerings(opts.price_per_hour),
+        );
     }
     if let Ok(bytes) = std::fs::read(case.join("prior_patch.json")) {
-        let patch: BTreeMap<String, serde_json::Value> = serde_json::from_slice(&bytes).expect("prior_patch.json");
+        let patch: BTreeMap<String, serde_json::Value> =
+            serde_json::from_slice(&bytes).expect("prior_patch.json");
         for (addr, p) in patch {
             let addr: Address = addr.parse().expect("address in patch");
-            let r = state.resources.get_mut(&addr).expect("patched address in prior state");
+            let r = state
+                .resources
+                .get_mut(&addr)
+                .expect("patched address in prior state");
             if let Some(st) = p.get("status") {
                 r.status = serde_json::from_value(st.clone()).expect("status");
             }
@@ -164,12 +206,27 @@ pub fn plan_case(case: &Path) -> (String, String) {
             .map(|(k, v)| (k.parse().expect("address"), v))
             .collect();
     }
-    let parse = |v: &[String]| v.iter().map(|s| s.parse::<Address>().expect("address")).collect::<Vec<_>>();
+    let parse = |v: &[String]| {
+        v.iter()
+            .map(|s| s.parse::<Address>().expect("address"))
+            .collect::<Vec<_>>()
+    };
     options.destroy = opts.destroy;
     options.replace = parse(&opts.replace);
     options.targets = parse(&opts.target);
-    let (plan, pd) = plan::plan(&config, &inputs, &state, &offerings(opts.price_per_hour), &options);
-    assert!(!pd.has_errors(), "{}: {}", case.display(), pd.render(&config.sources, false));
+    let (plan, pd) = plan::plan(
+        &config,
+        &inputs,
+        &state,
+        &offerings(opts.price_per_hour),
+        &options,
+    );
+    assert!(
+        !pd.has_errors(),
+        "{}: {}",
+        case.display(),
+        pd.render(&config.sources, false)
+    );
     let human = render::human::plan(&plan, &Style { color: false });
     let mut json = serde_json::to_string_pretty(&render::json::plan(&plan)).expect("json");
     json.push('\n');
@@ -179,20 +236,30 @@ pub fn plan_case(case: &Path) -> (String, String) {
 #[test]
 fn plans_match_goldens() {
     let all = cases("testdata/plan");
-    assert!(all.len() >= 8, "expected at least 8 plan cases, found {}", all.len());
+    assert!(
+        all.len() >= 8,
+        "expected at least 8 plan cases, found {}",
+        all.len()
+    );
     let mut failures = Vec::new();
     for case in all {
         let (human, json) = plan_case(&case);
         let (again_h, again_j) = plan_case(&case);
         if human != again_h || json != again_j {
-            failures.push(format!("{}: two plans of the same inputs differ", case.display()));
+            failures.push(format!(
+                "{}: two plans of the same inputs differ",
+                case.display()
+            ));
         }
         failures.extend(check(&case.join("expected.txt"), &human));
         failures.extend(check(&case.join("expected.json"), &json));
         // Secrets never reach output.
         for needle in ["hunter2", "sk-live"] {
             if human.contains(needle) || json.contains(needle) {
-                failures.push(format!("{}: a sensitive value ({needle}) appears in the plan", case.display()));
+                failures.push(format!(
+                    "{}: a sensitive value ({needle}) appears in the plan",
+                    case.display()
+                ));
             }
         }
     }

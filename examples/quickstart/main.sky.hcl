@@ -27,7 +27,10 @@ job "train" {
   cluster    = cluster.dev
   num_nodes  = 2
   depends_on = [job.prepare]
-  run        = "sh train.sh ${var.epochs}"
+  run        = <<-EOT
+    echo "training on $(hostname) with $DATASET"
+    sh train.sh ${var.epochs}
+  EOT
 }
 
 output "head_ip" {

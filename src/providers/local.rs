@@ -359,12 +359,18 @@ impl Provider for LocalProvider {
                         reason: "no sandbox recorded".into(),
                     });
                 };
-                if !dir.is_dir() {
-                    return Ok(Observed::Gone {
-                        reason: format!("sandbox {} was removed", dir.display()),
-                    });
-                }
                 let agents = Self::node_agents(&res.private);
+                if !dir.is_dir() {
+                    let reason = format!("its sandbox {} was removed", dir.display());
+                    if agents.iter().any(|(pid, start)| proc::alive(*pid, *start)) {
+                        // Its processes still run: replacing it stops them first.
+                        return Ok(Observed::Degraded {
+                            reason,
+                            computed: Self::computed_cluster(c.num_nodes),
+                        });
+                    }
+                    return Ok(Observed::Gone { reason });
+                }
                 if agents.len() < c.num_nodes as usize {
                     return Ok(Observed::Degraded {
                         reason: "creation was interrupted before all nodes started".into(),
@@ -490,9 +496,12 @@ impl Provider for LocalProvider {
                     .ok_or_else(|| ProviderError::other("not a job"))?;
                 runtime::submit(&Layout::new(&dir), &record)?;
                 let status = runtime::job_status(&Layout::new(&dir), id);
+                // Jobs that depend on this one find its status through the cluster's directory.
+                let mut private = req.private.clone();
+                private["dir"] = json!(dir.display().to_string());
                 Ok(Created {
                     computed: status.as_ref().map(Self::job_computed).unwrap_or_default(),
-                    private: req.private.clone(),
+                    private,
                 })
             }
             Spec::ManagedJob(_) | Spec::Service(_) => {

@@ -230,6 +230,10 @@ pub fn run_agent(cluster_dir: &Path, rank: u32) -> std::io::Result<()> {
     let mut running: BTreeMap<String, Running> = BTreeMap::new();
     let mut scheduler = (rank == 0).then(Scheduler::default);
     loop {
+        if !cluster_dir.is_dir() {
+            // The sandbox was removed: nothing is left to serve.
+            return Ok(());
+        }
         run_tasks(&layout, rank, &mut running)?;
         if let Some(s) = scheduler.as_mut()
             && s.tick(&layout)?

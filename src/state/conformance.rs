@@ -12,7 +12,10 @@ pub async fn run(store: &dyn StateStore) {
 }
 
 async fn read_write(store: &dyn StateStore) {
-    assert!(store.read().await.expect("read").is_none(), "a new store is empty");
+    assert!(
+        store.read().await.expect("read").is_none(),
+        "a new store is empty"
+    );
     let mut s = State::new();
     s.serial = 3;
     store.write(&s).await.expect("write");
@@ -33,8 +36,14 @@ async fn lock_contention(store: &dyn StateStore) {
         }
         other => panic!("expected contention, got {other:?}"),
     }
-    assert_eq!(store.lock_holder().await.expect("holder").map(|h| h.id), Some(a.id.clone()));
-    assert!(matches!(store.unlock(&b.id).await, Err(StateError::WrongLock { .. })), "only the holder unlocks");
+    assert_eq!(
+        store.lock_holder().await.expect("holder").map(|h| h.id),
+        Some(a.id.clone())
+    );
+    assert!(
+        matches!(store.unlock(&b.id).await, Err(StateError::WrongLock { .. })),
+        "only the holder unlocks"
+    );
     store.unlock(&a.id).await.expect("unlock");
     assert!(store.lock_holder().await.expect("holder").is_none());
 }
@@ -44,12 +53,17 @@ async fn lock_timeout_waits_for_release(store: &dyn StateStore) {
     store.lock(&a).await.expect("lock");
     // Without a timeout: fails at once.
     let b = LockInfo::new("apply");
-    assert!(matches!(lock_with_timeout(store, &b, Duration::ZERO).await, Err(StateError::Locked(_))));
+    assert!(matches!(
+        lock_with_timeout(store, &b, Duration::ZERO).await,
+        Err(StateError::Locked(_))
+    ));
     // With one: succeeds once the holder lets go.
     let id = a.id.clone();
     let released = Arc::new(tokio::sync::Notify::new());
     let waiter = async {
-        lock_with_timeout(store, &b, Duration::from_secs(5)).await.expect("lock after release");
+        lock_with_timeout(store, &b, Duration::from_secs(5))
+            .await
+            .expect("lock after release");
     };
     let releaser = async {
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -57,7 +71,10 @@ async fn lock_timeout_waits_for_release(store: &dyn StateStore) {
         released.notify_one();
     };
     tokio::join!(waiter, releaser);
-    assert_eq!(store.lock_holder().await.expect("holder").map(|h| h.id), Some(b.id.clone()));
+    assert_eq!(
+        store.lock_holder().await.expect("holder").map(|h| h.id),
+        Some(b.id.clone())
+    );
     store.unlock(&b.id).await.expect("unlock");
 }
 

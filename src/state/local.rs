@@ -78,6 +78,14 @@ impl LocalStore {
     }
 }
 
+/// A lock taken on this host by a process that is gone.
+fn is_stale(holder: &LockInfo, me: &LockInfo) -> bool {
+    holder.who == me.who
+        && holder.pid != 0
+        && holder.pid != me.pid
+        && !crate::runtime::proc::alive(holder.pid, None)
+}
+
 #[async_trait::async_trait]
 impl StateStore for LocalStore {
     fn describe(&self) -> String {
@@ -117,6 +125,16 @@ impl StateStore for LocalStore {
                 // The holder may be between creating and filling the file: read again briefly.
                 for _ in 0..20 {
                     if let Some(holder) = self.lock_holder().await? {
+                        if is_stale(&holder, info) {
+                            // A skyform on this machine died holding the lock (kill -9, power
+                            // loss): nothing can be running under it, so take it over.
+                            eprintln!(
+                                "warning: removing the lock {} of skyform process {} ({}), which no longer runs",
+                                holder.id, holder.pid, holder.operation
+                            );
+                            let _ = std::fs::remove_file(&path);
+                            return Box::pin(self.lock(info)).await;
+                        }
                         return Err(StateError::Locked(Box::new(holder)));
                     }
                     if !path.exists() {
@@ -177,7 +195,11 @@ mod tests {
         let store = LocalStore::new(dir.path().join(".skyform/state.json"));
         crate::state::conformance::run(&store).await;
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(store.path()).unwrap().permissions().mode() & 0o777;
+        let mode = std::fs::metadata(store.path())
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
         assert_eq!(mode, 0o600, "the state file is private");
     }
 }

@@ -24,7 +24,10 @@ impl MemoryStore {
 
     /// Every state written so far, oldest first.
     pub fn history(&self) -> Vec<State> {
-        self.inner.lock().map(|i| i.history.clone()).unwrap_or_default()
+        self.inner
+            .lock()
+            .map(|i| i.history.clone())
+            .unwrap_or_default()
     }
 }
 
@@ -35,18 +38,29 @@ impl StateStore for MemoryStore {
     }
 
     async fn read(&self) -> Result<Option<State>, StateError> {
-        Ok(self.inner.lock().map_err(|_| StateError::Corrupt("poisoned".into()))?.state.clone())
+        Ok(self
+            .inner
+            .lock()
+            .map_err(|_| StateError::Corrupt("poisoned".into()))?
+            .state
+            .clone())
     }
 
     async fn write(&self, state: &State) -> Result<(), StateError> {
-        let mut i = self.inner.lock().map_err(|_| StateError::Corrupt("poisoned".into()))?;
+        let mut i = self
+            .inner
+            .lock()
+            .map_err(|_| StateError::Corrupt("poisoned".into()))?;
         i.state = Some(state.clone());
         i.history.push(state.clone());
         Ok(())
     }
 
     async fn lock(&self, info: &LockInfo) -> Result<(), StateError> {
-        let mut i = self.inner.lock().map_err(|_| StateError::Corrupt("poisoned".into()))?;
+        let mut i = self
+            .inner
+            .lock()
+            .map_err(|_| StateError::Corrupt("poisoned".into()))?;
         match &i.lock {
             Some(h) => Err(StateError::Locked(Box::new(h.clone()))),
             None => {
@@ -57,7 +71,10 @@ impl StateStore for MemoryStore {
     }
 
     async fn unlock(&self, id: &str) -> Result<(), StateError> {
-        let mut i = self.inner.lock().map_err(|_| StateError::Corrupt("poisoned".into()))?;
+        let mut i = self
+            .inner
+            .lock()
+            .map_err(|_| StateError::Corrupt("poisoned".into()))?;
         match &i.lock {
             Some(h) if h.id == id => {
                 i.lock = None;
@@ -71,6 +88,11 @@ impl StateStore for MemoryStore {
     }
 
     async fn lock_holder(&self) -> Result<Option<LockInfo>, StateError> {
-        Ok(self.inner.lock().map_err(|_| StateError::Corrupt("poisoned".into()))?.lock.clone())
+        Ok(self
+            .inner
+            .lock()
+            .map_err(|_| StateError::Corrupt("poisoned".into()))?
+            .lock
+            .clone())
     }
 }

@@ -1,10 +1,10 @@
 //! Test support shared by the integration tests.
 #![allow(dead_code)]
 
+use serde_json::json;
 use skyform::model::{Kind, spec::computed_attributes};
 use skyform::plan::{Action, Plan};
 use skyform::state::{OutputState, ResourceState, State, Status};
-use serde_json::json;
 use std::collections::BTreeMap;
 
 /// The state a successful apply of `plan` would leave, with fixed computed values — what a
@@ -19,7 +19,9 @@ pub fn applied(plan: &Plan, prior: &State) -> State {
             }
             Action::NoOp => {}
             Action::Create | Action::Update | Action::Replace => {
-                let Some(spec) = c.after.clone() else { continue };
+                let Some(spec) = c.after.clone() else {
+                    continue;
+                };
                 let mut computed: BTreeMap<String, serde_json::Value> = BTreeMap::new();
                 for a in computed_attributes(c.address.kind) {
                     let v = match (c.address.kind, *a) {
@@ -56,7 +58,17 @@ pub fn applied(plan: &Plan, prior: &State) -> State {
     state.outputs = plan
         .outputs
         .iter()
-        .filter_map(|(k, o)| o.after.clone().map(|v| (k.clone(), OutputState { value: v, sensitive: o.sensitive })))
+        .filter_map(|(k, o)| {
+            o.after.clone().map(|v| {
+                (
+                    k.clone(),
+                    OutputState {
+                        value: v,
+                        sensitive: o.sensitive,
+                    },
+                )
+            })
+        })
         .filter(|(_, o)| !skyform::model::contains_unknown(&o.value))
         .collect();
     state

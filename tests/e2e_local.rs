@@ -1,0 +1,665 @@
+//! End-to-end tests of the `skyform` binary on the local backend: real agent processes, real
+//! jobs, real state files.
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_skyform");
+
+/// A configuration directory in a temp dir; on drop, every process started under it is killed.
+struct Sandbox {
+    dir: tempfile::TempDir,
+}
+
+impl Sandbox {
+    fn new(files: &[(&str, &str)]) -> Sandbox {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for (name, text) in files {
+            let p = dir.path().join(name);
+            std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+            std::fs::write(p, text).expect("write");
+        }
+        Sandbox { dir }
+    }
+
+    fn from_example(name: &str) -> Sandbox {
+        let sb = Sandbox::new(&[]);
+        copy_dir(
+            &Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("examples")
+                .join(name),
+            sb.path(),
+        );
+        sb
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(BIN);
+        c.arg(format!("-chdir={}", self.path().display()))
+            .args(args)
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null());
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().expect("run skyform")
+    }
+
+    /// Runs and asserts success.
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "skyform {args:?} failed ({:?}):\nstdout:\n{}\nstderr:\n{}",
+            out.status.code(),
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+        text(&out.stdout)
+    }
+
+    fn state(&self) -> Value {
+        let bytes = std::fs::read(self.path().join(".skyform/state.json")).expect("state file");
+        serde_json::from_slice(&bytes).expect("state is valid JSON")
+    }
+
+    fn serial(&self) -> u64 {
+        self.state()["serial"].as_u64().expect("serial")
+    }
+
+    fn job_statuses(&self) -> Vec<(String, String)> {
+        let out = self.ok(&["status", "-json"]);
+        let rows: Vec<Value> = serde_json::from_str(&out).expect("status json");
+        rows.iter()
+            .filter(|r| r["address"].as_str().is_some_and(|a| a.starts_with("job.")))
+            .map(|r| {
+                (
+                    r["address"].as_str().unwrap_or_default().to_string(),
+                    r["status"].as_str().unwrap_or("-").to_string(),
+                )
+            })
+            .collect()
+    }
+
+    fn wait_jobs_done(&self, timeout: Duration) -> Vec<(String, String)> {
+        let t = Instant::now();
+        loop {
+            let s = self.job_statuses();
+            if s.iter()
+                .all(|(_, st)| ["SUCCEEDED", "FAILED", "CANCELLED"].contains(&st.as_str()))
+            {
+                return s;
+            }
+            assert!(
+                t.elapsed() < timeout,
+                "jobs did not finish in {timeout:?}: {s:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Live processes whose command line mentions this sandbox (agents, jobs).
+    fn processes(&self) -> Vec<u32> {
+        processes_mentioning(self.path())
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        for pid in self.processes() {
+            let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
+        }
+    }
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).to_string()
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for e in std::fs::read_dir(from).expect("read example") {
+        let e = e.expect("entry");
+        if e.file_name() == ".skyform" {
+            continue;
+        }
+        let dest = to.join(e.file_name());
+        if e.file_type().expect("type").is_dir() {
+            copy_dir(&e.path(), &dest);
+        } else {
+            std::fs::copy(e.path(), dest).expect("copy");
+        }
+    }
+}
+
+fn processes_mentioning(path: &Path) -> Vec<u32> {
+    let needle = path.to_string_lossy().to_string();
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc")
+        .expect("/proc")
+        .filter_map(Result::ok)
+    {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let state = stat
+            .rsplit(')')
+            .next()
+            .and_then(|r| r.trim().chars().next());
+        if state == Some('Z') {
+            continue;
+        }
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        let cwd = std::fs::read_link(format!("/proc/{pid}/cwd"))
+            .map(|p| p.to_string_lossy().to_string())
+            .unwrap_or_default();
+        if (cmdline.contains(&needle) || cwd.starts_with(&needle)) && pid != std::process::id() {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !cond() {
+        assert!(t.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn quickstart_lifecycle() {
+    let sb = Sandbox::from_example("quickstart");
+    let out = sb.ok(&["apply", "-auto-approve"]);
+    assert!(out.contains("Apply complete! Resources: 3 added"), "{out}");
+    assert!(out.contains("head_ip = \"127.0.0.1\""), "{out}");
+    let mut serials = vec![sb.serial()];
+
+    let statuses = sb.wait_jobs_done(Duration::from_secs(30));
+    assert!(
+        statuses.iter().all(|(_, s)| s == "SUCCEEDED"),
+        "{statuses:?}"
+    );
+    let logs = sb.ok(&["logs", "job.train"]);
+    assert!(
+        logs.contains("(rank 1) rank 1 of 2 training for 3 epochs"),
+        "{logs}"
+    );
+    assert!(logs.contains("epoch 3 loss"), "{logs}");
+    assert!(
+        sb.ok(&["logs", "job.prepare"])
+            .contains("preparing dataset tiny"),
+        "the cluster's envs reach the job"
+    );
+    // setup ran on every node of the sandbox
+    let local = sb.path().join(".skyform/local");
+    let cluster_dir = std::fs::read_dir(&local)
+        .expect("sandboxes")
+        .next()
+        .expect("one sandbox")
+        .expect("entry")
+        .path();
+    for node in ["node-0", "node-1"] {
+        assert!(
+            cluster_dir.join(node).join("workdir/setup.done").exists(),
+            "setup ran on {node}"
+        );
+    }
+
+    // Nothing changed: the plan is empty.
+    let plan = sb.run(&["plan", "-detailed-exitcode"]);
+    assert_eq!(
+        plan.status.code(),
+        Some(0),
+        "{}{}",
+        text(&plan.stdout),
+        text(&plan.stderr)
+    );
+    assert!(text(&plan.stdout).contains("No changes."));
+
+    // Editing a job's run: a replace with a line diff, exit 2.
+    let main = sb.path().join("main.sky.hcl");
+    let cfg = std::fs::read_to_string(&main).expect("config");
+    std::fs::write(&main, cfg.replace("default = 3", "default = 4")).expect("edit");
+    let plan = sb.run(&["plan", "-detailed-exitcode"]);
+    let ptext = text(&plan.stdout);
+    assert_eq!(plan.status.code(), Some(2), "{ptext}");
+    assert!(ptext.contains("# job.train must be replaced"), "{ptext}");
+    assert!(ptext.contains("# (run forces replacement)"), "{ptext}");
+    assert!(
+        ptext.contains("-     sh train.sh 3") && ptext.contains("+     sh train.sh 4"),
+        "line diff:\n{ptext}"
+    );
+    assert!(
+        ptext.contains("Plan: 0 to add, 0 to change, 1 to replace, 0 to destroy."),
+        "{ptext}"
+    );
+    serials.push(sb.serial());
+
+    sb.ok(&["apply", "-auto-approve"]);
+    serials.push(sb.serial());
+    sb.wait_jobs_done(Duration::from_secs(30));
+    assert!(
+        sb.ok(&["logs", "job.train"])
+            .contains("training for 4 epochs")
+    );
+    assert_eq!(
+        sb.run(&["plan", "-detailed-exitcode"]).status.code(),
+        Some(0),
+        "apply converged"
+    );
+
+    let before_destroy = sb.processes();
+    assert!(
+        !before_destroy.is_empty(),
+        "node agents run while the cluster exists"
+    );
+    let out = sb.ok(&["destroy", "-auto-approve"]);
+    assert!(
+        out.contains("Destroy complete! Resources: 3 destroyed."),
+        "{out}"
+    );
+    serials.push(sb.serial());
+    assert!(
+        sb.processes().is_empty(),
+        "no process left after destroy: {:?}",
+        sb.processes()
+    );
+    assert_eq!(
+        std::fs::read_dir(&local).expect("local dir").count(),
+        0,
+        "no sandbox left"
+    );
+    assert!(
+        sb.state()["resources"]
+            .as_object()
+            .is_some_and(|r| r.is_empty())
+    );
+    for w in serials.windows(2) {
+        assert!(
+            w[0] < w[1] || (w[0] == w[1] && w[0] == serials[1]),
+            "serial only grows: {serials:?}"
+        );
+    }
+    assert!(serials.last() > serials.first());
+}
+
+const SLOW_SETUP: &str = r#"
+cluster "dev" {
+  setup = "sleep 1.5"
+}
+
+job "hello" {
+  cluster = cluster.dev
+  run     = "echo hello"
+}
+"#;
+
+#[test]
+fn stale_and_foreign_plans_are_refused() {
+    let sb = Sandbox::new(&[(
+        "main.sky.hcl",
+        "variable \"n\" {\n  default = \"1\"\n}\n\ncluster \"dev\" {}\n\njob \"a\" {\n  cluster = cluster.dev\n  run     = \"echo ${var.n}\"\n}\n",
+    )]);
+    sb.ok(&["apply", "-auto-approve"]);
+    let plan = sb.path().join("plan.json");
+    let plan_s = plan.to_string_lossy().to_string();
+    sb.ok(&["plan", "-var", "n=2", "-out", &plan_s]);
+    // show -json reads the saved plan
+    let shown: Value =
+        serde_json::from_str(&sb.ok(&["show", "-json", &plan_s])).expect("show -json");
+    assert_eq!(
+        shown["resource_changes"][1]["actions"],
+        serde_json::json!(["delete", "create"])
+    );
+    // Someone else applies first: the saved plan is stale.
+    sb.ok(&["apply", "-auto-approve", "-var", "n=3"]);
+    let out = sb.run(&["apply", &plan_s]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("stale plan"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // A plan made from another configuration is refused with its own message.
+    sb.ok(&["plan", "-out", &plan_s]);
+    let main = sb.path().join("main.sky.hcl");
+    let cfg = std::fs::read_to_string(&main).expect("config");
+    std::fs::write(&main, cfg.replace("echo", "printf")).expect("edit");
+    let out = sb.run(&["apply", &plan_s]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("the configuration changed since the plan was made"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // A fresh saved plan applies exactly.
+    sb.ok(&["plan", "-out", &plan_s]);
+    let out = sb.ok(&["apply", &plan_s]);
+    assert!(out.contains("1 replaced"), "{out}");
+    sb.ok(&["destroy", "-auto-approve"]);
+}
+
+#[test]
+fn concurrent_applies_one_waits_or_fails_naming_the_holder() {
+    let sb = Sandbox::new(&[("main.sky.hcl", SLOW_SETUP)]);
+    let a = sb
+        .cmd(&["apply", "-auto-approve"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn a");
+    let b = sb
+        .cmd(&["apply", "-auto-approve"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn b");
+    let a = a.wait_with_output().expect("a");
+    let b = b.wait_with_output().expect("b");
+    let results = [(&a, "a"), (&b, "b")];
+    let winners = results.iter().filter(|(o, _)| o.status.success()).count();
+    assert_eq!(
+        winners,
+        1,
+        "exactly one apply wins:\na: {}{}\nb: {}{}",
+        text(&a.stdout),
+        text(&a.stderr),
+        text(&b.stdout),
+        text(&b.stderr)
+    );
+    let loser = results
+        .iter()
+        .find(|(o, _)| !o.status.success())
+        .expect("a loser")
+        .0;
+    let err = text(&loser.stderr);
+    assert!(
+        err.contains("the state is locked")
+            && err.contains("(apply)")
+            && err.contains("force-unlock"),
+        "{err}"
+    );
+    // Nothing corrupted: the state is whole and the plan is empty.
+    assert_eq!(
+        sb.state()["resources"].as_object().map(|r| r.len()),
+        Some(2)
+    );
+    assert_eq!(
+        sb.run(&["plan", "-detailed-exitcode"]).status.code(),
+        Some(0)
+    );
+    // With a lock timeout, the second one waits instead.
+    sb.ok(&["destroy", "-auto-approve"]);
+    let a = sb
+        .cmd(&["apply", "-auto-approve"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn a");
+    wait_for("the first apply to lock", Duration::from_secs(10), || {
+        sb.path().join(".skyform/state.json.lock").exists()
+    });
+    let b = sb.run(&["apply", "-auto-approve", "-lock-timeout", "30s"]);
+    assert!(b.status.success(), "{}", text(&b.stderr));
+    assert!(a.wait_with_output().expect("a").status.success());
+    sb.ok(&["destroy", "-auto-approve"]);
+}
+
+fn twenty_jobs() -> String {
+    let mut s = String::from(
+        "cluster \"dev\" {\n  num_nodes = 2\n}\n\njob \"step\" {\n  for_each = toset([",
+    );
+    let keys: Vec<String> = (0..20).map(|i| format!("\"{i:02}\"")).collect();
+    s.push_str(&keys.join(", "));
+    s.push_str("])\n  cluster = cluster.dev\n  run     = \"echo step ${each.key}\"\n}\n");
+    s
+}
+
+/// Counts queue records per job name across all sandboxes.
+fn queue_records(sb: &Sandbox) -> std::collections::BTreeMap<String, usize> {
+    let mut m = std::collections::BTreeMap::new();
+    let local = sb.path().join(".skyform/local");
+    for c in std::fs::read_dir(local)
+        .expect("local")
+        .filter_map(Result::ok)
+    {
+        let Ok(rd) = std::fs::read_dir(c.path().join("queue")) else {
+            continue;
+        };
+        for q in rd.filter_map(Result::ok) {
+            if q.path().extension().is_some_and(|e| e == "json") {
+                let v: Value =
+                    serde_json::from_slice(&std::fs::read(q.path()).expect("queue record"))
+                        .expect("json");
+                *m.entry(v["name"].as_str().unwrap_or_default().to_string())
+                    .or_insert(0) += 1;
+            }
+        }
+    }
+    m
+}
+
+#[test]
+fn kill_9_mid_apply_then_apply_converges() {
+    let sb = Sandbox::new(&[("main.sky.hcl", &twenty_jobs())]);
+    let mut child = sb
+        .cmd(&["apply", "-auto-approve", "-parallelism", "1"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    // Kill once some, but not all, jobs are recorded.
+    wait_for("jobs to be recorded", Duration::from_secs(30), || {
+        std::fs::read(sb.path().join(".skyform/state.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+            .and_then(|v| {
+                v["resources"]
+                    .as_object()
+                    .map(|r| r.keys().filter(|k| k.starts_with("job.")).count())
+            })
+            .is_some_and(|n| n >= 3)
+    });
+    child.kill().expect("kill -9");
+    child.wait().expect("reap");
+    let recorded = sb.state()["resources"]
+        .as_object()
+        .map(|r| r.len())
+        .unwrap_or(0);
+
+    let out = sb.ok(&["apply", "-auto-approve"]);
+    assert!(
+        out.contains("Apply complete!") || out.contains("No changes."),
+        "{out}"
+    );
+    let statuses = sb.wait_jobs_done(Duration::from_secs(60));
+    assert_eq!(statuses.len(), 20, "every job is in state: {statuses:?}");
+    assert!(
+        statuses.iter().all(|(_, s)| s == "SUCCEEDED"),
+        "{statuses:?}"
+    );
+    let records = queue_records(&sb);
+    assert_eq!(records.len(), 20, "{records:?}");
+    assert!(
+        records.values().all(|n| *n == 1),
+        "no job was submitted twice: {records:?} (killed with {recorded} resources recorded)"
+    );
+    assert_eq!(
+        sb.run(&["plan", "-detailed-exitcode"]).status.code(),
+        Some(0),
+        "converged"
+    );
+    sb.ok(&["destroy", "-auto-approve"]);
+    assert!(
+        sb.processes().is_empty(),
+        "no orphan process: {:?}",
+        sb.processes()
+    );
+    assert_eq!(
+        std::fs::read_dir(sb.path().join(".skyform/local"))
+            .expect("local")
+            .count(),
+        0
+    );
+}
+
+#[test]
+fn ctrl_c_mid_apply_leaves_a_valid_state() {
+    let sb = Sandbox::new(&[("main.sky.hcl", SLOW_SETUP)]);
+    let child = sb
+        .cmd(&["apply", "-auto-approve"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    wait_for(
+        "the cluster to be recorded",
+        Duration::from_secs(10),
+        || {
+            std::fs::read_to_string(sb.path().join(".skyform/state.json"))
+                .is_ok_and(|s| s.contains("cluster.dev"))
+        },
+    );
+    let status = Command::new("kill")
+        .arg("-INT")
+        .arg(child.id().to_string())
+        .status()
+        .expect("kill -INT");
+    assert!(status.success());
+    let out = child.wait_with_output().expect("wait");
+    assert!(!out.status.success(), "an interrupted apply exits non-zero");
+    assert!(
+        text(&out.stdout).contains("Apply interrupted"),
+        "{}",
+        text(&out.stdout)
+    );
+    // The in-flight cluster finished and was recorded; the job did not start.
+    let state = sb.state();
+    assert_eq!(
+        state["resources"]["cluster.dev"]["status"], "ready",
+        "{state:#}"
+    );
+    assert!(state["resources"].get("job.hello").is_none());
+    assert!(
+        sb.path()
+            .join(".skyform/state.json.lock")
+            .exists()
+            .then_some(())
+            .is_none(),
+        "the lock is released"
+    );
+    let out = sb.ok(&["apply", "-auto-approve"]);
+    assert!(out.contains("1 added"), "{out}");
+    sb.ok(&["destroy", "-auto-approve"]);
+}
+
+#[test]
+fn a_sandbox_removed_by_hand_is_recreated() {
+    let sb = Sandbox::new(&[("main.sky.hcl", "cluster \"dev\" {}\n")]);
+    sb.ok(&["apply", "-auto-approve"]);
+    let local = sb.path().join(".skyform/local");
+    // Kill the node agent: refresh sees a dead node and the plan replaces the cluster.
+    let pid = sb.state()["resources"]["cluster.dev"]["private"]["agents"][0]["pid"]
+        .as_u64()
+        .expect("pid");
+    Command::new("kill")
+        .arg("-9")
+        .arg(pid.to_string())
+        .status()
+        .expect("kill");
+    wait_for("the agent to die", Duration::from_secs(5), || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| s.contains(") Z"))
+    });
+    let plan = sb.run(&["plan", "-detailed-exitcode"]);
+    assert_eq!(plan.status.code(), Some(2));
+    assert!(
+        text(&plan.stdout).contains("node 0 is not running"),
+        "{}",
+        text(&plan.stdout)
+    );
+    sb.ok(&["apply", "-auto-approve"]);
+    // Remove the sandbox by hand: the next plan creates it again.
+    for e in std::fs::read_dir(&local)
+        .expect("local")
+        .filter_map(Result::ok)
+    {
+        let _ = std::fs::remove_dir_all(e.path());
+    }
+    let plan = sb.run(&["plan", "-detailed-exitcode"]);
+    assert_eq!(plan.status.code(), Some(2));
+    assert!(
+        {
+            let t = text(&plan.stdout);
+            t.contains("was removed") && (t.contains("# cluster.dev will be created") || t.contains("# cluster.dev must be replaced"))
+        },
+        "{}",
+        text(&plan.stdout)
+    );
+    sb.ok(&["apply", "-auto-approve"]);
+    sb.ok(&["destroy", "-auto-approve"]);
+    assert!(sb.processes().is_empty());
+}
+
+#[test]
+fn failed_dependency_cancels_the_dependent_job() {
+    let sb = Sandbox::new(&[(
+        "main.sky.hcl",
+        "cluster \"dev\" {}\n\njob \"first\" {\n  cluster = cluster.dev\n  run     = \"exit 3\"\n}\n\njob \"second\" {\n  cluster    = cluster.dev\n  depends_on = [job.first]\n  run        = \"echo never\"\n}\n",
+    )]);
+    let out = sb.run(&["apply", "-auto-approve", "-wait"]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "-wait fails when a job fails: {}",
+        text(&out.stdout)
+    );
+    let statuses = sb.wait_jobs_done(Duration::from_secs(20));
+    assert_eq!(
+        statuses,
+        vec![
+            ("job.first".to_string(), "FAILED".to_string()),
+            ("job.second".to_string(), "CANCELLED".to_string())
+        ]
+    );
+    let plan = text(&sb.run(&["plan"]).stdout);
+    assert!(
+        plan.contains("job.first failed (exit code 3); run it again with -replace=job.first"),
+        "{plan}"
+    );
+    sb.ok(&["destroy", "-auto-approve"]);
+}
+
+#[test]
+fn a_job_too_big_for_its_cluster_is_a_plan_error() {
+    let sb = Sandbox::new(&[(
+        "main.sky.hcl",
+        "cluster \"dev\" {}\n\njob \"big\" {\n  cluster = cluster.dev\n  run     = \"true\"\n  resources {\n    cpus = \"100000\"\n  }\n}\n",
+    )]);
+    let out = sb.run(&["plan"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("job.big does not fit on its cluster") && err.contains("main.sky.hcl:3:1"),
+        "{err}"
+    );
+}
+
+#[allow(dead_code)]
+fn unused(_: PathBuf) {}
