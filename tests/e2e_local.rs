@@ -607,7 +607,9 @@ fn a_sandbox_removed_by_hand_is_recreated() {
     assert!(
         {
             let t = text(&plan.stdout);
-            t.contains("was removed") && (t.contains("# cluster.dev will be created") || t.contains("# cluster.dev must be replaced"))
+            t.contains("was removed")
+                && (t.contains("# cluster.dev will be created")
+                    || t.contains("# cluster.dev must be replaced"))
         },
         "{}",
         text(&plan.stdout)
@@ -668,23 +670,56 @@ fn unused(_: PathBuf) {}
 fn sweep_module_runs_managed_jobs_on_temporary_clusters() {
     let sb = Sandbox::new(&[]);
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    copy_dir(&root.join("examples/sweep"), &sb.path().join("examples/sweep"));
-    copy_dir(&root.join("modules/sweep"), &sb.path().join("modules/sweep"));
+    copy_dir(
+        &root.join("examples/sweep"),
+        &sb.path().join("examples/sweep"),
+    );
+    copy_dir(
+        &root.join("modules/sweep"),
+        &sb.path().join("modules/sweep"),
+    );
     let dir = sb.path().join("examples/sweep");
     let run = |args: &[&str]| {
-        Command::new(BIN).arg(format!("-chdir={}", dir.display())).args(args).env("NO_COLOR", "1").stdin(Stdio::null()).output().expect("run")
+        Command::new(BIN)
+            .arg(format!("-chdir={}", dir.display()))
+            .args(args)
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run")
     };
     let out = run(&["apply", "-auto-approve", "-wait"]);
-    assert!(out.status.success(), "{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
     let stdout = text(&out.stdout);
-    assert!(stdout.contains("module.sweep.managed_job.run[\"3e-4\"]: SUCCEEDED"), "{stdout}");
+    assert!(
+        stdout.contains("module.sweep.managed_job.run[\"3e-4\"]: SUCCEEDED"),
+        "{stdout}"
+    );
     let logs = text(&run(&["logs", "module.sweep.managed_job.run[\"1e-3\"]"]).stdout);
     assert!(logs.contains("final loss for lr=1e-3"), "{logs}");
     // Each job's temporary cluster is torn down when the job ends.
-    wait_for("temporary clusters to be torn down", Duration::from_secs(10), || processes_mentioning(&dir).is_empty());
-    assert_eq!(run(&["plan", "-detailed-exitcode"]).status.code(), Some(0), "finished managed jobs are a no-op");
+    wait_for(
+        "temporary clusters to be torn down",
+        Duration::from_secs(10),
+        || processes_mentioning(&dir).is_empty(),
+    );
+    assert_eq!(
+        run(&["plan", "-detailed-exitcode"]).status.code(),
+        Some(0),
+        "finished managed jobs are a no-op"
+    );
     assert!(run(&["destroy", "-auto-approve"]).status.success());
-    assert_eq!(std::fs::read_dir(dir.join(".skyform/local")).expect("local").count(), 0);
+    assert_eq!(
+        std::fs::read_dir(dir.join(".skyform/local"))
+            .expect("local")
+            .count(),
+        0
+    );
 }
 
 #[test]
@@ -694,7 +729,10 @@ fn a_service_keeps_its_replicas_running_until_destroyed() {
         "service \"web\" {\n  run = \"echo serving replica $SKYFORM_NODE_RANK; sleep 600\"\n  resources {\n    ports = [8123]\n  }\n  replica_policy {\n    min_replicas = 2\n  }\n}\n\noutput \"endpoint\" {\n  value = service.web.endpoint\n}\n",
     )]);
     let out = sb.ok(&["apply", "-auto-approve"]);
-    assert!(out.contains("endpoint = \"http://127.0.0.1:8123\""), "{out}");
+    assert!(
+        out.contains("endpoint = \"http://127.0.0.1:8123\""),
+        "{out}"
+    );
     wait_for("both replicas to log", Duration::from_secs(10), || {
         let logs = sb.ok(&["logs", "service.web"]);
         logs.contains("serving replica 0") && logs.contains("serving replica 1")
@@ -702,5 +740,9 @@ fn a_service_keeps_its_replicas_running_until_destroyed() {
     let status = sb.ok(&["status", "-json"]);
     assert!(status.contains("\"RUNNING\""), "{status}");
     sb.ok(&["destroy", "-auto-approve"]);
-    assert!(sb.processes().is_empty(), "replicas stopped: {:?}", sb.processes());
+    assert!(
+        sb.processes().is_empty(),
+        "replicas stopped: {:?}",
+        sb.processes()
+    );
 }

@@ -56,9 +56,9 @@ fn check(path: &Path, actual: &str) -> Option<String> {
 }
 
 fn validate_output(dir: &Path) -> (String, bool) {
-    let (config, mut diags) = config::load(dir);
+    let (mut config, mut diags) = config::load(dir);
     let env = BTreeMap::new();
-    let (inputs, vd) = config::inputs(&config, &VarArgs::default(), &env);
+    let (inputs, vd) = config::inputs(&mut config, &VarArgs::default(), &env);
     diags.extend(vd);
     if !diags.has_errors() {
         let mut c = Collect::default();
@@ -145,9 +145,9 @@ pub fn plan_case(case: &Path) -> (String, String) {
         .ok()
         .map(|b| serde_json::from_slice(&b).expect("options.json"))
         .unwrap_or_default();
-    let (config, mut diags) = config::load(case);
+    let (mut config, mut diags) = config::load(case);
     let (inputs, vd) = config::inputs(
-        &config,
+        &mut config,
         &VarArgs {
             vars: opts.vars.clone(),
             var_files: Vec::new(),

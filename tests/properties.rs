@@ -18,7 +18,18 @@ struct Gen {
 
 fn configs() -> impl Strategy<Value = Gen> {
     let cluster = (1u32..4, proptest::option::of("[a-z ]{1,12}"));
-    (proptest::collection::vec(cluster, 1..4), proptest::collection::vec((0usize..4, "[a-z0-9 ]{1,16}", proptest::collection::vec("[a-z]{1,3}", 0..4), any::<bool>()), 0..6))
+    (
+        proptest::collection::vec(cluster, 1..4),
+        proptest::collection::vec(
+            (
+                0usize..4,
+                "[a-z0-9 ]{1,16}",
+                proptest::collection::vec("[a-z]{1,3}", 0..4),
+                any::<bool>(),
+            ),
+            0..6,
+        ),
+    )
         .prop_map(|(clusters, jobs)| Gen { clusters, jobs })
 }
 
@@ -33,7 +44,9 @@ fn render(g: &Gen) -> String {
     }
     for (j, (cluster, run, keys, depends)) in g.jobs.iter().enumerate() {
         let c = cluster % g.clusters.len();
-        s.push_str(&format!("job \"j{j}\" {{\n  cluster = cluster.c{c}\n  run = \"{run}\"\n"));
+        s.push_str(&format!(
+            "job \"j{j}\" {{\n  cluster = cluster.c{c}\n  run = \"{run}\"\n"
+        ));
         if !keys.is_empty() {
             let quoted: Vec<String> = keys.iter().map(|k| format!("\"{k}\"")).collect();
             s.push_str(&format!("  for_each = toset([{}])\n", quoted.join(", ")));
@@ -69,9 +82,9 @@ proptest! {
     fn apply_then_plan_is_a_no_op(g in configs()) {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("main.sky.hcl"), render(&g)).unwrap();
-        let (cfg, d) = config::load(dir.path());
+        let (mut cfg, d) = config::load(dir.path());
         prop_assert!(!d.has_errors(), "{}", d.render(&cfg.sources, false));
-        let (inputs, _) = config::inputs(&cfg, &VarArgs::default(), &BTreeMap::new());
+        let (inputs, _) = config::inputs(&mut cfg, &VarArgs::default(), &BTreeMap::new());
         let empty = State::new();
         let (first, d) = plan::plan(&cfg, &inputs, &empty, &offers(), &Options::default());
         prop_assert!(!d.has_errors(), "{}", d.render(&cfg.sources, false));
@@ -91,8 +104,8 @@ proptest! {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("main.sky.hcl"), render(&g)).unwrap();
         let once = || {
-            let (cfg, _) = config::load(dir.path());
-            let (inputs, _) = config::inputs(&cfg, &VarArgs::default(), &BTreeMap::new());
+            let (mut cfg, _) = config::load(dir.path());
+            let (inputs, _) = config::inputs(&mut cfg, &VarArgs::default(), &BTreeMap::new());
             let mut state = State::new();
             state.lineage = "fixed".into();
             let (p, _) = plan::plan(&cfg, &inputs, &state, &offers(), &Options::default());

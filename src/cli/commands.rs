@@ -210,8 +210,8 @@ fn var_args(v: &VarFlags) -> VarArgs {
 
 /// Loads config and variables; prints diagnostics and fails if there are errors.
 fn load(ctx: &Ctx, vars: &VarFlags) -> Result<(Config, BTreeMap<String, InputValue>)> {
-    let (config, mut diags) = config::load(&ctx.dir);
-    let (inputs, vdiags) = config::inputs(&config, &var_args(vars), &config::process_env());
+    let (mut config, mut diags) = config::load(&ctx.dir);
+    let (inputs, vdiags) = config::inputs(&mut config, &var_args(vars), &config::process_env());
     diags.extend(vdiags);
     report(&config, &mut diags, ctx.style)?;
     Ok((config, inputs))
@@ -268,8 +268,8 @@ async fn init(ctx: &Ctx) -> Result<i32> {
 }
 
 fn validate(ctx: &Ctx, json: bool, vars: &VarFlags) -> Result<i32> {
-    let (config, mut diags) = config::load(&ctx.dir);
-    let (inputs, vdiags) = config::inputs(&config, &var_args(vars), &config::process_env());
+    let (mut config, mut diags) = config::load(&ctx.dir);
+    let (inputs, vdiags) = config::inputs(&mut config, &var_args(vars), &config::process_env());
     diags.extend(vdiags);
     if !diags.has_errors() {
         let mut collect = config::Collect::default();
@@ -530,6 +530,7 @@ async fn apply_locked(
                         InputValue {
                             raw: config::vars::RawValue::Parsed(config::eval::json_to_hcl(v)),
                             source: config::vars::ValueSource::Flag,
+                            location: None,
                         },
                     )
                 })

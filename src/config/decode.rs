@@ -79,7 +79,9 @@ fn type_problem(v: &Value, ty: Ty) -> Option<String> {
     let ok = match ty {
         Ty::String => v.is_string(),
         Ty::Number => v.is_number(),
-        Ty::Count => v.as_f64().is_some_and(|f| f >= 0.0 && f.fract() == 0.0),
+        Ty::Count => v
+            .as_f64()
+            .is_some_and(|f| (0.0..=1_000_000.0).contains(&f) && f.fract() == 0.0),
         Ty::Bool => v.is_boolean(),
         Ty::ListOfStrings => v.as_array().is_some_and(|a| a.iter().all(Value::is_string)),
         Ty::ListOfNumbers => v.as_array().is_some_and(|a| a.iter().all(Value::is_number)),
@@ -102,7 +104,36 @@ fn type_problem(v: &Value, ty: Ty) -> Option<String> {
         return None;
     }
     Some(match (ty, v) {
-        (Ty::Count, Value::Number(_)) => "a number that is not a whole number ≥ 0".into(),
+        (Ty::Count, Value::Number(n)) => {
+            format!("{n}, which is not a whole number from 0 to 1000000")
+        }
+        (Ty::MapOfStrings, Value::Object(o)) => match o
+            .iter()
+            .find(|(_, x)| !(x.is_string() || x.is_number() || x.is_boolean()))
+        {
+            Some((k, x)) => format!("a map whose entry {k:?} is {}", describe_value(x)),
+            None => "a map".into(),
+        },
+        (Ty::ClusterRef, Value::Object(o))
+            if !o.contains_key("address")
+                && o.values()
+                    .all(|x| x.as_object().is_some_and(|i| i.contains_key("address"))) =>
+        {
+            let keys: Vec<String> = o.keys().map(|k| format!("[{k:?}]")).collect();
+            format!(
+                "all instances of a cluster with for_each (pick one: {})",
+                keys.join(", ")
+            )
+        }
+        (Ty::ClusterRef, Value::Array(a))
+            if a.iter()
+                .all(|x| x.as_object().is_some_and(|i| i.contains_key("address"))) =>
+        {
+            format!(
+                "all {} instances of a cluster with count (pick one with [INDEX])",
+                a.len()
+            )
+        }
         (Ty::ClusterRef, Value::String(s)) => format!("the string {s:?}"),
         (Ty::ClusterRef, Value::Object(o)) if o.contains_key("address") => {
             "a reference to something other than a cluster".into()
@@ -409,7 +440,7 @@ fn workdir(
                 diags.push(
                     Diagnostic::error(format!("cannot read workdir {w:?}: {e}"))
                         .at(a.file, Some(a.span.clone()))
-                        .label(format!("{} is not a readable directory", abs.display()))
+                        .label(format!("{w:?} is not a readable directory"))
                         .hint("workdir is relative to the directory of this file"),
                 );
             }

@@ -88,6 +88,14 @@ impl Node {
     }
 }
 
+/// The declarations of a module in evaluation order, what each depends on, and those whose
+/// references could not be resolved (or that sit in a cycle).
+struct Order {
+    nodes: Vec<Node>,
+    deps: BTreeMap<Node, BTreeSet<Node>>,
+    bad: BTreeSet<Node>,
+}
+
 /// What a module exports to its caller, and the instances inside it.
 #[derive(Debug, Clone, Default)]
 struct ModuleResult {
@@ -141,6 +149,7 @@ impl<'a, R: Resolver> Evaluator<'a, R> {
         inputs: &InputValues,
     ) -> BTreeMap<String, OutputValue> {
         let mut given = BTreeMap::new();
+        let mut rejected = BTreeSet::new();
         for (name, input) in inputs {
             if let Some(decl) = module.variables.get(name) {
                 let ty = vars::declared_type(decl, self.diags);
@@ -148,15 +157,26 @@ impl<'a, R: Resolver> Evaluator<'a, R> {
                     Ok(v) => {
                         given.insert(name.clone(), v);
                     }
-                    Err(why) => self.diags.push(
-                        Diagnostic::error(format!(
-                            "invalid value for variable {name:?} from {}: {why}",
-                            input.source
-                        ))
-                        .at(decl.file, Some(decl.span.clone()))
-                        .label(format!("declared here as {}", ty.describe()))
-                        .hint(format!("give a value of type {}", ty.describe())),
-                    ),
+                    Err(why) => {
+                        rejected.insert(name.clone());
+                        let (file, span, label) = match &input.location {
+                            Some((f, s)) => (*f, s.clone(), format!("expected {}", ty.describe())),
+                            None => (
+                                decl.file,
+                                decl.span.clone(),
+                                format!("declared here as {}", ty.describe()),
+                            ),
+                        };
+                        self.diags.push(
+                            Diagnostic::error(format!(
+                                "invalid value for variable {name:?} from {}: {why}",
+                                input.source
+                            ))
+                            .at(file, Some(span))
+                            .label(label)
+                            .hint(format!("give a value of type {}", ty.describe())),
+                        );
+                    }
                 }
             } else if input.source.is_explicit() {
                 let names: Vec<&str> = module.variables.keys().map(String::as_str).collect();
@@ -168,11 +188,13 @@ impl<'a, R: Resolver> Evaluator<'a, R> {
                     Some(s) => format!("did you mean {s:?}?"),
                     None => format!("declare it: variable \"{name}\" {{ type = string }}"),
                 });
-                d.label = String::new();
+                if let Some((f, s)) = &input.location {
+                    d = d.at(*f, Some(s.clone())).label("no such variable");
+                }
                 self.diags.push(d);
             }
         }
-        let result = self.eval_module(module, Vec::new(), given, None);
+        let result = self.eval_module(module, Vec::new(), given, &rejected, None);
         result
             .outputs
             .into_iter()
@@ -193,6 +215,7 @@ impl<'a, R: Resolver> Evaluator<'a, R> {
         module: &ModuleSource,
         path: ModulePath,
         given: BTreeMap<String, Value>,
+        rejected: &BTreeSet<String>,
         call_site: Option<(FileId, Range<usize>)>,
     ) -> ModuleResult {
         let mut scope = Scope {
@@ -205,10 +228,29 @@ impl<'a, R: Resolver> Evaluator<'a, R> {
             outputs: BTreeMap::new(),
         };
         let order = self.order(module);
-        for node in order {
+        // Declarations that failed, or depend on one that did, are skipped: their problem is
+        // reported once, at its cause.
+        let mut failed: BTreeSet<Node> = order.bad.clone();
+        for node in order.nodes {
             functions::set_base_dir(module.dir.clone());
+            let upstream_failed = order
+                .deps
+                .get(&node)
+                .is_some_and(|ds| ds.iter().any(|d| failed.contains(d)));
+            if failed.contains(&node) || upstream_failed {
+                failed.insert(node);
+                continue;
+            }
+            let errors_before = self.diags.error_count();
+            let this = node.clone();
             match node {
-                Node::Var(name) => self.eval_var(&mut scope, &name, &given, call_site.clone()),
+                Node::Var(name) => {
+                    if rejected.contains(&name) {
+                        failed.insert(this.clone());
+                    } else {
+                        self.eval_var(&mut scope, &name, &given, call_site.clone());
+                    }
+                }
                 Node::Local(name) => {
                     let Some(decl) = module.locals.get(&name) else {
                         continue;
@@ -253,6 +295,9 @@ impl<'a, R: Resolver> Evaluator<'a, R> {
                         .outputs
                         .insert(name, (v, declared_sensitive || derived));
                 }
+            }
+            if self.diags.error_count() > errors_before {
+                failed.insert(this);
             }
         }
         let mut instances = BTreeSet::new();
@@ -357,7 +402,7 @@ impl<'a, R: Resolver> Evaluator<'a, R> {
     }
 
     /// The declarations of a module in dependency order; cycles and bad references reported.
-    fn order(&mut self, module: &ModuleSource) -> Vec<Node> {
+    fn order(&mut self, module: &ModuleSource) -> Order {
         let mut graph: DiGraph<Node, ()> = DiGraph::new();
         let mut index: BTreeMap<Node, NodeIndex> = BTreeMap::new();
         let mut add = |g: &mut DiGraph<Node, ()>, n: Node| {
@@ -380,12 +425,19 @@ impl<'a, R: Resolver> Evaluator<'a, R> {
         }
         // Edges: dependency → dependent.
         let mut sites: BTreeMap<Node, (FileId, Range<usize>)> = BTreeMap::new();
-        let mut edges: Vec<(Node, Node)> = Vec::new();
+        let mut edges: Vec<(Node, Node, FileId, Range<usize>)> = Vec::new();
+        let mut bad: BTreeSet<Node> = BTreeSet::new();
         let mut check =
             |this: &Node, file: FileId, refs: &[&Ref], ctx: RefContext, diags: &mut Diagnostics| {
                 for r in refs {
-                    if let Some(target) = resolve_ref(module, r, file, ctx, diags) {
-                        edges.push((target, this.clone()));
+                    match resolve_ref(module, r, file, ctx, diags) {
+                        Ok(Some(target)) => {
+                            edges.push((target, this.clone(), file, r.span.clone()))
+                        }
+                        Ok(None) => {}
+                        Err(()) => {
+                            bad.insert(this.clone());
+                        }
                     }
                 }
             };
@@ -414,21 +466,23 @@ impl<'a, R: Resolver> Evaluator<'a, R> {
         for (name, decl) in &module.variables {
             sites.insert(Node::Var(name.clone()), (decl.file, decl.span.clone()));
         }
-        for (from, to) in edges {
+        let mut deps: BTreeMap<Node, BTreeSet<Node>> = BTreeMap::new();
+        for (from, to, file, span) in edges {
             let (Some(&a), Some(&b)) = (index.get(&from), index.get(&to)) else {
                 continue;
             };
             if a == b {
                 // A self reference: a cycle of one.
-                let (file, span) = sites.get(&to).cloned().unwrap_or((0, 0..0));
                 self.diags.push(
                     Diagnostic::error(format!("{} refers to itself", to.describe()))
                         .at(file, Some(span))
-                        .label("self reference")
-                        .hint("a block cannot depend on its own attributes"),
+                        .label("a block cannot use its own attributes")
+                        .hint("use a variable or local for the value, or move it to another block"),
                 );
+                bad.insert(to);
                 continue;
             }
+            deps.entry(to).or_default().insert(from);
             graph.update_edge(a, b, ());
         }
         let sccs = petgraph::algo::tarjan_scc(&graph);
@@ -455,6 +509,8 @@ impl<'a, R: Resolver> Evaluator<'a, R> {
                         None => break,
                     }
                 }
+                // Edges run dependency → dependent; people read "A → B" as "A uses B".
+                path.reverse();
                 let names: Vec<String> = path.iter().map(|i| graph[*i].describe()).collect();
                 let first = &graph[start];
                 let (file, span) = sites.get(first).cloned().unwrap_or((0, 0..0));
@@ -464,10 +520,13 @@ impl<'a, R: Resolver> Evaluator<'a, R> {
                     names[0]
                 ))
                 .at(file, Some(span))
-                .label("this block is part of a cycle")
+                .label("part of a dependency cycle")
                 .hint("break the cycle: remove one of these references or depends_on entries");
-                for i in &path {
-                    d = d.note(format!("{} is in the cycle", graph[*i].describe()));
+                for (k, i) in path.iter().enumerate() {
+                    let next = &graph[path[(k + 1) % path.len()]];
+                    let (f, sp) = sites.get(&graph[*i]).cloned().unwrap_or((0, 0..0));
+                    let _ = (f, sp);
+                    d = d.note(format!("{} uses {}", graph[*i].describe(), next.describe()));
                 }
                 self.diags.push(d);
                 cyclic.extend(scc.iter().copied());
@@ -483,7 +542,14 @@ impl<'a, R: Resolver> Evaluator<'a, R> {
             .collect();
         // Variables first so defaults and inputs are in place (they have no dependencies).
         order.sort_by_key(|n| !matches!(n, Node::Var(_)));
-        order
+        for i in cyclic {
+            bad.insert(graph[i].clone());
+        }
+        Order {
+            nodes: order,
+            deps,
+            bad,
+        }
     }
 
     fn check_body_refs(
@@ -613,38 +679,12 @@ impl<'a, R: Resolver> Evaluator<'a, R> {
 
     /// Evaluates one attribute; problems become diagnostics at its expression.
     fn eval_attr(&mut self, decl: &AttrDecl, ctx: &Context<'_>, refs: &[&Ref]) -> Option<Value> {
-        match decl.eval_expr.evaluate(ctx) {
+        // Only resource and module values can be unknown at this point.
+        let _ = refs;
+        match evaluate_attr(decl, ctx) {
             Ok(v) => Some(v),
-            Err(e) => {
-                // A failure on a value only known after apply makes the result unknown.
-                let touches_computed = refs
-                    .iter()
-                    .any(|r| Kind::parse(&r.root).is_some() || r.root == "module");
-                if touches_computed {
-                    return Some(Value::String(UNKNOWN.to_string()));
-                }
-                let msg = match e.kind() {
-                    hcl::eval::ErrorKind::FuncCall(name, m) => format!("{name}(): {m}"),
-                    hcl::eval::ErrorKind::UndefinedFunc(name) => {
-                        format!("unknown function {name}()")
-                    }
-                    other => other.to_string(),
-                };
-                let mut d = Diagnostic::error(format!("cannot evaluate {:?}: {msg}", decl.name))
-                    .at(decl.file, Some(decl.span.clone()))
-                    .label(msg.clone());
-                d = if let hcl::eval::ErrorKind::UndefinedFunc(name) = e.kind() {
-                    match did_you_mean(&name.to_string(), functions::NAMES) {
-                        Some(s) => d.hint(format!("did you mean {s}()?")),
-                        None => d.hint(format!(
-                            "the functions are: {}",
-                            functions::NAMES.join(", ")
-                        )),
-                    }
-                } else {
-                    d.hint("check the types of the values used in this expression")
-                };
-                self.diags.push(d);
+            Err(d) => {
+                self.diags.push(*d);
                 None
             }
         }
@@ -712,9 +752,13 @@ impl<'a, R: Resolver> Evaluator<'a, R> {
                 );
             };
             if functions_has_unknown(&v) {
-                invalid(
-                    self.diags,
-                    "it depends on values known only after apply".into(),
+                self.diags.push(
+                    Diagnostic::error(format!(
+                        "invalid for_each for {what}: it depends on values known only after apply"
+                    ))
+                    .at(fe.file, Some(fe.span.clone()))
+                    .label("the keys must be known when planning")
+                    .hint("build the keys from variables, locals or literals; use the resource attribute inside the block instead"),
                 );
                 return None;
             }
@@ -742,6 +786,8 @@ impl<'a, R: Resolver> Evaluator<'a, R> {
                     for item in items {
                         match item {
                             Value::String(s) => keys.push(s),
+                            // As in Terraform, a set of numbers is keyed by their text.
+                            Value::Number(n) => keys.push(n.to_string()),
                             other => {
                                 invalid(
                                     self.diags,
@@ -843,26 +889,10 @@ impl<'a, R: Resolver> Evaluator<'a, R> {
             let spec = {
                 let diags = &mut eval_diags;
                 let mut evaluate = |attr: &AttrDecl| -> Option<Value> {
-                    match attr.eval_expr.evaluate(&ctx) {
+                    match evaluate_attr(attr, &ctx) {
                         Ok(v) => Some(v),
-                        Err(e) => {
-                            let touches_computed = attr
-                                .refs
-                                .iter()
-                                .any(|r| Kind::parse(&r.root).is_some() || r.root == "module");
-                            if touches_computed {
-                                return Some(Value::String(UNKNOWN.to_string()));
-                            }
-                            let msg = e.kind().to_string();
-                            diags.push(
-                                Diagnostic::error(format!(
-                                    "cannot evaluate {:?} in {address}: {msg}",
-                                    attr.name
-                                ))
-                                .at(attr.file, Some(attr.span.clone()))
-                                .label(msg)
-                                .hint("check the types of the values used in this expression"),
-                            );
+                        Err(d) => {
+                            diags.push(*d);
                             None
                         }
                     }
@@ -951,6 +981,7 @@ impl<'a, R: Resolver> Evaluator<'a, R> {
         let mut sensitive = false;
         for (key, bindings) in keys {
             let mut given = BTreeMap::new();
+            let mut rejected = BTreeSet::new();
             for (attr_name, attr) in &decl.body.attrs {
                 if ["source", "count", "for_each", "depends_on"].contains(&attr_name.as_str()) {
                     continue;
@@ -971,6 +1002,7 @@ impl<'a, R: Resolver> Evaluator<'a, R> {
                 let refs: Vec<&Ref> = attr.refs.iter().collect();
                 let ctx = self.context(scope, &refs, &bindings);
                 let Some(v) = self.eval_attr(attr, &ctx, &refs) else {
+                    rejected.insert(attr_name.clone());
                     continue;
                 };
                 let ty: VarType = vars::declared_type(var, self.diags);
@@ -978,14 +1010,17 @@ impl<'a, R: Resolver> Evaluator<'a, R> {
                     Ok(v) => {
                         given.insert(attr_name.clone(), v);
                     }
-                    Err(why) => self.diags.push(
-                        Diagnostic::error(format!(
-                            "wrong type for module input {attr_name:?}: {why}"
-                        ))
-                        .at(attr.file, Some(attr.span.clone()))
-                        .label(format!("expected {}", ty.describe()))
-                        .hint("pass a value of the variable's declared type"),
-                    ),
+                    Err(why) => {
+                        rejected.insert(attr_name.clone());
+                        self.diags.push(
+                            Diagnostic::error(format!(
+                                "wrong type for module input {attr_name:?}: {why}"
+                            ))
+                            .at(attr.file, Some(attr.span.clone()))
+                            .label(format!("expected {}", ty.describe()))
+                            .hint("pass a value of the variable's declared type"),
+                        );
+                    }
                 }
             }
             let mut path = scope.path.clone();
@@ -993,8 +1028,13 @@ impl<'a, R: Resolver> Evaluator<'a, R> {
                 name: name.to_string(),
                 key: key.clone(),
             });
-            let result =
-                self.eval_module(&child, path, given, Some((decl.file, decl.span.clone())));
+            let result = self.eval_module(
+                &child,
+                path,
+                given,
+                &rejected,
+                Some((decl.file, decl.span.clone())),
+            );
             functions::set_base_dir(module.dir.clone());
             instances.extend(result.instances);
             let mut obj = hcl::Map::new();
@@ -1027,6 +1067,51 @@ impl<'a, R: Resolver> Evaluator<'a, R> {
             },
         );
     }
+}
+
+/// Evaluates one attribute. A failure caused by a value known only after apply (indexing an
+/// unknown list, say) yields an unknown; any other failure is a diagnostic at the expression.
+fn evaluate_attr(decl: &AttrDecl, ctx: &Context<'_>) -> Result<Value, Box<Diagnostic>> {
+    let e = match decl.eval_expr.evaluate(ctx) {
+        Ok(v) => return Ok(v),
+        Err(e) => e,
+    };
+    use hcl::eval::ErrorKind;
+    let caused_by_unknown = match e.kind() {
+        ErrorKind::UndefinedFunc(_) | ErrorKind::UndefinedVar(_) => false,
+        ErrorKind::Unexpected(v, _) | ErrorKind::UnaryOp(_, v) => functions_has_unknown(v),
+        ErrorKind::BinaryOp(a, _, b) => functions_has_unknown(a) || functions_has_unknown(b),
+        ErrorKind::FuncCall(_, m) => m.contains(UNKNOWN),
+        _ => e.expr().is_some_and(|x| x.to_string().contains(UNKNOWN)),
+    };
+    if caused_by_unknown {
+        return Ok(Value::String(UNKNOWN.to_string()));
+    }
+    let msg = match e.kind() {
+        ErrorKind::FuncCall(name, m) => format!("{name}(): {m}"),
+        ErrorKind::UndefinedFunc(name) => format!("unknown function {name}()"),
+        other => other.to_string(),
+    };
+    let mut d = Diagnostic::error(format!("cannot evaluate {:?}: {msg}", decl.name))
+        .at(decl.file, Some(decl.span.clone()))
+        .label(msg.clone());
+    d = match e.kind() {
+        ErrorKind::UndefinedFunc(name) => match did_you_mean(&name.to_string(), functions::NAMES) {
+            Some(s) => d.hint(format!("did you mean {s}()?")),
+            None => d.hint(format!(
+                "the functions are: {}",
+                functions::NAMES.join(", ")
+            )),
+        },
+        ErrorKind::FuncCall(name, _)
+            if ["file", "filemd5"].contains(&name.to_string().as_str()) =>
+        {
+            d.hint("paths are relative to the directory of the file that calls it")
+        }
+        ErrorKind::FuncCall(..) => d.hint("check the arguments given to the function"),
+        _ => d.hint("check the types of the values used in this expression"),
+    };
+    Err(Box::new(d))
 }
 
 fn functions_has_unknown(v: &Value) -> bool {
@@ -1067,16 +1152,37 @@ const ROOTS: [&str; 10] = [
     "path",
 ];
 
-/// Checks a reference against the module's declarations; returns the node it depends on.
+/// The attributes a reference may read from a resource of `kind`.
+fn resource_attributes(kind: Kind) -> Vec<&'static str> {
+    let schema = match kind {
+        Kind::Cluster => &super::schema::CLUSTER,
+        Kind::Job => &super::schema::JOB,
+        Kind::ManagedJob => &super::schema::MANAGED_JOB,
+        Kind::Service => &super::schema::SERVICE,
+    };
+    let mut v: Vec<&'static str> = schema
+        .attrs
+        .iter()
+        .map(|a| a.name)
+        .chain(schema.blocks.iter().map(|b| b.name))
+        .filter(|n| !["count", "for_each", "depends_on", "lifecycle"].contains(n))
+        .collect();
+    v.extend(crate::model::spec::computed_attributes(kind));
+    v.extend(["name", "address", "workdir_hash"]);
+    v
+}
+
+/// Checks a reference against the module's declarations. `Ok(Some(node))`: it depends on
+/// that declaration; `Ok(None)`: a built-in (`each`, `count`, `path`); `Err`: reported.
 fn resolve_ref(
     module: &ModuleSource,
     r: &Ref,
     file: FileId,
     ctx: RefContext,
     diags: &mut Diagnostics,
-) -> Option<Node> {
+) -> Result<Option<Node>, ()> {
     let undeclared =
-        |diags: &mut Diagnostics, what: String, candidates: Vec<String>, hint_else: String| {
+        |diags: &mut Diagnostics, what: &str, candidates: Vec<String>, hint_else: String| {
             let full = format!(
                 "{}.{}",
                 r.root,
@@ -1096,170 +1202,157 @@ fn resolve_ref(
                     .label(format!("{full} is not declared in this module"))
                     .hint(hint),
             );
+            Err(())
         };
-    let need_attr = |diags: &mut Diagnostics, example: &str| {
+    let problem = |diags: &mut Diagnostics, message: String, label: &str, hint: &str| {
         diags.push(
-            Diagnostic::error(format!("incomplete reference \"{}\"", r.root))
+            Diagnostic::error(message)
                 .at(file, Some(r.span.clone()))
-                .label("needs a name after the dot")
-                .hint(format!("write {example}")),
+                .label(label)
+                .hint(hint),
         );
+        Err(())
+    };
+    let Some(first) = r.attrs.first() else {
+        return match r.root.as_str() {
+            "var" | "local" | "module" | "each" | "count" | "path" | "cluster" | "job"
+            | "managed_job" | "service" => problem(
+                diags,
+                format!("incomplete reference \"{}\"", r.root),
+                "needs a name after the dot",
+                &format!("write {}.NAME", r.root),
+            ),
+            root => unknown_root(root, file, r, diags),
+        };
     };
     match r.root.as_str() {
-        "var" => {
-            let Some(n) = r.attrs.first() else {
-                need_attr(diags, "var.NAME");
-                return None;
-            };
-            if module.variables.contains_key(n) {
-                Some(Node::Var(n.clone()))
-            } else {
-                undeclared(
-                    diags,
-                    "variable".into(),
-                    module.variables.keys().cloned().collect(),
-                    format!("declare it: variable \"{n}\" {{ type = string }}"),
-                );
-                None
-            }
-        }
-        "local" => {
-            let Some(n) = r.attrs.first() else {
-                need_attr(diags, "local.NAME");
-                return None;
-            };
-            if module.locals.contains_key(n) {
-                Some(Node::Local(n.clone()))
-            } else {
-                undeclared(
-                    diags,
-                    "local value".into(),
-                    module.locals.keys().cloned().collect(),
-                    format!("declare it: locals {{ {n} = … }}"),
-                );
-                None
-            }
-        }
-        "module" => {
-            let Some(n) = r.attrs.first() else {
-                need_attr(diags, "module.NAME.OUTPUT");
-                return None;
-            };
-            match module.modules.get(n) {
-                Some(call) => {
-                    if let (Some(out), Some(child)) = (r.attrs.get(1), &call.module)
-                        && !child.outputs.contains_key(out)
-                    {
-                        let names: Vec<&str> = child.outputs.keys().map(String::as_str).collect();
-                        diags.push(
-                            Diagnostic::error(format!("module {n:?} has no output {out:?}"))
-                                .at(file, Some(r.span.clone()))
-                                .label("not an output of this module")
-                                .hint(match did_you_mean(out, names.iter().copied()) {
-                                    Some(s) => format!("did you mean module.{n}.{s}?"),
-                                    None => format!("its outputs are: {}", names.join(", ")),
-                                }),
-                        );
-                    }
-                    Some(Node::Module(n.clone()))
-                }
-                None => {
-                    undeclared(
+        "var" if module.variables.contains_key(first) => Ok(Some(Node::Var(first.clone()))),
+        "var" => undeclared(
+            diags,
+            "variable",
+            module.variables.keys().cloned().collect(),
+            format!("declare it: variable \"{first}\" {{ type = string }}"),
+        ),
+        "local" if module.locals.contains_key(first) => Ok(Some(Node::Local(first.clone()))),
+        "local" => undeclared(
+            diags,
+            "local value",
+            module.locals.keys().cloned().collect(),
+            format!("declare it: locals {{ {first} = … }}"),
+        ),
+        "module" => match module.modules.get(first) {
+            Some(call) => {
+                if let (Some(out), Some(child)) = (r.attrs.get(1), &call.module)
+                    && !child.outputs.contains_key(out)
+                {
+                    let names: Vec<&str> = child.outputs.keys().map(String::as_str).collect();
+                    return problem(
                         diags,
-                        "module".into(),
-                        module.modules.keys().cloned().collect(),
-                        format!("declare it: module \"{n}\" {{ source = \"./modules/{n}\" }}"),
+                        format!("module {first:?} has no output {out:?}"),
+                        "not an output of this module",
+                        &match did_you_mean(out, names.iter().copied()) {
+                            Some(s) => format!("did you mean module.{first}.{s}?"),
+                            None if names.is_empty() => {
+                                "the module declares no outputs".to_string()
+                            }
+                            None => format!("its outputs are: {}", names.join(", ")),
+                        },
                     );
-                    None
                 }
+                Ok(Some(Node::Module(first.clone())))
             }
-        }
-        "each" => {
-            if !ctx.each {
-                diags.push(
-                    Diagnostic::error("each is only available in blocks with for_each")
-                        .at(file, Some(r.span.clone()))
-                        .label("no for_each here")
-                        .hint("add for_each to the block, or use a variable or local"),
-                );
-            } else if !matches!(r.attrs.first().map(String::as_str), Some("key" | "value")) {
-                diags.push(
-                    Diagnostic::error("each has only .key and .value")
-                        .at(file, Some(r.span.clone()))
-                        .label("unknown attribute of each")
-                        .hint("write each.key or each.value"),
-                );
-            }
-            None
-        }
-        "count" => {
-            if !ctx.count {
-                diags.push(
-                    Diagnostic::error("count.index is only available in blocks with count")
-                        .at(file, Some(r.span.clone()))
-                        .label("no count here")
-                        .hint("add count to the block"),
-                );
-            } else if r.attrs.first().map(String::as_str) != Some("index") {
-                diags.push(
-                    Diagnostic::error("count has only .index")
-                        .at(file, Some(r.span.clone()))
-                        .label("unknown attribute of count")
-                        .hint("write count.index"),
-                );
-            }
-            None
-        }
-        "path" => {
-            if !matches!(
-                r.attrs.first().map(String::as_str),
-                Some("module" | "root" | "cwd")
-            ) {
-                diags.push(
-                    Diagnostic::error("path has only .module, .root and .cwd")
-                        .at(file, Some(r.span.clone()))
-                        .label("unknown attribute of path")
-                        .hint("write path.module"),
-                );
-            }
-            None
-        }
+            None => undeclared(
+                diags,
+                "module",
+                module.modules.keys().cloned().collect(),
+                format!("declare it: module \"{first}\" {{ source = \"./modules/{first}\" }}"),
+            ),
+        },
+        "each" if !ctx.each => problem(
+            diags,
+            "each is only available in blocks with for_each".into(),
+            "no for_each here",
+            "add for_each to the block, or use a variable or local",
+        ),
+        "each" if !matches!(first.as_str(), "key" | "value") => problem(
+            diags,
+            "each has only .key and .value".into(),
+            "unknown attribute of each",
+            "write each.key or each.value",
+        ),
+        "count" if !ctx.count => problem(
+            diags,
+            "count.index is only available in blocks with count".into(),
+            "no count here",
+            "add count to the block",
+        ),
+        "count" if first != "index" => problem(
+            diags,
+            "count has only .index".into(),
+            "unknown attribute of count",
+            "write count.index",
+        ),
+        "path" if !matches!(first.as_str(), "module" | "root" | "cwd") => problem(
+            diags,
+            "path has only .module, .root and .cwd".into(),
+            "unknown attribute of path",
+            "write path.module",
+        ),
+        "each" | "count" | "path" => Ok(None),
         root => {
-            if let Some(kind) = Kind::parse(root) {
-                let Some(n) = r.attrs.first() else {
-                    need_attr(diags, &format!("{root}.NAME"));
-                    return None;
-                };
-                if module.resources.contains_key(&(kind, n.clone())) {
-                    Some(Node::Resource(kind, n.clone()))
-                } else {
-                    let names: Vec<String> = module
-                        .resources
-                        .keys()
-                        .filter(|(k, _)| *k == kind)
-                        .map(|(_, n)| n.clone())
-                        .collect();
-                    undeclared(
-                        diags,
-                        "resource".into(),
-                        names,
-                        format!("declare it: {root} \"{n}\" {{ … }}"),
-                    );
-                    None
-                }
-            } else {
-                let mut d = Diagnostic::error(format!("unknown name {root:?}"))
-                    .at(file, Some(r.span.clone()))
-                    .label("not a variable, local, resource or module reference");
-                d = match did_you_mean(root, ROOTS) {
-                    Some(s) => d.hint(format!("did you mean {s}?")),
-                    None => d.hint("strings need quotes: write \"text\"; references start with var., local., cluster., …"),
-                };
-                diags.push(d);
-                None
+            let Some(kind) = Kind::parse(root) else {
+                return unknown_root(root, file, r, diags);
+            };
+            if !module.resources.contains_key(&(kind, first.clone())) {
+                let names: Vec<String> = module
+                    .resources
+                    .keys()
+                    .filter(|(k, _)| *k == kind)
+                    .map(|(_, n)| n.clone())
+                    .collect();
+                return undeclared(
+                    diags,
+                    "resource",
+                    names,
+                    format!("declare it: {root} \"{first}\" {{ … }}"),
+                );
             }
+            if let Some(attr) = r.attrs.get(1) {
+                let known = resource_attributes(kind);
+                if !known.contains(&attr.as_str()) {
+                    return problem(
+                        diags,
+                        format!("{root}.{first} has no attribute {attr:?}"),
+                        "not an attribute of this resource",
+                        &match did_you_mean(attr, known.iter().copied()) {
+                            Some(s) => format!("did you mean {root}.{first}.{s}?"),
+                            None => format!("a {root} exports: {}", known.join(", ")),
+                        },
+                    );
+                }
+            }
+            Ok(Some(Node::Resource(kind, first.clone())))
         }
     }
+}
+
+fn unknown_root(
+    root: &str,
+    file: FileId,
+    r: &Ref,
+    diags: &mut Diagnostics,
+) -> Result<Option<Node>, ()> {
+    let mut d = Diagnostic::error(format!("unknown name {root:?}"))
+        .at(file, Some(r.span.clone()))
+        .label("not a variable, local, resource or module reference");
+    d = match did_you_mean(root, ROOTS) {
+        Some(s) => d.hint(format!("did you mean {s}?")),
+        None => d.hint(
+            "strings need quotes: write \"text\"; references start with var., local., cluster., …",
+        ),
+    };
+    diags.push(d);
+    Err(())
 }
 
 pub fn to_json(v: &Value) -> serde_json::Value {

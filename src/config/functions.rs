@@ -212,7 +212,13 @@ fn trimspace(args: FuncArgs) -> Result<Value, String> {
 
 fn read_relative(path: &str) -> Result<Vec<u8>, String> {
     let p = BASE_DIR.with(|b| b.borrow().join(path));
-    std::fs::read(&p).map_err(|e| format!("cannot read {}: {e}", p.display()))
+    std::fs::read(&p).map_err(|e| {
+        let why = match e.kind() {
+            std::io::ErrorKind::NotFound => "no such file".to_string(),
+            _ => e.to_string(),
+        };
+        format!("cannot read {path:?}: {why}")
+    })
 }
 
 fn file(args: FuncArgs) -> Result<Value, String> {

@@ -209,19 +209,25 @@ impl Loader {
         let body = match hcl_edit::parser::parse_body(&text) {
             Ok(b) => b,
             Err(e) => {
-                let offset = e.location().offset();
-                let end = (offset + 1).min(text.len());
+                let offset = e.location().offset().min(text.len());
+                // Mark one character, never a line break (it would render as two lines).
+                let end = text[offset..]
+                    .chars()
+                    .next()
+                    .filter(|c| *c != '\n' && *c != '\r')
+                    .map_or(offset, |c| offset + c.len_utf8());
                 let msg = e
                     .message()
                     .lines()
                     .next()
                     .unwrap_or("syntax error")
                     .to_string();
+                let (message, label, hint) = syntax_help(&msg, &text, offset);
                 self.diags.push(
-                    Diagnostic::error(format!("syntax error: {msg}"))
-                        .at(file, Some(offset.min(end)..end))
-                        .label(msg)
-                        .hint("fix the syntax; nothing else in this file was read"),
+                    Diagnostic::error(message)
+                        .at(file, Some(offset..end))
+                        .label(label)
+                        .hint(hint),
                 );
                 return;
             }
@@ -295,7 +301,7 @@ impl Loader {
                         self.duplicate(file, header, what, &name);
                         continue;
                     }
-                    let body = self.check_body(file, &block.body, schema, what);
+                    let body = self.check_body_at(file, &block.body, schema, what, header.clone());
                     match ident {
                         "variable" => {
                             module.variables.insert(
@@ -374,7 +380,8 @@ impl Loader {
                             Kind::ManagedJob => &schema::MANAGED_JOB,
                             Kind::Service => &schema::SERVICE,
                         };
-                        let body = self.check_body(file, &block.body, schema, ident);
+                        let body =
+                            self.check_body_at(file, &block.body, schema, ident, header.clone());
                         if body.attrs.contains_key("count") && body.attrs.contains_key("for_each") {
                             let span = body.attrs.get("for_each").map(|a| a.span.clone());
                             self.diags.push(
@@ -435,8 +442,16 @@ impl Loader {
             let mut d = Diagnostic::error(format!("unknown infra type {kind:?}"))
                 .at(file, block.labels.first().and_then(|l| l.span()).or(header))
                 .label("not an infra type");
-            d = match did_you_mean(kind, names.iter().copied()) {
-                Some(s) => d.hint(format!("did you mean {s:?}?")),
+            let alias = match *kind {
+                "k8s" | "kube" => Some("kubernetes".to_string()),
+                "machines" | "existing" => Some("ssh".to_string()),
+                _ => None,
+            };
+            d = match alias.or_else(|| did_you_mean(kind, names.iter().copied())) {
+                Some(s) => d.hint(format!(
+                    "did you mean {s:?}? The infra types are: {}",
+                    names.join(", ")
+                )),
                 None => d.hint(format!("the infra types are: {}", names.join(", "))),
             };
             self.diags.push(d);
@@ -461,7 +476,12 @@ impl Loader {
                 Some(n) => format!("{kind} \"{n}\""),
                 None => kind.to_string(),
             };
-            self.duplicate(file, header, "infra", &what);
+            self.diags.push(
+                Diagnostic::error(format!("duplicate infra {what}"))
+                    .at(file, header)
+                    .label("declared again here")
+                    .hint("merge the settings (regions, zones, …) into one block of this type"),
+            );
             return;
         }
         let body = self.check_body(file, &block.body, schema, &format!("infra \"{kind}\""));
@@ -506,11 +526,34 @@ impl Loader {
         let canonical = match dir.canonicalize() {
             Ok(c) if c.is_dir() => c,
             _ => {
+                let parent = Path::new(s).parent().map(|p| from.join(p));
+                let siblings: Vec<String> = parent
+                    .and_then(|p| std::fs::read_dir(p).ok())
+                    .map(|rd| {
+                        rd.filter_map(Result::ok)
+                            .filter(|e| e.path().is_dir())
+                            .map(|e| e.file_name().to_string_lossy().to_string())
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let last = Path::new(s)
+                    .file_name()
+                    .map(|n| n.to_string_lossy().to_string())
+                    .unwrap_or_default();
+                let hint = match did_you_mean(&last, siblings.iter().map(String::as_str)) {
+                    Some(m) => format!(
+                        "did you mean {:?}?",
+                        Path::new(s).with_file_name(m).display().to_string()
+                    ),
+                    None => {
+                        "check the path; it is relative to the directory of this file".to_string()
+                    }
+                };
                 self.diags.push(
                     Diagnostic::error(format!("module source {s:?} is not a directory"))
                         .at(file, Some(source.span.clone()))
-                        .label(format!("{} does not exist", dir.display()))
-                        .hint("check the path; it is relative to the directory of this file"),
+                        .label("no such directory")
+                        .hint(hint),
                 );
                 return None;
             }
@@ -592,6 +635,19 @@ impl Loader {
         schema: &BlockSchema,
         what: &str,
     ) -> BodyDecl {
+        self.check_body_at(file, body, schema, what, None)
+    }
+
+    /// As [`Self::check_body`]; `header` is where "missing …" problems point (the block's
+    /// header), else the body's opening.
+    fn check_body_at(
+        &mut self,
+        file: FileId,
+        body: &Body,
+        schema: &BlockSchema,
+        what: &str,
+        header: Option<Range<usize>>,
+    ) -> BodyDecl {
         let mut out = BodyDecl::default();
         let mut seen_blocks: BTreeSet<String> = BTreeSet::new();
         for structure in body.iter() {
@@ -604,8 +660,17 @@ impl Loader {
                             Diagnostic::error(format!("unknown attribute {name:?} in {what}"))
                                 .at(file, attr.key.span())
                                 .label("not an attribute of this block");
+                        let alias = ALIASES
+                            .iter()
+                            .find(|(from, to)| {
+                                *from == name
+                                    && (schema.attr(to).is_some() || schema.block(to).is_some())
+                            })
+                            .map(|(_, to)| *to);
                         d = if schema.block(&name).is_some() {
                             d.hint(format!("{name} is a block: write {name} {{ … }}"))
+                        } else if let Some(to) = alias {
+                            d.hint(format!("did you mean {to:?}?"))
                         } else {
                             match did_you_mean(&name, known.iter().copied()) {
                                 Some(s) => d.hint(format!("did you mean {s:?}?")),
@@ -627,6 +692,9 @@ impl Loader {
                     let decl = attr_decl(file, attr);
                     if let Some(spec) = schema.attr(&name) {
                         self.check_static_type(&decl, spec.ty, what);
+                        if spec.ty == Ty::References {
+                            self.check_references(&decl);
+                        }
                     }
                     out.attrs.insert(name, decl);
                 }
@@ -682,9 +750,37 @@ impl Loader {
                         );
                         continue;
                     }
-                    let mut inner = self.check_body(file, &block.body, nested.schema, &name);
+                    let mut inner = self.check_body_at(
+                        file,
+                        &block.body,
+                        nested.schema,
+                        &name,
+                        header_span(block),
+                    );
                     if labelled {
-                        inner.label = block.labels.first().map(|l| l.as_str().to_string());
+                        let kind = block
+                            .labels
+                            .first()
+                            .map(|l| l.as_str().to_string())
+                            .unwrap_or_default();
+                        const BACKENDS: [&str; 4] = ["local", "s3", "gcs", "azure"];
+                        if !BACKENDS.contains(&kind.as_str()) {
+                            let mut d =
+                                Diagnostic::error(format!("unknown state backend {kind:?}"))
+                                    .at(file, block.labels.first().and_then(|l| l.span()))
+                                    .label("not a state backend");
+                            d = match did_you_mean(&kind, BACKENDS) {
+                                Some(s) => d.hint(format!(
+                                    "did you mean {s:?}? The backends are: {}",
+                                    BACKENDS.join(", ")
+                                )),
+                                None => {
+                                    d.hint(format!("the backends are: {}", BACKENDS.join(", ")))
+                                }
+                            };
+                            self.diags.push(d);
+                        }
+                        inner.label = Some(kind);
                     }
                     out.blocks
                         .push((name, inner, file, header_span(block).unwrap_or(0..0)));
@@ -700,8 +796,9 @@ impl Loader {
                     ))
                     .at(
                         file,
-                        body.span()
-                            .map(|s| s.start.saturating_sub(1)..s.start)
+                        header
+                            .clone()
+                            .or_else(|| body.span().map(|s| s.start.saturating_sub(1)..s.start))
                             .or(Some(0..0)),
                     )
                     .label(format!("{what} needs {}", attr.name))
@@ -722,8 +819,9 @@ impl Loader {
                     ))
                     .at(
                         file,
-                        body.span()
-                            .map(|s| s.start.saturating_sub(1)..s.start)
+                        header
+                            .clone()
+                            .or_else(|| body.span().map(|s| s.start.saturating_sub(1)..s.start))
                             .or(Some(0..0)),
                     )
                     .label(format!("{what} needs a {} block", nested.name))
@@ -732,6 +830,31 @@ impl Loader {
             }
         }
         out
+    }
+
+    /// `depends_on = [cluster.a, job.b]` holds references, not strings.
+    fn check_references(&mut self, decl: &AttrDecl) {
+        let Expression::Array(items) = &decl.expr else {
+            return;
+        };
+        if decl.name == "ignore_changes" {
+            return;
+        }
+        for item in items.iter() {
+            if matches!(item, Expression::Variable(_) | Expression::Traversal(_)) {
+                continue;
+            }
+            let shown = match item {
+                Expression::String(s) => s.value().to_string(),
+                _ => "KIND.NAME".into(),
+            };
+            self.diags.push(
+                Diagnostic::error(format!("{} holds references, not values", decl.name))
+                    .at(decl.file, item.span())
+                    .label("not a reference")
+                    .hint(format!("remove the quotes: {} = [{shown}]", decl.name)),
+            );
+        }
     }
 
     /// Type problems visible without evaluating: a literal of the wrong kind.
@@ -807,6 +930,57 @@ fn header_span(block: &Block) -> Option<Range<usize>> {
         .or_else(|| block.ident.span())?
         .end;
     Some(start..end)
+}
+
+/// Names users reach for, and the attribute skyform calls it.
+const ALIASES: [(&str, &str); 14] = [
+    ("gpus", "accelerators"),
+    ("gpu", "accelerators"),
+    ("command", "run"),
+    ("cmd", "run"),
+    ("script", "run"),
+    ("nodes", "num_nodes"),
+    ("env", "envs"),
+    ("environment", "envs"),
+    ("image", "image_id"),
+    ("spot", "use_spot"),
+    ("disk", "disk_size"),
+    ("region", "infra"),
+    ("cloud", "infra"),
+    ("memory_gb", "memory"),
+];
+
+/// A syntax error in words a user can act on: (message, label, hint).
+fn syntax_help(msg: &str, text: &str, offset: usize) -> (String, String, String) {
+    let at = text[offset..].chars().next();
+    if msg.contains("unique attribute key") || msg.contains("redefined attribute") {
+        return (
+            "an attribute is set twice in this block".into(),
+            "set again here".into(),
+            "keep one of them".into(),
+        );
+    }
+    if at == Some('\'') {
+        return (
+            format!("syntax error: {msg}"),
+            "single quotes do not make a string".into(),
+            "strings use double quotes: \"text\"".into(),
+        );
+    }
+    if offset >= text.trim_end().len().saturating_sub(1)
+        && text.matches('{').count() > text.matches('}').count()
+    {
+        return (
+            "syntax error: a `{` was not closed".into(),
+            "the file ends here".into(),
+            "add the missing `}` where the block ends".into(),
+        );
+    }
+    (
+        format!("syntax error: {msg}"),
+        msg.to_string(),
+        "fix the syntax; nothing else in this file was read".into(),
+    )
 }
 
 pub fn attr_decl(file: FileId, attr: &Attribute) -> AttrDecl {

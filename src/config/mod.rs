@@ -126,12 +126,12 @@ fn literal_settings(
 
 /// Gathers variable values from flags, files and the environment.
 pub fn inputs(
-    config: &Config,
+    config: &mut Config,
     args: &VarArgs,
     env: &BTreeMap<String, String>,
 ) -> (BTreeMap<String, InputValue>, Diagnostics) {
     let mut diags = Diagnostics::default();
-    let values = vars::collect_inputs(&config.dir, args, env, &mut diags);
+    let values = vars::collect_inputs(&config.dir, args, env, &mut config.sources, &mut diags);
     (values, diags)
 }
 

@@ -1,7 +1,7 @@
 //! Input variables: declared types, and values from `-var`, `-var-file`, `*.auto.skyvars.hcl`
 //! and `SKYFORM_VAR_*`, with the SPEC's precedence (env < auto files < -var-file < -var).
 
-use super::diag::{Diagnostic, Diagnostics};
+use super::diag::{Diagnostic, Diagnostics, Sources};
 use super::load::VariableDecl;
 use hcl::Value;
 use hcl::eval::{Context, Evaluate};
@@ -165,6 +165,8 @@ impl fmt::Display for ValueSource {
 pub struct InputValue {
     pub raw: RawValue,
     pub source: ValueSource,
+    /// Where the value was written, for values from files.
+    pub location: Option<(super::diag::FileId, std::ops::Range<usize>)>,
 }
 
 #[derive(Debug, Clone)]
@@ -208,6 +210,7 @@ pub fn collect_inputs(
     dir: &Path,
     args: &VarArgs,
     env: &BTreeMap<String, String>,
+    sources: &mut Sources,
     diags: &mut Diagnostics,
 ) -> BTreeMap<String, InputValue> {
     let mut out = BTreeMap::new();
@@ -218,6 +221,7 @@ pub fn collect_inputs(
                 InputValue {
                     raw: RawValue::Text(v.clone()),
                     source: ValueSource::Env(k.clone()),
+                    location: None,
                 },
             );
         }
@@ -240,13 +244,23 @@ pub fn collect_inputs(
             .file_name()
             .map(|n| n.to_string_lossy().to_string())
             .unwrap_or_default();
-        read_var_file(&path, ValueSource::AutoFile(name), &mut out, diags);
+        read_var_file(
+            &path,
+            &name,
+            ValueSource::AutoFile(name.clone()),
+            &mut out,
+            sources,
+            diags,
+        );
     }
     for path in &args.var_files {
+        let shown = path.display().to_string();
         read_var_file(
             path,
-            ValueSource::VarFile(path.display().to_string()),
+            &shown,
+            ValueSource::VarFile(shown.clone()),
             &mut out,
+            sources,
             diags,
         );
     }
@@ -258,6 +272,7 @@ pub fn collect_inputs(
                     InputValue {
                         raw: RawValue::Text(v.to_string()),
                         source: ValueSource::Flag,
+                        location: None,
                     },
                 );
             }
@@ -272,47 +287,69 @@ pub fn collect_inputs(
 
 fn read_var_file(
     path: &Path,
+    shown: &str,
     source: ValueSource,
     out: &mut BTreeMap<String, InputValue>,
+    sources: &mut Sources,
     diags: &mut Diagnostics,
 ) {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) => {
             diags.push(
-                Diagnostic::error(format!("cannot read variable file {}: {e}", path.display()))
+                Diagnostic::error(format!("cannot read variable file {shown}: {e}"))
                     .hint("check the path given to -var-file"),
             );
             return;
         }
     };
-    let body: hcl::Body = match hcl::from_str(&text) {
+    let file = sources.add(shown, text.clone());
+    let body = match hcl_edit::parser::parse_body(&text) {
         Ok(b) => b,
         Err(e) => {
+            let offset = e.location().offset().min(text.len());
             diags.push(
-                Diagnostic::error(format!("{}: {e}", path.display()))
+                Diagnostic::error(format!("syntax error in variable file: {}", e.message()))
+                    .at(file, Some(offset..offset))
+                    .label(e.message().to_string())
                     .hint("a variable file holds NAME = VALUE lines in HCL"),
             );
             return;
         }
     };
-    for attr in body.attributes() {
-        match attr.expr.evaluate(&Context::new()) {
+    use hcl_edit::Span;
+    for structure in body.iter() {
+        let hcl_edit::structure::Structure::Attribute(attr) = structure else {
+            if let hcl_edit::structure::Structure::Block(b) = structure {
+                diags.push(
+                    Diagnostic::error("variable files hold attributes, not blocks")
+                        .at(file, b.ident.span())
+                        .label("a block")
+                        .hint("write NAME = VALUE"),
+                );
+            }
+            continue;
+        };
+        let span = attr.value.span().unwrap_or(0..0);
+        let expr = hcl::Expression::from(attr.value.clone());
+        match expr.evaluate(&Context::new()) {
             Ok(v) => {
                 out.insert(
-                    attr.key.to_string(),
+                    attr.key.as_str().to_string(),
                     InputValue {
                         raw: RawValue::Parsed(v),
                         source: source.clone(),
+                        location: Some((file, span)),
                     },
                 );
             }
             Err(e) => diags.push(
                 Diagnostic::error(format!(
-                    "{}: value of {} must be constant: {e}",
-                    path.display(),
-                    attr.key
+                    "the value of {} must be constant: {e}",
+                    attr.key.as_str()
                 ))
+                .at(file, Some(span))
+                .label("not a literal value")
                 .hint("variable files hold literal values only"),
             ),
         }

@@ -455,7 +455,10 @@ pub fn plan(
         .sum();
     let outputs = output_changes(&outputs, state, options.destroy);
     let mut variables = BTreeMap::new();
-    for (k, v) in inputs {
+    for (k, v) in inputs
+        .iter()
+        .filter(|(k, _)| config.root.variables.contains_key(*k))
+    {
         let value = match &v.raw {
             config::vars::RawValue::Text(t) => serde_json::Value::String(t.clone()),
             config::vars::RawValue::Parsed(p) => config::eval::to_json(p),

@@ -1,11 +1,11 @@
 cluster "node" {
-  for_each = toset([1, 2])
+  for_each = toset([true, false])
   resources {
     cpus = "4+"
   }
 }
 
 job "train" {
-  cluster = cluster.node["1"]
+  cluster = cluster.node["true"]
   run     = "python train.py"
 }
