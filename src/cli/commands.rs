@@ -66,9 +66,9 @@ impl Ctx {
             .and_then(|c| c.infra.iter().find(|i| i.kind == "local"))
             .map(|i| &i.settings);
         let local = LocalProvider::new(self.dir.join(".skyform").join("local"), settings);
-        let mut providers: BTreeMap<&'static str, Box<dyn crate::providers::Provider>> =
+        let mut providers: BTreeMap<&'static str, Arc<dyn crate::providers::Provider>> =
             BTreeMap::new();
-        providers.insert("local", Box::new(local));
+        providers.insert("local", Arc::new(local));
         Arc::new(Registry { providers })
     }
 }

@@ -111,7 +111,7 @@ pub trait Provider: Send + Sync + std::fmt::Debug {
 /// The providers available to this run, by name.
 #[derive(Debug)]
 pub struct Registry {
-    pub providers: BTreeMap<&'static str, Box<dyn Provider>>,
+    pub providers: BTreeMap<&'static str, std::sync::Arc<dyn Provider>>,
 }
 
 impl Registry {
