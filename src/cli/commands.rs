@@ -572,20 +572,8 @@ async fn apply_locked(
             }
         }
     });
-    let style = ctx.style;
-    let on_event = move |e: &Event| match e {
-        Event::Started { address, what } => println!("{address}: {what}..."),
-        Event::Done {
-            address,
-            what,
-            seconds,
-        } => println!("{address}: {what} ({seconds:.1}s)"),
-        Event::Failed { address, error } => println!("{address}: {} {error}", style.red("failed:")),
-        Event::Skipped { address, because } => {
-            println!("{address}: skipped because {because} failed")
-        }
-        Event::StateWritten { .. } => {}
-    };
+    let progress = super::progress::Progress::new(ctx.style, std::io::stdout().is_terminal());
+    let on_event = |e: &Event| progress.event(e);
     let applier = Applier {
         registry: registry.clone(),
         store,

@@ -3,6 +3,7 @@
 
 mod commands;
 mod fmt;
+mod progress;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;

@@ -1,0 +1,70 @@
+//! How apply reports progress: spinners on a terminal, one plain line per event otherwise.
+
+use crate::apply::Event;
+use crate::model::Address;
+use crate::render::Style;
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+#[derive(Debug)]
+pub struct Progress {
+    style: Style,
+    bars: Option<(MultiProgress, Mutex<BTreeMap<Address, ProgressBar>>)>,
+}
+
+impl Progress {
+    /// Spinners when `tty`, plain lines otherwise.
+    pub fn new(style: Style, tty: bool) -> Progress {
+        Progress {
+            style,
+            bars: tty.then(|| (MultiProgress::new(), Mutex::new(BTreeMap::new()))),
+        }
+    }
+
+    fn line(&self, e: &Event) -> Option<String> {
+        let s = &self.style;
+        Some(match e {
+            Event::Started { address, what } => format!("{address}: {what}..."),
+            Event::Done { address, what, seconds } => format!("{address}: {what} ({seconds:.1}s)"),
+            Event::Failed { address, error } => format!("{address}: {} {error}", s.red("failed:")),
+            Event::Skipped { address, because } => format!("{address}: skipped because {because} failed"),
+            Event::StateWritten { .. } => return None,
+        })
+    }
+
+    pub fn event(&self, e: &Event) {
+        let Some(line) = self.line(e) else { return };
+        let Some((multi, bars)) = &self.bars else {
+            println!("{line}");
+            return;
+        };
+        let Ok(mut bars) = bars.lock() else { return };
+        match e {
+            Event::Started { address, .. } => {
+                let bar = multi.add(ProgressBar::new_spinner());
+                if let Ok(st) = ProgressStyle::with_template("{spinner} {msg} {elapsed}") {
+                    bar.set_style(st);
+                }
+                bar.set_message(line);
+                bar.enable_steady_tick(Duration::from_millis(120));
+                bars.insert(address.clone(), bar);
+            }
+            Event::Done { address, .. } | Event::Failed { address, .. } => match bars.remove(address) {
+                Some(bar) => {
+                    if let Ok(st) = ProgressStyle::with_template("  {msg}") {
+                        bar.set_style(st);
+                    }
+                    bar.finish_with_message(line);
+                }
+                None => {
+                    let _ = multi.println(line);
+                }
+            },
+            _ => {
+                let _ = multi.println(line);
+            }
+        }
+    }
+}
