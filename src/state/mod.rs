@@ -159,7 +159,7 @@ impl LockInfo {
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
-    #[error("the state is locked\n  by   {} ({})\n  since {}\n  lock {}", .0.who, .0.operation, .0.created, .0.id)]
+    #[error("{}", locked_message(.0))]
     Locked(Box<LockInfo>),
     #[error("the state file is not valid: {0}")]
     Corrupt(String),
@@ -174,6 +174,26 @@ pub enum StateError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// "the state is locked / by … / since … (4 minutes ago) / lock …".
+fn locked_message(info: &LockInfo) -> String {
+    let age = humantime::parse_rfc3339(&info.created)
+        .ok()
+        .and_then(|t| std::time::SystemTime::now().duration_since(t).ok())
+        .map(|d| {
+            let secs = d.as_secs();
+            match secs {
+                0..=59 => format!(" ({secs} s ago)"),
+                60..=3599 => format!(" ({} min ago)", secs / 60),
+                _ => format!(" ({} h {} min ago)", secs / 3600, (secs % 3600) / 60),
+            }
+        })
+        .unwrap_or_default();
+    format!(
+        "the state is locked\n  by    {} ({})\n  since {}{age}\n  lock  {}",
+        info.who, info.operation, info.created, info.id
+    )
 }
 
 impl StateError {
