@@ -41,7 +41,11 @@ fn measure(dir: &Path, args: &[&str]) -> (i32, f64, f64) {
     let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
     assert_eq!(rc, pid, "wait4");
     let secs = t.elapsed().as_secs_f64();
-    let code = if libc::WIFEXITED(status) { libc::WEXITSTATUS(status) } else { -1 };
+    let code = if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status)
+    } else {
+        -1
+    };
     (code, secs, usage.ru_maxrss as f64 / 1024.0)
 }
 
@@ -52,19 +56,34 @@ fn prepare(dir: &Path, n: usize) {
         .args(["apply", "-auto-approve", "-target=cluster.dev"])
         .output()
         .expect("apply cluster");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // The jobs, as if they had been submitted and had finished: state records and the
     // cluster's status files.
     let path = dir.join(".skyform/state.json");
     let mut state = State::from_json(&std::fs::read(&path).expect("state")).expect("parse");
     let cluster_addr = Address::new(Kind::Cluster, "dev");
-    let cluster = state.resources.get(&cluster_addr).expect("cluster in state").clone();
+    let cluster = state
+        .resources
+        .get(&cluster_addr)
+        .expect("cluster in state")
+        .clone();
     let cluster_dir = cluster.private["dir"].as_str().expect("dir").to_string();
     let layout = Layout::new(&cluster_dir);
     for i in 0..n {
         let key = format!("k{i:05}");
         let job_id = format!("bench-{key}");
-        let status = JobStatus { state: JobState::Succeeded, exit_code: Some(0), reason: None, nodes: vec![0], started: None, ended: None };
+        let status = JobStatus {
+            state: JobState::Succeeded,
+            exit_code: Some(0),
+            reason: None,
+            nodes: vec![0],
+            started: None,
+            ended: None,
+        };
         skyform::runtime::write_json(&layout.status(&job_id), &status).expect("status");
         let spec = Spec::Job(JobSpec {
             cluster: cluster_addr.clone(),
@@ -102,7 +121,10 @@ fn main() {
         .map(|s| s.split(',').filter_map(|x| x.trim().parse().ok()).collect())
         .unwrap_or_else(|| vec![1_000, 10_000]);
     println!("skyform plan: N jobs (for_each) against a state of N jobs on a live local cluster");
-    println!("{:>8}  {:>18}  {:>18}  {:>14}  {:>9}", "N", "plan (refresh) s", "plan -refresh=false", "validate s", "peak MiB");
+    println!(
+        "{:>8}  {:>18}  {:>18}  {:>14}  {:>9}",
+        "N", "plan (refresh) s", "plan -refresh=false", "validate s", "peak MiB"
+    );
     for n in sizes {
         let tmp = tempfile::tempdir().expect("tempdir");
         let dir = tmp.path();
@@ -118,7 +140,13 @@ fn main() {
         assert_eq!(code, 0, "the plan of an applied configuration is empty");
         let (_, norefresh, rss2) = best(&["plan", "-refresh=false"]);
         let (_, validate, _) = best(&["validate"]);
-        println!("{n:>8}  {full:>18.3}  {norefresh:>18.3}  {validate:>14.3}  {:>9.1}", rss.max(rss2));
-        let _ = Command::new(BIN).arg(format!("-chdir={}", dir.display())).args(["destroy", "-auto-approve"]).output();
+        println!(
+            "{n:>8}  {full:>18.3}  {norefresh:>18.3}  {validate:>14.3}  {:>9.1}",
+            rss.max(rss2)
+        );
+        let _ = Command::new(BIN)
+            .arg(format!("-chdir={}", dir.display()))
+            .args(["destroy", "-auto-approve"])
+            .output();
     }
 }

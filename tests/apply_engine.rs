@@ -29,22 +29,44 @@ impl Provider for Fake {
     fn new_private(&self, address: &Address, _: &Spec) -> serde_json::Value {
         serde_json::json!({ "id": address.to_string() })
     }
-    async fn refresh(&self, _: &Address, _: &ResourceState, _: Option<&ResourceState>) -> Result<Observed, ProviderError> {
+    async fn refresh(
+        &self,
+        _: &Address,
+        _: &ResourceState,
+        _: Option<&ResourceState>,
+    ) -> Result<Observed, ProviderError> {
         Ok(Observed::Up(BTreeMap::new()))
     }
     async fn create(&self, req: Request<'_>) -> Result<Created, ProviderError> {
-        self.calls.lock().unwrap().push(format!("create {}", req.address));
+        self.calls
+            .lock()
+            .unwrap()
+            .push(format!("create {}", req.address));
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         if self.fail.contains(&req.address.to_string()) {
             return Err(ProviderError::other("boom"));
         }
-        Ok(Created { computed: BTreeMap::from([("status".to_string(), serde_json::json!("UP"))]), private: req.private.clone() })
+        Ok(Created {
+            computed: BTreeMap::from([("status".to_string(), serde_json::json!("UP"))]),
+            private: req.private.clone(),
+        })
     }
     async fn update(&self, req: Request<'_>) -> Result<Created, ProviderError> {
-        self.calls.lock().unwrap().push(format!("update {}", req.address));
-        Ok(Created { computed: BTreeMap::new(), private: req.private.clone() })
+        self.calls
+            .lock()
+            .unwrap()
+            .push(format!("update {}", req.address));
+        Ok(Created {
+            computed: BTreeMap::new(),
+            private: req.private.clone(),
+        })
     }
-    async fn delete(&self, address: &Address, _: &ResourceState, _: Option<&ResourceState>) -> Result<(), ProviderError> {
+    async fn delete(
+        &self,
+        address: &Address,
+        _: &ResourceState,
+        _: Option<&ResourceState>,
+    ) -> Result<(), ProviderError> {
         self.calls.lock().unwrap().push(format!("delete {address}"));
         Ok(())
     }
@@ -86,7 +108,16 @@ fn offers() -> Vec<Offering> {
     }]
 }
 
-async fn run(fail: &[&str], prior: State) -> (skyform::apply::Summary, State, Vec<State>, Vec<String>, Vec<Event>) {
+async fn run(
+    fail: &[&str],
+    prior: State,
+) -> (
+    skyform::apply::Summary,
+    State,
+    Vec<State>,
+    Vec<String>,
+    Vec<Event>,
+) {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("main.sky.hcl"), CONFIG).unwrap();
     let (mut cfg, d) = skyform::config::load(dir.path());
@@ -94,7 +125,10 @@ async fn run(fail: &[&str], prior: State) -> (skyform::apply::Summary, State, Ve
     let (inputs, _) = skyform::config::inputs(&mut cfg, &Default::default(), &BTreeMap::new());
     let (plan, d) = plan::plan(&cfg, &inputs, &prior, &offers(), &Options::default());
     assert!(!d.has_errors(), "{}", d.render(&cfg.sources, false));
-    let fake = Arc::new(Fake { fail: fail.iter().map(|s| s.to_string()).collect(), ..Fake::default() });
+    let fake = Arc::new(Fake {
+        fail: fail.iter().map(|s| s.to_string()).collect(),
+        ..Fake::default()
+    });
     let mut providers: BTreeMap<&'static str, Arc<dyn Provider>> = BTreeMap::new();
     providers.insert("local", fake.clone());
     let registry = Arc::new(Registry { providers });
@@ -103,11 +137,24 @@ async fn run(fail: &[&str], prior: State) -> (skyform::apply::Summary, State, Ve
     let events = Mutex::new(Vec::new());
     let on_event = |e: &Event| events.lock().unwrap().push(e.clone());
     let (_tx, rx) = tokio::sync::watch::channel(false);
-    let applier = Applier { registry, store: &store, root: dir.path().to_path_buf(), parallelism: 10, on_event: &on_event, interrupt: rx };
+    let applier = Applier {
+        registry,
+        store: &store,
+        root: dir.path().to_path_buf(),
+        parallelism: 10,
+        on_event: &on_event,
+        interrupt: rx,
+    };
     let mut state = prior.clone();
     let summary = applier.apply(&plan, &mut state).await.unwrap();
     let calls = fake.calls.lock().unwrap().clone();
-    (summary, state, store.history(), calls, events.into_inner().unwrap())
+    (
+        summary,
+        state,
+        store.history(),
+        calls,
+        events.into_inner().unwrap(),
+    )
 }
 
 #[tokio::test]
@@ -115,16 +162,30 @@ async fn creates_in_dependency_order_and_writes_state_after_each_change() {
     let (summary, state, history, calls, _) = run(&[], State::new()).await;
     assert!(summary.ok());
     assert_eq!(summary.added, 5);
-    let pos = |s: &str| calls.iter().position(|c| c == s).unwrap_or_else(|| panic!("{s} not called: {calls:?}"));
+    let pos = |s: &str| {
+        calls
+            .iter()
+            .position(|c| c == s)
+            .unwrap_or_else(|| panic!("{s} not called: {calls:?}"))
+    };
     assert!(pos("create cluster.a") < pos("create job.a1"));
     assert!(pos("create job.a1") < pos("create job.a2"));
     assert!(pos("create cluster.b") < pos("create job.b1"));
     // One intent write and one result write per resource, serials strictly increasing.
     assert_eq!(history.len(), 1 + 2 * 5);
     for w in history.windows(2) {
-        assert!(w[1].serial == w[0].serial + 1, "serials: {:?}", history.iter().map(|s| s.serial).collect::<Vec<_>>());
+        assert!(
+            w[1].serial == w[0].serial + 1,
+            "serials: {:?}",
+            history.iter().map(|s| s.serial).collect::<Vec<_>>()
+        );
     }
-    assert!(state.resources.values().all(|r| r.status == skyform::state::Status::Ready));
+    assert!(
+        state
+            .resources
+            .values()
+            .all(|r| r.status == skyform::state::Status::Ready)
+    );
 }
 
 #[tokio::test]
@@ -132,10 +193,26 @@ async fn a_failure_skips_only_its_dependents() {
     let (summary, state, _, calls, events) = run(&["job.a1"], State::new()).await;
     assert_eq!(summary.failures.len(), 1);
     assert_eq!(summary.failures[0].0.to_string(), "job.a1");
-    assert_eq!(summary.skipped.iter().map(ToString::to_string).collect::<Vec<_>>(), vec!["job.a2"]);
-    assert!(calls.contains(&"create job.b1".to_string()), "independent branches finish: {calls:?}");
+    assert_eq!(
+        summary
+            .skipped
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>(),
+        vec!["job.a2"]
+    );
+    assert!(
+        calls.contains(&"create job.b1".to_string()),
+        "independent branches finish: {calls:?}"
+    );
     assert!(!calls.contains(&"create job.a2".to_string()));
     assert!(events.iter().any(|e| matches!(e, Event::Skipped { address, because } if address.to_string() == "job.a2" && because.to_string() == "job.a1")));
     // The failed resource stays in state, tainted, so the next plan replaces it.
-    assert_eq!(state.resources.get(&"job.a1".parse().unwrap()).map(|r| r.status), Some(skyform::state::Status::Tainted));
+    assert_eq!(
+        state
+            .resources
+            .get(&"job.a1".parse().unwrap())
+            .map(|r| r.status),
+        Some(skyform::state::Status::Tainted)
+    );
 }

@@ -746,3 +746,62 @@ fn a_service_keeps_its_replicas_running_until_destroyed() {
         sb.processes()
     );
 }
+
+#[test]
+fn state_surgery_and_outputs() {
+    let sb = Sandbox::new(&[(
+        "main.sky.hcl",
+        "variable \"token\" {\n  default   = \"hunter2\"\n  sensitive = true\n}\n\ncluster \"dev\" {}\n\njob \"a\" {\n  cluster = cluster.dev\n  run     = \"true\"\n  secrets = { TOKEN = var.token }\n}\n\noutput \"ip\" {\n  value = cluster.dev.head_ip\n}\n\noutput \"token\" {\n  value     = var.token\n  sensitive = true\n}\n",
+    )]);
+    sb.ok(&["apply", "-auto-approve"]);
+    assert_eq!(sb.ok(&["state", "list"]), "cluster.dev\njob.a\n");
+    assert_eq!(sb.ok(&["output", "ip", "-raw"]), "127.0.0.1\n");
+    let all = sb.ok(&["output"]);
+    assert!(
+        all.contains("token = (sensitive value)") && !all.contains("hunter2"),
+        "{all}"
+    );
+    for cmd in [
+        vec!["state", "show", "job.a"],
+        vec!["show", "-json"],
+        vec!["show"],
+    ] {
+        let out = sb.ok(&cmd);
+        assert!(!out.contains("hunter2"), "{cmd:?} shows a secret:\n{out}");
+    }
+    let pulled = sb.ok(&["state", "pull"]);
+    let serial = sb.serial();
+    sb.ok(&["state", "mv", "job.a", "job.b"]);
+    assert_eq!(sb.ok(&["state", "list"]), "cluster.dev\njob.b\n");
+    assert_eq!(sb.serial(), serial + 1);
+    // Pushing an older copy is refused; -force allows it.
+    let file = sb.path().join("old.json");
+    std::fs::write(&file, pulled).expect("write");
+    let f = file.to_string_lossy().to_string();
+    let out = sb.run(&["state", "push", &f]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("not above the state's"),
+        "{}",
+        text(&out.stderr)
+    );
+    sb.ok(&["state", "push", "-force", &f]);
+    assert_eq!(sb.ok(&["state", "list"]), "cluster.dev\njob.a\n");
+    sb.ok(&["state", "rm", "job.a"]);
+    assert_eq!(sb.ok(&["state", "list"]), "cluster.dev\n");
+    // The lock: a held lock is reported and force-unlock removes it only with the right id.
+    let lock = sb.path().join(".skyform/state.json.lock");
+    std::fs::write(&lock, r#"{"id":"1f3c9a2e-0000","who":"alice@ci-runner-7","operation":"apply","created":"2026-11-28T12:03:11Z","version":"0.1.0","pid":0}"#).expect("lock");
+    let out = sb.run(&["plan"]);
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("alice@ci-runner-7 (apply)") && err.contains("force-unlock 1f3c9a2e-0000"),
+        "{err}"
+    );
+    assert_eq!(
+        sb.run(&["force-unlock", "ffff", "-force"]).status.code(),
+        Some(1)
+    );
+    sb.ok(&["force-unlock", "1f3c9a2e", "-force"]);
+    sb.ok(&["destroy", "-auto-approve"]);
+}

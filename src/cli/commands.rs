@@ -921,52 +921,28 @@ async fn state_cmd(ctx: &Ctx, cmd: StateCommand) -> Result<i32> {
         }
         StateCommand::Rm { address } => {
             let addr: Address = parse_addrs(&[address])?.remove(0);
-            let guard = lock(
-                &store,
-                "state rm",
-                &LockFlags {
-                    lock_timeout: std::time::Duration::ZERO,
-                },
-            )
-            .await?;
-            let r = async {
-                let mut state = read_state(ctx).await?;
+            edit_state(&store, "state rm", |state| {
                 if state.resources.remove(&addr).is_none() {
                     return Err(Failure::new(format!("{addr} is not in state")));
                 }
                 state.serial += 1;
-                store.write(&state).await?;
-                println!(
+                Ok(format!(
                     "Removed {addr} from state (it still exists in the world; skyform forgot it)."
-                );
-                Ok(())
-            }
-            .await;
-            guard.release().await;
-            r?;
+                ))
+            })
+            .await?;
         }
         StateCommand::Mv { from, to } => {
-            let (from, to): (Address, Address) = {
-                let mut v = parse_addrs(&[from, to])?;
-                let t = v.remove(1);
-                (v.remove(0), t)
-            };
+            let mut both = parse_addrs(&[from, to])?;
+            let to = both.remove(1);
+            let from = both.remove(0);
             if from.kind != to.kind {
                 return Err(Failure::new(format!(
                     "cannot move a {} to a {}",
                     from.kind, to.kind
                 )));
             }
-            let guard = lock(
-                &store,
-                "state mv",
-                &LockFlags {
-                    lock_timeout: std::time::Duration::ZERO,
-                },
-            )
-            .await?;
-            let r = async {
-                let mut state = read_state(ctx).await?;
+            edit_state(&store, "state mv", |state| {
                 if state.resources.contains_key(&to) {
                     return Err(Failure::new(format!("{to} already exists in state")));
                 }
@@ -976,13 +952,9 @@ async fn state_cmd(ctx: &Ctx, cmd: StateCommand) -> Result<i32> {
                     .ok_or_else(|| Failure::new(format!("{from} is not in state")))?;
                 state.resources.insert(to.clone(), res);
                 state.serial += 1;
-                store.write(&state).await?;
-                println!("Moved {from} to {to}.");
-                Ok(())
-            }
-            .await;
-            guard.release().await;
-            r?;
+                Ok(format!("Moved {from} to {to}."))
+            })
+            .await?;
         }
         StateCommand::Pull => {
             let state = read_state(ctx).await?;
@@ -992,47 +964,65 @@ async fn state_cmd(ctx: &Ctx, cmd: StateCommand) -> Result<i32> {
             let bytes = std::fs::read(&file)
                 .map_err(|e| Failure::new(format!("cannot read {}: {e}", file.display())))?;
             let new = State::from_json(&bytes)?;
-            let guard = lock(
-                &store,
-                "state push",
-                &LockFlags {
-                    lock_timeout: std::time::Duration::ZERO,
-                },
-            )
-            .await?;
-            let r = async {
-                if let Some(cur) = store.read().await?
-                    && !force
-                {
-                    if cur.lineage != new.lineage {
+            let existed = store.read().await?.is_some();
+            edit_state(&store, "state push", |state| {
+                if existed && !force {
+                    if state.lineage != new.lineage {
                         return Err(Failure::new(format!(
                             "{} has lineage {}, the state has {}",
                             file.display(),
                             new.lineage,
-                            cur.lineage
+                            state.lineage
                         ))
                         .hint("pass -force to replace a state of another lineage"));
                     }
-                    if new.serial <= cur.serial {
+                    if new.serial <= state.serial {
                         return Err(Failure::new(format!(
                             "{} has serial {}, not above the state's {}",
                             file.display(),
                             new.serial,
-                            cur.serial
+                            state.serial
                         ))
                         .hint("pass -force to overwrite a newer state"));
                     }
                 }
-                store.write(&new).await?;
-                println!("Pushed {} (serial {}).", file.display(), new.serial);
-                Ok(())
-            }
-            .await;
-            guard.release().await;
-            r?;
+                *state = new;
+                Ok(format!(
+                    "Pushed {} (serial {}).",
+                    file.display(),
+                    state.serial
+                ))
+            })
+            .await?;
         }
     }
     Ok(EXIT_OK)
+}
+
+/// Locks the state, lets `edit` change it, writes it back and prints what `edit` says.
+async fn edit_state(
+    store: &LocalStore,
+    op: &str,
+    edit: impl FnOnce(&mut State) -> Result<String>,
+) -> Result<()> {
+    let guard = lock(
+        store,
+        op,
+        &LockFlags {
+            lock_timeout: std::time::Duration::ZERO,
+        },
+    )
+    .await?;
+    let result = async {
+        let mut state = store.read().await?.unwrap_or_default();
+        let message = edit(&mut state)?;
+        store.write(&state).await?;
+        println!("{message}");
+        Ok(())
+    }
+    .await;
+    guard.release().await;
+    result
 }
 
 async fn force_unlock(ctx: &Ctx, id: &str, force: bool) -> Result<i32> {

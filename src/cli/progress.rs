@@ -27,9 +27,15 @@ impl Progress {
         let s = &self.style;
         Some(match e {
             Event::Started { address, what } => format!("{address}: {what}..."),
-            Event::Done { address, what, seconds } => format!("{address}: {what} ({seconds:.1}s)"),
+            Event::Done {
+                address,
+                what,
+                seconds,
+            } => format!("{address}: {what} ({seconds:.1}s)"),
             Event::Failed { address, error } => format!("{address}: {} {error}", s.red("failed:")),
-            Event::Skipped { address, because } => format!("{address}: skipped because {because} failed"),
+            Event::Skipped { address, because } => {
+                format!("{address}: skipped because {because} failed")
+            }
             Event::StateWritten { .. } => return None,
         })
     }
@@ -51,17 +57,19 @@ impl Progress {
                 bar.enable_steady_tick(Duration::from_millis(120));
                 bars.insert(address.clone(), bar);
             }
-            Event::Done { address, .. } | Event::Failed { address, .. } => match bars.remove(address) {
-                Some(bar) => {
-                    if let Ok(st) = ProgressStyle::with_template("  {msg}") {
-                        bar.set_style(st);
+            Event::Done { address, .. } | Event::Failed { address, .. } => {
+                match bars.remove(address) {
+                    Some(bar) => {
+                        if let Ok(st) = ProgressStyle::with_template("  {msg}") {
+                            bar.set_style(st);
+                        }
+                        bar.finish_with_message(line);
                     }
-                    bar.finish_with_message(line);
+                    None => {
+                        let _ = multi.println(line);
+                    }
                 }
-                None => {
-                    let _ = multi.println(line);
-                }
-            },
+            }
             _ => {
                 let _ = multi.println(line);
             }

@@ -244,7 +244,7 @@ impl LocalProvider {
         let after = after
             .iter()
             .filter_map(|dep| {
-                let job = dep.private.get("job_id")?.as_str()?;
+                let job = job_id(&dep.private)?;
                 let dir = Self::cluster_dir(&dep.private)?;
                 Some(Layout::new(dir).status(job))
             })
@@ -264,6 +264,15 @@ impl LocalProvider {
                 .map(|d| d.as_nanos())
                 .unwrap_or(0),
         })
+    }
+
+    /// Submits the request's job to the queue of the cluster in `dir`; returns the job id.
+    fn submit<'r>(req: &'r Request<'_>, dir: &Path) -> Result<&'r str, ProviderError> {
+        let id = job_id(req.private).unwrap_or_default();
+        let record = Self::job_record(req.address, req.spec, id, &req.after)
+            .ok_or_else(|| ProviderError::other("not a job"))?;
+        runtime::submit(&Layout::new(dir), &record)?;
+        Ok(id)
     }
 
     fn job_computed(status: &runtime::JobStatus) -> BTreeMap<String, serde_json::Value> {
@@ -388,12 +397,7 @@ impl Provider for LocalProvider {
                 Ok(Observed::Up(Self::computed_cluster(c.num_nodes)))
             }
             Spec::Job(_) => {
-                let (Some(cluster), Some(job)) = (
-                    cluster,
-                    res.private
-                        .get("job_id")
-                        .and_then(serde_json::Value::as_str),
-                ) else {
+                let (Some(cluster), Some(job)) = (cluster, job_id(&res.private)) else {
                     return Ok(Observed::Gone {
                         reason: "its cluster is not in state".into(),
                     });
@@ -411,12 +415,9 @@ impl Provider for LocalProvider {
                 }
             }
             Spec::ManagedJob(_) | Spec::Service(_) => {
-                let (Some(dir), Some(job)) = (
-                    Self::cluster_dir(&res.private),
-                    res.private
-                        .get("job_id")
-                        .and_then(serde_json::Value::as_str),
-                ) else {
+                let (Some(dir), Some(job)) =
+                    (Self::cluster_dir(&res.private), job_id(&res.private))
+                else {
                     return Ok(Observed::Gone {
                         reason: "no sandbox recorded".into(),
                     });
@@ -487,14 +488,7 @@ impl Provider for LocalProvider {
                     .ok_or_else(|| ProviderError::other("the job's cluster is not in state"))?;
                 let dir = Self::cluster_dir(&cluster.private)
                     .ok_or_else(|| ProviderError::other("the job's cluster has no sandbox"))?;
-                let id = req
-                    .private
-                    .get("job_id")
-                    .and_then(serde_json::Value::as_str)
-                    .unwrap_or_default();
-                let record = Self::job_record(req.address, req.spec, id, &req.after)
-                    .ok_or_else(|| ProviderError::other("not a job"))?;
-                runtime::submit(&Layout::new(&dir), &record)?;
+                let id = Self::submit(&req, &dir)?;
                 let status = runtime::job_status(&Layout::new(&dir), id);
                 // Jobs that depend on this one find its status through the cluster's directory.
                 let mut private = req.private.clone();
@@ -544,14 +538,7 @@ impl Provider for LocalProvider {
                 };
                 let mut private = req.private.clone();
                 private["agents"] = json!(agents);
-                let id = req
-                    .private
-                    .get("job_id")
-                    .and_then(serde_json::Value::as_str)
-                    .unwrap_or_default();
-                let record = Self::job_record(req.address, req.spec, id, &req.after)
-                    .ok_or_else(|| ProviderError::other("not a job"))?;
-                runtime::submit(&Layout::new(&dir), &record)?;
+                Self::submit(&req, &dir)?;
                 let mut computed =
                     BTreeMap::from([("status".to_string(), json!(JobState::Queued.as_str()))]);
                 if let Spec::Service(s) = req.spec {
@@ -611,12 +598,7 @@ impl Provider for LocalProvider {
     ) -> Result<(), ProviderError> {
         match &res.spec {
             Spec::Job(_) => {
-                let (Some(cluster), Some(job)) = (
-                    cluster,
-                    res.private
-                        .get("job_id")
-                        .and_then(serde_json::Value::as_str),
-                ) else {
+                let (Some(cluster), Some(job)) = (cluster, job_id(&res.private)) else {
                     return Ok(());
                 };
                 let Some(dir) = Self::cluster_dir(&cluster.private) else {
@@ -659,12 +641,7 @@ impl Provider for LocalProvider {
             Spec::Cluster(_) => None,
             _ => Self::cluster_dir(&res.private),
         };
-        let (Some(dir), Some(job)) = (
-            dir,
-            res.private
-                .get("job_id")
-                .and_then(serde_json::Value::as_str),
-        ) else {
+        let (Some(dir), Some(job)) = (dir, job_id(&res.private)) else {
             return Vec::new();
         };
         let nodes = match &res.spec {
@@ -676,6 +653,11 @@ impl Provider for LocalProvider {
         let layout = Layout::new(dir);
         (0..nodes).map(|r| layout.log(job, r)).collect()
     }
+}
+
+/// The job id recorded in a resource's private data.
+fn job_id(private: &serde_json::Value) -> Option<&str> {
+    private.get("job_id").and_then(serde_json::Value::as_str)
 }
 
 fn placeholder(spec: &Spec, private: &serde_json::Value) -> ResourceState {

@@ -195,14 +195,7 @@ pub fn job_status(layout: &Layout, job: &str) -> Option<JobStatus> {
     if let Some(s) = read_json::<JobStatus>(&layout.status(job)) {
         return Some(s);
     }
-    layout.queued(job).exists().then_some(JobStatus {
-        state: JobState::Queued,
-        exit_code: None,
-        reason: None,
-        nodes: Vec::new(),
-        started: None,
-        ended: None,
-    })
+    layout.queued(job).exists().then(queued_status)
 }
 
 /// Asks the head to cancel a job (queued: dropped; running: its processes killed).
