@@ -4,6 +4,7 @@
 //!
 //! Run: `cargo bench --bench plan_scale` (release build). `SKYFORM_BENCH_SIZES=1000,5000`
 //! chooses the sizes.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 #![allow(unsafe_code)]
 
 use skyform::model::{Address, InstanceKey, JobSpec, Kind, Spec};
@@ -25,6 +26,7 @@ fn config(n: usize) -> String {
 }
 
 /// Runs skyform and returns (exit code, wall seconds, peak RSS in MiB) of that process alone.
+#[allow(clippy::zombie_processes)] // reaped by wait4, which also gives its resource usage
 fn measure(dir: &Path, args: &[&str]) -> (i32, f64, f64) {
     let t = Instant::now();
     let child = Command::new(BIN)

@@ -12,7 +12,7 @@ echo "== clippy"
 cargo clippy --all-targets --locked -- -D warnings
 
 echo "== tests"
-cargo test --all-targets --locked -- --include-ignored
+cargo test --lib --bins --tests --locked -- --include-ignored
 
 echo "== examples and modules validate and plan offline"
 cargo build --locked --quiet

@@ -1,5 +1,6 @@
 //! End-to-end tests of the `skyform` binary on the local backend: real agent processes, real
 //! jobs, real state files.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -65,9 +66,9 @@ impl Sandbox {
         text(&out.stdout)
     }
 
+    /// The state as skyform sees it: the document with its journal replayed.
     fn state(&self) -> Value {
-        let bytes = std::fs::read(self.path().join(".skyform/state.json")).expect("state file");
-        serde_json::from_slice(&bytes).expect("state is valid JSON")
+        read_state(self.path()).expect("a valid state")
     }
 
     fn serial(&self) -> u64 {
@@ -117,6 +118,12 @@ impl Drop for Sandbox {
             let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
         }
     }
+}
+
+fn read_state(dir: &Path) -> Option<Value> {
+    let store = skyform::state::LocalStore::new(dir.join(".skyform/state.json"));
+    let state = store.load().ok()??;
+    serde_json::to_value(state).ok()
 }
 
 fn text(b: &[u8]) -> String {
@@ -467,9 +474,7 @@ fn kill_9_mid_apply_then_apply_converges() {
         .expect("spawn");
     // Kill once some, but not all, jobs are recorded.
     wait_for("jobs to be recorded", Duration::from_secs(30), || {
-        std::fs::read(sb.path().join(".skyform/state.json"))
-            .ok()
-            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+        read_state(sb.path())
             .and_then(|v| {
                 v["resources"]
                     .as_object()
@@ -532,10 +537,7 @@ fn ctrl_c_mid_apply_leaves_a_valid_state() {
     wait_for(
         "the cluster to be recorded",
         Duration::from_secs(10),
-        || {
-            std::fs::read_to_string(sb.path().join(".skyform/state.json"))
-                .is_ok_and(|s| s.contains("cluster.dev"))
-        },
+        || read_state(sb.path()).is_some_and(|v| v["resources"].get("cluster.dev").is_some()),
     );
     let status = Command::new("kill")
         .arg("-INT")
@@ -803,5 +805,23 @@ fn state_surgery_and_outputs() {
         Some(1)
     );
     sb.ok(&["force-unlock", "1f3c9a2e", "-force"]);
+    sb.ok(&["destroy", "-auto-approve"]);
+}
+
+#[test]
+fn values_unknown_at_plan_time_are_filled_in_at_apply() {
+    let sb = Sandbox::new(&[(
+        "main.sky.hcl",
+        "cluster \"dev\" {}\n\njob \"ping\" {\n  cluster = cluster.dev\n  run     = \"echo head is ${cluster.dev.head_ip}\"\n}\n",
+    )]);
+    let plan = sb.ok(&["plan"]);
+    assert!(plan.contains("run       = (known after apply)"), "{plan}");
+    sb.ok(&["apply", "-auto-approve"]);
+    sb.wait_jobs_done(Duration::from_secs(20));
+    assert_eq!(sb.ok(&["logs", "job.ping"]), "head is 127.0.0.1\n");
+    assert_eq!(
+        sb.run(&["plan", "-detailed-exitcode"]).status.code(),
+        Some(0)
+    );
     sb.ok(&["destroy", "-auto-approve"]);
 }

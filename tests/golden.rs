@@ -9,6 +9,7 @@
 //!   (`plan -json`).
 //!
 //! Run with `SKYFORM_BLESS=1` to (re)write the expected files, then review the diff.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use skyform::config::{self, Collect, VarArgs};
 use skyform::model::Address;

@@ -1,5 +1,6 @@
 //! Property tests of the planner: re-planning an applied configuration is a no-op, and the same
 //! inputs give a byte-identical plan.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
 

@@ -73,8 +73,11 @@ pub struct Applier<'a> {
     pub root: PathBuf,
     pub parallelism: usize,
     pub on_event: &'a (dyn Fn(&Event) + Send + Sync),
-    /// Final outputs (evaluated after apply) are set by the caller.
+    /// Becomes true on Ctrl-C: no new step starts.
     pub interrupt: tokio::sync::watch::Receiver<bool>,
+    /// Evaluates the configuration again against the state, for values that were unknown at
+    /// plan time (`${cluster.dev.head_ip}`).
+    pub resolve: Option<&'a Resolve<'a>>,
 }
 
 impl std::fmt::Debug for Applier<'_> {
@@ -91,12 +94,14 @@ struct Outcome {
     node: NodeId,
     result: Result<Option<Created>, ProviderError>,
     seconds: f64,
+    /// The spec the step used (with values unknown at plan time filled in).
+    spec: Option<Spec>,
 }
 
 impl Applier<'_> {
-    async fn save(&self, state: &mut State) -> Result<(), StateError> {
+    async fn save(&self, state: &mut State, changed: &[Address]) -> Result<(), StateError> {
         state.serial += 1;
-        self.store.write(state).await?;
+        self.store.write_changes(state, changed).await?;
         (self.on_event)(&Event::StateWritten {
             serial: state.serial,
         });
@@ -111,7 +116,408 @@ impl Applier<'_> {
             .filter(|c| c.action.is_change())
             .map(|c| (&c.address, c))
             .collect();
-        // Nodes and their prerequisites.
+        let graph = StepGraph::new(&changes, state);
+        let mut indegree: BTreeMap<NodeId, usize> = graph
+            .needs
+            .iter()
+            .map(|(n, ns)| (n.clone(), ns.len()))
+            .collect();
+        let mut ready: BTreeSet<NodeId> = indegree
+            .iter()
+            .filter(|(_, d)| **d == 0)
+            .map(|(n, _)| n.clone())
+            .collect();
+        let mut summary = Summary::default();
+        let mut unfinished: BTreeSet<NodeId> = graph.needs.keys().cloned().collect();
+        let mut running = 0usize;
+        let mut set: tokio::task::JoinSet<Outcome> = tokio::task::JoinSet::new();
+        let mut interrupt = self.interrupt.clone();
+        let mut stopping = false;
+        let mut resolved = Resolved::default();
+        loop {
+            // Start what is ready: intents for the whole batch in one state write.
+            if !stopping {
+                let batch: Vec<NodeId> = ready
+                    .iter()
+                    .take(self.parallelism.saturating_sub(running))
+                    .cloned()
+                    .collect();
+                let mut prepared = Vec::new();
+                let mut intents = Vec::new();
+                for n in batch {
+                    ready.remove(&n);
+                    let Some(change) = changes.get(&n.0) else {
+                        continue;
+                    };
+                    match self.prepare(&n, change, state, &mut resolved) {
+                        Ok(p) => {
+                            if p.intent {
+                                intents.push(n.0.clone());
+                            }
+                            prepared.push(p);
+                        }
+                        Err(e) => prepared.push(Prepared::failed(n, e)),
+                    }
+                }
+                if !intents.is_empty() {
+                    self.save(state, &intents).await?;
+                }
+                for p in prepared {
+                    running += 1;
+                    self.spawn(p, state, &mut set);
+                }
+            }
+            if running == 0 {
+                break;
+            }
+            let first = tokio::select! {
+                joined = set.join_next() => joined,
+                _ = interrupt.changed(), if !stopping => {
+                    stopping = true;
+                    summary.interrupted = true;
+                    continue;
+                }
+            };
+            let Some(Ok(first)) = first else { break };
+            // Whatever else has finished goes into the same state write.
+            let mut outcomes = vec![first];
+            while let Some(Ok(o)) = set.try_join_next() {
+                outcomes.push(o);
+            }
+            running -= outcomes.len();
+            let mut changed = Vec::new();
+            let mut events = Vec::new();
+            for outcome in outcomes {
+                let (addr, step) = outcome.node.clone();
+                unfinished.remove(&outcome.node);
+                let change = changes.get(&addr).copied();
+                changed.push(addr.clone());
+                match outcome.result {
+                    Ok(created) => {
+                        record_success(
+                            state,
+                            &addr,
+                            step,
+                            change,
+                            created,
+                            outcome.spec,
+                            &mut summary,
+                        );
+                        let what = match step {
+                            Step::Delete => "destroyed",
+                            Step::Create => "created",
+                            Step::Update => "updated",
+                        };
+                        events.push(Event::Done {
+                            address: addr.clone(),
+                            what: what.into(),
+                            seconds: outcome.seconds,
+                        });
+                        for next in graph.dependents(&outcome.node) {
+                            if let Some(d) = indegree.get_mut(next) {
+                                *d -= 1;
+                                if *d == 0 && unfinished.contains(next) {
+                                    ready.insert(next.clone());
+                                }
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        if step != Step::Delete
+                            && let Some(r) = state.resources.get_mut(&addr)
+                        {
+                            // The provider cleaned up what it could; replace it next time.
+                            r.status = Status::Tainted;
+                        }
+                        events.push(Event::Failed {
+                            address: addr.clone(),
+                            error: e.message.clone(),
+                        });
+                        summary.failures.push((addr.clone(), e.message));
+                        // Skip everything downstream, naming this root cause.
+                        let mut stack: Vec<NodeId> =
+                            graph.dependents(&outcome.node).cloned().collect();
+                        while let Some(n) = stack.pop() {
+                            if !unfinished.remove(&n) {
+                                continue;
+                            }
+                            ready.remove(&n);
+                            events.push(Event::Skipped {
+                                address: n.0.clone(),
+                                because: addr.clone(),
+                            });
+                            if !summary.skipped.contains(&n.0) {
+                                summary.skipped.push(n.0.clone());
+                            }
+                            stack.extend(graph.dependents(&n).cloned());
+                        }
+                    }
+                }
+            }
+            self.save(state, &changed).await?;
+            for e in &events {
+                (self.on_event)(e);
+            }
+        }
+        if stopping {
+            for n in &unfinished {
+                if !summary.skipped.contains(&n.0) {
+                    summary.skipped.push(n.0.clone());
+                }
+            }
+        }
+        Ok(summary)
+    }
+
+    /// Decides what a step will call, with the spec it will use; for a create, records the
+    /// intent (the identifiers the provider will use) in `state` first.
+    fn prepare(
+        &self,
+        node: &NodeId,
+        change: &Change,
+        state: &mut State,
+        resolved: &mut Resolved,
+    ) -> Result<Prepared, ProviderError> {
+        let (addr, step) = node.clone();
+        let spec = match step {
+            Step::Delete => change.before.clone(),
+            _ => change.after.clone(),
+        };
+        let Some(mut spec) = spec else {
+            return Err(ProviderError::other(
+                "the plan has no specification for this step",
+            ));
+        };
+        if step != Step::Delete
+            && crate::model::contains_unknown(&serde_json::Value::Object(spec.attributes()))
+        {
+            spec = resolved.spec_for(self.resolve, state, &addr, &spec)?;
+        }
+        let provider = match step {
+            Step::Delete => state
+                .resources
+                .get(&addr)
+                .map(|r| r.provider.clone())
+                .unwrap_or_else(|| "local".into()),
+            _ => provider_for(&spec, change, state),
+        };
+        let Some(p) = self.registry.get(&provider) else {
+            return Err(ProviderError::other(format!(
+                "provider {provider:?} is not available in this build"
+            )));
+        };
+        let mut intent = false;
+        if step == Step::Create {
+            // Intent first: if skyform dies during the call, refresh finds what was made.
+            let private = p.new_private(&addr, &spec);
+            state.resources.insert(
+                addr.clone(),
+                ResourceState {
+                    status: Status::Creating,
+                    provider: provider.clone(),
+                    spec: spec.clone(),
+                    computed: BTreeMap::new(),
+                    private,
+                    placement: change.candidates.first().cloned(),
+                    dependencies: change.depends_on.clone(),
+                    sensitive: change.sensitive.clone(),
+                    attempts: Vec::new(),
+                },
+            );
+            intent = true;
+        }
+        let what = match step {
+            Step::Delete => "destroying".to_string(),
+            Step::Update => "updating".to_string(),
+            Step::Create => match change.candidates.first() {
+                Some(p) => format!("creating on {}", p.offering.infra()),
+                None => "creating".to_string(),
+            },
+        };
+        Ok(Prepared {
+            node: node.clone(),
+            provider,
+            spec: Some(spec),
+            placement: change.candidates.first().cloned(),
+            after: change
+                .depends_on
+                .iter()
+                .filter(|d| d.kind == crate::model::Kind::Job)
+                .cloned()
+                .collect(),
+            what,
+            intent,
+            error: None,
+        })
+    }
+
+    /// Starts the provider call of a prepared step.
+    fn spawn(&self, p: Prepared, state: &State, set: &mut tokio::task::JoinSet<Outcome>) {
+        let (addr, step) = p.node.clone();
+        if let Some(error) = p.error {
+            set.spawn(async move {
+                Outcome {
+                    node: (addr, step),
+                    result: Err(error),
+                    seconds: 0.0,
+                    spec: None,
+                }
+            });
+            return;
+        }
+        let Some(spec) = p.spec else { return };
+        let current = state.resources.get(&addr).cloned();
+        let cluster = match &spec {
+            Spec::Job(j) => state.resources.get(&j.cluster).cloned(),
+            _ => None,
+        };
+        let after: Vec<ResourceState> = p
+            .after
+            .iter()
+            .filter_map(|d| state.resources.get(d).cloned())
+            .collect();
+        (self.on_event)(&Event::Started {
+            address: addr.clone(),
+            what: p.what,
+        });
+        let registry = self.registry.clone();
+        let root = self.root.clone();
+        let placement = p.placement;
+        let provider = p.provider;
+        set.spawn(async move {
+            let t = Instant::now();
+            let result = match (registry.get(&provider), current) {
+                (None, _) => Err(ProviderError::other(format!(
+                    "provider {provider:?} is not available"
+                ))),
+                (Some(_), None) if step == Step::Delete => Ok(None),
+                (Some(_), None) => Err(ProviderError::other("the resource vanished from state")),
+                (Some(prov), Some(current)) => match step {
+                    Step::Delete => prov
+                        .delete(&addr, &current, cluster.as_ref())
+                        .await
+                        .map(|()| None),
+                    Step::Create | Step::Update => {
+                        let req = Request {
+                            address: &addr,
+                            spec: &spec,
+                            private: &current.private,
+                            placement: placement.as_ref(),
+                            cluster: cluster.as_ref(),
+                            after: after.iter().collect(),
+                            root,
+                        };
+                        if step == Step::Create {
+                            prov.create(req).await
+                        } else {
+                            prov.update(req).await
+                        }
+                        .map(Some)
+                    }
+                },
+            };
+            Outcome {
+                node: (addr, step),
+                result,
+                seconds: t.elapsed().as_secs_f64(),
+                spec: Some(spec),
+            }
+        });
+    }
+}
+
+/// A step ready to start.
+struct Prepared {
+    node: NodeId,
+    provider: String,
+    spec: Option<Spec>,
+    placement: Option<crate::optimizer::Candidate>,
+    /// Jobs that must succeed first.
+    after: Vec<Address>,
+    what: String,
+    /// Whether `prepare` recorded an intent that must be written before the call.
+    intent: bool,
+    error: Option<ProviderError>,
+}
+
+impl Prepared {
+    fn failed(node: NodeId, error: ProviderError) -> Prepared {
+        Prepared {
+            node,
+            provider: String::new(),
+            spec: None,
+            placement: None,
+            after: Vec::new(),
+            what: String::new(),
+            intent: false,
+            error: Some(error),
+        }
+    }
+}
+
+/// Values that were unknown when planning, evaluated again once what they depend on exists.
+#[derive(Default)]
+struct Resolved {
+    serial: Option<u64>,
+    specs: BTreeMap<Address, Spec>,
+}
+
+impl Resolved {
+    fn spec_for(
+        &mut self,
+        resolve: Option<&Resolve<'_>>,
+        state: &State,
+        addr: &Address,
+        planned: &Spec,
+    ) -> Result<Spec, ProviderError> {
+        let Some(resolve) = resolve else {
+            return Err(ProviderError::other(
+                "values unknown at plan time cannot be resolved here",
+            ));
+        };
+        // A spec resolved once all it depends on was applied stays right; evaluate again only
+        // for one that was still unknown (and only when the state has moved since).
+        let settled = self.specs.get(addr).is_some_and(|f| {
+            !crate::model::contains_unknown(&serde_json::Value::Object(f.attributes()))
+        });
+        if !settled && self.serial != Some(state.serial) {
+            self.specs = resolve(state);
+            self.serial = Some(state.serial);
+        }
+        let fresh = self.specs.get(addr).ok_or_else(|| {
+            ProviderError::other("the configuration no longer declares this resource")
+        })?;
+        let (p, f) = (planned.attributes(), fresh.attributes());
+        for (k, v) in &p {
+            if crate::model::contains_unknown(v) {
+                continue;
+            }
+            if f.get(k) != Some(v) {
+                return Err(ProviderError::other(format!(
+                    "{k} changed between plan and apply; make a new plan"
+                )));
+            }
+        }
+        if crate::model::contains_unknown(&serde_json::Value::Object(f)) {
+            return Err(ProviderError::other(
+                "a value is still unknown after everything it depends on was applied",
+            ));
+        }
+        Ok(fresh.clone())
+    }
+}
+
+/// Re-evaluates the configuration against a state: the specs of every instance.
+pub type Resolve<'a> = dyn Fn(&State) -> BTreeMap<Address, Spec> + Send + Sync + 'a;
+
+/// The steps of an apply and the order between them.
+struct StepGraph {
+    needs: BTreeMap<NodeId, BTreeSet<NodeId>>,
+    dependents: BTreeMap<NodeId, BTreeSet<NodeId>>,
+}
+
+impl StepGraph {
+    fn new(changes: &BTreeMap<&Address, &Change>, state: &State) -> StepGraph {
         let mut nodes: BTreeSet<NodeId> = BTreeSet::new();
         for c in changes.values() {
             match c.action {
@@ -131,319 +537,103 @@ impl Applier<'_> {
                 Action::NoOp => {}
             }
         }
+        // Who depends on whom in the prior state (for deletes), computed once.
+        let mut users: BTreeMap<&Address, Vec<&Address>> = BTreeMap::new();
+        for (other, res) in &state.resources {
+            for d in &res.dependencies {
+                users.entry(d).or_default().push(other);
+            }
+        }
         let mut needs: BTreeMap<NodeId, BTreeSet<NodeId>> =
             nodes.iter().map(|n| (n.clone(), BTreeSet::new())).collect();
         for n in &nodes {
             let (addr, step) = n;
             let Some(c) = changes.get(addr) else { continue };
+            let add = |needs: &mut BTreeMap<NodeId, BTreeSet<NodeId>>, m: NodeId| {
+                if nodes.contains(&m) {
+                    needs.entry(n.clone()).or_default().insert(m);
+                }
+            };
             match step {
                 Step::Create | Step::Update => {
                     for d in &c.depends_on {
-                        for s in [Step::Create, Step::Update] {
-                            if nodes.contains(&(d.clone(), s)) {
-                                needs.entry(n.clone()).or_default().insert((d.clone(), s));
-                            }
-                        }
+                        add(&mut needs, (d.clone(), Step::Create));
+                        add(&mut needs, (d.clone(), Step::Update));
                     }
-                    if *step == Step::Create
-                        && nodes.contains(&(addr.clone(), Step::Delete))
-                        && !c.create_before_destroy
-                    {
-                        needs
-                            .entry(n.clone())
-                            .or_default()
-                            .insert((addr.clone(), Step::Delete));
+                    if *step == Step::Create && !c.create_before_destroy {
+                        add(&mut needs, (addr.clone(), Step::Delete));
                     }
                 }
                 Step::Delete => {
-                    // Delete dependents first (per the prior state's dependencies).
-                    for (other, res) in &state.resources {
-                        if res.dependencies.contains(addr)
-                            && nodes.contains(&(other.clone(), Step::Delete))
-                        {
-                            needs
-                                .entry(n.clone())
-                                .or_default()
-                                .insert((other.clone(), Step::Delete));
-                        }
+                    // Delete what uses it first.
+                    for other in users.get(addr).into_iter().flatten() {
+                        add(&mut needs, ((*other).clone(), Step::Delete));
                     }
-                    if c.create_before_destroy && nodes.contains(&(addr.clone(), Step::Create)) {
-                        needs
-                            .entry(n.clone())
-                            .or_default()
-                            .insert((addr.clone(), Step::Create));
+                    if c.create_before_destroy {
+                        add(&mut needs, (addr.clone(), Step::Create));
                     }
                 }
             }
         }
-        let mut summary = Summary::default();
-        let mut done: BTreeSet<NodeId> = BTreeSet::new();
-        let mut failed: BTreeMap<NodeId, Address> = BTreeMap::new(); // node → root cause
-        let mut running: BTreeSet<NodeId> = BTreeSet::new();
-        let mut pending: BTreeSet<NodeId> = nodes.clone();
-        let mut set: tokio::task::JoinSet<Outcome> = tokio::task::JoinSet::new();
-        let mut interrupt = self.interrupt.clone();
-        let mut stopping = false;
-        loop {
-            // Skip nodes whose prerequisites failed.
-            loop {
-                let mut newly = Vec::new();
-                for n in &pending {
-                    if let Some(cause) = needs
-                        .get(n)
-                        .and_then(|ns| ns.iter().find_map(|d| failed.get(d)))
-                    {
-                        newly.push((n.clone(), cause.clone()));
-                    }
-                }
-                if newly.is_empty() {
-                    break;
-                }
-                for (n, cause) in newly {
-                    pending.remove(&n);
-                    (self.on_event)(&Event::Skipped {
-                        address: n.0.clone(),
-                        because: cause.clone(),
-                    });
-                    if !summary.skipped.contains(&n.0) {
-                        summary.skipped.push(n.0.clone());
-                    }
-                    failed.insert(n, cause);
-                }
-            }
-            // Start what is ready.
-            if !stopping {
-                let ready: Vec<NodeId> = pending
-                    .iter()
-                    .filter(|n| {
-                        needs
-                            .get(*n)
-                            .is_none_or(|ns| ns.iter().all(|d| done.contains(d)))
-                    })
-                    .take(self.parallelism.saturating_sub(running.len()))
-                    .cloned()
-                    .collect();
-                for n in ready {
-                    pending.remove(&n);
-                    let Some(change) = changes.get(&n.0) else {
-                        continue;
-                    };
-                    self.start(&n, change, state, &mut set).await?;
-                    running.insert(n);
-                }
-            }
-            if running.is_empty() {
-                break;
-            }
-            let outcome = tokio::select! {
-                joined = set.join_next() => joined,
-                _ = interrupt.changed(), if !stopping => {
-                    stopping = true;
-                    summary.interrupted = true;
-                    continue;
-                }
-            };
-            let Some(Ok(outcome)) = outcome else { break };
-            running.remove(&outcome.node);
-            let (addr, step) = outcome.node.clone();
-            let change = changes.get(&addr).copied();
-            match outcome.result {
-                Ok(created) => {
-                    match step {
-                        Step::Delete => {
-                            state.resources.remove(&addr);
-                            if change.is_some_and(|c| c.action == Action::Delete) {
-                                summary.destroyed += 1;
-                            }
-                        }
-                        Step::Create | Step::Update => {
-                            if let (Some(r), Some(c)) = (state.resources.get_mut(&addr), created) {
-                                r.status = Status::Ready;
-                                r.computed = c.computed;
-                                r.private = c.private;
-                                if let Some(ch) = change {
-                                    if let Some(spec) = &ch.after {
-                                        r.spec = spec.clone();
-                                    }
-                                    if let Some(p) = ch.candidates.first() {
-                                        r.placement = Some(p.clone());
-                                        r.computed.insert(
-                                            "placement".into(),
-                                            serde_json::Value::String(p.offering.infra()),
-                                        );
-                                    }
-                                }
-                            }
-                            match change.map(|c| c.action) {
-                                Some(Action::Create) => summary.added += 1,
-                                Some(Action::Update) => summary.changed += 1,
-                                Some(Action::Replace) => summary.replaced += 1,
-                                _ => {}
-                            }
-                        }
-                    }
-                    self.save(state).await?;
-                    let what = match step {
-                        Step::Delete => "destroyed",
-                        Step::Create => "created",
-                        Step::Update => "updated",
-                    };
-                    (self.on_event)(&Event::Done {
-                        address: addr.clone(),
-                        what: what.into(),
-                        seconds: outcome.seconds,
-                    });
-                    done.insert(outcome.node);
-                }
-                Err(e) => {
-                    if step != Step::Delete
-                        && let Some(r) = state.resources.get_mut(&addr)
-                    {
-                        // The provider cleaned up what it could; mark it for replacement.
-                        r.status = Status::Tainted;
-                    }
-                    self.save(state).await?;
-                    (self.on_event)(&Event::Failed {
-                        address: addr.clone(),
-                        error: e.message.clone(),
-                    });
-                    summary.failures.push((addr.clone(), e.message));
-                    failed.insert(outcome.node, addr);
-                }
+        let mut dependents: BTreeMap<NodeId, BTreeSet<NodeId>> = BTreeMap::new();
+        for (n, ns) in &needs {
+            for m in ns {
+                dependents.entry(m.clone()).or_default().insert(n.clone());
             }
         }
-        if stopping {
-            for n in &pending {
-                if !summary.skipped.contains(&n.0) {
-                    summary.skipped.push(n.0.clone());
-                }
-            }
-        }
-        Ok(summary)
+        StepGraph { needs, dependents }
     }
 
-    /// Records intent in state, then starts the provider call.
-    async fn start(
-        &self,
-        node: &NodeId,
-        change: &Change,
-        state: &mut State,
-        set: &mut tokio::task::JoinSet<Outcome>,
-    ) -> Result<(), StateError> {
-        let (addr, step) = node.clone();
-        let spec = match step {
-            Step::Delete => change.before.clone(),
-            _ => change.after.clone(),
-        };
-        let Some(spec) = spec else { return Ok(()) };
-        let provider_name = match step {
-            Step::Delete => state
-                .resources
-                .get(&addr)
-                .map(|r| r.provider.clone())
-                .unwrap_or_else(|| "local".into()),
-            _ => provider_for(&spec, change, state),
-        };
-        let Some(provider) = self.registry.get(&provider_name) else {
-            let name = provider_name.clone();
-            set.spawn(async move {
-                Outcome {
-                    node: (addr, step),
-                    result: Err(ProviderError::other(format!(
-                        "provider {name:?} is not available in this build"
-                    ))),
-                    seconds: 0.0,
-                }
-            });
-            return Ok(());
-        };
-        let cluster_of = |spec: &Spec| match spec {
-            Spec::Job(j) => state.resources.get(&j.cluster).cloned(),
-            _ => None,
-        };
-        let cluster = cluster_of(&spec);
-        if step == Step::Create {
-            // Intent first: if skyform dies during the call, refresh finds what was made.
-            let private = provider.new_private(&addr, &spec);
-            state.resources.insert(
-                addr.clone(),
-                ResourceState {
-                    status: Status::Creating,
-                    provider: provider_name.clone(),
-                    spec: spec.clone(),
-                    computed: BTreeMap::new(),
-                    private,
-                    placement: change.candidates.first().cloned(),
-                    dependencies: change.depends_on.clone(),
-                    sensitive: change.sensitive.clone(),
-                    attempts: Vec::new(),
-                },
-            );
-            self.save(state).await?;
-        }
-        let Some(current) = state.resources.get(&addr).cloned() else {
-            return Ok(());
-        };
-        let after: Vec<ResourceState> = change
-            .depends_on
-            .iter()
-            .filter(|d| d.kind == crate::model::Kind::Job)
-            .filter_map(|d| state.resources.get(d).cloned())
-            .collect();
-        let registry = self.registry.clone();
-        let root = self.root.clone();
-        let placement = change.candidates.first().cloned();
-        let what = match step {
-            Step::Delete => "destroying".to_string(),
-            Step::Update => "updating".to_string(),
-            Step::Create => match &placement {
-                Some(p) => format!("creating on {}", p.offering.infra()),
-                None => "creating".to_string(),
-            },
-        };
-        (self.on_event)(&Event::Started {
-            address: addr.clone(),
-            what,
-        });
-        set.spawn(async move {
-            let t = Instant::now();
-            let Some(p) = registry.get(&provider_name) else {
-                return Outcome {
-                    node: (addr, step),
-                    result: Err(ProviderError::other("provider vanished")),
-                    seconds: 0.0,
-                };
-            };
-            let result = match step {
-                Step::Delete => p
-                    .delete(&addr, &current, cluster.as_ref())
-                    .await
-                    .map(|()| None),
-                Step::Create | Step::Update => {
-                    let req = Request {
-                        address: &addr,
-                        spec: &spec,
-                        private: &current.private,
-                        placement: placement.as_ref(),
-                        cluster: cluster.as_ref(),
-                        after: after.iter().collect(),
-                        root,
-                    };
-                    if step == Step::Create {
-                        p.create(req).await
-                    } else {
-                        p.update(req).await
-                    }
-                    .map(Some)
-                }
-            };
-            Outcome {
-                node: (addr, step),
-                result,
-                seconds: t.elapsed().as_secs_f64(),
+    fn dependents(&self, n: &NodeId) -> impl Iterator<Item = &NodeId> {
+        self.dependents.get(n).into_iter().flatten()
+    }
+}
+
+/// Records a successful step in state.
+fn record_success(
+    state: &mut State,
+    addr: &Address,
+    step: Step,
+    change: Option<&Change>,
+    created: Option<Created>,
+    spec: Option<Spec>,
+    summary: &mut Summary,
+) {
+    match step {
+        Step::Delete => {
+            state.resources.remove(addr);
+            if change.is_some_and(|c| c.action == Action::Delete) {
+                summary.destroyed += 1;
             }
-        });
-        Ok(())
+        }
+        Step::Create | Step::Update => {
+            if let (Some(r), Some(c)) = (state.resources.get_mut(addr), created) {
+                r.status = Status::Ready;
+                // An update keeps what the provider did not report again.
+                r.computed.extend(c.computed);
+                r.private = c.private;
+                if let Some(spec) = spec {
+                    r.spec = spec;
+                }
+                if let Some(ch) = change {
+                    r.dependencies = ch.depends_on.clone();
+                    r.sensitive = ch.sensitive.clone();
+                    if let Some(p) = ch.candidates.first() {
+                        r.placement = Some(p.clone());
+                        r.computed.insert(
+                            "placement".into(),
+                            serde_json::Value::String(p.offering.infra()),
+                        );
+                    }
+                }
+            }
+            match change.map(|c| c.action) {
+                Some(Action::Create) => summary.added += 1,
+                Some(Action::Update) => summary.changed += 1,
+                Some(Action::Replace) => summary.replaced += 1,
+                _ => {}
+            }
+        }
     }
 }
 

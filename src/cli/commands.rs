@@ -574,7 +574,15 @@ async fn apply_locked(
     });
     let progress = super::progress::Progress::new(ctx.style, std::io::stdout().is_terminal());
     let on_event = |e: &Event| progress.event(e);
+    let resolve = |state: &State| -> BTreeMap<Address, crate::model::Spec> {
+        let (p, _) = plan::plan(config, inputs, state, &[], &Options::default());
+        p.changes
+            .into_iter()
+            .filter_map(|c| c.after.map(|a| (c.address, a)))
+            .collect()
+    };
     let applier = Applier {
+        resolve: Some(&resolve),
         registry: registry.clone(),
         store,
         root: config

@@ -1,19 +1,146 @@
 //! The local state store: a JSON file written by temp file + fsync + rename (mode 0600), and a
 //! lock file created exclusively next to it.
 
-use super::{LockInfo, State, StateError, StateStore};
+use super::{LockInfo, ResourceState, State, StateError, StateStore};
+use crate::model::Address;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-#[derive(Debug, Clone)]
+/// The local store keeps the state as one JSON document, plus a journal next to it
+/// (`state.json.journal`) of changes since that document was written: one JSON line per
+/// change, appended and fsync'd. Reads replay the journal; a full write replaces both. A
+/// change therefore costs the size of the change, not of the state, and the whole document is
+/// rewritten once the journal holds about half as many entries as the state has resources.
+#[derive(Debug)]
 pub struct LocalStore {
     path: PathBuf,
+    /// Journal lines written since the last full write.
+    journaled: std::sync::atomic::AtomicUsize,
+}
+
+impl Clone for LocalStore {
+    fn clone(&self) -> Self {
+        LocalStore::new(self.path.clone())
+    }
+}
+
+/// One journal line: the resources changed (None = removed) and the serial it brings.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct JournalEntry {
+    lineage: String,
+    serial: u64,
+    changes: Vec<(Address, Option<ResourceState>)>,
 }
 
 impl LocalStore {
     pub fn new(path: impl Into<PathBuf>) -> LocalStore {
-        LocalStore { path: path.into() }
+        LocalStore {
+            path: path.into(),
+            journaled: std::sync::atomic::AtomicUsize::new(0),
+        }
+    }
+
+    fn journal_path(&self) -> PathBuf {
+        let mut p = self.path.clone().into_os_string();
+        p.push(".journal");
+        PathBuf::from(p)
+    }
+
+    /// Reads the state document and replays the journal over it.
+    pub fn load(&self) -> Result<Option<State>, StateError> {
+        match std::fs::read(&self.path) {
+            Ok(bytes) => {
+                let mut state = State::from_json(&bytes)?;
+                self.replay(&mut state)?;
+                Ok(Some(state))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Self::io("cannot read", &self.path)(e)),
+        }
+    }
+
+    fn store_full(&self, state: &State) -> Result<(), StateError> {
+        self.ensure_dir()?;
+        // Keep the previous document as a backup, without a moment when there is no state.
+        if self.path.exists() {
+            let backup = with_suffix(&self.path, ".backup");
+            let staging = with_suffix(&self.path, ".backup.tmp");
+            let _ = std::fs::remove_file(&staging);
+            if std::fs::hard_link(&self.path, &staging).is_ok() {
+                let _ = std::fs::rename(&staging, &backup);
+            }
+        }
+        Self::write_atomic(&self.path, &state.to_json())?;
+        // Everything the journal held is in the document now.
+        match std::fs::remove_file(self.journal_path()) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Self::io("cannot remove", &self.journal_path())(e)),
+        }
+        self.journaled.store(0, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    }
+
+    fn append(&self, state: &State, changed: &[Address]) -> Result<(), StateError> {
+        let n = self.journaled.load(std::sync::atomic::Ordering::SeqCst);
+        if !self.path.exists() || n >= (state.resources.len() / 2).max(32) {
+            return self.store_full(state);
+        }
+        let entry = JournalEntry {
+            lineage: state.lineage.clone(),
+            serial: state.serial,
+            changes: changed
+                .iter()
+                .map(|a| (a.clone(), state.resources.get(a).cloned()))
+                .collect(),
+        };
+        let mut line =
+            serde_json::to_vec(&entry).map_err(|e| StateError::Corrupt(e.to_string()))?;
+        line.push(b'\n');
+        let path = self.journal_path();
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(Self::io("cannot open", &path))?;
+        f.write_all(&line)
+            .and_then(|()| f.sync_data())
+            .map_err(Self::io("cannot write", &path))?;
+        self.journaled
+            .store(n + 1, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Applies the journal's complete lines that follow `state`'s serial, in order.
+    fn replay(&self, state: &mut State) -> Result<(), StateError> {
+        let bytes = match std::fs::read(self.journal_path()) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(Self::io("cannot read", &self.journal_path())(e)),
+        };
+        for line in bytes.split(|b| *b == b'\n') {
+            // A line cut short by a crash does not parse: it and anything after it are ignored.
+            let Ok(entry) = serde_json::from_slice::<JournalEntry>(line) else {
+                break;
+            };
+            if entry.lineage != state.lineage || entry.serial <= state.serial {
+                continue;
+            }
+            for (addr, res) in entry.changes {
+                match res {
+                    Some(r) => {
+                        state.resources.insert(addr, r);
+                    }
+                    None => {
+                        state.resources.remove(&addr);
+                    }
+                }
+            }
+            state.serial = entry.serial;
+        }
+        Ok(())
     }
 
     pub fn path(&self) -> &Path {
@@ -78,6 +205,12 @@ impl LocalStore {
     }
 }
 
+fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    let mut p = path.to_path_buf().into_os_string();
+    p.push(suffix);
+    PathBuf::from(p)
+}
+
 /// A lock taken on this host by a process that is gone.
 fn is_stale(holder: &LockInfo, me: &LockInfo) -> bool {
     holder.who == me.who
@@ -93,16 +226,15 @@ impl StateStore for LocalStore {
     }
 
     async fn read(&self) -> Result<Option<State>, StateError> {
-        match std::fs::read(&self.path) {
-            Ok(bytes) => State::from_json(&bytes).map(Some),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(Self::io("cannot read", &self.path)(e)),
-        }
+        self.load()
     }
 
     async fn write(&self, state: &State) -> Result<(), StateError> {
-        self.ensure_dir()?;
-        Self::write_atomic(&self.path, &state.to_json())
+        self.store_full(state)
+    }
+
+    async fn write_changes(&self, state: &State, changed: &[Address]) -> Result<(), StateError> {
+        self.append(state, changed)
     }
 
     async fn lock(&self, info: &LockInfo) -> Result<(), StateError> {
@@ -201,5 +333,60 @@ mod tests {
             .mode()
             & 0o777;
         assert_eq!(mode, 0o600, "the state file is private");
+    }
+
+    #[tokio::test]
+    async fn journal_replays_and_survives_a_torn_line() {
+        use crate::model::{ClusterSpec, Kind, Spec};
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::new(dir.path().join("state.json"));
+        let mut s = State::new();
+        store.write(&s).await.unwrap();
+        let res = |n: u32| ResourceState {
+            status: crate::state::Status::Ready,
+            provider: "local".into(),
+            spec: Spec::Cluster(ClusterSpec {
+                num_nodes: n,
+                ..ClusterSpec::default()
+            }),
+            computed: Default::default(),
+            private: serde_json::Value::Null,
+            placement: None,
+            dependencies: vec![],
+            sensitive: vec![],
+            attempts: vec![],
+        };
+        let a = Address::new(Kind::Cluster, "a");
+        let b = Address::new(Kind::Cluster, "b");
+        for (i, addr) in [&a, &b].into_iter().enumerate() {
+            s.resources.insert(addr.clone(), res(i as u32 + 1));
+            s.serial += 1;
+            store
+                .write_changes(&s, std::slice::from_ref(addr))
+                .await
+                .unwrap();
+        }
+        s.resources.remove(&a);
+        s.serial += 1;
+        store
+            .write_changes(&s, std::slice::from_ref(&a))
+            .await
+            .unwrap();
+        assert!(
+            store.journal_path().exists(),
+            "small changes go to the journal"
+        );
+        assert_eq!(store.read().await.unwrap().unwrap(), s);
+        // A crash in the middle of an append leaves a partial line: it is ignored.
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(store.journal_path())
+            .unwrap();
+        f.write_all(b"{\"lineage\":\"").unwrap();
+        assert_eq!(store.read().await.unwrap().unwrap(), s);
+        // A full write folds the journal into the document.
+        store.write(&s).await.unwrap();
+        assert!(!store.journal_path().exists());
+        assert_eq!(store.read().await.unwrap().unwrap(), s);
     }
 }

@@ -224,6 +224,14 @@ pub trait StateStore: Send + Sync + std::fmt::Debug {
     async fn read(&self) -> Result<Option<State>, StateError>;
     /// Writes atomically: a reader sees the old or the new state, never a mix.
     async fn write(&self, state: &State) -> Result<(), StateError>;
+    /// Records a state in which only `changed` differ from the last write (and the serial is
+    /// one higher). Stores that can, record just those resources durably (a journal) and
+    /// write the whole document now and then, so large applies stay linear; the default
+    /// writes the whole state.
+    async fn write_changes(&self, state: &State, changed: &[Address]) -> Result<(), StateError> {
+        let _ = changed;
+        self.write(state).await
+    }
     /// Takes the lock or says who holds it.
     async fn lock(&self, info: &LockInfo) -> Result<(), StateError>;
     /// Releases the lock if `id` holds it.
