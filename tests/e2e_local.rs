@@ -323,8 +323,8 @@ fn stale_and_foreign_plans_are_refused() {
         "variable \"n\" {\n  default = \"1\"\n}\n\ncluster \"dev\" {}\n\njob \"a\" {\n  cluster = cluster.dev\n  run     = \"echo ${var.n}\"\n}\n",
     )]);
     sb.ok(&["apply", "-auto-approve"]);
-    let plan = sb.path().join("plan.json");
-    let plan_s = plan.to_string_lossy().to_string();
+    // Relative to -chdir, as every path is.
+    let plan_s = "plan.json".to_string();
     sb.ok(&["plan", "-var", "n=2", "-out", &plan_s]);
     // show -json reads the saved plan
     let shown: Value =
@@ -824,4 +824,36 @@ fn values_unknown_at_plan_time_are_filled_in_at_apply() {
         Some(0)
     );
     sb.ok(&["destroy", "-auto-approve"]);
+}
+
+#[test]
+fn prevent_destroy_blocks_destroy_and_env_flags_read_like_booleans() {
+    let sb = Sandbox::new(&[(
+        "main.sky.hcl",
+        "cluster \"keep\" {\n  lifecycle {\n    prevent_destroy = true\n  }\n}\n",
+    )]);
+    let out = sb
+        .cmd(&["apply"])
+        .env("SKYFORM_AUTO_APPROVE", "1")
+        .env("SKYFORM_NO_COLOR", "1")
+        .output()
+        .expect("apply");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = sb.run(&["destroy", "-auto-approve"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("cluster.keep has lifecycle.prevent_destroy, but the plan would destroy it"),
+        "{err}"
+    );
+    assert!(!err.contains("\nerror: \n"), "no empty error line: {err}");
+    assert_eq!(
+        sb.state()["resources"].as_object().map(|r| r.len()),
+        Some(1),
+        "nothing was destroyed"
+    );
+    // Lift the protection, then destroy.
+    std::fs::write(sb.path().join("main.sky.hcl"), "cluster \"keep\" {}\n").expect("edit");
+    sb.ok(&["destroy", "-auto-approve"]);
+    assert!(sb.processes().is_empty());
 }

@@ -1,7 +1,7 @@
 //! Golden tests: configurations and prior states → expected diagnostics and plans.
 //!
 //! - `testdata/config/invalid/<case>/` holds a broken configuration (`*.sky.hcl`) and
-//!   `expected.txt`, the diagnostics exactly as `skyform validate` prints them.
+//!   `expected.txt`, the diagnostics exactly as `skyform plan` prints them.
 //! - `testdata/plan/<case>/` holds a configuration and optionally `prior/` (the configuration
 //!   as last applied: the prior state is what applying it leaves), `prior_patch.json` (changes
 //!   to that state: a tainted cluster, a failed job) and `options.json` ({"destroy", "replace",

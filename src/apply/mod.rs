@@ -101,6 +101,11 @@ struct Outcome {
 impl Applier<'_> {
     async fn save(&self, state: &mut State, changed: &[Address]) -> Result<(), StateError> {
         state.serial += 1;
+        tracing::debug!(
+            serial = state.serial,
+            changed = changed.len(),
+            "writing state"
+        );
         self.store.write_changes(state, changed).await?;
         (self.on_event)(&Event::StateWritten {
             serial: state.serial,
@@ -380,6 +385,7 @@ impl Applier<'_> {
             address: addr.clone(),
             what: p.what,
         });
+        tracing::debug!(address = %addr, ?step, provider = %p.provider, "starting step");
         let registry = self.registry.clone();
         let root = self.root.clone();
         let placement = p.placement;

@@ -57,36 +57,66 @@ struct Ctx {
 }
 
 impl Ctx {
-    fn store(&self) -> LocalStore {
-        LocalStore::new(self.dir.join(".skyform").join("state.json"))
+    /// The state store the configuration's `skyform { state … }` block names (the local file
+    /// `.skyform/state.json` by default).
+    fn store(&self) -> Result<LocalStore> {
+        let (config, _) = config::load(&self.dir);
+        match &config.state_backend {
+            None => Ok(LocalStore::new(self.dir.join(".skyform").join("state.json"))),
+            Some(b) if b.kind == "local" => Ok(LocalStore::new(
+                b.settings
+                    .get("path")
+                    .map_or_else(|| self.dir.join(".skyform").join("state.json"), |p| self.dir.join(p)),
+            )),
+            Some(b) => Err(Failure::new(format!("the {:?} state backend is not available in this build yet", b.kind))
+                .hint("remove the state block (or use state \"local\") to keep state in .skyform/state.json")),
+        }
     }
 
+    /// The backends of this build. `local` offers placements when the configuration declares
+    /// `infra "local"` or no infra at all (the embedded default).
     fn registry(&self, config: Option<&Config>) -> Arc<Registry> {
+        let mut providers: BTreeMap<&'static str, Arc<dyn crate::providers::Provider>> =
+            BTreeMap::new();
         let settings = config
             .and_then(|c| c.infra.iter().find(|i| i.kind == "local"))
             .map(|i| &i.settings);
-        let local = LocalProvider::new(self.dir.join(".skyform").join("local"), settings);
-        let mut providers: BTreeMap<&'static str, Arc<dyn crate::providers::Provider>> =
-            BTreeMap::new();
+        let mut local = LocalProvider::new(self.dir.join(".skyform").join("local"), settings);
+        // What already runs here stays manageable; new placements only where allowed.
+        local.offer =
+            config.is_none_or(|c| c.infra.is_empty() || c.infra.iter().any(|i| i.kind == "local"));
         providers.insert("local", Arc::new(local));
         Arc::new(Registry { providers })
     }
 }
 
 fn print_failure(f: &Failure, style: &Style) {
-    eprintln!("{} {}", style.red("error:"), f.message);
+    // An empty message means the diagnostics were printed already.
+    if !f.message.is_empty() {
+        eprintln!("{} {}", style.red("error:"), f.message);
+    }
     if let Some(h) = &f.hint {
         eprintln!("hint: {h}");
     }
 }
 
 pub async fn run(cli: Cli) -> i32 {
-    let base = match &cli.chdir {
-        Some(d) => d.clone(),
-        None => PathBuf::from("."),
-    };
-    let color =
-        !cli.no_color && std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    // -chdir works as in Terraform: every relative path is taken from DIR.
+    let color = !cli.no_color
+        && !env_flag("SKYFORM_NO_COLOR")
+        && std::io::stdout().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none();
+    if let Some(d) = &cli.chdir
+        && let Err(e) = std::env::set_current_dir(d)
+    {
+        print_failure(
+            &Failure::new(format!("cannot change to {}: {e}", d.display()))
+                .hint("-chdir takes an existing directory"),
+            &Style { color },
+        );
+        return EXIT_ERROR;
+    }
+    let base = PathBuf::from(".");
     let style = Style { color };
     let dir_of = |d: &Option<PathBuf>| -> PathBuf {
         d.as_ref().map_or_else(|| base.clone(), |d| base.join(d))
@@ -114,7 +144,7 @@ pub async fn run(cli: Cli) -> i32 {
                 &ctx(dir_of(&dir)),
                 &flags,
                 out.as_deref(),
-                detailed_exitcode,
+                detailed_exitcode || env_flag("SKYFORM_DETAILED_EXITCODE"),
                 json,
                 destroy,
             )
@@ -201,6 +231,16 @@ pub async fn run(cli: Cli) -> i32 {
     }
 }
 
+/// A boolean environment setting: 1, true, yes or on (any case) mean yes.
+fn env_flag(name: &str) -> bool {
+    std::env::var(name).is_ok_and(|v| {
+        matches!(
+            v.trim().to_ascii_lowercase().as_str(),
+            "1" | "true" | "yes" | "on"
+        )
+    })
+}
+
 fn var_args(v: &VarFlags) -> VarArgs {
     VarArgs {
         vars: v.vars.clone(),
@@ -234,7 +274,7 @@ fn report(config: &Config, diags: &mut Diagnostics, style: Style) -> Result<()> 
 async fn init(ctx: &Ctx) -> Result<i32> {
     let (config, mut diags) = config::load(&ctx.dir);
     report(&config, &mut diags, ctx.style)?;
-    let store = ctx.store();
+    let store = ctx.store()?;
     if store.read().await?.is_none() {
         store.write(&State::new()).await?;
         println!("Created the state at {}.", store.describe());
@@ -272,9 +312,7 @@ fn validate(ctx: &Ctx, json: bool, vars: &VarFlags) -> Result<i32> {
     let (inputs, vdiags) = config::inputs(&mut config, &var_args(vars), &config::process_env());
     diags.extend(vdiags);
     if !diags.has_errors() {
-        let mut collect = config::Collect::default();
-        let (_, ediags) = config::evaluate(&config, &inputs, &mut collect);
-        diags.extend(ediags);
+        diags.extend(config::validate(&config, &inputs));
     }
     diags.sort();
     if json {
@@ -371,7 +409,7 @@ async fn plan_cmd(
     destroy: bool,
 ) -> Result<i32> {
     let (config, inputs) = load(ctx, &flags.vars)?;
-    let store = ctx.store();
+    let store = ctx.store()?;
     let guard = lock(&store, "plan", &flags.lock).await?;
     let result = async {
         let mut state = store.read().await?.unwrap_or_default();
@@ -411,7 +449,7 @@ async fn plan_cmd(
 }
 
 fn confirm(ctx: &Ctx, what: &str, auto_approve: bool, input: bool) -> Result<bool> {
-    if auto_approve {
+    if auto_approve || env_flag("SKYFORM_AUTO_APPROVE") {
         return Ok(true);
     }
     if !input || !ctx.tty_in {
@@ -447,7 +485,7 @@ async fn apply_cmd(
         None => None,
     };
     let (config, mut inputs) = load(ctx, &flags.vars)?;
-    let store = ctx.store();
+    let store = ctx.store()?;
     let guard = lock(
         &store,
         if destroy { "destroy" } else { "apply" },
@@ -600,9 +638,13 @@ async fn apply_locked(
             crate::apply::ApplyError::State(s) => Failure::from(s),
         })?;
     ctrl_c.abort();
-    // Outputs, evaluated against the state as it is now.
-    let outputs = outputs_now(config, inputs, &state);
-    crate::apply::set_outputs(&mut state, &outputs);
+    // Outputs, evaluated against the state as it is now (none once everything is destroyed).
+    if destroy {
+        state.outputs.clear();
+    } else {
+        let outputs = outputs_now(config, inputs, &state);
+        crate::apply::set_outputs(&mut state, &outputs);
+    }
     state.serial += 1;
     store.write(&state).await?;
     print_summary(&summary, &plan, &state, destroy, &ctx.style);
@@ -631,6 +673,12 @@ fn outputs_now(
     let (p, _) = plan::plan(config, inputs, state, &[], &Options::default());
     p.outputs
         .into_iter()
+        // An output still unknown (its resource failed) is left out rather than stored.
+        .filter(|(_, o)| {
+            o.after
+                .as_ref()
+                .is_some_and(|v| !crate::model::contains_unknown(v))
+        })
         .filter_map(|(k, o)| {
             o.after.map(|v| {
                 (
@@ -714,7 +762,7 @@ fn print_summary(s: &Summary, plan: &Plan, state: &State, destroy: bool, style: 
 
 async fn wait_for_jobs(ctx: &Ctx, config: &Config, plan: &Plan) -> Result<i32> {
     let registry = ctx.registry(Some(config));
-    let store = ctx.store();
+    let store = ctx.store()?;
     let watched: Vec<Address> = plan
         .changes
         .iter()
@@ -765,9 +813,9 @@ async fn wait_for_jobs(ctx: &Ctx, config: &Config, plan: &Plan) -> Result<i32> {
 }
 
 async fn read_state(ctx: &Ctx) -> Result<State> {
-    ctx.store().read().await?.ok_or_else(|| {
-        Failure::new(format!("no state at {}", ctx.store().describe()))
-            .hint("run `skyform apply` first")
+    let store = ctx.store()?;
+    store.read().await?.ok_or_else(|| {
+        Failure::new(format!("no state at {}", store.describe())).hint("run `skyform apply` first")
     })
 }
 
@@ -904,7 +952,7 @@ async fn output(ctx: &Ctx, name: Option<&str>, json: bool, raw: bool) -> Result<
 }
 
 async fn state_cmd(ctx: &Ctx, cmd: StateCommand) -> Result<i32> {
-    let store = ctx.store();
+    let store = ctx.store()?;
     match cmd {
         StateCommand::List => {
             for a in read_state(ctx).await?.resources.keys() {
@@ -1034,7 +1082,7 @@ async fn edit_state(
 }
 
 async fn force_unlock(ctx: &Ctx, id: &str, force: bool) -> Result<i32> {
-    let store = ctx.store();
+    let store = ctx.store()?;
     let holder = store
         .lock_holder()
         .await?

@@ -24,7 +24,7 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "DIR")]
     pub chdir: Option<PathBuf>,
     /// No colour in output.
-    #[arg(long, global = true, env = "SKYFORM_NO_COLOR")]
+    #[arg(long, global = true)]
     pub no_color: bool,
     #[command(subcommand)]
     pub command: Command,
@@ -95,7 +95,7 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
         /// Exit 0 with no changes, 2 with changes, 1 on error.
-        #[arg(long = "detailed-exitcode", env = "SKYFORM_DETAILED_EXITCODE")]
+        #[arg(long = "detailed-exitcode")]
         detailed_exitcode: bool,
         #[arg(long)]
         json: bool,
@@ -109,7 +109,7 @@ pub enum Command {
         planfile: Option<PathBuf>,
         #[command(flatten)]
         flags: PlanFlags,
-        #[arg(long = "auto-approve", env = "SKYFORM_AUTO_APPROVE")]
+        #[arg(long = "auto-approve")]
         auto_approve: bool,
         /// Never prompt.
         #[arg(long = "input", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
@@ -123,7 +123,7 @@ pub enum Command {
     /// Destroy everything in state.
     Destroy {
         dir: Option<PathBuf>,
-        #[arg(long = "auto-approve", env = "SKYFORM_AUTO_APPROVE")]
+        #[arg(long = "auto-approve")]
         auto_approve: bool,
         #[arg(long = "input", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
         input: bool,
@@ -131,7 +131,7 @@ pub enum Command {
         vars: VarFlags,
         #[command(flatten)]
         lock: LockFlags,
-        #[arg(long, default_value_t = 10)]
+        #[arg(long, default_value_t = 10, env = "SKYFORM_PARALLELISM")]
         parallelism: usize,
     },
     /// Show a saved plan or the current state.
@@ -249,8 +249,10 @@ pub fn main() -> i32 {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .try_init();
+    // Generous stacks: unoptimised builds make deep async state machines.
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .thread_stack_size(8 << 20)
         .build()
     {
         Ok(r) => r,

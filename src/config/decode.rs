@@ -632,11 +632,30 @@ pub fn lifecycle(body: &BodyDecl, diags: &mut Diagnostics) -> Lifecycle {
     let Some(b) = body.block("lifecycle") else {
         return Lifecycle::default();
     };
-    let mut noop = |attr: &AttrDecl| -> Option<Value> {
+    let mut problems = Vec::new();
+    let mut literal = |attr: &AttrDecl| -> Option<Value> {
         use hcl::eval::Evaluate;
-        attr.eval_expr.evaluate(&hcl::eval::Context::new()).ok()
+        let v = attr.eval_expr.evaluate(&hcl::eval::Context::new()).ok();
+        if v.is_none() {
+            problems.push(
+                Diagnostic::error(format!(
+                    "lifecycle setting {:?} must be a literal value",
+                    attr.name
+                ))
+                .at(attr.file, Some(attr.span.clone()))
+                .label("not a literal")
+                .hint(format!(
+                    "write {} = true or {} = false",
+                    attr.name, attr.name
+                )),
+            );
+        }
+        v
     };
-    let f = fields(b, &schema::LIFECYCLE, &mut noop, "lifecycle", diags);
+    let f = fields(b, &schema::LIFECYCLE, &mut literal, "lifecycle", diags);
+    for p in problems {
+        diags.push(p);
+    }
     let mut ignore = Vec::new();
     if let Some(a) = b.attrs.get("ignore_changes") {
         // A list of bare attribute names: ignore_changes = [setup, envs]

@@ -108,13 +108,18 @@ struct ModuleResult {
 struct BlockValue {
     value: Value,
     instances: BTreeSet<Address>,
+    /// For a module: whether any output is sensitive.
     sensitive: bool,
+    /// For a resource: its attributes that hold sensitive values (in any instance).
+    sensitive_attrs: BTreeSet<String>,
 }
 
 pub struct Evaluator<'a, R: Resolver> {
     pub diags: &'a mut Diagnostics,
     pub resolver: &'a mut R,
     pub root_dir: &'a Path,
+    /// Required variables without a value become unknown instead of an error (`validate`).
+    pub missing_vars_unknown: bool,
 }
 
 impl<R: Resolver> std::fmt::Debug for Evaluator<'_, R> {
@@ -123,10 +128,26 @@ impl<R: Resolver> std::fmt::Debug for Evaluator<'_, R> {
     }
 }
 
+/// What a module is called with.
+#[derive(Debug, Default)]
+struct Call {
+    /// Input values by variable name.
+    given: BTreeMap<String, Value>,
+    /// Inputs given a value that was rejected (reported already).
+    rejected: BTreeSet<String>,
+    /// Inputs whose values are sensitive.
+    sensitive_inputs: BTreeSet<String>,
+    /// Instances every resource in the module depends on (the module block's dependencies).
+    inherited: BTreeSet<Address>,
+    /// The module block, for "missing input" messages.
+    call_site: Option<(FileId, Range<usize>)>,
+}
+
 /// Per-module evaluation scope.
 struct Scope<'m> {
     module: &'m ModuleSource,
     path: ModulePath,
+    inherited: BTreeSet<Address>,
     vars: BTreeMap<String, (Value, bool)>,
     locals: BTreeMap<String, (Value, bool)>,
     resources: BTreeMap<(Kind, String), BlockValue>,
@@ -194,7 +215,12 @@ impl<'a, R: Resolver> Evaluator<'a, R> {
                 self.diags.push(d);
             }
         }
-        let result = self.eval_module(module, Vec::new(), given, &rejected, None);
+        let call = Call {
+            given,
+            rejected,
+            ..Call::default()
+        };
+        let result = self.eval_module(module, Vec::new(), call);
         result
             .outputs
             .into_iter()
@@ -210,17 +236,18 @@ impl<'a, R: Resolver> Evaluator<'a, R> {
             .collect()
     }
 
-    fn eval_module(
-        &mut self,
-        module: &ModuleSource,
-        path: ModulePath,
-        given: BTreeMap<String, Value>,
-        rejected: &BTreeSet<String>,
-        call_site: Option<(FileId, Range<usize>)>,
-    ) -> ModuleResult {
+    fn eval_module(&mut self, module: &ModuleSource, path: ModulePath, call: Call) -> ModuleResult {
+        let Call {
+            given,
+            rejected,
+            sensitive_inputs,
+            inherited,
+            call_site,
+        } = call;
         let mut scope = Scope {
             module,
             path,
+            inherited,
             vars: BTreeMap::new(),
             locals: BTreeMap::new(),
             resources: BTreeMap::new(),
@@ -249,6 +276,12 @@ impl<'a, R: Resolver> Evaluator<'a, R> {
                         failed.insert(this.clone());
                     } else {
                         self.eval_var(&mut scope, &name, &given, call_site.clone());
+                        if sensitive_inputs.contains(&name)
+                            && let Some(v) = scope.vars.get_mut(&name)
+                        {
+                            // A sensitive value passed in stays sensitive inside the module.
+                            v.1 = true;
+                        }
                     }
                 }
                 Node::Local(name) => {
@@ -378,6 +411,12 @@ impl<'a, R: Resolver> Evaluator<'a, R> {
                         .insert(name.to_string(), (Value::Null, sensitive));
                 }
             }
+            return;
+        }
+        if self.missing_vars_unknown && call_site.is_none() {
+            scope
+                .vars
+                .insert(name.to_string(), (Value::String(UNKNOWN.into()), sensitive));
             return;
         }
         let (file, span, hint) = match call_site {
@@ -573,7 +612,7 @@ impl<'a, R: Resolver> Evaluator<'a, R> {
             };
             check(node, file, &refs, ctx, self.diags);
         }
-        for (_, nested, _, _) in &body.blocks {
+        for (_, nested, _, _) in body.blocks.iter().filter(|b| b.0 != "lifecycle") {
             let refs = nested.refs();
             check(
                 node,
@@ -594,6 +633,17 @@ impl<'a, R: Resolver> Evaluator<'a, R> {
                 ("var", Some(n)) => scope.vars.get(n).is_some_and(|v| v.1),
                 ("local", Some(n)) => scope.locals.get(n).is_some_and(|v| v.1),
                 ("module", Some(n)) => scope.modules.get(n).is_some_and(|v| v.sensitive),
+                (root, Some(n)) if Kind::parse(root).is_some() => {
+                    let kind = Kind::parse(root).unwrap_or(Kind::Cluster);
+                    scope
+                        .resources
+                        .get(&(kind, n.clone()))
+                        .is_some_and(|b| match r.attrs.get(1) {
+                            Some(attr) => b.sensitive_attrs.contains(attr),
+                            // The whole object: sensitive if any part is.
+                            None => !b.sensitive_attrs.is_empty(),
+                        })
+                }
                 _ => false,
             })
     }
@@ -855,7 +905,8 @@ impl<'a, R: Resolver> Evaluator<'a, R> {
         };
         let what = format!("{kind} \"{name}\"");
         let base = Address::new(kind, name).in_module(scope.path.clone());
-        let deps = self.dependencies(scope, &decl.body);
+        let mut deps = self.dependencies(scope, &decl.body);
+        deps.extend(scope.inherited.iter().cloned());
         let Some(keys) = self.expand(scope, &decl.body, &what) else {
             scope.resources.insert(
                 (kind, name.to_string()),
@@ -863,6 +914,7 @@ impl<'a, R: Resolver> Evaluator<'a, R> {
                     value: Value::Null,
                     instances: BTreeSet::new(),
                     sensitive: false,
+                    sensitive_attrs: BTreeSet::new(),
                 },
             );
             return;
@@ -875,6 +927,7 @@ impl<'a, R: Resolver> Evaluator<'a, R> {
         let mut map = hcl::Map::new();
         let mut single = Value::Null;
         let mut instances = BTreeSet::new();
+        let mut all_sensitive: BTreeSet<String> = BTreeSet::new();
         for (key, bindings) in keys {
             let address = base.clone().with_key(key.clone());
             let ctx = self.context(scope, &body_refs, &bindings);
@@ -884,6 +937,16 @@ impl<'a, R: Resolver> Evaluator<'a, R> {
                 if self.refs_sensitive(scope, &refs) {
                     sensitive.insert(attr_name.clone());
                 }
+            }
+            for (block_name, nested, _, _) in &decl.body.blocks {
+                if self.refs_sensitive(scope, &nested.refs()) {
+                    sensitive.insert(block_name.clone());
+                }
+            }
+            all_sensitive.extend(sensitive.iter().cloned());
+            if decl.body.attrs.contains_key("secrets") {
+                // Secrets are secret whatever they are made of.
+                all_sensitive.insert("secrets".into());
             }
             let mut eval_diags = Diagnostics::default();
             let spec = {
@@ -956,6 +1019,7 @@ impl<'a, R: Resolver> Evaluator<'a, R> {
                 value,
                 instances,
                 sensitive: false,
+                sensitive_attrs: all_sensitive,
             },
         );
     }
@@ -969,6 +1033,7 @@ impl<'a, R: Resolver> Evaluator<'a, R> {
             return;
         };
         let what = format!("module \"{name}\"");
+        let module_deps = self.dependencies(scope, &decl.body);
         let Some(keys) = self.expand(scope, &decl.body, &what) else {
             return;
         };
@@ -982,6 +1047,7 @@ impl<'a, R: Resolver> Evaluator<'a, R> {
         for (key, bindings) in keys {
             let mut given = BTreeMap::new();
             let mut rejected = BTreeSet::new();
+            let mut sensitive_inputs = BTreeSet::new();
             for (attr_name, attr) in &decl.body.attrs {
                 if ["source", "count", "for_each", "depends_on"].contains(&attr_name.as_str()) {
                     continue;
@@ -1000,6 +1066,9 @@ impl<'a, R: Resolver> Evaluator<'a, R> {
                     continue;
                 };
                 let refs: Vec<&Ref> = attr.refs.iter().collect();
+                if self.refs_sensitive(scope, &refs) {
+                    sensitive_inputs.insert(attr_name.clone());
+                }
                 let ctx = self.context(scope, &refs, &bindings);
                 let Some(v) = self.eval_attr(attr, &ctx, &refs) else {
                     rejected.insert(attr_name.clone());
@@ -1028,13 +1097,19 @@ impl<'a, R: Resolver> Evaluator<'a, R> {
                 name: name.to_string(),
                 key: key.clone(),
             });
-            let result = self.eval_module(
-                &child,
-                path,
+            let call = Call {
                 given,
-                &rejected,
-                Some((decl.file, decl.span.clone())),
-            );
+                rejected,
+                sensitive_inputs,
+                // What the module block depends on, everything inside it does.
+                inherited: module_deps
+                    .iter()
+                    .chain(scope.inherited.iter())
+                    .cloned()
+                    .collect(),
+                call_site: Some((decl.file, decl.span.clone())),
+            };
+            let result = self.eval_module(&child, path, call);
             functions::set_base_dir(module.dir.clone());
             instances.extend(result.instances);
             let mut obj = hcl::Map::new();
@@ -1064,6 +1139,7 @@ impl<'a, R: Resolver> Evaluator<'a, R> {
                 value,
                 instances,
                 sensitive,
+                sensitive_attrs: BTreeSet::new(),
             },
         );
     }

@@ -48,7 +48,8 @@ impl BodyDecl {
     /// Every reference in the body, nested blocks included.
     pub fn refs(&self) -> Vec<&Ref> {
         let mut out: Vec<&Ref> = self.attrs.values().flat_map(|a| a.refs.iter()).collect();
-        for (_, b, _, _) in &self.blocks {
+        // `lifecycle` holds settings and attribute names, never references.
+        for (_, b, _, _) in self.blocks.iter().filter(|b| b.0 != "lifecycle") {
             out.extend(b.refs());
         }
         out

@@ -141,6 +141,21 @@ pub fn evaluate<R: Resolver>(
     inputs: &BTreeMap<String, InputValue>,
     resolver: &mut R,
 ) -> (BTreeMap<String, OutputValue>, Diagnostics) {
+    evaluate_with(config, inputs, resolver, false)
+}
+
+/// Checks a configuration offline: as [`evaluate`], but a required variable without a value
+/// is an unknown rather than an error (its value is only needed to plan).
+pub fn validate(config: &Config, inputs: &BTreeMap<String, InputValue>) -> Diagnostics {
+    evaluate_with(config, inputs, &mut Collect::default(), true).1
+}
+
+fn evaluate_with<R: Resolver>(
+    config: &Config,
+    inputs: &BTreeMap<String, InputValue>,
+    resolver: &mut R,
+    missing_vars_unknown: bool,
+) -> (BTreeMap<String, OutputValue>, Diagnostics) {
     let mut diags = Diagnostics::default();
     let root_dir = config
         .dir
@@ -153,6 +168,7 @@ pub fn evaluate<R: Resolver>(
             diags: &mut diags,
             resolver,
             root_dir: &root_dir,
+            missing_vars_unknown,
         };
         ev.eval_root(&root, inputs)
     };

@@ -238,6 +238,19 @@ impl Spec {
         }
     }
 
+    /// A spec of the same kind with these attributes (the inverse of [`Spec::attributes`]).
+    pub fn with_attributes(
+        &self,
+        attrs: serde_json::Map<String, serde_json::Value>,
+    ) -> Option<Spec> {
+        let mut m = attrs;
+        m.insert(
+            "kind".into(),
+            serde_json::Value::String(self.kind().as_str().into()),
+        );
+        serde_json::from_value(serde_json::Value::Object(m)).ok()
+    }
+
     /// The request the optimizer places, for kinds that get machines of their own.
     pub fn placement_request(&self) -> Option<(&Resources, u32)> {
         match self {

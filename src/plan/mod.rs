@@ -122,6 +122,8 @@ struct Planner<'a> {
     options: &'a Options,
     changes: BTreeMap<Address, Change>,
     diags: Diagnostics,
+    /// Instances with `prevent_destroy`, and where they are declared.
+    protected: Vec<(Address, usize, std::ops::Range<usize>)>,
     sources_for_span: Vec<(Address, usize, std::ops::Range<usize>)>,
 }
 
@@ -133,6 +135,27 @@ impl Resolver for Planner<'_> {
     fn resource(&mut self, inst: Instance) -> BTreeMap<String, serde_json::Value> {
         let addr = inst.address.clone();
         let prior = self.state.resources.get(&addr);
+        let mut inst = inst;
+        // ignore_changes: the attributes keep their applied values.
+        if let Some(p) = prior
+            && !inst.lifecycle.ignore_changes.is_empty()
+        {
+            let before = attrs_json(&p.spec);
+            let mut after = attrs_json(&inst.spec);
+            for k in &inst.lifecycle.ignore_changes {
+                match before.get(k) {
+                    Some(v) => {
+                        after.insert(k.clone(), v.clone());
+                    }
+                    None => {
+                        after.remove(k);
+                    }
+                }
+            }
+            if let Some(spec) = inst.spec.with_attributes(after) {
+                inst.spec = spec;
+            }
+        }
         let mut reasons = Vec::new();
         let mut notes = Vec::new();
         let mut action = match prior {
@@ -221,13 +244,17 @@ impl Resolver for Planner<'_> {
                             Diagnostic::error(format!("no placement for {addr}: {}", no.reason))
                                 .at(inst.file, Some(inst.span.clone()))
                                 .label("nothing available satisfies this request")
-                                .hint("relax the resources block or declare more infra (this build offers: local)"),
+                                .hint("relax the resources block, or declare infra \"local\" {} to run on this machine (cloud, Kubernetes and SSH backends are not in this build yet)"),
                         );
                     }
                 }
             } else if let Some(p) = prior.and_then(|p| p.placement.clone()) {
                 candidates = vec![p];
             }
+        }
+        if inst.lifecycle.prevent_destroy {
+            self.protected
+                .push((addr.clone(), inst.file, inst.span.clone()));
         }
         if matches!(action, Action::Replace) && inst.lifecycle.prevent_destroy {
             self.diags.push(
@@ -360,13 +387,24 @@ pub fn plan(
         options,
         changes: BTreeMap::new(),
         diags: Diagnostics::default(),
+        protected: Vec::new(),
         sources_for_span: Vec::new(),
     };
     let (outputs, mut diags) = config::evaluate(config, inputs, &mut planner);
     diags.extend(std::mem::take(&mut planner.diags));
-    let mut changes = planner.changes;
+    let mut changes = std::mem::take(&mut planner.changes);
 
     if options.destroy {
+        for (addr, file, span) in &planner.protected {
+            if state.resources.contains_key(addr) {
+                diags.push(
+                    Diagnostic::error(format!("{addr} has lifecycle.prevent_destroy, but the plan would destroy it"))
+                        .at(*file, Some(span.clone()))
+                        .label("protected from destruction")
+                        .hint("remove prevent_destroy from its lifecycle block first if destroying it is intended"),
+                );
+            }
+        }
         for c in changes.values_mut() {
             c.reasons.clear();
             c.notes.clear();
@@ -455,15 +493,16 @@ pub fn plan(
         .sum();
     let outputs = output_changes(&outputs, state, options.destroy);
     let mut variables = BTreeMap::new();
-    for (k, v) in inputs
-        .iter()
-        .filter(|(k, _)| config.root.variables.contains_key(*k))
-    {
-        let value = match &v.raw {
-            config::vars::RawValue::Text(t) => serde_json::Value::String(t.clone()),
-            config::vars::RawValue::Parsed(p) => config::eval::to_json(p),
+    // The values as the configuration used them (converted to their declared types), so a
+    // saved plan applies with exactly these.
+    for (k, v) in inputs {
+        let Some(decl) = config.root.variables.get(k) else {
+            continue;
         };
-        variables.insert(k.clone(), value);
+        let ty = config::vars::declared_type(decl, &mut Diagnostics::default());
+        if let Ok(value) = config::vars::convert_input(v, &ty) {
+            variables.insert(k.clone(), config::eval::to_json(&value));
+        }
     }
     diags.sort();
     let plan = Plan {

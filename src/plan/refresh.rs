@@ -54,6 +54,7 @@ pub async fn refresh(state: &mut State, registry: &Arc<Registry>, concurrency: u
             }
         }
         results.sort_by(|a, b| a.0.cmp(&b.0));
+        tracing::debug!(clusters = phase, count = results.len(), "refreshed");
         for (addr, result) in results {
             match result {
                 Ok(Observed::Up(computed)) => {
@@ -95,6 +96,7 @@ pub async fn refresh(state: &mut State, registry: &Arc<Registry>, concurrency: u
                     }
                 }
                 Err(e) => {
+                    tracing::warn!(address = %addr, error = %e, "refresh failed");
                     out.drift.push(format!("{addr}: refresh failed: {e}"));
                 }
             }

@@ -23,6 +23,8 @@ pub struct LocalProvider {
     pub gpus: Vec<(String, f64)>,
     pub price: u64,
     pub setup_timeout: Duration,
+    /// Whether the optimizer may place new resources here.
+    pub offer: bool,
 }
 
 impl LocalProvider {
@@ -68,6 +70,7 @@ impl LocalProvider {
             gpus,
             price,
             setup_timeout: Duration::from_secs(3600),
+            offer: true,
         }
     }
 
@@ -144,6 +147,7 @@ impl LocalProvider {
                 .stdout(log.try_clone()?)
                 .stderr(log);
             proc::new_session(&mut cmd);
+            tracing::debug!(cluster = %address, rank, dir = %dir.display(), "starting node agent");
             let child = cmd.spawn().map_err(|e| {
                 ProviderError::other(format!(
                     "cannot start the node agent {}: {e}",
@@ -320,6 +324,9 @@ impl Provider for LocalProvider {
     }
 
     async fn offerings(&self) -> Result<Vec<Offering>, ProviderError> {
+        if !self.offer {
+            return Ok(Vec::new());
+        }
         Ok(vec![Offering {
             cloud: "local".into(),
             region: None,

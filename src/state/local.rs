@@ -205,6 +205,39 @@ impl LocalStore {
     }
 }
 
+/// The id reported for a lock file that cannot be read (`force-unlock unknown` removes it).
+const UNREADABLE: &str = "unknown";
+
+impl LocalStore {
+    /// Removes a stale lock, once: a `.break` file created exclusively makes sure that of two
+    /// processes finding the same stale lock, only one removes it (and not the other's new one).
+    fn break_stale_lock(&self, stale: &LockInfo) -> Result<bool, StateError> {
+        let path = self.lock_path();
+        let breaker = with_suffix(&path, ".break");
+        if std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&breaker)
+            .is_err()
+        {
+            return Ok(false);
+        }
+        let still_same = std::fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<LockInfo>(&b).ok())
+            .is_some_and(|h| h.id == stale.id);
+        if still_same {
+            eprintln!(
+                "warning: removing the lock {} of skyform process {} ({}), which no longer runs",
+                stale.id, stale.pid, stale.operation
+            );
+            let _ = std::fs::remove_file(&path);
+        }
+        let _ = std::fs::remove_file(&breaker);
+        Ok(still_same)
+    }
+}
+
 fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
     let mut p = path.to_path_buf().into_os_string();
     p.push(suffix);
@@ -241,50 +274,40 @@ impl StateStore for LocalStore {
         self.ensure_dir()?;
         let path = self.lock_path();
         let body = serde_json::to_vec_pretty(info).unwrap_or_default();
-        match std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)
-        {
-            Ok(mut f) => {
-                f.write_all(&body)
-                    .and_then(|()| f.sync_all())
-                    .map_err(Self::io("cannot write lock", &path))?;
-                Ok(())
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                // The holder may be between creating and filling the file: read again briefly.
-                for _ in 0..20 {
-                    if let Some(holder) = self.lock_holder().await? {
-                        if is_stale(&holder, info) {
-                            // A skyform on this machine died holding the lock (kill -9, power
-                            // loss): nothing can be running under it, so take it over.
-                            eprintln!(
-                                "warning: removing the lock {} of skyform process {} ({}), which no longer runs",
-                                holder.id, holder.pid, holder.operation
-                            );
-                            let _ = std::fs::remove_file(&path);
-                            return Box::pin(self.lock(info)).await;
-                        }
-                        return Err(StateError::Locked(Box::new(holder)));
-                    }
-                    if !path.exists() {
-                        // Released between our attempts: try again from the top.
-                        return Box::pin(self.lock(info)).await;
-                    }
-                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        let mut unreadable_since: Option<std::time::Instant> = None;
+        loop {
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+            {
+                Ok(mut f) => {
+                    return f
+                        .write_all(&body)
+                        .and_then(|()| f.sync_all())
+                        .map_err(Self::io("cannot write lock", &path));
                 }
-                Err(StateError::Locked(Box::new(LockInfo {
-                    id: "unknown".into(),
-                    who: "unknown (empty lock file)".into(),
-                    operation: "unknown".into(),
-                    created: "unknown".into(),
-                    version: String::new(),
-                    pid: 0,
-                })))
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(Self::io("cannot create lock", &path)(e)),
             }
-            Err(e) => Err(Self::io("cannot create lock", &path)(e)),
+            let Some(holder) = self.lock_holder().await? else {
+                // Released between our two looks: try again.
+                continue;
+            };
+            if holder.id == UNREADABLE {
+                // The holder may be between creating the file and filling it.
+                let since = *unreadable_since.get_or_insert_with(std::time::Instant::now);
+                if since.elapsed() < std::time::Duration::from_millis(500) {
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                    continue;
+                }
+                return Err(StateError::Locked(Box::new(holder)));
+            }
+            if is_stale(&holder, info) && self.break_stale_lock(&holder)? {
+                continue;
+            }
+            return Err(StateError::Locked(Box::new(holder)));
         }
     }
 
@@ -298,19 +321,27 @@ impl StateStore for LocalStore {
                 given: id.to_string(),
                 held: Some(h.id),
             }),
-            None if !path.exists() => Err(StateError::WrongLock {
+            None => Err(StateError::WrongLock {
                 given: id.to_string(),
                 held: None,
             }),
-            None => std::fs::remove_file(&path).map_err(Self::io("cannot remove lock", &path)),
         }
     }
 
     async fn lock_holder(&self) -> Result<Option<LockInfo>, StateError> {
         let path = self.lock_path();
         match std::fs::read(&path) {
-            Ok(bytes) if bytes.is_empty() => Ok(None),
-            Ok(bytes) => Ok(serde_json::from_slice(&bytes).ok()),
+            // A lock file that exists but cannot be read still holds the lock.
+            Ok(bytes) => Ok(Some(serde_json::from_slice(&bytes).unwrap_or_else(|_| {
+                LockInfo {
+                    id: UNREADABLE.into(),
+                    who: "unknown (the lock file is empty or unreadable)".into(),
+                    operation: "unknown".into(),
+                    created: "unknown".into(),
+                    version: String::new(),
+                    pid: 0,
+                }
+            }))),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(Self::io("cannot read lock", &path)(e)),
         }

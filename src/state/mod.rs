@@ -250,10 +250,12 @@ pub async fn lock_with_timeout(
     loop {
         match store.lock(info).await {
             Err(StateError::Locked(holder)) => {
-                if tokio::time::Instant::now() + delay > deadline {
+                let now = tokio::time::Instant::now();
+                if now >= deadline {
                     return Err(StateError::Locked(holder));
                 }
-                tokio::time::sleep(delay).await;
+                // Sleep at most until the deadline, and try once more there.
+                tokio::time::sleep(delay.min(deadline - now)).await;
                 delay = (delay * 2).min(std::time::Duration::from_secs(2));
             }
             other => return other,

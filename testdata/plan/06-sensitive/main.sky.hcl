@@ -10,7 +10,11 @@ variable "api_key" {
   default   = "sk-live-123"
 }
 
-cluster "dev" {}
+cluster "dev" {
+  resources {
+    image_id = "docker:registry.example.com/${var.api_key}/trainer"
+  }
+}
 
 job "download" {
   cluster = cluster.dev
@@ -21,5 +25,10 @@ job "download" {
 
 output "token" {
   value     = var.hf_token
+  sensitive = true
+}
+
+output "download_envs" {
+  value     = job.download.envs
   sensitive = true
 }
