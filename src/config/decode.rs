@@ -423,6 +423,9 @@ fn workdir(
     let Some(w) = f.str("workdir") else {
         return (None, None);
     };
+    if w.contains(UNKNOWN) {
+        return (Some(w), Some(UNKNOWN.to_string()));
+    }
     let abs = module_dir.join(&w);
     let shown = abs
         .strip_prefix(root)

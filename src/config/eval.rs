@@ -757,6 +757,8 @@ impl<'a, R: Resolver> Evaluator<'a, R> {
                         .filter(|f| f.fract() == 0.0 && *f >= 0.0)
                         .map(|f| f as u64)
                 }),
+                // Validating without variable values: check the body once.
+                Value::String(s) if s.contains(UNKNOWN) && self.missing_vars_unknown => Some(1),
                 _ => None,
             };
             let Some(n) = n.filter(|n| *n <= 100_000) else {
@@ -801,6 +803,17 @@ impl<'a, R: Resolver> Evaluator<'a, R> {
                         ),
                 );
             };
+            if functions_has_unknown(&v) && self.missing_vars_unknown {
+                // Validating without variable values: check the body once, for a stand-in key.
+                let unknown = Value::String(UNKNOWN.into());
+                return Some(vec![(
+                    Some(InstanceKey::Key("*".into())),
+                    Bindings {
+                        each: Some((unknown.clone(), unknown)),
+                        count: None,
+                    },
+                )]);
+            }
             if functions_has_unknown(&v) {
                 self.diags.push(
                     Diagnostic::error(format!(

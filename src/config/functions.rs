@@ -86,6 +86,7 @@ fn merge(args: FuncArgs) -> Result<Value, String> {
 }
 
 fn concat(args: FuncArgs) -> Result<Value, String> {
+    unknown_guard!(args);
     let mut out = Vec::new();
     for a in args.iter() {
         match a {
@@ -98,6 +99,7 @@ fn concat(args: FuncArgs) -> Result<Value, String> {
 
 /// Sets are lists of unique values in sorted order (HCL has no set value of its own).
 fn toset(args: FuncArgs) -> Result<Value, String> {
+    unknown_guard!(args);
     let items = match &args[0] {
         Value::Array(v) => v.clone(),
         other => return Err(format!("toset() takes a list, not {other}")),
@@ -109,6 +111,7 @@ fn toset(args: FuncArgs) -> Result<Value, String> {
 }
 
 fn tolist(args: FuncArgs) -> Result<Value, String> {
+    unknown_guard!(args);
     match &args[0] {
         Value::Array(v) => Ok(Value::Array(v.clone())),
         other => Err(format!("tolist() takes a list or set, not {other}")),
@@ -295,6 +298,7 @@ fn range(args: FuncArgs) -> Result<Value, String> {
 }
 
 fn keys(args: FuncArgs) -> Result<Value, String> {
+    unknown_guard!(args);
     let o = args[0].as_object().ok_or("keys() takes a map")?;
     let mut k: Vec<&String> = o.keys().collect();
     k.sort();
@@ -304,6 +308,7 @@ fn keys(args: FuncArgs) -> Result<Value, String> {
 }
 
 fn values(args: FuncArgs) -> Result<Value, String> {
+    unknown_guard!(args);
     let o = args[0].as_object().ok_or("values() takes a map")?;
     let mut kv: Vec<(&String, &Value)> = o.iter().collect();
     kv.sort_by(|a, b| a.0.cmp(b.0));
@@ -319,6 +324,7 @@ fn contains(args: FuncArgs) -> Result<Value, String> {
 }
 
 fn tostring(args: FuncArgs) -> Result<Value, String> {
+    unknown_guard!(args);
     Ok(Value::String(to_display(&args[0])))
 }
 
@@ -336,6 +342,7 @@ fn tonumber(args: FuncArgs) -> Result<Value, String> {
 }
 
 fn coalesce(args: FuncArgs) -> Result<Value, String> {
+    unknown_guard!(args);
     args.iter()
         .find(|v| !v.is_null() && v.as_str() != Some(""))
         .cloned()

@@ -1,0 +1,93 @@
+//! Every example validates and plans offline, and every module validates on its own.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const BIN: &str = env!("CARGO_BIN_EXE_skyform");
+
+fn dirs(under: &str) -> Vec<PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join(under);
+    let mut v: Vec<PathBuf> = std::fs::read_dir(root)
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.is_dir())
+        .collect();
+    v.sort();
+    v
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap().filter_map(Result::ok) {
+        if e.file_name() == ".skyform" {
+            continue;
+        }
+        let dest = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_tree(&e.path(), &dest);
+        } else {
+            std::fs::copy(e.path(), dest).unwrap();
+        }
+    }
+}
+
+fn run(dir: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(BIN)
+        .arg(format!("-chdir={}", dir.display()))
+        .args(args)
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn examples_validate_and_plan() {
+    let examples = dirs("examples");
+    assert!(!examples.is_empty());
+    for ex in examples {
+        // A copy, so the test leaves the repository untouched (plan takes the state lock).
+        let tmp = tempfile::tempdir().unwrap();
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+        copy_tree(&repo.join("examples"), &tmp.path().join("examples"));
+        copy_tree(&repo.join("modules"), &tmp.path().join("modules"));
+        let dir = tmp.path().join("examples").join(ex.file_name().unwrap());
+        let v = run(&dir, &["validate"]);
+        assert!(
+            v.status.success(),
+            "{}: validate failed:\n{}",
+            ex.display(),
+            String::from_utf8_lossy(&v.stderr)
+        );
+        let p = run(&dir, &["plan", "-detailed-exitcode"]);
+        assert_eq!(
+            p.status.code(),
+            Some(2),
+            "{}: plan should propose changes:\n{}{}",
+            ex.display(),
+            String::from_utf8_lossy(&p.stdout),
+            String::from_utf8_lossy(&p.stderr)
+        );
+        assert!(
+            String::from_utf8_lossy(&p.stdout).contains("Plan: "),
+            "{}",
+            ex.display()
+        );
+    }
+}
+
+#[test]
+fn modules_validate() {
+    let modules = dirs("modules");
+    assert!(!modules.is_empty());
+    for m in modules {
+        let v = run(&m, &["validate"]);
+        assert!(
+            v.status.success(),
+            "{}: validate failed:\n{}",
+            m.display(),
+            String::from_utf8_lossy(&v.stderr)
+        );
+    }
+}
