@@ -53,6 +53,12 @@ fn examples_validate_and_plan() {
         copy_tree(&repo.join("examples"), &tmp.path().join("examples"));
         copy_tree(&repo.join("modules"), &tmp.path().join("modules"));
         let dir = tmp.path().join("examples").join(ex.file_name().unwrap());
+        let f = run(&dir, &["fmt", "-check"]);
+        assert!(
+            f.status.success(),
+            "{}: not in canonical format (skyform fmt)",
+            ex.display()
+        );
         let v = run(&dir, &["validate"]);
         assert!(
             v.status.success(),
@@ -82,6 +88,12 @@ fn modules_validate() {
     let modules = dirs("modules");
     assert!(!modules.is_empty());
     for m in modules {
+        let f = run(&m, &["fmt", "-check"]);
+        assert!(
+            f.status.success(),
+            "{}: not in canonical format (skyform fmt)",
+            m.display()
+        );
         let v = run(&m, &["validate"]);
         assert!(
             v.status.success(),

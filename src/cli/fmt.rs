@@ -27,14 +27,16 @@ pub fn format(text: &str) -> String {
         let line = raw.trim();
         if line.is_empty() {
             blank += 1;
-            if blank == 1 && !out.is_empty() {
-                out.push('\n');
-            }
             continue;
         }
-        blank = 0;
         let code = strip_strings_and_comments(line);
         let closes_first = code.starts_with('}') || code.starts_with(']') || code.starts_with(')');
+        // At most one blank line, and none at the start of a file or block or before a `}`.
+        let after_open = out.trim_end().ends_with(['{', '[', '(']);
+        if blank > 0 && !out.is_empty() && !closes_first && !after_open {
+            out.push('\n');
+        }
+        blank = 0;
         let opens = code.matches(['{', '[', '(']).count();
         let closes = code.matches(['}', ']', ')']).count();
         let indent = if closes_first {

@@ -1,0 +1,126 @@
+//! The smaller commands, end to end: init, validate -json, fmt, graph, show, output.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+const BIN: &str = env!("CARGO_BIN_EXE_skyform");
+
+fn run(dir: &Path, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .arg(format!("-chdir={}", dir.display()))
+        .args(args)
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).to_string()
+}
+
+const CONFIG: &str = "cluster \"dev\" {}\n\njob \"a\" {\n  cluster = cluster.dev\n  run     = \"true\"\n}\n\njob \"b\" {\n  cluster    = cluster.dev\n  depends_on = [job.a]\n  run        = \"true\"\n}\n";
+
+#[test]
+fn init_validate_graph_and_show() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("main.sky.hcl"), CONFIG).unwrap();
+    let out = run(tmp.path(), &["init"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("local        ready (this machine)"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert!(tmp.path().join(".skyform/state.json").exists());
+
+    let v: serde_json::Value =
+        serde_json::from_slice(&run(tmp.path(), &["validate", "-json"]).stdout).unwrap();
+    assert_eq!(v["valid"], true);
+
+    let dot = text(&run(tmp.path(), &["graph"]).stdout);
+    assert!(
+        dot.contains("\"cluster.dev\" -> \"job.a\"") && dot.contains("\"job.a\" -> \"job.b\""),
+        "{dot}"
+    );
+    let mermaid = text(&run(tmp.path(), &["graph", "-format", "mermaid"]).stdout);
+    assert!(
+        mermaid.starts_with("graph LR") && mermaid.contains("-->"),
+        "{mermaid}"
+    );
+    let bad = run(tmp.path(), &["graph", "-format", "png"]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(text(&bad.stderr).contains("hint: use -format dot or -format mermaid"));
+
+    assert!(text(&run(tmp.path(), &["show"]).stdout).contains("The state is empty."));
+    let missing = run(tmp.path(), &["output", "nope"]);
+    assert_eq!(missing.status.code(), Some(1));
+}
+
+#[test]
+fn validate_json_reports_positions() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(
+        tmp.path().join("main.sky.hcl"),
+        "cluster \"dev\" {\n  num_node = 2\n}\n",
+    )
+    .unwrap();
+    let out = run(tmp.path(), &["validate", "-json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["valid"], false);
+    let d = &v["diagnostics"][0];
+    assert_eq!(d["summary"], "unknown attribute \"num_node\" in cluster");
+    assert_eq!(d["range"]["filename"], "main.sky.hcl");
+    assert_eq!(d["range"]["start"]["line"], 2);
+    assert_eq!(d["range"]["start"]["column"], 3);
+    assert_eq!(d["hint"], "did you mean \"num_nodes\"?");
+}
+
+#[test]
+fn fmt_check_diff_and_rewrite() {
+    let tmp = tempfile::tempdir().unwrap();
+    let messy = "cluster \"dev\" {\nnum_nodes = 2   \n\n\n}\n";
+    std::fs::write(tmp.path().join("main.sky.hcl"), messy).unwrap();
+    let check = run(tmp.path(), &["fmt", "-check", "-diff"]);
+    assert_eq!(check.status.code(), Some(3), "{}", text(&check.stderr));
+    assert!(
+        text(&check.stdout).contains("+  num_nodes = 2"),
+        "{}",
+        text(&check.stdout)
+    );
+    assert_eq!(
+        std::fs::read_to_string(tmp.path().join("main.sky.hcl")).unwrap(),
+        messy,
+        "-check writes nothing"
+    );
+    assert!(run(tmp.path(), &["fmt"]).status.success());
+    assert_eq!(
+        std::fs::read_to_string(tmp.path().join("main.sky.hcl")).unwrap(),
+        "cluster \"dev\" {\n  num_nodes = 2\n}\n"
+    );
+    assert_eq!(run(tmp.path(), &["fmt", "-check"]).status.code(), Some(0));
+}
+
+#[test]
+fn no_prompt_without_a_terminal() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("main.sky.hcl"), CONFIG).unwrap();
+    let out = Command::new(BIN)
+        .arg(format!("-chdir={}", tmp.path().display()))
+        .arg("apply")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("needs approval, and there is no terminal to ask")
+            && err.contains("hint: pass -auto-approve"),
+        "{err}"
+    );
+    assert!(
+        !text(&out.stdout).contains('\u{1b}'),
+        "no colour without a terminal"
+    );
+}
