@@ -139,7 +139,18 @@ fn main() {
             runs[0]
         };
         let (code, full, rss) = best(&["plan", "-detailed-exitcode"]);
-        assert_eq!(code, 0, "the plan of an applied configuration is empty");
+        if code != 0 {
+            let out = Command::new(BIN)
+                .arg(format!("-chdir={}", dir.display()))
+                .arg("plan")
+                .output()
+                .expect("plan");
+            let text = String::from_utf8_lossy(&out.stdout);
+            panic!(
+                "the plan of an applied configuration should be empty:\n{}",
+                text.lines().take(40).collect::<Vec<_>>().join("\n")
+            );
+        }
         let (_, norefresh, rss2) = best(&["plan", "-refresh=false"]);
         let (_, validate, _) = best(&["validate"]);
         println!(

@@ -857,3 +857,36 @@ fn prevent_destroy_blocks_destroy_and_env_flags_read_like_booleans() {
     sb.ok(&["destroy", "-auto-approve"]);
     assert!(sb.processes().is_empty());
 }
+
+#[test]
+fn a_relative_chdir_records_absolute_sandboxes() {
+    let sb = Sandbox::new(&[("main.sky.hcl", "cluster \"dev\" {}\n")]);
+    let parent = sb.path().parent().expect("parent");
+    let name = sb
+        .path()
+        .file_name()
+        .expect("name")
+        .to_string_lossy()
+        .to_string();
+    let out = Command::new(BIN)
+        .current_dir(parent)
+        .arg(format!("-chdir={name}"))
+        .args(["apply", "-auto-approve"])
+        .output()
+        .expect("apply");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let dir = sb.state()["resources"]["cluster.dev"]["private"]["dir"]
+        .as_str()
+        .expect("dir")
+        .to_string();
+    assert!(
+        Path::new(&dir).is_absolute() && Path::new(&dir).is_dir(),
+        "{dir}"
+    );
+    // Seen from anywhere else, the cluster is still there.
+    assert_eq!(
+        sb.run(&["plan", "-detailed-exitcode"]).status.code(),
+        Some(0)
+    );
+    sb.ok(&["destroy", "-auto-approve"]);
+}

@@ -116,7 +116,8 @@ pub async fn run(cli: Cli) -> i32 {
         );
         return EXIT_ERROR;
     }
-    let base = PathBuf::from(".");
+    // Absolute, so paths recorded in state (sandboxes) do not depend on where skyform runs.
+    let base = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
     let style = Style { color };
     let dir_of = |d: &Option<PathBuf>| -> PathBuf {
         d.as_ref().map_or_else(|| base.clone(), |d| base.join(d))
