@@ -640,7 +640,7 @@ async fn apply_locked(
         })?;
     ctrl_c.abort();
     // Outputs, evaluated against the state as it is now (none once everything is destroyed).
-    if destroy {
+    if destroy || plan.destroy {
         state.outputs.clear();
     } else {
         let outputs = outputs_now(config, inputs, &state);

@@ -248,6 +248,11 @@ pub fn main() -> i32 {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(
+            std::io::IsTerminal::is_terminal(&std::io::stderr())
+                && !cli.no_color
+                && std::env::var_os("NO_COLOR").is_none(),
+        )
         .try_init();
     // Generous stacks: unoptimised builds make deep async state machines.
     let runtime = match tokio::runtime::Builder::new_multi_thread()

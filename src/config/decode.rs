@@ -457,6 +457,64 @@ fn workdir(
 pub struct Dirs<'a> {
     pub module: &'a Path,
     pub root: &'a Path,
+    /// Values unknown until apply are acceptable everywhere (`validate` without variables).
+    pub unknown_ok: bool,
+}
+
+/// Attributes the planner needs to know (placement, fit, node count): a value known only
+/// after apply is an error there.
+const KNOWN_AT_PLAN: [&str; 8] = [
+    "num_nodes",
+    "accelerators",
+    "cpus",
+    "memory",
+    "use_spot",
+    "infra",
+    "instance_type",
+    "disk_size",
+];
+
+/// Reports attributes in `KNOWN_AT_PLAN` whose value is unknown; true when there were none.
+fn require_known(
+    body: &BodyDecl,
+    eval: &mut Eval<'_>,
+    what: &str,
+    diags: &mut Diagnostics,
+) -> bool {
+    let mut ok = true;
+    let mut check = |b: &BodyDecl, diags: &mut Diagnostics| {
+        for name in KNOWN_AT_PLAN {
+            let Some(attr) = b.attrs.get(name) else {
+                continue;
+            };
+            if attr
+                .refs
+                .iter()
+                .all(|r| Kind::parse(&r.root).is_none() && r.root != "module")
+            {
+                continue;
+            }
+            if let Some(v) = eval(attr)
+                && crate::model::contains_unknown(&super::eval::to_json(&v))
+            {
+                ok = false;
+                diags.push(
+                    Diagnostic::error(format!("{name} of {what} depends on a value known only after apply"))
+                        .at(attr.file, Some(attr.span.clone()))
+                        .label("must be known when planning")
+                        .hint("placement and fit are decided by the plan: use a literal, a variable or a local here"),
+                );
+            }
+        }
+    };
+    check(body, diags);
+    if let Some(r) = body.block("resources") {
+        check(r, diags);
+        for (_, c, _, _) in &r.blocks {
+            check(c, diags);
+        }
+    }
+    ok
 }
 
 /// Decodes one resource instance's body into its spec.
@@ -469,6 +527,9 @@ pub fn decode(
     diags: &mut Diagnostics,
 ) -> Option<Spec> {
     let before = diags.error_count();
+    if !dirs.unknown_ok && !require_known(body, eval, what, diags) {
+        return None;
+    }
     let schema = match kind {
         Kind::Cluster => &schema::CLUSTER,
         Kind::Job => &schema::JOB,
@@ -631,7 +692,20 @@ pub fn decode(
 }
 
 /// `lifecycle { … }`: literal settings, checked once per block.
-pub fn lifecycle(body: &BodyDecl, diags: &mut Diagnostics) -> Lifecycle {
+pub fn lifecycle(body: &BodyDecl, kind: Kind, diags: &mut Diagnostics) -> Lifecycle {
+    let schema = match kind {
+        Kind::Cluster => &schema::CLUSTER,
+        Kind::Job => &schema::JOB,
+        Kind::ManagedJob => &schema::MANAGED_JOB,
+        Kind::Service => &schema::SERVICE,
+    };
+    let attributes: Vec<&str> = schema
+        .attrs
+        .iter()
+        .map(|a| a.name)
+        .chain(schema.blocks.iter().map(|b| b.name))
+        .filter(|n| !schema::META_ATTRS.contains(n) && *n != "lifecycle")
+        .collect();
     let Some(b) = body.block("lifecycle") else {
         return Lifecycle::default();
     };
@@ -665,12 +739,29 @@ pub fn lifecycle(body: &BodyDecl, diags: &mut Diagnostics) -> Lifecycle {
         match &a.expr {
             hcl_edit::expr::Expression::Array(arr) => {
                 for e in arr.iter() {
-                    match e {
-                        hcl_edit::expr::Expression::Variable(v) => {
-                            ignore.push(v.as_str().to_string())
-                        }
-                        hcl_edit::expr::Expression::String(s) => ignore.push(s.value().to_string()),
-                        _ => diags.push(
+                    let name = match e {
+                        hcl_edit::expr::Expression::Variable(v) => Some(v.as_str().to_string()),
+                        hcl_edit::expr::Expression::String(s) => Some(s.value().to_string()),
+                        _ => None,
+                    };
+                    if let Some(name) = &name
+                        && !attributes.contains(&name.as_str())
+                    {
+                        use hcl_edit::Span;
+                        diags.push(
+                            Diagnostic::error(format!("ignore_changes names {name:?}, which is not an attribute of a {kind}"))
+                                .at(a.file, e.span().or(Some(a.span.clone())))
+                                .label("no such attribute")
+                                .hint(match did_you_mean(name, attributes.iter().copied()) {
+                                    Some(s) => format!("did you mean {s}?"),
+                                    None => format!("a {kind} has: {}", attributes.join(", ")),
+                                }),
+                        );
+                        continue;
+                    }
+                    match name {
+                        Some(n) => ignore.push(n),
+                        None => diags.push(
                             Diagnostic::error("ignore_changes holds attribute names")
                                 .at(a.file, Some(a.span.clone()))
                                 .label("not an attribute name")

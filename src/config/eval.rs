@@ -932,7 +932,7 @@ impl<'a, R: Resolver> Evaluator<'a, R> {
             );
             return;
         };
-        let lifecycle = decode::lifecycle(&decl.body, self.diags);
+        let lifecycle = decode::lifecycle(&decl.body, kind, self.diags);
         let body_refs = decl.body.refs();
         let is_count = decl.body.attrs.contains_key("count");
         let is_each = decl.body.attrs.contains_key("for_each");
@@ -946,6 +946,10 @@ impl<'a, R: Resolver> Evaluator<'a, R> {
             let ctx = self.context(scope, &body_refs, &bindings);
             let mut sensitive = BTreeSet::new();
             for (attr_name, attr) in &decl.body.attrs {
+                if kind == Kind::Job && attr_name == "cluster" {
+                    // Only the cluster's address is used: nothing of it is shown.
+                    continue;
+                }
                 let refs: Vec<&Ref> = attr.refs.iter().collect();
                 if self.refs_sensitive(scope, &refs) {
                     sensitive.insert(attr_name.clone());
@@ -981,6 +985,7 @@ impl<'a, R: Resolver> Evaluator<'a, R> {
                     &decode::Dirs {
                         module: &module.dir,
                         root: self.root_dir,
+                        unknown_ok: self.missing_vars_unknown,
                     },
                     self.diags,
                 )

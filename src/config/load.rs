@@ -860,6 +860,10 @@ impl Loader {
 
     /// Type problems visible without evaluating: a literal of the wrong kind.
     fn check_static_type(&mut self, decl: &AttrDecl, ty: Ty, what: &str) {
+        if decl.name == "ignore_changes" {
+            // Checked with the lifecycle block, which knows the resource's attributes.
+            return;
+        }
         let literal = match &decl.expr {
             Expression::String(_)
             | Expression::StringTemplate(_)

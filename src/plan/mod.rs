@@ -256,18 +256,6 @@ impl Resolver for Planner<'_> {
             self.protected
                 .push((addr.clone(), inst.file, inst.span.clone()));
         }
-        if matches!(action, Action::Replace) && inst.lifecycle.prevent_destroy {
-            self.diags.push(
-                Diagnostic::error(format!(
-                    "{addr} has lifecycle.prevent_destroy, but the plan would replace it"
-                ))
-                .at(inst.file, Some(inst.span.clone()))
-                .label(reasons.join("; "))
-                .hint(
-                    "undo the change, or remove prevent_destroy first if replacing it is intended",
-                ),
-            );
-        }
         let computed = match (action, prior) {
             (Action::NoOp | Action::Update, Some(p)) => {
                 let mut m = p.computed.clone();
@@ -395,16 +383,6 @@ pub fn plan(
     let mut changes = std::mem::take(&mut planner.changes);
 
     if options.destroy {
-        for (addr, file, span) in &planner.protected {
-            if state.resources.contains_key(addr) {
-                diags.push(
-                    Diagnostic::error(format!("{addr} has lifecycle.prevent_destroy, but the plan would destroy it"))
-                        .at(*file, Some(span.clone()))
-                        .label("protected from destruction")
-                        .hint("remove prevent_destroy from its lifecycle block first if destroying it is intended"),
-                );
-            }
-        }
         for c in changes.values_mut() {
             c.reasons.clear();
             c.notes.clear();
@@ -440,8 +418,15 @@ pub fn plan(
             );
         }
     }
-    // -target: keep changes to the targets and what they depend on.
+    // -target: keep changes to the targets and what they depend on — or, when destroying,
+    // what depends on them (it cannot outlive them).
     if !options.targets.is_empty() {
+        let mut users: BTreeMap<Address, Vec<Address>> = BTreeMap::new();
+        for c in changes.values() {
+            for d in &c.depends_on {
+                users.entry(d.clone()).or_default().push(c.address.clone());
+            }
+        }
         let mut keep: BTreeSet<Address> = BTreeSet::new();
         let mut stack: Vec<Address> = changes
             .keys()
@@ -449,9 +434,12 @@ pub fn plan(
             .cloned()
             .collect();
         while let Some(a) = stack.pop() {
-            if keep.insert(a.clone())
-                && let Some(c) = changes.get(&a)
-            {
+            if !keep.insert(a.clone()) {
+                continue;
+            }
+            if options.destroy {
+                stack.extend(users.get(&a).into_iter().flatten().cloned());
+            } else if let Some(c) = changes.get(&a) {
                 stack.extend(c.depends_on.iter().cloned());
             }
         }
@@ -461,6 +449,30 @@ pub fn plan(
                 c.reasons.clear();
             }
         }
+    }
+    // prevent_destroy: checked on what the plan will really do (after -target).
+    for (addr, file, span) in &planner.protected {
+        let Some(c) = changes.get(addr) else { continue };
+        let verb = match c.action {
+            Action::Delete => "destroy",
+            Action::Replace => "replace",
+            _ => continue,
+        };
+        let label = if c.reasons.is_empty() {
+            "protected".to_string()
+        } else {
+            c.reasons.join("; ")
+        };
+        diags.push(
+            Diagnostic::error(format!(
+                "{addr} has lifecycle.prevent_destroy, but the plan would {verb} it"
+            ))
+            .at(*file, Some(span.clone()))
+            .label(label)
+            .hint(format!(
+                "undo the change, or remove prevent_destroy first if you mean to {verb} it"
+            )),
+        );
     }
     let cost = |spec_candidates: Option<&Candidate>| spec_candidates.map_or(0, |c| c.hourly);
     let cost_before: Micros = state
