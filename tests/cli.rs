@@ -124,3 +124,62 @@ fn no_prompt_without_a_terminal() {
         "no colour without a terminal"
     );
 }
+
+#[test]
+fn offers_and_a_cloud_plan_from_the_fixture_catalog() {
+    let catalogs = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/catalogs");
+    let tmp = tempfile::tempdir().unwrap();
+    let run_cat = |args: &[&str]| {
+        Command::new(BIN)
+            .arg(format!("-chdir={}", tmp.path().display()))
+            .args(args)
+            .env("SKYFORM_CATALOG_DIR", &catalogs)
+            .output()
+            .unwrap()
+    };
+    let out = run_cat(&["offers", "A10G:8,L4:8", "--all"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let table = text(&out.stdout);
+    let first = table.lines().nth(1).unwrap_or_default();
+    assert!(
+        first.starts_with("gcp/us-east4")
+            && first.contains("g2-standard-96")
+            && first.ends_with("7.98"),
+        "{table}"
+    );
+    let none = run_cat(&["offers", "H100:8", "--infra", "aws"]);
+    assert_eq!(none.status.code(), Some(1));
+    assert!(
+        text(&none.stderr).contains("no offer matches"),
+        "{}",
+        text(&none.stderr)
+    );
+    let list = text(&run_cat(&["catalog", "list"]).stdout);
+    assert!(
+        list.contains("gcp") && list.contains("aws") && list.contains("lambda"),
+        "{list}"
+    );
+
+    std::fs::write(
+        tmp.path().join("main.sky.hcl"),
+        "infra \"gcp\" {\n  price_multiplier = 0.5\n}\n\ncluster \"train\" {\n  num_nodes = 2\n  resources {\n    accelerators = toset([\"A10G:8\", \"L4:8\"])\n  }\n}\n",
+    )
+    .unwrap();
+    let plan = run_cat(&["plan", "-json"]);
+    assert!(plan.status.success(), "{}", text(&plan.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&plan.stdout).unwrap();
+    let change = &v["resource_changes"][0];
+    assert_eq!(change["placement"]["infra"], "gcp/us-east4");
+    assert_eq!(change["placement"]["instance_type"], "g2-standard-96");
+    // Half price (the multiplier) for two nodes: the full hourly price of one node.
+    assert_eq!(change["placement"]["hourly_cost_micros"], 7_977_120);
+    assert!(
+        change["candidates"].as_array().is_some_and(|c| c.len() > 1),
+        "the failover list is in the plan"
+    );
+    let human = text(&run_cat(&["plan"]).stdout);
+    assert!(
+        human.contains("failover (next 1 of 1): gcp/us-central1 g2-standard-96"),
+        "{human}"
+    );
+}

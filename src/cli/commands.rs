@@ -221,6 +221,37 @@ pub async fn run(cli: Cli) -> i32 {
         Command::Status { json } => status(&ctx(base.clone()), json).await,
         Command::Logs { address, follow } => logs(&ctx(base.clone()), &address, follow).await,
         Command::Graph { dir, format } => graph(&ctx(dir_of(&dir)), &format),
+        Command::Offers {
+            accelerators,
+            cpus,
+            memory,
+            spot,
+            infra,
+            instance_type,
+            max_hourly_cost,
+            nodes,
+            all,
+            json,
+            catalog_dir,
+        } => {
+            let request = OffersRequest {
+                accelerators,
+                cpus,
+                memory,
+                spot,
+                infra,
+                instance_type,
+                max_hourly_cost,
+                nodes,
+            };
+            offers(&ctx(base.clone()), &request, all, json, catalog_dir).await
+        }
+        Command::Catalog {
+            command,
+            catalog_dir,
+        } => match command {
+            super::CatalogCommand::List => catalog_list(&ctx(base.clone()), catalog_dir),
+        },
         Command::Agent { .. } => Ok(EXIT_OK),
     };
     match result {
@@ -389,7 +420,7 @@ async fn make_plan(
         options.degraded = r.degraded;
         options.drift = r.drift;
     }
-    let mut offerings = Vec::new();
+    let mut offerings = catalog_offerings(ctx, config)?;
     for p in registry.providers.values() {
         match p.offerings().await {
             Ok(o) => offerings.extend(o),
@@ -811,6 +842,247 @@ async fn wait_for_jobs(ctx: &Ctx, config: &Config, plan: &Plan) -> Result<i32> {
         }
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     }
+}
+
+/// Where the catalogs are: the flag (or SKYFORM_CATALOG_DIR), the configuration's
+/// `catalog_dir`, else `~/.skyform/catalogs`.
+fn catalog_dir(ctx: &Ctx, flag: Option<PathBuf>) -> PathBuf {
+    if let Some(d) = flag {
+        return d;
+    }
+    let (config, _) = config::load(&ctx.dir);
+    if let Some(d) = config.catalog_dir {
+        return expand_home(&d);
+    }
+    expand_home("~/.skyform/catalogs")
+}
+
+fn expand_home(p: &str) -> PathBuf {
+    match p.strip_prefix("~/") {
+        Some(rest) => std::env::var_os("HOME")
+            .map_or_else(|| PathBuf::from(p), |h| PathBuf::from(h).join(rest)),
+        None => PathBuf::from(p),
+    }
+}
+
+fn load_catalog(dir: &Path) -> Result<crate::optimizer::catalog::Catalog> {
+    let catalog = crate::optimizer::catalog::Catalog::load(dir).map_err(|e| {
+        Failure::new(e.to_string()).hint(format!(
+            "put SkyPilot-format catalogs in {} (<cloud>/vms.csv), or point --catalog-dir / catalog_dir at them",
+            dir.display()
+        ))
+    })?;
+    if catalog.clouds.is_empty() {
+        return Err(Failure::new(format!("no catalogs in {}", dir.display()))
+            .hint("a catalog directory holds <cloud>/vms.csv files (aws, gcp, lambda, …) in SkyPilot's format"));
+    }
+    Ok(catalog)
+}
+
+/// The catalog offerings of the clouds the configuration declares (`infra "aws" { regions,
+/// price_multiplier }`, …); none when it declares no cloud.
+fn catalog_offerings(ctx: &Ctx, config: &Config) -> Result<Vec<crate::optimizer::Offering>> {
+    let clouds: Vec<&config::InfraConfig> = config
+        .infra
+        .iter()
+        .filter(|i| ["aws", "gcp", "lambda"].contains(&i.kind.as_str()))
+        .collect();
+    if clouds.is_empty() {
+        return Ok(Vec::new());
+    }
+    let dir = catalog_dir(
+        ctx,
+        std::env::var_os("SKYFORM_CATALOG_DIR").map(PathBuf::from),
+    );
+    let catalog = load_catalog(&dir)?;
+    let mut out = Vec::new();
+    for infra in clouds {
+        let regions: Vec<String> = infra
+            .settings
+            .get("regions")
+            .and_then(|r| r.as_array())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let multiplier = infra
+            .settings
+            .get("price_multiplier")
+            .and_then(|m| m.as_f64())
+            .unwrap_or(1.0);
+        out.extend(catalog.offerings(&infra.kind, multiplier, &regions));
+    }
+    Ok(out)
+}
+
+/// `skyform offers` arguments.
+struct OffersRequest {
+    accelerators: Option<String>,
+    cpus: Option<String>,
+    memory: Option<String>,
+    spot: bool,
+    infra: Option<String>,
+    instance_type: Option<String>,
+    max_hourly_cost: Option<f64>,
+    nodes: u32,
+}
+
+impl OffersRequest {
+    fn resources(&self) -> Result<crate::model::Resources> {
+        let bad = |what: &str, e: crate::model::RequestError| {
+            Failure::new(format!("invalid {what}: {}", e.message)).hint(e.hint)
+        };
+        let accelerators = match &self.accelerators {
+            None => None,
+            Some(s) => {
+                let list: Vec<crate::model::Accelerator> = s
+                    .split(',')
+                    .map(|a| a.parse().map_err(|e| bad("accelerators", e)))
+                    .collect::<Result<_>>()?;
+                Some(if list.len() == 1 {
+                    crate::model::Accelerators::One(list.into_iter().next().expect("one"))
+                } else {
+                    crate::model::Accelerators::AnyOf(list)
+                })
+            }
+        };
+        Ok(crate::model::Resources {
+            accelerators,
+            cpus: self
+                .cpus
+                .as_deref()
+                .map(str::parse)
+                .transpose()
+                .map_err(|e| bad("cpus", e))?,
+            memory: self
+                .memory
+                .as_deref()
+                .map(str::parse)
+                .transpose()
+                .map_err(|e| bad("memory", e))?,
+            use_spot: self.spot,
+            infra: self.infra.clone(),
+            instance_type: self.instance_type.clone(),
+            max_hourly_cost: self.max_hourly_cost,
+            ..Default::default()
+        })
+    }
+}
+
+async fn offers(
+    ctx: &Ctx,
+    request: &OffersRequest,
+    all: bool,
+    json: bool,
+    flag_dir: Option<PathBuf>,
+) -> Result<i32> {
+    let resources = request.resources()?;
+    let dir = catalog_dir(ctx, flag_dir);
+    let catalog = load_catalog(&dir)?;
+    let mut offerings = Vec::new();
+    for cloud in catalog.clouds.keys() {
+        offerings.extend(catalog.offerings(cloud, 1.0, &[]));
+    }
+    // This machine only when asked for: offers are about where one could rent.
+    if request
+        .infra
+        .as_deref()
+        .is_some_and(|i| i.starts_with("local"))
+    {
+        for p in ctx.registry(None).providers.values() {
+            offerings.extend(p.offerings().await.unwrap_or_default());
+        }
+    }
+    let ranked = crate::optimizer::rank(
+        &resources,
+        request.nodes.max(1),
+        &offerings,
+        &Default::default(),
+    )
+    .map_err(|no| {
+        Failure::new(format!("no offer matches: {}", no.reason))
+            .hint("relax the request, or see every accelerator with `skyform offers`")
+    })?;
+    if json {
+        let rows: Vec<serde_json::Value> = ranked
+            .iter()
+            .map(|c| serde_json::to_value(c).unwrap_or_default())
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&rows).unwrap_or_default()
+        );
+        return Ok(EXIT_OK);
+    }
+    let shown = if all {
+        ranked.len()
+    } else {
+        ranked.len().min(20)
+    };
+    println!(
+        "{:<36} {:<20} {:<14} {:>5} {:>9} {:<5} {:>10}",
+        "INFRA", "INSTANCE", "ACCELERATORS", "vCPU", "MEMORY", "SPOT", "$/h"
+    );
+    for c in &ranked[..shown] {
+        let o = &c.offering;
+        let acc = o
+            .accelerators
+            .iter()
+            .map(|(n, k)| format!("{n}:{}", crate::model::request::fmt_num(*k)))
+            .collect::<Vec<_>>()
+            .join(",");
+        println!(
+            "{:<36} {:<20} {:<14} {:>5} {:>9} {:<5} {:>10}",
+            o.infra(),
+            o.instance_type,
+            if acc.is_empty() { "-".to_string() } else { acc },
+            crate::model::request::fmt_num(o.cpus),
+            format!("{} GiB", crate::model::request::fmt_num(o.memory_gib)),
+            if o.spot { "spot" } else { "-" },
+            crate::optimizer::dollars(c.hourly).trim_start_matches('$')
+        );
+    }
+    if shown < ranked.len() {
+        println!(
+            "
+(showing {shown} of {}; --all for every one, -json for machines)",
+            ranked.len()
+        );
+    }
+    Ok(EXIT_OK)
+}
+
+fn catalog_list(ctx: &Ctx, flag_dir: Option<PathBuf>) -> Result<i32> {
+    let dir = catalog_dir(ctx, flag_dir);
+    let catalog = load_catalog(&dir)?;
+    println!("Catalogs in {}:", dir.display());
+    println!("{:<10} {:>8}  {:<12} FILE", "CLOUD", "ROWS", "AGE");
+    for f in &catalog.files {
+        let age = f
+            .modified
+            .and_then(|m| std::time::SystemTime::now().duration_since(m).ok())
+            .map_or_else(
+                || "-".to_string(),
+                |d| {
+                    let h = d.as_secs() / 3600;
+                    if h >= 48 {
+                        format!("{} days", h / 24)
+                    } else {
+                        format!("{h} h")
+                    }
+                },
+            );
+        println!(
+            "{:<10} {:>8}  {:<12} {}",
+            f.cloud,
+            f.rows,
+            age,
+            f.path.display()
+        );
+    }
+    Ok(EXIT_OK)
 }
 
 async fn read_state(ctx: &Ctx) -> Result<State> {

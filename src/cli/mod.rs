@@ -172,6 +172,42 @@ pub enum Command {
         #[arg(short, long)]
         follow: bool,
     },
+    /// The ranked offers for a request, from the catalogs (like `sky show-gpus`).
+    Offers {
+        /// Accelerators: NAME[:COUNT], or several separated by commas (cheapest of).
+        accelerators: Option<String>,
+        #[arg(long)]
+        cpus: Option<String>,
+        #[arg(long)]
+        memory: Option<String>,
+        #[arg(long)]
+        spot: bool,
+        /// cloud[/region[/zone]], with "*" wildcards.
+        #[arg(long)]
+        infra: Option<String>,
+        #[arg(long = "instance-type")]
+        instance_type: Option<String>,
+        #[arg(long = "max-hourly-cost")]
+        max_hourly_cost: Option<f64>,
+        #[arg(long, default_value_t = 1)]
+        nodes: u32,
+        /// Every offer, not the first 20.
+        #[arg(long)]
+        all: bool,
+        #[arg(long)]
+        json: bool,
+        /// Where the catalogs are (default: catalog_dir of the configuration, else
+        /// ~/.skyform/catalogs).
+        #[arg(long = "catalog-dir", env = "SKYFORM_CATALOG_DIR")]
+        catalog_dir: Option<PathBuf>,
+    },
+    /// The price catalogs.
+    Catalog {
+        #[command(subcommand)]
+        command: CatalogCommand,
+        #[arg(long = "catalog-dir", env = "SKYFORM_CATALOG_DIR", global = true)]
+        catalog_dir: Option<PathBuf>,
+    },
     /// The dependency graph.
     Graph {
         dir: Option<PathBuf>,
@@ -181,6 +217,12 @@ pub enum Command {
     /// (internal) run a node agent.
     #[command(name = "__agent", hide = true)]
     Agent { cluster_dir: PathBuf, rank: u32 },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CatalogCommand {
+    /// What is loaded: clouds, files, rows and their age.
+    List,
 }
 
 #[derive(Debug, Subcommand)]
@@ -226,6 +268,7 @@ pub fn normalize_args(args: impl IntoIterator<Item = String>) -> Vec<String> {
 
 /// Runs the CLI; returns the process exit code.
 pub fn main() -> i32 {
+    crate::runtime::proc::default_sigpipe();
     let args = normalize_args(std::env::args());
     let cli = match Cli::try_parse_from(args) {
         Ok(c) => c,

@@ -48,6 +48,8 @@ pub struct Config {
     pub digest: String,
     pub infra: Vec<InfraConfig>,
     pub state_backend: Option<StateBackend>,
+    /// `skyform { catalog_dir = … }`.
+    pub catalog_dir: Option<String>,
 }
 
 /// Reads the configuration in `dir`. Problems are returned, never thrown.
@@ -90,6 +92,11 @@ pub fn load(dir: &Path) -> (Config, Diagnostics) {
             settings,
         })
     });
+    let catalog_dir = root.skyform.as_ref().and_then(|(_, b)| {
+        literal_settings(b, &mut Diagnostics::default())
+            .get("catalog_dir")
+            .and_then(|v| v.as_str().map(String::from))
+    });
     (
         Config {
             dir: dir.to_path_buf(),
@@ -98,6 +105,7 @@ pub fn load(dir: &Path) -> (Config, Diagnostics) {
             digest,
             infra,
             state_backend,
+            catalog_dir,
         },
         diags,
     )

@@ -375,6 +375,15 @@ pub static INFRA_GCP: BlockSchema = BlockSchema {
     open: false,
 };
 
+pub static INFRA_LAMBDA: BlockSchema = BlockSchema {
+    attrs: &[
+        a("regions", Ty::ListOfStrings),
+        a("price_multiplier", Ty::Number),
+    ],
+    blocks: &[],
+    open: false,
+};
+
 pub static INFRA_KUBERNETES: BlockSchema = BlockSchema {
     attrs: &[
         a("context", Ty::String),
@@ -399,10 +408,11 @@ pub static INFRA_SSH: BlockSchema = BlockSchema {
 };
 
 /// The infra types and whether they take a name label.
-pub const INFRA_TYPES: [(&str, bool, &BlockSchema); 5] = [
+pub const INFRA_TYPES: [(&str, bool, &BlockSchema); 6] = [
     ("local", false, &INFRA_LOCAL),
     ("aws", false, &INFRA_AWS),
     ("gcp", false, &INFRA_GCP),
+    ("lambda", false, &INFRA_LAMBDA),
     ("kubernetes", true, &INFRA_KUBERNETES),
     ("ssh", true, &INFRA_SSH),
 ];

@@ -4,16 +4,20 @@
 //! request and the set of blocked placements in; a ranked candidate list out. Prices are
 //! integer micro-dollars per hour so the order is total and stable.
 
+pub mod catalog;
+
 use crate::model::{Accelerators, Resources};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 /// Micro-dollars per hour.
 pub type Micros = u64;
 
+/// `$7.98` — rounded to the cent.
 pub fn dollars(m: Micros) -> String {
-    format!("${}.{:02}", m / 1_000_000, (m % 1_000_000) / 10_000)
+    let cents = m.saturating_add(5_000) / 10_000;
+    format!("${}.{:02}", cents / 100, cents % 100)
 }
 
 pub fn micros_from_dollars(d: f64) -> Micros {
@@ -136,9 +140,101 @@ fn matches_infra(pattern: &str, o: &Offering) -> bool {
     true
 }
 
+/// Clouds whose offerings are pools of capacity (a request takes a share of a machine),
+/// rather than catalogs of machine shapes (a request rents whole machines).
+pub fn is_capacity(cloud: &str) -> bool {
+    matches!(cloud, "local" | "ssh" | "k8s")
+}
+
+/// General-purpose families searched when a request names no accelerator and no instance
+/// type (as SkyPilot does): `None` means any family.
+fn default_families(cloud: &str) -> Option<&'static [&'static str]> {
+    match cloud {
+        "aws" => Some(&[
+            "m6i.", "m6id.", "r6i.", "r6id.", "c6i.", "c6id.", "m7i.", "m7id.", "r7i.", "r7id.",
+            "c7i.", "c7id.",
+        ]),
+        "gcp" => Some(&[
+            "n2-standard-",
+            "n2-highmem-",
+            "n2-highcpu-",
+            "n4-standard-",
+            "n4-highmem-",
+            "n4-highcpu-",
+        ]),
+        _ => None,
+    }
+}
+
+fn fits_accelerator(o: &Offering, want: &crate::model::Accelerator) -> bool {
+    o.accelerators.iter().any(|(n, have)| {
+        n.eq_ignore_ascii_case(&want.name)
+            && if is_capacity(&o.cloud) {
+                *have + 1e-9 >= want.count
+            } else {
+                (*have - want.count).abs() < 1e-9
+            }
+    })
+}
+
+/// The accelerators on offer that look like `wanted` (same or similar name), as
+/// "NAME:COUNT" — for "did you mean".
+pub fn similar_accelerators(offerings: &[Offering], wanted: &str) -> Vec<String> {
+    let mut names: BTreeMap<String, BTreeSet<u64>> = BTreeMap::new();
+    for o in offerings {
+        for (n, c) in &o.accelerators {
+            names
+                .entry(n.clone())
+                .or_default()
+                .insert((*c * 1000.0) as u64);
+        }
+    }
+    let w = wanted.to_lowercase();
+    let mut scored: Vec<(f64, String)> = Vec::new();
+    for (name, counts) in names {
+        let l = name.to_lowercase();
+        let score = if l == w {
+            2.0
+        } else if l.starts_with(&w) || w.starts_with(&l) {
+            1.5
+        } else {
+            strsim::jaro_winkler(&l, &w)
+        };
+        if score >= 0.85 {
+            for c in counts {
+                let count = crate::model::request::fmt_num(c as f64 / 1000.0);
+                scored.push((score, format!("{name}:{count}")));
+            }
+        }
+    }
+    scored.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+    scored.into_iter().map(|(_, s)| s).take(6).collect()
+}
+
+/// Keeps the offerings `keep` accepts; if that removes the last ones, records why.
+fn narrow(
+    pool: &mut Vec<&Offering>,
+    last: &mut String,
+    why: impl FnOnce() -> String,
+    keep: impl Fn(&Offering) -> bool,
+) {
+    if pool.is_empty() {
+        return;
+    }
+    pool.retain(|o| keep(o));
+    if pool.is_empty() {
+        *last = why();
+    }
+}
+
 /// The candidates for `request` × `num_nodes`, cheapest first (or in the written order for
 /// `ordered` requests), skipping blocked placements. Deterministic: ties break on infra,
 /// instance type and spot.
+///
+/// Catalog clouds rent whole machines: the accelerator count must match exactly, and a
+/// request without accelerators, instance type, `cpus` or `memory` gets general-purpose
+/// machines with at least 8 vCPUs and 4 GiB per vCPU. Capacity (local, ssh, Kubernetes) is
+/// shared: a request fits when the machine has at least what it asks for.
 pub fn rank(
     request: &Resources,
     num_nodes: u32,
@@ -150,78 +246,90 @@ pub fn rank(
     let mut last_reason = String::from("no offerings are available");
     for (group, req) in request.candidates().iter().enumerate() {
         let mut pool: Vec<&Offering> = offerings.iter().collect();
-        let mut narrow =
-            |pool: &mut Vec<&Offering>, what: String, keep: &dyn Fn(&Offering) -> bool| {
-                if pool.is_empty() {
-                    return;
-                }
-                pool.retain(|o| keep(o));
-                if pool.is_empty() {
-                    last_reason = what;
-                }
-            };
         if let Some(infra) = &req.infra {
             narrow(
                 &mut pool,
-                format!("infra = {infra:?} matches no available infra"),
-                &|o| matches_infra(infra, o),
+                &mut last_reason,
+                || format!("infra = {infra:?} matches no available infra"),
+                |o: &Offering| matches_infra(infra, o),
             );
         }
         if let Some(it) = &req.instance_type {
             narrow(
                 &mut pool,
-                format!("instance_type = {it:?} is not offered"),
-                &|o| &o.instance_type == it,
+                &mut last_reason,
+                || format!("instance_type = {it:?} is not offered"),
+                |o: &Offering| &o.instance_type == it,
             );
         }
         narrow(
             &mut pool,
-            if req.use_spot {
-                "use_spot = true: no spot offerings".into()
-            } else {
-                "no on-demand offerings".into()
+            &mut last_reason,
+            || {
+                if req.use_spot {
+                    "use_spot = true: nothing is offered as spot here".into()
+                } else {
+                    "nothing is offered on demand here".into()
+                }
             },
-            &|o| o.spot == req.use_spot,
+            |o: &Offering| o.spot == req.use_spot || (is_capacity(&o.cloud) && !o.spot),
         );
         if let Some(acc) = &req.accelerators {
             let choices = acc.choices().to_vec();
-            let largest = pool
-                .iter()
-                .flat_map(|o| o.accelerators.iter().map(|a| format!("{}:{}", a.0, a.1)))
-                .collect::<BTreeSet<_>>();
+            let infra = req.infra.clone();
             narrow(
                 &mut pool,
-                format!(
-                    "accelerators = {acc}: available are {}",
-                    if largest.is_empty() {
-                        "none".to_string()
+                &mut last_reason,
+                || {
+                    // Suggest what the same infra does offer under a similar name.
+                    let scope: Vec<Offering> = offerings
+                        .iter()
+                        .filter(|o| infra.as_ref().is_none_or(|i| matches_infra(i, o)))
+                        .cloned()
+                        .collect();
+                    let similar: Vec<String> = choices
+                        .iter()
+                        .flat_map(|c| similar_accelerators(&scope, &c.name))
+                        .collect();
+                    if similar.is_empty() {
+                        format!("accelerators = {acc}: no such accelerator is offered")
                     } else {
-                        largest.into_iter().collect::<Vec<_>>().join(", ")
+                        format!(
+                            "accelerators = {acc} is not offered; did you mean {}?",
+                            similar.join(", ")
+                        )
                     }
-                ),
-                &|o| {
-                    choices.iter().any(|c| {
-                        o.accelerators.iter().any(|(n, have)| {
-                            n.eq_ignore_ascii_case(&c.name) && *have + 1e-9 >= c.count
-                        })
-                    })
+                },
+                |o: &Offering| choices.iter().any(|c| fits_accelerator(o, c)),
+            );
+        } else if req.instance_type.is_none() {
+            narrow(
+                &mut pool,
+                &mut last_reason,
+                || "no general-purpose machine matches".into(),
+                |o: &Offering| {
+                    is_capacity(&o.cloud)
+                        || (o.accelerators.is_empty()
+                            && default_families(&o.cloud)
+                                .is_none_or(|f| f.iter().any(|p| o.instance_type.starts_with(p)))
+                            && (req.cpus.is_some() || req.memory.is_some() || o.cpus >= 8.0)
+                            && (req.memory.is_some() || o.memory_gib + 1e-9 >= 4.0 * o.cpus))
                 },
             );
-            if let Accelerators::Ordered(_) = acc {
-                // list order is honoured through the candidate's accelerator index below
-            }
         }
         if let Some(c) = req.cpus {
             let most = pool.iter().map(|o| o.cpus).fold(0.0, f64::max);
             narrow(
                 &mut pool,
-                format!(
-                    "cpus = {c} (the largest offer has {} vCPU)",
-                    crate::model::request::fmt_num(most)
-                ),
-                &|o| {
-                    c.satisfied_by(o.cpus)
-                        || (!c.at_least && o.cloud == "local" && o.cpus >= c.value)
+                &mut last_reason,
+                || {
+                    format!(
+                        "cpus = {c} (the largest offer has {} vCPU)",
+                        crate::model::request::fmt_num(most)
+                    )
+                },
+                |o: &Offering| {
+                    c.satisfied_by(o.cpus) || (is_capacity(&o.cloud) && o.cpus + 1e-9 >= c.value)
                 },
             );
         }
@@ -229,27 +337,44 @@ pub fn rank(
             let most = pool.iter().map(|o| o.memory_gib).fold(0.0, f64::max);
             narrow(
                 &mut pool,
-                format!(
-                    "memory = {m} (the largest offer has {} GiB)",
-                    crate::model::request::fmt_num(most)
-                ),
-                &|o| {
+                &mut last_reason,
+                || {
+                    format!(
+                        "memory = {m} (the largest offer has {} GiB)",
+                        crate::model::request::fmt_num(most)
+                    )
+                },
+                |o: &Offering| {
                     m.satisfied_by(o.memory_gib, o.cpus)
-                        || (o.cloud == "local"
+                        || (is_capacity(&o.cloud)
                             && matches!(m, crate::model::Memory::Exact(v) if o.memory_gib >= v))
                 },
             );
         }
         narrow(
             &mut pool,
-            format!("num_nodes = {num_nodes} exceeds what is available"),
-            &|o| o.max_nodes.is_none_or(|m| m >= num_nodes),
+            &mut last_reason,
+            || format!("num_nodes = {num_nodes} exceeds what is available"),
+            |o: &Offering| o.max_nodes.is_none_or(|m| m >= num_nodes),
         );
         if let Some(max) = req.max_hourly_cost {
             let cap = micros_from_dollars(max);
-            narrow(&mut pool, format!("max_hourly_cost = {max}"), &|o| {
-                o.price.saturating_mul(u64::from(num_nodes)) <= cap
-            });
+            let cheapest = pool
+                .iter()
+                .map(|o| o.price.saturating_mul(u64::from(num_nodes)))
+                .min()
+                .unwrap_or(0);
+            narrow(
+                &mut pool,
+                &mut last_reason,
+                || {
+                    format!(
+                        "max_hourly_cost = {max} (the cheapest match costs {}/h)",
+                        dollars(cheapest)
+                    )
+                },
+                |o: &Offering| o.price.saturating_mul(u64::from(num_nodes)) <= cap,
+            );
         }
         for o in pool {
             let c = Candidate {
@@ -265,11 +390,7 @@ pub fn rank(
             let acc_rank = match &req.accelerators {
                 Some(Accelerators::Ordered(list)) => list
                     .iter()
-                    .position(|a| {
-                        o.accelerators
-                            .iter()
-                            .any(|(n, _)| n.eq_ignore_ascii_case(&a.name))
-                    })
+                    .position(|a| fits_accelerator(o, a))
                     .unwrap_or(0),
                 _ => 0,
             };

@@ -11,7 +11,7 @@ use std::fmt::Write;
 const KNOWN_AFTER: &str = "(known after apply)";
 const SENSITIVE: &str = "(sensitive value)";
 /// Failover candidates shown per placement (all with -json).
-const SHOWN_CANDIDATES: usize = 3;
+const SHOWN_CANDIDATES: usize = 5;
 
 /// Renders a value as HCL-ish text on one line (multi-line strings are handled by callers).
 pub fn value(v: &Value) -> String {

@@ -87,6 +87,15 @@ pub fn kill_session(sid: u32) {
     }
 }
 
+/// Lets a closed stdout end the process quietly (as `skyform … | head` expects), instead of
+/// a write error on every line.
+pub fn default_sigpipe() {
+    // SAFETY: restoring the default disposition of one signal has no memory effects.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 /// Makes the child lead a new session (so it and its jobs outlive skyform and can be killed
 /// together).
 pub fn new_session(cmd: &mut Command) {
