@@ -160,6 +160,32 @@ impl LocalProvider {
             let start = proc::stat(pid).map(|s| s.start_time);
             agents.push(json!({"rank": rank, "pid": pid, "start_time": start}));
         }
+        // The cluster is up once every agent runs and has announced itself.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        for (rank, agent) in agents.iter().enumerate() {
+            let pid = agent["pid"].as_u64();
+            loop {
+                let announced = runtime::read_json::<serde_json::Value>(&layout.agent(rank as u32))
+                    .is_some_and(|a| a.get("pid").and_then(serde_json::Value::as_u64) == pid);
+                if announced {
+                    break;
+                }
+                if pid.is_some_and(|p| !proc::alive(p as u32, None)) {
+                    let log = std::fs::read_to_string(layout.node(rank as u32).join("agent.log"))
+                        .unwrap_or_default();
+                    return Err(ProviderError::other(format!(
+                        "the agent of node {rank} exited at start: {}",
+                        log.trim()
+                    )));
+                }
+                if tokio::time::Instant::now() > deadline {
+                    return Err(ProviderError::other(format!(
+                        "the agent of node {rank} did not start within 30 s"
+                    )));
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
         if let Some(setup) = setup {
             runtime::run_everywhere(&layout, nodes, "setup", setup, envs, self.setup_timeout)
                 .await
