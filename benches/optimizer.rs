@@ -32,12 +32,29 @@ fn main() {
     let catalog = Catalog::load(&dir).unwrap();
     let rows: usize = catalog.files.iter().map(|f| f.rows).sum();
     let clouds: Vec<String> = catalog.clouds.keys().cloned().collect();
-    let build = best_of(5, || clouds.iter().flat_map(|c| catalog.offerings(c, 1.0, &[])).count());
-    let offerings: Vec<_> = clouds.iter().flat_map(|c| catalog.offerings(c, 1.0, &[])).collect();
+    let build = best_of(5, || {
+        clouds
+            .iter()
+            .flat_map(|c| catalog.offerings(c, 1.0, &[]))
+            .count()
+    });
+    let offerings: Vec<_> = clouds
+        .iter()
+        .flat_map(|c| catalog.offerings(c, 1.0, &[]))
+        .collect();
     let requests: Vec<Resources> = ["A100:8", "L4:1", "H100:8", "T4:1", "A10G:4"]
         .iter()
-        .map(|a| Resources { accelerators: Some(Accelerators::One(a.parse().unwrap())), ..Resources::default() })
-        .chain([Resources::default(), Resources { cpus: Some("32+".parse().unwrap()), ..Resources::default() }])
+        .map(|a| Resources {
+            accelerators: Some(Accelerators::One(a.parse().unwrap())),
+            ..Resources::default()
+        })
+        .chain([
+            Resources::default(),
+            Resources {
+                cpus: Some("32+".parse().unwrap()),
+                ..Resources::default()
+            },
+        ])
         .collect();
     let t = Instant::now();
     let mut n = 0;
@@ -56,8 +73,17 @@ fn main() {
     .unwrap();
     let cli = |args: &[&str]| {
         best_of(5, || {
-            let out = Command::new(BIN).arg(format!("-chdir={}", tmp.path().display())).args(args).env("SKYFORM_CATALOG_DIR", &dir).output().unwrap();
-            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            let out = Command::new(BIN)
+                .arg(format!("-chdir={}", tmp.path().display()))
+                .args(args)
+                .env("SKYFORM_CATALOG_DIR", &dir)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         })
     };
     let offers = cli(&["offers", "A100:8"]);

@@ -1,7 +1,8 @@
 //! One function per command.
 
 use super::{
-    Cli, Command, EXIT_CHANGES, EXIT_ERROR, EXIT_OK, LockFlags, PlanFlags, StateCommand, VarFlags,
+    Cli, Command, EXIT_CHANGES, EXIT_ERROR, EXIT_OK, LockFlags, OffersRequest, PlanFlags,
+    StateCommand, VarFlags,
 };
 use crate::apply::{Applier, Event, Summary};
 use crate::config::{self, Config, Diagnostics, InputValue, VarArgs};
@@ -222,30 +223,11 @@ pub async fn run(cli: Cli) -> i32 {
         Command::Logs { address, follow } => logs(&ctx(base.clone()), &address, follow).await,
         Command::Graph { dir, format } => graph(&ctx(dir_of(&dir)), &format),
         Command::Offers {
-            accelerators,
-            cpus,
-            memory,
-            spot,
-            infra,
-            instance_type,
-            max_hourly_cost,
-            nodes,
+            request,
             all,
             json,
             catalog_dir,
-        } => {
-            let request = OffersRequest {
-                accelerators,
-                cpus,
-                memory,
-                spot,
-                infra,
-                instance_type,
-                max_hourly_cost,
-                nodes,
-            };
-            offers(&ctx(base.clone()), &request, all, json, catalog_dir).await
-        }
+        } => offers(&ctx(base.clone()), &request, all, json, catalog_dir).await,
         Command::Catalog {
             command,
             catalog_dir,
@@ -915,18 +897,6 @@ fn catalog_offerings(ctx: &Ctx, config: &Config) -> Result<Vec<crate::optimizer:
         out.extend(catalog.offerings(&infra.kind, multiplier, &regions));
     }
     Ok(out)
-}
-
-/// `skyform offers` arguments.
-struct OffersRequest {
-    accelerators: Option<String>,
-    cpus: Option<String>,
-    memory: Option<String>,
-    spot: bool,
-    infra: Option<String>,
-    instance_type: Option<String>,
-    max_hourly_cost: Option<f64>,
-    nodes: u32,
 }
 
 impl OffersRequest {

@@ -174,23 +174,8 @@ pub enum Command {
     },
     /// The ranked offers for a request, from the catalogs (like `sky show-gpus`).
     Offers {
-        /// Accelerators: NAME[:COUNT], or several separated by commas (cheapest of).
-        accelerators: Option<String>,
-        #[arg(long)]
-        cpus: Option<String>,
-        #[arg(long)]
-        memory: Option<String>,
-        #[arg(long)]
-        spot: bool,
-        /// cloud[/region[/zone]], with "*" wildcards.
-        #[arg(long)]
-        infra: Option<String>,
-        #[arg(long = "instance-type")]
-        instance_type: Option<String>,
-        #[arg(long = "max-hourly-cost")]
-        max_hourly_cost: Option<f64>,
-        #[arg(long, default_value_t = 1)]
-        nodes: u32,
+        #[command(flatten)]
+        request: OffersRequest,
         /// Every offer, not the first 20.
         #[arg(long)]
         all: bool,
@@ -217,6 +202,28 @@ pub enum Command {
     /// (internal) run a node agent.
     #[command(name = "__agent", hide = true)]
     Agent { cluster_dir: PathBuf, rank: u32 },
+}
+
+/// What `skyform offers` is asked for.
+#[derive(Debug, clap::Args, Clone)]
+pub struct OffersRequest {
+    /// Accelerators: NAME[:COUNT], or several separated by commas (cheapest of).
+    pub accelerators: Option<String>,
+    #[arg(long)]
+    pub cpus: Option<String>,
+    #[arg(long)]
+    pub memory: Option<String>,
+    #[arg(long)]
+    pub spot: bool,
+    /// cloud[/region[/zone]], with "*" wildcards.
+    #[arg(long)]
+    pub infra: Option<String>,
+    #[arg(long = "instance-type")]
+    pub instance_type: Option<String>,
+    #[arg(long = "max-hourly-cost")]
+    pub max_hourly_cost: Option<f64>,
+    #[arg(long, default_value_t = 1)]
+    pub nodes: u32,
 }
 
 #[derive(Debug, Subcommand)]
