@@ -115,3 +115,166 @@ proptest! {
         prop_assert_eq!(once(), once());
     }
 }
+
+/// Pieces of configuration, shuffled into mostly-broken files.
+fn fragments() -> impl Strategy<Value = String> {
+    let piece = prop_oneof![
+        Just("cluster \"a\" {".to_string()),
+        Just("job \"j\" {".to_string()),
+        Just("managed_job \"m\" {".to_string()),
+        Just("service \"s\" {".to_string()),
+        Just("module \"x\" {\n source = \"./nope\"".to_string()),
+        Just("resources {".to_string()),
+        Just("}".to_string()),
+        Just("run = \"echo ${var.x}\"".to_string()),
+        Just("cluster = cluster.a".to_string()),
+        Just("count = -1".to_string()),
+        Just("for_each = toset([1, \"a\", null])".to_string()),
+        Just("accelerators = \"A100:x\"".to_string()),
+        Just("cpus = \"32++\"".to_string()),
+        Just("memory = [1, 2]".to_string()),
+        Just("depends_on = [job.j, cluster.a, \"x\"]".to_string()),
+        Just("variable \"x\" { type = list(map(number)) }".to_string()),
+        Just("locals { l = local.l }".to_string()),
+        Just("output \"o\" { value = cluster.a.ips[99] }".to_string()),
+        Just("lifecycle { ignore_changes = [run, 3] }".to_string()),
+        Just("envs = { A = 1, B = [2] }".to_string()),
+        Just("num_nodes = 1e30".to_string()),
+        Just("${".to_string()),
+        Just("\"unterminated".to_string()),
+        Just("<<EOT\nx\n".to_string()),
+        "[ -~]{0,12}",
+        "\\PC{0,6}",
+    ];
+    proptest::collection::vec(piece, 0..14).prop_map(|v| v.join("\n"))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+
+    /// No input may cause a panic: every broken configuration gets diagnostics instead.
+    #[test]
+    fn broken_configurations_never_panic(text in fragments()) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("main.sky.hcl"), &text).unwrap();
+        let (mut cfg, d) = config::load(dir.path());
+        let (inputs, _) = config::inputs(&mut cfg, &VarArgs::default(), &BTreeMap::new());
+        let _ = d.render(&cfg.sources, false);
+        let (p, d2) = plan::plan(&cfg, &inputs, &State::new(), &offers(), &Options::default());
+        let _ = d2.render(&cfg.sources, false);
+        let _ = skyform::render::human::plan(&p, &skyform::render::Style { color: false });
+        let _ = config::validate(&cfg, &inputs);
+    }
+}
+
+/// Syntactically valid configurations with random, often ill-typed, attributes.
+fn wellformed() -> impl Strategy<Value = String> {
+    let kind = prop_oneof![
+        Just("cluster"),
+        Just("job"),
+        Just("managed_job"),
+        Just("service")
+    ];
+    let name = prop_oneof![Just("a"), Just("b"), Just("c")];
+    let attr = prop_oneof![
+        Just("num_nodes"),
+        Just("run"),
+        Just("cluster"),
+        Just("envs"),
+        Just("secrets"),
+        Just("setup"),
+        Just("count"),
+        Just("for_each"),
+        Just("depends_on"),
+        Just("workdir"),
+    ];
+    let value = prop_oneof![
+        Just("1"),
+        Just("0"),
+        Just("-3"),
+        Just("2.5"),
+        Just("\"x\""),
+        Just("true"),
+        Just("null"),
+        Just("[]"),
+        Just("{}"),
+        Just("{ k = \"v\" }"),
+        Just("[\"a\", \"a\"]"),
+        Just("toset([\"p\", \"q\"])"),
+        Just("cluster.a"),
+        Just("cluster.b.head_ip"),
+        Just("job.a"),
+        Just("var.v"),
+        Just("local.l"),
+        Just("each.key"),
+        Just("count.index"),
+        Just("length(cluster.a.ips)"),
+        Just("\"${cluster.a.head_ip}\""),
+        Just("[cluster.a, job.b]"),
+        Just("module.m.o"),
+        Just("format(\"%d\", \"x\")"),
+        Just("range(3)"),
+        Just("merge({a = 1}, [1])"),
+        Just("lookup({}, \"k\")"),
+        Just("file(\"missing\")"),
+        Just("{ for k, v in { a = 1 } : k => v }"),
+        Just("[for x in range(2) : x * 2]"),
+    ];
+    let block = (
+        kind,
+        name,
+        proptest::collection::vec((attr, value), 0..5),
+        any::<bool>(),
+    )
+        .prop_map(|(k, n, attrs, res)| {
+            let mut s = format!("{k} \"{n}\" {{\n");
+            for (a, v) in attrs {
+                s.push_str(&format!("  {a} = {v}\n"));
+            }
+            if res {
+                s.push_str("  resources {\n    cpus = \"1+\"\n  }\n");
+            }
+            if k == "service" {
+                s.push_str("  replica_policy {\n    min_replicas = 1\n  }\n");
+            }
+            s.push_str("}\n");
+            s
+        });
+    let extra = prop_oneof![
+        Just(String::new()),
+        Just("variable \"v\" {\n  default = [1]\n}\n".to_string()),
+        Just("locals {\n  l = var.v\n}\n".to_string()),
+        Just("output \"o\" {\n  value = cluster.a\n}\n".to_string()),
+    ];
+    (proptest::collection::vec(block, 0..6), extra)
+        .prop_map(|(b, e)| format!("{e}{}", b.join("\n")))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(400))]
+
+    #[test]
+    fn ill_typed_configurations_never_panic(text in wellformed()) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("main.sky.hcl"), &text).unwrap();
+        let (mut cfg, d) = config::load(dir.path());
+        let (inputs, _) = config::inputs(&mut cfg, &VarArgs::default(), &BTreeMap::new());
+        let _ = d.render(&cfg.sources, false);
+        let (p, d2) = plan::plan(&cfg, &inputs, &State::new(), &offers(), &Options::default());
+        let _ = d2.render(&cfg.sources, false);
+        let _ = skyform::render::json::plan(&p);
+        // Whatever plans cleanly also re-plans to nothing once applied.
+        if !d.has_errors() && !d2.has_errors() {
+            let mut state = support::applied(&p, &State::new());
+            // Values unknown at plan time are filled in as their dependencies come to exist.
+            for _ in 0..4 {
+                let (settle, _) = plan::plan(&cfg, &inputs, &state, &offers(), &Options::default());
+                support::resolve_unknowns(&mut state, &settle);
+                state.outputs = support::applied(&settle, &state).outputs;
+            }
+            let (again, _) = plan::plan(&cfg, &inputs, &state, &offers(), &Options::default());
+            let changed: Vec<String> = again.changes.iter().filter(|c| c.action.is_change()).map(|c| c.address.to_string()).collect();
+            prop_assert!(!again.has_changes(), "re-plan proposes {:?} for:\n{}", changed, text);
+        }
+    }
+}

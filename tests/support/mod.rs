@@ -73,3 +73,19 @@ pub fn applied(plan: &Plan, prior: &State) -> State {
         .collect();
     state
 }
+
+/// What apply does for values unknown at plan time: once their dependencies exist, the
+/// configuration is evaluated again (`plan` against the new state) and the specs recorded.
+pub fn resolve_unknowns(state: &mut State, replan: &Plan) {
+    for c in &replan.changes {
+        let (Some(after), Some(r)) = (&c.after, state.resources.get_mut(&c.address)) else {
+            continue;
+        };
+        let has_unknown = |s: &skyform::model::Spec| {
+            skyform::model::contains_unknown(&serde_json::Value::Object(s.attributes()))
+        };
+        if has_unknown(&r.spec) && !has_unknown(after) {
+            r.spec = after.clone();
+        }
+    }
+}
