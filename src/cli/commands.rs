@@ -291,9 +291,9 @@ async fn init(ctx: &Ctx) -> Result<i32> {
     let store = ctx.store()?;
     if store.read().await?.is_none() {
         store.write(&State::new()).await?;
-        println!("Created the state at {}.", store.describe());
+        say!("Created the state at {}.", store.describe());
     } else {
-        println!("The state at {} is ready.", store.describe());
+        say!("The state at {} is ready.", store.describe());
     }
     if let Some(b) = &config.state_backend
         && b.kind != "local"
@@ -304,7 +304,7 @@ async fn init(ctx: &Ctx) -> Result<i32> {
         ))
         .hint("remove the state block to use the local state file"));
     }
-    println!("Infra:");
+    say!("Infra:");
     let mut kinds: Vec<String> = config.infra.iter().map(|i| i.kind.clone()).collect();
     if kinds.is_empty() {
         kinds.push("local".into());
@@ -315,9 +315,9 @@ async fn init(ctx: &Ctx) -> Result<i32> {
         } else {
             "not available in this build yet"
         };
-        println!("  {k:<12} {status}");
+        say!("  {k:<12} {status}");
     }
-    println!("\nhint: run `skyform plan` to see what would be created");
+    say!("\nhint: run `skyform plan` to see what would be created");
     Ok(EXIT_OK)
 }
 
@@ -330,7 +330,7 @@ fn validate(ctx: &Ctx, json: bool, vars: &VarFlags) -> Result<i32> {
     }
     diags.sort();
     if json {
-        println!(
+        say!(
             "{}",
             serde_json::to_string_pretty(&diags.to_json(&config.sources)).unwrap_or_default()
         );
@@ -346,7 +346,7 @@ fn validate(ctx: &Ctx, json: bool, vars: &VarFlags) -> Result<i32> {
     if diags.has_errors() {
         return Ok(EXIT_ERROR);
     }
-    println!("{}", ctx.style.green("The configuration is valid."));
+    say!("{}", ctx.style.green("The configuration is valid."));
     Ok(EXIT_OK)
 }
 
@@ -433,25 +433,25 @@ async fn plan_cmd(
     guard.release().await;
     let plan = result?;
     if json {
-        println!(
+        say!(
             "{}",
             serde_json::to_string_pretty(&render::json::plan(&plan)).unwrap_or_default()
         );
     } else {
-        print!("{}", render::human::plan(&plan, &ctx.style));
+        say_inline!("{}", render::human::plan(&plan, &ctx.style));
     }
     if let Some(path) = out {
         let bytes = serde_json::to_vec_pretty(&plan).map_err(|e| Failure::new(e.to_string()))?;
         LocalStore::write_atomic(path, &bytes)?;
         if !json {
-            println!(
+            say!(
                 "\nSaved the plan to {}. Apply exactly it with `skyform apply {}`.",
                 path.display(),
                 path.display()
             );
         }
     } else if !json && plan.has_changes() {
-        println!(
+        say!(
             "\nhint: save this plan with -out plan.json and apply exactly it with `skyform apply plan.json`"
         );
     }
@@ -469,7 +469,7 @@ fn confirm(ctx: &Ctx, what: &str, auto_approve: bool, input: bool) -> Result<boo
     if !input || !ctx.tty_in {
         return Err(Failure::new(format!("{what} needs approval, and there is no terminal to ask")).hint("pass -auto-approve, or apply a saved plan: skyform plan -out plan.json && skyform apply plan.json"));
     }
-    print!("\nDo you want to {what}? Only 'yes' will be accepted: ");
+    say_inline!("\nDo you want to {what}? Only 'yes' will be accepted: ");
     let _ = std::io::stdout().flush();
     let mut line = String::new();
     let _ = std::io::stdin().read_line(&mut line);
@@ -498,6 +498,7 @@ async fn apply_cmd(
         }
         None => None,
     };
+    crate::runtime::proc::ignore_sigpipe();
     let (config, mut inputs) = load(ctx, &flags.vars)?;
     let store = ctx.store()?;
     let guard = lock(
@@ -594,7 +595,7 @@ async fn apply_locked(
         }
         None => {
             let p = make_plan(ctx, config, inputs, &mut state, flags, destroy).await?;
-            print!("{}", render::human::plan(&p, &ctx.style));
+            say_inline!("{}", render::human::plan(&p, &ctx.style));
             if !p.has_changes() {
                 return Ok(EXIT_OK);
             }
@@ -604,10 +605,10 @@ async fn apply_locked(
                 "perform these actions"
             };
             if !confirm(ctx, what, auto_approve, input)? {
-                println!("Apply cancelled.");
+                say!("Apply cancelled.");
                 return Ok(EXIT_ERROR);
             }
-            println!();
+            say!();
             p
         }
     };
@@ -674,7 +675,7 @@ async fn apply_locked(
             .iter()
             .any(|c| c.address.kind != crate::model::Kind::Cluster && c.action.is_change())
     {
-        println!("\nhint: follow the jobs with `skyform status` and `skyform logs ADDRESS -f`");
+        say!("\nhint: follow the jobs with `skyform status` and `skyform logs ADDRESS -f`");
     }
     Ok(EXIT_OK)
 }
@@ -714,15 +715,15 @@ fn print_summary(s: &Summary, plan: &Plan, state: &State, destroy: bool, style: 
         .filter_map(|r| r.placement.as_ref())
         .map(|c| c.hourly)
         .sum();
-    println!();
+    say!();
     if s.interrupted {
-        println!(
+        say!(
             "{}",
             style.yellow("Apply interrupted: the state records everything that was done.")
         );
     }
     if !s.failures.is_empty() {
-        println!(
+        say!(
             "{}",
             style.red(&format!(
                 "Apply failed: {} error{}.",
@@ -731,16 +732,16 @@ fn print_summary(s: &Summary, plan: &Plan, state: &State, destroy: bool, style: 
             ))
         );
         for (addr, e) in &s.failures {
-            println!("  {addr}: {e}");
+            say!("  {addr}: {e}");
         }
         if !s.skipped.is_empty() {
             let names: Vec<String> = s.skipped.iter().map(ToString::to_string).collect();
-            println!("  skipped because of these: {}", names.join(", "));
+            say!("  skipped because of these: {}", names.join(", "));
         }
-        println!("hint: fix the cause and run `skyform apply` again; finished work is kept");
+        say!("hint: fix the cause and run `skyform apply` again; finished work is kept");
     }
     if destroy {
-        println!(
+        say!(
             "{}",
             style.green(&format!(
                 "Destroy complete! Resources: {} destroyed.",
@@ -748,7 +749,7 @@ fn print_summary(s: &Summary, plan: &Plan, state: &State, destroy: bool, style: 
             ))
         );
     } else if s.ok() {
-        println!(
+        say!(
             "{}",
             style.green(&format!(
                 "Apply complete! Resources: {} added, {} changed, {} replaced, {} destroyed. Cost now {}/h.",
@@ -762,14 +763,14 @@ fn print_summary(s: &Summary, plan: &Plan, state: &State, destroy: bool, style: 
     }
     let _ = plan;
     if !state.outputs.is_empty() && !destroy {
-        println!("\nOutputs:");
+        say!("\nOutputs:");
         for (k, o) in &state.outputs {
             let v = if o.sensitive {
                 "(sensitive value)".to_string()
             } else {
                 render::human::value(&o.value)
             };
-            println!("  {k} = {v}");
+            say!("  {k} = {v}");
         }
     }
 }
@@ -788,7 +789,7 @@ async fn wait_for_jobs(ctx: &Ctx, config: &Config, plan: &Plan) -> Result<i32> {
         })
         .map(|c| c.address.clone())
         .collect();
-    println!("\nWaiting for {} job(s)...", watched.len());
+    say!("\nWaiting for {} job(s)...", watched.len());
     loop {
         let mut state = store.read().await?.unwrap_or_default();
         plan::refresh::refresh(&mut state, &registry, 64).await;
@@ -814,7 +815,7 @@ async fn wait_for_jobs(ctx: &Ctx, config: &Config, plan: &Plan) -> Result<i32> {
             let failed: Vec<&(Address, String)> =
                 statuses.iter().filter(|(_, s)| s != "SUCCEEDED").collect();
             for (a, s) in &statuses {
-                println!("  {a}: {s}");
+                say!("  {a}: {s}");
             }
             return Ok(if failed.is_empty() {
                 EXIT_OK
@@ -980,7 +981,7 @@ async fn offers(
             .iter()
             .map(|c| serde_json::to_value(c).unwrap_or_default())
             .collect();
-        println!(
+        say!(
             "{}",
             serde_json::to_string_pretty(&rows).unwrap_or_default()
         );
@@ -991,9 +992,15 @@ async fn offers(
     } else {
         ranked.len().min(20)
     };
-    println!(
+    say!(
         "{:<36} {:<20} {:<14} {:>5} {:>9} {:<5} {:>10}",
-        "INFRA", "INSTANCE", "ACCELERATORS", "vCPU", "MEMORY", "SPOT", "$/h"
+        "INFRA",
+        "INSTANCE",
+        "ACCELERATORS",
+        "vCPU",
+        "MEMORY",
+        "SPOT",
+        "$/h"
     );
     for c in &ranked[..shown] {
         let o = &c.offering;
@@ -1003,7 +1010,7 @@ async fn offers(
             .map(|(n, k)| format!("{n}:{}", crate::model::request::fmt_num(*k)))
             .collect::<Vec<_>>()
             .join(",");
-        println!(
+        say!(
             "{:<36} {:<20} {:<14} {:>5} {:>9} {:<5} {:>10}",
             o.infra(),
             o.instance_type,
@@ -1015,7 +1022,7 @@ async fn offers(
         );
     }
     if shown < ranked.len() {
-        println!(
+        say!(
             "
 (showing {shown} of {}; --all for every one, -json for machines)",
             ranked.len()
@@ -1027,8 +1034,8 @@ async fn offers(
 fn catalog_list(ctx: &Ctx, flag_dir: Option<PathBuf>) -> Result<i32> {
     let dir = catalog_dir(ctx, flag_dir);
     let catalog = load_catalog(&dir)?;
-    println!("Catalogs in {}:", dir.display());
-    println!("{:<10} {:>8}  {:<12} FILE", "CLOUD", "ROWS", "AGE");
+    say!("Catalogs in {}:", dir.display());
+    say!("{:<10} {:>8}  {:<12} FILE", "CLOUD", "ROWS", "AGE");
     for f in &catalog.files {
         let age = f
             .modified
@@ -1044,7 +1051,7 @@ fn catalog_list(ctx: &Ctx, flag_dir: Option<PathBuf>) -> Result<i32> {
                     }
                 },
             );
-        println!(
+        say!(
             "{:<10} {:>8}  {:<12} {}",
             f.cloud,
             f.rows,
@@ -1069,40 +1076,40 @@ async fn show(ctx: &Ctx, planfile: Option<&Path>, json: bool) -> Result<i32> {
         let plan: Plan = serde_json::from_slice(&bytes)
             .map_err(|e| Failure::new(format!("{} is not a skyform plan: {e}", p.display())))?;
         if json {
-            println!(
+            say!(
                 "{}",
                 serde_json::to_string_pretty(&render::json::plan(&plan)).unwrap_or_default()
             );
         } else {
-            print!("{}", render::human::plan(&plan, &ctx.style));
+            say_inline!("{}", render::human::plan(&plan, &ctx.style));
         }
         return Ok(EXIT_OK);
     }
     let state = read_state(ctx).await?;
     if json {
-        println!(
+        say!(
             "{}",
             serde_json::to_string_pretty(&state_json(&state)).unwrap_or_default()
         );
         return Ok(EXIT_OK);
     }
     if state.resources.is_empty() {
-        println!("The state is empty.");
+        say!("The state is empty.");
     }
     for (addr, r) in &state.resources {
-        println!("# {addr}  ({:?})", r.status);
+        say!("# {addr}  ({:?})", r.status);
         for (k, v) in r.spec.attributes() {
             let shown = if r.sensitive.contains(&k) || k == "secrets" {
                 "(sensitive value)".to_string()
             } else {
                 render::human::value(&v)
             };
-            println!("    {k} = {shown}");
+            say!("    {k} = {shown}");
         }
         for (k, v) in &r.computed {
-            println!("    {k} = {}", render::human::value(v));
+            say!("    {k} = {}", render::human::value(v));
         }
-        println!();
+        say!();
     }
     Ok(EXIT_OK)
 }
@@ -1146,9 +1153,9 @@ async fn output(ctx: &Ctx, name: Option<&str>, json: bool, raw: bool) -> Result<
             })?;
             if raw {
                 match &o.value {
-                    serde_json::Value::String(s) => println!("{s}"),
+                    serde_json::Value::String(s) => say!("{s}"),
                     serde_json::Value::Number(_) | serde_json::Value::Bool(_) => {
-                        println!("{}", o.value)
+                        say!("{}", o.value)
                     }
                     _ => {
                         return Err(
@@ -1158,12 +1165,12 @@ async fn output(ctx: &Ctx, name: Option<&str>, json: bool, raw: bool) -> Result<
                     }
                 }
             } else if json {
-                println!(
+                say!(
                     "{}",
                     serde_json::to_string_pretty(&o.value).unwrap_or_default()
                 );
             } else {
-                println!("{}", render::human::value(&o.value));
+                say!("{}", render::human::value(&o.value));
             }
         }
         None => {
@@ -1178,7 +1185,7 @@ async fn output(ctx: &Ctx, name: Option<&str>, json: bool, raw: bool) -> Result<
                         )
                     })
                     .collect();
-                println!("{}", serde_json::to_string_pretty(&m).unwrap_or_default());
+                say!("{}", serde_json::to_string_pretty(&m).unwrap_or_default());
             } else {
                 for (k, o) in &state.outputs {
                     let v = if o.sensitive {
@@ -1186,7 +1193,7 @@ async fn output(ctx: &Ctx, name: Option<&str>, json: bool, raw: bool) -> Result<
                     } else {
                         render::human::value(&o.value)
                     };
-                    println!("{k} = {v}");
+                    say!("{k} = {v}");
                 }
             }
         }
@@ -1199,7 +1206,7 @@ async fn state_cmd(ctx: &Ctx, cmd: StateCommand) -> Result<i32> {
     match cmd {
         StateCommand::List => {
             for a in read_state(ctx).await?.resources.keys() {
-                println!("{a}");
+                say!("{a}");
             }
         }
         StateCommand::Show { address } => {
@@ -1216,7 +1223,7 @@ async fn state_cmd(ctx: &Ctx, cmd: StateCommand) -> Result<i32> {
                 .cloned()
                 .unwrap_or_default();
             let _ = r;
-            println!("{}", serde_json::to_string_pretty(&one).unwrap_or_default());
+            say!("{}", serde_json::to_string_pretty(&one).unwrap_or_default());
         }
         StateCommand::Rm { address } => {
             let addr: Address = parse_addrs(&[address])?.remove(0);
@@ -1257,7 +1264,7 @@ async fn state_cmd(ctx: &Ctx, cmd: StateCommand) -> Result<i32> {
         }
         StateCommand::Pull => {
             let state = read_state(ctx).await?;
-            print!("{}", String::from_utf8_lossy(&state.to_json()));
+            say_inline!("{}", String::from_utf8_lossy(&state.to_json()));
         }
         StateCommand::Push { file, force } => {
             let bytes = std::fs::read(&file)
@@ -1316,7 +1323,7 @@ async fn edit_state(
         let mut state = store.read().await?.unwrap_or_default();
         let message = edit(&mut state)?;
         store.write(&state).await?;
-        println!("{message}");
+        say!("{message}");
         Ok(())
     }
     .await;
@@ -1337,9 +1344,11 @@ async fn force_unlock(ctx: &Ctx, id: &str, force: bool) -> Result<i32> {
         ))
         .hint("copy the id from the lock error"));
     }
-    println!(
+    say!(
         "The lock is held by {} ({}) since {}.",
-        holder.who, holder.operation, holder.created
+        holder.who,
+        holder.operation,
+        holder.created
     );
     if !force {
         if !ctx.tty_in {
@@ -1348,17 +1357,17 @@ async fn force_unlock(ctx: &Ctx, id: &str, force: bool) -> Result<i32> {
             )
             .hint("pass -force if you are sure that run is dead"));
         }
-        print!("Remove it? Only 'yes' will be accepted: ");
+        say_inline!("Remove it? Only 'yes' will be accepted: ");
         let _ = std::io::stdout().flush();
         let mut line = String::new();
         let _ = std::io::stdin().read_line(&mut line);
         if line.trim() != "yes" {
-            println!("Kept the lock.");
+            say!("Kept the lock.");
             return Ok(EXIT_ERROR);
         }
     }
     store.unlock(&holder.id).await?;
-    println!("Removed the lock.");
+    say!("Removed the lock.");
     Ok(EXIT_OK)
 }
 
@@ -1373,7 +1382,7 @@ async fn status(ctx: &Ctx, json: bool) -> Result<i32> {
             .iter()
             .map(|(a, r)| serde_json::json!({"address": a.to_string(), "status": r.computed.get("status"), "exit_code": r.computed.get("exit_code"), "placement": r.placement.as_ref().map(|p| p.offering.infra()), "hourly_cost_micros": r.placement.as_ref().map(|p| p.hourly)}))
             .collect();
-        println!(
+        say!(
             "{}",
             serde_json::to_string_pretty(&rows).unwrap_or_default()
         );
@@ -1389,9 +1398,13 @@ async fn status(ctx: &Ctx, json: bool) -> Result<i32> {
             })
             .unwrap_or_else(|| "-".into())
     };
-    println!(
+    say!(
         "{:<28} {:<10} {:<6} {:<10} {:>8}",
-        "CLUSTER", "INFRA", "NODES", "STATUS", "$/h"
+        "CLUSTER",
+        "INFRA",
+        "NODES",
+        "STATUS",
+        "$/h"
     );
     let mut total = 0;
     for (a, r) in state
@@ -1407,7 +1420,7 @@ async fn status(ctx: &Ctx, json: bool) -> Result<i32> {
         };
         let cost = r.placement.as_ref().map_or(0, |p| p.hourly);
         total += cost;
-        println!(
+        say!(
             "{:<28} {:<10} {:<6} {:<10} {:>8}",
             a.to_string(),
             r.placement
@@ -1418,9 +1431,12 @@ async fn status(ctx: &Ctx, json: bool) -> Result<i32> {
             crate::optimizer::dollars(cost).trim_start_matches('$')
         );
     }
-    println!(
+    say!(
         "\n{:<28} {:<28} {:<11} {:>4}",
-        "JOB", "CLUSTER", "STATUS", "EXIT"
+        "JOB",
+        "CLUSTER",
+        "STATUS",
+        "EXIT"
     );
     for (a, r) in state
         .resources
@@ -1431,7 +1447,7 @@ async fn status(ctx: &Ctx, json: bool) -> Result<i32> {
             crate::model::Spec::Job(j) => j.cluster.to_string(),
             _ => "-".into(),
         };
-        println!(
+        say!(
             "{:<28} {:<28} {:<11} {:>4}",
             a.to_string(),
             cluster,
@@ -1439,7 +1455,7 @@ async fn status(ctx: &Ctx, json: bool) -> Result<i32> {
             get(r, "exit_code").replace("null", "-")
         );
     }
-    println!("\nTotal: {}/h", crate::optimizer::dollars(total));
+    say!("\nTotal: {}/h", crate::optimizer::dollars(total));
     Ok(EXIT_OK)
 }
 
@@ -1478,7 +1494,7 @@ async fn logs(ctx: &Ctx, address: &str, follow: bool) -> Result<i32> {
                     String::new()
                 };
                 for line in String::from_utf8_lossy(new).lines() {
-                    println!("{prefix}{line}");
+                    say!("{prefix}{line}");
                 }
                 offsets[i] = bytes.len() as u64;
             }
@@ -1499,7 +1515,7 @@ async fn logs(ctx: &Ctx, address: &str, follow: bool) -> Result<i32> {
                 if let Ok(bytes) = std::fs::read(p)
                     && (bytes.len() as u64) > offsets[i]
                 {
-                    print!("{}", String::from_utf8_lossy(&bytes[offsets[i] as usize..]));
+                    say_inline!("{}", String::from_utf8_lossy(&bytes[offsets[i] as usize..]));
                 }
             }
             return Ok(EXIT_OK);
@@ -1520,8 +1536,8 @@ fn graph(ctx: &Ctx, format: &str) -> Result<i32> {
         )
     }));
     match format {
-        "dot" => print!("{}", g.to_dot()),
-        "mermaid" => print!("{}", g.to_mermaid()),
+        "dot" => say_inline!("{}", g.to_dot()),
+        "mermaid" => say_inline!("{}", g.to_mermaid()),
         other => {
             return Err(Failure::new(format!("unknown graph format {other:?}"))
                 .hint("use -format dot or -format mermaid"));

@@ -107,10 +107,10 @@ pub fn run(dir: &Path, check: bool, diff: bool) -> Result<i32, super::commands::
             continue;
         }
         changed += 1;
-        println!("{}", f.display());
+        say!("{}", f.display());
         if diff {
             let d = similar::TextDiff::from_lines(&text, &formatted);
-            print!("{}", d.unified_diff().header("before", "after"));
+            say_inline!("{}", d.unified_diff().header("before", "after"));
         }
         if !check {
             std::fs::write(&f, formatted).map_err(|e| {

@@ -1,6 +1,27 @@
 //! The command line: argument parsing and output. Business logic lives in the library; this
 //! module wires it together for each command.
 
+/// Prints a line to stdout; a closed stdout (`| head`) is not an error worth dying for in the
+/// middle of an apply.
+macro_rules! say {
+    () => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout());
+    }};
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($t)*);
+    }};
+}
+
+/// As [`say!`] without the line break.
+macro_rules! say_inline {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stdout(), $($t)*);
+    }};
+}
+
 mod commands;
 mod fmt;
 mod progress;
@@ -276,6 +297,17 @@ pub fn normalize_args(args: impl IntoIterator<Item = String>) -> Vec<String> {
 /// Runs the CLI; returns the process exit code.
 pub fn main() -> i32 {
     crate::runtime::proc::default_sigpipe();
+    // The HCL library panics on non-finite numbers; evaluation turns that into a diagnostic,
+    // so its panic message would only be noise. Every other panic is reported as usual.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let from_hcl = info
+            .location()
+            .is_some_and(|l| l.file().contains("hcl-primitives") || l.file().contains("hcl-rs"));
+        if !from_hcl {
+            default_hook(info);
+        }
+    }));
     let args = normalize_args(std::env::args());
     let cli = match Cli::try_parse_from(args) {
         Ok(c) => c,

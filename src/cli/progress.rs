@@ -43,7 +43,7 @@ impl Progress {
     pub fn event(&self, e: &Event) {
         let Some(line) = self.line(e) else { return };
         let Some((multi, bars)) = &self.bars else {
-            println!("{line}");
+            say!("{line}");
             return;
         };
         let Ok(mut bars) = bars.lock() else { return };

@@ -711,8 +711,7 @@ pub fn lifecycle(body: &BodyDecl, kind: Kind, diags: &mut Diagnostics) -> Lifecy
     };
     let mut problems = Vec::new();
     let mut literal = |attr: &AttrDecl| -> Option<Value> {
-        use hcl::eval::Evaluate;
-        let v = attr.eval_expr.evaluate(&hcl::eval::Context::new()).ok();
+        let v = super::eval::safe_evaluate(&attr.eval_expr, &hcl::eval::Context::new()).ok();
         if v.is_none() {
             problems.push(
                 Diagnostic::error(format!(

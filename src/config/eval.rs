@@ -345,7 +345,7 @@ impl<'a, R: Resolver> Evaluator<'a, R> {
 
     fn literal_bool(&mut self, body: &BodyDecl, name: &str) -> Option<bool> {
         let attr = body.attrs.get(name)?;
-        let v = attr.eval_expr.evaluate(&Context::new()).ok()?;
+        let v = safe_evaluate(&attr.eval_expr, &Context::new()).ok()?;
         match v {
             Value::Bool(b) => Some(b),
             _ => {
@@ -1163,10 +1163,22 @@ impl<'a, R: Resolver> Evaluator<'a, R> {
     }
 }
 
+/// Evaluates an expression, turning a panic inside the HCL library (it asserts that numbers
+/// are finite, so `1/0` panics there) into an ordinary evaluation error.
+pub fn safe_evaluate(expr: &hcl::Expression, ctx: &Context<'_>) -> Result<Value, hcl::eval::Error> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| expr.evaluate(ctx))) {
+        Ok(r) => r,
+        Err(_) => Err(hcl::eval::Error::from(hcl::eval::ErrorKind::Message(
+            "the arithmetic has no finite result (a division by zero, or a number too large)"
+                .into(),
+        ))),
+    }
+}
+
 /// Evaluates one attribute. A failure caused by a value known only after apply (indexing an
 /// unknown list, say) yields an unknown; any other failure is a diagnostic at the expression.
 fn evaluate_attr(decl: &AttrDecl, ctx: &Context<'_>) -> Result<Value, Box<Diagnostic>> {
-    let e = match decl.eval_expr.evaluate(ctx) {
+    let e = match safe_evaluate(&decl.eval_expr, ctx) {
         Ok(v) => return Ok(v),
         Err(e) => e,
     };

@@ -335,8 +335,10 @@ fn tonumber(args: FuncArgs) -> Result<Value, String> {
         Value::String(s) => s
             .trim()
             .parse::<f64>()
+            .ok()
+            .filter(|f| f.is_finite())
             .map(Value::from)
-            .map_err(|_| format!("{s:?} is not a number")),
+            .ok_or_else(|| format!("{s:?} is not a finite number")),
         other => Err(format!("tonumber() takes a string or number, not {other}")),
     }
 }

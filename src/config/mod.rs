@@ -18,7 +18,6 @@ pub use eval::{Collect, Instance, OutputValue, Resolver};
 pub use load::ModuleSource;
 pub use vars::{InputValue, VarArgs};
 
-use hcl::eval::Evaluate;
 use sha2::Digest;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -117,7 +116,7 @@ fn literal_settings(
 ) -> serde_json::Map<String, serde_json::Value> {
     let mut out = serde_json::Map::new();
     for (name, attr) in &body.attrs {
-        match attr.eval_expr.evaluate(&hcl::eval::Context::new()) {
+        match eval::safe_evaluate(&attr.eval_expr, &hcl::eval::Context::new()) {
             Ok(v) => {
                 out.insert(name.clone(), eval::to_json(&v));
             }

@@ -4,7 +4,7 @@
 use super::diag::{Diagnostic, Diagnostics, Sources};
 use super::load::VariableDecl;
 use hcl::Value;
-use hcl::eval::{Context, Evaluate};
+use hcl::eval::Context;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::Path;
@@ -45,8 +45,10 @@ impl VarType {
             (VarType::Number, Value::String(s)) => s
                 .trim()
                 .parse::<f64>()
+                .ok()
+                .filter(|f| f.is_finite())
                 .map(Value::from)
-                .map_err(|_| format!("{s:?} is not a number")),
+                .ok_or_else(|| format!("{s:?} is not a number")),
             (VarType::Bool, Value::Bool(_)) => Ok(v.clone()),
             (VarType::Bool, Value::String(s)) if s == "true" || s == "false" => {
                 Ok(Value::Bool(s == "true"))
@@ -182,7 +184,7 @@ pub fn convert_input(input: &InputValue, ty: &VarType) -> Result<Value, String> 
         RawValue::Text(t) => {
             if ty.is_complex() {
                 if let Ok(expr) = t.parse::<hcl::Expression>()
-                    && let Ok(v) = expr.evaluate(&Context::new())
+                    && let Ok(v) = super::eval::safe_evaluate(&expr, &Context::new())
                 {
                     return ty.check(&v);
                 }
@@ -332,7 +334,7 @@ fn read_var_file(
         };
         let span = attr.value.span().unwrap_or(0..0);
         let expr = hcl::Expression::from(attr.value.clone());
-        match expr.evaluate(&Context::new()) {
+        match super::eval::safe_evaluate(&expr, &Context::new()) {
             Ok(v) => {
                 out.insert(
                     attr.key.as_str().to_string(),

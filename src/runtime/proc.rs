@@ -96,6 +96,15 @@ pub fn default_sigpipe() {
     }
 }
 
+/// Keeps the process alive when its output goes away: for apply and destroy, which must
+/// finish (and write state) whoever is reading.
+pub fn ignore_sigpipe() {
+    // SAFETY: as above.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+    }
+}
+
 /// Makes the child lead a new session (so it and its jobs outlive skyform and can be killed
 /// together).
 pub fn new_session(cmd: &mut Command) {
