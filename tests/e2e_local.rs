@@ -890,3 +890,91 @@ fn a_relative_chdir_records_absolute_sandboxes() {
     );
     sb.ok(&["destroy", "-auto-approve"]);
 }
+
+#[test]
+fn a_job_after_a_failed_managed_job_is_cancelled() {
+    let sb = Sandbox::new(&[(
+        "main.sky.hcl",
+        "cluster \"c\" {}\n\nmanaged_job \"fail\" {\n  run = \"echo failing; exit 7\"\n}\n\njob \"after\" {\n  cluster    = cluster.c\n  run        = \"echo after\"\n  depends_on = [managed_job.fail]\n}\n",
+    )]);
+    sb.ok(&["apply", "-auto-approve"]);
+    let statuses = sb.wait_jobs_done(Duration::from_secs(20));
+    assert_eq!(
+        statuses,
+        vec![("job.after".to_string(), "CANCELLED".to_string())]
+    );
+    sb.ok(&["destroy", "-auto-approve"]);
+    assert!(sb.processes().is_empty());
+}
+
+#[test]
+fn a_dead_agent_fails_the_apply_instead_of_hanging() {
+    let sb = Sandbox::new(&[(
+        "main.sky.hcl",
+        "cluster \"c\" {\n  setup = \"sleep 30\"\n}\n",
+    )]);
+    let child = sb
+        .cmd(&["apply", "-auto-approve"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let local = sb.path().join(".skyform/local");
+    let mut agent = None;
+    wait_for(
+        "the agent to announce itself",
+        Duration::from_secs(10),
+        || {
+            agent = std::fs::read_dir(&local)
+                .ok()
+                .and_then(|mut rd| rd.next())
+                .and_then(|e| e.ok())
+                .and_then(|e| std::fs::read(e.path().join("node-0/agent.json")).ok())
+                .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+                .and_then(|v| v["pid"].as_u64());
+            agent.is_some()
+        },
+    );
+    Command::new("kill")
+        .arg("-9")
+        .arg(agent.expect("pid").to_string())
+        .status()
+        .expect("kill");
+    let t = Instant::now();
+    let out = child.wait_with_output().expect("wait");
+    assert!(
+        t.elapsed() < Duration::from_secs(20),
+        "apply noticed the dead agent"
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stdout).contains("stopped while setup ran"),
+        "{}",
+        text(&out.stdout)
+    );
+    sb.ok(&["destroy", "-auto-approve"]);
+    assert!(sb.processes().is_empty(), "{:?}", sb.processes());
+}
+
+#[test]
+fn removing_a_sandbox_under_a_running_job_leaves_no_orphan() {
+    let sb = Sandbox::new(&[(
+        "main.sky.hcl",
+        "cluster \"c\" {\n  num_nodes = 2\n}\n\njob \"long\" {\n  cluster   = cluster.c\n  num_nodes = 2\n  run       = \"sleep 777\"\n}\n",
+    )]);
+    sb.ok(&["apply", "-auto-approve"]);
+    wait_for("the job to run", Duration::from_secs(10), || {
+        sb.job_statuses().iter().any(|(_, s)| s == "RUNNING")
+    });
+    std::fs::remove_dir_all(sb.path().join(".skyform/local")).expect("rm");
+    let status = sb.ok(&["status"]);
+    assert!(
+        status.contains("DEGRADED") || status.contains("LOST") || !status.contains("RUNNING"),
+        "{status}"
+    );
+    sb.ok(&["apply", "-auto-approve"]);
+    sb.ok(&["destroy", "-auto-approve"]);
+    wait_for("every process to end", Duration::from_secs(10), || {
+        sb.processes().is_empty()
+    });
+}

@@ -344,10 +344,16 @@ impl Applier<'_> {
             provider,
             spec: Some(spec),
             placement: change.candidates.first().cloned(),
+            // Jobs start after the jobs and managed jobs they depend on succeeded (afterok).
             after: change
                 .depends_on
                 .iter()
-                .filter(|d| d.kind == crate::model::Kind::Job)
+                .filter(|d| {
+                    matches!(
+                        d.kind,
+                        crate::model::Kind::Job | crate::model::Kind::ManagedJob
+                    )
+                })
                 .cloned()
                 .collect(),
             what,

@@ -808,10 +808,17 @@ async fn wait_for_jobs(ctx: &Ctx, config: &Config, plan: &Plan) -> Result<i32> {
                 )
             })
             .collect();
-        if statuses
-            .iter()
-            .all(|(_, s)| ["SUCCEEDED", "FAILED", "CANCELLED", "UNKNOWN"].contains(&s.as_str()))
-        {
+        if statuses.iter().all(|(_, s)| {
+            [
+                "SUCCEEDED",
+                "FAILED",
+                "CANCELLED",
+                "LOST",
+                "DEGRADED",
+                "UNKNOWN",
+            ]
+            .contains(&s.as_str())
+        }) {
             let failed: Vec<&(Address, String)> =
                 statuses.iter().filter(|(_, s)| s != "SUCCEEDED").collect();
             for (a, s) in &statuses {
@@ -1508,7 +1515,7 @@ async fn logs(ctx: &Ctx, address: &str, follow: bool) -> Result<i32> {
             .get(&addr)
             .and_then(|r| r.computed.get("status"))
             .and_then(|s| s.as_str())
-            .is_none_or(|s| ["SUCCEEDED", "FAILED", "CANCELLED"].contains(&s));
+            .is_none_or(|s| ["SUCCEEDED", "FAILED", "CANCELLED", "LOST", "DEGRADED"].contains(&s));
         if finished {
             // One last read for lines written just before the end.
             for (i, p) in paths.iter().enumerate() {

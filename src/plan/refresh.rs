@@ -79,6 +79,8 @@ pub async fn refresh(state: &mut State, registry: &Arc<Registry>, concurrency: u
                 Ok(Observed::Degraded { reason, computed }) => {
                     if let Some(r) = state.resources.get_mut(&addr) {
                         r.computed.extend(computed);
+                        r.computed
+                            .insert("status".into(), serde_json::json!("DEGRADED"));
                         r.status = Status::Tainted;
                     }
                     out.drift.push(format!("{addr}: {reason}"));
@@ -100,6 +102,25 @@ pub async fn refresh(state: &mut State, registry: &Arc<Registry>, concurrency: u
                     out.drift.push(format!("{addr}: refresh failed: {e}"));
                 }
             }
+        }
+    }
+    // Jobs that were queued or running on a broken cluster will not finish: say so.
+    let broken: Vec<Address> = state
+        .resources
+        .iter()
+        .filter(|(a, r)| a.kind == Kind::Cluster && r.status == Status::Tainted)
+        .map(|(a, _)| a.clone())
+        .collect();
+    for r in state.resources.values_mut() {
+        if let crate::model::Spec::Job(j) = &r.spec
+            && broken.contains(&j.cluster)
+            && r.computed
+                .get("status")
+                .and_then(|s| s.as_str())
+                .is_some_and(|s| s == "QUEUED" || s == "RUNNING")
+        {
+            r.computed
+                .insert("status".into(), serde_json::json!("LOST"));
         }
     }
     out

@@ -404,7 +404,9 @@ impl Provider for LocalProvider {
                 let agents = Self::node_agents(&res.private);
                 if !dir.is_dir() {
                     let reason = format!("its sandbox {} was removed", dir.display());
-                    if agents.iter().any(|(pid, start)| proc::alive(*pid, *start)) {
+                    if agents.iter().any(|(pid, start)| {
+                        proc::alive(*pid, *start) || !proc::session_members(*pid).is_empty()
+                    }) {
                         // Its processes still run: replacing it stops them first.
                         return Ok(Observed::Degraded {
                             reason,

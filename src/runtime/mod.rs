@@ -224,7 +224,10 @@ pub fn run_agent(cluster_dir: &Path, rank: u32) -> std::io::Result<()> {
     let mut scheduler = (rank == 0).then(Scheduler::default);
     loop {
         if !cluster_dir.is_dir() {
-            // The sandbox was removed: nothing is left to serve.
+            // The sandbox was removed: stop what runs here, then stop.
+            for r in running.values() {
+                proc::signal(r.child.id(), libc::SIGKILL, true);
+            }
             return Ok(());
         }
         run_tasks(&layout, rank, &mut running)?;
@@ -577,6 +580,24 @@ pub async fn run_everywhere(
         }
         if tokio::time::Instant::now() > deadline {
             return Err(format!("{id} did not finish within {}s", timeout.as_secs()));
+        }
+        // A node whose agent is gone will never report: fail now rather than wait.
+        if !layout.root.is_dir() {
+            return Err(format!(
+                "the sandbox {} was removed while {id} ran",
+                layout.root.display()
+            ));
+        }
+        for rank in &pending {
+            if let Some(a) = read_json::<serde_json::Value>(&layout.agent(*rank))
+                && let Some(pid) = a.get("pid").and_then(serde_json::Value::as_u64)
+                && !proc::alive(
+                    pid as u32,
+                    a.get("start_time").and_then(serde_json::Value::as_u64),
+                )
+            {
+                return Err(format!("the agent of node {rank} stopped while {id} ran"));
+            }
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
