@@ -61,11 +61,10 @@ fn validate_output(dir: &Path) -> (String, bool) {
     let env = BTreeMap::new();
     let (inputs, vd) = config::inputs(&mut config, &VarArgs::default(), &env);
     diags.extend(vd);
-    if !diags.has_errors() {
-        let mut c = Collect::default();
-        let (_, ed) = config::evaluate(&config, &inputs, &mut c);
-        diags.extend(ed);
-    }
+    // Structure and evaluation problems, all in one pass (as plan reports them).
+    let mut c = Collect::default();
+    let (_, ed) = config::evaluate(&config, &inputs, &mut c);
+    diags.extend(ed);
     diags.sort();
     (diags.render(&config.sources, false), diags.has_errors())
 }

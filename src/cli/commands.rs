@@ -267,6 +267,11 @@ fn load(ctx: &Ctx, vars: &VarFlags) -> Result<(Config, BTreeMap<String, InputVal
     let (mut config, mut diags) = config::load(&ctx.dir);
     let (inputs, vdiags) = config::inputs(&mut config, &var_args(vars), &config::process_env());
     diags.extend(vdiags);
+    if diags.has_errors() {
+        // Evaluate anyway, so that every problem is reported in one pass.
+        let mut collect = config::Collect::default();
+        diags.extend(config::evaluate(&config, &inputs, &mut collect).1);
+    }
     report(&config, &mut diags, ctx.style)?;
     Ok((config, inputs))
 }
@@ -325,9 +330,7 @@ fn validate(ctx: &Ctx, json: bool, vars: &VarFlags) -> Result<i32> {
     let (mut config, mut diags) = config::load(&ctx.dir);
     let (inputs, vdiags) = config::inputs(&mut config, &var_args(vars), &config::process_env());
     diags.extend(vdiags);
-    if !diags.has_errors() {
-        diags.extend(config::validate(&config, &inputs));
-    }
+    diags.extend(config::validate(&config, &inputs));
     diags.sort();
     if json {
         say!(
@@ -541,6 +544,7 @@ async fn apply_locked(
 ) -> Result<i32> {
     let stored = store.read().await?;
     let fresh = stored.is_none();
+    let stored_before = stored.clone();
     let mut state = stored.unwrap_or_default();
     let plan = match saved {
         Some(p) => {
@@ -597,6 +601,15 @@ async fn apply_locked(
             let p = make_plan(ctx, config, inputs, &mut state, flags, destroy).await?;
             say_inline!("{}", render::human::plan(&p, &ctx.style));
             if !p.has_changes() {
+                // Nothing to do, but what refresh learned (resources gone) is kept.
+                if !fresh
+                    && stored_before
+                        .as_ref()
+                        .is_some_and(|b| b.resources != state.resources)
+                {
+                    state.serial += 1;
+                    store.write(&state).await?;
+                }
                 return Ok(EXIT_OK);
             }
             let what = if destroy {

@@ -577,6 +577,11 @@ pub fn decode(
                 .and_then(|o| o.get("address"))
                 .and_then(Value::as_str)
                 .and_then(|s| s.parse::<Address>().ok());
+            let cluster_unknown = f.values.get("cluster").is_some_and(|(v, _)| is_unknown(v));
+            if cluster.is_none() && cluster_unknown {
+                // Its cluster failed (and was reported): nothing to add.
+                return None;
+            }
             let Some(cluster) = cluster else {
                 if diags.error_count() == before
                     && let Some(a) = f.attr("cluster")

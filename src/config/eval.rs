@@ -92,7 +92,6 @@ impl Node {
 /// references could not be resolved (or that sit in a cycle).
 struct Order {
     nodes: Vec<Node>,
-    deps: BTreeMap<Node, BTreeSet<Node>>,
     bad: BTreeSet<Node>,
 }
 
@@ -120,6 +119,9 @@ pub struct Evaluator<'a, R: Resolver> {
     pub root_dir: &'a Path,
     /// Required variables without a value become unknown instead of an error (`validate`).
     pub missing_vars_unknown: bool,
+    /// Declarations of the module being evaluated that failed, as (root, name): expressions
+    /// using them evaluate to unknown without further diagnostics.
+    pub tainted: BTreeSet<(String, String)>,
 }
 
 impl<R: Resolver> std::fmt::Debug for Evaluator<'_, R> {
@@ -153,6 +155,42 @@ struct Scope<'m> {
     resources: BTreeMap<(Kind, String), BlockValue>,
     modules: BTreeMap<String, BlockValue>,
     outputs: BTreeMap<String, (Value, bool)>,
+}
+
+impl Scope<'_> {
+    /// Gives a declaration that failed an unknown value.
+    fn set_unknown(&mut self, node: &Node) {
+        let unknown = Value::String(UNKNOWN.into());
+        match node {
+            Node::Var(n) => {
+                self.vars.insert(n.clone(), (unknown, false));
+            }
+            Node::Local(n) => {
+                self.locals.insert(n.clone(), (unknown, false));
+            }
+            Node::Resource(k, n) => {
+                let entry = self.resources.entry((*k, n.clone())).or_insert(BlockValue {
+                    value: Value::Null,
+                    instances: BTreeSet::new(),
+                    sensitive: false,
+                    sensitive_attrs: BTreeSet::new(),
+                });
+                entry.value = unknown;
+            }
+            Node::Module(n) => {
+                let entry = self.modules.entry(n.clone()).or_insert(BlockValue {
+                    value: Value::Null,
+                    instances: BTreeSet::new(),
+                    sensitive: false,
+                    sensitive_attrs: BTreeSet::new(),
+                });
+                entry.value = unknown;
+            }
+            Node::Output(n) => {
+                self.outputs.insert(n.clone(), (unknown, false));
+            }
+        }
+    }
 }
 
 /// The instance being evaluated: its `each` / `count` bindings.
@@ -255,17 +293,18 @@ impl<'a, R: Resolver> Evaluator<'a, R> {
             outputs: BTreeMap::new(),
         };
         let order = self.order(module);
-        // Declarations that failed, or depend on one that did, are skipped: their problem is
-        // reported once, at its cause.
+        // A declaration that failed is reported once, at its cause; what depends on it sees
+        // an unknown value instead, so its own, independent problems are still found (and the
+        // ones the unknown would cause are not).
+        let outer_tainted = std::mem::take(&mut self.tainted);
         let mut failed: BTreeSet<Node> = order.bad.clone();
+        for node in &order.bad {
+            scope.set_unknown(node);
+            self.taint(node);
+        }
         for node in order.nodes {
             functions::set_base_dir(module.dir.clone());
-            let upstream_failed = order
-                .deps
-                .get(&node)
-                .is_some_and(|ds| ds.iter().any(|d| failed.contains(d)));
-            if failed.contains(&node) || upstream_failed {
-                failed.insert(node);
+            if failed.contains(&node) {
                 continue;
             }
             let errors_before = self.diags.error_count();
@@ -273,6 +312,9 @@ impl<'a, R: Resolver> Evaluator<'a, R> {
             match node {
                 Node::Var(name) => {
                     if rejected.contains(&name) {
+                        // Its value was rejected (and reported): unknown from here on.
+                        scope.set_unknown(&this);
+                        self.taint(&this);
                         failed.insert(this.clone());
                     } else {
                         self.eval_var(&mut scope, &name, &given, call_site.clone());
@@ -330,9 +372,12 @@ impl<'a, R: Resolver> Evaluator<'a, R> {
                 }
             }
             if self.diags.error_count() > errors_before {
+                scope.set_unknown(&this);
+                self.taint(&this);
                 failed.insert(this);
             }
         }
+        self.tainted = outer_tainted;
         let mut instances = BTreeSet::new();
         for b in scope.resources.values().chain(scope.modules.values()) {
             instances.extend(b.instances.iter().cloned());
@@ -465,6 +510,7 @@ impl<'a, R: Resolver> Evaluator<'a, R> {
         // Edges: dependency → dependent.
         let mut sites: BTreeMap<Node, (FileId, Range<usize>)> = BTreeMap::new();
         let mut edges: Vec<(Node, Node, FileId, Range<usize>)> = Vec::new();
+        let mut both_meta: Vec<Node> = Vec::new();
         let mut bad: BTreeSet<Node> = BTreeSet::new();
         let mut check =
             |this: &Node, file: FileId, refs: &[&Ref], ctx: RefContext, diags: &mut Diagnostics| {
@@ -488,6 +534,10 @@ impl<'a, R: Resolver> Evaluator<'a, R> {
         }
         for ((kind, name), decl) in &module.resources {
             let node = Node::Resource(*kind, name.clone());
+            if decl.body.attrs.contains_key("count") && decl.body.attrs.contains_key("for_each") {
+                // Reported when loading; which one was meant is unknown.
+                both_meta.push(node.clone());
+            }
             sites.insert(node.clone(), (decl.file, decl.span.clone()));
             self.check_body_refs(&node, decl.file, &decl.body, &mut check);
         }
@@ -505,7 +555,7 @@ impl<'a, R: Resolver> Evaluator<'a, R> {
         for (name, decl) in &module.variables {
             sites.insert(Node::Var(name.clone()), (decl.file, decl.span.clone()));
         }
-        let mut deps: BTreeMap<Node, BTreeSet<Node>> = BTreeMap::new();
+        bad.extend(both_meta);
         for (from, to, file, span) in edges {
             let (Some(&a), Some(&b)) = (index.get(&from), index.get(&to)) else {
                 continue;
@@ -521,7 +571,6 @@ impl<'a, R: Resolver> Evaluator<'a, R> {
                 bad.insert(to);
                 continue;
             }
-            deps.entry(to).or_default().insert(from);
             graph.update_edge(a, b, ());
         }
         let sccs = petgraph::algo::tarjan_scc(&graph);
@@ -584,11 +633,7 @@ impl<'a, R: Resolver> Evaluator<'a, R> {
         for i in cyclic {
             bad.insert(graph[i].clone());
         }
-        Order {
-            nodes: order,
-            deps,
-            bad,
-        }
+        Order { nodes: order, bad }
     }
 
     fn check_body_refs(
@@ -729,15 +774,35 @@ impl<'a, R: Resolver> Evaluator<'a, R> {
 
     /// Evaluates one attribute; problems become diagnostics at its expression.
     fn eval_attr(&mut self, decl: &AttrDecl, ctx: &Context<'_>, refs: &[&Ref]) -> Option<Value> {
-        // Only resource and module values can be unknown at this point.
-        let _ = refs;
         match evaluate_attr(decl, ctx) {
             Ok(v) => Some(v),
+            // Caused by a declaration that failed (and was reported): no second report.
+            Err(_) if self.touches_tainted(refs) => Some(Value::String(UNKNOWN.into())),
             Err(d) => {
                 self.diags.push(*d);
                 None
             }
         }
+    }
+
+    fn taint(&mut self, node: &Node) {
+        let key = match node {
+            Node::Var(n) => ("var".to_string(), n.clone()),
+            Node::Local(n) => ("local".to_string(), n.clone()),
+            Node::Resource(k, n) => (k.as_str().to_string(), n.clone()),
+            Node::Module(n) => ("module".to_string(), n.clone()),
+            Node::Output(_) => return,
+        };
+        self.tainted.insert(key);
+    }
+
+    fn touches_tainted(&self, refs: &[&Ref]) -> bool {
+        !self.tainted.is_empty()
+            && refs.iter().any(|r| {
+                r.attrs
+                    .first()
+                    .is_some_and(|f| self.tainted.contains(&(r.root.clone(), f.clone())))
+            })
     }
 
     /// Expands `count` / `for_each` into instance keys with their bindings.
@@ -803,6 +868,9 @@ impl<'a, R: Resolver> Evaluator<'a, R> {
                         ),
                 );
             };
+            if functions_has_unknown(&v) && self.touches_tainted(&refs) {
+                return None;
+            }
             if functions_has_unknown(&v) && self.missing_vars_unknown {
                 // Validating without variable values: check the body once, for a stand-in key.
                 let unknown = Value::String(UNKNOWN.into());
@@ -966,11 +1034,19 @@ impl<'a, R: Resolver> Evaluator<'a, R> {
                 all_sensitive.insert("secrets".into());
             }
             let mut eval_diags = Diagnostics::default();
+            let tainted: BTreeSet<&str> = all_attrs(&decl.body)
+                .into_iter()
+                .filter(|a| self.touches_tainted(&a.refs.iter().collect::<Vec<_>>()))
+                .map(|a| a.name.as_str())
+                .collect();
             let spec = {
                 let diags = &mut eval_diags;
                 let mut evaluate = |attr: &AttrDecl| -> Option<Value> {
                     match evaluate_attr(attr, &ctx) {
                         Ok(v) => Some(v),
+                        Err(_) if tainted.contains(attr.name.as_str()) => {
+                            Some(Value::String(UNKNOWN.into()))
+                        }
                         Err(d) => {
                             diags.push(*d);
                             None
@@ -1218,6 +1294,15 @@ fn evaluate_attr(decl: &AttrDecl, ctx: &Context<'_>) -> Result<Value, Box<Diagno
         _ => d.hint("check the types of the values used in this expression"),
     };
     Err(Box::new(d))
+}
+
+/// Every attribute of a body, nested blocks included.
+fn all_attrs(body: &BodyDecl) -> Vec<&AttrDecl> {
+    let mut v: Vec<&AttrDecl> = body.attrs.values().collect();
+    for (_, b, _, _) in &body.blocks {
+        v.extend(all_attrs(b));
+    }
+    v
 }
 
 fn functions_has_unknown(v: &Value) -> bool {

@@ -651,6 +651,8 @@ impl Loader {
     ) -> BodyDecl {
         let mut out = BodyDecl::default();
         let mut seen_blocks: BTreeSet<String> = BTreeSet::new();
+        // Attributes written, even those rejected (so "missing" is not said of them).
+        let mut present: BTreeSet<String> = BTreeSet::new();
         for structure in body.iter() {
             match structure {
                 Structure::Attribute(attr) => {
@@ -691,8 +693,12 @@ impl Loader {
                         continue;
                     }
                     let decl = attr_decl(file, attr);
+                    present.insert(name.clone());
                     if let Some(spec) = schema.attr(&name) {
-                        self.check_static_type(&decl, spec.ty, what);
+                        if !self.check_static_type(&decl, spec.ty, what) {
+                            // Reported; evaluating it would only report it again.
+                            continue;
+                        }
                         if spec.ty == Ty::References {
                             self.check_references(&decl);
                         }
@@ -789,7 +795,7 @@ impl Loader {
             }
         }
         for attr in schema.attrs.iter().filter(|a| a.required) {
-            if !out.attrs.contains_key(attr.name) {
+            if !present.contains(attr.name) {
                 self.diags.push(
                     Diagnostic::error(format!(
                         "missing required attribute {:?} in {what}",
@@ -859,10 +865,11 @@ impl Loader {
     }
 
     /// Type problems visible without evaluating: a literal of the wrong kind.
-    fn check_static_type(&mut self, decl: &AttrDecl, ty: Ty, what: &str) {
+    /// False when the literal has the wrong type (and that was reported).
+    fn check_static_type(&mut self, decl: &AttrDecl, ty: Ty, what: &str) -> bool {
         if decl.name == "ignore_changes" {
             // Checked with the lifecycle block, which knows the resource's attributes.
-            return;
+            return true;
         }
         let literal = match &decl.expr {
             Expression::String(_)
@@ -872,7 +879,7 @@ impl Loader {
             Expression::Bool(_) => "a bool",
             Expression::Array(_) => "a list",
             Expression::Object(_) => "an object",
-            _ => return,
+            _ => return true,
         };
         let ok = match ty {
             Ty::String => literal == "a string",
@@ -897,6 +904,7 @@ impl Loader {
                 .hint(format!("write {} = {}", decl.name, example_for(ty))),
             );
         }
+        ok
     }
 }
 

@@ -176,6 +176,7 @@ fn evaluate_with<R: Resolver>(
             resolver,
             root_dir: &root_dir,
             missing_vars_unknown,
+            tainted: Default::default(),
         };
         ev.eval_root(&root, inputs)
     };

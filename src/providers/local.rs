@@ -379,6 +379,8 @@ impl Provider for LocalProvider {
                     '_'
                 }
             })
+            // File names have a length limit; the id keeps them unique.
+            .take(64)
             .collect();
         match spec {
             Spec::Job(_) => json!({ "job_id": format!("{slug}-{}", &id[..8]) }),
