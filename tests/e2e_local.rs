@@ -978,3 +978,49 @@ fn removing_a_sandbox_under_a_running_job_leaves_no_orphan() {
         sb.processes().is_empty()
     });
 }
+
+#[test]
+fn workdir_changes_are_mirrored_to_the_nodes() {
+    let sb = Sandbox::new(&[
+        (
+            "main.sky.hcl",
+            "cluster \"c\" {\n  workdir = \"./src\"\n}\n",
+        ),
+        ("src/a.txt", "a"),
+        ("src/b.txt", "b"),
+    ]);
+    sb.ok(&["apply", "-auto-approve"]);
+    let dir = sb.state()["resources"]["cluster.c"]["private"]["dir"]
+        .as_str()
+        .expect("dir")
+        .to_string();
+    let node = Path::new(&dir).join("node-0/workdir");
+    assert!(node.join("b.txt").exists());
+    // Remove a file and add a link: both change the content hash and reach the node.
+    std::fs::remove_file(sb.path().join("src/b.txt")).expect("rm");
+    std::os::unix::fs::symlink("a.txt", sb.path().join("src/l")).expect("ln");
+    let plan = sb.run(&["plan", "-detailed-exitcode"]);
+    assert_eq!(plan.status.code(), Some(2), "{}", text(&plan.stdout));
+    assert!(
+        text(&plan.stdout).contains("will be updated in place"),
+        "{}",
+        text(&plan.stdout)
+    );
+    sb.ok(&["apply", "-auto-approve"]);
+    assert!(
+        !node.join("b.txt").exists(),
+        "deleted files are deleted on the nodes"
+    );
+    assert_eq!(
+        std::fs::read_link(node.join("l")).expect("link"),
+        Path::new("a.txt")
+    );
+    // Retargeting the link is a change too.
+    std::fs::remove_file(sb.path().join("src/l")).expect("rm");
+    std::os::unix::fs::symlink("/etc", sb.path().join("src/l")).expect("ln");
+    assert_eq!(
+        sb.run(&["plan", "-detailed-exitcode"]).status.code(),
+        Some(2)
+    );
+    sb.ok(&["destroy", "-auto-approve"]);
+}

@@ -10,18 +10,28 @@ pub fn format(text: &str) -> String {
     let mut out = String::new();
     let mut depth: usize = 0;
     let mut heredoc: Option<String> = None;
+    let mut in_comment = false;
     let mut blank = 0;
     for raw in text.lines() {
         if let Some(marker) = &heredoc {
+            // Heredoc bodies are data: kept byte for byte.
             if raw.trim() == marker {
                 heredoc = None;
                 out.push_str(&"  ".repeat(depth));
                 out.push_str(raw.trim());
-                out.push('\n');
             } else {
-                out.push_str(raw.trim_end());
-                out.push('\n');
+                out.push_str(raw);
             }
+            out.push('\n');
+            continue;
+        }
+        if in_comment {
+            // Inside a /* … */ comment: kept as written.
+            let code = strip_strings_and_comments(raw, &mut in_comment);
+            out.push_str(raw.trim_end());
+            out.push('\n');
+            depth = (depth + code.matches(['{', '[', '(']).count())
+                .saturating_sub(code.matches(['}', ']', ')']).count());
             continue;
         }
         let line = raw.trim();
@@ -29,8 +39,8 @@ pub fn format(text: &str) -> String {
             blank += 1;
             continue;
         }
-        let code = strip_strings_and_comments(line);
-        let closes_first = code.starts_with('}') || code.starts_with(']') || code.starts_with(')');
+        let code = strip_strings_and_comments(line, &mut in_comment);
+        let closes_first = code.trim_start().starts_with(['}', ']', ')']);
         // At most one blank line, and none at the start of a file or block or before a `}`.
         let after_open = out.trim_end().ends_with(['{', '[', '(']);
         if blank > 0 && !out.is_empty() && !closes_first && !after_open {
@@ -48,8 +58,8 @@ pub fn format(text: &str) -> String {
         out.push_str(line);
         out.push('\n');
         depth = (depth + opens).saturating_sub(closes);
-        if let Some(pos) = line.find("<<") {
-            let m = line[pos + 2..].trim_start_matches('-').trim();
+        if let Some(pos) = code.find("<<") {
+            let m = code[pos + 2..].trim_start_matches('-').trim();
             if !m.is_empty() && m.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
                 heredoc = Some(m.to_string());
             }
@@ -61,7 +71,9 @@ pub fn format(text: &str) -> String {
     out
 }
 
-fn strip_strings_and_comments(line: &str) -> String {
+/// The code of a line without strings and comments; `in_comment` carries a `/* … */` comment
+/// from one line to the next.
+fn strip_strings_and_comments(line: &str, in_comment: &mut bool) -> String {
     let mut out = String::new();
     let mut in_str = false;
     let mut escaped = false;
@@ -69,7 +81,13 @@ fn strip_strings_and_comments(line: &str) -> String {
     let mut i = 0;
     while i < chars.len() {
         let c = chars[i];
-        if in_str {
+        let next = chars.get(i + 1).copied();
+        if *in_comment {
+            if c == '*' && next == Some('/') {
+                *in_comment = false;
+                i += 1;
+            }
+        } else if in_str {
             if escaped {
                 escaped = false;
             } else if c == '\\' {
@@ -79,8 +97,11 @@ fn strip_strings_and_comments(line: &str) -> String {
             }
         } else if c == '"' {
             in_str = true;
-        } else if c == '#' || (c == '/' && chars.get(i + 1) == Some(&'/')) {
+        } else if c == '#' || (c == '/' && next == Some('/')) {
             break;
+        } else if c == '/' && next == Some('*') {
+            *in_comment = true;
+            i += 1;
         } else {
             out.push(c);
         }
@@ -128,6 +149,16 @@ pub fn run(dir: &Path, check: bool, diff: bool) -> Result<i32, super::commands::
 #[cfg(test)]
 mod tests {
     use super::format;
+
+    #[test]
+    fn keeps_heredocs_and_block_comments() {
+        let src = "job \"j\" {\n  run = <<-EOT\n    echo a \n  EOT\n}\n/* { */\ncluster \"c\" {}\n/*\n  {\n*/\n";
+        assert_eq!(
+            format(src),
+            src,
+            "heredoc bodies (trailing spaces too) and comments are kept"
+        );
+    }
 
     #[test]
     fn indents_and_keeps_heredocs() {

@@ -391,7 +391,7 @@ pub fn hash_dir(dir: &Path) -> std::io::Result<String> {
                     continue;
                 }
                 stack.push(path);
-            } else if ft.is_file() {
+            } else if ft.is_file() || ft.is_symlink() {
                 files.push(path);
             }
         }
@@ -401,10 +401,19 @@ pub fn hash_dir(dir: &Path) -> std::io::Result<String> {
     for f in &files {
         use std::os::unix::fs::PermissionsExt;
         let rel = f.strip_prefix(dir).unwrap_or(f);
-        let meta = std::fs::metadata(f)?;
+        if let Ok(target) = std::fs::read_link(f) {
+            // A link is its target, whatever that points to.
+            h.update(rel.to_string_lossy().as_bytes());
+            h.update([1]);
+            h.update(target.to_string_lossy().as_bytes());
+            continue;
+        }
+        let meta = std::fs::metadata(f)
+            .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", rel.display())))?;
         h.update(rel.to_string_lossy().as_bytes());
         h.update([0, u8::from(meta.permissions().mode() & 0o111 != 0)]);
-        let content = std::fs::read(f)?;
+        let content = std::fs::read(f)
+            .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", rel.display())))?;
         h.update((content.len() as u64).to_le_bytes());
         h.update(&content);
     }

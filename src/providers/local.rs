@@ -320,9 +320,28 @@ impl LocalProvider {
     }
 }
 
-/// Copies `src` into `dst` (files and directories; symlinks as links).
+/// Makes `dst` a copy of `src` (files, directories, symlinks as links), removing what `src`
+/// no longer has.
 pub fn sync_dir(src: &Path, dst: &Path) -> std::io::Result<()> {
     std::fs::create_dir_all(dst)?;
+    for entry in std::fs::read_dir(dst)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let there = src.join(&name);
+        let keep = match (std::fs::symlink_metadata(&there), entry.file_type()) {
+            (Ok(m), Ok(t)) => {
+                m.is_dir() == t.is_dir() && m.file_type().is_symlink() == t.is_symlink()
+            }
+            _ => false,
+        };
+        if !keep {
+            if entry.file_type()?.is_dir() {
+                std::fs::remove_dir_all(entry.path())?;
+            } else {
+                std::fs::remove_file(entry.path())?;
+            }
+        }
+    }
     for entry in std::fs::read_dir(src)? {
         let entry = entry?;
         let ft = entry.file_type()?;
