@@ -115,8 +115,9 @@ fn no_prompt_without_a_terminal() {
     assert_eq!(out.status.code(), Some(1));
     let err = text(&out.stderr);
     assert!(
-        err.contains("needs approval, and there is no terminal to ask")
-            && err.contains("hint: pass -auto-approve"),
+        err.contains(
+            "approval is needed to perform these actions, and there is no terminal to ask"
+        ) && err.contains("hint: pass -auto-approve"),
         "{err}"
     );
     assert!(

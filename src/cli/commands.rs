@@ -470,7 +470,17 @@ fn confirm(ctx: &Ctx, what: &str, auto_approve: bool, input: bool) -> Result<boo
         return Ok(true);
     }
     if !input || !ctx.tty_in {
-        return Err(Failure::new(format!("{what} needs approval, and there is no terminal to ask")).hint("pass -auto-approve, or apply a saved plan: skyform plan -out plan.json && skyform apply plan.json"));
+        let why = if input {
+            "there is no terminal to ask"
+        } else {
+            "-input=false forbids asking"
+        };
+        let hint = if what.starts_with("destroy") {
+            "pass -auto-approve, or apply a saved plan: skyform plan -destroy -out plan.json && skyform apply plan.json"
+        } else {
+            "pass -auto-approve, or apply a saved plan: skyform plan -out plan.json && skyform apply plan.json"
+        };
+        return Err(Failure::new(format!("approval is needed to {what}, and {why}")).hint(hint));
     }
     say_inline!("\nDo you want to {what}? Only 'yes' will be accepted: ");
     let _ = std::io::stdout().flush();
@@ -1503,21 +1513,9 @@ async fn logs(ctx: &Ctx, address: &str, follow: bool) -> Result<i32> {
                 .hint("logs exist for jobs, managed jobs and services"));
         }
         offsets.resize(paths.len(), 0);
+        let multi = paths.len() > 1;
         for (i, p) in paths.iter().enumerate() {
-            if let Ok(bytes) = std::fs::read(p)
-                && (bytes.len() as u64) > offsets[i]
-            {
-                let new = &bytes[offsets[i] as usize..];
-                let prefix = if paths.len() > 1 {
-                    format!("(rank {i}) ")
-                } else {
-                    String::new()
-                };
-                for line in String::from_utf8_lossy(new).lines() {
-                    say!("{prefix}{line}");
-                }
-                offsets[i] = bytes.len() as u64;
-            }
+            offsets[i] = print_log(p, offsets[i], multi.then_some(i));
         }
         if !follow {
             return Ok(EXIT_OK);
@@ -1532,16 +1530,54 @@ async fn logs(ctx: &Ctx, address: &str, follow: bool) -> Result<i32> {
         if finished {
             // One last read for lines written just before the end.
             for (i, p) in paths.iter().enumerate() {
-                if let Ok(bytes) = std::fs::read(p)
-                    && (bytes.len() as u64) > offsets[i]
-                {
-                    say_inline!("{}", String::from_utf8_lossy(&bytes[offsets[i] as usize..]));
-                }
+                offsets[i] = print_log(p, offsets[i], multi.then_some(i));
             }
             return Ok(EXIT_OK);
         }
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
+}
+
+/// Prints a log file from `offset` on, in chunks (a log may be larger than memory), and
+/// returns the new offset. With a rank, each complete line is prefixed with it and a partial
+/// last line waits for the next call; without one, bytes pass through untouched.
+fn print_log(path: &Path, offset: u64, rank: Option<usize>) -> u64 {
+    use std::io::{Read, Seek, SeekFrom, Write as _};
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return offset;
+    };
+    if f.seek(SeekFrom::Start(offset)).is_err() {
+        return offset;
+    }
+    let mut out = std::io::stdout().lock();
+    let mut pos = offset;
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut pending: Vec<u8> = Vec::new();
+    loop {
+        let n = match f.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        match rank {
+            None => {
+                if out.write_all(&buf[..n]).is_err() {
+                    return pos;
+                }
+                pos += n as u64;
+            }
+            Some(r) => {
+                pending.extend_from_slice(&buf[..n]);
+                while let Some(nl) = pending.iter().position(|b| *b == b'\n') {
+                    let line: Vec<u8> = pending.drain(..=nl).collect();
+                    pos += line.len() as u64;
+                    let _ = write!(out, "(rank {r}) ");
+                    let _ = out.write_all(&line);
+                }
+            }
+        }
+    }
+    let _ = out.flush();
+    pos
 }
 
 fn graph(ctx: &Ctx, format: &str) -> Result<i32> {

@@ -215,6 +215,13 @@ fn trimspace(args: FuncArgs) -> Result<Value, String> {
 
 fn read_relative(path: &str) -> Result<Vec<u8>, String> {
     let p = BASE_DIR.with(|b| b.borrow().join(path));
+    // Configuration files, not data: a size limit keeps `file("/dev/zero")` from eating memory.
+    const LIMIT: u64 = 16 << 20;
+    if let Ok(m) = std::fs::metadata(&p)
+        && (!m.is_file() || m.len() > LIMIT)
+    {
+        return Err(format!("{path:?} is not a regular file of at most 16 MiB"));
+    }
     std::fs::read(&p).map_err(|e| {
         let why = match e.kind() {
             std::io::ErrorKind::NotFound => "no such file".to_string(),

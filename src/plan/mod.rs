@@ -165,6 +165,7 @@ impl Resolver for Planner<'_> {
                 let after = attrs_json(&inst.spec);
                 let keys: BTreeSet<&String> = before.keys().chain(after.keys()).collect();
                 let mut act = Action::NoOp;
+                let mut in_place: Vec<&str> = Vec::new();
                 for k in keys {
                     if inst.lifecycle.ignore_changes.iter().any(|i| i == k) {
                         continue;
@@ -176,12 +177,21 @@ impl Resolver for Planner<'_> {
                                 reasons.push(format!("{k} forces replacement"));
                             }
                             Effect::InPlace => {
+                                in_place.push(k);
                                 if act == Action::NoOp {
                                     act = Action::Update;
                                 }
                             }
                         }
                     }
+                }
+                if act == Action::Update {
+                    let noun = if in_place.len() == 1 {
+                        "changes"
+                    } else {
+                        "change"
+                    };
+                    reasons.push(format!("{} {noun} in place", in_place.join(", ")));
                 }
                 if p.status == Status::Tainted || p.status == Status::Creating {
                     act = Action::Replace;
@@ -220,10 +230,16 @@ impl Resolver for Planner<'_> {
                 let code = p
                     .computed
                     .get("exit_code")
-                    .map(|c| c.to_string())
-                    .unwrap_or_else(|| "-".into());
+                    .and_then(serde_json::Value::as_i64)
+                    .map_or_else(|| "-".to_string(), |c| c.to_string());
+                // Quoted for the shell when the address has a key.
+                let flag = if addr.key.is_some() {
+                    format!("'-replace={addr}'")
+                } else {
+                    format!("-replace={addr}")
+                };
                 notes.push(format!(
-                    "{addr} {} (exit code {code}); run it again with -replace={addr}",
+                    "{addr} {} (exit code {code}); run it again with {flag}",
                     p.computed
                         .get("status")
                         .and_then(|s| s.as_str())
@@ -417,6 +433,35 @@ pub fn plan(
                 },
             );
         }
+    }
+    // Addresses given with -target and -replace must name something.
+    for (flag, list) in [
+        ("-target", &options.targets),
+        ("-replace", &options.replace),
+    ] {
+        for pattern in list.iter() {
+            if !changes.keys().any(|a| a.matches(pattern)) {
+                let all: Vec<String> = changes.keys().map(ToString::to_string).collect();
+                let shown = pattern.to_string();
+                let hint = match config::diag::did_you_mean(&shown, all.iter().map(String::as_str))
+                {
+                    Some(s) => format!("did you mean {s}?"),
+                    None => "list the addresses with `skyform state list`, or see them in a plan"
+                        .to_string(),
+                };
+                diags.push(
+                    Diagnostic::error(format!("{flag} {shown} matches no resource")).hint(hint),
+                );
+            }
+        }
+    }
+    if !options.targets.is_empty() {
+        diags.push(
+            Diagnostic::warning(
+                "targeting is in effect: this plan leaves out changes to other resources",
+            )
+            .hint("use -target for exceptional cases only, and run a full plan afterwards"),
+        );
     }
     // -target: keep changes to the targets and what they depend on — or, when destroying,
     // what depends on them (it cannot outlive them).
