@@ -325,8 +325,13 @@ pub fn main() -> i32 {
             }
         };
     }
-    let filter = tracing_subscriber::EnvFilter::try_from_env("SKYFORM_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("off"));
+    let filter = match std::env::var("SKYFORM_LOG") {
+        Err(_) => tracing_subscriber::EnvFilter::new("off"),
+        Ok(spec) => tracing_subscriber::EnvFilter::try_new(&spec).unwrap_or_else(|e| {
+            eprintln!("warning: SKYFORM_LOG={spec:?} is not a log filter ({e}); logging is off\nhint: use a level such as debug, or skyform=trace");
+            tracing_subscriber::EnvFilter::new("off")
+        }),
+    };
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

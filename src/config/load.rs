@@ -293,13 +293,16 @@ impl Loader {
                         "output" => (&schema::OUTPUT, "output"),
                         _ => (&schema::MODULE, "module"),
                     };
-                    let dup = match ident {
-                        "variable" => module.variables.contains_key(&name),
-                        "output" => module.outputs.contains_key(&name),
-                        _ => module.modules.contains_key(&name),
+                    let first = match ident {
+                        "variable" => module
+                            .variables
+                            .get(&name)
+                            .map(|d| (d.file, d.span.clone())),
+                        "output" => module.outputs.get(&name).map(|d| (d.file, d.span.clone())),
+                        _ => module.modules.get(&name).map(|d| (d.file, d.span.clone())),
                     };
-                    if dup {
-                        self.duplicate(file, header, what, &name);
+                    if let Some(first) = first {
+                        self.duplicate(file, header, what, &name, first);
                         continue;
                     }
                     let body = self.check_body_at(file, &block.body, schema, what, header.clone());
@@ -348,8 +351,14 @@ impl Loader {
                     let body = self.check_body(file, &block.body, &schema::LOCALS, "locals");
                     for (name, attr) in body.attrs {
                         if let Some(prev) = module.locals.get(&name) {
-                            let _ = prev;
-                            self.duplicate(file, Some(attr.span.clone()), "local value", &name);
+                            let first = (prev.file, prev.span.clone());
+                            self.duplicate(
+                                file,
+                                Some(attr.span.clone()),
+                                "local value",
+                                &name,
+                                first,
+                            );
                             continue;
                         }
                         module.locals.insert(name, attr);
@@ -371,8 +380,9 @@ impl Loader {
                             self.bad_name(file, block, &name);
                             continue;
                         }
-                        if module.resources.contains_key(&(kind, name.clone())) {
-                            self.duplicate(file, header, ident, &name);
+                        if let Some(prev) = module.resources.get(&(kind, name.clone())) {
+                            let first = (prev.file, prev.span.clone());
+                            self.duplicate(file, header, ident, &name, first);
                             continue;
                         }
                         let schema = match kind {
@@ -610,11 +620,23 @@ impl Loader {
         false
     }
 
-    fn duplicate(&mut self, file: FileId, span: Option<Range<usize>>, what: &str, name: &str) {
+    fn duplicate(
+        &mut self,
+        file: FileId,
+        span: Option<Range<usize>>,
+        what: &str,
+        name: &str,
+        first: (FileId, Range<usize>),
+    ) {
+        let (line, col) = self.sources.line_col(first.0, first.1.start);
         self.diags.push(
             Diagnostic::error(format!("duplicate {what} {name:?}"))
                 .at(file, span)
                 .label("declared again here")
+                .note(format!(
+                    "first declared at {}:{line}:{col}",
+                    self.sources.name(first.0)
+                ))
                 .hint("names must be unique within a module: rename or remove one of them"),
         );
     }

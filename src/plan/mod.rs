@@ -238,8 +238,14 @@ impl Resolver for Planner<'_> {
                 } else {
                     format!("-replace={addr}")
                 };
+                let why = p
+                    .computed
+                    .get("reason")
+                    .and_then(|r| r.as_str())
+                    .map(|r| format!(": {r}"))
+                    .unwrap_or_default();
                 notes.push(format!(
-                    "{addr} {} (exit code {code}); run it again with {flag}",
+                    "{addr} {} (exit code {code}){why}; run it again with {flag}",
                     p.computed
                         .get("status")
                         .and_then(|s| s.as_str())
@@ -260,7 +266,11 @@ impl Resolver for Planner<'_> {
                             Diagnostic::error(format!("no placement for {addr}: {}", no.reason))
                                 .at(inst.file, Some(inst.span.clone()))
                                 .label("nothing available satisfies this request")
-                                .hint("relax the resources block, or declare infra \"local\" {} to run on this machine (cloud, Kubernetes and SSH backends are not in this build yet)"),
+                                .hint(if self.offerings.iter().any(|o| o.cloud == "local") {
+                                    "relax the resources block, or declare a cloud (infra \"aws\", \"gcp\", \"lambda\") whose catalog has it"
+                                } else {
+                                    "relax the resources block, or declare infra \"local\" {} to run on this machine"
+                                }),
                         );
                     }
                 }

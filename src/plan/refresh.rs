@@ -87,10 +87,11 @@ pub async fn refresh(state: &mut State, registry: &Arc<Registry>, concurrency: u
                     out.degraded.insert(addr, reason);
                 }
                 Ok(Observed::Gone { reason }) => {
+                    // A resource whose creation failed or never finished is gone by design.
                     let was_creating = state
                         .resources
                         .get(&addr)
-                        .is_some_and(|r| r.status == Status::Creating);
+                        .is_some_and(|r| r.status != Status::Ready);
                     state.resources.remove(&addr);
                     if !was_creating {
                         out.drift
