@@ -184,3 +184,83 @@ fn offers_and_a_cloud_plan_from_the_fixture_catalog() {
         "{human}"
     );
 }
+
+/// A one-file-at-a-time HTTP server on loopback serving `root` (404 for what is missing).
+fn serve(root: std::path::PathBuf) -> (String, std::thread::JoinHandle<()>) {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let handle = std::thread::spawn(move || {
+        for stream in listener.incoming().take(8) {
+            let Ok(mut stream) = stream else { continue };
+            let mut line = String::new();
+            let _ = BufReader::new(&stream).read_line(&mut line);
+            let path = line
+                .split_whitespace()
+                .nth(1)
+                .unwrap_or("/")
+                .trim_start_matches('/')
+                .to_string();
+            let file = root.join(&path);
+            let (status, body) = match std::fs::read(&file) {
+                Ok(b) if !path.contains("..") => ("200 OK", b),
+                _ => ("404 Not Found", b"missing".to_vec()),
+            };
+            let _ = write!(
+                stream,
+                "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = stream.write_all(&body);
+        }
+    });
+    (url, handle)
+}
+
+#[test]
+fn catalog_update_downloads_checks_and_replaces() {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/catalogs");
+    let (url, _server) = serve(fixture.clone());
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("catalogs");
+    let out = Command::new(BIN)
+        .args(["catalog", "update", "--url", &url, "--catalog-dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    for cloud in ["aws", "gcp", "lambda"] {
+        assert_eq!(
+            std::fs::read(dir.join(cloud).join("vms.csv")).unwrap(),
+            std::fs::read(fixture.join(cloud).join("vms.csv")).unwrap()
+        );
+    }
+    // A cloud the server does not have fails, and leaves what was there.
+    let (url, _server) = serve(fixture.clone());
+    let bad = Command::new(BIN)
+        .args([
+            "catalog",
+            "update",
+            "--url",
+            &url,
+            "--clouds",
+            "azure",
+            "--catalog-dir",
+        ])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(
+        text(&bad.stderr).contains("404")
+            && text(&bad.stderr).contains("the old catalogs are unchanged"),
+        "{}",
+        text(&bad.stderr)
+    );
+    assert!(dir.join("gcp/vms.csv").exists());
+}

@@ -233,6 +233,11 @@ pub async fn run(cli: Cli) -> i32 {
             catalog_dir,
         } => match command {
             super::CatalogCommand::List => catalog_list(&ctx(base.clone()), catalog_dir),
+            super::CatalogCommand::Update {
+                url,
+                clouds,
+                timeout,
+            } => catalog_update(&ctx(base.clone()), catalog_dir, url, clouds, timeout).await,
         },
         Command::Agent { .. } => Ok(EXIT_OK),
     };
@@ -1058,6 +1063,36 @@ async fn offers(
             ranked.len()
         );
     }
+    Ok(EXIT_OK)
+}
+
+async fn catalog_update(
+    ctx: &Ctx,
+    flag_dir: Option<PathBuf>,
+    url: String,
+    clouds: Vec<String>,
+    timeout: std::time::Duration,
+) -> Result<i32> {
+    let dir = catalog_dir(ctx, flag_dir);
+    say!("Downloading catalogs from {url} into {} ...", dir.display());
+    let target = dir.clone();
+    let result = tokio::task::spawn_blocking(move || {
+        crate::optimizer::catalog::update(&url, &clouds, &target, timeout)
+    })
+    .await
+    .map_err(|e| Failure::new(e.to_string()))?;
+    let updated = result.map_err(|e| {
+        Failure::new(e.to_string()).hint("check the URL (--url or SKYFORM_CATALOG_URL) and the network; the old catalogs are unchanged")
+    })?;
+    for u in &updated {
+        say!(
+            "  {}  {} rows, {} KiB",
+            u.path.display(),
+            u.rows,
+            u.bytes / 1024
+        );
+    }
+    say!("\nhint: `skyform catalog list` shows what is loaded; plans use it from now on");
     Ok(EXIT_OK)
 }
 

@@ -251,6 +251,18 @@ pub struct OffersRequest {
 pub enum CatalogCommand {
     /// What is loaded: clouds, files, rows and their age.
     List,
+    /// Download the current public catalogs.
+    Update {
+        /// Base URL: files are fetched from URL/<cloud>/vms.csv.
+        #[arg(long, env = "SKYFORM_CATALOG_URL", default_value = crate::optimizer::catalog::DEFAULT_CATALOG_URL)]
+        url: String,
+        /// Which clouds.
+        #[arg(long, value_delimiter = ',', default_value = "aws,gcp,lambda")]
+        clouds: Vec<String>,
+        /// Give up on a download after this long.
+        #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -297,6 +309,8 @@ pub fn normalize_args(args: impl IntoIterator<Item = String>) -> Vec<String> {
 /// Runs the CLI; returns the process exit code.
 pub fn main() -> i32 {
     crate::runtime::proc::default_sigpipe();
+    // One TLS stack: rustls with aws-lc-rs.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     // The HCL library panics on non-finite numbers; evaluation turns that into a diagnostic,
     // so its panic message would only be noise. Every other panic is reported as usual.
     let default_hook = std::panic::take_hook();
