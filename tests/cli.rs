@@ -178,6 +178,23 @@ fn offers_and_a_cloud_plan_from_the_fixture_catalog() {
         change["candidates"].as_array().is_some_and(|c| c.len() > 1),
         "the failover list is in the plan"
     );
+    // What the search space left out, and why: GCP is cheaper, but the request says AWS.
+    std::fs::write(
+        tmp.path().join("main.sky.hcl"),
+        "infra \"gcp\" {}\ninfra \"aws\" {}\n\ncluster \"train\" {\n  resources {\n    accelerators = toset([\"A10G:8\", \"L4:8\"])\n    infra        = \"aws/*\"\n  }\n}\n",
+    )
+    .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&run_cat(&["plan", "-json"]).stdout).unwrap();
+    let change = &v["resource_changes"][0];
+    assert_eq!(change["placement"]["instance_type"], "g5.48xlarge");
+    let first_excluded = &change["excluded"][0];
+    assert_eq!(first_excluded["instance_type"], "g2-standard-96");
+    assert_eq!(first_excluded["reason"], "outside infra = \"aws/*\"");
+    std::fs::write(
+        tmp.path().join("main.sky.hcl"),
+        "infra \"gcp\" {\n  price_multiplier = 0.5\n}\n\ncluster \"train\" {\n  num_nodes = 2\n  resources {\n    accelerators = toset([\"A10G:8\", \"L4:8\"])\n  }\n}\n",
+    )
+    .unwrap();
     let human = text(&run_cat(&["plan"]).stdout);
     assert!(
         human.contains("failover (next 1 of 1): gcp/us-central1 g2-standard-96"),

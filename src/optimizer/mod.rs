@@ -211,6 +211,60 @@ pub fn similar_accelerators(offerings: &[Offering], wanted: &str) -> Vec<String>
     scored.into_iter().map(|(_, s)| s).take(6).collect()
 }
 
+/// A placement that would fit the machine asked for but is outside the request's search space.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Excluded {
+    pub candidate: Candidate,
+    pub reason: String,
+}
+
+/// The cheapest placements (at most `limit`) that fit but were left out by `infra` or
+/// `max_hourly_cost`, each with the constraint that excluded it — so a reviewer sees what the
+/// search space cost.
+pub fn excluded(
+    request: &Resources,
+    num_nodes: u32,
+    offerings: &[Offering],
+    chosen: &[Candidate],
+    limit: usize,
+) -> Vec<Excluded> {
+    let relax = |r: &Resources| Resources {
+        infra: None,
+        max_hourly_cost: None,
+        ..r.clone()
+    };
+    let mut relaxed = relax(request);
+    relaxed.any_of = request.any_of.iter().map(relax).collect();
+    relaxed.ordered = request.ordered.iter().map(relax).collect();
+    let Ok(all) = rank(&relaxed, num_nodes, offerings, &BTreeSet::new()) else {
+        return Vec::new();
+    };
+    let kept: BTreeSet<String> = chosen.iter().map(Candidate::key).collect();
+    let candidates = request.candidates();
+    all.into_iter()
+        .filter(|c| !kept.contains(&c.key()))
+        .take(limit)
+        .map(|c| {
+            let reason = candidates
+                .iter()
+                .find_map(|r| match (&r.infra, r.max_hourly_cost) {
+                    (Some(i), _) if !matches_infra(i, &c.offering) => {
+                        Some(format!("outside infra = {i:?}"))
+                    }
+                    (_, Some(max)) if c.hourly > micros_from_dollars(max) => {
+                        Some(format!("over max_hourly_cost = {max}"))
+                    }
+                    _ => None,
+                })
+                .unwrap_or_else(|| "outside the search space".into());
+            Excluded {
+                candidate: c,
+                reason,
+            }
+        })
+        .collect()
+}
+
 /// Keeps the offerings `keep` accepts; if that removes the last ones, records why.
 fn narrow(
     pool: &mut Vec<&Offering>,

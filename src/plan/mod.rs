@@ -48,6 +48,9 @@ pub struct Change {
     /// Ranked placements, best first (for kinds that get machines).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub candidates: Vec<Candidate>,
+    /// Cheaper or other placements left out by `infra` or `max_hourly_cost`, and why.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub excluded: Vec<optimizer::Excluded>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub depends_on: Vec<Address>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -257,10 +260,14 @@ impl Resolver for Planner<'_> {
         }
         // Placement: keep the current one unless the resource is (re)created.
         let mut candidates = Vec::new();
+        let mut excluded = Vec::new();
         if let Some((request, nodes)) = inst.spec.placement_request() {
             if matches!(action, Action::Create | Action::Replace) {
                 match optimizer::rank(request, nodes, self.offerings, &BTreeSet::new()) {
-                    Ok(c) => candidates = c,
+                    Ok(c) => {
+                        excluded = optimizer::excluded(request, nodes, self.offerings, &c, 20);
+                        candidates = c;
+                    }
                     Err(no) => {
                         self.diags.push(
                             Diagnostic::error(format!("no placement for {addr}: {}", no.reason))
@@ -313,6 +320,7 @@ impl Resolver for Planner<'_> {
                 after: Some(inst.spec),
                 sensitive: inst.sensitive.into_iter().collect(),
                 candidates,
+                excluded,
                 depends_on: inst.depends_on.into_iter().collect(),
                 create_before_destroy: inst.lifecycle.create_before_destroy,
                 notes,
@@ -413,6 +421,7 @@ pub fn plan(
             c.reasons.clear();
             c.notes.clear();
             c.candidates.clear();
+            c.excluded.clear();
         }
         changes.retain(|a, _| state.resources.contains_key(a));
         for c in changes.values_mut() {
@@ -437,6 +446,7 @@ pub fn plan(
                     after: None,
                     sensitive: res.sensitive.clone(),
                     candidates: Vec::new(),
+                    excluded: Vec::new(),
                     depends_on: res.dependencies.clone(),
                     create_before_destroy: false,
                     notes: Vec::new(),

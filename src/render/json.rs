@@ -97,6 +97,11 @@ pub fn plan(p: &Plan) -> Value {
                 "depends_on": c.depends_on.iter().map(ToString::to_string).collect::<Vec<_>>(),
                 "placement": c.candidates.first().map(candidate),
                 "candidates": c.candidates.iter().map(candidate).collect::<Vec<_>>(),
+                "excluded": c.excluded.iter().map(|e| {
+                    let mut v = candidate(&e.candidate);
+                    v["reason"] = serde_json::Value::String(e.reason.clone());
+                    v
+                }).collect::<Vec<_>>(),
                 "notes": c.notes,
             })
         })
