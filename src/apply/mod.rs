@@ -382,10 +382,10 @@ impl Applier<'_> {
             Spec::Job(j) => state.resources.get(&j.cluster).cloned(),
             _ => None,
         };
-        let after: Vec<ResourceState> = p
+        let after: Vec<(Address, ResourceState)> = p
             .after
             .iter()
-            .filter_map(|d| state.resources.get(d).cloned())
+            .filter_map(|d| state.resources.get(d).map(|r| (d.clone(), r.clone())))
             .collect();
         (self.on_event)(&Event::Started {
             address: addr.clone(),
@@ -416,7 +416,7 @@ impl Applier<'_> {
                             private: &current.private,
                             placement: placement.as_ref(),
                             cluster: cluster.as_ref(),
-                            after: after.iter().collect(),
+                            after: after.iter().map(|(a, r)| (a, r)).collect(),
                             root,
                         };
                         if step == Step::Create {

@@ -410,7 +410,12 @@ async fn make_plan(
         options.degraded = r.degraded;
         options.drift = r.drift;
     }
-    let mut offerings = catalog_offerings(ctx, config)?;
+    // Destroying needs no placements (and so no catalogs).
+    let mut offerings = if destroy {
+        Vec::new()
+    } else {
+        catalog_offerings(ctx, config)?
+    };
     for p in registry.providers.values() {
         match p.offerings().await {
             Ok(o) => offerings.extend(o),
@@ -870,7 +875,8 @@ fn catalog_dir(ctx: &Ctx, flag: Option<PathBuf>) -> PathBuf {
     }
     let (config, _) = config::load(&ctx.dir);
     if let Some(d) = config.catalog_dir {
-        return expand_home(&d);
+        // Relative to the configuration, like every other path in it.
+        return ctx.dir.join(expand_home(&d));
     }
     expand_home("~/.skyform/catalogs")
 }
@@ -886,7 +892,7 @@ fn expand_home(p: &str) -> PathBuf {
 fn load_catalog(dir: &Path) -> Result<crate::optimizer::catalog::Catalog> {
     let catalog = crate::optimizer::catalog::Catalog::load(dir).map_err(|e| {
         Failure::new(e.to_string()).hint(format!(
-            "put SkyPilot-format catalogs in {} (<cloud>/vms.csv), or point --catalog-dir / catalog_dir at them",
+            "put SkyPilot-format catalogs in {} (<cloud>/vms.csv) with `skyform catalog update`, or point SKYFORM_CATALOG_DIR (or catalog_dir, or --catalog-dir for offers) at them",
             dir.display()
         ))
     })?;
@@ -930,6 +936,36 @@ fn catalog_offerings(ctx: &Ctx, config: &Config) -> Result<Vec<crate::optimizer:
             .get("price_multiplier")
             .and_then(|m| m.as_f64())
             .unwrap_or(1.0);
+        if !(multiplier.is_finite() && multiplier > 0.0) {
+            return Err(Failure::new(format!(
+                "infra \"{}\": price_multiplier = {multiplier} is not a positive number",
+                infra.kind
+            ))
+            .hint("a multiplier scales the catalog's prices: 0.8 for a 20% discount"));
+        }
+        let Some(cloud) = catalog.clouds.get(&infra.kind) else {
+            return Err(Failure::new(format!(
+                "infra \"{}\" is declared, but {} has no {}/vms.csv",
+                infra.kind,
+                dir.display(),
+                infra.kind
+            ))
+            .hint("`skyform catalog update` fetches it"));
+        };
+        let known: std::collections::BTreeSet<&str> =
+            cloud.vms.iter().map(|v| v.region.as_str()).collect();
+        if let Some(bad) = regions.iter().find(|r| !known.contains(r.as_str())) {
+            let names: Vec<&str> = known.iter().copied().collect();
+            let hint = match config::diag::did_you_mean(bad, names.iter().copied()) {
+                Some(s) => format!("did you mean {s:?}?"),
+                None => format!("the {} catalog has: {}", infra.kind, names.join(", ")),
+            };
+            return Err(Failure::new(format!(
+                "infra \"{}\": region {bad:?} is not in the catalog",
+                infra.kind
+            ))
+            .hint(hint));
+        }
         out.extend(catalog.offerings(&infra.kind, multiplier, &regions));
     }
     Ok(out)
@@ -1009,7 +1045,7 @@ async fn offers(
     )
     .map_err(|no| {
         Failure::new(format!("no offer matches: {}", no.reason))
-            .hint("relax the request, or see every accelerator with `skyform offers`")
+            .hint("relax the request; `skyform offers NAME:COUNT --all` lists what the catalogs have for an accelerator")
     })?;
     if json {
         let rows: Vec<serde_json::Value> = ranked

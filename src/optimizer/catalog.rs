@@ -493,7 +493,9 @@ pub fn update(
             .map_err(|e| e.to_string())
     };
     let base = base.trim_end_matches('/');
-    let mut done = Vec::new();
+    // Everything is fetched and checked first; only then are files replaced, so a failure
+    // leaves the catalogs as they were.
+    let mut fetched: Vec<(PathBuf, Vec<u8>, usize)> = Vec::new();
     for cloud in clouds {
         let url = format!("{base}/{cloud}/vms.csv");
         let bytes = fetch(&url).map_err(|message| CatalogError::Format {
@@ -511,22 +513,19 @@ pub fn update(
                 message: "the catalog has no rows".into(),
             });
         }
-        let path = dir.join(cloud).join("vms.csv");
-        write_replacing(&path, &bytes)?;
-        done.push(Updated {
-            path,
-            rows,
-            bytes: bytes.len(),
-        });
+        fetched.push((dir.join(cloud).join("vms.csv"), bytes, rows));
     }
     // The accelerator list is optional.
     if let Ok(bytes) = fetch(&format!("{base}/common/accelerators.csv")) {
-        let path = dir.join("common").join("accelerators.csv");
         let rows = bytes
             .iter()
             .filter(|b| **b == b'\n')
             .count()
             .saturating_sub(1);
+        fetched.push((dir.join("common").join("accelerators.csv"), bytes, rows));
+    }
+    let mut done = Vec::new();
+    for (path, bytes, rows) in fetched {
         write_replacing(&path, &bytes)?;
         done.push(Updated {
             path,

@@ -227,7 +227,7 @@ impl LocalProvider {
         address: &Address,
         spec: &Spec,
         id: &str,
-        after: &[&ResourceState],
+        after: &[(&Address, &ResourceState)],
     ) -> Option<JobRecord> {
         let (run, nodes, resources, envs, teardown) = match spec {
             Spec::Job(j) => (
@@ -273,10 +273,13 @@ impl LocalProvider {
         let cpus = resources.cpus.map_or(0.5, |c| c.value);
         let after = after
             .iter()
-            .filter_map(|dep| {
+            .filter_map(|(addr, dep)| {
                 let job = job_id(&dep.private)?;
                 let dir = Self::cluster_dir(&dep.private)?;
-                Some(Layout::new(dir).status(job))
+                Some(runtime::Dependency {
+                    status: Layout::new(dir).status(job),
+                    name: addr.to_string(),
+                })
             })
             .collect();
         Some(JobRecord {

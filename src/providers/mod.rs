@@ -72,7 +72,7 @@ pub struct Request<'a> {
     /// For jobs: the cluster's state.
     pub cluster: Option<&'a ResourceState>,
     /// For jobs: states of the jobs that must succeed first.
-    pub after: Vec<&'a ResourceState>,
+    pub after: Vec<(&'a Address, &'a ResourceState)>,
     /// The configuration directory (workdirs are relative to it).
     pub root: PathBuf,
 }

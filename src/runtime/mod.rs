@@ -35,9 +35,9 @@ pub struct JobRecord {
     pub gpus: f64,
     #[serde(default)]
     pub envs: BTreeMap<String, String>,
-    /// Status files of jobs that must succeed first (Slurm's afterok).
+    /// Jobs that must succeed first (Slurm's afterok).
     #[serde(default)]
-    pub after: Vec<PathBuf>,
+    pub after: Vec<Dependency>,
     /// Tear the cluster down when this job ends (managed jobs).
     #[serde(default)]
     pub teardown: bool,
@@ -188,6 +188,13 @@ pub fn submit(layout: &Layout, job: &JobRecord) -> std::io::Result<()> {
         return Ok(());
     }
     write_json(&layout.queued(&job.id), job)
+}
+
+/// A job another waits for: where its status is, and its name for messages.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Dependency {
+    pub status: PathBuf,
+    pub name: String,
 }
 
 /// The status of a job: from the head's record, or queued if only submitted, or None.
@@ -442,7 +449,7 @@ impl Scheduler {
                     let mut blocked_by = None;
                     let mut waiting = false;
                     for dep in &j.after {
-                        match read_json::<JobStatus>(dep).map(|s| s.state) {
+                        match read_json::<JobStatus>(&dep.status).map(|s| s.state) {
                             Some(JobState::Succeeded) => {}
                             Some(JobState::Failed | JobState::Cancelled) => {
                                 blocked_by = Some(dep.clone())
@@ -451,11 +458,7 @@ impl Scheduler {
                         }
                     }
                     if let Some(dep) = blocked_by {
-                        let name = dep
-                            .parent()
-                            .and_then(|p| p.file_name())
-                            .map(|n| n.to_string_lossy().to_string())
-                            .unwrap_or_default();
+                        let name = dep.name;
                         let mut st = queued_status();
                         st.state = JobState::Cancelled;
                         st.reason = Some(format!("dependency {name} did not succeed"));
