@@ -257,7 +257,9 @@ fn catalog_update_downloads_checks_and_replaces() {
             std::fs::read(fixture.join(cloud).join("vms.csv")).unwrap()
         );
     }
-    // A cloud the server does not have fails, and leaves what was there.
+    // A cloud the server does not have fails, and nothing is replaced (not even the clouds
+    // that did download).
+    std::fs::write(dir.join("aws/vms.csv"), b"InstanceType,Region\nold,here\n").unwrap();
     let (url, _server) = serve(fixture.clone());
     let bad = Command::new(BIN)
         .args([
@@ -266,7 +268,7 @@ fn catalog_update_downloads_checks_and_replaces() {
             "--url",
             &url,
             "--clouds",
-            "azure",
+            "aws,azure",
             "--catalog-dir",
         ])
         .arg(&dir)
@@ -280,4 +282,8 @@ fn catalog_update_downloads_checks_and_replaces() {
         text(&bad.stderr)
     );
     assert!(dir.join("gcp/vms.csv").exists());
+    assert_eq!(
+        std::fs::read(dir.join("aws/vms.csv")).unwrap(),
+        b"InstanceType,Region\nold,here\n"
+    );
 }
