@@ -119,7 +119,22 @@ def mem_ok(spec, have, cpus):
 
 
 def answer(catalog_dir, line):
+    """Accelerators: one NAME:COUNT, several joined by ',' (cheapest of), or by '>' (in order:
+    the first that has any match wins)."""
     name, cloud, acc, cpus, mem, spot, cap, nodes = (line.split("|") + [""] * 8)[:8]
+    if ">" in acc:
+        for choice in acc.split(">"):
+            got = answer(catalog_dir, "|".join([name, cloud, choice, cpus, mem, spot, cap, nodes]))
+            if "NO MATCH" not in got:
+                return got
+        return f"{name},NO MATCH,,"
+    if "," in acc:
+        rows = [answer(catalog_dir, "|".join([name, cloud, c, cpus, mem, spot, cap, nodes])) for c in acc.split(",")]
+        matched = [r.split(",") for r in rows if "NO MATCH" not in r]
+        if not matched:
+            return f"{name},NO MATCH,,"
+        best = min(matched, key=lambda r: (int(r[3]), r[1], r[2]))
+        return ",".join(best)
     nodes = int(nodes or 1)
     want_spot = spot == "spot"
     clouds = [cloud] if cloud else ["aws", "gcp", "lambda"]

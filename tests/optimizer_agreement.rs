@@ -19,7 +19,17 @@ fn request(line: &str) -> (String, Vec<String>, Resources, u32) {
         vec![get(1).to_string()]
     };
     let r = Resources {
-        accelerators: (!get(2).is_empty()).then(|| Accelerators::One(get(2).parse().unwrap())),
+        accelerators: (!get(2).is_empty()).then(|| {
+            let acc = get(2);
+            let parse = |sep: char| acc.split(sep).map(|a| a.parse().unwrap()).collect::<Vec<_>>();
+            if acc.contains('>') {
+                Accelerators::Ordered(parse('>'))
+            } else if acc.contains(',') {
+                Accelerators::AnyOf(parse(','))
+            } else {
+                Accelerators::One(acc.parse().unwrap())
+            }
+        }),
         cpus: (!get(3).is_empty()).then(|| get(3).parse().unwrap()),
         memory: (!get(4).is_empty()).then(|| get(4).parse().unwrap()),
         use_spot: get(5) == "spot",
