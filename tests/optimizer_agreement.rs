@@ -21,7 +21,11 @@ fn request(line: &str) -> (String, Vec<String>, Resources, u32) {
     let r = Resources {
         accelerators: (!get(2).is_empty()).then(|| {
             let acc = get(2);
-            let parse = |sep: char| acc.split(sep).map(|a| a.parse().unwrap()).collect::<Vec<_>>();
+            let parse = |sep: char| {
+                acc.split(sep)
+                    .map(|a| a.parse().unwrap())
+                    .collect::<Vec<_>>()
+            };
             if acc.contains('>') {
                 Accelerators::Ordered(parse('>'))
             } else if acc.contains(',') {

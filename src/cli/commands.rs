@@ -966,7 +966,48 @@ fn catalog_offerings(ctx: &Ctx, config: &Config) -> Result<Vec<crate::optimizer:
             ))
             .hint(hint));
         }
-        out.extend(catalog.offerings(&infra.kind, multiplier, &regions));
+        let zones: Vec<String> = infra
+            .settings
+            .get("zones")
+            .and_then(|r| r.as_array())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let zone_regions: std::collections::BTreeSet<&str> = cloud
+            .vms
+            .iter()
+            .filter(|v| v.zone.as_ref().is_some_and(|z| zones.contains(z)))
+            .map(|v| v.region.as_str())
+            .collect();
+        if let Some(bad) = zones
+            .iter()
+            .find(|z| !cloud.vms.iter().any(|v| v.zone.as_ref() == Some(*z)))
+        {
+            return Err(Failure::new(format!(
+                "infra \"{}\": zone {bad:?} is not in the catalog",
+                infra.kind
+            ))
+            .hint("zones look like us-east-1a (aws) or us-central1-b (gcp)"));
+        }
+        // zones: spot offerings in those zones; on-demand ones in their regions.
+        out.extend(
+            catalog
+                .offerings(&infra.kind, multiplier, &regions)
+                .into_iter()
+                .filter(|o| {
+                    zones.is_empty()
+                        || match &o.zone {
+                            Some(z) => zones.contains(z),
+                            None => o
+                                .region
+                                .as_deref()
+                                .is_some_and(|r| zone_regions.contains(r)),
+                        }
+                }),
+        );
     }
     Ok(out)
 }
@@ -1087,7 +1128,7 @@ async fn offers(
             o.instance_type,
             if acc.is_empty() { "-".to_string() } else { acc },
             crate::model::request::fmt_num(o.cpus),
-            format!("{} GiB", crate::model::request::fmt_num(o.memory_gib)),
+            format!("{} GiB", crate::model::request::fmt_size(o.memory_gib)),
             if o.spot { "spot" } else { "-" },
             crate::optimizer::dollars(c.hourly).trim_start_matches('$')
         );

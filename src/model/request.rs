@@ -31,6 +31,12 @@ pub fn fmt_num(v: f64) -> String {
     }
 }
 
+/// A size for people: at most one decimal (`3.6`, `32`).
+pub fn fmt_size(v: f64) -> String {
+    let r = (v * 10.0).round() / 10.0;
+    fmt_num(r)
+}
+
 /// One accelerator with a (possibly fractional) count: `A100:8`, `L4`, `A100:0.5`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Accelerator {

@@ -326,24 +326,15 @@ fn join_gpus(
                 .copied()
                 .collect(),
             None => {
-                // The cheapest n1 host with enough vCPUs and at least 4 GiB per vCPU.
+                // Every n1 host with at least the default vCPUs for the GPUs; the optimizer
+                // applies SkyPilot's 4 GiB per vCPU when the request says neither cpus nor
+                // memory (T4:1 → n1-highmem-4), and the request's own numbers otherwise.
                 let need = n1_default_cpus(name, *count);
-                let mut n1: Vec<&Vm> = zone_hosts
+                zone_hosts
                     .iter()
-                    .filter(|h| {
-                        h.instance_type.starts_with("n1-")
-                            && h.vcpus >= need
-                            && h.memory_gib >= 4.0 * h.vcpus
-                    })
+                    .filter(|h| h.instance_type.starts_with("n1-") && h.vcpus >= need)
                     .copied()
-                    .collect();
-                n1.sort_by(|a, b| {
-                    a.price
-                        .unwrap_or(f64::MAX)
-                        .total_cmp(&b.price.unwrap_or(f64::MAX))
-                        .then_with(|| a.instance_type.cmp(&b.instance_type))
-                });
-                n1.into_iter().take(1).collect()
+                    .collect()
             }
         };
         for host in candidates {
@@ -426,8 +417,23 @@ n1-highmem-4,4.0,26.0,,,,us-east4,us-east4-a,0.25,0.06
             od("L4", 8.0),
             vec![("g2-standard-96".to_string(), 7_977_120)]
         );
-        // T4 on n1: at least 4 vCPUs and 4 GiB per vCPU, so n1-highmem-4, not n1-standard-4.
-        assert_eq!(od("T4", 1.0), vec![("n1-highmem-4".to_string(), 600_000)]);
+        // T4 rides on any n1 host with at least 4 vCPUs; the optimizer's default of 4 GiB per
+        // vCPU then prefers n1-highmem-4 to the cheaper n1-standard-4 (15 GiB).
+        let mut t4 = od("T4", 1.0);
+        t4.sort();
+        assert_eq!(
+            t4,
+            vec![
+                ("n1-highmem-4".to_string(), 600_000),
+                ("n1-standard-4".to_string(), 550_000)
+            ]
+        );
+        let req = crate::model::Resources {
+            accelerators: Some(crate::model::Accelerators::One("T4:1".parse().unwrap())),
+            ..Default::default()
+        };
+        let best = &super::super::rank(&req, 1, &offers, &Default::default()).unwrap()[0];
+        assert_eq!(best.offering.instance_type, "n1-highmem-4");
         let spot: Vec<_> = offers
             .iter()
             .filter(|o| o.spot && o.instance_type == "g2-standard-96")

@@ -100,7 +100,7 @@ impl fmt::Display for Candidate {
             f,
             "  {} vCPU  {} GiB  {}  {}/h",
             crate::model::request::fmt_num(o.cpus),
-            crate::model::request::fmt_num(o.memory_gib),
+            crate::model::request::fmt_size(o.memory_gib),
             if o.spot { "spot" } else { "on-demand" },
             dollars(self.hourly)
         )
@@ -134,10 +134,34 @@ fn matches_infra(pattern: &str, o: &Offering) -> bool {
         }
         match have.get(i).copied().flatten() {
             Some(h) if h.eq_ignore_ascii_case(w) => {}
+            // An on-demand offering stands for every zone of its region: a zone asked for
+            // narrows it (see `pin_zone`).
+            None if i == 2 && o.region.is_some() => {}
             _ => return false,
         }
     }
     true
+}
+
+/// The concrete zone an infra pattern names, if any (`aws/us-east-1/us-east-1a`).
+fn pattern_zone(pattern: &str) -> Option<&str> {
+    pattern.split('/').nth(2).filter(|z| *z != "*")
+}
+
+/// Whether a blocked placement (an infra prefix like `gcp/us-east4` or `aws/us-east-1/
+/// us-east-1a`, or a candidate key) covers `c`. Whole path segments only: blocking
+/// `gcp/europe-west1` leaves `gcp/europe-west10` alone.
+pub fn is_blocked(blocked: &BTreeSet<String>, c: &Candidate) -> bool {
+    let infra = c.offering.infra();
+    let key = c.key();
+    blocked.iter().any(|b| {
+        key == *b
+            || infra == *b
+            || infra.starts_with(&format!("{b}/"))
+            // A zone blocked blocks its region's on-demand offering only for that zone; the
+            // offering stands for the other zones too, so it stays.
+            || key.starts_with(&format!("{b}:"))
+    })
 }
 
 /// Clouds whose offerings are pools of capacity (a request takes a share of a machine),
@@ -190,7 +214,7 @@ pub fn similar_accelerators(offerings: &[Offering], wanted: &str) -> Vec<String>
         }
     }
     let w = wanted.to_lowercase();
-    let mut scored: Vec<(f64, String)> = Vec::new();
+    let mut scored: Vec<(f64, String, u64)> = Vec::new();
     for (name, counts) in names {
         let l = name.to_lowercase();
         let score = if l == w {
@@ -202,13 +226,21 @@ pub fn similar_accelerators(offerings: &[Offering], wanted: &str) -> Vec<String>
         };
         if score >= 0.85 {
             for c in counts {
-                let count = crate::model::request::fmt_num(c as f64 / 1000.0);
-                scored.push((score, format!("{name}:{count}")));
+                scored.push((score, name.clone(), c));
             }
         }
     }
-    scored.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
-    scored.into_iter().map(|(_, s)| s).take(6).collect()
+    // Best names first; counts in numeric order.
+    scored.sort_by(|a, b| {
+        b.0.total_cmp(&a.0)
+            .then_with(|| a.1.cmp(&b.1))
+            .then(a.2.cmp(&b.2))
+    });
+    scored
+        .into_iter()
+        .map(|(_, n, c)| format!("{n}:{}", crate::model::request::fmt_num(c as f64 / 1000.0)))
+        .take(6)
+        .collect()
 }
 
 /// A placement that would fit the machine asked for but is outside the request's search space.
@@ -371,6 +403,20 @@ pub fn rank(
                 },
             );
         }
+        if req.accelerators.is_some() && req.cpus.is_none() && req.memory.is_none() {
+            // GPUs on general hosts (GCP's n1): SkyPilot's default of 4 GiB per vCPU.
+            narrow(
+                &mut pool,
+                &mut last_reason,
+                || "no host with 4 GiB per vCPU".into(),
+                |o: &Offering| {
+                    !(o.cloud == "gcp"
+                        && o.instance_type.starts_with("n1-")
+                        && !o.accelerators.is_empty())
+                        || o.memory_gib + 1e-9 >= 4.0 * o.cpus
+                },
+            );
+        }
         if let Some(c) = req.cpus {
             let most = pool.iter().map(|o| o.cpus).fold(0.0, f64::max);
             narrow(
@@ -436,7 +482,15 @@ pub fn rank(
                 num_nodes,
                 hourly: o.price.saturating_mul(u64::from(num_nodes)),
             };
-            if blocked.iter().any(|b| c.key().starts_with(b.as_str())) {
+            let c = match req.infra.as_deref().and_then(pattern_zone) {
+                Some(z) if c.offering.zone.is_none() && !is_capacity(&c.offering.cloud) => {
+                    let mut c = c;
+                    c.offering.zone = Some(z.to_string());
+                    c
+                }
+                _ => c,
+            };
+            if is_blocked(blocked, &c) {
                 last_reason = "every matching placement is blocked by earlier failures".into();
                 continue;
             }
@@ -552,6 +606,49 @@ mod tests {
         };
         let err = rank(&too_big, 1, &offers, &BTreeSet::new()).unwrap_err();
         assert!(err.reason.contains("cpus = 500+"), "{}", err.reason);
+    }
+
+    #[test]
+    fn blocking_takes_whole_segments() {
+        let mut a = offer("gcp", Some("europe-west1"), "n2-standard-8", &[], 8.0, 1.0);
+        a.memory_gib = 32.0;
+        let mut b = a.clone();
+        b.region = Some("europe-west10".into());
+        let mut c = a.clone();
+        c.instance_type = "n2-standard-80".into();
+        c.cpus = 80.0;
+        c.memory_gib = 320.0;
+        let offers = vec![a, b, c];
+        let req = Resources {
+            cpus: Some("8+".parse().unwrap()),
+            ..Resources::default()
+        };
+        let keys = |blocked: &[&str]| -> Vec<String> {
+            let blocked: BTreeSet<String> = blocked.iter().map(|s| (*s).to_string()).collect();
+            rank(&req, 1, &offers, &blocked)
+                .map(|v| v.iter().map(Candidate::key).collect())
+                .unwrap_or_default()
+        };
+        assert_eq!(
+            keys(&["gcp/europe-west1"]),
+            vec!["gcp/europe-west10:n2-standard-8"]
+        );
+        assert_eq!(
+            keys(&["gcp/europe-west1:n2-standard-8"]).len(),
+            2,
+            "the key blocks one type only"
+        );
+        // A zone asked for narrows an on-demand offering to that zone.
+        let zoned = Resources {
+            infra: Some("gcp/europe-west1/europe-west1-b".into()),
+            ..req.clone()
+        };
+        let r = rank(&zoned, 1, &offers, &BTreeSet::new()).unwrap();
+        assert!(
+            r.iter()
+                .all(|c| c.offering.zone.as_deref() == Some("europe-west1-b")),
+            "{r:?}"
+        );
     }
 
     proptest! {

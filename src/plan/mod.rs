@@ -125,6 +125,7 @@ struct Planner<'a> {
     options: &'a Options,
     changes: BTreeMap<Address, Change>,
     diags: Diagnostics,
+    placement_cache: std::collections::HashMap<String, Placements>,
     /// Instances with `prevent_destroy`, and where they are declared.
     protected: Vec<(Address, usize, std::ops::Range<usize>)>,
     sources_for_span: Vec<(Address, usize, std::ops::Range<usize>)>,
@@ -263,9 +264,9 @@ impl Resolver for Planner<'_> {
         let mut excluded = Vec::new();
         if let Some((request, nodes)) = inst.spec.placement_request() {
             if matches!(action, Action::Create | Action::Replace) {
-                match optimizer::rank(request, nodes, self.offerings, &BTreeSet::new()) {
-                    Ok(c) => {
-                        excluded = optimizer::excluded(request, nodes, self.offerings, &c, 20);
+                match self.placements(request, nodes) {
+                    Ok((c, e)) => {
+                        excluded = e;
                         candidates = c;
                     }
                     Err(no) => {
@@ -330,7 +331,33 @@ impl Resolver for Planner<'_> {
     }
 }
 
+/// How deep a failover list goes (and how many left-out placements a plan lists).
+const MAX_CANDIDATES: usize = 100;
+const MAX_EXCLUDED: usize = 10;
+
+type Placements = Result<(Vec<Candidate>, Vec<optimizer::Excluded>), optimizer::NoMatch>;
+
 impl Planner<'_> {
+    /// The ranked placements of a request, computed once per distinct request (a sweep of a
+    /// thousand identical jobs ranks once).
+    fn placements(&mut self, request: &crate::model::Resources, nodes: u32) -> Placements {
+        let key = format!(
+            "{nodes}:{}",
+            serde_json::to_string(request).unwrap_or_default()
+        );
+        if let Some(hit) = self.placement_cache.get(&key) {
+            return hit.clone();
+        }
+        let result =
+            optimizer::rank(request, nodes, self.offerings, &BTreeSet::new()).map(|mut c| {
+                let e = optimizer::excluded(request, nodes, self.offerings, &c, MAX_EXCLUDED);
+                c.truncate(MAX_CANDIDATES);
+                (c, e)
+            });
+        self.placement_cache.insert(key, result.clone());
+        result
+    }
+
     /// A job must fit on its cluster's nodes.
     fn check_fit(&mut self, inst: &Instance, job: &crate::model::JobSpec) {
         let Some(cluster) = self.changes.get(&job.cluster) else {
@@ -410,6 +437,7 @@ pub fn plan(
         changes: BTreeMap::new(),
         diags: Diagnostics::default(),
         protected: Vec::new(),
+        placement_cache: Default::default(),
         sources_for_span: Vec::new(),
     };
     let (outputs, mut diags) = config::evaluate(config, inputs, &mut planner);

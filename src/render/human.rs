@@ -88,8 +88,14 @@ fn placement_line(c: &Change) -> Option<String> {
             .skip(1)
             .take(SHOWN_CANDIDATES)
             .map(|x| {
+                let acc = x
+                    .offering
+                    .accelerators
+                    .first()
+                    .map(|(n, c)| format!(" {n}:{}", crate::model::request::fmt_num(*c)))
+                    .unwrap_or_default();
                 format!(
-                    "{} {} {}/h",
+                    "{} {}{acc} {}/h",
                     x.offering.infra(),
                     x.offering.instance_type,
                     dollars(x.hourly)
