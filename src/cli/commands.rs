@@ -448,13 +448,13 @@ async fn plan_cmd(
     if json {
         say!(
             "{}",
-            serde_json::to_string_pretty(&render::json::plan(&plan)).unwrap_or_default()
+            serde_json::to_string(&render::json::plan(&plan)).unwrap_or_default()
         );
     } else {
         say_inline!("{}", render::human::plan(&plan, &ctx.style));
     }
     if let Some(path) = out {
-        let bytes = serde_json::to_vec_pretty(&plan).map_err(|e| Failure::new(e.to_string()))?;
+        let bytes = serde_json::to_vec(&plan).map_err(|e| Failure::new(e.to_string()))?;
         LocalStore::write_atomic(path, &bytes)?;
         if !json {
             say!(
@@ -1220,7 +1220,7 @@ async fn show(ctx: &Ctx, planfile: Option<&Path>, json: bool) -> Result<i32> {
         if json {
             say!(
                 "{}",
-                serde_json::to_string_pretty(&render::json::plan(&plan)).unwrap_or_default()
+                serde_json::to_string(&render::json::plan(&plan)).unwrap_or_default()
             );
         } else {
             say_inline!("{}", render::human::plan(&plan, &ctx.style));
