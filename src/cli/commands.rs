@@ -919,7 +919,8 @@ fn catalog_offerings(ctx: &Ctx, config: &Config) -> Result<Vec<crate::optimizer:
         std::env::var_os("SKYFORM_CATALOG_DIR").map(PathBuf::from),
     );
     let catalog = load_catalog(&dir)?;
-    let mut out = Vec::new();
+    let mut wanted: Vec<(String, f64, Vec<String>)> = Vec::new();
+    let mut scopes: BTreeMap<String, (Vec<String>, Vec<String>)> = BTreeMap::new();
     for infra in clouds {
         let regions: Vec<String> = infra
             .settings
@@ -992,24 +993,24 @@ fn catalog_offerings(ctx: &Ctx, config: &Config) -> Result<Vec<crate::optimizer:
             ))
             .hint("zones look like us-east-1a (aws) or us-central1-b (gcp)"));
         }
-        // zones: spot offerings in those zones; on-demand ones in their regions.
-        out.extend(
-            catalog
-                .offerings(&infra.kind, multiplier, &regions)
-                .into_iter()
-                .filter(|o| {
-                    zones.is_empty()
-                        || match &o.zone {
-                            Some(z) => zones.contains(z),
-                            None => o
-                                .region
-                                .as_deref()
-                                .is_some_and(|r| zone_regions.contains(r)),
-                        }
-                }),
-        );
+        let zone_regions: Vec<String> = zone_regions.into_iter().map(String::from).collect();
+        wanted.push((infra.kind.clone(), multiplier, regions));
+        scopes.insert(infra.kind.clone(), (zones, zone_regions));
     }
-    Ok(out)
+    // zones: spot offerings in those zones; on-demand ones in their regions.
+    Ok(catalog
+        .offerings_of(&wanted)
+        .into_iter()
+        .filter(|o| {
+            scopes.get(&o.cloud).is_none_or(|(zones, zone_regions)| {
+                zones.is_empty()
+                    || match &o.zone {
+                        Some(z) => zones.contains(z),
+                        None => o.region.as_ref().is_some_and(|r| zone_regions.contains(r)),
+                    }
+            })
+        })
+        .collect())
 }
 
 impl OffersRequest {
@@ -1064,10 +1065,12 @@ async fn offers(
     let resources = request.resources()?;
     let dir = catalog_dir(ctx, flag_dir);
     let catalog = load_catalog(&dir)?;
-    let mut offerings = Vec::new();
-    for cloud in catalog.clouds.keys() {
-        offerings.extend(catalog.offerings(cloud, 1.0, &[]));
-    }
+    let wanted: Vec<(String, f64, Vec<String>)> = catalog
+        .clouds
+        .keys()
+        .map(|c| (c.clone(), 1.0, Vec::new()))
+        .collect();
+    let mut offerings = catalog.offerings_of(&wanted);
     // This machine only when asked for: offers are about where one could rent.
     if request
         .infra

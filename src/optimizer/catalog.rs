@@ -93,15 +93,40 @@ impl Catalog {
             })
             .collect();
         clouds.sort();
-        for (cloud, path) in clouds {
-            let bytes = std::fs::read(&path).map_err(|source| CatalogError::Io {
-                path: path.display().to_string(),
-                source,
-            })?;
-            let cc = parse_vms(&bytes).map_err(|message| CatalogError::Format {
-                path: path.display().to_string(),
-                message,
-            })?;
+        // One thread per file: the files are independent and GCP's is most of the work.
+        let parsed: Vec<Result<(String, PathBuf, CloudCatalog), CatalogError>> =
+            std::thread::scope(|scope| {
+                let handles: Vec<_> = clouds
+                    .into_iter()
+                    .map(|(cloud, path)| {
+                        scope.spawn(move || {
+                            let bytes =
+                                std::fs::read(&path).map_err(|source| CatalogError::Io {
+                                    path: path.display().to_string(),
+                                    source,
+                                })?;
+                            let cc = parse_vms(&bytes).map_err(|message| CatalogError::Format {
+                                path: path.display().to_string(),
+                                message,
+                            })?;
+                            Ok((cloud, path, cc))
+                        })
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| {
+                        h.join().unwrap_or_else(|_| {
+                            Err(CatalogError::Format {
+                                path: String::new(),
+                                message: "reading the catalog failed".into(),
+                            })
+                        })
+                    })
+                    .collect()
+            });
+        for result in parsed {
+            let (cloud, path, cc) = result?;
             catalog.files.push(LoadedFile {
                 cloud: cloud.clone(),
                 rows: cc.vms.len() + cc.gpus.len(),
@@ -158,6 +183,20 @@ impl Catalog {
             out.extend(join_gpus(cloud, cc, multiplier, &in_scope));
         }
         out
+    }
+
+    /// The offerings of several clouds (cloud, price multiplier, regions), built in parallel.
+    pub fn offerings_of(&self, wanted: &[(String, f64, Vec<String>)]) -> Vec<Offering> {
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = wanted
+                .iter()
+                .map(|(cloud, m, regions)| scope.spawn(move || self.offerings(cloud, *m, regions)))
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| h.join().unwrap_or_default())
+                .collect()
+        })
     }
 
     /// Accelerator names and counts the catalogs offer (for "did you mean").
@@ -332,7 +371,13 @@ fn join_gpus(
                 let need = n1_default_cpus(name, *count);
                 zone_hosts
                     .iter()
-                    .filter(|h| h.instance_type.starts_with("n1-") && h.vcpus >= need)
+                    // Up to four times the default: enough room for a `cpus` request
+                    // without multiplying the offerings by every n1 size.
+                    .filter(|h| {
+                        h.instance_type.starts_with("n1-")
+                            && h.vcpus >= need
+                            && h.vcpus <= 4.0 * need
+                    })
                     .copied()
                     .collect()
             }

@@ -260,6 +260,17 @@ pub fn excluded(
     chosen: &[Candidate],
     limit: usize,
 ) -> Vec<Excluded> {
+    // Without infra or a price cap nothing is left out: skip the second ranking.
+    let constrained = |r: &Resources| r.infra.is_some() || r.max_hourly_cost.is_some();
+    if !constrained(request)
+        && !request
+            .any_of
+            .iter()
+            .chain(&request.ordered)
+            .any(constrained)
+    {
+        return Vec::new();
+    }
     let relax = |r: &Resources| Resources {
         infra: None,
         max_hourly_cost: None,
