@@ -230,3 +230,178 @@ async fn a_failure_skips_only_its_dependents() {
         Some(skyform::state::Status::Tainted)
     );
 }
+
+/// A cloud with no room in one region.
+#[derive(Debug, Default)]
+struct Cloud {
+    full: Vec<String>,
+    tried: Mutex<Vec<String>>,
+}
+
+#[async_trait::async_trait]
+impl Provider for Cloud {
+    fn name(&self) -> &'static str {
+        "aws"
+    }
+    async fn offerings(&self) -> Result<Vec<Offering>, ProviderError> {
+        Ok(vec![])
+    }
+    fn new_private(&self, address: &Address, _: &Spec) -> serde_json::Value {
+        serde_json::json!({ "id": address.to_string() })
+    }
+    async fn refresh(
+        &self,
+        _: &Address,
+        _: &ResourceState,
+        _: Option<&ResourceState>,
+    ) -> Result<Observed, ProviderError> {
+        Ok(Observed::Up(BTreeMap::new()))
+    }
+    async fn create(&self, req: Request<'_>) -> Result<Created, ProviderError> {
+        let infra = req
+            .placement
+            .map(|p| p.offering.infra())
+            .unwrap_or_default();
+        self.tried.lock().unwrap().push(infra.clone());
+        if self.full.contains(&infra) {
+            return Err(ProviderError {
+                kind: skyform::providers::ErrorKind::Capacity,
+                message: "InsufficientInstanceCapacity".into(),
+            });
+        }
+        Ok(Created {
+            computed: BTreeMap::new(),
+            private: req.private.clone(),
+        })
+    }
+    async fn update(&self, req: Request<'_>) -> Result<Created, ProviderError> {
+        Ok(Created {
+            computed: BTreeMap::new(),
+            private: req.private.clone(),
+        })
+    }
+    async fn delete(
+        &self,
+        _: &Address,
+        _: &ResourceState,
+        _: Option<&ResourceState>,
+    ) -> Result<(), ProviderError> {
+        Ok(())
+    }
+    fn log_paths(&self, _: &ResourceState, _: Option<&ResourceState>) -> Vec<PathBuf> {
+        Vec::new()
+    }
+}
+
+#[tokio::test]
+async fn a_full_placement_fails_over_to_the_next_one_in_the_plan() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("main.sky.hcl"),
+        "cluster \"big\" {\n  resources {\n    accelerators = \"A100:8\"\n  }\n}\n",
+    )
+    .unwrap();
+    let (mut cfg, _) = skyform::config::load(dir.path());
+    let (inputs, _) = skyform::config::inputs(&mut cfg, &Default::default(), &BTreeMap::new());
+    let offer = |region: &str, price: u64| Offering {
+        cloud: "aws".into(),
+        region: Some(region.into()),
+        zone: None,
+        instance_type: "p4d.24xlarge".into(),
+        accelerators: vec![("A100".into(), 8.0)],
+        cpus: 96.0,
+        memory_gib: 1152.0,
+        spot: false,
+        price,
+        max_nodes: None,
+    };
+    let offers = vec![
+        offer("us-east-1", 32_000_000),
+        offer("us-east-2", 32_500_000),
+        offer("us-west-2", 33_000_000),
+    ];
+    let (plan, d) = plan::plan(&cfg, &inputs, &State::new(), &offers, &Options::default());
+    assert!(!d.has_errors(), "{}", d.render(&cfg.sources, false));
+    assert_eq!(plan.changes[0].candidates.len(), 3);
+    let cloud = Arc::new(Cloud {
+        full: vec!["aws/us-east-1".into(), "aws/us-east-2".into()],
+        ..Cloud::default()
+    });
+    let mut providers: BTreeMap<&'static str, Arc<dyn Provider>> = BTreeMap::new();
+    providers.insert("aws", cloud.clone());
+    let store = MemoryStore::new();
+    let events = Mutex::new(Vec::new());
+    let on_event = |e: &Event| events.lock().unwrap().push(e.clone());
+    let (_tx, rx) = tokio::sync::watch::channel(false);
+    let applier = Applier {
+        resolve: None,
+        registry: Arc::new(Registry { providers }),
+        store: &store,
+        root: dir.path().to_path_buf(),
+        parallelism: 4,
+        on_event: &on_event,
+        interrupt: rx,
+    };
+    let mut state = State::new();
+    let summary = applier.apply(&plan, &mut state).await.unwrap();
+    assert!(summary.ok(), "{:?}", summary.failures);
+    assert_eq!(
+        *cloud.tried.lock().unwrap(),
+        vec!["aws/us-east-1", "aws/us-east-2", "aws/us-west-2"],
+        "walks down the planned list, in order"
+    );
+    let r = &state.resources[&"cluster.big".parse::<Address>().unwrap()];
+    assert_eq!(
+        r.placement.as_ref().unwrap().offering.infra(),
+        "aws/us-west-2"
+    );
+    let results: Vec<&str> = r.attempts.iter().map(|a| a.result.as_str()).collect();
+    assert_eq!(
+        results,
+        vec![
+            "InsufficientInstanceCapacity",
+            "InsufficientInstanceCapacity",
+            "ok"
+        ],
+        "state keeps the history"
+    );
+    let failed_over = events
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|e| matches!(e, Event::FailedOver { .. }))
+        .count();
+    assert_eq!(failed_over, 2);
+
+    // Every placement full: the resource fails, saying so.
+    let cloud = Arc::new(Cloud {
+        full: vec![
+            "aws/us-east-1".into(),
+            "aws/us-east-2".into(),
+            "aws/us-west-2".into(),
+        ],
+        ..Cloud::default()
+    });
+    let mut providers: BTreeMap<&'static str, Arc<dyn Provider>> = BTreeMap::new();
+    providers.insert("aws", cloud.clone());
+    let (_tx, rx) = tokio::sync::watch::channel(false);
+    let applier = Applier {
+        resolve: None,
+        registry: Arc::new(Registry { providers }),
+        store: &store,
+        root: dir.path().to_path_buf(),
+        parallelism: 4,
+        on_event: &on_event,
+        interrupt: rx,
+    };
+    let mut state = State::new();
+    let summary = applier.apply(&plan, &mut state).await.unwrap();
+    assert_eq!(summary.failures.len(), 1);
+    assert!(
+        summary.failures[0]
+            .1
+            .contains("no placement left after 3 attempts"),
+        "{}",
+        summary.failures[0].1
+    );
+}

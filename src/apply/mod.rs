@@ -30,6 +30,15 @@ pub enum Event {
         what: String,
         seconds: f64,
     },
+    /// A placement had no room (or no quota, or the cloud refused): the next one is tried.
+    FailedOver {
+        address: Address,
+        infra: String,
+        instance_type: String,
+        error: String,
+        seconds: f64,
+        next: String,
+    },
     Failed {
         address: Address,
         error: String,
@@ -96,6 +105,8 @@ struct Outcome {
     seconds: f64,
     /// The spec the step used (with values unknown at plan time filled in).
     spec: Option<Spec>,
+    /// The placement it tried.
+    placement: Option<crate::optimizer::Candidate>,
 }
 
 impl Applier<'_> {
@@ -139,6 +150,10 @@ impl Applier<'_> {
         let mut interrupt = self.interrupt.clone();
         let mut stopping = false;
         let mut resolved = Resolved::default();
+        // Failover bookkeeping: placements blocked per step, attempts per resource.
+        let mut failover: BTreeMap<NodeId, BTreeSet<String>> = BTreeMap::new();
+        let mut attempts: BTreeMap<Address, Vec<crate::state::Attempt>> = BTreeMap::new();
+        let mut retry: Vec<(NodeId, &Change, crate::optimizer::Candidate)> = Vec::new();
         loop {
             // Start what is ready: intents for the whole batch in one state write.
             if !stopping {
@@ -208,6 +223,26 @@ impl Applier<'_> {
                             outcome.spec,
                             &mut summary,
                         );
+                        if let (Some(r), Some(p)) =
+                            (state.resources.get_mut(&addr), &outcome.placement)
+                        {
+                            // Where it really runs, and the attempts that led there.
+                            r.placement = Some(p.clone());
+                            r.provider = p.offering.cloud.clone();
+                            r.computed.insert(
+                                "placement".into(),
+                                serde_json::Value::String(p.offering.infra()),
+                            );
+                            if let Some(mut tried) = attempts.remove(&addr) {
+                                tried.push(crate::state::Attempt {
+                                    infra: p.offering.infra(),
+                                    instance_type: p.offering.instance_type.clone(),
+                                    result: "ok".into(),
+                                    seconds: outcome.seconds,
+                                });
+                                r.attempts = tried;
+                            }
+                        }
                         let what = match step {
                             Step::Delete => "destroyed",
                             Step::Create => "created",
@@ -227,6 +262,72 @@ impl Applier<'_> {
                             }
                         }
                     }
+                    Err(e)
+                        if step == Step::Create
+                            && outcome.placement.is_some()
+                            && fails_over(e.kind) =>
+                    {
+                        let tried = outcome.placement.clone().expect("checked");
+                        let blocked = failover.entry(outcome.node.clone()).or_default();
+                        blocked.insert(block_for(e.kind, &tried));
+                        let attempt = crate::state::Attempt {
+                            infra: tried.offering.infra(),
+                            instance_type: tried.offering.instance_type.clone(),
+                            result: e.message.clone(),
+                            seconds: outcome.seconds,
+                        };
+                        attempts.entry(addr.clone()).or_default().push(attempt);
+                        let next = change.and_then(|c| {
+                            c.candidates
+                                .iter()
+                                .find(|c| !crate::optimizer::is_blocked(blocked, c))
+                                .cloned()
+                        });
+                        match (next, change) {
+                            (Some(next), Some(ch)) => {
+                                events.push(Event::FailedOver {
+                                    address: addr.clone(),
+                                    infra: tried.offering.infra(),
+                                    instance_type: tried.offering.instance_type.clone(),
+                                    error: e.message.clone(),
+                                    seconds: outcome.seconds,
+                                    next: format!(
+                                        "{} {}",
+                                        next.offering.infra(),
+                                        next.offering.instance_type
+                                    ),
+                                });
+                                unfinished.insert(outcome.node.clone());
+                                retry.push((outcome.node.clone(), ch, next));
+                            }
+                            _ => {
+                                let tried_all = attempts.get(&addr).map_or(0, Vec::len);
+                                let message = format!(
+                                    "{} (no placement left after {tried_all} attempt{})",
+                                    e.message,
+                                    if tried_all == 1 { "" } else { "s" }
+                                );
+                                if let Some(r) = state.resources.get_mut(&addr) {
+                                    r.status = Status::Tainted;
+                                    r.attempts = attempts.get(&addr).cloned().unwrap_or_default();
+                                }
+                                events.push(Event::Failed {
+                                    address: addr.clone(),
+                                    error: message.clone(),
+                                });
+                                summary.failures.push((addr.clone(), message));
+                                skip_downstream(
+                                    &graph,
+                                    &outcome.node,
+                                    &addr,
+                                    &mut unfinished,
+                                    &mut ready,
+                                    &mut events,
+                                    &mut summary,
+                                );
+                            }
+                        }
+                    }
                     Err(e) => {
                         if step != Step::Delete
                             && let Some(r) = state.resources.get_mut(&addr)
@@ -239,29 +340,33 @@ impl Applier<'_> {
                             error: e.message.clone(),
                         });
                         summary.failures.push((addr.clone(), e.message));
-                        // Skip everything downstream, naming this root cause.
-                        let mut stack: Vec<NodeId> =
-                            graph.dependents(&outcome.node).cloned().collect();
-                        while let Some(n) = stack.pop() {
-                            if !unfinished.remove(&n) {
-                                continue;
-                            }
-                            ready.remove(&n);
-                            events.push(Event::Skipped {
-                                address: n.0.clone(),
-                                because: addr.clone(),
-                            });
-                            if !summary.skipped.contains(&n.0) {
-                                summary.skipped.push(n.0.clone());
-                            }
-                            stack.extend(graph.dependents(&n).cloned());
-                        }
+                        skip_downstream(
+                            &graph,
+                            &outcome.node,
+                            &addr,
+                            &mut unfinished,
+                            &mut ready,
+                            &mut events,
+                            &mut summary,
+                        );
                     }
+                }
+            }
+            // Failover: record the new intent (the next placement), then try it.
+            let mut respawn = Vec::new();
+            for (node, ch, next) in retry.drain(..) {
+                match self.prepare_at(&node, ch, state, next) {
+                    Ok(p) => respawn.push(p),
+                    Err(e) => respawn.push(Prepared::failed(node, e)),
                 }
             }
             self.save(state, &changed).await?;
             for e in &events {
                 (self.on_event)(e);
+            }
+            for p in respawn {
+                running += 1;
+                self.spawn(p, state, &mut set);
             }
         }
         if stopping {
@@ -272,6 +377,55 @@ impl Applier<'_> {
             }
         }
         Ok(summary)
+    }
+
+    /// As [`Self::prepare`] for a create at a given placement (failing over to it).
+    fn prepare_at(
+        &self,
+        node: &NodeId,
+        change: &Change,
+        state: &mut State,
+        at: crate::optimizer::Candidate,
+    ) -> Result<Prepared, ProviderError> {
+        let spec = state
+            .resources
+            .get(&node.0)
+            .map(|r| r.spec.clone())
+            .or_else(|| change.after.clone())
+            .ok_or_else(|| ProviderError::other("the plan has no specification for this step"))?;
+        let provider = at.offering.cloud.clone();
+        let p = self.registry.get(&provider).ok_or_else(|| {
+            ProviderError::other(format!(
+                "provider {provider:?} is not available in this build"
+            ))
+        })?;
+        let private = p.new_private(&node.0, &spec);
+        if let Some(r) = state.resources.get_mut(&node.0) {
+            r.status = Status::Creating;
+            r.provider = provider.clone();
+            r.private = private;
+            r.placement = Some(at.clone());
+        }
+        Ok(Prepared {
+            node: node.clone(),
+            provider,
+            spec: Some(spec),
+            what: format!("creating on {}", at.offering.infra()),
+            placement: Some(at),
+            after: change
+                .depends_on
+                .iter()
+                .filter(|d| {
+                    matches!(
+                        d.kind,
+                        crate::model::Kind::Job | crate::model::Kind::ManagedJob
+                    )
+                })
+                .cloned()
+                .collect(),
+            intent: true,
+            error: None,
+        })
     }
 
     /// Decides what a step will call, with the spec it will use; for a create, records the
@@ -372,6 +526,7 @@ impl Applier<'_> {
                     result: Err(error),
                     seconds: 0.0,
                     spec: None,
+                    placement: None,
                 }
             });
             return;
@@ -433,6 +588,7 @@ impl Applier<'_> {
                 result,
                 seconds: t.elapsed().as_secs_f64(),
                 spec: Some(spec),
+                placement,
             }
         });
     }
@@ -598,6 +754,58 @@ impl StepGraph {
 
     fn dependents(&self, n: &NodeId) -> impl Iterator<Item = &NodeId> {
         self.dependents.get(n).into_iter().flatten()
+    }
+}
+
+/// Errors that move a create to the next placement rather than failing it.
+fn fails_over(kind: crate::providers::ErrorKind) -> bool {
+    use crate::providers::ErrorKind;
+    matches!(
+        kind,
+        ErrorKind::Capacity | ErrorKind::Quota | ErrorKind::Config | ErrorKind::Transient
+    )
+}
+
+/// What a failure blocks: capacity the placement (its zone, or the instance type in its
+/// region), quota the region, configuration or credentials the whole cloud.
+fn block_for(kind: crate::providers::ErrorKind, c: &crate::optimizer::Candidate) -> String {
+    use crate::providers::ErrorKind;
+    let o = &c.offering;
+    match kind {
+        ErrorKind::Quota => match &o.region {
+            Some(r) => format!("{}/{r}", o.cloud),
+            None => o.cloud.clone(),
+        },
+        ErrorKind::Config => o.cloud.clone(),
+        _ if o.zone.is_some() => o.infra(),
+        _ => c.key(),
+    }
+}
+
+/// Marks everything downstream of a failed step as skipped, naming the root cause.
+fn skip_downstream(
+    graph: &StepGraph,
+    failed: &NodeId,
+    cause: &Address,
+    unfinished: &mut BTreeSet<NodeId>,
+    ready: &mut BTreeSet<NodeId>,
+    events: &mut Vec<Event>,
+    summary: &mut Summary,
+) {
+    let mut stack: Vec<NodeId> = graph.dependents(failed).cloned().collect();
+    while let Some(n) = stack.pop() {
+        if !unfinished.remove(&n) {
+            continue;
+        }
+        ready.remove(&n);
+        events.push(Event::Skipped {
+            address: n.0.clone(),
+            because: cause.clone(),
+        });
+        if !summary.skipped.contains(&n.0) {
+            summary.skipped.push(n.0.clone());
+        }
+        stack.extend(graph.dependents(&n).cloned());
     }
 }
 

@@ -795,6 +795,33 @@ fn print_summary(s: &Summary, plan: &Plan, state: &State, destroy: bool, style: 
         );
     }
     let _ = plan;
+    let history: Vec<(&Address, &crate::state::Attempt)> = state
+        .resources
+        .iter()
+        .filter(|(_, r)| r.attempts.len() > 1)
+        .flat_map(|(a, r)| r.attempts.iter().map(move |t| (a, t)))
+        .collect();
+    if !history.is_empty() {
+        say!("\nFailover history");
+        say!(
+            "  {:<28} {:<34} {:<18} {:<36} {:>7}",
+            "resource",
+            "infra",
+            "instance",
+            "result",
+            "time"
+        );
+        for (a, t) in history {
+            say!(
+                "  {:<28} {:<34} {:<18} {:<36} {:>6.1}s",
+                a.to_string(),
+                t.infra,
+                t.instance_type,
+                t.result,
+                t.seconds
+            );
+        }
+    }
     if !state.outputs.is_empty() && !destroy {
         say!("\nOutputs:");
         for (k, o) in &state.outputs {

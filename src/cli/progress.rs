@@ -33,6 +33,18 @@ impl Progress {
                 seconds,
             } => format!("{address}: {what} ({seconds:.1}s)"),
             Event::Failed { address, error } => format!("{address}: {} {error}", s.red("failed:")),
+            Event::FailedOver {
+                address,
+                infra,
+                instance_type,
+                error,
+                seconds,
+                next,
+            } => {
+                format!(
+                    "{address}: {infra} {instance_type} — {error} ({seconds:.1}s); trying {next}"
+                )
+            }
             Event::Skipped { address, because } => {
                 format!("{address}: skipped because {because} failed")
             }
@@ -49,6 +61,10 @@ impl Progress {
         let Ok(mut bars) = bars.lock() else { return };
         match e {
             Event::Started { address, .. } => {
+                // A retry (failover) starts again: the earlier spinner is done.
+                if let Some(old) = bars.remove(address) {
+                    old.finish_and_clear();
+                }
                 let bar = multi.add(ProgressBar::new_spinner());
                 if let Ok(st) = ProgressStyle::with_template("{spinner} {msg} {elapsed}") {
                     bar.set_style(st);
