@@ -36,7 +36,7 @@ fn request(line: &str) -> (String, Vec<String>, Resources, u32) {
         }),
         cpus: (!get(3).is_empty()).then(|| get(3).parse().unwrap()),
         memory: (!get(4).is_empty()).then(|| get(4).parse().unwrap()),
-        use_spot: get(5) == "spot",
+        use_spot: Some(get(5) == "spot"),
         max_hourly_cost: (!get(6).is_empty()).then(|| get(6).parse().unwrap()),
         ..Resources::default()
     };

@@ -1073,7 +1073,7 @@ impl OffersRequest {
                 .map(str::parse)
                 .transpose()
                 .map_err(|e| bad("memory", e))?,
-            use_spot: self.spot,
+            use_spot: Some(self.spot),
             infra: self.infra.clone(),
             instance_type: self.instance_type.clone(),
             max_hourly_cost: self.max_hourly_cost,

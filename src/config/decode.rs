@@ -277,7 +277,7 @@ fn decode_resources(
     if let Some(s) = f.str("memory") {
         r.memory = request_error(f.attr("memory"), s.parse::<Memory>(), "memory", diags);
     }
-    r.use_spot = f.bool("use_spot").unwrap_or(false);
+    r.use_spot = f.bool("use_spot");
     r.infra = f.str("infra");
     if let (Some(infra), Some(attr)) = (&r.infra, f.attr("infra")) {
         check_infra_string(infra, attr, diags);

@@ -33,8 +33,8 @@ pub struct Resources {
     pub cpus: Option<Cpus>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub memory: Option<Memory>,
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub use_spot: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub use_spot: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub infra: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -54,6 +54,11 @@ pub struct Resources {
 }
 
 impl Resources {
+    /// Whether spot machines are asked for (an unset `use_spot` means on demand).
+    pub fn spot(&self) -> bool {
+        self.use_spot.unwrap_or(false)
+    }
+
     /// The candidate requests: each `any_of`/`ordered` block with the outer attributes as
     /// defaults, or the outer request alone.
     pub fn candidates(&self) -> Vec<Resources> {
@@ -71,7 +76,7 @@ impl Resources {
                 accelerators: c.accelerators.clone().or_else(|| self.accelerators.clone()),
                 cpus: c.cpus.or(self.cpus),
                 memory: c.memory.or(self.memory),
-                use_spot: c.use_spot || self.use_spot,
+                use_spot: c.use_spot.or(self.use_spot),
                 infra: c.infra.clone().or_else(|| self.infra.clone()),
                 instance_type: c
                     .instance_type

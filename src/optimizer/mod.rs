@@ -363,13 +363,13 @@ pub fn rank(
             &mut pool,
             &mut last_reason,
             || {
-                if req.use_spot {
+                if req.spot() {
                     "use_spot = true: nothing is offered as spot here".into()
                 } else {
                     "nothing is offered on demand here".into()
                 }
             },
-            |o: &Offering| o.spot == req.use_spot || (is_capacity(&o.cloud) && !o.spot),
+            |o: &Offering| o.spot == req.spot() || (is_capacity(&o.cloud) && !o.spot),
         );
         if let Some(acc) = &req.accelerators {
             let choices = acc.choices().to_vec();
@@ -617,6 +617,48 @@ mod tests {
         };
         let err = rank(&too_big, 1, &offers, &BTreeSet::new()).unwrap_err();
         assert!(err.reason.contains("cpus = 500+"), "{}", err.reason);
+    }
+
+    #[test]
+    fn inner_blocks_can_turn_spot_off() {
+        let mut spot = offer(
+            "aws",
+            Some("us-east-1"),
+            "p4d.24xlarge",
+            &[("A100", 8.0)],
+            96.0,
+            10.0,
+        );
+        spot.spot = true;
+        let od = offer(
+            "aws",
+            Some("us-east-1"),
+            "p4d.24xlarge",
+            &[("A100", 8.0)],
+            96.0,
+            32.0,
+        );
+        let req = Resources {
+            accelerators: Some(Accelerators::One("A100:8".parse().unwrap())),
+            use_spot: Some(true),
+            ordered: vec![
+                Resources {
+                    use_spot: Some(false),
+                    ..Resources::default()
+                },
+                Resources::default(),
+            ],
+            ..Resources::default()
+        };
+        let ranked = rank(&req, 1, &[spot, od], &BTreeSet::new()).unwrap();
+        assert!(
+            !ranked[0].offering.spot,
+            "the first ordered block asks for on-demand"
+        );
+        assert!(
+            ranked[1].offering.spot,
+            "the second inherits use_spot = true"
+        );
     }
 
     #[test]
