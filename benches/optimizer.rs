@@ -88,10 +88,18 @@ fn main() {
     };
     let offers = cli(&["offers", "A100:8"]);
     let plan = cli(&["plan"]);
+    // The same cluster on spot: every spot price per zone is built as well.
+    std::fs::write(
+        tmp.path().join("main.sky.hcl"),
+        "infra \"aws\" {}\ninfra \"gcp\" {}\ninfra \"lambda\" {}\n\ncluster \"train\" {\n  resources {\n    use_spot     = true\n    accelerators = toset([\"A10G:8\", \"L4:8\", \"A100:8\"])\n  }\n}\n",
+    )
+    .unwrap();
+    let plan_spot = cli(&["plan"]);
     println!("catalog rows: {rows}, offerings built: {}", offerings.len());
     println!("load CSVs:            {:>8.1} ms", load * 1e3);
     println!("build offerings:      {:>8.1} ms", build * 1e3);
     println!("rank one request:     {:>8.3} ms", per_request * 1e3);
     println!("skyform offers (CLI): {:>8.1} ms", offers * 1e3);
     println!("skyform plan (CLI):   {:>8.1} ms", plan * 1e3);
+    println!("skyform plan, spot:   {:>8.1} ms", plan_spot * 1e3);
 }

@@ -948,6 +948,17 @@ fn catalog_offerings(ctx: &Ctx, config: &Config) -> Result<Vec<crate::optimizer:
     let catalog = load_catalog(&dir)?;
     let mut wanted: Vec<(String, f64, Vec<String>)> = Vec::new();
     let mut scopes: BTreeMap<String, (Vec<String>, Vec<String>)> = BTreeMap::new();
+    // Offerings no request of this configuration can use are not built: without the word
+    // `use_spot` nothing asks for spot, and without `accelerators` or `instance_type` nothing
+    // asks for a GPU machine.
+    let mentions =
+        |word: &str| (0..config.sources.len()).any(|i| config.sources.text(i).contains(word));
+    let kinds = crate::optimizer::catalog::Kinds {
+        on_demand: true,
+        spot: mentions("use_spot"),
+        gpu: mentions("accelerators") || mentions("instance_type"),
+        cpu: true,
+    };
     for infra in clouds {
         let regions: Vec<String> = infra
             .settings
@@ -1026,7 +1037,7 @@ fn catalog_offerings(ctx: &Ctx, config: &Config) -> Result<Vec<crate::optimizer:
     }
     // zones: spot offerings in those zones; on-demand ones in their regions.
     Ok(catalog
-        .offerings_of(&wanted)
+        .offerings_of(&wanted, kinds)
         .into_iter()
         .filter(|o| {
             scopes.get(&o.cloud).is_none_or(|(zones, zone_regions)| {
@@ -1097,7 +1108,13 @@ async fn offers(
         .keys()
         .map(|c| (c.clone(), 1.0, Vec::new()))
         .collect();
-    let mut offerings = catalog.offerings_of(&wanted);
+    let kinds = crate::optimizer::catalog::Kinds {
+        on_demand: !request.spot,
+        spot: request.spot,
+        gpu: request.accelerators.is_some() || request.instance_type.is_some(),
+        cpu: request.accelerators.is_none(),
+    };
+    let mut offerings = catalog.offerings_of(&wanted, kinds);
     // This machine only when asked for: offers are about where one could rent.
     if request
         .infra

@@ -37,6 +37,24 @@ pub struct CloudCatalog {
     pub gpus: Vec<Vm>,
 }
 
+/// Which offerings to build: on demand and/or spot, with and/or without accelerators.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Kinds {
+    pub on_demand: bool,
+    pub spot: bool,
+    pub gpu: bool,
+    pub cpu: bool,
+}
+
+impl Kinds {
+    pub const ALL: Kinds = Kinds {
+        on_demand: true,
+        spot: true,
+        gpu: true,
+        cpu: true,
+    };
+}
+
 /// A file that was read, for `skyform catalog list`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LoadedFile {
@@ -141,6 +159,18 @@ impl Catalog {
     /// Every offering of `cloud` (on-demand per region, spot per zone), prices multiplied by
     /// `multiplier`, restricted to `regions` when given.
     pub fn offerings(&self, cloud: &str, multiplier: f64, regions: &[String]) -> Vec<Offering> {
+        self.offerings_of_kinds(cloud, multiplier, regions, Kinds::ALL)
+    }
+
+    /// As [`Self::offerings`], building only the kinds asked for (offerings nobody can ask
+    /// for cost time and memory: most of a catalog is spot prices per zone).
+    pub fn offerings_of_kinds(
+        &self,
+        cloud: &str,
+        multiplier: f64,
+        regions: &[String],
+        kinds: Kinds,
+    ) -> Vec<Offering> {
         let Some(cc) = self.clouds.get(cloud) else {
             return Vec::new();
         };
@@ -162,7 +192,15 @@ impl Catalog {
             .iter()
             .filter(|v| in_scope(&v.region) && !gpu_host(v))
         {
-            if let Some(p) = vm.price {
+            let wanted = if vm.accelerator.is_some() {
+                kinds.gpu
+            } else {
+                kinds.cpu
+            };
+            if !wanted {
+                continue;
+            }
+            if let Some(p) = vm.price.filter(|_| kinds.on_demand) {
                 on_demand
                     .entry((vm.region.as_str(), vm.instance_type.as_str()))
                     .and_modify(|e| {
@@ -172,25 +210,31 @@ impl Catalog {
                     })
                     .or_insert((vm, p));
             }
-            if let Some(sp) = vm.spot_price {
+            if let Some(sp) = vm.spot_price.filter(|_| kinds.spot) {
                 out.push(offering(cloud, vm, vm.zone.clone(), true, sp, multiplier));
             }
         }
         for ((_, _), (vm, p)) in on_demand {
             out.push(offering(cloud, vm, None, false, p, multiplier));
         }
-        if !cc.gpus.is_empty() {
-            out.extend(join_gpus(cloud, cc, multiplier, &in_scope));
+        if !cc.gpus.is_empty() && kinds.gpu {
+            out.extend(join_gpus(cloud, cc, multiplier, &in_scope, kinds));
         }
         out
     }
 
     /// The offerings of several clouds (cloud, price multiplier, regions), built in parallel.
-    pub fn offerings_of(&self, wanted: &[(String, f64, Vec<String>)]) -> Vec<Offering> {
+    pub fn offerings_of(
+        &self,
+        wanted: &[(String, f64, Vec<String>)],
+        kinds: Kinds,
+    ) -> Vec<Offering> {
         std::thread::scope(|scope| {
             let handles: Vec<_> = wanted
                 .iter()
-                .map(|(cloud, m, regions)| scope.spawn(move || self.offerings(cloud, *m, regions)))
+                .map(|(cloud, m, regions)| {
+                    scope.spawn(move || self.offerings_of_kinds(cloud, *m, regions, kinds))
+                })
                 .collect();
             handles
                 .into_iter()
@@ -336,6 +380,7 @@ fn join_gpus(
     cc: &CloudCatalog,
     multiplier: f64,
     in_scope: &dyn Fn(&str) -> bool,
+    kinds: Kinds,
 ) -> Vec<Offering> {
     // Host VMs by zone, then by instance type.
     let mut hosts: BTreeMap<&str, Vec<&Vm>> = BTreeMap::new();
@@ -393,7 +438,7 @@ fn join_gpus(
                 region: gpu.region.clone(),
                 zone: None,
             };
-            if let (Some(hp), Some(gp)) = (host.spot_price, gpu.spot_price) {
+            if let (Some(hp), Some(gp), true) = (host.spot_price, gpu.spot_price, kinds.spot) {
                 spot.push(offering(
                     cloud,
                     &joined,
@@ -403,7 +448,7 @@ fn join_gpus(
                     multiplier,
                 ));
             }
-            if let (Some(hp), Some(gp)) = (host.price, gpu.price) {
+            if let (Some(hp), Some(gp), true) = (host.price, gpu.price, kinds.on_demand) {
                 let o = offering(cloud, &joined, None, false, hp + gp, multiplier);
                 let key = (
                     gpu.region.clone(),
