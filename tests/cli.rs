@@ -195,6 +195,14 @@ fn offers_and_a_cloud_plan_from_the_fixture_catalog() {
         "infra \"gcp\" {\n  price_multiplier = 0.5\n}\n\ncluster \"train\" {\n  num_nodes = 2\n  resources {\n    accelerators = toset([\"A10G:8\", \"L4:8\"])\n  }\n}\n",
     )
     .unwrap();
+    // offers in a configuration's directory uses its prices and scope.
+    let table = text(&run_cat(&["offers", "L4:8"]).stdout);
+    let first = table.lines().nth(1).unwrap_or_default();
+    assert!(
+        first.starts_with("gcp/us-east4") && first.ends_with("3.99"),
+        "{table}"
+    );
+    assert!(!table.contains("aws/"), "only the declared clouds: {table}");
     let human = text(&run_cat(&["plan"]).stdout);
     assert!(
         human.contains("failover (next 1 of 1): gcp/us-central1 g2-standard-96"),

@@ -933,18 +933,28 @@ fn load_catalog(dir: &Path) -> Result<crate::optimizer::catalog::Catalog> {
 /// The catalog offerings of the clouds the configuration declares (`infra "aws" { regions,
 /// price_multiplier }`, …); none when it declares no cloud.
 fn catalog_offerings(ctx: &Ctx, config: &Config) -> Result<Vec<crate::optimizer::Offering>> {
+    let flag = std::env::var_os("SKYFORM_CATALOG_DIR").map(PathBuf::from);
+    Ok(scoped_offerings(ctx, config, flag, None)?.unwrap_or_default())
+}
+
+/// The catalog offerings of the clouds a configuration declares, with its regions, zones and
+/// price multipliers; `None` when it declares no cloud. `kinds` defaults to what the
+/// configuration's requests can ask for.
+fn scoped_offerings(
+    ctx: &Ctx,
+    config: &Config,
+    flag_dir: Option<PathBuf>,
+    kinds: Option<crate::optimizer::catalog::Kinds>,
+) -> Result<Option<Vec<crate::optimizer::Offering>>> {
     let clouds: Vec<&config::InfraConfig> = config
         .infra
         .iter()
         .filter(|i| ["aws", "gcp", "lambda"].contains(&i.kind.as_str()))
         .collect();
     if clouds.is_empty() {
-        return Ok(Vec::new());
+        return Ok(None);
     }
-    let dir = catalog_dir(
-        ctx,
-        std::env::var_os("SKYFORM_CATALOG_DIR").map(PathBuf::from),
-    );
+    let dir = catalog_dir(ctx, flag_dir);
     let catalog = load_catalog(&dir)?;
     let mut wanted: Vec<(String, f64, Vec<String>)> = Vec::new();
     let mut scopes: BTreeMap<String, (Vec<String>, Vec<String>)> = BTreeMap::new();
@@ -953,12 +963,12 @@ fn catalog_offerings(ctx: &Ctx, config: &Config) -> Result<Vec<crate::optimizer:
     // asks for a GPU machine.
     let mentions =
         |word: &str| (0..config.sources.len()).any(|i| config.sources.text(i).contains(word));
-    let kinds = crate::optimizer::catalog::Kinds {
+    let kinds = kinds.unwrap_or(crate::optimizer::catalog::Kinds {
         on_demand: true,
         spot: mentions("use_spot"),
         gpu: mentions("accelerators") || mentions("instance_type"),
         cpu: true,
-    };
+    });
     for infra in clouds {
         let regions: Vec<String> = infra
             .settings
@@ -1036,19 +1046,21 @@ fn catalog_offerings(ctx: &Ctx, config: &Config) -> Result<Vec<crate::optimizer:
         scopes.insert(infra.kind.clone(), (zones, zone_regions));
     }
     // zones: spot offerings in those zones; on-demand ones in their regions.
-    Ok(catalog
-        .offerings_of(&wanted, kinds)
-        .into_iter()
-        .filter(|o| {
-            scopes.get(&o.cloud).is_none_or(|(zones, zone_regions)| {
-                zones.is_empty()
-                    || match &o.zone {
-                        Some(z) => zones.contains(z),
-                        None => o.region.as_ref().is_some_and(|r| zone_regions.contains(r)),
-                    }
+    Ok(Some(
+        catalog
+            .offerings_of(&wanted, kinds)
+            .into_iter()
+            .filter(|o| {
+                scopes.get(&o.cloud).is_none_or(|(zones, zone_regions)| {
+                    zones.is_empty()
+                        || match &o.zone {
+                            Some(z) => zones.contains(z),
+                            None => o.region.as_ref().is_some_and(|r| zone_regions.contains(r)),
+                        }
+                })
             })
-        })
-        .collect())
+            .collect(),
+    ))
 }
 
 impl OffersRequest {
@@ -1101,20 +1113,28 @@ async fn offers(
     flag_dir: Option<PathBuf>,
 ) -> Result<i32> {
     let resources = request.resources()?;
-    let dir = catalog_dir(ctx, flag_dir);
-    let catalog = load_catalog(&dir)?;
-    let wanted: Vec<(String, f64, Vec<String>)> = catalog
-        .clouds
-        .keys()
-        .map(|c| (c.clone(), 1.0, Vec::new()))
-        .collect();
     let kinds = crate::optimizer::catalog::Kinds {
         on_demand: !request.spot,
         spot: request.spot,
         gpu: request.accelerators.is_some() || request.instance_type.is_some(),
         cpu: request.accelerators.is_none(),
     };
-    let mut offerings = catalog.offerings_of(&wanted, kinds);
+    // In a configuration that declares clouds, its regions, zones and prices apply; elsewhere
+    // every cloud of the catalogs at list price.
+    let (config, _) = config::load(&ctx.dir);
+    let list_dir = catalog_dir(ctx, flag_dir.clone());
+    let mut offerings = match scoped_offerings(ctx, &config, flag_dir.clone(), Some(kinds))? {
+        Some(o) => o,
+        None => {
+            let catalog = load_catalog(&catalog_dir(ctx, flag_dir))?;
+            let wanted: Vec<(String, f64, Vec<String>)> = catalog
+                .clouds
+                .keys()
+                .map(|c| (c.clone(), 1.0, Vec::new()))
+                .collect();
+            catalog.offerings_of(&wanted, kinds)
+        }
+    };
     // This machine only when asked for: offers are about where one could rent.
     if request
         .infra
@@ -1132,7 +1152,21 @@ async fn offers(
         &Default::default(),
     )
     .map_err(|no| {
-        Failure::new(format!("no offer matches: {}", no.reason))
+        // Where the public accelerator list says it can be found, when not here.
+        let list = std::fs::read(list_dir.join("common").join("accelerators.csv"))
+            .map(|b| crate::optimizer::catalog::parse_accelerators(&b))
+            .unwrap_or_default();
+        let listed: Vec<String> = resources
+            .accelerators
+            .iter()
+            .flat_map(|a| a.choices().to_vec())
+            .filter_map(|a| {
+                let clouds = list.get(&a.name.to_uppercase())?;
+                Some(format!("the public list has {} on {}", a.name, clouds.join(", ")))
+            })
+            .collect();
+        let reason = if listed.is_empty() { no.reason.clone() } else { format!("{}; {}", no.reason, listed.join("; ")) };
+        Failure::new(format!("no offer matches: {reason}"))
             .hint("relax the request; `skyform offers NAME:COUNT --all` lists what the catalogs have for an accelerator")
     })?;
     if json {

@@ -69,6 +69,9 @@ pub struct LoadedFile {
 pub struct Catalog {
     pub clouds: BTreeMap<String, CloudCatalog>,
     pub files: Vec<LoadedFile>,
+    /// `common/accelerators.csv`: which clouds offer each accelerator (upper-cased name →
+    /// cloud names as written), when the file is there.
+    pub accelerator_clouds: BTreeMap<String, Vec<String>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -143,6 +146,16 @@ impl Catalog {
                     })
                     .collect()
             });
+        let common = dir.join("common").join("accelerators.csv");
+        if let Ok(bytes) = std::fs::read(&common) {
+            catalog.accelerator_clouds = parse_accelerators(&bytes);
+            catalog.files.push(LoadedFile {
+                cloud: "common".into(),
+                rows: catalog.accelerator_clouds.len(),
+                modified: std::fs::metadata(&common).and_then(|m| m.modified()).ok(),
+                path: common,
+            });
+        }
         for result in parsed {
             let (cloud, path, cc) = result?;
             catalog.files.push(LoadedFile {
@@ -334,6 +347,27 @@ fn parse_vms(bytes: &[u8]) -> Result<CloudCatalog, String> {
 
 /// Families whose machines always carry separately priced GPUs.
 const GPU_HOST_FAMILIES: [&str; 4] = ["a2-", "a3-", "a4-", "g2-"];
+
+/// `AcceleratorName,Clouds` with Clouds a Python-style list (`"['AWS', 'GCP']"`).
+pub fn parse_accelerators(bytes: &[u8]) -> BTreeMap<String, Vec<String>> {
+    let mut rdr = csv::ReaderBuilder::new().flexible(true).from_reader(bytes);
+    let mut out = BTreeMap::new();
+    for r in rdr.records().filter_map(Result::ok) {
+        let (Some(name), Some(clouds)) = (r.get(0), r.get(1)) else {
+            continue;
+        };
+        let list: Vec<String> = clouds
+            .trim_matches(|c| c == '[' || c == ']')
+            .split(',')
+            .map(|c| c.trim().trim_matches('\'').trim_matches('"').to_string())
+            .filter(|c| !c.is_empty())
+            .collect();
+        if !name.trim().is_empty() {
+            out.insert(name.trim().to_uppercase(), list);
+        }
+    }
+    out
+}
 
 /// The host instance types a separately priced accelerator runs on (GCP's fixed families).
 fn fixed_hosts(name: &str, count: f64) -> Option<Vec<String>> {
