@@ -412,17 +412,7 @@ impl Applier<'_> {
             spec: Some(spec),
             what: format!("creating on {}", at.offering.infra()),
             placement: Some(at),
-            after: change
-                .depends_on
-                .iter()
-                .filter(|d| {
-                    matches!(
-                        d.kind,
-                        crate::model::Kind::Job | crate::model::Kind::ManagedJob
-                    )
-                })
-                .cloned()
-                .collect(),
+            after: afterok(change),
             intent: true,
             error: None,
         })
@@ -499,17 +489,7 @@ impl Applier<'_> {
             spec: Some(spec),
             placement: change.candidates.first().cloned(),
             // Jobs start after the jobs and managed jobs they depend on succeeded (afterok).
-            after: change
-                .depends_on
-                .iter()
-                .filter(|d| {
-                    matches!(
-                        d.kind,
-                        crate::model::Kind::Job | crate::model::Kind::ManagedJob
-                    )
-                })
-                .cloned()
-                .collect(),
+            after: afterok(change),
             what,
             intent,
             error: None,
@@ -755,6 +735,21 @@ impl StepGraph {
     fn dependents(&self, n: &NodeId) -> impl Iterator<Item = &NodeId> {
         self.dependents.get(n).into_iter().flatten()
     }
+}
+
+/// The jobs and managed jobs a step must wait for (they must succeed first: afterok).
+fn afterok(change: &Change) -> Vec<Address> {
+    change
+        .depends_on
+        .iter()
+        .filter(|d| {
+            matches!(
+                d.kind,
+                crate::model::Kind::Job | crate::model::Kind::ManagedJob
+            )
+        })
+        .cloned()
+        .collect()
 }
 
 /// Errors that move a create to the next placement rather than failing it.

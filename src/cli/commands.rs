@@ -930,6 +930,20 @@ fn load_catalog(dir: &Path) -> Result<crate::optimizer::catalog::Catalog> {
     Ok(catalog)
 }
 
+/// A list-of-strings setting of an infra block (empty when absent).
+fn string_list(infra: &config::InfraConfig, name: &str) -> Vec<String> {
+    infra
+        .settings
+        .get(name)
+        .and_then(|r| r.as_array())
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// The catalog offerings of the clouds the configuration declares (`infra "aws" { regions,
 /// price_multiplier }`, …); none when it declares no cloud.
 fn catalog_offerings(ctx: &Ctx, config: &Config) -> Result<Vec<crate::optimizer::Offering>> {
@@ -970,16 +984,7 @@ fn scoped_offerings(
         cpu: true,
     });
     for infra in clouds {
-        let regions: Vec<String> = infra
-            .settings
-            .get("regions")
-            .and_then(|r| r.as_array())
-            .map(|a| {
-                a.iter()
-                    .filter_map(|x| x.as_str().map(String::from))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let regions = string_list(infra, "regions");
         let multiplier = infra
             .settings
             .get("price_multiplier")
@@ -1015,16 +1020,7 @@ fn scoped_offerings(
             ))
             .hint(hint));
         }
-        let zones: Vec<String> = infra
-            .settings
-            .get("zones")
-            .and_then(|r| r.as_array())
-            .map(|a| {
-                a.iter()
-                    .filter_map(|x| x.as_str().map(String::from))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let zones = string_list(infra, "zones");
         let zone_regions: std::collections::BTreeSet<&str> = cloud
             .vms
             .iter()
