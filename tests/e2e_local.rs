@@ -966,7 +966,15 @@ fn removing_a_sandbox_under_a_running_job_leaves_no_orphan() {
     wait_for("the job to run", Duration::from_secs(10), || {
         sb.job_statuses().iter().any(|(_, s)| s == "RUNNING")
     });
-    std::fs::remove_dir_all(sb.path().join(".skyform/local")).expect("rm");
+    // The agents write while we delete (as they would under a user's `rm -rf`): retry.
+    wait_for(
+        "the sandboxes to be removed",
+        Duration::from_secs(5),
+        || {
+            let p = sb.path().join(".skyform/local");
+            std::fs::remove_dir_all(&p).is_ok() || !p.exists()
+        },
+    );
     let status = sb.ok(&["status"]);
     assert!(
         status.contains("DEGRADED") || status.contains("LOST") || !status.contains("RUNNING"),
