@@ -598,12 +598,14 @@ fn a_sandbox_removed_by_hand_is_recreated() {
     );
     sb.ok(&["apply", "-auto-approve"]);
     // Remove the sandbox by hand: the next plan creates it again.
-    for e in std::fs::read_dir(&local)
-        .expect("local")
-        .filter_map(Result::ok)
-    {
-        let _ = std::fs::remove_dir_all(e.path());
-    }
+    wait_for("the sandbox to be removed", Duration::from_secs(5), || {
+        std::fs::read_dir(&local)
+            .map(|rd| {
+                rd.filter_map(Result::ok)
+                    .all(|e| std::fs::remove_dir_all(e.path()).is_ok())
+            })
+            .unwrap_or(true)
+    });
     let plan = sb.run(&["plan", "-detailed-exitcode"]);
     assert_eq!(plan.status.code(), Some(2));
     assert!(
