@@ -7,9 +7,9 @@ independently. Usage:
 
     scripts/catalog-expect.py CATALOG_DIR < requests.txt > testdata/optimizer/agreement.csv
 
-Each request line: `name|cloud|accelerators|cpus|memory|spot|max_hourly_cost|nodes`
+Each request line (accelerators may be `A,B` for a set or `A>B` for a list): `name|cloud|accelerators|cpus|memory|spot|max_hourly_cost|nodes`
 (empty fields mean "not given"; accelerators is NAME:COUNT). Output rows:
-`name,infra,instance_type,hourly_cents` (or `name,NO MATCH,,`).
+`name,infra,instance_type,hourly_cents,RUNNERS-UP` (the next two as "infra type cents" joined by `;`, or `*` for sets and lists), or `name,NO MATCH,,`.
 """
 import csv
 import sys
@@ -126,7 +126,7 @@ def answer(catalog_dir, line):
         for choice in acc.split(">"):
             got = answer(catalog_dir, "|".join([name, cloud, choice, cpus, mem, spot, cap, nodes]))
             if "NO MATCH" not in got:
-                return got
+                return ",".join(got.split(",")[:4]) + ",*"
         return f"{name},NO MATCH,,"
     if "," in acc:
         rows = [answer(catalog_dir, "|".join([name, cloud, c, cpus, mem, spot, cap, nodes])) for c in acc.split(",")]
@@ -134,11 +134,11 @@ def answer(catalog_dir, line):
         if not matched:
             return f"{name},NO MATCH,,"
         best = min(matched, key=lambda r: (int(r[3]), r[1], r[2]))
-        return ",".join(best)
+        return ",".join(best[:4]) + ",*"
     nodes = int(nodes or 1)
     want_spot = spot == "spot"
     clouds = [cloud] if cloud else ["aws", "gcp", "lambda"]
-    best = None
+    found = set()
     for c in clouds:
         for (infra, it, a, n, vc, m, sp, price) in offers(catalog_dir, c):
             if sp != want_spot:
@@ -160,13 +160,15 @@ def answer(catalog_dir, line):
             total = round(price * 1_000_000) * nodes
             if cap and total > round(float(cap) * 1_000_000):
                 continue
-            key = (total, infra, it)
-            if best is None or key < best:
-                best = key
-    if best is None:
+            found.add((total, infra, it))
+    if not found:
         return f"{name},NO MATCH,,"
+    ranked = sorted(found)
+    best = ranked[0]
     cents = (best[0] + 5000) // 10000
-    return f"{name},{best[1]},{best[2]},{cents}"
+    # The runners-up too, so the order of the failover list is checked, not only the winner.
+    rest = ";".join(f"{i} {t} {(p + 5000) // 10000}" for (p, i, t) in ranked[1:3])
+    return f"{name},{best[1]},{best[2]},{cents},{rest}"
 
 
 def main():

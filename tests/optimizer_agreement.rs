@@ -80,13 +80,32 @@ fn agrees_with_independently_derived_answers_on_the_shared_catalogs() {
     for (line, want) in lines.iter().zip(expected) {
         let (name, clouds, r, nodes) = request(line);
         let got = match rank(&r, nodes, &offerings(&catalog, &clouds), &BTreeSet::new()) {
-            Ok(c) => {
-                let c = &c[0];
+            Ok(ranked) => {
+                let c = &ranked[0];
+                let cents = |c: &skyform::optimizer::Candidate| (c.hourly + 5_000) / 10_000;
+                // Sets and lists are checked on their winner; single requests on the
+                // runners-up as well (the order of the failover list).
+                let rest = if want.ends_with(",*") {
+                    "*".to_string()
+                } else {
+                    ranked[1..ranked.len().min(3)]
+                        .iter()
+                        .map(|r| {
+                            format!(
+                                "{} {} {}",
+                                r.offering.infra(),
+                                r.offering.instance_type,
+                                cents(r)
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                        .join(";")
+                };
                 format!(
-                    "{name},{},{},{}",
+                    "{name},{},{},{},{rest}",
                     c.offering.infra(),
                     c.offering.instance_type,
-                    (c.hourly + 5_000) / 10_000
+                    cents(c)
                 )
             }
             Err(_) => format!("{name},NO MATCH,,"),
