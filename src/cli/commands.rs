@@ -446,10 +446,7 @@ async fn plan_cmd(
     guard.release().await;
     let plan = result?;
     if json {
-        say!(
-            "{}",
-            serde_json::to_string(&render::json::plan(&plan)).unwrap_or_default()
-        );
+        write_json_out(&render::json::plan(&plan));
     } else {
         say_inline!("{}", render::human::plan(&plan, &ctx.style));
     }
@@ -930,6 +927,15 @@ fn load_catalog(dir: &Path) -> Result<crate::optimizer::catalog::Catalog> {
     Ok(catalog)
 }
 
+/// Writes a document to stdout as one line of JSON, streamed (a plan can be large).
+fn write_json_out<T: serde::Serialize>(value: &T) {
+    use std::io::Write as _;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let _ = serde_json::to_writer(&mut out, value);
+    let _ = out.write_all(b"\n");
+    let _ = out.flush();
+}
+
 /// A list-of-strings setting of an infra block (empty when absent).
 fn string_list(infra: &config::InfraConfig, name: &str) -> Vec<String> {
     infra
@@ -1295,10 +1301,7 @@ async fn show(ctx: &Ctx, planfile: Option<&Path>, json: bool) -> Result<i32> {
         let plan: Plan = serde_json::from_slice(&bytes)
             .map_err(|e| Failure::new(format!("{} is not a skyform plan: {e}", p.display())))?;
         if json {
-            say!(
-                "{}",
-                serde_json::to_string(&render::json::plan(&plan)).unwrap_or_default()
-            );
+            write_json_out(&render::json::plan(&plan));
         } else {
             say_inline!("{}", render::human::plan(&plan, &ctx.style));
         }

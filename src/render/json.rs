@@ -4,6 +4,7 @@
 use crate::model::UNKNOWN;
 use crate::optimizer::Candidate;
 use crate::plan::{Action, Plan};
+use serde::Serialize;
 use serde_json::{Map, Value, json};
 
 fn scrub(attrs: Map<String, Value>, sensitive: &[String], unknown: &mut Vec<String>) -> Value {
@@ -29,20 +30,101 @@ fn scrub(attrs: Map<String, Value>, sensitive: &[String], unknown: &mut Vec<Stri
     Value::Object(out)
 }
 
-fn candidate(c: &Candidate) -> Value {
-    json!({
-        "infra": c.offering.infra(),
-        "cloud": c.offering.cloud,
-        "region": c.offering.region,
-        "zone": c.offering.zone,
-        "instance_type": c.offering.instance_type,
-        "accelerators": c.offering.accelerators.iter().map(|(n, k)| json!({"name": n, "count": k})).collect::<Vec<_>>(),
-        "cpus": c.offering.cpus,
-        "memory_gib": c.offering.memory_gib,
-        "spot": c.offering.spot,
-        "num_nodes": c.num_nodes,
-        "hourly_cost_micros": c.hourly,
-    })
+/// One placement, borrowed from the plan (a plan can hold a hundred per resource, so they
+/// are written out, never copied into a JSON tree).
+#[derive(Debug, Serialize)]
+pub struct JsonCandidate<'a> {
+    infra: String,
+    cloud: &'a str,
+    region: Option<&'a str>,
+    zone: Option<&'a str>,
+    instance_type: &'a str,
+    accelerators: Vec<JsonAccelerator<'a>>,
+    cpus: f64,
+    memory_gib: f64,
+    spot: bool,
+    num_nodes: u32,
+    hourly_cost_micros: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'a str>,
+}
+
+#[derive(Debug, Serialize)]
+struct JsonAccelerator<'a> {
+    name: &'a str,
+    count: f64,
+}
+
+fn candidate<'a>(c: &'a Candidate, reason: Option<&'a str>) -> JsonCandidate<'a> {
+    let o = &c.offering;
+    JsonCandidate {
+        infra: o.infra(),
+        cloud: &o.cloud,
+        region: o.region.as_deref(),
+        zone: o.zone.as_deref(),
+        instance_type: &o.instance_type,
+        accelerators: o
+            .accelerators
+            .iter()
+            .map(|(n, k)| JsonAccelerator { name: n, count: *k })
+            .collect(),
+        cpus: o.cpus,
+        memory_gib: o.memory_gib,
+        spot: o.spot,
+        num_nodes: c.num_nodes,
+        hourly_cost_micros: c.hourly,
+        reason,
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct JsonChange<'a> {
+    address: String,
+    module: String,
+    kind: crate::model::Kind,
+    name: &'a str,
+    key: Option<Value>,
+    actions: Vec<&'static str>,
+    reasons: &'a [String],
+    before: Option<Value>,
+    after: Option<Value>,
+    after_unknown: Vec<String>,
+    sensitive: &'a [String],
+    depends_on: Vec<String>,
+    placement: Option<JsonCandidate<'a>>,
+    candidates: Vec<JsonCandidate<'a>>,
+    excluded: Vec<JsonCandidate<'a>>,
+    notes: &'a [String],
+}
+
+#[derive(Debug, Serialize)]
+pub struct JsonSummary {
+    add: usize,
+    change: usize,
+    replace: usize,
+    destroy: usize,
+}
+
+#[derive(Debug, Serialize)]
+pub struct JsonCost {
+    before_micros: u64,
+    after_micros: u64,
+}
+
+/// The plan document (`plan -json`, `show -json`); see docs/json-format.md.
+#[derive(Debug, Serialize)]
+pub struct JsonPlan<'a> {
+    format_version: &'a str,
+    skyform_version: &'a str,
+    lineage: &'a str,
+    serial: u64,
+    config_digest: &'a str,
+    destroy: bool,
+    resource_changes: Vec<JsonChange<'a>>,
+    output_changes: Map<String, Value>,
+    drift: &'a [String],
+    summary: JsonSummary,
+    cost: JsonCost,
 }
 
 fn action_list(a: Action) -> Vec<&'static str> {
@@ -56,8 +138,8 @@ fn action_list(a: Action) -> Vec<&'static str> {
 }
 
 /// The plan as a JSON document.
-pub fn plan(p: &Plan) -> Value {
-    let changes: Vec<Value> = p
+pub fn plan(p: &Plan) -> JsonPlan<'_> {
+    let changes: Vec<JsonChange<'_>> = p
         .changes
         .iter()
         .map(|c| {
@@ -71,39 +153,38 @@ pub fn plan(p: &Plan) -> Value {
                 .after
                 .as_ref()
                 .map(|a| scrub(a.attributes(), &c.sensitive, &mut after_unknown));
-            let mut computed_unknown: Vec<String> = Vec::new();
             if matches!(c.action, Action::Create | Action::Replace) {
-                computed_unknown = crate::model::spec::computed_attributes(c.address.kind)
-                    .iter()
-                    .map(|s| (*s).to_string())
-                    .collect();
+                after_unknown.extend(
+                    crate::model::spec::computed_attributes(c.address.kind)
+                        .iter()
+                        .map(|s| (*s).to_string()),
+                );
             }
-            after_unknown.extend(computed_unknown);
-            json!({
-                "address": c.address.to_string(),
-                "module": crate::model::address::module_path_string(&c.address.module),
-                "kind": c.address.kind,
-                "name": c.address.name,
-                "key": c.address.key.as_ref().map(|k| match k {
+            JsonChange {
+                address: c.address.to_string(),
+                module: crate::model::address::module_path_string(&c.address.module),
+                kind: c.address.kind,
+                name: &c.address.name,
+                key: c.address.key.as_ref().map(|k| match k {
                     crate::model::InstanceKey::Index(i) => json!(i),
                     crate::model::InstanceKey::Key(s) => json!(s),
                 }),
-                "actions": action_list(c.action),
-                "reasons": c.reasons,
-                "before": before,
-                "after": after,
-                "after_unknown": after_unknown,
-                "sensitive": c.sensitive,
-                "depends_on": c.depends_on.iter().map(ToString::to_string).collect::<Vec<_>>(),
-                "placement": c.candidates.first().map(candidate),
-                "candidates": c.candidates.iter().map(candidate).collect::<Vec<_>>(),
-                "excluded": c.excluded.iter().map(|e| {
-                    let mut v = candidate(&e.candidate);
-                    v["reason"] = serde_json::Value::String(e.reason.clone());
-                    v
-                }).collect::<Vec<_>>(),
-                "notes": c.notes,
-            })
+                actions: action_list(c.action),
+                reasons: &c.reasons,
+                before,
+                after,
+                after_unknown,
+                sensitive: &c.sensitive,
+                depends_on: c.depends_on.iter().map(ToString::to_string).collect(),
+                placement: c.candidates.first().map(|x| candidate(x, None)),
+                candidates: c.candidates.iter().map(|x| candidate(x, None)).collect(),
+                excluded: c
+                    .excluded
+                    .iter()
+                    .map(|e| candidate(&e.candidate, Some(&e.reason)))
+                    .collect(),
+                notes: &c.notes,
+            }
         })
         .collect();
     let outputs: Map<String, Value> = p
@@ -131,20 +212,25 @@ pub fn plan(p: &Plan) -> Value {
         })
         .collect();
     let (add, change, replace, destroy) = p.counts();
-    json!({
-        "format_version": p.format_version,
-        "skyform_version": p.skyform_version,
-        "lineage": p.lineage,
-        "serial": p.serial,
-        "config_digest": p.config_digest,
-        "destroy": p.destroy,
-        "resource_changes": changes,
-        "output_changes": outputs,
-        "drift": p.drift,
-        "summary": {"add": add, "change": change, "replace": replace, "destroy": destroy},
-        "cost": {
-            "before_micros": p.cost_before,
-            "after_micros": p.cost_after,
+    JsonPlan {
+        format_version: &p.format_version,
+        skyform_version: &p.skyform_version,
+        lineage: &p.lineage,
+        serial: p.serial,
+        config_digest: &p.config_digest,
+        destroy: p.destroy,
+        resource_changes: changes,
+        output_changes: outputs,
+        drift: &p.drift,
+        summary: JsonSummary {
+            add,
+            change,
+            replace,
+            destroy,
         },
-    })
+        cost: JsonCost {
+            before_micros: p.cost_before,
+            after_micros: p.cost_after,
+        },
+    }
 }
