@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: formatting, lints, unit, golden, property and
 # end-to-end tests. Everything the tests need is built by cargo or found on a stock machine
-# (sh, the local backend's real processes); later backends add their servers here (moto, sshd).
+# (sh, the local backend's real processes) or started here on loopback: moto's S3 server for
+# the remote state tests (installed from PyPI by scripts/moto.sh when missing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,6 +16,11 @@ if [ ! -f ../shared/catalogs/skypilot/gcp/vms.csv ]; then
   echo "NOTE: ../shared/catalogs/skypilot is not here: the tests over the full SkyPilot catalogs"
   echo "      (tests/optimizer_agreement.rs) are SKIPPED; the small fixture in testdata/catalogs still runs."
 fi
+
+echo "== servers"
+eval "$(scripts/moto.sh start)"
+trap 'scripts/moto.sh stop' EXIT
+echo "moto (S3) at $SKYFORM_TEST_S3_ENDPOINT"
 
 echo "== tests"
 cargo test --lib --bins --tests --locked -- --include-ignored

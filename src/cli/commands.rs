@@ -47,6 +47,35 @@ impl From<state::StateError> for Failure {
 
 type Result<T> = std::result::Result<T, Failure>;
 
+/// When the store refuses or fails a write, the state this run holds (which may record
+/// resources that now exist) is kept in `.skyform/errored-state.json`, so nothing is lost.
+fn keep_errored_state(ctx: &Ctx, state: &State, e: state::StateError) -> Failure {
+    let path = ctx.dir.join(".skyform").join("errored-state.json");
+    let kept = std::fs::create_dir_all(ctx.dir.join(".skyform"))
+        .map_err(|e| e.to_string())
+        .and_then(|()| {
+            LocalStore::write_atomic(&path, &state.to_json()).map_err(|e| e.to_string())
+        });
+    let mut f = Failure::from(e);
+    match kept {
+        Ok(()) => {
+            f.message
+                .push_str("\nthis run's state is kept in .skyform/errored-state.json");
+            if f.hint.is_none() {
+                f.hint = Some(
+                    "once the store works again: skyform state push .skyform/errored-state.json"
+                        .into(),
+                );
+            }
+        }
+        Err(w) => f.message.push_str(&format!(
+            "\nand keeping this run's state in {} failed too: {w}",
+            path.display()
+        )),
+    }
+    f
+}
+
 /// A `fmt` failure (a file that cannot be read or written).
 #[derive(Debug)]
 pub struct FmtFailure(pub String);
@@ -60,17 +89,20 @@ struct Ctx {
 impl Ctx {
     /// The state store the configuration's `skyform { state … }` block names (the local file
     /// `.skyform/state.json` by default).
-    fn store(&self) -> Result<LocalStore> {
+    fn store(&self) -> Result<Box<dyn StateStore>> {
         let (config, _) = config::load(&self.dir);
+        let default = || self.dir.join(".skyform").join("state.json");
         match &config.state_backend {
-            None => Ok(LocalStore::new(self.dir.join(".skyform").join("state.json"))),
-            Some(b) if b.kind == "local" => Ok(LocalStore::new(
-                b.settings
-                    .get("path")
-                    .map_or_else(|| self.dir.join(".skyform").join("state.json"), |p| self.dir.join(p)),
-            )),
-            Some(b) => Err(Failure::new(format!("the {:?} state backend is not available in this build yet", b.kind))
-                .hint("remove the state block (or use state \"local\") to keep state in .skyform/state.json")),
+            None => Ok(Box::new(LocalStore::new(default()))),
+            Some(b) if b.kind == "local" => Ok(Box::new(LocalStore::new(
+                b.settings.get("path").map_or_else(default, |p| self.dir.join(p)),
+            ))),
+            Some(b) => state::object::open(&b.kind, &b.settings)
+                .map(|s| Box::new(s) as Box<dyn StateStore>)
+                .map_err(|e| {
+                    Failure::new(format!("cannot open the state backend: {e}"))
+                        .hint("fix the `skyform { state … }` block; docs/state.md lists each backend's settings")
+                }),
         }
     }
 
@@ -305,15 +337,6 @@ async fn init(ctx: &Ctx) -> Result<i32> {
     } else {
         say!("The state at {} is ready.", store.describe());
     }
-    if let Some(b) = &config.state_backend
-        && b.kind != "local"
-    {
-        return Err(Failure::new(format!(
-            "state backend {:?} is not available in this build yet",
-            b.kind
-        ))
-        .hint("remove the state block to use the local state file"));
-    }
     say!("Infra:");
     let mut kinds: Vec<String> = config.infra.iter().map(|i| i.kind.clone()).collect();
     if kinds.is_empty() {
@@ -366,7 +389,7 @@ fn parse_addrs(list: &[String]) -> Result<Vec<Address>> {
 
 /// Holds the state lock for the duration of a command.
 struct Locked<'a> {
-    store: &'a LocalStore,
+    store: &'a dyn StateStore,
     info: LockInfo,
 }
 
@@ -376,7 +399,7 @@ impl Locked<'_> {
     }
 }
 
-async fn lock<'a>(store: &'a LocalStore, op: &str, flags: &LockFlags) -> Result<Locked<'a>> {
+async fn lock<'a>(store: &'a dyn StateStore, op: &str, flags: &LockFlags) -> Result<Locked<'a>> {
     let info = LockInfo::new(op);
     state::lock_with_timeout(store, &info, flags.lock_timeout).await?;
     Ok(Locked { store, info })
@@ -437,7 +460,7 @@ async fn plan_cmd(
 ) -> Result<i32> {
     let (config, inputs) = load(ctx, &flags.vars)?;
     let store = ctx.store()?;
-    let guard = lock(&store, "plan", &flags.lock).await?;
+    let guard = lock(store.as_ref(), "plan", &flags.lock).await?;
     let result = async {
         let mut state = store.read().await?.unwrap_or_default();
         make_plan(ctx, &config, &inputs, &mut state, flags, destroy).await
@@ -522,7 +545,7 @@ async fn apply_cmd(
     let (config, mut inputs) = load(ctx, &flags.vars)?;
     let store = ctx.store()?;
     let guard = lock(
-        &store,
+        store.as_ref(),
         if destroy { "destroy" } else { "apply" },
         &flags.lock,
     )
@@ -531,7 +554,7 @@ async fn apply_cmd(
         ctx,
         &config,
         &mut inputs,
-        &store,
+        store.as_ref(),
         saved,
         flags,
         auto_approve,
@@ -550,7 +573,7 @@ async fn apply_locked(
     ctx: &Ctx,
     config: &Config,
     inputs: &mut BTreeMap<String, InputValue>,
-    store: &LocalStore,
+    store: &dyn StateStore,
     saved: Option<Plan>,
     flags: &PlanFlags,
     auto_approve: bool,
@@ -676,12 +699,10 @@ async fn apply_locked(
         on_event: &on_event,
         interrupt: rx,
     };
-    let summary = applier
-        .apply(&plan, &mut state)
-        .await
-        .map_err(|e| match e {
-            crate::apply::ApplyError::State(s) => Failure::from(s),
-        })?;
+    let summary = match applier.apply(&plan, &mut state).await {
+        Ok(s) => s,
+        Err(crate::apply::ApplyError::State(e)) => return Err(keep_errored_state(ctx, &state, e)),
+    };
     ctrl_c.abort();
     // Outputs, evaluated against the state as it is now (none once everything is destroyed).
     if destroy || plan.destroy {
@@ -691,7 +712,9 @@ async fn apply_locked(
         crate::apply::set_outputs(&mut state, &outputs);
     }
     state.serial += 1;
-    store.write(&state).await?;
+    if let Err(e) = store.write(&state).await {
+        return Err(keep_errored_state(ctx, &state, e));
+    }
     print_summary(&summary, &plan, &state, destroy, &ctx.style);
     if !summary.ok() {
         return Ok(EXIT_ERROR);
@@ -1449,7 +1472,7 @@ async fn state_cmd(ctx: &Ctx, cmd: StateCommand) -> Result<i32> {
         }
         StateCommand::Rm { address } => {
             let addr: Address = parse_addrs(&[address])?.remove(0);
-            edit_state(&store, "state rm", |state| {
+            edit_state(store.as_ref(), "state rm", |state| {
                 if state.resources.remove(&addr).is_none() {
                     return Err(Failure::new(format!("{addr} is not in state")));
                 }
@@ -1470,7 +1493,7 @@ async fn state_cmd(ctx: &Ctx, cmd: StateCommand) -> Result<i32> {
                     from.kind, to.kind
                 )));
             }
-            edit_state(&store, "state mv", |state| {
+            edit_state(store.as_ref(), "state mv", |state| {
                 if state.resources.contains_key(&to) {
                     return Err(Failure::new(format!("{to} already exists in state")));
                 }
@@ -1493,7 +1516,7 @@ async fn state_cmd(ctx: &Ctx, cmd: StateCommand) -> Result<i32> {
                 .map_err(|e| Failure::new(format!("cannot read {}: {e}", file.display())))?;
             let new = State::from_json(&bytes)?;
             let existed = store.read().await?.is_some();
-            edit_state(&store, "state push", |state| {
+            edit_state(store.as_ref(), "state push", |state| {
                 if existed && !force {
                     if state.lineage != new.lineage {
                         return Err(Failure::new(format!(
@@ -1529,7 +1552,7 @@ async fn state_cmd(ctx: &Ctx, cmd: StateCommand) -> Result<i32> {
 
 /// Locks the state, lets `edit` change it, writes it back and prints what `edit` says.
 async fn edit_state(
-    store: &LocalStore,
+    store: &dyn StateStore,
     op: &str,
     edit: impl FnOnce(&mut State) -> Result<String>,
 ) -> Result<()> {

@@ -1,4 +1,6 @@
-//! The behaviour every state store must have. Each store's tests call [`run`].
+//! The behaviour every state store must have. Each store's tests call [`run`]; it is part
+//! of the library (not `cfg(test)`) so the integration tests against real servers use it.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use super::{LockInfo, State, StateError, StateStore, lock_with_timeout};
 use std::sync::Arc;
@@ -76,6 +78,68 @@ async fn lock_timeout_waits_for_release(store: &dyn StateStore) {
         Some(b.id.clone())
     );
     store.unlock(&b.id).await.expect("unlock");
+}
+
+/// Tests that need several clients of one store, as separate processes would be: `make`
+/// opens a new client each time. Every store runs [`lock_race`]; stores with conditional
+/// writes also run [`stale_write_rejected`].
+pub async fn run_shared<S: StateStore>(make: &impl Fn() -> S) {
+    lock_race(make).await;
+    stale_write_rejected(make).await;
+}
+
+/// Sixteen clients take the lock at once: exactly one wins, the others name the winner.
+pub async fn lock_race<S: StateStore>(make: &impl Fn() -> S) {
+    for round in 0..3 {
+        let clients: Vec<(S, LockInfo)> =
+            (0..16).map(|_| (make(), LockInfo::new("apply"))).collect();
+        let attempts = clients.iter().map(|(s, info)| s.lock(info));
+        let results = futures::future::join_all(attempts).await;
+        let winners: Vec<&LockInfo> = results
+            .iter()
+            .zip(&clients)
+            .filter(|(r, _)| r.is_ok())
+            .map(|(_, (_, i))| i)
+            .collect();
+        assert_eq!(
+            winners.len(),
+            1,
+            "round {round}: exactly one client gets the lock"
+        );
+        for r in &results {
+            match r {
+                Ok(()) => {}
+                Err(StateError::Locked(h)) => {
+                    assert_eq!(h.id, winners[0].id, "losers name the winner")
+                }
+                Err(e) => panic!("round {round}: a loser got {e:?} instead of contention"),
+            }
+        }
+        make().unlock(&winners[0].id).await.expect("unlock");
+    }
+}
+
+/// A client that read an old state cannot overwrite a newer one.
+pub async fn stale_write_rejected<S: StateStore>(make: &impl Fn() -> S) {
+    let (a, b) = (make(), make());
+    let mut base = a.read().await.expect("read").unwrap_or_default();
+    b.read().await.expect("read");
+    base.serial += 10;
+    b.write(&base).await.expect("b writes first");
+    let mut stale = base.clone();
+    stale.serial += 1;
+    match a.write(&stale).await {
+        Err(StateError::Conflict { .. }) => {}
+        other => panic!("a stale write must be refused, got {other:?}"),
+    }
+    assert_eq!(
+        make().read().await.expect("read").map(|s| s.serial),
+        Some(base.serial),
+        "the newer state survives"
+    );
+    // Having read the newer state, the client may write again.
+    a.read().await.expect("read");
+    a.write(&stale).await.expect("write after re-reading");
 }
 
 #[cfg(test)]

@@ -357,6 +357,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = LocalStore::new(dir.path().join(".skyform/state.json"));
         crate::state::conformance::run(&store).await;
+        // Local files have the lock and atomic rename, not conditional writes.
+        let path = store.path().to_path_buf();
+        crate::state::conformance::lock_race(&|| LocalStore::new(path.clone())).await;
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(store.path())
             .unwrap()

@@ -3,10 +3,11 @@
 //! The format lives here; stores (where the bytes go, how they are locked) are in
 //! [`local`] and behind the [`StateStore`] trait.
 
-#[cfg(test)]
+#[doc(hidden)]
 pub mod conformance;
 pub mod local;
 pub mod memory;
+pub mod object;
 
 use crate::model::{Address, Kind, Spec};
 use crate::optimizer::Candidate;
@@ -15,6 +16,7 @@ use std::collections::BTreeMap;
 
 pub use local::LocalStore;
 pub use memory::MemoryStore;
+pub use object::ObjectStateStore;
 
 pub const FORMAT_VERSION: u32 = 1;
 
@@ -169,6 +171,14 @@ pub enum StateError {
     TooNew(u64),
     #[error("lock {given} is not the current lock ({})", .held.as_deref().unwrap_or("none is held"))]
     WrongLock { given: String, held: Option<String> },
+    #[error("the state at {url} changed since this run read it; not overwriting the newer state")]
+    Conflict { url: String },
+    #[error("cannot {what} {url}: {message}")]
+    Remote {
+        what: &'static str,
+        url: String,
+        message: String,
+    },
     #[error("{what} {path}: {source}")]
     Io {
         what: &'static str,
@@ -224,6 +234,14 @@ impl StateError {
             StateError::WrongLock { .. } => {
                 Some("run `skyform force-unlock` with the id shown in the lock error".into())
             }
+            StateError::Conflict { .. } => Some(
+                "another run changed the state; this run's copy is in .skyform/errored-state.json: \
+                 compare with `skyform state pull`, then `skyform state push .skyform/errored-state.json` if it is right"
+                    .into(),
+            ),
+            StateError::Remote { .. } => Some(
+                "check the bucket, the endpoint and the credentials in the environment, then run the command again".into(),
+            ),
             StateError::Io { .. } => None,
         }
     }

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Installs moto (from PyPI) if it is missing and starts its server on loopback.
+# Prints `export SKYFORM_TEST_S3_ENDPOINT=http://127.0.0.1:PORT` for the caller to eval;
+# the server's pid is in $MOTO_DIR/pid and its log in $MOTO_DIR/log.
+#   eval "$(scripts/moto.sh start)"   ...   scripts/moto.sh stop
+set -euo pipefail
+MOTO_DIR=${MOTO_DIR:-${TMPDIR:-/tmp}/skyform-moto}
+
+case "${1:-start}" in
+start)
+  mkdir -p "$MOTO_DIR"
+  if ! command -v moto_server >/dev/null 2>&1; then
+    echo "installing moto from PyPI..." >&2
+    python3 -m pip install --quiet 'moto[ec2,s3]' flask flask-cors >&2
+  fi
+  # A free port, chosen by the kernel.
+  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  moto_server -H 127.0.0.1 -p "$port" >"$MOTO_DIR/log" 2>&1 &
+  echo $! >"$MOTO_DIR/pid"
+  for _ in $(seq 1 100); do
+    if python3 -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$port/moto-api/')" 2>/dev/null; then
+      echo "export SKYFORM_TEST_S3_ENDPOINT=http://127.0.0.1:$port"
+      exit 0
+    fi
+    sleep 0.1
+  done
+  echo "moto did not start; its log:" >&2
+  cat "$MOTO_DIR/log" >&2
+  exit 1
+  ;;
+stop)
+  if [ -f "$MOTO_DIR/pid" ]; then
+    kill "$(cat "$MOTO_DIR/pid")" 2>/dev/null || true
+    rm -f "$MOTO_DIR/pid"
+  fi
+  ;;
+*)
+  echo "usage: $0 start|stop" >&2
+  exit 2
+  ;;
+esac

@@ -1,0 +1,285 @@
+//! State in an object store (S3, GCS, Azure Blob, or any `object_store` backend).
+//!
+//! Two objects: the state at `key` and the lock at `key.lock`. The lock is created with
+//! create-if-absent, so of many clients exactly one gets it. Every state write is
+//! conditional on the ETag this client last read or wrote: a writer that lost its lock, or
+//! ran with `-lock=false`, cannot overwrite a newer state — its write fails with
+//! [`StateError::Conflict`] and the caller keeps its copy (see `docs/state.md`).
+
+use super::{LockInfo, State, StateError, StateStore};
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutPayload, UpdateVersion};
+use std::sync::{Arc, Mutex};
+
+/// What this client knows of the state object's version.
+#[derive(Debug, Clone, PartialEq)]
+enum Seen {
+    /// Never read: the first write must create the object.
+    Unknown,
+    /// Read and found absent.
+    Absent,
+    /// Read or written at this version.
+    At(UpdateVersion),
+}
+
+#[derive(Debug)]
+pub struct ObjectStateStore {
+    store: Arc<dyn ObjectStore>,
+    url: String,
+    key: Path,
+    lock_key: Path,
+    seen: Mutex<Seen>,
+}
+
+impl ObjectStateStore {
+    /// A store keeping state at `key` in `store`; `url` names it in messages
+    /// (`s3://bucket/key`).
+    pub fn new(store: Arc<dyn ObjectStore>, url: String, key: &str) -> ObjectStateStore {
+        ObjectStateStore {
+            store,
+            url,
+            key: Path::from(key),
+            lock_key: Path::from(format!("{key}.lock")),
+            seen: Mutex::new(Seen::Unknown),
+        }
+    }
+
+    fn remember(&self, seen: Seen) {
+        if let Ok(mut s) = self.seen.lock() {
+            *s = seen;
+        }
+    }
+
+    fn seen(&self) -> Seen {
+        self.seen.lock().map_or(Seen::Unknown, |s| s.clone())
+    }
+
+    fn remote(&self, what: &'static str, e: object_store::Error) -> StateError {
+        StateError::Remote {
+            what,
+            url: self.url.clone(),
+            message: e.to_string(),
+        }
+    }
+
+    async fn read_lock(&self) -> Result<Option<LockInfo>, StateError> {
+        match self.store.get(&self.lock_key).await {
+            Ok(r) => {
+                let bytes = r.bytes().await.map_err(|e| self.remote("read lock", e))?;
+                serde_json::from_slice(&bytes)
+                    .map(Some)
+                    .map_err(|e| StateError::Corrupt(format!("lock {}.lock: {e}", self.url)))
+            }
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.remote("read lock", e)),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl StateStore for ObjectStateStore {
+    fn describe(&self) -> String {
+        self.url.clone()
+    }
+
+    async fn read(&self) -> Result<Option<State>, StateError> {
+        match self.store.get(&self.key).await {
+            Ok(r) => {
+                let version = UpdateVersion {
+                    e_tag: r.meta.e_tag.clone(),
+                    version: r.meta.version.clone(),
+                };
+                let bytes = r.bytes().await.map_err(|e| self.remote("read", e))?;
+                let state = State::from_json(&bytes)?;
+                self.remember(Seen::At(version));
+                Ok(Some(state))
+            }
+            Err(object_store::Error::NotFound { .. }) => {
+                self.remember(Seen::Absent);
+                Ok(None)
+            }
+            Err(e) => Err(self.remote("read", e)),
+        }
+    }
+
+    async fn write(&self, state: &State) -> Result<(), StateError> {
+        let mode = match self.seen() {
+            Seen::At(v) => PutMode::Update(v),
+            Seen::Absent | Seen::Unknown => PutMode::Create,
+        };
+        let payload = PutPayload::from(state.to_json());
+        match self.store.put_opts(&self.key, payload, mode.into()).await {
+            Ok(r) => {
+                self.remember(Seen::At(UpdateVersion {
+                    e_tag: r.e_tag,
+                    version: r.version,
+                }));
+                Ok(())
+            }
+            Err(
+                object_store::Error::Precondition { .. }
+                | object_store::Error::AlreadyExists { .. },
+            ) => Err(StateError::Conflict {
+                url: self.url.clone(),
+            }),
+            Err(e) => Err(self.remote("write", e)),
+        }
+    }
+
+    async fn lock(&self, info: &LockInfo) -> Result<(), StateError> {
+        let body = serde_json::to_vec_pretty(info).expect("a lock serializes");
+        // The holder may release between our create and our read: then try again.
+        for _ in 0..3 {
+            let payload = PutPayload::from(body.clone());
+            match self
+                .store
+                .put_opts(&self.lock_key, payload, PutMode::Create.into())
+                .await
+            {
+                Ok(_) => return Ok(()),
+                Err(
+                    object_store::Error::AlreadyExists { .. }
+                    | object_store::Error::Precondition { .. },
+                ) => {
+                    if let Some(holder) = self.read_lock().await? {
+                        return Err(StateError::Locked(Box::new(holder)));
+                    }
+                }
+                Err(e) => return Err(self.remote("lock", e)),
+            }
+        }
+        Err(StateError::Remote {
+            what: "lock",
+            url: self.url.clone(),
+            message: "the lock object kept appearing and vanishing".into(),
+        })
+    }
+
+    async fn unlock(&self, id: &str) -> Result<(), StateError> {
+        let held = self.read_lock().await?;
+        match held {
+            Some(h) if h.id == id => self
+                .store
+                .delete(&self.lock_key)
+                .await
+                .map_err(|e| self.remote("unlock", e)),
+            other => Err(StateError::WrongLock {
+                given: id.to_string(),
+                held: other.map(|h| h.id),
+            }),
+        }
+    }
+
+    async fn lock_holder(&self) -> Result<Option<LockInfo>, StateError> {
+        self.read_lock().await
+    }
+}
+
+/// Opens the store a `state "KIND" { … }` block names. Credentials come from each cloud's
+/// usual environment (`AWS_*`, `GOOGLE_*`, `AZURE_*`).
+pub fn open(
+    kind: &str,
+    settings: &std::collections::BTreeMap<String, String>,
+) -> Result<ObjectStateStore, String> {
+    let get = |k: &str| settings.get(k).map(String::as_str);
+    let need = |k: &str| get(k).ok_or_else(|| format!("state \"{kind}\" needs `{k}`"));
+    let allowed: &[&str] = match kind {
+        "s3" => &["bucket", "key", "region", "endpoint"],
+        "gcs" => &["bucket", "key"],
+        "azure" => &["container", "account", "key"],
+        _ => &[],
+    };
+    if let Some(k) = settings
+        .keys()
+        .find(|k| !allowed.contains(&k.as_str()) && !allowed.is_empty())
+    {
+        return Err(format!(
+            "`{k}` is not a setting of state \"{kind}\" in this build (it takes {}); credentials come from the environment",
+            allowed.join(", ")
+        ));
+    }
+    let key = get("key")
+        .unwrap_or("skyform/state.json")
+        .trim_start_matches('/')
+        .to_string();
+    let (store, url): (Arc<dyn ObjectStore>, String) = match kind {
+        "s3" => {
+            let bucket = need("bucket")?;
+            let mut b = object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket);
+            if let Some(r) = get("region") {
+                b = b.with_region(r);
+            }
+            if let Some(e) = get("endpoint") {
+                b = b
+                    .with_endpoint(e)
+                    .with_allow_http(e.starts_with("http://"))
+                    .with_virtual_hosted_style_request(false);
+            }
+            let s = b.build().map_err(|e| e.to_string())?;
+            (Arc::new(s), format!("s3://{bucket}/{key}"))
+        }
+        "gcs" => {
+            let bucket = need("bucket")?;
+            let s = object_store::gcp::GoogleCloudStorageBuilder::from_env()
+                .with_bucket_name(bucket)
+                .build()
+                .map_err(|e| e.to_string())?;
+            (Arc::new(s), format!("gs://{bucket}/{key}"))
+        }
+        "azure" => {
+            let container = need("container")?;
+            let mut b = object_store::azure::MicrosoftAzureBuilder::from_env()
+                .with_container_name(container);
+            if let Some(a) = get("account") {
+                b = b.with_account(a);
+            }
+            let s = b.build().map_err(|e| e.to_string())?;
+            (Arc::new(s), format!("azure://{container}/{key}"))
+        }
+        other => {
+            return Err(format!(
+                "unknown state backend {other:?} (local, s3, gcs, azure)"
+            ));
+        }
+    };
+    Ok(ObjectStateStore::new(store, url, &key))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn memory() -> (Arc<dyn ObjectStore>, impl Fn() -> ObjectStateStore) {
+        let backing: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+        let b = backing.clone();
+        (backing, move || {
+            ObjectStateStore::new(b.clone(), "memory://state.json".into(), "state.json")
+        })
+    }
+
+    #[tokio::test]
+    async fn conforms_over_in_memory_objects() {
+        let (_, make) = memory();
+        super::super::conformance::run(&make()).await;
+        super::super::conformance::run_shared(&make).await;
+    }
+
+    #[test]
+    fn open_needs_a_bucket_and_names_it() {
+        let err = open("s3", &Default::default()).unwrap_err();
+        assert!(err.contains("needs `bucket`"), "{err}");
+        let mut s = std::collections::BTreeMap::new();
+        s.insert("bucket".to_string(), "b".to_string());
+        s.insert("region".to_string(), "us-east-1".to_string());
+        s.insert("key".to_string(), "team/prod.json".to_string());
+        assert_eq!(open("s3", &s).unwrap().describe(), "s3://b/team/prod.json");
+        let mut g = s.clone();
+        g.remove("region");
+        assert_eq!(open("gcs", &g).unwrap().describe(), "gs://b/team/prod.json");
+        assert!(
+            open("ftp", &s)
+                .unwrap_err()
+                .contains("unknown state backend")
+        );
+    }
+}

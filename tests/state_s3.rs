@@ -1,0 +1,162 @@
+//! State in S3, against moto's real S3 server on loopback (started by `scripts/moto.sh`;
+//! `scripts/test.sh` exports `SKYFORM_TEST_S3_ENDPOINT`). Ignored by a plain `cargo test`;
+//! run with `--include-ignored`, where a missing server is a failure, not a skip.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use skyform::state::conformance;
+use skyform::state::{ObjectStateStore, StateStore};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+
+const BIN: &str = env!("CARGO_BIN_EXE_skyform");
+
+fn endpoint() -> String {
+    std::env::var("SKYFORM_TEST_S3_ENDPOINT").expect(
+        "SKYFORM_TEST_S3_ENDPOINT is not set: these tests need moto; run ./scripts/test.sh, \
+         or eval \"$(scripts/moto.sh start)\" first",
+    )
+}
+
+/// A new bucket (moto creates one on a plain PUT), so tests do not see each other.
+fn bucket(name: &str) -> String {
+    let b = format!("{name}-{}", uuid::Uuid::new_v4().simple());
+    let status = Command::new("curl")
+        .args(["-sf", "-X", "PUT", &format!("{}/{b}", endpoint())])
+        .stdout(Stdio::null())
+        .status()
+        .expect("curl");
+    assert!(status.success(), "creating bucket {b} on moto");
+    b
+}
+
+fn client(bucket: &str) -> ObjectStateStore {
+    let s3 = object_store::aws::AmazonS3Builder::new()
+        .with_bucket_name(bucket)
+        .with_region("us-east-1")
+        .with_endpoint(endpoint())
+        .with_allow_http(true)
+        .with_access_key_id("testing")
+        .with_secret_access_key("testing")
+        .build()
+        .expect("s3 client");
+    ObjectStateStore::new(
+        Arc::new(s3),
+        format!("s3://{bucket}/team/state.json"),
+        "team/state.json",
+    )
+}
+
+#[tokio::test]
+#[ignore = "needs moto: run ./scripts/test.sh"]
+async fn s3_store_conforms() {
+    let b = bucket("conform");
+    conformance::run(&client(&b)).await;
+    conformance::run_shared(&|| client(&b)).await;
+}
+
+fn skyform(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
+    Command::new(BIN)
+        .arg(format!("-chdir={}", dir.display()))
+        .args(args)
+        .env("NO_COLOR", "1")
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("AWS_REGION", "us-east-1")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run skyform")
+}
+
+fn ok(dir: &std::path::Path, args: &[&str]) -> String {
+    let out = skyform(dir, args);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "skyform {args:?} failed:\n{text}");
+    text
+}
+
+/// Two checkouts share one S3 state: what one applies, the other sees; nothing is written
+/// locally; the lock is gone afterwards.
+#[tokio::test]
+#[ignore = "needs moto: run ./scripts/test.sh"]
+async fn apply_keeps_state_in_s3() {
+    let b = bucket("cli");
+    let config = format!(
+        r#"
+skyform {{
+  state "s3" {{
+    bucket   = "{b}"
+    key      = "team/state.json"
+    region   = "us-east-1"
+    endpoint = "{}"
+  }}
+}}
+cluster "c" {{}}
+job "hello" {{
+  cluster = cluster.c
+  run     = "echo hello from s3 state"
+}}
+"#,
+        endpoint()
+    );
+    let (one, two) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    for d in [&one, &two] {
+        std::fs::write(d.path().join("main.sky.hcl"), &config).unwrap();
+    }
+    let init = ok(one.path(), &["init"]);
+    assert!(
+        init.contains(&format!("s3://{b}/team/state.json")),
+        "{init}"
+    );
+    ok(one.path(), &["apply", "-auto-approve"]);
+    assert!(
+        !one.path().join(".skyform/state.json").exists(),
+        "state goes to the bucket, not the local file"
+    );
+    let listed = ok(two.path(), &["state", "list"]);
+    assert!(listed.contains("job.hello"), "{listed}");
+
+    let store = client(&b);
+    let state = store.read().await.unwrap().expect("state in the bucket");
+    assert!(state.resources.keys().any(|a| a.to_string() == "job.hello"));
+    assert!(
+        store.lock_holder().await.unwrap().is_none(),
+        "the lock is released"
+    );
+
+    ok(two.path(), &["destroy", "-auto-approve"]);
+    let after = store.read().await.unwrap().unwrap();
+    assert!(
+        after.resources.is_empty(),
+        "destroy from the other checkout is recorded"
+    );
+    assert!(after.serial > state.serial);
+    assert_eq!(after.lineage, state.lineage);
+}
+
+/// A held lock in the bucket stops another run with the holder's name and a hint.
+#[tokio::test]
+#[ignore = "needs moto: run ./scripts/test.sh"]
+async fn contention_names_the_holder() {
+    let b = bucket("lock");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("main.sky.hcl"),
+        format!(
+            "skyform {{\n  state \"s3\" {{\n    bucket = \"{b}\"\n    key = \"team/state.json\"\n    endpoint = \"{}\"\n  }}\n}}\ncluster \"c\" {{}}\n",
+            endpoint()
+        ),
+    )
+    .unwrap();
+    let holder = skyform::state::LockInfo::new("apply");
+    client(&b).lock(&holder).await.unwrap();
+    let out = skyform(dir.path(), &["apply", "-auto-approve"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("the state is locked"), "{err}");
+    assert!(err.contains(&holder.id), "{err}");
+    assert!(err.contains("hint:"), "{err}");
+}
