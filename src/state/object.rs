@@ -62,6 +62,26 @@ impl ObjectStateStore {
         }
     }
 
+    /// Whether the state object now holds exactly `bytes`; if so, remembers its version.
+    async fn holds(&self, bytes: &bytes::Bytes) -> Result<bool, StateError> {
+        match self.store.get(&self.key).await {
+            Ok(r) => {
+                let version = UpdateVersion {
+                    e_tag: r.meta.e_tag.clone(),
+                    version: r.meta.version.clone(),
+                };
+                let now = r.bytes().await.map_err(|e| self.remote("read", e))?;
+                let same = now == *bytes;
+                if same {
+                    self.remember(Seen::At(version));
+                }
+                Ok(same)
+            }
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(self.remote("read", e)),
+        }
+    }
+
     async fn read_lock(&self) -> Result<Option<LockInfo>, StateError> {
         match self.store.get(&self.lock_key).await {
             Ok(r) => {
@@ -107,7 +127,8 @@ impl StateStore for ObjectStateStore {
             Seen::At(v) => PutMode::Update(v),
             Seen::Absent | Seen::Unknown => PutMode::Create,
         };
-        let payload = PutPayload::from(state.to_json());
+        let payload_bytes = bytes::Bytes::from(state.to_json());
+        let payload = PutPayload::from(payload_bytes.clone());
         match self.store.put_opts(&self.key, payload, mode.into()).await {
             Ok(r) => {
                 self.remember(Seen::At(UpdateVersion {
@@ -119,9 +140,16 @@ impl StateStore for ObjectStateStore {
             Err(
                 object_store::Error::Precondition { .. }
                 | object_store::Error::AlreadyExists { .. },
-            ) => Err(StateError::Conflict {
-                url: self.url.clone(),
-            }),
+            ) => {
+                // A retried request whose first attempt landed (its answer lost on the way
+                // back) also fails its condition: then the object holds exactly our bytes.
+                if self.holds(&payload_bytes).await? {
+                    return Ok(());
+                }
+                Err(StateError::Conflict {
+                    url: self.url.clone(),
+                })
+            }
             Err(e) => Err(self.remote("write", e)),
         }
     }
@@ -141,8 +169,11 @@ impl StateStore for ObjectStateStore {
                     object_store::Error::AlreadyExists { .. }
                     | object_store::Error::Precondition { .. },
                 ) => {
-                    if let Some(holder) = self.read_lock().await? {
-                        return Err(StateError::Locked(Box::new(holder)));
+                    match self.read_lock().await? {
+                        // Our own create, retried after its answer was lost.
+                        Some(holder) if holder.id == info.id => return Ok(()),
+                        Some(holder) => return Err(StateError::Locked(Box::new(holder))),
+                        None => {}
                     }
                 }
                 Err(e) => return Err(self.remote("lock", e)),
