@@ -274,3 +274,53 @@ async fn apply_through_faults_converges() {
     assert!(plan.contains("No changes"), "{plan}");
     ok(dir.path(), &["destroy", "-auto-approve"]);
 }
+
+/// Moving state from the local file to S3: every command refuses until
+/// `init -migrate-state`, which copies it under both locks, lineage and serial intact.
+#[tokio::test]
+#[ignore = "needs moto: run ./scripts/test.sh"]
+async fn migrate_local_state_to_s3() {
+    let b = bucket("migrate");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("main.sky.hcl");
+    let body = "cluster \"c\" {}\njob \"j\" {\n  cluster = cluster.c\n  run = \"true\"\n}\n";
+    std::fs::write(&file, body).unwrap();
+    ok(dir.path(), &["apply", "-auto-approve"]);
+    let local: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join(".skyform/state.json")).unwrap())
+            .unwrap();
+
+    std::fs::write(
+        &file,
+        format!(
+            "skyform {{\n  state \"s3\" {{\n    bucket = \"{b}\"\n    key = \"k\"\n    endpoint = \"{}\"\n  }}\n}}\n{body}",
+            endpoint()
+        ),
+    )
+    .unwrap();
+    for args in [&["plan"][..], &["init"][..]] {
+        let out = skyform(dir.path(), args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} must refuse");
+        assert!(
+            err.contains("the state backend changed since init"),
+            "{err}"
+        );
+        assert!(err.contains("init -migrate-state"), "{err}");
+    }
+    let init = ok(dir.path(), &["init", "-migrate-state"]);
+    assert!(init.contains(&format!("to s3://{b}/k")), "{init}");
+    let state = client_at(&b, &endpoint()).read().await.unwrap().unwrap();
+    assert_eq!(state.lineage, local["lineage"].as_str().unwrap());
+    assert_eq!(state.serial, local["serial"].as_u64().unwrap());
+    assert!(
+        client_at(&b, &endpoint())
+            .lock_holder()
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let plan = ok(dir.path(), &["plan"]);
+    assert!(plan.contains("No changes"), "{plan}");
+    ok(dir.path(), &["destroy", "-auto-approve"]);
+}

@@ -76,6 +76,65 @@ fn keep_errored_state(ctx: &Ctx, state: &State, e: state::StateError) -> Failure
     f
 }
 
+/// Copies the state from `from` to `to`, holding both locks.
+async fn migrate_state(
+    ctx: &Ctx,
+    from: &config::StateBackend,
+    to: &config::StateBackend,
+    force_copy: bool,
+) -> Result<()> {
+    let (old, new) = (ctx.open_store(from)?, ctx.open_store(to)?);
+    let flags = LockFlags {
+        lock_timeout: std::time::Duration::ZERO,
+    };
+    let old_lock = lock(old.as_ref(), "migrate-state", &flags).await?;
+    let new_lock = match lock(new.as_ref(), "migrate-state", &flags).await {
+        Ok(l) => l,
+        Err(e) => {
+            old_lock.release().await;
+            return Err(e);
+        }
+    };
+    let copied = copy_state(old.as_ref(), new.as_ref(), force_copy).await;
+    new_lock.release().await;
+    old_lock.release().await;
+    copied
+}
+
+async fn copy_state(old: &dyn StateStore, new: &dyn StateStore, force_copy: bool) -> Result<()> {
+    let Some(state) = old.read().await? else {
+        say!(
+            "The old backend {} holds no state: nothing to migrate.",
+            old.describe()
+        );
+        return Ok(());
+    };
+    if let Some(there) = new.read().await?
+        && there != state
+        && !force_copy
+    {
+        return Err(Failure::new(format!(
+            "{} already holds a state (lineage {}, serial {}); not overwriting it with the one from {} (lineage {}, serial {})",
+            new.describe(),
+            there.lineage,
+            there.serial,
+            old.describe(),
+            state.lineage,
+            state.serial
+        ))
+        .hint("skyform init -migrate-state -force-copy overwrites it; -reconfigure keeps it and leaves the old one"));
+    }
+    new.write(&state).await?;
+    say!(
+        "Copied the state (serial {}, {} resources) from {} to {}.",
+        state.serial,
+        state.resources.len(),
+        old.describe(),
+        new.describe()
+    );
+    Ok(())
+}
+
 /// A `fmt` failure (a file that cannot be read or written).
 #[derive(Debug)]
 pub struct FmtFailure(pub String);
@@ -89,21 +148,73 @@ struct Ctx {
 impl Ctx {
     /// The state store the configuration's `skyform { state … }` block names (the local file
     /// `.skyform/state.json` by default).
-    fn store(&self) -> Result<Box<dyn StateStore>> {
+    /// The state store the configuration's `skyform { state … }` block names (the local file
+    /// `.skyform/state.json` by default). When the block changed since `init` recorded it and
+    /// the old backend holds a state, this refuses: the state must be migrated first.
+    async fn store(&self) -> Result<Box<dyn StateStore>> {
         let (config, _) = config::load(&self.dir);
-        let default = || self.dir.join(".skyform").join("state.json");
-        match &config.state_backend {
-            None => Ok(Box::new(LocalStore::new(default()))),
-            Some(b) if b.kind == "local" => Ok(Box::new(LocalStore::new(
-                b.settings.get("path").map_or_else(default, |p| self.dir.join(p)),
-            ))),
-            Some(b) => state::object::open(&b.kind, &b.settings)
-                .map(|s| Box::new(s) as Box<dyn StateStore>)
-                .map_err(|e| {
-                    Failure::new(format!("cannot open the state backend: {e}"))
-                        .hint("fix the `skyform { state … }` block; docs/state.md lists each backend's settings")
-                }),
+        let wanted = config.state_backend.clone().unwrap_or_default();
+        let recorded = self.recorded_backend();
+        if !same_backend(&recorded, &wanted) && self.open_store(&recorded)?.read().await?.is_some()
+        {
+            return Err(Failure::new(format!(
+                "the state backend changed since init: the state is in {} but the configuration names {}",
+                self.open_store(&recorded)?.describe(),
+                self.open_store(&wanted)?.describe()
+            ))
+            .hint("skyform init -migrate-state copies it over; skyform init -reconfigure uses the new backend as it is"));
         }
+        self.open_store(&wanted)
+    }
+
+    fn open_store(&self, b: &config::StateBackend) -> Result<Box<dyn StateStore>> {
+        let default = || self.dir.join(".skyform").join("state.json");
+        if b.kind.is_empty() || b.kind == "local" {
+            return Ok(Box::new(LocalStore::new(
+                b.settings
+                    .get("path")
+                    .map_or_else(default, |p| self.dir.join(p)),
+            )));
+        }
+        state::object::open(&b.kind, &b.settings)
+            .map(|s| Box::new(s) as Box<dyn StateStore>)
+            .map_err(|e| {
+                Failure::new(format!("cannot open the state backend: {e}")).hint(
+                    "fix the `skyform { state … }` block; docs/state.md lists each backend's settings",
+                )
+            })
+    }
+
+    /// The backend `init` last set up (`.skyform/backend.json`); the local file before any.
+    fn recorded_backend(&self) -> config::StateBackend {
+        std::fs::read(self.dir.join(".skyform").join("backend.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .map(|v| config::StateBackend {
+                kind: v["kind"].as_str().unwrap_or("local").to_string(),
+                settings: v["settings"]
+                    .as_object()
+                    .map(|m| {
+                        m.iter()
+                            .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            })
+            .unwrap_or_default()
+    }
+
+    fn record_backend(&self, b: &config::StateBackend) -> Result<()> {
+        let v = serde_json::json!({
+            "kind": if b.kind.is_empty() { "local" } else { b.kind.as_str() },
+            "settings": b.settings,
+        });
+        let dir = self.dir.join(".skyform");
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| Failure::new(format!("cannot create {}: {e}", dir.display())))?;
+        let bytes = serde_json::to_vec_pretty(&v).unwrap_or_default();
+        LocalStore::write_atomic(&dir.join("backend.json"), &bytes)?;
+        Ok(())
     }
 
     /// The backends of this build. `local` offers placements when the configuration declares
@@ -161,7 +272,21 @@ pub async fn run(cli: Cli) -> i32 {
         tty_in: std::io::stdin().is_terminal(),
     };
     let result = match cli.command {
-        Command::Init { dir } => init(&ctx(dir_of(&dir))).await,
+        Command::Init {
+            dir,
+            migrate_state,
+            reconfigure,
+            force_copy,
+        } => {
+            let how = if migrate_state {
+                BackendChange::Migrate { force_copy }
+            } else if reconfigure {
+                BackendChange::Reconfigure
+            } else {
+                BackendChange::Refuse
+            };
+            init(&ctx(dir_of(&dir)), how).await
+        }
         Command::Validate { dir, json, vars } => validate(&ctx(dir_of(&dir)), json, &vars),
         Command::Fmt { dir, check, diff } => {
             super::fmt::run(&dir_of(&dir), check, diff).map_err(|e| Failure::new(e.0))
@@ -327,10 +452,47 @@ fn report(config: &Config, diags: &mut Diagnostics, style: Style) -> Result<()> 
     Ok(())
 }
 
-async fn init(ctx: &Ctx) -> Result<i32> {
+/// What `init` does when the `state` block changed since the last init.
+#[derive(Debug, Clone, Copy)]
+enum BackendChange {
+    Refuse,
+    Reconfigure,
+    Migrate { force_copy: bool },
+}
+
+/// Two backend settings name the same place (an absent block is the local file).
+fn same_backend(a: &config::StateBackend, b: &config::StateBackend) -> bool {
+    let kind = |k: &str| {
+        if k.is_empty() {
+            "local".to_string()
+        } else {
+            k.to_string()
+        }
+    };
+    kind(&a.kind) == kind(&b.kind) && a.settings == b.settings
+}
+
+async fn init(ctx: &Ctx, how: BackendChange) -> Result<i32> {
     let (config, mut diags) = config::load(&ctx.dir);
     report(&config, &mut diags, ctx.style)?;
-    let store = ctx.store()?;
+    let wanted = config.state_backend.clone().unwrap_or_default();
+    let recorded = ctx.recorded_backend();
+    if !same_backend(&recorded, &wanted) {
+        match how {
+            BackendChange::Migrate { force_copy } => {
+                migrate_state(ctx, &recorded, &wanted, force_copy).await?;
+            }
+            BackendChange::Reconfigure => {}
+            // Refused when the old backend holds a state; nothing to lose otherwise.
+            BackendChange::Refuse => drop(ctx.store().await?),
+        }
+        ctx.record_backend(&wanted)?;
+    } else if !ctx.dir.join(".skyform").join("backend.json").exists()
+        && config.state_backend.is_some()
+    {
+        ctx.record_backend(&wanted)?;
+    }
+    let store = ctx.store().await?;
     if store.read().await?.is_none() {
         store.write(&State::new()).await?;
         say!("Created the state at {}.", store.describe());
@@ -459,7 +621,7 @@ async fn plan_cmd(
     destroy: bool,
 ) -> Result<i32> {
     let (config, inputs) = load(ctx, &flags.vars)?;
-    let store = ctx.store()?;
+    let store = ctx.store().await?;
     let guard = lock(store.as_ref(), "plan", &flags.lock).await?;
     let result = async {
         let mut state = store.read().await?.unwrap_or_default();
@@ -543,7 +705,7 @@ async fn apply_cmd(
     };
     crate::runtime::proc::ignore_sigpipe();
     let (config, mut inputs) = load(ctx, &flags.vars)?;
-    let store = ctx.store()?;
+    let store = ctx.store().await?;
     let guard = lock(
         store.as_ref(),
         if destroy { "destroy" } else { "apply" },
@@ -857,7 +1019,7 @@ fn print_summary(s: &Summary, plan: &Plan, state: &State, destroy: bool, style: 
 
 async fn wait_for_jobs(ctx: &Ctx, config: &Config, plan: &Plan) -> Result<i32> {
     let registry = ctx.registry(Some(config));
-    let store = ctx.store()?;
+    let store = ctx.store().await?;
     let watched: Vec<Address> = plan
         .changes
         .iter()
@@ -1311,7 +1473,7 @@ fn catalog_list(ctx: &Ctx, flag_dir: Option<PathBuf>) -> Result<i32> {
 }
 
 async fn read_state(ctx: &Ctx) -> Result<State> {
-    let store = ctx.store()?;
+    let store = ctx.store().await?;
     store.read().await?.ok_or_else(|| {
         Failure::new(format!("no state at {}", store.describe())).hint("run `skyform apply` first")
     })
@@ -1447,7 +1609,7 @@ async fn output(ctx: &Ctx, name: Option<&str>, json: bool, raw: bool) -> Result<
 }
 
 async fn state_cmd(ctx: &Ctx, cmd: StateCommand) -> Result<i32> {
-    let store = ctx.store()?;
+    let store = ctx.store().await?;
     match cmd {
         StateCommand::List => {
             for a in read_state(ctx).await?.resources.keys() {
@@ -1577,7 +1739,7 @@ async fn edit_state(
 }
 
 async fn force_unlock(ctx: &Ctx, id: &str, force: bool) -> Result<i32> {
-    let store = ctx.store()?;
+    let store = ctx.store().await?;
     let holder = store
         .lock_holder()
         .await?

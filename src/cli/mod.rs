@@ -88,7 +88,18 @@ pub struct PlanFlags {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Check the configuration, create the state, report which infra is usable.
-    Init { dir: Option<PathBuf> },
+    Init {
+        dir: Option<PathBuf>,
+        /// Copy the state from the backend used before to the one the configuration names.
+        #[arg(long)]
+        migrate_state: bool,
+        /// Use the configuration's backend as it is, leaving the old state where it is.
+        #[arg(long)]
+        reconfigure: bool,
+        /// With -migrate-state: overwrite a state the new backend already holds.
+        #[arg(long)]
+        force_copy: bool,
+    },
     /// Parse, evaluate and type-check, offline.
     Validate {
         dir: Option<PathBuf>,
