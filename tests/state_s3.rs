@@ -324,3 +324,101 @@ async fn migrate_local_state_to_s3() {
     assert!(plan.contains("No changes"), "{plan}");
     ok(dir.path(), &["destroy", "-auto-approve"]);
 }
+
+/// kill -9 of skyform mid-apply with state in S3: the next apply takes over the dead
+/// process's lock (same user and host, process gone), adopts what was created, submits
+/// nothing twice, and converges.
+#[tokio::test]
+#[ignore = "needs moto: run ./scripts/test.sh"]
+async fn kill_9_mid_apply_with_s3_state_converges() {
+    let b = bucket("kill");
+    let dir = tempfile::tempdir().unwrap();
+    let keys: Vec<String> = (0..12).map(|i| format!("\"{i:02}\"")).collect();
+    std::fs::write(
+        dir.path().join("main.sky.hcl"),
+        format!(
+            "skyform {{\n  state \"s3\" {{\n    bucket = \"{b}\"\n    key = \"k\"\n    endpoint = \"{}\"\n  }}\n}}\n\
+             cluster \"dev\" {{}}\n\
+             job \"step\" {{\n  for_each = toset([{}])\n  cluster = cluster.dev\n  run = \"echo step ${{each.key}}\"\n}}\n",
+            endpoint(),
+            keys.join(", ")
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(BIN)
+        .arg(format!("-chdir={}", dir.path().display()))
+        .args(["apply", "-auto-approve", "-parallelism", "1"])
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let store = client_at(&b, &endpoint());
+    let t = std::time::Instant::now();
+    loop {
+        let jobs = store.read().await.ok().flatten().map_or(0, |s| {
+            s.resources
+                .keys()
+                .filter(|a| a.to_string().starts_with("job."))
+                .count()
+        });
+        if jobs >= 3 {
+            break;
+        }
+        assert!(t.elapsed().as_secs() < 30, "jobs were not recorded in time");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        store.lock_holder().await.unwrap().is_some(),
+        "the killed run left its lock"
+    );
+
+    let out = ok(dir.path(), &["apply", "-auto-approve"]);
+    assert!(out.contains("took over the lock"), "{out}");
+    let state = store.read().await.unwrap().unwrap();
+    assert_eq!(
+        state.resources.len(),
+        13,
+        "the cluster and every job are recorded"
+    );
+    // Each job was submitted to the cluster's queue exactly once.
+    let mut names = std::collections::BTreeMap::new();
+    for entry in walk(&dir.path().join(".skyform/local")) {
+        if entry.parent().is_some_and(|p| p.ends_with("queue"))
+            && entry.extension().is_some_and(|e| e == "json")
+        {
+            let v: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(&entry).unwrap()).unwrap();
+            *names
+                .entry(v["name"].as_str().unwrap_or_default().to_string())
+                .or_insert(0) += 1;
+        }
+    }
+    assert_eq!(names.len(), 12, "{names:?}");
+    assert!(
+        names.values().all(|n| *n == 1),
+        "nothing submitted twice: {names:?}"
+    );
+    let plan = ok(dir.path(), &["plan"]);
+    assert!(plan.contains("No changes"), "{plan}");
+    ok(dir.path(), &["destroy", "-auto-approve"]);
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.filter_map(Result::ok) {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}

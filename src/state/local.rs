@@ -244,14 +244,6 @@ fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
     PathBuf::from(p)
 }
 
-/// A lock taken on this host by a process that is gone.
-fn is_stale(holder: &LockInfo, me: &LockInfo) -> bool {
-    holder.who == me.who
-        && holder.pid != 0
-        && holder.pid != me.pid
-        && !crate::runtime::proc::alive(holder.pid, None)
-}
-
 #[async_trait::async_trait]
 impl StateStore for LocalStore {
     fn describe(&self) -> String {
@@ -304,7 +296,7 @@ impl StateStore for LocalStore {
                 }
                 return Err(StateError::Locked(Box::new(holder)));
             }
-            if is_stale(&holder, info) && self.break_stale_lock(&holder)? {
+            if super::is_stale(&holder, info) && self.break_stale_lock(&holder)? {
                 continue;
             }
             return Err(StateError::Locked(Box::new(holder)));

@@ -270,6 +270,15 @@ pub trait StateStore: Send + Sync + std::fmt::Debug {
     async fn lock_holder(&self) -> Result<Option<LockInfo>, StateError>;
 }
 
+/// A lock taken on this host, by this user, by a skyform process that is gone (killed, or
+/// crashed): any store may take it over.
+pub(crate) fn is_stale(holder: &LockInfo, me: &LockInfo) -> bool {
+    holder.who == me.who
+        && holder.pid != 0
+        && holder.pid != me.pid
+        && !crate::runtime::proc::alive(holder.pid, None)
+}
+
 /// Takes the lock, retrying with backoff until `timeout` passes.
 pub async fn lock_with_timeout(
     store: &dyn StateStore,

@@ -83,15 +83,52 @@ impl ObjectStateStore {
     }
 
     async fn read_lock(&self) -> Result<Option<LockInfo>, StateError> {
+        Ok(self.read_lock_versioned().await?.map(|(info, _)| info))
+    }
+
+    /// The lock and the version of its object, for a conditional takeover.
+    async fn read_lock_versioned(&self) -> Result<Option<(LockInfo, UpdateVersion)>, StateError> {
         match self.store.get(&self.lock_key).await {
             Ok(r) => {
+                let version = UpdateVersion {
+                    e_tag: r.meta.e_tag.clone(),
+                    version: r.meta.version.clone(),
+                };
                 let bytes = r.bytes().await.map_err(|e| self.remote("read lock", e))?;
                 serde_json::from_slice(&bytes)
-                    .map(Some)
+                    .map(|info| Some((info, version)))
                     .map_err(|e| StateError::Corrupt(format!("lock {}.lock: {e}", self.url)))
             }
             Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(self.remote("read lock", e)),
+        }
+    }
+
+    /// Replaces a stale lock with ours, only if it is still that lock (If-Match): of two
+    /// processes finding the same stale lock, one takes it over.
+    async fn take_over(
+        &self,
+        stale: &LockInfo,
+        version: UpdateVersion,
+        body: &[u8],
+    ) -> Result<bool, StateError> {
+        let payload = PutPayload::from(body.to_vec());
+        match self
+            .store
+            .put_opts(&self.lock_key, payload, PutMode::Update(version).into())
+            .await
+        {
+            Ok(_) => {
+                eprintln!(
+                    "warning: took over the lock {} of skyform process {} ({}), which no longer runs",
+                    stale.id, stale.pid, stale.operation
+                );
+                Ok(true)
+            }
+            Err(
+                object_store::Error::Precondition { .. } | object_store::Error::NotFound { .. },
+            ) => Ok(false),
+            Err(e) => Err(self.remote("lock", e)),
         }
     }
 }
@@ -169,10 +206,17 @@ impl StateStore for ObjectStateStore {
                     object_store::Error::AlreadyExists { .. }
                     | object_store::Error::Precondition { .. },
                 ) => {
-                    match self.read_lock().await? {
+                    match self.read_lock_versioned().await? {
                         // Our own create, retried after its answer was lost.
-                        Some(holder) if holder.id == info.id => return Ok(()),
-                        Some(holder) => return Err(StateError::Locked(Box::new(holder))),
+                        Some((holder, _)) if holder.id == info.id => return Ok(()),
+                        Some((holder, version)) if super::is_stale(&holder, info) => {
+                            // Lost the race to another process taking it over: look again.
+                            let taken = self.take_over(&holder, version, &body).await?;
+                            if taken {
+                                return Ok(());
+                            }
+                        }
+                        Some((holder, _)) => return Err(StateError::Locked(Box::new(holder))),
                         None => {}
                     }
                 }
