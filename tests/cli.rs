@@ -295,3 +295,102 @@ fn catalog_update_downloads_checks_and_replaces() {
         b"InstanceType,Region\nold,here\n"
     );
 }
+
+/// Client-side encryption of a local state: turning it on needs `init -migrate-state`, which
+/// encrypts in place; after that the file holds no plaintext, and a missing or wrong key is a
+/// clear error, never a silent plaintext write.
+#[test]
+fn encrypted_state_migrates_in_place_and_needs_its_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    std::fs::write(dir.join("main.sky.hcl"), CONFIG).unwrap();
+    let with_key = |args: &[&str], key: Option<&str>| {
+        let mut c = Command::new(BIN);
+        c.arg(format!("-chdir={}", dir.display()))
+            .args(args)
+            .env("NO_COLOR", "1")
+            .env_remove("SKYFORM_STATE_KEY");
+        if let Some(k) = key {
+            c.env("SKYFORM_STATE_KEY", k);
+        }
+        c.output().unwrap()
+    };
+    const KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
+    const OTHER: &str = "ZmVkY2JhOTg3NjU0MzIxMGZlZGNiYTk4NzY1NDMyMTA=";
+    let out = with_key(&["apply", "-auto-approve"], None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let lineage = serde_json::from_slice::<serde_json::Value>(
+        &std::fs::read(dir.join(".skyform/state.json")).unwrap(),
+    )
+    .unwrap()["lineage"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let config = format!(
+        "skyform {{\n  state \"local\" {{\n    encryption_key_env = \"SKYFORM_STATE_KEY\"\n  }}\n}}\n\n{CONFIG}"
+    );
+    std::fs::write(dir.join("main.sky.hcl"), config).unwrap();
+    let out = with_key(&["plan"], Some(KEY));
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("init -migrate-state"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let out = with_key(&["init", "-migrate-state"], Some(KEY));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("is encrypted now"),
+        "{}",
+        text(&out.stdout)
+    );
+    let raw = std::fs::read_to_string(dir.join(".skyform/state.json")).unwrap();
+    assert!(raw.contains("AES-256-GCM"), "{raw}");
+    assert!(
+        !raw.contains(&lineage) && !raw.contains("job.a"),
+        "no plaintext: {raw}"
+    );
+    assert_no_plaintext(dir, &lineage);
+
+    let out = with_key(&["plan"], Some(KEY));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("No changes"),
+        "{}",
+        text(&out.stdout)
+    );
+
+    let out = with_key(&["state", "list"], None);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("$SKYFORM_STATE_KEY, which is not set"),
+        "{err}"
+    );
+    assert!(err.contains("hint:"), "{err}");
+    let out = with_key(&["state", "list"], Some(OTHER));
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("wrong key"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // Every later write stays encrypted (no plaintext journal either).
+    let out = with_key(&["destroy", "-auto-approve"], Some(KEY));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_no_plaintext(dir, &lineage);
+}
+
+fn assert_no_plaintext(dir: &Path, lineage: &str) {
+    for entry in std::fs::read_dir(dir.join(".skyform")).unwrap() {
+        let p = entry.unwrap().path();
+        let name = p.file_name().unwrap().to_string_lossy().to_string();
+        if name.starts_with("state.json") && p.is_file() {
+            let body = std::fs::read_to_string(&p).unwrap_or_default();
+            assert!(!body.contains(lineage), "{name} holds plaintext: {body}");
+        }
+    }
+}

@@ -422,3 +422,54 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+/// With `encryption_key_env`, the object in the bucket is sealed: a client without the key
+/// cannot read it, and a wrong key is refused.
+#[tokio::test]
+#[ignore = "needs moto: run ./scripts/test.sh"]
+async fn encrypted_state_in_s3() {
+    let b = bucket("sealed");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("main.sky.hcl"),
+        format!(
+            "skyform {{\n  state \"s3\" {{\n    bucket = \"{b}\"\n    key = \"k\"\n    endpoint = \"{}\"\n    encryption_key_env = \"SKYFORM_STATE_KEY\"\n  }}\n}}\n\
+             cluster \"c\" {{}}\n",
+            endpoint()
+        ),
+    )
+    .unwrap();
+    let run = |args: &[&str], key: &str| {
+        Command::new(BIN)
+            .arg(format!("-chdir={}", dir.path().display()))
+            .args(args)
+            .env("NO_COLOR", "1")
+            .env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing")
+            .env("SKYFORM_STATE_KEY", key)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let key = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
+    let out = run(&["apply", "-auto-approve"], key);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let err = client_at(&b, &endpoint()).read().await.unwrap_err();
+    assert!(err.to_string().contains("is encrypted"), "{err}");
+    let out = run(
+        &["state", "list"],
+        "ZmVkY2JhOTg3NjU0MzIxMGZlZGNiYTk4NzY1NDMyMTA=",
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("wrong key"));
+    let out = run(&["destroy", "-auto-approve"], key);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -51,11 +51,18 @@ type Result<T> = std::result::Result<T, Failure>;
 /// resources that now exist) is kept in `.skyform/errored-state.json`, so nothing is lost.
 fn keep_errored_state(ctx: &Ctx, state: &State, e: state::StateError) -> Failure {
     let path = ctx.dir.join(".skyform").join("errored-state.json");
-    let kept = std::fs::create_dir_all(ctx.dir.join(".skyform"))
-        .map_err(|e| e.to_string())
-        .and_then(|()| {
-            LocalStore::write_atomic(&path, &state.to_json()).map_err(|e| e.to_string())
-        });
+    // Encrypted like the state it stands in for.
+    let bytes = ctx
+        .configured_codec()
+        .map_err(|f| f.message)
+        .and_then(|c| c.encode(state).map_err(|e| e.to_string()));
+    let kept = bytes
+        .and_then(|bytes| {
+            std::fs::create_dir_all(ctx.dir.join(".skyform"))
+                .map(|()| bytes)
+                .map_err(|e| e.to_string())
+        })
+        .and_then(|bytes| LocalStore::write_atomic(&path, &bytes).map_err(|e| e.to_string()));
     let mut f = Failure::from(e);
     match kept {
         Ok(()) => {
@@ -83,10 +90,48 @@ async fn migrate_state(
     to: &config::StateBackend,
     force_copy: bool,
 ) -> Result<()> {
-    let (old, new) = (ctx.open_store(from)?, ctx.open_store(to)?);
+    let (old_codec, new_codec) = (codec_for(from)?, codec_for(to)?);
     let flags = LockFlags {
         lock_timeout: std::time::Duration::ZERO,
     };
+    if same_place(from, to) {
+        // Only the encryption changes: one store that reads the old way and writes the new.
+        let codec = state::seal::Codec {
+            accept_plaintext: old_codec.decrypt.is_none(),
+            decrypt: old_codec.decrypt,
+            encrypt: new_codec.encrypt,
+        };
+        let store = ctx.open_store_with(to, codec)?;
+        let held = lock(store.as_ref(), "migrate-state", &flags).await?;
+        let done = async {
+            if let Some(state) = store.read().await? {
+                store.write(&state).await?;
+                let how = if to.settings.contains_key("encryption_key_env") {
+                    "encrypted"
+                } else {
+                    "decrypted"
+                };
+                say!(
+                    "The state at {} is {how} now (serial {}).",
+                    store.describe(),
+                    state.serial
+                );
+            }
+            Ok(())
+        }
+        .await;
+        held.release().await;
+        return done;
+    }
+    let old = ctx.open_store_with(from, old_codec)?;
+    // A plaintext state already in the new place is read, to be compared.
+    let new = ctx.open_store_with(
+        to,
+        state::seal::Codec {
+            accept_plaintext: true,
+            ..new_codec
+        },
+    )?;
     let old_lock = lock(old.as_ref(), "migrate-state", &flags).await?;
     let new_lock = match lock(new.as_ref(), "migrate-state", &flags).await {
         Ok(l) => l,
@@ -99,6 +144,26 @@ async fn migrate_state(
     new_lock.release().await;
     old_lock.release().await;
     copied
+}
+
+/// The key the `state` block's `encryption_key_env` names, if any.
+fn codec_for(b: &config::StateBackend) -> Result<state::seal::Codec> {
+    match b.settings.get("encryption_key_env") {
+        Some(var) => Ok(state::seal::Codec::new(Some(std::sync::Arc::new(
+            state::seal::Sealer::from_env(var)?,
+        )))),
+        None => Ok(state::seal::Codec::default()),
+    }
+}
+
+/// The same state object, perhaps encrypted differently.
+fn same_place(a: &config::StateBackend, b: &config::StateBackend) -> bool {
+    let strip = |x: &config::StateBackend| {
+        let mut x = x.clone();
+        x.settings.remove("encryption_key_env");
+        x
+    };
+    same_backend(&strip(a), &strip(b))
 }
 
 async fn copy_state(old: &dyn StateStore, new: &dyn StateStore, force_copy: bool) -> Result<()> {
@@ -167,17 +232,34 @@ impl Ctx {
         self.open_store(&wanted)
     }
 
+    /// The codec the configuration's `state` block asks for.
+    fn configured_codec(&self) -> Result<state::seal::Codec> {
+        let (config, _) = config::load(&self.dir);
+        codec_for(&config.state_backend.unwrap_or_default())
+    }
+
     fn open_store(&self, b: &config::StateBackend) -> Result<Box<dyn StateStore>> {
+        self.open_store_with(b, codec_for(b)?)
+    }
+
+    fn open_store_with(
+        &self,
+        b: &config::StateBackend,
+        codec: state::seal::Codec,
+    ) -> Result<Box<dyn StateStore>> {
         let default = || self.dir.join(".skyform").join("state.json");
         if b.kind.is_empty() || b.kind == "local" {
-            return Ok(Box::new(LocalStore::new(
-                b.settings
-                    .get("path")
-                    .map_or_else(default, |p| self.dir.join(p)),
-            )));
+            return Ok(Box::new(
+                LocalStore::new(
+                    b.settings
+                        .get("path")
+                        .map_or_else(default, |p| self.dir.join(p)),
+                )
+                .with_codec(codec),
+            ));
         }
         state::object::open(&b.kind, &b.settings)
-            .map(|s| Box::new(s) as Box<dyn StateStore>)
+            .map(|s| Box::new(s.with_codec(codec)) as Box<dyn StateStore>)
             .map_err(|e| {
                 Failure::new(format!("cannot open the state backend: {e}")).hint(
                     "fix the `skyform { state … }` block; docs/state.md lists each backend's settings",
@@ -1676,7 +1758,12 @@ async fn state_cmd(ctx: &Ctx, cmd: StateCommand) -> Result<i32> {
         StateCommand::Push { file, force } => {
             let bytes = std::fs::read(&file)
                 .map_err(|e| Failure::new(format!("cannot read {}: {e}", file.display())))?;
-            let new = State::from_json(&bytes)?;
+            // Sealed (an errored-state.json of an encrypted state) or plaintext.
+            let codec = state::seal::Codec {
+                accept_plaintext: true,
+                ..ctx.configured_codec()?
+            };
+            let new = codec.decode(&bytes, &file.display().to_string())?;
             let existed = store.read().await?.is_some();
             edit_state(store.as_ref(), "state push", |state| {
                 if existed && !force {

@@ -17,11 +17,12 @@ pub struct LocalStore {
     path: PathBuf,
     /// Journal lines written since the last full write.
     journaled: std::sync::atomic::AtomicUsize,
+    codec: super::seal::Codec,
 }
 
 impl Clone for LocalStore {
     fn clone(&self) -> Self {
-        LocalStore::new(self.path.clone())
+        LocalStore::new(self.path.clone()).with_codec(self.codec.clone())
     }
 }
 
@@ -38,7 +39,14 @@ impl LocalStore {
         LocalStore {
             path: path.into(),
             journaled: std::sync::atomic::AtomicUsize::new(0),
+            codec: super::seal::Codec::default(),
         }
+    }
+
+    /// Encrypts the document (an encrypted store keeps no journal: it would hold plaintext).
+    pub fn with_codec(mut self, codec: super::seal::Codec) -> LocalStore {
+        self.codec = codec;
+        self
     }
 
     fn journal_path(&self) -> PathBuf {
@@ -51,7 +59,9 @@ impl LocalStore {
     pub fn load(&self) -> Result<Option<State>, StateError> {
         match std::fs::read(&self.path) {
             Ok(bytes) => {
-                let mut state = State::from_json(&bytes)?;
+                let mut state = self
+                    .codec
+                    .decode(&bytes, &self.path.display().to_string())?;
                 self.replay(&mut state)?;
                 Ok(Some(state))
             }
@@ -63,15 +73,18 @@ impl LocalStore {
     fn store_full(&self, state: &State) -> Result<(), StateError> {
         self.ensure_dir()?;
         // Keep the previous document as a backup, without a moment when there is no state.
-        if self.path.exists() {
-            let backup = with_suffix(&self.path, ".backup");
+        let backup = with_suffix(&self.path, ".backup");
+        if self.codec.encrypts() && !super::seal::is_sealed_file(&self.path) {
+            // Encrypting a plaintext state: its plaintext must not live on as the backup.
+            let _ = std::fs::remove_file(&backup);
+        } else if self.path.exists() {
             let staging = with_suffix(&self.path, ".backup.tmp");
             let _ = std::fs::remove_file(&staging);
             if std::fs::hard_link(&self.path, &staging).is_ok() {
                 let _ = std::fs::rename(&staging, &backup);
             }
         }
-        Self::write_atomic(&self.path, &state.to_json())?;
+        Self::write_atomic(&self.path, &self.codec.encode(state)?)?;
         // Everything the journal held is in the document now.
         match std::fs::remove_file(self.journal_path()) {
             Ok(()) => {}
@@ -259,6 +272,9 @@ impl StateStore for LocalStore {
     }
 
     async fn write_changes(&self, state: &State, changed: &[Address]) -> Result<(), StateError> {
+        if self.codec.encrypts() {
+            return self.store_full(state);
+        }
         self.append(state, changed)
     }
 

@@ -8,6 +8,7 @@ pub mod conformance;
 pub mod local;
 pub mod memory;
 pub mod object;
+pub mod seal;
 
 use crate::model::{Address, Kind, Spec};
 use crate::optimizer::Candidate;
@@ -173,6 +174,8 @@ pub enum StateError {
     WrongLock { given: String, held: Option<String> },
     #[error("the state at {url} changed since this run read it; not overwriting the newer state")]
     Conflict { url: String },
+    #[error("{message}")]
+    Key { message: String },
     #[error("cannot {what} {url}: {message}")]
     Remote {
         what: &'static str,
@@ -237,6 +240,12 @@ impl StateError {
             StateError::Conflict { .. } => Some(
                 "another run changed the state; this run's copy is in .skyform/errored-state.json: \
                  compare with `skyform state pull`, then `skyform state push .skyform/errored-state.json` if it is right"
+                    .into(),
+            ),
+            StateError::Key { .. } => Some(
+                "set the variable encryption_key_env names to the state's key (32 bytes, base64: \
+                 `openssl rand -base64 32` makes one); `skyform init -migrate-state` encrypts or \
+                 decrypts a state when the setting changes"
                     .into(),
             ),
             StateError::Remote { .. } => Some(

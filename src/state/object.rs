@@ -29,6 +29,7 @@ pub struct ObjectStateStore {
     key: Path,
     lock_key: Path,
     seen: Mutex<Seen>,
+    codec: super::seal::Codec,
 }
 
 impl ObjectStateStore {
@@ -41,7 +42,14 @@ impl ObjectStateStore {
             key: Path::from(key),
             lock_key: Path::from(format!("{key}.lock")),
             seen: Mutex::new(Seen::Unknown),
+            codec: super::seal::Codec::default(),
         }
+    }
+
+    /// Encrypts the state document with the codec's key.
+    pub fn with_codec(mut self, codec: super::seal::Codec) -> ObjectStateStore {
+        self.codec = codec;
+        self
     }
 
     fn remember(&self, seen: Seen) {
@@ -147,7 +155,7 @@ impl StateStore for ObjectStateStore {
                     version: r.meta.version.clone(),
                 };
                 let bytes = r.bytes().await.map_err(|e| self.remote("read", e))?;
-                let state = State::from_json(&bytes)?;
+                let state = self.codec.decode(&bytes, &self.url)?;
                 self.remember(Seen::At(version));
                 Ok(Some(state))
             }
@@ -164,7 +172,7 @@ impl StateStore for ObjectStateStore {
             Seen::At(v) => PutMode::Update(v),
             Seen::Absent | Seen::Unknown => PutMode::Create,
         };
-        let payload_bytes = bytes::Bytes::from(state.to_json());
+        let payload_bytes = bytes::Bytes::from(self.codec.encode(state)?);
         let payload = PutPayload::from(payload_bytes.clone());
         match self.store.put_opts(&self.key, payload, mode.into()).await {
             Ok(r) => {
@@ -259,9 +267,9 @@ pub fn open(
     let get = |k: &str| settings.get(k).map(String::as_str);
     let need = |k: &str| get(k).ok_or_else(|| format!("state \"{kind}\" needs `{k}`"));
     let allowed: &[&str] = match kind {
-        "s3" => &["bucket", "key", "region", "endpoint"],
-        "gcs" => &["bucket", "key"],
-        "azure" => &["container", "account", "key"],
+        "s3" => &["bucket", "key", "region", "endpoint", "encryption_key_env"],
+        "gcs" => &["bucket", "key", "encryption_key_env"],
+        "azure" => &["container", "account", "key", "encryption_key_env"],
         _ => &[],
     };
     if let Some(k) = settings
