@@ -394,3 +394,47 @@ fn assert_no_plaintext(dir: &Path, lineage: &str) {
         }
     }
 }
+
+/// Workspaces: separate states and sandboxes side by side; the selection sticks; deleting
+/// one that still holds resources is refused.
+#[test]
+fn workspaces_keep_separate_states() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    std::fs::write(dir.join("main.sky.hcl"), CONFIG).unwrap();
+    let ok = |args: &[&str]| {
+        let out = run(dir, args);
+        assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    ok(&["apply", "-auto-approve"]);
+    assert!(ok(&["workspace", "new", "staging"]).contains("Created and switched"));
+    assert_eq!(ok(&["workspace", "list"]), "  default\n* staging\n");
+    // The new workspace starts empty: everything is created again, in its own sandboxes.
+    let plan = ok(&["plan"]);
+    assert!(
+        plan.contains("Plan: 3 to add"),
+        "a fresh workspace plans creates: {plan}"
+    );
+    ok(&["apply", "-auto-approve"]);
+    assert!(dir.join(".skyform/workspaces/staging/state.json").exists());
+    assert!(dir.join(".skyform/workspaces/staging/local").is_dir());
+    assert!(ok(&["-workspace", "default", "plan"]).contains("No changes"));
+
+    ok(&["workspace", "select", "default"]);
+    let out = run(dir, &["workspace", "delete", "staging"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("still has 3 resources"),
+        "{}",
+        text(&out.stderr)
+    );
+    ok(&["-workspace", "staging", "destroy", "-auto-approve"]);
+    assert!(ok(&["workspace", "delete", "staging"]).contains("Deleted"));
+    assert_eq!(ok(&["workspace", "list"]), "* default\n");
+    let out = run(dir, &["workspace", "select", "staging"]);
+    assert!(text(&out.stderr).contains("hint: skyform workspace new staging"));
+    let out = run(dir, &["-workspace", "../x", "plan"]);
+    assert!(text(&out.stderr).contains("is not a workspace name"));
+    ok(&["destroy", "-auto-approve"]);
+}

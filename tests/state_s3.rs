@@ -473,3 +473,44 @@ async fn encrypted_state_in_s3() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Workspaces in one bucket: `workspaces/NAME/` before the key's file name, listed back.
+#[tokio::test]
+#[ignore = "needs moto: run ./scripts/test.sh"]
+async fn workspaces_in_s3() {
+    let b = bucket("ws");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("main.sky.hcl"),
+        format!(
+            "skyform {{\n  state \"s3\" {{\n    bucket = \"{b}\"\n    key = \"team/state.json\"\n    endpoint = \"{}\"\n  }}\n}}\ncluster \"c\" {{}}\n",
+            endpoint()
+        ),
+    )
+    .unwrap();
+    ok(dir.path(), &["init"]);
+    ok(dir.path(), &["workspace", "new", "dev"]);
+    ok(dir.path(), &["apply", "-auto-approve"]);
+    let listed = ok(dir.path(), &["workspace", "list"]);
+    assert!(listed.contains("  default\n* dev\n"), "{listed}");
+    let dev = ObjectStateStore::new(
+        client_at(&b, &endpoint()).raw(),
+        "dev".into(),
+        "team/workspaces/dev/state.json",
+    );
+    let state = dev
+        .read()
+        .await
+        .unwrap()
+        .expect("dev's state under workspaces/dev/");
+    assert_eq!(state.resources.len(), 1);
+    let default = client(&b).read().await.unwrap().expect("default's state");
+    assert!(
+        default.resources.is_empty(),
+        "the default workspace is untouched"
+    );
+    ok(dir.path(), &["destroy", "-auto-approve"]);
+    ok(dir.path(), &["workspace", "select", "default"]);
+    ok(dir.path(), &["workspace", "delete", "dev"]);
+    assert!(dev.read().await.unwrap().is_none());
+}

@@ -208,6 +208,8 @@ struct Ctx {
     dir: PathBuf,
     style: Style,
     tty_in: bool,
+    /// `-workspace` / `SKYFORM_WORKSPACE`.
+    workspace_flag: Option<String>,
 }
 
 impl Ctx {
@@ -232,6 +234,19 @@ impl Ctx {
         self.open_store(&wanted)
     }
 
+    /// The workspace this run works in: `-workspace`, else `SKYFORM_WORKSPACE`, else the
+    /// one `workspace select` recorded, else `default`.
+    fn workspace(&self) -> Result<String> {
+        let name = match &self.workspace_flag {
+            Some(w) => w.clone(),
+            None => std::fs::read_to_string(self.dir.join(".skyform").join("workspace"))
+                .map(|s| s.trim().to_string())
+                .unwrap_or_else(|_| "default".into()),
+        };
+        check_workspace_name(&name)?;
+        Ok(name)
+    }
+
     /// The codec the configuration's `state` block asks for.
     fn configured_codec(&self) -> Result<state::seal::Codec> {
         let (config, _) = config::load(&self.dir);
@@ -247,18 +262,30 @@ impl Ctx {
         b: &config::StateBackend,
         codec: state::seal::Codec,
     ) -> Result<Box<dyn StateStore>> {
-        let default = || self.dir.join(".skyform").join("state.json");
+        self.open_store_in(b, codec, &self.workspace()?)
+    }
+
+    fn open_store_in(
+        &self,
+        b: &config::StateBackend,
+        codec: state::seal::Codec,
+        workspace: &str,
+    ) -> Result<Box<dyn StateStore>> {
         if b.kind.is_empty() || b.kind == "local" {
-            return Ok(Box::new(
-                LocalStore::new(
-                    b.settings
-                        .get("path")
-                        .map_or_else(default, |p| self.dir.join(p)),
-                )
-                .with_codec(codec),
-            ));
+            let base = b
+                .settings
+                .get("path")
+                .map_or(".skyform/state.json", String::as_str);
+            let path = self.dir.join(state::workspace_key(base, workspace));
+            return Ok(Box::new(LocalStore::new(path).with_codec(codec)));
         }
-        state::object::open(&b.kind, &b.settings)
+        let mut settings = b.settings.clone();
+        let key = settings
+            .get("key")
+            .map_or("skyform/state.json", String::as_str);
+        let key = state::workspace_key(key.trim_start_matches('/'), workspace);
+        settings.insert("key".into(), key);
+        state::object::open(&b.kind, &settings)
             .map(|s| Box::new(s.with_codec(codec)) as Box<dyn StateStore>)
             .map_err(|e| {
                 Failure::new(format!("cannot open the state backend: {e}")).hint(
@@ -307,7 +334,12 @@ impl Ctx {
         let settings = config
             .and_then(|c| c.infra.iter().find(|i| i.kind == "local"))
             .map(|i| &i.settings);
-        let mut local = LocalProvider::new(self.dir.join(".skyform").join("local"), settings);
+        // Each workspace has its own sandboxes, as it has its own state.
+        let root = self.dir.join(state::workspace_key(
+            ".skyform/local",
+            &self.workspace().unwrap_or_else(|_| "default".into()),
+        ));
+        let mut local = LocalProvider::new(root, settings);
         // What already runs here stays manageable; new placements only where allowed.
         local.offer =
             config.is_none_or(|c| c.infra.is_empty() || c.infra.iter().any(|i| i.kind == "local"));
@@ -348,10 +380,12 @@ pub async fn run(cli: Cli) -> i32 {
     let dir_of = |d: &Option<PathBuf>| -> PathBuf {
         d.as_ref().map_or_else(|| base.clone(), |d| base.join(d))
     };
+    let workspace_flag = cli.workspace.clone();
     let ctx = |dir: PathBuf| Ctx {
         dir,
         style,
         tty_in: std::io::stdin().is_terminal(),
+        workspace_flag: workspace_flag.clone(),
     };
     let result = match cli.command {
         Command::Init {
@@ -455,6 +489,7 @@ pub async fn run(cli: Cli) -> i32 {
             output(&ctx(base.clone()), name.as_deref(), json, raw).await
         }
         Command::State { command } => state_cmd(&ctx(base.clone()), command).await,
+        Command::Workspace { command } => workspace_cmd(&ctx(base.clone()), command).await,
         Command::ForceUnlock { lock_id, force } => {
             force_unlock(&ctx(base.clone()), &lock_id, force).await
         }
@@ -2061,6 +2096,101 @@ fn graph(ctx: &Ctx, format: &str) -> Result<i32> {
         other => {
             return Err(Failure::new(format!("unknown graph format {other:?}"))
                 .hint("use -format dot or -format mermaid"));
+        }
+    }
+    Ok(EXIT_OK)
+}
+
+fn check_workspace_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(Failure::new(format!("{name:?} is not a workspace name"))
+            .hint("use letters, digits, - and _ (at most 64)"))
+    }
+}
+
+async fn workspace_cmd(ctx: &Ctx, command: super::WorkspaceCommand) -> Result<i32> {
+    use super::WorkspaceCommand as W;
+    let (config, _) = config::load(&ctx.dir);
+    let backend = config.state_backend.clone().unwrap_or_default();
+    let open = |ws: &str| ctx.open_store_in(&backend, codec_for(&backend)?, ws);
+    let current = ctx.workspace()?;
+    let mut all = open("default")?.workspaces().await?;
+    all.retain(|w| w != "default");
+    all.insert(0, "default".to_string());
+    let select = |name: &str| -> Result<()> {
+        let dir = ctx.dir.join(".skyform");
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| Failure::new(format!("cannot create {}: {e}", dir.display())))?;
+        LocalStore::write_atomic(&dir.join("workspace"), format!("{name}\n").as_bytes())?;
+        Ok(())
+    };
+    match command {
+        W::List => {
+            for w in &all {
+                let mark = if *w == current { "*" } else { " " };
+                say!("{mark} {w}");
+            }
+        }
+        W::Show => say!("{current}"),
+        W::New { name } => {
+            check_workspace_name(&name)?;
+            if all.contains(&name) {
+                return Err(Failure::new(format!("workspace {name:?} already exists"))
+                    .hint(format!("skyform workspace select {name}")));
+            }
+            open(&name)?.write(&State::new()).await?;
+            select(&name)?;
+            say!("Created and switched to workspace {name:?}. Its state is empty.");
+        }
+        W::Select { name } => {
+            check_workspace_name(&name)?;
+            if !all.contains(&name) {
+                return Err(Failure::new(format!("there is no workspace {name:?}"))
+                    .hint(format!("skyform workspace new {name}")));
+            }
+            select(&name)?;
+            say!("Switched to workspace {name:?}.");
+        }
+        W::Delete { name, force } => {
+            if name == "default" {
+                return Err(Failure::new("the default workspace cannot be deleted"));
+            }
+            if name == current {
+                return Err(Failure::new(format!("{name:?} is the current workspace"))
+                    .hint("skyform workspace select default, then delete it"));
+            }
+            if !all.contains(&name) {
+                return Err(Failure::new(format!("there is no workspace {name:?}")));
+            }
+            let store = open(&name)?;
+            let flags = LockFlags {
+                lock_timeout: std::time::Duration::ZERO,
+            };
+            let held = lock(store.as_ref(), "workspace delete", &flags).await?;
+            let done = async {
+                let n = store.read().await?.map_or(0, |s| s.resources.len());
+                if n > 0 && !force {
+                    return Err(Failure::new(format!(
+                        "workspace {name:?} still has {n} resources; deleting it would forget them"
+                    ))
+                    .hint(format!(
+                        "skyform -workspace {name} destroy first, or delete -force to forget them"
+                    )));
+                }
+                store.remove().await?;
+                Ok(())
+            }
+            .await;
+            held.release().await;
+            done?;
+            say!("Deleted workspace {name:?}.");
         }
     }
     Ok(EXIT_OK)

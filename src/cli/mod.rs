@@ -47,6 +47,9 @@ pub struct Cli {
     /// No colour in output.
     #[arg(long, global = true)]
     pub no_color: bool,
+    /// The workspace to work in (default: the one `workspace select` chose, else `default`).
+    #[arg(long, global = true, env = "SKYFORM_WORKSPACE", value_name = "NAME")]
+    pub workspace: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -185,6 +188,11 @@ pub enum Command {
         #[command(subcommand)]
         command: StateCommand,
     },
+    /// Separate states, side by side in one backend.
+    Workspace {
+        #[command(subcommand)]
+        command: WorkspaceCommand,
+    },
     /// Remove a stale lock.
     #[command(name = "force-unlock")]
     ForceUnlock {
@@ -273,6 +281,24 @@ pub enum CatalogCommand {
         /// Give up on a download after this long.
         #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
         timeout: std::time::Duration,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WorkspaceCommand {
+    /// Every workspace; the current one is marked with `*`.
+    List,
+    /// The current workspace.
+    Show,
+    /// Create a workspace with an empty state and switch to it.
+    New { name: String },
+    /// Switch to a workspace.
+    Select { name: String },
+    /// Delete a workspace's state (refused while it holds resources, unless -force).
+    Delete {
+        name: String,
+        #[arg(long)]
+        force: bool,
     },
 }
 

@@ -271,6 +271,37 @@ impl StateStore for LocalStore {
         self.store_full(state)
     }
 
+    async fn remove(&self) -> Result<(), StateError> {
+        for p in [
+            self.path.clone(),
+            self.journal_path(),
+            with_suffix(&self.path, ".backup"),
+        ] {
+            match std::fs::remove_file(&p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Self::io("cannot remove", &p)(e)),
+            }
+        }
+        Ok(())
+    }
+
+    async fn workspaces(&self) -> Result<Vec<String>, StateError> {
+        let (Some(dir), Some(file)) = (self.path.parent(), self.path.file_name()) else {
+            return Ok(Vec::new());
+        };
+        let mut names: Vec<String> = std::fs::read_dir(dir.join("workspaces"))
+            .map(|rd| {
+                rd.filter_map(Result::ok)
+                    .filter(|e| e.path().join(file).exists())
+                    .filter_map(|e| e.file_name().into_string().ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        Ok(names)
+    }
+
     async fn write_changes(&self, state: &State, changed: &[Address]) -> Result<(), StateError> {
         if self.codec.encrypts() {
             return self.store_full(state);

@@ -87,6 +87,18 @@ impl StateStore for MemoryStore {
         }
     }
 
+    async fn remove(&self) -> Result<(), StateError> {
+        self.inner
+            .lock()
+            .map_err(|_| StateError::Corrupt("poisoned".into()))?
+            .state = None;
+        Ok(())
+    }
+
+    async fn workspaces(&self) -> Result<Vec<String>, StateError> {
+        Ok(Vec::new())
+    }
+
     async fn lock_holder(&self) -> Result<Option<LockInfo>, StateError> {
         Ok(self
             .inner

@@ -277,6 +277,22 @@ pub trait StateStore: Send + Sync + std::fmt::Debug {
     /// Releases the lock if `id` holds it.
     async fn unlock(&self, id: &str) -> Result<(), StateError>;
     async fn lock_holder(&self) -> Result<Option<LockInfo>, StateError>;
+    /// Deletes the state (for `workspace delete`); the lock is the caller's to release.
+    async fn remove(&self) -> Result<(), StateError>;
+    /// Called on the default workspace's store: the other workspaces next to it, sorted.
+    async fn workspaces(&self) -> Result<Vec<String>, StateError>;
+}
+
+/// Where a workspace's state lives, given the default workspace's: `workspaces/NAME/` is
+/// inserted before the file name (local) or the key (object stores).
+pub fn workspace_key(base: &str, workspace: &str) -> String {
+    if workspace == "default" {
+        return base.to_string();
+    }
+    match base.rsplit_once('/') {
+        Some((dir, file)) => format!("{dir}/workspaces/{workspace}/{file}"),
+        None => format!("workspaces/{workspace}/{base}"),
+    }
 }
 
 /// A lock taken on this host, by this user, by a skyform process that is gone (killed, or

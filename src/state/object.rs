@@ -46,6 +46,11 @@ impl ObjectStateStore {
         }
     }
 
+    /// The object store underneath.
+    pub fn raw(&self) -> Arc<dyn ObjectStore> {
+        self.store.clone()
+    }
+
     /// Encrypts the state document with the codec's key.
     pub fn with_codec(mut self, codec: super::seal::Codec) -> ObjectStateStore {
         self.codec = codec;
@@ -255,6 +260,48 @@ impl StateStore for ObjectStateStore {
 
     async fn lock_holder(&self) -> Result<Option<LockInfo>, StateError> {
         self.read_lock().await
+    }
+
+    async fn remove(&self) -> Result<(), StateError> {
+        match self.store.delete(&self.key).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {
+                self.remember(Seen::Absent);
+                Ok(())
+            }
+            Err(e) => Err(self.remote("delete", e)),
+        }
+    }
+
+    async fn workspaces(&self) -> Result<Vec<String>, StateError> {
+        use futures::TryStreamExt;
+        let key = self.key.as_ref();
+        let (dir, file) = key.rsplit_once('/').map_or(("", key), |(d, f)| (d, f));
+        let prefix = if dir.is_empty() {
+            "workspaces".to_string()
+        } else {
+            format!("{dir}/workspaces")
+        };
+        let listed: Vec<object_store::ObjectMeta> = self
+            .store
+            .list(Some(&Path::from(prefix.as_str())))
+            .try_collect()
+            .await
+            .map_err(|e| self.remote("list", e))?;
+        let mut names: Vec<String> = listed
+            .iter()
+            .filter_map(|m| {
+                let rest = m
+                    .location
+                    .as_ref()
+                    .strip_prefix(&prefix)?
+                    .strip_prefix('/')?;
+                let (ws, f) = rest.split_once('/')?;
+                (f == file).then(|| ws.to_string())
+            })
+            .collect();
+        names.sort();
+        names.dedup();
+        Ok(names)
     }
 }
 
