@@ -438,3 +438,32 @@ fn workspaces_keep_separate_states() {
     assert!(text(&out.stderr).contains("is not a workspace name"));
     ok(&["destroy", "-auto-approve"]);
 }
+
+/// `-lock=false` runs beside a held lock and leaves it alone.
+#[test]
+fn lock_false_skips_the_lock_and_leaves_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    std::fs::write(dir.join("main.sky.hcl"), "cluster \"dev\" {}\n").unwrap();
+    assert!(run(dir, &["init"]).status.success());
+    let lock = dir.join(".skyform/state.json.lock");
+    std::fs::write(
+        &lock,
+        r#"{"id":"held-elsewhere","who":"alice@ci-runner-7","operation":"apply","created":"2026-11-28T12:00:00Z","version":"0","pid":0}"#,
+    )
+    .unwrap();
+    let out = run(dir, &["plan"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("alice@ci-runner-7"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = run(dir, &["plan", "-lock=false"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        std::fs::read_to_string(&lock)
+            .unwrap()
+            .contains("held-elsewhere")
+    );
+}

@@ -93,6 +93,7 @@ async fn migrate_state(
     let (old_codec, new_codec) = (codec_for(from)?, codec_for(to)?);
     let flags = LockFlags {
         lock_timeout: std::time::Duration::ZERO,
+        lock: true,
     };
     if same_place(from, to) {
         // Only the encryption changes: one store that reads the old way and writes the new.
@@ -666,22 +667,32 @@ fn parse_addrs(list: &[String]) -> Result<Vec<Address>> {
         .collect()
 }
 
-/// Holds the state lock for the duration of a command.
+/// Holds the state lock for the duration of a command (nothing with `-lock=false`).
 struct Locked<'a> {
     store: &'a dyn StateStore,
-    info: LockInfo,
+    info: Option<LockInfo>,
 }
 
 impl Locked<'_> {
     async fn release(self) {
-        let _ = self.store.unlock(&self.info.id).await;
+        if let Some(info) = &self.info {
+            let _ = self.store.unlock(&info.id).await;
+        }
     }
 }
 
 async fn lock<'a>(store: &'a dyn StateStore, op: &str, flags: &LockFlags) -> Result<Locked<'a>> {
+    if !flags.lock {
+        // Writes stay conditional on object stores: an unlocked run still cannot overwrite
+        // a newer state there.
+        return Ok(Locked { store, info: None });
+    }
     let info = LockInfo::new(op);
     state::lock_with_timeout(store, &info, flags.lock_timeout).await?;
-    Ok(Locked { store, info })
+    Ok(Locked {
+        store,
+        info: Some(info),
+    })
 }
 
 /// Refresh + plan (the caller holds the lock).
@@ -1845,6 +1856,7 @@ async fn edit_state(
         op,
         &LockFlags {
             lock_timeout: std::time::Duration::ZERO,
+            lock: true,
         },
     )
     .await?;
@@ -2172,6 +2184,7 @@ async fn workspace_cmd(ctx: &Ctx, command: super::WorkspaceCommand) -> Result<i3
             let store = open(&name)?;
             let flags = LockFlags {
                 lock_timeout: std::time::Duration::ZERO,
+                lock: true,
             };
             let held = lock(store.as_ref(), "workspace delete", &flags).await?;
             let done = async {

@@ -69,6 +69,9 @@ pub struct LockFlags {
     /// How long to wait for the state lock (e.g. 30s, 5m).
     #[arg(long = "lock-timeout", default_value = "0s", env = "SKYFORM_LOCK_TIMEOUT", value_parser = humantime::parse_duration)]
     pub lock_timeout: std::time::Duration,
+    /// -lock=false skips the state lock (dangerous: only when no other run can be active).
+    #[arg(long = "lock", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub lock: bool,
 }
 
 #[derive(Debug, clap::Args, Clone)]
