@@ -514,3 +514,57 @@ async fn workspaces_in_s3() {
     ok(dir.path(), &["workspace", "delete", "dev"]);
     assert!(dev.read().await.unwrap().is_none());
 }
+
+/// `profile` in the state block reads keys from the shared credentials file, with no keys in
+/// the environment (moto accepts any keys, but without them no request is signed at all).
+#[tokio::test]
+#[ignore = "needs moto: run ./scripts/test.sh"]
+async fn s3_profile_from_shared_credentials() {
+    let b = bucket("profile");
+    let dir = tempfile::tempdir().unwrap();
+    let creds = dir.path().join("credentials");
+    std::fs::write(
+        &creds,
+        "[team]\naws_access_key_id = AKIDTEAM\naws_secret_access_key = secret\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("main.sky.hcl"),
+        format!(
+            "skyform {{\n  state \"s3\" {{\n    bucket = \"{b}\"\n    key = \"k\"\n    region = \"us-east-1\"\n    endpoint = \"{}\"\n    profile = \"team\"\n  }}\n}}\ncluster \"c\" {{}}\n",
+            endpoint()
+        ),
+    )
+    .unwrap();
+    let run = |creds_file: &std::path::Path| {
+        Command::new(BIN)
+            .arg(format!("-chdir={}", dir.path().display()))
+            .arg("init")
+            .env("NO_COLOR", "1")
+            .env_remove("AWS_ACCESS_KEY_ID")
+            .env_remove("AWS_SECRET_ACCESS_KEY")
+            .env_remove("AWS_PROFILE")
+            .env("AWS_SHARED_CREDENTIALS_FILE", creds_file)
+            .env("AWS_CONFIG_FILE", dir.path().join("no-config"))
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let out = run(&creds);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        client_at(&b, &endpoint()).read().await.unwrap().is_some(),
+        "init created the state"
+    );
+    let out = run(&dir.path().join("missing"));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("profile \"team\" has no aws_access_key_id"),
+        "{err}"
+    );
+}

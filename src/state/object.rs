@@ -314,7 +314,14 @@ pub fn open(
     let get = |k: &str| settings.get(k).map(String::as_str);
     let need = |k: &str| get(k).ok_or_else(|| format!("state \"{kind}\" needs `{k}`"));
     let allowed: &[&str] = match kind {
-        "s3" => &["bucket", "key", "region", "endpoint", "encryption_key_env"],
+        "s3" => &[
+            "bucket",
+            "key",
+            "region",
+            "endpoint",
+            "profile",
+            "encryption_key_env",
+        ],
         "gcs" => &["bucket", "key", "encryption_key_env"],
         "azure" => &["container", "account", "key", "encryption_key_env"],
         _ => &[],
@@ -336,6 +343,17 @@ pub fn open(
         "s3" => {
             let bucket = need("bucket")?;
             let mut b = object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket);
+            if let Some(p) = aws_profile(get("profile"))? {
+                b = b
+                    .with_access_key_id(p.access_key_id)
+                    .with_secret_access_key(p.secret_access_key);
+                if let Some(t) = p.session_token {
+                    b = b.with_token(t);
+                }
+                if let Some(r) = p.region {
+                    b = b.with_region(r);
+                }
+            }
             if let Some(r) = get("region") {
                 b = b.with_region(r);
             }
@@ -375,6 +393,78 @@ pub fn open(
     Ok(ObjectStateStore::new(store, url, &key))
 }
 
+/// Keys from an AWS shared credentials file.
+#[derive(Debug, PartialEq)]
+struct AwsProfile {
+    access_key_id: String,
+    secret_access_key: String,
+    session_token: Option<String>,
+    region: Option<String>,
+}
+
+/// The AWS credential chain's profile step: a `profile` in the block, or (when the
+/// environment has no keys) `$AWS_PROFILE` or `default`, read from
+/// `$AWS_SHARED_CREDENTIALS_FILE` (`~/.aws/credentials`) and `$AWS_CONFIG_FILE`
+/// (`~/.aws/config`, for the region). None: leave it to the environment and instance roles.
+fn aws_profile(explicit: Option<&str>) -> Result<Option<AwsProfile>, String> {
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    if explicit.is_none() && env("AWS_ACCESS_KEY_ID").is_some() {
+        return Ok(None);
+    }
+    let name = explicit
+        .map(String::from)
+        .or_else(|| env("AWS_PROFILE"))
+        .unwrap_or_else(|| "default".into());
+    let home = env("HOME").unwrap_or_default();
+    let creds_path =
+        env("AWS_SHARED_CREDENTIALS_FILE").unwrap_or(format!("{home}/.aws/credentials"));
+    let config_path = env("AWS_CONFIG_FILE").unwrap_or(format!("{home}/.aws/config"));
+    let creds = std::fs::read_to_string(&creds_path).unwrap_or_default();
+    let config = std::fs::read_to_string(&config_path).unwrap_or_default();
+    match parse_aws_profile(&creds, &config, &name) {
+        Some(p) => Ok(Some(p)),
+        None if explicit.is_some() => Err(format!(
+            "profile {name:?} has no aws_access_key_id and aws_secret_access_key in {creds_path}"
+        )),
+        None => Ok(None),
+    }
+}
+
+/// Reads profile `name` from the text of a credentials file and a config file (INI).
+fn parse_aws_profile(creds: &str, config: &str, name: &str) -> Option<AwsProfile> {
+    fn section<'a>(text: &'a str, header: &str) -> Vec<(&'a str, &'a str)> {
+        let mut inside = false;
+        let mut out = Vec::new();
+        for line in text.lines().map(str::trim) {
+            if line.starts_with('[') {
+                inside = line.trim_start_matches('[').trim_end_matches(']').trim() == header;
+            } else if inside && let Some((k, v)) = line.split_once('=') {
+                out.push((k.trim(), v.trim()));
+            }
+        }
+        out
+    }
+    let get = |pairs: &[(&str, &str)], k: &str| {
+        pairs
+            .iter()
+            .find(|(key, _)| *key == k)
+            .map(|(_, v)| v.to_string())
+    };
+    let c = section(creds, name);
+    let conf_header = if name == "default" {
+        "default".to_string()
+    } else {
+        format!("profile {name}")
+    };
+    let conf = section(config, &conf_header);
+    Some(AwsProfile {
+        access_key_id: get(&c, "aws_access_key_id")?,
+        secret_access_key: get(&c, "aws_secret_access_key")?,
+        session_token: get(&c, "aws_session_token"),
+        region: get(&conf, "region").or_else(|| get(&c, "region")),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -385,6 +475,28 @@ mod tests {
         (backing, move || {
             ObjectStateStore::new(b.clone(), "memory://state.json".into(), "state.json")
         })
+    }
+
+    #[test]
+    fn aws_profiles_are_read_from_the_shared_files() {
+        let creds = "[default]\naws_access_key_id = AK1\naws_secret_access_key = S1\n\n[team]\naws_access_key_id=AK2\naws_secret_access_key=S2\naws_session_token = T2\n";
+        let config = "[default]\nregion = us-east-1\n[profile team]\nregion = eu-west-1\n";
+        let team = parse_aws_profile(creds, config, "team").unwrap();
+        assert_eq!(
+            team,
+            AwsProfile {
+                access_key_id: "AK2".into(),
+                secret_access_key: "S2".into(),
+                session_token: Some("T2".into()),
+                region: Some("eu-west-1".into()),
+            }
+        );
+        let default = parse_aws_profile(creds, config, "default").unwrap();
+        assert_eq!(
+            (default.access_key_id.as_str(), default.region.as_deref()),
+            ("AK1", Some("us-east-1"))
+        );
+        assert!(parse_aws_profile(creds, config, "nope").is_none());
     }
 
     #[tokio::test]
