@@ -402,6 +402,11 @@ fn workspaces_keep_separate_states() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     std::fs::write(dir.join("main.sky.hcl"), CONFIG).unwrap();
+    std::fs::write(
+        dir.join("ws.sky.hcl"),
+        "output \"ws\" {\n  value = skyform.workspace\n}\n",
+    )
+    .unwrap();
     let ok = |args: &[&str]| {
         let out = run(dir, args);
         assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
@@ -420,6 +425,11 @@ fn workspaces_keep_separate_states() {
     assert!(dir.join(".skyform/workspaces/staging/state.json").exists());
     assert!(dir.join(".skyform/workspaces/staging/local").is_dir());
     assert!(ok(&["-workspace", "default", "plan"]).contains("No changes"));
+    assert!(
+        ok(&["output", "ws"]).contains("staging"),
+        "skyform.workspace"
+    );
+    assert!(ok(&["-workspace", "default", "output", "ws"]).contains("default"));
 
     ok(&["workspace", "select", "default"]);
     let out = run(dir, &["workspace", "delete", "staging"]);

@@ -248,6 +248,13 @@ impl Ctx {
         Ok(name)
     }
 
+    /// The configuration, with the workspace set for `skyform.workspace`.
+    fn load_config(&self) -> Result<(Config, config::Diagnostics)> {
+        let (mut config, diags) = config::load(&self.dir);
+        config.workspace = self.workspace()?;
+        Ok((config, diags))
+    }
+
     /// The codec the configuration's `state` block asks for.
     fn configured_codec(&self) -> Result<state::seal::Codec> {
         let (config, _) = config::load(&self.dir);
@@ -544,7 +551,7 @@ fn var_args(v: &VarFlags) -> VarArgs {
 
 /// Loads config and variables; prints diagnostics and fails if there are errors.
 fn load(ctx: &Ctx, vars: &VarFlags) -> Result<(Config, BTreeMap<String, InputValue>)> {
-    let (mut config, mut diags) = config::load(&ctx.dir);
+    let (mut config, mut diags) = ctx.load_config()?;
     let (inputs, vdiags) = config::inputs(&mut config, &var_args(vars), &config::process_env());
     diags.extend(vdiags);
     if diags.has_errors() {
@@ -591,7 +598,7 @@ fn same_backend(a: &config::StateBackend, b: &config::StateBackend) -> bool {
 }
 
 async fn init(ctx: &Ctx, how: BackendChange) -> Result<i32> {
-    let (config, mut diags) = config::load(&ctx.dir);
+    let (config, mut diags) = ctx.load_config()?;
     report(&config, &mut diags, ctx.style)?;
     let wanted = config.state_backend.clone().unwrap_or_default();
     let recorded = ctx.recorded_backend();
@@ -635,7 +642,7 @@ async fn init(ctx: &Ctx, how: BackendChange) -> Result<i32> {
 }
 
 fn validate(ctx: &Ctx, json: bool, vars: &VarFlags) -> Result<i32> {
-    let (mut config, mut diags) = config::load(&ctx.dir);
+    let (mut config, mut diags) = ctx.load_config()?;
     let (inputs, vdiags) = config::inputs(&mut config, &var_args(vars), &config::process_env());
     diags.extend(vdiags);
     diags.extend(config::validate(&config, &inputs));
@@ -1436,7 +1443,7 @@ async fn offers(
     };
     // In a configuration that declares clouds, its regions, zones and prices apply; elsewhere
     // every cloud of the catalogs at list price.
-    let (config, _) = config::load(&ctx.dir);
+    let (config, _) = ctx.load_config()?;
     let list_dir = catalog_dir(ctx, flag_dir.clone());
     let mut offerings = match scoped_offerings(ctx, &config, flag_dir.clone(), Some(kinds))? {
         Some(o) => o,
@@ -1914,7 +1921,7 @@ async fn force_unlock(ctx: &Ctx, id: &str, force: bool) -> Result<i32> {
 
 async fn status(ctx: &Ctx, json: bool) -> Result<i32> {
     let mut state = read_state(ctx).await?;
-    let (config, _) = config::load(&ctx.dir);
+    let (config, _) = ctx.load_config()?;
     let registry = ctx.registry(Some(&config));
     plan::refresh::refresh(&mut state, &registry, 64).await;
     if json {
@@ -2002,7 +2009,7 @@ async fn status(ctx: &Ctx, json: bool) -> Result<i32> {
 
 async fn logs(ctx: &Ctx, address: &str, follow: bool) -> Result<i32> {
     let addr: Address = parse_addrs(&[address.to_string()])?.remove(0);
-    let (config, _) = config::load(&ctx.dir);
+    let (config, _) = ctx.load_config()?;
     let registry = ctx.registry(Some(&config));
     let mut offsets: Vec<u64> = Vec::new();
     loop {
@@ -2129,7 +2136,7 @@ fn check_workspace_name(name: &str) -> Result<()> {
 
 async fn workspace_cmd(ctx: &Ctx, command: super::WorkspaceCommand) -> Result<i32> {
     use super::WorkspaceCommand as W;
-    let (config, _) = config::load(&ctx.dir);
+    let (config, _) = ctx.load_config()?;
     let backend = config.state_backend.clone().unwrap_or_default();
     let open = |ws: &str| ctx.open_store_in(&backend, codec_for(&backend)?, ws);
     let current = ctx.workspace()?;

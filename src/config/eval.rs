@@ -117,6 +117,8 @@ pub struct Evaluator<'a, R: Resolver> {
     pub diags: &'a mut Diagnostics,
     pub resolver: &'a mut R,
     pub root_dir: &'a Path,
+    /// `skyform.workspace`.
+    pub workspace: &'a str,
     /// Required variables without a value become unknown instead of an error (`validate`).
     pub missing_vars_unknown: bool,
     /// Declarations of the module being evaluated that failed, as (root, name): expressions
@@ -721,6 +723,11 @@ impl<'a, R: Resolver> Evaluator<'a, R> {
                             .or_default()
                             .insert(n.clone(), bv.value.clone());
                     }
+                }
+                ("skyform", _) => {
+                    let mut m = hcl::Map::new();
+                    m.insert("workspace".into(), Value::from(self.workspace));
+                    roots.insert("skyform", m);
                 }
                 ("path", _) => {
                     let mut m = hcl::Map::new();
@@ -1330,7 +1337,7 @@ impl RefContext {
     }
 }
 
-const ROOTS: [&str; 10] = [
+const ROOTS: [&str; 11] = [
     "var",
     "local",
     "cluster",
@@ -1341,6 +1348,7 @@ const ROOTS: [&str; 10] = [
     "each",
     "count",
     "path",
+    "skyform",
 ];
 
 /// The attributes a reference may read from a resource of `kind`.
@@ -1406,8 +1414,8 @@ fn resolve_ref(
     };
     let Some(first) = r.attrs.first() else {
         return match r.root.as_str() {
-            "var" | "local" | "module" | "each" | "count" | "path" | "cluster" | "job"
-            | "managed_job" | "service" => problem(
+            "var" | "local" | "module" | "each" | "count" | "path" | "skyform" | "cluster"
+            | "job" | "managed_job" | "service" => problem(
                 diags,
                 format!("incomplete reference \"{}\"", r.root),
                 "needs a name after the dot",
@@ -1489,7 +1497,13 @@ fn resolve_ref(
             "unknown attribute of path",
             "write path.module",
         ),
-        "each" | "count" | "path" => Ok(None),
+        "skyform" if first != "workspace" => problem(
+            diags,
+            "skyform has only .workspace".into(),
+            "unknown attribute of skyform",
+            "write skyform.workspace",
+        ),
+        "each" | "count" | "path" | "skyform" => Ok(None),
         root => {
             let Some(kind) = Kind::parse(root) else {
                 return unknown_root(root, file, r, diags);

@@ -49,6 +49,8 @@ pub struct Config {
     pub state_backend: Option<StateBackend>,
     /// `skyform { catalog_dir = … }`.
     pub catalog_dir: Option<String>,
+    /// The workspace, for `skyform.workspace` (the CLI sets it; `default` otherwise).
+    pub workspace: String,
 }
 
 /// Reads the configuration in `dir`. Problems are returned, never thrown.
@@ -105,6 +107,7 @@ pub fn load(dir: &Path) -> (Config, Diagnostics) {
             infra,
             state_backend,
             catalog_dir,
+            workspace: "default".into(),
         },
         diags,
     )
@@ -175,6 +178,7 @@ fn evaluate_with<R: Resolver>(
             diags: &mut diags,
             resolver,
             root_dir: &root_dir,
+            workspace: &config.workspace,
             missing_vars_unknown,
             tainted: Default::default(),
         };
