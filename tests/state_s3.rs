@@ -127,6 +127,19 @@ job "hello" {{
         "the lock is released"
     );
 
+    // Dropping the state block in a checkout that never ran init is still noticed: the
+    // state is in the bucket, not in a fresh local file.
+    let without_block = config[config.find("cluster").unwrap()..].to_string();
+    std::fs::write(two.path().join("main.sky.hcl"), &without_block).unwrap();
+    let out = skyform(two.path(), &["state", "list"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("the state backend changed since init"),
+        "{err}"
+    );
+    std::fs::write(two.path().join("main.sky.hcl"), &config).unwrap();
+
     ok(two.path(), &["destroy", "-auto-approve"]);
     let after = store.read().await.unwrap().unwrap();
     assert!(
@@ -266,6 +279,11 @@ async fn apply_through_faults_converges() {
     // Over a healthy connection, another apply converges and then nothing is left to do.
     drop(proxy);
     std::fs::write(&file, config(&endpoint())).unwrap();
+    // The same bucket at another endpoint: a backend change, and the old endpoint is gone.
+    let out = skyform(dir.path(), &["plan"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("skyform init -reconfigure"), "{err}");
+    ok(dir.path(), &["init", "-reconfigure"]);
     if let Some(holder) = client_at(&b, &endpoint()).lock_holder().await.unwrap() {
         ok(dir.path(), &["force-unlock", "-force", &holder.id]);
     }

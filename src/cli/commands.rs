@@ -215,22 +215,37 @@ struct Ctx {
 
 impl Ctx {
     /// The state store the configuration's `skyform { state … }` block names (the local file
-    /// `.skyform/state.json` by default).
-    /// The state store the configuration's `skyform { state … }` block names (the local file
     /// `.skyform/state.json` by default). When the block changed since `init` recorded it and
     /// the old backend holds a state, this refuses: the state must be migrated first.
     async fn store(&self) -> Result<Box<dyn StateStore>> {
         let (config, _) = config::load(&self.dir);
         let wanted = config.state_backend.clone().unwrap_or_default();
         let recorded = self.recorded_backend();
-        if !same_backend(&recorded, &wanted) && self.open_store(&recorded)?.read().await?.is_some()
-        {
+        let changed = !same_backend(&recorded, &wanted);
+        let left_behind = if changed {
+            let old = self.open_store(&recorded)?;
+            old.read().await.map_err(|e| {
+                Failure::new(format!(
+                    "the state backend changed since init, and the state may still be in {}, which cannot be read: {e}",
+                    old.describe()
+                ))
+                .hint("if the state is already where the configuration points (the same bucket at another endpoint, say): skyform init -reconfigure")
+            })?
+        } else {
+            None
+        };
+        if left_behind.is_some() {
             return Err(Failure::new(format!(
                 "the state backend changed since init: the state is in {} but the configuration names {}",
                 self.open_store(&recorded)?.describe(),
                 self.open_store(&wanted)?.describe()
             ))
             .hint("skyform init -migrate-state copies it over; skyform init -reconfigure uses the new backend as it is"));
+        }
+        if changed {
+            // Nothing was left behind: this is the backend now, so a later change of the
+            // block is noticed even if `init` never ran.
+            self.record_backend(&wanted)?;
         }
         self.open_store(&wanted)
     }
