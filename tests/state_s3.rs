@@ -29,6 +29,24 @@ fn bucket(name: &str) -> String {
     b
 }
 
+/// A `skyform { state "s3" { … } }` block for `bucket` at `endpoint`, with `extra` settings
+/// (lines like `profile = "team"`).
+fn s3_block(bucket: &str, key: &str, endpoint: &str, extra: &[&str]) -> String {
+    let mut settings = vec![
+        format!("bucket = \"{bucket}\""),
+        format!("key = \"{key}\""),
+        format!("endpoint = \"{endpoint}\""),
+    ];
+    settings.extend(extra.iter().map(|e| e.to_string()));
+    format!(
+        "skyform {{\n  state \"s3\" {{\n{}  }}\n}}\n",
+        settings
+            .iter()
+            .map(|l| format!("    {l}\n"))
+            .collect::<String>()
+    )
+}
+
 fn client(bucket: &str) -> ObjectStateStore {
     let s3 = object_store::aws::AmazonS3Builder::new()
         .with_bucket_name(bucket)
@@ -55,16 +73,20 @@ async fn s3_store_conforms() {
 }
 
 fn skyform(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
-    Command::new(BIN)
-        .arg(format!("-chdir={}", dir.display()))
+    skyform_cmd(dir, args).output().expect("run skyform")
+}
+
+/// `skyform ARGS` in `dir` with moto's test keys in the environment.
+fn skyform_cmd(dir: &std::path::Path, args: &[&str]) -> Command {
+    let mut c = Command::new(BIN);
+    c.arg(format!("-chdir={}", dir.display()))
         .args(args)
         .env("NO_COLOR", "1")
         .env("AWS_ACCESS_KEY_ID", "testing")
         .env("AWS_SECRET_ACCESS_KEY", "testing")
         .env("AWS_REGION", "us-east-1")
-        .stdin(Stdio::null())
-        .output()
-        .expect("run skyform")
+        .stdin(Stdio::null());
+    c
 }
 
 fn ok(dir: &std::path::Path, args: &[&str]) -> String {
@@ -84,24 +106,14 @@ fn ok(dir: &std::path::Path, args: &[&str]) -> String {
 #[ignore = "needs moto: run ./scripts/test.sh"]
 async fn apply_keeps_state_in_s3() {
     let b = bucket("cli");
-    let config = format!(
-        r#"
-skyform {{
-  state "s3" {{
-    bucket   = "{b}"
-    key      = "team/state.json"
-    region   = "us-east-1"
-    endpoint = "{}"
-  }}
-}}
-cluster "c" {{}}
-job "hello" {{
-  cluster = cluster.c
-  run     = "echo hello from s3 state"
-}}
-"#,
-        endpoint()
+    let resources = "cluster \"c\" {}\njob \"hello\" {\n  cluster = cluster.c\n  run     = \"echo hello from s3 state\"\n}\n";
+    let block = s3_block(
+        &b,
+        "team/state.json",
+        &endpoint(),
+        &["region = \"us-east-1\""],
     );
+    let config = format!("{block}{resources}");
     let (one, two) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     for d in [&one, &two] {
         std::fs::write(d.path().join("main.sky.hcl"), &config).unwrap();
@@ -129,8 +141,7 @@ job "hello" {{
 
     // Dropping the state block in a checkout that never ran init is still noticed: the
     // state is in the bucket, not in a fresh local file.
-    let without_block = config[config.find("cluster").unwrap()..].to_string();
-    std::fs::write(two.path().join("main.sky.hcl"), &without_block).unwrap();
+    std::fs::write(two.path().join("main.sky.hcl"), resources).unwrap();
     let out = skyform(two.path(), &["state", "list"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{err}");
@@ -159,8 +170,8 @@ async fn contention_names_the_holder() {
     std::fs::write(
         dir.path().join("main.sky.hcl"),
         format!(
-            "skyform {{\n  state \"s3\" {{\n    bucket = \"{b}\"\n    key = \"team/state.json\"\n    endpoint = \"{}\"\n  }}\n}}\ncluster \"c\" {{}}\n",
-            endpoint()
+            "{}cluster \"c\" {{}}\n",
+            s3_block(&b, "team/state.json", &endpoint(), &[])
         ),
     )
     .unwrap();
@@ -252,10 +263,10 @@ async fn apply_through_faults_converges() {
     let b = bucket("flaky");
     let config = |endpoint: &str| {
         format!(
-            "skyform {{\n  state \"s3\" {{\n    bucket = \"{b}\"\n    key = \"k\"\n    endpoint = \"{endpoint}\"\n  }}\n}}\n\
-             cluster \"c\" {{}}\n\
+            "{}cluster \"c\" {{}}\n\
              job \"a\" {{\n  cluster = cluster.c\n  run = \"true\"\n}}\n\
-             job \"b\" {{\n  cluster = cluster.c\n  run = \"true\"\n  depends_on = [job.a]\n}}\n"
+             job \"b\" {{\n  cluster = cluster.c\n  run = \"true\"\n  depends_on = [job.a]\n}}\n",
+            s3_block(&b, "k", endpoint, &[])
         )
     };
     let dir = tempfile::tempdir().unwrap();
@@ -310,10 +321,7 @@ async fn migrate_local_state_to_s3() {
 
     std::fs::write(
         &file,
-        format!(
-            "skyform {{\n  state \"s3\" {{\n    bucket = \"{b}\"\n    key = \"k\"\n    endpoint = \"{}\"\n  }}\n}}\n{body}",
-            endpoint()
-        ),
+        format!("{}{body}", s3_block(&b, "k", &endpoint(), &[])),
     )
     .unwrap();
     for args in [&["plan"][..], &["init"][..]] {
@@ -355,20 +363,14 @@ async fn kill_9_mid_apply_with_s3_state_converges() {
     std::fs::write(
         dir.path().join("main.sky.hcl"),
         format!(
-            "skyform {{\n  state \"s3\" {{\n    bucket = \"{b}\"\n    key = \"k\"\n    endpoint = \"{}\"\n  }}\n}}\n\
-             cluster \"dev\" {{}}\n\
+            "{}cluster \"dev\" {{}}\n\
              job \"step\" {{\n  for_each = toset([{}])\n  cluster = cluster.dev\n  run = \"echo step ${{each.key}}\"\n}}\n",
-            endpoint(),
+            s3_block(&b, "k", &endpoint(), &[]),
             keys.join(", ")
         ),
     )
     .unwrap();
-    let mut child = Command::new(BIN)
-        .arg(format!("-chdir={}", dir.path().display()))
-        .args(["apply", "-auto-approve", "-parallelism", "1"])
-        .env("AWS_ACCESS_KEY_ID", "testing")
-        .env("AWS_SECRET_ACCESS_KEY", "testing")
-        .stdin(Stdio::null())
+    let mut child = skyform_cmd(dir.path(), &["apply", "-auto-approve", "-parallelism", "1"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -451,21 +453,19 @@ async fn encrypted_state_in_s3() {
     std::fs::write(
         dir.path().join("main.sky.hcl"),
         format!(
-            "skyform {{\n  state \"s3\" {{\n    bucket = \"{b}\"\n    key = \"k\"\n    endpoint = \"{}\"\n    encryption_key_env = \"SKYFORM_STATE_KEY\"\n  }}\n}}\n\
-             cluster \"c\" {{}}\n",
-            endpoint()
+            "{}cluster \"c\" {{}}\n",
+            s3_block(
+                &b,
+                "k",
+                &endpoint(),
+                &["encryption_key_env = \"SKYFORM_STATE_KEY\""]
+            )
         ),
     )
     .unwrap();
     let run = |args: &[&str], key: &str| {
-        Command::new(BIN)
-            .arg(format!("-chdir={}", dir.path().display()))
-            .args(args)
-            .env("NO_COLOR", "1")
-            .env("AWS_ACCESS_KEY_ID", "testing")
-            .env("AWS_SECRET_ACCESS_KEY", "testing")
+        skyform_cmd(dir.path(), args)
             .env("SKYFORM_STATE_KEY", key)
-            .stdin(Stdio::null())
             .output()
             .unwrap()
     };
@@ -501,8 +501,8 @@ async fn workspaces_in_s3() {
     std::fs::write(
         dir.path().join("main.sky.hcl"),
         format!(
-            "skyform {{\n  state \"s3\" {{\n    bucket = \"{b}\"\n    key = \"team/state.json\"\n    endpoint = \"{}\"\n  }}\n}}\ncluster \"c\" {{}}\n",
-            endpoint()
+            "{}cluster \"c\" {{}}\n",
+            s3_block(&b, "team/state.json", &endpoint(), &[])
         ),
     )
     .unwrap();
@@ -549,22 +549,23 @@ async fn s3_profile_from_shared_credentials() {
     std::fs::write(
         dir.path().join("main.sky.hcl"),
         format!(
-            "skyform {{\n  state \"s3\" {{\n    bucket = \"{b}\"\n    key = \"k\"\n    region = \"us-east-1\"\n    endpoint = \"{}\"\n    profile = \"team\"\n  }}\n}}\ncluster \"c\" {{}}\n",
-            endpoint()
+            "{}cluster \"c\" {{}}\n",
+            s3_block(
+                &b,
+                "k",
+                &endpoint(),
+                &["region = \"us-east-1\"", "profile = \"team\""]
+            )
         ),
     )
     .unwrap();
     let run = |creds_file: &std::path::Path| {
-        Command::new(BIN)
-            .arg(format!("-chdir={}", dir.path().display()))
-            .arg("init")
-            .env("NO_COLOR", "1")
+        skyform_cmd(dir.path(), &["init"])
             .env_remove("AWS_ACCESS_KEY_ID")
             .env_remove("AWS_SECRET_ACCESS_KEY")
             .env_remove("AWS_PROFILE")
             .env("AWS_SHARED_CREDENTIALS_FILE", creds_file)
             .env("AWS_CONFIG_FILE", dir.path().join("no-config"))
-            .stdin(Stdio::null())
             .output()
             .unwrap()
     };

@@ -91,10 +91,7 @@ async fn migrate_state(
     force_copy: bool,
 ) -> Result<()> {
     let (old_codec, new_codec) = (codec_for(from)?, codec_for(to)?);
-    let flags = LockFlags {
-        lock_timeout: std::time::Duration::ZERO,
-        lock: true,
-    };
+    let flags = LockFlags::immediate();
     if same_place(from, to) {
         // Only the encryption changes: one store that reads the old way and writes the new.
         let codec = state::seal::Codec {
@@ -164,7 +161,7 @@ fn same_place(a: &config::StateBackend, b: &config::StateBackend) -> bool {
         x.settings.remove("encryption_key_env");
         x
     };
-    same_backend(&strip(a), &strip(b))
+    strip(a) == strip(b)
 }
 
 async fn copy_state(old: &dyn StateStore, new: &dyn StateStore, force_copy: bool) -> Result<()> {
@@ -221,7 +218,7 @@ impl Ctx {
         let (config, _) = config::load(&self.dir);
         let wanted = config.state_backend.clone().unwrap_or_default();
         let recorded = self.recorded_backend();
-        let changed = !same_backend(&recorded, &wanted);
+        let changed = recorded != wanted;
         let left_behind = if changed {
             let old = self.open_store(&recorded)?;
             old.read().await.map_err(|e| {
@@ -294,7 +291,7 @@ impl Ctx {
         codec: state::seal::Codec,
         workspace: &str,
     ) -> Result<Box<dyn StateStore>> {
-        if b.kind.is_empty() || b.kind == "local" {
+        if b.kind == "local" {
             let base = b
                 .settings
                 .get("path")
@@ -321,30 +318,15 @@ impl Ctx {
     fn recorded_backend(&self) -> config::StateBackend {
         std::fs::read(self.dir.join(".skyform").join("backend.json"))
             .ok()
-            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-            .map(|v| config::StateBackend {
-                kind: v["kind"].as_str().unwrap_or("local").to_string(),
-                settings: v["settings"]
-                    .as_object()
-                    .map(|m| {
-                        m.iter()
-                            .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
-                            .collect()
-                    })
-                    .unwrap_or_default(),
-            })
+            .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or_default()
     }
 
     fn record_backend(&self, b: &config::StateBackend) -> Result<()> {
-        let v = serde_json::json!({
-            "kind": if b.kind.is_empty() { "local" } else { b.kind.as_str() },
-            "settings": b.settings,
-        });
         let dir = self.dir.join(".skyform");
         std::fs::create_dir_all(&dir)
             .map_err(|e| Failure::new(format!("cannot create {}: {e}", dir.display())))?;
-        let bytes = serde_json::to_vec_pretty(&v).unwrap_or_default();
+        let bytes = serde_json::to_vec_pretty(b).unwrap_or_default();
         LocalStore::write_atomic(&dir.join("backend.json"), &bytes)?;
         Ok(())
     }
@@ -600,37 +582,22 @@ enum BackendChange {
     Migrate { force_copy: bool },
 }
 
-/// Two backend settings name the same place (an absent block is the local file).
-fn same_backend(a: &config::StateBackend, b: &config::StateBackend) -> bool {
-    let kind = |k: &str| {
-        if k.is_empty() {
-            "local".to_string()
-        } else {
-            k.to_string()
-        }
-    };
-    kind(&a.kind) == kind(&b.kind) && a.settings == b.settings
-}
-
 async fn init(ctx: &Ctx, how: BackendChange) -> Result<i32> {
     let (config, mut diags) = ctx.load_config()?;
     report(&config, &mut diags, ctx.style)?;
     let wanted = config.state_backend.clone().unwrap_or_default();
     let recorded = ctx.recorded_backend();
-    if !same_backend(&recorded, &wanted) {
+    if recorded != wanted {
         match how {
             BackendChange::Migrate { force_copy } => {
                 migrate_state(ctx, &recorded, &wanted, force_copy).await?;
+                ctx.record_backend(&wanted)?;
             }
-            BackendChange::Reconfigure => {}
-            // Refused when the old backend holds a state; nothing to lose otherwise.
-            BackendChange::Refuse => drop(ctx.store().await?),
+            BackendChange::Reconfigure => ctx.record_backend(&wanted)?,
+            // `ctx.store()` below refuses while the old backend holds a state, and records
+            // the new one otherwise.
+            BackendChange::Refuse => {}
         }
-        ctx.record_backend(&wanted)?;
-    } else if !ctx.dir.join(".skyform").join("backend.json").exists()
-        && config.state_backend.is_some()
-    {
-        ctx.record_backend(&wanted)?;
     }
     let store = ctx.store().await?;
     if store.read().await?.is_none() {
@@ -1873,15 +1840,7 @@ async fn edit_state(
     op: &str,
     edit: impl FnOnce(&mut State) -> Result<String>,
 ) -> Result<()> {
-    let guard = lock(
-        store,
-        op,
-        &LockFlags {
-            lock_timeout: std::time::Duration::ZERO,
-            lock: true,
-        },
-    )
-    .await?;
+    let guard = lock(store, op, &LockFlags::immediate()).await?;
     let result = async {
         let mut state = store.read().await?.unwrap_or_default();
         let message = edit(&mut state)?;
@@ -2204,10 +2163,7 @@ async fn workspace_cmd(ctx: &Ctx, command: super::WorkspaceCommand) -> Result<i3
                 return Err(Failure::new(format!("there is no workspace {name:?}")));
             }
             let store = open(&name)?;
-            let flags = LockFlags {
-                lock_timeout: std::time::Duration::ZERO,
-                lock: true,
-            };
+            let flags = LockFlags::immediate();
             let held = lock(store.as_ref(), "workspace delete", &flags).await?;
             let done = async {
                 let n = store.read().await?.map_or(0, |s| s.resources.len());

@@ -74,6 +74,16 @@ pub struct LockFlags {
     pub lock: bool,
 }
 
+impl LockFlags {
+    /// Take the lock now or fail: for commands without lock flags.
+    pub fn immediate() -> LockFlags {
+        LockFlags {
+            lock_timeout: std::time::Duration::ZERO,
+            lock: true,
+        }
+    }
+}
+
 #[derive(Debug, clap::Args, Clone)]
 pub struct PlanFlags {
     #[command(flatten)]

@@ -22,11 +22,20 @@ use sha2::Digest;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-/// Where state lives (`skyform { state "…" { … } }`).
-#[derive(Debug, Clone, PartialEq, Default)]
+/// Where state lives (`skyform { state "…" { … } }`); the default is the local file.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct StateBackend {
     pub kind: String,
     pub settings: BTreeMap<String, String>,
+}
+
+impl Default for StateBackend {
+    fn default() -> Self {
+        StateBackend {
+            kind: "local".into(),
+            settings: BTreeMap::new(),
+        }
+    }
 }
 
 /// One `infra` block with its literal settings.

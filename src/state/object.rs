@@ -75,23 +75,34 @@ impl ObjectStateStore {
         }
     }
 
-    /// Whether the state object now holds exactly `bytes`; if so, remembers its version.
-    async fn holds(&self, bytes: &bytes::Bytes) -> Result<bool, StateError> {
-        match self.store.get(&self.key).await {
+    /// An object's bytes and the version they are at; None when it does not exist.
+    async fn get(
+        &self,
+        path: &Path,
+        what: &'static str,
+    ) -> Result<Option<(bytes::Bytes, UpdateVersion)>, StateError> {
+        match self.store.get(path).await {
             Ok(r) => {
                 let version = UpdateVersion {
                     e_tag: r.meta.e_tag.clone(),
                     version: r.meta.version.clone(),
                 };
-                let now = r.bytes().await.map_err(|e| self.remote("read", e))?;
-                let same = now == *bytes;
-                if same {
-                    self.remember(Seen::At(version));
-                }
-                Ok(same)
+                let bytes = r.bytes().await.map_err(|e| self.remote(what, e))?;
+                Ok(Some((bytes, version)))
             }
-            Err(object_store::Error::NotFound { .. }) => Ok(false),
-            Err(e) => Err(self.remote("read", e)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.remote(what, e)),
+        }
+    }
+
+    /// Whether the state object now holds exactly `bytes`; if so, remembers its version.
+    async fn holds(&self, bytes: &bytes::Bytes) -> Result<bool, StateError> {
+        match self.get(&self.key, "read").await? {
+            Some((now, version)) if now == *bytes => {
+                self.remember(Seen::At(version));
+                Ok(true)
+            }
+            _ => Ok(false),
         }
     }
 
@@ -101,20 +112,12 @@ impl ObjectStateStore {
 
     /// The lock and the version of its object, for a conditional takeover.
     async fn read_lock_versioned(&self) -> Result<Option<(LockInfo, UpdateVersion)>, StateError> {
-        match self.store.get(&self.lock_key).await {
-            Ok(r) => {
-                let version = UpdateVersion {
-                    e_tag: r.meta.e_tag.clone(),
-                    version: r.meta.version.clone(),
-                };
-                let bytes = r.bytes().await.map_err(|e| self.remote("read lock", e))?;
-                serde_json::from_slice(&bytes)
-                    .map(|info| Some((info, version)))
-                    .map_err(|e| StateError::Corrupt(format!("lock {}.lock: {e}", self.url)))
-            }
-            Err(object_store::Error::NotFound { .. }) => Ok(None),
-            Err(e) => Err(self.remote("read lock", e)),
-        }
+        let Some((bytes, version)) = self.get(&self.lock_key, "read lock").await? else {
+            return Ok(None);
+        };
+        serde_json::from_slice(&bytes)
+            .map(|info| Some((info, version)))
+            .map_err(|e| StateError::Corrupt(format!("lock {}.lock: {e}", self.url)))
     }
 
     /// Replaces a stale lock with ours, only if it is still that lock (If-Match): of two
@@ -153,23 +156,13 @@ impl StateStore for ObjectStateStore {
     }
 
     async fn read(&self) -> Result<Option<State>, StateError> {
-        match self.store.get(&self.key).await {
-            Ok(r) => {
-                let version = UpdateVersion {
-                    e_tag: r.meta.e_tag.clone(),
-                    version: r.meta.version.clone(),
-                };
-                let bytes = r.bytes().await.map_err(|e| self.remote("read", e))?;
-                let state = self.codec.decode(&bytes, &self.url)?;
-                self.remember(Seen::At(version));
-                Ok(Some(state))
-            }
-            Err(object_store::Error::NotFound { .. }) => {
-                self.remember(Seen::Absent);
-                Ok(None)
-            }
-            Err(e) => Err(self.remote("read", e)),
-        }
+        let Some((bytes, version)) = self.get(&self.key, "read").await? else {
+            self.remember(Seen::Absent);
+            return Ok(None);
+        };
+        let state = self.codec.decode(&bytes, &self.url)?;
+        self.remember(Seen::At(version));
+        Ok(Some(state))
     }
 
     async fn write(&self, state: &State) -> Result<(), StateError> {
