@@ -110,6 +110,7 @@ fn prepare(dir: &Path, n: usize) {
                 dependencies: vec![cluster_addr.clone()],
                 sensitive: Vec::new(),
                 attempts: Vec::new(),
+                leftovers: Vec::new(),
             },
         );
     }

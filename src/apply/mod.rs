@@ -8,7 +8,32 @@ use crate::state::{OutputState, ResourceState, State, StateError, StateStore, St
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+/// How hard apply tries a placement before moving down the plan's list.
+#[derive(Debug, Clone)]
+pub struct FailoverOptions {
+    /// Each attempt (one placement, retries included) gets this long; then what it made is
+    /// removed and its region blocked, so a hung region cannot stall the chain.
+    pub attempt_timeout: Duration,
+    /// Calls of one attempt for a transient error (throttling, 5xx), the first included.
+    pub transient_tries: u32,
+    /// The first pause between those calls; it doubles each time.
+    pub backoff: Duration,
+    /// With `retry_until_up`, the pause before going down the list again.
+    pub retry_delay: Duration,
+}
+
+impl Default for FailoverOptions {
+    fn default() -> Self {
+        FailoverOptions {
+            attempt_timeout: Duration::from_secs(120),
+            transient_tries: 3,
+            backoff: Duration::from_secs(1),
+            retry_delay: Duration::from_secs(30),
+        }
+    }
+}
 
 /// One step of the walk: a replace is a delete and a create.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -87,6 +112,7 @@ pub struct Applier<'a> {
     /// Evaluates the configuration again against the state, for values that were unknown at
     /// plan time (`${cluster.dev.head_ip}`).
     pub resolve: Option<&'a Resolve<'a>>,
+    pub failover: FailoverOptions,
 }
 
 impl std::fmt::Debug for Applier<'_> {
@@ -107,6 +133,8 @@ struct Outcome {
     spec: Option<Spec>,
     /// The placement it tried.
     placement: Option<crate::optimizer::Candidate>,
+    /// A failed attempt whose clean-up could not be confirmed.
+    left_behind: bool,
 }
 
 impl Applier<'_> {
@@ -132,6 +160,7 @@ impl Applier<'_> {
             .filter(|c| c.action.is_change())
             .map(|c| (&c.address, c))
             .collect();
+        self.clean_leftovers(state).await?;
         let graph = StepGraph::new(&changes, state);
         let mut indegree: BTreeMap<NodeId, usize> = graph
             .needs
@@ -153,7 +182,7 @@ impl Applier<'_> {
         // Failover bookkeeping: placements blocked per step, attempts per resource.
         let mut failover: BTreeMap<NodeId, BTreeSet<String>> = BTreeMap::new();
         let mut attempts: BTreeMap<Address, Vec<crate::state::Attempt>> = BTreeMap::new();
-        let mut retry: Vec<(NodeId, &Change, crate::optimizer::Candidate)> = Vec::new();
+        let mut retry: Vec<(NodeId, &Change, crate::optimizer::Candidate, Duration)> = Vec::new();
         loop {
             // Start what is ready: intents for the whole batch in one state write.
             if !stopping {
@@ -268,6 +297,16 @@ impl Applier<'_> {
                             && fails_over(e.kind) =>
                     {
                         let tried = outcome.placement.clone().expect("checked");
+                        if outcome.left_behind
+                            && let Some(r) = state.resources.get_mut(&addr)
+                        {
+                            // Its region did not confirm the clean-up: remember what to remove.
+                            r.leftovers.push(crate::state::Leftover {
+                                provider: r.provider.clone(),
+                                private: r.private.clone(),
+                                placement: r.placement.clone(),
+                            });
+                        }
                         let blocked = failover.entry(outcome.node.clone()).or_default();
                         blocked.insert(block_for(e.kind, &tried));
                         let attempt = crate::state::Attempt {
@@ -277,28 +316,46 @@ impl Applier<'_> {
                             seconds: outcome.seconds,
                         };
                         attempts.entry(addr.clone()).or_default().push(attempt);
-                        let next = change.and_then(|c| {
+                        let mut next = change.and_then(|c| {
                             c.candidates
                                 .iter()
                                 .find(|c| !crate::optimizer::is_blocked(blocked, c))
                                 .cloned()
                         });
+                        let mut delay = Duration::ZERO;
+                        let until_up = matches!(
+                            outcome.spec.as_ref(),
+                            Some(Spec::Cluster(c)) if c.retry_until_up
+                        );
+                        if next.is_none() && until_up && !stopping {
+                            // retry_until_up: start over from the top after a pause.
+                            blocked.clear();
+                            next = change.and_then(|c| c.candidates.first().cloned());
+                            delay = self.failover.retry_delay;
+                        }
                         match (next, change) {
                             (Some(next), Some(ch)) => {
+                                let mut to = format!(
+                                    "{} {}",
+                                    next.offering.infra(),
+                                    next.offering.instance_type
+                                );
+                                if !delay.is_zero() {
+                                    to = format!(
+                                        "{to} (every placement failed; retry_until_up starts over in {})",
+                                        humantime::format_duration(delay)
+                                    );
+                                }
                                 events.push(Event::FailedOver {
                                     address: addr.clone(),
                                     infra: tried.offering.infra(),
                                     instance_type: tried.offering.instance_type.clone(),
                                     error: e.message.clone(),
                                     seconds: outcome.seconds,
-                                    next: format!(
-                                        "{} {}",
-                                        next.offering.infra(),
-                                        next.offering.instance_type
-                                    ),
+                                    next: to,
                                 });
                                 unfinished.insert(outcome.node.clone());
-                                retry.push((outcome.node.clone(), ch, next));
+                                retry.push((outcome.node.clone(), ch, next, delay));
                             }
                             _ => {
                                 let tried_all = attempts.get(&addr).map_or(0, Vec::len);
@@ -354,9 +411,12 @@ impl Applier<'_> {
             }
             // Failover: record the new intent (the next placement), then try it.
             let mut respawn = Vec::new();
-            for (node, ch, next) in retry.drain(..) {
+            for (node, ch, next, delay) in retry.drain(..) {
                 match self.prepare_at(&node, ch, state, next) {
-                    Ok(p) => respawn.push(p),
+                    Ok(mut p) => {
+                        p.delay = delay;
+                        respawn.push(p);
+                    }
                     Err(e) => respawn.push(Prepared::failed(node, e)),
                 }
             }
@@ -399,7 +459,7 @@ impl Applier<'_> {
                 "provider {provider:?} is not available in this build"
             ))
         })?;
-        let private = p.new_private(&node.0, &spec);
+        let private = p.new_private(&node.0, &spec, &state.lineage);
         if let Some(r) = state.resources.get_mut(&node.0) {
             r.status = Status::Creating;
             r.provider = provider.clone();
@@ -415,6 +475,7 @@ impl Applier<'_> {
             after: afterok(change),
             intent: true,
             error: None,
+            delay: Duration::ZERO,
         })
     }
 
@@ -458,7 +519,7 @@ impl Applier<'_> {
         let mut intent = false;
         if step == Step::Create {
             // Intent first: if skyform dies during the call, refresh finds what was made.
-            let private = p.new_private(&addr, &spec);
+            let private = p.new_private(&addr, &spec, &state.lineage);
             state.resources.insert(
                 addr.clone(),
                 ResourceState {
@@ -471,6 +532,7 @@ impl Applier<'_> {
                     dependencies: change.depends_on.clone(),
                     sensitive: change.sensitive.clone(),
                     attempts: Vec::new(),
+ leftovers: Vec::new(),
                 },
             );
             intent = true;
@@ -493,6 +555,7 @@ impl Applier<'_> {
             what,
             intent,
             error: None,
+            delay: Duration::ZERO,
         })
     }
 
@@ -507,6 +570,7 @@ impl Applier<'_> {
                     seconds: 0.0,
                     spec: None,
                     placement: None,
+                    left_behind: false,
                 }
             });
             return;
@@ -531,9 +595,29 @@ impl Applier<'_> {
         let root = self.root.clone();
         let placement = p.placement;
         let provider = p.provider;
+        let opts = self.failover.clone();
+        let delay = p.delay;
+        let mut interrupt = self.interrupt.clone();
         set.spawn(async move {
+            let mut outcome = Outcome {
+                node: (addr.clone(), step),
+                result: Ok(None),
+                seconds: 0.0,
+                spec: None,
+                placement: placement.clone(),
+                left_behind: false,
+            };
+            if !delay.is_zero() {
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    _ = interrupt.wait_for(|stop| *stop) => {
+                        outcome.result = Err(ProviderError::other("interrupted while waiting to try again"));
+                        return outcome;
+                    }
+                }
+            }
             let t = Instant::now();
-            let result = match (registry.get(&provider), current) {
+            outcome.result = match (registry.get(&provider), current) {
                 (None, _) => Err(ProviderError::other(format!(
                     "provider {provider:?} is not available"
                 ))),
@@ -554,23 +638,115 @@ impl Applier<'_> {
                             after: after.iter().map(|(a, r)| (a, r)).collect(),
                             root,
                         };
-                        if step == Step::Create {
-                            prov.create(req).await
+                        if step == Step::Update {
+                            prov.update(req).await.map(Some)
+                        } else if placement.is_some() {
+                            let (result, left) = attempt(prov, req, &current, &opts).await;
+                            outcome.left_behind = left;
+                            result.map(Some)
                         } else {
-                            prov.update(req).await
+                            prov.create(req).await.map(Some)
                         }
-                        .map(Some)
                     }
                 },
             };
-            Outcome {
-                node: (addr, step),
-                result,
-                seconds: t.elapsed().as_secs_f64(),
-                spec: Some(spec),
-                placement,
-            }
+            outcome.seconds = t.elapsed().as_secs_f64();
+            outcome.spec = Some(spec);
+            outcome
         });
+    }
+
+    /// Removes what earlier attempts may have left behind (their regions did not answer
+    /// then), and forgets those that are gone.
+    async fn clean_leftovers(&self, state: &mut State) -> Result<(), StateError> {
+        let mut changed = Vec::new();
+        for (addr, r) in state.resources.iter_mut() {
+            if r.leftovers.is_empty() {
+                continue;
+            }
+            let mut kept = Vec::new();
+            for l in std::mem::take(&mut r.leftovers) {
+                let Some(p) = self.registry.get(&l.provider) else {
+                    kept.push(l);
+                    continue;
+                };
+                let mut old = r.clone();
+                old.private = l.private.clone();
+                old.placement = l.placement.clone();
+                old.status = Status::Creating;
+                old.leftovers.clear();
+                let gone = tokio::time::timeout(
+                    self.failover.attempt_timeout,
+                    p.delete(addr, &old, None),
+                )
+                .await;
+                match gone {
+                    Ok(Ok(())) => {
+                        (self.on_event)(&Event::Done {
+                            address: addr.clone(),
+                            what: "removed what an earlier attempt left behind".into(),
+                            seconds: 0.0,
+                        });
+                    }
+                    _ => kept.push(l),
+                }
+            }
+            if kept.is_empty() {
+                changed.push(addr.clone());
+            }
+            r.leftovers = kept;
+        }
+        if !changed.is_empty() {
+            self.save(state, &changed).await?;
+        }
+        Ok(())
+    }
+}
+
+/// One attempt at a placement: transient errors are retried with backoff, the whole attempt
+/// is bounded by the timeout, and a failed attempt's remains are removed before the engine
+/// moves on. Returns the result and whether that clean-up could not be confirmed.
+async fn attempt(
+    prov: &dyn crate::providers::Provider,
+    req: Request<'_>,
+    current: &ResourceState,
+    opts: &FailoverOptions,
+) -> (Result<Created, ProviderError>, bool) {
+    use crate::providers::ErrorKind;
+    let tries = async {
+        let mut n = 0u32;
+        loop {
+            match prov.create(req.clone()).await {
+                Err(e) if e.kind == ErrorKind::Transient && n + 1 < opts.transient_tries => {
+                    tracing::debug!(address = %req.address, error = %e, "retrying");
+                    tokio::time::sleep(opts.backoff.saturating_mul(1 << n.min(16))).await;
+                    n += 1;
+                }
+                r => return r,
+            }
+        }
+    };
+    let result = match tokio::time::timeout(opts.attempt_timeout, tries).await {
+        Ok(r) => r,
+        Err(_) => Err(ProviderError {
+            kind: ErrorKind::Timeout,
+            message: format!(
+                "no answer within {} (the attempt timeout)",
+                humantime::format_duration(opts.attempt_timeout)
+            ),
+        }),
+    };
+    match result {
+        Err(e) if fails_over(e.kind) => {
+            // Nothing of this attempt may stay running once the engine moves on.
+            let cleaned = tokio::time::timeout(
+                opts.attempt_timeout,
+                prov.delete(req.address, current, req.cluster),
+            )
+            .await;
+            (Err(e), !matches!(cleaned, Ok(Ok(()))))
+        }
+        r => (r, false),
     }
 }
 
@@ -586,6 +762,8 @@ struct Prepared {
     /// Whether `prepare` recorded an intent that must be written before the call.
     intent: bool,
     error: Option<ProviderError>,
+    /// A pause before the call (retry_until_up).
+    delay: Duration,
 }
 
 impl Prepared {
@@ -599,6 +777,7 @@ impl Prepared {
             what: String::new(),
             intent: false,
             error: Some(error),
+            delay: Duration::ZERO,
         }
     }
 }
@@ -757,17 +936,22 @@ fn fails_over(kind: crate::providers::ErrorKind) -> bool {
     use crate::providers::ErrorKind;
     matches!(
         kind,
-        ErrorKind::Capacity | ErrorKind::Quota | ErrorKind::Config | ErrorKind::Transient
+        ErrorKind::Capacity
+            | ErrorKind::Quota
+            | ErrorKind::Config
+            | ErrorKind::Transient
+            | ErrorKind::Timeout
     )
 }
 
 /// What a failure blocks: capacity the placement (its zone, or the instance type in its
-/// region), quota the region, configuration or credentials the whole cloud.
+/// region), quota the region, configuration or credentials the whole cloud; a region that
+/// timed out or kept failing transiently is blocked too, so the chain moves on.
 fn block_for(kind: crate::providers::ErrorKind, c: &crate::optimizer::Candidate) -> String {
     use crate::providers::ErrorKind;
     let o = &c.offering;
     match kind {
-        ErrorKind::Quota => match &o.region {
+        ErrorKind::Quota | ErrorKind::Timeout | ErrorKind::Transient => match &o.region {
             Some(r) => format!("{}/{r}", o.cloud),
             None => o.cloud.clone(),
         },

@@ -8,6 +8,7 @@ use crate::apply::{Applier, Event, Summary};
 use crate::config::{self, Config, Diagnostics, InputValue, VarArgs};
 use crate::model::Address;
 use crate::plan::{self, Options, Plan};
+use crate::providers::aws::{AwsProvider, AwsSettings};
 use crate::providers::{Registry, local::LocalProvider};
 use crate::render::{self, Style};
 use crate::state::{self, LocalStore, LockInfo, State, StateStore};
@@ -349,6 +350,17 @@ impl Ctx {
         local.offer =
             config.is_none_or(|c| c.infra.is_empty() || c.infra.iter().any(|i| i.kind == "local"));
         providers.insert("local", Arc::new(local));
+        // AWS is always there, so resources in state stay manageable; clients are made lazily.
+        let aws = config
+            .and_then(|c| c.infra.iter().find(|i| i.kind == "aws"))
+            .map(|i| &i.settings);
+        providers.insert(
+            "aws",
+            Arc::new(AwsProvider::new(
+                AwsSettings::from_infra(aws),
+                expand_home("~/.skyform/ssh"),
+            )),
+        );
         Arc::new(Registry { providers })
     }
 }
@@ -435,7 +447,7 @@ pub async fn run(cli: Cli) -> i32 {
             flags,
             auto_approve,
             input,
-            parallelism,
+            run,
             wait,
         } => {
             // `apply DIR` is accepted as well as `apply PLANFILE`.
@@ -449,7 +461,7 @@ pub async fn run(cli: Cli) -> i32 {
                 &flags,
                 auto_approve,
                 input,
-                parallelism,
+                &run,
                 wait,
                 false,
             )
@@ -461,7 +473,7 @@ pub async fn run(cli: Cli) -> i32 {
             input,
             vars,
             lock,
-            parallelism,
+            run,
         } => {
             let flags = PlanFlags {
                 vars,
@@ -476,7 +488,7 @@ pub async fn run(cli: Cli) -> i32 {
                 &flags,
                 auto_approve,
                 input,
-                parallelism,
+                &run,
                 false,
                 true,
             )
@@ -805,7 +817,7 @@ async fn apply_cmd(
     flags: &PlanFlags,
     auto_approve: bool,
     input: bool,
-    parallelism: usize,
+    run: &super::RunFlags,
     wait: bool,
     destroy: bool,
 ) -> Result<i32> {
@@ -838,7 +850,7 @@ async fn apply_cmd(
         flags,
         auto_approve,
         input,
-        parallelism,
+        run,
         wait,
         destroy,
     )
@@ -857,7 +869,7 @@ async fn apply_locked(
     flags: &PlanFlags,
     auto_approve: bool,
     input: bool,
-    parallelism: usize,
+    run: &super::RunFlags,
     wait: bool,
     destroy: bool,
 ) -> Result<i32> {
@@ -974,9 +986,10 @@ async fn apply_locked(
             .dir
             .canonicalize()
             .unwrap_or_else(|_| config.dir.clone()),
-        parallelism: parallelism.max(1),
+        parallelism: run.parallelism.max(1),
         on_event: &on_event,
         interrupt: rx,
+        failover: run.failover(),
     };
     let summary = match applier.apply(&plan, &mut state).await {
         Ok(s) => s,

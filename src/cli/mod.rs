@@ -64,6 +64,30 @@ pub struct VarFlags {
     pub var_files: Vec<PathBuf>,
 }
 
+/// How apply carries out changes.
+#[derive(Debug, clap::Args, Clone)]
+pub struct RunFlags {
+    /// How many changes run at once.
+    #[arg(long, default_value_t = 10, env = "SKYFORM_PARALLELISM")]
+    pub parallelism: usize,
+    /// How long one placement may take before apply removes what it made and moves on.
+    #[arg(long = "attempt-timeout", default_value = "120s", env = "SKYFORM_ATTEMPT_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub attempt_timeout: std::time::Duration,
+    /// With retry_until_up, the pause before going down the placements again.
+    #[arg(long = "retry-delay", default_value = "30s", env = "SKYFORM_RETRY_DELAY", value_parser = humantime::parse_duration)]
+    pub retry_delay: std::time::Duration,
+}
+
+impl RunFlags {
+    pub fn failover(&self) -> crate::apply::FailoverOptions {
+        crate::apply::FailoverOptions {
+            attempt_timeout: self.attempt_timeout,
+            retry_delay: self.retry_delay,
+            ..crate::apply::FailoverOptions::default()
+        }
+    }
+}
+
 #[derive(Debug, clap::Args, Clone)]
 pub struct LockFlags {
     /// How long to wait for the state lock (e.g. 30s, 5m).
@@ -162,8 +186,8 @@ pub enum Command {
         /// Never prompt.
         #[arg(long = "input", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
         input: bool,
-        #[arg(long, default_value_t = 10, env = "SKYFORM_PARALLELISM")]
-        parallelism: usize,
+        #[command(flatten)]
+        run: RunFlags,
         /// Wait for submitted jobs to finish; fail if any failed.
         #[arg(long)]
         wait: bool,
@@ -179,8 +203,8 @@ pub enum Command {
         vars: VarFlags,
         #[command(flatten)]
         lock: LockFlags,
-        #[arg(long, default_value_t = 10, env = "SKYFORM_PARALLELISM")]
-        parallelism: usize,
+        #[command(flatten)]
+        run: RunFlags,
     },
     /// Show a saved plan or the current state.
     Show {

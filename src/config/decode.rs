@@ -576,6 +576,7 @@ pub fn decode(
                 envs: f.map("envs"),
                 setup: f.str("setup"),
                 autostop,
+                retry_until_up: f.bool("retry_until_up").unwrap_or(false),
             })
         }
         Kind::Job => {

@@ -205,6 +205,7 @@ pub static CLUSTER: BlockSchema = BlockSchema {
         a("workdir", Ty::String),
         a("envs", Ty::MapOfStrings),
         a("setup", Ty::String),
+        a("retry_until_up", Ty::Bool),
     ],
     blocks: &[
         b("resources", &RESOURCES),

@@ -121,6 +121,9 @@ pub struct ClusterSpec {
     pub setup: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub autostop: Option<Autostop>,
+    /// When every placement fails, start over from the first after a pause, until one works.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub retry_until_up: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -277,7 +280,10 @@ pub enum Effect {
 /// The effect of changing attribute `attr` of a resource of kind `kind`.
 pub fn effect_of(kind: Kind, attr: &str) -> Effect {
     match (kind, attr) {
-        (Kind::Cluster, "setup" | "workdir" | "workdir_hash" | "envs" | "autostop") => {
+        (
+            Kind::Cluster,
+            "setup" | "workdir" | "workdir_hash" | "envs" | "autostop" | "retry_until_up",
+        ) => {
             Effect::InPlace
         }
         (Kind::ManagedJob, "recovery") => Effect::InPlace,

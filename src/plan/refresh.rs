@@ -76,6 +76,20 @@ pub async fn refresh(state: &mut State, registry: &Arc<Registry>, concurrency: u
                         }
                     }
                 }
+                Ok(Observed::Adopted(found)) => {
+                    if let Some(r) = state.resources.get_mut(&addr) {
+                        r.status = Status::Ready;
+                        r.computed.extend(found.computed);
+                        r.private = found.private;
+                        if let Some(p) = &r.placement {
+                            r.computed
+                                .insert("placement".into(), serde_json::json!(p.offering.infra()));
+                        }
+                        out.drift.push(format!(
+                            "{addr}: adopted (its creation finished after skyform stopped)"
+                        ));
+                    }
+                }
                 Ok(Observed::Degraded { reason, computed }) => {
                     if let Some(r) = state.resources.get_mut(&addr) {
                         r.computed.extend(computed);

@@ -389,7 +389,7 @@ impl Provider for LocalProvider {
         }])
     }
 
-    fn new_private(&self, address: &Address, spec: &Spec) -> serde_json::Value {
+    fn new_private(&self, address: &Address, spec: &Spec, _lineage: &str) -> serde_json::Value {
         let id = uuid::Uuid::new_v4().simple().to_string();
         let slug: String = address
             .to_string()
@@ -730,5 +730,6 @@ fn placeholder(spec: &Spec, private: &serde_json::Value) -> ResourceState {
         dependencies: Vec::new(),
         sensitive: Vec::new(),
         attempts: Vec::new(),
+ leftovers: Vec::new(),
     }
 }

@@ -1,5 +1,6 @@
 //! Backends behind one trait. Each backend is one module; all pass one conformance suite.
 
+pub mod aws;
 pub mod local;
 
 use crate::model::{Address, Spec};
@@ -17,8 +18,11 @@ pub enum ErrorKind {
     Quota,
     /// Credentials or configuration: block the whole cloud.
     Config,
-    /// Worth retrying.
+    /// Worth retrying (throttled, 5xx, a dropped connection); after a few tries, the region
+    /// is blocked.
     Transient,
+    /// No answer within the attempt's time: what it made is removed and the region blocked.
+    Timeout,
     NotFound,
     /// Anything else: the resource fails.
     Other,
@@ -58,6 +62,9 @@ pub enum Observed {
     },
     /// Gone (removed outside skyform): the plan creates it again.
     Gone { reason: String },
+    /// A creation that was interrupted (skyform died between the call and its state write)
+    /// did finish: the resource is taken into state as it is, with what the provider found.
+    Adopted(Created),
 }
 
 /// Everything a provider needs to create or update one resource.
@@ -89,7 +96,8 @@ pub trait Provider: Send + Sync + std::fmt::Debug {
     /// What this backend can offer the optimizer right now.
     async fn offerings(&self) -> Result<Vec<Offering>, ProviderError>;
     /// Fresh identifiers for a new resource, recorded in state before `create` runs.
-    fn new_private(&self, address: &Address, spec: &Spec) -> serde_json::Value;
+    /// `lineage` is the state's, for tagging what the provider makes.
+    fn new_private(&self, address: &Address, spec: &Spec, lineage: &str) -> serde_json::Value;
     async fn refresh(
         &self,
         address: &Address,
@@ -104,6 +112,20 @@ pub trait Provider: Send + Sync + std::fmt::Debug {
         res: &ResourceState,
         cluster: Option<&ResourceState>,
     ) -> Result<(), ProviderError>;
+    /// Stops a cluster's machines, keeping their disks (for autostop).
+    async fn stop(&self, _res: &ResourceState) -> Result<(), ProviderError> {
+        Err(ProviderError::other(format!(
+            "the {} backend cannot stop a cluster",
+            self.name()
+        )))
+    }
+    /// Starts a stopped cluster again.
+    async fn start(&self, _res: &ResourceState) -> Result<(), ProviderError> {
+        Err(ProviderError::other(format!(
+            "the {} backend cannot start a cluster",
+            self.name()
+        )))
+    }
     /// Log files of a job (one per rank), for `skyform logs`.
     fn log_paths(&self, res: &ResourceState, cluster: Option<&ResourceState>) -> Vec<PathBuf>;
 }

@@ -428,6 +428,7 @@ mod tests {
             dependencies: vec![],
             sensitive: vec![],
             attempts: vec![],
+            leftovers: vec![],
         };
         let a = Address::new(Kind::Cluster, "a");
         let b = Address::new(Kind::Cluster, "b");

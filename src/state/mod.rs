@@ -62,6 +62,19 @@ pub struct ResourceState {
     pub sensitive: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub attempts: Vec<Attempt>,
+    /// Earlier attempts whose clean-up was not confirmed (a region that stopped answering):
+    /// their private identifiers, removed by the next apply or destroy.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub leftovers: Vec<Leftover>,
+}
+
+/// An attempt that may have left machines behind, kept until they are removed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Leftover {
+    pub provider: String,
+    pub private: serde_json::Value,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement: Option<Candidate>,
 }
 
 impl ResourceState {

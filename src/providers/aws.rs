@@ -1,0 +1,1008 @@
+//! AWS EC2: clusters as instances launched with RunInstances.
+//!
+//! Every launch carries a client token derived from the attempt, so a retried call never
+//! makes a second machine, and tags (`skyform:address`, `skyform:lineage`, `skyform:token`)
+//! that let refresh find what an interrupted apply made. Each attempt owns a security group
+//! and a key pair named after it; destroy removes them with the instances.
+//!
+//! Errors are classified for the failover engine (`classify`): capacity, quota,
+//! configuration, transient. The SDK's own retries are off: the engine decides.
+
+use super::{Created, ErrorKind, Observed, Provider, ProviderError, Request};
+use crate::model::{Address, Spec};
+use crate::optimizer::{Candidate, Offering};
+use crate::state::{ResourceState, Status};
+use aws_sdk_ec2 as ec2;
+use ec2::error::{ProvideErrorMetadata, SdkError};
+use ec2::types::{
+    BlockDeviceMapping, EbsBlockDevice, Filter, InstanceInterruptionBehavior,
+    InstanceMarketOptionsRequest, InstanceType, IpPermission, IpRange,
+    MarketType, Placement, ResourceType, SpotInstanceType, SpotMarketOptions, Tag,
+    TagSpecification, VolumeType,
+};
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Canonical's account: the owner of the official Ubuntu images.
+const CANONICAL: &str = "099720109477";
+
+/// Settings of `infra "aws" { … }` that the backend uses.
+#[derive(Debug, Clone, Default)]
+pub struct AwsSettings {
+    pub profile: Option<String>,
+    pub endpoint: Option<String>,
+}
+
+impl AwsSettings {
+    pub fn from_infra(settings: Option<&serde_json::Map<String, serde_json::Value>>) -> Self {
+        let get = |k: &str| {
+            settings
+                .and_then(|s| s.get(k))
+                .and_then(serde_json::Value::as_str)
+                .map(str::to_string)
+        };
+        AwsSettings {
+            profile: get("profile"),
+            endpoint: get("endpoint"),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct AwsProvider {
+    settings: AwsSettings,
+    /// Where skyform keeps the ssh key it imports into each region.
+    key_dir: PathBuf,
+    sdk: tokio::sync::OnceCell<aws_config::SdkConfig>,
+    clients: std::sync::Mutex<BTreeMap<String, ec2::Client>>,
+    /// Default images found, per (region, architecture).
+    images: tokio::sync::Mutex<BTreeMap<(String, &'static str), Image>>,
+    key: tokio::sync::OnceCell<String>,
+    /// Between two looks at instances that are starting or stopping.
+    pub poll: Duration,
+}
+
+#[derive(Debug, Clone)]
+struct Image {
+    id: String,
+    root_device: String,
+}
+
+/// What an attempt made, kept in state as the resource's private identifiers.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+struct Private {
+    lineage: String,
+    /// Unique per attempt: the client token's stem and the `skyform:token` tag.
+    token: String,
+    /// Security group and key pair name.
+    name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    region: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    zone: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    instances: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    security_group: Option<String>,
+}
+
+impl Private {
+    fn read(res: &ResourceState) -> Option<Private> {
+        let mut p: Private = serde_json::from_value(res.private.clone()).ok()?;
+        if p.region.is_none() {
+            p.region = res.placement.as_ref().and_then(|c| c.offering.region.clone());
+        }
+        Some(p)
+    }
+
+    fn value(&self) -> serde_json::Value {
+        serde_json::to_value(self).unwrap_or_default()
+    }
+}
+
+/// One instance as refresh sees it.
+#[derive(Debug, Clone)]
+struct Node {
+    id: String,
+    state: String,
+    zone: Option<String>,
+    private_ip: Option<String>,
+    public_ip: Option<String>,
+    launched: Option<String>,
+}
+
+impl AwsProvider {
+    pub fn new(settings: AwsSettings, key_dir: PathBuf) -> Self {
+        AwsProvider {
+            settings,
+            key_dir,
+            sdk: tokio::sync::OnceCell::new(),
+            clients: std::sync::Mutex::new(BTreeMap::new()),
+            images: tokio::sync::Mutex::new(BTreeMap::new()),
+            key: tokio::sync::OnceCell::new(),
+            poll: Duration::from_secs(2),
+        }
+    }
+
+    /// The region's client, made on first use from the standard credential chain.
+    async fn client(&self, region: &str) -> ec2::Client {
+        if let Some(c) = self.clients.lock().ok().and_then(|m| m.get(region).cloned()) {
+            return c;
+        }
+        let sdk = self
+            .sdk
+            .get_or_init(|| async {
+                let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+                    .retry_config(aws_config::retry::RetryConfig::disabled())
+                    .timeout_config(
+                        aws_config::timeout::TimeoutConfig::builder()
+                            .connect_timeout(Duration::from_secs(10))
+                            .operation_attempt_timeout(Duration::from_secs(60))
+                            .build(),
+                    );
+                if let Some(p) = &self.settings.profile {
+                    loader = loader.profile_name(p);
+                }
+                if let Some(e) = &self.settings.endpoint {
+                    loader = loader.endpoint_url(e);
+                }
+                loader.load().await
+            })
+            .await;
+        let conf = ec2::config::Builder::from(sdk)
+            .region(aws_config::Region::new(region.to_string()))
+            .build();
+        let client = ec2::Client::from_conf(conf);
+        if let Ok(mut m) = self.clients.lock() {
+            m.insert(region.to_string(), client.clone());
+        }
+        client
+    }
+
+    /// The public half of skyform's own ssh key, made with ssh-keygen on first use.
+    async fn public_key(&self) -> Result<String, ProviderError> {
+        self.key
+            .get_or_try_init(|| async {
+                let private = self.key_dir.join("skyform-key");
+                let public = self.key_dir.join("skyform-key.pub");
+                if !public.exists() {
+                    std::fs::create_dir_all(&self.key_dir)?;
+                    let out = tokio::process::Command::new("ssh-keygen")
+                        .args(["-q", "-t", "ed25519", "-N", "", "-C", "skyform", "-f"])
+                        .arg(&private)
+                        .output()
+                        .await
+                        .map_err(|e| {
+                            ProviderError::other(format!(
+                                "cannot run ssh-keygen to make skyform's ssh key: {e}; install the OpenSSH client"
+                            ))
+                        })?;
+                    if !out.status.success() {
+                        return Err(ProviderError::other(format!(
+                            "ssh-keygen failed: {}",
+                            String::from_utf8_lossy(&out.stderr).trim()
+                        )));
+                    }
+                }
+                Ok(std::fs::read_to_string(&public)?.trim().to_string())
+            })
+            .await
+            .cloned()
+    }
+
+    /// `image_id`, else the newest official Ubuntu image for the instance's architecture:
+    /// 24.04 if the region has it, else any Ubuntu server release.
+    async fn image(
+        &self,
+        client: &ec2::Client,
+        region: &str,
+        spec_image: Option<&str>,
+        instance_type: &str,
+    ) -> Result<Image, ProviderError> {
+        if let Some(id) = spec_image {
+            if id.starts_with("docker:") {
+                return Err(ProviderError {
+                    kind: ErrorKind::Config,
+                    message: format!("image_id {id:?} is a container image; EC2 needs an AMI id (ami-…)"),
+                });
+            }
+            let out = client
+                .describe_images()
+                .image_ids(id)
+                .send()
+                .await
+                .map_err(|e| classify("DescribeImages", e))?;
+            let root = out
+                .images()
+                .first()
+                .and_then(|i| i.root_device_name())
+                .unwrap_or("/dev/sda1");
+            return Ok(Image {
+                id: id.to_string(),
+                root_device: root.to_string(),
+            });
+        }
+        let arch = architecture(instance_type);
+        let mut cache = self.images.lock().await;
+        if let Some(i) = cache.get(&(region.to_string(), arch)) {
+            return Ok(i.clone());
+        }
+        let ubuntu_arch = if arch == "arm64" { "arm64" } else { "amd64" };
+        let mut found = None;
+        for pattern in [
+            format!("ubuntu/images/hvm-ssd*/ubuntu-*-24.04-{ubuntu_arch}-server-*"),
+            format!("ubuntu/images/hvm-ssd*/ubuntu-*-{ubuntu_arch}-server-*"),
+        ] {
+            let out = client
+                .describe_images()
+                .owners(CANONICAL)
+                .filters(filter("name", [pattern.as_str()]))
+                .filters(filter("state", ["available"]))
+                .filters(filter("architecture", [arch]))
+                .send()
+                .await
+                .map_err(|e| classify("DescribeImages", e))?;
+            found = out
+                .images()
+                .iter()
+                .filter_map(|i| {
+                    let id = i.image_id()?;
+                    let name = i.name().unwrap_or_default();
+                    Some((
+                        ubuntu_version(name),
+                        i.creation_date().unwrap_or_default().to_string(),
+                        name.to_string(),
+                        Image {
+                            id: id.to_string(),
+                            root_device: i.root_device_name().unwrap_or("/dev/sda1").to_string(),
+                        },
+                    ))
+                })
+                .max_by(|a, b| (&a.0, &a.1, &a.2).cmp(&(&b.0, &b.1, &b.2)))
+                .map(|t| t.3);
+            if found.is_some() {
+                break;
+            }
+        }
+        let image = found.ok_or_else(|| ProviderError {
+            kind: ErrorKind::Config,
+            message: format!(
+                "no Ubuntu image from Canonical found in {region} for {arch}; set image_id in the cluster's resources"
+            ),
+        })?;
+        cache.insert((region.to_string(), arch), image.clone());
+        Ok(image)
+    }
+
+    /// The security group of an attempt (made, or found if an earlier call made it), with SSH
+    /// and the cluster's ports open.
+    async fn security_group(
+        &self,
+        client: &ec2::Client,
+        p: &Private,
+        tags: &[Tag],
+        ports: &[u16],
+    ) -> Result<String, ProviderError> {
+        let made = client
+            .create_security_group()
+            .group_name(&p.name)
+            .description("skyform cluster")
+            .tag_specifications(tag_spec(ResourceType::SecurityGroup, tags))
+            .send()
+            .await;
+        let id = match made {
+            Ok(out) => out.group_id().unwrap_or_default().to_string(),
+            Err(e) if e.code() == Some("InvalidGroup.Duplicate") => {
+                let out = client
+                    .describe_security_groups()
+                    .filters(filter("group-name", [p.name.as_str()]))
+                    .send()
+                    .await
+                    .map_err(|e| classify("DescribeSecurityGroups", e))?;
+                out.security_groups()
+                    .first()
+                    .and_then(|g| g.group_id())
+                    .unwrap_or_default()
+                    .to_string()
+            }
+            Err(e) => return Err(classify("CreateSecurityGroup", e)),
+        };
+        let mut open: Vec<u16> = vec![22];
+        open.extend(ports.iter().copied().filter(|p| *p != 22));
+        let perms: Vec<IpPermission> = open
+            .iter()
+            .map(|port| {
+                IpPermission::builder()
+                    .ip_protocol("tcp")
+                    .from_port(i32::from(*port))
+                    .to_port(i32::from(*port))
+                    .ip_ranges(IpRange::builder().cidr_ip("0.0.0.0/0").build())
+                    .build()
+            })
+            .collect();
+        match client
+            .authorize_security_group_ingress()
+            .group_id(&id)
+            .set_ip_permissions(Some(perms))
+            .send()
+            .await
+        {
+            Ok(_) => {}
+            Err(e) if e.code() == Some("InvalidPermission.Duplicate") => {}
+            Err(e) => return Err(classify("AuthorizeSecurityGroupIngress", e)),
+        }
+        Ok(id)
+    }
+
+    async fn key_pair(
+        &self,
+        client: &ec2::Client,
+        p: &Private,
+        tags: &[Tag],
+    ) -> Result<(), ProviderError> {
+        let key = self.public_key().await?;
+        match client
+            .import_key_pair()
+            .key_name(&p.name)
+            .public_key_material(ec2::primitives::Blob::new(key.into_bytes()))
+            .tag_specifications(tag_spec(ResourceType::KeyPair, tags))
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if e.code() == Some("InvalidKeyPair.Duplicate") => Ok(()),
+            Err(e) => Err(classify("ImportKeyPair", e)),
+        }
+    }
+
+    /// The zones to try for a placement: its own, else the region's available zones.
+    async fn zones(&self, client: &ec2::Client, o: &Offering) -> Result<Vec<String>, ProviderError> {
+        if let Some(z) = &o.zone {
+            return Ok(vec![z.clone()]);
+        }
+        let out = client
+            .describe_availability_zones()
+            .filters(filter("state", ["available"]))
+            .filters(filter("zone-type", ["availability-zone"]))
+            .send()
+            .await
+            .map_err(|e| classify("DescribeAvailabilityZones", e))?;
+        let mut zones: Vec<String> = out
+            .availability_zones()
+            .iter()
+            .filter_map(|z| z.zone_name().map(str::to_string))
+            .collect();
+        zones.sort();
+        Ok(zones)
+    }
+
+    /// Instances of an attempt (by its token tag), plus any recorded ids, not yet terminated.
+    async fn nodes(&self, client: &ec2::Client, p: &Private) -> Result<Vec<Node>, ProviderError> {
+        let out = client
+            .describe_instances()
+            .filters(filter("tag:skyform:token", [p.token.as_str()]))
+            .filters(filter(
+                "instance-state-name",
+                ["pending", "running", "stopping", "stopped"],
+            ))
+            .send()
+            .await
+            .map_err(|e| classify("DescribeInstances", e))?;
+        let mut nodes: Vec<Node> = out
+            .reservations()
+            .iter()
+            .flat_map(|r| r.instances())
+            .map(|i| Node {
+                id: i.instance_id().unwrap_or_default().to_string(),
+                state: i
+                    .state()
+                    .and_then(|s| s.name())
+                    .map(|n| n.as_str().to_string())
+                    .unwrap_or_default(),
+                zone: i
+                    .placement()
+                    .and_then(|p| p.availability_zone())
+                    .map(str::to_string),
+                private_ip: i.private_ip_address().map(str::to_string),
+                public_ip: i.public_ip_address().map(str::to_string),
+                launched: i.ami_launch_index().map(|n| format!("{n:04}")),
+            })
+            .collect();
+        // Head first: the order they were recorded in, then launch index.
+        nodes.sort_by_key(|n| {
+            (
+                p.instances
+                    .iter()
+                    .position(|i| *i == n.id)
+                    .unwrap_or(usize::MAX),
+                n.launched.clone(),
+                n.id.clone(),
+            )
+        });
+        Ok(nodes)
+    }
+
+    /// Waits until every instance runs; one that ends instead is a capacity failure.
+    async fn wait_running(
+        &self,
+        client: &ec2::Client,
+        p: &Private,
+        count: usize,
+    ) -> Result<Vec<Node>, ProviderError> {
+        loop {
+            let nodes = self.nodes(client, p).await?;
+            let gone: Vec<&String> = p
+                .instances
+                .iter()
+                .filter(|id| !nodes.iter().any(|n| &&n.id == id))
+                .collect();
+            if !gone.is_empty() {
+                return Err(ProviderError {
+                    kind: ErrorKind::Capacity,
+                    message: format!(
+                        "instance {} ended while starting (capacity was taken back)",
+                        gone[0]
+                    ),
+                });
+            }
+            if nodes.len() >= count && nodes.iter().all(|n| n.state == "running") {
+                return Ok(nodes);
+            }
+            tokio::time::sleep(self.poll).await;
+        }
+    }
+
+    /// Terminates an attempt's instances and removes its security group and key pair.
+    async fn remove(&self, p: &Private) -> Result<(), ProviderError> {
+        let Some(region) = &p.region else {
+            return Ok(());
+        };
+        let client = self.client(region).await;
+        let mut ids: Vec<String> = self.nodes(&client, p).await?.into_iter().map(|n| n.id).collect();
+        for id in &p.instances {
+            if !ids.contains(id) {
+                ids.push(id.clone());
+            }
+        }
+        if !ids.is_empty() {
+            match client
+                .terminate_instances()
+                .set_instance_ids(Some(ids.clone()))
+                .send()
+                .await
+            {
+                Ok(_) => {}
+                Err(e) if e.code().is_some_and(|c| c.starts_with("InvalidInstanceID")) => {
+                    // Some were gone already: terminate the rest one by one.
+                    for id in &ids {
+                        match client.terminate_instances().instance_ids(id).send().await {
+                            Ok(_) => {}
+                            Err(e) if e.code().is_some_and(|c| c.starts_with("InvalidInstanceID")) => {}
+                            Err(e) => return Err(classify("TerminateInstances", e)),
+                        }
+                    }
+                }
+                Err(e) => return Err(classify("TerminateInstances", e)),
+            }
+        }
+        // The group can go once no instance uses it.
+        let mut tries = 0;
+        loop {
+            let req = client.delete_security_group();
+            let req = match &p.security_group {
+                Some(id) => req.group_id(id),
+                None => req.group_name(&p.name),
+            };
+            match req.send().await {
+                Ok(_) => break,
+                Err(e)
+                    if e.code().is_some_and(|c| {
+                        c.starts_with("InvalidGroup.NotFound") || c == "InvalidGroupId.NotFound"
+                    }) =>
+                {
+                    break;
+                }
+                Err(e) if e.code() == Some("DependencyViolation") && tries < 60 => {
+                    tries += 1;
+                    tokio::time::sleep(self.poll.max(Duration::from_millis(500))).await;
+                }
+                Err(e) => return Err(classify("DeleteSecurityGroup", e)),
+            }
+        }
+        match client.delete_key_pair().key_name(&p.name).send().await {
+            Ok(_) => Ok(()),
+            Err(e) if e.code() == Some("InvalidKeyPair.NotFound") => Ok(()),
+            Err(e) => Err(classify("DeleteKeyPair", e)),
+        }
+    }
+
+    /// Launches the cluster in the placement, trying each zone of a regional placement in
+    /// turn; on failure, what was made is removed again.
+    async fn launch(
+        &self,
+        req: &Request<'_>,
+        p: &mut Private,
+        placement: &Candidate,
+    ) -> Result<Vec<Node>, ProviderError> {
+        let Spec::Cluster(spec) = req.spec else {
+            return Err(ProviderError::other(
+                "the aws backend runs clusters; jobs run on a cluster",
+            ));
+        };
+        let o = &placement.offering;
+        let region = o
+            .region
+            .clone()
+            .ok_or_else(|| ProviderError::other("an aws placement needs a region"))?;
+        p.region = Some(region.clone());
+        let client = self.client(&region).await;
+        let count = placement.num_nodes.max(1) as usize;
+        let tags = vec![
+            tag("Name", &format!("{}", req.address)),
+            tag("skyform:address", &req.address.to_string()),
+            tag("skyform:lineage", &p.lineage),
+            tag("skyform:token", &p.token),
+        ];
+        let image = self
+            .image(&client, &region, spec.resources.image_id.as_deref(), &o.instance_type)
+            .await?;
+        self.key_pair(&client, p, &tags).await?;
+        let sg = self
+            .security_group(&client, p, &tags, &spec.resources.ports)
+            .await?;
+        p.security_group = Some(sg.clone());
+        let mut refused = Vec::new();
+        for zone in self.zones(&client, o).await? {
+            let mut run = client
+                .run_instances()
+                .image_id(&image.id)
+                .instance_type(InstanceType::from(o.instance_type.as_str()))
+                .min_count(count as i32)
+                .max_count(count as i32)
+                .client_token(client_token(&p.token, &zone))
+                .key_name(&p.name)
+                .security_group_ids(&sg)
+                .placement(Placement::builder().availability_zone(&zone).build())
+                .tag_specifications(tag_spec(ResourceType::Instance, &tags))
+                .tag_specifications(tag_spec(ResourceType::Volume, &tags));
+            if o.spot {
+                run = run.instance_market_options(
+                    InstanceMarketOptionsRequest::builder()
+                        .market_type(MarketType::Spot)
+                        .spot_options(
+                            SpotMarketOptions::builder()
+                                .spot_instance_type(SpotInstanceType::OneTime)
+                                .instance_interruption_behavior(
+                                    InstanceInterruptionBehavior::Terminate,
+                                )
+                                .build(),
+                        )
+                        .build(),
+                );
+            }
+            if let Some(gb) = spec.resources.disk_size {
+                run = run.block_device_mappings(
+                    BlockDeviceMapping::builder()
+                        .device_name(&image.root_device)
+                        .ebs(
+                            EbsBlockDevice::builder()
+                                .volume_size(gb as i32)
+                                .volume_type(VolumeType::Gp3)
+                                .delete_on_termination(true)
+                                .build(),
+                        )
+                        .build(),
+                );
+            }
+            match run.send().await {
+                Ok(out) => {
+                    p.zone = Some(zone.clone());
+                    p.instances = out
+                        .instances()
+                        .iter()
+                        .filter_map(|i| i.instance_id().map(str::to_string))
+                        .collect();
+                    return self.wait_running(&client, p, count).await;
+                }
+                Err(e) => {
+                    let err = classify("RunInstances", e);
+                    if err.kind == ErrorKind::Capacity && o.zone.is_none() {
+                        refused.push(format!("{zone}: {}", err.message));
+                        continue;
+                    }
+                    return Err(err);
+                }
+            }
+        }
+        Err(ProviderError {
+            kind: ErrorKind::Capacity,
+            message: if refused.is_empty() {
+                format!("no availability zone in {region}")
+            } else {
+                refused.join("; ")
+            },
+        })
+    }
+
+    fn computed(nodes: &[Node], p: &Private, stopped: bool) -> BTreeMap<String, serde_json::Value> {
+        let ips: Vec<String> = nodes
+            .iter()
+            .map(|n| {
+                n.public_ip
+                    .clone()
+                    .or_else(|| n.private_ip.clone())
+                    .unwrap_or_default()
+            })
+            .collect();
+        let private_ips: Vec<String> = nodes
+            .iter()
+            .map(|n| n.private_ip.clone().unwrap_or_default())
+            .collect();
+        let ids: Vec<&String> = nodes.iter().map(|n| &n.id).collect();
+        BTreeMap::from([
+            ("head_ip".into(), json!(ips.first().cloned().unwrap_or_default())),
+            ("ips".into(), json!(ips)),
+            ("private_ips".into(), json!(private_ips)),
+            ("instance_ids".into(), json!(ids)),
+            (
+                "zone".into(),
+                json!(nodes.first().and_then(|n| n.zone.clone()).or_else(|| p.zone.clone())),
+            ),
+            ("status".into(), json!(if stopped { "STOPPED" } else { "UP" })),
+        ])
+    }
+
+    async fn set_running(&self, res: &ResourceState, run: bool) -> Result<(), ProviderError> {
+        let p = Private::read(res).ok_or_else(|| ProviderError::other("no instances recorded"))?;
+        let region = p
+            .region
+            .clone()
+            .ok_or_else(|| ProviderError::other("no region recorded"))?;
+        let client = self.client(&region).await;
+        let ids = p.instances.clone();
+        if run {
+            client
+                .start_instances()
+                .set_instance_ids(Some(ids))
+                .send()
+                .await
+                .map_err(|e| classify("StartInstances", e))?;
+        } else {
+            client
+                .stop_instances()
+                .set_instance_ids(Some(ids))
+                .send()
+                .await
+                .map_err(|e| classify("StopInstances", e))?;
+        }
+        let want = if run { "running" } else { "stopped" };
+        loop {
+            let nodes = self.nodes(&client, &p).await?;
+            if nodes.iter().all(|n| n.state == want) {
+                return Ok(());
+            }
+            tokio::time::sleep(self.poll).await;
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Provider for AwsProvider {
+    fn name(&self) -> &'static str {
+        "aws"
+    }
+
+    /// Placements on AWS come from the catalogs.
+    async fn offerings(&self) -> Result<Vec<Offering>, ProviderError> {
+        Ok(Vec::new())
+    }
+
+    fn new_private(&self, address: &Address, _spec: &Spec, lineage: &str) -> serde_json::Value {
+        let token = uuid::Uuid::new_v4().simple().to_string();
+        let stem: String = address
+            .name
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '-' })
+            .take(40)
+            .collect();
+        Private {
+            lineage: lineage.to_string(),
+            name: format!("skyform-{stem}-{}", &token[..8]),
+            token,
+            ..Private::default()
+        }
+        .value()
+    }
+
+    async fn refresh(
+        &self,
+        _address: &Address,
+        res: &ResourceState,
+        _cluster: Option<&ResourceState>,
+    ) -> Result<Observed, ProviderError> {
+        let Spec::Cluster(spec) = &res.spec else {
+            return Ok(Observed::Gone {
+                reason: "the aws backend keeps clusters only".into(),
+            });
+        };
+        let Some(mut p) = Private::read(res) else {
+            return Ok(Observed::Gone {
+                reason: "no instances recorded".into(),
+            });
+        };
+        let Some(region) = p.region.clone() else {
+            return Ok(Observed::Gone {
+                reason: "no region recorded".into(),
+            });
+        };
+        let client = self.client(&region).await;
+        let nodes = self.nodes(&client, &p).await?;
+        let want = spec.num_nodes.max(1) as usize;
+        if res.status == Status::Creating {
+            // An apply stopped between RunInstances and its state write: adopt what it made.
+            if nodes.is_empty() {
+                return Ok(Observed::Gone {
+                    reason: "its creation did not start any instance".into(),
+                });
+            }
+            if nodes.len() == want && nodes.iter().all(|n| n.state == "running") {
+                p.instances = nodes.iter().map(|n| n.id.clone()).collect();
+                p.zone = nodes[0].zone.clone();
+                p.security_group = None;
+                return Ok(Observed::Adopted(Created {
+                    computed: Self::computed(&nodes, &p, false),
+                    private: p.value(),
+                }));
+            }
+            return Ok(Observed::Degraded {
+                reason: format!(
+                    "its creation was interrupted with {} of {want} node(s) running",
+                    nodes.iter().filter(|n| n.state == "running").count()
+                ),
+                computed: Self::computed(&nodes, &p, false),
+            });
+        }
+        if let Some((rank, id)) = p
+            .instances
+            .iter()
+            .enumerate()
+            .find(|(_, id)| !nodes.iter().any(|n| &n.id == *id))
+        {
+            return Ok(Observed::Degraded {
+                reason: format!("node {rank} ({id}) was terminated outside skyform"),
+                computed: Self::computed(&nodes, &p, false),
+            });
+        }
+        let stopped = !nodes.is_empty() && nodes.iter().all(|n| n.state != "running");
+        Ok(Observed::Up(Self::computed(&nodes, &p, stopped)))
+    }
+
+    async fn create(&self, req: Request<'_>) -> Result<Created, ProviderError> {
+        let placement = req
+            .placement
+            .cloned()
+            .ok_or_else(|| ProviderError::other("an aws cluster needs a placement"))?;
+        let mut p: Private = serde_json::from_value(req.private.clone())
+            .map_err(|e| ProviderError::other(format!("bad private state: {e}")))?;
+        match self.launch(&req, &mut p, &placement).await {
+            Ok(nodes) => Ok(Created {
+                computed: Self::computed(&nodes, &p, false),
+                private: p.value(),
+            }),
+            Err(e) => {
+                // Nothing of a failed attempt stays behind.
+                if let Err(c) = self.remove(&p).await {
+                    return Err(ProviderError {
+                        kind: e.kind,
+                        message: format!("{}; and cleaning up failed: {}", e.message, c.message),
+                    });
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn update(&self, req: Request<'_>) -> Result<Created, ProviderError> {
+        // Only setup-like attributes change in place; the machines stay as they are.
+        let current = ResourceState {
+            status: Status::Ready,
+            provider: "aws".into(),
+            spec: req.spec.clone(),
+            computed: BTreeMap::new(),
+            private: req.private.clone(),
+            placement: req.placement.cloned(),
+            dependencies: Vec::new(),
+            sensitive: Vec::new(),
+            attempts: Vec::new(),
+            leftovers: Vec::new(),
+        };
+        match self.refresh(req.address, &current, None).await? {
+            Observed::Up(computed) => Ok(Created {
+                computed,
+                private: req.private.clone(),
+            }),
+            Observed::Adopted(c) => Ok(c),
+            Observed::Degraded { reason, .. } | Observed::Gone { reason } => {
+                Err(ProviderError::other(reason))
+            }
+        }
+    }
+
+    async fn delete(
+        &self,
+        _address: &Address,
+        res: &ResourceState,
+        _cluster: Option<&ResourceState>,
+    ) -> Result<(), ProviderError> {
+        match Private::read(res) {
+            Some(p) => self.remove(&p).await,
+            None => Ok(()),
+        }
+    }
+
+    async fn stop(&self, res: &ResourceState) -> Result<(), ProviderError> {
+        self.set_running(res, false).await
+    }
+
+    async fn start(&self, res: &ResourceState) -> Result<(), ProviderError> {
+        self.set_running(res, true).await
+    }
+
+    fn log_paths(&self, _res: &ResourceState, _cluster: Option<&ResourceState>) -> Vec<PathBuf> {
+        Vec::new()
+    }
+}
+
+/// Sorts an EC2 error into what the failover engine does with it.
+pub fn classify<E, R>(op: &str, e: SdkError<E, R>) -> ProviderError
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    let (kind, message) = match &e {
+        SdkError::TimeoutError(_) => (ErrorKind::Timeout, format!("{op}: no answer in time")),
+        SdkError::DispatchFailure(_) => (
+            ErrorKind::Transient,
+            format!(
+                "{op}: cannot reach EC2: {}",
+                ec2::error::DisplayErrorContext(&e)
+            ),
+        ),
+        SdkError::ResponseError(_) => (ErrorKind::Transient, format!("{op}: unreadable answer")),
+        _ => {
+            let code = e.code().unwrap_or("Unknown");
+            let text = e.message().unwrap_or_default();
+            let kind = kind_of(code);
+            (kind, format!("{op}: {code}: {text}").trim_end_matches([' ', ':']).to_string())
+        }
+    };
+    ProviderError { kind, message }
+}
+
+/// The failover kind of an EC2 error code.
+pub fn kind_of(code: &str) -> ErrorKind {
+    match code {
+        "InsufficientInstanceCapacity"
+        | "InsufficientHostCapacity"
+        | "InsufficientReservedInstanceCapacity"
+        | "InsufficientCapacity"
+        | "SpotMaxPriceTooLow"
+        | "Unsupported"
+        | "InsufficientFreeAddressesInSubnet" => ErrorKind::Capacity,
+        "VcpuLimitExceeded"
+        | "MaxSpotInstanceCountExceeded"
+        | "InstanceLimitExceeded"
+        | "SecurityGroupLimitExceeded"
+        | "KeyPairLimitExceeded"
+        | "RulesPerSecurityGroupLimitExceeded" => ErrorKind::Quota,
+        "AuthFailure"
+        | "UnauthorizedOperation"
+        | "InvalidClientTokenId"
+        | "SignatureDoesNotMatch"
+        | "OptInRequired"
+        | "Blocked"
+        | "PendingVerification"
+        | "InvalidParameterCombination" => ErrorKind::Config,
+        c if c.starts_with("InvalidAMIID") || c.starts_with("AuthFailure") => ErrorKind::Config,
+        "RequestLimitExceeded" | "Throttling" | "ThrottlingException" | "InternalError"
+        | "InternalFailure" | "ServiceUnavailable" | "Unavailable" | "RequestTimeout" => {
+            ErrorKind::Transient
+        }
+        c if c.ends_with(".NotFound") => ErrorKind::NotFound,
+        _ => ErrorKind::Other,
+    }
+}
+
+/// `arm64` for Graviton families (m7g, c6gn, t4g, …), else `x86_64`.
+fn architecture(instance_type: &str) -> &'static str {
+    let family = instance_type.split('.').next().unwrap_or_default();
+    let after_digit = family
+        .trim_start_matches(|c: char| c.is_ascii_alphabetic())
+        .trim_start_matches(|c: char| c.is_ascii_digit());
+    if after_digit.starts_with('g') {
+        "arm64"
+    } else {
+        "x86_64"
+    }
+}
+
+/// `24.04` from `ubuntu/images/hvm-ssd-gp3/ubuntu-noble-24.04-amd64-server-…`, as a
+/// sortable pair.
+fn ubuntu_version(name: &str) -> (u32, u32) {
+    name.split('-')
+        .find_map(|part| {
+            let (a, b) = part.split_once('.')?;
+            Some((a.parse().ok()?, b.parse().ok()?))
+        })
+        .unwrap_or((0, 0))
+}
+
+/// One token per attempt and zone (EC2 allows 64 ASCII characters).
+fn client_token(token: &str, zone: &str) -> String {
+    let mut t = format!("{token}-{zone}");
+    t.truncate(64);
+    t
+}
+
+fn filter<'a>(name: &str, values: impl IntoIterator<Item = &'a str>) -> Filter {
+    Filter::builder()
+        .name(name)
+        .set_values(Some(values.into_iter().map(str::to_string).collect()))
+        .build()
+}
+
+fn tag(k: &str, v: &str) -> Tag {
+    Tag::builder().key(k).value(v).build()
+}
+
+fn tag_spec(kind: ResourceType, tags: &[Tag]) -> TagSpecification {
+    TagSpecification::builder()
+        .resource_type(kind)
+        .set_tags(Some(tags.to_vec()))
+        .build()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_steer_failover() {
+        assert_eq!(kind_of("InsufficientInstanceCapacity"), ErrorKind::Capacity);
+        assert_eq!(kind_of("SpotMaxPriceTooLow"), ErrorKind::Capacity);
+        assert_eq!(kind_of("VcpuLimitExceeded"), ErrorKind::Quota);
+        assert_eq!(kind_of("MaxSpotInstanceCountExceeded"), ErrorKind::Quota);
+        assert_eq!(kind_of("AuthFailure"), ErrorKind::Config);
+        assert_eq!(kind_of("InvalidAMIID.NotFound"), ErrorKind::Config);
+        assert_eq!(kind_of("RequestLimitExceeded"), ErrorKind::Transient);
+        assert_eq!(kind_of("InvalidGroup.NotFound"), ErrorKind::NotFound);
+        assert_eq!(kind_of("Whatever"), ErrorKind::Other);
+    }
+
+    #[test]
+    fn graviton_is_arm() {
+        assert_eq!(architecture("m7g.large"), "arm64");
+        assert_eq!(architecture("c6gn.xlarge"), "arm64");
+        assert_eq!(architecture("g5g.xlarge"), "arm64");
+        assert_eq!(architecture("g5.xlarge"), "x86_64");
+        assert_eq!(architecture("p4d.24xlarge"), "x86_64");
+        assert_eq!(architecture("m5.large"), "x86_64");
+    }
+
+    #[test]
+    fn newest_ubuntu_sorts_first() {
+        assert!(
+            ubuntu_version("ubuntu/images/hvm-ssd-gp3/ubuntu-noble-24.04-amd64-server-20250101")
+                > ubuntu_version("ubuntu/images/hvm-ssd/ubuntu-jammy-22.04-amd64-server-20250101")
+        );
+        assert_eq!(ubuntu_version("other"), (0, 0));
+    }
+
+    #[test]
+    fn tokens_fit_ec2() {
+        let t = client_token(&"a".repeat(32), "ap-southeast-2-akl-1a");
+        assert!(t.len() <= 64);
+    }
+}
