@@ -18,7 +18,7 @@ start)
   echo $! >"$MOTO_DIR/pid"
   for _ in $(seq 1 100); do
     if python3 -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$port/moto-api/')" 2>/dev/null; then
-      echo "export SKYFORM_TEST_S3_ENDPOINT=http://127.0.0.1:$port MOTO_DIR=$MOTO_DIR"
+      echo "export SKYFORM_TEST_S3_ENDPOINT=http://127.0.0.1:$port SKYFORM_TEST_MOTO_ENDPOINT=http://127.0.0.1:$port MOTO_DIR=$MOTO_DIR"
       exit 0
     fi
     sleep 0.1

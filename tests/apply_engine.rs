@@ -27,7 +27,7 @@ impl Provider for Fake {
     async fn offerings(&self) -> Result<Vec<Offering>, ProviderError> {
         Ok(vec![])
     }
-    fn new_private(&self, address: &Address, _: &Spec) -> serde_json::Value {
+    fn new_private(&self, address: &Address, _: &Spec, _: &str) -> serde_json::Value {
         serde_json::json!({ "id": address.to_string() })
     }
     async fn refresh(
@@ -146,6 +146,7 @@ async fn run(
         parallelism: 10,
         on_event: &on_event,
         interrupt: rx,
+        failover: skyform::apply::FailoverOptions::default(),
     };
     let mut state = prior.clone();
     let summary = applier.apply(&plan, &mut state).await.unwrap();
@@ -246,7 +247,7 @@ impl Provider for Cloud {
     async fn offerings(&self) -> Result<Vec<Offering>, ProviderError> {
         Ok(vec![])
     }
-    fn new_private(&self, address: &Address, _: &Spec) -> serde_json::Value {
+    fn new_private(&self, address: &Address, _: &Spec, _: &str) -> serde_json::Value {
         serde_json::json!({ "id": address.to_string() })
     }
     async fn refresh(
@@ -341,6 +342,7 @@ async fn a_full_placement_fails_over_to_the_next_one_in_the_plan() {
         parallelism: 4,
         on_event: &on_event,
         interrupt: rx,
+        failover: skyform::apply::FailoverOptions::default(),
     };
     let mut state = State::new();
     let summary = applier.apply(&plan, &mut state).await.unwrap();
@@ -393,6 +395,7 @@ async fn a_full_placement_fails_over_to_the_next_one_in_the_plan() {
         parallelism: 4,
         on_event: &on_event,
         interrupt: rx,
+        failover: skyform::apply::FailoverOptions::default(),
     };
     let mut state = State::new();
     let summary = applier.apply(&plan, &mut state).await.unwrap();

@@ -88,6 +88,10 @@ pub struct Plan {
     /// Things refresh noticed (a node gone, a sandbox removed by hand).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub drift: Vec<String>,
+    /// Resources with earlier failed attempts whose clean-up was not confirmed: apply
+    /// removes what those attempts left behind.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub leftovers: Vec<Address>,
 }
 
 impl Plan {
@@ -104,6 +108,7 @@ impl Plan {
     pub fn has_changes(&self) -> bool {
         self.changes.iter().any(|c| c.action.is_change())
             || self.outputs.values().any(|o| o.action.is_change())
+            || !self.leftovers.is_empty()
     }
 }
 
@@ -263,7 +268,9 @@ impl Resolver for Planner<'_> {
         let mut candidates = Vec::new();
         let mut excluded = Vec::new();
         if let Some((request, nodes)) = inst.spec.placement_request() {
-            if matches!(action, Action::Create | Action::Replace) {
+            if self.options.destroy {
+                // Destroying needs no placement: nothing is created.
+            } else if matches!(action, Action::Create | Action::Replace) {
                 match self.placements(request, nodes) {
                     Ok((c, e)) => {
                         excluded = e;
@@ -623,6 +630,12 @@ pub fn plan(
         cost_before,
         cost_after,
         drift: options.drift.clone(),
+        leftovers: state
+            .resources
+            .iter()
+            .filter(|(_, r)| !r.leftovers.is_empty())
+            .map(|(a, _)| a.clone())
+            .collect(),
     };
     (plan, diags)
 }

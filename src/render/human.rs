@@ -255,8 +255,21 @@ pub fn plan(p: &Plan, s: &Style) -> String {
         }
         out.push('\n');
     }
+    if !p.leftovers.is_empty() {
+        let _ = writeln!(
+            out,
+            "Earlier attempts may have left machines behind (their clean-up was not confirmed); apply removes them:"
+        );
+        for a in &p.leftovers {
+            let _ = writeln!(out, "  - {a}");
+        }
+        out.push('\n');
+    }
     let changed: Vec<&Change> = p.changes.iter().filter(|c| c.action.is_change()).collect();
-    if changed.is_empty() && !p.outputs.values().any(|o| o.action.is_change()) {
+    if changed.is_empty()
+        && !p.outputs.values().any(|o| o.action.is_change())
+        && p.leftovers.is_empty()
+    {
         let _ = writeln!(
             out,
             "{}",

@@ -123,6 +123,9 @@ pub struct JsonPlan<'a> {
     resource_changes: Vec<JsonChange<'a>>,
     output_changes: Map<String, Value>,
     drift: &'a [String],
+    /// Resources whose earlier attempts may have left machines behind.
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    leftovers: &'a [crate::model::Address],
     summary: JsonSummary,
     cost: JsonCost,
 }
@@ -222,6 +225,7 @@ pub fn plan(p: &Plan) -> JsonPlan<'_> {
         resource_changes: changes,
         output_changes: outputs,
         drift: &p.drift,
+        leftovers: &p.leftovers,
         summary: JsonSummary {
             add,
             change,
