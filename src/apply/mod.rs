@@ -62,6 +62,8 @@ pub enum Event {
         instance_type: String,
         error: String,
         seconds: f64,
+        /// What the failure ruled out: `zone us-east-1a`, `region us-east-1`, `cloud aws`.
+        blocked: String,
         next: String,
     },
     Failed {
@@ -352,6 +354,7 @@ impl Applier<'_> {
                                     instance_type: tried.offering.instance_type.clone(),
                                     error: e.message.clone(),
                                     seconds: outcome.seconds,
+                                    blocked: blocked_what(e.kind, &tried),
                                     next: to,
                                 });
                                 unfinished.insert(outcome.node.clone());
@@ -958,6 +961,20 @@ fn block_for(kind: crate::providers::ErrorKind, c: &crate::optimizer::Candidate)
         ErrorKind::Config => o.cloud.clone(),
         _ if o.zone.is_some() => o.infra(),
         _ => c.key(),
+    }
+}
+
+/// [`block_for`] in words, for the apply output.
+fn blocked_what(kind: crate::providers::ErrorKind, c: &crate::optimizer::Candidate) -> String {
+    use crate::providers::ErrorKind;
+    let o = &c.offering;
+    match (kind, &o.region, &o.zone) {
+        (ErrorKind::Config, _, _) | (_, None, _) => format!("{} blocked", o.cloud),
+        (ErrorKind::Quota | ErrorKind::Timeout | ErrorKind::Transient, Some(r), _) => {
+            format!("{}/{r} blocked", o.cloud)
+        }
+        (_, _, Some(_)) => format!("{} blocked", o.infra()),
+        (_, Some(_), None) => format!("{} {} blocked", o.infra(), o.instance_type),
     }
 }
 

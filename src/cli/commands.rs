@@ -1115,24 +1115,22 @@ fn print_summary(s: &Summary, plan: &Plan, state: &State, destroy: bool, style: 
         .collect();
     if !history.is_empty() {
         say!("\nFailover history");
+        let rows: Vec<Vec<String>> = history
+            .iter()
+            .map(|(a, t)| {
+                vec![
+                    a.to_string(),
+                    t.infra.clone(),
+                    t.instance_type.clone(),
+                    format!("{:.1}s", t.seconds),
+                    t.result.clone(),
+                ]
+            })
+            .collect();
         say!(
-            "  {:<28} {:<34} {:<18} {:<36} {:>7}",
-            "resource",
-            "infra",
-            "instance",
-            "result",
-            "time"
+            "{}",
+            render::human::table(&["resource", "infra", "instance", "time", "result"], &rows)
         );
-        for (a, t) in history {
-            say!(
-                "  {:<28} {:<34} {:<18} {:<36} {:>6.1}s",
-                a.to_string(),
-                t.infra,
-                t.instance_type,
-                t.result,
-                t.seconds
-            );
-        }
     }
     if !state.outputs.is_empty() && !destroy {
         say!("\nOutputs:");

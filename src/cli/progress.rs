@@ -39,10 +39,11 @@ impl Progress {
                 instance_type,
                 error,
                 seconds,
+                blocked,
                 next,
             } => {
                 format!(
-                    "{address}: {infra} {instance_type} — {error} ({seconds:.1}s); trying {next}"
+                    "{address}: {infra} {instance_type} failed after {seconds:.1}s: {error}\n{address}:   {blocked}; trying {next}"
                 )
             }
             Event::Skipped { address, because } => {
