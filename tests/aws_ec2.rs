@@ -589,3 +589,45 @@ async fn a_terminated_node_is_replaced() {
     w.ok(&["destroy", "-auto-approve"]);
     assert!(w.proxy.live("us-east-1").await.is_empty());
 }
+
+/// stop keeps the machines (stopped), start runs them again; state follows both.
+#[tokio::test]
+#[ignore = "needs moto: run ./scripts/test.sh"]
+async fn stop_and_start_keep_the_machines() {
+    let w = Work::new(
+        &["us-east-1"],
+        r#"
+cluster "dev" {
+  resources {
+    instance_type = "m6i.large"
+  }
+}
+"#,
+    );
+    w.ok(&["apply", "-auto-approve"]);
+    let before = w.proxy.live("us-east-1").await;
+    let states = |p: &Proxy| {
+        let c = p.client("us-east-1");
+        async move {
+            let out = c.describe_instances().send().await.unwrap();
+            out.reservations()
+                .iter()
+                .flat_map(|r| r.instances())
+                .map(|i| i.state().and_then(|s| s.name()).unwrap().as_str().to_string())
+                .collect::<Vec<_>>()
+        }
+    };
+    let out = w.ok(&["stop", "cluster.dev"]);
+    assert!(out.contains("stopped"), "{out}");
+    assert_eq!(states(&w.proxy).await, ["stopped"]);
+    assert_eq!(w.state()["resources"]["cluster.dev"]["computed"]["status"], "STOPPED");
+    let plan = w.ok(&["plan"]);
+    assert!(plan.contains("No changes"), "a stopped cluster is not drift: {plan}");
+    w.ok(&["start", "cluster.dev"]);
+    assert_eq!(states(&w.proxy).await, ["running"]);
+    assert_eq!(w.state()["resources"]["cluster.dev"]["computed"]["status"], "UP");
+    assert_eq!(w.proxy.live("us-east-1").await, before, "the same machine");
+    let (ok, text) = w.run(&["stop", "job.nothing"]);
+    assert!(!ok && text.contains("only clusters"), "{text}");
+    w.ok(&["destroy", "-auto-approve"]);
+}

@@ -511,6 +511,8 @@ pub async fn run(cli: Cli) -> i32 {
             force_unlock(&ctx(base.clone()), &lock_id, force).await
         }
         Command::Status { json } => status(&ctx(base.clone()), json).await,
+        Command::Stop { cluster, lock } => power(&ctx(base.clone()), &cluster, false, &lock).await,
+        Command::Start { cluster, lock } => power(&ctx(base.clone()), &cluster, true, &lock).await,
         Command::Logs { address, follow } => logs(&ctx(base.clone()), &address, follow).await,
         Command::Graph { dir, format } => graph(&ctx(dir_of(&dir)), &format),
         Command::Offers {
@@ -1858,6 +1860,53 @@ async fn edit_state(
         store.write(&state).await?;
         say!("{message}");
         Ok(())
+    }
+    .await;
+    guard.release().await;
+    result
+}
+
+/// `stop` / `start`: the cluster's backend stops or starts its machines; state follows.
+async fn power(ctx: &Ctx, address: &str, run: bool, flags: &LockFlags) -> Result<i32> {
+    let addr: Address = parse_addrs(&[address.to_string()])?.remove(0);
+    if addr.kind != crate::model::Kind::Cluster {
+        return Err(Failure::new(format!("{addr} is not a cluster; only clusters stop and start")));
+    }
+    let (config, _) = ctx.load_config()?;
+    let registry = ctx.registry(Some(&config));
+    let store = ctx.store().await?;
+    let op = if run { "start" } else { "stop" };
+    let guard = lock(store.as_ref(), op, flags).await?;
+    let result = async {
+        let mut state = store.read().await?.unwrap_or_default();
+        let res = state.resources.get(&addr).cloned().ok_or_else(|| {
+            Failure::new(format!("{addr} is not in state")).hint("`skyform state list` shows what is")
+        })?;
+        let p = registry.get(&res.provider).ok_or_else(|| {
+            Failure::new(format!("provider {:?} is not available in this build", res.provider))
+        })?;
+        let done = if run { p.start(&res).await } else { p.stop(&res).await };
+        done.map_err(|e| Failure::new(format!("cannot {op} {addr}: {e}")))?;
+        // Addresses change across a stop and start: record what is true now.
+        let now = p.refresh(&addr, &res, None).await;
+        if let Some(r) = state.resources.get_mut(&addr) {
+            if let Ok(crate::providers::Observed::Up(c)) = now {
+                r.computed.extend(c);
+            }
+            r.computed.insert(
+                "status".into(),
+                serde_json::json!(if run { "UP" } else { "STOPPED" }),
+            );
+        }
+        state.serial += 1;
+        store.write(&state).await?;
+        if run {
+            say!("{addr} started.");
+        } else {
+            say!("{addr} stopped; its disks are kept.");
+            say!("hint: `skyform start {addr}` starts it again; `skyform destroy` removes it");
+        }
+        Ok(0)
     }
     .await;
     guard.release().await;

@@ -242,6 +242,18 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Stop a cluster's machines, keeping their disks (clouds that support it).
+    Stop {
+        cluster: String,
+        #[command(flatten)]
+        lock: LockFlags,
+    },
+    /// Start a stopped cluster again.
+    Start {
+        cluster: String,
+        #[command(flatten)]
+        lock: LockFlags,
+    },
     /// A job's output.
     Logs {
         address: String,
