@@ -14,7 +14,8 @@ chosen requests with EC2's error XML or hang them:
 Each key but error/hang/status/times is a condition (missing = any). The region is read from
 the request's SigV4 credential scope; the zone and instance type from the form body.
 `times: N` makes a rule apply to its first N matches only. `GET /_proxy/log` lists the
-RunInstances calls seen, in order, with what the proxy did.
+RunInstances calls seen, in order, with what the proxy did and when; `GET /_proxy/stats`
+counts forwarded requests and the seconds spent waiting for moto (for benchmarks).
 
 Prints the port it listens on, then serves until killed.
 
@@ -41,6 +42,7 @@ lock = threading.Lock()
 rules = json.loads(args.rules)
 hits = {}
 log = []
+stats = {"requests": 0, "upstream_seconds": 0.0}
 
 STATUS = {
     "AuthFailure": 401,
@@ -108,6 +110,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 rules = json.loads(body or b"[]")
                 hits.clear()
             return self.reply(200, b"{}", "application/json")
+        if self.path.startswith("/_proxy/stats"):
+            with lock:
+                data = json.dumps(stats).encode()
+            return self.reply(200, data, "application/json")
         if self.path.startswith("/_proxy/log"):
             with lock:
                 data = json.dumps(log).encode()
@@ -124,7 +130,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 else:
                     outcome = rule.get("error", "forwarded")
             with lock:
-                log.append(dict(req, outcome=outcome))
+                log.append(dict(req, outcome=outcome, t=time.time()))
         if rule is not None and rule.get("hang"):
             # Hold the request until the client gives up (or an hour passes).
             time.sleep(float(rule.get("seconds", 3600)))
@@ -133,6 +139,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if rule is not None and rule.get("error"):
             code = rule["error"]
             return self.reply(rule.get("status", STATUS.get(code, 400)), error_xml(code))
+        started = time.monotonic()
         conn = http.client.HTTPConnection(target.hostname, target.port, timeout=60)
         headers = {k: v for k, v in self.headers.items() if k.lower() not in ("connection", "x-moto-account-id")}
         headers["x-moto-account-id"] = args.account
@@ -140,6 +147,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
         resp = conn.getresponse()
         data = resp.read()
         conn.close()
+        with lock:
+            stats["requests"] += 1
+            stats["upstream_seconds"] += time.monotonic() - started
         if rule is not None and rule.get("hang_after"):
             time.sleep(float(rule.get("seconds", 3600)))
             self.close_connection = True

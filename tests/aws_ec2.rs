@@ -249,12 +249,12 @@ async fn failover_walks_the_plan_and_blocks_zone_then_region() {
     let w = Work::new(&["us-east-1", "us-west-2"], SPOT_A10G);
     let cands = w.candidates();
     let first = zone_of(&cands[0]);
-    let second = cands
-        .iter()
-        .map(zone_of)
-        .find(|z| *z != first)
-        .unwrap();
-    assert_eq!(&second[..9], &first[..9], "the next zone is in the same region");
+    let second = cands.iter().map(zone_of).find(|z| *z != first).unwrap();
+    assert_eq!(
+        &second[..9],
+        &first[..9],
+        "the next zone is in the same region"
+    );
     let region = cands[0]["region"].as_str().unwrap().to_string();
     let third = cands
         .iter()
@@ -268,7 +268,11 @@ async fn failover_walks_the_plan_and_blocks_zone_then_region() {
     let out = w.ok(&["apply", "-auto-approve"]);
     let calls = w.proxy.calls();
     let zones: Vec<&str> = calls.iter().map(|c| c.0.as_str()).collect();
-    assert_eq!(zones, [first.as_str(), second.as_str(), third.as_str()], "{out}");
+    assert_eq!(
+        zones,
+        [first.as_str(), second.as_str(), third.as_str()],
+        "{out}"
+    );
     assert_eq!(calls[0].2, "InsufficientInstanceCapacity");
     assert_eq!(calls[1].2, "VcpuLimitExceeded");
     assert!(out.contains("Failover history"), "{out}");
@@ -318,7 +322,10 @@ cluster "dev" {
     let out = w.ok(&["apply", "-auto-approve"]);
     assert_eq!(w.proxy.calls().len(), 1, "{out}");
     let state = w.state();
-    assert_eq!(state["resources"]["cluster.dev"]["provider"], "local", "{out}");
+    assert_eq!(
+        state["resources"]["cluster.dev"]["provider"], "local",
+        "{out}"
+    );
     w.ok(&["destroy", "-auto-approve"]);
 }
 
@@ -347,7 +354,10 @@ cluster "web" {
     assert_eq!(zones, ["us-east-1a", "us-east-1b"]);
     let live = w.proxy.live("us-east-1").await;
     assert_eq!(live.len(), 2, "both nodes");
-    assert!(live.iter().all(|l| l.1 == "us-east-1b"), "in one zone: {live:?}");
+    assert!(
+        live.iter().all(|l| l.1 == "us-east-1b"),
+        "in one zone: {live:?}"
+    );
     let state = w.state();
     let ids = state["resources"]["cluster.web"]["computed"]["instance_ids"]
         .as_array()
@@ -410,7 +420,8 @@ async fn a_dead_region_is_skipped_and_cleaned_up_later() {
     let w = Work::new(&["us-east-1", "us-west-2"], SPOT_A10G);
     let cands = w.candidates();
     let region = cands[0]["region"].as_str().unwrap().to_string();
-    w.proxy.rules(serde_json::json!([{"region": region, "hang": true}]));
+    w.proxy
+        .rules(serde_json::json!([{"region": region, "hang": true}]));
     let out = w.ok(&["apply", "-auto-approve", "-attempt-timeout=2s"]);
     let state = w.state();
     let r = &state["resources"]["cluster.train"];
@@ -419,7 +430,10 @@ async fn a_dead_region_is_skipped_and_cleaned_up_later() {
     assert_eq!(r["leftovers"].as_array().map(Vec::len), Some(1), "{r}");
     w.proxy.rules(serde_json::json!([]));
     let out = w.ok(&["apply", "-auto-approve"]);
-    assert!(out.contains("removed what an earlier attempt left behind"), "{out}");
+    assert!(
+        out.contains("removed what an earlier attempt left behind"),
+        "{out}"
+    );
     assert!(w.state()["resources"]["cluster.train"]["leftovers"].is_null());
     w.ok(&["destroy", "-auto-approve"]);
     assert_eq!(w.proxy.groups_and_keys(&region).await, (vec![], vec![]));
@@ -532,7 +546,10 @@ cluster "train" {
         .unwrap();
     let t = Instant::now();
     while w.proxy.calls().is_empty() {
-        assert!(t.elapsed() < Duration::from_secs(60), "RunInstances never came");
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "RunInstances never came"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     // moto has answered the proxy by now; give it a moment, then kill skyform.
@@ -564,18 +581,29 @@ cluster "train" {
     assert!(w.proxy.live("us-east-1").await.is_empty());
 }
 
-/// A node terminated outside skyform: the plan replaces the cluster, apply does.
+/// A node terminated outside skyform: the plan replaces the cluster, apply does; and again
+/// with all nodes gone (the replace removes the group and key pair left behind).
 #[tokio::test]
 #[ignore = "needs moto: run ./scripts/test.sh"]
 async fn a_terminated_node_is_replaced() {
-    let w = Work::new(&["us-east-1"], SPOT_A10G);
+    let w = Work::new(
+        &["us-east-1"],
+        r#"
+cluster "train" {
+  num_nodes = 2
+  resources {
+    accelerators = "A10G:1"
+    use_spot     = true
+  }
+}
+"#,
+    );
     w.ok(&["apply", "-auto-approve"]);
     let before = w.proxy.live("us-east-1").await;
-    assert_eq!(before.len(), 1);
-    w.proxy
-        .client("us-east-1")
-        .terminate_instances()
-        .instance_ids(&before[0].0)
+    assert_eq!(before.len(), 2);
+    let ec2 = w.proxy.client("us-east-1");
+    ec2.terminate_instances()
+        .instance_ids(&before[1].0)
         .send()
         .await
         .unwrap();
@@ -584,12 +612,69 @@ async fn a_terminated_node_is_replaced() {
     assert!(plan.contains("must be replaced"), "{plan}");
     w.ok(&["apply", "-auto-approve"]);
     let after = w.proxy.live("us-east-1").await;
-    assert_eq!(after.len(), 1);
-    assert_ne!(after[0].0, before[0].0);
+    assert_eq!(after.len(), 2);
+    assert!(
+        after.iter().all(|a| !before.contains(a)),
+        "both nodes are new"
+    );
+
+    let ids: Vec<String> = after.iter().map(|a| a.0.clone()).collect();
+    ec2.terminate_instances()
+        .set_instance_ids(Some(ids))
+        .send()
+        .await
+        .unwrap();
+    let plan = w.ok(&["plan"]);
+    assert!(
+        plan.contains("all its instances were terminated outside skyform"),
+        "{plan}"
+    );
+    w.ok(&["apply", "-auto-approve"]);
+    assert_eq!(w.proxy.live("us-east-1").await.len(), 2);
     w.ok(&["destroy", "-auto-approve"]);
     assert!(w.proxy.live("us-east-1").await.is_empty());
+    assert_eq!(w.proxy.groups_and_keys("us-east-1").await, (vec![], vec![]));
 }
 
+/// The AWS backend passes the provider conformance suite.
+#[tokio::test]
+#[ignore = "needs moto: run ./scripts/test.sh"]
+async fn aws_backend_conforms() {
+    use skyform::providers::aws::{AwsProvider, AwsSettings};
+    use skyform::providers::conformance::{self, Fixture};
+    let w = Work::new(&["us-east-1"], SPOT_A10G);
+    w.ok(&["plan", "-out=plan.json"]);
+    let saved: skyform::plan::Plan =
+        serde_json::from_slice(&std::fs::read(w.path().join("plan.json")).unwrap()).unwrap();
+    let change = &saved.changes[0];
+    let p = AwsProvider::new(
+        AwsSettings {
+            profile: None,
+            endpoint: Some(w.proxy.url.clone()),
+            static_keys: Some(("testing".into(), "testing".into())),
+        },
+        w.path().join("home/.skyform/ssh"),
+    );
+    let mut spec = change.after.clone().unwrap();
+    if let skyform::model::Spec::Cluster(c) = &mut spec {
+        c.num_nodes = 2;
+    }
+    let mut placement = change.candidates[0].clone();
+    placement.num_nodes = 2;
+    conformance::run(
+        &p,
+        &Fixture {
+            address: change.address.clone(),
+            spec,
+            placement: Some(placement),
+            root: w.path().to_path_buf(),
+            lineage: "conformance".into(),
+        },
+    )
+    .await;
+    assert!(w.proxy.live("us-east-1").await.is_empty());
+    assert_eq!(w.proxy.groups_and_keys("us-east-1").await, (vec![], vec![]));
+}
 /// stop keeps the machines (stopped), start runs them again; state follows both.
 #[tokio::test]
 #[ignore = "needs moto: run ./scripts/test.sh"]
@@ -613,19 +698,34 @@ cluster "dev" {
             out.reservations()
                 .iter()
                 .flat_map(|r| r.instances())
-                .map(|i| i.state().and_then(|s| s.name()).unwrap().as_str().to_string())
+                .map(|i| {
+                    i.state()
+                        .and_then(|s| s.name())
+                        .unwrap()
+                        .as_str()
+                        .to_string()
+                })
                 .collect::<Vec<_>>()
         }
     };
     let out = w.ok(&["stop", "cluster.dev"]);
     assert!(out.contains("stopped"), "{out}");
     assert_eq!(states(&w.proxy).await, ["stopped"]);
-    assert_eq!(w.state()["resources"]["cluster.dev"]["computed"]["status"], "STOPPED");
+    assert_eq!(
+        w.state()["resources"]["cluster.dev"]["computed"]["status"],
+        "STOPPED"
+    );
     let plan = w.ok(&["plan"]);
-    assert!(plan.contains("No changes"), "a stopped cluster is not drift: {plan}");
+    assert!(
+        plan.contains("No changes"),
+        "a stopped cluster is not drift: {plan}"
+    );
     w.ok(&["start", "cluster.dev"]);
     assert_eq!(states(&w.proxy).await, ["running"]);
-    assert_eq!(w.state()["resources"]["cluster.dev"]["computed"]["status"], "UP");
+    assert_eq!(
+        w.state()["resources"]["cluster.dev"]["computed"]["status"],
+        "UP"
+    );
     assert_eq!(w.proxy.live("us-east-1").await, before, "the same machine");
     let (ok, text) = w.run(&["stop", "job.nothing"]);
     assert!(!ok && text.contains("only clusters"), "{text}");

@@ -535,7 +535,7 @@ impl Applier<'_> {
                     dependencies: change.depends_on.clone(),
                     sensitive: change.sensitive.clone(),
                     attempts: Vec::new(),
- leftovers: Vec::new(),
+                    leftovers: Vec::new(),
                 },
             );
             intent = true;
@@ -678,11 +678,9 @@ impl Applier<'_> {
                 old.placement = l.placement.clone();
                 old.status = Status::Creating;
                 old.leftovers.clear();
-                let gone = tokio::time::timeout(
-                    self.failover.attempt_timeout,
-                    p.delete(addr, &old, None),
-                )
-                .await;
+                let gone =
+                    tokio::time::timeout(self.failover.attempt_timeout, p.delete(addr, &old, None))
+                        .await;
                 match gone {
                     Ok(Ok(())) => {
                         (self.on_event)(&Event::Done {

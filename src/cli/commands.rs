@@ -1870,7 +1870,9 @@ async fn edit_state(
 async fn power(ctx: &Ctx, address: &str, run: bool, flags: &LockFlags) -> Result<i32> {
     let addr: Address = parse_addrs(&[address.to_string()])?.remove(0);
     if addr.kind != crate::model::Kind::Cluster {
-        return Err(Failure::new(format!("{addr} is not a cluster; only clusters stop and start")));
+        return Err(Failure::new(format!(
+            "{addr} is not a cluster; only clusters stop and start"
+        )));
     }
     let (config, _) = ctx.load_config()?;
     let registry = ctx.registry(Some(&config));
@@ -1880,12 +1882,20 @@ async fn power(ctx: &Ctx, address: &str, run: bool, flags: &LockFlags) -> Result
     let result = async {
         let mut state = store.read().await?.unwrap_or_default();
         let res = state.resources.get(&addr).cloned().ok_or_else(|| {
-            Failure::new(format!("{addr} is not in state")).hint("`skyform state list` shows what is")
+            Failure::new(format!("{addr} is not in state"))
+                .hint("`skyform state list` shows what is")
         })?;
         let p = registry.get(&res.provider).ok_or_else(|| {
-            Failure::new(format!("provider {:?} is not available in this build", res.provider))
+            Failure::new(format!(
+                "provider {:?} is not available in this build",
+                res.provider
+            ))
         })?;
-        let done = if run { p.start(&res).await } else { p.stop(&res).await };
+        let done = if run {
+            p.start(&res).await
+        } else {
+            p.stop(&res).await
+        };
         done.map_err(|e| Failure::new(format!("cannot {op} {addr}: {e}")))?;
         // Addresses change across a stop and start: record what is true now.
         let now = p.refresh(&addr, &res, None).await;

@@ -283,9 +283,7 @@ pub fn effect_of(kind: Kind, attr: &str) -> Effect {
         (
             Kind::Cluster,
             "setup" | "workdir" | "workdir_hash" | "envs" | "autostop" | "retry_until_up",
-        ) => {
-            Effect::InPlace
-        }
+        ) => Effect::InPlace,
         (Kind::ManagedJob, "recovery") => Effect::InPlace,
         // Services roll their replicas one by one rather than replacing the service.
         (Kind::Service, _) => Effect::InPlace,

@@ -16,9 +16,8 @@ use aws_sdk_ec2 as ec2;
 use ec2::error::{ProvideErrorMetadata, SdkError};
 use ec2::types::{
     BlockDeviceMapping, EbsBlockDevice, Filter, InstanceInterruptionBehavior,
-    InstanceMarketOptionsRequest, InstanceType, IpPermission, IpRange,
-    MarketType, Placement, ResourceType, SpotInstanceType, SpotMarketOptions, Tag,
-    TagSpecification, VolumeType,
+    InstanceMarketOptionsRequest, InstanceType, IpPermission, IpRange, MarketType, Placement,
+    ResourceType, SpotInstanceType, SpotMarketOptions, Tag, TagSpecification, VolumeType,
 };
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -33,6 +32,9 @@ const CANONICAL: &str = "099720109477";
 pub struct AwsSettings {
     pub profile: Option<String>,
     pub endpoint: Option<String>,
+    /// Fixed keys instead of the credential chain (for embedding and tests; the HCL block
+    /// has no such setting, so keys never sit in configuration files).
+    pub static_keys: Option<(String, String)>,
 }
 
 impl AwsSettings {
@@ -46,6 +48,7 @@ impl AwsSettings {
         AwsSettings {
             profile: get("profile"),
             endpoint: get("endpoint"),
+            static_keys: None,
         }
     }
 }
@@ -92,7 +95,10 @@ impl Private {
     fn read(res: &ResourceState) -> Option<Private> {
         let mut p: Private = serde_json::from_value(res.private.clone()).ok()?;
         if p.region.is_none() {
-            p.region = res.placement.as_ref().and_then(|c| c.offering.region.clone());
+            p.region = res
+                .placement
+                .as_ref()
+                .and_then(|c| c.offering.region.clone());
         }
         Some(p)
     }
@@ -128,7 +134,12 @@ impl AwsProvider {
 
     /// The region's client, made on first use from the standard credential chain.
     async fn client(&self, region: &str) -> ec2::Client {
-        if let Some(c) = self.clients.lock().ok().and_then(|m| m.get(region).cloned()) {
+        if let Some(c) = self
+            .clients
+            .lock()
+            .ok()
+            .and_then(|m| m.get(region).cloned())
+        {
             return c;
         }
         let sdk = self
@@ -147,6 +158,11 @@ impl AwsProvider {
                 }
                 if let Some(e) = &self.settings.endpoint {
                     loader = loader.endpoint_url(e);
+                }
+                if let Some((id, secret)) = &self.settings.static_keys {
+                    loader = loader.credentials_provider(ec2::config::Credentials::new(
+                        id, secret, None, None, "skyform",
+                    ));
                 }
                 loader.load().await
             })
@@ -205,7 +221,9 @@ impl AwsProvider {
             if id.starts_with("docker:") {
                 return Err(ProviderError {
                     kind: ErrorKind::Config,
-                    message: format!("image_id {id:?} is a container image; EC2 needs an AMI id (ami-…)"),
+                    message: format!(
+                        "image_id {id:?} is a container image; EC2 needs an AMI id (ami-…)"
+                    ),
                 });
             }
             let out = client
@@ -358,7 +376,11 @@ impl AwsProvider {
     }
 
     /// The zones to try for a placement: its own, else the region's available zones.
-    async fn zones(&self, client: &ec2::Client, o: &Offering) -> Result<Vec<String>, ProviderError> {
+    async fn zones(
+        &self,
+        client: &ec2::Client,
+        o: &Offering,
+    ) -> Result<Vec<String>, ProviderError> {
         if let Some(z) = &o.zone {
             return Ok(vec![z.clone()]);
         }
@@ -424,6 +446,16 @@ impl AwsProvider {
         Ok(nodes)
     }
 
+    async fn group_exists(&self, client: &ec2::Client, p: &Private) -> Result<bool, ProviderError> {
+        let out = client
+            .describe_security_groups()
+            .filters(filter("group-name", [p.name.as_str()]))
+            .send()
+            .await
+            .map_err(|e| classify("DescribeSecurityGroups", e))?;
+        Ok(!out.security_groups().is_empty())
+    }
+
     /// Waits until every instance runs; one that ends instead is a capacity failure.
     async fn wait_running(
         &self,
@@ -460,7 +492,12 @@ impl AwsProvider {
             return Ok(());
         };
         let client = self.client(region).await;
-        let mut ids: Vec<String> = self.nodes(&client, p).await?.into_iter().map(|n| n.id).collect();
+        let mut ids: Vec<String> = self
+            .nodes(&client, p)
+            .await?
+            .into_iter()
+            .map(|n| n.id)
+            .collect();
         for id in &p.instances {
             if !ids.contains(id) {
                 ids.push(id.clone());
@@ -479,7 +516,9 @@ impl AwsProvider {
                     for id in &ids {
                         match client.terminate_instances().instance_ids(id).send().await {
                             Ok(_) => {}
-                            Err(e) if e.code().is_some_and(|c| c.starts_with("InvalidInstanceID")) => {}
+                            Err(e)
+                                if e.code().is_some_and(|c| c.starts_with("InvalidInstanceID")) => {
+                            }
                             Err(e) => return Err(classify("TerminateInstances", e)),
                         }
                     }
@@ -546,7 +585,12 @@ impl AwsProvider {
             tag("skyform:token", &p.token),
         ];
         let image = self
-            .image(&client, &region, spec.resources.image_id.as_deref(), &o.instance_type)
+            .image(
+                &client,
+                &region,
+                spec.resources.image_id.as_deref(),
+                &o.instance_type,
+            )
             .await?;
         self.key_pair(&client, p, &tags).await?;
         let sg = self
@@ -642,15 +686,26 @@ impl AwsProvider {
             .collect();
         let ids: Vec<&String> = nodes.iter().map(|n| &n.id).collect();
         BTreeMap::from([
-            ("head_ip".into(), json!(ips.first().cloned().unwrap_or_default())),
+            (
+                "head_ip".into(),
+                json!(ips.first().cloned().unwrap_or_default()),
+            ),
             ("ips".into(), json!(ips)),
             ("private_ips".into(), json!(private_ips)),
             ("instance_ids".into(), json!(ids)),
             (
                 "zone".into(),
-                json!(nodes.first().and_then(|n| n.zone.clone()).or_else(|| p.zone.clone())),
+                json!(
+                    nodes
+                        .first()
+                        .and_then(|n| n.zone.clone())
+                        .or_else(|| p.zone.clone())
+                ),
             ),
-            ("status".into(), json!(if stopped { "STOPPED" } else { "UP" })),
+            (
+                "status".into(),
+                json!(if stopped { "STOPPED" } else { "UP" }),
+            ),
         ])
     }
 
@@ -704,7 +759,13 @@ impl Provider for AwsProvider {
         let stem: String = address
             .name
             .chars()
-            .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '-' })
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' {
+                    c
+                } else {
+                    '-'
+                }
+            })
             .take(40)
             .collect();
         Private {
@@ -763,6 +824,17 @@ impl Provider for AwsProvider {
                 ),
                 computed: Self::computed(&nodes, &p, false),
             });
+        }
+        if nodes.is_empty() {
+            let reason = "all its instances were terminated outside skyform".to_string();
+            // While its security group or key pair remain, a replace removes them.
+            if self.group_exists(&client, &p).await? {
+                return Ok(Observed::Degraded {
+                    reason,
+                    computed: Self::computed(&nodes, &p, false),
+                });
+            }
+            return Ok(Observed::Gone { reason });
         }
         if let Some((rank, id)) = p
             .instances
@@ -875,7 +947,12 @@ where
             let code = e.code().unwrap_or("Unknown");
             let text = e.message().unwrap_or_default();
             let kind = kind_of(code);
-            (kind, format!("{op}: {code}: {text}").trim_end_matches([' ', ':']).to_string())
+            (
+                kind,
+                format!("{op}: {code}: {text}")
+                    .trim_end_matches([' ', ':'])
+                    .to_string(),
+            )
         }
     };
     ProviderError { kind, message }
@@ -906,10 +983,14 @@ pub fn kind_of(code: &str) -> ErrorKind {
         | "PendingVerification"
         | "InvalidParameterCombination" => ErrorKind::Config,
         c if c.starts_with("InvalidAMIID") || c.starts_with("AuthFailure") => ErrorKind::Config,
-        "RequestLimitExceeded" | "Throttling" | "ThrottlingException" | "InternalError"
-        | "InternalFailure" | "ServiceUnavailable" | "Unavailable" | "RequestTimeout" => {
-            ErrorKind::Transient
-        }
+        "RequestLimitExceeded"
+        | "Throttling"
+        | "ThrottlingException"
+        | "InternalError"
+        | "InternalFailure"
+        | "ServiceUnavailable"
+        | "Unavailable"
+        | "RequestTimeout" => ErrorKind::Transient,
         c if c.ends_with(".NotFound") => ErrorKind::NotFound,
         _ => ErrorKind::Other,
     }

@@ -730,6 +730,6 @@ fn placeholder(spec: &Spec, private: &serde_json::Value) -> ResourceState {
         dependencies: Vec::new(),
         sensitive: Vec::new(),
         attempts: Vec::new(),
- leftovers: Vec::new(),
+        leftovers: Vec::new(),
     }
 }

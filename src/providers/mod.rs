@@ -1,6 +1,7 @@
 //! Backends behind one trait. Each backend is one module; all pass one conformance suite.
 
 pub mod aws;
+pub mod conformance;
 pub mod local;
 
 use crate::model::{Address, Spec};

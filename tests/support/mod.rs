@@ -50,7 +50,7 @@ pub fn applied(plan: &Plan, prior: &State) -> State {
                         dependencies: c.depends_on.clone(),
                         sensitive: c.sensitive.clone(),
                         attempts: Vec::new(),
- leftovers: Vec::new(),
+                        leftovers: Vec::new(),
                     },
                 );
             }
