@@ -731,3 +731,26 @@ cluster "dev" {
     assert!(!ok && text.contains("only clusters"), "{text}");
     w.ok(&["destroy", "-auto-approve"]);
 }
+
+/// `init` reports whether AWS credentials are found, without calling AWS.
+#[tokio::test]
+#[ignore = "needs moto: run ./scripts/test.sh"]
+async fn init_reports_aws_credentials() {
+    let w = Work::new(&["us-east-1"], SPOT_A10G);
+    let out = w.ok(&["init"]);
+    assert!(out.contains("credentials found (key test…)"), "{out}");
+    let none = w
+        .cmd(&["init"])
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&none.stdout);
+    assert!(text.contains("no credentials found"), "{text}");
+    assert!(
+        text.contains("hint: aws: plans work without credentials"),
+        "{text}"
+    );
+    assert!(w.proxy.calls().is_empty());
+}

@@ -625,13 +625,30 @@ async fn init(ctx: &Ctx, how: BackendChange) -> Result<i32> {
     if kinds.is_empty() {
         kinds.push("local".into());
     }
+    kinds.dedup();
+    let registry = ctx.registry(Some(&config));
+    let mut hints = Vec::new();
     for k in kinds {
-        let status = if k == "local" {
-            "ready (this machine)"
-        } else {
-            "not available in this build yet"
+        let status = match (k.as_str(), registry.get(&k)) {
+            ("local", _) => "ready (this machine)".to_string(),
+            (_, Some(p)) => match p.check().await {
+                Ok(s) => s,
+                Err(e) => {
+                    hints.push(format!(
+                        "{k}: plans work without credentials, apply needs them (AWS_PROFILE, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY; see docs/{k}.md)"
+                    ));
+                    e.message
+                }
+            },
+            ("gcp" | "lambda", None) => {
+                "plans only: prices from the catalogs; no backend in this build yet".to_string()
+            }
+            _ => "not available in this build yet".to_string(),
         };
         say!("  {k:<12} {status}");
+    }
+    for h in hints {
+        say!("\nhint: {h}");
     }
     say!("\nhint: run `skyform plan` to see what would be created");
     Ok(EXIT_OK)

@@ -142,8 +142,19 @@ impl AwsProvider {
         {
             return c;
         }
-        let sdk = self
-            .sdk
+        let conf = ec2::config::Builder::from(self.sdk().await)
+            .region(aws_config::Region::new(region.to_string()))
+            .build();
+        let client = ec2::Client::from_conf(conf);
+        if let Ok(mut m) = self.clients.lock() {
+            m.insert(region.to_string(), client.clone());
+        }
+        client
+    }
+
+    /// The shared SDK configuration, loaded once.
+    async fn sdk(&self) -> &aws_config::SdkConfig {
+        self.sdk
             .get_or_init(|| async {
                 let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
                     .retry_config(aws_config::retry::RetryConfig::disabled())
@@ -166,15 +177,7 @@ impl AwsProvider {
                 }
                 loader.load().await
             })
-            .await;
-        let conf = ec2::config::Builder::from(sdk)
-            .region(aws_config::Region::new(region.to_string()))
-            .build();
-        let client = ec2::Client::from_conf(conf);
-        if let Ok(mut m) = self.clients.lock() {
-            m.insert(region.to_string(), client.clone());
-        }
-        client
+            .await
     }
 
     /// The public half of skyform's own ssh key, made with ssh-keygen on first use.
@@ -752,6 +755,37 @@ impl Provider for AwsProvider {
     /// Placements on AWS come from the catalogs.
     async fn offerings(&self) -> Result<Vec<Offering>, ProviderError> {
         Ok(Vec::new())
+    }
+
+    /// Resolves credentials through the chain (no call to AWS is made).
+    async fn check(&self) -> Result<String, ProviderError> {
+        use ec2::config::ProvideCredentials;
+        let sdk = self.sdk().await;
+        let Some(provider) = sdk.credentials_provider() else {
+            return Err(ProviderError {
+                kind: ErrorKind::Config,
+                message: "no credential provider is configured".into(),
+            });
+        };
+        match provider.provide_credentials().await {
+            Ok(c) => {
+                let id = c.access_key_id();
+                let shown: String = id.chars().take(4).collect();
+                let mut text = format!("credentials found (key {shown}…)");
+                if let Some(e) = &self.settings.endpoint {
+                    text.push_str(&format!(", endpoint {e}"));
+                }
+                Ok(text)
+            }
+            Err(e) => {
+                tracing::debug!(error = %ec2::error::DisplayErrorContext(&e), "no AWS credentials");
+                Err(ProviderError {
+                    kind: ErrorKind::Config,
+                    message: "no credentials found (environment, profile, SSO, or instance role)"
+                        .into(),
+                })
+            }
+        }
     }
 
     fn new_private(&self, address: &Address, _spec: &Spec, lineage: &str) -> serde_json::Value {

@@ -113,6 +113,11 @@ pub trait Provider: Send + Sync + std::fmt::Debug {
         res: &ResourceState,
         cluster: Option<&ResourceState>,
     ) -> Result<(), ProviderError>;
+    /// What `init` says about this backend: whether it can be used from here (credentials
+    /// found, say), without creating anything.
+    async fn check(&self) -> Result<String, ProviderError> {
+        Ok("ready".into())
+    }
     /// Stops a cluster's machines, keeping their disks (for autostop).
     async fn stop(&self, _res: &ResourceState) -> Result<(), ProviderError> {
         Err(ProviderError::other(format!(
