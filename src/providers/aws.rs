@@ -156,7 +156,10 @@ impl AwsProvider {
     async fn sdk(&self) -> &aws_config::SdkConfig {
         self.sdk
             .get_or_init(|| async {
+                // Every client names its region; a fixed one here keeps the loader from
+                // asking the instance metadata service for a default.
                 let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+                    .region(aws_config::Region::new("us-east-1"))
                     .retry_config(aws_config::retry::RetryConfig::disabled())
                     .timeout_config(
                         aws_config::timeout::TimeoutConfig::builder()
