@@ -3,7 +3,9 @@
 
   1. apply of N single-node clusters (default 100) at parallelism 1 and 32: wall time, the
      speed-up, skyform's CPU time per resource, and at parallelism 1 its own time per
-     resource beyond the API calls (wall minus the time the proxy spent waiting for moto);
+     resource beyond the API calls (wall minus the time the proxy spent waiting for moto).
+     Once against moto as it is (moto serialises requests, so parallelism cannot help),
+     once with 50 ms added to every call, as a distant region would;
   2. the time to fail over past 5 blocked zones (capacity errors on every us-east-1 zone,
      then success in us-west-2), from the first RunInstances to the one that works.
 
@@ -53,10 +55,11 @@ def moto():
 
 
 class Proxy:
-    def __init__(self, target, rules=()):
+    def __init__(self, target, rules=(), latency=0.0):
         account = str(random.randrange(100_000_000_000, 999_999_999_999))
         self.p = subprocess.Popen([sys.executable, os.path.join(ROOT, "scripts/ec2-proxy.py"), target,
-                                   "--account", account, "--rules", json.dumps(list(rules))],
+                                   "--account", account, "--rules", json.dumps(list(rules)),
+                                   "--latency", str(latency)],
                                   stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         atexit.register(self.stop)
         self.url = f"http://127.0.0.1:{self.p.stdout.readline().strip()}"
@@ -102,23 +105,25 @@ def main():
     shutil.rmtree(work, ignore_errors=True)
     n = args.clusters
     body = f'cluster "c" {{\n  count = {n}\n  resources {{\n    instance_type = "m6i.large"\n  }}\n}}\n'
-    walls = {}
-    print(f"\napply of {n} single-node clusters (m6i.large, us-east-1):")
-    print(f"  {'parallelism':>11}  {'wall':>7}  {'per cluster':>11}  {'cpu/cluster':>11}  {'API calls':>9}  {'waiting on moto':>15}  {'own time/cluster':>16}")
-    for par in (1, 32):
-        work = tempfile.mkdtemp(prefix="skyform-bench-")
-        os.makedirs(os.path.join(work, "home"))
-        proxy = Proxy(target)
-        wall, cpu = run(bin, work, proxy, body, f"-parallelism={par}")
-        stats = proxy.get("stats")
-        api = stats["upstream_seconds"]
-        own = (wall - api) / n if par == 1 else None
-        walls[par] = wall
-        print(f"  {par:>11}  {wall:>6.2f}s  {wall / n * 1000:>9.1f}ms  {cpu / n * 1000:>9.1f}ms  {stats['requests']:>9}  {api:>14.2f}s  "
-              + (f"{own * 1000:>14.1f}ms" if own is not None else f"{'(overlapping)':>16}"))
-        proxy.stop()
-        shutil.rmtree(work, ignore_errors=True)
-    print(f"  speed-up at parallelism 32: {walls[1] / walls[32]:.1f}x")
+    for latency in (0.0, 0.05):
+        walls = {}
+        where = "moto as is" if not latency else f"{latency * 1000:.0f} ms added to every call, like a distant region"
+        print(f"\napply of {n} single-node clusters (m6i.large, us-east-1), {where}:")
+        print(f"  {'parallelism':>11}  {'wall':>7}  {'per cluster':>11}  {'cpu/cluster':>11}  {'API calls':>9}  {'waiting on EC2':>14}  {'own time/cluster':>16}")
+        for par in (1, 32):
+            work = tempfile.mkdtemp(prefix="skyform-bench-")
+            os.makedirs(os.path.join(work, "home"))
+            proxy = Proxy(target, latency=latency)
+            wall, cpu = run(bin, work, proxy, body, f"-parallelism={par}")
+            stats = proxy.get("stats")
+            api = stats["upstream_seconds"] + latency * stats["requests"]
+            own = (wall - api) / n if par == 1 else None
+            walls[par] = wall
+            print(f"  {par:>11}  {wall:>6.2f}s  {wall / n * 1000:>9.1f}ms  {cpu / n * 1000:>9.1f}ms  {stats['requests']:>9}  {api:>13.2f}s  "
+                  + (f"{own * 1000:>14.1f}ms" if own is not None else f"{'(overlapping)':>16}"))
+            proxy.stop()
+            shutil.rmtree(work, ignore_errors=True)
+        print(f"  speed-up at parallelism 32: {walls[1] / walls[32]:.1f}x")
 
     print("\nfailover past 5 blocked zones (spot g5.xlarge; capacity errors on us-east-1a,b,c,d,f):")
     zones = ["us-east-1a", "us-east-1b", "us-east-1c", "us-east-1d", "us-east-1f"]

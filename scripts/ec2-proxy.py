@@ -19,7 +19,7 @@ counts forwarded requests and the seconds spent waiting for moto (for benchmarks
 
 Prints the port it listens on, then serves until killed.
 
-usage: ec2-proxy.py TARGET_URL --account ID [--rules JSON]
+usage: ec2-proxy.py TARGET_URL --account ID [--rules JSON] [--latency SECONDS]
 """
 import argparse
 import http.client
@@ -36,6 +36,8 @@ parser = argparse.ArgumentParser()
 parser.add_argument("target")
 parser.add_argument("--account", required=True)
 parser.add_argument("--rules", default="[]")
+parser.add_argument("--latency", type=float, default=0.0,
+                    help="seconds added before forwarding each request (a far-away region)")
 args = parser.parse_args()
 target = urllib.parse.urlparse(args.target)
 lock = threading.Lock()
@@ -142,6 +144,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if rule is not None and rule.get("error"):
             code = rule["error"]
             return self.reply(rule.get("status", STATUS.get(code, 400)), error_xml(code))
+        if args.latency:
+            time.sleep(args.latency)
         started = time.monotonic()
         conn = http.client.HTTPConnection(target.hostname, target.port, timeout=60)
         headers = {k: v for k, v in self.headers.items() if k.lower() not in ("connection", "x-moto-account-id")}
