@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: formatting, lints, unit, golden, property and
 # end-to-end tests. Everything the tests need is built by cargo or found on a stock machine
-# (sh, the local backend's real processes) or started here on loopback: moto's S3 server for
-# the remote state tests (installed from PyPI by scripts/moto.sh when missing).
+# (sh, python3, curl, the local backend's real processes) or started here on loopback: moto's
+# S3 and EC2 server for the remote state and AWS backend tests (installed from PyPI by
+# scripts/moto.sh when missing; the AWS tests put scripts/ec2-proxy.py in front of it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,7 +21,7 @@ fi
 echo "== servers"
 eval "$(scripts/moto.sh start)"
 trap 'scripts/moto.sh stop' EXIT
-echo "moto (S3) at $SKYFORM_TEST_S3_ENDPOINT"
+echo "moto (S3, EC2) at $SKYFORM_TEST_MOTO_ENDPOINT"
 
 echo "== tests"
 cargo test --lib --bins --tests --locked -- --include-ignored
