@@ -5,7 +5,8 @@
 # eval. DIR holds:
 #   id_ed25519          the client key every server accepts (authorized_keys)
 #   hosts               one `ADDRESS PORT` line per server, in order
-#   host-I/             each server's config, host key, pid and log
+#   host-I/             each server's config, host key, pid, log, and `gpus` (the GPU
+#                       inventory skyform reads there, through SKYFORM_GPUS_FILE)
 #   eval "$(scripts/sshd.sh start 3)"   ...   scripts/sshd.sh stop
 set -euo pipefail
 case "${1:-start}" in
@@ -46,6 +47,8 @@ AllowTcpForwarding no
 X11Forwarding no
 Subsystem sftp internal-sftp
 LogLevel ERROR
+# A GPU inventory per host (tests write NAME COUNT lines into it).
+SetEnv SKYFORM_GPUS_FILE=$h/gpus
 CFG
     "$sshd_bin" -t -f "$h/sshd_config"
     "$sshd_bin" -D -f "$h/sshd_config" -E "$h/log" </dev/null >/dev/null 2>&1 &

@@ -3,7 +3,8 @@
 # end-to-end tests. Everything the tests need is built by cargo or found on a stock machine
 # (sh, python3, curl, the local backend's real processes) or started here on loopback: moto's
 # S3 and EC2 server for the remote state and AWS backend tests (installed from PyPI by
-# scripts/moto.sh when missing; the AWS tests put scripts/ec2-proxy.py in front of it).
+# scripts/moto.sh when missing; the AWS tests put scripts/ec2-proxy.py in front of it), and
+# three OpenSSH servers for the ssh tests (scripts/sshd.sh; openssh-server from apt if missing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,6 +23,9 @@ echo "== servers"
 eval "$(scripts/moto.sh start)"
 trap 'scripts/moto.sh stop' EXIT
 echo "moto (S3, EC2) at $SKYFORM_TEST_MOTO_ENDPOINT"
+eval "$(scripts/sshd.sh start 3)"
+trap 'scripts/moto.sh stop; scripts/sshd.sh stop' EXIT
+echo "sshd on $(cut -d' ' -f1 "$SKYFORM_TEST_SSH_DIR/hosts" | paste -sd' ')"
 
 echo "== tests"
 cargo test --lib --bins --tests --locked -- --include-ignored

@@ -3,6 +3,7 @@
 pub mod aws;
 pub mod conformance;
 pub mod local;
+pub mod ssh;
 
 use crate::model::{Address, Spec};
 use crate::optimizer::{Candidate, Offering};
