@@ -47,8 +47,9 @@ AllowTcpForwarding no
 X11Forwarding no
 Subsystem sftp internal-sftp
 LogLevel ERROR
-# A GPU inventory per host (tests write NAME COUNT lines into it).
-SetEnv SKYFORM_GPUS_FILE=$h/gpus
+# A GPU inventory per host (tests write NAME COUNT lines into it), and a directory of
+# skyform's own per host: these servers share one filesystem.
+SetEnv SKYFORM_GPUS_FILE=$h/gpus SKYFORM_HOST_DIR=$h/skyform
 CFG
     "$sshd_bin" -t -f "$h/sshd_config"
     "$sshd_bin" -D -f "$h/sshd_config" -E "$h/log" </dev/null >/dev/null 2>&1 &

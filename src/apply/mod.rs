@@ -388,6 +388,35 @@ impl Applier<'_> {
                             }
                         }
                     }
+                    Err(e)
+                        if step == Step::Delete
+                            && change.is_some_and(|c| c.action == Action::Replace)
+                            && unreachable(e.kind) =>
+                    {
+                        // The old machines of a replaced resource cannot be reached (a dead
+                        // host, a region down): the replacement goes ahead, and they are kept
+                        // as leftovers that a later apply removes once they answer.
+                        if let Some(r) = state.resources.get_mut(&addr) {
+                            r.leftovers.push(crate::state::Leftover {
+                                provider: r.provider.clone(),
+                                private: r.private.clone(),
+                                placement: r.placement.clone(),
+                            });
+                        }
+                        events.push(Event::Done {
+                            address: addr.clone(),
+                            what: format!("left for a later clean-up ({})", e.message),
+                            seconds: outcome.seconds,
+                        });
+                        for next in graph.dependents(&outcome.node) {
+                            if let Some(d) = indegree.get_mut(next) {
+                                *d -= 1;
+                                if *d == 0 && unfinished.contains(next) {
+                                    ready.insert(next.clone());
+                                }
+                            }
+                        }
+                    }
                     Err(e) => {
                         if step != Step::Delete
                             && let Some(r) = state.resources.get_mut(&addr)
@@ -535,7 +564,12 @@ impl Applier<'_> {
                     dependencies: change.depends_on.clone(),
                     sensitive: change.sensitive.clone(),
                     attempts: Vec::new(),
-                    leftovers: Vec::new(),
+                    // What earlier attempts or a replaced predecessor left stays on record.
+                    leftovers: state
+                        .resources
+                        .get(&addr)
+                        .map(|r| r.leftovers.clone())
+                        .unwrap_or_default(),
                 },
             );
             intent = true;
@@ -960,6 +994,15 @@ fn block_for(kind: crate::providers::ErrorKind, c: &crate::optimizer::Candidate)
         _ if o.zone.is_some() => o.infra(),
         _ => c.key(),
     }
+}
+
+/// Errors that say the machines could not be reached, rather than refused.
+fn unreachable(kind: crate::providers::ErrorKind) -> bool {
+    use crate::providers::ErrorKind;
+    matches!(
+        kind,
+        ErrorKind::Capacity | ErrorKind::Transient | ErrorKind::Timeout
+    )
 }
 
 /// [`block_for`] in words, for the apply output.

@@ -361,6 +361,23 @@ impl Ctx {
                 expand_home("~/.skyform/ssh"),
             )),
         );
+        let home = expand_home("~/");
+        let mut pools = Vec::new();
+        for i in config
+            .iter()
+            .flat_map(|c| &c.infra)
+            .filter(|i| i.kind == "ssh")
+        {
+            let name = i.name.clone().unwrap_or_default();
+            match crate::providers::ssh::Pool::from_infra(&name, &i.settings, &home) {
+                Ok(p) => pools.push(p),
+                Err(e) => eprintln!("warning: infra \"ssh\" \"{name}\": {e}; the pool is left out"),
+            }
+        }
+        providers.insert(
+            "ssh",
+            Arc::new(crate::providers::ssh::SshProvider::new(pools)),
+        );
         Arc::new(Registry { providers })
     }
 }

@@ -278,6 +278,454 @@ fn parse_facts(text: &str) -> Option<Facts> {
     })
 }
 
+/// The directory skyform keeps on each host: `$SKYFORM_HOST_DIR`, else `~/.skyform/host`
+/// (set `SKYFORM_HOST_DIR` on hosts that share one home directory, such as NFS homes).
+const HOST_DIR: &str = r#"dir="${SKYFORM_HOST_DIR:-$HOME/.skyform/host}""#;
+
+/// A pool of existing machines: `infra "ssh" "NAME" { hosts, user, identity_file, port }`.
+#[derive(Debug, Clone)]
+pub struct Pool {
+    pub name: String,
+    pub hosts: Vec<Host>,
+    pub access: Access,
+    pub price_micros: u64,
+}
+
+impl Pool {
+    /// Reads a pool's settings; problems are messages naming the setting.
+    pub fn from_infra(
+        name: &str,
+        settings: &serde_json::Map<String, serde_json::Value>,
+        home: &Path,
+    ) -> Result<Pool, String> {
+        let str_of = |k: &str| settings.get(k).and_then(serde_json::Value::as_str);
+        let hosts = settings
+            .get("hosts")
+            .and_then(serde_json::Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(serde_json::Value::as_str)
+                    .map(|h| h.parse::<Host>().map_err(|e| format!("hosts: {e}")))
+                    .collect::<Result<Vec<Host>, String>>()
+            })
+            .transpose()?
+            .unwrap_or_default();
+        let identity = str_of("identity_file").map(|p| match p.strip_prefix("~/") {
+            Some(rest) => home.join(rest),
+            None => PathBuf::from(p),
+        });
+        let port = settings
+            .get("port")
+            .and_then(serde_json::Value::as_u64)
+            .map(|p| u16::try_from(p).map_err(|_| format!("port {p} is not a port number")))
+            .transpose()?;
+        let price = settings
+            .get("price_per_hour")
+            .and_then(serde_json::Value::as_f64)
+            .map_or(0, |d| (d * 1e6).round().max(0.0) as u64);
+        Ok(Pool {
+            name: name.to_string(),
+            hosts,
+            access: Access {
+                user: str_of("user").map(str::to_string),
+                port,
+                identity_file: identity,
+                known_hosts: default_known_hosts(home),
+                control_dir: std::env::temp_dir().join(format!("sky-{}", std::process::id())),
+                connect_timeout: Duration::from_secs(10),
+            },
+            price_micros: price,
+        })
+    }
+}
+
+/// One host as seen now: reachable with these facts, and who holds it.
+#[derive(Debug, Clone)]
+struct Seen {
+    host: Host,
+    facts: Result<Facts, ProviderError>,
+    /// The token of the cluster that holds the host, if any.
+    holder: Option<String>,
+}
+
+/// What a cluster on a pool keeps in state.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+struct Private {
+    token: String,
+    lineage: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pool: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    hosts: Vec<String>,
+}
+
+/// Clusters on pools of existing machines. A cluster of N nodes holds N whole hosts: each
+/// is reserved on the host itself (an atomic `mkdir`), so two clusters — even from two
+/// states — never get the same host.
+#[derive(Debug)]
+pub struct SshProvider {
+    pub pools: BTreeMap<String, Pool>,
+}
+
+const RESERVE: &str = r#"
+mkdir -p "$dir" && if mkdir "$dir/reservation" 2>/dev/null; then
+  printf '%s' "$1" > "$dir/reservation/owner"; echo reserved
+else
+  cat "$dir/reservation/owner" 2>/dev/null; echo; echo taken
+fi
+"#;
+
+const RELEASE: &str = r#"
+if [ "$(cat "$dir/reservation/owner" 2>/dev/null)" = "$1" ]; then rm -rf "$dir/reservation"; fi
+"#;
+
+impl SshProvider {
+    pub fn new(pools: Vec<Pool>) -> SshProvider {
+        SshProvider {
+            pools: pools.into_iter().map(|p| (p.name.clone(), p)).collect(),
+        }
+    }
+
+    fn pool(&self, name: &str) -> Result<&Pool, ProviderError> {
+        self.pools.get(name).ok_or_else(|| ProviderError {
+            kind: ErrorKind::Config,
+            message: format!("no infra \"ssh\" \"{name}\" block declares this pool"),
+        })
+    }
+
+    /// Every host of a pool, probed concurrently: facts and holder.
+    async fn look(&self, pool: &Pool) -> Vec<Seen> {
+        let mut set = tokio::task::JoinSet::new();
+        for (i, host) in pool.hosts.iter().enumerate() {
+            let (host, access) = (host.clone(), pool.access.clone());
+            set.spawn(async move {
+                let seen = match access.connect(&host).await {
+                    Err(e) => Seen {
+                        host,
+                        facts: Err(e),
+                        holder: None,
+                    },
+                    Ok(c) => {
+                        let facts = probe(&c).await;
+                        let holder = c
+                            .script(
+                                &format!("{HOST_DIR}\ncat \"$dir/reservation/owner\" 2>/dev/null"),
+                                &[],
+                            )
+                            .await
+                            .ok()
+                            .map(|o| o.stdout.trim().to_string())
+                            .filter(|s| !s.is_empty());
+                        c.close().await;
+                        Seen {
+                            host,
+                            facts,
+                            holder,
+                        }
+                    }
+                };
+                (i, seen)
+            });
+        }
+        let mut out: Vec<(usize, Seen)> = Vec::new();
+        while let Some(Ok(s)) = set.join_next().await {
+            out.push(s);
+        }
+        out.sort_by_key(|(i, _)| *i);
+        out.into_iter().map(|(_, s)| s).collect()
+    }
+
+    async fn on_host(
+        pool: &Pool,
+        host: &Host,
+        script: &str,
+        args: &[&str],
+    ) -> Result<Output, ProviderError> {
+        let c = pool.access.connect(host).await?;
+        let out = c.script(&format!("{HOST_DIR}\n{script}"), args).await;
+        c.close().await;
+        out
+    }
+
+    fn computed(hosts: &[String]) -> BTreeMap<String, serde_json::Value> {
+        let ips: Vec<String> = hosts
+            .iter()
+            .filter_map(|h| h.parse::<Host>().ok())
+            .map(|h| h.address)
+            .collect();
+        BTreeMap::from([
+            (
+                "head_ip".into(),
+                serde_json::json!(ips.first().cloned().unwrap_or_default()),
+            ),
+            ("ips".into(), serde_json::json!(ips)),
+            ("hosts".into(), serde_json::json!(hosts)),
+            ("status".into(), serde_json::json!("UP")),
+        ])
+    }
+}
+
+/// The shape of a host as an instance type: `8cpu-31GiB` or `8cpu-31GiB-A100x8`.
+fn shape(f: &Facts) -> String {
+    let mut s = format!("{}cpu-{}GiB", f.cpus, f.memory_gib.floor());
+    for (g, n) in &f.gpus {
+        s.push_str(&format!("-{g}x{n}"));
+    }
+    s
+}
+
+#[async_trait::async_trait]
+impl super::Provider for SshProvider {
+    fn name(&self) -> &'static str {
+        "ssh"
+    }
+
+    /// The free, reachable hosts of each pool, one offering per distinct shape.
+    async fn offerings(&self) -> Result<Vec<crate::optimizer::Offering>, ProviderError> {
+        let mut out = Vec::new();
+        for pool in self.pools.values() {
+            let mut shapes: BTreeMap<String, (Facts, u32)> = BTreeMap::new();
+            for seen in self.look(pool).await {
+                if let (Ok(f), None) = (&seen.facts, &seen.holder) {
+                    shapes.entry(shape(f)).or_insert((f.clone(), 0)).1 += 1;
+                }
+            }
+            for (name, (f, count)) in shapes {
+                out.push(crate::optimizer::Offering {
+                    cloud: "ssh".into(),
+                    region: Some(pool.name.clone()),
+                    zone: None,
+                    instance_type: name,
+                    accelerators: f.gpus.iter().map(|(g, n)| (g.clone(), *n)).collect(),
+                    cpus: f.cpus,
+                    memory_gib: f.memory_gib,
+                    spot: false,
+                    price: pool.price_micros,
+                    max_nodes: Some(count),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    fn new_private(
+        &self,
+        _address: &crate::model::Address,
+        _spec: &crate::model::Spec,
+        lineage: &str,
+    ) -> serde_json::Value {
+        serde_json::to_value(Private {
+            token: uuid::Uuid::new_v4().simple().to_string(),
+            lineage: lineage.to_string(),
+            ..Private::default()
+        })
+        .unwrap_or_default()
+    }
+
+    async fn refresh(
+        &self,
+        _address: &crate::model::Address,
+        res: &crate::state::ResourceState,
+        _cluster: Option<&crate::state::ResourceState>,
+    ) -> Result<super::Observed, ProviderError> {
+        use super::Observed;
+        let Ok(p) = serde_json::from_value::<Private>(res.private.clone()) else {
+            return Ok(Observed::Gone {
+                reason: "no hosts recorded".into(),
+            });
+        };
+        let pool_name = p.pool.clone().or_else(|| {
+            res.placement
+                .as_ref()
+                .and_then(|c| c.offering.region.clone())
+        });
+        let Some(pool) = pool_name.and_then(|n| self.pools.get(&n)) else {
+            return Ok(Observed::Gone {
+                reason: "its pool is no longer declared".into(),
+            });
+        };
+        let seen = self.look(pool).await;
+        let ours: Vec<String> = seen
+            .iter()
+            .filter(|s| s.holder.as_deref() == Some(p.token.as_str()))
+            .map(|s| s.host.to_string())
+            .collect();
+        if res.status == crate::state::Status::Creating {
+            let want = res
+                .placement
+                .as_ref()
+                .map_or(1, |c| c.num_nodes.max(1) as usize);
+            if ours.is_empty() {
+                return Ok(Observed::Gone {
+                    reason: "its creation reserved no host".into(),
+                });
+            }
+            if ours.len() == want {
+                let computed = Self::computed(&ours);
+                let private = Private {
+                    pool: Some(pool.name.clone()),
+                    hosts: ours,
+                    ..p
+                };
+                return Ok(Observed::Adopted(super::Created {
+                    computed,
+                    private: serde_json::to_value(private).unwrap_or_default(),
+                }));
+            }
+            return Ok(Observed::Degraded {
+                reason: format!(
+                    "its creation was interrupted with {} of {want} host(s)",
+                    ours.len()
+                ),
+                computed: Self::computed(&ours),
+            });
+        }
+        for (rank, h) in p.hosts.iter().enumerate() {
+            let s = seen.iter().find(|s| &s.host.to_string() == h);
+            let why = match s {
+                None => Some(format!("host {h} (node {rank}) is no longer in the pool")),
+                Some(s) if s.facts.is_err() => Some(format!(
+                    "host {h} (node {rank}) does not answer: {}",
+                    s.facts
+                        .as_ref()
+                        .err()
+                        .map(|e| e.message.as_str())
+                        .unwrap_or_default()
+                )),
+                Some(s) if s.holder.as_deref() != Some(p.token.as_str()) => Some(format!(
+                    "host {h} (node {rank}) is no longer reserved for it"
+                )),
+                _ => None,
+            };
+            if let Some(reason) = why {
+                return Ok(Observed::Degraded {
+                    reason,
+                    computed: Self::computed(&p.hosts),
+                });
+            }
+        }
+        Ok(Observed::Up(Self::computed(&p.hosts)))
+    }
+
+    async fn create(&self, req: super::Request<'_>) -> Result<super::Created, ProviderError> {
+        let placement = req
+            .placement
+            .ok_or_else(|| ProviderError::other("an ssh cluster needs a placement"))?;
+        let o = &placement.offering;
+        let pool = self.pool(o.region.as_deref().unwrap_or_default())?;
+        let mut p: Private = serde_json::from_value(req.private.clone())
+            .map_err(|e| ProviderError::other(format!("bad private state: {e}")))?;
+        p.pool = Some(pool.name.clone());
+        let want = placement.num_nodes.max(1) as usize;
+        // Hosts of the planned shape, free when looked at; each is then reserved atomically.
+        let seen = self.look(pool).await;
+        let mut got: Vec<String> = Vec::new();
+        for s in &seen {
+            if got.len() == want {
+                break;
+            }
+            let fits = matches!(&s.facts, Ok(f) if shape(f) == o.instance_type);
+            if !fits || s.holder.is_some() {
+                continue;
+            }
+            let out = Self::on_host(pool, &s.host, RESERVE, &[&p.token]).await;
+            if out.is_ok_and(|o| o.stdout.trim_end().ends_with("reserved")) {
+                got.push(s.host.to_string());
+            }
+        }
+        if got.len() < want {
+            for h in &got {
+                if let Ok(host) = h.parse::<Host>() {
+                    let _ = Self::on_host(pool, &host, RELEASE, &[&p.token]).await;
+                }
+            }
+            return Err(ProviderError {
+                kind: ErrorKind::Capacity,
+                message: format!(
+                    "pool {} has {} free host(s) of shape {}, {want} needed",
+                    pool.name,
+                    got.len(),
+                    o.instance_type
+                ),
+            });
+        }
+        p.hosts = got;
+        Ok(super::Created {
+            computed: Self::computed(&p.hosts),
+            private: serde_json::to_value(&p).unwrap_or_default(),
+        })
+    }
+
+    async fn update(&self, req: super::Request<'_>) -> Result<super::Created, ProviderError> {
+        let p: Private = serde_json::from_value(req.private.clone())
+            .map_err(|e| ProviderError::other(format!("bad private state: {e}")))?;
+        Ok(super::Created {
+            computed: Self::computed(&p.hosts),
+            private: req.private.clone(),
+        })
+    }
+
+    /// Releases the cluster's hosts.
+    async fn delete(
+        &self,
+        _address: &crate::model::Address,
+        res: &crate::state::ResourceState,
+        _cluster: Option<&crate::state::ResourceState>,
+    ) -> Result<(), ProviderError> {
+        let Ok(p) = serde_json::from_value::<Private>(res.private.clone()) else {
+            return Ok(());
+        };
+        let pool_name = p.pool.clone().or_else(|| {
+            res.placement
+                .as_ref()
+                .and_then(|c| c.offering.region.clone())
+        });
+        let Some(pool) = pool_name.and_then(|n| self.pools.get(&n)) else {
+            return Ok(());
+        };
+        // Every host of the pool: an interrupted create may have reserved some it did not
+        // record. Only reservations with this cluster's token are released. A recorded
+        // host that does not answer fails the delete (its reservation must not be lost);
+        // others that do not answer hold nothing of this cluster's.
+        let mut set = tokio::task::JoinSet::new();
+        for host in pool.hosts.clone() {
+            let pool = pool.clone();
+            let token = p.token.clone();
+            let recorded = p.hosts.contains(&host.to_string());
+            set.spawn(async move {
+                let r = Self::on_host(&pool, &host, RELEASE, &[&token]).await;
+                (host, recorded, r)
+            });
+        }
+        let mut failed = Vec::new();
+        while let Some(Ok((host, recorded, r))) = set.join_next().await {
+            if let Err(e) = r {
+                if recorded {
+                    failed.push((host, e));
+                } else {
+                    tracing::debug!(%host, error = %e, "cannot look for a reservation");
+                }
+            }
+        }
+        failed.sort_by(|a, b| a.0.cmp(&b.0));
+        match failed.into_iter().next() {
+            None => Ok(()),
+            Some((host, e)) => Err(ProviderError {
+                kind: e.kind,
+                message: format!("cannot release host {host}: {}", e.message),
+            }),
+        }
+    }
+
+    fn log_paths(
+        &self,
+        _res: &crate::state::ResourceState,
+        _cluster: Option<&crate::state::ResourceState>,
+    ) -> Vec<PathBuf> {
+        Vec::new()
+    }
+}
+
 /// The default place of skyform's known_hosts file.
 pub fn default_known_hosts(home: &Path) -> PathBuf {
     home.join(".skyform").join("ssh").join("known_hosts")

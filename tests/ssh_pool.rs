@@ -1,0 +1,193 @@
+//! Clusters on a pool of existing machines, against real OpenSSH servers on loopback
+//! (`scripts/sshd.sh`, started by `scripts/test.sh`). One test, in order: the scenarios share
+//! the servers' reservations. Ignored by a plain `cargo test`; with `--include-ignored` a
+//! missing server is a failure, not a skip.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+const BIN: &str = env!("CARGO_BIN_EXE_skyform");
+
+struct Servers {
+    dir: PathBuf,
+    hosts: Vec<String>,
+}
+
+impl Servers {
+    fn get() -> Servers {
+        let dir = PathBuf::from(std::env::var("SKYFORM_TEST_SSH_DIR").expect(
+            "SKYFORM_TEST_SSH_DIR is not set: these tests need sshd; run ./scripts/test.sh, \
+             or eval \"$(scripts/sshd.sh start 3)\" first",
+        ));
+        let hosts = std::fs::read_to_string(dir.join("hosts"))
+            .unwrap()
+            .lines()
+            .map(|l| l.replacen(' ', ":", 1))
+            .collect();
+        Servers { dir, hosts }
+    }
+
+    /// The server of `host` (1-based directory), killed or started again.
+    fn index(&self, host: &str) -> usize {
+        self.hosts.iter().position(|h| h == host).unwrap() + 1
+    }
+
+    fn kill(&self, host: &str) {
+        let pid = std::fs::read_to_string(self.dir.join(format!("host-{}/pid", self.index(host))))
+            .unwrap();
+        let st = Command::new("kill").arg(pid.trim()).status().unwrap();
+        assert!(st.success());
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+
+    fn start(&self, host: &str) {
+        let h = self.dir.join(format!("host-{}", self.index(host)));
+        let sshd = if Path::new("/usr/sbin/sshd").exists() {
+            "/usr/sbin/sshd"
+        } else {
+            "sshd"
+        };
+        let st = Command::new(sshd)
+            .arg("-f")
+            .arg(h.join("sshd_config"))
+            .arg("-E")
+            .arg(h.join("log"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(st.success(), "sshd restarts (it detaches)");
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+
+    fn reserved(&self) -> Vec<String> {
+        self.hosts
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| {
+                self.dir
+                    .join(format!("host-{}/skyform/reservation", i + 1))
+                    .exists()
+            })
+            .map(|(_, h)| h.clone())
+            .collect()
+    }
+}
+
+struct Work {
+    dir: tempfile::TempDir,
+    pool: String,
+}
+
+impl Work {
+    fn new(s: &Servers) -> Work {
+        let dir = tempfile::Builder::new()
+            .prefix("sk")
+            .tempdir_in("/tmp")
+            .unwrap();
+        std::fs::create_dir_all(dir.path().join("home")).unwrap();
+        let hosts: Vec<String> = s.hosts.iter().map(|h| format!("\"{h}\"")).collect();
+        let pool = format!(
+            "infra \"ssh\" \"rack\" {{\n  hosts         = [{}]\n  user          = \"root\"\n  identity_file = \"{}\"\n}}\n",
+            hosts.join(", "),
+            s.dir.join("id_ed25519").display()
+        );
+        Work { dir, pool }
+    }
+
+    fn config(&self, body: &str) {
+        std::fs::write(
+            self.dir.path().join("main.sky.hcl"),
+            format!("{}{body}", self.pool),
+        )
+        .unwrap();
+    }
+
+    fn run(&self, args: &[&str]) -> (bool, String) {
+        let out = Command::new(BIN)
+            .arg(format!("-chdir={}", self.dir.path().display()))
+            .args(args)
+            .env("NO_COLOR", "1")
+            .env("HOME", self.dir.path().join("home"))
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let (ok, text) = self.run(args);
+        assert!(ok, "skyform {args:?} failed:\n{text}");
+        text
+    }
+
+    fn hosts_of(&self, addr: &str) -> Vec<String> {
+        let state: Value = serde_json::from_str(&self.ok(&["state", "pull"])).unwrap();
+        state["resources"][addr]["computed"]["hosts"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{addr} has hosts: {state}"))
+            .iter()
+            .map(|h| h.as_str().unwrap().to_string())
+            .collect()
+    }
+}
+
+#[test]
+#[ignore = "needs sshd: run ./scripts/test.sh"]
+fn clusters_hold_whole_hosts_and_move_off_a_dead_one() {
+    let s = Servers::get();
+    assert!(s.hosts.len() >= 3, "three servers");
+    let w = Work::new(&s);
+
+    // Two clusters on three hosts: each host goes to one cluster only.
+    w.config("cluster \"a\" {\n  num_nodes = 2\n}\ncluster \"b\" {}\n");
+    let plan = w.ok(&["plan"]);
+    assert!(plan.contains("ssh/rack"), "{plan}");
+    assert!(plan.contains("$0.00/h"), "{plan}");
+    w.ok(&["apply", "-auto-approve"]);
+    let a = w.hosts_of("cluster.a");
+    let b = w.hosts_of("cluster.b");
+    assert_eq!(a.len(), 2);
+    assert_eq!(b.len(), 1);
+    assert!(!a.contains(&b[0]), "no host in two clusters: {a:?} {b:?}");
+    assert_eq!(s.reserved().len(), 3);
+
+    // The pool is full: a third cluster has nowhere to go.
+    w.config("cluster \"a\" {\n  num_nodes = 2\n}\ncluster \"b\" {}\ncluster \"c\" {}\n");
+    let (ok, text) = w.run(&["plan"]);
+    assert!(!ok && text.contains("no placement for cluster.c"), "{text}");
+
+    // Give a's hosts back, then lose b's host: b is replaced on a free one.
+    w.config("cluster \"b\" {}\n");
+    w.ok(&["apply", "-auto-approve"]);
+    assert_eq!(s.reserved(), b);
+    s.kill(&b[0]);
+    let plan = w.ok(&["plan"]);
+    assert!(plan.contains("does not answer"), "{plan}");
+    assert!(plan.contains("must be replaced"), "{plan}");
+    let out = w.ok(&["apply", "-auto-approve"]);
+    assert!(out.contains("left for a later clean-up"), "{out}");
+    let moved = w.hosts_of("cluster.b");
+    assert_ne!(moved, b, "{out}");
+
+    // The dead host comes back: the next apply releases what the old b held there.
+    s.start(&b[0]);
+    let plan = w.ok(&["plan"]);
+    assert!(
+        plan.contains("Earlier attempts may have left machines behind"),
+        "{plan}"
+    );
+    w.ok(&["apply", "-auto-approve"]);
+    assert_eq!(s.reserved(), moved);
+
+    w.ok(&["destroy", "-auto-approve"]);
+    assert!(s.reserved().is_empty(), "destroy releases every host");
+}
