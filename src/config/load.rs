@@ -496,6 +496,9 @@ impl Loader {
             return;
         }
         let body = self.check_body(file, &block.body, schema, &format!("infra \"{kind}\""));
+        if *kind == "ssh" {
+            self.check_ssh_hosts(file, &body, header.clone());
+        }
         module.infra.push(InfraDecl {
             kind: kind.to_string(),
             name,
@@ -503,6 +506,33 @@ impl Loader {
             span: header.unwrap_or(0..0),
             body,
         });
+    }
+
+    /// `hosts` of an ssh pool: present, and each one `[USER@]ADDRESS[:PORT]`.
+    fn check_ssh_hosts(&mut self, file: FileId, body: &BodyDecl, header: Option<std::ops::Range<usize>>) {
+        let Some(hosts) = body.attrs.get("hosts") else {
+            self.diags.push(
+                Diagnostic::error("an ssh pool needs hosts")
+                    .at(file, header)
+                    .label("no hosts")
+                    .hint("write hosts = [\"10.0.0.5\", \"ubuntu@10.0.0.6:2222\"], or names from ~/.ssh/config"),
+            );
+            return;
+        };
+        let Expression::Array(items) = &hosts.expr else {
+            return;
+        };
+        for item in items {
+            let Expression::String(h) = item else { continue };
+            if let Err(e) = h.parse::<crate::model::Host>() {
+                self.diags.push(
+                    Diagnostic::error(format!("bad host in an ssh pool: {e}"))
+                        .at(file, Some(hosts.span.clone()))
+                        .label("in this list")
+                        .hint("each host is ADDRESS, ADDRESS:PORT or USER@ADDRESS:PORT (a name from ~/.ssh/config works too)"),
+                );
+            }
+        }
     }
 
     fn load_module_source(
