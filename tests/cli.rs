@@ -477,3 +477,34 @@ fn lock_false_skips_the_lock_and_leaves_it() {
             .contains("held-elsewhere")
     );
 }
+
+/// `ssh` on a local cluster runs the command in its head node's workdir, exit code and all;
+/// `stop` says the local backend cannot.
+#[test]
+fn ssh_and_stop_on_a_local_cluster() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    std::fs::write(dir.join("main.sky.hcl"), "cluster \"dev\" {}\n").unwrap();
+    let out = run(dir, &["apply", "-auto-approve"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = run(
+        dir,
+        &["ssh", "cluster.dev", "--", "sh", "-c", "pwd; exit 7"],
+    );
+    assert_eq!(out.status.code(), Some(7));
+    assert!(
+        text(&out.stdout).trim_end().ends_with("node-0/workdir"),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = run(dir, &["stop", "cluster.dev"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("the local backend cannot stop a cluster"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = run(dir, &["ssh", "job.nope"]);
+    assert!(text(&out.stderr).contains("is not a cluster"));
+    assert!(run(dir, &["destroy", "-auto-approve"]).status.success());
+}

@@ -160,6 +160,28 @@ fn clusters_hold_whole_hosts_and_move_off_a_dead_one() {
     assert!(!a.contains(&b[0]), "no host in two clusters: {a:?} {b:?}");
     assert_eq!(s.reserved().len(), 3);
 
+    // `skyform ssh` reaches the head host, and passes arguments as written.
+    let out = w.ok(&[
+        "ssh",
+        "cluster.b",
+        "--",
+        "printf",
+        "%s|",
+        "'; rm -rf /",
+        "$HOME",
+    ]);
+    assert!(out.starts_with("'; rm -rf /|$HOME|"), "{out}");
+    let out = w.ok(&[
+        "ssh",
+        "cluster.b",
+        "--",
+        "sh",
+        "-c",
+        "echo $SKYFORM_HOST_DIR",
+    ]);
+    let dir = s.dir.join(format!("host-{}/skyform", s.index(&b[0])));
+    assert!(out.contains(&dir.display().to_string()), "{out}");
+
     // The pool is full: a third cluster has nowhere to go.
     w.config("cluster \"a\" {\n  num_nodes = 2\n}\ncluster \"b\" {}\ncluster \"c\" {}\n");
     let (ok, text) = w.run(&["plan"]);

@@ -528,6 +528,7 @@ pub async fn run(cli: Cli) -> i32 {
             force_unlock(&ctx(base.clone()), &lock_id, force).await
         }
         Command::Status { json } => status(&ctx(base.clone()), json).await,
+        Command::Ssh { cluster, command } => shell(&ctx(base.clone()), &cluster, &command).await,
         Command::Stop { cluster, lock } => power(&ctx(base.clone()), &cluster, false, &lock).await,
         Command::Start { cluster, lock } => power(&ctx(base.clone()), &cluster, true, &lock).await,
         Command::Logs { address, follow } => logs(&ctx(base.clone()), &address, follow).await,
@@ -1898,6 +1899,37 @@ async fn edit_state(
     .await;
     guard.release().await;
     result
+}
+
+/// `ssh CLUSTER [-- CMD]`: runs ssh (or, for this machine, the shell) to the head node,
+/// with the terminal handed over; the exit code is the command's.
+async fn shell(ctx: &Ctx, address: &str, command: &[String]) -> Result<i32> {
+    let addr: Address = parse_addrs(&[address.to_string()])?.remove(0);
+    if addr.kind != crate::model::Kind::Cluster {
+        return Err(Failure::new(format!("{addr} is not a cluster")));
+    }
+    let (config, _) = ctx.load_config()?;
+    let registry = ctx.registry(Some(&config));
+    let store = ctx.store().await?;
+    let state = store.read().await?.unwrap_or_default();
+    let res = state.resources.get(&addr).ok_or_else(|| {
+        Failure::new(format!("{addr} is not in state")).hint("`skyform state list` shows what is")
+    })?;
+    let p = registry.get(&res.provider).ok_or_else(|| {
+        Failure::new(format!(
+            "provider {:?} is not available in this build",
+            res.provider
+        ))
+    })?;
+    let argv = p
+        .shell(res, command)
+        .map_err(|e| Failure::new(format!("cannot open a shell on {addr}: {e}")))?;
+    let (program, args) = argv.split_first().ok_or_else(|| Failure::new("no shell"))?;
+    let status = std::process::Command::new(program)
+        .args(args)
+        .status()
+        .map_err(|e| Failure::new(format!("cannot run {program}: {e}")))?;
+    Ok(status.code().unwrap_or(EXIT_ERROR))
 }
 
 /// `stop` / `start`: the cluster's backend stops or starts its machines; state follows.

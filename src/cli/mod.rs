@@ -242,6 +242,13 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// A shell, or a command, on a cluster's head node.
+    Ssh {
+        cluster: String,
+        /// The command and its arguments (after `--`); none: an interactive shell.
+        #[arg(last = true)]
+        command: Vec<String>,
+    },
     /// Stop a cluster's machines, keeping their disks (clouds that support it).
     Stop {
         cluster: String,

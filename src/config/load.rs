@@ -509,7 +509,12 @@ impl Loader {
     }
 
     /// `hosts` of an ssh pool: present, and each one `[USER@]ADDRESS[:PORT]`.
-    fn check_ssh_hosts(&mut self, file: FileId, body: &BodyDecl, header: Option<std::ops::Range<usize>>) {
+    fn check_ssh_hosts(
+        &mut self,
+        file: FileId,
+        body: &BodyDecl,
+        header: Option<std::ops::Range<usize>>,
+    ) {
         let Some(hosts) = body.attrs.get("hosts") else {
             self.diags.push(
                 Diagnostic::error("an ssh pool needs hosts")
@@ -523,7 +528,9 @@ impl Loader {
             return;
         };
         for item in items {
-            let Expression::String(h) = item else { continue };
+            let Expression::String(h) = item else {
+                continue;
+            };
             if let Err(e) = h.parse::<crate::model::Host>() {
                 self.diags.push(
                     Diagnostic::error(format!("bad host in an ssh pool: {e}"))

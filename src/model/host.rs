@@ -90,5 +90,4 @@ mod tests {
         assert!("@host".parse::<Host>().is_err());
         assert!("a b".parse::<Host>().is_err());
     }
-
 }

@@ -959,6 +959,26 @@ impl Provider for AwsProvider {
         self.set_running(res, true).await
     }
 
+    /// ssh to the head's public address as `ubuntu` (the default image's user) with
+    /// skyform's key; the host key is recorded on first contact.
+    fn shell(&self, res: &ResourceState, command: &[String]) -> Result<Vec<String>, ProviderError> {
+        let head = res
+            .computed
+            .get("head_ip")
+            .and_then(|v| v.as_str())
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| ProviderError::other("the cluster has no address recorded"))?;
+        Ok(super::ssh::ssh_argv(
+            Some("ubuntu"),
+            head,
+            None,
+            Some(&self.key_dir.join("skyform-key")),
+            &self.key_dir.join("known_hosts"),
+            true,
+            command,
+        ))
+    }
+
     fn log_paths(&self, _res: &ResourceState, _cluster: Option<&ResourceState>) -> Vec<PathBuf> {
         Vec::new()
     }

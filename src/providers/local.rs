@@ -694,6 +694,24 @@ impl Provider for LocalProvider {
         }
     }
 
+    /// A shell (or the command) in the head node's workdir, on this machine.
+    fn shell(&self, res: &ResourceState, command: &[String]) -> Result<Vec<String>, ProviderError> {
+        let dir = Self::cluster_dir(&res.private)
+            .ok_or_else(|| ProviderError::other("the cluster has no sandbox recorded"))?;
+        let workdir = Layout::new(dir).workdir(0);
+        let mut v = vec![
+            "env".to_string(),
+            "-C".into(),
+            workdir.display().to_string(),
+        ];
+        if command.is_empty() {
+            v.push(std::env::var("SHELL").unwrap_or_else(|_| "sh".into()));
+        } else {
+            v.extend(command.iter().cloned());
+        }
+        Ok(v)
+    }
+
     fn log_paths(&self, res: &ResourceState, cluster: Option<&ResourceState>) -> Vec<PathBuf> {
         let dir = match &res.spec {
             Spec::Job(_) => cluster.and_then(|c| Self::cluster_dir(&c.private)),

@@ -133,6 +133,18 @@ pub trait Provider: Send + Sync + std::fmt::Debug {
             self.name()
         )))
     }
+    /// The program and arguments that open a shell on a cluster's head node; a command, as
+    /// separate arguments, may follow them (`skyform ssh`).
+    fn shell(
+        &self,
+        _res: &ResourceState,
+        _command: &[String],
+    ) -> Result<Vec<String>, ProviderError> {
+        Err(ProviderError::other(format!(
+            "the {} backend has no shell to open",
+            self.name()
+        )))
+    }
     /// Log files of a job (one per rank), for `skyform logs`.
     fn log_paths(&self, res: &ResourceState, cluster: Option<&ResourceState>) -> Vec<PathBuf>;
 }

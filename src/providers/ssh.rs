@@ -652,6 +652,32 @@ impl super::Provider for SshProvider {
         }
     }
 
+    fn shell(
+        &self,
+        res: &crate::state::ResourceState,
+        command: &[String],
+    ) -> Result<Vec<String>, ProviderError> {
+        let p: Private = serde_json::from_value(res.private.clone())
+            .map_err(|_| ProviderError::other("no hosts recorded"))?;
+        let pool = self.pool(p.pool.as_deref().unwrap_or_default())?;
+        let head: Host = p
+            .hosts
+            .first()
+            .ok_or_else(|| ProviderError::other("no hosts recorded"))?
+            .parse()
+            .map_err(ProviderError::other)?;
+        let a = &pool.access;
+        Ok(ssh_argv(
+            head.user.as_deref().or(a.user.as_deref()),
+            &head.address,
+            head.port.or(a.port),
+            a.identity_file.as_deref(),
+            &a.known_hosts,
+            false,
+            command,
+        ))
+    }
+
     fn log_paths(
         &self,
         _res: &crate::state::ResourceState,
@@ -659,6 +685,52 @@ impl super::Provider for SshProvider {
     ) -> Vec<PathBuf> {
         Vec::new()
     }
+}
+
+/// An `ssh` command line to a host: its key must be the recorded one (or, with
+/// `accept_new`, is recorded now); `command` goes as one quoted string, so the remote shell
+/// sees each argument as written. No command: an interactive shell.
+pub fn ssh_argv(
+    user: Option<&str>,
+    address: &str,
+    port: Option<u16>,
+    identity: Option<&Path>,
+    known_hosts: &Path,
+    accept_new: bool,
+    command: &[String],
+) -> Vec<String> {
+    let mut v: Vec<String> = vec!["ssh".into()];
+    if let Some(i) = identity {
+        v.extend(["-i".into(), i.display().to_string()]);
+    }
+    v.extend([
+        "-o".into(),
+        format!("UserKnownHostsFile={}", known_hosts.display()),
+        "-o".into(),
+        format!(
+            "StrictHostKeyChecking={}",
+            if accept_new { "accept-new" } else { "yes" }
+        ),
+    ]);
+    if let Some(p) = port {
+        v.extend(["-p".into(), p.to_string()]);
+    }
+    if let Some(u) = user {
+        v.extend(["-l".into(), u.to_string()]);
+    }
+    if command.is_empty() {
+        v.push("-t".into());
+    }
+    v.push(address.to_string());
+    if !command.is_empty() {
+        v.push("--".into());
+        let quoted: Vec<String> = command
+            .iter()
+            .map(|c| shell_escape::unix::escape(c.as_str().into()).into_owned())
+            .collect();
+        v.push(quoted.join(" "));
+    }
+    v
 }
 
 /// The default place of skyform's known_hosts file.
