@@ -212,4 +212,33 @@ fn clusters_hold_whole_hosts_and_move_off_a_dead_one() {
 
     w.ok(&["destroy", "-auto-approve"]);
     assert!(s.reserved().is_empty(), "destroy releases every host");
+
+    // Hosts may be names from an ssh config file (ssh reads the user's ~/.ssh/config by
+    // default; `ssh_config` names another), which says how to reach them.
+    let w = Work::new(&s);
+    let (addr, port) = s.hosts[0].split_once(':').unwrap();
+    std::fs::create_dir_all(w.dir.path().join("home/.ssh")).unwrap();
+    std::fs::write(
+        w.dir.path().join("home/.ssh/config"),
+        format!(
+            "Host gpu-box-1\n  HostName {addr}\n  Port {port}\n  User root\n  IdentityFile {}\n",
+            s.dir.join("id_ed25519").display()
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        w.dir.path().join("main.sky.hcl"),
+        format!(
+            "infra \"ssh\" \"named\" {{\n  hosts      = [\"gpu-box-1\"]\n  ssh_config = \"{}\"\n}}\ncluster \"n\" {{}}\n",
+            w.dir.path().join("home/.ssh/config").display()
+        ),
+    )
+    .unwrap();
+    w.ok(&["apply", "-auto-approve"]);
+    assert_eq!(w.hosts_of("cluster.n"), ["gpu-box-1"]);
+    assert_eq!(s.reserved(), [s.hosts[0].clone()]);
+    let out = w.ok(&["ssh", "cluster.n", "--", "echo", "via", "ssh_config"]);
+    assert!(out.contains("via ssh_config"), "{out}");
+    w.ok(&["destroy", "-auto-approve"]);
+    assert!(s.reserved().is_empty());
 }

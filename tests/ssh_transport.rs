@@ -29,6 +29,7 @@ fn access(dir: &std::path::Path, home: &std::path::Path) -> Access {
         user: None,
         port: None,
         identity_file: Some(dir.join("id_ed25519")),
+        config_file: None,
         known_hosts: home.join("known_hosts"),
         control_dir: home.join("c"),
         connect_timeout: Duration::from_secs(5),

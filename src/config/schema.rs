@@ -401,6 +401,7 @@ pub static INFRA_SSH: BlockSchema = BlockSchema {
         a("hosts", Ty::ListOfStrings),
         a("user", Ty::String),
         a("identity_file", Ty::String),
+        a("ssh_config", Ty::String),
         a("port", Ty::Count),
         a("price_per_hour", Ty::Number),
     ],

@@ -21,6 +21,8 @@ pub struct Access {
     pub user: Option<String>,
     pub port: Option<u16>,
     pub identity_file: Option<PathBuf>,
+    /// An ssh config file to read instead of ssh's default (`~/.ssh/config` of the user).
+    pub config_file: Option<PathBuf>,
     /// skyform's own record of host keys (trust on first use).
     pub known_hosts: PathBuf,
     /// Where the multiplexing sockets live; keep it short (sockets have a path limit).
@@ -64,6 +66,9 @@ impl Access {
         }
         if let Some(k) = &self.identity_file {
             b.keyfile(k);
+        }
+        if let Some(f) = &self.config_file {
+            b.config_file(f);
         }
         let session = b
             .connect_mux(&host.address)
@@ -245,10 +250,13 @@ impl Pool {
             })
             .transpose()?
             .unwrap_or_default();
-        let identity = str_of("identity_file").map(|p| match p.strip_prefix("~/") {
-            Some(rest) => home.join(rest),
-            None => PathBuf::from(p),
-        });
+        let path = |k: &str| {
+            str_of(k).map(|p| match p.strip_prefix("~/") {
+                Some(rest) => home.join(rest),
+                None => PathBuf::from(p),
+            })
+        };
+        let identity = path("identity_file");
         let port = settings
             .get("port")
             .and_then(serde_json::Value::as_u64)
@@ -265,6 +273,7 @@ impl Pool {
                 user: str_of("user").map(str::to_string),
                 port,
                 identity_file: identity,
+                config_file: path("ssh_config"),
                 known_hosts: default_known_hosts(home),
                 control_dir: std::env::temp_dir().join(format!("sky-{}", std::process::id())),
                 connect_timeout: Duration::from_secs(10),
@@ -418,11 +427,14 @@ impl super::Provider for SshProvider {
     /// The free, reachable hosts of each pool, one offering per distinct shape.
     async fn offerings(&self) -> Result<Vec<crate::optimizer::Offering>, ProviderError> {
         let mut out = Vec::new();
+        let mut silent = Vec::new();
         for pool in self.pools.values() {
             let mut shapes: BTreeMap<String, (Facts, u32)> = BTreeMap::new();
             for seen in self.look(pool).await {
-                if let (Ok(f), None) = (&seen.facts, &seen.holder) {
-                    shapes.entry(shape(f)).or_insert((f.clone(), 0)).1 += 1;
+                match (&seen.facts, &seen.holder) {
+                    (Ok(f), None) => shapes.entry(shape(f)).or_insert((f.clone(), 0)).1 += 1,
+                    (Err(e), _) => silent.push(format!("pool {}: {}", pool.name, e.message)),
+                    _ => {}
                 }
             }
             for (name, (f, count)) in shapes {
@@ -439,6 +451,12 @@ impl super::Provider for SshProvider {
                     max_nodes: Some(count),
                 });
             }
+        }
+        if out.is_empty() && !silent.is_empty() {
+            return Err(ProviderError::other(silent.join("; ")));
+        }
+        for s in silent {
+            tracing::warn!("{s}");
         }
         Ok(out)
     }
@@ -667,7 +685,7 @@ impl super::Provider for SshProvider {
             .parse()
             .map_err(ProviderError::other)?;
         let a = &pool.access;
-        Ok(ssh_argv(
+        let mut argv = ssh_argv(
             head.user.as_deref().or(a.user.as_deref()),
             &head.address,
             head.port.or(a.port),
@@ -675,7 +693,11 @@ impl super::Provider for SshProvider {
             &a.known_hosts,
             false,
             command,
-        ))
+        );
+        if let Some(f) = &a.config_file {
+            argv.splice(1..1, ["-F".to_string(), f.display().to_string()]);
+        }
+        Ok(argv)
     }
 
     fn log_paths(
