@@ -239,6 +239,15 @@ fn clusters_hold_whole_hosts_and_move_off_a_dead_one() {
     assert_eq!(s.reserved(), [s.hosts[0].clone()]);
     let out = w.ok(&["ssh", "cluster.n", "--", "echo", "via", "ssh_config"]);
     assert!(out.contains("via ssh_config"), "{out}");
+    // Jobs need the cluster runtime on remote machines, which is not there yet: say so.
+    let config = std::fs::read_to_string(w.dir.path().join("main.sky.hcl")).unwrap();
+    std::fs::write(
+        w.dir.path().join("main.sky.hcl"),
+        format!("{config}job \"j\" {{\n  cluster = cluster.n\n  run     = \"true\"\n}}\n"),
+    )
+    .unwrap();
+    let (ok, out) = w.run(&["apply", "-auto-approve"]);
+    assert!(!ok && out.contains("not in this build yet"), "{out}");
     w.ok(&["destroy", "-auto-approve"]);
     assert!(s.reserved().is_empty());
 }

@@ -572,9 +572,7 @@ impl AwsProvider {
         placement: &Candidate,
     ) -> Result<Vec<Node>, ProviderError> {
         let Spec::Cluster(spec) = req.spec else {
-            return Err(ProviderError::other(
-                "the aws backend runs clusters; jobs run on a cluster",
-            ));
+            return Err(ProviderError::other(super::ssh::NO_RUNTIME));
         };
         let o = &placement.offering;
         let region = o
@@ -889,6 +887,9 @@ impl Provider for AwsProvider {
     }
 
     async fn create(&self, req: Request<'_>) -> Result<Created, ProviderError> {
+        if !matches!(req.spec, Spec::Cluster(_)) {
+            return Err(ProviderError::other(super::ssh::NO_RUNTIME));
+        }
         let placement = req
             .placement
             .cloned()

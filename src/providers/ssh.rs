@@ -311,6 +311,9 @@ pub struct SshProvider {
     pub pools: BTreeMap<String, Pool>,
 }
 
+/// What jobs on remote clusters get until the runtime runs there.
+pub const NO_RUNTIME: &str = "running jobs on ssh and aws clusters is not in this build yet: the cluster runtime for remote machines comes next (see docs/ssh.md); run them on a local cluster meanwhile";
+
 const RESERVE: &str = r#"
 mkdir -p "$dir" && if mkdir "$dir/reservation" 2>/dev/null; then
   printf '%s' "$1" > "$dir/reservation/owner"; echo reserved
@@ -561,6 +564,9 @@ impl super::Provider for SshProvider {
     }
 
     async fn create(&self, req: super::Request<'_>) -> Result<super::Created, ProviderError> {
+        if !matches!(req.spec, crate::model::Spec::Cluster(_)) {
+            return Err(ProviderError::other(NO_RUNTIME));
+        }
         let placement = req
             .placement
             .ok_or_else(|| ProviderError::other("an ssh cluster needs a placement"))?;
