@@ -1912,15 +1912,7 @@ async fn shell(ctx: &Ctx, address: &str, command: &[String]) -> Result<i32> {
     let registry = ctx.registry(Some(&config));
     let store = ctx.store().await?;
     let state = store.read().await?.unwrap_or_default();
-    let res = state.resources.get(&addr).ok_or_else(|| {
-        Failure::new(format!("{addr} is not in state")).hint("`skyform state list` shows what is")
-    })?;
-    let p = registry.get(&res.provider).ok_or_else(|| {
-        Failure::new(format!(
-            "provider {:?} is not available in this build",
-            res.provider
-        ))
-    })?;
+    let (res, p) = cluster_and_backend(&state, &addr, &registry)?;
     let argv = p
         .shell(res, command)
         .map_err(|e| Failure::new(format!("cannot open a shell on {addr}: {e}")))?;
@@ -1930,6 +1922,27 @@ async fn shell(ctx: &Ctx, address: &str, command: &[String]) -> Result<i32> {
         .status()
         .map_err(|e| Failure::new(format!("cannot run {program}: {e}")))?;
     Ok(status.code().unwrap_or(EXIT_ERROR))
+}
+
+/// A resource in state and the backend that keeps it.
+fn cluster_and_backend<'a>(
+    state: &'a State,
+    addr: &Address,
+    registry: &'a Registry,
+) -> Result<(
+    &'a crate::state::ResourceState,
+    &'a dyn crate::providers::Provider,
+)> {
+    let res = state.resources.get(addr).ok_or_else(|| {
+        Failure::new(format!("{addr} is not in state")).hint("`skyform state list` shows what is")
+    })?;
+    let p = registry.get(&res.provider).ok_or_else(|| {
+        Failure::new(format!(
+            "provider {:?} is not available in this build",
+            res.provider
+        ))
+    })?;
+    Ok((res, p))
 }
 
 /// `stop` / `start`: the cluster's backend stops or starts its machines; state follows.
@@ -1947,16 +1960,8 @@ async fn power(ctx: &Ctx, address: &str, run: bool, flags: &LockFlags) -> Result
     let guard = lock(store.as_ref(), op, flags).await?;
     let result = async {
         let mut state = store.read().await?.unwrap_or_default();
-        let res = state.resources.get(&addr).cloned().ok_or_else(|| {
-            Failure::new(format!("{addr} is not in state"))
-                .hint("`skyform state list` shows what is")
-        })?;
-        let p = registry.get(&res.provider).ok_or_else(|| {
-            Failure::new(format!(
-                "provider {:?} is not available in this build",
-                res.provider
-            ))
-        })?;
+        let (res, p) = cluster_and_backend(&state, &addr, &registry)?;
+        let res = res.clone();
         let done = if run {
             p.start(&res).await
         } else {

@@ -319,17 +319,7 @@ impl AwsProvider {
         let id = match made {
             Ok(out) => out.group_id().unwrap_or_default().to_string(),
             Err(e) if e.code() == Some("InvalidGroup.Duplicate") => {
-                let out = client
-                    .describe_security_groups()
-                    .filters(filter("group-name", [p.name.as_str()]))
-                    .send()
-                    .await
-                    .map_err(|e| classify("DescribeSecurityGroups", e))?;
-                out.security_groups()
-                    .first()
-                    .and_then(|g| g.group_id())
-                    .unwrap_or_default()
-                    .to_string()
+                self.find_group(client, p).await?.unwrap_or_default()
             }
             Err(e) => return Err(classify("CreateSecurityGroup", e)),
         };
@@ -452,14 +442,23 @@ impl AwsProvider {
         Ok(nodes)
     }
 
-    async fn group_exists(&self, client: &ec2::Client, p: &Private) -> Result<bool, ProviderError> {
+    /// The id of the attempt's security group, if it exists.
+    async fn find_group(
+        &self,
+        client: &ec2::Client,
+        p: &Private,
+    ) -> Result<Option<String>, ProviderError> {
         let out = client
             .describe_security_groups()
             .filters(filter("group-name", [p.name.as_str()]))
             .send()
             .await
             .map_err(|e| classify("DescribeSecurityGroups", e))?;
-        Ok(!out.security_groups().is_empty())
+        Ok(out
+            .security_groups()
+            .first()
+            .and_then(|g| g.group_id())
+            .map(str::to_string))
     }
 
     /// Waits until every instance runs; one that ends instead is a capacity failure.
@@ -863,7 +862,7 @@ impl Provider for AwsProvider {
         if nodes.is_empty() {
             let reason = "all its instances were terminated outside skyform".to_string();
             // While its security group or key pair remain, a replace removes them.
-            if self.group_exists(&client, &p).await? {
+            if self.find_group(&client, &p).await?.is_some() {
                 return Ok(Observed::Degraded {
                     reason,
                     computed: Self::computed(&nodes, &p, false),
