@@ -1164,10 +1164,11 @@ fn print_summary(s: &Summary, plan: &Plan, state: &State, destroy: bool, style: 
                 ]
             })
             .collect();
-        say!(
-            "{}",
-            render::human::table(&["resource", "infra", "instance", "time", "result"], &rows)
-        );
+        let table =
+            render::human::table(&["resource", "infra", "instance", "time", "result"], &rows);
+        for line in table.lines() {
+            say!("  {line}");
+        }
     }
     if !state.outputs.is_empty() && !destroy {
         say!("\nOutputs:");
@@ -2061,61 +2062,46 @@ async fn status(ctx: &Ctx, json: bool) -> Result<i32> {
             })
             .unwrap_or_else(|| "-".into())
     };
-    say!(
-        "{:<28} {:<10} {:<6} {:<10} {:>8}",
-        "CLUSTER",
-        "INFRA",
-        "NODES",
-        "STATUS",
-        "$/h"
-    );
     let mut total = 0;
-    for (a, r) in state
-        .resources
-        .iter()
-        .filter(|(a, _)| a.kind != crate::model::Kind::Job)
-    {
+    let mut clusters = Vec::new();
+    let mut jobs = Vec::new();
+    for (a, r) in &state.resources {
         let nodes = match &r.spec {
             crate::model::Spec::Cluster(c) => c.num_nodes,
             crate::model::Spec::ManagedJob(m) => m.num_nodes,
             crate::model::Spec::Service(s) => s.replica_policy.min_replicas,
-            crate::model::Spec::Job(_) => 0,
+            crate::model::Spec::Job(j) => {
+                jobs.push(vec![
+                    a.to_string(),
+                    j.cluster.to_string(),
+                    get(r, "status"),
+                    get(r, "exit_code").replace("null", "-"),
+                ]);
+                continue;
+            }
         };
         let cost = r.placement.as_ref().map_or(0, |p| p.hourly);
         total += cost;
-        say!(
-            "{:<28} {:<10} {:<6} {:<10} {:>8}",
+        clusters.push(vec![
             a.to_string(),
             r.placement
                 .as_ref()
                 .map_or("-".into(), |p| p.offering.infra()),
-            nodes,
+            nodes.to_string(),
             get(r, "status"),
-            crate::optimizer::dollars(cost).trim_start_matches('$')
-        );
+            crate::optimizer::dollars(cost)
+                .trim_start_matches('$')
+                .to_string(),
+        ]);
     }
     say!(
-        "\n{:<28} {:<28} {:<11} {:>4}",
-        "JOB",
-        "CLUSTER",
-        "STATUS",
-        "EXIT"
+        "{}",
+        render::human::table(&["CLUSTER", "INFRA", "NODES", "STATUS", "$/h"], &clusters)
     );
-    for (a, r) in state
-        .resources
-        .iter()
-        .filter(|(a, _)| a.kind == crate::model::Kind::Job)
-    {
-        let cluster = match &r.spec {
-            crate::model::Spec::Job(j) => j.cluster.to_string(),
-            _ => "-".into(),
-        };
+    if !jobs.is_empty() {
         say!(
-            "{:<28} {:<28} {:<11} {:>4}",
-            a.to_string(),
-            cluster,
-            get(r, "status"),
-            get(r, "exit_code").replace("null", "-")
+            "\n{}",
+            render::human::table(&["JOB", "CLUSTER", "STATUS", "EXIT"], &jobs)
         );
     }
     say!("\nTotal: {}/h", crate::optimizer::dollars(total));

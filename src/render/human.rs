@@ -348,8 +348,7 @@ pub fn cost_line(p: &Plan) -> String {
     )
 }
 
-/// Rows under a header, each column as wide as its widest cell (the last one unpadded),
-/// every line indented by two spaces.
+/// Rows under a header, each column as wide as its widest cell (the last one unpadded).
 pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
     for row in rows {
@@ -360,9 +359,11 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
         }
     }
     let line = |cells: &mut dyn Iterator<Item = &str>| {
-        let mut out = String::from(" ");
+        let mut out = String::new();
         for (i, cell) in cells.enumerate() {
-            out.push(' ');
+            if i > 0 {
+                out.push(' ');
+            }
             out.push_str(cell);
             if i + 1 < widths.len() {
                 let pad = widths[i].saturating_sub(cell.chars().count()) + 1;
