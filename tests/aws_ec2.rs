@@ -652,6 +652,7 @@ async fn aws_backend_conforms() {
             profile: None,
             endpoint: Some(w.proxy.url.clone()),
             static_keys: Some(("testing".into(), "testing".into())),
+            public_key: None,
         },
         w.path().join("home/.skyform/ssh"),
     );
@@ -753,4 +754,38 @@ async fn init_reports_aws_credentials() {
         "{text}"
     );
     assert!(w.proxy.calls().is_empty());
+}
+
+/// The user's own public key (`~/.ssh/id_ed25519.pub`) is what each region imports; with
+/// none, skyform makes its own.
+#[tokio::test]
+#[ignore = "needs moto: run ./scripts/test.sh"]
+async fn the_users_public_key_is_imported() {
+    let w = Work::new(&["us-east-1"], SPOT_A10G);
+    let ssh = w.path().join("home/.ssh");
+    std::fs::create_dir_all(&ssh).unwrap();
+    let st = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(ssh.join("id_ed25519"))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let mine = std::fs::read_to_string(ssh.join("id_ed25519.pub")).unwrap();
+    w.ok(&["apply", "-auto-approve"]);
+    let keys = w
+        .proxy
+        .client("us-east-1")
+        .describe_key_pairs()
+        .include_public_key(true)
+        .send()
+        .await
+        .unwrap();
+    let imported = keys.key_pairs()[0]
+        .public_key()
+        .unwrap_or_default()
+        .to_string();
+    let word = |k: &str| k.split_whitespace().nth(1).unwrap_or_default().to_string();
+    assert_eq!(word(&imported), word(&mine));
+    assert!(!w.path().join("home/.skyform/ssh/skyform-key").exists());
+    w.ok(&["destroy", "-auto-approve"]);
 }

@@ -357,7 +357,7 @@ impl Ctx {
         providers.insert(
             "aws",
             Arc::new(AwsProvider::new(
-                AwsSettings::from_infra(aws),
+                AwsSettings::from_infra(aws, &expand_home("~/")),
                 expand_home("~/.skyform/ssh"),
             )),
         );

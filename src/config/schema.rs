@@ -358,6 +358,7 @@ pub static INFRA_AWS: BlockSchema = BlockSchema {
         a("zones", Ty::ListOfStrings),
         a("profile", Ty::String),
         a("endpoint", Ty::String),
+        a("ssh_public_key", Ty::String),
         a("price_multiplier", Ty::Number),
     ],
     blocks: &[],

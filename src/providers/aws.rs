@@ -35,10 +35,16 @@ pub struct AwsSettings {
     /// Fixed keys instead of the credential chain (for embedding and tests; the HCL block
     /// has no such setting, so keys never sit in configuration files).
     pub static_keys: Option<(String, String)>,
+    /// The ssh public key imported into each region: `ssh_public_key`, else the user's
+    /// `~/.ssh/id_ed25519.pub` or `~/.ssh/id_rsa.pub`; none: skyform's own key.
+    pub public_key: Option<PathBuf>,
 }
 
 impl AwsSettings {
-    pub fn from_infra(settings: Option<&serde_json::Map<String, serde_json::Value>>) -> Self {
+    pub fn from_infra(
+        settings: Option<&serde_json::Map<String, serde_json::Value>>,
+        home: &std::path::Path,
+    ) -> Self {
         let get = |k: &str| {
             settings
                 .and_then(|s| s.get(k))
@@ -49,6 +55,17 @@ impl AwsSettings {
             profile: get("profile"),
             endpoint: get("endpoint"),
             static_keys: None,
+            public_key: get("ssh_public_key")
+                .map(|p| match p.strip_prefix("~/") {
+                    Some(rest) => home.join(rest),
+                    None => PathBuf::from(p),
+                })
+                .or_else(|| {
+                    ["id_ed25519.pub", "id_rsa.pub"]
+                        .iter()
+                        .map(|f| home.join(".ssh").join(f))
+                        .find(|p| p.is_file())
+                }),
         }
     }
 }
@@ -183,10 +200,27 @@ impl AwsProvider {
             .await
     }
 
-    /// The public half of skyform's own ssh key, made with ssh-keygen on first use.
+    /// The private key that goes with the imported public one.
+    fn private_key(&self) -> PathBuf {
+        match &self.settings.public_key {
+            Some(p) => p.with_extension(""),
+            None => self.key_dir.join("skyform-key"),
+        }
+    }
+
+    /// The public key to import: the configured or the user's, else skyform's own, made
+    /// with ssh-keygen on first use.
     async fn public_key(&self) -> Result<String, ProviderError> {
         self.key
             .get_or_try_init(|| async {
+                if let Some(p) = &self.settings.public_key {
+                    return std::fs::read_to_string(p)
+                        .map(|k| k.trim().to_string())
+                        .map_err(|e| ProviderError {
+                            kind: ErrorKind::Config,
+                            message: format!("cannot read the ssh public key {}: {e}", p.display()),
+                        });
+                }
                 let private = self.key_dir.join("skyform-key");
                 let public = self.key_dir.join("skyform-key.pub");
                 if !public.exists() {
@@ -972,7 +1006,7 @@ impl Provider for AwsProvider {
             Some("ubuntu"),
             head,
             None,
-            Some(&self.key_dir.join("skyform-key")),
+            Some(&self.private_key()),
             &self.key_dir.join("known_hosts"),
             true,
             command,
