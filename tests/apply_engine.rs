@@ -236,7 +236,11 @@ async fn a_failure_skips_only_its_dependents() {
 #[derive(Debug, Default)]
 struct Cloud {
     full: Vec<String>,
+    /// Placements where create never answers.
+    hung: Vec<String>,
     tried: Mutex<Vec<String>>,
+    /// The placements of the attempts deleted (cleaned up).
+    deleted: Mutex<Vec<String>>,
 }
 
 #[async_trait::async_trait]
@@ -264,6 +268,9 @@ impl Provider for Cloud {
             .map(|p| p.offering.infra())
             .unwrap_or_default();
         self.tried.lock().unwrap().push(infra.clone());
+        if self.hung.contains(&infra) {
+            std::future::pending::<()>().await;
+        }
         if self.full.contains(&infra) {
             return Err(ProviderError {
                 kind: skyform::providers::ErrorKind::Capacity,
@@ -284,14 +291,94 @@ impl Provider for Cloud {
     async fn delete(
         &self,
         _: &Address,
-        _: &ResourceState,
+        res: &ResourceState,
         _: Option<&ResourceState>,
     ) -> Result<(), ProviderError> {
+        let infra = res
+            .placement
+            .as_ref()
+            .map(|p| p.offering.infra())
+            .unwrap_or_default();
+        self.deleted.lock().unwrap().push(infra);
         Ok(())
     }
     fn log_paths(&self, _: &ResourceState, _: Option<&ResourceState>) -> Vec<PathBuf> {
         Vec::new()
     }
+}
+
+/// A placement that never answers times out, is cleaned up, and blocks its region: the
+/// next placement in that region is skipped.
+#[tokio::test]
+async fn a_hung_placement_times_out_and_blocks_its_region() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("main.sky.hcl"),
+        "cluster \"big\" {\n  resources {\n    accelerators = \"A100:8\"\n  }\n}\n",
+    )
+    .unwrap();
+    let (mut cfg, _) = skyform::config::load(dir.path());
+    let (inputs, _) = skyform::config::inputs(&mut cfg, &Default::default(), &BTreeMap::new());
+    let offer = |region: &str, kind: &str, price: u64| Offering {
+        cloud: "aws".into(),
+        region: Some(region.into()),
+        zone: None,
+        instance_type: kind.into(),
+        accelerators: vec![("A100".into(), 8.0)],
+        cpus: 96.0,
+        memory_gib: 1152.0,
+        spot: false,
+        price,
+        max_nodes: None,
+    };
+    let offers = vec![
+        offer("us-east-1", "p4d.24xlarge", 32_000_000),
+        offer("us-east-1", "p4de.24xlarge", 40_000_000),
+        offer("us-west-2", "p4d.24xlarge", 41_000_000),
+    ];
+    let (plan, d) = plan::plan(&cfg, &inputs, &State::new(), &offers, &Options::default());
+    assert!(!d.has_errors(), "{}", d.render(&cfg.sources, false));
+    let cloud = Arc::new(Cloud {
+        hung: vec!["aws/us-east-1".into()],
+        ..Cloud::default()
+    });
+    let mut providers: BTreeMap<&'static str, Arc<dyn Provider>> = BTreeMap::new();
+    providers.insert("aws", cloud.clone());
+    let store = MemoryStore::new();
+    let on_event = |_: &Event| {};
+    let (_tx, rx) = tokio::sync::watch::channel(false);
+    let applier = Applier {
+        resolve: None,
+        registry: Arc::new(Registry { providers }),
+        store: &store,
+        root: dir.path().to_path_buf(),
+        parallelism: 4,
+        on_event: &on_event,
+        interrupt: rx,
+        failover: skyform::apply::FailoverOptions {
+            attempt_timeout: std::time::Duration::from_millis(200),
+            ..Default::default()
+        },
+    };
+    let mut state = State::new();
+    let summary = applier.apply(&plan, &mut state).await.unwrap();
+    assert!(summary.ok(), "{:?}", summary.failures);
+    assert_eq!(
+        *cloud.tried.lock().unwrap(),
+        ["aws/us-east-1", "aws/us-west-2"]
+    );
+    assert_eq!(
+        *cloud.deleted.lock().unwrap(),
+        ["aws/us-east-1"],
+        "cleaned up first"
+    );
+    let r = &state.resources[&"cluster.big".parse::<Address>().unwrap()];
+    assert!(
+        r.attempts[0].result.contains("no answer within 200ms"),
+        "{:?}",
+        r.attempts
+    );
+    assert!(r.leftovers.is_empty());
 }
 
 #[tokio::test]

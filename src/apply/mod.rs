@@ -761,15 +761,19 @@ async fn attempt(
             }
         }
     };
-    let result = match tokio::time::timeout(opts.attempt_timeout, tries).await {
-        Ok(r) => r,
-        Err(_) => Err(ProviderError {
-            kind: ErrorKind::Timeout,
-            message: format!(
-                "no answer within {} (the attempt timeout)",
-                humantime::format_duration(opts.attempt_timeout)
-            ),
-        }),
+    let result = if prov.create_is_bounded() {
+        match tokio::time::timeout(opts.attempt_timeout, tries).await {
+            Ok(r) => r,
+            Err(_) => Err(ProviderError {
+                kind: ErrorKind::Timeout,
+                message: format!(
+                    "no answer within {} (the attempt timeout)",
+                    humantime::format_duration(opts.attempt_timeout)
+                ),
+            }),
+        }
+    } else {
+        tries.await
     };
     match result {
         Err(e) if fails_over(e.kind) => {

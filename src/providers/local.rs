@@ -694,6 +694,11 @@ impl Provider for LocalProvider {
         }
     }
 
+    /// Creating a local cluster includes its setup, bounded by `setup_timeout` instead.
+    fn create_is_bounded(&self) -> bool {
+        false
+    }
+
     /// A shell (or the command) in the head node's workdir, on this machine.
     fn shell(&self, res: &ResourceState, command: &[String]) -> Result<Vec<String>, ProviderError> {
         let dir = Self::cluster_dir(&res.private)

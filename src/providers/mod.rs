@@ -114,6 +114,12 @@ pub trait Provider: Send + Sync + std::fmt::Debug {
         res: &ResourceState,
         cluster: Option<&ResourceState>,
     ) -> Result<(), ProviderError>;
+    /// Whether apply bounds each create by the attempt timeout. A backend whose create also
+    /// runs the cluster's `setup` (which may rightly take long, and has its own timeout) opts
+    /// out.
+    fn create_is_bounded(&self) -> bool {
+        true
+    }
     /// What `init` says about this backend: whether it can be used from here (credentials
     /// found, say), without creating anything.
     async fn check(&self) -> Result<String, ProviderError> {
