@@ -98,12 +98,15 @@ impl fmt::Display for Candidate {
         }
         write!(
             f,
-            "  {} vCPU  {} GiB  {}  {}/h",
+            "  {} vCPU  {} GiB  ",
             crate::model::request::fmt_num(o.cpus),
             crate::model::request::fmt_size(o.memory_gib),
-            if o.spot { "spot" } else { "on-demand" },
-            dollars(self.hourly)
-        )
+        )?;
+        // Machines one already has (this one, a pool, a Kubernetes cluster) have no market.
+        if !matches!(o.cloud.as_str(), "local" | "ssh" | "k8s" | "kubernetes") {
+            write!(f, "{}  ", if o.spot { "spot" } else { "on-demand" })?;
+        }
+        write!(f, "{}/h", dollars(self.hourly))
     }
 }
 
