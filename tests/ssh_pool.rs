@@ -140,11 +140,55 @@ impl Work {
     }
 }
 
+/// The ssh backend passes the provider conformance suite.
+async fn conforms(s: &Servers) {
+    use skyform::providers::Provider;
+    use skyform::providers::conformance::{self, Fixture};
+    use skyform::providers::ssh::{Pool, SshProvider};
+    let home = tempfile::Builder::new()
+        .prefix("sk")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let settings = serde_json::json!({
+        "hosts": s.hosts,
+        "user": "root",
+        "identity_file": s.dir.join("id_ed25519").display().to_string(),
+    });
+    let pool = Pool::from_infra("rack", settings.as_object().unwrap(), home.path()).unwrap();
+    let p = SshProvider::new(vec![pool]);
+    let offering = p.offerings().await.unwrap().remove(0);
+    assert_eq!(offering.max_nodes, Some(3), "{offering:?}");
+    let spec = skyform::model::Spec::Cluster(skyform::model::ClusterSpec {
+        num_nodes: 2,
+        ..Default::default()
+    });
+    let placement = skyform::optimizer::Candidate {
+        offering,
+        num_nodes: 2,
+        hourly: 0,
+    };
+    conformance::run(
+        &p,
+        &Fixture {
+            address: "cluster.conform".parse().unwrap(),
+            spec,
+            placement: Some(placement),
+            root: home.path().to_path_buf(),
+            lineage: "conformance".into(),
+        },
+    )
+    .await;
+    assert!(s.reserved().is_empty(), "nothing held afterwards");
+}
+
 #[test]
 #[ignore = "needs sshd: run ./scripts/test.sh"]
 fn clusters_hold_whole_hosts_and_move_off_a_dead_one() {
     let s = Servers::get();
     assert!(s.hosts.len() >= 3, "three servers");
+    tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(conforms(&s));
     let w = Work::new(&s);
 
     // Two clusters on three hosts: each host goes to one cluster only.

@@ -536,6 +536,15 @@ impl super::Provider for SshProvider {
                 computed: Self::computed(&ours),
             });
         }
+        let answering = p.hosts.iter().all(|h| {
+            seen.iter()
+                .any(|s| &s.host.to_string() == h && s.facts.is_ok())
+        });
+        if answering && !p.hosts.is_empty() && ours.is_empty() {
+            return Ok(Observed::Gone {
+                reason: "its hosts were released outside skyform".into(),
+            });
+        }
         for (rank, h) in p.hosts.iter().enumerate() {
             let s = seen.iter().find(|s| &s.host.to_string() == h);
             let why = match s {
