@@ -14,11 +14,11 @@ start)
   n="${2:-3}"
   if ! command -v sshd >/dev/null && [ ! -x /usr/sbin/sshd ]; then
     echo "installing openssh-server..." >&2
-    if [ "$(id -u)" = 0 ]; then
-      DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends openssh-server >&2
-    else
-      sudo DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends openssh-server >&2
-    fi
+    sudo=""
+    [ "$(id -u)" = 0 ] || sudo=sudo
+    install() { $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends openssh-server >&2; }
+    # Package lists may be missing or stale on a fresh machine: refresh them once if needed.
+    install || { $sudo apt-get update >&2 && install; }
   fi
   sshd_bin=$(command -v sshd || echo /usr/sbin/sshd)
   dir=$(mktemp -d "${TMPDIR:-/tmp}/sky-sshd.XXXXXX")
