@@ -5,11 +5,13 @@
 //! `--include-ignored` a missing moto is a failure, not a skip.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
 use aws_sdk_ec2 as ec2;
 use serde_json::Value;
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_skyform");
@@ -199,13 +201,7 @@ impl Work {
     }
 
     fn run(&self, args: &[&str]) -> (bool, String) {
-        let out: Output = self.cmd(args).output().unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (out.status.success(), text)
+        support::servers::run(&mut self.cmd(args))
     }
 
     fn ok(&self, args: &[&str]) -> String {

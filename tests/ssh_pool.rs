@@ -4,6 +4,8 @@
 //! missing server is a failure, not a skip.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -17,15 +19,7 @@ struct Servers {
 
 impl Servers {
     fn get() -> Servers {
-        let dir = PathBuf::from(std::env::var("SKYFORM_TEST_SSH_DIR").expect(
-            "SKYFORM_TEST_SSH_DIR is not set: these tests need sshd; run ./scripts/test.sh, \
-             or eval \"$(scripts/sshd.sh start 3)\" first",
-        ));
-        let hosts = std::fs::read_to_string(dir.join("hosts"))
-            .unwrap()
-            .lines()
-            .map(|l| l.replacen(' ', ":", 1))
-            .collect();
+        let (dir, hosts) = support::servers::ssh_servers();
         Servers { dir, hosts }
     }
 
@@ -107,20 +101,14 @@ impl Work {
     }
 
     fn run(&self, args: &[&str]) -> (bool, String) {
-        let out = Command::new(BIN)
-            .arg(format!("-chdir={}", self.dir.path().display()))
-            .args(args)
-            .env("NO_COLOR", "1")
-            .env("HOME", self.dir.path().join("home"))
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (out.status.success(), text)
+        support::servers::run(
+            Command::new(BIN)
+                .arg(format!("-chdir={}", self.dir.path().display()))
+                .args(args)
+                .env("NO_COLOR", "1")
+                .env("HOME", self.dir.path().join("home"))
+                .stdin(Stdio::null()),
+        )
     }
 
     fn ok(&self, args: &[&str]) -> String {

@@ -3,23 +3,18 @@
 //! test`; with `--include-ignored` a missing server is a failure, not a skip.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
 use skyform::providers::ErrorKind;
 use skyform::providers::ssh::{Access, Host, probe};
 use std::path::PathBuf;
 use std::time::Duration;
 
 fn servers() -> (PathBuf, Vec<Host>) {
-    let dir = PathBuf::from(std::env::var("SKYFORM_TEST_SSH_DIR").expect(
-        "SKYFORM_TEST_SSH_DIR is not set: these tests need sshd; run ./scripts/test.sh, \
-         or eval \"$(scripts/sshd.sh start 3)\" first",
-    ));
-    let hosts = std::fs::read_to_string(dir.join("hosts"))
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let (a, p) = l.split_once(' ').unwrap();
-            format!("root@{a}:{p}").parse().unwrap()
-        })
+    let (dir, hosts) = support::servers::ssh_servers();
+    let hosts = hosts
+        .iter()
+        .map(|h| format!("root@{h}").parse().unwrap())
         .collect();
     (dir, hosts)
 }

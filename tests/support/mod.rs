@@ -1,6 +1,8 @@
 //! Test support shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod servers;
+
 use serde_json::json;
 use skyform::model::{Kind, spec::computed_attributes};
 use skyform::plan::{Action, Plan};

@@ -1,0 +1,30 @@
+//! What the gated integration tests share: the servers `scripts/test.sh` starts, and
+//! running skyform.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+/// The OpenSSH servers of `scripts/sshd.sh`: their directory, and each as `ADDRESS:PORT`.
+pub fn ssh_servers() -> (PathBuf, Vec<String>) {
+    let dir = PathBuf::from(std::env::var("SKYFORM_TEST_SSH_DIR").expect(
+        "SKYFORM_TEST_SSH_DIR is not set: these tests need sshd; run ./scripts/test.sh, \
+         or eval \"$(scripts/sshd.sh start 3)\" first",
+    ));
+    let hosts = std::fs::read_to_string(dir.join("hosts"))
+        .expect("the servers' hosts file")
+        .lines()
+        .map(|l| l.replacen(' ', ":", 1))
+        .collect();
+    (dir, hosts)
+}
+
+/// Runs a prepared skyform command: whether it succeeded, and stdout then stderr.
+pub fn run(cmd: &mut Command) -> (bool, String) {
+    let out = cmd.output().expect("skyform runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
