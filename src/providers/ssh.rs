@@ -275,7 +275,8 @@ impl Pool {
                 identity_file: identity,
                 config_file: path("ssh_config"),
                 known_hosts: default_known_hosts(home),
-                control_dir: std::env::temp_dir().join(format!("sky-{}", std::process::id())),
+                // openssh makes (and removes) a directory of its own per connection here.
+                control_dir: std::env::temp_dir(),
                 connect_timeout: Duration::from_secs(10),
             },
             price_micros: price,
