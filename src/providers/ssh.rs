@@ -310,6 +310,9 @@ struct Private {
 #[derive(Debug)]
 pub struct SshProvider {
     pub pools: BTreeMap<String, Pool>,
+    /// What each pool looked like, kept while nothing here changed it: refreshing many
+    /// clusters of one pool probes its hosts once.
+    seen: tokio::sync::Mutex<BTreeMap<String, Vec<Seen>>>,
 }
 
 /// What jobs on remote clusters get until the runtime runs there.
@@ -331,6 +334,7 @@ impl SshProvider {
     pub fn new(pools: Vec<Pool>) -> SshProvider {
         SshProvider {
             pools: pools.into_iter().map(|p| (p.name.clone(), p)).collect(),
+            seen: tokio::sync::Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -341,8 +345,24 @@ impl SshProvider {
         })
     }
 
-    /// Every host of a pool, probed concurrently: facts and holder.
+    /// Every host of a pool: facts and holder, probed once until [`Self::forget`].
     async fn look(&self, pool: &Pool) -> Vec<Seen> {
+        let mut seen = self.seen.lock().await;
+        if let Some(s) = seen.get(&pool.name) {
+            return s.clone();
+        }
+        let fresh = Self::probe_pool(pool).await;
+        seen.insert(pool.name.clone(), fresh.clone());
+        fresh
+    }
+
+    /// Holds changed: look again next time.
+    async fn forget(&self, pool: &Pool) {
+        self.seen.lock().await.remove(&pool.name);
+    }
+
+    /// Every host of a pool, probed concurrently.
+    async fn probe_pool(pool: &Pool) -> Vec<Seen> {
         let mut set = tokio::task::JoinSet::new();
         for (i, host) in pool.hosts.iter().enumerate() {
             let (host, access) = (host.clone(), pool.access.clone());
@@ -587,7 +607,9 @@ impl super::Provider for SshProvider {
         p.pool = Some(pool.name.clone());
         let want = placement.num_nodes.max(1) as usize;
         // Hosts of the planned shape, free when looked at; each is then reserved atomically.
+        self.forget(pool).await;
         let seen = self.look(pool).await;
+        self.forget(pool).await;
         let mut got: Vec<String> = Vec::new();
         for s in &seen {
             if got.len() == want {
@@ -656,6 +678,7 @@ impl super::Provider for SshProvider {
         // record. Only reservations with this cluster's token are released. A recorded
         // host that does not answer fails the delete (its reservation must not be lost);
         // others that do not answer hold nothing of this cluster's.
+        self.forget(pool).await;
         let mut set = tokio::task::JoinSet::new();
         for host in pool.hosts.clone() {
             let pool = pool.clone();
