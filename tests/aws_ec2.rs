@@ -705,6 +705,19 @@ cluster "dev" {
                 .collect::<Vec<_>>()
         }
     };
+    let config = std::fs::read_to_string(w.path().join(".skyform/ssh_config")).unwrap();
+    let ip = w.state()["resources"]["cluster.dev"]["computed"]["head_ip"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        config.contains(&format!("Host dev\n  HostName {ip}\n  User ubuntu\n")),
+        "{config}"
+    );
+    assert!(
+        config.contains("StrictHostKeyChecking accept-new"),
+        "{config}"
+    );
     let out = w.ok(&["stop", "cluster.dev"]);
     assert!(out.contains("stopped"), "{out}");
     assert_eq!(states(&w.proxy).await, ["stopped"]);

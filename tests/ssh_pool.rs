@@ -214,6 +214,31 @@ fn clusters_hold_whole_hosts_and_move_off_a_dead_one() {
     let dir = s.dir.join(format!("host-{}/skyform", s.index(&b[0])));
     assert!(out.contains(&dir.display().to_string()), "{out}");
 
+    // The generated ssh config reaches each cluster's head with plain ssh.
+    let config = w.dir.path().join(".skyform/ssh_config");
+    let text = std::fs::read_to_string(&config).unwrap();
+    assert!(
+        text.contains("Host a\n") && text.contains("Host b\n"),
+        "{text}"
+    );
+    let out = Command::new("ssh")
+        .arg("-F")
+        .arg(&config)
+        .args([
+            "-o",
+            "BatchMode=yes",
+            "b",
+            "--",
+            "echo",
+            "$SKYFORM_HOST_DIR",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(&dir.display().to_string()),
+        "{out:?}"
+    );
+
     // The pool is full: a third cluster has nowhere to go.
     w.config("cluster \"a\" {\n  num_nodes = 2\n}\ncluster \"b\" {}\ncluster \"c\" {}\n");
     let (ok, text) = w.run(&["plan"]);
@@ -244,6 +269,7 @@ fn clusters_hold_whole_hosts_and_move_off_a_dead_one() {
 
     w.ok(&["destroy", "-auto-approve"]);
     assert!(s.reserved().is_empty(), "destroy releases every host");
+    assert!(!config.exists(), "no clusters, no ssh config");
 
     // Hosts may be names from an ssh config file (ssh reads the user's ~/.ssh/config by
     // default; `ssh_config` names another), which says how to reach them.

@@ -1044,6 +1044,7 @@ async fn apply_locked(
     if let Err(e) = store.write(&state).await {
         return Err(keep_errored_state(ctx, &state, e));
     }
+    write_ssh_config(ctx, &state, &registry);
     print_summary(&summary, &plan, &state, destroy, &ctx.style);
     if !summary.ok() {
         return Ok(EXIT_ERROR);
@@ -1925,6 +1926,60 @@ async fn shell(ctx: &Ctx, address: &str, command: &[String]) -> Result<i32> {
     Ok(status.code().unwrap_or(EXIT_ERROR))
 }
 
+/// Writes `.skyform/ssh_config` (per workspace): a `Host` entry for each cluster reached with
+/// ssh, named like its address without `cluster.` (`ssh -F .skyform/ssh_config dev`, or
+/// `Include` it from `~/.ssh/config`). Removed when no cluster has one.
+fn write_ssh_config(ctx: &Ctx, state: &State, registry: &Registry) {
+    let ws = ctx.workspace().unwrap_or_else(|_| "default".into());
+    let path = ctx
+        .dir
+        .join(state::workspace_key(".skyform/ssh_config", &ws));
+    let mut text = format!(
+        "# Written by skyform after each apply: the head node of each cluster of {} (workspace {ws}).\n",
+        ctx.dir.display()
+    );
+    let mut any = false;
+    for (addr, r) in &state.resources {
+        if addr.kind != crate::model::Kind::Cluster {
+            continue;
+        }
+        let Some(entry) = registry.get(&r.provider).and_then(|p| p.ssh_entry(r).ok()) else {
+            continue;
+        };
+        let name: String = addr
+            .to_string()
+            .replacen("cluster.", "", 1)
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || ".-_".contains(c) {
+                    c
+                } else {
+                    '-'
+                }
+            })
+            .collect();
+        text.push('\n');
+        text.push_str(&entry.config_block(name.trim_matches('-')));
+        any = true;
+    }
+    let result = if any {
+        path.parent()
+            .map_or(Ok(()), std::fs::create_dir_all)
+            .map_err(|e| e.to_string())
+            .and_then(|()| {
+                LocalStore::write_atomic(&path, text.as_bytes()).map_err(|e| e.to_string())
+            })
+    } else {
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.to_string()),
+            _ => Ok(()),
+        }
+    };
+    if let Err(e) = result {
+        tracing::warn!(path = %path.display(), error = %e, "cannot write the ssh config");
+    }
+}
+
 /// A resource in state and the backend that keeps it.
 fn cluster_and_backend<'a>(
     state: &'a State,
@@ -1982,6 +2037,7 @@ async fn power(ctx: &Ctx, address: &str, run: bool, flags: &LockFlags) -> Result
         }
         state.serial += 1;
         store.write(&state).await?;
+        write_ssh_config(ctx, &state, &registry);
         if run {
             say!("{addr} started.");
         } else {

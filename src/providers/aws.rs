@@ -993,24 +993,24 @@ impl Provider for AwsProvider {
         self.set_running(res, true).await
     }
 
-    /// ssh to the head's public address as `ubuntu` (the default image's user) with
-    /// skyform's key; the host key is recorded on first contact.
-    fn shell(&self, res: &ResourceState, command: &[String]) -> Result<Vec<String>, ProviderError> {
+    /// ssh to the head's public address as `ubuntu` (the default image's user) with the
+    /// imported key; the host key is recorded on first contact.
+    fn ssh_entry(&self, res: &ResourceState) -> Result<super::ssh::SshEntry, ProviderError> {
         let head = res
             .computed
             .get("head_ip")
             .and_then(|v| v.as_str())
             .filter(|s| !s.is_empty())
             .ok_or_else(|| ProviderError::other("the cluster has no address recorded"))?;
-        Ok(super::ssh::ssh_argv(
-            Some("ubuntu"),
-            head,
-            None,
-            Some(&self.private_key()),
-            &self.key_dir.join("known_hosts"),
-            true,
-            command,
-        ))
+        Ok(super::ssh::SshEntry {
+            user: Some("ubuntu".into()),
+            address: head.to_string(),
+            port: None,
+            identity: Some(self.private_key()),
+            known_hosts: self.key_dir.join("known_hosts"),
+            accept_new: true,
+            config_file: None,
+        })
     }
 
     fn log_paths(&self, _res: &ResourceState, _cluster: Option<&ResourceState>) -> Vec<PathBuf> {

@@ -139,17 +139,17 @@ pub trait Provider: Send + Sync + std::fmt::Debug {
             self.name()
         )))
     }
-    /// The program and arguments that open a shell on a cluster's head node; a command, as
-    /// separate arguments, may follow them (`skyform ssh`).
-    fn shell(
-        &self,
-        _res: &ResourceState,
-        _command: &[String],
-    ) -> Result<Vec<String>, ProviderError> {
+    /// How to reach a cluster's head node with ssh, for backends whose machines have one.
+    fn ssh_entry(&self, _res: &ResourceState) -> Result<ssh::SshEntry, ProviderError> {
         Err(ProviderError::other(format!(
-            "the {} backend has no shell to open",
+            "the {} backend's machines are not reached with ssh",
             self.name()
         )))
+    }
+    /// The program and arguments that open a shell on a cluster's head node, or run
+    /// `command` there (`skyform ssh`).
+    fn shell(&self, res: &ResourceState, command: &[String]) -> Result<Vec<String>, ProviderError> {
+        Ok(self.ssh_entry(res)?.argv(command))
     }
     /// Log files of a job (one per rank), for `skyform logs`.
     fn log_paths(&self, res: &ResourceState, cluster: Option<&ResourceState>) -> Vec<PathBuf>;

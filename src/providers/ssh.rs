@@ -709,11 +709,7 @@ impl super::Provider for SshProvider {
         }
     }
 
-    fn shell(
-        &self,
-        res: &crate::state::ResourceState,
-        command: &[String],
-    ) -> Result<Vec<String>, ProviderError> {
+    fn ssh_entry(&self, res: &crate::state::ResourceState) -> Result<SshEntry, ProviderError> {
         let p: Private = serde_json::from_value(res.private.clone())
             .map_err(|_| ProviderError::other("no hosts recorded"))?;
         let pool = self.pool(p.pool.as_deref().unwrap_or_default())?;
@@ -724,19 +720,15 @@ impl super::Provider for SshProvider {
             .parse()
             .map_err(ProviderError::other)?;
         let a = &pool.access;
-        let mut argv = ssh_argv(
-            head.user.as_deref().or(a.user.as_deref()),
-            &head.address,
-            head.port.or(a.port),
-            a.identity_file.as_deref(),
-            &a.known_hosts,
-            false,
-            command,
-        );
-        if let Some(f) = &a.config_file {
-            argv.splice(1..1, ["-F".to_string(), f.display().to_string()]);
-        }
-        Ok(argv)
+        Ok(SshEntry {
+            user: head.user.clone().or_else(|| a.user.clone()),
+            address: head.address.clone(),
+            port: head.port.or(a.port),
+            identity: a.identity_file.clone(),
+            known_hosts: a.known_hosts.clone(),
+            accept_new: false,
+            config_file: a.config_file.clone(),
+        })
     }
 
     fn log_paths(
@@ -748,50 +740,86 @@ impl super::Provider for SshProvider {
     }
 }
 
-/// An `ssh` command line to a host: its key must be the recorded one (or, with
-/// `accept_new`, is recorded now); `command` goes as one quoted string, so the remote shell
-/// sees each argument as written. No command: an interactive shell.
-pub fn ssh_argv(
-    user: Option<&str>,
-    address: &str,
-    port: Option<u16>,
-    identity: Option<&Path>,
-    known_hosts: &Path,
-    accept_new: bool,
-    command: &[String],
-) -> Vec<String> {
-    let mut v: Vec<String> = vec!["ssh".into()];
-    if let Some(i) = identity {
-        v.extend(["-i".into(), i.display().to_string()]);
+/// How to reach a cluster's head node with ssh: for `skyform ssh` and the generated ssh
+/// config file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SshEntry {
+    pub user: Option<String>,
+    pub address: String,
+    pub port: Option<u16>,
+    pub identity: Option<PathBuf>,
+    pub known_hosts: PathBuf,
+    /// Record an unknown host key (a new cloud machine) rather than refuse it.
+    pub accept_new: bool,
+    /// An ssh config file that says how to reach `address` (a pool's `ssh_config`).
+    pub config_file: Option<PathBuf>,
+}
+
+impl SshEntry {
+    fn strict(&self) -> &'static str {
+        if self.accept_new { "accept-new" } else { "yes" }
     }
-    v.extend([
-        "-o".into(),
-        format!("UserKnownHostsFile={}", known_hosts.display()),
-        "-o".into(),
-        format!(
-            "StrictHostKeyChecking={}",
-            if accept_new { "accept-new" } else { "yes" }
-        ),
-    ]);
-    if let Some(p) = port {
-        v.extend(["-p".into(), p.to_string()]);
+
+    /// An `ssh` command line: the host key must be the recorded one (or, with
+    /// `accept_new`, is recorded now); `command` goes as one quoted string, so the remote
+    /// shell sees each argument as written. No command: an interactive shell.
+    pub fn argv(&self, command: &[String]) -> Vec<String> {
+        let mut v: Vec<String> = vec!["ssh".into()];
+        if let Some(f) = &self.config_file {
+            v.extend(["-F".into(), f.display().to_string()]);
+        }
+        if let Some(i) = &self.identity {
+            v.extend(["-i".into(), i.display().to_string()]);
+        }
+        v.extend([
+            "-o".into(),
+            format!("UserKnownHostsFile={}", self.known_hosts.display()),
+            "-o".into(),
+            format!("StrictHostKeyChecking={}", self.strict()),
+        ]);
+        if let Some(p) = self.port {
+            v.extend(["-p".into(), p.to_string()]);
+        }
+        if let Some(u) = &self.user {
+            v.extend(["-l".into(), u.clone()]);
+        }
+        if command.is_empty() {
+            v.push("-t".into());
+        }
+        v.push(self.address.clone());
+        if !command.is_empty() {
+            v.push("--".into());
+            let quoted: Vec<String> = command
+                .iter()
+                .map(|c| shell_escape::unix::escape(c.as_str().into()).into_owned())
+                .collect();
+            v.push(quoted.join(" "));
+        }
+        v
     }
-    if let Some(u) = user {
-        v.extend(["-l".into(), u.to_string()]);
+
+    /// A `Host NAME` block for an ssh config file.
+    pub fn config_block(&self, name: &str) -> String {
+        let mut b = format!("Host {name}\n  HostName {}\n", self.address);
+        if let Some(p) = self.port {
+            b.push_str(&format!("  Port {p}\n"));
+        }
+        if let Some(u) = &self.user {
+            b.push_str(&format!("  User {u}\n"));
+        }
+        if let Some(i) = &self.identity {
+            b.push_str(&format!(
+                "  IdentityFile \"{}\"\n  IdentitiesOnly yes\n",
+                i.display()
+            ));
+        }
+        b.push_str(&format!(
+            "  UserKnownHostsFile \"{}\"\n  StrictHostKeyChecking {}\n",
+            self.known_hosts.display(),
+            self.strict()
+        ));
+        b
     }
-    if command.is_empty() {
-        v.push("-t".into());
-    }
-    v.push(address.to_string());
-    if !command.is_empty() {
-        v.push("--".into());
-        let quoted: Vec<String> = command
-            .iter()
-            .map(|c| shell_escape::unix::escape(c.as_str().into()).into_owned())
-            .collect();
-        v.push(quoted.join(" "));
-    }
-    v
 }
 
 /// The default place of skyform's known_hosts file.
