@@ -308,4 +308,69 @@ fn clusters_hold_whole_hosts_and_move_off_a_dead_one() {
     assert!(!ok && out.contains("not in this build yet"), "{out}");
     w.ok(&["destroy", "-auto-approve"]);
     assert!(s.reserved().is_empty());
+
+    // Workdir and setup on every host, with the cluster's environment taken literally.
+    let w = Work::new(&s);
+    std::fs::create_dir_all(w.dir.path().join("src")).unwrap();
+    std::fs::write(w.dir.path().join("src/data.txt"), "from the workdir").unwrap();
+    let cluster = |setup: &str| {
+        format!(
+            "cluster \"s\" {{\n  num_nodes = 2\n  workdir   = \"./src\"\n  envs      = {{ NASTY = \"'; rm -rf /\" }}\n  setup     = <<-EOT\n    {setup}\n  EOT\n}}\n"
+        )
+    };
+    w.config(&cluster(
+        r#"printf '%s|%s|%s|%s' "$(cat data.txt)" "$NASTY" "$SKYFORM_NODE_RANK" "$SKYFORM_NUM_NODES" > marker"#,
+    ));
+    w.ok(&["apply", "-auto-approve"]);
+    let state: Value = serde_json::from_str(&w.ok(&["state", "pull"])).unwrap();
+    let token = state["resources"]["cluster.s"]["private"]["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let workdir = |host: &str| {
+        s.dir.join(format!(
+            "host-{}/skyform/clusters/{token}/workdir",
+            s.index(host)
+        ))
+    };
+    let hosts = w.hosts_of("cluster.s");
+    for (rank, h) in hosts.iter().enumerate() {
+        let marker = std::fs::read_to_string(workdir(h).join("marker")).unwrap();
+        assert_eq!(marker, format!("from the workdir|'; rm -rf /|{rank}|2"));
+    }
+    // A changed setup runs again in place, on the same hosts; the workdir mirrors the
+    // local one (a deleted file goes).
+    std::fs::remove_file(w.dir.path().join("src/data.txt")).unwrap();
+    std::fs::write(w.dir.path().join("src/new.txt"), "new").unwrap();
+    w.config(&cluster("ls > listing"));
+    let plan = w.ok(&["plan"]);
+    assert!(plan.contains("updated in place"), "{plan}");
+    w.ok(&["apply", "-auto-approve"]);
+    assert_eq!(w.hosts_of("cluster.s"), hosts);
+    for h in &hosts {
+        let listing = std::fs::read_to_string(workdir(h).join("listing")).unwrap();
+        assert_eq!(
+            listing.split_whitespace().collect::<Vec<_>>(),
+            ["listing", "new.txt"]
+        );
+    }
+    // A failing setup fails the apply with the end of its log.
+    let broken = format!(
+        "{}cluster \"f\" {{\n  setup = \"echo broken-setup >&2; exit 3\"\n}}\n",
+        cluster("ls > listing")
+    );
+    w.config(&broken);
+    let (ok, out) = w.run(&["apply", "-auto-approve"]);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("setup failed on") && out.contains("exit code 3"),
+        "{out}"
+    );
+    assert!(out.contains("broken-setup"), "{out}");
+    w.ok(&["destroy", "-auto-approve"]);
+    assert!(s.reserved().is_empty());
+    assert!(
+        !workdir(&hosts[0]).exists(),
+        "destroy removes the cluster's files"
+    );
 }

@@ -148,6 +148,39 @@ impl Connection {
         self.run("sh", &all).await
     }
 
+    /// As [`Self::script`], with `input` on the script's stdin.
+    pub async fn script_with_input(
+        &self,
+        script: &str,
+        args: &[&str],
+        input: &[u8],
+    ) -> Result<Output, ProviderError> {
+        use tokio::io::AsyncWriteExt;
+        let fail = |e: &dyn std::fmt::Display| ProviderError {
+            kind: ErrorKind::Transient,
+            message: format!("{}: sh: {e}", self.host),
+        };
+        let mut c = self.session.command("sh");
+        c.arg("-c").arg(script).arg("skyform");
+        for a in args {
+            c.arg(*a);
+        }
+        c.stdin(openssh::Stdio::piped())
+            .stdout(openssh::Stdio::piped())
+            .stderr(openssh::Stdio::piped());
+        let mut child = c.spawn().await.map_err(|e| fail(&e))?;
+        if let Some(mut stdin) = child.stdin().take() {
+            stdin.write_all(input).await.map_err(|e| fail(&e))?;
+            stdin.shutdown().await.map_err(|e| fail(&e))?;
+        }
+        let out = child.wait_with_output().await.map_err(|e| fail(&e))?;
+        Ok(Output {
+            code: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        })
+    }
+
     pub async fn close(self) {
         let _ = self.session.close().await;
     }
@@ -327,7 +360,26 @@ fi
 "#;
 
 const RELEASE: &str = r#"
+rm -rf "$dir/clusters/$1"
 if [ "$(cat "$dir/reservation/owner" 2>/dev/null)" = "$1" ]; then rm -rf "$dir/reservation"; fi
+"#;
+
+/// Replaces the cluster's workdir on a host with the tar stream on stdin (deleted files go).
+const SYNC: &str = r#"
+c="$dir/clusters/$1"
+rm -rf "$c/workdir.new" && mkdir -p "$c/workdir.new" && tar -x -C "$c/workdir.new" &&
+  rm -rf "$c/workdir" && mv "$c/workdir.new" "$c/workdir"
+"#;
+
+/// Runs `setup` ($2) in the cluster's workdir with the environment that follows; the log
+/// stays on the host, its end is printed.
+const SETUP: &str = r#"
+c="$dir/clusters/$1"; s="$2"; shift 2
+mkdir -p "$c/workdir" && cd "$c/workdir" || exit 1
+env "$@" sh -c "$s" >"$c/setup.log" 2>&1
+code=$?
+tail -n 5 "$c/setup.log"
+exit $code
 "#;
 
 impl SshProvider {
@@ -415,6 +467,77 @@ impl SshProvider {
         out
     }
 
+    /// Syncs the workdir to every host of a cluster and runs `setup` there (rank by rank
+    /// order, all hosts at once), with the cluster's environment.
+    async fn provision(
+        pool: &Pool,
+        hosts: &[String],
+        token: &str,
+        spec: &crate::model::ClusterSpec,
+        root: &Path,
+    ) -> Result<(), ProviderError> {
+        let archive = match &spec.workdir {
+            Some(w) => Some(tar_of(&root.join(w)).await?),
+            None => None,
+        };
+        let ips: Vec<String> = hosts
+            .iter()
+            .filter_map(|h| h.parse::<Host>().ok())
+            .map(|h| h.address)
+            .collect();
+        let mut set = tokio::task::JoinSet::new();
+        for (rank, h) in hosts.iter().enumerate() {
+            let host: Host = h.parse().map_err(ProviderError::other)?;
+            let pool = pool.clone();
+            let token = token.to_string();
+            let archive = archive.clone();
+            let setup = spec.setup.clone();
+            let mut envs: Vec<String> = spec.envs.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            envs.push(format!("SKYFORM_NODE_RANK={rank}"));
+            envs.push(format!("SKYFORM_NUM_NODES={}", hosts.len()));
+            envs.push(format!("SKYFORM_NODE_IPS={}", ips.join("\n")));
+            set.spawn(async move {
+                let c = pool.access.connect(&host).await?;
+                let result = async {
+                    if let Some(a) = &archive {
+                        let out = c
+                            .script_with_input(&format!("{HOST_DIR}\n{SYNC}"), &[&token], a)
+                            .await?;
+                        if out.code != Some(0) {
+                            return Err(ProviderError::other(format!(
+                                "syncing the workdir to {host} failed: {}",
+                                out.stderr.trim()
+                            )));
+                        }
+                    }
+                    if let Some(setup) = &setup {
+                        let mut args: Vec<&str> = vec![&token, setup];
+                        args.extend(envs.iter().map(String::as_str));
+                        let out = c.script(&format!("{HOST_DIR}\n{SETUP}"), &args).await?;
+                        if out.code != Some(0) {
+                            return Err(ProviderError::other(format!(
+                                "setup failed on {host} (node {rank}) with exit code {}:\n    {}",
+                                out.code.map_or("?".into(), |c| c.to_string()),
+                                out.stdout.trim_end().replace('\n', "\n    ")
+                            )));
+                        }
+                    }
+                    Ok(())
+                }
+                .await;
+                c.close().await;
+                result
+            });
+        }
+        let mut first = None;
+        while let Some(r) = set.join_next().await {
+            if let Ok(Err(e)) = r {
+                first.get_or_insert(e);
+            }
+        }
+        first.map_or(Ok(()), Err)
+    }
+
     fn computed(hosts: &[String]) -> BTreeMap<String, serde_json::Value> {
         let ips: Vec<String> = hosts
             .iter()
@@ -446,6 +569,11 @@ fn shape(f: &Facts) -> String {
 impl super::Provider for SshProvider {
     fn name(&self) -> &'static str {
         "ssh"
+    }
+
+    /// Creating a cluster on a pool runs its setup, which may rightly take long.
+    fn create_is_bounded(&self) -> bool {
+        false
     }
 
     /// The free, reachable hosts of each pool, one offering per distinct shape.
@@ -641,15 +769,23 @@ impl super::Provider for SshProvider {
             });
         }
         p.hosts = got;
+        if let crate::model::Spec::Cluster(spec) = req.spec {
+            Self::provision(pool, &p.hosts, &p.token, spec, &req.root).await?;
+        }
         Ok(super::Created {
             computed: Self::computed(&p.hosts),
             private: serde_json::to_value(&p).unwrap_or_default(),
         })
     }
 
+    /// Workdir, setup or envs changed: sync and run setup again on the same hosts.
     async fn update(&self, req: super::Request<'_>) -> Result<super::Created, ProviderError> {
         let p: Private = serde_json::from_value(req.private.clone())
             .map_err(|e| ProviderError::other(format!("bad private state: {e}")))?;
+        let pool = self.pool(p.pool.as_deref().unwrap_or_default())?;
+        if let crate::model::Spec::Cluster(spec) = req.spec {
+            Self::provision(pool, &p.hosts, &p.token, spec, &req.root).await?;
+        }
         Ok(super::Created {
             computed: Self::computed(&p.hosts),
             private: req.private.clone(),
@@ -738,6 +874,25 @@ impl super::Provider for SshProvider {
     ) -> Vec<PathBuf> {
         Vec::new()
     }
+}
+
+/// A tar stream of a local directory (without `.git` and `.skyform`, as the workdir hash).
+async fn tar_of(dir: &Path) -> Result<Vec<u8>, ProviderError> {
+    let out = tokio::process::Command::new("tar")
+        .arg("-C")
+        .arg(dir)
+        .args(["--exclude=./.git", "--exclude=./.skyform", "-cf", "-", "."])
+        .output()
+        .await
+        .map_err(|e| ProviderError::other(format!("cannot run tar: {e}")))?;
+    if !out.status.success() {
+        return Err(ProviderError::other(format!(
+            "packing the workdir {} failed: {}",
+            dir.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(out.stdout)
 }
 
 /// How to reach a cluster's head node with ssh: for `skyform ssh` and the generated ssh
