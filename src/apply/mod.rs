@@ -284,14 +284,7 @@ impl Applier<'_> {
                             what: what.into(),
                             seconds: outcome.seconds,
                         });
-                        for next in graph.dependents(&outcome.node) {
-                            if let Some(d) = indegree.get_mut(next) {
-                                *d -= 1;
-                                if *d == 0 && unfinished.contains(next) {
-                                    ready.insert(next.clone());
-                                }
-                            }
-                        }
+                        graph.release(&outcome.node, &mut indegree, &unfinished, &mut ready);
                     }
                     Err(e)
                         if step == Step::Create
@@ -303,11 +296,7 @@ impl Applier<'_> {
                             && let Some(r) = state.resources.get_mut(&addr)
                         {
                             // Its region did not confirm the clean-up: remember what to remove.
-                            r.leftovers.push(crate::state::Leftover {
-                                provider: r.provider.clone(),
-                                private: r.private.clone(),
-                                placement: r.placement.clone(),
-                            });
+                            r.keep_as_leftover();
                         }
                         let blocked = failover.entry(outcome.node.clone()).or_default();
                         blocked.insert(block_for(e.kind, &tried));
@@ -397,25 +386,14 @@ impl Applier<'_> {
                         // host, a region down): the replacement goes ahead, and they are kept
                         // as leftovers that a later apply removes once they answer.
                         if let Some(r) = state.resources.get_mut(&addr) {
-                            r.leftovers.push(crate::state::Leftover {
-                                provider: r.provider.clone(),
-                                private: r.private.clone(),
-                                placement: r.placement.clone(),
-                            });
+                            r.keep_as_leftover();
                         }
                         events.push(Event::Done {
                             address: addr.clone(),
                             what: format!("left for a later clean-up ({})", e.message),
                             seconds: outcome.seconds,
                         });
-                        for next in graph.dependents(&outcome.node) {
-                            if let Some(d) = indegree.get_mut(next) {
-                                *d -= 1;
-                                if *d == 0 && unfinished.contains(next) {
-                                    ready.insert(next.clone());
-                                }
-                            }
-                        }
+                        graph.release(&outcome.node, &mut indegree, &unfinished, &mut ready);
                     }
                     Err(e) => {
                         if step != Step::Delete
@@ -953,6 +931,25 @@ impl StepGraph {
     fn dependents(&self, n: &NodeId) -> impl Iterator<Item = &NodeId> {
         self.dependents.get(n).into_iter().flatten()
     }
+
+    /// `n` is done: its dependents wait for one step fewer, and those waiting for none
+    /// (and not finished) become ready.
+    fn release(
+        &self,
+        n: &NodeId,
+        indegree: &mut BTreeMap<NodeId, usize>,
+        unfinished: &BTreeSet<NodeId>,
+        ready: &mut BTreeSet<NodeId>,
+    ) {
+        for next in self.dependents(n) {
+            if let Some(d) = indegree.get_mut(next) {
+                *d -= 1;
+                if *d == 0 && unfinished.contains(next) {
+                    ready.insert(next.clone());
+                }
+            }
+        }
+    }
 }
 
 /// The jobs and managed jobs a step must wait for (they must succeed first: afterok).
@@ -1009,18 +1006,9 @@ fn unreachable(kind: crate::providers::ErrorKind) -> bool {
     )
 }
 
-/// [`block_for`] in words, for the apply output.
+/// [`block_for`] in words, for the apply output: `aws/us-east-1 blocked`.
 fn blocked_what(kind: crate::providers::ErrorKind, c: &crate::optimizer::Candidate) -> String {
-    use crate::providers::ErrorKind;
-    let o = &c.offering;
-    match (kind, &o.region, &o.zone) {
-        (ErrorKind::Config, _, _) | (_, None, _) => format!("{} blocked", o.cloud),
-        (ErrorKind::Quota | ErrorKind::Timeout | ErrorKind::Transient, Some(r), _) => {
-            format!("{}/{r} blocked", o.cloud)
-        }
-        (_, _, Some(_)) => format!("{} blocked", o.infra()),
-        (_, Some(_), None) => format!("{} {} blocked", o.infra(), o.instance_type),
-    }
+    format!("{} blocked", block_for(kind, c).replace(':', " "))
 }
 
 /// Marks everything downstream of a failed step as skipped, naming the root cause.

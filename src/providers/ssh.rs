@@ -397,6 +397,16 @@ impl SshProvider {
         })
     }
 
+    /// The pool a cluster is on: the one it recorded, else its placement's (an intent).
+    fn pool_of(&self, p: &Private, res: &crate::state::ResourceState) -> Option<&Pool> {
+        let name = p.pool.as_ref().or_else(|| {
+            res.placement
+                .as_ref()
+                .and_then(|c| c.offering.region.as_ref())
+        })?;
+        self.pools.get(name)
+    }
+
     /// Every host of a pool: facts and holder, probed once until [`Self::forget`].
     async fn look(&self, pool: &Pool) -> Vec<Seen> {
         let mut seen = self.seen.lock().await;
@@ -639,12 +649,7 @@ impl super::Provider for SshProvider {
                 reason: "no hosts recorded".into(),
             });
         };
-        let pool_name = p.pool.clone().or_else(|| {
-            res.placement
-                .as_ref()
-                .and_then(|c| c.offering.region.clone())
-        });
-        let Some(pool) = pool_name.and_then(|n| self.pools.get(&n)) else {
+        let Some(pool) = self.pool_of(&p, res) else {
             return Ok(Observed::Gone {
                 reason: "its pool is no longer declared".into(),
             });
@@ -802,12 +807,7 @@ impl super::Provider for SshProvider {
         let Ok(p) = serde_json::from_value::<Private>(res.private.clone()) else {
             return Ok(());
         };
-        let pool_name = p.pool.clone().or_else(|| {
-            res.placement
-                .as_ref()
-                .and_then(|c| c.offering.region.clone())
-        });
-        let Some(pool) = pool_name.and_then(|n| self.pools.get(&n)) else {
+        let Some(pool) = self.pool_of(&p, res) else {
             return Ok(());
         };
         // Every host of the pool: an interrupted create may have reserved some it did not

@@ -81,6 +81,16 @@ impl ResourceState {
     pub fn kind(&self) -> Kind {
         self.spec.kind()
     }
+
+    /// Keeps the current attempt's identifiers as a leftover, before they are replaced by
+    /// another attempt's: what it made is removed later, never forgotten.
+    pub fn keep_as_leftover(&mut self) {
+        self.leftovers.push(Leftover {
+            provider: self.provider.clone(),
+            private: self.private.clone(),
+            placement: self.placement.clone(),
+        });
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
