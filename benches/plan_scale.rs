@@ -85,6 +85,7 @@ fn prepare(dir: &Path, n: usize) {
             nodes: vec![0],
             started: None,
             ended: None,
+            devices: Vec::new(),
         };
         skyform::runtime::write_json(&layout.status(&job_id), &status).expect("status");
         let spec = Spec::Job(JobSpec {

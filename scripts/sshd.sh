@@ -37,7 +37,7 @@ Port $port
 ListenAddress $addr
 HostKey $h/ssh_host_ed25519_key
 PidFile $h/pid
-AuthorizedKeysFile $dir/authorized_keys
+AuthorizedKeysFile $dir/authorized_keys $h/authorized_keys
 StrictModes no
 UsePAM no
 PasswordAuthentication no
@@ -47,9 +47,9 @@ AllowTcpForwarding no
 X11Forwarding no
 Subsystem sftp internal-sftp
 LogLevel ERROR
-# A GPU inventory per host (tests write NAME COUNT lines into it), and a directory of
-# skyform's own per host: these servers share one filesystem.
-SetEnv SKYFORM_GPUS_FILE=$h/gpus SKYFORM_HOST_DIR=$h/skyform
+# A GPU inventory per host (tests write NAME COUNT lines into it), a directory of skyform's
+# own and the keys a cluster's head links with, per host: these servers share one filesystem.
+SetEnv SKYFORM_GPUS_FILE=$h/gpus SKYFORM_HOST_DIR=$h/skyform SKYFORM_AUTHORIZED_KEYS=$h/authorized_keys
 CFG
     "$sshd_bin" -t -f "$h/sshd_config"
     "$sshd_bin" -D -f "$h/sshd_config" -E "$h/log" </dev/null >/dev/null 2>&1 &

@@ -550,7 +550,7 @@ pub async fn run(cli: Cli) -> i32 {
                 timeout,
             } => catalog_update(&ctx(base.clone()), catalog_dir, url, clouds, timeout).await,
         },
-        Command::Agent { .. } => Ok(EXIT_OK),
+        Command::Agent { .. } | Command::Link { .. } | Command::Runtime { .. } => Ok(EXIT_OK),
     };
     match result {
         Ok(code) => code,
@@ -2169,6 +2169,7 @@ async fn logs(ctx: &Ctx, address: &str, follow: bool) -> Result<i32> {
     let (config, _) = ctx.load_config()?;
     let registry = ctx.registry(Some(&config));
     let mut offsets: Vec<u64> = Vec::new();
+    let mut pending: Vec<Vec<u8>> = Vec::new();
     loop {
         let mut state = read_state(ctx).await?;
         let res = state.resources.get(&addr).cloned().ok_or_else(|| {
@@ -2182,17 +2183,14 @@ async fn logs(ctx: &Ctx, address: &str, follow: bool) -> Result<i32> {
         let provider = registry
             .get(&res.provider)
             .ok_or_else(|| Failure::new(format!("provider {} is not available", res.provider)))?;
-        let paths = provider.log_paths(&res, cluster.as_ref());
-        if paths.is_empty() {
+        let ranks =
+            drain_logs(provider, &res, cluster.as_ref(), &mut offsets, &mut pending).await?;
+        if ranks == 0 {
             return Err(Failure::new(format!("{addr} has no logs"))
                 .hint("logs exist for jobs, managed jobs and services"));
         }
-        offsets.resize(paths.len(), 0);
-        let multi = paths.len() > 1;
-        for (i, p) in paths.iter().enumerate() {
-            offsets[i] = print_log(p, offsets[i], multi.then_some(i));
-        }
         if !follow {
+            flush_partial(&mut pending);
             return Ok(EXIT_OK);
         }
         plan::refresh::refresh(&mut state, &registry, 8).await;
@@ -2204,55 +2202,72 @@ async fn logs(ctx: &Ctx, address: &str, follow: bool) -> Result<i32> {
             .is_none_or(|s| ["SUCCEEDED", "FAILED", "CANCELLED", "LOST", "DEGRADED"].contains(&s));
         if finished {
             // One last read for lines written just before the end.
-            for (i, p) in paths.iter().enumerate() {
-                offsets[i] = print_log(p, offsets[i], multi.then_some(i));
-            }
+            drain_logs(provider, &res, cluster.as_ref(), &mut offsets, &mut pending).await?;
+            flush_partial(&mut pending);
             return Ok(EXIT_OK);
         }
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
 }
 
-/// Prints a log file from `offset` on, in chunks (a log may be larger than memory), and
-/// returns the new offset. With a rank, each complete line is prefixed with it and a partial
-/// last line waits for the next call; without one, bytes pass through untouched.
-fn print_log(path: &Path, offset: u64, rank: Option<usize>) -> u64 {
-    use std::io::{Read, Seek, SeekFrom, Write as _};
-    let Ok(mut f) = std::fs::File::open(path) else {
-        return offset;
-    };
-    if f.seek(SeekFrom::Start(offset)).is_err() {
-        return offset;
-    }
-    let mut out = std::io::stdout().lock();
-    let mut pos = offset;
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut pending: Vec<u8> = Vec::new();
+/// Prints everything each rank has logged past `offsets` (a log may come in several chunks);
+/// returns the number of ranks.
+async fn drain_logs(
+    provider: &dyn crate::providers::Provider,
+    res: &crate::state::ResourceState,
+    cluster: Option<&crate::state::ResourceState>,
+    offsets: &mut Vec<u64>,
+    pending: &mut Vec<Vec<u8>>,
+) -> Result<usize> {
     loop {
-        let n = match f.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
-        };
-        match rank {
-            None => {
-                if out.write_all(&buf[..n]).is_err() {
-                    return pos;
-                }
-                pos += n as u64;
-            }
-            Some(r) => {
-                pending.extend_from_slice(&buf[..n]);
-                while let Some(nl) = pending.iter().position(|b| *b == b'\n') {
-                    let line: Vec<u8> = pending.drain(..=nl).collect();
-                    pos += line.len() as u64;
-                    let _ = write!(out, "(rank {r}) ");
-                    let _ = out.write_all(&line);
-                }
+        let chunks = provider
+            .read_logs(res, cluster, offsets)
+            .await
+            .map_err(|e| Failure::new(format!("cannot read the logs: {e}")))?;
+        offsets.resize(chunks.len(), 0);
+        pending.resize(chunks.len(), Vec::new());
+        let multi = chunks.len() > 1;
+        let mut more = false;
+        for (rank, chunk) in chunks.iter().enumerate() {
+            offsets[rank] += chunk.len() as u64;
+            more |= chunk.len() >= 1 << 20;
+            print_log(chunk, &mut pending[rank], multi.then_some(rank));
+        }
+        if !more {
+            return Ok(chunks.len());
+        }
+    }
+}
+
+/// Prints a chunk of a log. With a rank, each complete line is prefixed with it and a
+/// partial last line waits in `pending` for the rest; without one, bytes pass through.
+fn print_log(chunk: &[u8], pending: &mut Vec<u8>, rank: Option<usize>) {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    match rank {
+        None => {
+            let _ = out.write_all(chunk);
+        }
+        Some(r) => {
+            pending.extend_from_slice(chunk);
+            while let Some(nl) = pending.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = pending.drain(..=nl).collect();
+                let _ = write!(out, "(rank {r}) ");
+                let _ = out.write_all(&line);
             }
         }
     }
     let _ = out.flush();
-    pos
+}
+
+/// Prints what is left of unfinished last lines, once the output ends.
+fn flush_partial(pending: &mut [Vec<u8>]) {
+    for (r, p) in pending.iter_mut().enumerate() {
+        if !p.is_empty() {
+            p.push(b'\n');
+            print_log(&[], p, Some(r));
+        }
+    }
 }
 
 fn graph(ctx: &Ctx, format: &str) -> Result<i32> {

@@ -298,6 +298,12 @@ pub enum Command {
     /// (internal) run a node agent.
     #[command(name = "__agent", hide = true)]
     Agent { cluster_dir: PathBuf, rank: u32 },
+    /// A node's side of the head's link to it (runtime internals).
+    #[command(name = "__link", hide = true)]
+    Link { cluster_dir: PathBuf, rank: u32 },
+    /// One call to a cluster's head on stdin, the answer on stdout (runtime internals).
+    #[command(name = "__runtime", hide = true)]
+    Runtime { cluster_dir: PathBuf },
 }
 
 /// What `skyform offers` is asked for.
@@ -423,11 +429,19 @@ pub fn main() -> i32 {
             return if e.use_stderr() { EXIT_ERROR } else { EXIT_OK };
         }
     };
-    if let Command::Agent { cluster_dir, rank } = &cli.command {
-        return match crate::runtime::run_agent(cluster_dir, *rank) {
+    let internal = match &cli.command {
+        Command::Agent { cluster_dir, rank } => Some(crate::runtime::run_agent(cluster_dir, *rank)),
+        Command::Link { cluster_dir, rank } => {
+            Some(crate::runtime::link::run_link(cluster_dir, *rank))
+        }
+        Command::Runtime { cluster_dir } => Some(crate::runtime::link::serve_call(cluster_dir)),
+        _ => None,
+    };
+    if let Some(result) = internal {
+        return match result {
             Ok(()) => EXIT_OK,
             Err(e) => {
-                eprintln!("agent: {e}");
+                eprintln!("skyform runtime: {e}");
                 EXIT_ERROR
             }
         };

@@ -58,10 +58,7 @@ impl LocalProvider {
                 price = micros_from_dollars(p);
             }
         }
-        let agent_exe = std::env::var_os("SKYFORM_AGENT_EXE")
-            .map(PathBuf::from)
-            .or_else(|| std::env::current_exe().ok())
-            .unwrap_or_else(|| PathBuf::from("skyform"));
+        let agent_exe = runtime::link::agent_exe();
         LocalProvider {
             base,
             agent_exe,
@@ -130,6 +127,8 @@ impl LocalProvider {
             gpus_per_node: self.gpus_per_node(),
             envs: envs.clone(),
             ips: (0..nodes).map(|_| "127.0.0.1".to_string()).collect(),
+            links: BTreeMap::new(),
+            autostop: None,
         };
         runtime::write_json(&layout.info(), &info)?;
         let mut agents = Vec::new();
@@ -223,11 +222,12 @@ impl LocalProvider {
         }
     }
 
-    fn job_record(
+    /// What a job, managed job or service submits to its cluster's queue.
+    pub(crate) fn job_record(
         address: &Address,
         spec: &Spec,
         id: &str,
-        after: &[(&Address, &ResourceState)],
+        after: Vec<runtime::Dependency>,
     ) -> Option<JobRecord> {
         let (run, nodes, resources, envs, teardown) = match spec {
             Spec::Job(j) => (
@@ -271,17 +271,6 @@ impl LocalProvider {
             .and_then(|a| a.choices().first().map(|c| c.count))
             .unwrap_or(0.0);
         let cpus = resources.cpus.map_or(0.5, |c| c.value);
-        let after = after
-            .iter()
-            .filter_map(|(addr, dep)| {
-                let job = job_id(&dep.private)?;
-                let dir = Self::cluster_dir(&dep.private)?;
-                Some(runtime::Dependency {
-                    status: Layout::new(dir).status(job),
-                    name: addr.to_string(),
-                })
-            })
-            .collect();
         Some(JobRecord {
             id: id.to_string(),
             name: address.to_string(),
@@ -302,13 +291,25 @@ impl LocalProvider {
     /// Submits the request's job to the queue of the cluster in `dir`; returns the job id.
     fn submit<'r>(req: &'r Request<'_>, dir: &Path) -> Result<&'r str, ProviderError> {
         let id = job_id(req.private).unwrap_or_default();
-        let record = Self::job_record(req.address, req.spec, id, &req.after)
+        let after = req
+            .after
+            .iter()
+            .filter_map(|(addr, dep)| {
+                let job = job_id(&dep.private)?;
+                let dir = Self::cluster_dir(&dep.private)?;
+                Some(runtime::Dependency {
+                    status: Layout::new(dir).status(job),
+                    name: addr.to_string(),
+                })
+            })
+            .collect();
+        let record = Self::job_record(req.address, req.spec, id, after)
             .ok_or_else(|| ProviderError::other("not a job"))?;
         runtime::submit(&Layout::new(dir), &record)?;
         Ok(id)
     }
 
-    fn job_computed(status: &runtime::JobStatus) -> BTreeMap<String, serde_json::Value> {
+    pub(crate) fn job_computed(status: &runtime::JobStatus) -> BTreeMap<String, serde_json::Value> {
         let mut m = BTreeMap::from([("status".to_string(), json!(status.state.as_str()))]);
         m.insert(
             "exit_code".into(),
@@ -738,7 +739,7 @@ impl Provider for LocalProvider {
 }
 
 /// The job id recorded in a resource's private data.
-fn job_id(private: &serde_json::Value) -> Option<&str> {
+pub(crate) fn job_id(private: &serde_json::Value) -> Option<&str> {
     private.get("job_id").and_then(serde_json::Value::as_str)
 }
 

@@ -151,8 +151,30 @@ pub trait Provider: Send + Sync + std::fmt::Debug {
     fn shell(&self, res: &ResourceState, command: &[String]) -> Result<Vec<String>, ProviderError> {
         Ok(self.ssh_entry(res)?.argv(command))
     }
-    /// Log files of a job (one per rank), for `skyform logs`.
+    /// Log files of a job (one per rank) on this machine.
     fn log_paths(&self, res: &ResourceState, cluster: Option<&ResourceState>) -> Vec<PathBuf>;
+    /// What each rank of a job logged from `offsets[rank]` on (0 where missing), a chunk at
+    /// a time, for `skyform logs`. No ranks: the resource has no logs.
+    async fn read_logs(
+        &self,
+        res: &ResourceState,
+        cluster: Option<&ResourceState>,
+        offsets: &[u64],
+    ) -> Result<Vec<Vec<u8>>, ProviderError> {
+        use std::io::{Read, Seek};
+        let mut out = Vec::new();
+        for (rank, path) in self.log_paths(res, cluster).iter().enumerate() {
+            let mut chunk = Vec::new();
+            if let Ok(mut f) = std::fs::File::open(path) {
+                f.seek(std::io::SeekFrom::Start(
+                    offsets.get(rank).copied().unwrap_or(0),
+                ))?;
+                f.take(1 << 20).read_to_end(&mut chunk)?;
+            }
+            out.push(chunk);
+        }
+        Ok(out)
+    }
 }
 
 /// The providers available to this run, by name.

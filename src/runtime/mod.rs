@@ -15,6 +15,7 @@
 //! node-<r>/agent.json          the agent's pid and start time
 //! ```
 
+pub mod link;
 pub mod proc;
 
 use serde::{Deserialize, Serialize};
@@ -86,6 +87,9 @@ pub struct JobStatus {
     pub started: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ended: Option<String>,
+    /// The GPU devices the job holds on each of its nodes (in the order of `nodes`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub devices: Vec<Vec<u32>>,
 }
 
 /// The shape and settings of a cluster, read by its agents.
@@ -98,6 +102,24 @@ pub struct ClusterInfo {
     #[serde(default)]
     pub envs: BTreeMap<String, String>,
     pub ips: Vec<String>,
+    /// How the head reaches the agents of nodes on other machines: for each such rank, the
+    /// command whose stdin and stdout are a link to `skyform __link` there. Nodes without
+    /// one share the head's directory.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub links: BTreeMap<u32, Vec<String>>,
+    /// Stop or tear down the cluster once it has been idle this long.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autostop: Option<Autostop>,
+}
+
+/// What the head does when the cluster has been idle (no queued or running job, no session)
+/// for `idle_minutes`: it runs `command` once, the backend's way of stopping or removing
+/// the cluster.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Autostop {
+    pub idle_minutes: u32,
+    pub down: bool,
+    pub command: Vec<String>,
 }
 
 /// A unit of work on one node.
@@ -106,6 +128,7 @@ pub struct Task {
     pub id: String,
     pub command: String,
     pub envs: BTreeMap<String, String>,
+    /// Relative to the cluster directory of the node that runs it.
     pub log: PathBuf,
 }
 
@@ -143,7 +166,11 @@ impl Layout {
         self.job_dir(job).join("status.json")
     }
     pub fn log(&self, job: &str, rank: u32) -> PathBuf {
-        self.job_dir(job).join(format!("rank-{rank}.log"))
+        self.root.join(Self::log_name(job, rank))
+    }
+    /// A job's log of one rank, relative to the cluster directory of the node it runs on.
+    pub fn log_name(job: &str, rank: u32) -> PathBuf {
+        Path::new("jobs").join(job).join(format!("rank-{rank}.log"))
     }
     pub fn node(&self, rank: u32) -> PathBuf {
         self.root.join(format!("node-{rank}"))
@@ -178,7 +205,7 @@ pub fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Option<T> {
     serde_json::from_slice(&bytes).ok()
 }
 
-fn now_rfc3339() -> String {
+pub(crate) fn now_rfc3339() -> String {
     humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
 }
 
@@ -190,7 +217,8 @@ pub fn submit(layout: &Layout, job: &JobRecord) -> std::io::Result<()> {
     write_json(&layout.queued(&job.id), job)
 }
 
-/// A job another waits for: where its status is, and its name for messages.
+/// A job another waits for: where its status is (relative: in the same cluster directory),
+/// and its name for messages.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Dependency {
     pub status: PathBuf,
@@ -227,6 +255,16 @@ pub fn run_agent(cluster_dir: &Path, rank: u32) -> std::io::Result<()> {
         &layout.agent(rank),
         &serde_json::json!({"pid": me, "start_time": start}),
     )?;
+    // For shell scripts on remote hosts, which read no JSON.
+    std::fs::write(layout.node(rank).join("agent.pid"), me.to_string())?;
+    if rank == 0
+        && let Some(info) = read_json::<ClusterInfo>(&layout.info())
+    {
+        for (r, argv) in info.links {
+            let layout = layout.clone();
+            std::thread::spawn(move || link::relay(layout, r, argv));
+        }
+    }
     let mut running: BTreeMap<String, Running> = BTreeMap::new();
     let mut scheduler = (rank == 0).then(Scheduler::default);
     loop {
@@ -281,13 +319,14 @@ fn run_tasks(
         {
             continue;
         }
-        if let Some(dir) = task.log.parent() {
+        let log_path = layout.root.join(&task.log);
+        if let Some(dir) = log_path.parent() {
             std::fs::create_dir_all(dir)?;
         }
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(&task.log)?;
+            .open(&log_path)?;
         let log2 = log.try_clone()?;
         let workdir = layout.workdir(rank);
         std::fs::create_dir_all(&workdir)?;
@@ -309,7 +348,7 @@ fn run_tasks(
                     &layout.done(rank).join(format!("{}.json", task.id)),
                     &TaskDone { exit_code: 127 },
                 )?;
-                let _ = std::fs::write(&task.log, format!("cannot start /bin/sh: {e}\n"));
+                let _ = std::fs::write(&log_path, format!("cannot start /bin/sh: {e}\n"));
                 let _ = std::fs::remove_file(&f);
             }
         }
@@ -370,16 +409,21 @@ impl Scheduler {
             .filter_map(|p| read_json::<JobRecord>(&p))
             .collect();
         jobs.sort_by(|a, b| a.submitted.cmp(&b.submitted).then(a.id.cmp(&b.id)));
-        // Resources in use per node by running jobs.
-        let mut used: Vec<(f64, f64)> = vec![(0.0, 0.0); info.num_nodes as usize];
+        // Resources in use per node by running jobs: CPUs, and each GPU device's share.
+        let devices = gpu_devices(info.gpus_per_node);
+        let mut used: Vec<NodeUse> = (0..info.num_nodes)
+            .map(|_| NodeUse {
+                cpus: 0.0,
+                gpus: vec![0.0; devices.len()],
+            })
+            .collect();
         let mut statuses: BTreeMap<String, JobStatus> = BTreeMap::new();
         for j in &jobs {
             if let Some(s) = read_json::<JobStatus>(&layout.status(&j.id)) {
                 if s.state == JobState::Running {
-                    for n in &s.nodes {
+                    for (i, n) in s.nodes.iter().enumerate() {
                         if let Some(u) = used.get_mut(*n as usize) {
-                            u.0 += j.cpus;
-                            u.1 += j.gpus;
+                            u.take(j, s.devices.get(i).map_or(&[][..], Vec::as_slice), 1.0);
                         }
                     }
                 }
@@ -427,10 +471,9 @@ impl Scheduler {
                             st.reason = Some("cancelled on request".into());
                         }
                         write_json(&layout.status(&j.id), &st)?;
-                        for n in &st.nodes {
+                        for (i, n) in st.nodes.iter().enumerate() {
                             if let Some(u) = used.get_mut(*n as usize) {
-                                u.0 -= j.cpus;
-                                u.1 -= j.gpus;
+                                u.take(j, st.devices.get(i).map_or(&[][..], Vec::as_slice), -1.0);
                             }
                         }
                         teardown_done |= j.teardown;
@@ -449,7 +492,9 @@ impl Scheduler {
                     let mut blocked_by = None;
                     let mut waiting = false;
                     for dep in &j.after {
-                        match read_json::<JobStatus>(&dep.status).map(|s| s.state) {
+                        match read_json::<JobStatus>(&layout.root.join(&dep.status))
+                            .map(|s| s.state)
+                        {
                             Some(JobState::Succeeded) => {}
                             Some(JobState::Failed | JobState::Cancelled) => {
                                 blocked_by = Some(dep.clone())
@@ -470,18 +515,21 @@ impl Scheduler {
                     if waiting {
                         continue;
                     }
-                    // Pick nodes with room.
-                    let free: Vec<u32> = (0..info.num_nodes)
-                        .filter(|n| {
-                            let u = used[*n as usize];
-                            u.0 + j.cpus <= info.cpus_per_node + 1e-9
-                                && u.1 + j.gpus <= info.gpus_per_node + 1e-9
+                    // Pick nodes with room: CPUs, and GPU devices for the job's share.
+                    let free: Vec<(u32, Vec<u32>)> = (0..info.num_nodes)
+                        .filter_map(|n| {
+                            let u = &used[n as usize];
+                            if u.cpus + j.cpus > info.cpus_per_node + 1e-9 {
+                                return None;
+                            }
+                            pick_devices(&devices, &u.gpus, j.gpus).map(|d| (n, d))
                         })
+                        .take(j.num_nodes as usize)
                         .collect();
                     if (free.len() as u32) < j.num_nodes {
                         continue;
                     }
-                    let nodes: Vec<u32> = free.into_iter().take(j.num_nodes as usize).collect();
+                    let (nodes, held): (Vec<u32>, Vec<Vec<u32>>) = free.into_iter().unzip();
                     let ips: Vec<String> = nodes
                         .iter()
                         .map(|n| {
@@ -500,25 +548,24 @@ impl Scheduler {
                         envs.insert("SKYFORM_CLUSTER".into(), info.name.clone());
                         envs.insert("SKYFORM_JOB_ID".into(), j.id.clone());
                         if j.gpus > 0.0 {
-                            let n = j.gpus.ceil() as usize;
-                            let ids: Vec<String> = (0..n).map(|i| i.to_string()).collect();
+                            let ids: Vec<String> = held[rank].iter().map(u32::to_string).collect();
                             envs.insert("CUDA_VISIBLE_DEVICES".into(), ids.join(","));
                         }
                         let task = Task {
                             id: j.id.clone(),
                             command: j.run.clone(),
                             envs,
-                            log: layout.log(&j.id, rank as u32),
+                            log: Layout::log_name(&j.id, rank as u32),
                         };
                         write_json(&layout.tasks(*node).join(format!("{}.json", j.id)), &task)?;
                         if let Some(u) = used.get_mut(*node as usize) {
-                            u.0 += j.cpus;
-                            u.1 += j.gpus;
+                            u.take(j, &held[rank], 1.0);
                         }
                     }
                     let mut st = queued_status();
                     st.state = JobState::Running;
                     st.nodes = nodes;
+                    st.devices = held;
                     st.started = Some(now_rfc3339());
                     write_json(&layout.status(&j.id), &st)?;
                 }
@@ -536,7 +583,62 @@ fn queued_status() -> JobStatus {
         nodes: Vec::new(),
         started: None,
         ended: None,
+        devices: Vec::new(),
     }
+}
+
+/// What running jobs hold on one node.
+struct NodeUse {
+    cpus: f64,
+    /// The share of each GPU device in use (0 to its capacity).
+    gpus: Vec<f64>,
+}
+
+impl NodeUse {
+    /// Adds (`sign` 1) or returns (-1) what `job` holds here on `devices`.
+    fn take(&mut self, job: &JobRecord, devices: &[u32], sign: f64) {
+        self.cpus += sign * job.cpus;
+        let share = if job.gpus < 1.0 { job.gpus } else { 1.0 };
+        for d in devices {
+            if let Some(g) = self.gpus.get_mut(*d as usize) {
+                *g += sign * share;
+            }
+        }
+    }
+}
+
+/// The capacity of each GPU device of a node with `total` GPUs: whole devices, and a
+/// fractional last one when the node itself offers a fraction (`T4:0.5`).
+pub fn gpu_devices(total: f64) -> Vec<f64> {
+    let mut out = Vec::new();
+    let mut left = total;
+    while left > 1e-9 {
+        out.push(left.min(1.0));
+        left -= 1.0;
+    }
+    out
+}
+
+/// The devices a job needing `want` GPUs gets on a node, or None when they are not free.
+/// A fraction shares one device with others (the first with room); a whole number needs
+/// that many devices nobody uses.
+pub fn pick_devices(capacity: &[f64], used: &[f64], want: f64) -> Option<Vec<u32>> {
+    if want <= 0.0 {
+        return Some(Vec::new());
+    }
+    let room = |d: usize| capacity[d] - used.get(d).copied().unwrap_or(0.0);
+    if want < 1.0 {
+        return (0..capacity.len())
+            .find(|d| room(*d) + 1e-9 >= want)
+            .map(|d| vec![d as u32]);
+    }
+    let n = want.ceil() as usize;
+    let free: Vec<u32> = (0..capacity.len())
+        .filter(|d| used.get(*d).copied().unwrap_or(0.0) < 1e-9 && capacity[*d] >= 1.0 - 1e-9)
+        .map(|d| d as u32)
+        .take(n)
+        .collect();
+    (free.len() == n).then_some(free)
 }
 
 /// Runs `command` on every node now (outside the queue) and waits: used for `setup`.
@@ -557,7 +659,7 @@ pub async fn run_everywhere(
             id: id.to_string(),
             command: command.to_string(),
             envs: e,
-            log: layout.node(rank).join(format!("{id}.log")),
+            log: Path::new(&format!("node-{rank}")).join(format!("{id}.log")),
         };
         write_json(&layout.tasks(rank).join(format!("{id}.json")), &task)
             .map_err(|e| e.to_string())?;
@@ -605,4 +707,29 @@ pub async fn run_everywhere(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fractions_share_a_device_and_whole_gpus_take_free_ones() {
+        let cap = gpu_devices(2.0);
+        assert_eq!(cap, [1.0, 1.0]);
+        assert_eq!(pick_devices(&cap, &[0.0, 0.0], 0.5), Some(vec![0]));
+        assert_eq!(pick_devices(&cap, &[0.5, 0.0], 0.5), Some(vec![0]));
+        assert_eq!(pick_devices(&cap, &[1.0, 0.0], 0.5), Some(vec![1]));
+        assert_eq!(pick_devices(&cap, &[0.5, 0.0], 1.0), Some(vec![1]));
+        assert_eq!(pick_devices(&cap, &[0.5, 0.0], 2.0), None);
+        assert_eq!(pick_devices(&cap, &[0.0, 0.0], 2.0), Some(vec![0, 1]));
+        assert_eq!(pick_devices(&cap, &[1.0, 1.0], 0.25), None);
+        assert_eq!(pick_devices(&cap, &[1.0, 1.0], 0.0), Some(vec![]));
+        // A node that offers half a GPU runs one half-GPU job at a time.
+        let half = gpu_devices(0.5);
+        assert_eq!(half, [0.5]);
+        assert_eq!(pick_devices(&half, &[0.0], 0.5), Some(vec![0]));
+        assert_eq!(pick_devices(&half, &[0.5], 0.5), None);
+        assert_eq!(pick_devices(&half, &[0.0], 1.0), None);
+    }
 }

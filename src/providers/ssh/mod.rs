@@ -5,7 +5,10 @@
 //! own known_hosts file, a changed key refused with a clear error, and every remote command
 //! passed as separately quoted arguments, so a configuration value reaches the remote
 //! program as literal text. On top of it, [`probe`] discovers a host's CPUs, memory and
-//! GPUs. The cluster backend over a pool builds on these (issue 6).
+//! GPUs, [`SshProvider`] holds whole hosts of a pool as clusters, and [`runtime`] runs
+//! skyform's node agents and jobs on them.
+
+pub mod runtime;
 
 use super::{ErrorKind, ProviderError};
 use std::collections::BTreeMap;
@@ -43,6 +46,8 @@ pub struct Output {
     pub code: Option<i32>,
     pub stdout: String,
     pub stderr: String,
+    /// stdout as it came, for bytes that need not be text (logs).
+    pub raw: Vec<u8>,
 }
 
 impl Access {
@@ -138,6 +143,7 @@ impl Connection {
             code: out.status.code(),
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
             stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            raw: out.stdout,
         })
     }
 
@@ -178,6 +184,7 @@ impl Connection {
             code: out.status.code(),
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
             stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            raw: out.stdout,
         })
     }
 
@@ -335,6 +342,12 @@ struct Private {
     pool: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     hosts: Vec<String>,
+    /// The skyform build whose agents run on the hosts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    build: Option<String>,
+    /// CPUs and GPUs of each node, what the head's queue schedules by.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    per_node: Option<(f64, f64)>,
 }
 
 /// Clusters on pools of existing machines. A cluster of N nodes holds N whole hosts: each
@@ -349,7 +362,10 @@ pub struct SshProvider {
 }
 
 /// What jobs on remote clusters get until the runtime runs there.
-pub const NO_RUNTIME: &str = "running jobs on ssh and aws clusters is not in this build yet: the cluster runtime for remote machines comes next (see docs/ssh.md); run them on a local cluster meanwhile";
+pub const NO_RUNTIME: &str = "running jobs on aws clusters is not in this build yet: the cluster runtime runs on ssh pools and local clusters so far (see docs/ssh.md)";
+
+/// Managed jobs and services on pools.
+const NO_MANAGED: &str = "managed jobs and services on ssh pools are not in this build yet: declare a cluster on the pool and run a job on it";
 
 const RESERVE: &str = r#"
 mkdir -p "$dir" && if mkdir "$dir/reservation" 2>/dev/null; then
@@ -359,6 +375,8 @@ else
 fi
 "#;
 
+/// Removing the cluster's directory also stops its agent (which watches it) and the jobs
+/// that agent runs.
 const RELEASE: &str = r#"
 rm -rf "$dir/clusters/$1"
 if [ "$(cat "$dir/reservation/owner" 2>/dev/null)" = "$1" ]; then rm -rf "$dir/reservation"; fi
@@ -548,6 +566,76 @@ impl SshProvider {
         first.map_or(Ok(()), Err)
     }
 
+    /// Starts (or refreshes) the runtime on a cluster's hosts: agents, the head's queue.
+    async fn boot(
+        pool: &Pool,
+        address: &crate::model::Address,
+        p: &mut Private,
+        spec: &crate::model::ClusterSpec,
+    ) -> Result<(), ProviderError> {
+        let hosts: Vec<Host> = p
+            .hosts
+            .iter()
+            .map(|h| h.parse::<Host>().map_err(ProviderError::other))
+            .collect::<Result<_, _>>()?;
+        let (cpus, gpus) = p.per_node.unwrap_or((1.0, 0.0));
+        let info = crate::runtime::ClusterInfo {
+            name: address.to_string(),
+            num_nodes: hosts.len() as u32,
+            cpus_per_node: cpus,
+            gpus_per_node: gpus,
+            envs: spec.envs.clone(),
+            ips: hosts.iter().map(|h| h.address.clone()).collect(),
+            links: BTreeMap::new(),
+            autostop: None,
+        };
+        p.build = Some(runtime::boot(&pool.access, &hosts, &p.token, info).await?);
+        Ok(())
+    }
+
+    /// The cluster a job runs on: its pool, hosts (head first) and identifiers.
+    fn job_target(
+        &self,
+        cluster: Option<&crate::state::ResourceState>,
+    ) -> Result<(&Pool, Vec<Host>, Private, String), ProviderError> {
+        let cluster =
+            cluster.ok_or_else(|| ProviderError::other("the job's cluster is not in state"))?;
+        let p: Private = serde_json::from_value(cluster.private.clone())
+            .map_err(|_| ProviderError::other("the job's cluster has no hosts recorded"))?;
+        let pool = self
+            .pool_of(&p, cluster)
+            .ok_or_else(|| ProviderError::other("the job's pool is no longer declared"))?;
+        let hosts: Vec<Host> = p
+            .hosts
+            .iter()
+            .filter_map(|h| h.parse::<Host>().ok())
+            .collect();
+        if hosts.is_empty() {
+            return Err(ProviderError::other("the job's cluster holds no hosts"));
+        }
+        let build = p.build.clone().ok_or_else(|| {
+            ProviderError::other(
+                "the job's cluster was created before skyform ran jobs on pools; replace it with `skyform apply -replace=CLUSTER`",
+            )
+        })?;
+        Ok((pool, hosts, p, build))
+    }
+
+    async fn job_status(
+        &self,
+        res: &crate::state::ResourceState,
+        cluster: Option<&crate::state::ResourceState>,
+    ) -> Result<Option<crate::runtime::JobStatus>, ProviderError> {
+        let (pool, hosts, p, build) = self.job_target(cluster)?;
+        let job = super::local::job_id(&res.private).unwrap_or_default();
+        let call = crate::runtime::link::Call::Status { job: job.into() };
+        Ok(
+            runtime::call(&pool.access, &hosts[0], &p.token, &build, &call)
+                .await?
+                .status,
+        )
+    }
+
     fn computed(hosts: &[String]) -> BTreeMap<String, serde_json::Value> {
         let ips: Vec<String> = hosts
             .iter()
@@ -626,9 +714,13 @@ impl super::Provider for SshProvider {
     fn new_private(
         &self,
         _address: &crate::model::Address,
-        _spec: &crate::model::Spec,
+        spec: &crate::model::Spec,
         lineage: &str,
     ) -> serde_json::Value {
+        if matches!(spec, crate::model::Spec::Job(_)) {
+            let id = uuid::Uuid::new_v4().simple().to_string();
+            return serde_json::json!({ "job_id": format!("job-{}", &id[..12]) });
+        }
         serde_json::to_value(Private {
             token: uuid::Uuid::new_v4().simple().to_string(),
             lineage: lineage.to_string(),
@@ -644,6 +736,19 @@ impl super::Provider for SshProvider {
         _cluster: Option<&crate::state::ResourceState>,
     ) -> Result<super::Observed, ProviderError> {
         use super::Observed;
+        if matches!(res.spec, crate::model::Spec::Job(_)) {
+            if _cluster.is_none() {
+                return Ok(Observed::Gone {
+                    reason: "its cluster is not in state".into(),
+                });
+            }
+            return Ok(match self.job_status(res, _cluster).await? {
+                Some(s) => Observed::Up(super::local::LocalProvider::job_computed(&s)),
+                None => Observed::Gone {
+                    reason: "the job is not in its cluster's queue".into(),
+                },
+            });
+        }
         let Ok(p) = serde_json::from_value::<Private>(res.private.clone()) else {
             return Ok(Observed::Gone {
                 reason: "no hosts recorded".into(),
@@ -727,8 +832,15 @@ impl super::Provider for SshProvider {
     }
 
     async fn create(&self, req: super::Request<'_>) -> Result<super::Created, ProviderError> {
-        if !matches!(req.spec, crate::model::Spec::Cluster(_)) {
-            return Err(ProviderError::other(NO_RUNTIME));
+        match req.spec {
+            crate::model::Spec::Cluster(_) => {}
+            crate::model::Spec::Job(j) => return self.submit(&req, &j.cluster).await,
+            _ => {
+                return Err(ProviderError {
+                    kind: ErrorKind::Config,
+                    message: NO_MANAGED.into(),
+                });
+            }
         }
         let placement = req
             .placement
@@ -774,8 +886,11 @@ impl super::Provider for SshProvider {
             });
         }
         p.hosts = got;
+        let gpus: f64 = o.accelerators.iter().map(|(_, n)| n).sum();
+        p.per_node = Some((o.cpus, gpus));
         if let crate::model::Spec::Cluster(spec) = req.spec {
             Self::provision(pool, &p.hosts, &p.token, spec, &req.root).await?;
+            Self::boot(pool, req.address, &mut p, spec).await?;
         }
         Ok(super::Created {
             computed: Self::computed(&p.hosts),
@@ -785,15 +900,21 @@ impl super::Provider for SshProvider {
 
     /// Workdir, setup or envs changed: sync and run setup again on the same hosts.
     async fn update(&self, req: super::Request<'_>) -> Result<super::Created, ProviderError> {
-        let p: Private = serde_json::from_value(req.private.clone())
+        let crate::model::Spec::Cluster(spec) = req.spec else {
+            // Jobs change by replacement only.
+            return Ok(super::Created {
+                computed: BTreeMap::new(),
+                private: req.private.clone(),
+            });
+        };
+        let mut p: Private = serde_json::from_value(req.private.clone())
             .map_err(|e| ProviderError::other(format!("bad private state: {e}")))?;
         let pool = self.pool(p.pool.as_deref().unwrap_or_default())?;
-        if let crate::model::Spec::Cluster(spec) = req.spec {
-            Self::provision(pool, &p.hosts, &p.token, spec, &req.root).await?;
-        }
+        Self::provision(pool, &p.hosts, &p.token, spec, &req.root).await?;
+        Self::boot(pool, req.address, &mut p, spec).await?;
         Ok(super::Created {
             computed: Self::computed(&p.hosts),
-            private: req.private.clone(),
+            private: serde_json::to_value(&p).unwrap_or_default(),
         })
     }
 
@@ -802,8 +923,11 @@ impl super::Provider for SshProvider {
         &self,
         _address: &crate::model::Address,
         res: &crate::state::ResourceState,
-        _cluster: Option<&crate::state::ResourceState>,
+        cluster: Option<&crate::state::ResourceState>,
     ) -> Result<(), ProviderError> {
+        if matches!(res.spec, crate::model::Spec::Job(_)) {
+            return self.cancel(res, cluster).await;
+        }
         let Ok(p) = serde_json::from_value::<Private>(res.private.clone()) else {
             return Ok(());
         };
@@ -821,7 +945,8 @@ impl super::Provider for SshProvider {
             let token = p.token.clone();
             let recorded = p.hosts.contains(&host.to_string());
             set.spawn(async move {
-                let r = Self::on_host(&pool, &host, RELEASE, &[&token]).await;
+                let script = format!("{RELEASE}\n{}", runtime::UNAUTHORIZE);
+                let r = Self::on_host(&pool, &host, &script, &[&token]).await;
                 (host, recorded, r)
             });
         }
@@ -873,6 +998,106 @@ impl super::Provider for SshProvider {
         _cluster: Option<&crate::state::ResourceState>,
     ) -> Vec<PathBuf> {
         Vec::new()
+    }
+
+    /// Each rank's log is read where it runs: on the host of the node the head gave it.
+    async fn read_logs(
+        &self,
+        res: &crate::state::ResourceState,
+        cluster: Option<&crate::state::ResourceState>,
+        offsets: &[u64],
+    ) -> Result<Vec<Vec<u8>>, ProviderError> {
+        let crate::model::Spec::Job(j) = &res.spec else {
+            return Ok(Vec::new());
+        };
+        let (pool, hosts, p, _) = self.job_target(cluster)?;
+        let job = super::local::job_id(&res.private).unwrap_or_default();
+        let nodes = self
+            .job_status(res, cluster)
+            .await?
+            .map(|s| s.nodes)
+            .unwrap_or_default();
+        let mut out = vec![Vec::new(); j.num_nodes as usize];
+        for (rank, node) in nodes.iter().enumerate() {
+            let Some(host) = hosts.get(*node as usize) else {
+                continue;
+            };
+            let offset = offsets.get(rank).copied().unwrap_or(0);
+            if let Some(slot) = out.get_mut(rank) {
+                *slot = runtime::read_log(&pool.access, host, &p.token, job, rank as u32, offset)
+                    .await?;
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl SshProvider {
+    /// Submits a job to the queue on its cluster's head.
+    async fn submit(
+        &self,
+        req: &super::Request<'_>,
+        cluster_addr: &crate::model::Address,
+    ) -> Result<super::Created, ProviderError> {
+        let (pool, hosts, p, build) = self.job_target(req.cluster)?;
+        let id = super::local::job_id(req.private).unwrap_or_default();
+        let mut after = Vec::new();
+        for (addr, dep) in &req.after {
+            let same =
+                matches!(&dep.spec, crate::model::Spec::Job(d) if &d.cluster == cluster_addr);
+            let Some(job) = super::local::job_id(&dep.private).filter(|_| same) else {
+                return Err(ProviderError {
+                    kind: ErrorKind::Config,
+                    message: format!(
+                        "{} waits for {addr}, which does not run on {cluster_addr}: on ssh pools a job can wait only for jobs of its own cluster",
+                        req.address
+                    ),
+                });
+            };
+            after.push(crate::runtime::Dependency {
+                status: crate::runtime::Layout::new("").status(job),
+                name: addr.to_string(),
+            });
+        }
+        let record = super::local::LocalProvider::job_record(req.address, req.spec, id, after)
+            .ok_or_else(|| ProviderError::other("not a job"))?;
+        let call = crate::runtime::link::Call::Submit { job: record };
+        let answer = runtime::call(&pool.access, &hosts[0], &p.token, &build, &call).await?;
+        Ok(super::Created {
+            computed: answer
+                .status
+                .as_ref()
+                .map(super::local::LocalProvider::job_computed)
+                .unwrap_or_default(),
+            private: req.private.clone(),
+        })
+    }
+
+    /// Cancels a job that has not ended, and waits (a little) until the head confirms.
+    async fn cancel(
+        &self,
+        res: &crate::state::ResourceState,
+        cluster: Option<&crate::state::ResourceState>,
+    ) -> Result<(), ProviderError> {
+        let Ok((pool, hosts, p, build)) = self.job_target(cluster) else {
+            // No cluster, nothing runs the job.
+            return Ok(());
+        };
+        let job = super::local::job_id(&res.private).unwrap_or_default();
+        let call = crate::runtime::link::Call::Cancel { job: job.into() };
+        let mut status = runtime::call(&pool.access, &hosts[0], &p.token, &build, &call)
+            .await?
+            .status;
+        for _ in 0..50 {
+            if status.as_ref().is_none_or(|s| s.state.is_final()) {
+                return Ok(());
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            status = self.job_status(res, cluster).await?;
+        }
+        Err(ProviderError::other(format!(
+            "the head did not confirm that job {job} stopped"
+        )))
     }
 }
 
