@@ -479,9 +479,9 @@ fn lock_false_skips_the_lock_and_leaves_it() {
 }
 
 /// `ssh` on a local cluster runs the command in its head node's workdir, exit code and all;
-/// `stop` says the local backend cannot.
+/// `stop` ends its agents and keeps its files, `start` brings it back and jobs run again.
 #[test]
-fn ssh_and_stop_on_a_local_cluster() {
+fn ssh_stop_and_start_a_local_cluster() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     std::fs::write(dir.join("main.sky.hcl"), "cluster \"dev\" {}\n").unwrap();
@@ -497,14 +497,90 @@ fn ssh_and_stop_on_a_local_cluster() {
         "{}",
         text(&out.stdout)
     );
+    let agent = agent_pid(dir);
     let out = run(dir, &["stop", "cluster.dev"]);
-    assert!(!out.status.success());
-    assert!(
-        text(&out.stderr).contains("the local backend cannot stop a cluster"),
-        "{}",
-        text(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(!running(agent), "the agent still runs");
+    let status = text(&run(dir, &["status"]).stdout);
+    assert!(status.contains("STOPPED"), "{status}");
+    // A stopped cluster is what the configuration asks for: nothing to change.
+    let out = run(dir, &["plan", "-detailed-exitcode"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
+    let out = run(dir, &["start", "cluster.dev"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_ne!(agent_pid(dir), agent);
+    std::fs::write(
+        dir.join("main.sky.hcl"),
+        "cluster \"dev\" {}\njob \"j\" {\n  cluster = cluster.dev\n  run = \"echo after-start\"\n}\n",
+    )
+    .unwrap();
+    assert!(run(dir, &["apply", "-auto-approve"]).status.success());
+    wait_until(|| text(&run(dir, &["status"]).stdout).contains("SUCCEEDED"));
+    assert!(text(&run(dir, &["logs", "job.j"]).stdout).contains("after-start"));
     let out = run(dir, &["ssh", "job.nope"]);
     assert!(text(&out.stderr).contains("is not a cluster"));
     assert!(run(dir, &["destroy", "-auto-approve"]).status.success());
+}
+
+/// Whether a process runs (a zombie nobody reaped yet does not).
+fn running(pid: u64) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        !s.rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z')
+    })
+}
+
+fn agent_pid(dir: &Path) -> u64 {
+    let state: serde_json::Value =
+        serde_json::from_slice(&run(dir, &["state", "pull"]).stdout).unwrap();
+    state["resources"]["cluster.dev"]["private"]["agents"][0]["pid"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("an agent pid in {state}"))
+}
+
+fn wait_until(mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !cond() {
+        assert!(std::time::Instant::now() < deadline, "timed out");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+/// Autostop: a cluster idle (nothing queued or running) for `idle_minutes` stops itself; with
+/// `down`, it removes itself and the next plan creates it again. A minute is a second here.
+#[test]
+fn autostop_stops_or_tears_down_an_idle_local_cluster() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let apply = |config: &str| {
+        std::fs::write(dir.join("main.sky.hcl"), config).unwrap();
+        let out = Command::new(BIN)
+            .arg(format!("-chdir={}", dir.display()))
+            .args(["apply", "-auto-approve"])
+            .env("NO_COLOR", "1")
+            .env("SKYFORM_IDLE_MINUTE", "1")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    };
+    apply(
+        "cluster \"dev\" {\n  autostop {\n    idle_minutes = 2\n  }\n}\njob \"busy\" {\n  cluster = cluster.dev\n  run = \"sleep 3\"\n}\n",
+    );
+    // The job keeps it busy for 3 s; then 2 s of idleness stop it.
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let status = text(&run(dir, &["status"]).stdout);
+    assert!(status.contains("UP"), "stopped while a job ran: {status}");
+    wait_until(|| text(&run(dir, &["status"]).stdout).contains("STOPPED"));
+    let status = text(&run(dir, &["status"]).stdout);
+    assert!(status.contains("SUCCEEDED"), "{status}");
+    assert!(run(dir, &["destroy", "-auto-approve"]).status.success());
+
+    apply("cluster \"dev\" {\n  autostop {\n    idle_minutes = 1\n    down = true\n  }\n}\n");
+    wait_until(|| {
+        let out = run(dir, &["plan", "-detailed-exitcode"]);
+        out.status.code() == Some(2) && text(&out.stdout).contains("will be created")
+    });
 }

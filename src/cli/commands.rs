@@ -1109,7 +1109,8 @@ fn print_summary(s: &Summary, plan: &Plan, state: &State, destroy: bool, style: 
         say!(
             "{}",
             style.red(&format!(
-                "Apply failed: {} error{}.",
+                "{} failed: {} error{}.",
+                if destroy { "Destroy" } else { "Apply" },
                 s.failures.len(),
                 if s.failures.len() == 1 { "" } else { "s" }
             ))
@@ -1121,9 +1122,12 @@ fn print_summary(s: &Summary, plan: &Plan, state: &State, destroy: bool, style: 
             let names: Vec<String> = s.skipped.iter().map(ToString::to_string).collect();
             say!("  skipped because of these: {}", names.join(", "));
         }
-        say!("hint: fix the cause and run `skyform apply` again; finished work is kept");
+        say!(
+            "hint: fix the cause and run `skyform {}` again; finished work is kept",
+            if destroy { "destroy" } else { "apply" }
+        );
     }
-    if destroy {
+    if destroy && s.ok() {
         say!(
             "{}",
             style.green(&format!(
@@ -2019,14 +2023,19 @@ async fn power(ctx: &Ctx, address: &str, run: bool, flags: &LockFlags) -> Result
         let (res, p) = cluster_and_backend(&state, &addr, &registry)?;
         let res = res.clone();
         let done = if run {
-            p.start(&res).await
+            p.start(&res).await.map(Some)
         } else {
-            p.stop(&res).await
+            p.stop(&res).await.map(|()| None)
         };
-        done.map_err(|e| Failure::new(format!("cannot {op} {addr}: {e}")))?;
+        let private = done.map_err(|e| Failure::new(format!("cannot {op} {addr}: {e}")))?;
+        let mut res = res;
+        if let Some(private) = private {
+            res.private = private;
+        }
         // Addresses change across a stop and start: record what is true now.
         let now = p.refresh(&addr, &res, None).await;
         if let Some(r) = state.resources.get_mut(&addr) {
+            r.private = res.private.clone();
             if let Ok(crate::providers::Observed::Up(c)) = now {
                 r.computed.extend(c);
             }
@@ -2041,7 +2050,7 @@ async fn power(ctx: &Ctx, address: &str, run: bool, flags: &LockFlags) -> Result
         if run {
             say!("{addr} started.");
         } else {
-            say!("{addr} stopped; its disks are kept.");
+            say!("{addr} stopped; its machines and files are kept.");
             say!("hint: `skyform start {addr}` starts it again; `skyform destroy` removes it");
         }
         Ok(0)

@@ -442,7 +442,11 @@ pub fn main() -> i32 {
             Ok(()) => EXIT_OK,
             Err(e) => {
                 eprintln!("skyform runtime: {e}");
-                EXIT_ERROR
+                if e.kind() == std::io::ErrorKind::NotFound {
+                    crate::runtime::link::EXIT_NO_CLUSTER
+                } else {
+                    EXIT_ERROR
+                }
             }
         };
     }

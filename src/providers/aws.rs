@@ -989,8 +989,9 @@ impl Provider for AwsProvider {
         self.set_running(res, false).await
     }
 
-    async fn start(&self, res: &ResourceState) -> Result<(), ProviderError> {
-        self.set_running(res, true).await
+    async fn start(&self, res: &ResourceState) -> Result<serde_json::Value, ProviderError> {
+        self.set_running(res, true).await?;
+        Ok(res.private.clone())
     }
 
     /// ssh to the head's public address as `ubuntu` (the default image's user) with the

@@ -109,6 +109,7 @@ impl LocalProvider {
     }
 
     /// Creates the sandbox, starts the agents, syncs the workdir and runs setup.
+    #[allow(clippy::too_many_arguments)]
     async fn launch(
         &self,
         address: &Address,
@@ -117,6 +118,7 @@ impl LocalProvider {
         workdir: Option<&Path>,
         envs: &BTreeMap<String, String>,
         setup: Option<&str>,
+        autostop: Option<&crate::model::Autostop>,
     ) -> Result<Vec<serde_json::Value>, ProviderError> {
         let layout = Layout::new(dir);
         std::fs::create_dir_all(layout.queue())?;
@@ -128,15 +130,48 @@ impl LocalProvider {
             envs: envs.clone(),
             ips: (0..nodes).map(|_| "127.0.0.1".to_string()).collect(),
             links: BTreeMap::new(),
-            autostop: None,
+            autostop: autostop.map(|a| Self::autostop(dir, a)),
         };
         runtime::write_json(&layout.info(), &info)?;
-        let mut agents = Vec::new();
         for rank in 0..nodes {
             std::fs::create_dir_all(layout.workdir(rank))?;
             if let Some(src) = workdir {
                 sync_dir(src, &layout.workdir(rank))?;
             }
+        }
+        tracing::debug!(cluster = %address, dir = %dir.display(), "starting node agents");
+        let agents = self.start_agents(dir, nodes).await?;
+        if let Some(setup) = setup {
+            runtime::run_everywhere(&layout, nodes, "setup", setup, envs, self.setup_timeout)
+                .await
+                .map_err(ProviderError::other)?;
+        }
+        Ok(agents)
+    }
+
+    /// Autostop on this machine: the sandbox is marked stopped (its agents end), or removed.
+    fn autostop(dir: &Path, a: &crate::model::Autostop) -> runtime::Autostop {
+        let layout = Layout::new(dir);
+        let command = if a.down {
+            vec!["rm".into(), "-rf".into(), dir.display().to_string()]
+        } else {
+            vec!["touch".into(), layout.stopped().display().to_string()]
+        };
+        runtime::Autostop {
+            idle_seconds: runtime::idle_seconds(a.idle_minutes),
+            commands: vec![command],
+        }
+    }
+
+    /// Starts one agent per node and waits until each has announced itself.
+    async fn start_agents(
+        &self,
+        dir: &Path,
+        nodes: u32,
+    ) -> Result<Vec<serde_json::Value>, ProviderError> {
+        let layout = Layout::new(dir);
+        let mut agents = Vec::new();
+        for rank in 0..nodes {
             let log = std::fs::File::create(layout.node(rank).join("agent.log"))?;
             let mut cmd = std::process::Command::new(&self.agent_exe);
             cmd.arg("__agent")
@@ -146,7 +181,6 @@ impl LocalProvider {
                 .stdout(log.try_clone()?)
                 .stderr(log);
             proc::new_session(&mut cmd);
-            tracing::debug!(cluster = %address, rank, dir = %dir.display(), "starting node agent");
             let child = cmd.spawn().map_err(|e| {
                 ProviderError::other(format!(
                     "cannot start the node agent {}: {e}",
@@ -184,11 +218,6 @@ impl LocalProvider {
                 }
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
-        }
-        if let Some(setup) = setup {
-            runtime::run_everywhere(&layout, nodes, "setup", setup, envs, self.setup_timeout)
-                .await
-                .map_err(ProviderError::other)?;
         }
         Ok(agents)
     }
@@ -305,7 +334,8 @@ impl LocalProvider {
             .collect();
         let record = Self::job_record(req.address, req.spec, id, after)
             .ok_or_else(|| ProviderError::other("not a job"))?;
-        runtime::submit(&Layout::new(dir), &record)?;
+        // The same call a remote head answers, made in process.
+        runtime::link::answer(dir, &runtime::link::Call::Submit { job: record })?;
         Ok(id)
     }
 
@@ -440,6 +470,11 @@ impl Provider for LocalProvider {
                     }
                     return Ok(Observed::Gone { reason });
                 }
+                if Layout::new(&dir).stopped().exists() {
+                    let mut computed = Self::computed_cluster(c.num_nodes);
+                    computed.insert("status".into(), json!("STOPPED"));
+                    return Ok(Observed::Up(computed));
+                }
                 if agents.len() < c.num_nodes as usize {
                     return Ok(Observed::Degraded {
                         reason: "creation was interrupted before all nodes started".into(),
@@ -522,6 +557,7 @@ impl Provider for LocalProvider {
                         workdir.as_deref(),
                         &c.envs,
                         c.setup.as_deref(),
+                        c.autostop.as_ref(),
                     )
                     .await;
                 let mut private = req.private.clone();
@@ -585,6 +621,7 @@ impl Provider for LocalProvider {
                         workdir.as_deref(),
                         &envs,
                         setup.as_deref(),
+                        None,
                     )
                     .await
                 {
@@ -668,10 +705,11 @@ impl Provider for LocalProvider {
                 if !dir.is_dir() {
                     return Ok(());
                 }
-                let final_state =
-                    runtime::job_status(&layout, job).is_none_or(|s| s.state.is_final());
+                let call = runtime::link::Call::Cancel { job: job.into() };
+                let final_state = runtime::link::answer(&dir, &call)?
+                    .status
+                    .is_none_or(|s| s.state.is_final());
                 if !final_state {
-                    runtime::cancel(&layout, job)?;
                     // Wait for the head to acknowledge (it kills the processes).
                     for _ in 0..100 {
                         if runtime::job_status(&layout, job).is_none_or(|s| s.state.is_final()) {
@@ -695,6 +733,38 @@ impl Provider for LocalProvider {
         }
     }
 
+    /// Stopping a sandbox ends its agents and the jobs they run; its files stay.
+    async fn stop(&self, res: &ResourceState) -> Result<(), ProviderError> {
+        let dir = Self::cluster_dir(&res.private)
+            .ok_or_else(|| ProviderError::other("the cluster has no sandbox recorded"))?;
+        std::fs::write(Layout::new(&dir).stopped(), runtime::now_rfc3339())?;
+        for _ in 0..100 {
+            if Self::node_agents(&res.private)
+                .iter()
+                .all(|(pid, start)| !proc::alive(*pid, *start))
+            {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Self::kill_agents(&res.private);
+        Ok(())
+    }
+
+    /// Starting it again starts new agents (setup ran when it was created).
+    async fn start(&self, res: &ResourceState) -> Result<serde_json::Value, ProviderError> {
+        let dir = Self::cluster_dir(&res.private)
+            .ok_or_else(|| ProviderError::other("the cluster has no sandbox recorded"))?;
+        let Spec::Cluster(c) = &res.spec else {
+            return Err(ProviderError::other("only clusters start"));
+        };
+        let _ = std::fs::remove_file(Layout::new(&dir).stopped());
+        let agents = self.start_agents(&dir, c.num_nodes).await?;
+        let mut private = res.private.clone();
+        private["agents"] = json!(agents);
+        Ok(private)
+    }
+
     /// Creating a local cluster includes its setup, bounded by `setup_timeout` instead.
     fn create_is_bounded(&self) -> bool {
         false
@@ -704,11 +774,13 @@ impl Provider for LocalProvider {
     fn shell(&self, res: &ResourceState, command: &[String]) -> Result<Vec<String>, ProviderError> {
         let dir = Self::cluster_dir(&res.private)
             .ok_or_else(|| ProviderError::other("the cluster has no sandbox recorded"))?;
-        let workdir = Layout::new(dir).workdir(0);
+        let workdir = Layout::new(&dir).workdir(0);
+        // The session keeps the cluster from autostopping while it is open.
         let mut v = vec![
             "env".to_string(),
             "-C".into(),
             workdir.display().to_string(),
+            format!("SKYFORM_SESSION={}", dir.display()),
         ];
         if command.is_empty() {
             v.push(std::env::var("SHELL").unwrap_or_else(|_| "sh".into()));

@@ -132,8 +132,8 @@ pub trait Provider: Send + Sync + std::fmt::Debug {
             self.name()
         )))
     }
-    /// Starts a stopped cluster again.
-    async fn start(&self, _res: &ResourceState) -> Result<(), ProviderError> {
+    /// Starts a stopped cluster again; answers its private data from then on.
+    async fn start(&self, _res: &ResourceState) -> Result<serde_json::Value, ProviderError> {
         Err(ProviderError::other(format!(
             "the {} backend cannot start a cluster",
             self.name()

@@ -195,6 +195,9 @@ pub fn run_link(cluster_dir: &Path, rank: u32) -> std::io::Result<()> {
     Ok(())
 }
 
+/// The exit code of `skyform __runtime` in a directory that holds no cluster.
+pub const EXIT_NO_CLUSTER: i32 = 3;
+
 /// What a client asks of a cluster's head.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -231,8 +234,15 @@ pub fn answer(dir: &Path, call: &Call) -> std::io::Result<Answer> {
     })
 }
 
-/// `skyform __runtime DIR`: one call on stdin, its answer on stdout.
+/// `skyform __runtime DIR`: one call on stdin, its answer on stdout. A directory that is
+/// no cluster's (released, or never made) is an error of its own kind.
 pub fn serve_call(dir: &Path) -> std::io::Result<()> {
+    if !Layout::new(dir).info().is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("no cluster runs in {}", dir.display()),
+        ));
+    }
     let call: Call = serde_json::from_reader(std::io::stdin().lock())
         .map_err(|e| std::io::Error::other(format!("not a runtime call: {e}")))?;
     let a = answer(dir, &call)?;

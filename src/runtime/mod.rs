@@ -112,14 +112,14 @@ pub struct ClusterInfo {
     pub autostop: Option<Autostop>,
 }
 
-/// What the head does when the cluster has been idle (no queued or running job, no session)
-/// for `idle_minutes`: it runs `command` once, the backend's way of stopping or removing
-/// the cluster.
+/// What the head does when the cluster has been idle (no queued or running job, no open
+/// session) for `idle_seconds`: it runs `commands` once, in order — the backend's way of
+/// stopping the cluster (every agent ends when `stopped` appears in its cluster directory)
+/// or tearing it down.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Autostop {
-    pub idle_minutes: u32,
-    pub down: bool,
-    pub command: Vec<String>,
+    pub idle_seconds: u64,
+    pub commands: Vec<Vec<String>>,
 }
 
 /// A unit of work on one node.
@@ -135,6 +135,16 @@ pub struct Task {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskDone {
     pub exit_code: i32,
+}
+
+/// Seconds in `minutes` of autostop idleness. `SKYFORM_IDLE_MINUTE` (seconds, in the
+/// environment of the skyform that creates the cluster) shortens a minute for tests.
+pub fn idle_seconds(minutes: u32) -> u64 {
+    let minute = std::env::var("SKYFORM_IDLE_MINUTE")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+        .unwrap_or(60);
+    u64::from(minutes) * minute
 }
 
 /// Paths inside a cluster directory.
@@ -186,6 +196,14 @@ impl Layout {
     }
     pub fn agent(&self, rank: u32) -> PathBuf {
         self.node(rank).join("agent.json")
+    }
+    /// Present when the cluster is stopped: agents end, nothing runs until it starts again.
+    pub fn stopped(&self) -> PathBuf {
+        self.root.join("stopped")
+    }
+    /// What autostop did, and when.
+    pub fn autostop_log(&self) -> PathBuf {
+        self.root.join("autostop.log")
     }
 }
 
@@ -268,11 +286,12 @@ pub fn run_agent(cluster_dir: &Path, rank: u32) -> std::io::Result<()> {
     let mut running: BTreeMap<String, Running> = BTreeMap::new();
     let mut scheduler = (rank == 0).then(Scheduler::default);
     loop {
-        if !cluster_dir.is_dir() {
-            // The sandbox was removed: stop what runs here, then stop.
+        if !cluster_dir.is_dir() || layout.stopped().exists() {
+            // The cluster was removed or stopped: stop what runs here, then stop.
             for r in running.values() {
                 proc::signal(r.child.id(), libc::SIGKILL, true);
             }
+            let _ = std::fs::remove_file(layout.node(rank).join("agent.pid"));
             return Ok(());
         }
         run_tasks(&layout, rank, &mut running)?;
@@ -387,6 +406,8 @@ fn run_tasks(
 #[derive(Default)]
 struct Scheduler {
     nodes: Option<u32>,
+    /// Since when nothing has been queued, running or logged in.
+    idle_since: Option<std::time::Instant>,
 }
 
 impl Scheduler {
@@ -397,11 +418,60 @@ impl Scheduler {
         self.nodes.unwrap_or(1)
     }
 
+    /// Autostop: once the cluster has been idle long enough, run the backend's commands.
+    fn watch_idle(&mut self, layout: &Layout, info: &ClusterInfo, busy: bool) {
+        let Some(a) = &info.autostop else { return };
+        if busy || proc::sessions_open(&layout.root) {
+            self.idle_since = None;
+            return;
+        }
+        let since = *self.idle_since.get_or_insert_with(std::time::Instant::now);
+        if since.elapsed() < Duration::from_secs(a.idle_seconds) {
+            return;
+        }
+        self.idle_since = None;
+        let mut log = format!("{}: idle for {}s\n", now_rfc3339(), a.idle_seconds);
+        for argv in &a.commands {
+            let Some((program, args)) = argv.split_first() else {
+                continue;
+            };
+            let result = Command::new(program)
+                .args(args)
+                .stdin(Stdio::null())
+                .output();
+            match result {
+                Ok(o) => log.push_str(&format!(
+                    "{program}: exit {}: {}{}\n",
+                    o.status.code().unwrap_or(-1),
+                    String::from_utf8_lossy(&o.stdout).trim(),
+                    String::from_utf8_lossy(&o.stderr).trim()
+                )),
+                Err(e) => log.push_str(&format!("{program}: {e}\n")),
+            }
+        }
+        if layout.root.is_dir() {
+            let _ = std::fs::write(layout.autostop_log(), log);
+        }
+    }
+
     /// One scheduling pass. Returns true when a teardown job has ended.
     fn tick(&mut self, layout: &Layout) -> std::io::Result<bool> {
         let Some(info) = read_json::<ClusterInfo>(&layout.info()) else {
             return Ok(false);
         };
+        let done = self.schedule(layout, &info)?;
+        let busy = std::fs::read_dir(layout.queue())?
+            .filter_map(Result::ok)
+            .filter_map(|e| {
+                let p = e.path();
+                (p.extension()? == "json").then(|| p.file_stem()?.to_str().map(str::to_string))?
+            })
+            .any(|job| job_status(layout, &job).is_some_and(|s| !s.state.is_final()));
+        self.watch_idle(layout, &info, busy);
+        Ok(done)
+    }
+
+    fn schedule(&mut self, layout: &Layout, info: &ClusterInfo) -> std::io::Result<bool> {
         let mut jobs: Vec<JobRecord> = std::fs::read_dir(layout.queue())?
             .filter_map(Result::ok)
             .map(|e| e.path())

@@ -35,6 +35,38 @@ pub fn alive(pid: u32, start_time: Option<u64>) -> bool {
     }
 }
 
+/// Whether someone works on the cluster in `root` right now: a process of an interactive
+/// ssh session (a terminal and `SSH_CONNECTION`) on this machine, or a `skyform ssh` shell
+/// into a cluster on this machine (`SKYFORM_SESSION=root`).
+pub fn sessions_open(root: &Path) -> bool {
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    let ours = format!("SKYFORM_SESSION={}", root.display());
+    rd.filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .any(|pid| {
+            let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else {
+                return false;
+            };
+            let mut vars = env.split(|b| *b == 0);
+            if vars.any(|v| v == ours.as_bytes()) {
+                return true;
+            }
+            let ssh = env
+                .split(|b| *b == 0)
+                .any(|v| v.starts_with(b"SSH_CONNECTION="));
+            ssh && tty_of(pid).is_some_and(|t| t != 0)
+        })
+}
+
+/// The controlling terminal of a process (0: none).
+fn tty_of(pid: u32) -> Option<i64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &text[text.rfind(')')? + 2..];
+    rest.split_whitespace().nth(4)?.parse().ok()
+}
+
 /// Every live process in session `sid`.
 pub fn session_members(sid: u32) -> Vec<u32> {
     let Ok(rd) = std::fs::read_dir("/proc") else {

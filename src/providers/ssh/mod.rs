@@ -742,11 +742,13 @@ impl super::Provider for SshProvider {
                     reason: "its cluster is not in state".into(),
                 });
             }
-            return Ok(match self.job_status(res, _cluster).await? {
-                Some(s) => Observed::Up(super::local::LocalProvider::job_computed(&s)),
-                None => Observed::Gone {
+            return Ok(match self.job_status(res, _cluster).await {
+                Ok(Some(s)) => Observed::Up(super::local::LocalProvider::job_computed(&s)),
+                Ok(None) => Observed::Gone {
                     reason: "the job is not in its cluster's queue".into(),
                 },
+                Err(e) if e.kind == ErrorKind::NotFound => Observed::Gone { reason: e.message },
+                Err(e) => return Err(e),
             });
         }
         let Ok(p) = serde_json::from_value::<Private>(res.private.clone()) else {
@@ -1085,9 +1087,13 @@ impl SshProvider {
         };
         let job = super::local::job_id(&res.private).unwrap_or_default();
         let call = crate::runtime::link::Call::Cancel { job: job.into() };
-        let mut status = runtime::call(&pool.access, &hosts[0], &p.token, &build, &call)
-            .await?
-            .status;
+        let mut status = match runtime::call(&pool.access, &hosts[0], &p.token, &build, &call).await
+        {
+            Ok(a) => a.status,
+            // The cluster's runtime is gone from its head: so is the job.
+            Err(e) if e.kind == ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        };
         for _ in 0..50 {
             if status.as_ref().is_none_or(|s| s.state.is_final()) {
                 return Ok(());

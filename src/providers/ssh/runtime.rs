@@ -332,6 +332,18 @@ pub async fn call(
         .await;
     c.close().await;
     let out = out?;
+    if matches!(
+        out.code,
+        Some(crate::runtime::link::EXIT_NO_CLUSTER | 126 | 127)
+    ) {
+        return Err(ProviderError {
+            kind: ErrorKind::NotFound,
+            message: format!(
+                "the cluster's runtime is not on its head {head} (released outside skyform?): {}",
+                out.stderr.trim()
+            ),
+        });
+    }
     if out.code != Some(0) {
         return Err(ProviderError {
             kind: ErrorKind::Transient,
