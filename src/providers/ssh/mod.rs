@@ -331,7 +331,24 @@ struct Seen {
     facts: Result<Facts, ProviderError>,
     /// The token of the cluster that holds the host, if any.
     holder: Option<String>,
+    /// The holder is stopped (its agents ended on purpose).
+    stopped: bool,
+    /// The holder's agent runs on the host.
+    agent: bool,
 }
+
+/// Who holds the host, whether that cluster is stopped, whether its agent runs.
+const HOLDER: &str = r#"
+o=$(cat "$dir/reservation/owner" 2>/dev/null); echo "$o"
+if [ -n "$o" ]; then
+  c="$dir/clusters/$o"
+  [ -e "$c/stopped" ] && echo stopped
+  for f in "$c"/node-*/agent.pid; do
+    [ -f "$f" ] && kill -0 "$(cat "$f")" 2>/dev/null && echo agent
+  done
+fi
+exit 0
+"#;
 
 /// What a cluster on a pool keeps in state.
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
@@ -345,6 +362,9 @@ struct Private {
     /// The skyform build whose agents run on the hosts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     build: Option<String>,
+    /// The cluster's address, for its runtime.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    name: Option<String>,
     /// CPUs and GPUs of each node, what the head's queue schedules by.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     per_node: Option<(f64, f64)>,
@@ -377,7 +397,7 @@ fi
 
 /// Removing the cluster's directory also stops its agent (which watches it) and the jobs
 /// that agent runs.
-const RELEASE: &str = r#"
+pub(crate) const RELEASE: &str = r#"
 rm -rf "$dir/clusters/$1"
 if [ "$(cat "$dir/reservation/owner" 2>/dev/null)" = "$1" ]; then rm -rf "$dir/reservation"; fi
 "#;
@@ -452,23 +472,29 @@ impl SshProvider {
                         host,
                         facts: Err(e),
                         holder: None,
+                        stopped: false,
+                        agent: false,
                     },
                     Ok(c) => {
                         let facts = probe(&c).await;
-                        let holder = c
-                            .script(
-                                &format!("{HOST_DIR}\ncat \"$dir/reservation/owner\" 2>/dev/null"),
-                                &[],
-                            )
+                        let out = c
+                            .script(&format!("{HOST_DIR}\n{HOLDER}"), &[])
                             .await
-                            .ok()
-                            .map(|o| o.stdout.trim().to_string())
-                            .filter(|s| !s.is_empty());
+                            .map(|o| o.stdout)
+                            .unwrap_or_default();
                         c.close().await;
+                        let mut lines = out.lines();
+                        let holder = lines
+                            .next()
+                            .map(|l| l.trim().to_string())
+                            .filter(|s| !s.is_empty());
+                        let rest: Vec<&str> = lines.collect();
                         Seen {
                             host,
                             facts,
                             holder,
+                            stopped: rest.contains(&"stopped"),
+                            agent: rest.contains(&"agent"),
                         }
                     }
                 };
@@ -569,7 +595,6 @@ impl SshProvider {
     /// Starts (or refreshes) the runtime on a cluster's hosts: agents, the head's queue.
     async fn boot(
         pool: &Pool,
-        address: &crate::model::Address,
         p: &mut Private,
         spec: &crate::model::ClusterSpec,
     ) -> Result<(), ProviderError> {
@@ -580,7 +605,7 @@ impl SshProvider {
             .collect::<Result<_, _>>()?;
         let (cpus, gpus) = p.per_node.unwrap_or((1.0, 0.0));
         let info = crate::runtime::ClusterInfo {
-            name: address.to_string(),
+            name: p.name.clone().unwrap_or_default(),
             num_nodes: hosts.len() as u32,
             cpus_per_node: cpus,
             gpus_per_node: gpus,
@@ -589,7 +614,9 @@ impl SshProvider {
             links: BTreeMap::new(),
             autostop: None,
         };
-        p.build = Some(runtime::boot(&pool.access, &hosts, &p.token, info).await?);
+        p.build = Some(
+            runtime::boot(&pool.access, &hosts, &p.token, info, spec.autostop.as_ref()).await?,
+        );
         Ok(())
     }
 
@@ -830,7 +857,25 @@ impl super::Provider for SshProvider {
                 });
             }
         }
-        Ok(Observed::Up(Self::computed(&p.hosts)))
+        let mut computed = Self::computed(&p.hosts);
+        if p.build.is_some() {
+            let mine = |h: &String| seen.iter().find(|s| &s.host.to_string() == h);
+            if p.hosts.first().and_then(mine).is_some_and(|s| s.stopped) {
+                computed.insert("status".into(), serde_json::json!("STOPPED"));
+                return Ok(Observed::Up(computed));
+            }
+            for (rank, h) in p.hosts.iter().enumerate() {
+                if mine(h).is_some_and(|s| !s.agent) {
+                    return Ok(Observed::Degraded {
+                        reason: format!(
+                            "the agent of node {rank} on {h} is not running (did the host restart?)"
+                        ),
+                        computed,
+                    });
+                }
+            }
+        }
+        Ok(Observed::Up(computed))
     }
 
     async fn create(&self, req: super::Request<'_>) -> Result<super::Created, ProviderError> {
@@ -892,7 +937,8 @@ impl super::Provider for SshProvider {
         p.per_node = Some((o.cpus, gpus));
         if let crate::model::Spec::Cluster(spec) = req.spec {
             Self::provision(pool, &p.hosts, &p.token, spec, &req.root).await?;
-            Self::boot(pool, req.address, &mut p, spec).await?;
+            p.name = Some(req.address.to_string());
+            Self::boot(pool, &mut p, spec).await?;
         }
         Ok(super::Created {
             computed: Self::computed(&p.hosts),
@@ -913,7 +959,8 @@ impl super::Provider for SshProvider {
             .map_err(|e| ProviderError::other(format!("bad private state: {e}")))?;
         let pool = self.pool(p.pool.as_deref().unwrap_or_default())?;
         Self::provision(pool, &p.hosts, &p.token, spec, &req.root).await?;
-        Self::boot(pool, req.address, &mut p, spec).await?;
+        p.name = Some(req.address.to_string());
+        Self::boot(pool, &mut p, spec).await?;
         Ok(super::Created {
             computed: Self::computed(&p.hosts),
             private: serde_json::to_value(&p).unwrap_or_default(),
@@ -970,6 +1017,29 @@ impl super::Provider for SshProvider {
                 message: format!("cannot release host {host}: {}", e.message),
             }),
         }
+    }
+
+    /// Stops the cluster's agents (and what they run) on every host; the hosts stay held.
+    async fn stop(&self, res: &crate::state::ResourceState) -> Result<(), ProviderError> {
+        self.on_every_host(res, &runtime::stop_script()).await
+    }
+
+    /// Starts the agents again.
+    async fn start(
+        &self,
+        res: &crate::state::ResourceState,
+    ) -> Result<serde_json::Value, ProviderError> {
+        let crate::model::Spec::Cluster(spec) = &res.spec else {
+            return Err(ProviderError::other("only clusters start"));
+        };
+        self.on_every_host(res, &format!("{HOST_DIR}\n{}", runtime::UNMARK_STOPPED))
+            .await?;
+        let mut p: Private = serde_json::from_value(res.private.clone())
+            .map_err(|e| ProviderError::other(format!("bad private state: {e}")))?;
+        let pool = self.pool(p.pool.as_deref().unwrap_or_default())?;
+        Self::boot(pool, &mut p, spec).await?;
+        self.forget(pool).await;
+        Ok(serde_json::to_value(&p).unwrap_or_default())
     }
 
     fn ssh_entry(&self, res: &crate::state::ResourceState) -> Result<SshEntry, ProviderError> {
@@ -1035,6 +1105,29 @@ impl super::Provider for SshProvider {
 }
 
 impl SshProvider {
+    /// Runs `script` (with the cluster's token as `$1`) on every host the cluster holds.
+    async fn on_every_host(
+        &self,
+        res: &crate::state::ResourceState,
+        script: &str,
+    ) -> Result<(), ProviderError> {
+        let p: Private = serde_json::from_value(res.private.clone())
+            .map_err(|_| ProviderError::other("no hosts recorded"))?;
+        let pool = self.pool(p.pool.as_deref().unwrap_or_default())?;
+        for h in &p.hosts {
+            let host: Host = h.parse().map_err(ProviderError::other)?;
+            let out = Self::on_host(pool, &host, script, &[&p.token]).await?;
+            if out.code != Some(0) {
+                return Err(ProviderError::other(format!(
+                    "on {host}: {}",
+                    out.stderr.trim()
+                )));
+            }
+        }
+        self.forget(pool).await;
+        Ok(())
+    }
+
     /// Submits a job to the queue on its cluster's head.
     async fn submit(
         &self,

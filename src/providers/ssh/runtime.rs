@@ -162,14 +162,9 @@ async fn resolve(access: &Access, host: &Host) -> (String, Option<u16>, Option<S
     (address, port, user)
 }
 
-/// The command the head runs to link to node `rank` on `host`.
-async fn link_argv(
-    access: &Access,
-    host: &Host,
-    token: &str,
-    build: &str,
-    rank: u32,
-) -> Vec<String> {
+/// The command the head runs (in its cluster directory) to run `remote` on `host`, with the
+/// cluster's key.
+async fn head_ssh(access: &Access, host: &Host, remote: String) -> Vec<String> {
     let (address, port, user) = resolve(access, host).await;
     let mut v: Vec<String> = [
         "ssh",
@@ -199,10 +194,61 @@ async fn link_argv(
     }
     v.push(address);
     v.push("--".into());
-    v.push(format!(
-        "{HOST_DIR}; exec \"$dir/bin/skyform-{build}\" __link \"$dir/clusters/{token}\" {rank}"
-    ));
+    v.push(remote);
     v
+}
+
+/// `sh -c SCRIPT skyform ARGS…` as one string for a remote shell.
+fn sh_line(script: &str, args: &[&str]) -> String {
+    let q = |s: &str| shell_escape::unix::escape(s.into()).into_owned();
+    let mut line = format!("sh -c {} skyform", q(script));
+    for a in args {
+        line.push(' ');
+        line.push_str(&q(a));
+    }
+    line
+}
+
+/// `sh -c SCRIPT skyform ARGS…` as a local command.
+fn sh_argv(script: &str, args: &[&str]) -> Vec<String> {
+    let mut v = vec!["sh".into(), "-c".into(), script.into(), "skyform".into()];
+    v.extend(args.iter().map(|a| a.to_string()));
+    v
+}
+
+const MARK_STOPPED: &str = r#"touch "$dir/clusters/$1/stopped""#;
+
+/// Stops a cluster on a host: its agent ends, its files and reservation stay.
+pub fn stop_script() -> String {
+    format!("{HOST_DIR}\n{MARK_STOPPED}")
+}
+
+/// Clears the mark, so the agent runs again at the next start.
+pub const UNMARK_STOPPED: &str = r#"rm -f "$dir/clusters/$1/stopped""#;
+
+/// What the head runs when the cluster is idle long enough: the other nodes first (over
+/// its links' key), then itself — stopped, or with `down` released (the cluster's files,
+/// reservation and key removed on every host).
+async fn autostop(
+    access: &Access,
+    hosts: &[Host],
+    token: &str,
+    a: &crate::model::Autostop,
+) -> crate::runtime::Autostop {
+    let script = if a.down {
+        format!("{HOST_DIR}\n{}\n{UNAUTHORIZE}", super::RELEASE)
+    } else {
+        stop_script()
+    };
+    let mut commands = Vec::new();
+    for host in hosts.iter().skip(1) {
+        commands.push(head_ssh(access, host, sh_line(&script, &[token])).await);
+    }
+    commands.push(sh_argv(&script, &[token]));
+    crate::runtime::Autostop {
+        idle_seconds: crate::runtime::idle_seconds(a.idle_minutes),
+        commands,
+    }
 }
 
 fn failed(host: &Host, what: &str, out: &Output) -> ProviderError {
@@ -223,6 +269,7 @@ pub async fn boot(
     hosts: &[Host],
     token: &str,
     mut info: ClusterInfo,
+    autostop_spec: Option<&crate::model::Autostop>,
 ) -> Result<String, ProviderError> {
     let exe = crate::runtime::link::agent_exe();
     let build = build_of(&exe).map_err(|e| {
@@ -233,10 +280,14 @@ pub async fn boot(
     })?;
     let (key, public) = keypair().await?;
     for (rank, host) in hosts.iter().enumerate().skip(1) {
-        info.links.insert(
-            rank as u32,
-            link_argv(access, host, token, &build, rank as u32).await,
+        let link = format!(
+            "{HOST_DIR}; exec \"$dir/bin/skyform-{build}\" __link \"$dir/clusters/{token}\" {rank}"
         );
+        info.links
+            .insert(rank as u32, head_ssh(access, host, link).await);
+    }
+    if let Some(a) = autostop_spec {
+        info.autostop = Some(autostop(access, hosts, token, a).await);
     }
     let info = serde_json::to_vec_pretty(&info).map_err(|e| ProviderError::other(e.to_string()))?;
     let binary: Arc<tokio::sync::OnceCell<Vec<u8>>> = Arc::new(tokio::sync::OnceCell::new());
