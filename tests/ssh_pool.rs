@@ -107,6 +107,8 @@ impl Work {
                 .args(args)
                 .env("NO_COLOR", "1")
                 .env("HOME", self.dir.path().join("home"))
+                // Autostop's minutes are seconds here.
+                .env("SKYFORM_IDLE_MINUTE", "1")
                 .stdin(Stdio::null()),
         )
     }
@@ -115,6 +117,36 @@ impl Work {
         let (ok, text) = self.run(args);
         assert!(ok, "skyform {args:?} failed:\n{text}");
         text
+    }
+
+    fn state(&self) -> Value {
+        serde_json::from_str(&self.ok(&["state", "pull"])).unwrap()
+    }
+
+    /// A resource's status as refresh sees it now ("-" when it has none).
+    fn status_of(&self, addr: &str) -> String {
+        let out = self.ok(&["status", "-json"]);
+        let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+        v.as_array()
+            .and_then(|a| a.iter().find(|j| j["address"] == addr))
+            .and_then(|j| j["status"].as_str())
+            .unwrap_or("-")
+            .to_string()
+    }
+
+    fn wait_for(&self, addr: &str, want: &str) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let now = self.status_of(addr);
+            if now == want {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{addr} is {now}, not {want}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(300));
+        }
     }
 
     fn hosts_of(&self, addr: &str) -> Vec<String> {
@@ -143,7 +175,9 @@ async fn conforms(s: &Servers) {
         "identity_file": s.dir.join("id_ed25519").display().to_string(),
     });
     let pool = Pool::from_infra("rack", settings.as_object().unwrap(), home.path()).unwrap();
-    let p = SshProvider::new(vec![pool]);
+    let mut p = SshProvider::new(vec![pool]);
+    // The agent installed on the hosts is skyform, not this test program.
+    p.agent_exe = PathBuf::from(BIN);
     let offering = p.offerings().await.unwrap().remove(0);
     assert_eq!(offering.max_nodes, Some(3), "{offering:?}");
     let spec = skyform::model::Spec::Cluster(skyform::model::ClusterSpec {
@@ -297,15 +331,18 @@ fn clusters_hold_whole_hosts_and_move_off_a_dead_one() {
     assert_eq!(s.reserved(), [s.hosts[0].clone()]);
     let out = w.ok(&["ssh", "cluster.n", "--", "echo", "via", "ssh_config"]);
     assert!(out.contains("via ssh_config"), "{out}");
-    // Jobs need the cluster runtime on remote machines, which is not there yet: say so.
+    // A job runs there too.
     let config = std::fs::read_to_string(w.dir.path().join("main.sky.hcl")).unwrap();
     std::fs::write(
         w.dir.path().join("main.sky.hcl"),
-        format!("{config}job \"j\" {{\n  cluster = cluster.n\n  run     = \"true\"\n}}\n"),
+        format!(
+            "{config}job \"j\" {{\n  cluster = cluster.n\n  run     = \"echo named-host-job\"\n}}\n"
+        ),
     )
     .unwrap();
-    let (ok, out) = w.run(&["apply", "-auto-approve"]);
-    assert!(!ok && out.contains("not in this build yet"), "{out}");
+    w.ok(&["apply", "-auto-approve"]);
+    w.wait_for("job.j", "SUCCEEDED");
+    assert!(w.ok(&["logs", "job.j"]).contains("named-host-job"));
     w.ok(&["destroy", "-auto-approve"]);
     assert!(s.reserved().is_empty());
 
@@ -373,4 +410,199 @@ fn clusters_hold_whole_hosts_and_move_off_a_dead_one() {
         !workdir(&hosts[0]).exists(),
         "destroy removes the cluster's files"
     );
+
+    jobs_on_a_pool(&s);
+    autostop_on_a_pool(&s);
+}
+
+/// Lines of a job's logs that start with `(rank R) `, without the prefix.
+fn rank_lines(logs: &str, rank: u32) -> Vec<String> {
+    let prefix = format!("(rank {rank}) ");
+    logs.lines()
+        .filter_map(|l| l.strip_prefix(&prefix).map(str::to_string))
+        .collect()
+}
+
+/// The runtime on a pool: a 2-node job sees its rank and the nodes' addresses, fractional
+/// GPUs share a device while a whole-cluster job queues behind them, logs stream while a
+/// job runs, exit codes and cancel reach the head.
+fn jobs_on_a_pool(s: &Servers) {
+    for i in 1..=s.hosts.len() {
+        std::fs::write(s.dir.join(format!("host-{i}/gpus")), "T4 1\n").unwrap();
+    }
+    let w = Work::new(s);
+    let cluster = "cluster \"g\" {\n  num_nodes = 2\n  envs = { NASTY = \"'; rm -rf /\" }\n  resources {\n    accelerators = \"T4:1\"\n  }\n}\n";
+    let job = |name: &str, nodes: u32, gpus: &str, run: &str| {
+        let resources = if gpus == "0" {
+            String::new()
+        } else {
+            format!("  resources {{\n    accelerators = \"T4:{gpus}\"\n  }}\n")
+        };
+        format!(
+            "job \"{name}\" {{\n  cluster   = cluster.g\n  num_nodes = {nodes}\n{resources}  run = <<-EOT\n    {run}\n  EOT\n}}\n"
+        )
+    };
+    let report = r#"printf 'rank=%s nodes=%s ips=%s nasty=%s cuda=%s dir=%s\n' "$SKYFORM_NODE_RANK" "$SKYFORM_NUM_NODES" "$(echo $SKYFORM_NODE_IPS | tr ' ' ,)" "$NASTY" "$CUDA_VISIBLE_DEVICES" "$SKYFORM_HOST_DIR""#;
+    w.config(&format!("{cluster}{}", job("multi", 2, "1", report)));
+    w.ok(&["apply", "-auto-approve"]);
+    let hosts = w.hosts_of("cluster.g");
+    w.wait_for("job.multi", "SUCCEEDED");
+    let logs = w.ok(&["logs", "job.multi"]);
+    let ips: Vec<&str> = hosts.iter().map(|h| h.split(':').next().unwrap()).collect();
+    for (rank, h) in hosts.iter().enumerate() {
+        let dir = s.dir.join(format!("host-{}/skyform", s.index(h)));
+        assert_eq!(
+            rank_lines(&logs, rank as u32),
+            [format!(
+                "rank={rank} nodes=2 ips={} nasty='; rm -rf / cuda=0 dir={}",
+                ips.join(","),
+                dir.display()
+            )],
+            "{logs}"
+        );
+    }
+
+    // Two half-GPU jobs share node 0's device; a job wanting both nodes' whole GPUs waits.
+    let halves = format!(
+        "{}{}",
+        job("a", 1, "0.5", &format!("{report}; sleep 6")),
+        job("b", 1, "0.5", &format!("{report}; sleep 6"))
+    );
+    w.config(&format!("{cluster}{halves}"));
+    w.ok(&["apply", "-auto-approve"]);
+    w.wait_for("job.a", "RUNNING");
+    w.wait_for("job.b", "RUNNING");
+    w.config(&format!("{cluster}{halves}{}", job("c", 2, "1", report)));
+    w.ok(&["apply", "-auto-approve"]);
+    assert_eq!(w.status_of("job.c"), "QUEUED");
+    assert_eq!(
+        w.status_of("job.a"),
+        "RUNNING",
+        "c is queued behind a and b"
+    );
+    w.wait_for("job.c", "SUCCEEDED");
+    assert_eq!(w.status_of("job.a"), "SUCCEEDED");
+    assert_eq!(w.status_of("job.b"), "SUCCEEDED");
+    let head = s.dir.join(format!("host-{}/skyform", s.index(&hosts[0])));
+    for j in ["job.a", "job.b"] {
+        let logs = w.ok(&["logs", j]);
+        assert!(
+            logs.contains("cuda=0") && logs.contains(&format!("dir={}", head.display())),
+            "{j} ran on node 0's GPU 0: {logs}"
+        );
+    }
+
+    // Logs stream while the job runs.
+    w.config(&format!(
+        "{cluster}{}",
+        job("stream", 1, "0", "echo first; sleep 4; echo second")
+    ));
+    w.ok(&["apply", "-auto-approve"]);
+    let mut follow = Command::new(BIN)
+        .arg(format!("-chdir={}", w.dir.path().display()))
+        .args(["logs", "-f", "job.stream"])
+        .env("HOME", w.dir.path().join("home"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(follow.stdout.take().unwrap()));
+    let first = lines.next().unwrap().unwrap();
+    let seen_first = std::time::Instant::now();
+    assert_eq!(first, "first");
+    let second = lines.next().unwrap().unwrap();
+    assert_eq!(second, "second");
+    assert!(
+        seen_first.elapsed() > std::time::Duration::from_secs(2),
+        "the first line came while the job ran, not at its end"
+    );
+    assert!(
+        follow.wait().unwrap().success(),
+        "logs -f ends with the job"
+    );
+
+    // Exit codes reach state; a removed job is cancelled on its nodes.
+    w.config(&format!(
+        "{cluster}{}{}",
+        job("fails", 1, "0", "exit 4"),
+        job("long", 1, "0", "sleep 300")
+    ));
+    w.ok(&["apply", "-auto-approve"]);
+    w.wait_for("job.fails", "FAILED");
+    w.wait_for("job.long", "RUNNING");
+    let status: Value = serde_json::from_str(&w.ok(&["status", "-json"])).unwrap();
+    let fails = status
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["address"] == "job.fails")
+        .unwrap();
+    assert_eq!(fails["exit_code"], 4);
+    let state = w.state();
+    let token = state["resources"]["cluster.g"]["private"]["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let long = state["resources"]["job.long"]["private"]["job_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    w.config(cluster);
+    w.ok(&["apply", "-auto-approve"]);
+    let record: Value = serde_json::from_str(
+        &std::fs::read_to_string(head.join(format!("clusters/{token}/jobs/{long}/status.json")))
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(record["state"], "CANCELLED", "{record}");
+
+    w.ok(&["destroy", "-auto-approve"]);
+    assert!(s.reserved().is_empty());
+    for i in 1..=s.hosts.len() {
+        let keys = std::fs::read_to_string(s.dir.join(format!("host-{i}/authorized_keys")))
+            .unwrap_or_default();
+        assert!(
+            !keys.contains(&token),
+            "destroy removes the cluster's key: {keys}"
+        );
+        std::fs::remove_file(s.dir.join(format!("host-{i}/gpus"))).unwrap();
+    }
+}
+
+/// Autostop on a pool: idle, a cluster stops (its agents end, the hosts stay held) and
+/// starts again; with `down`, it releases its hosts and the next plan creates it again.
+fn autostop_on_a_pool(s: &Servers) {
+    let w = Work::new(s);
+    w.config(
+        "cluster \"idle\" {\n  num_nodes = 2\n  autostop {\n    idle_minutes = 3\n  }\n}\njob \"j\" {\n  cluster = cluster.idle\n  run = \"sleep 2\"\n}\n",
+    );
+    w.ok(&["apply", "-auto-approve"]);
+    w.wait_for("cluster.idle", "STOPPED");
+    assert_eq!(
+        w.status_of("job.j"),
+        "SUCCEEDED",
+        "a running job kept it up"
+    );
+    assert_eq!(s.reserved().len(), 2, "a stopped cluster keeps its hosts");
+    let plan = w.ok(&["plan"]);
+    assert!(plan.contains("No changes"), "{plan}");
+    w.ok(&["start", "cluster.idle"]);
+    assert_eq!(w.status_of("cluster.idle"), "UP");
+    w.ok(&["destroy", "-auto-approve"]);
+
+    w.config(
+        "cluster \"gone\" {\n  num_nodes = 2\n  autostop {\n    idle_minutes = 2\n    down = true\n  }\n}\n",
+    );
+    w.ok(&["apply", "-auto-approve"]);
+    assert_eq!(s.reserved().len(), 2);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !s.reserved().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "autostop released nothing"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    let plan = w.ok(&["plan"]);
+    assert!(plan.contains("will be created"), "{plan}");
 }

@@ -376,6 +376,8 @@ struct Private {
 #[derive(Debug)]
 pub struct SshProvider {
     pub pools: BTreeMap<String, Pool>,
+    /// The skyform binary installed on hosts as their agent (this program by default).
+    pub agent_exe: PathBuf,
     /// What each pool looked like, kept while nothing here changed it: refreshing many
     /// clusters of one pool probes its hosts once.
     seen: tokio::sync::Mutex<BTreeMap<String, Vec<Seen>>>,
@@ -424,6 +426,7 @@ impl SshProvider {
     pub fn new(pools: Vec<Pool>) -> SshProvider {
         SshProvider {
             pools: pools.into_iter().map(|p| (p.name.clone(), p)).collect(),
+            agent_exe: crate::runtime::link::agent_exe(),
             seen: tokio::sync::Mutex::new(BTreeMap::new()),
         }
     }
@@ -594,6 +597,7 @@ impl SshProvider {
 
     /// Starts (or refreshes) the runtime on a cluster's hosts: agents, the head's queue.
     async fn boot(
+        &self,
         pool: &Pool,
         p: &mut Private,
         spec: &crate::model::ClusterSpec,
@@ -615,7 +619,15 @@ impl SshProvider {
             autostop: None,
         };
         p.build = Some(
-            runtime::boot(&pool.access, &hosts, &p.token, info, spec.autostop.as_ref()).await?,
+            runtime::boot(
+                &pool.access,
+                &hosts,
+                &p.token,
+                info,
+                spec.autostop.as_ref(),
+                &self.agent_exe,
+            )
+            .await?,
         );
         Ok(())
     }
@@ -938,7 +950,7 @@ impl super::Provider for SshProvider {
         if let crate::model::Spec::Cluster(spec) = req.spec {
             Self::provision(pool, &p.hosts, &p.token, spec, &req.root).await?;
             p.name = Some(req.address.to_string());
-            Self::boot(pool, &mut p, spec).await?;
+            self.boot(pool, &mut p, spec).await?;
         }
         Ok(super::Created {
             computed: Self::computed(&p.hosts),
@@ -960,7 +972,7 @@ impl super::Provider for SshProvider {
         let pool = self.pool(p.pool.as_deref().unwrap_or_default())?;
         Self::provision(pool, &p.hosts, &p.token, spec, &req.root).await?;
         p.name = Some(req.address.to_string());
-        Self::boot(pool, &mut p, spec).await?;
+        self.boot(pool, &mut p, spec).await?;
         Ok(super::Created {
             computed: Self::computed(&p.hosts),
             private: serde_json::to_value(&p).unwrap_or_default(),
@@ -1037,7 +1049,7 @@ impl super::Provider for SshProvider {
         let mut p: Private = serde_json::from_value(res.private.clone())
             .map_err(|e| ProviderError::other(format!("bad private state: {e}")))?;
         let pool = self.pool(p.pool.as_deref().unwrap_or_default())?;
-        Self::boot(pool, &mut p, spec).await?;
+        self.boot(pool, &mut p, spec).await?;
         self.forget(pool).await;
         Ok(serde_json::to_value(&p).unwrap_or_default())
     }

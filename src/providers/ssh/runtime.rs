@@ -270,8 +270,8 @@ pub async fn boot(
     token: &str,
     mut info: ClusterInfo,
     autostop_spec: Option<&crate::model::Autostop>,
+    exe: &Path,
 ) -> Result<String, ProviderError> {
-    let exe = crate::runtime::link::agent_exe();
     let build = build_of(&exe).map_err(|e| {
         ProviderError::other(format!(
             "cannot read the agent binary {}: {e}",
@@ -300,7 +300,7 @@ pub async fn boot(
             build.clone(),
         );
         let (exe, binary, key, public, info) = (
-            exe.clone(),
+            exe.to_path_buf(),
             binary.clone(),
             key.clone(),
             public.clone(),
