@@ -272,7 +272,7 @@ pub async fn boot(
     autostop_spec: Option<&crate::model::Autostop>,
     exe: &Path,
 ) -> Result<String, ProviderError> {
-    let build = build_of(&exe).map_err(|e| {
+    let build = build_of(exe).map_err(|e| {
         ProviderError::other(format!(
             "cannot read the agent binary {}: {e}",
             exe.display()
