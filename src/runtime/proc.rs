@@ -223,4 +223,20 @@ mod tests {
         assert_eq!(gpu_short_name("Tesla T4"), "T4");
         assert_eq!(gpu_short_name("NVIDIA H100 80GB HBM3"), "H100");
     }
+
+    #[test]
+    fn a_skyform_session_keeps_its_cluster_busy() {
+        let root = std::env::temp_dir().join(format!("sky-session-{}", std::process::id()));
+        assert!(!sessions_open(&root));
+        let mut shell = Command::new("sleep")
+            .arg("30")
+            .env("SKYFORM_SESSION", &root)
+            .spawn()
+            .unwrap_or_else(|e| panic!("sleep: {e}"));
+        assert!(sessions_open(&root));
+        assert!(!sessions_open(&root.join("other")));
+        let _ = shell.kill();
+        let _ = shell.wait();
+        assert!(!sessions_open(&root));
+    }
 }
