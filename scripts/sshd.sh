@@ -7,6 +7,9 @@
 #   hosts               one `ADDRESS PORT` line per server, in order
 #   host-I/             each server's config, host key, pid, log, and `gpus` (the GPU
 #                       inventory skyform reads there, through SKYFORM_GPUS_FILE)
+#   netns-hosts         `ADDRESS PORT NAMESPACE` of one more server in a network namespace
+#                       of its own (netns-1/), when the machine allows (root, iproute2);
+#                       SKYFORM_TEST_NETNS=0 leaves it out
 #   eval "$(scripts/sshd.sh start 3)"   ...   scripts/sshd.sh stop
 set -euo pipefail
 case "${1:-start}" in
@@ -26,10 +29,9 @@ start)
   ssh-keygen -q -t ed25519 -N "" -C skyform-test -f "$dir/id_ed25519"
   cp "$dir/id_ed25519.pub" "$dir/authorized_keys"
   : >"$dir/hosts"
-  for i in $(seq 1 "$n"); do
-    addr="127.0.0.$((i + 1))"
-    port=$(python3 -c "import socket; s=socket.socket(); s.bind(('$addr',0)); print(s.getsockname()[1])")
-    h="$dir/host-$i"
+  # Writes host directory $1's sshd config for address $2 and port $3.
+  configure() {
+    local h="$1" addr="$2" port="$3"
     mkdir -p "$h"
     ssh-keygen -q -t ed25519 -N "" -f "$h/ssh_host_ed25519_key"
     cat >"$h/sshd_config" <<CFG
@@ -52,9 +54,39 @@ LogLevel ERROR
 SetEnv SKYFORM_GPUS_FILE=$h/gpus SKYFORM_HOST_DIR=$h/skyform SKYFORM_AUTHORIZED_KEYS=$h/authorized_keys
 CFG
     "$sshd_bin" -t -f "$h/sshd_config"
+  }
+  for i in $(seq 1 "$n"); do
+    addr="127.0.0.$((i + 1))"
+    port=$(python3 -c "import socket; s=socket.socket(); s.bind(('$addr',0)); print(s.getsockname()[1])")
+    h="$dir/host-$i"
+    configure "$h" "$addr" "$port"
     "$sshd_bin" -D -f "$h/sshd_config" -E "$h/log" </dev/null >/dev/null 2>&1 &
     echo "$addr $port" >>"$dir/hosts"
   done
+  # One more server in a network namespace of its own, reached through a veth pair at
+  # 10.213.X.2, where the machine allows it (root and iproute2). Listed in `netns-hosts`
+  # as `ADDRESS PORT NAMESPACE`; missing when not possible (tests say they skip it).
+  ns="skyns-$$"
+  if [ "${SKYFORM_TEST_NETNS:-1}" != 0 ] && command -v ip >/dev/null && ip netns add "$ns" 2>/dev/null; then
+    x=$((RANDOM % 200 + 20))
+    a="skya$$"; b="skyb$$"
+    if ip link add "$a" type veth peer name "$b" && ip link set "$b" netns "$ns" &&
+      ip addr add "10.213.$x.1/24" dev "$a" && ip link set "$a" up &&
+      ip netns exec "$ns" ip addr add "10.213.$x.2/24" dev "$b" &&
+      ip netns exec "$ns" ip link set "$b" up && ip netns exec "$ns" ip link set lo up; then
+      h="$dir/netns-1"
+      configure "$h" "10.213.$x.2" 2222
+      ip netns exec "$ns" "$sshd_bin" -D -f "$h/sshd_config" -E "$h/log" </dev/null >/dev/null 2>&1 &
+      echo "10.213.$x.2 2222 $ns" >"$dir/netns-hosts"
+      echo "10.213.$x.2 2222" >>"$dir/.wait"
+    else
+      echo "sshd.sh: cannot wire network namespace $ns; no namespaced host" >&2
+      ip netns del "$ns" 2>/dev/null || true
+      ip link del "$a" 2>/dev/null || true
+    fi
+  else
+    echo "sshd.sh: network namespaces are not available here; no namespaced host" >&2
+  fi
   # Wait until every server accepts connections.
   while read -r addr port; do
     for _ in $(seq 1 100); do
@@ -63,14 +95,21 @@ CFG
       fi
       sleep 0.05
     done
-  done <"$dir/hosts"
+  done < <(cat "$dir/hosts" "$dir/.wait" 2>/dev/null)
   echo "export SKYFORM_TEST_SSH_DIR=$dir"
   ;;
 stop)
   if [ -n "${SKYFORM_TEST_SSH_DIR:-}" ] && [ -d "$SKYFORM_TEST_SSH_DIR" ]; then
-    for p in "$SKYFORM_TEST_SSH_DIR"/host-*/pid; do
+    for p in "$SKYFORM_TEST_SSH_DIR"/host-*/pid "$SKYFORM_TEST_SSH_DIR"/netns-*/pid; do
       [ -f "$p" ] && kill "$(cat "$p")" 2>/dev/null || true
     done
+    if [ -f "$SKYFORM_TEST_SSH_DIR/netns-hosts" ]; then
+      while read -r _ _ ns; do
+        # Agents a test left behind in the namespace go with it.
+        for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -9 "$pid" 2>/dev/null || true; done
+        ip netns del "$ns" 2>/dev/null || true
+      done <"$SKYFORM_TEST_SSH_DIR/netns-hosts"
+    fi
     rm -rf "$SKYFORM_TEST_SSH_DIR"
   fi
   ;;

@@ -4,7 +4,8 @@
 # (sh, python3, curl, the local backend's real processes) or started here on loopback: moto's
 # S3 and EC2 server for the remote state and AWS backend tests (installed from PyPI by
 # scripts/moto.sh when missing; the AWS tests put scripts/ec2-proxy.py in front of it), and
-# three OpenSSH servers for the ssh tests (scripts/sshd.sh; openssh-server from apt if missing).
+# three OpenSSH servers on loopback plus one in a network namespace where the machine allows
+# (scripts/sshd.sh; openssh-server from apt if missing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,6 +27,11 @@ echo "moto (S3, EC2) at $SKYFORM_TEST_MOTO_ENDPOINT"
 eval "$(scripts/sshd.sh start 3)"
 trap 'scripts/moto.sh stop; scripts/sshd.sh stop' EXIT
 echo "sshd on $(cut -d' ' -f1 "$SKYFORM_TEST_SSH_DIR/hosts" | paste -sd' ')"
+if [ -f "$SKYFORM_TEST_SSH_DIR/netns-hosts" ]; then
+  echo "sshd in network namespace $(cut -d' ' -f3 "$SKYFORM_TEST_SSH_DIR/netns-hosts") at $(cut -d' ' -f1 "$SKYFORM_TEST_SSH_DIR/netns-hosts")"
+else
+  echo "NOTE: no network namespace here: the ssh test across namespaces is SKIPPED (it says so in its output)."
+fi
 
 echo "== tests"
 cargo test --lib --bins --tests --locked -- --include-ignored

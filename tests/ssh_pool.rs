@@ -413,6 +413,39 @@ fn clusters_hold_whole_hosts_and_move_off_a_dead_one() {
 
     jobs_on_a_pool(&s);
     autostop_on_a_pool(&s);
+    across_network_namespaces(&s);
+}
+
+/// A 2-node job whose second node is a host in a network namespace of its own: the head
+/// (on loopback) links to it across the namespaces, and each rank runs on its own network.
+fn across_network_namespaces(s: &Servers) {
+    let Some(far) = support::servers::netns_server() else {
+        eprintln!(
+            "SKIPPED across_network_namespaces: this machine gave scripts/sshd.sh no network namespace (it needs root and iproute2)"
+        );
+        return;
+    };
+    let far_ip = far.split(':').next().unwrap();
+    let w = Work::new(s);
+    std::fs::write(
+        w.dir.path().join("main.sky.hcl"),
+        format!(
+            "infra \"ssh\" \"far\" {{\n  hosts = [\"{}\", \"{far}\"]\n  user = \"root\"\n  identity_file = \"{}\"\n}}\ncluster \"x\" {{\n  num_nodes = 2\n}}\njob \"where\" {{\n  cluster = cluster.x\n  num_nodes = 2\n  run = \"echo ips=$(echo $SKYFORM_NODE_IPS); ip -4 -o addr show | grep -c ' {far_ip}/' || true\"\n}}\n",
+            s.hosts[0],
+            s.dir.join("id_ed25519").display()
+        ),
+    )
+    .unwrap();
+    w.ok(&["apply", "-auto-approve"]);
+    assert_eq!(w.hosts_of("cluster.x"), [s.hosts[0].clone(), far.clone()]);
+    w.wait_for("job.where", "SUCCEEDED");
+    let logs = w.ok(&["logs", "job.where"]);
+    let loopback = s.hosts[0].split(':').next().unwrap();
+    let ips = format!("ips={loopback} {far_ip}");
+    assert_eq!(rank_lines(&logs, 0), [ips.clone(), "0".into()], "{logs}");
+    assert_eq!(rank_lines(&logs, 1), [ips, "1".into()], "{logs}");
+    w.ok(&["destroy", "-auto-approve"]);
+    assert!(s.reserved().is_empty());
 }
 
 /// Lines of a job's logs that start with `(rank R) `, without the prefix.
@@ -465,8 +498,8 @@ fn jobs_on_a_pool(s: &Servers) {
     // Two half-GPU jobs share node 0's device; a job wanting both nodes' whole GPUs waits.
     let halves = format!(
         "{}{}",
-        job("a", 1, "0.5", &format!("{report}; sleep 6")),
-        job("b", 1, "0.5", &format!("{report}; sleep 6"))
+        job("a", 1, "0.5", &format!("{report}; sleep 12")),
+        job("b", 1, "0.5", &format!("{report}; sleep 12"))
     );
     w.config(&format!("{cluster}{halves}"));
     w.ok(&["apply", "-auto-approve"]);
@@ -475,15 +508,37 @@ fn jobs_on_a_pool(s: &Servers) {
     w.config(&format!("{cluster}{halves}{}", job("c", 2, "1", report)));
     w.ok(&["apply", "-auto-approve"]);
     assert_eq!(w.status_of("job.c"), "QUEUED");
-    assert_eq!(
-        w.status_of("job.a"),
-        "RUNNING",
-        "c is queued behind a and b"
-    );
     w.wait_for("job.c", "SUCCEEDED");
     assert_eq!(w.status_of("job.a"), "SUCCEEDED");
     assert_eq!(w.status_of("job.b"), "SUCCEEDED");
+    // The head's records: a and b ran together on GPU 0 of node 0; c started once both
+    // had ended.
     let head = s.dir.join(format!("host-{}/skyform", s.index(&hosts[0])));
+    let state = w.state();
+    let record = |job: &str| -> Value {
+        let id = state["resources"][job]["private"]["job_id"]
+            .as_str()
+            .unwrap();
+        let token = state["resources"]["cluster.g"]["private"]["token"]
+            .as_str()
+            .unwrap();
+        let path = head.join(format!("clusters/{token}/jobs/{id}/status.json"));
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    };
+    let (a, b, c) = (record("job.a"), record("job.b"), record("job.c"));
+    let at = |v: &Value, k: &str| v[k].as_str().unwrap().to_string();
+    assert!(
+        at(&a, "started") < at(&b, "ended") && at(&b, "started") < at(&a, "ended"),
+        "a and b overlap: {a} {b}"
+    );
+    assert!(
+        at(&c, "started") >= at(&a, "ended") && at(&c, "started") >= at(&b, "ended"),
+        "c waited: {a} {b} {c}"
+    );
+    for r in [&a, &b] {
+        assert_eq!(r["nodes"], serde_json::json!([0]), "{r}");
+        assert_eq!(r["devices"], serde_json::json!([[0]]), "{r}");
+    }
     for j in ["job.a", "job.b"] {
         let logs = w.ok(&["logs", j]);
         assert!(

@@ -28,3 +28,13 @@ pub fn run(cmd: &mut Command) -> (bool, String) {
     );
     (out.status.success(), text)
 }
+
+/// The server `scripts/sshd.sh` started in a network namespace of its own, as
+/// `ADDRESS:PORT`, when the machine allowed one.
+#[allow(dead_code)]
+pub fn netns_server() -> Option<String> {
+    let dir = PathBuf::from(std::env::var("SKYFORM_TEST_SSH_DIR").ok()?);
+    let text = std::fs::read_to_string(dir.join("netns-hosts")).ok()?;
+    let mut parts = text.split_whitespace();
+    Some(format!("{}:{}", parts.next()?, parts.next()?))
+}
