@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Starts N OpenSSH servers on loopback (127.0.0.2, 127.0.0.3, …, each on a free port), for
-# the ssh backend's tests. Installs openssh-server with apt-get if sshd is missing (the
+# the ssh backend's tests. Installs openssh-server (and rsync) with apt-get if missing (the
 # system's own sshd stays off). Prints `export SKYFORM_TEST_SSH_DIR=DIR` for the caller to
 # eval. DIR holds:
 #   id_ed25519          the client key every server accepts (authorized_keys)
@@ -15,11 +15,16 @@ set -euo pipefail
 case "${1:-start}" in
 start)
   n="${2:-3}"
-  if ! command -v sshd >/dev/null && [ ! -x /usr/sbin/sshd ]; then
-    echo "installing openssh-server..." >&2
+  # sshd for the servers; rsync, which skyform syncs workdirs with when both ends have it.
+  need=""
+  command -v sshd >/dev/null || [ -x /usr/sbin/sshd ] || need="openssh-server"
+  command -v rsync >/dev/null || need="$need rsync"
+  if [ -n "$need" ]; then
+    echo "installing$need..." >&2
     sudo=""
     [ "$(id -u)" = 0 ] || sudo=sudo
-    install() { $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends openssh-server >&2; }
+    # shellcheck disable=SC2086
+    install() { $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $need >&2; }
     # Package lists may be missing or stale on a fresh machine: refresh them once if needed.
     install || { $sudo apt-get update >&2 && install; }
   fi

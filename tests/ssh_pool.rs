@@ -113,6 +113,21 @@ impl Work {
         )
     }
 
+    /// As `ok`, with `SKYFORM_NO_RSYNC` set: workdirs go as tar streams.
+    fn ok_with_tar(&self, args: &[&str]) -> String {
+        let (ok, text) = support::servers::run(
+            Command::new(BIN)
+                .arg(format!("-chdir={}", self.dir.path().display()))
+                .args(args)
+                .env("NO_COLOR", "1")
+                .env("HOME", self.dir.path().join("home"))
+                .env("SKYFORM_NO_RSYNC", "1")
+                .stdin(Stdio::null()),
+        );
+        assert!(ok, "skyform {args:?} failed:\n{text}");
+        text
+    }
+
     fn ok(&self, args: &[&str]) -> String {
         let (ok, text) = self.run(args);
         assert!(ok, "skyform {args:?} failed:\n{text}");
@@ -376,13 +391,14 @@ fn clusters_hold_whole_hosts_and_move_off_a_dead_one() {
         assert_eq!(marker, format!("from the workdir|'; rm -rf /|{rank}|2"));
     }
     // A changed setup runs again in place, on the same hosts; the workdir mirrors the
-    // local one (a deleted file goes).
+    // local one (a deleted file goes). The first sync went with rsync where this machine
+    // has it; this one goes as a tar stream.
     std::fs::remove_file(w.dir.path().join("src/data.txt")).unwrap();
     std::fs::write(w.dir.path().join("src/new.txt"), "new").unwrap();
     w.config(&cluster("ls > listing"));
     let plan = w.ok(&["plan"]);
     assert!(plan.contains("updated in place"), "{plan}");
-    w.ok(&["apply", "-auto-approve"]);
+    w.ok_with_tar(&["apply", "-auto-approve"]);
     assert_eq!(w.hosts_of("cluster.s"), hosts);
     for h in &hosts {
         let listing = std::fs::read_to_string(workdir(h).join("listing")).unwrap();

@@ -191,6 +191,82 @@ impl Connection {
     pub async fn close(self) {
         let _ = self.session.close().await;
     }
+
+    /// Makes the cluster's workdir on the host a mirror of `src` (deleted files go too):
+    /// with rsync over this connection when both ends have it, else by unpacking a tar
+    /// stream (`archive`, or one packed now).
+    pub async fn sync_workdir(
+        &self,
+        src: &Path,
+        token: &str,
+        archive: Option<&Vec<u8>>,
+    ) -> Result<Output, ProviderError> {
+        let there = self
+            .script("command -v rsync >/dev/null && echo yes", &[])
+            .await?;
+        if archive.is_none() && there.stdout.trim() == "yes" {
+            return self.rsync(src, token).await;
+        }
+        let packed;
+        let a = match archive {
+            Some(a) => a,
+            None => {
+                packed = tar_of(src).await?;
+                &packed
+            }
+        };
+        self.script_with_input(&format!("{HOST_DIR}\n{SYNC}"), &[token], a)
+            .await
+    }
+
+    async fn rsync(&self, src: &Path, token: &str) -> Result<Output, ProviderError> {
+        // The remote rsync starts in the cluster's directory, made if need be; `-e` reuses
+        // this connection's master, so no new login happens.
+        let remote = format!(
+            "{HOST_DIR}; c=\"$dir/clusters/{token}\"; mkdir -p \"$c/workdir\" && cd \"$c\" && rsync"
+        );
+        let out = tokio::process::Command::new("rsync")
+            .args([
+                "-a",
+                "--delete",
+                "--exclude=/.git",
+                "--exclude=/.skyform",
+                "-e",
+            ])
+            .arg(format!(
+                "ssh -o ControlMaster=no -S {}",
+                shell_escape::unix::escape(
+                    self.session.control_socket().display().to_string().into()
+                )
+            ))
+            .arg("--rsync-path")
+            .arg(remote)
+            .arg(format!("{}/", src.display()))
+            .arg("skyform-host:workdir/")
+            .output()
+            .await
+            .map_err(|e| ProviderError::other(format!("cannot run rsync: {e}")))?;
+        Ok(Output {
+            code: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            raw: out.stdout,
+        })
+    }
+}
+
+/// Whether workdirs go with rsync: it is installed here, and `SKYFORM_NO_RSYNC` is not set.
+async fn rsync_here() -> bool {
+    if std::env::var_os("SKYFORM_NO_RSYNC").is_some() {
+        return false;
+    }
+    tokio::process::Command::new("rsync")
+        .arg("--version")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .await
+        .is_ok_and(|s| s.success())
 }
 
 /// What a host has to offer.
@@ -533,9 +609,12 @@ impl SshProvider {
         spec: &crate::model::ClusterSpec,
         root: &Path,
     ) -> Result<(), ProviderError> {
-        let archive = match &spec.workdir {
-            Some(w) => Some(tar_of(&root.join(w)).await?),
-            None => None,
+        let workdir = spec.workdir.as_ref().map(|w| root.join(w));
+        let rsync = workdir.is_some() && rsync_here().await;
+        // Without rsync here, every host gets the same tar stream, packed once.
+        let archive = match &workdir {
+            Some(w) if !rsync => Some(std::sync::Arc::new(tar_of(w).await?)),
+            _ => None,
         };
         let ips: Vec<String> = hosts
             .iter()
@@ -547,7 +626,7 @@ impl SshProvider {
             let host: Host = h.parse().map_err(ProviderError::other)?;
             let pool = pool.clone();
             let token = token.to_string();
-            let archive = archive.clone();
+            let (archive, workdir) = (archive.clone(), workdir.clone());
             let setup = spec.setup.clone();
             let mut envs: Vec<String> = spec.envs.iter().map(|(k, v)| format!("{k}={v}")).collect();
             envs.push(format!("SKYFORM_NODE_RANK={rank}"));
@@ -556,10 +635,8 @@ impl SshProvider {
             set.spawn(async move {
                 let c = pool.access.connect(&host).await?;
                 let result = async {
-                    if let Some(a) = &archive {
-                        let out = c
-                            .script_with_input(&format!("{HOST_DIR}\n{SYNC}"), &[&token], a)
-                            .await?;
+                    if let Some(w) = &workdir {
+                        let out = c.sync_workdir(w, &token, archive.as_deref()).await?;
                         if out.code != Some(0) {
                             return Err(ProviderError::other(format!(
                                 "syncing the workdir to {host} failed: {}",
