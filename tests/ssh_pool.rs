@@ -648,6 +648,25 @@ fn autostop_on_a_pool(s: &Servers) {
         "cluster \"idle\" {\n  num_nodes = 2\n  autostop {\n    idle_minutes = 3\n  }\n}\njob \"j\" {\n  cluster = cluster.idle\n  run = \"sleep 2\"\n}\n",
     );
     w.ok(&["apply", "-auto-approve"]);
+    // An interactive login on the head (a terminal) keeps the cluster up while it lasts:
+    // the job ends after 2 s, idleness would stop it 3 s later, the session lasts 10 s.
+    let started = std::time::Instant::now();
+    let mut session = Command::new("ssh")
+        .arg("-F")
+        .arg(w.dir.path().join(".skyform/ssh_config"))
+        .args(["-tt", "-o", "BatchMode=yes", "idle", "sleep", "10"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(8).saturating_sub(started.elapsed()));
+    assert_eq!(
+        w.status_of("cluster.idle"),
+        "UP",
+        "an open session holds it up"
+    );
+    assert!(session.wait().unwrap().success(), "the session ran");
     w.wait_for("cluster.idle", "STOPPED");
     assert_eq!(
         w.status_of("job.j"),
