@@ -123,6 +123,21 @@ struct CaseOptions {
     target: Vec<String>,
     vars: Vec<String>,
     price_per_hour: f64,
+    /// Offer the clouds of the fixture catalog (testdata/catalogs) as well.
+    clouds: bool,
+}
+
+/// The local machine, and with `clouds` every offering of the fixture catalog.
+fn case_offerings(opts: &CaseOptions) -> Vec<Offering> {
+    let mut v = offerings(opts.price_per_hour);
+    if opts.clouds {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/catalogs");
+        let catalog = skyform::optimizer::catalog::Catalog::load(&dir).expect("fixture catalog");
+        for cloud in ["aws", "gcp", "lambda"] {
+            v.extend(catalog.offerings(cloud, 1.0, &[]));
+        }
+    }
+    v
 }
 
 /// Plans `config` against `prior`, applies it perfectly, and settles the outputs.
@@ -140,7 +155,7 @@ fn settle(
     state
 }
 
-pub fn plan_case(case: &Path) -> (String, String) {
+pub fn plan_case(case: &Path) -> Rendered {
     let opts: CaseOptions = std::fs::read(case.join("options.json"))
         .ok()
         .map(|b| serde_json::from_slice(&b).expect("options.json"))
@@ -172,12 +187,7 @@ pub fn plan_case(case: &Path) -> (String, String) {
             prior_dir.display(),
             pd.render(&prior_config.sources, false)
         );
-        state = settle(
-            &prior_config,
-            &inputs,
-            &state,
-            &offerings(opts.price_per_hour),
-        );
+        state = settle(&prior_config, &inputs, &state, &case_offerings(&opts));
     }
     if let Ok(bytes) = std::fs::read(case.join("prior_patch.json")) {
         let patch: BTreeMap<String, serde_json::Value> =
@@ -214,13 +224,7 @@ pub fn plan_case(case: &Path) -> (String, String) {
     options.destroy = opts.destroy;
     options.replace = parse(&opts.replace);
     options.targets = parse(&opts.target);
-    let (plan, pd) = plan::plan(
-        &config,
-        &inputs,
-        &state,
-        &offerings(opts.price_per_hour),
-        &options,
-    );
+    let (plan, pd) = plan::plan(&config, &inputs, &state, &case_offerings(&opts), &options);
     assert!(
         !pd.has_errors(),
         "{}: {}",
@@ -230,7 +234,67 @@ pub fn plan_case(case: &Path) -> (String, String) {
     let human = render::human::plan(&plan, &Style { color: false });
     let mut json = serde_json::to_string_pretty(&render::json::plan(&plan)).expect("json");
     json.push('\n');
-    (human, json)
+    let markdown = render::markdown::plan(&plan);
+    Rendered {
+        human,
+        json,
+        markdown,
+    }
+}
+
+/// One plan, in each format.
+#[derive(Debug, PartialEq)]
+pub struct Rendered {
+    pub human: String,
+    pub json: String,
+    pub markdown: String,
+}
+
+/// The JSON plan's schema, as published in the repository.
+fn plan_schema() -> jsonschema::Validator {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/schema/plan-v1.schema.json");
+    let schema: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).expect("the schema")).expect("JSON");
+    jsonschema::draft202012::new(&schema).expect("a valid schema")
+}
+
+/// Where a JSON plan breaks its schema, one line each.
+fn schema_errors(case: &Path, json: &str) -> Option<String> {
+    let doc: serde_json::Value = serde_json::from_str(json).expect("JSON plan");
+    let errors: Vec<String> = plan_schema()
+        .iter_errors(&doc)
+        .map(|e| format!("  at {}: {e}", e.instance_path()))
+        .collect();
+    (!errors.is_empty()).then(|| {
+        format!(
+            "{}: the JSON plan does not follow docs/schema/plan-v1.schema.json:\n{}",
+            case.display(),
+            errors.join("\n")
+        )
+    })
+}
+
+/// The schema rejects what it should: it is not vacuous.
+#[test]
+fn the_plan_schema_rejects_broken_plans() {
+    let case = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/plan/01-create");
+    let good: serde_json::Value = serde_json::from_str(&plan_case(&case).json).unwrap();
+    assert!(plan_schema().is_valid(&good));
+    let mut v = good.clone();
+    v["resource_changes"][0]["actions"] = serde_json::json!(["create", "delete"]);
+    assert!(!plan_schema().is_valid(&v), "actions in the wrong order");
+    let mut v = good.clone();
+    v["resource_changes"][0]
+        .as_object_mut()
+        .unwrap()
+        .remove("after_unknown");
+    assert!(!plan_schema().is_valid(&v), "a missing field");
+    let mut v = good.clone();
+    v["cost"]["after_micros"] = serde_json::json!(-1);
+    assert!(!plan_schema().is_valid(&v), "a negative cost");
+    let mut v = good;
+    v["format_version"] = serde_json::json!("2");
+    assert!(!plan_schema().is_valid(&v), "another format version");
 }
 
 #[test]
@@ -243,19 +307,32 @@ fn plans_match_goldens() {
     );
     let mut failures = Vec::new();
     for case in all {
-        let (human, json) = plan_case(&case);
-        let (again_h, again_j) = plan_case(&case);
-        if human != again_h || json != again_j {
+        let r = plan_case(&case);
+        if r != plan_case(&case) {
             failures.push(format!(
                 "{}: two plans of the same inputs differ",
                 case.display()
             ));
         }
+        let Rendered {
+            human,
+            json,
+            markdown,
+        } = r;
         failures.extend(check(&case.join("expected.txt"), &human));
         failures.extend(check(&case.join("expected.json"), &json));
+        failures.extend(check(&case.join("expected.md"), &markdown));
+        if markdown.chars().count() > render::markdown::LIMIT {
+            failures.push(format!(
+                "{}: the markdown plan has {} characters, more than one comment holds",
+                case.display(),
+                markdown.chars().count()
+            ));
+        }
+        failures.extend(schema_errors(&case, &json));
         // Secrets never reach output.
         for needle in ["hunter2", "sk-live"] {
-            if human.contains(needle) || json.contains(needle) {
+            if human.contains(needle) || json.contains(needle) || markdown.contains(needle) {
                 failures.push(format!(
                     "{}: a sensitive value ({needle}) appears in the plan",
                     case.display()

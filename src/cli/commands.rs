@@ -447,6 +447,7 @@ pub async fn run(cli: Cli) -> i32 {
             out,
             detailed_exitcode,
             json,
+            format,
             destroy,
         } => {
             plan_cmd(
@@ -454,7 +455,7 @@ pub async fn run(cli: Cli) -> i32 {
                 &flags,
                 out.as_deref(),
                 detailed_exitcode || env_flag("SKYFORM_DETAILED_EXITCODE"),
-                json,
+                super::PlanFormat::pick(format, json),
                 destroy,
             )
             .await
@@ -511,11 +512,16 @@ pub async fn run(cli: Cli) -> i32 {
             )
             .await
         }
-        Command::Show { planfile, json } => {
+        Command::Show {
+            planfile,
+            json,
+            format,
+        } => {
             show(
                 &ctx(base.clone()),
                 planfile.map(|p| base.join(p)).as_deref(),
                 json,
+                super::PlanFormat::pick(format, json),
             )
             .await
         }
@@ -783,9 +789,10 @@ async fn plan_cmd(
     flags: &PlanFlags,
     out: Option<&Path>,
     detailed: bool,
-    json: bool,
+    format: super::PlanFormat,
     destroy: bool,
 ) -> Result<i32> {
+    let json = format != super::PlanFormat::Human;
     let (config, inputs) = load(ctx, &flags.vars)?;
     let store = ctx.store().await?;
     let guard = lock(store.as_ref(), "plan", &flags.lock).await?;
@@ -796,11 +803,7 @@ async fn plan_cmd(
     .await;
     guard.release().await;
     let plan = result?;
-    if json {
-        write_json_out(&render::json::plan(&plan));
-    } else {
-        say_inline!("{}", render::human::plan(&plan, &ctx.style));
-    }
+    print_plan(ctx, &plan, format);
     if let Some(path) = out {
         let bytes = serde_json::to_vec(&plan).map_err(|e| Failure::new(e.to_string()))?;
         LocalStore::write_atomic(path, &bytes)?;
@@ -1650,18 +1653,32 @@ async fn read_state(ctx: &Ctx) -> Result<State> {
     })
 }
 
-async fn show(ctx: &Ctx, planfile: Option<&Path>, json: bool) -> Result<i32> {
+/// A plan in the chosen format, on stdout.
+fn print_plan(ctx: &Ctx, plan: &Plan, format: super::PlanFormat) {
+    match format {
+        super::PlanFormat::Json => write_json_out(&render::json::plan(plan)),
+        super::PlanFormat::Markdown => say_inline!("{}", render::markdown::plan(plan)),
+        super::PlanFormat::Human => say_inline!("{}", render::human::plan(plan, &ctx.style)),
+    }
+}
+
+async fn show(
+    ctx: &Ctx,
+    planfile: Option<&Path>,
+    json: bool,
+    format: super::PlanFormat,
+) -> Result<i32> {
     if let Some(p) = planfile {
         let bytes = std::fs::read(p)
             .map_err(|e| Failure::new(format!("cannot read plan {}: {e}", p.display())))?;
         let plan: Plan = serde_json::from_slice(&bytes)
             .map_err(|e| Failure::new(format!("{} is not a skyform plan: {e}", p.display())))?;
-        if json {
-            write_json_out(&render::json::plan(&plan));
-        } else {
-            say_inline!("{}", render::human::plan(&plan, &ctx.style));
-        }
+        print_plan(ctx, &plan, format);
         return Ok(EXIT_OK);
+    }
+    if format == super::PlanFormat::Markdown {
+        return Err(Failure::new("-format markdown shows plans only")
+            .hint("skyform show -format markdown PLANFILE"));
     }
     let state = read_state(ctx).await?;
     if json {

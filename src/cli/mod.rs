@@ -65,6 +65,25 @@ pub struct VarFlags {
 }
 
 /// How apply carries out changes.
+/// How a plan is printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PlanFormat {
+    Human,
+    Markdown,
+    Json,
+}
+
+impl PlanFormat {
+    /// `-format`, with `-json` as its shorthand.
+    pub fn pick(format: Option<PlanFormat>, json: bool) -> PlanFormat {
+        format.unwrap_or(if json {
+            PlanFormat::Json
+        } else {
+            PlanFormat::Human
+        })
+    }
+}
+
 #[derive(Debug, clap::Args, Clone)]
 pub struct RunFlags {
     /// How many changes run at once.
@@ -169,8 +188,12 @@ pub enum Command {
         /// Exit 0 with no changes, 2 with changes, 1 on error.
         #[arg(long = "detailed-exitcode")]
         detailed_exitcode: bool,
+        /// The same as `-format json`.
         #[arg(long)]
         json: bool,
+        /// human (default), markdown (for a pull request comment) or json.
+        #[arg(long, value_enum, value_name = "FORMAT")]
+        format: Option<PlanFormat>,
         /// Plan to destroy everything in state.
         #[arg(long)]
         destroy: bool,
@@ -211,6 +234,9 @@ pub enum Command {
         planfile: Option<PathBuf>,
         #[arg(long)]
         json: bool,
+        /// For a plan file: human (default), markdown or json.
+        #[arg(long, value_enum, value_name = "FORMAT")]
+        format: Option<PlanFormat>,
     },
     /// Outputs from state.
     Output {

@@ -1,7 +1,9 @@
-//! Rendering plans, state and values for people (human) and machines (json).
+//! Rendering plans, state and values for people (human), reviews (markdown) and machines
+//! (json).
 
 pub mod human;
 pub mod json;
+pub mod markdown;
 
 /// Colours, used only when writing to a terminal.
 #[derive(Debug, Clone, Copy)]
