@@ -356,10 +356,129 @@ fn stale_and_foreign_plans_are_refused() {
         text(&out.stderr)
     );
 
+    // A plan from another skyform version is refused with its own message.
+    sb.ok(&["plan", "-out", &plan_s]);
+    let path = sb.path().join(&plan_s);
+    let saved = std::fs::read_to_string(&path).expect("plan");
+    let other = saved.replace(
+        &format!("\"skyform_version\":\"{}\"", env!("CARGO_PKG_VERSION")),
+        "\"skyform_version\":\"0.0.1\"",
+    );
+    assert_ne!(saved, other, "the plan records its version");
+    std::fs::write(&path, other).expect("edit");
+    let out = sb.run(&["apply", &plan_s]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("the plan was made by skyform 0.0.1"),
+        "{}",
+        text(&out.stderr)
+    );
+
     // A fresh saved plan applies exactly.
     sb.ok(&["plan", "-out", &plan_s]);
     let out = sb.ok(&["apply", &plan_s]);
     assert!(out.contains("1 replaced"), "{out}");
+    sb.ok(&["destroy", "-auto-approve"]);
+}
+
+/// The pull-request flow, as CI runs it: a markdown plan for the review, the saved plan
+/// read back as JSON (valid by the published schema), applied with `-json` events and
+/// `-check-serial`, then refused as stale; drift found with `-refresh-only` and recorded
+/// only by its apply.
+#[test]
+fn review_then_apply_from_ci() {
+    let sb = Sandbox::new(&[(
+        "main.sky.hcl",
+        "cluster \"dev\" {}\n\njob \"a\" {\n  cluster = cluster.dev\n  run     = \"echo reviewed\"\n}\n",
+    )]);
+    let md = sb.ok(&["plan", "-format", "markdown", "-out", "plan.json"]);
+    assert!(md.starts_with("### skyform plan"), "{md}");
+    assert!(
+        md.contains("<details><summary>") && md.contains("plan digest"),
+        "{md}"
+    );
+    assert!(
+        !md.contains("hint:"),
+        "markdown is the comment, nothing else: {md}"
+    );
+
+    let shown: Value = serde_json::from_str(&sb.ok(&["show", "-json", "plan.json"])).unwrap();
+    let schema: Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/schema/plan-v1.schema.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let validator = jsonschema::draft202012::new(&schema).unwrap();
+    assert!(validator.is_valid(&shown), "show -json follows the schema");
+    let serial = shown["serial"].as_u64().unwrap();
+
+    // The state moved: -check-serial refuses before anything is done.
+    let out = sb.run(&["apply", "-check-serial", "999", "plan.json"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("not 999 (-check-serial)"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let out = sb.ok(&[
+        "apply",
+        "-json",
+        "-check-serial",
+        &serial.to_string(),
+        "plan.json",
+    ]);
+    let events: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let kinds: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    for k in ["planned", "attempt", "applied", "state", "summary"] {
+        assert!(kinds.contains(&k), "{k} in {kinds:?}");
+    }
+    assert_eq!(kinds.first(), Some(&"planned"));
+    assert_eq!(kinds.last(), Some(&"summary"));
+    let summary = events.last().unwrap();
+    assert_eq!(summary["ok"], true, "{summary}");
+    assert_eq!(summary["added"], 2, "{summary}");
+    assert!(events.iter().all(|e| e["timestamp"].is_string()));
+
+    // The same plan again: stale.
+    let out = sb.run(&["apply", "plan.json"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("stale plan"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // Someone removes the sandbox by hand: refresh-only reports it, changes nothing...
+    sb.wait_jobs_done(Duration::from_secs(30));
+    let dir = sb.state()["resources"]["cluster.dev"]["private"]["dir"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    std::fs::remove_dir_all(&dir).unwrap();
+    let before = sb.serial();
+    let out = sb.run(&["plan", "-refresh-only", "-detailed-exitcode"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stdout));
+    let plan = text(&out.stdout);
+    assert!(
+        plan.contains("was removed") && plan.contains("refresh-only"),
+        "{plan}"
+    );
+    assert!(!plan.contains("will perform the following actions"), "{plan}");
+    assert_eq!(sb.serial(), before, "plan writes nothing");
+    // ... and its apply records it in state without creating anything.
+    let out = sb.ok(&["apply", "-refresh-only", "-auto-approve"]);
+    assert!(out.contains("no resource was touched"), "{out}");
+    assert_eq!(sb.serial(), before + 1);
+    assert_eq!(sb.state()["resources"]["cluster.dev"]["status"], "tainted");
+    assert!(!Path::new(&dir).exists(), "refresh-only created nothing");
+    let out = sb.run(&["plan", "-refresh-only", "-detailed-exitcode"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
     sb.ok(&["destroy", "-auto-approve"]);
 }
 

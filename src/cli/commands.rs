@@ -498,6 +498,7 @@ pub async fn run(cli: Cli) -> i32 {
                 target: Vec::new(),
                 replace: Vec::new(),
                 refresh: true,
+                refresh_only: false,
                 lock,
             };
             apply_cmd(
@@ -748,6 +749,12 @@ async fn make_plan(
     flags: &PlanFlags,
     destroy: bool,
 ) -> Result<Plan> {
+    if flags.refresh_only && (destroy || !flags.refresh) {
+        return Err(Failure::new(
+            "-refresh-only cannot be combined with -destroy or -refresh=false",
+        ));
+    }
+    let before = state.clone();
     let registry = ctx.registry(Some(config));
     let mut options = Options {
         destroy,
@@ -781,6 +788,24 @@ async fn make_plan(
     }
     let (plan, mut diags) = plan::plan(config, inputs, state, &offerings, &options);
     report(config, &mut diags, ctx.style)?;
+    if flags.refresh_only {
+        // What apply would record: the state's changes, with refresh's account of why for
+        // the resources that changed (a cluster already recorded as broken is no news).
+        let changes = plan::refresh::changes(&before, state);
+        let changed: std::collections::BTreeSet<&str> = changes
+            .iter()
+            .filter_map(|l| l.split_once(": ").map(|(a, _)| a))
+            .collect();
+        let mut p = plan.into_refresh_only();
+        p.drift
+            .retain(|l| l.split_once(": ").is_some_and(|(a, _)| changed.contains(a)));
+        for line in &changes {
+            if !p.drift.contains(line) {
+                p.drift.push(line.clone());
+            }
+        }
+        return Ok(p);
+    }
     Ok(plan)
 }
 
@@ -917,6 +942,15 @@ async fn apply_locked(
     let fresh = stored.is_none();
     let stored_before = stored.clone();
     let mut state = stored.unwrap_or_default();
+    if let Some(want) = run.check_serial
+        && state.serial != want
+    {
+        return Err(Failure::new(format!(
+            "the state's serial is {}, not {want} (-check-serial): it changed since you looked",
+            state.serial
+        ))
+        .hint("look at what changed with `skyform show`, then plan again"));
+    }
     let plan = match saved {
         Some(p) => {
             if p.skyform_version != env!("CARGO_PKG_VERSION") {
@@ -969,8 +1003,16 @@ async fn apply_locked(
             p
         }
         None => {
+            if run.json && !(auto_approve || env_flag("SKYFORM_AUTO_APPROVE")) {
+                return Err(Failure::new(
+                    "apply -json cannot ask for approval: its output is for machines",
+                )
+                .hint("pass -auto-approve, or apply a saved plan: skyform plan -out plan.json && skyform apply -json plan.json"));
+            }
             let p = make_plan(ctx, config, inputs, &mut state, flags, destroy).await?;
-            say_inline!("{}", render::human::plan(&p, &ctx.style));
+            if !run.json {
+                say_inline!("{}", render::human::plan(&p, &ctx.style));
+            }
             if !p.has_changes() {
                 // Nothing to do, but what refresh learned (resources gone) is kept.
                 if !fresh
@@ -981,10 +1023,15 @@ async fn apply_locked(
                     state.serial += 1;
                     store.write(&state).await?;
                 }
+                if run.json {
+                    emit_summary(&Summary::default(), &p, &state);
+                }
                 return Ok(EXIT_OK);
             }
             let what = if destroy {
                 "destroy these resources"
+            } else if p.refresh_only {
+                "record these changes in the state"
             } else {
                 "perform these actions"
             };
@@ -992,10 +1039,30 @@ async fn apply_locked(
                 say!("Apply cancelled.");
                 return Ok(EXIT_ERROR);
             }
-            say!();
+            if !run.json {
+                say!();
+            }
             p
         }
     };
+    if plan.refresh_only {
+        // Nothing to do but record what refresh found.
+        state.serial += 1;
+        store.write(&state).await?;
+        if run.json {
+            emit_summary(&Summary::default(), &plan, &state);
+        } else {
+            say!(
+                "{}",
+                ctx.style.green(&format!(
+                    "Apply complete! The state records what changed outside skyform ({} change{}); no resource was touched.",
+                    plan.drift.len(),
+                    if plan.drift.len() == 1 { "" } else { "s" }
+                ))
+            );
+        }
+        return Ok(EXIT_OK);
+    }
     let registry = ctx.registry(Some(config));
     let (tx, rx) = tokio::sync::watch::channel(false);
     let ctrl_c = tokio::spawn(async move {
@@ -1009,7 +1076,12 @@ async fn apply_locked(
             }
         }
     });
-    let progress = super::progress::Progress::new(ctx.style, std::io::stdout().is_terminal());
+    let progress = if run.json {
+        emit_planned(&plan);
+        super::progress::Progress::json(ctx.style)
+    } else {
+        super::progress::Progress::new(ctx.style, std::io::stdout().is_terminal())
+    };
     let on_event = |e: &Event| progress.event(e);
     let resolve = |state: &State| -> BTreeMap<Address, crate::model::Spec> {
         let (p, _) = plan::plan(config, inputs, state, &[], &Options::default());
@@ -1048,6 +1120,10 @@ async fn apply_locked(
         return Err(keep_errored_state(ctx, &state, e));
     }
     write_ssh_config(ctx, &state, &registry);
+    if run.json {
+        emit_summary(&summary, &plan, &state);
+        return Ok(if summary.ok() { EXIT_OK } else { EXIT_ERROR });
+    }
     print_summary(&summary, &plan, &state, destroy, &ctx.style);
     if !summary.ok() {
         return Ok(EXIT_ERROR);
@@ -1092,6 +1168,61 @@ fn outputs_now(
             })
         })
         .collect()
+}
+
+/// `apply -json`: one `planned` line per change, before anything is done.
+fn emit_planned(plan: &Plan) {
+    for c in plan.changes.iter().filter(|c| c.action.is_change()) {
+        let placement = c.candidates.first().map(|p| {
+            serde_json::json!({
+                "infra": p.offering.infra(),
+                "instance_type": p.offering.instance_type,
+                "hourly_cost_micros": p.hourly,
+            })
+        });
+        super::progress::Progress::emit(
+            "planned",
+            serde_json::json!({
+                "address": c.address.to_string(),
+                "actions": render::json::action_list(c.action),
+                "reasons": c.reasons,
+                "placement": placement,
+                "candidates": c.candidates.len(),
+            }),
+        );
+    }
+}
+
+/// `apply -json`: the last line, what was done.
+fn emit_summary(s: &Summary, plan: &Plan, state: &State) {
+    let cost: u64 = state
+        .resources
+        .values()
+        .filter_map(|r| r.placement.as_ref())
+        .map(|c| c.hourly)
+        .sum();
+    let failures: Vec<serde_json::Value> = s
+        .failures
+        .iter()
+        .map(|(a, e)| serde_json::json!({"address": a.to_string(), "error": e}))
+        .collect();
+    super::progress::Progress::emit(
+        "summary",
+        serde_json::json!({
+            "ok": s.ok(),
+            "interrupted": s.interrupted,
+            "added": s.added,
+            "changed": s.changed,
+            "replaced": s.replaced,
+            "destroyed": s.destroyed,
+            "failures": failures,
+            "skipped": s.skipped.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "serial": state.serial,
+            "lineage": state.lineage,
+            "cost_before_micros": plan.cost_before,
+            "cost_after_micros": cost,
+        }),
+    );
 }
 
 fn print_summary(s: &Summary, plan: &Plan, state: &State, destroy: bool, style: &Style) {

@@ -95,6 +95,12 @@ pub struct RunFlags {
     /// With retry_until_up, the pause before going down the placements again.
     #[arg(long = "retry-delay", default_value = "30s", env = "SKYFORM_RETRY_DELAY", value_parser = humantime::parse_duration)]
     pub retry_delay: std::time::Duration,
+    /// Apply only if the state's serial is N (nobody applied since it was read).
+    #[arg(long = "check-serial", value_name = "N", env = "SKYFORM_CHECK_SERIAL")]
+    pub check_serial: Option<u64>,
+    /// Report as JSON lines on stdout (planned, attempt, failover, applied, error, summary).
+    #[arg(long)]
+    pub json: bool,
 }
 
 impl RunFlags {
@@ -140,6 +146,9 @@ pub struct PlanFlags {
     /// Skip asking providers what is running.
     #[arg(long = "refresh", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
     pub refresh: bool,
+    /// Only find what changed outside skyform; apply records it in state and changes nothing.
+    #[arg(long = "refresh-only")]
+    pub refresh_only: bool,
     #[command(flatten)]
     pub lock: LockFlags,
 }

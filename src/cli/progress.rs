@@ -12,6 +12,8 @@ use std::time::Duration;
 pub struct Progress {
     style: Style,
     bars: Option<(MultiProgress, Mutex<BTreeMap<Address, ProgressBar>>)>,
+    /// JSON lines instead of text (`apply -json`).
+    json: bool,
 }
 
 impl Progress {
@@ -20,6 +22,82 @@ impl Progress {
         Progress {
             style,
             bars: tty.then(|| (MultiProgress::new(), Mutex::new(BTreeMap::new()))),
+            json: false,
+        }
+    }
+
+    /// One JSON object per line and event (`apply -json`); see docs/json-format.md.
+    pub fn json(style: Style) -> Progress {
+        Progress {
+            style,
+            bars: None,
+            json: true,
+        }
+    }
+
+    /// Prints one JSON event line: `type` and `timestamp` first, then `fields`.
+    pub fn emit(kind: &str, fields: serde_json::Value) {
+        let mut line = serde_json::Map::new();
+        line.insert("type".into(), kind.into());
+        line.insert(
+            "timestamp".into(),
+            humantime::format_rfc3339_millis(std::time::SystemTime::now())
+                .to_string()
+                .into(),
+        );
+        if let serde_json::Value::Object(f) = fields {
+            line.extend(f);
+        }
+        say!(
+            "{}",
+            serde_json::to_string(&serde_json::Value::Object(line)).unwrap_or_default()
+        );
+    }
+
+    fn json_event(e: &Event) {
+        use serde_json::json;
+        match e {
+            Event::Started { address, what } => {
+                Self::emit(
+                    "attempt",
+                    json!({"address": address.to_string(), "what": what}),
+                );
+            }
+            Event::Done {
+                address,
+                what,
+                seconds,
+            } => Self::emit(
+                "applied",
+                json!({"address": address.to_string(), "what": what, "seconds": seconds}),
+            ),
+            Event::Failed { address, error } => {
+                Self::emit(
+                    "error",
+                    json!({"address": address.to_string(), "error": error}),
+                );
+            }
+            Event::FailedOver {
+                address,
+                infra,
+                instance_type,
+                error,
+                seconds,
+                blocked,
+                next,
+            } => Self::emit(
+                "failover",
+                json!({
+                    "address": address.to_string(), "infra": infra,
+                    "instance_type": instance_type, "error": error, "seconds": seconds,
+                    "blocked": blocked, "next": next,
+                }),
+            ),
+            Event::Skipped { address, because } => Self::emit(
+                "skipped",
+                json!({"address": address.to_string(), "because": because.to_string()}),
+            ),
+            Event::StateWritten { serial } => Self::emit("state", json!({"serial": serial})),
         }
     }
 
@@ -54,6 +132,10 @@ impl Progress {
     }
 
     pub fn event(&self, e: &Event) {
+        if self.json {
+            Self::json_event(e);
+            return;
+        }
         let Some(line) = self.line(e) else { return };
         let Some((multi, bars)) = &self.bars else {
             say!("{line}");

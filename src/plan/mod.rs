@@ -92,9 +92,22 @@ pub struct Plan {
     /// removes what those attempts left behind.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub leftovers: Vec<Address>,
+    /// A refresh-only plan: no resource changes; applying it records `drift` in state.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub refresh_only: bool,
 }
 
 impl Plan {
+    /// The refresh-only form of a plan: what refresh found, and no changes.
+    pub fn into_refresh_only(mut self) -> Plan {
+        self.refresh_only = true;
+        self.changes.clear();
+        self.outputs.clear();
+        self.leftovers.clear();
+        self.cost_after = self.cost_before;
+        self
+    }
+
     pub fn counts(&self) -> (usize, usize, usize, usize) {
         let n = |a| self.changes.iter().filter(|c| c.action == a).count();
         (
@@ -106,6 +119,9 @@ impl Plan {
     }
 
     pub fn has_changes(&self) -> bool {
+        if self.refresh_only {
+            return !self.drift.is_empty();
+        }
         self.changes.iter().any(|c| c.action.is_change())
             || self.outputs.values().any(|o| o.action.is_change())
             || !self.leftovers.is_empty()
@@ -636,6 +652,7 @@ pub fn plan(
             .filter(|(_, r)| !r.leftovers.is_empty())
             .map(|(a, _)| a.clone())
             .collect(),
+        refresh_only: false,
     };
     (plan, diags)
 }

@@ -140,3 +140,29 @@ pub async fn refresh(state: &mut State, registry: &Arc<Registry>, concurrency: u
     }
     out
 }
+
+/// What a refresh changed in state, one line per resource: gone from state, or a status
+/// (or exit code) that moved. For refresh-only plans.
+pub fn changes(before: &State, after: &State) -> Vec<String> {
+    let mut out = Vec::new();
+    for (addr, b) in &before.resources {
+        let Some(a) = after.resources.get(addr) else {
+            out.push(format!("{addr}: no longer exists; it leaves the state"));
+            continue;
+        };
+        for key in ["status", "exit_code"] {
+            let (was, now) = (b.computed.get(key), a.computed.get(key));
+            if was != now {
+                let show = |v: Option<&serde_json::Value>| {
+                    v.map_or("(none)".to_string(), crate::render::human::value)
+                };
+                out.push(format!("{addr}: {key} {} → {}", show(was), show(now)));
+            }
+        }
+        if b.status != a.status {
+            let name = |s: &Status| format!("{s:?}").to_lowercase();
+            out.push(format!("{addr}: {} → {}", name(&b.status), name(&a.status)));
+        }
+    }
+    out
+}

@@ -265,6 +265,10 @@ pub fn plan(p: &Plan, s: &Style) -> String {
         }
         out.push('\n');
     }
+    if p.refresh_only {
+        let _ = writeln!(out, "{}", refresh_only_line(p));
+        return out;
+    }
     let changed: Vec<&Change> = p.changes.iter().filter(|c| c.action.is_change()).collect();
     if changed.is_empty()
         && !p.outputs.values().any(|o| o.action.is_change())
@@ -335,6 +339,15 @@ pub fn plan(p: &Plan, s: &Style) -> String {
     }
     let _ = writeln!(out, "{}", cost_line(p));
     out
+}
+
+/// What a refresh-only plan ends with.
+pub fn refresh_only_line(p: &Plan) -> &'static str {
+    if p.drift.is_empty() {
+        "No changes outside skyform. The state matches what is running."
+    } else {
+        "This is a refresh-only plan: `skyform apply -refresh-only` records these changes in the state; no resource changes."
+    }
 }
 
 pub fn cost_line(p: &Plan) -> String {

@@ -126,11 +126,15 @@ pub struct JsonPlan<'a> {
     /// Resources whose earlier attempts may have left machines behind.
     #[serde(skip_serializing_if = "<[_]>::is_empty")]
     leftovers: &'a [crate::model::Address],
+    /// Only what refresh found: no resource changes (absent otherwise).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    refresh_only: bool,
     summary: JsonSummary,
     cost: JsonCost,
 }
 
-fn action_list(a: Action) -> Vec<&'static str> {
+/// Terraform's action lists: a replace is `["delete", "create"]`.
+pub fn action_list(a: Action) -> Vec<&'static str> {
     match a {
         Action::NoOp => vec!["no-op"],
         Action::Create => vec!["create"],
@@ -226,6 +230,7 @@ pub fn plan(p: &Plan) -> JsonPlan<'_> {
         output_changes: outputs,
         drift: &p.drift,
         leftovers: &p.leftovers,
+        refresh_only: p.refresh_only,
         summary: JsonSummary {
             add,
             change,

@@ -251,8 +251,11 @@ pub fn plan(p: &Plan) -> String {
         }
         head.push('\n');
     }
+    if p.refresh_only {
+        let _ = writeln!(head, "{}\n", super::human::refresh_only_line(p));
+    }
     let changed: Vec<&Change> = p.changes.iter().filter(|c| c.action.is_change()).collect();
-    if changed.is_empty() && !p.has_changes() {
+    if changed.is_empty() && !p.has_changes() && !p.refresh_only {
         head.push_str("No changes. The infrastructure matches the configuration.\n\n");
     }
     let mut tail = String::new();
