@@ -469,7 +469,10 @@ fn review_then_apply_from_ci() {
         plan.contains("was removed") && plan.contains("refresh-only"),
         "{plan}"
     );
-    assert!(!plan.contains("will perform the following actions"), "{plan}");
+    assert!(
+        !plan.contains("will perform the following actions"),
+        "{plan}"
+    );
     assert_eq!(sb.serial(), before, "plan writes nothing");
     // ... and its apply records it in state without creating anything.
     let out = sb.ok(&["apply", "-refresh-only", "-auto-approve"]);

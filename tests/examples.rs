@@ -66,6 +66,16 @@ fn examples_validate_and_plan() {
             ex.display(),
             String::from_utf8_lossy(&v.stderr)
         );
+        let config = std::fs::read_to_string(dir.join("main.sky.hcl")).unwrap_or_default();
+        if config.contains("state \"s3\"") {
+            // Its state is in a bucket of its own (examples/ci): planning it needs that bucket
+            // and AWS credentials. tests/e2e_local.rs runs the same flow on local state.
+            eprintln!(
+                "{}: validated; not planned (its state is in S3)",
+                ex.display()
+            );
+            continue;
+        }
         let p = run(&dir, &["plan", "-detailed-exitcode"]);
         assert_eq!(
             p.status.code(),

@@ -216,7 +216,7 @@ pub enum Command {
         #[arg(long = "auto-approve")]
         auto_approve: bool,
         /// Never prompt.
-        #[arg(long = "input", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+        #[arg(long = "input", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL", env = "SKYFORM_INPUT", value_parser = clap::builder::BoolishValueParser::new())]
         input: bool,
         #[command(flatten)]
         run: RunFlags,
@@ -229,7 +229,7 @@ pub enum Command {
         dir: Option<PathBuf>,
         #[arg(long = "auto-approve")]
         auto_approve: bool,
-        #[arg(long = "input", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+        #[arg(long = "input", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL", env = "SKYFORM_INPUT", value_parser = clap::builder::BoolishValueParser::new())]
         input: bool,
         #[command(flatten)]
         vars: VarFlags,
