@@ -798,3 +798,63 @@ async fn the_users_public_key_is_imported() {
     assert!(!w.path().join("home/.skyform/ssh/skyform-key").exists());
     w.ok(&["destroy", "-auto-approve"]);
 }
+
+/// An `import` block takes a cluster the state forgot (its instances still run) back into
+/// state by its token: nothing is launched, and destroy then removes it all.
+#[tokio::test]
+#[ignore = "needs moto: run ./scripts/test.sh"]
+async fn import_adopts_a_forgotten_cluster() {
+    let cluster = r#"
+cluster "dev" {
+  resources {
+    instance_type = "m6i.large"
+  }
+}
+"#;
+    let w = Work::new(&["us-east-1"], cluster);
+    w.ok(&["apply", "-auto-approve"]);
+    let live = w.proxy.live("us-east-1").await;
+    assert_eq!(live.len(), 1);
+    let token = w.state()["resources"]["cluster.dev"]["private"]["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    w.ok(&["state", "rm", "cluster.dev"]);
+    let config = std::fs::read_to_string(w.path().join("main.sky.hcl")).unwrap();
+    std::fs::write(
+        w.path().join("main.sky.hcl"),
+        format!("{config}\nimport {{\n  to = cluster.dev\n  id = \"aws:us-east-1/{token}\"\n}}\n"),
+    )
+    .unwrap();
+    let plan = w.ok(&["plan"]);
+    assert!(
+        plan.contains("# cluster.dev will be imported")
+            && plan.contains("Plan: 1 to import, 0 to add"),
+        "{plan}"
+    );
+    let out = w.ok(&["apply", "-auto-approve"]);
+    assert!(out.contains("1 imported"), "{out}");
+    assert_eq!(
+        w.proxy.live("us-east-1").await,
+        live,
+        "nothing new launched"
+    );
+    let state = w.state();
+    assert_eq!(
+        state["resources"]["cluster.dev"]["computed"]["status"], "UP",
+        "{state}"
+    );
+    let plan = w.ok(&["plan"]);
+    assert!(plan.contains("No changes"), "{plan}");
+    w.ok(&["destroy", "-auto-approve"]);
+    assert!(w.proxy.live("us-east-1").await.is_empty());
+    let (groups, keys) = w.proxy.groups_and_keys("us-east-1").await;
+    assert!(groups.is_empty() && keys.is_empty(), "{groups:?} {keys:?}");
+
+    // A token nobody has is an error at the import block.
+    let (ok, text) = w.run(&["plan"]);
+    assert!(
+        !ok && text.contains("no instance in us-east-1 is tagged"),
+        "{text}"
+    );
+}

@@ -506,14 +506,22 @@ fn ssh_stop_and_start_a_local_cluster() {
     // A stopped cluster is what the configuration asks for: nothing to change.
     let out = run(dir, &["plan", "-detailed-exitcode"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
-    let out = run(dir, &["start", "cluster.dev"]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    assert_ne!(agent_pid(dir), agent);
+    // A stopped cluster takes no job: apply says so.
     std::fs::write(
         dir.join("main.sky.hcl"),
         "cluster \"dev\" {}\njob \"j\" {\n  cluster = cluster.dev\n  run = \"echo after-start\"\n}\n",
     )
     .unwrap();
+    let out = run(dir, &["apply", "-auto-approve"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stdout).contains("the cluster is stopped"),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = run(dir, &["start", "cluster.dev"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_ne!(agent_pid(dir), agent);
     assert!(run(dir, &["apply", "-auto-approve"]).status.success());
     wait_until(|| text(&run(dir, &["status"]).stdout).contains("SUCCEEDED"));
     assert!(text(&run(dir, &["logs", "job.j"]).stdout).contains("after-start"));

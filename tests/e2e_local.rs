@@ -1156,3 +1156,84 @@ fn workdir_changes_are_mirrored_to_the_nodes() {
     );
     sb.ok(&["destroy", "-auto-approve"]);
 }
+
+/// An `import` block takes a running cluster that the state forgot back into state: the
+/// plan says it will be imported, apply records it (no new sandbox), and it is managed as
+/// before — its jobs run, destroy stops it.
+#[test]
+fn import_adopts_a_running_cluster() {
+    let cluster = "cluster \"dev\" {\n  num_nodes = 2\n}\n";
+    let sb = Sandbox::new(&[("main.sky.hcl", cluster)]);
+    sb.ok(&["apply", "-auto-approve"]);
+    let dir = sb.state()["resources"]["cluster.dev"]["private"]["dir"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    sb.ok(&["state", "rm", "cluster.dev"]);
+    let relative = Path::new(&dir)
+        .strip_prefix(sb.path().canonicalize().unwrap())
+        .unwrap()
+        .display()
+        .to_string();
+    std::fs::write(
+        sb.path().join("main.sky.hcl"),
+        format!(
+            "{cluster}\nimport {{\n  to = cluster.dev\n  id = \"local:{relative}\"\n}}\n\njob \"j\" {{\n  cluster = cluster.dev\n  run     = \"echo on the imported cluster\"\n}}\n"
+        ),
+    )
+    .unwrap();
+    let plan = sb.ok(&["plan"]);
+    assert!(plan.contains("# cluster.dev will be imported"), "{plan}");
+    assert!(
+        plan.contains("Plan: 1 to import, 1 to add"),
+        "the job is new, the cluster is not: {plan}"
+    );
+    let json: Value = serde_json::from_str(&sb.ok(&["plan", "-json"])).unwrap();
+    let change = json["resource_changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["address"] == "cluster.dev")
+        .unwrap()
+        .clone();
+    assert_eq!(change["actions"], serde_json::json!(["no-op"]));
+    assert_eq!(
+        change["importing"]["id"],
+        format!("local:{relative}").as_str()
+    );
+    let out = sb.ok(&["apply", "-auto-approve"]);
+    assert!(out.contains("1 imported, 1 added"), "{out}");
+    let state = sb.state();
+    assert_eq!(
+        state["resources"]["cluster.dev"]["private"]["dir"],
+        dir.as_str()
+    );
+    let jobs = sb.wait_jobs_done(Duration::from_secs(30));
+    assert_eq!(jobs, [("job.j".to_string(), "SUCCEEDED".to_string())]);
+    assert!(
+        sb.ok(&["logs", "job.j"])
+            .contains("on the imported cluster")
+    );
+    let out = sb.run(&["plan", "-detailed-exitcode"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
+    sb.ok(&["destroy", "-auto-approve"]);
+    assert!(
+        !Path::new(&dir).exists(),
+        "destroy removes the imported sandbox"
+    );
+
+    // An id that finds nothing is a plan error at the import block.
+    std::fs::write(
+        sb.path().join("main.sky.hcl"),
+        format!("{cluster}\nimport {{\n  to = cluster.dev\n  id = \"local:{relative}\"\n}}\n"),
+    )
+    .unwrap();
+    let out = sb.run(&["plan"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("cannot import cluster.dev: no sandbox at")
+            && err.contains("main.sky.hcl:5:1"),
+        "{err}"
+    );
+}

@@ -627,6 +627,26 @@ fn jobs_on_a_pool(s: &Servers) {
     .unwrap();
     assert_eq!(record["state"], "CANCELLED", "{record}");
 
+    // The state forgets the cluster; an import block takes it back by its token, and its
+    // runtime works as before.
+    let held = s.reserved();
+    w.ok(&["state", "rm", "cluster.g"]);
+    w.config(&format!(
+        "{cluster}import {{\n  to = cluster.g\n  id = \"ssh:rack/{token}\"\n}}\n{}",
+        job("again", 2, "1", "echo rank $SKYFORM_NODE_RANK")
+    ));
+    let plan = w.ok(&["plan"]);
+    assert!(
+        plan.contains("# cluster.g will be imported") && plan.contains("1 to import, 1 to add"),
+        "{plan}"
+    );
+    w.ok(&["apply", "-auto-approve"]);
+    assert_eq!(s.reserved(), held, "the same hosts, nothing reserved anew");
+    w.wait_for("job.again", "SUCCEEDED");
+    let logs = w.ok(&["logs", "job.again"]);
+    assert_eq!(rank_lines(&logs, 0), ["rank 0"], "{logs}");
+    assert_eq!(rank_lines(&logs, 1), ["rank 1"], "{logs}");
+
     w.ok(&["destroy", "-auto-approve"]);
     assert!(s.reserved().is_empty());
     for i in 1..=s.hosts.len() {
@@ -678,7 +698,9 @@ fn autostop_on_a_pool(s: &Servers) {
     assert!(plan.contains("No changes"), "{plan}");
     w.ok(&["start", "cluster.idle"]);
     assert_eq!(w.status_of("cluster.idle"), "UP");
+
     w.ok(&["destroy", "-auto-approve"]);
+    assert!(s.reserved().is_empty());
 
     w.config(
         "cluster \"gone\" {\n  num_nodes = 2\n  autostop {\n    idle_minutes = 2\n    down = true\n  }\n}\n",

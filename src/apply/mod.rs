@@ -81,6 +81,8 @@ pub enum Event {
 
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Summary {
+    /// Clusters taken into state by `import` blocks (done before the walk, by the CLI).
+    pub imported: usize,
     pub added: usize,
     pub changed: usize,
     pub replaced: usize,

@@ -786,7 +786,45 @@ async fn make_plan(
             Err(e) => eprintln!("warning: {} offers nothing: {e}", p.name()),
         }
     }
+    let mut import_diags = config::Diagnostics::default();
+    if !destroy && !flags.refresh_only {
+        for i in &config.root.imports {
+            if state.resources.contains_key(&i.to) {
+                continue; // Already in state: nothing to import.
+            }
+            match import_one(&registry, &i.to, &i.id).await {
+                Ok(found) => {
+                    options
+                        .imports
+                        .insert(i.to.clone(), (i.id.clone(), found.computed));
+                }
+                Err(e) => import_diags.push(
+                    config::Diagnostic::error(format!("cannot import {}: {e}", i.to))
+                        .at(i.file, Some(i.span.clone()))
+                        .label("this import")
+                        .hint("check the id: local:SANDBOX_DIR, ssh:POOL/TOKEN or aws:REGION/TOKEN (docs/language.md#import)"),
+                ),
+            }
+        }
+    }
     let (plan, mut diags) = plan::plan(config, inputs, state, &offerings, &options);
+    for i in &config.root.imports {
+        if options.imports.contains_key(&i.to) && !plan.changes.iter().any(|c| c.address == i.to) {
+            diags.push(
+                config::Diagnostic::error(format!(
+                    "import to {}: the configuration declares no such cluster",
+                    i.to
+                ))
+                .at(i.file, Some(i.span.clone()))
+                .label("imported here")
+                .hint(format!(
+                    "declare {} so skyform knows what it is, then plan again",
+                    i.to
+                )),
+            );
+        }
+    }
+    diags.extend(import_diags);
     report(config, &mut diags, ctx.style)?;
     if flags.refresh_only {
         // What apply would record: the state's changes, with refresh's account of why for
@@ -1063,6 +1101,7 @@ async fn apply_locked(
         }
         return Ok(EXIT_OK);
     }
+    let imported = apply_imports(ctx, config, &plan, &mut state, store, run.json).await?;
     let registry = ctx.registry(Some(config));
     let (tx, rx) = tokio::sync::watch::channel(false);
     let ctrl_c = tokio::spawn(async move {
@@ -1103,11 +1142,12 @@ async fn apply_locked(
         interrupt: rx,
         failover: run.failover(),
     };
-    let summary = match applier.apply(&plan, &mut state).await {
+    let mut summary = match applier.apply(&plan, &mut state).await {
         Ok(s) => s,
         Err(crate::apply::ApplyError::State(e)) => return Err(keep_errored_state(ctx, &state, e)),
     };
     ctrl_c.abort();
+    summary.imported = imported;
     // Outputs, evaluated against the state as it is now (none once everything is destroyed).
     if destroy || plan.destroy {
         state.outputs.clear();
@@ -1170,6 +1210,74 @@ fn outputs_now(
         .collect()
 }
 
+/// Asks the backend an import id names (`BACKEND:ID`) for the cluster it identifies.
+async fn import_one(
+    registry: &crate::providers::Registry,
+    to: &Address,
+    id: &str,
+) -> std::result::Result<crate::providers::Created, String> {
+    let (backend, rest) = id
+        .split_once(':')
+        .ok_or_else(|| format!("{id:?} does not name its backend"))?;
+    let p = registry
+        .get(backend)
+        .ok_or_else(|| format!("no backend {backend:?} in this build"))?;
+    p.import(to, rest).await.map_err(|e| e.message)
+}
+
+/// Takes the clusters the plan imports into state (again asking their backends, since the
+/// world may have moved since the plan), writing state after each.
+async fn apply_imports(
+    ctx: &Ctx,
+    config: &Config,
+    plan: &Plan,
+    state: &mut State,
+    store: &dyn StateStore,
+    json: bool,
+) -> Result<usize> {
+    let registry = ctx.registry(Some(config));
+    let mut done = 0;
+    for c in plan.changes.iter().filter(|c| c.import.is_some()) {
+        let id = c.import.clone().unwrap_or_default();
+        if state.resources.contains_key(&c.address) {
+            continue;
+        }
+        let found = import_one(&registry, &c.address, &id)
+            .await
+            .map_err(|e| Failure::new(format!("cannot import {}: {e}", c.address)))?;
+        let provider = id.split_once(':').map(|(b, _)| b).unwrap_or_default();
+        state.resources.insert(
+            c.address.clone(),
+            crate::state::ResourceState {
+                status: crate::state::Status::Ready,
+                provider: provider.to_string(),
+                spec: c.after.clone().ok_or_else(|| {
+                    Failure::new(format!("the plan has no specification for {}", c.address))
+                })?,
+                computed: found.computed,
+                private: found.private,
+                placement: None,
+                dependencies: c.depends_on.clone(),
+                sensitive: c.sensitive.clone(),
+                attempts: Vec::new(),
+                leftovers: Vec::new(),
+            },
+        );
+        state.serial += 1;
+        store.write(state).await?;
+        done += 1;
+        if json {
+            super::progress::Progress::emit(
+                "imported",
+                serde_json::json!({"address": c.address.to_string(), "id": id}),
+            );
+        } else {
+            say!("{}: imported from {id}", c.address);
+        }
+    }
+    Ok(done)
+}
+
 /// `apply -json`: one `planned` line per change, before anything is done.
 fn emit_planned(plan: &Plan) {
     for c in plan.changes.iter().filter(|c| c.action.is_change()) {
@@ -1211,6 +1319,7 @@ fn emit_summary(s: &Summary, plan: &Plan, state: &State) {
         serde_json::json!({
             "ok": s.ok(),
             "interrupted": s.interrupted,
+            "imported": s.imported,
             "added": s.added,
             "changed": s.changed,
             "replaced": s.replaced,
@@ -1273,7 +1382,12 @@ fn print_summary(s: &Summary, plan: &Plan, state: &State, destroy: bool, style: 
         say!(
             "{}",
             style.green(&format!(
-                "Apply complete! Resources: {} added, {} changed, {} replaced, {} destroyed. Cost now {}/h.",
+                "Apply complete! Resources: {}{} added, {} changed, {} replaced, {} destroyed. Cost now {}/h.",
+                if s.imported > 0 {
+                    format!("{} imported, ", s.imported)
+                } else {
+                    String::new()
+                },
                 s.added,
                 s.changed,
                 s.replaced,

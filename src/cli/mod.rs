@@ -469,7 +469,15 @@ pub fn main() -> i32 {
         Command::Link { cluster_dir, rank } => {
             Some(crate::runtime::link::run_link(cluster_dir, *rank))
         }
-        Command::Runtime { cluster_dir } => Some(crate::runtime::link::serve_call(cluster_dir)),
+        Command::Runtime { cluster_dir } => {
+            return match crate::runtime::link::serve_call(cluster_dir) {
+                Ok(()) => EXIT_OK,
+                Err(e) => {
+                    eprintln!("skyform runtime: {e}");
+                    e.exit_code()
+                }
+            };
+        }
         _ => None,
     };
     if let Some(result) = internal {
@@ -477,11 +485,7 @@ pub fn main() -> i32 {
             Ok(()) => EXIT_OK,
             Err(e) => {
                 eprintln!("skyform runtime: {e}");
-                if e.kind() == std::io::ErrorKind::NotFound {
-                    crate::runtime::link::EXIT_NO_CLUSTER
-                } else {
-                    EXIT_ERROR
-                }
+                EXIT_ERROR
             }
         };
     }

@@ -116,6 +116,18 @@ pub struct ModuleSource {
     pub outputs: BTreeMap<String, OutputDecl>,
     pub resources: BTreeMap<(Kind, String), ResourceDecl>,
     pub modules: BTreeMap<String, ModuleCallDecl>,
+    pub imports: Vec<ImportDecl>,
+}
+
+/// `import { to = cluster.dev, id = "local:…" }`: a cluster that exists in the world, to be
+/// taken into state.
+#[derive(Debug, Clone)]
+pub struct ImportDecl {
+    pub to: crate::model::Address,
+    /// As written: `BACKEND:ID` (`local:.skyform/local/dev-1a2b`, `ssh:rack/TOKEN`).
+    pub id: String,
+    pub file: FileId,
+    pub span: Range<usize>,
 }
 
 /// Reads configuration directories, sharing one [`Sources`] and one [`Diagnostics`].
@@ -273,6 +285,18 @@ impl Loader {
                     }
                 }
                 "infra" => self.collect_infra(file, block, &labels, module),
+                "import" => {
+                    if self.expect_labels(file, block, &labels, 0, "import { … }") {
+                        let body = self.check_body_at(
+                            file,
+                            &block.body,
+                            &schema::IMPORT,
+                            "import",
+                            header.clone(),
+                        );
+                        self.collect_import(file, &body, header, module);
+                    }
+                }
                 "variable" | "output" | "module" => {
                     if !self.expect_labels(
                         file,
@@ -619,6 +643,14 @@ impl Loader {
             return Some(m.clone());
         }
         let loaded = self.load_dir(&canonical);
+        for i in &loaded.imports {
+            self.diags.push(
+                Diagnostic::error("import blocks belong in the root configuration")
+                    .at(i.file, Some(i.span.clone()))
+                    .label("in a module")
+                    .hint("only clusters of the root configuration are imported: move the block and its cluster there"),
+            );
+        }
         let arc = Arc::new(loaded);
         self.cache.insert(canonical, arc.clone());
         Some(arc)
@@ -676,6 +708,64 @@ impl Loader {
                 ))
                 .hint("names must be unique within a module: rename or remove one of them"),
         );
+    }
+
+    fn collect_import(
+        &mut self,
+        file: FileId,
+        body: &BodyDecl,
+        header: Option<Range<usize>>,
+        module: &mut ModuleSource,
+    ) {
+        let (Some(to), Some(id)) = (body.attrs.get("to"), body.attrs.get("id")) else {
+            return; // The schema check reported what is missing.
+        };
+        let text = to.expr.to_string();
+        let to_addr = match text.trim().parse::<crate::model::Address>() {
+            Ok(a) if a.kind == Kind::Cluster && a.module.is_empty() => a,
+            _ => {
+                self.diags.push(
+                    Diagnostic::error(format!(
+                        "import to {}: not a cluster of this configuration",
+                        text.trim()
+                    ))
+                    .at(file, Some(to.span.clone()))
+                    .label("expected cluster.NAME or cluster.NAME[KEY]")
+                    .hint("only clusters are imported; jobs run again instead"),
+                );
+                return;
+            }
+        };
+        let hcl_edit::expr::Expression::String(s) = &id.expr else {
+            self.diags.push(
+                Diagnostic::error("import id must be a string written out")
+                    .at(file, Some(id.span.clone()))
+                    .label("not a literal string")
+                    .hint("write the id as \"BACKEND:ID\", e.g. \"local:.skyform/local/dev-1a2b3c4d\""),
+            );
+            return;
+        };
+        let value = s.value().to_string();
+        if !value.contains(':') {
+            self.diags.push(
+                Diagnostic::error(format!("import id {value:?} does not name its backend"))
+                    .at(file, Some(id.span.clone()))
+                    .label("expected BACKEND:ID")
+                    .hint("local:SANDBOX_DIR, ssh:POOL/TOKEN or aws:REGION/TOKEN (see docs/language.md#import)"),
+            );
+            return;
+        }
+        if let Some(prev) = module.imports.iter().find(|i| i.to == to_addr) {
+            let first = (prev.file, prev.span.clone());
+            self.duplicate(file, header, "import", &to_addr.to_string(), first);
+            return;
+        }
+        module.imports.push(ImportDecl {
+            to: to_addr,
+            id: value,
+            file,
+            span: header.unwrap_or(0..0),
+        });
     }
 
     fn bad_name(&mut self, file: FileId, block: &Block, name: &str) {

@@ -287,6 +287,13 @@ pub static VARIABLE: BlockSchema = BlockSchema {
     open: false,
 };
 
+/// `import { to = cluster.NAME, id = "BACKEND:ID" }`: adopt an existing cluster into state.
+pub static IMPORT: BlockSchema = BlockSchema {
+    attrs: &[req("to", Ty::Any), req("id", Ty::String)],
+    blocks: &[],
+    open: false,
+};
+
 pub static OUTPUT: BlockSchema = BlockSchema {
     attrs: &[
         req("value", Ty::Any),
@@ -421,8 +428,9 @@ pub const INFRA_TYPES: [(&str, bool, &BlockSchema); 6] = [
 ];
 
 /// The top-level block types.
-pub const TOP_LEVEL: [&str; 10] = [
+pub const TOP_LEVEL: [&str; 11] = [
     "skyform",
+    "import",
     "infra",
     "variable",
     "locals",

@@ -58,6 +58,9 @@ pub struct Change {
     /// Notes that are not changes (a job that failed).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
+    /// An `import` block's id: apply takes the existing cluster into state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub import: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -118,11 +121,17 @@ impl Plan {
         )
     }
 
+    /// Clusters that `import` blocks take into state.
+    pub fn imports(&self) -> usize {
+        self.changes.iter().filter(|c| c.import.is_some()).count()
+    }
+
     pub fn has_changes(&self) -> bool {
         if self.refresh_only {
             return !self.drift.is_empty();
         }
-        self.changes.iter().any(|c| c.action.is_change())
+        self.imports() > 0
+            || self.changes.iter().any(|c| c.action.is_change())
             || self.outputs.values().any(|o| o.action.is_change())
             || !self.leftovers.is_empty()
     }
@@ -137,6 +146,9 @@ pub struct Options {
     /// Why refresh considers a resource broken (it will be replaced).
     pub degraded: BTreeMap<Address, String>,
     pub drift: Vec<String>,
+    /// Clusters that `import` blocks take into state, found by their backends: the id, and
+    /// the computed attributes found.
+    pub imports: BTreeMap<Address, (String, BTreeMap<String, serde_json::Value>)>,
 }
 
 /// The planner: told about every instance by the evaluator, it decides each change.
@@ -183,7 +195,12 @@ impl Resolver for Planner<'_> {
         }
         let mut reasons = Vec::new();
         let mut notes = Vec::new();
+        let importing = prior
+            .is_none()
+            .then(|| self.options.imports.get(&addr))
+            .flatten();
         let mut action = match prior {
+            None if importing.is_some() => Action::NoOp,
             None => Action::Create,
             Some(p) => {
                 let before = attrs_json(&p.spec);
@@ -314,6 +331,9 @@ impl Resolver for Planner<'_> {
                 .push((addr.clone(), inst.file, inst.span.clone()));
         }
         let computed = match (action, prior) {
+            (Action::NoOp, None) if importing.is_some() => {
+                importing.map(|(_, c)| c.clone()).unwrap_or_default()
+            }
             (Action::NoOp | Action::Update, Some(p)) => {
                 let mut m = p.computed.clone();
                 for a in computed_attributes(addr.kind) {
@@ -340,7 +360,10 @@ impl Resolver for Planner<'_> {
                 address: addr,
                 action,
                 reasons,
-                before: prior.map(|p| p.spec.clone()),
+                // An imported cluster is taken as the configuration describes it.
+                before: prior
+                    .map(|p| p.spec.clone())
+                    .or_else(|| importing.map(|_| inst.spec.clone())),
                 after: Some(inst.spec),
                 sensitive: inst.sensitive.into_iter().collect(),
                 candidates,
@@ -348,6 +371,7 @@ impl Resolver for Planner<'_> {
                 depends_on: inst.depends_on.into_iter().collect(),
                 create_before_destroy: inst.lifecycle.create_before_destroy,
                 notes,
+                import: importing.map(|(id, _)| id.clone()),
             },
         );
         computed
@@ -501,6 +525,7 @@ pub fn plan(
                     depends_on: res.dependencies.clone(),
                     create_before_destroy: false,
                     notes: Vec::new(),
+                    import: None,
                 },
             );
         }

@@ -136,6 +136,23 @@ struct Node {
     launched: Option<String>,
 }
 
+/// The name of a cluster's security group and key pair: `skyform-<name>-<token8>`.
+fn group_name(address: &Address, token: &str) -> String {
+    let stem: String = address
+        .name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(40)
+        .collect();
+    format!("skyform-{stem}-{}", token.get(..8).unwrap_or(token))
+}
+
 impl AwsProvider {
     pub fn new(settings: AwsSettings, key_dir: PathBuf) -> Self {
         AwsProvider {
@@ -824,25 +841,44 @@ impl Provider for AwsProvider {
 
     fn new_private(&self, address: &Address, _spec: &Spec, lineage: &str) -> serde_json::Value {
         let token = uuid::Uuid::new_v4().simple().to_string();
-        let stem: String = address
-            .name
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '-' {
-                    c
-                } else {
-                    '-'
-                }
-            })
-            .take(40)
-            .collect();
         Private {
             lineage: lineage.to_string(),
-            name: format!("skyform-{stem}-{}", &token[..8]),
+            name: group_name(address, &token),
             token,
             ..Private::default()
         }
         .value()
+    }
+
+    /// Imports the instances tagged with a token: `REGION/TOKEN` (the `skyform:token` tag of
+    /// a cluster skyform made). Its security group and key pair are found by the name
+    /// skyform gave them, which comes from the cluster's name: import it under that name.
+    async fn import(&self, address: &Address, id: &str) -> Result<Created, ProviderError> {
+        let (region, token) = id.split_once('/').ok_or_else(|| ProviderError {
+            kind: ErrorKind::Config,
+            message: format!("{id:?} is not REGION/TOKEN"),
+        })?;
+        let mut p = Private {
+            name: group_name(address, token),
+            token: token.to_string(),
+            region: Some(region.to_string()),
+            ..Private::default()
+        };
+        let client = self.client(region).await;
+        let nodes = self.nodes(&client, &p).await?;
+        if nodes.is_empty() {
+            return Err(ProviderError {
+                kind: ErrorKind::NotFound,
+                message: format!("no instance in {region} is tagged skyform:token={token}"),
+            });
+        }
+        p.instances = nodes.iter().map(|n| n.id.clone()).collect();
+        p.zone = nodes[0].zone.clone();
+        let stopped = nodes.iter().all(|n| n.state != "running");
+        Ok(Created {
+            computed: Self::computed(&nodes, &p, stopped),
+            private: p.value(),
+        })
     }
 
     async fn refresh(

@@ -131,6 +131,7 @@ impl LocalProvider {
             ips: (0..nodes).map(|_| "127.0.0.1".to_string()).collect(),
             links: BTreeMap::new(),
             autostop: autostop.map(|a| Self::autostop(dir, a)),
+            build: None,
         };
         runtime::write_json(&layout.info(), &info)?;
         for rank in 0..nodes {
@@ -731,6 +732,58 @@ impl Provider for LocalProvider {
                 Ok(())
             }
         }
+    }
+
+    /// Imports a sandbox by its directory (relative to the configuration's directory, or
+    /// absolute): its agents must run, or it must be stopped.
+    async fn import(&self, _address: &Address, id: &str) -> Result<Created, ProviderError> {
+        let dir = std::env::current_dir()
+            .map(|d| d.join(id))
+            .unwrap_or_else(|_| PathBuf::from(id));
+        let dir = dir.canonicalize().map_err(|e| ProviderError {
+            kind: super::ErrorKind::NotFound,
+            message: format!("no sandbox at {}: {e}", dir.display()),
+        })?;
+        let layout = Layout::new(&dir);
+        let info =
+            runtime::read_json::<ClusterInfo>(&layout.info()).ok_or_else(|| ProviderError {
+                kind: super::ErrorKind::NotFound,
+                message: format!(
+                    "{} is not a cluster sandbox (no cluster.json)",
+                    dir.display()
+                ),
+            })?;
+        let stopped = layout.stopped().exists();
+        let mut agents = Vec::new();
+        for rank in 0..info.num_nodes {
+            let a = runtime::read_json::<serde_json::Value>(&layout.agent(rank));
+            let pid = a.as_ref().and_then(|a| a.get("pid")?.as_u64());
+            let start = a.as_ref().and_then(|a| a.get("start_time")?.as_u64());
+            let alive = pid.is_some_and(|p| proc::alive(p as u32, start));
+            if !alive && !stopped {
+                return Err(ProviderError::other(format!(
+                    "node {rank} of {} is not running; only a running or stopped sandbox can be imported",
+                    dir.display()
+                )));
+            }
+            agents.push(json!({"rank": rank, "pid": pid, "start_time": start}));
+        }
+        let mut computed = Self::computed_cluster(info.num_nodes);
+        if stopped {
+            computed.insert("status".into(), json!("STOPPED"));
+        }
+        let slug = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        Ok(Created {
+            computed,
+            private: json!({
+                "dir": dir.display().to_string(),
+                "job_id": slug,
+                "agents": agents,
+            }),
+        })
     }
 
     /// Stopping a sandbox ends its agents and the jobs they run; its files stay.

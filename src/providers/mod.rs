@@ -46,6 +46,21 @@ impl ProviderError {
     }
 }
 
+impl From<crate::runtime::link::CallError> for ProviderError {
+    fn from(e: crate::runtime::link::CallError) -> Self {
+        use crate::runtime::link::CallError;
+        let kind = match e {
+            CallError::NoCluster(_) => ErrorKind::NotFound,
+            CallError::Stopped => ErrorKind::Config,
+            CallError::Io(_) => ErrorKind::Other,
+        };
+        ProviderError {
+            kind,
+            message: e.to_string(),
+        }
+    }
+}
+
 impl From<std::io::Error> for ProviderError {
     fn from(e: std::io::Error) -> Self {
         ProviderError::other(e.to_string())
@@ -124,6 +139,14 @@ pub trait Provider: Send + Sync + std::fmt::Debug {
     /// found, say), without creating anything.
     async fn check(&self) -> Result<String, ProviderError> {
         Ok("ready".into())
+    }
+    /// Finds an existing cluster by `id` (the backend's part of an `import` block's id) and
+    /// answers what state would record for it; changes nothing in the world.
+    async fn import(&self, _address: &Address, id: &str) -> Result<Created, ProviderError> {
+        Err(ProviderError {
+            kind: ErrorKind::Config,
+            message: format!("the {} backend cannot import clusters ({id})", self.name()),
+        })
     }
     /// Stops a cluster's machines, keeping their disks (for autostop).
     async fn stop(&self, _res: &ResourceState) -> Result<(), ProviderError> {

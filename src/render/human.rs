@@ -269,7 +269,11 @@ pub fn plan(p: &Plan, s: &Style) -> String {
         let _ = writeln!(out, "{}", refresh_only_line(p));
         return out;
     }
-    let changed: Vec<&Change> = p.changes.iter().filter(|c| c.action.is_change()).collect();
+    let changed: Vec<&Change> = p
+        .changes
+        .iter()
+        .filter(|c| c.action.is_change() || c.import.is_some())
+        .collect();
     if changed.is_empty()
         && !p.outputs.values().any(|o| o.action.is_change())
         && p.leftovers.is_empty()
@@ -282,6 +286,17 @@ pub fn plan(p: &Plan, s: &Style) -> String {
     } else if !changed.is_empty() {
         let _ = writeln!(out, "skyform will perform the following actions:\n");
         for c in &changed {
+            if let Some(id) = &c.import {
+                let _ = writeln!(
+                    out,
+                    "  {}",
+                    s.bold(&format!("# {} will be imported", c.address))
+                );
+                let _ = writeln!(out, "{} {} {{", s.green(" <="), block_header(&c.address));
+                let _ = writeln!(out, "        id = {}", value(&Value::String(id.clone())));
+                let _ = writeln!(out, "    }}\n");
+                continue;
+            }
             let verb = match c.action {
                 Action::Create => "will be created",
                 Action::Update => "will be updated in place",
@@ -335,7 +350,11 @@ pub fn plan(p: &Plan, s: &Style) -> String {
     }
     let (add, change, replace, destroy) = p.counts();
     if !changed.is_empty() {
-        let _ = writeln!(out, "{}", s.bold(&format!("Plan: {add} to add, {change} to change, {replace} to replace, {destroy} to destroy.")));
+        let imports = match p.imports() {
+            0 => String::new(),
+            n => format!("{n} to import, "),
+        };
+        let _ = writeln!(out, "{}", s.bold(&format!("Plan: {imports}{add} to add, {change} to change, {replace} to replace, {destroy} to destroy.")));
     }
     let _ = writeln!(out, "{}", cost_line(p));
     out

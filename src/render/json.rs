@@ -95,6 +95,9 @@ pub struct JsonChange<'a> {
     candidates: Vec<JsonCandidate<'a>>,
     excluded: Vec<JsonCandidate<'a>>,
     notes: &'a [String],
+    /// Present when an `import` block takes this cluster into state.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    importing: Option<Value>,
 }
 
 #[derive(Debug, Serialize)]
@@ -191,6 +194,7 @@ pub fn plan(p: &Plan) -> JsonPlan<'_> {
                     .map(|e| candidate(&e.candidate, Some(&e.reason)))
                     .collect(),
                 notes: &c.notes,
+                importing: c.import.as_ref().map(|id| json!({ "id": id })),
             }
         })
         .collect();

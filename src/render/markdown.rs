@@ -61,6 +61,14 @@ fn sign(a: Action) -> &'static str {
 
 /// The one line every changed resource keeps, however long the plan.
 fn header(c: &Change) -> String {
+    if let Some(id) = &c.import {
+        return format!(
+            "{} {} will be imported from {}",
+            code("<="),
+            code(&c.address.to_string()),
+            code(id)
+        );
+    }
     let mut h = format!(
         "{} {} {}",
         code(sign(c.action)),
@@ -229,9 +237,13 @@ pub fn plan(p: &Plan) -> String {
     let mut head = String::from("### skyform plan\n\n");
     let (add, change, replace, destroy) = p.counts();
     let delta = i128::from(p.cost_after) - i128::from(p.cost_before);
+    let (ih, ic, ir) = match p.imports() {
+        0 => ("", "", String::new()),
+        n => ("import | ", "---: | ", format!("{n} | ")),
+    };
     let _ = writeln!(
         head,
-        "| add | change | replace | destroy | cost before | cost after |\n| ---: | ---: | ---: | ---: | ---: | ---: |\n| {add} | {change} | {replace} | {destroy} | {}/h | {}/h ({}{}/h) |\n",
+        "| {ih}add | change | replace | destroy | cost before | cost after |\n| {ic}---: | ---: | ---: | ---: | ---: | ---: |\n| {ir}{add} | {change} | {replace} | {destroy} | {}/h | {}/h ({}{}/h) |\n",
         dollars(p.cost_before),
         dollars(p.cost_after),
         if delta < 0 { "-" } else { "+" },
@@ -254,7 +266,11 @@ pub fn plan(p: &Plan) -> String {
     if p.refresh_only {
         let _ = writeln!(head, "{}\n", super::human::refresh_only_line(p));
     }
-    let changed: Vec<&Change> = p.changes.iter().filter(|c| c.action.is_change()).collect();
+    let changed: Vec<&Change> = p
+        .changes
+        .iter()
+        .filter(|c| c.action.is_change() || c.import.is_some())
+        .collect();
     if changed.is_empty() && !p.has_changes() && !p.refresh_only {
         head.push_str("No changes. The infrastructure matches the configuration.\n\n");
     }

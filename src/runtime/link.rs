@@ -213,11 +213,39 @@ pub struct Answer {
     pub status: Option<JobStatus>,
 }
 
+/// Why a call could not be answered.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    #[error("no cluster runs in {0}")]
+    NoCluster(String),
+    #[error("the cluster is stopped: its agents run no job until `skyform start` starts it")]
+    Stopped,
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+impl CallError {
+    /// The exit code of `skyform __runtime` for this error.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            CallError::NoCluster(_) => EXIT_NO_CLUSTER,
+            CallError::Stopped => EXIT_STOPPED,
+            CallError::Io(_) => 1,
+        }
+    }
+}
+
+/// The exit code of `skyform __runtime` when a job is submitted to a stopped cluster.
+pub const EXIT_STOPPED: i32 = 4;
+
 /// Answers a call against the cluster directory `dir`.
-pub fn answer(dir: &Path, call: &Call) -> std::io::Result<Answer> {
+pub fn answer(dir: &Path, call: &Call) -> Result<Answer, CallError> {
     let layout = Layout::new(dir);
     let job = match call {
         Call::Submit { job } => {
+            if layout.stopped().exists() {
+                return Err(CallError::Stopped);
+            }
             super::submit(&layout, job)?;
             job.id.as_str()
         }
@@ -235,13 +263,10 @@ pub fn answer(dir: &Path, call: &Call) -> std::io::Result<Answer> {
 }
 
 /// `skyform __runtime DIR`: one call on stdin, its answer on stdout. A directory that is
-/// no cluster's (released, or never made) is an error of its own kind.
-pub fn serve_call(dir: &Path) -> std::io::Result<()> {
+/// no cluster's (released, or never made) and a stopped cluster have exit codes of their own.
+pub fn serve_call(dir: &Path) -> Result<(), CallError> {
     if !Layout::new(dir).info().is_file() {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::NotFound,
-            format!("no cluster runs in {}", dir.display()),
-        ));
+        return Err(CallError::NoCluster(dir.display().to_string()));
     }
     let call: Call = serde_json::from_reader(std::io::stdin().lock())
         .map_err(|e| std::io::Error::other(format!("not a runtime call: {e}")))?;

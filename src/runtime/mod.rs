@@ -110,6 +110,9 @@ pub struct ClusterInfo {
     /// Stop or tear down the cluster once it has been idle this long.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub autostop: Option<Autostop>,
+    /// On remote hosts: the skyform build the agents run (`bin/skyform-<build>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build: Option<String>,
 }
 
 /// What the head does when the cluster has been idle (no queued or running job, no open

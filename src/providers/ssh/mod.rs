@@ -694,6 +694,7 @@ impl SshProvider {
             ips: hosts.iter().map(|h| h.address.clone()).collect(),
             links: BTreeMap::new(),
             autostop: None,
+            build: None,
         };
         p.build = Some(
             runtime::boot(
@@ -1129,6 +1130,80 @@ impl super::Provider for SshProvider {
         self.boot(pool, &mut p, spec).await?;
         self.forget(pool).await;
         Ok(serde_json::to_value(&p).unwrap_or_default())
+    }
+
+    /// Imports the cluster whose token holds hosts of a pool: `POOL/TOKEN` (the token is the
+    /// name of its directory under `clusters/` on each host).
+    async fn import(
+        &self,
+        _address: &crate::model::Address,
+        id: &str,
+    ) -> Result<super::Created, ProviderError> {
+        let (pool_name, token) = id.split_once('/').ok_or_else(|| ProviderError {
+            kind: ErrorKind::Config,
+            message: format!("{id:?} is not POOL/TOKEN"),
+        })?;
+        let pool = self.pool(pool_name)?;
+        self.forget(pool).await;
+        let seen = self.look(pool).await;
+        let held: Vec<&Seen> = seen
+            .iter()
+            .filter(|s| s.holder.as_deref() == Some(token))
+            .collect();
+        let not_found = |why: String| ProviderError {
+            kind: ErrorKind::NotFound,
+            message: why,
+        };
+        if held.is_empty() {
+            return Err(not_found(format!(
+                "no host of pool {pool_name} is held by {token}"
+            )));
+        }
+        // The head keeps cluster.json: the nodes' order and the build they run.
+        let mut info = None;
+        for s in &held {
+            let out = Self::on_host(
+                pool,
+                &s.host,
+                r#"cat "$dir/clusters/$1/cluster.json" 2>/dev/null"#,
+                &[token],
+            )
+            .await?;
+            if let Ok(i) = serde_json::from_str::<crate::runtime::ClusterInfo>(&out.stdout) {
+                info = Some((s.host.clone(), i));
+                break;
+            }
+        }
+        let (head, info) = info.ok_or_else(|| {
+            not_found(format!(
+                "the hosts held by {token} have no cluster.json: not a cluster skyform started"
+            ))
+        })?;
+        let mut hosts: Vec<String> = vec![head.to_string()];
+        for (rank, ip) in info.ips.iter().enumerate().skip(1) {
+            let h = held
+                .iter()
+                .find(|s| &s.host.address == ip && !hosts.contains(&s.host.to_string()))
+                .ok_or_else(|| {
+                    not_found(format!(
+                        "node {rank} ({ip}) of {token} is not held in pool {pool_name}"
+                    ))
+                })?;
+            hosts.push(h.host.to_string());
+        }
+        let p = Private {
+            token: token.to_string(),
+            lineage: String::new(),
+            pool: Some(pool.name.clone()),
+            hosts,
+            build: info.build.clone(),
+            name: Some(info.name.clone()),
+            per_node: Some((info.cpus_per_node, info.gpus_per_node)),
+        };
+        Ok(super::Created {
+            computed: Self::computed(&p.hosts),
+            private: serde_json::to_value(&p).unwrap_or_default(),
+        })
     }
 
     fn ssh_entry(&self, res: &crate::state::ResourceState) -> Result<SshEntry, ProviderError> {

@@ -289,6 +289,7 @@ pub async fn boot(
     if let Some(a) = autostop_spec {
         info.autostop = Some(autostop(access, hosts, token, a).await);
     }
+    info.build = Some(build.clone());
     let info = serde_json::to_vec_pretty(&info).map_err(|e| ProviderError::other(e.to_string()))?;
     let binary: Arc<tokio::sync::OnceCell<Vec<u8>>> = Arc::new(tokio::sync::OnceCell::new());
     let mut set = tokio::task::JoinSet::new();
@@ -393,6 +394,16 @@ pub async fn call(
                 "the cluster's runtime is not on its head {head} (released outside skyform?): {}",
                 out.stderr.trim()
             ),
+        });
+    }
+    if out.code == Some(crate::runtime::link::EXIT_STOPPED) {
+        return Err(ProviderError {
+            kind: ErrorKind::Config,
+            message: out
+                .stderr
+                .trim()
+                .trim_start_matches("skyform runtime: ")
+                .to_string(),
         });
     }
     if out.code != Some(0) {
