@@ -125,6 +125,8 @@ struct CaseOptions {
     price_per_hour: f64,
     /// Offer the clouds of the fixture catalog (testdata/catalogs) as well.
     clouds: bool,
+    /// Clusters that import blocks found (address → id), as the CLI would pass them.
+    imports: BTreeMap<String, String>,
 }
 
 /// The local machine, and with `clouds` every offering of the fixture catalog.
@@ -221,6 +223,11 @@ pub fn plan_case(case: &Path) -> Rendered {
             .map(|s| s.parse::<Address>().expect("address"))
             .collect::<Vec<_>>()
     };
+    options.imports = opts
+        .imports
+        .iter()
+        .map(|(a, id)| (a.parse().expect("address"), (id.clone(), BTreeMap::new())))
+        .collect();
     options.destroy = opts.destroy;
     options.replace = parse(&opts.replace);
     options.targets = parse(&opts.target);

@@ -109,6 +109,11 @@ fn is_multiline(v: Option<&Value>) -> bool {
 /// A resource's details: attribute table, script diffs, placement and failover list.
 fn details(c: &Change) -> String {
     let mut out = String::new();
+    if c.import.is_some() {
+        out.push_str(
+            "The existing cluster is taken into state as the configuration describes it; nothing is created.\n\n",
+        );
+    }
     for r in &c.reasons {
         let _ = writeln!(out, "- {}", esc(r));
     }
