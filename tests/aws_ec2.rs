@@ -858,3 +858,51 @@ cluster "dev" {
         "{text}"
     );
 }
+
+/// `apply -json` reports a failover as its own event, between the attempts it separates.
+#[tokio::test]
+#[ignore = "needs moto: run ./scripts/test.sh"]
+async fn apply_json_reports_each_failover() {
+    let w = Work::new(&["us-east-1", "us-west-2"], SPOT_A10G);
+    let cands = w.candidates();
+    let first = zone_of(&cands[0]);
+    w.proxy.rules(serde_json::json!([
+        {"action": "RunInstances", "zone": first, "error": "InsufficientInstanceCapacity"},
+    ]));
+    let out = w.ok(&["apply", "-json", "-auto-approve"]);
+    let events: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let kinds: Vec<&str> = events
+        .iter()
+        .map(|e| e["type"].as_str().unwrap())
+        .filter(|k| *k != "state")
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "planned", "attempt", "failover", "attempt", "applied", "summary"
+        ],
+        "{out}"
+    );
+    let failover = events.iter().find(|e| e["type"] == "failover").unwrap();
+    assert_eq!(failover["address"], "cluster.train");
+    assert!(
+        failover["error"]
+            .as_str()
+            .unwrap()
+            .contains("InsufficientInstanceCapacity"),
+        "{failover}"
+    );
+    assert_eq!(
+        failover["blocked"],
+        format!("aws/{}/{first} blocked", &first[..first.len() - 1]).as_str(),
+        "{failover}"
+    );
+    let planned = &events[0];
+    assert_eq!(planned["actions"], serde_json::json!(["create"]));
+    assert!(planned["candidates"].as_u64().unwrap() > 1);
+    assert_eq!(events.last().unwrap()["ok"], true);
+    w.ok(&["destroy", "-auto-approve"]);
+}
