@@ -1303,12 +1303,7 @@ fn emit_planned(plan: &Plan) {
 
 /// `apply -json`: the last line, what was done.
 fn emit_summary(s: &Summary, plan: &Plan, state: &State) {
-    let cost: u64 = state
-        .resources
-        .values()
-        .filter_map(|r| r.placement.as_ref())
-        .map(|c| c.hourly)
-        .sum();
+    let cost = state.hourly_cost();
     let failures: Vec<serde_json::Value> = s
         .failures
         .iter()
@@ -1335,12 +1330,7 @@ fn emit_summary(s: &Summary, plan: &Plan, state: &State) {
 }
 
 fn print_summary(s: &Summary, plan: &Plan, state: &State, destroy: bool, style: &Style) {
-    let cost: u64 = state
-        .resources
-        .values()
-        .filter_map(|r| r.placement.as_ref())
-        .map(|c| c.hourly)
-        .sum();
+    let cost = state.hourly_cost();
     say!();
     if s.interrupted {
         say!(

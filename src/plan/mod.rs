@@ -63,6 +63,24 @@ pub struct Change {
     pub import: Option<String>,
 }
 
+impl Change {
+    /// The attributes before and after (empty when absent), for renderers.
+    pub fn attribute_pairs(
+        &self,
+    ) -> (
+        serde_json::Map<String, serde_json::Value>,
+        serde_json::Map<String, serde_json::Value>,
+    ) {
+        let of = |s: &Option<Spec>| s.as_ref().map(Spec::attributes).unwrap_or_default();
+        (of(&self.before), of(&self.after))
+    }
+
+    /// Whether an attribute's value is never shown (sensitive, or `secrets`).
+    pub fn hides(&self, key: &str) -> bool {
+        key == "secrets" || self.sensitive.iter().any(|s| s == key)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct OutputChange {
     pub action: Action,

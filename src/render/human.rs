@@ -115,13 +115,8 @@ fn placement_line(c: &Change) -> Option<String> {
 
 fn change_body(out: &mut String, c: &Change, s: &Style) {
     let indent = "      ";
-    let before = c
-        .before
-        .as_ref()
-        .map(|b| b.attributes())
-        .unwrap_or_default();
-    let after = c.after.as_ref().map(|a| a.attributes()).unwrap_or_default();
-    let hidden = |k: &str| c.sensitive.iter().any(|x| x == k) || k == "secrets";
+    let (before, after) = c.attribute_pairs();
+    let hidden = |k: &str| c.hides(k);
     let width = before
         .keys()
         .chain(after.keys())

@@ -93,7 +93,7 @@ fn header(c: &Change) -> String {
 }
 
 fn shown(c: &Change, key: &str, v: &Value) -> String {
-    if key == "secrets" || c.sensitive.iter().any(|s| s == key) {
+    if c.hides(key) {
         "<em>(sensitive value)</em>".into()
     } else if v.as_str().is_some_and(|s| s.contains(UNKNOWN)) {
         "<em>(known after apply)</em>".into()
@@ -120,16 +120,11 @@ fn details(c: &Change) -> String {
     if !c.reasons.is_empty() {
         out.push('\n');
     }
-    let before = c
-        .before
-        .as_ref()
-        .map(|b| b.attributes())
-        .unwrap_or_default();
-    let after = c.after.as_ref().map(|a| a.attributes()).unwrap_or_default();
+    let (before, after) = c.attribute_pairs();
     let mut keys: Vec<&String> = before.keys().chain(after.keys()).collect();
     keys.sort();
     keys.dedup();
-    let hidden = |k: &str| k == "secrets" || c.sensitive.iter().any(|s| s == k);
+    let hidden = |k: &str| c.hides(k);
     let mut rows = Vec::new();
     let mut scripts = Vec::new();
     for k in keys {

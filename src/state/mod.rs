@@ -113,6 +113,15 @@ pub struct State {
 }
 
 impl State {
+    /// What everything in state costs per hour (micro-dollars), by its placements.
+    pub fn hourly_cost(&self) -> u64 {
+        self.resources
+            .values()
+            .filter_map(|r| r.placement.as_ref())
+            .map(|c| c.hourly)
+            .sum()
+    }
+
     /// A new, empty state with a fresh lineage.
     pub fn new() -> State {
         State {

@@ -663,13 +663,24 @@ impl SshProvider {
                 result
             });
         }
-        let mut first = None;
-        while let Some(r) = set.join_next().await {
-            if let Ok(Err(e)) = r {
-                first.get_or_insert(e);
-            }
-        }
-        first.map_or(Ok(()), Err)
+        all_done(set).await
+    }
+
+    /// Provisions the hosts a cluster holds (workdir, setup) and starts its runtime.
+    async fn set_up(
+        &self,
+        pool: &Pool,
+        mut p: Private,
+        spec: &crate::model::ClusterSpec,
+        req: &super::Request<'_>,
+    ) -> Result<super::Created, ProviderError> {
+        Self::provision(pool, &p.hosts, &p.token, spec, &req.root).await?;
+        p.name = Some(req.address.to_string());
+        self.boot(pool, &mut p, spec).await?;
+        Ok(super::Created {
+            computed: Self::computed(&p.hosts),
+            private: serde_json::to_value(&p).unwrap_or_default(),
+        })
     }
 
     /// Starts (or refreshes) the runtime on a cluster's hosts: agents, the head's queue.
@@ -1025,15 +1036,10 @@ impl super::Provider for SshProvider {
         p.hosts = got;
         let gpus: f64 = o.accelerators.iter().map(|(_, n)| n).sum();
         p.per_node = Some((o.cpus, gpus));
-        if let crate::model::Spec::Cluster(spec) = req.spec {
-            Self::provision(pool, &p.hosts, &p.token, spec, &req.root).await?;
-            p.name = Some(req.address.to_string());
-            self.boot(pool, &mut p, spec).await?;
+        match req.spec {
+            crate::model::Spec::Cluster(spec) => self.set_up(pool, p, spec, &req).await,
+            _ => Err(ProviderError::other("only clusters hold hosts")),
         }
-        Ok(super::Created {
-            computed: Self::computed(&p.hosts),
-            private: serde_json::to_value(&p).unwrap_or_default(),
-        })
     }
 
     /// Workdir, setup or envs changed: sync and run setup again on the same hosts.
@@ -1045,16 +1051,10 @@ impl super::Provider for SshProvider {
                 private: req.private.clone(),
             });
         };
-        let mut p: Private = serde_json::from_value(req.private.clone())
+        let p: Private = serde_json::from_value(req.private.clone())
             .map_err(|e| ProviderError::other(format!("bad private state: {e}")))?;
         let pool = self.pool(p.pool.as_deref().unwrap_or_default())?;
-        Self::provision(pool, &p.hosts, &p.token, spec, &req.root).await?;
-        p.name = Some(req.address.to_string());
-        self.boot(pool, &mut p, spec).await?;
-        Ok(super::Created {
-            computed: Self::computed(&p.hosts),
-            private: serde_json::to_value(&p).unwrap_or_default(),
-        })
+        self.set_up(pool, p, spec, &req).await
     }
 
     /// Releases the cluster's hosts.
@@ -1362,6 +1362,26 @@ impl SshProvider {
             "the head did not confirm that job {job} stopped"
         )))
     }
+}
+
+/// Waits for work running on several hosts at once; the first failure (a task that
+/// panicked counts) is the answer, after every task has ended.
+async fn all_done(
+    mut set: tokio::task::JoinSet<Result<(), ProviderError>>,
+) -> Result<(), ProviderError> {
+    let mut first = None;
+    while let Some(r) = set.join_next().await {
+        match r {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                first.get_or_insert(e);
+            }
+            Err(e) => {
+                first.get_or_insert(ProviderError::other(e.to_string()));
+            }
+        }
+    }
+    first.map_or(Ok(()), Err)
 }
 
 /// A tar stream of a local directory (without `.git` and `.skyform`, as the workdir hash).

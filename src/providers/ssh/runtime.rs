@@ -354,19 +354,7 @@ pub async fn boot(
             result
         });
     }
-    let mut first = None;
-    while let Some(r) = set.join_next().await {
-        match r {
-            Ok(Err(e)) => {
-                first.get_or_insert(e);
-            }
-            Err(e) => {
-                first.get_or_insert(ProviderError::other(e.to_string()));
-            }
-            Ok(Ok(())) => {}
-        }
-    }
-    first.map_or(Ok(build), Err)
+    super::all_done(set).await.map(|()| build)
 }
 
 /// One call to the head of the cluster `token` running `build`.
