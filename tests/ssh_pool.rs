@@ -100,7 +100,8 @@ impl Work {
         .unwrap();
     }
 
-    fn run(&self, args: &[&str]) -> (bool, String) {
+    /// skyform in this directory, with its own home; `env` adds variables.
+    fn run_with(&self, args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
         support::servers::run(
             Command::new(BIN)
                 .arg(format!("-chdir={}", self.dir.path().display()))
@@ -109,21 +110,18 @@ impl Work {
                 .env("HOME", self.dir.path().join("home"))
                 // Autostop's minutes are seconds here.
                 .env("SKYFORM_IDLE_MINUTE", "1")
+                .envs(env.iter().copied())
                 .stdin(Stdio::null()),
         )
     }
 
+    fn run(&self, args: &[&str]) -> (bool, String) {
+        self.run_with(args, &[])
+    }
+
     /// As `ok`, with `SKYFORM_NO_RSYNC` set: workdirs go as tar streams.
     fn ok_with_tar(&self, args: &[&str]) -> String {
-        let (ok, text) = support::servers::run(
-            Command::new(BIN)
-                .arg(format!("-chdir={}", self.dir.path().display()))
-                .args(args)
-                .env("NO_COLOR", "1")
-                .env("HOME", self.dir.path().join("home"))
-                .env("SKYFORM_NO_RSYNC", "1")
-                .stdin(Stdio::null()),
-        );
+        let (ok, text) = self.run_with(args, &[("SKYFORM_NO_RSYNC", "1")]);
         assert!(ok, "skyform {args:?} failed:\n{text}");
         text
     }
