@@ -2454,6 +2454,14 @@ async fn logs(ctx: &Ctx, address: &str, follow: bool) -> Result<i32> {
             flush_partial(&mut pending);
             return Ok(EXIT_OK);
         }
+        // Only this resource (and its cluster) is asked again, however big the state.
+        let cluster_addr = match &res.spec {
+            crate::model::Spec::Job(j) => Some(j.cluster.clone()),
+            _ => None,
+        };
+        state
+            .resources
+            .retain(|a, _| a == &addr || Some(a) == cluster_addr.as_ref());
         plan::refresh::refresh(&mut state, &registry, 8).await;
         let finished = state
             .resources
