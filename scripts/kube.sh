@@ -2,7 +2,8 @@
 # Starts two real Kubernetes control planes on loopback for the Kubernetes backend's tests
 # (issue 8): one etcd (Debian's etcd-server, installed with apt if missing) and, per
 # cluster, kube-apiserver, kube-controller-manager and kube-scheduler 1.20.2. There is no
-# kubelet: tests run a node agent of their own. Prints `export SKYFORM_TEST_KUBE_DIR=DIR`
+# kubelet: tests run scripts/fakelet.py, which registers nodes and runs their pods as local
+# processes. Prints `export SKYFORM_TEST_KUBE_DIR=DIR`
 # for the caller to eval, or nothing (and a NOTE on stderr) when the binaries cannot be had.
 #
 # The binaries come from, in order: $SKYFORM_K8S_BIN_DIR; the cache
