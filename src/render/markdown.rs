@@ -15,10 +15,13 @@ use std::fmt::Write;
 /// What one comment may hold (GitHub's limit is 65,536).
 pub const LIMIT: usize = 65_000;
 
+/// Lines of drift, leftovers, notes and outputs listed before "…and N more".
+const LIST: usize = 100;
+
 /// Failover candidates listed per placement.
 const SHOWN_CANDIDATES: usize = 10;
 
-/// Text safe inside HTML and a Markdown table cell.
+/// Text safe inside HTML and a Markdown table cell, with nothing Markdown would act on.
 fn esc(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
@@ -28,6 +31,14 @@ fn esc(s: &str) -> String {
             '>' => out.push_str("&gt;"),
             '|' => out.push_str("&#124;"),
             '`' => out.push_str("&#96;"),
+            // Markdown would still act on these inside inline HTML (emphasis, links,
+            // mentions): entities keep them literal. (GitHub leaves `_` inside words alone.)
+            '*' => out.push_str("&#42;"),
+            '[' => out.push_str("&#91;"),
+            ']' => out.push_str("&#93;"),
+            '\\' => out.push_str("&#92;"),
+            '@' => out.push_str("&#64;"),
+            '~' => out.push_str("&#126;"),
             '\n' => out.push_str("<br>"),
             _ => out.push(c),
         }
@@ -251,17 +262,17 @@ pub fn plan(p: &Plan) -> String {
     );
     if !p.drift.is_empty() {
         head.push_str("**Changes outside skyform** since the last apply:\n\n");
-        for d in &p.drift {
+        for d in p.drift.iter().take(LIST) {
             let _ = writeln!(head, "- {}", esc(d));
         }
-        head.push('\n');
+        more_line(&mut head, p.drift.len());
     }
     if !p.leftovers.is_empty() {
         head.push_str("**Left behind by earlier attempts** (apply removes them):\n\n");
-        for a in &p.leftovers {
+        for a in p.leftovers.iter().take(LIST) {
             let _ = writeln!(head, "- {}", code(&a.to_string()));
         }
-        head.push('\n');
+        more_line(&mut head, p.leftovers.len());
     }
     if p.refresh_only {
         let _ = writeln!(head, "{}\n", super::human::refresh_only_line(p));
@@ -283,10 +294,11 @@ pub fn plan(p: &Plan) -> String {
         .collect();
     if !notes.is_empty() {
         tail.push_str("**Notes**\n\n");
-        for n in notes {
+        let all = notes.len();
+        for n in notes.into_iter().take(LIST) {
             let _ = writeln!(tail, "- {}", esc(n));
         }
-        tail.push('\n');
+        more_line(&mut tail, all);
     }
     let outs: Vec<_> = p
         .outputs
@@ -295,7 +307,8 @@ pub fn plan(p: &Plan) -> String {
         .collect();
     if !outs.is_empty() {
         tail.push_str("**Outputs**\n\n| output | before | after |\n| --- | --- | --- |\n");
-        for (name, o) in outs {
+        let all = outs.len();
+        for (name, o) in outs.into_iter().take(LIST) {
             let cell = |v: &Option<Value>| match v {
                 _ if o.sensitive => "<em>(sensitive value)</em>".to_string(),
                 Some(v) if v.as_str().is_some_and(|s| s.contains(UNKNOWN)) => {
@@ -312,7 +325,7 @@ pub fn plan(p: &Plan) -> String {
                 cell(&o.after)
             );
         }
-        tail.push('\n');
+        more_line(&mut tail, all);
     }
     let _ = writeln!(
         tail,
@@ -324,7 +337,8 @@ pub fn plan(p: &Plan) -> String {
     );
     // Everything fits, or the details of the last resources give way to their headers.
     let sections: Vec<String> = changed.iter().map(|c| section(c)).collect();
-    let full: usize = head.len() + tail.len() + sections.iter().map(String::len).sum::<usize>();
+    // The body and the tail are joined by one newline.
+    let full: usize = head.len() + 1 + tail.len() + sections.iter().map(String::len).sum::<usize>();
     if full <= LIMIT {
         return format!("{head}{}\n{tail}", sections.concat());
     }
@@ -376,4 +390,12 @@ pub fn plan(p: &Plan) -> String {
         );
     }
     format!("{head}{body}\n{tail}")
+}
+
+/// Ends a list of `all` items of which [`LIST`] were written: how many more, and a blank line.
+fn more_line(out: &mut String, all: usize) {
+    if all > LIST {
+        let _ = writeln!(out, "- …and {} more", all - LIST);
+    }
+    out.push('\n');
 }

@@ -54,10 +54,13 @@ pub fn relay(layout: Layout, rank: u32, argv: Vec<String>) {
     let _ = std::fs::create_dir_all(&tasks);
     let _ = std::fs::create_dir_all(&done);
     let log_path = layout.node(rank).join("link.log");
+    // Reconnects wait longer each time the link fails soon (an unreachable node), up to 30 s.
+    let mut backoff = Duration::from_secs(1);
     while layout.root.is_dir() {
         let Some((program, args)) = argv.split_first() else {
             return;
         };
+        let opened = std::time::Instant::now();
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -74,7 +77,8 @@ pub fn relay(layout: Layout, rank: u32, argv: Vec<String>) {
             Ok(c) => c,
             Err(e) => {
                 append(&log_path, &format!("cannot start {program}: {e}"));
-                std::thread::sleep(Duration::from_secs(2));
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(30));
                 continue;
             }
         };
@@ -127,8 +131,15 @@ pub fn relay(layout: Layout, rank: u32, argv: Vec<String>) {
         let _ = child.wait();
         let _ = reader.join();
         if layout.root.is_dir() {
-            append(&log_path, "link closed; starting it again");
-            std::thread::sleep(Duration::from_secs(1));
+            if opened.elapsed() > Duration::from_secs(60) {
+                backoff = Duration::from_secs(1);
+            }
+            append(
+                &log_path,
+                &format!("link closed; starting it again in {}s", backoff.as_secs()),
+            );
+            std::thread::sleep(backoff);
+            backoff = (backoff * 2).min(Duration::from_secs(30));
         }
     }
 }

@@ -290,9 +290,18 @@ pub fn run_agent(cluster_dir: &Path, rank: u32) -> std::io::Result<()> {
     let mut scheduler = (rank == 0).then(Scheduler::default);
     loop {
         if !cluster_dir.is_dir() || layout.stopped().exists() {
-            // The cluster was removed or stopped: stop what runs here, then stop.
-            for r in running.values() {
+            // The cluster was removed or stopped: stop what runs here, then stop. What was
+            // killed ends (exit 137) rather than running again at the next start.
+            for (id, r) in running.iter_mut() {
                 proc::signal(r.child.id(), libc::SIGKILL, true);
+                let _ = r.child.wait();
+                if layout.stopped().exists() {
+                    let _ = write_json(
+                        &layout.done(rank).join(format!("{id}.json")),
+                        &TaskDone { exit_code: 137 },
+                    );
+                    let _ = std::fs::remove_file(layout.tasks(rank).join(format!("{id}.json")));
+                }
             }
             let _ = std::fs::remove_file(layout.node(rank).join("agent.pid"));
             return Ok(());
@@ -411,6 +420,8 @@ struct Scheduler {
     nodes: Option<u32>,
     /// Since when nothing has been queued, running or logged in.
     idle_since: Option<std::time::Instant>,
+    /// When sessions were last looked for (a scan of every process: not every tick).
+    sessions_seen: Option<(std::time::Instant, bool)>,
 }
 
 impl Scheduler {
@@ -424,7 +435,15 @@ impl Scheduler {
     /// Autostop: once the cluster has been idle long enough, run the backend's commands.
     fn watch_idle(&mut self, layout: &Layout, info: &ClusterInfo, busy: bool) {
         let Some(a) = &info.autostop else { return };
-        if busy || proc::sessions_open(&layout.root) {
+        let sessions = match self.sessions_seen {
+            Some((at, open)) if at.elapsed() < Duration::from_secs(2) => open,
+            _ => {
+                let open = proc::sessions_open(&layout.root);
+                self.sessions_seen = Some((std::time::Instant::now(), open));
+                open
+            }
+        };
+        if busy || sessions {
             self.idle_since = None;
             return;
         }
@@ -433,6 +452,8 @@ impl Scheduler {
             return;
         }
         self.idle_since = None;
+        // Stopped first: from now on no job is accepted, whatever the commands take.
+        let _ = std::fs::write(layout.stopped(), now_rfc3339());
         let mut log = format!("{}: idle for {}s\n", now_rfc3339(), a.idle_seconds);
         for argv in &a.commands {
             let Some((program, args)) = argv.split_first() else {
@@ -469,7 +490,13 @@ impl Scheduler {
                 let p = e.path();
                 (p.extension()? == "json").then(|| p.file_stem()?.to_str().map(str::to_string))?
             })
-            .any(|job| job_status(layout, &job).is_some_and(|s| !s.state.is_final()));
+            .any(|job| job_status(layout, &job).is_some_and(|s| !s.state.is_final()))
+            // Work outside the queue (setup) keeps it busy too.
+            || (0..info.num_nodes).any(|r| {
+                std::fs::read_dir(layout.tasks(r)).is_ok_and(|mut d| {
+                    d.any(|e| e.is_ok_and(|e| e.path().extension().is_some_and(|x| x == "json")))
+                })
+            });
         self.watch_idle(layout, &info, busy);
         Ok(done)
     }

@@ -222,8 +222,11 @@ impl Connection {
     async fn rsync(&self, src: &Path, token: &str) -> Result<Output, ProviderError> {
         // The remote rsync starts in the cluster's directory, made if need be; `-e` reuses
         // this connection's master, so no new login happens.
-        let remote = format!(
-            "{HOST_DIR}; c=\"$dir/clusters/{token}\"; mkdir -p \"$c/workdir\" && cd \"$c\" && rsync"
+        let remote = runtime::sh_line(
+            &format!(
+                "{HOST_DIR}\nc=\"$dir/clusters/$1\"; shift\nmkdir -p \"$c/workdir\" && cd \"$c\" && exec rsync \"$@\""
+            ),
+            &[token],
         );
         let out = tokio::process::Command::new("rsync")
             .args([
@@ -420,7 +423,7 @@ if [ -n "$o" ]; then
   c="$dir/clusters/$o"
   [ -e "$c/stopped" ] && echo stopped
   for f in "$c"/node-*/agent.pid; do
-    [ -f "$f" ] && kill -0 "$(cat "$f")" 2>/dev/null && echo agent
+    [ -f "$f" ] && tr '\0' ' ' <"/proc/$(cat "$f")/cmdline" 2>/dev/null | grep -q " __agent " && echo agent
   done
 fi
 exit 0
@@ -476,7 +479,19 @@ fi
 /// Removing the cluster's directory also stops its agent (which watches it) and the jobs
 /// that agent runs.
 pub(crate) const RELEASE: &str = r#"
-rm -rf "$dir/clusters/$1"
+[ -n "$1" ] || exit 1
+c="$dir/clusters/$1"
+if [ -d "$c" ]; then
+  # Stop the agent first (it ends, with what it runs, when `stopped` appears), so nothing
+  # writes into the directory while it is removed.
+  touch "$c/stopped" 2>/dev/null
+  for f in "$c"/node-*/agent.pid; do
+    p=$(cat "$f" 2>/dev/null) || continue
+    i=0
+    while [ -n "$p" ] && kill -0 "$p" 2>/dev/null && [ $i -lt 30 ]; do i=$((i + 1)); sleep 0.1; done
+  done
+  rm -rf "$c"
+fi
 if [ "$(cat "$dir/reservation/owner" 2>/dev/null)" = "$1" ]; then rm -rf "$dir/reservation"; fi
 "#;
 
@@ -1084,7 +1099,7 @@ impl super::Provider for SshProvider {
             let token = p.token.clone();
             let recorded = p.hosts.contains(&host.to_string());
             set.spawn(async move {
-                let script = format!("{RELEASE}\n{}", runtime::UNAUTHORIZE);
+                let script = format!("{RELEASE}\n{}", runtime::unauthorize_script());
                 let r = Self::on_host(&pool, &host, &script, &[&token]).await;
                 (host, recorded, r)
             });

@@ -18,29 +18,54 @@ use crate::runtime::link::{Answer, Call};
 use std::path::Path;
 use std::sync::Arc;
 
-const INSTALLED: &str = r#"test -x "$dir/bin/skyform-$1" && echo present || echo missing"#;
+/// Whether the build ($1) is installed whole: the build id starts with the size in hex.
+const INSTALLED: &str = r#"
+b="$dir/bin/skyform-$1"
+[ -x "$b" ] && [ "$(printf '%x' "$(wc -c <"$b")")" = "${1%%-*}" ] && echo present || echo missing
+"#;
 
-/// The binary arrives on stdin; it replaces nothing until it is whole.
+/// The binary arrives on stdin; it replaces nothing until it is whole (its size checked
+/// against the build id), so a dropped upload leaves no broken agent behind.
 const INSTALL: &str = r#"
-mkdir -p "$dir/bin" && t="$dir/bin/.skyform-$1.$$" && cat >"$t" && chmod 755 "$t" &&
-  mv "$t" "$dir/bin/skyform-$1"
+mkdir -p "$dir/bin" && t="$dir/bin/.skyform-$1.$(hostname).$$" && cat >"$t" &&
+  [ "$(printf '%x' "$(wc -c <"$t")")" = "${1%%-*}" ] && chmod 755 "$t" &&
+  mv "$t" "$dir/bin/skyform-$1" || { rm -f "$t"; echo "the upload was cut short" >&2; exit 1; }
+"#;
+
+/// Edits the authorized keys file under a lock (homes may be shared between hosts): the
+/// lines of cluster $1 are dropped, then `$add` appended if set. The file is replaced
+/// whole, only if the new one was written entirely.
+const KEYS_EDIT: &str = r#"
+[ -n "$1" ] || exit 1
+k="${SKYFORM_AUTHORIZED_KEYS:-$HOME/.ssh/authorized_keys}"; d=$(dirname "$k")
+[ -d "$d" ] || { mkdir -p "$d" && chmod 700 "$d"; } || exit 1
+i=0
+until mkdir "$k.skyform-lock" 2>/dev/null; do
+  i=$((i + 1)); [ $i -gt 100 ] && { echo "$k.skyform-lock is held" >&2; exit 1; }; sleep 0.1
+done
+t="$k.skyform.$(hostname).$$"
+{ if [ -f "$k" ]; then grep -v " skyform-cluster-$1\$" "$k"; [ $? -le 1 ]; fi &&
+  if [ -n "$add" ]; then printf '%s skyform-cluster-%s\n' "$add" "$1"; fi; } >"$t" &&
+  chmod 600 "$t" && mv "$t" "$k"
+ok=$?
+rm -f "$t"; rmdir "$k.skyform-lock"
+exit $ok
 "#;
 
 /// Authorises the cluster's key ($2) on a worker, for the head's links; the comment marks
 /// the line as the cluster's so release removes exactly it.
-const AUTHORIZE: &str = r#"
-k="${SKYFORM_AUTHORIZED_KEYS:-$HOME/.ssh/authorized_keys}"; d=$(dirname "$k")
-[ -d "$d" ] || { mkdir -p "$d" && chmod 700 "$d"; } || exit 1
-if [ -f "$k" ]; then grep -v " skyform-cluster-$1\$" "$k" >"$k.skyform.$$"; cat "$k.skyform.$$" >"$k"; rm -f "$k.skyform.$$"; fi
-printf '%s skyform-cluster-%s\n' "$2" "$1" >>"$k" && chmod 600 "$k"
-"#;
+fn authorize_script() -> String {
+    format!("add=\"$2\"\n{KEYS_EDIT}")
+}
 
 /// Removes the cluster's key from a host's authorized keys (part of releasing it).
-pub const UNAUTHORIZE: &str = r#"
-k="${SKYFORM_AUTHORIZED_KEYS:-$HOME/.ssh/authorized_keys}"
-if [ -f "$k" ] && grep -q " skyform-cluster-$1\$" "$k"; then
-  grep -v " skyform-cluster-$1\$" "$k" >"$k.skyform.$$"; cat "$k.skyform.$$" >"$k"; rm -f "$k.skyform.$$"
-fi
+pub fn unauthorize_script() -> String {
+    format!("add=\n{KEYS_EDIT}")
+}
+
+/// The public half of the head's link key, if it has one.
+const KEPT_KEY: &str = r#"
+k="$dir/clusters/$1/cluster_key"; [ -f "$k" ] && ssh-keygen -y -f "$k" 2>/dev/null; exit 0
 "#;
 
 /// Writes a file of the head's cluster directory ($2, relative) from stdin, private to the user.
@@ -53,7 +78,7 @@ const START: &str = r#"
 c="$dir/clusters/$1"; r="$2"; bin="$dir/bin/skyform-$3"; n="$c/node-$r"
 mkdir -p "$c/workdir" "$n" && ln -sfn ../workdir "$n/workdir" || exit 1
 p=$(cat "$n/agent.pid" 2>/dev/null)
-if [ -n "$p" ] && kill -0 "$p" 2>/dev/null; then echo running; exit 0; fi
+if [ -n "$p" ] && tr '\0' ' ' <"/proc/$p/cmdline" 2>/dev/null | grep -q " __agent "; then echo running; exit 0; fi
 rm -f "$n/agent.pid"
 cd "$c" && setsid "$bin" __agent "$c" "$r" </dev/null >"$n/agent.log" 2>&1 &
 i=0
@@ -179,6 +204,8 @@ async fn head_ssh(access: &Access, host: &Host, remote: String) -> Vec<String> {
         "-o",
         "StrictHostKeyChecking=accept-new",
         "-o",
+        "ConnectTimeout=10",
+        "-o",
         "ServerAliveInterval=15",
         "-o",
         "ServerAliveCountMax=4",
@@ -199,7 +226,7 @@ async fn head_ssh(access: &Access, host: &Host, remote: String) -> Vec<String> {
 }
 
 /// `sh -c SCRIPT skyform ARGS…` as one string for a remote shell.
-fn sh_line(script: &str, args: &[&str]) -> String {
+pub(crate) fn sh_line(script: &str, args: &[&str]) -> String {
     let q = |s: &str| shell_escape::unix::escape(s.into()).into_owned();
     let mut line = format!("sh -c {} skyform", q(script));
     for a in args {
@@ -236,7 +263,7 @@ async fn autostop(
     a: &crate::model::Autostop,
 ) -> crate::runtime::Autostop {
     let script = if a.down {
-        format!("{HOST_DIR}\n{}\n{UNAUTHORIZE}", super::RELEASE)
+        format!("{HOST_DIR}\n{}\n{}", super::RELEASE, unauthorize_script())
     } else {
         stop_script()
     };
@@ -278,10 +305,25 @@ pub async fn boot(
             exe.display()
         ))
     })?;
-    let (key, public) = keypair().await?;
+    // One key for the cluster's life: a head that has one keeps it (rotating it on every
+    // update would break the links whenever one host misses the change).
+    let head = hosts
+        .first()
+        .ok_or_else(|| ProviderError::other("a cluster needs a host"))?;
+    let c = access.connect(head).await?;
+    let kept = c.script(&format!("{HOST_DIR}\n{KEPT_KEY}"), &[token]).await;
+    c.close().await;
+    let kept = kept?.stdout.trim().to_string();
+    let (key, public) = if kept.starts_with("ssh-") {
+        (None, kept)
+    } else {
+        let (k, p) = keypair().await?;
+        (Some(k), p)
+    };
     for (rank, host) in hosts.iter().enumerate().skip(1) {
-        let link = format!(
-            "{HOST_DIR}; exec \"$dir/bin/skyform-{build}\" __link \"$dir/clusters/{token}\" {rank}"
+        let link = sh_line(
+            &format!("{HOST_DIR}\nexec \"$dir/bin/skyform-$1\" __link \"$dir/clusters/$2\" \"$3\""),
+            &[&build, token, &rank.to_string()],
         );
         info.links
             .insert(rank as u32, head_ssh(access, host, link).await);
@@ -324,7 +366,8 @@ pub async fn boot(
                     }
                 }
                 if rank == 0 {
-                    for (name, bytes) in [("cluster.json", &info), ("cluster_key", &key)] {
+                    let files = [("cluster.json", Some(&info)), ("cluster_key", key.as_ref())];
+                    for (name, bytes) in files.iter().filter_map(|(n, b)| Some((*n, (*b)?))) {
                         let out = c
                             .script_with_input(&script(HEAD_FILE), &[&token, name], bytes)
                             .await?;
@@ -333,7 +376,9 @@ pub async fn boot(
                         }
                     }
                 } else {
-                    let out = c.script(&script(AUTHORIZE), &[&token, &public]).await?;
+                    let out = c
+                        .script(&script(&authorize_script()), &[&token, &public])
+                        .await?;
                     if out.code != Some(0) {
                         return Err(failed(&host, "authorising the head's key", &out));
                     }
