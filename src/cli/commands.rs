@@ -976,6 +976,10 @@ async fn apply_locked(
     wait: bool,
     destroy: bool,
 ) -> Result<i32> {
+    if run.json && wait {
+        return Err(Failure::new("apply -json does not wait for jobs (-wait)")
+            .hint("follow them with `skyform status -json` after the apply"));
+    }
     let stored = store.read().await?;
     let fresh = stored.is_none();
     let stored_before = stored.clone();
