@@ -460,7 +460,17 @@ fn review_then_apply_from_ci() {
         .as_str()
         .unwrap()
         .to_string();
+    // A refresh-only plan saved before that records only what it showed: nothing. Applied
+    // after the removal, it is refused rather than recording what nobody reviewed.
+    sb.ok(&["plan", "-refresh-only", "-out", "quiet.json"]);
     std::fs::remove_dir_all(&dir).unwrap();
+    let out = sb.run(&["apply", "quiet.json"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("more changed outside skyform since the refresh-only plan"),
+        "{}",
+        text(&out.stderr)
+    );
     let before = sb.serial();
     let out = sb.run(&["plan", "-refresh-only", "-detailed-exitcode"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stdout));
@@ -1216,6 +1226,25 @@ fn import_adopts_a_running_cluster() {
     );
     let out = sb.run(&["plan", "-detailed-exitcode"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
+
+    // The same sandbox under a second address is refused: destroying one would take both.
+    let config = std::fs::read_to_string(sb.path().join("main.sky.hcl")).unwrap();
+    std::fs::write(
+        sb.path().join("main.sky.hcl"),
+        format!(
+            "{config}\ncluster \"twin\" {{\n  num_nodes = 2\n}}\n\nimport {{\n  to = cluster.twin\n  id = \"local:{relative}\"\n}}\n"
+        ),
+    )
+    .unwrap();
+    let out = sb.run(&["plan"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr)
+            .contains("cannot import cluster.twin: cluster.dev is that cluster already"),
+        "{}",
+        text(&out.stderr)
+    );
+    std::fs::write(sb.path().join("main.sky.hcl"), config).unwrap();
     sb.ok(&["destroy", "-auto-approve"]);
     assert!(
         !Path::new(&dir).exists(),

@@ -787,6 +787,7 @@ async fn make_plan(
         }
     }
     let mut import_diags = config::Diagnostics::default();
+    let mut imported: Vec<(Address, serde_json::Value)> = Vec::new();
     if !destroy && !flags.refresh_only {
         for i in &config.root.imports {
             if state.resources.contains_key(&i.to) {
@@ -794,6 +795,29 @@ async fn make_plan(
             }
             match import_one(&registry, &i.to, &i.id).await {
                 Ok(found) => {
+                    // One cluster in the world is one resource in state: destroying one
+                    // address would take the other's machines.
+                    let holder = state
+                        .resources
+                        .iter()
+                        .filter(|(a, _)| a.kind == crate::model::Kind::Cluster)
+                        .map(|(a, r)| (a, &r.private))
+                        .chain(imported.iter().map(|(a, p)| (a, p)))
+                        .find(|(_, p)| same_cluster(p, &found.private))
+                        .map(|(a, _)| a.clone());
+                    if let Some(other) = holder {
+                        import_diags.push(
+                            config::Diagnostic::error(format!(
+                                "cannot import {}: {} is that cluster already",
+                                i.to, other
+                            ))
+                            .at(i.file, Some(i.span.clone()))
+                            .label("this import")
+                            .hint(format!("remove this import block, or `skyform state mv {other} {}`", i.to)),
+                        );
+                        continue;
+                    }
+                    imported.push((i.to.clone(), found.private.clone()));
                     options
                         .imports
                         .insert(i.to.clone(), (i.id.clone(), found.computed));
@@ -1042,6 +1066,22 @@ async fn apply_locked(
             // Refresh so apply works from what is true now.
             let registry = ctx.registry(Some(config));
             plan::refresh::refresh(&mut state, &registry, 64).await;
+            if p.refresh_only
+                && let Some(before) = &stored_before
+            {
+                // What the review saw is what gets recorded: anything else moved since.
+                let unseen: Vec<String> = plan::refresh::changes(before, &state)
+                    .into_iter()
+                    .filter(|l| !p.drift.contains(l))
+                    .collect();
+                if !unseen.is_empty() {
+                    return Err(Failure::new(format!(
+                        "more changed outside skyform since the refresh-only plan was made:\n  {}",
+                        unseen.join("\n  ")
+                    ))
+                    .hint("make a new plan: skyform plan -refresh-only -out FILE"));
+                }
+            }
             p
         }
         None => {
@@ -1212,6 +1252,15 @@ fn outputs_now(
             })
         })
         .collect()
+}
+
+/// Whether two resources' private data name the same thing in the world (the same token
+/// of an ssh or AWS cluster, or the same sandbox).
+fn same_cluster(a: &serde_json::Value, b: &serde_json::Value) -> bool {
+    ["token", "dir"].iter().any(|k| {
+        let (x, y) = (a.get(*k), b.get(*k));
+        x.is_some() && x == y
+    })
 }
 
 /// Asks the backend an import id names (`BACKEND:ID`) for the cluster it identifies.
@@ -2435,6 +2484,7 @@ async fn logs(ctx: &Ctx, address: &str, follow: bool) -> Result<i32> {
     let registry = ctx.registry(Some(&config));
     let mut offsets: Vec<u64> = Vec::new();
     let mut pending: Vec<Vec<u8>> = Vec::new();
+    let mut failures = 0;
     loop {
         let mut state = read_state(ctx).await?;
         let res = state.resources.get(&addr).cloned().ok_or_else(|| {
@@ -2448,8 +2498,26 @@ async fn logs(ctx: &Ctx, address: &str, follow: bool) -> Result<i32> {
         let provider = registry
             .get(&res.provider)
             .ok_or_else(|| Failure::new(format!("provider {} is not available", res.provider)))?;
+        // Files on this machine are cheap to poll; remote hosts are asked once a second.
+        let poll =
+            std::time::Duration::from_millis(if res.provider == "local" { 200 } else { 1000 });
         let ranks =
-            drain_logs(provider, &res, cluster.as_ref(), &mut offsets, &mut pending).await?;
+            match drain_logs(provider, &res, cluster.as_ref(), &mut offsets, &mut pending).await {
+                Ok(n) => {
+                    failures = 0;
+                    n
+                }
+                // Following, a host that does not answer for a moment is waited for.
+                Err(e) if follow && !offsets.is_empty() && failures < 30 => {
+                    failures += 1;
+                    if failures == 1 {
+                        eprintln!("warning: {}; trying again", e.message);
+                    }
+                    tokio::time::sleep(poll).await;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
         if ranks == 0 {
             return Err(Failure::new(format!("{addr} has no logs"))
                 .hint("logs exist for jobs, managed jobs and services"));
@@ -2479,7 +2547,7 @@ async fn logs(ctx: &Ctx, address: &str, follow: bool) -> Result<i32> {
             flush_partial(&mut pending);
             return Ok(EXIT_OK);
         }
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        tokio::time::sleep(poll).await;
     }
 }
 
