@@ -233,7 +233,12 @@ mod tests {
             .env("SKYFORM_SESSION", &root)
             .spawn()
             .unwrap_or_else(|e| panic!("sleep: {e}"));
-        assert!(sessions_open(&root));
+        // Until the child has exec'd, /proc shows the parent's environment: wait for it.
+        let seen = (0..100).any(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            sessions_open(&root)
+        });
+        assert!(seen, "the session was never seen");
         assert!(!sessions_open(&root.join("other")));
         let _ = shell.kill();
         let _ = shell.wait();
