@@ -132,6 +132,7 @@ impl LocalProvider {
             links: BTreeMap::new(),
             autostop: autostop.map(|a| Self::autostop(dir, a)),
             build: None,
+            hosts: Vec::new(),
         };
         runtime::write_json(&layout.info(), &info)?;
         for rank in 0..nodes {

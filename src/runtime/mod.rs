@@ -113,6 +113,9 @@ pub struct ClusterInfo {
     /// On remote hosts: the skyform build the agents run (`bin/skyform-<build>`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub build: Option<String>,
+    /// On remote hosts: each node's host as the pool names it, in rank order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<String>,
 }
 
 /// What the head does when the cluster has been idle (no queued or running job, no open

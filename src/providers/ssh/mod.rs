@@ -721,6 +721,7 @@ impl SshProvider {
             links: BTreeMap::new(),
             autostop: None,
             build: None,
+            hosts: Vec::new(),
         };
         p.build = Some(
             runtime::boot(
@@ -1194,18 +1195,36 @@ impl super::Provider for SshProvider {
                 "the hosts held by {token} have no cluster.json: not a cluster skyform started"
             ))
         })?;
-        let mut hosts: Vec<String> = vec![head.to_string()];
-        for (rank, ip) in info.ips.iter().enumerate().skip(1) {
-            let h = held
+        let held_names: Vec<String> = held.iter().map(|s| s.host.to_string()).collect();
+        let hosts = if info.hosts.is_empty() {
+            // Older heads recorded addresses only: match them, head first.
+            let mut hosts: Vec<String> = vec![head.to_string()];
+            for (rank, ip) in info.ips.iter().enumerate().skip(1) {
+                let h = held
+                    .iter()
+                    .find(|s| &s.host.address == ip && !hosts.contains(&s.host.to_string()))
+                    .ok_or_else(|| {
+                        not_found(format!(
+                            "node {rank} ({ip}) of {token} is not held in pool {pool_name}"
+                        ))
+                    })?;
+                hosts.push(h.host.to_string());
+            }
+            hosts
+        } else {
+            // The head recorded each node's host: take them in its order.
+            if let Some((rank, h)) = info
+                .hosts
                 .iter()
-                .find(|s| &s.host.address == ip && !hosts.contains(&s.host.to_string()))
-                .ok_or_else(|| {
-                    not_found(format!(
-                        "node {rank} ({ip}) of {token} is not held in pool {pool_name}"
-                    ))
-                })?;
-            hosts.push(h.host.to_string());
-        }
+                .enumerate()
+                .find(|(_, h)| !held_names.contains(h))
+            {
+                return Err(not_found(format!(
+                    "node {rank} ({h}) of {token} is not held in pool {pool_name}"
+                )));
+            }
+            info.hosts.clone()
+        };
         let p = Private {
             token: token.to_string(),
             lineage: String::new(),

@@ -332,6 +332,7 @@ pub async fn boot(
         info.autostop = Some(autostop(access, hosts, token, a).await);
     }
     info.build = Some(build.clone());
+    info.hosts = hosts.iter().map(ToString::to_string).collect();
     let info = serde_json::to_vec_pretty(&info).map_err(|e| ProviderError::other(e.to_string()))?;
     let binary: Arc<tokio::sync::OnceCell<Vec<u8>>> = Arc::new(tokio::sync::OnceCell::new());
     let mut set = tokio::task::JoinSet::new();
