@@ -307,61 +307,85 @@ impl Provider for Cloud {
     }
 }
 
-/// A placement that never answers times out, is cleaned up, and blocks its region: the
-/// next placement in that region is skipped.
-#[tokio::test]
-async fn a_hung_placement_times_out_and_blocks_its_region() {
-    let dir = tempfile::tempdir().unwrap();
+/// The plan of one `A100:8` cluster in `dir`, over AWS offers (region, instance type,
+/// $/h in micro-dollars).
+fn a100_plan(dir: &std::path::Path, offers: &[(&str, &str, u64)]) -> plan::Plan {
     std::fs::write(
-        dir.path().join("main.sky.hcl"),
+        dir.join("main.sky.hcl"),
         "cluster \"big\" {\n  resources {\n    accelerators = \"A100:8\"\n  }\n}\n",
     )
     .unwrap();
-    let (mut cfg, _) = skyform::config::load(dir.path());
+    let (mut cfg, _) = skyform::config::load(dir);
     let (inputs, _) = skyform::config::inputs(&mut cfg, &Default::default(), &BTreeMap::new());
-    let offer = |region: &str, kind: &str, price: u64| Offering {
-        cloud: "aws".into(),
-        region: Some(region.into()),
-        zone: None,
-        instance_type: kind.into(),
-        accelerators: vec![("A100".into(), 8.0)],
-        cpus: 96.0,
-        memory_gib: 1152.0,
-        spot: false,
-        price,
-        max_nodes: None,
-    };
-    let offers = vec![
-        offer("us-east-1", "p4d.24xlarge", 32_000_000),
-        offer("us-east-1", "p4de.24xlarge", 40_000_000),
-        offer("us-west-2", "p4d.24xlarge", 41_000_000),
-    ];
+    let offers: Vec<Offering> = offers
+        .iter()
+        .map(|(region, kind, price)| Offering {
+            cloud: "aws".into(),
+            region: Some((*region).into()),
+            zone: None,
+            instance_type: (*kind).into(),
+            accelerators: vec![("A100".into(), 8.0)],
+            cpus: 96.0,
+            memory_gib: 1152.0,
+            spot: false,
+            price: *price,
+            max_nodes: None,
+        })
+        .collect();
     let (plan, d) = plan::plan(&cfg, &inputs, &State::new(), &offers, &Options::default());
     assert!(!d.has_errors(), "{}", d.render(&cfg.sources, false));
-    let cloud = Arc::new(Cloud {
-        hung: vec!["aws/us-east-1".into()],
-        ..Cloud::default()
-    });
+    plan
+}
+
+/// Applies `plan` (from scratch) with `cloud` as the aws backend.
+async fn apply_on(
+    cloud: &Arc<Cloud>,
+    plan: &plan::Plan,
+    root: &std::path::Path,
+    failover: skyform::apply::FailoverOptions,
+    on_event: &(dyn Fn(&Event) + Send + Sync),
+) -> (skyform::apply::Summary, State) {
     let mut providers: BTreeMap<&'static str, Arc<dyn Provider>> = BTreeMap::new();
     providers.insert("aws", cloud.clone());
     let store = MemoryStore::new();
-    let on_event = |_: &Event| {};
     let (_tx, rx) = tokio::sync::watch::channel(false);
     let applier = Applier {
         resolve: None,
         registry: Arc::new(Registry { providers }),
         store: &store,
-        root: dir.path().to_path_buf(),
+        root: root.to_path_buf(),
         parallelism: 4,
-        on_event: &on_event,
+        on_event,
         interrupt: rx,
-        failover: skyform::apply::FailoverOptions {
-            attempt_timeout: std::time::Duration::from_millis(200),
-            ..Default::default()
-        },
+        failover,
     };
     let mut state = State::new();
-    let summary = applier.apply(&plan, &mut state).await.unwrap();
+    let summary = applier.apply(plan, &mut state).await.unwrap();
+    (summary, state)
+}
+
+/// A placement that never answers times out, is cleaned up, and blocks its region: the
+/// next placement in that region is skipped.
+#[tokio::test]
+async fn a_hung_placement_times_out_and_blocks_its_region() {
+    let dir = tempfile::tempdir().unwrap();
+    let plan = a100_plan(
+        dir.path(),
+        &[
+            ("us-east-1", "p4d.24xlarge", 32_000_000),
+            ("us-east-1", "p4de.24xlarge", 40_000_000),
+            ("us-west-2", "p4d.24xlarge", 41_000_000),
+        ],
+    );
+    let cloud = Arc::new(Cloud {
+        hung: vec!["aws/us-east-1".into()],
+        ..Cloud::default()
+    });
+    let failover = skyform::apply::FailoverOptions {
+        attempt_timeout: std::time::Duration::from_millis(200),
+        ..Default::default()
+    };
+    let (summary, state) = apply_on(&cloud, &plan, dir.path(), failover, &|_| {}).await;
     assert!(summary.ok(), "{:?}", summary.failures);
     assert_eq!(
         *cloud.tried.lock().unwrap(),
@@ -384,55 +408,22 @@ async fn a_hung_placement_times_out_and_blocks_its_region() {
 #[tokio::test]
 async fn a_full_placement_fails_over_to_the_next_one_in_the_plan() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("main.sky.hcl"),
-        "cluster \"big\" {\n  resources {\n    accelerators = \"A100:8\"\n  }\n}\n",
-    )
-    .unwrap();
-    let (mut cfg, _) = skyform::config::load(dir.path());
-    let (inputs, _) = skyform::config::inputs(&mut cfg, &Default::default(), &BTreeMap::new());
-    let offer = |region: &str, price: u64| Offering {
-        cloud: "aws".into(),
-        region: Some(region.into()),
-        zone: None,
-        instance_type: "p4d.24xlarge".into(),
-        accelerators: vec![("A100".into(), 8.0)],
-        cpus: 96.0,
-        memory_gib: 1152.0,
-        spot: false,
-        price,
-        max_nodes: None,
-    };
-    let offers = vec![
-        offer("us-east-1", 32_000_000),
-        offer("us-east-2", 32_500_000),
-        offer("us-west-2", 33_000_000),
-    ];
-    let (plan, d) = plan::plan(&cfg, &inputs, &State::new(), &offers, &Options::default());
-    assert!(!d.has_errors(), "{}", d.render(&cfg.sources, false));
+    let plan = a100_plan(
+        dir.path(),
+        &[
+            ("us-east-1", "p4d.24xlarge", 32_000_000),
+            ("us-east-2", "p4d.24xlarge", 32_500_000),
+            ("us-west-2", "p4d.24xlarge", 33_000_000),
+        ],
+    );
     assert_eq!(plan.changes[0].candidates.len(), 3);
     let cloud = Arc::new(Cloud {
         full: vec!["aws/us-east-1".into(), "aws/us-east-2".into()],
         ..Cloud::default()
     });
-    let mut providers: BTreeMap<&'static str, Arc<dyn Provider>> = BTreeMap::new();
-    providers.insert("aws", cloud.clone());
-    let store = MemoryStore::new();
     let events = Mutex::new(Vec::new());
     let on_event = |e: &Event| events.lock().unwrap().push(e.clone());
-    let (_tx, rx) = tokio::sync::watch::channel(false);
-    let applier = Applier {
-        resolve: None,
-        registry: Arc::new(Registry { providers }),
-        store: &store,
-        root: dir.path().to_path_buf(),
-        parallelism: 4,
-        on_event: &on_event,
-        interrupt: rx,
-        failover: skyform::apply::FailoverOptions::default(),
-    };
-    let mut state = State::new();
-    let summary = applier.apply(&plan, &mut state).await.unwrap();
+    let (summary, state) = apply_on(&cloud, &plan, dir.path(), Default::default(), &on_event).await;
     assert!(summary.ok(), "{:?}", summary.failures);
     assert_eq!(
         *cloud.tried.lock().unwrap(),
@@ -471,21 +462,7 @@ async fn a_full_placement_fails_over_to_the_next_one_in_the_plan() {
         ],
         ..Cloud::default()
     });
-    let mut providers: BTreeMap<&'static str, Arc<dyn Provider>> = BTreeMap::new();
-    providers.insert("aws", cloud.clone());
-    let (_tx, rx) = tokio::sync::watch::channel(false);
-    let applier = Applier {
-        resolve: None,
-        registry: Arc::new(Registry { providers }),
-        store: &store,
-        root: dir.path().to_path_buf(),
-        parallelism: 4,
-        on_event: &on_event,
-        interrupt: rx,
-        failover: skyform::apply::FailoverOptions::default(),
-    };
-    let mut state = State::new();
-    let summary = applier.apply(&plan, &mut state).await.unwrap();
+    let (summary, _) = apply_on(&cloud, &plan, dir.path(), Default::default(), &|_| {}).await;
     assert_eq!(summary.failures.len(), 1);
     assert!(
         summary.failures[0]

@@ -54,29 +54,26 @@ impl Progress {
         );
     }
 
-    fn json_event(e: &Event) {
+    /// An event as `apply -json` reports it: its type and fields.
+    fn json_of(e: &Event) -> (&'static str, serde_json::Value) {
         use serde_json::json;
         match e {
-            Event::Started { address, what } => {
-                Self::emit(
-                    "attempt",
-                    json!({"address": address.to_string(), "what": what}),
-                );
-            }
+            Event::Started { address, what } => (
+                "attempt",
+                json!({"address": address.to_string(), "what": what}),
+            ),
             Event::Done {
                 address,
                 what,
                 seconds,
-            } => Self::emit(
+            } => (
                 "applied",
                 json!({"address": address.to_string(), "what": what, "seconds": seconds}),
             ),
-            Event::Failed { address, error } => {
-                Self::emit(
-                    "error",
-                    json!({"address": address.to_string(), "error": error}),
-                );
-            }
+            Event::Failed { address, error } => (
+                "error",
+                json!({"address": address.to_string(), "error": error}),
+            ),
             Event::FailedOver {
                 address,
                 infra,
@@ -85,7 +82,7 @@ impl Progress {
                 seconds,
                 blocked,
                 next,
-            } => Self::emit(
+            } => (
                 "failover",
                 json!({
                     "address": address.to_string(), "infra": infra,
@@ -93,11 +90,11 @@ impl Progress {
                     "blocked": blocked, "next": next,
                 }),
             ),
-            Event::Skipped { address, because } => Self::emit(
+            Event::Skipped { address, because } => (
                 "skipped",
                 json!({"address": address.to_string(), "because": because.to_string()}),
             ),
-            Event::StateWritten { serial } => Self::emit("state", json!({"serial": serial})),
+            Event::StateWritten { serial } => ("state", json!({"serial": serial})),
         }
     }
 
@@ -133,7 +130,8 @@ impl Progress {
 
     pub fn event(&self, e: &Event) {
         if self.json {
-            Self::json_event(e);
+            let (kind, fields) = Self::json_of(e);
+            Self::emit(kind, fields);
             return;
         }
         let Some(line) = self.line(e) else { return };

@@ -486,15 +486,9 @@ impl Scheduler {
         let Some(info) = read_json::<ClusterInfo>(&layout.info()) else {
             return Ok(false);
         };
-        let done = self.schedule(layout, &info)?;
-        let busy = std::fs::read_dir(layout.queue())?
-            .filter_map(Result::ok)
-            .filter_map(|e| {
-                let p = e.path();
-                (p.extension()? == "json").then(|| p.file_stem()?.to_str().map(str::to_string))?
-            })
-            .any(|job| job_status(layout, &job).is_some_and(|s| !s.state.is_final()))
-            // Work outside the queue (setup) keeps it busy too.
+        let (done, queue_busy) = self.schedule(layout, &info)?;
+        // Work outside the queue (setup) keeps the cluster busy too.
+        let busy = queue_busy
             || (0..info.num_nodes).any(|r| {
                 std::fs::read_dir(layout.tasks(r)).is_ok_and(|mut d| {
                     d.any(|e| e.is_ok_and(|e| e.path().extension().is_some_and(|x| x == "json")))
@@ -504,7 +498,9 @@ impl Scheduler {
         Ok(done)
     }
 
-    fn schedule(&mut self, layout: &Layout, info: &ClusterInfo) -> std::io::Result<bool> {
+    /// One pass over the queue: whether a teardown job has ended, and whether any job
+    /// was queued or running when the pass began.
+    fn schedule(&mut self, layout: &Layout, info: &ClusterInfo) -> std::io::Result<(bool, bool)> {
         let mut jobs: Vec<JobRecord> = std::fs::read_dir(layout.queue())?
             .filter_map(Result::ok)
             .map(|e| e.path())
@@ -674,7 +670,10 @@ impl Scheduler {
                 }
             }
         }
-        Ok(teardown_done)
+        let busy = jobs
+            .iter()
+            .any(|j| statuses.get(&j.id).is_none_or(|s| !s.state.is_final()));
+        Ok((teardown_done, busy))
     }
 }
 
