@@ -1,10 +1,11 @@
 //! The local backend: clusters are sandbox directories under `.skyform/local/`, one agent
 //! process per node, each in a session of its own; jobs run as real processes.
 
+use super::jobs::{self, job_id};
 use super::{Created, Observed, Provider, ProviderError, Request};
 use crate::model::{Address, Spec};
 use crate::optimizer::{Offering, micros_from_dollars};
-use crate::runtime::{self, ClusterInfo, JobRecord, JobState, Layout, proc};
+use crate::runtime::{self, ClusterInfo, JobState, Layout, proc};
 use crate::state::ResourceState;
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -253,72 +254,6 @@ impl LocalProvider {
         }
     }
 
-    /// What a job, managed job or service submits to its cluster's queue.
-    pub(crate) fn job_record(
-        address: &Address,
-        spec: &Spec,
-        id: &str,
-        after: Vec<runtime::Dependency>,
-    ) -> Option<JobRecord> {
-        let (run, nodes, resources, envs, teardown) = match spec {
-            Spec::Job(j) => (
-                &j.run,
-                j.num_nodes,
-                &j.resources,
-                j.envs
-                    .iter()
-                    .chain(j.secrets.iter())
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect::<BTreeMap<_, _>>(),
-                false,
-            ),
-            Spec::ManagedJob(m) => (
-                &m.run,
-                m.num_nodes,
-                &m.resources,
-                m.envs
-                    .iter()
-                    .chain(m.secrets.iter())
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect(),
-                true,
-            ),
-            Spec::Service(s) => (
-                &s.run,
-                s.replica_policy.min_replicas.max(1),
-                &s.resources,
-                s.envs
-                    .iter()
-                    .chain(s.secrets.iter())
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect(),
-                false,
-            ),
-            Spec::Cluster(_) => return None,
-        };
-        let gpus = resources
-            .accelerators
-            .as_ref()
-            .and_then(|a| a.choices().first().map(|c| c.count))
-            .unwrap_or(0.0);
-        let cpus = resources.cpus.map_or(0.5, |c| c.value);
-        Some(JobRecord {
-            id: id.to_string(),
-            name: address.to_string(),
-            run: run.clone(),
-            num_nodes: nodes,
-            cpus,
-            gpus,
-            envs,
-            after,
-            teardown,
-            submitted: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos())
-                .unwrap_or(0),
-        })
-    }
-
     /// Submits the request's job to the queue of the cluster in `dir`; returns the job id.
     fn submit<'r>(req: &'r Request<'_>, dir: &Path) -> Result<&'r str, ProviderError> {
         let id = job_id(req.private).unwrap_or_default();
@@ -334,25 +269,11 @@ impl LocalProvider {
                 })
             })
             .collect();
-        let record = Self::job_record(req.address, req.spec, id, after)
+        let record = jobs::record(req.address, req.spec, id, after)
             .ok_or_else(|| ProviderError::other("not a job"))?;
         // The same call a remote head answers, made in process.
         runtime::link::answer(dir, &runtime::link::Call::Submit { job: record })?;
         Ok(id)
-    }
-
-    pub(crate) fn job_computed(status: &runtime::JobStatus) -> BTreeMap<String, serde_json::Value> {
-        let mut m = BTreeMap::from([("status".to_string(), json!(status.state.as_str()))]);
-        m.insert(
-            "exit_code".into(),
-            status
-                .exit_code
-                .map_or(serde_json::Value::Null, |c| json!(c)),
-        );
-        if let Some(r) = &status.reason {
-            m.insert("reason".into(), json!(r));
-        }
-        m
     }
 }
 
@@ -505,7 +426,7 @@ impl Provider for LocalProvider {
                     });
                 };
                 match runtime::job_status(&Layout::new(dir), job) {
-                    Some(s) => Ok(Observed::Up(Self::job_computed(&s))),
+                    Some(s) => Ok(Observed::Up(jobs::computed(&s))),
                     None => Ok(Observed::Gone {
                         reason: "the job is not in its cluster's queue".into(),
                     }),
@@ -525,7 +446,7 @@ impl Provider for LocalProvider {
                         reason: format!("sandbox {} has no record of the job", dir.display()),
                     });
                 };
-                let mut computed = Self::job_computed(&status);
+                let mut computed = jobs::computed(&status);
                 if let Spec::Service(s) = &res.spec {
                     let port = s.resources.ports.first().copied().unwrap_or(8000);
                     computed.insert("endpoint".into(), json!(format!("http://127.0.0.1:{port}")));
@@ -592,7 +513,7 @@ impl Provider for LocalProvider {
                 let mut private = req.private.clone();
                 private["dir"] = json!(dir.display().to_string());
                 Ok(Created {
-                    computed: status.as_ref().map(Self::job_computed).unwrap_or_default(),
+                    computed: status.as_ref().map(jobs::computed).unwrap_or_default(),
                     private,
                 })
             }
@@ -862,11 +783,6 @@ impl Provider for LocalProvider {
         let layout = Layout::new(dir);
         (0..nodes).map(|r| layout.log(job, r)).collect()
     }
-}
-
-/// The job id recorded in a resource's private data.
-pub(crate) fn job_id(private: &serde_json::Value) -> Option<&str> {
-    private.get("job_id").and_then(serde_json::Value::as_str)
 }
 
 fn placeholder(spec: &Spec, private: &serde_json::Value) -> ResourceState {

@@ -2,6 +2,7 @@
 
 pub mod aws;
 pub mod conformance;
+pub mod jobs;
 pub mod local;
 pub mod ssh;
 

@@ -771,7 +771,7 @@ impl SshProvider {
         cluster: Option<&crate::state::ResourceState>,
     ) -> Result<Option<crate::runtime::JobStatus>, ProviderError> {
         let (pool, hosts, p, build) = self.job_target(cluster)?;
-        let job = super::local::job_id(&res.private).unwrap_or_default();
+        let job = super::jobs::job_id(&res.private).unwrap_or_default();
         let call = crate::runtime::link::Call::Status { job: job.into() };
         Ok(
             runtime::call(&pool.access, &hosts[0], &p.token, &build, &call)
@@ -887,7 +887,7 @@ impl super::Provider for SshProvider {
                 });
             }
             return Ok(match self.job_status(res, _cluster).await {
-                Ok(Some(s)) => Observed::Up(super::local::LocalProvider::job_computed(&s)),
+                Ok(Some(s)) => Observed::Up(super::jobs::computed(&s)),
                 Ok(None) => Observed::Gone {
                     reason: "the job is not in its cluster's queue".into(),
                 },
@@ -1281,7 +1281,7 @@ impl super::Provider for SshProvider {
             return Ok(Vec::new());
         };
         let (pool, hosts, p, _) = self.job_target(cluster)?;
-        let job = super::local::job_id(&res.private).unwrap_or_default();
+        let job = super::jobs::job_id(&res.private).unwrap_or_default();
         let nodes = self
             .job_status(res, cluster)
             .await?
@@ -1333,12 +1333,12 @@ impl SshProvider {
         cluster_addr: &crate::model::Address,
     ) -> Result<super::Created, ProviderError> {
         let (pool, hosts, p, build) = self.job_target(req.cluster)?;
-        let id = super::local::job_id(req.private).unwrap_or_default();
+        let id = super::jobs::job_id(req.private).unwrap_or_default();
         let mut after = Vec::new();
         for (addr, dep) in &req.after {
             let same =
                 matches!(&dep.spec, crate::model::Spec::Job(d) if &d.cluster == cluster_addr);
-            let Some(job) = super::local::job_id(&dep.private).filter(|_| same) else {
+            let Some(job) = super::jobs::job_id(&dep.private).filter(|_| same) else {
                 return Err(ProviderError {
                     kind: ErrorKind::Config,
                     message: format!(
@@ -1352,7 +1352,7 @@ impl SshProvider {
                 name: addr.to_string(),
             });
         }
-        let record = super::local::LocalProvider::job_record(req.address, req.spec, id, after)
+        let record = super::jobs::record(req.address, req.spec, id, after)
             .ok_or_else(|| ProviderError::other("not a job"))?;
         let call = crate::runtime::link::Call::Submit { job: record };
         let answer = runtime::call(&pool.access, &hosts[0], &p.token, &build, &call).await?;
@@ -1360,7 +1360,7 @@ impl SshProvider {
             computed: answer
                 .status
                 .as_ref()
-                .map(super::local::LocalProvider::job_computed)
+                .map(super::jobs::computed)
                 .unwrap_or_default(),
             private: req.private.clone(),
         })
@@ -1376,7 +1376,7 @@ impl SshProvider {
             // No cluster, nothing runs the job.
             return Ok(());
         };
-        let job = super::local::job_id(&res.private).unwrap_or_default();
+        let job = super::jobs::job_id(&res.private).unwrap_or_default();
         let call = crate::runtime::link::Call::Cancel { job: job.into() };
         let mut status = match runtime::call(&pool.access, &hosts[0], &p.token, &build, &call).await
         {
