@@ -3,6 +3,7 @@
 pub mod aws;
 pub mod conformance;
 pub mod jobs;
+pub mod kubernetes;
 pub mod local;
 pub mod ssh;
 

@@ -1,0 +1,1165 @@
+//! Kubernetes clusters one already has (`infra "kubernetes" "NAME" { context, namespace,
+//! kubeconfig }`): each declared context is a failover target, reached with the `kube` crate
+//! over rustls and the credentials of its kubeconfig.
+//!
+//! A skyform cluster is N pods (rank 0 is the head) behind a headless Service; a job on it is
+//! one Kubernetes Job per rank, pinned to the node its cluster's pod of that rank holds.
+//! Every object carries `skyform.dev/lineage` and `skyform.dev/address` and is written with
+//! server-side apply under the field manager `skyform`, so each call can be repeated.
+//! [`capacity`] turns nodes and pods into offers; [`objects`] builds what is applied.
+
+pub mod capacity;
+pub mod objects;
+
+use super::{Created, ErrorKind, Observed, ProviderError, Request};
+use crate::model::{Address, Spec};
+use crate::optimizer::{Candidate, Offering};
+use crate::state::{ResourceState, Status};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Secret, Service};
+use kube::api::{Api, DeleteParams, ListParams, LogParams, Patch, PatchParams, PropagationPolicy};
+use objects::{LABEL_CLUSTER, LABEL_JOB, LABEL_RANK, Owner, PodShape};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The field manager of every server-side apply.
+const MANAGER: &str = "skyform";
+
+/// One `infra "kubernetes" "NAME"` block.
+#[derive(Debug, Clone)]
+pub struct Context {
+    /// The block's name: the region of its offers (`k8s/NAME`).
+    pub name: String,
+    /// The kubeconfig context (the block's name when unset).
+    pub context: String,
+    /// Overrides the context's namespace.
+    pub namespace: Option<String>,
+    pub kubeconfig: PathBuf,
+    pub price_micros: u64,
+    /// How long pods may take to be scheduled and start.
+    pub start_timeout: Duration,
+}
+
+impl Context {
+    pub fn from_infra(
+        name: &str,
+        settings: &serde_json::Map<String, serde_json::Value>,
+        home: &Path,
+    ) -> Result<Context, String> {
+        let text = |k: &str| settings.get(k).and_then(|v| v.as_str()).map(String::from);
+        let kubeconfig = match text("kubeconfig") {
+            Some(p) => expand(&p, home),
+            None => std::env::var_os("KUBECONFIG")
+                .and_then(|v| std::env::split_paths(&v).next())
+                .unwrap_or_else(|| home.join(".kube/config")),
+        };
+        let start_timeout = std::env::var("SKYFORM_K8S_START_TIMEOUT")
+            .ok()
+            .and_then(|s| humantime::parse_duration(&s).ok())
+            .unwrap_or(Duration::from_secs(600));
+        Ok(Context {
+            name: name.to_string(),
+            context: text("context").unwrap_or_else(|| name.to_string()),
+            namespace: text("namespace"),
+            kubeconfig,
+            price_micros: settings
+                .get("price_per_hour")
+                .and_then(serde_json::Value::as_f64)
+                .map_or(0, crate::optimizer::micros_from_dollars),
+            start_timeout,
+        })
+    }
+}
+
+fn expand(p: &str, home: &Path) -> PathBuf {
+    match p.strip_prefix("~/") {
+        Some(rest) => home.join(rest),
+        None => PathBuf::from(p),
+    }
+}
+
+/// What state records for a cluster or job, next to its spec.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+struct Private {
+    /// The object name: the Service and the pods' prefix (cluster), or the Jobs' prefix and
+    /// the Secret (job).
+    name: String,
+    #[serde(default)]
+    lineage: String,
+    /// The infra block (and so the context) it was made in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    context: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    namespace: Option<String>,
+    /// Cluster: the node each rank's pod is bound to.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    nodes: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    image: Option<String>,
+    /// Job: its id (the same as `name`), which `skyform` commands read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    job_id: Option<String>,
+}
+
+impl Private {
+    fn of(res: &ResourceState) -> Option<Private> {
+        serde_json::from_value(res.private.clone()).ok()
+    }
+}
+
+/// A connection to one context, with the namespace skyform works in there.
+#[derive(Clone)]
+struct Conn {
+    client: kube::Client,
+    namespace: String,
+    context: Context,
+}
+
+impl std::fmt::Debug for Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Conn({}/{})", self.context.name, self.namespace)
+    }
+}
+
+impl Conn {
+    fn pods(&self) -> Api<Pod> {
+        Api::namespaced(self.client.clone(), &self.namespace)
+    }
+    fn where_(&self) -> String {
+        format!("k8s/{} (namespace {})", self.context.name, self.namespace)
+    }
+}
+
+#[derive(Debug)]
+pub struct KubeProvider {
+    contexts: BTreeMap<String, Context>,
+    conns: tokio::sync::Mutex<BTreeMap<String, Conn>>,
+}
+
+/// Turns an API error into the kind the failover engine acts on.
+fn classify(e: kube::Error, doing: &str, at: &str) -> ProviderError {
+    let (kind, text) = match &e {
+        kube::Error::Api(s) => {
+            let m = s.message.as_str();
+            let kind = if s.code == 403 && m.contains("exceeded quota") {
+                ErrorKind::Quota
+            } else if (s.code == 403 && m.contains("error looking up service account"))
+                || (s.code == 500 && (s.reason == "ServerTimeout" || m.contains("No API token")))
+                || matches!(s.code, 429 | 502 | 503 | 504)
+            {
+                ErrorKind::Transient
+            } else if s.code == 401 || s.code == 403 {
+                ErrorKind::Config
+            } else if s.code == 404 {
+                ErrorKind::NotFound
+            } else {
+                ErrorKind::Other
+            };
+            (kind, format!("{} {}: {}", s.code, s.reason, s.message))
+        }
+        kube::Error::HyperError(_) | kube::Error::Service(_) => {
+            (ErrorKind::Transient, error_chain(&e))
+        }
+        _ => (ErrorKind::Other, error_chain(&e)),
+    };
+    ProviderError {
+        kind,
+        message: format!("{at}: cannot {doing}: {text}"),
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let s_text = s.to_string();
+        if !text.contains(&s_text) {
+            text.push_str(": ");
+            text.push_str(&s_text);
+        }
+        source = s.source();
+    }
+    text
+}
+
+/// Runs `call` again while it fails with a transient error, for about ten seconds (a fresh
+/// namespace answers 403 or 500 until its service account exists).
+async fn retrying<T, F, Fut>(mut call: F) -> Result<T, ProviderError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, ProviderError>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match call().await {
+            Err(e) if e.kind == ErrorKind::Transient && tokio::time::Instant::now() < deadline => {
+                tracing::debug!(error = %e, "retrying");
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            r => return r,
+        }
+    }
+}
+
+fn apply_params() -> PatchParams {
+    PatchParams::apply(MANAGER).force()
+}
+
+fn selector(key: &str, value: &str) -> ListParams {
+    ListParams::default().labels(&format!("{key}={value}"))
+}
+
+fn pod_rank(p: &Pod) -> Option<u32> {
+    p.metadata.labels.as_ref()?.get(LABEL_RANK)?.parse().ok()
+}
+
+fn phase(p: &Pod) -> &str {
+    p.status
+        .as_ref()
+        .and_then(|s| s.phase.as_deref())
+        .unwrap_or("Pending")
+}
+
+/// Why the scheduler left a pod unplaced, if it did.
+fn unschedulable(p: &Pod) -> Option<String> {
+    p.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find_map(|c| {
+            (c.type_ == "PodScheduled"
+                && c.status == "False"
+                && c.reason.as_deref() == Some("Unschedulable"))
+            .then(|| c.message.clone().unwrap_or_else(|| "unschedulable".into()))
+        })
+}
+
+/// The main container's exit code, once it ended.
+fn exit_code(p: &Pod) -> Option<i32> {
+    p.status
+        .as_ref()?
+        .container_statuses
+        .as_ref()?
+        .iter()
+        .find_map(|c| c.state.as_ref()?.terminated.as_ref().map(|t| t.exit_code))
+}
+
+/// Why a pod that should be running is not (evicted, deleted, failed), if so.
+fn trouble(p: &Pod) -> Option<String> {
+    let name = p.metadata.name.as_deref().unwrap_or("?");
+    if p.metadata.deletion_timestamp.is_some() {
+        return Some(format!("pod {name} is being deleted"));
+    }
+    match phase(p) {
+        "Running" => None,
+        "Failed" | "Succeeded" => {
+            let s = p.status.as_ref();
+            let reason = s.and_then(|s| s.reason.clone()).unwrap_or_default();
+            let message = s.and_then(|s| s.message.clone()).unwrap_or_default();
+            Some(match (reason.as_str(), exit_code(p)) {
+                ("Evicted", _) => format!("pod {name} was evicted: {message}"),
+                (_, Some(c)) => format!("pod {name} ended with exit code {c}"),
+                _ => format!("pod {name} ended ({reason} {message})"),
+            })
+        }
+        other => Some(format!("pod {name} is {other}")),
+    }
+}
+
+fn cluster_computed(pods: &[Pod]) -> BTreeMap<String, serde_json::Value> {
+    let mut sorted: Vec<&Pod> = pods.iter().collect();
+    sorted.sort_by_key(|p| pod_rank(p));
+    let ips: Vec<String> = sorted
+        .iter()
+        .map(|p| {
+            p.status
+                .as_ref()
+                .and_then(|s| s.pod_ip.clone())
+                .unwrap_or_default()
+        })
+        .collect();
+    let names: Vec<String> = sorted
+        .iter()
+        .filter_map(|p| p.metadata.name.clone())
+        .collect();
+    BTreeMap::from([
+        (
+            "head_ip".into(),
+            serde_json::json!(ips.first().cloned().unwrap_or_default()),
+        ),
+        ("ips".into(), serde_json::json!(ips)),
+        ("pods".into(), serde_json::json!(names)),
+        ("status".into(), serde_json::json!("UP")),
+    ])
+}
+
+impl KubeProvider {
+    pub fn new(contexts: Vec<Context>) -> KubeProvider {
+        KubeProvider {
+            contexts: contexts.into_iter().map(|c| (c.name.clone(), c)).collect(),
+            conns: tokio::sync::Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// The connection to a declared context, made on first use.
+    async fn conn(&self, name: &str) -> Result<Conn, ProviderError> {
+        if let Some(c) = self.conns.lock().await.get(name) {
+            return Ok(c.clone());
+        }
+        let ctx = self.contexts.get(name).ok_or_else(|| ProviderError {
+            kind: ErrorKind::Config,
+            message: format!(
+                "no infra \"kubernetes\" \"{name}\" is declared (declared: {})",
+                self.contexts.keys().cloned().collect::<Vec<_>>().join(", ")
+            ),
+        })?;
+        let bad = |what: String| ProviderError {
+            kind: ErrorKind::Config,
+            message: format!(
+                "infra \"kubernetes\" \"{name}\": {what}; check kubeconfig and context in the block"
+            ),
+        };
+        let kc = kube::config::Kubeconfig::read_from(&ctx.kubeconfig).map_err(|e| {
+            bad(format!(
+                "cannot read {}: {}",
+                ctx.kubeconfig.display(),
+                error_chain(&e)
+            ))
+        })?;
+        let options = kube::config::KubeConfigOptions {
+            context: Some(ctx.context.clone()),
+            ..Default::default()
+        };
+        let config = kube::Config::from_custom_kubeconfig(kc, &options)
+            .await
+            .map_err(|e| {
+                bad(format!(
+                    "context {:?} of {}: {}",
+                    ctx.context,
+                    ctx.kubeconfig.display(),
+                    error_chain(&e)
+                ))
+            })?;
+        let namespace = ctx
+            .namespace
+            .clone()
+            .unwrap_or_else(|| config.default_namespace.clone());
+        let client = kube::Client::try_from(config)
+            .map_err(|e| bad(format!("cannot make a client: {}", error_chain(&e))))?;
+        let conn = Conn {
+            client,
+            namespace,
+            context: ctx.clone(),
+        };
+        self.conns
+            .lock()
+            .await
+            .insert(name.to_string(), conn.clone());
+        Ok(conn)
+    }
+
+    /// The context a resource lives in: recorded after creation, else its placement's.
+    fn context_of(p: &Private, res: &ResourceState) -> Option<String> {
+        p.context.clone().or_else(|| {
+            res.placement
+                .as_ref()
+                .and_then(|c| c.offering.region.clone())
+        })
+    }
+
+    /// The connection for a resource in state, in the namespace it was made in.
+    async fn conn_of(
+        &self,
+        p: &Private,
+        res: &ResourceState,
+    ) -> Result<Option<Conn>, ProviderError> {
+        let Some(name) = Self::context_of(p, res) else {
+            return Ok(None);
+        };
+        if !self.contexts.contains_key(&name) {
+            return Ok(None);
+        }
+        let mut conn = self.conn(&name).await?;
+        if let Some(ns) = &p.namespace {
+            conn.namespace = ns.clone();
+        }
+        Ok(Some(conn))
+    }
+
+    async fn offers_of(&self, name: &str) -> Result<Vec<Offering>, ProviderError> {
+        let conn = self.conn(name).await?;
+        let at = conn.where_();
+        let nodes = Api::<Node>::all(conn.client.clone())
+            .list(&ListParams::default())
+            .await
+            .map_err(|e| classify(e, "list nodes", &at))?;
+        let pods = Api::<Pod>::all(conn.client.clone())
+            .list(&ListParams::default().fields("status.phase!=Succeeded,status.phase!=Failed"))
+            .await
+            .map_err(|e| classify(e, "list pods", &at))?;
+        let mut shapes: BTreeMap<String, (capacity::Free, u32)> = BTreeMap::new();
+        for f in capacity::free(&nodes.items, &pods.items) {
+            shapes.entry(f.shape()).or_insert((f.clone(), 0)).1 += 1;
+        }
+        Ok(shapes
+            .into_iter()
+            .map(|(shape, (f, count))| Offering {
+                cloud: "k8s".into(),
+                region: Some(name.to_string()),
+                zone: None,
+                instance_type: shape,
+                accelerators: f
+                    .gpu
+                    .iter()
+                    .filter(|(_, n)| *n > 0)
+                    .map(|(g, n)| (g.clone(), f64::from(*n)))
+                    .collect(),
+                cpus: f.cpus.floor(),
+                memory_gib: f.memory_gib.floor(),
+                spot: false,
+                price: conn.context.price_micros,
+                max_nodes: Some(count),
+            })
+            .collect())
+    }
+
+    /// Makes sure the namespace exists (creating it needs cluster rights; using an existing
+    /// one does not).
+    async fn ensure_namespace(&self, conn: &Conn) -> Result<(), ProviderError> {
+        let api: Api<Namespace> = Api::all(conn.client.clone());
+        match api.get_opt(&conn.namespace).await {
+            Ok(Some(_)) => Ok(()),
+            Ok(None) => {
+                retrying(|| async {
+                    api.patch(
+                        &conn.namespace,
+                        &apply_params(),
+                        &Patch::Apply(objects::namespace(&conn.namespace)),
+                    )
+                    .await
+                    .map(drop)
+                    .map_err(|e| classify(e, "create the namespace", &conn.where_()))
+                })
+                .await
+            }
+            // Not allowed to look: assume it is there, the next call says if not.
+            Err(kube::Error::Api(s)) if s.code == 403 => Ok(()),
+            Err(e) => Err(classify(e, "read the namespace", &conn.where_())),
+        }
+    }
+
+    /// Server-side applies one namespaced object.
+    async fn apply<K>(
+        &self,
+        conn: &Conn,
+        name: &str,
+        body: &serde_json::Value,
+        what: &str,
+    ) -> Result<K, ProviderError>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+        K::DynamicType: Default,
+    {
+        let api: Api<K> = Api::namespaced(conn.client.clone(), &conn.namespace);
+        retrying(|| async {
+            api.patch(name, &apply_params(), &Patch::Apply(body))
+                .await
+                .map_err(|e| classify(e, &format!("apply {what} {name}"), &conn.where_()))
+        })
+        .await
+    }
+
+    /// Waits until every pod of the selection runs: an unschedulable pod is a capacity
+    /// error (the engine fails over), a pod that ends is a failure, and pods still pending
+    /// at the deadline are a timeout.
+    async fn wait_running(
+        &self,
+        conn: &Conn,
+        lp: &ListParams,
+        want: usize,
+    ) -> Result<Vec<Pod>, ProviderError> {
+        let deadline = tokio::time::Instant::now() + conn.context.start_timeout;
+        let api = conn.pods();
+        loop {
+            let pods = retrying(|| async {
+                api.list(lp)
+                    .await
+                    .map_err(|e| classify(e, "list pods", &conn.where_()))
+            })
+            .await?
+            .items;
+            for p in &pods {
+                let name = p.metadata.name.as_deref().unwrap_or("?");
+                if let Some(why) = unschedulable(p) {
+                    return Err(ProviderError {
+                        kind: ErrorKind::Capacity,
+                        message: format!(
+                            "{}: pod {name} cannot be scheduled: {why}",
+                            conn.where_()
+                        ),
+                    });
+                }
+                if matches!(phase(p), "Failed" | "Succeeded") {
+                    return Err(ProviderError::other(format!(
+                        "{}: {}",
+                        conn.where_(),
+                        trouble(p).unwrap_or_default()
+                    )));
+                }
+            }
+            if pods.len() >= want && pods.iter().all(|p| phase(p) == "Running") {
+                return Ok(pods);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ProviderError {
+                    kind: ErrorKind::Timeout,
+                    message: format!(
+                        "{}: {} of {want} pod(s) running after {}",
+                        conn.where_(),
+                        pods.iter().filter(|p| phase(p) == "Running").count(),
+                        humantime::format_duration(conn.context.start_timeout)
+                    ),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// Deletes every pod, Job, Service and Secret labelled `key=value`, and waits until their
+    /// pods are gone.
+    async fn remove(&self, conn: &Conn, key: &str, value: &str) -> Result<(), ProviderError> {
+        let lp = selector(key, value);
+        let at = conn.where_();
+        let dp = DeleteParams {
+            propagation_policy: Some(PropagationPolicy::Background),
+            ..DeleteParams::default()
+        };
+        let ns = |c: &kube::Client| (c.clone(), conn.namespace.clone());
+        let (c, n) = ns(&conn.client);
+        let jobs: Api<Job> = Api::namespaced(c.clone(), &n);
+        let gone = |r: Result<_, kube::Error>, what: &str| match r {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+            Err(e) => Err(classify(e, &format!("delete {what}"), &at)),
+        };
+        gone(jobs.delete_collection(&dp, &lp).await.map(drop), "jobs")?;
+        gone(
+            conn.pods().delete_collection(&dp, &lp).await.map(drop),
+            "pods",
+        )?;
+        // Services have no delete-collection in Kubernetes 1.20: one at a time.
+        let services: Api<Service> = Api::namespaced(c.clone(), &n);
+        let listed = services
+            .list(&lp)
+            .await
+            .map_err(|e| classify(e, "list services", &at))?;
+        for s in listed.items {
+            if let Some(name) = s.metadata.name {
+                gone(services.delete(&name, &dp).await.map(drop), "a service")?;
+            }
+        }
+        let secrets: Api<Secret> = Api::namespaced(c, &n);
+        gone(
+            secrets.delete_collection(&dp, &lp).await.map(drop),
+            "secrets",
+        )?;
+        // Gone means gone: a pod being deleted still holds its share of the node.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+        loop {
+            let left = conn
+                .pods()
+                .list(&lp)
+                .await
+                .map_err(|e| classify(e, "list pods", &at))?
+                .items;
+            if left.is_empty() {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ProviderError {
+                    kind: ErrorKind::Timeout,
+                    message: format!(
+                        "{at}: {} pod(s) still terminating after 2m: {}",
+                        left.len(),
+                        left.iter()
+                            .filter_map(|p| p.metadata.name.clone())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    async fn create_cluster(
+        &self,
+        req: &Request<'_>,
+        spec: &crate::model::ClusterSpec,
+        placement: &Candidate,
+    ) -> Result<Created, ProviderError> {
+        if spec.workdir.is_some() {
+            return Err(ProviderError {
+                kind: ErrorKind::Config,
+                message: "workdir is not supported on Kubernetes yet: put the files into the image (image_id = \"docker:…\") or fetch them in setup".into(),
+            });
+        }
+        let context = placement.offering.region.clone().unwrap_or_default();
+        let conn = self.conn(&context).await?;
+        let mut p: Private = serde_json::from_value(req.private.clone())
+            .map_err(|e| ProviderError::other(format!("bad private state: {e}")))?;
+        p.context = Some(context);
+        p.namespace = Some(conn.namespace.clone());
+        let config = |m: String| ProviderError {
+            kind: ErrorKind::Config,
+            message: m,
+        };
+        let mut shape =
+            PodShape::for_request(&spec.resources, &placement.offering).map_err(config)?;
+        let image = objects::image(&spec.resources).map_err(config)?;
+        if shape.gpus > 0 {
+            shape.gpu_affinity = self.gpu_affinity(&conn, &placement.offering).await?;
+        }
+        self.ensure_namespace(&conn).await?;
+        let owner = Owner {
+            address: req.address,
+            lineage: &p.lineage,
+        };
+        let service = objects::headless_service(&owner, &p.name, &conn.namespace);
+        self.apply::<Service>(&conn, &p.name, &service, "service")
+            .await?;
+        let n = spec.num_nodes.max(1);
+        for rank in 0..n {
+            let pod = objects::ClusterPod {
+                owner: owner.clone(),
+                name: &p.name,
+                namespace: &conn.namespace,
+                rank,
+                num_nodes: n,
+                image: &image,
+                shape: &shape,
+                envs: &spec.envs,
+                setup: spec.setup.as_deref(),
+            }
+            .build();
+            self.apply::<Pod>(&conn, &objects::pod_name(&p.name, rank), &pod, "pod")
+                .await?;
+        }
+        let pods = self
+            .wait_running(&conn, &selector(LABEL_CLUSTER, &p.name), n as usize)
+            .await?;
+        let mut sorted = pods.clone();
+        sorted.sort_by_key(pod_rank);
+        p.nodes = sorted
+            .iter()
+            .map(|p| {
+                p.spec
+                    .as_ref()
+                    .and_then(|s| s.node_name.clone())
+                    .unwrap_or_default()
+            })
+            .collect();
+        p.image = Some(image);
+        Ok(Created {
+            computed: cluster_computed(&pods),
+            private: serde_json::to_value(&p).unwrap_or_default(),
+        })
+    }
+
+    /// The node labels that name the offering's GPU model, for node affinity.
+    async fn gpu_affinity(
+        &self,
+        conn: &Conn,
+        o: &Offering,
+    ) -> Result<Option<(String, Vec<String>)>, ProviderError> {
+        let Some((gpu, _)) = o.accelerators.first() else {
+            return Ok(None);
+        };
+        let nodes = Api::<Node>::all(conn.client.clone())
+            .list(&ListParams::default())
+            .await
+            .map_err(|e| classify(e, "list nodes", &conn.where_()))?;
+        let mut by_key: BTreeMap<&'static str, std::collections::BTreeSet<String>> =
+            BTreeMap::new();
+        for n in &nodes.items {
+            if let Some((name, key, value)) = capacity::node_gpu(n)
+                && name.eq_ignore_ascii_case(gpu)
+            {
+                by_key.entry(key).or_default().insert(value);
+            }
+        }
+        // The label most nodes of this model carry (nodes may have several).
+        Ok(by_key
+            .into_iter()
+            .max_by_key(|(_, v)| v.len())
+            .map(|(k, v)| (k.to_string(), v.into_iter().collect())))
+    }
+
+    async fn create_job(
+        &self,
+        req: &Request<'_>,
+        spec: &crate::model::JobSpec,
+    ) -> Result<Created, ProviderError> {
+        let cluster = req.cluster.ok_or_else(|| ProviderError {
+            kind: ErrorKind::NotFound,
+            message: format!("cluster {} is not in state", spec.cluster),
+        })?;
+        let cp = Private::of(cluster).ok_or_else(|| {
+            ProviderError::other(format!("cluster {} has no pods recorded", spec.cluster))
+        })?;
+        let conn = self
+            .conn_of(&cp, cluster)
+            .await?
+            .ok_or_else(|| ProviderError {
+                kind: ErrorKind::Config,
+                message: format!(
+                    "the context of cluster {} is no longer declared",
+                    spec.cluster
+                ),
+            })?;
+        let n = spec.num_nodes.max(1);
+        if n as usize > cp.nodes.len() {
+            return Err(ProviderError {
+                kind: ErrorKind::Config,
+                message: format!(
+                    "the job asks for {n} node(s); cluster {} has {}",
+                    spec.cluster,
+                    cp.nodes.len()
+                ),
+            });
+        }
+        self.wait_for_after(req).await?;
+        let mut p: Private = serde_json::from_value(req.private.clone())
+            .map_err(|e| ProviderError::other(format!("bad private state: {e}")))?;
+        p.context = cp.context.clone();
+        p.namespace = Some(conn.namespace.clone());
+        p.job_id = Some(p.name.clone());
+        let owner = Owner {
+            address: req.address,
+            lineage: &p.lineage,
+        };
+        if !spec.secrets.is_empty() {
+            let s = objects::secret(&owner, &p.name, &conn.namespace, &spec.secrets);
+            self.apply::<Secret>(&conn, &p.name, &s, "secret").await?;
+        }
+        let mut envs = match &cluster.spec {
+            Spec::Cluster(c) => c.envs.clone(),
+            _ => BTreeMap::new(),
+        };
+        envs.extend(spec.envs.clone());
+        envs.insert("SKYFORM_CLUSTER".into(), spec.cluster.to_string());
+        let image = cp
+            .image
+            .clone()
+            .unwrap_or_else(|| objects::DEFAULT_IMAGE.into());
+        for rank in 0..n {
+            let job = objects::JobRank {
+                owner: owner.clone(),
+                name: &p.name,
+                namespace: &conn.namespace,
+                rank,
+                num_nodes: n,
+                image: &image,
+                run: &spec.run,
+                envs: &envs,
+                secret_keys: spec.secrets.keys().map(String::as_str).collect(),
+                node: cp.nodes.get(rank as usize).map(String::as_str),
+                shape: None,
+            }
+            .build();
+            self.apply::<Job>(&conn, &objects::job_object_name(&p.name, rank), &job, "job")
+                .await?;
+        }
+        let status = self.job_status(&conn, &p.name, n).await?;
+        Ok(Created {
+            computed: super::jobs::computed(&status),
+            private: serde_json::to_value(&p).unwrap_or_default(),
+        })
+    }
+
+    /// Jobs start after those they depend on succeeded.
+    async fn wait_for_after(&self, req: &Request<'_>) -> Result<(), ProviderError> {
+        for (addr, dep) in &req.after {
+            loop {
+                let Some(p) = Private::of(dep) else { break };
+                let Some(conn) = self.conn_of(&p, dep).await? else {
+                    break;
+                };
+                let n = match &dep.spec {
+                    Spec::Job(j) => j.num_nodes.max(1),
+                    _ => 1,
+                };
+                let s = self.job_status(&conn, &p.name, n).await?;
+                match s.state {
+                    crate::runtime::JobState::Succeeded => break,
+                    st if st.is_final() => {
+                        return Err(ProviderError::other(format!(
+                            "{addr} ended {}; this job runs only after it succeeds",
+                            st.as_str()
+                        )));
+                    }
+                    _ => tokio::time::sleep(Duration::from_millis(500)).await,
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A job's status from its pods: failed when a rank failed (with that rank's exit
+    /// code), succeeded when all did, running when one runs.
+    async fn job_status(
+        &self,
+        conn: &Conn,
+        name: &str,
+        ranks: u32,
+    ) -> Result<crate::runtime::JobStatus, ProviderError> {
+        use crate::runtime::{JobState, JobStatus};
+        let pods = conn
+            .pods()
+            .list(&selector(LABEL_JOB, name))
+            .await
+            .map_err(|e| classify(e, "list the job's pods", &conn.where_()))?
+            .items;
+        let mut by_rank: BTreeMap<u32, &Pod> = BTreeMap::new();
+        for p in &pods {
+            if let Some(r) = pod_rank(p) {
+                by_rank.insert(r, p);
+            }
+        }
+        let mut status = JobStatus {
+            state: JobState::Queued,
+            exit_code: None,
+            reason: None,
+            nodes: (0..ranks).collect(),
+            started: None,
+            ended: None,
+            devices: Vec::new(),
+        };
+        let failed = by_rank.values().find(|p| phase(p) == "Failed");
+        if let Some(p) = failed {
+            status.state = JobState::Failed;
+            status.exit_code = exit_code(p);
+            status.reason = trouble(p);
+        } else if by_rank.len() == ranks as usize
+            && by_rank.values().all(|p| phase(p) == "Succeeded")
+        {
+            status.state = JobState::Succeeded;
+            status.exit_code = Some(0);
+        } else if by_rank
+            .values()
+            .any(|p| matches!(phase(p), "Running" | "Succeeded"))
+        {
+            status.state = JobState::Running;
+        }
+        Ok(status)
+    }
+
+    async fn refresh_cluster(
+        &self,
+        res: &ResourceState,
+        p: &Private,
+        conn: &Conn,
+    ) -> Result<Observed, ProviderError> {
+        let pods = conn
+            .pods()
+            .list(&selector(LABEL_CLUSTER, &p.name))
+            .await
+            .map_err(|e| classify(e, "list the cluster's pods", &conn.where_()))?
+            .items;
+        let want = match &res.spec {
+            Spec::Cluster(c) => c.num_nodes.max(1) as usize,
+            _ => 1,
+        };
+        if pods.is_empty() {
+            return Ok(Observed::Gone {
+                reason: if res.status == Status::Creating {
+                    "its creation made no pod".into()
+                } else {
+                    format!("its pods are gone from {}", conn.where_())
+                },
+            });
+        }
+        let mut by_rank: BTreeMap<u32, &Pod> = BTreeMap::new();
+        for pod in &pods {
+            if let Some(r) = pod_rank(pod) {
+                by_rank.insert(r, pod);
+            }
+        }
+        let computed = cluster_computed(&pods);
+        for rank in 0..want as u32 {
+            let why = match by_rank.get(&rank) {
+                None => Some(format!(
+                    "pod {} (node {rank}) is gone",
+                    objects::pod_name(&p.name, rank)
+                )),
+                Some(pod) => trouble(pod),
+            };
+            if let Some(reason) = why {
+                return Ok(Observed::Degraded { reason, computed });
+            }
+        }
+        if res.status == Status::Creating {
+            // skyform died after making the pods: take them as they are.
+            let mut adopted = p.clone();
+            adopted.context = Self::context_of(p, res);
+            adopted.namespace = Some(conn.namespace.clone());
+            let mut sorted = pods.clone();
+            sorted.sort_by_key(pod_rank);
+            adopted.nodes = sorted
+                .iter()
+                .map(|p| {
+                    p.spec
+                        .as_ref()
+                        .and_then(|s| s.node_name.clone())
+                        .unwrap_or_default()
+                })
+                .collect();
+            adopted.image = sorted
+                .first()
+                .and_then(|p| p.spec.as_ref())
+                .and_then(|s| s.containers.first())
+                .and_then(|c| c.image.clone());
+            return Ok(Observed::Adopted(Created {
+                computed,
+                private: serde_json::to_value(&adopted).unwrap_or_default(),
+            }));
+        }
+        Ok(Observed::Up(computed))
+    }
+}
+
+#[async_trait::async_trait]
+impl super::Provider for KubeProvider {
+    fn name(&self) -> &'static str {
+        "k8s"
+    }
+
+    /// Each context's schedulable nodes, one offer per distinct free shape. A context that
+    /// cannot be reached offers nothing (with a warning); the others still do.
+    async fn offerings(&self) -> Result<Vec<Offering>, ProviderError> {
+        let mut out = Vec::new();
+        let mut silent = Vec::new();
+        for name in self.contexts.keys() {
+            match self.offers_of(name).await {
+                Ok(o) => out.extend(o),
+                Err(e) => silent.push(e.message),
+            }
+        }
+        if out.is_empty() && !silent.is_empty() {
+            return Err(ProviderError::other(silent.join("; ")));
+        }
+        for s in silent {
+            tracing::warn!("{s}");
+        }
+        Ok(out)
+    }
+
+    fn new_private(&self, address: &Address, _spec: &Spec, lineage: &str) -> serde_json::Value {
+        let token = uuid::Uuid::new_v4().simple().to_string();
+        serde_json::to_value(Private {
+            name: objects::object_name(address, &token),
+            lineage: lineage.to_string(),
+            ..Private::default()
+        })
+        .unwrap_or_default()
+    }
+
+    async fn refresh(
+        &self,
+        _address: &Address,
+        res: &ResourceState,
+        cluster: Option<&ResourceState>,
+    ) -> Result<Observed, ProviderError> {
+        let Some(p) = Private::of(res) else {
+            return Ok(Observed::Gone {
+                reason: "no Kubernetes objects recorded".into(),
+            });
+        };
+        if let Spec::Job(j) = &res.spec {
+            if cluster.is_none() {
+                return Ok(Observed::Gone {
+                    reason: "its cluster is not in state".into(),
+                });
+            }
+            let Some(conn) = self.conn_of(&p, res).await? else {
+                return Ok(Observed::Gone {
+                    reason: "its context is no longer declared".into(),
+                });
+            };
+            let jobs: Api<Job> = Api::namespaced(conn.client.clone(), &conn.namespace);
+            let listed = jobs
+                .list(&selector(LABEL_JOB, &p.name))
+                .await
+                .map_err(|e| classify(e, "list jobs", &conn.where_()))?;
+            if listed.items.is_empty() {
+                return Ok(Observed::Gone {
+                    reason: format!("its Kubernetes Jobs are gone from {}", conn.where_()),
+                });
+            }
+            let s = self.job_status(&conn, &p.name, j.num_nodes.max(1)).await?;
+            return Ok(Observed::Up(super::jobs::computed(&s)));
+        }
+        let Some(conn) = self.conn_of(&p, res).await? else {
+            return Ok(Observed::Gone {
+                reason: "its context is no longer declared".into(),
+            });
+        };
+        self.refresh_cluster(res, &p, &conn).await
+    }
+
+    async fn create(&self, req: Request<'_>) -> Result<Created, ProviderError> {
+        match req.spec {
+            Spec::Cluster(spec) => {
+                let placement = req
+                    .placement
+                    .ok_or_else(|| ProviderError::other("a Kubernetes cluster needs a placement"))?;
+                self.create_cluster(&req, spec, placement).await
+            }
+            Spec::Job(j) => self.create_job(&req, j).await,
+            _ => Err(ProviderError {
+                kind: ErrorKind::Config,
+                message: "managed jobs and services cannot run on Kubernetes yet; give this one infra = \"local\", \"aws\" or an ssh pool".into(),
+            }),
+        }
+    }
+
+    /// A pod's command and environment are fixed once it is made, so a cluster on
+    /// Kubernetes changes only by replacement.
+    async fn update(&self, req: Request<'_>) -> Result<Created, ProviderError> {
+        if !matches!(req.spec, Spec::Cluster(_)) {
+            // Jobs change by replacement only.
+            return Ok(Created {
+                computed: BTreeMap::new(),
+                private: req.private.clone(),
+            });
+        }
+        Err(ProviderError {
+            kind: ErrorKind::Config,
+            message: format!(
+                "the pods of {} cannot change in place on Kubernetes; replace the cluster: skyform apply -replace={}",
+                req.address, req.address
+            ),
+        })
+    }
+
+    /// Deletes the resource's objects and waits until its pods are gone.
+    async fn delete(
+        &self,
+        _address: &Address,
+        res: &ResourceState,
+        _cluster: Option<&ResourceState>,
+    ) -> Result<(), ProviderError> {
+        let Some(p) = Private::of(res) else {
+            return Ok(());
+        };
+        let Some(conn) = self.conn_of(&p, res).await? else {
+            return Ok(());
+        };
+        let key = match res.spec {
+            Spec::Job(_) => LABEL_JOB,
+            _ => LABEL_CLUSTER,
+        };
+        self.remove(&conn, key, &p.name).await
+    }
+
+    async fn check(&self) -> Result<String, ProviderError> {
+        if self.contexts.is_empty() {
+            return Ok("no contexts declared".into());
+        }
+        let mut parts = Vec::new();
+        for name in self.contexts.keys() {
+            let conn = self.conn(name).await?;
+            let v = conn
+                .client
+                .apiserver_version()
+                .await
+                .map_err(|e| classify(e, "read the server version", &conn.where_()))?;
+            parts.push(format!("{} (Kubernetes {}.{})", name, v.major, v.minor));
+        }
+        Ok(format!("ready: {}", parts.join(", ")))
+    }
+
+    fn shell(&self, res: &ResourceState, command: &[String]) -> Result<Vec<String>, ProviderError> {
+        let p = Private::of(res).ok_or_else(|| ProviderError::other("no pods recorded"))?;
+        let ctx = p
+            .context
+            .as_ref()
+            .and_then(|c| self.contexts.get(c))
+            .ok_or_else(|| ProviderError::other("the cluster's context is no longer declared"))?;
+        let mut argv = vec![
+            "kubectl".to_string(),
+            "--kubeconfig".into(),
+            ctx.kubeconfig.display().to_string(),
+            "--context".into(),
+            ctx.context.clone(),
+            "--namespace".into(),
+            p.namespace.clone().unwrap_or_else(|| "default".into()),
+            "exec".into(),
+            "-it".into(),
+            objects::pod_name(&p.name, 0),
+            "--".into(),
+        ];
+        if command.is_empty() {
+            argv.push("/bin/bash".into());
+        } else {
+            argv.extend(["/bin/sh".to_string(), "-c".into(), command.join(" ")]);
+        }
+        Ok(argv)
+    }
+
+    fn log_paths(&self, _res: &ResourceState, _cluster: Option<&ResourceState>) -> Vec<PathBuf> {
+        Vec::new()
+    }
+
+    /// Each rank's log from the pod log API, from `offsets[rank]` on.
+    async fn read_logs(
+        &self,
+        res: &ResourceState,
+        _cluster: Option<&ResourceState>,
+        offsets: &[u64],
+    ) -> Result<Vec<Vec<u8>>, ProviderError> {
+        let Spec::Job(j) = &res.spec else {
+            return Ok(Vec::new());
+        };
+        let Some(p) = Private::of(res) else {
+            return Ok(Vec::new());
+        };
+        let Some(conn) = self.conn_of(&p, res).await? else {
+            return Ok(Vec::new());
+        };
+        let pods = conn
+            .pods()
+            .list(&selector(LABEL_JOB, &p.name))
+            .await
+            .map_err(|e| classify(e, "list the job's pods", &conn.where_()))?
+            .items;
+        let mut out = Vec::new();
+        for rank in 0..j.num_nodes.max(1) {
+            let from = offsets.get(rank as usize).copied().unwrap_or(0) as usize;
+            let pod = pods
+                .iter()
+                .find(|p| pod_rank(p) == Some(rank))
+                // Not started yet: nothing logged.
+                .filter(|p| phase(p) != "Pending");
+            let text = match pod.and_then(|p| p.metadata.name.clone()) {
+                Some(name) => conn
+                    .pods()
+                    .logs(&name, &LogParams::default())
+                    .await
+                    .map_err(|e| {
+                        classify(e, &format!("read the log of pod {name}"), &conn.where_())
+                    })?,
+                None => String::new(),
+            };
+            let bytes = text.into_bytes();
+            out.push(bytes.get(from..).map(<[u8]>::to_vec).unwrap_or_default());
+        }
+        Ok(out)
+    }
+}
