@@ -357,6 +357,12 @@ def main():
     finally:
         for p in fl.pods.values():
             fl.kill(p)
+        # The nodes go with their agent, so the next test's offers do not include them.
+        for n in nodes:
+            try:
+                api.call("DELETE", f"/api/v1/nodes/{n.name}")
+            except (RuntimeError, OSError) as e:
+                print(f"fakelet: cannot delete node {n.name}: {e}", file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

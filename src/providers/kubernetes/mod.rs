@@ -400,13 +400,13 @@ impl KubeProvider {
             .list(&ListParams::default().fields("status.phase!=Succeeded,status.phase!=Failed"))
             .await
             .map_err(|e| classify(e, "list pods", &at))?;
-        let mut shapes: BTreeMap<String, (capacity::Free, u32)> = BTreeMap::new();
+        let mut shapes: BTreeMap<String, capacity::Free> = BTreeMap::new();
         for f in capacity::free(&nodes.items, &pods.items) {
-            shapes.entry(f.shape()).or_insert((f.clone(), 0)).1 += 1;
+            shapes.entry(f.shape()).or_insert(f);
         }
         Ok(shapes
             .into_iter()
-            .map(|(shape, (f, count))| Offering {
+            .map(|(shape, f)| Offering {
                 cloud: "k8s".into(),
                 region: Some(name.to_string()),
                 zone: None,
@@ -421,7 +421,9 @@ impl KubeProvider {
                 memory_gib: f.memory_gib.floor(),
                 spot: false,
                 price: conn.context.price_micros,
-                max_nodes: Some(count),
+                // Several pods may share a node, so how many fit depends on the request:
+                // the scheduler decides, and an unschedulable pod fails over.
+                max_nodes: None,
             })
             .collect())
     }

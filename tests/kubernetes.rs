@@ -1,0 +1,522 @@
+//! The Kubernetes backend against two real control planes (kube-apiserver, controller
+//! manager and scheduler 1.20.2 on one etcd, started by `scripts/kube.sh`) with
+//! `scripts/fakelet.py` standing in for kubelets: it registers each test's nodes and runs
+//! their pods as local processes.
+//!
+//! The tests share the control planes' nodes, so they take turns (one lock); each has its
+//! own namespace and node names. Without `SKYFORM_TEST_KUBE_DIR` they say SKIPPED and pass
+//! (`scripts/test.sh` prints a NOTE when the binaries cannot be had).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{Pod, Secret, Service};
+use kube::api::{Api, ListParams};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_skyform");
+static TURN: Mutex<()> = Mutex::new(());
+
+fn kube_dir(test: &str) -> Option<PathBuf> {
+    match std::env::var_os("SKYFORM_TEST_KUBE_DIR") {
+        Some(d) => Some(PathBuf::from(d)),
+        None => {
+            eprintln!(
+                "SKIPPED {test}: SKYFORM_TEST_KUBE_DIR is not set (run ./scripts/test.sh, or eval \"$(scripts/kube.sh start)\")"
+            );
+            None
+        }
+    }
+}
+
+/// A fake kubelet for one control plane, with its nodes; stopped (and its nodes deleted) on
+/// drop.
+struct Fakelet {
+    child: Child,
+    dir: tempfile::TempDir,
+}
+
+impl Fakelet {
+    fn start(kube: &Path, context: &str, nodes: &[&str]) -> Fakelet {
+        let dir = tempfile::Builder::new()
+            .prefix("fakelet")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let port = std::fs::read_to_string(kube.join(context).join("port")).unwrap();
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/fakelet.py");
+        let mut cmd = Command::new("python3");
+        cmd.arg(script)
+            .arg("--server")
+            .arg(format!("https://127.0.0.1:{}", port.trim()))
+            .arg("--ca")
+            .arg(kube.join("ca.crt"))
+            .arg("--token-file")
+            .arg(kube.join("token"))
+            .arg("--dir")
+            .arg(dir.path());
+        for n in nodes {
+            cmd.arg("--node").arg(n);
+        }
+        let log = std::fs::File::create(dir.path().join("fakelet.log")).unwrap();
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let f = Fakelet { child, dir };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !f.dir.path().join("control-port").exists() {
+            assert!(Instant::now() < deadline, "fakelet came up:\n{}", f.log());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        f
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("fakelet.log")).unwrap_or_default()
+    }
+
+    /// As a kubelet under memory pressure: the pod's process is killed and it is marked
+    /// Failed/Evicted.
+    fn evict(&self, namespace: &str, pod: &str) {
+        let port = std::fs::read_to_string(self.dir.path().join("control-port")).unwrap();
+        let ok = Command::new("curl")
+            .args(["-sf", "-X", "POST"])
+            .arg(format!(
+                "http://127.0.0.1:{}/evict/{namespace}/{pod}",
+                port.trim()
+            ))
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "the fakelet evicts {pod}:\n{}", self.log());
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+    }
+}
+
+impl Drop for Fakelet {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .arg("-CONT")
+            .arg(self.child.id().to_string())
+            .status();
+        let _ = Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+/// A configuration directory with its own home, and the kube API for checks.
+struct Work {
+    dir: tempfile::TempDir,
+    kube: PathBuf,
+    namespace: String,
+    rt: tokio::runtime::Runtime,
+}
+
+impl Work {
+    fn new(kube: &Path, namespace: &str) -> Work {
+        let dir = tempfile::Builder::new()
+            .prefix("sk")
+            .tempdir_in("/tmp")
+            .unwrap();
+        std::fs::create_dir_all(dir.path().join("home")).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        Work {
+            dir,
+            kube: kube.to_path_buf(),
+            namespace: namespace.to_string(),
+            rt,
+        }
+    }
+
+    /// `infra "kubernetes"` blocks for the contexts (with their price per hour), then `body`.
+    fn config(&self, contexts: &[(&str, f64)], body: &str) {
+        let mut text = String::new();
+        for (c, price) in contexts {
+            text.push_str(&format!(
+                "infra \"kubernetes\" \"{c}\" {{\n  kubeconfig     = \"{}\"\n  context        = \"{c}\"\n  namespace      = \"{}\"\n  price_per_hour = {price}\n}}\n\n",
+                self.kube.join("kubeconfig").display(),
+                self.namespace
+            ));
+        }
+        text.push_str(body);
+        std::fs::write(self.dir.path().join("main.sky.hcl"), text).unwrap();
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(BIN);
+        c.arg(format!("-chdir={}", self.dir.path().display()))
+            .args(args)
+            .env("NO_COLOR", "1")
+            .env("HOME", self.dir.path().join("home"))
+            .env("SKYFORM_K8S_START_TIMEOUT", "60s")
+            .stdin(Stdio::null());
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> (bool, String) {
+        support::servers::run(&mut self.command(args))
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let (ok, text) = self.run(args);
+        assert!(ok, "skyform {args:?} failed:\n{text}");
+        text
+    }
+
+    fn state(&self) -> Value {
+        serde_json::from_str(&self.ok(&["state", "pull"])).unwrap()
+    }
+
+    async fn client(&self, context: &str) -> kube::Client {
+        let kc = kube::config::Kubeconfig::read_from(self.kube.join("kubeconfig")).unwrap();
+        let opts = kube::config::KubeConfigOptions {
+            context: Some(context.into()),
+            ..Default::default()
+        };
+        let config = kube::Config::from_custom_kubeconfig(kc, &opts)
+            .await
+            .unwrap();
+        kube::Client::try_from(config).unwrap()
+    }
+
+    /// Names of the pods in this test's namespace of `context` (with their phase).
+    fn pods(&self, context: &str) -> Vec<(String, String, String)> {
+        self.rt.block_on(async {
+            let api: Api<Pod> = Api::namespaced(self.client(context).await, &self.namespace);
+            let mut out: Vec<(String, String, String)> = api
+                .list(&ListParams::default())
+                .await
+                .unwrap()
+                .items
+                .into_iter()
+                .map(|p| {
+                    (
+                        p.metadata.name.clone().unwrap_or_default(),
+                        p.status.and_then(|s| s.phase).unwrap_or_default(),
+                        p.spec.and_then(|s| s.node_name).unwrap_or_default(),
+                    )
+                })
+                .collect();
+            out.sort();
+            out
+        })
+    }
+
+    /// Everything skyform makes, in this test's namespace of `context`, by kind.
+    fn leftovers(&self, context: &str) -> Vec<String> {
+        self.rt.block_on(async {
+            let c = self.client(context).await;
+            let ns = &self.namespace;
+            let lp = ListParams::default();
+            let mut out = Vec::new();
+            for p in Api::<Pod>::namespaced(c.clone(), ns)
+                .list(&lp)
+                .await
+                .unwrap()
+            {
+                out.push(format!("pod/{}", p.metadata.name.unwrap_or_default()));
+            }
+            for s in Api::<Service>::namespaced(c.clone(), ns)
+                .list(&lp)
+                .await
+                .unwrap()
+            {
+                out.push(format!("service/{}", s.metadata.name.unwrap_or_default()));
+            }
+            for j in Api::<Job>::namespaced(c.clone(), ns)
+                .list(&lp)
+                .await
+                .unwrap()
+            {
+                out.push(format!("job/{}", j.metadata.name.unwrap_or_default()));
+            }
+            for s in Api::<Secret>::namespaced(c, ns).list(&lp).await.unwrap() {
+                // The service account's token is the namespace's own.
+                if s.type_.as_deref() != Some("kubernetes.io/service-account-token") {
+                    out.push(format!("secret/{}", s.metadata.name.unwrap_or_default()));
+                }
+            }
+            out
+        })
+    }
+
+    fn job_specs(&self, context: &str) -> String {
+        self.rt.block_on(async {
+            let api: Api<Job> = Api::namespaced(self.client(context).await, &self.namespace);
+            serde_json::to_string(&api.list(&ListParams::default()).await.unwrap().items).unwrap()
+        })
+    }
+
+    /// Waits until `skyform status` says `addr` is `want`.
+    fn wait_status(&self, addr: &str, want: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let out = self.ok(&["status", "-json"]);
+            let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+            let row = v
+                .as_array()
+                .and_then(|a| a.iter().find(|j| j["address"] == addr))
+                .cloned()
+                .unwrap_or_default();
+            if row["status"] == want {
+                return row;
+            }
+            assert!(Instant::now() < deadline, "{addr} is not {want}: {row}");
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+}
+
+const GPU_NODE: &str = "cpu=16,memory=64Gi,gpus=8,product=NVIDIA-A100-SXM4-80GB";
+
+#[test]
+#[ignore = "needs kube-apiserver: run ./scripts/test.sh"]
+fn a_gpu_cluster_lands_where_gpus_fit_and_runs_a_job() {
+    let Some(kube) = kube_dir("a_gpu_cluster_lands_where_gpus_fit_and_runs_a_job") else {
+        return;
+    };
+    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    let _a = Fakelet::start(
+        &kube,
+        "a",
+        &["t1-cpu:cpu=8,memory=32Gi", &format!("t1-gpu:{GPU_NODE}")],
+    );
+    let w = Work::new(&kube, "t1");
+    w.config(
+        &[("a", 0.0)],
+        r#"
+cluster "train" {
+  resources {
+    accelerators = "A100-80GB:4"
+    cpus         = "2+"
+  }
+}
+
+job "hello" {
+  cluster = cluster.train
+  run     = "echo hello from rank $SKYFORM_NODE_RANK; echo token=$TOKEN; exit 3"
+  secrets = { TOKEN = "s3cret-value" }
+}
+"#,
+    );
+    let plan = w.ok(&["plan"]);
+    assert!(plan.contains("k8s/a"), "{plan}");
+    assert!(plan.contains("A100-80GB"), "{plan}");
+    w.ok(&["apply", "-auto-approve"]);
+    let pods = w.pods("a");
+    let cluster_pods: Vec<_> = pods.iter().filter(|p| !p.0.contains("hello")).collect();
+    assert!(
+        cluster_pods
+            .iter()
+            .any(|p| p.1 == "Running" && p.2 == "t1-gpu"),
+        "the cluster's pod runs on the GPU node: {pods:?}"
+    );
+    let row = w.wait_status("job.hello", "FAILED");
+    assert_eq!(row["exit_code"], 3, "{row}");
+    let logs = w.ok(&["logs", "job.hello"]);
+    assert!(logs.contains("hello from rank 0"), "{logs}");
+    assert!(
+        logs.contains("token=s3cret-value"),
+        "the secret reaches the job: {logs}"
+    );
+    let jobs = w.job_specs("a");
+    assert!(jobs.contains("secretKeyRef"), "{jobs}");
+    assert!(
+        !jobs.contains("s3cret-value"),
+        "secrets never in a Job spec: {jobs}"
+    );
+    let state = w.state();
+    assert_eq!(
+        state["resources"]["cluster.train"]["placement"]["offering"]["region"],
+        "a"
+    );
+    w.ok(&["destroy", "-auto-approve"]);
+    assert_eq!(
+        w.leftovers("a"),
+        Vec::<String>::new(),
+        "destroy leaves the namespace empty"
+    );
+}
+
+#[test]
+#[ignore = "needs kube-apiserver: run ./scripts/test.sh"]
+fn a_full_context_fails_over_to_the_next() {
+    let Some(kube) = kube_dir("a_full_context_fails_over_to_the_next") else {
+        return;
+    };
+    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    let _a = Fakelet::start(&kube, "a", &[&format!("t2-a:{GPU_NODE}")]);
+    let _b = Fakelet::start(&kube, "b", &[&format!("t2-b:{GPU_NODE}")]);
+    let w = Work::new(&kube, "t2");
+    // `a` is cheaper, so it comes first; `b` is the fallback.
+    w.config(
+        &[("a", 0.0), ("b", 1.0)],
+        r#"
+cluster "train" {
+  resources {
+    accelerators = "A100-80GB:8"
+  }
+}
+"#,
+    );
+    w.ok(&["plan", "-out", "plan.json"]);
+    let shown = w.ok(&["show", "-json", "plan.json"]);
+    assert!(
+        shown.contains("k8s/a") && shown.contains("k8s/b"),
+        "{shown}"
+    );
+    // Someone else takes a's GPUs between plan and apply.
+    w.rt.block_on(async {
+        let c = w.client("a").await;
+        let ns: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(c.clone());
+        let _ = ns
+            .create(
+                &Default::default(),
+                &serde_json::from_value(serde_json::json!({"metadata": {"name": "t2-other"}}))
+                    .unwrap(),
+            )
+            .await;
+        let pods: Api<Pod> = Api::namespaced(c, "t2-other");
+        let hog: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": { "name": "hog" },
+            "spec": {
+                "automountServiceAccountToken": false,
+                "containers": [{ "name": "main", "image": "x", "command": ["sleep", "600"],
+                    "resources": { "limits": { "nvidia.com/gpu": "8" } } }]
+            }
+        }))
+        .unwrap();
+        pods.create(&Default::default(), &hog).await.unwrap();
+    });
+    let out = w.ok(&["apply", "plan.json"]);
+    let state = w.state();
+    let r = &state["resources"]["cluster.train"];
+    assert_eq!(r["placement"]["offering"]["region"], "b", "{out}\n{r}");
+    let attempts = r["attempts"].to_string();
+    assert!(
+        attempts.contains("k8s/a") && attempts.contains("Insufficient nvidia.com/gpu"),
+        "the attempt on a is recorded with the scheduler's reason: {attempts}"
+    );
+    assert_eq!(w.leftovers("a"), Vec::<String>::new(), "nothing stays in a");
+    assert!(
+        w.pods("b")
+            .iter()
+            .any(|p| p.1 == "Running" && p.2 == "t2-b")
+    );
+    w.ok(&["destroy", "-auto-approve"]);
+    assert_eq!(w.leftovers("b"), Vec::<String>::new());
+    w.rt.block_on(async {
+        let pods: Api<Pod> = Api::namespaced(w.client("a").await, "t2-other");
+        let _ = pods
+            .delete(
+                "hog",
+                &kube::api::DeleteParams {
+                    grace_period_seconds: Some(0),
+                    ..Default::default()
+                },
+            )
+            .await;
+    });
+}
+
+#[test]
+#[ignore = "needs kube-apiserver: run ./scripts/test.sh"]
+fn evicted_pods_are_replaced_and_an_interrupted_create_is_adopted() {
+    let Some(kube) = kube_dir("evicted_pods_are_replaced_and_an_interrupted_create_is_adopted")
+    else {
+        return;
+    };
+    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    let a = Fakelet::start(&kube, "a", &[&format!("t3-a:{GPU_NODE}")]);
+    let w = Work::new(&kube, "t3");
+    let one = r#"
+cluster "train" {
+  num_nodes = 2
+  resources {
+    accelerators = "A100-80GB:2"
+  }
+}
+"#;
+    w.config(&[("a", 0.0)], one);
+    w.ok(&["apply", "-auto-approve"]);
+    let before = w.pods("a");
+    assert_eq!(before.len(), 2, "{before:?}");
+    // The kubelet evicts node 1's pod: the plan replaces the cluster.
+    a.evict("t3", &before[1].0);
+    let plan = w.ok(&["plan"]);
+    assert!(plan.contains("evicted"), "{plan}");
+    assert!(plan.contains("cluster.train"), "{plan}");
+    w.ok(&["apply", "-auto-approve"]);
+    let after = w.pods("a");
+    assert_eq!(after.len(), 2, "the old pods are gone: {after:?}");
+    assert!(after.iter().all(|p| p.1 == "Running"), "{after:?}");
+    assert!(after.iter().all(|p| !before.iter().any(|b| b.0 == p.0)));
+
+    // skyform is killed while a second cluster's pods start: the next plan adopts them.
+    w.config(
+        &[("a", 0.0)],
+        &format!("{one}\ncluster \"more\" {{\n  resources {{\n    cpus = \"1+\"\n  }}\n}}\n"),
+    );
+    a.signal("STOP");
+    let mut apply = w.command(&["apply", "-auto-approve"]);
+    let mut child = apply
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while w.pods("a").len() < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "the second cluster's pod was made"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    a.signal("CONT");
+    let state = w.state();
+    assert_eq!(state["resources"]["cluster.more"]["status"], "creating");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !w.pods("a").iter().all(|p| p.1 == "Running") {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let plan = w.ok(&["plan"]);
+    assert!(plan.contains("adopted"), "{plan}");
+    assert!(
+        plan.contains("No changes"),
+        "nothing is created twice: {plan}"
+    );
+    w.ok(&["apply", "-auto-approve"]);
+    assert_eq!(w.pods("a").len(), 3);
+    assert_eq!(w.state()["resources"]["cluster.more"]["status"], "ready");
+    w.ok(&["destroy", "-auto-approve"]);
+    assert_eq!(
+        w.leftovers("a"),
+        Vec::<String>::new(),
+        "destroy leaves the namespace empty"
+    );
+}
