@@ -5,7 +5,9 @@
 # S3 and EC2 server for the remote state and AWS backend tests (installed from PyPI by
 # scripts/moto.sh when missing; the AWS tests put scripts/ec2-proxy.py in front of it), and
 # three OpenSSH servers on loopback plus one in a network namespace where the machine allows
-# (scripts/sshd.sh; openssh-server from apt if missing).
+# (scripts/sshd.sh; openssh-server from apt if missing), and two Kubernetes control planes
+# (scripts/kube.sh: kube-apiserver, controller manager and scheduler 1.20.2 from
+# $SKYFORM_K8S_BIN_DIR, a cache or ../shared; etcd-server from apt if missing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -31,6 +33,16 @@ if [ -f "$SKYFORM_TEST_SSH_DIR/netns-hosts" ]; then
   echo "sshd in network namespace $(cut -d' ' -f3 "$SKYFORM_TEST_SSH_DIR/netns-hosts") at $(cut -d' ' -f1 "$SKYFORM_TEST_SSH_DIR/netns-hosts")"
 else
   echo "NOTE: no network namespace here: the ssh test across namespaces is SKIPPED (it says so in its output)."
+fi
+
+# Two Kubernetes control planes (1.20.2) on one etcd; the tests bring their own fake kubelets.
+kube_env=$(scripts/kube.sh start)
+eval "$kube_env"
+trap 'scripts/moto.sh stop; scripts/sshd.sh stop; scripts/kube.sh stop' EXIT
+if [ -n "${SKYFORM_TEST_KUBE_DIR:-}" ]; then
+  echo "kube-apiserver a at 127.0.0.1:$(cat "$SKYFORM_TEST_KUBE_DIR/a/port"), b at 127.0.0.1:$(cat "$SKYFORM_TEST_KUBE_DIR/b/port")"
+else
+  echo "NOTE: no kube-apiserver binaries: the Kubernetes tests (tests/kubernetes.rs) are SKIPPED (they say so in their output)."
 fi
 
 echo "== tests"

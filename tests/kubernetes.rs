@@ -520,3 +520,54 @@ cluster "train" {
         "destroy leaves the namespace empty"
     );
 }
+
+#[test]
+#[ignore = "needs kube-apiserver: run ./scripts/test.sh"]
+fn the_kubernetes_backend_passes_the_conformance_suite() {
+    use skyform::providers::Provider;
+    use skyform::providers::conformance::{self, Fixture};
+    use skyform::providers::kubernetes::{Context, KubeProvider};
+    let Some(kube) = kube_dir("the_kubernetes_backend_passes_the_conformance_suite") else {
+        return;
+    };
+    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    let _a = Fakelet::start(&kube, "a", &["t4-a:cpu=8,memory=32Gi"]);
+    let w = Work::new(&kube, "t4");
+    let settings = serde_json::json!({
+        "kubeconfig": kube.join("kubeconfig").display().to_string(),
+        "context": "a",
+        "namespace": "t4",
+    });
+    let ctx = Context::from_infra("a", settings.as_object().unwrap(), w.dir.path()).unwrap();
+    let p = KubeProvider::new(vec![ctx]);
+    w.rt.block_on(async {
+        let offering = p.offerings().await.unwrap().remove(0);
+        assert_eq!(offering.infra(), "k8s/a");
+        assert_eq!(offering.instance_type, "8cpu-32GiB");
+        let spec = skyform::model::Spec::Cluster(skyform::model::ClusterSpec {
+            num_nodes: 2,
+            ..Default::default()
+        });
+        let placement = skyform::optimizer::Candidate {
+            offering,
+            num_nodes: 2,
+            hourly: 0,
+        };
+        conformance::run(
+            &p,
+            &Fixture {
+                address: "cluster.conform".parse().unwrap(),
+                spec,
+                placement: Some(placement),
+                root: w.dir.path().to_path_buf(),
+                lineage: "conformance".into(),
+            },
+        )
+        .await;
+    });
+    assert_eq!(
+        w.leftovers("a"),
+        Vec::<String>::new(),
+        "nothing left afterwards"
+    );
+}

@@ -788,26 +788,34 @@ impl KubeProvider {
     /// Jobs start after those they depend on succeeded.
     async fn wait_for_after(&self, req: &Request<'_>) -> Result<(), ProviderError> {
         for (addr, dep) in &req.after {
+            let found = match Private::of(dep) {
+                Some(p) if dep.provider == "k8s" => self.conn_of(&p, dep).await?.map(|c| (p, c)),
+                _ => None,
+            };
+            let Some((p, conn)) = found else {
+                return Err(ProviderError {
+                    kind: ErrorKind::Config,
+                    message: format!(
+                        "{addr} does not run on Kubernetes; a job on a Kubernetes cluster can wait only for jobs there"
+                    ),
+                });
+            };
+            let n = match &dep.spec {
+                Spec::Job(j) => j.num_nodes.max(1),
+                _ => 1,
+            };
             loop {
-                let Some(p) = Private::of(dep) else { break };
-                let Some(conn) = self.conn_of(&p, dep).await? else {
+                let state = self.job_status(&conn, &p.name, n).await?.state;
+                if state == crate::runtime::JobState::Succeeded {
                     break;
-                };
-                let n = match &dep.spec {
-                    Spec::Job(j) => j.num_nodes.max(1),
-                    _ => 1,
-                };
-                let s = self.job_status(&conn, &p.name, n).await?;
-                match s.state {
-                    crate::runtime::JobState::Succeeded => break,
-                    st if st.is_final() => {
-                        return Err(ProviderError::other(format!(
-                            "{addr} ended {}; this job runs only after it succeeds",
-                            st.as_str()
-                        )));
-                    }
-                    _ => tokio::time::sleep(Duration::from_millis(500)).await,
                 }
+                if state.is_final() {
+                    return Err(ProviderError::other(format!(
+                        "{addr} ended {}; this job runs only after it succeeds",
+                        state.as_str()
+                    )));
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
             }
         }
         Ok(())
