@@ -571,3 +571,45 @@ fn the_kubernetes_backend_passes_the_conformance_suite() {
         "nothing left afterwards"
     );
 }
+
+#[test]
+#[ignore = "needs kube-apiserver: run ./scripts/test.sh"]
+fn an_exceeded_quota_blocks_the_context() {
+    let Some(kube) = kube_dir("an_exceeded_quota_blocks_the_context") else {
+        return;
+    };
+    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    let _a = Fakelet::start(&kube, "a", &[&format!("t5-a:{GPU_NODE}")]);
+    let _b = Fakelet::start(&kube, "b", &[&format!("t5-b:{GPU_NODE}")]);
+    let w = Work::new(&kube, "t5");
+    // The namespace in `a` may use 2 GPUs; the nodes say nothing of it.
+    w.rt.block_on(async {
+        let c = w.client("a").await;
+        let ns: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(c.clone());
+        let _ = ns
+            .create(
+                &Default::default(),
+                &serde_json::from_value(serde_json::json!({"metadata": {"name": "t5"}})).unwrap(),
+            )
+            .await;
+        let quotas: Api<k8s_openapi::api::core::v1::ResourceQuota> = Api::namespaced(c, "t5");
+        let q = serde_json::from_value(serde_json::json!({
+            "metadata": { "name": "gpus" },
+            "spec": { "hard": { "requests.nvidia.com/gpu": "2" } }
+        }))
+        .unwrap();
+        quotas.create(&Default::default(), &q).await.unwrap();
+    });
+    w.config(
+        &[("a", 0.0), ("b", 1.0)],
+        "cluster \"train\" {\n  resources {\n    accelerators = \"A100-80GB:4\"\n  }\n}\n",
+    );
+    let out = w.ok(&["apply", "-auto-approve"]);
+    let state = w.state();
+    let r = &state["resources"]["cluster.train"];
+    assert_eq!(r["placement"]["offering"]["region"], "b", "{out}\n{r}");
+    assert!(r["attempts"].to_string().contains("exceeded quota"), "{r}");
+    assert_eq!(w.leftovers("a"), Vec::<String>::new(), "nothing stays in a");
+    w.ok(&["destroy", "-auto-approve"]);
+    assert_eq!(w.leftovers("b"), Vec::<String>::new());
+}

@@ -1173,3 +1173,97 @@ impl super::Provider for KubeProvider {
         Ok(out)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api(code: u16, reason: &str, message: &str) -> kube::Error {
+        kube::Error::Api(Box::new(
+            kube::core::Status::failure(message, reason).with_code(code),
+        ))
+    }
+
+    #[test]
+    fn errors_steer_the_failover_engine() {
+        let kind = |e| classify(e, "apply pod p", "k8s/a (namespace n)").kind;
+        assert_eq!(
+            kind(api(
+                403,
+                "Forbidden",
+                "pods \"p\" is forbidden: exceeded quota: q, requested: requests.nvidia.com/gpu=4"
+            )),
+            ErrorKind::Quota
+        );
+        assert_eq!(
+            kind(api(
+                403,
+                "Forbidden",
+                "error looking up service account n/default: serviceaccount \"default\" not found"
+            )),
+            ErrorKind::Transient
+        );
+        assert_eq!(
+            kind(api(
+                500,
+                "ServerTimeout",
+                "No API token found for service account \"default\""
+            )),
+            ErrorKind::Transient
+        );
+        assert_eq!(
+            kind(api(
+                403,
+                "Forbidden",
+                "pods is forbidden: User \"bob\" cannot create resource"
+            )),
+            ErrorKind::Config
+        );
+        // A body the server cannot read is a bug here, never retried.
+        assert_eq!(
+            kind(api(
+                500,
+                "InternalError",
+                "failed to create typed patch object: .spec.os: field not declared in schema"
+            )),
+            ErrorKind::Other
+        );
+        let e = classify(
+            api(403, "Forbidden", "exceeded quota: q"),
+            "apply pod p",
+            "k8s/a (namespace n)",
+        );
+        assert!(
+            e.message
+                .starts_with("k8s/a (namespace n): cannot apply pod p: 403 Forbidden"),
+            "{}",
+            e.message
+        );
+    }
+
+    #[test]
+    fn pod_troubles_name_the_pod_and_the_cause() {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": { "name": "sky-x-1", "labels": { LABEL_RANK: "1" } },
+            "status": { "phase": "Failed", "reason": "Evicted", "message": "memory pressure" }
+        }))
+        .unwrap();
+        assert_eq!(
+            trouble(&pod).unwrap(),
+            "pod sky-x-1 was evicted: memory pressure"
+        );
+        let pending: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": { "name": "p" },
+            "status": { "phase": "Pending", "conditions": [{
+                "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                "message": "0/1 nodes are available: 1 Insufficient nvidia.com/gpu."
+            }]}
+        }))
+        .unwrap();
+        assert_eq!(
+            unschedulable(&pending).unwrap(),
+            "0/1 nodes are available: 1 Insufficient nvidia.com/gpu."
+        );
+        assert_eq!(pod_rank(&pod), Some(1));
+    }
+}
