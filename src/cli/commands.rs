@@ -670,18 +670,24 @@ async fn init(ctx: &Ctx, how: BackendChange) -> Result<i32> {
     if kinds.is_empty() {
         kinds.push("local".into());
     }
-    kinds.dedup();
+    // Each kind once, in the order declared (several ssh pools or contexts are one backend).
+    let mut seen = std::collections::BTreeSet::new();
+    kinds.retain(|k| seen.insert(k.clone()));
     let registry = ctx.registry(Some(&config));
     let mut hints = Vec::new();
     for k in kinds {
-        let status = match (k.as_str(), registry.get(&k)) {
+        let backend = if k == "kubernetes" { "k8s" } else { k.as_str() };
+        let status = match (k.as_str(), registry.get(backend)) {
             ("local", _) => "ready (this machine)".to_string(),
             (_, Some(p)) => match p.check().await {
                 Ok(s) => s,
                 Err(e) => {
-                    hints.push(format!(
-                        "{k}: plans work without credentials, apply needs them (AWS_PROFILE, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY; see docs/{k}.md)"
-                    ));
+                    hints.push(match k.as_str() {
+                        "aws" => format!(
+                            "{k}: plans work without credentials, apply needs them (AWS_PROFILE, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY; see docs/{k}.md)"
+                        ),
+                        _ => format!("{k}: check the infra \"{k}\" blocks (see docs/{k}.md)"),
+                    });
                     e.message
                 }
             },
