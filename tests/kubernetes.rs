@@ -613,3 +613,69 @@ fn an_exceeded_quota_blocks_the_context() {
     w.ok(&["destroy", "-auto-approve"]);
     assert_eq!(w.leftovers("b"), Vec::<String>::new());
 }
+
+#[test]
+#[ignore = "needs kube-apiserver: run ./scripts/test.sh"]
+fn a_managed_job_runs_as_kubernetes_jobs_and_is_recovered_after_eviction() {
+    let Some(kube) =
+        kube_dir("a_managed_job_runs_as_kubernetes_jobs_and_is_recovered_after_eviction")
+    else {
+        return;
+    };
+    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    let a = Fakelet::start(&kube, "a", &[&format!("t6-a:{GPU_NODE}")]);
+    let w = Work::new(&kube, "t6");
+    w.config(
+        &[("a", 0.0)],
+        r#"
+managed_job "train" {
+  resources {
+    accelerators = "A100-80GB:1"
+  }
+  setup = "echo setting up"
+  run   = "echo training on rank $SKYFORM_NODE_RANK; sleep 600"
+}
+
+managed_job "quick" {
+  run = "echo done; exit 0"
+}
+"#,
+    );
+    w.ok(&["apply", "-auto-approve"]);
+    w.wait_status("managed_job.train", "RUNNING");
+    w.wait_status("managed_job.quick", "SUCCEEDED");
+    let logs = w.ok(&["logs", "managed_job.train"]);
+    assert!(
+        logs.contains("setting up") && logs.contains("training on rank 0"),
+        "{logs}"
+    );
+    let first: Vec<_> = w
+        .pods("a")
+        .into_iter()
+        .filter(|p| p.0.contains("train"))
+        .collect();
+    assert_eq!(first.len(), 1, "{first:?}");
+    assert_eq!(first[0].2, "t6-a");
+    // The node takes the pod away: the plan launches the job again.
+    a.evict("t6", &first[0].0);
+    let plan = w.ok(&["plan"]);
+    assert!(
+        plan.contains("evicted") && plan.contains("managed_job.train"),
+        "{plan}"
+    );
+    w.ok(&["apply", "-auto-approve"]);
+    w.wait_status("managed_job.train", "RUNNING");
+    let now: Vec<_> = w
+        .pods("a")
+        .into_iter()
+        .filter(|p| p.0.contains("train"))
+        .collect();
+    assert_eq!(now.len(), 1, "the evicted pod's Job is gone: {now:?}");
+    assert_ne!(now[0].0, first[0].0);
+    w.ok(&["destroy", "-auto-approve"]);
+    assert_eq!(
+        w.leftovers("a"),
+        Vec::<String>::new(),
+        "destroy leaves the namespace empty"
+    );
+}

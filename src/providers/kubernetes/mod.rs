@@ -269,6 +269,15 @@ fn trouble(p: &Pod) -> Option<String> {
     }
 }
 
+/// How many ranks (one Kubernetes Job each) a job or managed job has; None for others.
+fn ranks_of(spec: &Spec) -> Option<u32> {
+    match spec {
+        Spec::Job(j) => Some(j.num_nodes.max(1)),
+        Spec::ManagedJob(m) => Some(m.num_nodes.max(1)),
+        _ => None,
+    }
+}
+
 fn cluster_computed(pods: &[Pod]) -> BTreeMap<String, serde_json::Value> {
     let mut sorted: Vec<&Pod> = pods.iter().collect();
     sorted.sort_by_key(|p| pod_rank(p));
@@ -785,6 +794,127 @@ impl KubeProvider {
         })
     }
 
+    /// A managed job: Kubernetes Jobs with resources of their own, placed by the scheduler
+    /// in the chosen context; an unschedulable pod fails over like a cluster's.
+    async fn create_managed(
+        &self,
+        req: &Request<'_>,
+        spec: &crate::model::ManagedJobSpec,
+        placement: &Candidate,
+    ) -> Result<Created, ProviderError> {
+        if spec.workdir.is_some() {
+            return Err(ProviderError {
+                kind: ErrorKind::Config,
+                message: "workdir is not supported on Kubernetes yet: put the files into the image (image_id = \"docker:…\") or fetch them in setup".into(),
+            });
+        }
+        let context = placement.offering.region.clone().unwrap_or_default();
+        let conn = self.conn(&context).await?;
+        let mut p: Private = serde_json::from_value(req.private.clone())
+            .map_err(|e| ProviderError::other(format!("bad private state: {e}")))?;
+        p.context = Some(context);
+        p.namespace = Some(conn.namespace.clone());
+        p.job_id = Some(p.name.clone());
+        let config = |m: String| ProviderError {
+            kind: ErrorKind::Config,
+            message: m,
+        };
+        let mut shape =
+            PodShape::for_request(&spec.resources, &placement.offering).map_err(config)?;
+        let image = objects::image(&spec.resources).map_err(config)?;
+        if shape.gpus > 0 {
+            shape.gpu_affinity = self.gpu_affinity(&conn, &placement.offering).await?;
+        }
+        self.ensure_namespace(&conn).await?;
+        let owner = Owner {
+            address: req.address,
+            lineage: &p.lineage,
+        };
+        if !spec.secrets.is_empty() {
+            let s = objects::secret(&owner, &p.name, &conn.namespace, &spec.secrets);
+            self.apply::<Secret>(&conn, &p.name, &s, "secret").await?;
+        }
+        let run = match &spec.setup {
+            Some(setup) => format!("set -e\n{setup}\nset +e\n{}", spec.run),
+            None => spec.run.clone(),
+        };
+        let n = spec.num_nodes.max(1);
+        for rank in 0..n {
+            let job = objects::JobRank {
+                owner: owner.clone(),
+                name: &p.name,
+                namespace: &conn.namespace,
+                rank,
+                num_nodes: n,
+                image: &image,
+                run: &run,
+                envs: &spec.envs,
+                secret_keys: spec.secrets.keys().map(String::as_str).collect(),
+                node: None,
+                shape: Some(&shape),
+            }
+            .build();
+            self.apply::<Job>(&conn, &objects::job_object_name(&p.name, rank), &job, "job")
+                .await?;
+        }
+        self.wait_placed(&conn, &selector(LABEL_JOB, &p.name), n as usize)
+            .await?;
+        let status = self.job_status(&conn, &p.name, n).await?;
+        Ok(Created {
+            computed: super::jobs::computed(&status),
+            private: serde_json::to_value(&p).unwrap_or_default(),
+        })
+    }
+
+    /// Waits until the Job controller made every pod and the scheduler placed each (a
+    /// finished pod was placed too); unschedulable is a capacity error.
+    async fn wait_placed(
+        &self,
+        conn: &Conn,
+        lp: &ListParams,
+        want: usize,
+    ) -> Result<(), ProviderError> {
+        let deadline = tokio::time::Instant::now() + conn.context.start_timeout;
+        loop {
+            let pods = conn
+                .pods()
+                .list(lp)
+                .await
+                .map_err(|e| classify(e, "list pods", &conn.where_()))?
+                .items;
+            for p in &pods {
+                if let Some(why) = unschedulable(p) {
+                    let name = p.metadata.name.as_deref().unwrap_or("?");
+                    return Err(ProviderError {
+                        kind: ErrorKind::Capacity,
+                        message: format!(
+                            "{}: pod {name} cannot be scheduled: {why}",
+                            conn.where_()
+                        ),
+                    });
+                }
+            }
+            let placed = pods
+                .iter()
+                .filter(|p| p.spec.as_ref().is_some_and(|s| s.node_name.is_some()))
+                .count();
+            if placed >= want {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ProviderError {
+                    kind: ErrorKind::Timeout,
+                    message: format!(
+                        "{}: {placed} of {want} pod(s) placed after {} (a ResourceQuota may keep the Job controller from making them: see the Job's events)",
+                        conn.where_(),
+                        humantime::format_duration(conn.context.start_timeout)
+                    ),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
     /// Jobs start after those they depend on succeeded.
     async fn wait_for_after(&self, req: &Request<'_>) -> Result<(), ProviderError> {
         for (addr, dep) in &req.after {
@@ -991,8 +1121,8 @@ impl super::Provider for KubeProvider {
                 reason: "no Kubernetes objects recorded".into(),
             });
         };
-        if let Spec::Job(j) = &res.spec {
-            if cluster.is_none() {
+        if let Some(ranks) = ranks_of(&res.spec) {
+            if matches!(res.spec, Spec::Job(_)) && cluster.is_none() {
                 return Ok(Observed::Gone {
                     reason: "its cluster is not in state".into(),
                 });
@@ -1012,8 +1142,19 @@ impl super::Provider for KubeProvider {
                     reason: format!("its Kubernetes Jobs are gone from {}", conn.where_()),
                 });
             }
-            let s = self.job_status(&conn, &p.name, j.num_nodes.max(1)).await?;
-            return Ok(Observed::Up(super::jobs::computed(&s)));
+            let s = self.job_status(&conn, &p.name, ranks).await?;
+            let computed = super::jobs::computed(&s);
+            // A managed job whose pod the node took away (not one whose program failed) is
+            // recovered: the plan launches it again.
+            if matches!(res.spec, Spec::ManagedJob(_))
+                && let Some(reason) = s.reason.as_ref().filter(|r| r.contains("evicted"))
+            {
+                return Ok(Observed::Degraded {
+                    reason: reason.clone(),
+                    computed,
+                });
+            }
+            return Ok(Observed::Up(computed));
         }
         let Some(conn) = self.conn_of(&p, res).await? else {
             return Ok(Observed::Gone {
@@ -1032,9 +1173,15 @@ impl super::Provider for KubeProvider {
                 self.create_cluster(&req, spec, placement).await
             }
             Spec::Job(j) => self.create_job(&req, j).await,
-            _ => Err(ProviderError {
+            Spec::ManagedJob(m) => {
+                let placement = req
+                    .placement
+                    .ok_or_else(|| ProviderError::other("a managed job needs a placement"))?;
+                self.create_managed(&req, m, placement).await
+            }
+            Spec::Service(_) => Err(ProviderError {
                 kind: ErrorKind::Config,
-                message: "managed jobs and services cannot run on Kubernetes yet; give this one infra = \"local\", \"aws\" or an ssh pool".into(),
+                message: "services cannot run on Kubernetes yet; give this one infra = \"local\", \"aws\" or an ssh pool".into(),
             }),
         }
     }
@@ -1072,8 +1219,8 @@ impl super::Provider for KubeProvider {
             return Ok(());
         };
         let key = match res.spec {
-            Spec::Job(_) => LABEL_JOB,
-            _ => LABEL_CLUSTER,
+            Spec::Cluster(_) => LABEL_CLUSTER,
+            _ => LABEL_JOB,
         };
         self.remove(&conn, key, &p.name).await
     }
@@ -1134,7 +1281,7 @@ impl super::Provider for KubeProvider {
         _cluster: Option<&ResourceState>,
         offsets: &[u64],
     ) -> Result<Vec<Vec<u8>>, ProviderError> {
-        let Spec::Job(j) = &res.spec else {
+        let Some(ranks) = ranks_of(&res.spec) else {
             return Ok(Vec::new());
         };
         let Some(p) = Private::of(res) else {
@@ -1150,7 +1297,7 @@ impl super::Provider for KubeProvider {
             .map_err(|e| classify(e, "list the job's pods", &conn.where_()))?
             .items;
         let mut out = Vec::new();
-        for rank in 0..j.num_nodes.max(1) {
+        for rank in 0..ranks {
             let from = offsets.get(rank as usize).copied().unwrap_or(0) as usize;
             let pod = pods
                 .iter()
