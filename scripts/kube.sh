@@ -8,8 +8,9 @@
 #
 # The binaries come from, in order: $SKYFORM_K8S_BIN_DIR; the cache
 # ~/.cache/skyform-test/k8s-1.20.2; ../shared/k8s-1.20.2/*.xz (checked, unpacked into the
-# cache). No package registry ships them; docs/notes/kubernetes-research.md has a recipe
-# that builds them from Debian's source package.
+# cache); else they are built from Debian's source package into the cache (no package
+# registry ships them; about 5 minutes, once; SKYFORM_K8S_BUILD=0 skips the build and with
+# it the Kubernetes tests).
 #
 # DIR holds:
 #   kubeconfig          contexts `a` and `b` (one per control plane), admin token, CA
@@ -45,7 +46,71 @@ find_binaries() {
     echo "$cache"
     return
   fi
+  if [ "${SKYFORM_K8S_BUILD:-1}" != 0 ] && build_from_source "$cache" >&2; then
+    echo "$cache"
+    return
+  fi
   return 1
+}
+
+# Builds kube-apiserver, kube-controller-manager and kube-scheduler 1.20.2 from Debian's
+# source package (no registry ships the binaries): about 5 minutes on 2 cores and 2 GB of
+# scratch space, once; the result is cached. Needs apt (Debian 12); the system's apt
+# configuration is left alone (a private source list reads deb-src).
+build_from_source() {
+  local cache="$1"
+  command -v apt-get >/dev/null || return 1
+  echo "kube.sh: building Kubernetes 1.20.2 from Debian's source package (once, ~5 min)..."
+  local sudo=""
+  [ "$(id -u)" = 0 ] || sudo=sudo
+  local pkgs="golang-go golang-github-modern-go-reflect2-dev rsync jq make"
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $pkgs ||
+    { $sudo apt-get update && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $pkgs; } ||
+    return 1
+  local w
+  w=$(mktemp -d "${TMPDIR:-/tmp}/sky-k8s-build.XXXXXX")
+  mkdir -p "$w/apt/parts" "$w/apt/lists/partial"
+  cat >"$w/apt/parts/src.sources" <<SRC
+Types: deb-src
+URIs: http://deb.debian.org/debian
+Suites: bookworm bookworm-updates
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+
+Types: deb-src
+URIs: http://deb.debian.org/debian-security
+Suites: bookworm-security
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+SRC
+  local o="-o Dir::Etc::SourceList=/dev/null -o Dir::Etc::SourceParts=$w/apt/parts -o Dir::State::Lists=$w/apt/lists"
+  # `set -e` does not hold inside a function called from a condition: every step is chained.
+  (
+    cd "$w" &&
+      # shellcheck disable=SC2086
+      apt-get $o update &&
+      # shellcheck disable=SC2086
+      apt-get $o source --download-only kubernetes &&
+      tar xzf kubernetes_*.orig.tar.gz &&
+      cd kubernetes-1.20.2 &&
+      # Debian's reflect2 builds with the Go it ships; the vendored one does not.
+      rm -rf vendor/github.com/modern-go/reflect2 &&
+      cp -r /usr/share/gocode/src/github.com/modern-go/reflect2 vendor/github.com/modern-go/ &&
+      KUBE_GIT_VERSION=v1.20.2 KUBE_GIT_TREE_STATE=clean \
+        KUBE_GIT_COMMIT=faecb196815e248d3ecfb03c680a4507229c2a56 CGO_ENABLED=0 \
+        make WHAT="cmd/kube-apiserver cmd/kube-controller-manager cmd/kube-scheduler" &&
+      mkdir -p "$cache" &&
+      for n in kube-apiserver kube-controller-manager kube-scheduler; do
+        cp "_output/bin/$n" "$cache/$n.tmp" && mv "$cache/$n.tmp" "$cache/$n" || exit 1
+      done
+  ) >"$w.log" 2>&1
+  local rc=$?
+  rm -rf "$w"
+  if [ "$rc" != 0 ]; then
+    echo "kube.sh: the build failed; its log is $w.log" >&2
+    return 1
+  fi
+  rm -f "$w.log"
 }
 
 free_port() {
@@ -66,7 +131,7 @@ wait_for() { # what, tries, command...
 case "${1:-start}" in
 start)
   if ! bin=$(find_binaries); then
-    echo "NOTE: kube-apiserver 1.20.2 is not available (no \$SKYFORM_K8S_BIN_DIR, no cache, no ../shared/k8s-1.20.2): the Kubernetes tests are SKIPPED" >&2
+    echo "NOTE: kube-apiserver 1.20.2 is not available (no \$SKYFORM_K8S_BIN_DIR, no cache, no ../shared/k8s-1.20.2, and no build from source): the Kubernetes tests are SKIPPED" >&2
     exit 0
   fi
   if ! command -v etcd >/dev/null; then
