@@ -289,6 +289,15 @@ impl Work {
     }
 }
 
+/// A create that succeeded, or found the object there from an earlier run.
+fn created<T>(r: Result<T, kube::Error>) {
+    match r {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 409 => {}
+        Err(e) => panic!("create: {e}"),
+    }
+}
+
 const GPU_NODE: &str = "cpu=16,memory=64Gi,gpus=8,product=NVIDIA-A100-SXM4-80GB";
 
 #[test]
@@ -408,7 +417,7 @@ cluster "train" {
             }
         }))
         .unwrap();
-        pods.create(&Default::default(), &hog).await.unwrap();
+        created(pods.create(&Default::default(), &hog).await);
     });
     let out = w.ok(&["apply", "plan.json"]);
     let state = w.state();
@@ -538,7 +547,7 @@ fn the_kubernetes_backend_passes_the_conformance_suite() {
         "context": "a",
         "namespace": "t4",
     });
-    let ctx = Context::from_infra("a", settings.as_object().unwrap(), w.dir.path()).unwrap();
+    let ctx = Context::from_infra("a", settings.as_object().unwrap(), w.dir.path());
     let p = KubeProvider::new(vec![ctx]);
     w.rt.block_on(async {
         let offering = p.offerings().await.unwrap().remove(0);
@@ -598,7 +607,7 @@ fn an_exceeded_quota_blocks_the_context() {
             "spec": { "hard": { "requests.nvidia.com/gpu": "2" } }
         }))
         .unwrap();
-        quotas.create(&Default::default(), &q).await.unwrap();
+        created(quotas.create(&Default::default(), &q).await);
     });
     w.config(
         &[("a", 0.0), ("b", 1.0)],

@@ -378,22 +378,15 @@ impl Ctx {
             "ssh",
             Arc::new(crate::providers::ssh::SshProvider::new(pools)),
         );
-        let mut contexts = Vec::new();
-        for i in config
+        let contexts = config
             .iter()
             .flat_map(|c| &c.infra)
             .filter(|i| i.kind == "kubernetes")
-        {
-            let name = i.name.clone().unwrap_or_default();
-            match crate::providers::kubernetes::Context::from_infra(&name, &i.settings, &home) {
-                Ok(c) => contexts.push(c),
-                Err(e) => {
-                    eprintln!(
-                        "warning: infra \"kubernetes\" \"{name}\": {e}; the context is left out"
-                    )
-                }
-            }
-        }
+            .map(|i| {
+                let name = i.name.clone().unwrap_or_default();
+                crate::providers::kubernetes::Context::from_infra(&name, &i.settings, &home)
+            })
+            .collect();
         providers.insert(
             "k8s",
             Arc::new(crate::providers::kubernetes::KubeProvider::new(contexts)),

@@ -47,7 +47,7 @@ impl Context {
         name: &str,
         settings: &serde_json::Map<String, serde_json::Value>,
         home: &Path,
-    ) -> Result<Context, String> {
+    ) -> Context {
         let text = |k: &str| settings.get(k).and_then(|v| v.as_str()).map(String::from);
         let kubeconfig = match text("kubeconfig") {
             Some(p) => expand(&p, home),
@@ -59,7 +59,7 @@ impl Context {
             .ok()
             .and_then(|s| humantime::parse_duration(&s).ok())
             .unwrap_or(Duration::from_secs(600));
-        Ok(Context {
+        Context {
             name: name.to_string(),
             context: text("context").unwrap_or_else(|| name.to_string()),
             namespace: text("namespace"),
@@ -69,7 +69,7 @@ impl Context {
                 .and_then(serde_json::Value::as_f64)
                 .map_or(0, crate::optimizer::micros_from_dollars),
             start_timeout,
-        })
+        }
     }
 }
 
@@ -551,9 +551,8 @@ impl KubeProvider {
             propagation_policy: Some(PropagationPolicy::Background),
             ..DeleteParams::default()
         };
-        let ns = |c: &kube::Client| (c.clone(), conn.namespace.clone());
-        let (c, n) = ns(&conn.client);
-        let jobs: Api<Job> = Api::namespaced(c.clone(), &n);
+        let (c, n) = (&conn.client, conn.namespace.as_str());
+        let jobs: Api<Job> = Api::namespaced(c.clone(), n);
         let gone = |r: Result<_, kube::Error>, what: &str| match r {
             Ok(_) => Ok(()),
             Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
@@ -565,7 +564,7 @@ impl KubeProvider {
             "pods",
         )?;
         // Services have no delete-collection in Kubernetes 1.20: one at a time.
-        let services: Api<Service> = Api::namespaced(c.clone(), &n);
+        let services: Api<Service> = Api::namespaced(c.clone(), n);
         let listed = services
             .list(&lp)
             .await
@@ -575,7 +574,7 @@ impl KubeProvider {
                 gone(services.delete(&name, &dp).await.map(drop), "a service")?;
             }
         }
-        let secrets: Api<Secret> = Api::namespaced(c, &n);
+        let secrets: Api<Secret> = Api::namespaced(c.clone(), n);
         gone(
             secrets.delete_collection(&dp, &lp).await.map(drop),
             "secrets",
