@@ -1257,12 +1257,13 @@ impl super::Provider for KubeProvider {
             "--namespace".into(),
             p.namespace.clone().unwrap_or_else(|| "default".into()),
             "exec".into(),
-            "-it".into(),
+            // A terminal for an interactive shell only, as ssh does.
+            if command.is_empty() { "-it" } else { "-i" }.into(),
             objects::pod_name(&p.name, 0),
             "--".into(),
         ];
         if command.is_empty() {
-            argv.push("/bin/bash".into());
+            argv.push("/bin/sh".into());
         } else {
             argv.extend(["/bin/sh".to_string(), "-c".into(), command.join(" ")]);
         }
