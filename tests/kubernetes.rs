@@ -22,9 +22,14 @@ use std::time::{Duration, Instant};
 const BIN: &str = env!("CARGO_BIN_EXE_skyform");
 static TURN: Mutex<()> = Mutex::new(());
 
-fn kube_dir(test: &str) -> Option<PathBuf> {
+/// The control planes' directory and this test's turn, or None (and a SKIPPED line) when
+/// there are no control planes.
+fn begin(test: &str) -> Option<(PathBuf, std::sync::MutexGuard<'static, ()>)> {
     match std::env::var_os("SKYFORM_TEST_KUBE_DIR") {
-        Some(d) => Some(PathBuf::from(d)),
+        Some(d) => Some((
+            PathBuf::from(d),
+            TURN.lock().unwrap_or_else(|e| e.into_inner()),
+        )),
         None => {
             eprintln!(
                 "SKIPPED {test}: SKYFORM_TEST_KUBE_DIR is not set (run ./scripts/test.sh, or eval \"$(scripts/kube.sh start)\")"
@@ -269,6 +274,23 @@ impl Work {
         })
     }
 
+    /// `skyform destroy`, after which the namespace holds nothing of skyform's.
+    fn destroy_leaves_nothing(&self, context: &str) {
+        self.ok(&["destroy", "-auto-approve"]);
+        assert_eq!(
+            self.leftovers(context),
+            Vec::<String>::new(),
+            "destroy leaves the namespace empty"
+        );
+    }
+
+    /// Makes a namespace in `context` (it may be there from an earlier run).
+    async fn namespace(&self, context: &str, name: &str) {
+        let ns: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(self.client(context).await);
+        let body = serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).unwrap();
+        created(ns.create(&Default::default(), &body).await);
+    }
+
     /// Waits until `skyform status` says `addr` is `want`.
     fn wait_status(&self, addr: &str, want: &str) -> Value {
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -303,10 +325,9 @@ const GPU_NODE: &str = "cpu=16,memory=64Gi,gpus=8,product=NVIDIA-A100-SXM4-80GB"
 #[test]
 #[ignore = "needs kube-apiserver: run ./scripts/test.sh"]
 fn a_gpu_cluster_lands_where_gpus_fit_and_runs_a_job() {
-    let Some(kube) = kube_dir("a_gpu_cluster_lands_where_gpus_fit_and_runs_a_job") else {
+    let Some((kube, _turn)) = begin("a_gpu_cluster_lands_where_gpus_fit_and_runs_a_job") else {
         return;
     };
-    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
     let _a = Fakelet::start(
         &kube,
         "a",
@@ -361,21 +382,15 @@ job "hello" {
         state["resources"]["cluster.train"]["placement"]["offering"]["region"],
         "a"
     );
-    w.ok(&["destroy", "-auto-approve"]);
-    assert_eq!(
-        w.leftovers("a"),
-        Vec::<String>::new(),
-        "destroy leaves the namespace empty"
-    );
+    w.destroy_leaves_nothing("a");
 }
 
 #[test]
 #[ignore = "needs kube-apiserver: run ./scripts/test.sh"]
 fn a_full_context_fails_over_to_the_next() {
-    let Some(kube) = kube_dir("a_full_context_fails_over_to_the_next") else {
+    let Some((kube, _turn)) = begin("a_full_context_fails_over_to_the_next") else {
         return;
     };
-    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
     let _a = Fakelet::start(&kube, "a", &[&format!("t2-a:{GPU_NODE}")]);
     let _b = Fakelet::start(&kube, "b", &[&format!("t2-b:{GPU_NODE}")]);
     let w = Work::new(&kube, "t2");
@@ -399,14 +414,7 @@ cluster "train" {
     // Someone else takes a's GPUs between plan and apply.
     w.rt.block_on(async {
         let c = w.client("a").await;
-        let ns: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(c.clone());
-        let _ = ns
-            .create(
-                &Default::default(),
-                &serde_json::from_value(serde_json::json!({"metadata": {"name": "t2-other"}}))
-                    .unwrap(),
-            )
-            .await;
+        w.namespace("a", "t2-other").await;
         let pods: Api<Pod> = Api::namespaced(c, "t2-other");
         let hog: Pod = serde_json::from_value(serde_json::json!({
             "metadata": { "name": "hog" },
@@ -434,8 +442,7 @@ cluster "train" {
             .iter()
             .any(|p| p.1 == "Running" && p.2 == "t2-b")
     );
-    w.ok(&["destroy", "-auto-approve"]);
-    assert_eq!(w.leftovers("b"), Vec::<String>::new());
+    w.destroy_leaves_nothing("b");
     w.rt.block_on(async {
         let pods: Api<Pod> = Api::namespaced(w.client("a").await, "t2-other");
         let _ = pods
@@ -453,11 +460,11 @@ cluster "train" {
 #[test]
 #[ignore = "needs kube-apiserver: run ./scripts/test.sh"]
 fn evicted_pods_are_replaced_and_an_interrupted_create_is_adopted() {
-    let Some(kube) = kube_dir("evicted_pods_are_replaced_and_an_interrupted_create_is_adopted")
+    let Some((kube, _turn)) =
+        begin("evicted_pods_are_replaced_and_an_interrupted_create_is_adopted")
     else {
         return;
     };
-    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
     let a = Fakelet::start(&kube, "a", &[&format!("t3-a:{GPU_NODE}")]);
     let w = Work::new(&kube, "t3");
     let one = r#"
@@ -522,12 +529,7 @@ cluster "train" {
     w.ok(&["apply", "-auto-approve"]);
     assert_eq!(w.pods("a").len(), 3);
     assert_eq!(w.state()["resources"]["cluster.more"]["status"], "ready");
-    w.ok(&["destroy", "-auto-approve"]);
-    assert_eq!(
-        w.leftovers("a"),
-        Vec::<String>::new(),
-        "destroy leaves the namespace empty"
-    );
+    w.destroy_leaves_nothing("a");
 }
 
 #[test]
@@ -536,10 +538,9 @@ fn the_kubernetes_backend_passes_the_conformance_suite() {
     use skyform::providers::Provider;
     use skyform::providers::conformance::{self, Fixture};
     use skyform::providers::kubernetes::{Context, KubeProvider};
-    let Some(kube) = kube_dir("the_kubernetes_backend_passes_the_conformance_suite") else {
+    let Some((kube, _turn)) = begin("the_kubernetes_backend_passes_the_conformance_suite") else {
         return;
     };
-    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
     let _a = Fakelet::start(&kube, "a", &["t4-a:cpu=8,memory=32Gi"]);
     let w = Work::new(&kube, "t4");
     let settings = serde_json::json!({
@@ -584,23 +585,16 @@ fn the_kubernetes_backend_passes_the_conformance_suite() {
 #[test]
 #[ignore = "needs kube-apiserver: run ./scripts/test.sh"]
 fn an_exceeded_quota_blocks_the_context() {
-    let Some(kube) = kube_dir("an_exceeded_quota_blocks_the_context") else {
+    let Some((kube, _turn)) = begin("an_exceeded_quota_blocks_the_context") else {
         return;
     };
-    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
     let _a = Fakelet::start(&kube, "a", &[&format!("t5-a:{GPU_NODE}")]);
     let _b = Fakelet::start(&kube, "b", &[&format!("t5-b:{GPU_NODE}")]);
     let w = Work::new(&kube, "t5");
     // The namespace in `a` may use 2 GPUs; the nodes say nothing of it.
     w.rt.block_on(async {
         let c = w.client("a").await;
-        let ns: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(c.clone());
-        let _ = ns
-            .create(
-                &Default::default(),
-                &serde_json::from_value(serde_json::json!({"metadata": {"name": "t5"}})).unwrap(),
-            )
-            .await;
+        w.namespace("a", "t5").await;
         let quotas: Api<k8s_openapi::api::core::v1::ResourceQuota> = Api::namespaced(c, "t5");
         let q = serde_json::from_value(serde_json::json!({
             "metadata": { "name": "gpus" },
@@ -619,19 +613,17 @@ fn an_exceeded_quota_blocks_the_context() {
     assert_eq!(r["placement"]["offering"]["region"], "b", "{out}\n{r}");
     assert!(r["attempts"].to_string().contains("exceeded quota"), "{r}");
     assert_eq!(w.leftovers("a"), Vec::<String>::new(), "nothing stays in a");
-    w.ok(&["destroy", "-auto-approve"]);
-    assert_eq!(w.leftovers("b"), Vec::<String>::new());
+    w.destroy_leaves_nothing("b");
 }
 
 #[test]
 #[ignore = "needs kube-apiserver: run ./scripts/test.sh"]
 fn a_managed_job_runs_as_kubernetes_jobs_and_is_recovered_after_eviction() {
-    let Some(kube) =
-        kube_dir("a_managed_job_runs_as_kubernetes_jobs_and_is_recovered_after_eviction")
+    let Some((kube, _turn)) =
+        begin("a_managed_job_runs_as_kubernetes_jobs_and_is_recovered_after_eviction")
     else {
         return;
     };
-    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
     let a = Fakelet::start(&kube, "a", &[&format!("t6-a:{GPU_NODE}")]);
     let w = Work::new(&kube, "t6");
     w.config(
@@ -681,10 +673,5 @@ managed_job "quick" {
         .collect();
     assert_eq!(now.len(), 1, "the evicted pod's Job is gone: {now:?}");
     assert_ne!(now[0].0, first[0].0);
-    w.ok(&["destroy", "-auto-approve"]);
-    assert_eq!(
-        w.leftovers("a"),
-        Vec::<String>::new(),
-        "destroy leaves the namespace empty"
-    );
+    w.destroy_leaves_nothing("a");
 }

@@ -132,6 +132,14 @@ impl Conn {
     }
 }
 
+/// A placement made ready: see [`KubeProvider::placed`].
+struct Placed {
+    conn: Conn,
+    p: Private,
+    shape: PodShape,
+    image: String,
+}
+
 #[derive(Debug)]
 pub struct KubeProvider {
     contexts: BTreeMap<String, Context>,
@@ -608,17 +616,22 @@ impl KubeProvider {
         }
     }
 
-    async fn create_cluster(
+    /// What a cluster's pods and a managed job's Jobs start from: the chosen context (its
+    /// namespace made if missing), the private data with where it goes, each pod's share of
+    /// a node and the image.
+    async fn placed(
         &self,
         req: &Request<'_>,
-        spec: &crate::model::ClusterSpec,
+        resources: &crate::model::Resources,
+        workdir: bool,
         placement: &Candidate,
-    ) -> Result<Created, ProviderError> {
-        if spec.workdir.is_some() {
-            return Err(ProviderError {
-                kind: ErrorKind::Config,
-                message: "workdir is not supported on Kubernetes yet: put the files into the image (image_id = \"docker:…\") or fetch them in setup".into(),
-            });
+    ) -> Result<Placed, ProviderError> {
+        let config = |message: String| ProviderError {
+            kind: ErrorKind::Config,
+            message,
+        };
+        if workdir {
+            return Err(config("workdir is not supported on Kubernetes yet: put the files into the image (image_id = \"docker:…\") or fetch them in setup".into()));
         }
         let context = placement.offering.region.clone().unwrap_or_default();
         let conn = self.conn(&context).await?;
@@ -626,17 +639,34 @@ impl KubeProvider {
             .map_err(|e| ProviderError::other(format!("bad private state: {e}")))?;
         p.context = Some(context);
         p.namespace = Some(conn.namespace.clone());
-        let config = |m: String| ProviderError {
-            kind: ErrorKind::Config,
-            message: m,
-        };
-        let mut shape =
-            PodShape::for_request(&spec.resources, &placement.offering).map_err(config)?;
-        let image = objects::image(&spec.resources).map_err(config)?;
+        let mut shape = PodShape::for_request(resources, &placement.offering).map_err(config)?;
+        let image = objects::image(resources).map_err(config)?;
         if shape.gpus > 0 {
             shape.gpu_affinity = self.gpu_affinity(&conn, &placement.offering).await?;
         }
         self.ensure_namespace(&conn).await?;
+        Ok(Placed {
+            conn,
+            p,
+            shape,
+            image,
+        })
+    }
+
+    async fn create_cluster(
+        &self,
+        req: &Request<'_>,
+        spec: &crate::model::ClusterSpec,
+        placement: &Candidate,
+    ) -> Result<Created, ProviderError> {
+        let Placed {
+            conn,
+            mut p,
+            shape,
+            image,
+        } = self
+            .placed(req, &spec.resources, spec.workdir.is_some(), placement)
+            .await?;
         let owner = Owner {
             address: req.address,
             lineage: &p.lineage,
@@ -801,30 +831,15 @@ impl KubeProvider {
         spec: &crate::model::ManagedJobSpec,
         placement: &Candidate,
     ) -> Result<Created, ProviderError> {
-        if spec.workdir.is_some() {
-            return Err(ProviderError {
-                kind: ErrorKind::Config,
-                message: "workdir is not supported on Kubernetes yet: put the files into the image (image_id = \"docker:…\") or fetch them in setup".into(),
-            });
-        }
-        let context = placement.offering.region.clone().unwrap_or_default();
-        let conn = self.conn(&context).await?;
-        let mut p: Private = serde_json::from_value(req.private.clone())
-            .map_err(|e| ProviderError::other(format!("bad private state: {e}")))?;
-        p.context = Some(context);
-        p.namespace = Some(conn.namespace.clone());
+        let Placed {
+            conn,
+            mut p,
+            shape,
+            image,
+        } = self
+            .placed(req, &spec.resources, spec.workdir.is_some(), placement)
+            .await?;
         p.job_id = Some(p.name.clone());
-        let config = |m: String| ProviderError {
-            kind: ErrorKind::Config,
-            message: m,
-        };
-        let mut shape =
-            PodShape::for_request(&spec.resources, &placement.offering).map_err(config)?;
-        let image = objects::image(&spec.resources).map_err(config)?;
-        if shape.gpus > 0 {
-            shape.gpu_affinity = self.gpu_affinity(&conn, &placement.offering).await?;
-        }
-        self.ensure_namespace(&conn).await?;
         let owner = Owner {
             address: req.address,
             lineage: &p.lineage,

@@ -226,6 +226,25 @@ pub fn headless_service(owner: &Owner, name: &str, namespace: &str) -> Value {
     })
 }
 
+/// `envs` and the variables that tell a rank who it is.
+fn with_rank(envs: &BTreeMap<String, String>, rank: u32, n: u32) -> BTreeMap<String, String> {
+    let mut out = envs.clone();
+    out.insert("SKYFORM_NODE_RANK".into(), rank.to_string());
+    out.insert("SKYFORM_NUM_NODES".into(), n.to_string());
+    out
+}
+
+/// What every pod skyform makes has: no restarts behind skyform's back (an ended pod is
+/// reported), no service account token, no service links, a short grace period.
+fn pod_basics() -> Value {
+    json!({
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": false,
+        "enableServiceLinks": false,
+        "terminationGracePeriodSeconds": 10,
+    })
+}
+
 fn env_list(envs: &BTreeMap<String, String>) -> Vec<Value> {
     envs.iter()
         .map(|(k, v)| json!({ "name": k, "value": v }))
@@ -253,9 +272,7 @@ pub fn pod_name(cluster: &str, rank: u32) -> String {
 impl ClusterPod<'_> {
     pub fn build(&self) -> Value {
         let pod = pod_name(self.name, self.rank);
-        let mut envs = self.envs.clone();
-        envs.insert("SKYFORM_NODE_RANK".into(), self.rank.to_string());
-        envs.insert("SKYFORM_NUM_NODES".into(), self.num_nodes.to_string());
+        let mut envs = with_rank(self.envs, self.rank, self.num_nodes);
         envs.insert("SKYFORM_CLUSTER".into(), self.owner.address.to_string());
         envs.insert(
             "SKYFORM_HEAD_HOST".into(),
@@ -268,21 +285,16 @@ impl ClusterPod<'_> {
         }
         // Holds the pod (and its share of the node) until skyform deletes it.
         script.push_str("exec sleep infinity\n");
-        let mut spec = json!({
-            "hostname": pod,
-            "subdomain": self.name,
-            "restartPolicy": "Never",
-            "automountServiceAccountToken": false,
-            "enableServiceLinks": false,
-            "terminationGracePeriodSeconds": 10,
-            "containers": [{
-                "name": "main",
-                "image": self.image,
-                "command": ["/bin/sh", "-c", script],
-                "env": env_list(&envs),
-                "resources": self.shape.resources(),
-            }],
-        });
+        let mut spec = pod_basics();
+        spec["hostname"] = json!(pod);
+        spec["subdomain"] = json!(self.name);
+        spec["containers"] = json!([{
+            "name": "main",
+            "image": self.image,
+            "command": ["/bin/sh", "-c", script],
+            "env": env_list(&envs),
+            "resources": self.shape.resources(),
+        }]);
         if let Some(a) = self.shape.affinity() {
             spec["affinity"] = a;
         }
@@ -341,9 +353,7 @@ pub fn job_object_name(job: &str, rank: u32) -> String {
 impl JobRank<'_> {
     pub fn build(&self) -> Value {
         let object = job_object_name(self.name, self.rank);
-        let mut envs = self.envs.clone();
-        envs.insert("SKYFORM_NODE_RANK".into(), self.rank.to_string());
-        envs.insert("SKYFORM_NUM_NODES".into(), self.num_nodes.to_string());
+        let mut envs = with_rank(self.envs, self.rank, self.num_nodes);
         envs.insert("SKYFORM_JOB_ID".into(), self.name.to_string());
         let mut env = env_list(&envs);
         for key in &self.secret_keys {
@@ -355,12 +365,7 @@ impl JobRank<'_> {
             "command": ["/bin/sh", "-c", self.run],
             "env": env,
         });
-        let mut pod_spec = json!({
-            "restartPolicy": "Never",
-            "automountServiceAccountToken": false,
-            "enableServiceLinks": false,
-            "terminationGracePeriodSeconds": 10,
-        });
+        let mut pod_spec = pod_basics();
         if let Some(shape) = self.shape {
             container["resources"] = shape.resources();
             if let Some(a) = shape.affinity() {
