@@ -132,6 +132,13 @@ impl Conn {
     }
 }
 
+/// What [`KubeProvider::wait_pods`] waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Until {
+    Running,
+    Placed,
+}
+
 /// A placement made ready: see [`KubeProvider::placed`].
 struct Placed {
     conn: Conn,
@@ -494,14 +501,16 @@ impl KubeProvider {
         .await
     }
 
-    /// Waits until every pod of the selection runs: an unschedulable pod is a capacity
-    /// error (the engine fails over), a pod that ends is a failure, and pods still pending
-    /// at the deadline are a timeout.
-    async fn wait_running(
+    /// Waits until `want` pods of the selection run (`Until::Running`, a cluster's: a pod
+    /// that ends is a failure) or are placed on nodes (`Until::Placed`, a job's: it may
+    /// already have finished). An unschedulable pod is a capacity error (the engine fails
+    /// over); pods not there by the start timeout are a timeout.
+    async fn wait_pods(
         &self,
         conn: &Conn,
         lp: &ListParams,
         want: usize,
+        until: Until,
     ) -> Result<Vec<Pod>, ProviderError> {
         let deadline = tokio::time::Instant::now() + conn.context.start_timeout;
         let api = conn.pods();
@@ -524,7 +533,7 @@ impl KubeProvider {
                         ),
                     });
                 }
-                if matches!(phase(p), "Failed" | "Succeeded") {
+                if until == Until::Running && matches!(phase(p), "Failed" | "Succeeded") {
                     return Err(ProviderError::other(format!(
                         "{}: {}",
                         conn.where_(),
@@ -532,16 +541,29 @@ impl KubeProvider {
                     )));
                 }
             }
-            if pods.len() >= want && pods.iter().all(|p| phase(p) == "Running") {
+            let done = pods
+                .iter()
+                .filter(|p| match until {
+                    Until::Running => phase(p) == "Running",
+                    Until::Placed => p.spec.as_ref().is_some_and(|s| s.node_name.is_some()),
+                })
+                .count();
+            if done >= want {
                 return Ok(pods);
             }
             if tokio::time::Instant::now() >= deadline {
+                let (what, why) = match until {
+                    Until::Running => ("running", ""),
+                    Until::Placed => (
+                        "placed",
+                        " (a ResourceQuota may keep the Job controller from making them: see the Job's events)",
+                    ),
+                };
                 return Err(ProviderError {
                     kind: ErrorKind::Timeout,
                     message: format!(
-                        "{}: {} of {want} pod(s) running after {}",
+                        "{}: {done} of {want} pod(s) {what} after {}{why}",
                         conn.where_(),
-                        pods.iter().filter(|p| phase(p) == "Running").count(),
                         humantime::format_duration(conn.context.start_timeout)
                     ),
                 });
@@ -692,7 +714,12 @@ impl KubeProvider {
                 .await?;
         }
         let pods = self
-            .wait_running(&conn, &selector(LABEL_CLUSTER, &p.name), n as usize)
+            .wait_pods(
+                &conn,
+                &selector(LABEL_CLUSTER, &p.name),
+                n as usize,
+                Until::Running,
+            )
             .await?;
         let mut sorted = pods.clone();
         sorted.sort_by_key(pod_rank);
@@ -784,10 +811,6 @@ impl KubeProvider {
             address: req.address,
             lineage: &p.lineage,
         };
-        if !spec.secrets.is_empty() {
-            let s = objects::secret(&owner, &p.name, &conn.namespace, &spec.secrets);
-            self.apply::<Secret>(&conn, &p.name, &s, "secret").await?;
-        }
         let mut envs = match &cluster.spec {
             Spec::Cluster(c) => c.envs.clone(),
             _ => BTreeMap::new(),
@@ -798,29 +821,52 @@ impl KubeProvider {
             .image
             .clone()
             .unwrap_or_else(|| objects::DEFAULT_IMAGE.into());
-        for rank in 0..n {
-            let job = objects::JobRank {
-                owner: owner.clone(),
-                name: &p.name,
-                namespace: &conn.namespace,
-                rank,
-                num_nodes: n,
-                image: &image,
-                run: &spec.run,
-                envs: &envs,
-                secret_keys: spec.secrets.keys().map(String::as_str).collect(),
-                node: cp.nodes.get(rank as usize).map(String::as_str),
-                shape: None,
-            }
-            .build();
-            self.apply::<Job>(&conn, &objects::job_object_name(&p.name, rank), &job, "job")
-                .await?;
-        }
+        let job = objects::JobRank {
+            owner,
+            name: &p.name,
+            namespace: &conn.namespace,
+            rank: 0,
+            num_nodes: n,
+            image: &image,
+            run: &spec.run,
+            envs: &envs,
+            secret_keys: spec.secrets.keys().map(String::as_str).collect(),
+            node: None,
+            shape: None,
+        };
+        self.apply_jobs(&conn, job, &spec.secrets, &cp.nodes)
+            .await?;
         let status = self.job_status(&conn, &p.name, n).await?;
         Ok(Created {
             computed: super::jobs::computed(&status),
             private: serde_json::to_value(&p).unwrap_or_default(),
         })
+    }
+
+    /// Applies the Secret (when there are secrets) and one Kubernetes Job per rank of `job`,
+    /// rank `r` on `nodes[r]` when nodes are given.
+    async fn apply_jobs(
+        &self,
+        conn: &Conn,
+        job: objects::JobRank<'_>,
+        secrets: &BTreeMap<String, String>,
+        nodes: &[String],
+    ) -> Result<(), ProviderError> {
+        if !secrets.is_empty() {
+            let s = objects::secret(&job.owner, job.name, &conn.namespace, secrets);
+            self.apply::<Secret>(conn, job.name, &s, "secret").await?;
+        }
+        for rank in 0..job.num_nodes {
+            let body = objects::JobRank {
+                rank,
+                node: nodes.get(rank as usize).map(String::as_str),
+                ..job.clone()
+            }
+            .build();
+            let name = objects::job_object_name(job.name, rank);
+            self.apply::<Job>(conn, &name, &body, "job").await?;
+        }
+        Ok(())
     }
 
     /// A managed job: Kubernetes Jobs with resources of their own, placed by the scheduler
@@ -844,89 +890,37 @@ impl KubeProvider {
             address: req.address,
             lineage: &p.lineage,
         };
-        if !spec.secrets.is_empty() {
-            let s = objects::secret(&owner, &p.name, &conn.namespace, &spec.secrets);
-            self.apply::<Secret>(&conn, &p.name, &s, "secret").await?;
-        }
         let run = match &spec.setup {
             Some(setup) => format!("set -e\n{setup}\nset +e\n{}", spec.run),
             None => spec.run.clone(),
         };
         let n = spec.num_nodes.max(1);
-        for rank in 0..n {
-            let job = objects::JobRank {
-                owner: owner.clone(),
-                name: &p.name,
-                namespace: &conn.namespace,
-                rank,
-                num_nodes: n,
-                image: &image,
-                run: &run,
-                envs: &spec.envs,
-                secret_keys: spec.secrets.keys().map(String::as_str).collect(),
-                node: None,
-                shape: Some(&shape),
-            }
-            .build();
-            self.apply::<Job>(&conn, &objects::job_object_name(&p.name, rank), &job, "job")
-                .await?;
-        }
-        self.wait_placed(&conn, &selector(LABEL_JOB, &p.name), n as usize)
-            .await?;
+        let job = objects::JobRank {
+            owner,
+            name: &p.name,
+            namespace: &conn.namespace,
+            rank: 0,
+            num_nodes: n,
+            image: &image,
+            run: &run,
+            envs: &spec.envs,
+            secret_keys: spec.secrets.keys().map(String::as_str).collect(),
+            node: None,
+            shape: Some(&shape),
+        };
+        self.apply_jobs(&conn, job, &spec.secrets, &[]).await?;
+        self.wait_pods(
+            &conn,
+            &selector(LABEL_JOB, &p.name),
+            n as usize,
+            Until::Placed,
+        )
+        .await?;
         let status = self.job_status(&conn, &p.name, n).await?;
         Ok(Created {
             computed: super::jobs::computed(&status),
             private: serde_json::to_value(&p).unwrap_or_default(),
         })
-    }
-
-    /// Waits until the Job controller made every pod and the scheduler placed each (a
-    /// finished pod was placed too); unschedulable is a capacity error.
-    async fn wait_placed(
-        &self,
-        conn: &Conn,
-        lp: &ListParams,
-        want: usize,
-    ) -> Result<(), ProviderError> {
-        let deadline = tokio::time::Instant::now() + conn.context.start_timeout;
-        loop {
-            let pods = conn
-                .pods()
-                .list(lp)
-                .await
-                .map_err(|e| classify(e, "list pods", &conn.where_()))?
-                .items;
-            for p in &pods {
-                if let Some(why) = unschedulable(p) {
-                    let name = p.metadata.name.as_deref().unwrap_or("?");
-                    return Err(ProviderError {
-                        kind: ErrorKind::Capacity,
-                        message: format!(
-                            "{}: pod {name} cannot be scheduled: {why}",
-                            conn.where_()
-                        ),
-                    });
-                }
-            }
-            let placed = pods
-                .iter()
-                .filter(|p| p.spec.as_ref().is_some_and(|s| s.node_name.is_some()))
-                .count();
-            if placed >= want {
-                return Ok(());
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return Err(ProviderError {
-                    kind: ErrorKind::Timeout,
-                    message: format!(
-                        "{}: {placed} of {want} pod(s) placed after {} (a ResourceQuota may keep the Job controller from making them: see the Job's events)",
-                        conn.where_(),
-                        humantime::format_duration(conn.context.start_timeout)
-                    ),
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
     }
 
     /// Jobs start after those they depend on succeeded.

@@ -329,7 +329,7 @@ pub fn secret(
 
 /// One rank of a job as a Kubernetes Job: a single pod, never retried (skyform decides about
 /// retries), placed on the node its cluster's pod of the same rank holds.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct JobRank<'a> {
     pub owner: Owner<'a>,
     /// The job's name; the Job object is `NAME-RANK`, its Secret `NAME`.
