@@ -394,7 +394,9 @@ impl KubeProvider {
         })
     }
 
-    /// The connection for a resource in state, in the namespace it was made in.
+    /// The connection for a resource in state, in the namespace it was made in; None when
+    /// it names no context (nothing was made). A context that is no longer declared is an
+    /// error, never "gone": its pods may well be running, and forgetting them would leak them.
     async fn conn_of(
         &self,
         p: &Private,
@@ -404,7 +406,12 @@ impl KubeProvider {
             return Ok(None);
         };
         if !self.contexts.contains_key(&name) {
-            return Ok(None);
+            return Err(ProviderError {
+                kind: ErrorKind::Config,
+                message: format!(
+                    "it lives in Kubernetes context {name:?}, and no infra \"kubernetes\" \"{name}\" is declared any more; declare it again to manage or destroy what runs there, or forget it with skyform state rm"
+                ),
+            });
         }
         let mut conn = self.conn(&name).await?;
         if let Some(ns) = &p.namespace {
@@ -785,10 +792,7 @@ impl KubeProvider {
             .await?
             .ok_or_else(|| ProviderError {
                 kind: ErrorKind::Config,
-                message: format!(
-                    "the context of cluster {} is no longer declared",
-                    spec.cluster
-                ),
+                message: format!("cluster {} names no Kubernetes context", spec.cluster),
             })?;
         let n = spec.num_nodes.max(1);
         if n as usize > cp.nodes.len() {
@@ -1137,7 +1141,7 @@ impl super::Provider for KubeProvider {
             }
             let Some(conn) = self.conn_of(&p, res).await? else {
                 return Ok(Observed::Gone {
-                    reason: "its context is no longer declared".into(),
+                    reason: "it names no Kubernetes context (nothing was made)".into(),
                 });
             };
             let jobs: Api<Job> = Api::namespaced(conn.client.clone(), &conn.namespace);
@@ -1166,7 +1170,7 @@ impl super::Provider for KubeProvider {
         }
         let Some(conn) = self.conn_of(&p, res).await? else {
             return Ok(Observed::Gone {
-                reason: "its context is no longer declared".into(),
+                reason: "it names no Kubernetes context (nothing was made)".into(),
             });
         };
         self.refresh_cluster(res, &p, &conn).await
