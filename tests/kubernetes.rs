@@ -529,6 +529,31 @@ cluster "train" {
     w.ok(&["apply", "-auto-approve"]);
     assert_eq!(w.pods("a").len(), 3);
     assert_eq!(w.state()["resources"]["cluster.more"]["status"], "ready");
+
+    // Someone deletes the second cluster's pod by hand; its Service is still there, so the
+    // plan replaces the cluster (removing the Service) rather than forgetting it.
+    let name = w.state()["resources"]["cluster.more"]["private"]["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    w.rt.block_on(async {
+        let pods: Api<Pod> = Api::namespaced(w.client("a").await, "t3");
+        let dp = kube::api::DeleteParams {
+            grace_period_seconds: Some(0),
+            ..Default::default()
+        };
+        pods.delete(&format!("{name}-0"), &dp).await.unwrap();
+    });
+    let plan = w.ok(&["plan"]);
+    assert!(plan.contains(&format!("service/{name} is left")), "{plan}");
+    w.ok(&["apply", "-auto-approve"]);
+    let left = w.leftovers("a");
+    assert!(!left.iter().any(|o| o.contains(&name)), "{left:?}");
+    assert_eq!(
+        left.iter().filter(|o| o.starts_with("service/")).count(),
+        2,
+        "{left:?}"
+    );
     w.destroy_leaves_nothing("a");
 }
 

@@ -579,6 +579,55 @@ impl KubeProvider {
         }
     }
 
+    /// The Services, Secrets and Jobs labelled `key=value` (`service/NAME`, …): what a
+    /// resource whose pods are gone may have left.
+    async fn others(
+        &self,
+        conn: &Conn,
+        key: &str,
+        value: &str,
+    ) -> Result<Vec<String>, ProviderError> {
+        let lp = selector(key, value);
+        let at = conn.where_();
+        let names = |kind: &str, items: Vec<Option<String>>| -> Vec<String> {
+            items
+                .into_iter()
+                .flatten()
+                .map(|n| format!("{kind}/{n}"))
+                .collect()
+        };
+        let (c, n) = (&conn.client, conn.namespace.as_str());
+        let services = Api::<Service>::namespaced(c.clone(), n)
+            .list(&lp)
+            .await
+            .map_err(|e| classify(e, "list services", &at))?;
+        let secrets = Api::<Secret>::namespaced(c.clone(), n)
+            .list(&lp)
+            .await
+            .map_err(|e| classify(e, "list secrets", &at))?;
+        let jobs = Api::<Job>::namespaced(c.clone(), n)
+            .list(&lp)
+            .await
+            .map_err(|e| classify(e, "list jobs", &at))?;
+        let mut out = names(
+            "service",
+            services
+                .items
+                .into_iter()
+                .map(|o| o.metadata.name)
+                .collect(),
+        );
+        out.extend(names(
+            "secret",
+            secrets.items.into_iter().map(|o| o.metadata.name).collect(),
+        ));
+        out.extend(names(
+            "job",
+            jobs.items.into_iter().map(|o| o.metadata.name).collect(),
+        ));
+        Ok(out)
+    }
+
     /// Deletes every pod, Job, Service and Secret labelled `key=value`, and waits until their
     /// pods are gone.
     async fn remove(&self, conn: &Conn, key: &str, value: &str) -> Result<(), ProviderError> {
@@ -1029,11 +1078,18 @@ impl KubeProvider {
             _ => 1,
         };
         if pods.is_empty() {
-            return Ok(Observed::Gone {
-                reason: if res.status == Status::Creating {
-                    "its creation made no pod".into()
-                } else {
-                    format!("its pods are gone from {}", conn.where_())
+            let rest = self.others(conn, LABEL_CLUSTER, &p.name).await?;
+            let what = if res.status == Status::Creating {
+                "its creation made no pod".to_string()
+            } else {
+                format!("its pods are gone from {}", conn.where_())
+            };
+            // What is left (the Service) goes with a replacement; forgetting it would leak it.
+            return Ok(match rest.first() {
+                None => Observed::Gone { reason: what },
+                Some(o) => Observed::Degraded {
+                    reason: format!("{what}, {o} is left"),
+                    computed: BTreeMap::new(),
                 },
             });
         }
@@ -1150,8 +1206,14 @@ impl super::Provider for KubeProvider {
                 .await
                 .map_err(|e| classify(e, "list jobs", &conn.where_()))?;
             if listed.items.is_empty() {
-                return Ok(Observed::Gone {
-                    reason: format!("its Kubernetes Jobs are gone from {}", conn.where_()),
+                let what = format!("its Kubernetes Jobs are gone from {}", conn.where_());
+                let rest = self.others(&conn, LABEL_JOB, &p.name).await?;
+                return Ok(match rest.first() {
+                    None => Observed::Gone { reason: what },
+                    Some(o) => Observed::Degraded {
+                        reason: format!("{what}, {o} is left"),
+                        computed: BTreeMap::new(),
+                    },
                 });
             }
             let s = self.job_status(&conn, &p.name, ranks).await?;
