@@ -334,8 +334,9 @@ fn a_gpu_cluster_lands_where_gpus_fit_and_runs_a_job() {
         &["t1-cpu:cpu=8,memory=32Gi", &format!("t1-gpu:{GPU_NODE}")],
     );
     let w = Work::new(&kube, "t1");
+    // A context the kubeconfig does not have: the plan says so and uses the others.
     w.config(
-        &[("a", 0.0)],
+        &[("a", 0.0), ("typo", 0.0)],
         r#"
 cluster "train" {
   resources {
@@ -353,6 +354,10 @@ job "hello" {
     );
     let plan = w.ok(&["plan"]);
     assert!(plan.contains("k8s/a"), "{plan}");
+    assert!(
+        plan.contains("warning: infra \"kubernetes\" \"typo\": context \"typo\""),
+        "{plan}"
+    );
     assert!(plan.contains("A100-80GB"), "{plan}");
     w.ok(&["apply", "-auto-approve"]);
     let pods = w.pods("a");

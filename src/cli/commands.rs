@@ -800,8 +800,13 @@ async fn make_plan(
         catalog_offerings(ctx, config)?
     };
     for p in registry.providers.values() {
-        match p.offerings().await {
-            Ok(o) => offerings.extend(o),
+        match p.offers().await {
+            Ok(o) => {
+                offerings.extend(o.offerings);
+                for why in o.unavailable {
+                    eprintln!("warning: {why}; it offers nothing in this plan");
+                }
+            }
             Err(e) => eprintln!("warning: {} offers nothing: {e}", p.name()),
         }
     }

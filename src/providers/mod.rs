@@ -103,6 +103,14 @@ pub struct Request<'a> {
     pub root: PathBuf,
 }
 
+/// What a backend offers, and which of its parts could not be asked.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Offers {
+    pub offerings: Vec<Offering>,
+    /// One line per part that offers nothing now, saying why.
+    pub unavailable: Vec<String>,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Created {
     pub computed: BTreeMap<String, serde_json::Value>,
@@ -114,6 +122,15 @@ pub trait Provider: Send + Sync + std::fmt::Debug {
     fn name(&self) -> &'static str;
     /// What this backend can offer the optimizer right now.
     async fn offerings(&self) -> Result<Vec<Offering>, ProviderError>;
+    /// As `offerings`, with why parts of the backend offer nothing (a pool's host or a
+    /// Kubernetes context that does not answer), for the plan to warn about. Backends made
+    /// of several independent parts override it.
+    async fn offers(&self) -> Result<Offers, ProviderError> {
+        Ok(Offers {
+            offerings: self.offerings().await?,
+            unavailable: Vec::new(),
+        })
+    }
     /// Fresh identifiers for a new resource, recorded in state before `create` runs.
     /// `lineage` is the state's, for tagging what the provider makes.
     fn new_private(&self, address: &Address, spec: &Spec, lineage: &str) -> serde_json::Value;

@@ -367,6 +367,9 @@ impl KubeProvider {
                     error_chain(&e)
                 ))
             })?;
+        let mut config = config;
+        // A context that does not answer should not hold a plan for long.
+        config.connect_timeout = Some(Duration::from_secs(10));
         let namespace = ctx
             .namespace
             .clone()
@@ -1148,22 +1151,23 @@ impl super::Provider for KubeProvider {
         "k8s"
     }
 
-    /// Each context's schedulable nodes, one offer per distinct free shape. A context that
-    /// cannot be reached offers nothing (with a warning); the others still do.
     async fn offerings(&self) -> Result<Vec<Offering>, ProviderError> {
-        let mut out = Vec::new();
-        let mut silent = Vec::new();
-        for name in self.contexts.keys() {
-            match self.offers_of(name).await {
-                Ok(o) => out.extend(o),
-                Err(e) => silent.push(e.message),
+        Ok(self.offers().await?.offerings)
+    }
+
+    /// Each context's schedulable nodes, one offer per distinct free shape. A context that
+    /// cannot be reached offers nothing, and says why; the others still offer.
+    async fn offers(&self) -> Result<super::Offers, ProviderError> {
+        // All contexts at once: one that does not answer costs its timeout once, not per
+        // context. Results stay in context order.
+        let asked =
+            futures::future::join_all(self.contexts.keys().map(|n| self.offers_of(n))).await;
+        let mut out = super::Offers::default();
+        for r in asked {
+            match r {
+                Ok(o) => out.offerings.extend(o),
+                Err(e) => out.unavailable.push(e.message),
             }
-        }
-        if out.is_empty() && !silent.is_empty() {
-            return Err(ProviderError::other(silent.join("; ")));
-        }
-        for s in silent {
-            tracing::warn!("{s}");
         }
         Ok(out)
     }
@@ -1299,21 +1303,44 @@ impl super::Provider for KubeProvider {
         self.remove(&conn, key, &p.name).await
     }
 
+    /// Each context with its server's version; an error naming every context that cannot
+    /// be reached (and why), after those that can.
     async fn check(&self) -> Result<String, ProviderError> {
         if self.contexts.is_empty() {
             return Ok("no contexts declared".into());
         }
-        let mut parts = Vec::new();
-        for name in self.contexts.keys() {
+        let versions = futures::future::join_all(self.contexts.keys().map(|name| async move {
             let conn = self.conn(name).await?;
             let v = conn
                 .client
                 .apiserver_version()
                 .await
                 .map_err(|e| classify(e, "read the server version", &conn.where_()))?;
-            parts.push(format!("{} (Kubernetes {}.{})", name, v.major, v.minor));
+            Ok::<_, ProviderError>(format!("{name} (Kubernetes {}.{})", v.major, v.minor))
+        }))
+        .await;
+        let (ready, failed): (Vec<_>, Vec<_>) = versions.into_iter().partition(Result::is_ok);
+        let ready: Vec<String> = ready.into_iter().filter_map(Result::ok).collect();
+        let failed: Vec<ProviderError> = failed.into_iter().filter_map(Result::err).collect();
+        match failed.first() {
+            None => Ok(format!("ready: {}", ready.join(", "))),
+            Some(first) => Err(ProviderError {
+                kind: first.kind,
+                message: format!(
+                    "{}{}",
+                    if ready.is_empty() {
+                        String::new()
+                    } else {
+                        format!("ready: {}; ", ready.join(", "))
+                    },
+                    failed
+                        .iter()
+                        .map(|e| e.message.as_str())
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                ),
+            }),
         }
-        Ok(format!("ready: {}", parts.join(", ")))
     }
 
     fn shell(&self, res: &ResourceState, command: &[String]) -> Result<Vec<String>, ProviderError> {
@@ -1399,6 +1426,24 @@ impl super::Provider for KubeProvider {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_context_defaults_to_its_block_name() {
+        let home = Path::new("/home/u");
+        let settings = serde_json::json!({ "kubeconfig": "~/kc", "price_per_hour": 1.5 });
+        let c = Context::from_infra("lab", settings.as_object().unwrap(), home);
+        assert_eq!(c.context, "lab");
+        assert_eq!(c.kubeconfig, Path::new("/home/u/kc"));
+        assert_eq!(c.namespace, None);
+        assert_eq!(c.price_micros, 1_500_000);
+        let settings = serde_json::json!({ "context": "gke_p_z_c", "namespace": "ml" });
+        let c = Context::from_infra("gke", settings.as_object().unwrap(), home);
+        assert_eq!(
+            (c.context.as_str(), c.namespace.as_deref()),
+            ("gke_p_z_c", Some("ml"))
+        );
+        assert_eq!(c.price_micros, 0);
+    }
 
     fn api(code: u16, reason: &str, message: &str) -> kube::Error {
         kube::Error::Api(Box::new(

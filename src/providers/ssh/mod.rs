@@ -818,21 +818,27 @@ impl super::Provider for SshProvider {
         false
     }
 
-    /// The free, reachable hosts of each pool, one offering per distinct shape.
     async fn offerings(&self) -> Result<Vec<crate::optimizer::Offering>, ProviderError> {
-        let mut out = Vec::new();
-        let mut silent = Vec::new();
+        Ok(self.offers().await?.offerings)
+    }
+
+    /// The free, reachable hosts of each pool, one offering per distinct shape; a host that
+    /// does not answer offers nothing and says why.
+    async fn offers(&self) -> Result<super::Offers, ProviderError> {
+        let mut out = super::Offers::default();
         for pool in self.pools.values() {
             let mut shapes: BTreeMap<String, (Facts, u32)> = BTreeMap::new();
             for seen in self.look(pool).await {
                 match (&seen.facts, &seen.holder) {
                     (Ok(f), None) => shapes.entry(shape(f)).or_insert((f.clone(), 0)).1 += 1,
-                    (Err(e), _) => silent.push(format!("pool {}: {}", pool.name, e.message)),
+                    (Err(e), _) => out
+                        .unavailable
+                        .push(format!("ssh pool {}: {}", pool.name, e.message)),
                     _ => {}
                 }
             }
             for (name, (f, count)) in shapes {
-                out.push(crate::optimizer::Offering {
+                out.offerings.push(crate::optimizer::Offering {
                     cloud: "ssh".into(),
                     region: Some(pool.name.clone()),
                     zone: None,
@@ -845,12 +851,6 @@ impl super::Provider for SshProvider {
                     max_nodes: Some(count),
                 });
             }
-        }
-        if out.is_empty() && !silent.is_empty() {
-            return Err(ProviderError::other(silent.join("; ")));
-        }
-        for s in silent {
-            tracing::warn!("{s}");
         }
         Ok(out)
     }
