@@ -670,11 +670,21 @@ managed_job "train" {
 managed_job "quick" {
   run = "echo done; exit 0"
 }
+
+managed_job "flaky" {
+  run = "exit 33"
+  recovery {
+    strategy              = "failover"
+    recover_on_exit_codes = [33]
+  }
+}
 "#,
     );
     w.ok(&["apply", "-auto-approve"]);
     w.wait_status("managed_job.train", "RUNNING");
     w.wait_status("managed_job.quick", "SUCCEEDED");
+    let flaky = w.wait_status("managed_job.flaky", "DEGRADED");
+    assert_eq!(flaky["exit_code"], 33, "{flaky}");
     let logs = w.ok(&["logs", "managed_job.train"]);
     assert!(
         logs.contains("setting up") && logs.contains("training on rank 0"),
@@ -693,6 +703,14 @@ managed_job "quick" {
     assert!(
         plan.contains("evicted") && plan.contains("managed_job.train"),
         "{plan}"
+    );
+    assert!(
+        plan.contains("recover_on_exit_codes"),
+        "exit code 33 is recovered: {plan}"
+    );
+    assert!(
+        !plan.contains("managed_job.quick will"),
+        "a finished job stays: {plan}"
     );
     w.ok(&["apply", "-auto-approve"]);
     w.wait_status("managed_job.train", "RUNNING");

@@ -284,6 +284,24 @@ fn trouble(p: &Pod) -> Option<String> {
     }
 }
 
+/// Why a managed job is launched again by the next apply, if it is: the node took its pod
+/// away (eviction, not a failure of its program), or its program failed with an exit code
+/// its `recovery` block recovers from.
+fn recovers(m: &crate::model::ManagedJobSpec, s: &crate::runtime::JobStatus) -> Option<String> {
+    if s.state != crate::runtime::JobState::Failed {
+        return None;
+    }
+    let reason = s.reason.clone().unwrap_or_default();
+    if reason.contains("evicted") {
+        return Some(reason);
+    }
+    let code = s.exit_code?;
+    m.recovery
+        .as_ref()
+        .filter(|r| r.recover_on_exit_codes.contains(&code))
+        .map(|_| format!("{reason}, which recovery.recover_on_exit_codes recovers from"))
+}
+
 /// How many ranks (one Kubernetes Job each) a job or managed job has; None for others.
 fn ranks_of(spec: &Spec) -> Option<u32> {
     match spec {
@@ -1222,15 +1240,10 @@ impl super::Provider for KubeProvider {
             }
             let s = self.job_status(&conn, &p.name, ranks).await?;
             let computed = super::jobs::computed(&s);
-            // A managed job whose pod the node took away (not one whose program failed) is
-            // recovered: the plan launches it again.
-            if matches!(res.spec, Spec::ManagedJob(_))
-                && let Some(reason) = s.reason.as_ref().filter(|r| r.contains("evicted"))
+            if let Spec::ManagedJob(m) = &res.spec
+                && let Some(reason) = recovers(m, &s)
             {
-                return Ok(Observed::Degraded {
-                    reason: reason.clone(),
-                    computed,
-                });
+                return Ok(Observed::Degraded { reason, computed });
             }
             return Ok(Observed::Up(computed));
         }
@@ -1426,6 +1439,40 @@ impl super::Provider for KubeProvider {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn managed_jobs_recover_from_eviction_and_chosen_exit_codes() {
+        use crate::runtime::{JobState, JobStatus};
+        let failed = |code: i32, reason: &str| JobStatus {
+            state: JobState::Failed,
+            exit_code: Some(code),
+            reason: Some(reason.into()),
+            nodes: vec![0],
+            started: None,
+            ended: None,
+            devices: Vec::new(),
+        };
+        let mut m: crate::model::ManagedJobSpec =
+            serde_json::from_value(serde_json::json!({ "num_nodes": 1, "run": "train" })).unwrap();
+        assert!(recovers(&m, &failed(137, "pod p was evicted: memory pressure")).is_some());
+        assert_eq!(
+            recovers(&m, &failed(33, "pod p ended with exit code 33")),
+            None
+        );
+        m.recovery = Some(crate::model::Recovery {
+            strategy: "failover".into(),
+            max_restarts_on_errors: 0,
+            recover_on_exit_codes: vec![33],
+        });
+        assert!(recovers(&m, &failed(33, "pod p ended with exit code 33")).is_some());
+        assert_eq!(
+            recovers(&m, &failed(1, "pod p ended with exit code 1")),
+            None
+        );
+        let mut ok = failed(0, "");
+        ok.state = JobState::Succeeded;
+        assert_eq!(recovers(&m, &ok), None);
+    }
 
     #[test]
     fn a_context_defaults_to_its_block_name() {
