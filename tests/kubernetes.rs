@@ -535,6 +535,23 @@ cluster "train" {
     assert_eq!(w.pods("a").len(), 3);
     assert_eq!(w.state()["resources"]["cluster.more"]["status"], "ready");
 
+    // State loses the cluster (`state rm`, an old copy restored): its pods carry this state's
+    // lineage, so the plan adopts them rather than making a second cluster.
+    let before: Vec<String> = w.pods("a").into_iter().map(|p| p.0).collect();
+    let name = w.state()["resources"]["cluster.more"]["private"]["name"].clone();
+    w.ok(&["state", "rm", "cluster.more"]);
+    let plan = w.ok(&["plan"]);
+    assert!(plan.contains("cluster.more"), "{plan}");
+    assert!(plan.contains("import"), "{plan}");
+    assert!(plan.contains("0 to add"), "{plan}");
+    w.ok(&["apply", "-auto-approve"]);
+    assert_eq!(
+        w.state()["resources"]["cluster.more"]["private"]["name"],
+        name
+    );
+    let after: Vec<String> = w.pods("a").into_iter().map(|p| p.0).collect();
+    assert_eq!(before, after, "nothing made twice");
+
     // Someone deletes the second cluster's pod by hand; its Service is still there, so the
     // plan replaces the cluster (removing the Service) rather than forgetting it.
     let name = w.state()["resources"]["cluster.more"]["private"]["name"]

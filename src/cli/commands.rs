@@ -855,7 +855,60 @@ async fn make_plan(
             }
         }
     }
+    // Clusters a backend holds under this state's lineage that state does not know (the
+    // state lost them: restored from an older copy, `state rm`): adopted through an
+    // implicit import, never made a second time.
+    let mut adopting: Vec<(Address, String)> = Vec::new();
+    if !destroy && !flags.refresh_only && !state.lineage.is_empty() {
+        let known: std::collections::BTreeSet<String> = state
+            .resources
+            .values()
+            .filter_map(|r| {
+                r.private
+                    .get("name")
+                    .and_then(|n| n.as_str())
+                    .map(String::from)
+            })
+            .collect();
+        for (name, p) in &registry.providers {
+            let found = match p.find_own(&state.lineage).await {
+                Ok(f) => f,
+                Err(e) => {
+                    eprintln!("warning: cannot look for {name} clusters of this state: {e}");
+                    continue;
+                }
+            };
+            for (addr, id) in found {
+                let object = id.rsplit('/').next().unwrap_or_default().to_string();
+                if state.resources.contains_key(&addr)
+                    || options.imports.contains_key(&addr)
+                    || known.contains(&object)
+                {
+                    continue;
+                }
+                let id = format!("{name}:{id}");
+                match import_one(&registry, &addr, &id).await {
+                    Ok(found) => {
+                        options
+                            .imports
+                            .insert(addr.clone(), (id.clone(), found.computed));
+                        adopting.push((addr, id));
+                    }
+                    Err(e) => eprintln!(
+                        "warning: {addr} has a cluster at {id} that cannot be adopted: {e}"
+                    ),
+                }
+            }
+        }
+    }
     let (plan, mut diags) = plan::plan(config, inputs, state, &offerings, &options);
+    for (addr, id) in &adopting {
+        if !plan.changes.iter().any(|c| &c.address == addr) {
+            eprintln!(
+                "warning: {id} was made by this state for {addr}, which the configuration no longer declares; delete it by hand, or declare {addr} again to adopt it"
+            );
+        }
+    }
     for i in &config.root.imports {
         if options.imports.contains_key(&i.to) && !plan.changes.iter().any(|c| c.address == i.to) {
             diags.push(

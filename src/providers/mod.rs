@@ -167,6 +167,12 @@ pub trait Provider: Send + Sync + std::fmt::Debug {
             message: format!("the {} backend cannot import clusters ({id})", self.name()),
         })
     }
+    /// Clusters this backend holds that carry the state's `lineage` (made by an apply of
+    /// this state), each with the address it was made for and the `import` id that finds
+    /// it. A plan adopts those missing from state through that import.
+    async fn find_own(&self, _lineage: &str) -> Result<Vec<(Address, String)>, ProviderError> {
+        Ok(Vec::new())
+    }
     /// Stops a cluster's machines, keeping their disks (for autostop).
     async fn stop(&self, _res: &ResourceState) -> Result<(), ProviderError> {
         Err(ProviderError::other(format!(

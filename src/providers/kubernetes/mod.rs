@@ -311,6 +311,31 @@ fn ranks_of(spec: &Spec) -> Option<u32> {
     }
 }
 
+/// A cluster's private data as its pods say: where it is, the node of each rank, its image.
+fn found_cluster(p: &Private, context: &str, conn: &Conn, pods: &[Pod]) -> Private {
+    let mut sorted: Vec<&Pod> = pods.iter().collect();
+    sorted.sort_by_key(|p| pod_rank(p));
+    Private {
+        context: Some(context.to_string()),
+        namespace: Some(conn.namespace.clone()),
+        nodes: sorted
+            .iter()
+            .map(|p| {
+                p.spec
+                    .as_ref()
+                    .and_then(|s| s.node_name.clone())
+                    .unwrap_or_default()
+            })
+            .collect(),
+        image: sorted
+            .first()
+            .and_then(|p| p.spec.as_ref())
+            .and_then(|s| s.containers.first())
+            .and_then(|c| c.image.clone()),
+        ..p.clone()
+    }
+}
+
 fn cluster_computed(pods: &[Pod]) -> BTreeMap<String, serde_json::Value> {
     let mut sorted: Vec<&Pod> = pods.iter().collect();
     sorted.sort_by_key(|p| pod_rank(p));
@@ -1135,25 +1160,8 @@ impl KubeProvider {
         }
         if res.status == Status::Creating {
             // skyform died after making the pods: take them as they are.
-            let mut adopted = p.clone();
-            adopted.context = Self::context_of(p, res);
-            adopted.namespace = Some(conn.namespace.clone());
-            let mut sorted = pods.clone();
-            sorted.sort_by_key(pod_rank);
-            adopted.nodes = sorted
-                .iter()
-                .map(|p| {
-                    p.spec
-                        .as_ref()
-                        .and_then(|s| s.node_name.clone())
-                        .unwrap_or_default()
-                })
-                .collect();
-            adopted.image = sorted
-                .first()
-                .and_then(|p| p.spec.as_ref())
-                .and_then(|s| s.containers.first())
-                .and_then(|c| c.image.clone());
+            let context = Self::context_of(p, res).unwrap_or_default();
+            let adopted = found_cluster(p, &context, conn, &pods);
             return Ok(Observed::Adopted(Created {
                 computed,
                 private: serde_json::to_value(&adopted).unwrap_or_default(),
@@ -1354,6 +1362,81 @@ impl super::Provider for KubeProvider {
                 ),
             }),
         }
+    }
+
+    /// The clusters labelled with `lineage` in every declared context's namespace, by the
+    /// address in their annotation: `CONTEXT/NAME` each.
+    async fn find_own(&self, lineage: &str) -> Result<Vec<(Address, String)>, ProviderError> {
+        let mut out = Vec::new();
+        let lp = selector(objects::LABEL_LINEAGE, &objects::label_value(lineage));
+        for name in self.contexts.keys() {
+            let conn = self.conn(name).await?;
+            let pods = conn
+                .pods()
+                .list(&lp)
+                .await
+                .map_err(|e| classify(e, "list pods", &conn.where_()))?;
+            let mut clusters = std::collections::BTreeSet::new();
+            for pod in &pods.items {
+                let m = &pod.metadata;
+                let cluster = m.labels.as_ref().and_then(|l| l.get(LABEL_CLUSTER));
+                let address = m
+                    .annotations
+                    .as_ref()
+                    .and_then(|a| a.get(objects::ANNOTATION_ADDRESS))
+                    .and_then(|a| a.parse::<Address>().ok());
+                if let (Some(c), Some(a)) = (cluster, address) {
+                    clusters.insert((a, format!("{name}/{c}")));
+                }
+            }
+            out.extend(clusters);
+        }
+        Ok(out)
+    }
+
+    /// `CONTEXT/NAME`: the cluster whose pods are labelled `skyform.dev/cluster=NAME` in the
+    /// namespace of the context's block.
+    async fn import(&self, _address: &Address, id: &str) -> Result<Created, ProviderError> {
+        let bad = |why: String| ProviderError {
+            kind: ErrorKind::Config,
+            message: why,
+        };
+        let (context, name) = id
+            .split_once('/')
+            .filter(|(c, n)| !c.is_empty() && !n.is_empty())
+            .ok_or_else(|| bad(format!("{id:?} is not CONTEXT/NAME")))?;
+        let conn = self.conn(context).await?;
+        let pods = conn
+            .pods()
+            .list(&selector(LABEL_CLUSTER, name))
+            .await
+            .map_err(|e| classify(e, "list pods", &conn.where_()))?
+            .items;
+        if pods.is_empty() {
+            return Err(ProviderError {
+                kind: ErrorKind::NotFound,
+                message: format!("{} has no pods of cluster {name}", conn.where_()),
+            });
+        }
+        if let Some(why) = pods.iter().find_map(trouble) {
+            return Err(bad(format!("{}: {why}", conn.where_())));
+        }
+        let lineage = pods
+            .first()
+            .and_then(|p| p.metadata.labels.as_ref())
+            .and_then(|l| l.get(objects::LABEL_LINEAGE))
+            .cloned()
+            .unwrap_or_default();
+        let p = Private {
+            name: name.to_string(),
+            lineage,
+            ..Private::default()
+        };
+        let found = found_cluster(&p, context, &conn, &pods);
+        Ok(Created {
+            computed: cluster_computed(&pods),
+            private: serde_json::to_value(&found).unwrap_or_default(),
+        })
     }
 
     fn shell(&self, res: &ResourceState, command: &[String]) -> Result<Vec<String>, ProviderError> {
