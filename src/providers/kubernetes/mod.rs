@@ -785,7 +785,7 @@ impl KubeProvider {
     ) -> Result<Created, ProviderError> {
         let Placed {
             conn,
-            mut p,
+            p,
             shape,
             image,
         } = self
@@ -823,21 +823,11 @@ impl KubeProvider {
                 Until::Running,
             )
             .await?;
-        let mut sorted = pods.clone();
-        sorted.sort_by_key(pod_rank);
-        p.nodes = sorted
-            .iter()
-            .map(|p| {
-                p.spec
-                    .as_ref()
-                    .and_then(|s| s.node_name.clone())
-                    .unwrap_or_default()
-            })
-            .collect();
-        p.image = Some(image);
+        let context = p.context.clone().unwrap_or_default();
+        let made = found_cluster(&p, &context, &conn, &pods);
         Ok(Created {
             computed: cluster_computed(&pods),
-            private: serde_json::to_value(&p).unwrap_or_default(),
+            private: serde_json::to_value(&made).unwrap_or_default(),
         })
     }
 
