@@ -132,6 +132,21 @@ impl Conn {
     }
 }
 
+const NO_WORKDIR: &str = "workdir is not supported on Kubernetes yet: put the files into the image (image_id = \"docker:…\") or fetch them in setup";
+
+/// What a cluster asks that pods cannot give yet, if anything.
+fn unsupported_in_cluster(spec: &crate::model::ClusterSpec) -> Option<&'static str> {
+    if spec.workdir.is_some() {
+        Some(NO_WORKDIR)
+    } else if spec.autostop.is_some() {
+        Some(
+            "autostop is not supported on Kubernetes yet (pods cannot be stopped and started); remove the autostop block or choose another infra",
+        )
+    } else {
+        None
+    }
+}
+
 /// What [`KubeProvider::wait_pods`] waits for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Until {
@@ -473,10 +488,18 @@ impl KubeProvider {
             .list(&ListParams::default())
             .await
             .map_err(|e| classify(e, "list nodes", &at))?;
-        let pods = Api::<Pod>::all(conn.client.clone())
-            .list(&ListParams::default().fields("status.phase!=Succeeded,status.phase!=Failed"))
-            .await
-            .map_err(|e| classify(e, "list pods", &at))?;
+        let running = ListParams::default().fields("status.phase!=Succeeded,status.phase!=Failed");
+        let pods = match Api::<Pod>::all(conn.client.clone()).list(&running).await {
+            Ok(p) => p,
+            // Rights in one namespace only: what others run there is not seen, so the
+            // offer may be larger than what is free; the scheduler stays the judge.
+            Err(kube::Error::Api(s)) if s.code == 403 => conn
+                .pods()
+                .list(&running)
+                .await
+                .map_err(|e| classify(e, "list pods", &at))?,
+            Err(e) => return Err(classify(e, "list pods", &at)),
+        };
         let mut shapes: BTreeMap<String, capacity::Free> = BTreeMap::new();
         for f in capacity::free(&nodes.items, &pods.items) {
             shapes.entry(f.shape()).or_insert(f);
@@ -747,15 +770,15 @@ impl KubeProvider {
         &self,
         req: &Request<'_>,
         resources: &crate::model::Resources,
-        workdir: bool,
+        unsupported: Option<&str>,
         placement: &Candidate,
     ) -> Result<Placed, ProviderError> {
         let config = |message: String| ProviderError {
             kind: ErrorKind::Config,
             message,
         };
-        if workdir {
-            return Err(config("workdir is not supported on Kubernetes yet: put the files into the image (image_id = \"docker:…\") or fetch them in setup".into()));
+        if let Some(why) = unsupported {
+            return Err(config(why.to_string()));
         }
         let context = placement.offering.region.clone().unwrap_or_default();
         let conn = self.conn(&context).await?;
@@ -789,7 +812,12 @@ impl KubeProvider {
             shape,
             image,
         } = self
-            .placed(req, &spec.resources, spec.workdir.is_some(), placement)
+            .placed(
+                req,
+                &spec.resources,
+                unsupported_in_cluster(spec),
+                placement,
+            )
             .await?;
         let owner = Owner {
             address: req.address,
@@ -972,7 +1000,12 @@ impl KubeProvider {
             shape,
             image,
         } = self
-            .placed(req, &spec.resources, spec.workdir.is_some(), placement)
+            .placed(
+                req,
+                &spec.resources,
+                spec.workdir.is_some().then_some(NO_WORKDIR),
+                placement,
+            )
             .await?;
         p.job_id = Some(p.name.clone());
         let owner = Owner {
