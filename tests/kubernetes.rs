@@ -740,3 +740,101 @@ managed_job "flaky" {
     assert_ne!(now[0].0, first[0].0);
     w.destroy_leaves_nothing("a");
 }
+
+#[test]
+#[ignore = "needs kube-apiserver: run ./scripts/test.sh"]
+fn a_user_with_rights_in_one_namespace_only_can_run_clusters() {
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
+    let Some((kube, _turn)) = begin("a_user_with_rights_in_one_namespace_only_can_run_clusters")
+    else {
+        return;
+    };
+    let _a = Fakelet::start(&kube, "a", &[&format!("t7-a:{GPU_NODE}")]);
+    let w = Work::new(&kube, "t7");
+    // A service account that may list nodes, and work in t7 only (docs/kubernetes.md's
+    // table of rights).
+    let token = w.rt.block_on(async {
+        w.namespace("a", "t7").await;
+        let c = w.client("a").await;
+        fn json<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> T {
+            serde_json::from_value(v).unwrap()
+        }
+        let sa: Api<ServiceAccount> = Api::namespaced(c.clone(), "t7");
+        created(sa.create(&Default::default(), &json(serde_json::json!({"metadata": {"name": "limited"}}))).await);
+        let roles: Api<Role> = Api::namespaced(c.clone(), "t7");
+        created(roles.create(&Default::default(), &json(serde_json::json!({
+            "metadata": {"name": "skyform"},
+            "rules": [
+                {"apiGroups": [""], "resources": ["pods", "services", "secrets"],
+                 "verbs": ["get", "list", "patch", "create", "delete", "deletecollection"]},
+                {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]},
+                {"apiGroups": ["batch"], "resources": ["jobs"],
+                 "verbs": ["get", "list", "patch", "create", "delete", "deletecollection"]}
+            ]
+        }))).await);
+        let bindings: Api<RoleBinding> = Api::namespaced(c.clone(), "t7");
+        created(bindings.create(&Default::default(), &json(serde_json::json!({
+            "metadata": {"name": "skyform"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "skyform"},
+            "subjects": [{"kind": "ServiceAccount", "name": "limited", "namespace": "t7"}]
+        }))).await);
+        let croles: Api<ClusterRole> = Api::all(c.clone());
+        created(croles.create(&Default::default(), &json(serde_json::json!({
+            "metadata": {"name": "t7-nodes"},
+            "rules": [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["list"]}]
+        }))).await);
+        let cbindings: Api<ClusterRoleBinding> = Api::all(c.clone());
+        created(cbindings.create(&Default::default(), &json(serde_json::json!({
+            "metadata": {"name": "t7-nodes"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "t7-nodes"},
+            "subjects": [{"kind": "ServiceAccount", "name": "limited", "namespace": "t7"}]
+        }))).await);
+        // The token controller gives the account a token secret.
+        let secrets: Api<Secret> = Api::namespaced(c, "t7");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let found = secrets
+                .list(&ListParams::default())
+                .await
+                .unwrap()
+                .items
+                .into_iter()
+                .find(|s| {
+                    s.type_.as_deref() == Some("kubernetes.io/service-account-token")
+                        && s.metadata.annotations.as_ref().and_then(|a| a.get("kubernetes.io/service-account.name")).map(String::as_str) == Some("limited")
+                });
+            if let Some(token) = found.and_then(|s| s.data).and_then(|d| d.get("token").cloned()) {
+                break String::from_utf8(token.0).unwrap();
+            }
+            assert!(Instant::now() < deadline, "the service account got a token");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    let port = std::fs::read_to_string(kube.join("a/port")).unwrap();
+    let kubeconfig = w.dir.path().join("limited.kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: a\n  cluster:\n    server: https://127.0.0.1:{}\n    certificate-authority: {}\nusers:\n- name: limited\n  user:\n    token: {token}\ncontexts:\n- name: limited\n  context:\n    cluster: a\n    user: limited\n    namespace: t7\ncurrent-context: limited\n",
+            port.trim(),
+            kube.join("ca.crt").display()
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        w.dir.path().join("main.sky.hcl"),
+        format!(
+            "infra \"kubernetes\" \"a\" {{\n  kubeconfig = \"{}\"\n  context    = \"limited\"\n}}\n\ncluster \"train\" {{\n  resources {{\n    accelerators = \"A100-80GB:2\"\n  }}\n}}\n\njob \"hello\" {{\n  cluster = cluster.train\n  run     = \"echo limited but fine\"\n}}\n",
+            kubeconfig.display()
+        ),
+    )
+    .unwrap();
+    let plan = w.ok(&["plan"]);
+    assert!(plan.contains("k8s/a"), "{plan}");
+    w.ok(&["apply", "-auto-approve"]);
+    w.wait_status("job.hello", "SUCCEEDED");
+    let logs = w.ok(&["logs", "job.hello"]);
+    assert!(logs.contains("limited but fine"), "{logs}");
+    w.destroy_leaves_nothing("a");
+}
