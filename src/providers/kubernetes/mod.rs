@@ -1581,6 +1581,39 @@ mod tests {
     }
 
     #[test]
+    fn ssh_on_a_cluster_is_kubectl_exec_into_its_head_pod() {
+        use super::super::Provider;
+        let settings = serde_json::json!({ "kubeconfig": "/k/config", "context": "lab-ctx" });
+        let p = KubeProvider::new(vec![Context::from_infra(
+            "lab",
+            settings.as_object().unwrap(),
+            Path::new("/home/u"),
+        )]);
+        let res = ResourceState {
+            status: Status::Ready,
+            provider: "k8s".into(),
+            spec: Spec::Cluster(Default::default()),
+            computed: BTreeMap::new(),
+            private: serde_json::json!({
+                "name": "sky-train-abc123", "context": "lab", "namespace": "ml"
+            }),
+            placement: None,
+            dependencies: Vec::new(),
+            sensitive: Vec::new(),
+            attempts: Vec::new(),
+            leftovers: Vec::new(),
+        };
+        let argv = p.shell(&res, &[]).unwrap();
+        assert_eq!(
+            argv.join(" "),
+            "kubectl --kubeconfig /k/config --context lab-ctx --namespace ml exec -it sky-train-abc123-0 -- /bin/sh"
+        );
+        let argv = p.shell(&res, &["nvidia-smi".into(), "-L".into()]).unwrap();
+        assert_eq!(argv[8], "-i", "no terminal for a command");
+        assert_eq!(&argv[argv.len() - 3..], ["/bin/sh", "-c", "nvidia-smi -L"]);
+    }
+
+    #[test]
     fn a_context_defaults_to_its_block_name() {
         let home = Path::new("/home/u");
         let settings = serde_json::json!({ "kubeconfig": "~/kc", "price_per_hour": 1.5 });
