@@ -601,26 +601,7 @@ fn the_kubernetes_backend_passes_the_conformance_suite() {
         let offering = p.offerings().await.unwrap().remove(0);
         assert_eq!(offering.infra(), "k8s/a");
         assert_eq!(offering.instance_type, "8cpu-32GiB");
-        let spec = skyform::model::Spec::Cluster(skyform::model::ClusterSpec {
-            num_nodes: 2,
-            ..Default::default()
-        });
-        let placement = skyform::optimizer::Candidate {
-            offering,
-            num_nodes: 2,
-            hourly: 0,
-        };
-        conformance::run(
-            &p,
-            &Fixture {
-                address: "cluster.conform".parse().unwrap(),
-                spec,
-                placement: Some(placement),
-                root: w.dir.path().to_path_buf(),
-                lineage: "conformance".into(),
-            },
-        )
-        .await;
+        conformance::run(&p, &Fixture::cluster(2, Some(offering), w.dir.path())).await;
     });
     assert_eq!(
         w.leftovers("a"),

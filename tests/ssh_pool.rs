@@ -193,26 +193,7 @@ async fn conforms(s: &Servers) {
     p.agent_exe = PathBuf::from(BIN);
     let offering = p.offerings().await.unwrap().remove(0);
     assert_eq!(offering.max_nodes, Some(3), "{offering:?}");
-    let spec = skyform::model::Spec::Cluster(skyform::model::ClusterSpec {
-        num_nodes: 2,
-        ..Default::default()
-    });
-    let placement = skyform::optimizer::Candidate {
-        offering,
-        num_nodes: 2,
-        hourly: 0,
-    };
-    conformance::run(
-        &p,
-        &Fixture {
-            address: "cluster.conform".parse().unwrap(),
-            spec,
-            placement: Some(placement),
-            root: home.path().to_path_buf(),
-            lineage: "conformance".into(),
-        },
-    )
-    .await;
+    conformance::run(&p, &Fixture::cluster(2, Some(offering), home.path())).await;
     assert!(s.reserved().is_empty(), "nothing held afterwards");
 }
 

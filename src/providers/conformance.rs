@@ -21,6 +21,29 @@ pub struct Fixture {
 }
 
 impl Fixture {
+    /// `cluster.conform` with `nodes` nodes, placed on `offering` (None: the backend needs
+    /// no placement), working in `root`.
+    pub fn cluster(
+        nodes: u32,
+        offering: Option<crate::optimizer::Offering>,
+        root: &std::path::Path,
+    ) -> Fixture {
+        Fixture {
+            address: "cluster.conform".parse().expect("a valid address"),
+            spec: Spec::Cluster(crate::model::ClusterSpec {
+                num_nodes: nodes,
+                ..Default::default()
+            }),
+            placement: offering.map(|offering| Candidate {
+                offering,
+                num_nodes: nodes,
+                hourly: 0,
+            }),
+            root: root.to_path_buf(),
+            lineage: "conformance".into(),
+        }
+    }
+
     fn state(&self, status: Status, private: serde_json::Value) -> ResourceState {
         ResourceState {
             status,
