@@ -3,7 +3,8 @@
 
 It registers Node objects (with CPUs, memory, GPUs and GPU labels), runs every pod bound to
 them as a local process (the first container's command and args, in a directory of its
-own), reports the pod's status and exit code, finishes deletions and evictions, and serves
+own; an image under `fakelet.invalid/` cannot be pulled), reports the pod's status and exit
+code, finishes deletions and evictions, and serves
 container logs to the apiserver (which proxies `pods/log` to the node's address and port,
 over TLS it does not verify). A control port lets tests evict a pod as a kubelet would.
 
@@ -166,6 +167,21 @@ class Fakelet:
         argv = (c.get("command") or []) + (c.get("args") or [])
         if not argv:
             argv = ["true"]
+        if c.get("image", "").startswith("fakelet.invalid/"):
+            # As a kubelet whose registry does not have the image: the pod stays Pending.
+            self.pods[uid] = Pod(uid)
+            self.pods[uid].done = True
+            self.api.patch(f"/api/v1/namespaces/{ns}/pods/{name}/status", {"status": {
+                "phase": "Pending", "hostIP": "127.0.0.1",
+                "containerStatuses": [{
+                    "name": c["name"], "image": c["image"], "imageID": "", "ready": False,
+                    "restartCount": 0, "started": False, "state": {"waiting": {
+                        "reason": "ImagePullBackOff",
+                        "message": f"Back-off pulling image \"{c['image']}\"",
+                    }},
+                }],
+            }})
+            return
         work = os.path.join(self.dir, "pods", uid)
         os.makedirs(work, exist_ok=True)
         os.makedirs(os.path.dirname(self.log_path(ns, name)), exist_ok=True)
@@ -244,7 +260,7 @@ class Fakelet:
             if p is None:
                 self.start(pod)
                 return
-            if not p.done and p.proc.poll() is not None:
+            if not p.done and p.proc and p.proc.poll() is not None:
                 p.done = True
                 p.log.close()
                 code = p.proc.returncode

@@ -819,3 +819,32 @@ fn a_user_with_rights_in_one_namespace_only_can_run_clusters() {
     assert!(logs.contains("limited but fine"), "{logs}");
     w.destroy_leaves_nothing("a");
 }
+
+#[test]
+#[ignore = "needs kube-apiserver: run ./scripts/test.sh"]
+fn an_image_that_cannot_be_pulled_fails_at_once_and_leaves_nothing() {
+    let Some((kube, _turn)) =
+        begin("an_image_that_cannot_be_pulled_fails_at_once_and_leaves_nothing")
+    else {
+        return;
+    };
+    let _a = Fakelet::start(&kube, "a", &["t8-a:cpu=8,memory=32Gi"]);
+    let w = Work::new(&kube, "t8");
+    w.config(
+        &[("a", 0.0)],
+        "cluster \"train\" {\n  resources {\n    image_id = \"docker:fakelet.invalid/nope:1\"\n  }\n}\n",
+    );
+    let (ok, out) = w.run(&["apply", "-auto-approve"]);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("cannot start: ImagePullBackOff"),
+        "the apply says why: {out}"
+    );
+    // Not a timeout: the reason is the pod's own.
+    assert!(!out.contains("running after"), "{out}");
+    assert_eq!(
+        w.leftovers("a"),
+        Vec::<String>::new(),
+        "the attempt is cleaned up"
+    );
+}

@@ -267,6 +267,36 @@ fn unschedulable(p: &Pod) -> Option<String> {
         })
 }
 
+/// Why a placed pod will not start by waiting longer: its image cannot be had, or its
+/// container cannot be made. A first failed pull (`ErrImagePull`) may be a registry's
+/// hiccup, so it counts only once it lasted 30 s (`pulling` remembers when each pod's began).
+fn cannot_start(p: &Pod, pulling: &mut BTreeMap<String, std::time::Instant>) -> Option<String> {
+    let statuses = p.status.as_ref()?.container_statuses.as_ref()?;
+    let waiting = statuses
+        .iter()
+        .find_map(|c| c.state.as_ref()?.waiting.as_ref())?;
+    let reason = waiting.reason.as_deref().unwrap_or_default();
+    let said = || {
+        format!(
+            "{reason}: {}",
+            waiting.message.as_deref().unwrap_or("no message")
+        )
+    };
+    match reason {
+        "ImagePullBackOff"
+        | "InvalidImageName"
+        | "ErrImageNeverPull"
+        | "CreateContainerConfigError"
+        | "CreateContainerError" => Some(said()),
+        "ErrImagePull" => {
+            let name = p.metadata.name.clone().unwrap_or_default();
+            let since = *pulling.entry(name).or_insert_with(std::time::Instant::now);
+            (since.elapsed() >= Duration::from_secs(30)).then(said)
+        }
+        _ => None,
+    }
+}
+
 /// The main container's exit code, once it ended.
 fn exit_code(p: &Pod) -> Option<i32> {
     p.status
@@ -590,6 +620,7 @@ impl KubeProvider {
     ) -> Result<Vec<Pod>, ProviderError> {
         let deadline = tokio::time::Instant::now() + conn.context.start_timeout;
         let api = conn.pods();
+        let mut pulling = BTreeMap::new();
         loop {
             let pods = retrying(|| async {
                 api.list(lp)
@@ -607,6 +638,12 @@ impl KubeProvider {
                             "{}: pod {name} cannot be scheduled: {why}",
                             conn.where_()
                         ),
+                    });
+                }
+                if let Some(why) = cannot_start(p, &mut pulling) {
+                    return Err(ProviderError {
+                        kind: ErrorKind::Config,
+                        message: format!("{}: pod {name} cannot start: {why}", conn.where_()),
                     });
                 }
                 if until == Until::Running && matches!(phase(p), "Failed" | "Succeeded") {
@@ -1578,6 +1615,32 @@ mod tests {
         let mut ok = failed(0, "");
         ok.state = JobState::Succeeded;
         assert_eq!(recovers(&m, &ok), None);
+    }
+
+    #[test]
+    fn pods_that_cannot_start_say_why() {
+        let waiting = |reason: &str| -> Pod {
+            serde_json::from_value(serde_json::json!({
+                "metadata": { "name": "p" },
+                "status": { "phase": "Pending", "containerStatuses": [{
+                    "name": "main", "image": "x", "imageID": "", "ready": false, "restartCount": 0,
+                    "state": { "waiting": { "reason": reason, "message": "no such image" } }
+                }]}
+            }))
+            .unwrap()
+        };
+        let mut pulling = BTreeMap::new();
+        assert_eq!(
+            cannot_start(&waiting("ImagePullBackOff"), &mut pulling).unwrap(),
+            "ImagePullBackOff: no such image"
+        );
+        // A first failed pull gets time; a container being made is fine.
+        assert_eq!(cannot_start(&waiting("ErrImagePull"), &mut pulling), None);
+        assert!(pulling.contains_key("p"));
+        assert_eq!(
+            cannot_start(&waiting("ContainerCreating"), &mut pulling),
+            None
+        );
     }
 
     #[test]
