@@ -18,6 +18,7 @@ Python's standard library only. Facts behind it: docs/notes/kubernetes-research.
 import argparse
 import base64
 import datetime
+import hashlib
 import http.server
 import json
 import os
@@ -286,10 +287,16 @@ class LogHandler(http.server.BaseHTTPRequestHandler):
     def log_message(self, *args):
         pass
 
+    def do_POST(self):
+        self.do_GET()
+
     def do_GET(self):
         url = urllib.parse.urlparse(self.path)
         parts = url.path.strip("/").split("/")
         fl = self.server.fakelet
+        if len(parts) == 4 and parts[0] == "exec":
+            self.exec(parts[1], parts[2], urllib.parse.parse_qs(url.query))
+            return
         if len(parts) != 4 or parts[0] != "containerLogs":
             self.send_error(404)
             return
@@ -316,6 +323,109 @@ class LogHandler(http.server.BaseHTTPRequestHandler):
                     return
                 continue
             time.sleep(0.2)
+
+    def exec(self, ns, name, query):
+        """`/exec/NS/POD/CONTAINER?command=…`: runs the command as a local process in the
+        pod's directory with the pod's environment, over a websocket speaking
+        v4.channel.k8s.io (0 stdin, 1 stdout, 2 stderr, 3 the exit status)."""
+        fl = self.server.fakelet
+        key = self.headers.get("Sec-WebSocket-Key")
+        offered = [p.strip() for p in self.headers.get("Sec-WebSocket-Protocol", "").split(",")]
+        if not key or "v4.channel.k8s.io" not in offered:
+            self.send_error(400, "a websocket speaking v4.channel.k8s.io is needed")
+            return
+        pod = fl.api.call("GET", f"/api/v1/namespaces/{ns}/pods/{name}")
+        if not pod or pod["metadata"]["uid"] not in fl.pods:
+            self.send_error(404, "no such running pod here")
+            return
+        accept = base64.b64encode(hashlib.sha1(
+            (key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode()).digest()).decode()
+        self.wfile.write(("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                          "Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + "\r\n"
+                          "Sec-WebSocket-Protocol: v4.channel.k8s.io\r\n\r\n").encode())
+        self.wfile.flush()
+        argv = query.get("command", ["true"])
+        work = os.path.join(fl.dir, "pods", pod["metadata"]["uid"])
+        c = pod["spec"]["containers"][0]
+        # The apiserver asks its kubelets with input=1 (stdin=true from clients).
+        stdin = query.get("input") == ["1"] or query.get("stdin") == ["true"]
+        try:
+            proc = subprocess.Popen(argv, cwd=work, env=fl.env_of(ns, pod, c),
+                                    stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        except OSError as e:
+            self.frame(b"\x02" + f"{e}\n".encode())
+            self.status(126)
+            return
+        lock = threading.Lock()
+
+        def pump(stream, channel):
+            for chunk in iter(lambda: stream.read1(65536), b""):
+                with lock:
+                    self.frame(bytes([channel]) + chunk)
+
+        pumps = [threading.Thread(target=pump, args=(proc.stdout, 1)),
+                 threading.Thread(target=pump, args=(proc.stderr, 2))]
+        for t in pumps:
+            t.start()
+        if stdin:
+            threading.Thread(target=self.feed, args=(proc,), daemon=True).start()
+        code = proc.wait()
+        for t in pumps:
+            t.join()
+        with lock:
+            self.status(code)
+
+    def feed(self, proc):
+        """Client frames (masked): channel 0 bytes go to the process's stdin; a close frame,
+        or an empty stdin frame, ends it."""
+        try:
+            while True:
+                head = self.rfile.read(2)
+                if len(head) < 2:
+                    break
+                opcode, n = head[0] & 0x0F, head[1] & 0x7F
+                if n == 126:
+                    n = int.from_bytes(self.rfile.read(2), "big")
+                elif n == 127:
+                    n = int.from_bytes(self.rfile.read(8), "big")
+                mask = self.rfile.read(4) if head[1] & 0x80 else b"\0\0\0\0"
+                data = bytes(b ^ mask[i % 4] for i, b in enumerate(self.rfile.read(n)))
+                if opcode == 8:
+                    break
+                if opcode in (1, 2) and data[:1] == b"\x00" and len(data) > 1:
+                    proc.stdin.write(data[1:])
+                    proc.stdin.flush()
+        except (OSError, ValueError):
+            pass
+        try:
+            proc.stdin.close()
+        except OSError:
+            pass
+
+    def frame(self, payload, opcode=2):
+        n = len(payload)
+        if n < 126:
+            head = bytes([0x80 | opcode, n])
+        elif n < 65536:
+            head = bytes([0x80 | opcode, 126]) + n.to_bytes(2, "big")
+        else:
+            head = bytes([0x80 | opcode, 127]) + n.to_bytes(8, "big")
+        try:
+            self.wfile.write(head + payload)
+            self.wfile.flush()
+        except OSError:
+            pass
+
+    def status(self, code):
+        if code == 0:
+            st = {"metadata": {}, "status": "Success"}
+        else:
+            st = {"metadata": {}, "status": "Failure", "reason": "NonZeroExitCode",
+                  "message": f"command terminated with non-zero exit code: {code}",
+                  "details": {"causes": [{"reason": "ExitCode", "message": str(code)}]}}
+        self.frame(b"\x03" + json.dumps(st).encode())
+        self.frame(b"\x03\xe8", opcode=8)
 
     def running(self, ns, name):
         fl = self.server.fakelet

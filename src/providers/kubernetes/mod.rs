@@ -9,6 +9,7 @@
 //! [`capacity`] turns nodes and pods into offers; [`objects`] builds what is applied.
 
 pub mod capacity;
+mod exec;
 pub mod objects;
 
 use super::{Created, ErrorKind, Observed, ProviderError, Request};
@@ -101,6 +102,9 @@ struct Private {
     /// Job: its id (the same as `name`), which `skyform` commands read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     job_id: Option<String>,
+    /// Job on a cluster: the cluster's object name (its pods are `CLUSTER-RANK`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    cluster: Option<String>,
 }
 
 impl Private {
@@ -961,40 +965,47 @@ impl KubeProvider {
         p.context = cp.context.clone();
         p.namespace = Some(conn.namespace.clone());
         p.job_id = Some(p.name.clone());
-        let owner = Owner {
-            address: req.address,
-            lineage: &p.lineage,
-        };
+        p.cluster = Some(cp.name.clone());
         let mut envs = match &cluster.spec {
             Spec::Cluster(c) => c.envs.clone(),
             _ => BTreeMap::new(),
         };
         envs.extend(spec.envs.clone());
+        envs.extend(spec.secrets.clone());
         envs.insert("SKYFORM_CLUSTER".into(), spec.cluster.to_string());
-        let image = cp
-            .image
-            .clone()
-            .unwrap_or_else(|| objects::DEFAULT_IMAGE.into());
-        let job = objects::JobRank {
-            owner,
-            name: &p.name,
-            namespace: &conn.namespace,
-            rank: 0,
-            num_nodes: n,
-            image: &image,
-            run: &spec.run,
-            envs: &envs,
-            secret_keys: spec.secrets.keys().map(String::as_str).collect(),
-            node: None,
-            shape: None,
-        };
-        self.apply_jobs(&conn, job, &spec.secrets, &cp.nodes)
-            .await?;
-        let status = self.job_status(&conn, &p.name, n).await?;
+        envs.insert("SKYFORM_JOB_ID".into(), p.name.clone());
+        envs.insert("SKYFORM_NUM_NODES".into(), n.to_string());
+        for rank in 0..n {
+            let mut e = envs.clone();
+            e.insert("SKYFORM_NODE_RANK".into(), rank.to_string());
+            let pod = objects::pod_name(&cp.name, rank);
+            exec::start(&conn, &pod, &p.name, rank, &spec.run, &e).await?;
+        }
+        let status = self.exec_status(&conn, &p, n).await?;
         Ok(Created {
             computed: super::jobs::computed(&status),
             private: serde_json::to_value(&p).unwrap_or_default(),
         })
+    }
+
+    /// A job's status from inside its cluster's pods; a pod that is gone lost its rank.
+    async fn exec_status(
+        &self,
+        conn: &Conn,
+        p: &Private,
+        ranks: u32,
+    ) -> Result<crate::runtime::JobStatus, ProviderError> {
+        let cluster = p.cluster.clone().unwrap_or_default();
+        let mut seen = Vec::new();
+        for rank in 0..ranks {
+            let pod = objects::pod_name(&cluster, rank);
+            seen.push(match exec::rank_status(conn, &pod, &p.name, rank).await {
+                Ok(r) => r,
+                Err(e) if e.kind == ErrorKind::NotFound => exec::Rank::Lost,
+                Err(e) => return Err(e),
+            });
+        }
+        Ok(exec::status_of(&seen))
     }
 
     /// Applies the Secret (when there are secrets) and one Kubernetes Job per rank of `job`,
@@ -1097,12 +1108,8 @@ impl KubeProvider {
                     ),
                 });
             };
-            let n = match &dep.spec {
-                Spec::Job(j) => j.num_nodes.max(1),
-                _ => 1,
-            };
             loop {
-                let state = self.job_status(&conn, &p.name, n).await?.state;
+                let state = self.status_of(&conn, &p, &dep.spec).await?.state;
                 if state == crate::runtime::JobState::Succeeded {
                     break;
                 }
@@ -1116,6 +1123,21 @@ impl KubeProvider {
             }
         }
         Ok(())
+    }
+
+    /// A job's status (inside its cluster's pods) or a managed job's (from its Kubernetes
+    /// Jobs' pods).
+    async fn status_of(
+        &self,
+        conn: &Conn,
+        p: &Private,
+        spec: &Spec,
+    ) -> Result<crate::runtime::JobStatus, ProviderError> {
+        let ranks = ranks_of(spec).unwrap_or(1);
+        match spec {
+            Spec::Job(_) => self.exec_status(conn, p, ranks).await,
+            _ => self.job_status(conn, &p.name, ranks).await,
+        }
     }
 
     /// A job's status from its pods: failed when a rank failed (with that rank's exit
@@ -1290,6 +1312,15 @@ impl super::Provider for KubeProvider {
                     reason: "it names no Kubernetes context (nothing was made)".into(),
                 });
             };
+            if matches!(res.spec, Spec::Job(_)) {
+                let s = self.exec_status(&conn, &p, ranks).await?;
+                if s.state == crate::runtime::JobState::Queued {
+                    return Ok(Observed::Gone {
+                        reason: "the job is not in its cluster's pods".into(),
+                    });
+                }
+                return Ok(Observed::Up(super::jobs::computed(&s)));
+            }
             let jobs: Api<Job> = Api::namespaced(conn.client.clone(), &conn.namespace);
             let listed = jobs
                 .list(&selector(LABEL_JOB, &p.name))
@@ -1377,11 +1408,22 @@ impl super::Provider for KubeProvider {
         let Some(conn) = self.conn_of(&p, res).await? else {
             return Ok(());
         };
-        let key = match res.spec {
-            Spec::Cluster(_) => LABEL_CLUSTER,
-            _ => LABEL_JOB,
-        };
-        self.remove(&conn, key, &p.name).await
+        match &res.spec {
+            Spec::Cluster(_) => self.remove(&conn, LABEL_CLUSTER, &p.name).await,
+            Spec::Job(j) => {
+                // Inside the cluster's pods; a pod that is gone took its rank with it.
+                let cluster = p.cluster.clone().unwrap_or_default();
+                for rank in 0..j.num_nodes.max(1) {
+                    let pod = objects::pod_name(&cluster, rank);
+                    match exec::cancel(&conn, &pod, &p.name, rank).await {
+                        Err(e) if e.kind != ErrorKind::NotFound => return Err(e),
+                        _ => {}
+                    }
+                }
+                Ok(())
+            }
+            _ => self.remove(&conn, LABEL_JOB, &p.name).await,
+        }
     }
 
     /// Each context with its server's version; an error naming every context that cannot
@@ -1548,13 +1590,26 @@ impl super::Provider for KubeProvider {
         let Some(conn) = self.conn_of(&p, res).await? else {
             return Ok(Vec::new());
         };
+        let mut out = Vec::new();
+        if let Spec::Job(_) = &res.spec {
+            // Inside the cluster's pods, from each rank's offset on.
+            let cluster = p.cluster.clone().unwrap_or_default();
+            for rank in 0..ranks {
+                let from = offsets.get(rank as usize).copied().unwrap_or(0);
+                let pod = objects::pod_name(&cluster, rank);
+                out.push(match exec::log(&conn, &pod, &p.name, rank, from).await {
+                    Err(e) if e.kind == ErrorKind::NotFound => Vec::new(),
+                    r => r?,
+                });
+            }
+            return Ok(out);
+        }
         let pods = conn
             .pods()
             .list(&selector(LABEL_JOB, &p.name))
             .await
             .map_err(|e| classify(e, "list the job's pods", &conn.where_()))?
             .items;
-        let mut out = Vec::new();
         for rank in 0..ranks {
             let from = offsets.get(rank as usize).copied().unwrap_or(0) as usize;
             let pod = pods
