@@ -2,8 +2,9 @@
 //! kubeconfig }`): each declared context is a failover target, reached with the `kube` crate
 //! over rustls and the credentials of its kubeconfig.
 //!
-//! A skyform cluster is N pods (rank 0 is the head) behind a headless Service; a job on it is
-//! one Kubernetes Job per rank, pinned to the node its cluster's pod of that rank holds.
+//! A skyform cluster is N pods (rank 0 is the head) behind a headless Service; a job on it
+//! runs inside those pods through the exec API ([`exec`]); a managed job is one Kubernetes
+//! Job per rank with resources of its own.
 //! Every object carries `skyform.dev/lineage` and `skyform.dev/address` and is written with
 //! server-side apply under the field manager `skyform`, so each call can be repeated.
 //! [`capacity`] turns nodes and pods into offers; [`objects`] builds what is applied.
@@ -1008,14 +1009,12 @@ impl KubeProvider {
         Ok(exec::status_of(&seen))
     }
 
-    /// Applies the Secret (when there are secrets) and one Kubernetes Job per rank of `job`,
-    /// rank `r` on `nodes[r]` when nodes are given.
+    /// Applies the Secret (when there are secrets) and one Kubernetes Job per rank of `job`.
     async fn apply_jobs(
         &self,
         conn: &Conn,
         job: objects::JobRank<'_>,
         secrets: &BTreeMap<String, String>,
-        nodes: &[String],
     ) -> Result<(), ProviderError> {
         if !secrets.is_empty() {
             let s = objects::secret(&job.owner, job.name, &conn.namespace, secrets);
@@ -1024,7 +1023,6 @@ impl KubeProvider {
         for rank in 0..job.num_nodes {
             let body = objects::JobRank {
                 rank,
-                node: nodes.get(rank as usize).map(String::as_str),
                 ..job.clone()
             }
             .build();
@@ -1075,10 +1073,9 @@ impl KubeProvider {
             run: &run,
             envs: &spec.envs,
             secret_keys: spec.secrets.keys().map(String::as_str).collect(),
-            node: None,
-            shape: Some(&shape),
+            shape: &shape,
         };
-        self.apply_jobs(&conn, job, &spec.secrets, &[]).await?;
+        self.apply_jobs(&conn, job, &spec.secrets).await?;
         self.wait_pods(
             &conn,
             &selector(LABEL_JOB, &p.name),

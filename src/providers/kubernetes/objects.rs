@@ -327,8 +327,8 @@ pub fn secret(
     })
 }
 
-/// One rank of a job as a Kubernetes Job: a single pod, never retried (skyform decides about
-/// retries), placed on the node its cluster's pod of the same rank holds.
+/// One rank of a managed job as a Kubernetes Job: a single pod with its own share of a node,
+/// placed by the scheduler, never retried (skyform decides about recovery).
 #[derive(Debug, Clone)]
 pub struct JobRank<'a> {
     pub owner: Owner<'a>,
@@ -341,9 +341,7 @@ pub struct JobRank<'a> {
     pub run: &'a str,
     pub envs: &'a BTreeMap<String, String>,
     pub secret_keys: Vec<&'a str>,
-    /// The node to run on (the cluster's), or a shape of its own for the scheduler to place.
-    pub node: Option<&'a str>,
-    pub shape: Option<&'a PodShape>,
+    pub shape: &'a PodShape,
 }
 
 pub fn job_object_name(job: &str, rank: u32) -> String {
@@ -366,14 +364,9 @@ impl JobRank<'_> {
             "env": env,
         });
         let mut pod_spec = pod_basics();
-        if let Some(shape) = self.shape {
-            container["resources"] = shape.resources();
-            if let Some(a) = shape.affinity() {
-                pod_spec["affinity"] = a;
-            }
-        }
-        if let Some(n) = self.node {
-            pod_spec["nodeName"] = json!(n);
+        container["resources"] = self.shape.resources();
+        if let Some(a) = self.shape.affinity() {
+            pod_spec["affinity"] = a;
         }
         pod_spec["containers"] = json!([container]);
         let labels = [
@@ -480,14 +473,16 @@ mod tests {
             run: "echo $TOKEN",
             envs: &envs,
             secret_keys: vec!["TOKEN"],
-            node: Some("node-1"),
-            shape: None,
+            shape: &shape(),
         }
         .build();
         let text = job.to_string();
         assert!(!text.contains("s3cret"));
         let pod = &job["spec"]["template"]["spec"];
-        assert_eq!(pod["nodeName"], "node-1");
+        assert_eq!(
+            pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"],
+            "4"
+        );
         assert_eq!(job["spec"]["backoffLimit"], 0);
         let env = pod["containers"][0]["env"].as_array().unwrap();
         assert!(env.contains(&json!({"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "sky-job-1", "key": "TOKEN"}}})));
