@@ -139,7 +139,9 @@ class Fakelet:
         return os.path.join(self.dir, "logs", f"{ns}_{name}.log")
 
     def env_of(self, ns, pod, container):
-        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", "/")}
+        # FAKELET_POD marks every process of the pod, exec'd ones too, so they end with it.
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", "/"),
+               "FAKELET_POD": pod["metadata"]["uid"]}
         for e in container.get("env") or []:
             if "value" in e:
                 env[e["name"]] = e["value"]
@@ -237,13 +239,33 @@ class Fakelet:
             except ProcessLookupError:
                 pass
             p.proc.wait()
+        # What the pod started in sessions of their own (jobs run through exec): a container's
+        # processes all end with it.
+        mark = f"FAKELET_POD={p.uid}".encode()
+        for pid in os.listdir("/proc"):
+            if not pid.isdigit():
+                continue
+            try:
+                with open(f"/proc/{pid}/environ", "rb") as f:
+                    if mark in f.read().split(b"\0"):
+                        os.kill(int(pid), signal.SIGKILL)
+            except (OSError, ProcessLookupError):
+                pass
 
     def step(self):
+        seen = set()
         for node in self.nodes:
             q = urllib.parse.urlencode({"fieldSelector": f"spec.nodeName={node.name}"})
-            listing = self.api.call("GET", f"/api/v1/pods?{q}") or {}
+            listing = self.api.call("GET", f"/api/v1/pods?{q}")
+            if listing is None:
+                return
             for pod in listing.get("items") or []:
+                seen.add(pod["metadata"]["uid"])
                 self.one(pod)
+        # Pods removed from the API at once (deleted with grace 0): as a kubelet, end them.
+        with self.lock:
+            for uid in [u for u in self.pods if u not in seen]:
+                self.kill(self.pods.pop(uid))
 
     def one(self, pod):
         meta = pod["metadata"]

@@ -949,7 +949,7 @@ job "second" {
 
 job "long" {
   cluster = cluster.train
-  run     = "sleep 600"
+  run     = "sleep 611"
 }
 "#,
     );
@@ -961,6 +961,17 @@ job "long" {
     assert!(logs.contains("(rank 0) rank 0 of 2 trains llama"), "{logs}");
     assert!(logs.contains("(rank 1) rank 1 of 2 trains llama"), "{logs}");
     assert!(w.ok(&["logs", "job.second"]).contains("after first"));
-    // Destroy ends the running job with its cluster and leaves nothing.
+    // Destroy ends the running job (its process here, as fakelet runs pods) with its cluster
+    // and leaves nothing.
+    let running = || {
+        Command::new("pgrep")
+            .args(["-f", "sleep 611"])
+            .stdout(Stdio::null())
+            .status()
+            .unwrap()
+            .success()
+    };
+    assert!(running(), "the job runs");
     w.destroy_leaves_nothing("a");
+    assert!(!running(), "the job ended with its cluster");
 }
