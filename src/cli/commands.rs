@@ -860,18 +860,13 @@ async fn make_plan(
     // implicit import, never made a second time.
     let mut adopting: Vec<(Address, String)> = Vec::new();
     if !destroy && !flags.refresh_only && !state.lineage.is_empty() {
-        let known: std::collections::BTreeSet<String> = state
-            .resources
-            .values()
-            .filter_map(|r| {
-                r.private
-                    .get("name")
-                    .and_then(|n| n.as_str())
-                    .map(String::from)
-            })
-            .collect();
         for (name, p) in &registry.providers {
-            let found = match p.find_own(&state.lineage).await {
+            let held: Vec<&crate::state::ResourceState> = state
+                .resources
+                .values()
+                .filter(|r| r.provider == *name)
+                .collect();
+            let found = match p.find_own(&state.lineage, &held).await {
                 Ok(f) => f,
                 Err(e) => {
                     eprintln!("warning: cannot look for {name} clusters of this state: {e}");
@@ -879,11 +874,7 @@ async fn make_plan(
                 }
             };
             for (addr, id) in found {
-                let object = id.rsplit('/').next().unwrap_or_default().to_string();
-                if state.resources.contains_key(&addr)
-                    || options.imports.contains_key(&addr)
-                    || known.contains(&object)
-                {
+                if state.resources.contains_key(&addr) || options.imports.contains_key(&addr) {
                     continue;
                 }
                 let id = format!("{name}:{id}");

@@ -168,9 +168,14 @@ pub trait Provider: Send + Sync + std::fmt::Debug {
         })
     }
     /// Clusters this backend holds that carry the state's `lineage` (made by an apply of
-    /// this state), each with the address it was made for and the `import` id that finds
-    /// it. A plan adopts those missing from state through that import.
-    async fn find_own(&self, _lineage: &str) -> Result<Vec<(Address, String)>, ProviderError> {
+    /// this state) and that none of `held` (the state's resources on this backend) is, each
+    /// with the address it was made for and the `import` id that finds it. A plan adopts
+    /// those whose address state lacks, through that import.
+    async fn find_own(
+        &self,
+        _lineage: &str,
+        _held: &[&ResourceState],
+    ) -> Result<Vec<(Address, String)>, ProviderError> {
         Ok(Vec::new())
     }
     /// Stops a cluster's machines, keeping their disks (for autostop).

@@ -81,7 +81,6 @@ pub(super) async fn sh(
     input: Option<&[u8]>,
 ) -> Result<Ran, ProviderError> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    // The directory argument may hold `${TMPDIR:-/tmp}`: expanded by the script's shell.
     let mut argv = vec!["sh", "-c", script, "sh"];
     argv.extend_from_slice(args);
     let ap = kube::api::AttachParams::default()
@@ -144,6 +143,21 @@ pub(super) async fn sh(
     })
 }
 
+/// Runs one of the scripts above with `$1` the directory of rank `rank` of `job` (expanded
+/// in the pod: it holds `${TMPDIR:-/tmp}`) and `args` after it.
+async fn in_job_dir(
+    conn: &Conn,
+    pod: &str,
+    job: &str,
+    rank: u32,
+    body: &str,
+    args: &[&str],
+    input: Option<&[u8]>,
+) -> Result<Ran, ProviderError> {
+    let script = format!("set -- \"{}\" \"$@\"\n{body}", job_dir(job, rank));
+    sh(conn, pod, &script, args, input).await
+}
+
 /// Starts rank `rank` of a job in `pod`.
 pub(super) async fn start(
     conn: &Conn,
@@ -155,16 +169,8 @@ pub(super) async fn start(
 ) -> Result<(), ProviderError> {
     use base64::Engine as _;
     let line = base64::engine::general_purpose::STANDARD.encode(exports(envs));
-    let dir = job_dir(job, rank);
-    let script = format!("set -- \"{dir}\" \"$2\"\n{START}");
-    let ran = sh(
-        conn,
-        pod,
-        &script,
-        &[&dir, run],
-        Some(format!("{line}\n").as_bytes()),
-    )
-    .await?;
+    let input = format!("{line}\n");
+    let ran = in_job_dir(conn, pod, job, rank, START, &[run], Some(input.as_bytes())).await?;
     if ran.code != 0 {
         return Err(ProviderError::other(format!(
             "{}: cannot start the job in pod {pod} (exit code {}): {}",
@@ -176,12 +182,14 @@ pub(super) async fn start(
     Ok(())
 }
 
-/// One rank's state, as `STATUS` says it.
+/// Where one rank of a job (or managed job) is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Rank {
     Ended(i32),
     Running,
-    Lost,
+    /// Ended without an exit code of its own (its pod restarted, was evicted or is gone).
+    Lost(String),
+    /// Not started (yet).
     NotThere,
 }
 
@@ -191,20 +199,22 @@ pub(super) async fn rank_status(
     job: &str,
     rank: u32,
 ) -> Result<Rank, ProviderError> {
-    let dir = job_dir(job, rank);
-    let script = format!("set -- \"{dir}\"\n{STATUS}");
-    let ran = sh(conn, pod, &script, &[], None).await?;
+    let ran = in_job_dir(conn, pod, job, rank, STATUS, &[], None).await?;
     Ok(parse_rank(&String::from_utf8_lossy(&ran.stdout)))
+}
+
+fn lost() -> Rank {
+    Rank::Lost("it neither runs nor recorded an exit code (its pod restarted)".into())
 }
 
 fn parse_rank(text: &str) -> Rank {
     let t = text.trim();
     match t.strip_prefix("exit ") {
-        Some(code) => code.trim().parse().map_or(Rank::Lost, Rank::Ended),
+        Some(code) => code.trim().parse().map_or_else(|_| lost(), Rank::Ended),
         None => match t {
             "running" => Rank::Running,
             "none" => Rank::NotThere,
-            _ => Rank::Lost,
+            _ => lost(),
         },
     }
 }
@@ -223,7 +233,7 @@ pub fn status_of(ranks: &[Rank]) -> JobStatus {
     };
     let failed = ranks.iter().enumerate().find(|(_, r)| match r {
         Rank::Ended(c) => *c != 0,
-        Rank::Lost => true,
+        Rank::Lost(_) => true,
         _ => false,
     });
     if let Some((rank, r)) = failed {
@@ -233,7 +243,8 @@ pub fn status_of(ranks: &[Rank]) -> JobStatus {
                 s.exit_code = Some(*c);
                 s.reason = Some(format!("rank {rank} exited with {c}"));
             }
-            _ => s.reason = Some(format!("rank {rank} was lost (its pod restarted)")),
+            Rank::Lost(why) => s.reason = Some(format!("rank {rank}: {why}")),
+            _ => {}
         }
     } else if !ranks.is_empty() && ranks.iter().all(|r| *r == Rank::Ended(0)) {
         s.state = JobState::Succeeded;
@@ -255,9 +266,10 @@ pub(super) async fn log(
     rank: u32,
     from: u64,
 ) -> Result<Vec<u8>, ProviderError> {
-    let dir = job_dir(job, rank);
-    let script = format!("set -- \"{dir}\" \"{from}\"\n{LOG}");
-    Ok(sh(conn, pod, &script, &[], None).await?.stdout)
+    let from = from.to_string();
+    Ok(in_job_dir(conn, pod, job, rank, LOG, &[&from], None)
+        .await?
+        .stdout)
 }
 
 /// Ends a rank's job and removes its directory.
@@ -267,9 +279,9 @@ pub(super) async fn cancel(
     job: &str,
     rank: u32,
 ) -> Result<(), ProviderError> {
-    let dir = job_dir(job, rank);
-    let script = format!("set -- \"{dir}\"\n{CANCEL}");
-    sh(conn, pod, &script, &[], None).await.map(drop)
+    in_job_dir(conn, pod, job, rank, CANCEL, &[], None)
+        .await
+        .map(drop)
 }
 
 #[cfg(test)]
@@ -290,14 +302,16 @@ mod tests {
         assert_eq!(parse_rank("exit 3\n"), Rank::Ended(3));
         assert_eq!(parse_rank("running\n"), Rank::Running);
         assert_eq!(parse_rank("none\n"), Rank::NotThere);
-        assert_eq!(parse_rank("garbage"), Rank::Lost);
+        assert!(matches!(parse_rank("garbage"), Rank::Lost(_)));
         let s = status_of(&[Rank::Ended(0), Rank::Ended(7)]);
         assert_eq!((s.state, s.exit_code), (JobState::Failed, Some(7)));
         let s = status_of(&[Rank::Ended(0), Rank::Running]);
         assert_eq!(s.state, JobState::Running);
         let s = status_of(&[Rank::Ended(0), Rank::Ended(0)]);
         assert_eq!((s.state, s.exit_code), (JobState::Succeeded, Some(0)));
-        assert_eq!(status_of(&[Rank::Lost]).state, JobState::Failed);
+        let s = status_of(&[Rank::Lost("pod p was evicted".into())]);
+        assert_eq!(s.state, JobState::Failed);
+        assert_eq!(s.reason.as_deref(), Some("rank 0: pod p was evicted"));
         assert_eq!(status_of(&[Rank::NotThere]).state, JobState::Queued);
     }
 }

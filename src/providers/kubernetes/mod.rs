@@ -95,11 +95,6 @@ struct Private {
     context: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     namespace: Option<String>,
-    /// Cluster: the node each rank's pod is bound to.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    nodes: Vec<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    image: Option<String>,
     /// Job: its id (the same as `name`), which `skyform` commands read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     job_id: Option<String>,
@@ -238,6 +233,28 @@ where
     }
 }
 
+/// The names of the objects of kind `K` that `lp` selects in the connection's namespace, as
+/// `KIND/NAME`.
+async fn names<K>(conn: &Conn, lp: &ListParams, kind: &str) -> Result<Vec<String>, ProviderError>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+    K::DynamicType: Default,
+{
+    let api: Api<K> = Api::namespaced(conn.client.clone(), &conn.namespace);
+    let listed = api
+        .list(lp)
+        .await
+        .map_err(|e| classify(e, &format!("list {kind}s"), &conn.where_()))?;
+    Ok(listed
+        .items
+        .iter()
+        .filter_map(|o| o.meta().name.as_ref().map(|n| format!("{kind}/{n}")))
+        .collect())
+}
+
 fn apply_params() -> PatchParams {
     PatchParams::apply(MANAGER).force()
 }
@@ -352,37 +369,27 @@ fn recovers(m: &crate::model::ManagedJobSpec, s: &crate::runtime::JobStatus) -> 
         .map(|_| format!("{reason}, which recovery.recover_on_exit_codes recovers from"))
 }
 
+/// Where a managed job's rank is, from its pod: an evicted pod (or one that ended without an
+/// exit code) is lost, not failed by its program.
+fn rank_of_pod(p: &Pod) -> exec::Rank {
+    let evicted = p.status.as_ref().and_then(|s| s.reason.as_deref()) == Some("Evicted");
+    match phase(p) {
+        "Succeeded" => exec::Rank::Ended(0),
+        "Failed" => match exit_code(p) {
+            Some(c) if !evicted => exec::Rank::Ended(c),
+            _ => exec::Rank::Lost(trouble(p).unwrap_or_default()),
+        },
+        "Running" => exec::Rank::Running,
+        _ => exec::Rank::NotThere,
+    }
+}
+
 /// How many ranks (one Kubernetes Job each) a job or managed job has; None for others.
 fn ranks_of(spec: &Spec) -> Option<u32> {
     match spec {
         Spec::Job(j) => Some(j.num_nodes.max(1)),
         Spec::ManagedJob(m) => Some(m.num_nodes.max(1)),
         _ => None,
-    }
-}
-
-/// A cluster's private data as its pods say: where it is, the node of each rank, its image.
-fn found_cluster(p: &Private, context: &str, conn: &Conn, pods: &[Pod]) -> Private {
-    let mut sorted: Vec<&Pod> = pods.iter().collect();
-    sorted.sort_by_key(|p| pod_rank(p));
-    Private {
-        context: Some(context.to_string()),
-        namespace: Some(conn.namespace.clone()),
-        nodes: sorted
-            .iter()
-            .map(|p| {
-                p.spec
-                    .as_ref()
-                    .and_then(|s| s.node_name.clone())
-                    .unwrap_or_default()
-            })
-            .collect(),
-        image: sorted
-            .first()
-            .and_then(|p| p.spec.as_ref())
-            .and_then(|s| s.containers.first())
-            .and_then(|c| c.image.clone()),
-        ..p.clone()
     }
 }
 
@@ -450,7 +457,7 @@ impl KubeProvider {
             context: Some(ctx.context.clone()),
             ..Default::default()
         };
-        let config = kube::Config::from_custom_kubeconfig(kc, &options)
+        let mut config = kube::Config::from_custom_kubeconfig(kc, &options)
             .await
             .map_err(|e| {
                 bad(format!(
@@ -460,7 +467,6 @@ impl KubeProvider {
                     error_chain(&e)
                 ))
             })?;
-        let mut config = config;
         // A context that does not answer should not hold a plan for long.
         config.connect_timeout = Some(Duration::from_secs(10));
         let namespace = ctx
@@ -699,43 +705,9 @@ impl KubeProvider {
         value: &str,
     ) -> Result<Vec<String>, ProviderError> {
         let lp = selector(key, value);
-        let at = conn.where_();
-        let names = |kind: &str, items: Vec<Option<String>>| -> Vec<String> {
-            items
-                .into_iter()
-                .flatten()
-                .map(|n| format!("{kind}/{n}"))
-                .collect()
-        };
-        let (c, n) = (&conn.client, conn.namespace.as_str());
-        let services = Api::<Service>::namespaced(c.clone(), n)
-            .list(&lp)
-            .await
-            .map_err(|e| classify(e, "list services", &at))?;
-        let secrets = Api::<Secret>::namespaced(c.clone(), n)
-            .list(&lp)
-            .await
-            .map_err(|e| classify(e, "list secrets", &at))?;
-        let jobs = Api::<Job>::namespaced(c.clone(), n)
-            .list(&lp)
-            .await
-            .map_err(|e| classify(e, "list jobs", &at))?;
-        let mut out = names(
-            "service",
-            services
-                .items
-                .into_iter()
-                .map(|o| o.metadata.name)
-                .collect(),
-        );
-        out.extend(names(
-            "secret",
-            secrets.items.into_iter().map(|o| o.metadata.name).collect(),
-        ));
-        out.extend(names(
-            "job",
-            jobs.items.into_iter().map(|o| o.metadata.name).collect(),
-        ));
+        let mut out = names::<Service>(conn, &lp, "service").await?;
+        out.extend(names::<Secret>(conn, &lp, "secret").await?);
+        out.extend(names::<Job>(conn, &lp, "job").await?);
         Ok(out)
     }
 
@@ -762,14 +734,9 @@ impl KubeProvider {
         )?;
         // Services have no delete-collection in Kubernetes 1.20: one at a time.
         let services: Api<Service> = Api::namespaced(c.clone(), n);
-        let listed = services
-            .list(&lp)
-            .await
-            .map_err(|e| classify(e, "list services", &at))?;
-        for s in listed.items {
-            if let Some(name) = s.metadata.name {
-                gone(services.delete(&name, &dp).await.map(drop), "a service")?;
-            }
+        for s in names::<Service>(conn, &lp, "service").await? {
+            let name = s.trim_start_matches("service/");
+            gone(services.delete(name, &dp).await.map(drop), "a service")?;
         }
         let secrets: Api<Secret> = Api::namespaced(c.clone(), n);
         gone(
@@ -893,11 +860,9 @@ impl KubeProvider {
                 Until::Running,
             )
             .await?;
-        let context = p.context.clone().unwrap_or_default();
-        let made = found_cluster(&p, &context, &conn, &pods);
         Ok(Created {
             computed: cluster_computed(&pods),
-            private: serde_json::to_value(&made).unwrap_or_default(),
+            private: serde_json::to_value(&p).unwrap_or_default(),
         })
     }
 
@@ -950,13 +915,16 @@ impl KubeProvider {
                 message: format!("cluster {} names no Kubernetes context", spec.cluster),
             })?;
         let n = spec.num_nodes.max(1);
-        if n as usize > cp.nodes.len() {
+        let (cluster_nodes, cluster_envs) = match &cluster.spec {
+            Spec::Cluster(c) => (c.num_nodes.max(1), c.envs.clone()),
+            _ => (1, BTreeMap::new()),
+        };
+        if n > cluster_nodes {
             return Err(ProviderError {
                 kind: ErrorKind::Config,
                 message: format!(
-                    "the job asks for {n} node(s); cluster {} has {}",
-                    spec.cluster,
-                    cp.nodes.len()
+                    "the job asks for {n} node(s); cluster {} has {cluster_nodes}",
+                    spec.cluster
                 ),
             });
         }
@@ -967,10 +935,7 @@ impl KubeProvider {
         p.namespace = Some(conn.namespace.clone());
         p.job_id = Some(p.name.clone());
         p.cluster = Some(cp.name.clone());
-        let mut envs = match &cluster.spec {
-            Spec::Cluster(c) => c.envs.clone(),
-            _ => BTreeMap::new(),
-        };
+        let mut envs = cluster_envs;
         envs.extend(spec.envs.clone());
         envs.extend(spec.secrets.clone());
         envs.insert("SKYFORM_CLUSTER".into(), spec.cluster.to_string());
@@ -997,15 +962,20 @@ impl KubeProvider {
         ranks: u32,
     ) -> Result<crate::runtime::JobStatus, ProviderError> {
         let cluster = p.cluster.clone().unwrap_or_default();
-        let mut seen = Vec::new();
-        for rank in 0..ranks {
+        // Every rank at once: one exec round trip, not one per node.
+        let asked = futures::future::join_all((0..ranks).map(|rank| {
             let pod = objects::pod_name(&cluster, rank);
-            seen.push(match exec::rank_status(conn, &pod, &p.name, rank).await {
-                Ok(r) => r,
-                Err(e) if e.kind == ErrorKind::NotFound => exec::Rank::Lost,
-                Err(e) => return Err(e),
-            });
-        }
+            async move {
+                match exec::rank_status(conn, &pod, &p.name, rank).await {
+                    Err(e) if e.kind == ErrorKind::NotFound => {
+                        Ok(exec::Rank::Lost(format!("its pod {pod} is gone")))
+                    }
+                    r => r,
+                }
+            }
+        }))
+        .await;
+        let seen = asked.into_iter().collect::<Result<Vec<_>, _>>()?;
         Ok(exec::status_of(&seen))
     }
 
@@ -1145,45 +1115,20 @@ impl KubeProvider {
         name: &str,
         ranks: u32,
     ) -> Result<crate::runtime::JobStatus, ProviderError> {
-        use crate::runtime::{JobState, JobStatus};
         let pods = conn
             .pods()
             .list(&selector(LABEL_JOB, name))
             .await
             .map_err(|e| classify(e, "list the job's pods", &conn.where_()))?
             .items;
-        let mut by_rank: BTreeMap<u32, &Pod> = BTreeMap::new();
-        for p in &pods {
-            if let Some(r) = pod_rank(p) {
-                by_rank.insert(r, p);
-            }
-        }
-        let mut status = JobStatus {
-            state: JobState::Queued,
-            exit_code: None,
-            reason: None,
-            nodes: (0..ranks).collect(),
-            started: None,
-            ended: None,
-            devices: Vec::new(),
-        };
-        let failed = by_rank.values().find(|p| phase(p) == "Failed");
-        if let Some(p) = failed {
-            status.state = JobState::Failed;
-            status.exit_code = exit_code(p);
-            status.reason = trouble(p);
-        } else if by_rank.len() == ranks as usize
-            && by_rank.values().all(|p| phase(p) == "Succeeded")
-        {
-            status.state = JobState::Succeeded;
-            status.exit_code = Some(0);
-        } else if by_rank
-            .values()
-            .any(|p| matches!(phase(p), "Running" | "Succeeded"))
-        {
-            status.state = JobState::Running;
-        }
-        Ok(status)
+        let ranks: Vec<exec::Rank> = (0..ranks)
+            .map(|r| {
+                pods.iter()
+                    .find(|p| pod_rank(p) == Some(r))
+                    .map_or(exec::Rank::NotThere, rank_of_pod)
+            })
+            .collect();
+        Ok(exec::status_of(&ranks))
     }
 
     async fn refresh_cluster(
@@ -1239,8 +1184,11 @@ impl KubeProvider {
         }
         if res.status == Status::Creating {
             // skyform died after making the pods: take them as they are.
-            let context = Self::context_of(p, res).unwrap_or_default();
-            let adopted = found_cluster(p, &context, conn, &pods);
+            let adopted = Private {
+                context: Self::context_of(p, res),
+                namespace: Some(conn.namespace.clone()),
+                ..p.clone()
+            };
             return Ok(Observed::Adopted(Created {
                 computed,
                 private: serde_json::to_value(&adopted).unwrap_or_default(),
@@ -1463,18 +1411,27 @@ impl super::Provider for KubeProvider {
         }
     }
 
-    /// The clusters labelled with `lineage` in every declared context's namespace, by the
-    /// address in their annotation: `CONTEXT/NAME` each.
-    async fn find_own(&self, lineage: &str) -> Result<Vec<(Address, String)>, ProviderError> {
+    /// The clusters labelled with `lineage` in every declared context's namespace that no
+    /// resource in `held` records, by the address in their annotation: `CONTEXT/NAME` each.
+    /// A context that cannot be asked is skipped (the plan already warns about it).
+    async fn find_own(
+        &self,
+        lineage: &str,
+        held: &[&ResourceState],
+    ) -> Result<Vec<(Address, String)>, ProviderError> {
+        let held: std::collections::BTreeSet<String> = held
+            .iter()
+            .filter_map(|r| Private::of(r).map(|p| p.name))
+            .collect();
         let mut out = Vec::new();
         let lp = selector(objects::LABEL_LINEAGE, &objects::label_value(lineage));
         for name in self.contexts.keys() {
-            let conn = self.conn(name).await?;
-            let pods = conn
-                .pods()
-                .list(&lp)
-                .await
-                .map_err(|e| classify(e, "list pods", &conn.where_()))?;
+            let Ok(conn) = self.conn(name).await else {
+                continue;
+            };
+            let Ok(pods) = conn.pods().list(&lp).await else {
+                continue;
+            };
             let mut clusters = std::collections::BTreeSet::new();
             for pod in &pods.items {
                 let m = &pod.metadata;
@@ -1484,7 +1441,9 @@ impl super::Provider for KubeProvider {
                     .as_ref()
                     .and_then(|a| a.get(objects::ANNOTATION_ADDRESS))
                     .and_then(|a| a.parse::<Address>().ok());
-                if let (Some(c), Some(a)) = (cluster, address) {
+                if let (Some(c), Some(a)) = (cluster, address)
+                    && !held.contains(c)
+                {
                     clusters.insert((a, format!("{name}/{c}")));
                 }
             }
@@ -1526,12 +1485,13 @@ impl super::Provider for KubeProvider {
             .and_then(|l| l.get(objects::LABEL_LINEAGE))
             .cloned()
             .unwrap_or_default();
-        let p = Private {
+        let found = Private {
             name: name.to_string(),
             lineage,
+            context: Some(context.to_string()),
+            namespace: Some(conn.namespace.clone()),
             ..Private::default()
         };
-        let found = found_cluster(&p, context, &conn, &pods);
         Ok(Created {
             computed: cluster_computed(&pods),
             private: serde_json::to_value(&found).unwrap_or_default(),

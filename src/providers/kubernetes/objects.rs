@@ -234,15 +234,27 @@ fn with_rank(envs: &BTreeMap<String, String>, rank: u32, n: u32) -> BTreeMap<Str
     out
 }
 
-/// What every pod skyform makes has: no restarts behind skyform's back (an ended pod is
+/// The spec of every pod skyform makes: one container `main` running `script` with `sh`,
+/// asking for `shape`'s share of a node; no restarts behind skyform's back (an ended pod is
 /// reported), no service account token, no service links, a short grace period.
-fn pod_basics() -> Value {
-    json!({
+fn pod_spec(image: &str, script: &str, env: Vec<Value>, shape: &PodShape) -> Value {
+    let mut spec = json!({
         "restartPolicy": "Never",
         "automountServiceAccountToken": false,
         "enableServiceLinks": false,
         "terminationGracePeriodSeconds": 10,
-    })
+        "containers": [{
+            "name": "main",
+            "image": image,
+            "command": ["/bin/sh", "-c", script],
+            "env": env,
+            "resources": shape.resources(),
+        }],
+    });
+    if let Some(a) = shape.affinity() {
+        spec["affinity"] = a;
+    }
+    spec
 }
 
 fn env_list(envs: &BTreeMap<String, String>) -> Vec<Value> {
@@ -285,19 +297,9 @@ impl ClusterPod<'_> {
         }
         // Holds the pod (and its share of the node) until skyform deletes it.
         script.push_str("exec sleep infinity\n");
-        let mut spec = pod_basics();
+        let mut spec = pod_spec(self.image, &script, env_list(&envs), self.shape);
         spec["hostname"] = json!(pod);
         spec["subdomain"] = json!(self.name);
-        spec["containers"] = json!([{
-            "name": "main",
-            "image": self.image,
-            "command": ["/bin/sh", "-c", script],
-            "env": env_list(&envs),
-            "resources": self.shape.resources(),
-        }]);
-        if let Some(a) = self.shape.affinity() {
-            spec["affinity"] = a;
-        }
         json!({
             "apiVersion": "v1",
             "kind": "Pod",
@@ -357,18 +359,7 @@ impl JobRank<'_> {
         for key in &self.secret_keys {
             env.push(json!({ "name": key, "valueFrom": { "secretKeyRef": { "name": self.name, "key": key } } }));
         }
-        let mut container = json!({
-            "name": "main",
-            "image": self.image,
-            "command": ["/bin/sh", "-c", self.run],
-            "env": env,
-        });
-        let mut pod_spec = pod_basics();
-        container["resources"] = self.shape.resources();
-        if let Some(a) = self.shape.affinity() {
-            pod_spec["affinity"] = a;
-        }
-        pod_spec["containers"] = json!([container]);
+        let spec = pod_spec(self.image, self.run, env, self.shape);
         let labels = [
             (LABEL_JOB, self.name.to_string()),
             (LABEL_RANK, self.rank.to_string()),
@@ -383,7 +374,7 @@ impl JobRank<'_> {
                 "parallelism": 1,
                 "template": {
                     "metadata": { "labels": self.owner.labels(&labels) },
-                    "spec": pod_spec,
+                    "spec": spec,
                 },
             },
         })
