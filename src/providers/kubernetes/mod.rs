@@ -123,9 +123,30 @@ impl std::fmt::Debug for Conn {
     }
 }
 
+/// A namespaced object kind of the Kubernetes API (Pod, Service, Secret, Job).
+trait Namespaced:
+    kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+    + Clone
+    + serde::de::DeserializeOwned
+    + std::fmt::Debug
+{
+}
+
+impl<K> Namespaced for K where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+{
+}
+
 impl Conn {
-    fn pods(&self) -> Api<Pod> {
+    /// The API of objects of kind `K` in this connection's namespace.
+    fn api<K: Namespaced>(&self) -> Api<K> {
         Api::namespaced(self.client.clone(), &self.namespace)
+    }
+    fn pods(&self) -> Api<Pod> {
+        self.api()
     }
     fn where_(&self) -> String {
         format!("k8s/{} (namespace {})", self.context.name, self.namespace)
@@ -235,15 +256,12 @@ where
 
 /// The names of the objects of kind `K` that `lp` selects in the connection's namespace, as
 /// `KIND/NAME`.
-async fn names<K>(conn: &Conn, lp: &ListParams, kind: &str) -> Result<Vec<String>, ProviderError>
-where
-    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug,
-    K::DynamicType: Default,
-{
-    let api: Api<K> = Api::namespaced(conn.client.clone(), &conn.namespace);
+async fn names<K: Namespaced>(
+    conn: &Conn,
+    lp: &ListParams,
+    kind: &str,
+) -> Result<Vec<String>, ProviderError> {
+    let api: Api<K> = conn.api();
     let listed = api
         .list(lp)
         .await
@@ -595,21 +613,14 @@ impl KubeProvider {
     }
 
     /// Server-side applies one namespaced object.
-    async fn apply<K>(
+    async fn apply<K: Namespaced>(
         &self,
         conn: &Conn,
         name: &str,
         body: &serde_json::Value,
         what: &str,
-    ) -> Result<K, ProviderError>
-    where
-        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
-            + Clone
-            + serde::de::DeserializeOwned
-            + std::fmt::Debug,
-        K::DynamicType: Default,
-    {
-        let api: Api<K> = Api::namespaced(conn.client.clone(), &conn.namespace);
+    ) -> Result<K, ProviderError> {
+        let api: Api<K> = conn.api();
         retrying(|| async {
             api.patch(name, &apply_params(), &Patch::Apply(body))
                 .await
@@ -720,8 +731,7 @@ impl KubeProvider {
             propagation_policy: Some(PropagationPolicy::Background),
             ..DeleteParams::default()
         };
-        let (c, n) = (&conn.client, conn.namespace.as_str());
-        let jobs: Api<Job> = Api::namespaced(c.clone(), n);
+        let jobs: Api<Job> = conn.api();
         let gone = |r: Result<_, kube::Error>, what: &str| match r {
             Ok(_) => Ok(()),
             Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
@@ -733,12 +743,12 @@ impl KubeProvider {
             "pods",
         )?;
         // Services have no delete-collection in Kubernetes 1.20: one at a time.
-        let services: Api<Service> = Api::namespaced(c.clone(), n);
+        let services: Api<Service> = conn.api();
         for s in names::<Service>(conn, &lp, "service").await? {
             let name = s.trim_start_matches("service/");
             gone(services.delete(name, &dp).await.map(drop), "a service")?;
         }
-        let secrets: Api<Secret> = Api::namespaced(c.clone(), n);
+        let secrets: Api<Secret> = conn.api();
         gone(
             secrets.delete_collection(&dp, &lp).await.map(drop),
             "secrets",
@@ -1266,7 +1276,7 @@ impl super::Provider for KubeProvider {
                 }
                 return Ok(Observed::Up(super::jobs::computed(&s)));
             }
-            let jobs: Api<Job> = Api::namespaced(conn.client.clone(), &conn.namespace);
+            let jobs: Api<Job> = conn.api();
             let listed = jobs
                 .list(&selector(LABEL_JOB, &p.name))
                 .await
