@@ -182,6 +182,7 @@ async fn run(cli: Cli) -> i32 {
                     vars: vars.vars.clone(),
                     var_files: vars.var_files.clone(),
                 },
+                agent_exe: None,
             },
             term.clone(),
         )

@@ -136,12 +136,16 @@ pub struct Options {
     pub workspace: Option<String>,
     /// `-var` and `-var-file`.
     pub vars: VarArgs,
+    /// The skyform binary clusters run as node agents, for callers whose own program is not
+    /// skyform (tests); `None`: `SKYFORM_AGENT_EXE`, else this program.
+    pub agent_exe: Option<PathBuf>,
 }
 
 /// One run: the configuration as loaded, its variables, and the backends, made once.
 pub struct Engine {
     dir: PathBuf,
     workspace_flag: Option<String>,
+    agent_exe: Option<PathBuf>,
     config: Config,
     /// Problems found loading the configuration and its variables, not yet reported.
     diagnostics: Diagnostics,
@@ -170,6 +174,7 @@ impl Engine {
         let mut engine = Engine {
             dir: options.dir,
             workspace_flag: options.workspace,
+            agent_exe: options.agent_exe,
             config,
             diagnostics,
             inputs,
@@ -248,7 +253,10 @@ impl Engine {
     pub fn registry(&self) -> Arc<Registry> {
         self.registry
             .get_or_init(|| {
-                let places = Places::for_dir(&self.dir, &self.config.workspace);
+                let places = Places {
+                    agent_exe: self.agent_exe.clone(),
+                    ..Places::for_dir(&self.dir, &self.config.workspace)
+                };
                 let registry = Registry::from_config(Some(&self.config), &places);
                 for w in &registry.warnings {
                     self.reporter.notice(Notice::Warning(w.clone()));

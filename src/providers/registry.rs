@@ -28,6 +28,9 @@ pub struct Places {
     pub local_root: PathBuf,
     /// The user's home, for `~/` in settings and default key paths.
     pub home: PathBuf,
+    /// The skyform binary clusters run as their node agents; `None`: `SKYFORM_AGENT_EXE`,
+    /// else this program (a library caller whose program is not skyform names it).
+    pub agent_exe: Option<PathBuf>,
 }
 
 impl Places {
@@ -37,6 +40,7 @@ impl Places {
         Places {
             local_root: dir.join(crate::state::workspace_key(".skyform/local", workspace)),
             home: std::env::var_os("HOME").map_or_else(|| PathBuf::from("/"), PathBuf::from),
+            agent_exe: None,
         }
     }
 }
@@ -59,6 +63,9 @@ impl Registry {
             places.local_root.clone(),
             declared("local").next().map(|i| &i.settings),
         );
+        if let Some(exe) = &places.agent_exe {
+            local.agent_exe = exe.clone();
+        }
         // What already runs here stays manageable; new placements only where allowed.
         local.offer = config.is_none() || infra.is_empty() || declared("local").next().is_some();
         providers.insert("local", Arc::new(local));
@@ -81,7 +88,11 @@ impl Registry {
                 )),
             }
         }
-        providers.insert("ssh", Arc::new(SshProvider::new(pools)));
+        let mut ssh = SshProvider::new(pools);
+        if let Some(exe) = &places.agent_exe {
+            ssh.agent_exe = exe.clone();
+        }
+        providers.insert("ssh", Arc::new(ssh));
 
         let contexts = declared("k8s")
             .map(|i| {
