@@ -71,10 +71,10 @@ async fn a_program_plans_applies_and_destroys_through_the_engine() {
         .collect();
     assert_eq!(creates, ["cluster.dev", "job.hello"]);
     let applied = session.apply(&plan, ApplyOptions::default()).await.unwrap();
+    assert_eq!(session.state.resources.len(), 2);
     session.release().await;
-    assert!(applied.summary.ok(), "{:?}", applied.summary.failures);
-    assert_eq!(applied.summary.added, 2);
-    assert_eq!(applied.state.resources.len(), 2);
+    assert!(applied.ok(), "{:?}", applied.failures);
+    assert_eq!(applied.added, 2);
     let seen = recorder.seen.lock().unwrap().clone();
     assert!(seen.contains(&"applying 2 changes".to_string()), "{seen:?}");
     assert!(
@@ -129,8 +129,8 @@ async fn a_program_plans_applies_and_destroys_through_the_engine() {
         .unwrap();
     let applied = session.apply(&plan, ApplyOptions::default()).await.unwrap();
     session.release().await;
-    assert!(applied.summary.ok(), "{:?}", applied.summary.failures);
-    assert_eq!(applied.summary.destroyed, 2);
+    assert!(applied.ok(), "{:?}", applied.failures);
+    assert_eq!(applied.destroyed, 2);
     assert!(again.read_state().await.unwrap().resources.is_empty());
 }
 

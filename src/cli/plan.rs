@@ -246,9 +246,10 @@ async fn apply_in(
     let applied = session.apply(&plan, options).await;
     ctrl_c.abort();
     let applied = applied?;
-    let summary = &applied.summary;
+    let summary = &applied;
+    let state = &session.state;
     if json {
-        emit_summary(summary, &plan, &applied.state);
+        emit_summary(summary, &plan, state);
         return Ok(if summary.ok() { EXIT_OK } else { EXIT_ERROR });
     }
     if plan.refresh_only {
@@ -264,7 +265,7 @@ async fn apply_in(
     }
     say_inline!(
         "{}",
-        render::human::apply_summary(summary, &applied.state, req.destroy, &term.style)
+        render::human::apply_summary(summary, state, req.destroy, &term.style)
     );
     if !summary.ok() {
         return Ok(EXIT_ERROR);

@@ -167,7 +167,8 @@ impl Engine {
         if q.resources
             .infra
             .as_deref()
-            .is_some_and(|i| i.starts_with("local"))
+            .and_then(|i| i.split('/').next())
+            .is_some_and(backend::is_this_machine)
         {
             // Offers are about where one could rent: this machine as if it were declared.
             let places = crate::providers::Places::for_dir(&self.dir, &self.config.workspace);

@@ -15,7 +15,7 @@ pub mod refresh;
 pub mod session;
 pub mod store;
 
-pub use session::{Applied, ApplyOptions, LockOptions, PlanOptions, Session};
+pub use session::{ApplyOptions, LockOptions, PlanOptions, Session};
 
 use crate::apply::Event;
 use crate::config::{self, Config, Diagnostics, InputValue, VarArgs};

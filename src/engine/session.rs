@@ -86,14 +86,6 @@ impl Default for ApplyOptions {
     }
 }
 
-/// What an apply did.
-#[derive(Debug, Clone)]
-pub struct Applied {
-    pub summary: Summary,
-    /// The state as written at the end.
-    pub state: State,
-}
-
 /// The state store locked for one operation, and the state as this session knows it.
 pub struct Session<'e> {
     engine: &'e Engine,
@@ -467,15 +459,13 @@ impl Session<'_> {
     /// Carries out a plan: imports, then the changes (concurrently, with failover, state
     /// written after each), then outputs and the ssh config. A refresh-only plan records
     /// what refresh found and touches nothing.
-    pub async fn apply(&mut self, plan: &Plan, opts: ApplyOptions) -> Result<Applied> {
+    /// What was done comes back as a [`Summary`]; the state as written is `self.state`.
+    pub async fn apply(&mut self, plan: &Plan, opts: ApplyOptions) -> Result<Summary> {
         let engine = self.engine;
         if plan.refresh_only {
             self.state.serial += 1;
             self.store.write(&self.state).await?;
-            return Ok(Applied {
-                summary: Summary::default(),
-                state: self.state.clone(),
-            });
+            return Ok(Summary::default());
         }
         let imported = self.apply_imports(plan).await?;
         let registry = engine.registry();
@@ -523,10 +513,7 @@ impl Session<'_> {
             return Err(engine.keep_errored_state(&self.state, e));
         }
         engine.write_ssh_config(&self.state);
-        Ok(Applied {
-            summary,
-            state: self.state.clone(),
-        })
+        Ok(summary)
     }
 
     /// Takes the clusters the plan imports into state (again asking their backends, since
