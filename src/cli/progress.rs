@@ -54,87 +54,15 @@ impl Progress {
         );
     }
 
-    /// An event as `apply -json` reports it: its type and fields.
-    fn json_of(e: &Event) -> (&'static str, serde_json::Value) {
-        use serde_json::json;
-        match e {
-            Event::Started { address, what } => (
-                "attempt",
-                json!({"address": address.to_string(), "what": what}),
-            ),
-            Event::Done {
-                address,
-                what,
-                seconds,
-            } => (
-                "applied",
-                json!({"address": address.to_string(), "what": what, "seconds": seconds}),
-            ),
-            Event::Failed { address, error } => (
-                "error",
-                json!({"address": address.to_string(), "error": error}),
-            ),
-            Event::FailedOver {
-                address,
-                infra,
-                instance_type,
-                error,
-                seconds,
-                blocked,
-                next,
-            } => (
-                "failover",
-                json!({
-                    "address": address.to_string(), "infra": infra,
-                    "instance_type": instance_type, "error": error, "seconds": seconds,
-                    "blocked": blocked, "next": next,
-                }),
-            ),
-            Event::Skipped { address, because } => (
-                "skipped",
-                json!({"address": address.to_string(), "because": because.to_string()}),
-            ),
-            Event::StateWritten { serial } => ("state", json!({"serial": serial})),
-        }
-    }
-
-    fn line(&self, e: &Event) -> Option<String> {
-        let s = &self.style;
-        Some(match e {
-            Event::Started { address, what } => format!("{address}: {what}..."),
-            Event::Done {
-                address,
-                what,
-                seconds,
-            } => format!("{address}: {what} ({seconds:.1}s)"),
-            Event::Failed { address, error } => format!("{address}: {} {error}", s.red("failed:")),
-            Event::FailedOver {
-                address,
-                infra,
-                instance_type,
-                error,
-                seconds,
-                blocked,
-                next,
-            } => {
-                format!(
-                    "{address}: {infra} {instance_type} failed after {seconds:.1}s: {error}\n{address}:   {blocked}; trying {next}"
-                )
-            }
-            Event::Skipped { address, because } => {
-                format!("{address}: skipped because {because} failed")
-            }
-            Event::StateWritten { .. } => return None,
-        })
-    }
-
     pub fn event(&self, e: &Event) {
         if self.json {
-            let (kind, fields) = Self::json_of(e);
+            let (kind, fields) = crate::render::json::event(e);
             Self::emit(kind, fields);
             return;
         }
-        let Some(line) = self.line(e) else { return };
+        let Some(line) = crate::render::human::event(e, &self.style) else {
+            return;
+        };
         let Some((multi, bars)) = &self.bars else {
             say!("{line}");
             return;

@@ -674,3 +674,34 @@ pub fn state(state: &crate::state::State) -> String {
     }
     out
 }
+
+/// An apply event as a line of progress; `None` for events people need not see.
+pub fn event(e: &crate::apply::Event, s: &Style) -> Option<String> {
+    use crate::apply::Event;
+    Some(match e {
+        Event::Started { address, what } => format!("{address}: {what}..."),
+        Event::Done {
+            address,
+            what,
+            seconds,
+        } => format!("{address}: {what} ({seconds:.1}s)"),
+        Event::Failed { address, error } => format!("{address}: {} {error}", s.red("failed:")),
+        Event::FailedOver {
+            address,
+            infra,
+            instance_type,
+            error,
+            seconds,
+            blocked,
+            next,
+        } => {
+            format!(
+                "{address}: {infra} {instance_type} failed after {seconds:.1}s: {error}\n{address}:   {blocked}; trying {next}"
+            )
+        }
+        Event::Skipped { address, because } => {
+            format!("{address}: skipped because {because} failed")
+        }
+        Event::StateWritten { .. } => return None,
+    })
+}

@@ -342,3 +342,47 @@ pub fn state(state: &crate::state::State) -> Value {
     }
     v
 }
+
+/// An apply event as `apply -json` reports it: its type and fields.
+pub fn event(e: &crate::apply::Event) -> (&'static str, Value) {
+    use crate::apply::Event;
+    match e {
+        Event::Started { address, what } => (
+            "attempt",
+            json!({"address": address.to_string(), "what": what}),
+        ),
+        Event::Done {
+            address,
+            what,
+            seconds,
+        } => (
+            "applied",
+            json!({"address": address.to_string(), "what": what, "seconds": seconds}),
+        ),
+        Event::Failed { address, error } => (
+            "error",
+            json!({"address": address.to_string(), "error": error}),
+        ),
+        Event::FailedOver {
+            address,
+            infra,
+            instance_type,
+            error,
+            seconds,
+            blocked,
+            next,
+        } => (
+            "failover",
+            json!({
+                "address": address.to_string(), "infra": infra,
+                "instance_type": instance_type, "error": error, "seconds": seconds,
+                "blocked": blocked, "next": next,
+            }),
+        ),
+        Event::Skipped { address, because } => (
+            "skipped",
+            json!({"address": address.to_string(), "because": because.to_string()}),
+        ),
+        Event::StateWritten { serial } => ("state", json!({"serial": serial})),
+    }
+}
