@@ -800,7 +800,7 @@ async fn make_plan(
         catalog_offerings(ctx, config)?
     };
     for p in registry.providers.values() {
-        match p.offers().await {
+        match p.survey().await {
             Ok(o) => {
                 offerings.extend(o.offerings);
                 for why in o.unavailable {

@@ -1215,17 +1215,17 @@ impl super::Provider for KubeProvider {
     }
 
     async fn offerings(&self) -> Result<Vec<Offering>, ProviderError> {
-        Ok(self.offers().await?.offerings)
+        Ok(self.survey().await?.offerings)
     }
 
     /// Each context's schedulable nodes, one offer per distinct free shape. A context that
     /// cannot be reached offers nothing, and says why; the others still offer.
-    async fn offers(&self) -> Result<super::Offers, ProviderError> {
+    async fn survey(&self) -> Result<super::Survey, ProviderError> {
         // All contexts at once: one that does not answer costs its timeout once, not per
         // context. Results stay in context order.
         let asked =
             futures::future::join_all(self.contexts.keys().map(|n| self.offers_of(n))).await;
-        let mut out = super::Offers::default();
+        let mut out = super::Survey::default();
         for r in asked {
             match r {
                 Ok(o) => out.offerings.extend(o),

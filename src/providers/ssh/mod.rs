@@ -462,9 +462,6 @@ pub struct SshProvider {
     seen: tokio::sync::Mutex<BTreeMap<String, Vec<Seen>>>,
 }
 
-/// What jobs on remote clusters get until the runtime runs there.
-pub const NO_RUNTIME: &str = "running jobs on aws clusters is not in this build yet: the cluster runtime runs on ssh pools and local clusters so far (see docs/ssh.md)";
-
 /// Managed jobs and services on pools.
 const NO_MANAGED: &str = "managed jobs and services on ssh pools are not in this build yet: declare a cluster on the pool and run a job on it";
 
@@ -819,13 +816,13 @@ impl super::Provider for SshProvider {
     }
 
     async fn offerings(&self) -> Result<Vec<crate::optimizer::Offering>, ProviderError> {
-        Ok(self.offers().await?.offerings)
+        Ok(self.survey().await?.offerings)
     }
 
     /// The free, reachable hosts of each pool, one offering per distinct shape; a host that
     /// does not answer offers nothing and says why.
-    async fn offers(&self) -> Result<super::Offers, ProviderError> {
-        let mut out = super::Offers::default();
+    async fn survey(&self) -> Result<super::Survey, ProviderError> {
+        let mut out = super::Survey::default();
         for pool in self.pools.values() {
             let mut shapes: BTreeMap<String, (Facts, u32)> = BTreeMap::new();
             for seen in self.look(pool).await {
@@ -1240,7 +1237,10 @@ impl super::Provider for SshProvider {
         })
     }
 
-    fn ssh_entry(&self, res: &crate::state::ResourceState) -> Result<SshEntry, ProviderError> {
+    fn ssh_entry(
+        &self,
+        res: &crate::state::ResourceState,
+    ) -> Result<super::SshEntry, ProviderError> {
         let p: Private = serde_json::from_value(res.private.clone())
             .map_err(|_| ProviderError::other("no hosts recorded"))?;
         let pool = self.pool(p.pool.as_deref().unwrap_or_default())?;
@@ -1251,7 +1251,7 @@ impl super::Provider for SshProvider {
             .parse()
             .map_err(ProviderError::other)?;
         let a = &pool.access;
-        Ok(SshEntry {
+        Ok(super::SshEntry {
             user: head.user.clone().or_else(|| a.user.clone()),
             address: head.address.clone(),
             port: head.port.or(a.port),
@@ -1435,88 +1435,6 @@ async fn tar_of(dir: &Path) -> Result<Vec<u8>, ProviderError> {
         )));
     }
     Ok(out.stdout)
-}
-
-/// How to reach a cluster's head node with ssh: for `skyform ssh` and the generated ssh
-/// config file.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SshEntry {
-    pub user: Option<String>,
-    pub address: String,
-    pub port: Option<u16>,
-    pub identity: Option<PathBuf>,
-    pub known_hosts: PathBuf,
-    /// Record an unknown host key (a new cloud machine) rather than refuse it.
-    pub accept_new: bool,
-    /// An ssh config file that says how to reach `address` (a pool's `ssh_config`).
-    pub config_file: Option<PathBuf>,
-}
-
-impl SshEntry {
-    fn strict(&self) -> &'static str {
-        if self.accept_new { "accept-new" } else { "yes" }
-    }
-
-    /// An `ssh` command line: the host key must be the recorded one (or, with
-    /// `accept_new`, is recorded now); `command` goes as one quoted string, so the remote
-    /// shell sees each argument as written. No command: an interactive shell.
-    pub fn argv(&self, command: &[String]) -> Vec<String> {
-        let mut v: Vec<String> = vec!["ssh".into()];
-        if let Some(f) = &self.config_file {
-            v.extend(["-F".into(), f.display().to_string()]);
-        }
-        if let Some(i) = &self.identity {
-            v.extend(["-i".into(), i.display().to_string()]);
-        }
-        v.extend([
-            "-o".into(),
-            format!("UserKnownHostsFile={}", self.known_hosts.display()),
-            "-o".into(),
-            format!("StrictHostKeyChecking={}", self.strict()),
-        ]);
-        if let Some(p) = self.port {
-            v.extend(["-p".into(), p.to_string()]);
-        }
-        if let Some(u) = &self.user {
-            v.extend(["-l".into(), u.clone()]);
-        }
-        if command.is_empty() {
-            v.push("-t".into());
-        }
-        v.push(self.address.clone());
-        if !command.is_empty() {
-            v.push("--".into());
-            let quoted: Vec<String> = command
-                .iter()
-                .map(|c| shell_escape::unix::escape(c.as_str().into()).into_owned())
-                .collect();
-            v.push(quoted.join(" "));
-        }
-        v
-    }
-
-    /// A `Host NAME` block for an ssh config file.
-    pub fn config_block(&self, name: &str) -> String {
-        let mut b = format!("Host {name}\n  HostName {}\n", self.address);
-        if let Some(p) = self.port {
-            b.push_str(&format!("  Port {p}\n"));
-        }
-        if let Some(u) = &self.user {
-            b.push_str(&format!("  User {u}\n"));
-        }
-        if let Some(i) = &self.identity {
-            b.push_str(&format!(
-                "  IdentityFile \"{}\"\n  IdentitiesOnly yes\n",
-                i.display()
-            ));
-        }
-        b.push_str(&format!(
-            "  UserKnownHostsFile \"{}\"\n  StrictHostKeyChecking {}\n",
-            self.known_hosts.display(),
-            self.strict()
-        ));
-        b
-    }
 }
 
 /// The default place of skyform's known_hosts file.
