@@ -275,3 +275,26 @@ impl KubeProvider {
         .await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_context_defaults_to_its_block_name() {
+        let home = Path::new("/home/u");
+        let settings = serde_json::json!({ "kubeconfig": "~/kc", "price_per_hour": 1.5 });
+        let c = Context::from_infra("lab", settings.as_object().unwrap(), home);
+        assert_eq!(c.context, "lab");
+        assert_eq!(c.kubeconfig, Path::new("/home/u/kc"));
+        assert_eq!(c.namespace, None);
+        assert_eq!(c.price_micros, 1_500_000);
+        let settings = serde_json::json!({ "context": "gke_p_z_c", "namespace": "ml" });
+        let c = Context::from_infra("gke", settings.as_object().unwrap(), home);
+        assert_eq!(
+            (c.context.as_str(), c.namespace.as_deref()),
+            ("gke_p_z_c", Some("ml"))
+        );
+        assert_eq!(c.price_micros, 0);
+    }
+}

@@ -68,3 +68,71 @@ where
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api(code: u16, reason: &str, message: &str) -> kube::Error {
+        kube::Error::Api(Box::new(
+            kube::core::Status::failure(message, reason).with_code(code),
+        ))
+    }
+
+    #[test]
+    fn errors_steer_the_failover_engine() {
+        let kind = |e| classify(e, "apply pod p", "k8s/a (namespace n)").kind;
+        assert_eq!(
+            kind(api(
+                403,
+                "Forbidden",
+                "pods \"p\" is forbidden: exceeded quota: q, requested: requests.nvidia.com/gpu=4"
+            )),
+            ErrorKind::Quota
+        );
+        assert_eq!(
+            kind(api(
+                403,
+                "Forbidden",
+                "error looking up service account n/default: serviceaccount \"default\" not found"
+            )),
+            ErrorKind::Transient
+        );
+        assert_eq!(
+            kind(api(
+                500,
+                "ServerTimeout",
+                "No API token found for service account \"default\""
+            )),
+            ErrorKind::Transient
+        );
+        assert_eq!(
+            kind(api(
+                403,
+                "Forbidden",
+                "pods is forbidden: User \"bob\" cannot create resource"
+            )),
+            ErrorKind::Config
+        );
+        // A body the server cannot read is a bug here, never retried.
+        assert_eq!(
+            kind(api(
+                500,
+                "InternalError",
+                "failed to create typed patch object: .spec.os: field not declared in schema"
+            )),
+            ErrorKind::Other
+        );
+        let e = classify(
+            api(403, "Forbidden", "exceeded quota: q"),
+            "apply pod p",
+            "k8s/a (namespace n)",
+        );
+        assert!(
+            e.message
+                .starts_with("k8s/a (namespace n): cannot apply pod p: 403 Forbidden"),
+            "{}",
+            e.message
+        );
+    }
+}

@@ -170,3 +170,95 @@ pub(super) fn cluster_computed(pods: &[Pod]) -> BTreeMap<String, serde_json::Val
         ("status".into(), serde_json::json!("UP")),
     ])
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::Pod;
+
+    #[test]
+    fn managed_jobs_recover_from_eviction_and_chosen_exit_codes() {
+        use crate::runtime::{JobState, JobStatus};
+        let failed = |code: i32, reason: &str| JobStatus {
+            state: JobState::Failed,
+            exit_code: Some(code),
+            reason: Some(reason.into()),
+            nodes: vec![0],
+            started: None,
+            ended: None,
+            devices: Vec::new(),
+        };
+        let mut m: crate::model::ManagedJobSpec =
+            serde_json::from_value(serde_json::json!({ "num_nodes": 1, "run": "train" })).unwrap();
+        assert!(recovers(&m, &failed(137, "pod p was evicted: memory pressure")).is_some());
+        assert_eq!(
+            recovers(&m, &failed(33, "pod p ended with exit code 33")),
+            None
+        );
+        m.recovery = Some(crate::model::Recovery {
+            strategy: "failover".into(),
+            max_restarts_on_errors: 0,
+            recover_on_exit_codes: vec![33],
+        });
+        assert!(recovers(&m, &failed(33, "pod p ended with exit code 33")).is_some());
+        assert_eq!(
+            recovers(&m, &failed(1, "pod p ended with exit code 1")),
+            None
+        );
+        let mut ok = failed(0, "");
+        ok.state = JobState::Succeeded;
+        assert_eq!(recovers(&m, &ok), None);
+    }
+
+    #[test]
+    fn pods_that_cannot_start_say_why() {
+        let waiting = |reason: &str| -> Pod {
+            serde_json::from_value(serde_json::json!({
+                "metadata": { "name": "p" },
+                "status": { "phase": "Pending", "containerStatuses": [{
+                    "name": "main", "image": "x", "imageID": "", "ready": false, "restartCount": 0,
+                    "state": { "waiting": { "reason": reason, "message": "no such image" } }
+                }]}
+            }))
+            .unwrap()
+        };
+        let mut pulling = BTreeMap::new();
+        assert_eq!(
+            cannot_start(&waiting("ImagePullBackOff"), &mut pulling).unwrap(),
+            "ImagePullBackOff: no such image"
+        );
+        // A first failed pull gets time; a container being made is fine.
+        assert_eq!(cannot_start(&waiting("ErrImagePull"), &mut pulling), None);
+        assert!(pulling.contains_key("p"));
+        assert_eq!(
+            cannot_start(&waiting("ContainerCreating"), &mut pulling),
+            None
+        );
+    }
+
+    #[test]
+    fn pod_troubles_name_the_pod_and_the_cause() {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": { "name": "sky-x-1", "labels": { LABEL_RANK: "1" } },
+            "status": { "phase": "Failed", "reason": "Evicted", "message": "memory pressure" }
+        }))
+        .unwrap();
+        assert_eq!(
+            pod_failure(&pod).unwrap(),
+            "pod sky-x-1 was evicted: memory pressure"
+        );
+        let pending: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": { "name": "p" },
+            "status": { "phase": "Pending", "conditions": [{
+                "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                "message": "0/1 nodes are available: 1 Insufficient nvidia.com/gpu."
+            }]}
+        }))
+        .unwrap();
+        assert_eq!(
+            unschedulable(&pending).unwrap(),
+            "0/1 nodes are available: 1 Insufficient nvidia.com/gpu."
+        );
+        assert_eq!(pod_rank(&pod), Some(1));
+    }
+}
