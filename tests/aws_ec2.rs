@@ -14,8 +14,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_skyform");
-
 fn moto() -> String {
     std::env::var("SKYFORM_TEST_MOTO_ENDPOINT").expect(
         "SKYFORM_TEST_MOTO_ENDPOINT is not set: these tests need moto; run ./scripts/test.sh, \
@@ -159,35 +157,22 @@ impl Drop for Proxy {
 
 /// A configuration directory whose `infra "aws"` goes through its own proxy.
 struct Work {
-    dir: tempfile::TempDir,
+    dir: support::Workdir,
     proxy: Proxy,
+}
+
+impl std::ops::Deref for Work {
+    type Target = support::Workdir;
+    fn deref(&self) -> &support::Workdir {
+        &self.dir
+    }
 }
 
 impl Work {
     fn new(regions: &[&str], body: &str) -> Work {
         let proxy = Proxy::start();
-        let dir = tempfile::tempdir().unwrap();
-        let regions: Vec<String> = regions.iter().map(|r| format!("\"{r}\"")).collect();
-        let config = format!(
-            "infra \"aws\" {{\n  endpoint = \"{}\"\n  regions  = [{}]\n}}\n{body}",
-            proxy.url,
-            regions.join(", ")
-        );
-        std::fs::write(dir.path().join("main.sky.hcl"), config).unwrap();
-        std::fs::create_dir_all(dir.path().join("home")).unwrap();
-        Work { dir, proxy }
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(BIN);
-        c.arg(format!("-chdir={}", self.path().display()))
-            .args(args)
-            .env("NO_COLOR", "1")
-            .env("HOME", self.path().join("home"))
+        let dir = support::Workdir::new()
+            .with_home()
             .env(
                 "SKYFORM_CATALOG_DIR",
                 PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("testdata/catalogs"),
@@ -195,24 +180,14 @@ impl Work {
             .env("AWS_ACCESS_KEY_ID", "testing")
             .env("AWS_SECRET_ACCESS_KEY", "testing")
             .env_remove("AWS_PROFILE")
-            .env_remove("AWS_ENDPOINT_URL")
-            .stdin(Stdio::null());
-        c
-    }
-
-    fn run(&self, args: &[&str]) -> (bool, String) {
-        support::servers::run(&mut self.cmd(args))
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let (ok, text) = self.run(args);
-        assert!(ok, "skyform {args:?} failed:\n{text}");
-        text
-    }
-
-    fn state(&self) -> Value {
-        let text = self.ok(&["state", "pull"]);
-        serde_json::from_str(&text).unwrap()
+            .env_remove("AWS_ENDPOINT_URL");
+        let regions: Vec<String> = regions.iter().map(|r| format!("\"{r}\"")).collect();
+        dir.write_config(&format!(
+            "infra \"aws\" {{\n  endpoint = \"{}\"\n  regions  = [{}]\n}}\n{body}",
+            proxy.url,
+            regions.join(", ")
+        ));
+        Work { dir, proxy }
     }
 
     fn candidates(&self) -> Vec<Value> {
@@ -535,7 +510,7 @@ cluster "train" {
         {"action": "RunInstances", "hang_after": true},
     ]));
     let mut child = w
-        .cmd(&["apply", "-auto-approve", "-attempt-timeout=10m"])
+        .command(&["apply", "-auto-approve", "-attempt-timeout=10m"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -750,7 +725,7 @@ async fn init_reports_aws_credentials() {
     let out = w.ok(&["init"]);
     assert!(out.contains("credentials found (key test…)"), "{out}");
     let none = w
-        .cmd(&["init"])
+        .command(&["init"])
         .env_remove("AWS_ACCESS_KEY_ID")
         .env_remove("AWS_SECRET_ACCESS_KEY")
         .env("AWS_EC2_METADATA_DISABLED", "true")

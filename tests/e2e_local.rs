@@ -4,79 +4,45 @@
 
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_skyform");
+mod support;
 
-/// A configuration directory in a temp dir; on drop, every process started under it is killed.
-struct Sandbox {
-    dir: tempfile::TempDir,
+use support::{BIN, Workdir, processes_mentioning};
+
+/// A copy of an example's directory.
+fn from_example(name: &str) -> Workdir {
+    let sb = Workdir::new();
+    copy_dir(
+        &Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("examples")
+            .join(name),
+        sb.path(),
+    );
+    sb
 }
 
-impl Sandbox {
-    fn new(files: &[(&str, &str)]) -> Sandbox {
-        let dir = tempfile::tempdir().expect("tempdir");
-        for (name, text) in files {
-            let p = dir.path().join(name);
-            std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
-            std::fs::write(p, text).expect("write");
-        }
-        Sandbox { dir }
-    }
-
-    fn from_example(name: &str) -> Sandbox {
-        let sb = Sandbox::new(&[]);
-        copy_dir(
-            &Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("examples")
-                .join(name),
-            sb.path(),
-        );
-        sb
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(BIN);
-        c.arg(format!("-chdir={}", self.path().display()))
-            .args(args)
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null());
-        c
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        self.cmd(args).output().expect("run skyform")
-    }
-
-    /// Runs and asserts success.
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "skyform {args:?} failed ({:?}):\nstdout:\n{}\nstderr:\n{}",
-            out.status.code(),
-            text(&out.stdout),
-            text(&out.stderr)
-        );
-        text(&out.stdout)
-    }
-
+/// What these tests read of a local-backend run.
+trait LocalRun {
     /// The state as skyform sees it: the document with its journal replayed.
-    fn state(&self) -> Value {
+    fn stored_state(&self) -> Value;
+    fn serial(&self) -> u64;
+    fn job_statuses(&self) -> Vec<(String, String)>;
+    fn wait_jobs_done(&self, timeout: Duration) -> Vec<(String, String)>;
+}
+
+impl LocalRun for Workdir {
+    fn stored_state(&self) -> Value {
         read_state(self.path()).expect("a valid state")
     }
 
     fn serial(&self) -> u64 {
-        self.state()["serial"].as_u64().expect("serial")
+        self.stored_state()["serial"].as_u64().expect("serial")
     }
 
     fn job_statuses(&self) -> Vec<(String, String)> {
-        let out = self.ok(&["status", "-json"]);
+        let out = self.stdout(&["status", "-json"]);
         let rows: Vec<Value> = serde_json::from_str(&out).expect("status json");
         rows.iter()
             .filter(|r| r["address"].as_str().is_some_and(|a| a.starts_with("job.")))
@@ -103,19 +69,6 @@ impl Sandbox {
                 "jobs did not finish in {timeout:?}: {s:?}"
             );
             std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    /// Live processes whose command line mentions this sandbox (agents, jobs).
-    fn processes(&self) -> Vec<u32> {
-        processes_mentioning(self.path())
-    }
-}
-
-impl Drop for Sandbox {
-    fn drop(&mut self) {
-        for pid in self.processes() {
-            let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
         }
     }
 }
@@ -146,40 +99,6 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-fn processes_mentioning(path: &Path) -> Vec<u32> {
-    let needle = path.to_string_lossy().to_string();
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc")
-        .expect("/proc")
-        .filter_map(Result::ok)
-    {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        let state = stat
-            .rsplit(')')
-            .next()
-            .and_then(|r| r.trim().chars().next());
-        if state == Some('Z') {
-            continue;
-        }
-        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-            continue;
-        };
-        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        let cwd = std::fs::read_link(format!("/proc/{pid}/cwd"))
-            .map(|p| p.to_string_lossy().to_string())
-            .unwrap_or_default();
-        if (cmdline.contains(&needle) || cwd.starts_with(&needle)) && pid != std::process::id() {
-            out.push(pid);
-        }
-    }
-    out
-}
-
 fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
     let t = Instant::now();
     while !cond() {
@@ -190,8 +109,8 @@ fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
 
 #[test]
 fn quickstart_lifecycle() {
-    let sb = Sandbox::from_example("quickstart");
-    let out = sb.ok(&["apply", "-auto-approve"]);
+    let sb = from_example("quickstart");
+    let out = sb.stdout(&["apply", "-auto-approve"]);
     assert!(out.contains("Apply complete! Resources: 3 added"), "{out}");
     assert!(out.contains("head_ip = \"127.0.0.1\""), "{out}");
     let mut serials = vec![sb.serial()];
@@ -201,14 +120,14 @@ fn quickstart_lifecycle() {
         statuses.iter().all(|(_, s)| s == "SUCCEEDED"),
         "{statuses:?}"
     );
-    let logs = sb.ok(&["logs", "job.train"]);
+    let logs = sb.stdout(&["logs", "job.train"]);
     assert!(
         logs.contains("(rank 1) rank 1 of 2 training for 3 epochs"),
         "{logs}"
     );
     assert!(logs.contains("epoch 3 loss"), "{logs}");
     assert!(
-        sb.ok(&["logs", "job.prepare"])
+        sb.stdout(&["logs", "job.prepare"])
             .contains("preparing dataset tiny"),
         "the cluster's envs reach the job"
     );
@@ -228,7 +147,7 @@ fn quickstart_lifecycle() {
     }
 
     // Nothing changed: the plan is empty.
-    let plan = sb.run(&["plan", "-detailed-exitcode"]);
+    let plan = sb.output(&["plan", "-detailed-exitcode"]);
     assert_eq!(
         plan.status.code(),
         Some(0),
@@ -242,7 +161,7 @@ fn quickstart_lifecycle() {
     let main = sb.path().join("main.sky.hcl");
     let cfg = std::fs::read_to_string(&main).expect("config");
     std::fs::write(&main, cfg.replace("default = 3", "default = 4")).expect("edit");
-    let plan = sb.run(&["plan", "-detailed-exitcode"]);
+    let plan = sb.output(&["plan", "-detailed-exitcode"]);
     let ptext = text(&plan.stdout);
     assert_eq!(plan.status.code(), Some(2), "{ptext}");
     assert!(ptext.contains("# job.train must be replaced"), "{ptext}");
@@ -257,15 +176,15 @@ fn quickstart_lifecycle() {
     );
     serials.push(sb.serial());
 
-    sb.ok(&["apply", "-auto-approve"]);
+    sb.stdout(&["apply", "-auto-approve"]);
     serials.push(sb.serial());
     sb.wait_jobs_done(Duration::from_secs(30));
     assert!(
-        sb.ok(&["logs", "job.train"])
+        sb.stdout(&["logs", "job.train"])
             .contains("training for 4 epochs")
     );
     assert_eq!(
-        sb.run(&["plan", "-detailed-exitcode"]).status.code(),
+        sb.output(&["plan", "-detailed-exitcode"]).status.code(),
         Some(0),
         "apply converged"
     );
@@ -275,7 +194,7 @@ fn quickstart_lifecycle() {
         !before_destroy.is_empty(),
         "node agents run while the cluster exists"
     );
-    let out = sb.ok(&["destroy", "-auto-approve"]);
+    let out = sb.stdout(&["destroy", "-auto-approve"]);
     assert!(
         out.contains("Destroy complete! Resources: 3 destroyed."),
         "{out}"
@@ -292,7 +211,7 @@ fn quickstart_lifecycle() {
         "no sandbox left"
     );
     assert!(
-        sb.state()["resources"]
+        sb.stored_state()["resources"]
             .as_object()
             .is_some_and(|r| r.is_empty())
     );
@@ -318,24 +237,24 @@ job "hello" {
 
 #[test]
 fn stale_and_foreign_plans_are_refused() {
-    let sb = Sandbox::new(&[(
+    let sb = Workdir::with_files(&[(
         "main.sky.hcl",
         "variable \"n\" {\n  default = \"1\"\n}\n\ncluster \"dev\" {}\n\njob \"a\" {\n  cluster = cluster.dev\n  run     = \"echo ${var.n}\"\n}\n",
     )]);
-    sb.ok(&["apply", "-auto-approve"]);
+    sb.stdout(&["apply", "-auto-approve"]);
     // Relative to -chdir, as every path is.
     let plan_s = "plan.json".to_string();
-    sb.ok(&["plan", "-var", "n=2", "-out", &plan_s]);
+    sb.stdout(&["plan", "-var", "n=2", "-out", &plan_s]);
     // show -json reads the saved plan
     let shown: Value =
-        serde_json::from_str(&sb.ok(&["show", "-json", &plan_s])).expect("show -json");
+        serde_json::from_str(&sb.stdout(&["show", "-json", &plan_s])).expect("show -json");
     assert_eq!(
         shown["resource_changes"][1]["actions"],
         serde_json::json!(["delete", "create"])
     );
     // Someone else applies first: the saved plan is stale.
-    sb.ok(&["apply", "-auto-approve", "-var", "n=3"]);
-    let out = sb.run(&["apply", &plan_s]);
+    sb.stdout(&["apply", "-auto-approve", "-var", "n=3"]);
+    let out = sb.output(&["apply", &plan_s]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
         text(&out.stderr).contains("stale plan"),
@@ -344,11 +263,11 @@ fn stale_and_foreign_plans_are_refused() {
     );
 
     // A plan made from another configuration is refused with its own message.
-    sb.ok(&["plan", "-out", &plan_s]);
+    sb.stdout(&["plan", "-out", &plan_s]);
     let main = sb.path().join("main.sky.hcl");
     let cfg = std::fs::read_to_string(&main).expect("config");
     std::fs::write(&main, cfg.replace("echo", "printf")).expect("edit");
-    let out = sb.run(&["apply", &plan_s]);
+    let out = sb.output(&["apply", &plan_s]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
         text(&out.stderr).contains("the configuration changed since the plan was made"),
@@ -357,7 +276,7 @@ fn stale_and_foreign_plans_are_refused() {
     );
 
     // A plan from another skyform version is refused with its own message.
-    sb.ok(&["plan", "-out", &plan_s]);
+    sb.stdout(&["plan", "-out", &plan_s]);
     let path = sb.path().join(&plan_s);
     let saved = std::fs::read_to_string(&path).expect("plan");
     let other = saved.replace(
@@ -366,7 +285,7 @@ fn stale_and_foreign_plans_are_refused() {
     );
     assert_ne!(saved, other, "the plan records its version");
     std::fs::write(&path, other).expect("edit");
-    let out = sb.run(&["apply", &plan_s]);
+    let out = sb.output(&["apply", &plan_s]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
         text(&out.stderr).contains("the plan was made by skyform 0.0.1"),
@@ -375,10 +294,10 @@ fn stale_and_foreign_plans_are_refused() {
     );
 
     // A fresh saved plan applies exactly.
-    sb.ok(&["plan", "-out", &plan_s]);
-    let out = sb.ok(&["apply", &plan_s]);
+    sb.stdout(&["plan", "-out", &plan_s]);
+    let out = sb.stdout(&["apply", &plan_s]);
     assert!(out.contains("1 replaced"), "{out}");
-    sb.ok(&["destroy", "-auto-approve"]);
+    sb.stdout(&["destroy", "-auto-approve"]);
 }
 
 /// The pull-request flow, as CI runs it: a markdown plan for the review, the saved plan
@@ -387,11 +306,11 @@ fn stale_and_foreign_plans_are_refused() {
 /// only by its apply.
 #[test]
 fn review_then_apply_from_ci() {
-    let sb = Sandbox::new(&[(
+    let sb = Workdir::with_files(&[(
         "main.sky.hcl",
         "cluster \"dev\" {}\n\njob \"a\" {\n  cluster = cluster.dev\n  run     = \"echo reviewed\"\n}\n",
     )]);
-    let md = sb.ok(&["plan", "-format", "markdown", "-out", "plan.json"]);
+    let md = sb.stdout(&["plan", "-format", "markdown", "-out", "plan.json"]);
     assert!(md.starts_with("### skyform plan"), "{md}");
     assert!(
         md.contains("<details><summary>") && md.contains("plan digest"),
@@ -402,7 +321,7 @@ fn review_then_apply_from_ci() {
         "markdown is the comment, nothing else: {md}"
     );
 
-    let shown: Value = serde_json::from_str(&sb.ok(&["show", "-json", "plan.json"])).unwrap();
+    let shown: Value = serde_json::from_str(&sb.stdout(&["show", "-json", "plan.json"])).unwrap();
     let schema: Value = serde_json::from_str(
         &std::fs::read_to_string(
             Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/schema/plan-v1.schema.json"),
@@ -415,7 +334,7 @@ fn review_then_apply_from_ci() {
     let serial = shown["serial"].as_u64().unwrap();
 
     // The state moved: -check-serial refuses before anything is done.
-    let out = sb.run(&["apply", "-check-serial", "999", "plan.json"]);
+    let out = sb.output(&["apply", "-check-serial", "999", "plan.json"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
         text(&out.stderr).contains("not 999 (-check-serial)"),
@@ -423,7 +342,7 @@ fn review_then_apply_from_ci() {
         text(&out.stderr)
     );
 
-    let out = sb.ok(&[
+    let out = sb.stdout(&[
         "apply",
         "-json",
         "-check-serial",
@@ -446,7 +365,7 @@ fn review_then_apply_from_ci() {
     assert!(events.iter().all(|e| e["timestamp"].is_string()));
 
     // The same plan again: stale.
-    let out = sb.run(&["apply", "plan.json"]);
+    let out = sb.output(&["apply", "plan.json"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
         text(&out.stderr).contains("stale plan"),
@@ -456,15 +375,15 @@ fn review_then_apply_from_ci() {
 
     // Someone removes the sandbox by hand: refresh-only reports it, changes nothing...
     sb.wait_jobs_done(Duration::from_secs(30));
-    let dir = sb.state()["resources"]["cluster.dev"]["private"]["dir"]
+    let dir = sb.stored_state()["resources"]["cluster.dev"]["private"]["dir"]
         .as_str()
         .unwrap()
         .to_string();
     // A refresh-only plan saved before that records only what it showed: nothing. Applied
     // after the removal, it is refused rather than recording what nobody reviewed.
-    sb.ok(&["plan", "-refresh-only", "-out", "quiet.json"]);
+    sb.stdout(&["plan", "-refresh-only", "-out", "quiet.json"]);
     std::fs::remove_dir_all(&dir).unwrap();
-    let out = sb.run(&["apply", "quiet.json"]);
+    let out = sb.output(&["apply", "quiet.json"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
         text(&out.stderr).contains("more changed outside skyform since the refresh-only plan"),
@@ -476,7 +395,7 @@ fn review_then_apply_from_ci() {
         sb.processes().is_empty()
     });
     let before = sb.serial();
-    let out = sb.run(&["plan", "-refresh-only", "-detailed-exitcode"]);
+    let out = sb.output(&["plan", "-refresh-only", "-detailed-exitcode"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stdout));
     let plan = text(&out.stdout);
     assert!(
@@ -489,30 +408,30 @@ fn review_then_apply_from_ci() {
     );
     assert_eq!(sb.serial(), before, "plan writes nothing");
     // ... and its apply records it in state without creating anything.
-    let out = sb.ok(&["apply", "-refresh-only", "-auto-approve"]);
+    let out = sb.stdout(&["apply", "-refresh-only", "-auto-approve"]);
     assert!(out.contains("no resource was touched"), "{out}");
     assert_eq!(sb.serial(), before + 1);
     assert!(
-        sb.state()["resources"]["cluster.dev"].is_null(),
+        sb.stored_state()["resources"]["cluster.dev"].is_null(),
         "the state forgets what is gone"
     );
     assert!(!Path::new(&dir).exists(), "refresh-only created nothing");
-    let out = sb.run(&["plan", "-refresh-only", "-detailed-exitcode"]);
+    let out = sb.output(&["plan", "-refresh-only", "-detailed-exitcode"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
-    sb.ok(&["destroy", "-auto-approve"]);
+    sb.stdout(&["destroy", "-auto-approve"]);
 }
 
 #[test]
 fn concurrent_applies_one_waits_or_fails_naming_the_holder() {
-    let sb = Sandbox::new(&[("main.sky.hcl", SLOW_SETUP)]);
+    let sb = Workdir::with_files(&[("main.sky.hcl", SLOW_SETUP)]);
     let a = sb
-        .cmd(&["apply", "-auto-approve"])
+        .command(&["apply", "-auto-approve"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn a");
     let b = sb
-        .cmd(&["apply", "-auto-approve"])
+        .command(&["apply", "-auto-approve"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -544,17 +463,17 @@ fn concurrent_applies_one_waits_or_fails_naming_the_holder() {
     );
     // Nothing corrupted: the state is whole and the plan is empty.
     assert_eq!(
-        sb.state()["resources"].as_object().map(|r| r.len()),
+        sb.stored_state()["resources"].as_object().map(|r| r.len()),
         Some(2)
     );
     assert_eq!(
-        sb.run(&["plan", "-detailed-exitcode"]).status.code(),
+        sb.output(&["plan", "-detailed-exitcode"]).status.code(),
         Some(0)
     );
     // With a lock timeout, the second one waits instead.
-    sb.ok(&["destroy", "-auto-approve"]);
+    sb.stdout(&["destroy", "-auto-approve"]);
     let a = sb
-        .cmd(&["apply", "-auto-approve"])
+        .command(&["apply", "-auto-approve"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -562,10 +481,10 @@ fn concurrent_applies_one_waits_or_fails_naming_the_holder() {
     wait_for("the first apply to lock", Duration::from_secs(10), || {
         sb.path().join(".skyform/state.json.lock").exists()
     });
-    let b = sb.run(&["apply", "-auto-approve", "-lock-timeout", "30s"]);
+    let b = sb.output(&["apply", "-auto-approve", "-lock-timeout", "30s"]);
     assert!(b.status.success(), "{}", text(&b.stderr));
     assert!(a.wait_with_output().expect("a").status.success());
-    sb.ok(&["destroy", "-auto-approve"]);
+    sb.stdout(&["destroy", "-auto-approve"]);
 }
 
 fn twenty_jobs() -> String {
@@ -579,7 +498,7 @@ fn twenty_jobs() -> String {
 }
 
 /// Counts queue records per job name across all sandboxes.
-fn queue_records(sb: &Sandbox) -> std::collections::BTreeMap<String, usize> {
+fn queue_records(sb: &Workdir) -> std::collections::BTreeMap<String, usize> {
     let mut m = std::collections::BTreeMap::new();
     let local = sb.path().join(".skyform/local");
     for c in std::fs::read_dir(local)
@@ -604,9 +523,9 @@ fn queue_records(sb: &Sandbox) -> std::collections::BTreeMap<String, usize> {
 
 #[test]
 fn kill_9_mid_apply_then_apply_converges() {
-    let sb = Sandbox::new(&[("main.sky.hcl", &twenty_jobs())]);
+    let sb = Workdir::with_files(&[("main.sky.hcl", &twenty_jobs())]);
     let mut child = sb
-        .cmd(&["apply", "-auto-approve", "-parallelism", "1"])
+        .command(&["apply", "-auto-approve", "-parallelism", "1"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -623,12 +542,12 @@ fn kill_9_mid_apply_then_apply_converges() {
     });
     child.kill().expect("kill -9");
     child.wait().expect("reap");
-    let recorded = sb.state()["resources"]
+    let recorded = sb.stored_state()["resources"]
         .as_object()
         .map(|r| r.len())
         .unwrap_or(0);
 
-    let out = sb.ok(&["apply", "-auto-approve"]);
+    let out = sb.stdout(&["apply", "-auto-approve"]);
     assert!(
         out.contains("Apply complete!") || out.contains("No changes."),
         "{out}"
@@ -646,11 +565,11 @@ fn kill_9_mid_apply_then_apply_converges() {
         "no job was submitted twice: {records:?} (killed with {recorded} resources recorded)"
     );
     assert_eq!(
-        sb.run(&["plan", "-detailed-exitcode"]).status.code(),
+        sb.output(&["plan", "-detailed-exitcode"]).status.code(),
         Some(0),
         "converged"
     );
-    sb.ok(&["destroy", "-auto-approve"]);
+    sb.stdout(&["destroy", "-auto-approve"]);
     assert!(
         sb.processes().is_empty(),
         "no orphan process: {:?}",
@@ -666,9 +585,9 @@ fn kill_9_mid_apply_then_apply_converges() {
 
 #[test]
 fn ctrl_c_mid_apply_leaves_a_valid_state() {
-    let sb = Sandbox::new(&[("main.sky.hcl", SLOW_SETUP)]);
+    let sb = Workdir::with_files(&[("main.sky.hcl", SLOW_SETUP)]);
     let child = sb
-        .cmd(&["apply", "-auto-approve"])
+        .command(&["apply", "-auto-approve"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -692,7 +611,7 @@ fn ctrl_c_mid_apply_leaves_a_valid_state() {
         text(&out.stdout)
     );
     // The in-flight cluster finished and was recorded; the job did not start.
-    let state = sb.state();
+    let state = sb.stored_state();
     assert_eq!(
         state["resources"]["cluster.dev"]["status"], "ready",
         "{state:#}"
@@ -706,18 +625,18 @@ fn ctrl_c_mid_apply_leaves_a_valid_state() {
             .is_none(),
         "the lock is released"
     );
-    let out = sb.ok(&["apply", "-auto-approve"]);
+    let out = sb.stdout(&["apply", "-auto-approve"]);
     assert!(out.contains("1 added"), "{out}");
-    sb.ok(&["destroy", "-auto-approve"]);
+    sb.stdout(&["destroy", "-auto-approve"]);
 }
 
 #[test]
 fn a_sandbox_removed_by_hand_is_recreated() {
-    let sb = Sandbox::new(&[("main.sky.hcl", "cluster \"dev\" {}\n")]);
-    sb.ok(&["apply", "-auto-approve"]);
+    let sb = Workdir::with_files(&[("main.sky.hcl", "cluster \"dev\" {}\n")]);
+    sb.stdout(&["apply", "-auto-approve"]);
     let local = sb.path().join(".skyform/local");
     // Kill the node agent: refresh sees a dead node and the plan replaces the cluster.
-    let pid = sb.state()["resources"]["cluster.dev"]["private"]["agents"][0]["pid"]
+    let pid = sb.stored_state()["resources"]["cluster.dev"]["private"]["agents"][0]["pid"]
         .as_u64()
         .expect("pid");
     Command::new("kill")
@@ -728,14 +647,14 @@ fn a_sandbox_removed_by_hand_is_recreated() {
     wait_for("the agent to die", Duration::from_secs(5), || {
         std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| s.contains(") Z"))
     });
-    let plan = sb.run(&["plan", "-detailed-exitcode"]);
+    let plan = sb.output(&["plan", "-detailed-exitcode"]);
     assert_eq!(plan.status.code(), Some(2));
     assert!(
         text(&plan.stdout).contains("node 0 is not running"),
         "{}",
         text(&plan.stdout)
     );
-    sb.ok(&["apply", "-auto-approve"]);
+    sb.stdout(&["apply", "-auto-approve"]);
     // Remove the sandbox by hand: the next plan creates it again.
     wait_for("the sandbox to be removed", Duration::from_secs(5), || {
         std::fs::read_dir(&local)
@@ -745,7 +664,7 @@ fn a_sandbox_removed_by_hand_is_recreated() {
             })
             .unwrap_or(true)
     });
-    let plan = sb.run(&["plan", "-detailed-exitcode"]);
+    let plan = sb.output(&["plan", "-detailed-exitcode"]);
     assert_eq!(plan.status.code(), Some(2));
     assert!(
         {
@@ -757,18 +676,18 @@ fn a_sandbox_removed_by_hand_is_recreated() {
         "{}",
         text(&plan.stdout)
     );
-    sb.ok(&["apply", "-auto-approve"]);
-    sb.ok(&["destroy", "-auto-approve"]);
+    sb.stdout(&["apply", "-auto-approve"]);
+    sb.stdout(&["destroy", "-auto-approve"]);
     assert!(sb.processes().is_empty());
 }
 
 #[test]
 fn failed_dependency_cancels_the_dependent_job() {
-    let sb = Sandbox::new(&[(
+    let sb = Workdir::with_files(&[(
         "main.sky.hcl",
         "cluster \"dev\" {}\n\njob \"first\" {\n  cluster = cluster.dev\n  run     = \"exit 3\"\n}\n\njob \"second\" {\n  cluster    = cluster.dev\n  depends_on = [job.first]\n  run        = \"echo never\"\n}\n",
     )]);
-    let out = sb.run(&["apply", "-auto-approve", "-wait"]);
+    let out = sb.output(&["apply", "-auto-approve", "-wait"]);
     assert_eq!(
         out.status.code(),
         Some(1),
@@ -783,21 +702,21 @@ fn failed_dependency_cancels_the_dependent_job() {
             ("job.second".to_string(), "CANCELLED".to_string())
         ]
     );
-    let plan = text(&sb.run(&["plan"]).stdout);
+    let plan = text(&sb.output(&["plan"]).stdout);
     assert!(
         plan.contains("job.first failed (exit code 3); run it again with -replace=job.first"),
         "{plan}"
     );
-    sb.ok(&["destroy", "-auto-approve"]);
+    sb.stdout(&["destroy", "-auto-approve"]);
 }
 
 #[test]
 fn a_job_too_big_for_its_cluster_is_a_plan_error() {
-    let sb = Sandbox::new(&[(
+    let sb = Workdir::with_files(&[(
         "main.sky.hcl",
         "cluster \"dev\" {}\n\njob \"big\" {\n  cluster = cluster.dev\n  run     = \"true\"\n  resources {\n    cpus = \"100000\"\n  }\n}\n",
     )]);
-    let out = sb.run(&["plan"]);
+    let out = sb.output(&["plan"]);
     assert_eq!(out.status.code(), Some(1));
     let err = text(&out.stderr);
     assert!(
@@ -811,7 +730,7 @@ fn unused(_: PathBuf) {}
 
 #[test]
 fn sweep_module_runs_managed_jobs_on_temporary_clusters() {
-    let sb = Sandbox::new(&[]);
+    let sb = Workdir::with_files(&[]);
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     copy_dir(
         &root.join("examples/sweep"),
@@ -867,22 +786,22 @@ fn sweep_module_runs_managed_jobs_on_temporary_clusters() {
 
 #[test]
 fn a_service_keeps_its_replicas_running_until_destroyed() {
-    let sb = Sandbox::new(&[(
+    let sb = Workdir::with_files(&[(
         "main.sky.hcl",
         "service \"web\" {\n  run = \"echo serving replica $SKYFORM_NODE_RANK; sleep 600\"\n  resources {\n    ports = [8123]\n  }\n  replica_policy {\n    min_replicas = 2\n  }\n}\n\noutput \"endpoint\" {\n  value = service.web.endpoint\n}\n",
     )]);
-    let out = sb.ok(&["apply", "-auto-approve"]);
+    let out = sb.stdout(&["apply", "-auto-approve"]);
     assert!(
         out.contains("endpoint = \"http://127.0.0.1:8123\""),
         "{out}"
     );
     wait_for("both replicas to log", Duration::from_secs(10), || {
-        let logs = sb.ok(&["logs", "service.web"]);
+        let logs = sb.stdout(&["logs", "service.web"]);
         logs.contains("serving replica 0") && logs.contains("serving replica 1")
     });
-    let status = sb.ok(&["status", "-json"]);
+    let status = sb.stdout(&["status", "-json"]);
     assert!(status.contains("\"RUNNING\""), "{status}");
-    sb.ok(&["destroy", "-auto-approve"]);
+    sb.stdout(&["destroy", "-auto-approve"]);
     assert!(
         sb.processes().is_empty(),
         "replicas stopped: {:?}",
@@ -892,14 +811,14 @@ fn a_service_keeps_its_replicas_running_until_destroyed() {
 
 #[test]
 fn state_surgery_and_outputs() {
-    let sb = Sandbox::new(&[(
+    let sb = Workdir::with_files(&[(
         "main.sky.hcl",
         "variable \"token\" {\n  default   = \"hunter2\"\n  sensitive = true\n}\n\ncluster \"dev\" {}\n\njob \"a\" {\n  cluster = cluster.dev\n  run     = \"true\"\n  secrets = { TOKEN = var.token }\n}\n\noutput \"ip\" {\n  value = cluster.dev.head_ip\n}\n\noutput \"token\" {\n  value     = var.token\n  sensitive = true\n}\n",
     )]);
-    sb.ok(&["apply", "-auto-approve"]);
-    assert_eq!(sb.ok(&["state", "list"]), "cluster.dev\njob.a\n");
-    assert_eq!(sb.ok(&["output", "ip", "-raw"]), "127.0.0.1\n");
-    let all = sb.ok(&["output"]);
+    sb.stdout(&["apply", "-auto-approve"]);
+    assert_eq!(sb.stdout(&["state", "list"]), "cluster.dev\njob.a\n");
+    assert_eq!(sb.stdout(&["output", "ip", "-raw"]), "127.0.0.1\n");
+    let all = sb.stdout(&["output"]);
     assert!(
         all.contains("token = (sensitive value)") && !all.contains("hunter2"),
         "{all}"
@@ -909,78 +828,78 @@ fn state_surgery_and_outputs() {
         vec!["show", "-json"],
         vec!["show"],
     ] {
-        let out = sb.ok(&cmd);
+        let out = sb.stdout(&cmd);
         assert!(!out.contains("hunter2"), "{cmd:?} shows a secret:\n{out}");
     }
-    let pulled = sb.ok(&["state", "pull"]);
+    let pulled = sb.stdout(&["state", "pull"]);
     let serial = sb.serial();
-    sb.ok(&["state", "mv", "job.a", "job.b"]);
-    assert_eq!(sb.ok(&["state", "list"]), "cluster.dev\njob.b\n");
+    sb.stdout(&["state", "mv", "job.a", "job.b"]);
+    assert_eq!(sb.stdout(&["state", "list"]), "cluster.dev\njob.b\n");
     assert_eq!(sb.serial(), serial + 1);
     // Pushing an older copy is refused; -force allows it.
     let file = sb.path().join("old.json");
     std::fs::write(&file, pulled).expect("write");
     let f = file.to_string_lossy().to_string();
-    let out = sb.run(&["state", "push", &f]);
+    let out = sb.output(&["state", "push", &f]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
         text(&out.stderr).contains("not above the state's"),
         "{}",
         text(&out.stderr)
     );
-    sb.ok(&["state", "push", "-force", &f]);
-    assert_eq!(sb.ok(&["state", "list"]), "cluster.dev\njob.a\n");
-    sb.ok(&["state", "rm", "job.a"]);
-    assert_eq!(sb.ok(&["state", "list"]), "cluster.dev\n");
+    sb.stdout(&["state", "push", "-force", &f]);
+    assert_eq!(sb.stdout(&["state", "list"]), "cluster.dev\njob.a\n");
+    sb.stdout(&["state", "rm", "job.a"]);
+    assert_eq!(sb.stdout(&["state", "list"]), "cluster.dev\n");
     // The lock: a held lock is reported and force-unlock removes it only with the right id.
     let lock = sb.path().join(".skyform/state.json.lock");
     std::fs::write(&lock, r#"{"id":"1f3c9a2e-0000","who":"alice@ci-runner-7","operation":"apply","created":"2026-11-28T12:03:11Z","version":"0.1.0","pid":0}"#).expect("lock");
-    let out = sb.run(&["plan"]);
+    let out = sb.output(&["plan"]);
     let err = text(&out.stderr);
     assert!(
         err.contains("alice@ci-runner-7 (apply)") && err.contains("force-unlock 1f3c9a2e-0000"),
         "{err}"
     );
     assert_eq!(
-        sb.run(&["force-unlock", "ffff", "-force"]).status.code(),
+        sb.output(&["force-unlock", "ffff", "-force"]).status.code(),
         Some(1)
     );
-    sb.ok(&["force-unlock", "1f3c9a2e", "-force"]);
-    sb.ok(&["destroy", "-auto-approve"]);
+    sb.stdout(&["force-unlock", "1f3c9a2e", "-force"]);
+    sb.stdout(&["destroy", "-auto-approve"]);
 }
 
 #[test]
 fn values_unknown_at_plan_time_are_filled_in_at_apply() {
-    let sb = Sandbox::new(&[(
+    let sb = Workdir::with_files(&[(
         "main.sky.hcl",
         "cluster \"dev\" {}\n\njob \"ping\" {\n  cluster = cluster.dev\n  run     = \"echo head is ${cluster.dev.head_ip}\"\n}\n",
     )]);
-    let plan = sb.ok(&["plan"]);
+    let plan = sb.stdout(&["plan"]);
     assert!(plan.contains("run       = (known after apply)"), "{plan}");
-    sb.ok(&["apply", "-auto-approve"]);
+    sb.stdout(&["apply", "-auto-approve"]);
     sb.wait_jobs_done(Duration::from_secs(20));
-    assert_eq!(sb.ok(&["logs", "job.ping"]), "head is 127.0.0.1\n");
+    assert_eq!(sb.stdout(&["logs", "job.ping"]), "head is 127.0.0.1\n");
     assert_eq!(
-        sb.run(&["plan", "-detailed-exitcode"]).status.code(),
+        sb.output(&["plan", "-detailed-exitcode"]).status.code(),
         Some(0)
     );
-    sb.ok(&["destroy", "-auto-approve"]);
+    sb.stdout(&["destroy", "-auto-approve"]);
 }
 
 #[test]
 fn prevent_destroy_blocks_destroy_and_env_flags_read_like_booleans() {
-    let sb = Sandbox::new(&[(
+    let sb = Workdir::with_files(&[(
         "main.sky.hcl",
         "cluster \"keep\" {\n  lifecycle {\n    prevent_destroy = true\n  }\n}\n",
     )]);
     let out = sb
-        .cmd(&["apply"])
+        .command(&["apply"])
         .env("SKYFORM_AUTO_APPROVE", "1")
         .env("SKYFORM_NO_COLOR", "1")
         .output()
         .expect("apply");
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let out = sb.run(&["destroy", "-auto-approve"]);
+    let out = sb.output(&["destroy", "-auto-approve"]);
     assert_eq!(out.status.code(), Some(1));
     let err = text(&out.stderr);
     assert!(
@@ -989,19 +908,19 @@ fn prevent_destroy_blocks_destroy_and_env_flags_read_like_booleans() {
     );
     assert!(!err.contains("\nerror: \n"), "no empty error line: {err}");
     assert_eq!(
-        sb.state()["resources"].as_object().map(|r| r.len()),
+        sb.stored_state()["resources"].as_object().map(|r| r.len()),
         Some(1),
         "nothing was destroyed"
     );
     // Lift the protection, then destroy.
     std::fs::write(sb.path().join("main.sky.hcl"), "cluster \"keep\" {}\n").expect("edit");
-    sb.ok(&["destroy", "-auto-approve"]);
+    sb.stdout(&["destroy", "-auto-approve"]);
     assert!(sb.processes().is_empty());
 }
 
 #[test]
 fn a_relative_chdir_records_absolute_sandboxes() {
-    let sb = Sandbox::new(&[("main.sky.hcl", "cluster \"dev\" {}\n")]);
+    let sb = Workdir::with_files(&[("main.sky.hcl", "cluster \"dev\" {}\n")]);
     let parent = sb.path().parent().expect("parent");
     let name = sb
         .path()
@@ -1016,7 +935,7 @@ fn a_relative_chdir_records_absolute_sandboxes() {
         .output()
         .expect("apply");
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let dir = sb.state()["resources"]["cluster.dev"]["private"]["dir"]
+    let dir = sb.stored_state()["resources"]["cluster.dev"]["private"]["dir"]
         .as_str()
         .expect("dir")
         .to_string();
@@ -1026,36 +945,36 @@ fn a_relative_chdir_records_absolute_sandboxes() {
     );
     // Seen from anywhere else, the cluster is still there.
     assert_eq!(
-        sb.run(&["plan", "-detailed-exitcode"]).status.code(),
+        sb.output(&["plan", "-detailed-exitcode"]).status.code(),
         Some(0)
     );
-    sb.ok(&["destroy", "-auto-approve"]);
+    sb.stdout(&["destroy", "-auto-approve"]);
 }
 
 #[test]
 fn a_job_after_a_failed_managed_job_is_cancelled() {
-    let sb = Sandbox::new(&[(
+    let sb = Workdir::with_files(&[(
         "main.sky.hcl",
         "cluster \"c\" {}\n\nmanaged_job \"fail\" {\n  run = \"echo failing; exit 7\"\n}\n\njob \"after\" {\n  cluster    = cluster.c\n  run        = \"echo after\"\n  depends_on = [managed_job.fail]\n}\n",
     )]);
-    sb.ok(&["apply", "-auto-approve"]);
+    sb.stdout(&["apply", "-auto-approve"]);
     let statuses = sb.wait_jobs_done(Duration::from_secs(20));
     assert_eq!(
         statuses,
         vec![("job.after".to_string(), "CANCELLED".to_string())]
     );
-    sb.ok(&["destroy", "-auto-approve"]);
+    sb.stdout(&["destroy", "-auto-approve"]);
     assert!(sb.processes().is_empty());
 }
 
 #[test]
 fn a_dead_agent_fails_the_apply_instead_of_hanging() {
-    let sb = Sandbox::new(&[(
+    let sb = Workdir::with_files(&[(
         "main.sky.hcl",
         "cluster \"c\" {\n  setup = \"sleep 30\"\n}\n",
     )]);
     let child = sb
-        .cmd(&["apply", "-auto-approve"])
+        .command(&["apply", "-auto-approve"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -1093,17 +1012,17 @@ fn a_dead_agent_fails_the_apply_instead_of_hanging() {
         "{}",
         text(&out.stdout)
     );
-    sb.ok(&["destroy", "-auto-approve"]);
+    sb.stdout(&["destroy", "-auto-approve"]);
     assert!(sb.processes().is_empty(), "{:?}", sb.processes());
 }
 
 #[test]
 fn removing_a_sandbox_under_a_running_job_leaves_no_orphan() {
-    let sb = Sandbox::new(&[(
+    let sb = Workdir::with_files(&[(
         "main.sky.hcl",
         "cluster \"c\" {\n  num_nodes = 2\n}\n\njob \"long\" {\n  cluster   = cluster.c\n  num_nodes = 2\n  run       = \"sleep 777\"\n}\n",
     )]);
-    sb.ok(&["apply", "-auto-approve"]);
+    sb.stdout(&["apply", "-auto-approve"]);
     wait_for("the job to run", Duration::from_secs(10), || {
         sb.job_statuses().iter().any(|(_, s)| s == "RUNNING")
     });
@@ -1116,13 +1035,13 @@ fn removing_a_sandbox_under_a_running_job_leaves_no_orphan() {
             std::fs::remove_dir_all(&p).is_ok() || !p.exists()
         },
     );
-    let status = sb.ok(&["status"]);
+    let status = sb.stdout(&["status"]);
     assert!(
         status.contains("DEGRADED") || status.contains("LOST") || !status.contains("RUNNING"),
         "{status}"
     );
-    sb.ok(&["apply", "-auto-approve"]);
-    sb.ok(&["destroy", "-auto-approve"]);
+    sb.stdout(&["apply", "-auto-approve"]);
+    sb.stdout(&["destroy", "-auto-approve"]);
     wait_for("every process to end", Duration::from_secs(10), || {
         sb.processes().is_empty()
     });
@@ -1130,7 +1049,7 @@ fn removing_a_sandbox_under_a_running_job_leaves_no_orphan() {
 
 #[test]
 fn workdir_changes_are_mirrored_to_the_nodes() {
-    let sb = Sandbox::new(&[
+    let sb = Workdir::with_files(&[
         (
             "main.sky.hcl",
             "cluster \"c\" {\n  workdir = \"./src\"\n}\n",
@@ -1138,8 +1057,8 @@ fn workdir_changes_are_mirrored_to_the_nodes() {
         ("src/a.txt", "a"),
         ("src/b.txt", "b"),
     ]);
-    sb.ok(&["apply", "-auto-approve"]);
-    let dir = sb.state()["resources"]["cluster.c"]["private"]["dir"]
+    sb.stdout(&["apply", "-auto-approve"]);
+    let dir = sb.stored_state()["resources"]["cluster.c"]["private"]["dir"]
         .as_str()
         .expect("dir")
         .to_string();
@@ -1148,14 +1067,14 @@ fn workdir_changes_are_mirrored_to_the_nodes() {
     // Remove a file and add a link: both change the content hash and reach the node.
     std::fs::remove_file(sb.path().join("src/b.txt")).expect("rm");
     std::os::unix::fs::symlink("a.txt", sb.path().join("src/l")).expect("ln");
-    let plan = sb.run(&["plan", "-detailed-exitcode"]);
+    let plan = sb.output(&["plan", "-detailed-exitcode"]);
     assert_eq!(plan.status.code(), Some(2), "{}", text(&plan.stdout));
     assert!(
         text(&plan.stdout).contains("will be updated in place"),
         "{}",
         text(&plan.stdout)
     );
-    sb.ok(&["apply", "-auto-approve"]);
+    sb.stdout(&["apply", "-auto-approve"]);
     assert!(
         !node.join("b.txt").exists(),
         "deleted files are deleted on the nodes"
@@ -1168,10 +1087,10 @@ fn workdir_changes_are_mirrored_to_the_nodes() {
     std::fs::remove_file(sb.path().join("src/l")).expect("rm");
     std::os::unix::fs::symlink("/etc", sb.path().join("src/l")).expect("ln");
     assert_eq!(
-        sb.run(&["plan", "-detailed-exitcode"]).status.code(),
+        sb.output(&["plan", "-detailed-exitcode"]).status.code(),
         Some(2)
     );
-    sb.ok(&["destroy", "-auto-approve"]);
+    sb.stdout(&["destroy", "-auto-approve"]);
 }
 
 /// An `import` block takes a running cluster that the state forgot back into state: the
@@ -1180,13 +1099,13 @@ fn workdir_changes_are_mirrored_to_the_nodes() {
 #[test]
 fn import_adopts_a_running_cluster() {
     let cluster = "cluster \"dev\" {\n  num_nodes = 2\n}\n";
-    let sb = Sandbox::new(&[("main.sky.hcl", cluster)]);
-    sb.ok(&["apply", "-auto-approve"]);
-    let dir = sb.state()["resources"]["cluster.dev"]["private"]["dir"]
+    let sb = Workdir::with_files(&[("main.sky.hcl", cluster)]);
+    sb.stdout(&["apply", "-auto-approve"]);
+    let dir = sb.stored_state()["resources"]["cluster.dev"]["private"]["dir"]
         .as_str()
         .unwrap()
         .to_string();
-    sb.ok(&["state", "rm", "cluster.dev"]);
+    sb.stdout(&["state", "rm", "cluster.dev"]);
     let relative = Path::new(&dir)
         .strip_prefix(sb.path().canonicalize().unwrap())
         .unwrap()
@@ -1199,13 +1118,13 @@ fn import_adopts_a_running_cluster() {
         ),
     )
     .unwrap();
-    let plan = sb.ok(&["plan"]);
+    let plan = sb.stdout(&["plan"]);
     assert!(plan.contains("# cluster.dev will be imported"), "{plan}");
     assert!(
         plan.contains("Plan: 1 to import, 1 to add"),
         "the job is new, the cluster is not: {plan}"
     );
-    let json: Value = serde_json::from_str(&sb.ok(&["plan", "-json"])).unwrap();
+    let json: Value = serde_json::from_str(&sb.stdout(&["plan", "-json"])).unwrap();
     let change = json["resource_changes"]
         .as_array()
         .unwrap()
@@ -1218,9 +1137,9 @@ fn import_adopts_a_running_cluster() {
         change["importing"]["id"],
         format!("local:{relative}").as_str()
     );
-    let out = sb.ok(&["apply", "-auto-approve"]);
+    let out = sb.stdout(&["apply", "-auto-approve"]);
     assert!(out.contains("1 imported, 1 added"), "{out}");
-    let state = sb.state();
+    let state = sb.stored_state();
     assert_eq!(
         state["resources"]["cluster.dev"]["private"]["dir"],
         dir.as_str()
@@ -1228,10 +1147,10 @@ fn import_adopts_a_running_cluster() {
     let jobs = sb.wait_jobs_done(Duration::from_secs(30));
     assert_eq!(jobs, [("job.j".to_string(), "SUCCEEDED".to_string())]);
     assert!(
-        sb.ok(&["logs", "job.j"])
+        sb.stdout(&["logs", "job.j"])
             .contains("on the imported cluster")
     );
-    let out = sb.run(&["plan", "-detailed-exitcode"]);
+    let out = sb.output(&["plan", "-detailed-exitcode"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
 
     // The same sandbox under a second address is refused: destroying one would take both.
@@ -1243,7 +1162,7 @@ fn import_adopts_a_running_cluster() {
         ),
     )
     .unwrap();
-    let out = sb.run(&["plan"]);
+    let out = sb.output(&["plan"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
         text(&out.stderr)
@@ -1252,7 +1171,7 @@ fn import_adopts_a_running_cluster() {
         text(&out.stderr)
     );
     std::fs::write(sb.path().join("main.sky.hcl"), config).unwrap();
-    sb.ok(&["destroy", "-auto-approve"]);
+    sb.stdout(&["destroy", "-auto-approve"]);
     assert!(
         !Path::new(&dir).exists(),
         "destroy removes the imported sandbox"
@@ -1264,7 +1183,7 @@ fn import_adopts_a_running_cluster() {
         format!("{cluster}\nimport {{\n  to = cluster.dev\n  id = \"local:{relative}\"\n}}\n"),
     )
     .unwrap();
-    let out = sb.run(&["plan"]);
+    let out = sb.output(&["plan"]);
     assert_eq!(out.status.code(), Some(1));
     let err = text(&out.stderr);
     assert!(

@@ -210,7 +210,7 @@ impl Session<'_> {
             engine.catalog_offerings()?
         };
         for p in registry.providers.values() {
-            match p.offers().await {
+            match p.survey().await {
                 Ok(o) => {
                     offerings.extend(o.offerings);
                     for why in o.unavailable {

@@ -24,6 +24,10 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// What jobs, managed jobs and services on aws clusters get until the cluster runtime runs
+/// on its machines.
+const NO_RUNTIME: &str = "running jobs on aws clusters is not in this build yet: the cluster runtime runs on ssh pools and local clusters so far (see docs/ssh.md)";
+
 /// Canonical's account: the owner of the official Ubuntu images.
 const CANONICAL: &str = "099720109477";
 
@@ -622,7 +626,7 @@ impl AwsProvider {
         placement: &Candidate,
     ) -> Result<Vec<Node>, ProviderError> {
         let Spec::Cluster(spec) = req.spec else {
-            return Err(ProviderError::other(super::ssh::NO_RUNTIME));
+            return Err(ProviderError::other(NO_RUNTIME));
         };
         let o = &placement.offering;
         let region = o
@@ -957,7 +961,7 @@ impl Provider for AwsProvider {
 
     async fn create(&self, req: Request<'_>) -> Result<Created, ProviderError> {
         if !matches!(req.spec, Spec::Cluster(_)) {
-            return Err(ProviderError::other(super::ssh::NO_RUNTIME));
+            return Err(ProviderError::other(NO_RUNTIME));
         }
         let placement = req
             .placement
@@ -1032,14 +1036,14 @@ impl Provider for AwsProvider {
 
     /// ssh to the head's public address as `ubuntu` (the default image's user) with the
     /// imported key; the host key is recorded on first contact.
-    fn ssh_entry(&self, res: &ResourceState) -> Result<super::ssh::SshEntry, ProviderError> {
+    fn ssh_entry(&self, res: &ResourceState) -> Result<super::SshEntry, ProviderError> {
         let head = res
             .computed
             .get("head_ip")
             .and_then(|v| v.as_str())
             .filter(|s| !s.is_empty())
             .ok_or_else(|| ProviderError::other("the cluster has no address recorded"))?;
-        Ok(super::ssh::SshEntry {
+        Ok(super::SshEntry {
             user: Some("ubuntu".into()),
             address: head.to_string(),
             port: None,

@@ -6,9 +6,11 @@ pub mod jobs;
 pub mod kubernetes;
 pub mod local;
 pub mod registry;
+mod shell;
 pub mod ssh;
 
 pub use registry::{Places, Registry};
+pub use shell::SshEntry;
 
 use crate::model::{Address, Spec};
 use crate::optimizer::{Candidate, Offering};
@@ -106,9 +108,10 @@ pub struct Request<'a> {
     pub root: PathBuf,
 }
 
-/// What a backend offers, and which of its parts could not be asked.
+/// What a backend offers, and which of its parts could not be asked (the answer of
+/// [`Provider::survey`]).
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct Offers {
+pub struct Survey {
     pub offerings: Vec<Offering>,
     /// One line per part that offers nothing now, saying why.
     pub unavailable: Vec<String>,
@@ -123,13 +126,14 @@ pub struct Created {
 #[async_trait::async_trait]
 pub trait Provider: Send + Sync + std::fmt::Debug {
     fn name(&self) -> &'static str;
-    /// What this backend can offer the optimizer right now.
+    /// What this backend can offer the optimizer right now: the plain list (`skyform
+    /// offers` lists it).
     async fn offerings(&self) -> Result<Vec<Offering>, ProviderError>;
-    /// As `offerings`, with why parts of the backend offer nothing (a pool's host or a
-    /// Kubernetes context that does not answer), for the plan to warn about. Backends made
-    /// of several independent parts override it.
-    async fn offers(&self) -> Result<Offers, ProviderError> {
-        Ok(Offers {
+    /// The offerings together with the parts of the backend that offer nothing now and why
+    /// (a pool's host or a Kubernetes context that does not answer), for the plan to warn
+    /// about. Backends made of several independent parts override it.
+    async fn survey(&self) -> Result<Survey, ProviderError> {
+        Ok(Survey {
             offerings: self.offerings().await?,
             unavailable: Vec::new(),
         })
@@ -196,7 +200,7 @@ pub trait Provider: Send + Sync + std::fmt::Debug {
         )))
     }
     /// How to reach a cluster's head node with ssh, for backends whose machines have one.
-    fn ssh_entry(&self, _res: &ResourceState) -> Result<ssh::SshEntry, ProviderError> {
+    fn ssh_entry(&self, _res: &ResourceState) -> Result<SshEntry, ProviderError> {
         Err(ProviderError::other(format!(
             "the {} backend's machines are not reached with ssh",
             self.name()

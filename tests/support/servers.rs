@@ -38,3 +38,21 @@ pub fn netns_server() -> Option<String> {
     let mut parts = text.split_whitespace();
     Some(format!("{}:{}", parts.next()?, parts.next()?))
 }
+
+/// Whether `scripts/sshd.sh` could have made its network namespace here: it was not told
+/// not to (`SKYFORM_TEST_NETNS=0`), iproute2 is installed, and this process may make a
+/// network namespace (checked with a throwaway one, `unshare -n true`).
+pub fn netns_possible() -> bool {
+    let quiet = |program: &str, args: &[&str]| {
+        Command::new(program)
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    std::env::var("SKYFORM_TEST_NETNS").map_or(true, |v| v != "0")
+        && quiet("ip", &["-V"])
+        && quiet("unshare", &["-n", "true"])
+}

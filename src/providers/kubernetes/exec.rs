@@ -9,7 +9,8 @@
 //! the pod's user can read, and the file is removed once the job's shell has read it: they
 //! appear in no pod spec, no command line and no object on the API server.
 
-use super::{Conn, classify};
+use super::connection::Conn;
+use super::errors::classify;
 use crate::providers::{ErrorKind, ProviderError};
 use crate::runtime::{JobState, JobStatus};
 use std::collections::BTreeMap;

@@ -263,7 +263,11 @@ async fn autostop(
     a: &crate::model::Autostop,
 ) -> crate::runtime::Autostop {
     let script = if a.down {
-        format!("{HOST_DIR}\n{}\n{}", super::RELEASE, unauthorize_script())
+        format!(
+            "{HOST_DIR}\n{}\n{}",
+            super::pool::RELEASE,
+            unauthorize_script()
+        )
     } else {
         stop_script()
     };

@@ -1,0 +1,894 @@
+//! The provider: clusters on pools of existing machines. A cluster of N nodes holds N whole
+//! hosts of its pool; jobs go to the queue of skyform's runtime on its head.
+
+use super::pool::{HostReport, Pool, RELEASE, RESERVE};
+use super::probing::{Facts, shape};
+use super::transport::{Output, rsync_here, tar_of};
+use super::{HOST_DIR, Host, all_done, runtime};
+use crate::providers::{ErrorKind, ProviderError};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// What a cluster on a pool keeps in state.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+struct Private {
+    token: String,
+    lineage: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pool: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    hosts: Vec<String>,
+    /// The skyform build whose agents run on the hosts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    build: Option<String>,
+    /// The cluster's address, for its runtime.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    name: Option<String>,
+    /// CPUs and GPUs of each node, what the head's queue schedules by.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    per_node: Option<(f64, f64)>,
+}
+
+/// Clusters on pools of existing machines. A cluster of N nodes holds N whole hosts: each
+/// is reserved on the host itself (an atomic `mkdir`), so two clusters — even from two
+/// states — never get the same host.
+#[derive(Debug)]
+pub struct SshProvider {
+    pub pools: BTreeMap<String, Pool>,
+    /// The skyform binary installed on hosts as their agent (this program by default).
+    pub agent_exe: PathBuf,
+    /// What each pool looked like, kept while nothing here changed it: refreshing many
+    /// clusters of one pool probes its hosts once.
+    reports: tokio::sync::Mutex<BTreeMap<String, Vec<HostReport>>>,
+}
+
+/// Managed jobs and services on pools.
+const NO_MANAGED: &str = "managed jobs and services on ssh pools are not in this build yet: declare a cluster on the pool and run a job on it";
+
+/// Runs `setup` ($2) in the cluster's workdir with the environment that follows; the log
+/// stays on the host, its end is printed.
+const SETUP: &str = r#"
+c="$dir/clusters/$1"; s="$2"; shift 2
+mkdir -p "$c/workdir" && cd "$c/workdir" || exit 1
+env "$@" sh -c "$s" >"$c/setup.log" 2>&1
+code=$?
+tail -n 5 "$c/setup.log"
+exit $code
+"#;
+
+impl SshProvider {
+    pub fn new(pools: Vec<Pool>) -> SshProvider {
+        SshProvider {
+            pools: pools.into_iter().map(|p| (p.name.clone(), p)).collect(),
+            agent_exe: crate::runtime::link::agent_exe(),
+            reports: tokio::sync::Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    fn pool(&self, name: &str) -> Result<&Pool, ProviderError> {
+        self.pools.get(name).ok_or_else(|| ProviderError {
+            kind: ErrorKind::Config,
+            message: format!("no infra \"ssh\" \"{name}\" block declares this pool"),
+        })
+    }
+
+    /// The pool a cluster is on: the one it recorded, else its placement's (an intent).
+    fn pool_of(&self, p: &Private, res: &crate::state::ResourceState) -> Option<&Pool> {
+        let name = p.pool.as_ref().or_else(|| {
+            res.placement
+                .as_ref()
+                .and_then(|c| c.offering.region.as_ref())
+        })?;
+        self.pools.get(name)
+    }
+
+    /// Every host of a pool: facts and holder, probed once until [`Self::forget`].
+    async fn host_reports(&self, pool: &Pool) -> Vec<HostReport> {
+        let mut cache = self.reports.lock().await;
+        if let Some(s) = cache.get(&pool.name) {
+            return s.clone();
+        }
+        let fresh = pool.probe_hosts().await;
+        cache.insert(pool.name.clone(), fresh.clone());
+        fresh
+    }
+
+    /// Holds changed: probe again next time.
+    async fn forget(&self, pool: &Pool) {
+        self.reports.lock().await.remove(&pool.name);
+    }
+
+    async fn on_host(
+        pool: &Pool,
+        host: &Host,
+        script: &str,
+        args: &[&str],
+    ) -> Result<Output, ProviderError> {
+        let c = pool.access.connect(host).await?;
+        let out = c.script(&format!("{HOST_DIR}\n{script}"), args).await;
+        c.close().await;
+        out
+    }
+
+    /// Syncs the workdir to every host of a cluster and runs `setup` there (rank by rank
+    /// order, all hosts at once), with the cluster's environment.
+    async fn provision(
+        pool: &Pool,
+        hosts: &[String],
+        token: &str,
+        spec: &crate::model::ClusterSpec,
+        root: &Path,
+    ) -> Result<(), ProviderError> {
+        let workdir = spec.workdir.as_ref().map(|w| root.join(w));
+        let rsync = workdir.is_some() && rsync_here().await;
+        // Without rsync here, every host gets the same tar stream, packed once.
+        let archive = match &workdir {
+            Some(w) if !rsync => Some(std::sync::Arc::new(tar_of(w).await?)),
+            _ => None,
+        };
+        let ips: Vec<String> = hosts
+            .iter()
+            .filter_map(|h| h.parse::<Host>().ok())
+            .map(|h| h.address)
+            .collect();
+        let mut set = tokio::task::JoinSet::new();
+        for (rank, h) in hosts.iter().enumerate() {
+            let host: Host = h.parse().map_err(ProviderError::other)?;
+            let pool = pool.clone();
+            let token = token.to_string();
+            let (archive, workdir) = (archive.clone(), workdir.clone());
+            let setup = spec.setup.clone();
+            let mut envs: Vec<String> = spec.envs.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            envs.push(format!("SKYFORM_NODE_RANK={rank}"));
+            envs.push(format!("SKYFORM_NUM_NODES={}", hosts.len()));
+            envs.push(format!("SKYFORM_NODE_IPS={}", ips.join("\n")));
+            set.spawn(async move {
+                let c = pool.access.connect(&host).await?;
+                let result = async {
+                    if let Some(w) = &workdir {
+                        let out = c.sync_workdir(w, &token, archive.as_deref()).await?;
+                        if out.code != Some(0) {
+                            return Err(ProviderError::other(format!(
+                                "syncing the workdir to {host} failed: {}",
+                                out.stderr.trim()
+                            )));
+                        }
+                    }
+                    if let Some(setup) = &setup {
+                        let mut args: Vec<&str> = vec![&token, setup];
+                        args.extend(envs.iter().map(String::as_str));
+                        let out = c.script(&format!("{HOST_DIR}\n{SETUP}"), &args).await?;
+                        if out.code != Some(0) {
+                            return Err(ProviderError::other(format!(
+                                "setup failed on {host} (node {rank}) with exit code {}:\n    {}",
+                                out.code.map_or("?".into(), |c| c.to_string()),
+                                out.stdout.trim_end().replace('\n', "\n    ")
+                            )));
+                        }
+                    }
+                    Ok(())
+                }
+                .await;
+                c.close().await;
+                result
+            });
+        }
+        all_done(set).await
+    }
+
+    /// Provisions the hosts a cluster holds (workdir, setup) and starts its runtime.
+    async fn set_up(
+        &self,
+        pool: &Pool,
+        mut p: Private,
+        spec: &crate::model::ClusterSpec,
+        req: &crate::providers::Request<'_>,
+    ) -> Result<crate::providers::Created, ProviderError> {
+        Self::provision(pool, &p.hosts, &p.token, spec, &req.root).await?;
+        p.name = Some(req.address.to_string());
+        self.boot(pool, &mut p, spec).await?;
+        Ok(crate::providers::Created {
+            computed: Self::computed(&p.hosts),
+            private: serde_json::to_value(&p).unwrap_or_default(),
+        })
+    }
+
+    /// Starts (or refreshes) the runtime on a cluster's hosts: agents, the head's queue.
+    async fn boot(
+        &self,
+        pool: &Pool,
+        p: &mut Private,
+        spec: &crate::model::ClusterSpec,
+    ) -> Result<(), ProviderError> {
+        let hosts: Vec<Host> = p
+            .hosts
+            .iter()
+            .map(|h| h.parse::<Host>().map_err(ProviderError::other))
+            .collect::<Result<_, _>>()?;
+        let (cpus, gpus) = p.per_node.unwrap_or((1.0, 0.0));
+        let info = crate::runtime::ClusterInfo {
+            name: p.name.clone().unwrap_or_default(),
+            num_nodes: hosts.len() as u32,
+            cpus_per_node: cpus,
+            gpus_per_node: gpus,
+            envs: spec.envs.clone(),
+            ips: hosts.iter().map(|h| h.address.clone()).collect(),
+            links: BTreeMap::new(),
+            autostop: None,
+            build: None,
+            hosts: Vec::new(),
+        };
+        p.build = Some(
+            runtime::boot(
+                &pool.access,
+                &hosts,
+                &p.token,
+                info,
+                spec.autostop.as_ref(),
+                &self.agent_exe,
+            )
+            .await?,
+        );
+        Ok(())
+    }
+
+    /// The cluster a job runs on: its pool, hosts (head first) and identifiers.
+    fn job_target(
+        &self,
+        cluster: Option<&crate::state::ResourceState>,
+    ) -> Result<(&Pool, Vec<Host>, Private, String), ProviderError> {
+        let cluster =
+            cluster.ok_or_else(|| ProviderError::other("the job's cluster is not in state"))?;
+        let p: Private = serde_json::from_value(cluster.private.clone())
+            .map_err(|_| ProviderError::other("the job's cluster has no hosts recorded"))?;
+        let pool = self
+            .pool_of(&p, cluster)
+            .ok_or_else(|| ProviderError::other("the job's pool is no longer declared"))?;
+        let hosts: Vec<Host> = p
+            .hosts
+            .iter()
+            .filter_map(|h| h.parse::<Host>().ok())
+            .collect();
+        if hosts.is_empty() {
+            return Err(ProviderError::other("the job's cluster holds no hosts"));
+        }
+        let build = p.build.clone().ok_or_else(|| {
+            ProviderError::other(
+                "the job's cluster was created before skyform ran jobs on pools; replace it with `skyform apply -replace=CLUSTER`",
+            )
+        })?;
+        Ok((pool, hosts, p, build))
+    }
+
+    async fn job_status(
+        &self,
+        res: &crate::state::ResourceState,
+        cluster: Option<&crate::state::ResourceState>,
+    ) -> Result<Option<crate::runtime::JobStatus>, ProviderError> {
+        let (pool, hosts, p, build) = self.job_target(cluster)?;
+        let job = crate::providers::jobs::job_id(&res.private).unwrap_or_default();
+        let call = crate::runtime::link::Call::Status { job: job.into() };
+        Ok(
+            runtime::call(&pool.access, &hosts[0], &p.token, &build, &call)
+                .await?
+                .status,
+        )
+    }
+
+    fn computed(hosts: &[String]) -> BTreeMap<String, serde_json::Value> {
+        let ips: Vec<String> = hosts
+            .iter()
+            .filter_map(|h| h.parse::<Host>().ok())
+            .map(|h| h.address)
+            .collect();
+        BTreeMap::from([
+            (
+                "head_ip".into(),
+                serde_json::json!(ips.first().cloned().unwrap_or_default()),
+            ),
+            ("ips".into(), serde_json::json!(ips)),
+            ("hosts".into(), serde_json::json!(hosts)),
+            ("status".into(), serde_json::json!("UP")),
+        ])
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::providers::Provider for SshProvider {
+    fn name(&self) -> &'static str {
+        "ssh"
+    }
+
+    /// Creating a cluster on a pool runs its setup, which may rightly take long.
+    fn create_is_bounded(&self) -> bool {
+        false
+    }
+
+    async fn offerings(&self) -> Result<Vec<crate::optimizer::Offering>, ProviderError> {
+        Ok(self.survey().await?.offerings)
+    }
+
+    /// The free, reachable hosts of each pool, one offering per distinct shape; a host that
+    /// does not answer offers nothing and says why.
+    async fn survey(&self) -> Result<crate::providers::Survey, ProviderError> {
+        let mut out = crate::providers::Survey::default();
+        for pool in self.pools.values() {
+            let mut shapes: BTreeMap<String, (Facts, u32)> = BTreeMap::new();
+            for seen in self.host_reports(pool).await {
+                match (&seen.facts, &seen.holder) {
+                    (Ok(f), None) => shapes.entry(shape(f)).or_insert((f.clone(), 0)).1 += 1,
+                    (Err(e), _) => out
+                        .unavailable
+                        .push(format!("ssh pool {}: {}", pool.name, e.message)),
+                    _ => {}
+                }
+            }
+            for (name, (f, count)) in shapes {
+                out.offerings.push(crate::optimizer::Offering {
+                    cloud: "ssh".into(),
+                    region: Some(pool.name.clone()),
+                    zone: None,
+                    instance_type: name,
+                    accelerators: f.gpus.iter().map(|(g, n)| (g.clone(), *n)).collect(),
+                    cpus: f.cpus,
+                    memory_gib: f.memory_gib,
+                    spot: false,
+                    price: pool.price_micros,
+                    max_nodes: Some(count),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    fn new_private(
+        &self,
+        _address: &crate::model::Address,
+        spec: &crate::model::Spec,
+        lineage: &str,
+    ) -> serde_json::Value {
+        if matches!(spec, crate::model::Spec::Job(_)) {
+            let id = uuid::Uuid::new_v4().simple().to_string();
+            return serde_json::json!({ "job_id": format!("job-{}", &id[..12]) });
+        }
+        serde_json::to_value(Private {
+            token: uuid::Uuid::new_v4().simple().to_string(),
+            lineage: lineage.to_string(),
+            ..Private::default()
+        })
+        .unwrap_or_default()
+    }
+
+    async fn refresh(
+        &self,
+        _address: &crate::model::Address,
+        res: &crate::state::ResourceState,
+        _cluster: Option<&crate::state::ResourceState>,
+    ) -> Result<crate::providers::Observed, ProviderError> {
+        use crate::providers::Observed;
+        if matches!(res.spec, crate::model::Spec::Job(_)) {
+            if _cluster.is_none() {
+                return Ok(Observed::Gone {
+                    reason: "its cluster is not in state".into(),
+                });
+            }
+            return Ok(match self.job_status(res, _cluster).await {
+                Ok(Some(s)) => Observed::Up(crate::providers::jobs::computed(&s)),
+                Ok(None) => Observed::Gone {
+                    reason: "the job is not in its cluster's queue".into(),
+                },
+                Err(e) if e.kind == ErrorKind::NotFound => Observed::Gone { reason: e.message },
+                Err(e) => return Err(e),
+            });
+        }
+        let Ok(p) = serde_json::from_value::<Private>(res.private.clone()) else {
+            return Ok(Observed::Gone {
+                reason: "no hosts recorded".into(),
+            });
+        };
+        let Some(pool) = self.pool_of(&p, res) else {
+            return Ok(Observed::Gone {
+                reason: "its pool is no longer declared".into(),
+            });
+        };
+        let seen = self.host_reports(pool).await;
+        let ours: Vec<String> = seen
+            .iter()
+            .filter(|s| s.holder.as_deref() == Some(p.token.as_str()))
+            .map(|s| s.host.to_string())
+            .collect();
+        if res.status == crate::state::Status::Creating {
+            let want = res
+                .placement
+                .as_ref()
+                .map_or(1, |c| c.num_nodes.max(1) as usize);
+            if ours.is_empty() {
+                return Ok(Observed::Gone {
+                    reason: "its creation reserved no host".into(),
+                });
+            }
+            if ours.len() == want {
+                let computed = Self::computed(&ours);
+                let private = Private {
+                    pool: Some(pool.name.clone()),
+                    hosts: ours,
+                    ..p
+                };
+                return Ok(Observed::Adopted(crate::providers::Created {
+                    computed,
+                    private: serde_json::to_value(private).unwrap_or_default(),
+                }));
+            }
+            return Ok(Observed::Degraded {
+                reason: format!(
+                    "its creation was interrupted with {} of {want} host(s)",
+                    ours.len()
+                ),
+                computed: Self::computed(&ours),
+            });
+        }
+        let answering = p.hosts.iter().all(|h| {
+            seen.iter()
+                .any(|s| &s.host.to_string() == h && s.facts.is_ok())
+        });
+        if answering && !p.hosts.is_empty() && ours.is_empty() {
+            return Ok(Observed::Gone {
+                reason: "its hosts were released outside skyform".into(),
+            });
+        }
+        for (rank, h) in p.hosts.iter().enumerate() {
+            let s = seen.iter().find(|s| &s.host.to_string() == h);
+            let why = match s {
+                None => Some(format!("host {h} (node {rank}) is no longer in the pool")),
+                Some(s) if s.facts.is_err() => Some(format!(
+                    "host {h} (node {rank}) does not answer: {}",
+                    s.facts
+                        .as_ref()
+                        .err()
+                        .map(|e| e.message.as_str())
+                        .unwrap_or_default()
+                )),
+                Some(s) if s.holder.as_deref() != Some(p.token.as_str()) => Some(format!(
+                    "host {h} (node {rank}) is no longer reserved for it"
+                )),
+                _ => None,
+            };
+            if let Some(reason) = why {
+                return Ok(Observed::Degraded {
+                    reason,
+                    computed: Self::computed(&p.hosts),
+                });
+            }
+        }
+        let mut computed = Self::computed(&p.hosts);
+        if p.build.is_some() {
+            let mine = |h: &String| seen.iter().find(|s| &s.host.to_string() == h);
+            if p.hosts.first().and_then(mine).is_some_and(|s| s.stopped) {
+                computed.insert("status".into(), serde_json::json!("STOPPED"));
+                return Ok(Observed::Up(computed));
+            }
+            for (rank, h) in p.hosts.iter().enumerate() {
+                if mine(h).is_some_and(|s| !s.agent) {
+                    return Ok(Observed::Degraded {
+                        reason: format!(
+                            "the agent of node {rank} on {h} is not running (did the host restart?)"
+                        ),
+                        computed,
+                    });
+                }
+            }
+        }
+        Ok(Observed::Up(computed))
+    }
+
+    async fn create(
+        &self,
+        req: crate::providers::Request<'_>,
+    ) -> Result<crate::providers::Created, ProviderError> {
+        match req.spec {
+            crate::model::Spec::Cluster(_) => {}
+            crate::model::Spec::Job(j) => return self.submit(&req, &j.cluster).await,
+            _ => {
+                return Err(ProviderError {
+                    kind: ErrorKind::Config,
+                    message: NO_MANAGED.into(),
+                });
+            }
+        }
+        let placement = req
+            .placement
+            .ok_or_else(|| ProviderError::other("an ssh cluster needs a placement"))?;
+        let o = &placement.offering;
+        let pool = self.pool(o.region.as_deref().unwrap_or_default())?;
+        let mut p: Private = serde_json::from_value(req.private.clone())
+            .map_err(|e| ProviderError::other(format!("bad private state: {e}")))?;
+        p.pool = Some(pool.name.clone());
+        let want = placement.num_nodes.max(1) as usize;
+        // Hosts of the planned shape, free when looked at; each is then reserved atomically.
+        self.forget(pool).await;
+        let seen = self.host_reports(pool).await;
+        self.forget(pool).await;
+        let mut got: Vec<String> = Vec::new();
+        for s in &seen {
+            if got.len() == want {
+                break;
+            }
+            let fits = matches!(&s.facts, Ok(f) if shape(f) == o.instance_type);
+            if !fits || s.holder.is_some() {
+                continue;
+            }
+            let out = Self::on_host(pool, &s.host, RESERVE, &[&p.token]).await;
+            if out.is_ok_and(|o| o.stdout.trim_end().ends_with("reserved")) {
+                got.push(s.host.to_string());
+            }
+        }
+        if got.len() < want {
+            for h in &got {
+                if let Ok(host) = h.parse::<Host>() {
+                    let _ = Self::on_host(pool, &host, RELEASE, &[&p.token]).await;
+                }
+            }
+            return Err(ProviderError {
+                kind: ErrorKind::Capacity,
+                message: format!(
+                    "pool {} has {} free host(s) of shape {}, {want} needed",
+                    pool.name,
+                    got.len(),
+                    o.instance_type
+                ),
+            });
+        }
+        p.hosts = got;
+        let gpus: f64 = o.accelerators.iter().map(|(_, n)| n).sum();
+        p.per_node = Some((o.cpus, gpus));
+        match req.spec {
+            crate::model::Spec::Cluster(spec) => self.set_up(pool, p, spec, &req).await,
+            _ => Err(ProviderError::other("only clusters hold hosts")),
+        }
+    }
+
+    /// Workdir, setup or envs changed: sync and run setup again on the same hosts.
+    async fn update(
+        &self,
+        req: crate::providers::Request<'_>,
+    ) -> Result<crate::providers::Created, ProviderError> {
+        let crate::model::Spec::Cluster(spec) = req.spec else {
+            // Jobs change by replacement only.
+            return Ok(crate::providers::Created {
+                computed: BTreeMap::new(),
+                private: req.private.clone(),
+            });
+        };
+        let p: Private = serde_json::from_value(req.private.clone())
+            .map_err(|e| ProviderError::other(format!("bad private state: {e}")))?;
+        let pool = self.pool(p.pool.as_deref().unwrap_or_default())?;
+        self.set_up(pool, p, spec, &req).await
+    }
+
+    /// Releases the cluster's hosts.
+    async fn delete(
+        &self,
+        _address: &crate::model::Address,
+        res: &crate::state::ResourceState,
+        cluster: Option<&crate::state::ResourceState>,
+    ) -> Result<(), ProviderError> {
+        if matches!(res.spec, crate::model::Spec::Job(_)) {
+            return self.cancel(res, cluster).await;
+        }
+        let Ok(p) = serde_json::from_value::<Private>(res.private.clone()) else {
+            return Ok(());
+        };
+        let Some(pool) = self.pool_of(&p, res) else {
+            return Ok(());
+        };
+        // Every host of the pool: an interrupted create may have reserved some it did not
+        // record. Only reservations with this cluster's token are released. A recorded
+        // host that does not answer fails the delete (its reservation must not be lost);
+        // others that do not answer hold nothing of this cluster's.
+        self.forget(pool).await;
+        let mut set = tokio::task::JoinSet::new();
+        for host in pool.hosts.clone() {
+            let pool = pool.clone();
+            let token = p.token.clone();
+            let recorded = p.hosts.contains(&host.to_string());
+            set.spawn(async move {
+                let script = format!("{RELEASE}\n{}", runtime::unauthorize_script());
+                let r = Self::on_host(&pool, &host, &script, &[&token]).await;
+                (host, recorded, r)
+            });
+        }
+        let mut failed = Vec::new();
+        while let Some(Ok((host, recorded, r))) = set.join_next().await {
+            if let Err(e) = r {
+                if recorded {
+                    failed.push((host, e));
+                } else {
+                    tracing::debug!(%host, error = %e, "cannot look for a reservation");
+                }
+            }
+        }
+        failed.sort_by(|a, b| a.0.cmp(&b.0));
+        match failed.into_iter().next() {
+            None => Ok(()),
+            Some((host, e)) => Err(ProviderError {
+                kind: e.kind,
+                message: format!("cannot release host {host}: {}", e.message),
+            }),
+        }
+    }
+
+    /// Stops the cluster's agents (and what they run) on every host; the hosts stay held.
+    async fn stop(&self, res: &crate::state::ResourceState) -> Result<(), ProviderError> {
+        self.on_every_host(res, &runtime::stop_script()).await
+    }
+
+    /// Starts the agents again.
+    async fn start(
+        &self,
+        res: &crate::state::ResourceState,
+    ) -> Result<serde_json::Value, ProviderError> {
+        let crate::model::Spec::Cluster(spec) = &res.spec else {
+            return Err(ProviderError::other("only clusters start"));
+        };
+        self.on_every_host(res, &format!("{HOST_DIR}\n{}", runtime::UNMARK_STOPPED))
+            .await?;
+        let mut p: Private = serde_json::from_value(res.private.clone())
+            .map_err(|e| ProviderError::other(format!("bad private state: {e}")))?;
+        let pool = self.pool(p.pool.as_deref().unwrap_or_default())?;
+        self.boot(pool, &mut p, spec).await?;
+        self.forget(pool).await;
+        Ok(serde_json::to_value(&p).unwrap_or_default())
+    }
+
+    /// Imports the cluster whose token holds hosts of a pool: `POOL/TOKEN` (the token is the
+    /// name of its directory under `clusters/` on each host).
+    async fn import(
+        &self,
+        _address: &crate::model::Address,
+        id: &str,
+    ) -> Result<crate::providers::Created, ProviderError> {
+        let (pool_name, token) = id.split_once('/').ok_or_else(|| ProviderError {
+            kind: ErrorKind::Config,
+            message: format!("{id:?} is not POOL/TOKEN"),
+        })?;
+        let pool = self.pool(pool_name)?;
+        self.forget(pool).await;
+        let seen = self.host_reports(pool).await;
+        let held: Vec<&HostReport> = seen
+            .iter()
+            .filter(|s| s.holder.as_deref() == Some(token))
+            .collect();
+        let not_found = |why: String| ProviderError {
+            kind: ErrorKind::NotFound,
+            message: why,
+        };
+        if held.is_empty() {
+            return Err(not_found(format!(
+                "no host of pool {pool_name} is held by {token}"
+            )));
+        }
+        // The head keeps cluster.json: the nodes' order and the build they run.
+        let mut info = None;
+        for s in &held {
+            let out = Self::on_host(
+                pool,
+                &s.host,
+                r#"cat "$dir/clusters/$1/cluster.json" 2>/dev/null"#,
+                &[token],
+            )
+            .await?;
+            if let Ok(i) = serde_json::from_str::<crate::runtime::ClusterInfo>(&out.stdout) {
+                info = Some((s.host.clone(), i));
+                break;
+            }
+        }
+        let (head, info) = info.ok_or_else(|| {
+            not_found(format!(
+                "the hosts held by {token} have no cluster.json: not a cluster skyform started"
+            ))
+        })?;
+        let held_names: Vec<String> = held.iter().map(|s| s.host.to_string()).collect();
+        let hosts = if info.hosts.is_empty() {
+            // Older heads recorded addresses only: match them, head first.
+            let mut hosts: Vec<String> = vec![head.to_string()];
+            for (rank, ip) in info.ips.iter().enumerate().skip(1) {
+                let h = held
+                    .iter()
+                    .find(|s| &s.host.address == ip && !hosts.contains(&s.host.to_string()))
+                    .ok_or_else(|| {
+                        not_found(format!(
+                            "node {rank} ({ip}) of {token} is not held in pool {pool_name}"
+                        ))
+                    })?;
+                hosts.push(h.host.to_string());
+            }
+            hosts
+        } else {
+            // The head recorded each node's host: take them in its order.
+            if let Some((rank, h)) = info
+                .hosts
+                .iter()
+                .enumerate()
+                .find(|(_, h)| !held_names.contains(h))
+            {
+                return Err(not_found(format!(
+                    "node {rank} ({h}) of {token} is not held in pool {pool_name}"
+                )));
+            }
+            info.hosts.clone()
+        };
+        let p = Private {
+            token: token.to_string(),
+            lineage: String::new(),
+            pool: Some(pool.name.clone()),
+            hosts,
+            build: info.build.clone(),
+            name: Some(info.name.clone()),
+            per_node: Some((info.cpus_per_node, info.gpus_per_node)),
+        };
+        Ok(crate::providers::Created {
+            computed: Self::computed(&p.hosts),
+            private: serde_json::to_value(&p).unwrap_or_default(),
+        })
+    }
+
+    fn ssh_entry(
+        &self,
+        res: &crate::state::ResourceState,
+    ) -> Result<crate::providers::SshEntry, ProviderError> {
+        let p: Private = serde_json::from_value(res.private.clone())
+            .map_err(|_| ProviderError::other("no hosts recorded"))?;
+        let pool = self.pool(p.pool.as_deref().unwrap_or_default())?;
+        let head: Host = p
+            .hosts
+            .first()
+            .ok_or_else(|| ProviderError::other("no hosts recorded"))?
+            .parse()
+            .map_err(ProviderError::other)?;
+        let a = &pool.access;
+        Ok(crate::providers::SshEntry {
+            user: head.user.clone().or_else(|| a.user.clone()),
+            address: head.address.clone(),
+            port: head.port.or(a.port),
+            identity: a.identity_file.clone(),
+            known_hosts: a.known_hosts.clone(),
+            accept_new: false,
+            config_file: a.config_file.clone(),
+        })
+    }
+
+    fn log_paths(
+        &self,
+        _res: &crate::state::ResourceState,
+        _cluster: Option<&crate::state::ResourceState>,
+    ) -> Vec<PathBuf> {
+        Vec::new()
+    }
+
+    /// Each rank's log is read where it runs: on the host of the node the head gave it.
+    async fn read_logs(
+        &self,
+        res: &crate::state::ResourceState,
+        cluster: Option<&crate::state::ResourceState>,
+        offsets: &[u64],
+    ) -> Result<Vec<Vec<u8>>, ProviderError> {
+        let crate::model::Spec::Job(j) = &res.spec else {
+            return Ok(Vec::new());
+        };
+        let (pool, hosts, p, _) = self.job_target(cluster)?;
+        let job = crate::providers::jobs::job_id(&res.private).unwrap_or_default();
+        let nodes = self
+            .job_status(res, cluster)
+            .await?
+            .map(|s| s.nodes)
+            .unwrap_or_default();
+        let mut out = vec![Vec::new(); j.num_nodes as usize];
+        for (rank, node) in nodes.iter().enumerate() {
+            let Some(host) = hosts.get(*node as usize) else {
+                continue;
+            };
+            let offset = offsets.get(rank).copied().unwrap_or(0);
+            if let Some(slot) = out.get_mut(rank) {
+                *slot = runtime::read_log(&pool.access, host, &p.token, job, rank as u32, offset)
+                    .await?;
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl SshProvider {
+    /// Runs `script` (with the cluster's token as `$1`) on every host the cluster holds.
+    async fn on_every_host(
+        &self,
+        res: &crate::state::ResourceState,
+        script: &str,
+    ) -> Result<(), ProviderError> {
+        let p: Private = serde_json::from_value(res.private.clone())
+            .map_err(|_| ProviderError::other("no hosts recorded"))?;
+        let pool = self.pool(p.pool.as_deref().unwrap_or_default())?;
+        for h in &p.hosts {
+            let host: Host = h.parse().map_err(ProviderError::other)?;
+            let out = Self::on_host(pool, &host, script, &[&p.token]).await?;
+            if out.code != Some(0) {
+                return Err(ProviderError::other(format!(
+                    "on {host}: {}",
+                    out.stderr.trim()
+                )));
+            }
+        }
+        self.forget(pool).await;
+        Ok(())
+    }
+
+    /// Submits a job to the queue on its cluster's head.
+    async fn submit(
+        &self,
+        req: &crate::providers::Request<'_>,
+        cluster_addr: &crate::model::Address,
+    ) -> Result<crate::providers::Created, ProviderError> {
+        let (pool, hosts, p, build) = self.job_target(req.cluster)?;
+        let id = crate::providers::jobs::job_id(req.private).unwrap_or_default();
+        let mut after = Vec::new();
+        for (addr, dep) in &req.after {
+            let same =
+                matches!(&dep.spec, crate::model::Spec::Job(d) if &d.cluster == cluster_addr);
+            let Some(job) = crate::providers::jobs::job_id(&dep.private).filter(|_| same) else {
+                return Err(ProviderError {
+                    kind: ErrorKind::Config,
+                    message: format!(
+                        "{} waits for {addr}, which does not run on {cluster_addr}: on ssh pools a job can wait only for jobs of its own cluster",
+                        req.address
+                    ),
+                });
+            };
+            after.push(crate::runtime::Dependency {
+                status: crate::runtime::Layout::new("").status(job),
+                name: addr.to_string(),
+            });
+        }
+        let record = crate::providers::jobs::record(req.address, req.spec, id, after)
+            .ok_or_else(|| ProviderError::other("not a job"))?;
+        let call = crate::runtime::link::Call::Submit { job: record };
+        let answer = runtime::call(&pool.access, &hosts[0], &p.token, &build, &call).await?;
+        Ok(crate::providers::Created {
+            computed: answer
+                .status
+                .as_ref()
+                .map(crate::providers::jobs::computed)
+                .unwrap_or_default(),
+            private: req.private.clone(),
+        })
+    }
+
+    /// Cancels a job that has not ended, and waits (a little) until the head confirms.
+    async fn cancel(
+        &self,
+        res: &crate::state::ResourceState,
+        cluster: Option<&crate::state::ResourceState>,
+    ) -> Result<(), ProviderError> {
+        let Ok((pool, hosts, p, build)) = self.job_target(cluster) else {
+            // No cluster, nothing runs the job.
+            return Ok(());
+        };
+        let job = crate::providers::jobs::job_id(&res.private).unwrap_or_default();
+        let call = crate::runtime::link::Call::Cancel { job: job.into() };
+        let mut status = match runtime::call(&pool.access, &hosts[0], &p.token, &build, &call).await
+        {
+            Ok(a) => a.status,
+            // The cluster's runtime is gone from its head: so is the job.
+            Err(e) if e.kind == ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        for _ in 0..50 {
+            if status.as_ref().is_none_or(|s| s.state.is_final()) {
+                return Ok(());
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            status = self.job_status(res, cluster).await?;
+        }
+        Err(ProviderError::other(format!(
+            "the head did not confirm that job {job} stopped"
+        )))
+    }
+}
