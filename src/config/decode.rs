@@ -1,10 +1,10 @@
 //! Decoding evaluated block bodies into typed specs, with a diagnostic for every problem.
 
 use super::diag::{Diagnostic, Diagnostics, did_you_mean};
-use super::eval::to_json;
 use super::functions::hex;
 use super::load::{AttrDecl, BodyDecl};
 use super::schema::{self, BlockSchema, Ty};
+use super::value::{has_unknown, safe_evaluate, to_json};
 use crate::model::{
     Accelerator, Accelerators, Address, Autostop, ClusterSpec, Cpus, JobSpec, Kind, Lifecycle,
     ManagedJobSpec, Memory, ReadinessProbe, Recovery, ReplicaPolicy, Resources, ServiceSpec, Spec,
@@ -504,7 +504,7 @@ fn require_known(
                 continue;
             }
             if let Some(v) = eval(attr)
-                && crate::model::contains_unknown(&super::eval::to_json(&v))
+                && has_unknown(&v)
             {
                 ok = false;
                 diags.push(
@@ -726,7 +726,7 @@ pub fn lifecycle(body: &BodyDecl, kind: Kind, diags: &mut Diagnostics) -> Lifecy
     };
     let mut problems = Vec::new();
     let mut literal = |attr: &AttrDecl| -> Option<Value> {
-        let v = super::eval::safe_evaluate(&attr.eval_expr, &hcl::eval::Context::new()).ok();
+        let v = safe_evaluate(&attr.eval_expr, &hcl::eval::Context::new()).ok();
         if v.is_none() {
             problems.push(
                 Diagnostic::error(format!(

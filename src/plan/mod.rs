@@ -4,7 +4,7 @@
 pub mod refresh;
 
 use crate::config::{
-    self, Config, Diagnostic, Diagnostics, InputValue, Instance, OutputValue, Resolver,
+    self, Config, Diagnostic, Diagnostics, InputValue, Instance, InstanceSink, OutputValue,
 };
 use crate::model::spec::{computed_attributes, effect_of};
 use crate::model::{Address, Effect, Kind, Spec, UNKNOWN};
@@ -186,7 +186,7 @@ fn attrs_json(spec: &Spec) -> serde_json::Map<String, serde_json::Value> {
     spec.attributes()
 }
 
-impl Resolver for Planner<'_> {
+impl InstanceSink for Planner<'_> {
     fn resource(&mut self, inst: Instance) -> BTreeMap<String, serde_json::Value> {
         let addr = inst.address.clone();
         let prior = self.state.resources.get(&addr);
