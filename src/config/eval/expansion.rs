@@ -21,6 +21,10 @@ impl<R: InstanceSink> Evaluator<'_, R> {
             let refs: Vec<&Ref> = count.refs.iter().collect();
             let ctx = self.context(scope, &refs, &Bindings::default());
             let v = self.eval_attr(count, &ctx, &refs)?;
+            if has_unknown(&v) && self.touches_tainted(&refs) {
+                // Unknown because a declaration it uses failed, and that was reported already.
+                return None;
+            }
             let n = match &v {
                 Value::Number(n) => n.as_u64().or_else(|| {
                     n.as_f64()
@@ -164,5 +168,121 @@ impl<R: InstanceSink> Evaluator<'_, R> {
             }
         }
         Some(vec![(None, Bindings::default())])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::eval::testing::evaluate_one;
+    use serde_json::json;
+
+    #[test]
+    fn for_each_over_a_set_makes_one_instance_per_distinct_key_in_order() {
+        let e = evaluate_one(
+            r#"
+cluster "c" {}
+job "j" {
+  for_each = toset(["b", "a", "b"])
+  cluster  = cluster.c
+  run      = "echo ${each.key}=${each.value}"
+}
+"#,
+        );
+        assert_eq!(e.errors(), Vec::<String>::new());
+        assert_eq!(
+            e.addresses(),
+            ["cluster.c", r#"job.j["a"]"#, r#"job.j["b"]"#]
+        );
+        assert_eq!(e.attr(r#"job.j["a"]"#, "run"), json!("echo a=a"));
+        assert_eq!(e.attr(r#"job.j["b"]"#, "run"), json!("echo b=b"));
+    }
+
+    #[test]
+    fn for_each_over_a_map_binds_key_and_value() {
+        let e = evaluate_one(
+            r#"
+cluster "c" {
+  for_each = { small = 1, big = 4 }
+  num_nodes = each.value
+}
+output "sizes" {
+  value = { for k, c in cluster.c : k => c.num_nodes }
+}
+"#,
+        );
+        assert_eq!(e.errors(), Vec::<String>::new());
+        assert_eq!(
+            e.addresses(),
+            [r#"cluster.c["big"]"#, r#"cluster.c["small"]"#]
+        );
+        assert_eq!(e.output("sizes"), json!({ "big": 4, "small": 1 }));
+    }
+
+    #[test]
+    fn count_makes_indexed_instances_and_a_list() {
+        let e = evaluate_one(
+            r#"
+cluster "c" {}
+job "j" {
+  count   = 3
+  cluster = cluster.c
+  run     = "n${count.index}"
+}
+output "runs" {
+  value = [for j in job.j : j.run]
+}
+"#,
+        );
+        assert_eq!(e.errors(), Vec::<String>::new());
+        assert_eq!(
+            e.addresses(),
+            ["cluster.c", "job.j[0]", "job.j[1]", "job.j[2]"]
+        );
+        assert_eq!(e.output("runs"), json!(["n0", "n1", "n2"]));
+    }
+
+    #[test]
+    fn count_of_zero_makes_no_instance_and_no_error() {
+        let e = evaluate_one("cluster \"c\" {\n  count = 0\n}\n");
+        assert_eq!(e.errors(), Vec::<String>::new());
+        assert!(e.addresses().is_empty());
+    }
+
+    #[test]
+    fn a_negative_count_is_an_error_at_the_count() {
+        let e = evaluate_one("cluster \"c\" {\n  count = -1\n}\n");
+        let errors = e.errors();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0].starts_with("invalid count for cluster \"c\""),
+            "{errors:?}"
+        );
+        assert!(errors[0].ends_with("main.sky.hcl:2:11"), "{errors:?}");
+        assert!(e.addresses().is_empty());
+    }
+
+    #[test]
+    fn a_list_with_duplicates_is_not_a_set() {
+        let e = evaluate_one("cluster \"c\" {\n  for_each = [\"a\", \"a\"]\n}\n");
+        let errors = e.errors();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].contains("duplicate values"), "{errors:?}");
+        assert!(errors[0].ends_with("main.sky.hcl:2:14"), "{errors:?}");
+    }
+
+    #[test]
+    fn for_each_keys_known_only_after_apply_are_an_error() {
+        let e = evaluate_one(
+            r#"
+cluster "c" {}
+cluster "d" {
+  for_each = toset([cluster.c.head_ip])
+}
+"#,
+        );
+        let errors = e.errors();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].contains("known only after apply"), "{errors:?}");
+        assert_eq!(e.addresses(), ["cluster.c"]);
     }
 }

@@ -445,3 +445,94 @@ impl<'a, R: InstanceSink> Evaluator<'a, R> {
             .insert(name.to_string(), (Value::Null, sensitive));
     }
 }
+
+/// Small configurations evaluated for the unit tests of each part: the files are written to a
+/// temporary directory, loaded, and evaluated with [`Collect`] (every computed attribute unknown).
+#[cfg(test)]
+mod testing {
+    use super::{Collect, Instance, OutputValue};
+    use crate::config::{Diagnostics, Sources};
+    use std::collections::BTreeMap;
+
+    #[derive(Debug)]
+    pub(super) struct Evaluated {
+        pub instances: Vec<Instance>,
+        pub outputs: BTreeMap<String, OutputValue>,
+        pub diags: Diagnostics,
+        pub sources: Sources,
+    }
+
+    impl Evaluated {
+        /// The instances' addresses, in the order the sink was told of them.
+        pub fn addresses(&self) -> Vec<String> {
+            self.instances
+                .iter()
+                .map(|i| i.address.to_string())
+                .collect()
+        }
+
+        /// Each error as `message @ file:line:col`.
+        pub fn errors(&self) -> Vec<String> {
+            self.diags
+                .items
+                .iter()
+                .filter(|d| d.is_error())
+                .map(|d| {
+                    let at = d.position(&self.sources);
+                    format!("{} @ {}", d.message, at.as_deref().unwrap_or("nowhere"))
+                })
+                .collect()
+        }
+
+        /// The hints of the errors, in order.
+        pub fn hints(&self) -> Vec<String> {
+            self.diags
+                .items
+                .iter()
+                .filter_map(|d| d.hint.clone())
+                .collect()
+        }
+
+        pub fn output(&self, name: &str) -> serde_json::Value {
+            self.outputs
+                .get(name)
+                .map_or(serde_json::Value::Null, |o| o.value.clone())
+        }
+
+        /// An attribute of the instance at `address`, as the sink was given it.
+        pub fn attr(&self, address: &str, name: &str) -> serde_json::Value {
+            self.instances
+                .iter()
+                .find(|i| i.address.to_string() == address)
+                .and_then(|i| i.spec.attributes().get(name).cloned())
+                .unwrap_or(serde_json::Value::Null)
+        }
+    }
+
+    /// Loads and evaluates `files` (path, text) with no input variables.
+    pub(super) fn evaluate(files: &[(&str, &str)]) -> Evaluated {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        for (name, text) in files {
+            let path = dir.path().join(name);
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent).expect("a module directory");
+            }
+            std::fs::write(&path, text).expect("a configuration file");
+        }
+        let (config, mut diags) = crate::config::load(dir.path());
+        let mut sink = Collect::default();
+        let (outputs, more) = crate::config::evaluate(&config, &BTreeMap::new(), &mut sink);
+        diags.extend(more);
+        Evaluated {
+            instances: sink.instances,
+            outputs,
+            diags,
+            sources: config.sources,
+        }
+    }
+
+    /// As [`evaluate`], for one root file.
+    pub(super) fn evaluate_one(text: &str) -> Evaluated {
+        evaluate(&[("main.sky.hcl", text)])
+    }
+}

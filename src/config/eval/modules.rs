@@ -1,6 +1,7 @@
 //! Module calls: a `module` block into one call of the child module per instance, with its
 //! inputs checked against the child's variables; the child's outputs become the block's value.
 
+use super::references::Node;
 use super::{BlockValue, Evaluator, InstanceSink, Scope};
 use crate::config::diag::{Diagnostic, FileId, did_you_mean};
 use crate::config::functions;
@@ -45,6 +46,10 @@ impl<R: InstanceSink> Evaluator<'_, R> {
         let what = format!("module \"{name}\"");
         let module_deps = self.dependencies(scope, &decl.body);
         let Some(keys) = self.expand(scope, &decl.body, &what) else {
+            // As for a resource: unknown to what uses it, with the cause reported once.
+            let node = Node::Module(name.to_string());
+            scope.set_unknown(&node);
+            self.taint(&node);
             return;
         };
         let is_count = decl.body.attrs.contains_key("count");
@@ -151,6 +156,131 @@ impl<R: InstanceSink> Evaluator<'_, R> {
                 sensitive,
                 sensitive_attrs: BTreeSet::new(),
             },
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::eval::testing::evaluate;
+    use serde_json::json;
+
+    const CHILD: &str = r#"
+variable "n" {
+  type = number
+}
+variable "prefix" {
+  type    = string
+  default = "w"
+}
+cluster "c" {
+  count = var.n
+  setup = "${var.prefix}${count.index}"
+}
+output "setups" {
+  value = [for c in cluster.c : c.setup]
+}
+"#;
+
+    #[test]
+    fn a_module_output_carries_values_from_inside_the_module() {
+        let e = evaluate(&[
+            (
+                "main.sky.hcl",
+                r#"
+module "m" {
+  source = "./modules/m"
+  n      = 2
+}
+output "setups" {
+  value = module.m.setups
+}
+"#,
+            ),
+            ("modules/m/main.sky.hcl", CHILD),
+        ]);
+        assert_eq!(e.errors(), Vec::<String>::new());
+        assert_eq!(
+            e.addresses(),
+            ["module.m.cluster.c[0]", "module.m.cluster.c[1]"]
+        );
+        assert_eq!(e.output("setups"), json!(["w0", "w1"]));
+    }
+
+    #[test]
+    fn a_module_with_for_each_is_called_once_per_key() {
+        let e = evaluate(&[
+            (
+                "main.sky.hcl",
+                r#"
+module "m" {
+  source   = "./modules/m"
+  for_each = { x = 1, y = 2 }
+  n        = each.value
+  prefix   = each.key
+}
+output "setups" {
+  value = { for k, m in module.m : k => m.setups }
+}
+"#,
+            ),
+            ("modules/m/main.sky.hcl", CHILD),
+        ]);
+        assert_eq!(e.errors(), Vec::<String>::new());
+        assert_eq!(
+            e.addresses(),
+            [
+                r#"module.m["x"].cluster.c[0]"#,
+                r#"module.m["y"].cluster.c[0]"#,
+                r#"module.m["y"].cluster.c[1]"#,
+            ]
+        );
+        assert_eq!(
+            e.output("setups"),
+            json!({ "x": ["x0"], "y": ["y0", "y1"] })
+        );
+    }
+
+    #[test]
+    fn inputs_are_checked_against_the_modules_variables() {
+        let e = evaluate(&[
+            (
+                "main.sky.hcl",
+                "module \"m\" {\n  source = \"./modules/m\"\n  nn     = 1\n}\n",
+            ),
+            ("modules/m/main.sky.hcl", CHILD),
+        ]);
+        let errors = e.errors();
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(
+            errors[0].starts_with(r#"module "m" has no variable "nn" @ "#)
+                && errors[0].ends_with("main.sky.hcl:3:12"),
+            "{errors:?}"
+        );
+        // The required input that was not given is reported at the module block.
+        assert!(
+            errors[1].starts_with(r#"no value for required variable "n" @ "#)
+                && errors[1].ends_with("main.sky.hcl:1:1"),
+            "{errors:?}"
+        );
+        assert_eq!(e.hints()[0], r#"did you mean "n"?"#);
+    }
+
+    #[test]
+    fn an_input_of_the_wrong_type_is_reported_at_the_input() {
+        let e = evaluate(&[
+            (
+                "main.sky.hcl",
+                "module \"m\" {\n  source = \"./modules/m\"\n  n      = [1]\n}\n",
+            ),
+            ("modules/m/main.sky.hcl", CHILD),
+        ]);
+        let errors = e.errors();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0].starts_with(r#"wrong type for module input "n": "#)
+                && errors[0].ends_with("main.sky.hcl:3:12"),
+            "{errors:?}"
         );
     }
 }

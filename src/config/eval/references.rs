@@ -484,3 +484,109 @@ pub(super) fn unknown_root(
     diags.push(d);
     Err(())
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::eval::testing::evaluate_one;
+
+    #[test]
+    fn a_reference_to_a_missing_declaration_is_reported_at_the_reference() {
+        let e = evaluate_one(
+            r#"
+cluster "main" {}
+job "j" {
+  cluster = cluster.mian
+  run     = "x"
+}
+"#,
+        );
+        assert_eq!(
+            e.errors(),
+            [r#"reference to undeclared resource "cluster.mian" @ main.sky.hcl:4:13"#]
+        );
+        assert_eq!(e.hints(), ["did you mean cluster.main?"]);
+        // The job is not evaluated; the cluster, which does not depend on it, still is.
+        assert_eq!(e.addresses(), ["cluster.main"]);
+    }
+
+    #[test]
+    fn undeclared_variables_and_locals_say_how_to_declare_them() {
+        let e = evaluate_one("locals {\n  a = var.size\n  b = local.nope\n}\n");
+        assert_eq!(
+            e.errors(),
+            [
+                r#"reference to undeclared variable "var.size" @ main.sky.hcl:2:7"#,
+                r#"reference to undeclared local value "local.nope" @ main.sky.hcl:3:7"#,
+            ]
+        );
+        assert_eq!(
+            e.hints()[0],
+            r#"declare it: variable "size" { type = string }"#
+        );
+    }
+
+    #[test]
+    fn an_attribute_a_resource_does_not_export_is_reported() {
+        let e = evaluate_one("cluster \"c\" {}\noutput \"o\" {\n  value = cluster.c.head_iq\n}\n");
+        assert_eq!(
+            e.errors(),
+            [r#"cluster.c has no attribute "head_iq" @ main.sky.hcl:3:11"#]
+        );
+        assert_eq!(e.hints(), ["did you mean cluster.c.head_ip?"]);
+    }
+
+    #[test]
+    fn dependencies_decide_the_order_not_the_file() {
+        let e = evaluate_one(
+            r#"
+job "j" {
+  cluster = cluster.c
+  run     = "x"
+}
+cluster "c" {}
+"#,
+        );
+        assert_eq!(e.errors(), Vec::<String>::new());
+        assert_eq!(e.addresses(), ["cluster.c", "job.j"]);
+        let job = &e.instances[1];
+        let deps: Vec<String> = job.depends_on.iter().map(|a| a.to_string()).collect();
+        assert_eq!(deps, ["cluster.c"]);
+    }
+
+    #[test]
+    fn a_cycle_is_reported_once_with_its_members() {
+        let e = evaluate_one("locals {\n  a = local.b\n  b = local.a\n}\n");
+        let errors = e.errors();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0].starts_with("dependency cycle: ")
+                && errors[0].contains("local.a")
+                && errors[0].contains("local.b"),
+            "{errors:?}"
+        );
+    }
+
+    #[test]
+    fn a_self_reference_is_a_cycle_of_one() {
+        let e = evaluate_one("locals {\n  l = local.l\n}\n");
+        assert_eq!(e.errors(), ["local.l refers to itself @ main.sky.hcl:2:7"]);
+    }
+
+    #[test]
+    fn each_and_count_exist_only_where_the_block_expands() {
+        let e = evaluate_one(
+            r#"
+cluster "c" {
+  setup = "${each.key} ${count.index}"
+}
+"#,
+        );
+        assert_eq!(
+            e.errors(),
+            [
+                "each is only available in blocks with for_each @ main.sky.hcl:3:14",
+                "count.index is only available in blocks with count @ main.sky.hcl:3:26",
+            ]
+        );
+    }
+}

@@ -1,6 +1,7 @@
 //! Resources: one resource block into its instances, each decoded into a spec and handed to
 //! the [`InstanceSink`], whose answer (the computed attributes) is what references read.
 
+use super::references::Node;
 use super::values::{all_attrs, evaluate_attr};
 use super::{BlockValue, Evaluator, Instance, InstanceSink, Scope};
 use crate::config::decode;
@@ -22,15 +23,11 @@ impl<R: InstanceSink> Evaluator<'_, R> {
         let mut deps = self.dependencies(scope, &decl.body);
         deps.extend(scope.inherited.iter().cloned());
         let Some(keys) = self.expand(scope, &decl.body, &what) else {
-            scope.resources.insert(
-                (kind, name.to_string()),
-                BlockValue {
-                    value: Value::Null,
-                    instances: BTreeSet::new(),
-                    sensitive: false,
-                    sensitive_attrs: BTreeSet::new(),
-                },
-            );
+            // Its instances are not known (the cause is reported): what uses it sees an
+            // unknown and reports nothing more.
+            let node = Node::Resource(kind, name.to_string());
+            scope.set_unknown(&node);
+            self.taint(&node);
             return;
         };
         let lifecycle = decode::lifecycle(&decl.body, kind, self.diags);
@@ -146,6 +143,72 @@ impl<R: InstanceSink> Evaluator<'_, R> {
                 sensitive: false,
                 sensitive_attrs: all_sensitive,
             },
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::eval::testing::evaluate_one;
+    use crate::model::UNKNOWN;
+    use serde_json::json;
+
+    #[test]
+    fn references_read_the_spec_and_what_the_sink_answers() {
+        let e = evaluate_one(
+            r#"
+cluster "c" {
+  num_nodes = 2
+}
+job "j" {
+  cluster = cluster.c
+  run     = "ssh ${cluster.c.head_ip} x${cluster.c.num_nodes}"
+}
+output "address" {
+  value = job.j.address
+}
+"#,
+        );
+        assert_eq!(e.errors(), Vec::<String>::new());
+        // num_nodes comes from the cluster's spec; head_ip from the sink (unknown here).
+        assert_eq!(e.attr("job.j", "run"), json!(format!("ssh {UNKNOWN} x2")));
+        assert_eq!(e.output("address"), json!("job.j"));
+    }
+
+    #[test]
+    fn attributes_built_from_sensitive_values_are_marked() {
+        let e = evaluate_one(
+            r#"
+variable "key" {
+  type      = string
+  default   = "k"
+  sensitive = true
+}
+cluster "c" {}
+job "j" {
+  cluster = cluster.c
+  run     = "train"
+  envs    = { KEY = var.key }
+}
+"#,
+        );
+        assert_eq!(e.errors(), Vec::<String>::new());
+        let job = e
+            .instances
+            .iter()
+            .find(|i| i.address.to_string() == "job.j")
+            .map(|i| i.sensitive.iter().cloned().collect::<Vec<_>>());
+        assert_eq!(job, Some(vec!["envs".to_string()]));
+    }
+
+    #[test]
+    fn a_value_of_the_wrong_type_is_reported_at_the_value() {
+        let e = evaluate_one("cluster \"c\" {\n  num_nodes = \"many\"\n}\n");
+        assert_eq!(
+            e.errors(),
+            [
+                r#"wrong type for "num_nodes" in cluster: expected a whole number, found a string @ main.sky.hcl:2:15"#
+            ]
         );
     }
 }

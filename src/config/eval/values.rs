@@ -222,3 +222,108 @@ pub(super) fn all_attrs(body: &BodyDecl) -> Vec<&AttrDecl> {
     }
     v
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::eval::testing::evaluate_one;
+    use crate::model::UNKNOWN;
+    use serde_json::json;
+
+    #[test]
+    fn a_failure_caused_by_an_unknown_value_is_an_unknown_not_an_error() {
+        // Collect leaves every computed attribute unknown: the index and the sum wait for apply.
+        let e = evaluate_one(
+            r#"
+cluster "c" {}
+output "first" {
+  value = cluster.c.ips[3]
+}
+output "sum" {
+  value = cluster.c.head_ip + 1
+}
+"#,
+        );
+        assert_eq!(e.errors(), Vec::<String>::new());
+        assert_eq!(e.output("first"), json!(UNKNOWN));
+        assert_eq!(e.output("sum"), json!(UNKNOWN));
+    }
+
+    #[test]
+    fn an_unknown_function_is_reported_with_the_nearest_name() {
+        let e = evaluate_one("locals {\n  n = lenght([1, 2])\n}\n");
+        assert_eq!(
+            e.errors(),
+            [r#"cannot evaluate "n": unknown function lenght() @ main.sky.hcl:2:7"#]
+        );
+        assert_eq!(e.hints(), ["did you mean length()?"]);
+    }
+
+    #[test]
+    fn what_depends_on_a_failed_declaration_is_not_reported_again() {
+        let e = evaluate_one(
+            r#"
+locals {
+  a = lenght([1])
+  b = "${local.a}-x"
+}
+output "o" {
+  value = local.b
+}
+"#,
+        );
+        assert_eq!(e.errors().len(), 1, "{:?}", e.errors());
+        assert!(
+            e.output("o").as_str().is_some_and(|s| s.contains(UNKNOWN)),
+            "{:?}",
+            e.output("o")
+        );
+    }
+
+    #[test]
+    fn expressions_see_locals_variables_and_the_workspace() {
+        let e = evaluate_one(
+            r#"
+variable "n" {
+  type    = number
+  default = 2
+}
+locals {
+  twice = var.n * 2
+}
+output "o" {
+  value = "${skyform.workspace}-${local.twice}"
+}
+"#,
+        );
+        assert_eq!(e.errors(), Vec::<String>::new());
+        assert_eq!(e.output("o"), json!("default-4"));
+    }
+
+    #[test]
+    fn a_value_derived_from_a_sensitive_variable_must_be_marked() {
+        let e = evaluate_one(
+            r#"
+variable "token" {
+  type      = string
+  default   = "s3cret"
+  sensitive = true
+}
+locals {
+  header = "Bearer ${var.token}"
+}
+output "shown" {
+  value = local.header
+}
+output "hidden" {
+  value     = local.header
+  sensitive = true
+}
+"#,
+        );
+        assert_eq!(
+            e.errors(),
+            [r#"output "shown" shows a sensitive value @ main.sky.hcl:11:11"#]
+        );
+        assert!(e.outputs.get("hidden").is_some_and(|o| o.sensitive));
+    }
+}
