@@ -15,7 +15,8 @@ use sha2::Digest;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-type Eval<'a> = dyn FnMut(&AttrDecl) -> Option<Value> + 'a;
+/// Evaluates one attribute for decoding; `None` when it failed (and was reported).
+type EvalAttr<'a> = dyn FnMut(&AttrDecl) -> Option<Value> + 'a;
 
 /// Evaluates and type-checks the attributes of `body` per `schema`.
 struct Fields<'b> {
@@ -26,7 +27,7 @@ struct Fields<'b> {
 fn fields<'b>(
     body: &'b BodyDecl,
     schema: &BlockSchema,
-    eval: &mut Eval<'_>,
+    eval: &mut EvalAttr<'_>,
     what: &str,
     diags: &mut Diagnostics,
 ) -> Fields<'b> {
@@ -221,7 +222,7 @@ fn request_error<T>(
 
 fn decode_resources(
     body: Option<&BodyDecl>,
-    eval: &mut Eval<'_>,
+    eval: &mut EvalAttr<'_>,
     what: &str,
     diags: &mut Diagnostics,
     top: bool,
@@ -486,7 +487,7 @@ const KNOWN_AT_PLAN: [&str; 8] = [
 /// Reports attributes in `KNOWN_AT_PLAN` whose value is unknown; true when there were none.
 fn require_known(
     body: &BodyDecl,
-    eval: &mut Eval<'_>,
+    eval: &mut EvalAttr<'_>,
     what: &str,
     diags: &mut Diagnostics,
 ) -> bool {
@@ -530,7 +531,7 @@ fn require_known(
 pub fn decode(
     kind: Kind,
     body: &BodyDecl,
-    eval: &mut Eval<'_>,
+    eval: &mut EvalAttr<'_>,
     what: &str,
     dirs: &Dirs<'_>,
     diags: &mut Diagnostics,

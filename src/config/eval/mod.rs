@@ -26,7 +26,7 @@ use super::vars;
 use crate::model::{Address, Kind, Lifecycle, ModulePath, Spec, UNKNOWN};
 use hcl::Value;
 use hcl::eval::Context;
-use modules::{Call, ModuleResult};
+use modules::{ModuleCall, ModuleResult};
 use references::Node;
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
@@ -215,10 +215,10 @@ impl<'a, R: InstanceSink> Evaluator<'a, R> {
                 self.diags.push(d);
             }
         }
-        let call = Call {
+        let call = ModuleCall {
             given,
             rejected,
-            ..Call::default()
+            ..ModuleCall::default()
         };
         let result = self.eval_module(module, Vec::new(), call);
         result
@@ -236,8 +236,13 @@ impl<'a, R: InstanceSink> Evaluator<'a, R> {
             .collect()
     }
 
-    fn eval_module(&mut self, module: &ModuleSource, path: ModulePath, call: Call) -> ModuleResult {
-        let Call {
+    fn eval_module(
+        &mut self,
+        module: &ModuleSource,
+        path: ModulePath,
+        call: ModuleCall,
+    ) -> ModuleResult {
+        let ModuleCall {
             given,
             rejected,
             sensitive_inputs,
@@ -259,8 +264,8 @@ impl<'a, R: InstanceSink> Evaluator<'a, R> {
         // an unknown value instead, so its own, independent problems are still found (and the
         // ones the unknown would cause are not).
         let outer_tainted = std::mem::take(&mut self.tainted);
-        let mut failed: BTreeSet<Node> = order.bad.clone();
-        for node in &order.bad {
+        let mut failed: BTreeSet<Node> = order.unresolved.clone();
+        for node in &order.unresolved {
             scope.set_unknown(node);
             self.taint(node);
         }

@@ -21,7 +21,7 @@ pub(super) struct ModuleResult {
 
 /// What a module is called with.
 #[derive(Debug, Default)]
-pub(super) struct Call {
+pub(super) struct ModuleCall {
     /// Input values by variable name.
     pub(super) given: BTreeMap<String, Value>,
     /// Inputs given a value that was rejected (reported already).
@@ -112,7 +112,7 @@ impl<R: InstanceSink> Evaluator<'_, R> {
                 name: name.to_string(),
                 key: key.clone(),
             });
-            let call = Call {
+            let call = ModuleCall {
                 given,
                 rejected,
                 sensitive_inputs,

@@ -36,7 +36,7 @@ impl Node {
 /// references could not be resolved (or that sit in a cycle).
 pub(super) struct Order {
     pub(super) nodes: Vec<Node>,
-    pub(super) bad: BTreeSet<Node>,
+    pub(super) unresolved: BTreeSet<Node>,
 }
 
 impl<R: InstanceSink> Evaluator<'_, R> {
@@ -65,9 +65,9 @@ impl<R: InstanceSink> Evaluator<'_, R> {
         // Edges: dependency → dependent.
         let mut sites: BTreeMap<Node, (FileId, Range<usize>)> = BTreeMap::new();
         let mut edges: Vec<(Node, Node, FileId, Range<usize>)> = Vec::new();
-        let mut both_meta: Vec<Node> = Vec::new();
-        let mut bad: BTreeSet<Node> = BTreeSet::new();
-        let mut check =
+        let mut count_and_for_each: Vec<Node> = Vec::new();
+        let mut unresolved: BTreeSet<Node> = BTreeSet::new();
+        let mut record_refs =
             |this: &Node, file: FileId, refs: &[&Ref], ctx: RefContext, diags: &mut Diagnostics| {
                 for r in refs {
                     match resolve_ref(module, r, file, ctx, diags) {
@@ -76,7 +76,7 @@ impl<R: InstanceSink> Evaluator<'_, R> {
                         }
                         Ok(None) => {}
                         Err(()) => {
-                            bad.insert(this.clone());
+                            unresolved.insert(this.clone());
                         }
                     }
                 }
@@ -85,32 +85,32 @@ impl<R: InstanceSink> Evaluator<'_, R> {
             let node = Node::Local(name.clone());
             sites.insert(node.clone(), (decl.file, decl.span.clone()));
             let refs: Vec<&Ref> = decl.refs.iter().collect();
-            check(&node, decl.file, &refs, RefContext::plain(), self.diags);
+            record_refs(&node, decl.file, &refs, RefContext::plain(), self.diags);
         }
         for ((kind, name), decl) in &module.resources {
             let node = Node::Resource(*kind, name.clone());
             if decl.body.attrs.contains_key("count") && decl.body.attrs.contains_key("for_each") {
                 // Reported when loading; which one was meant is unknown.
-                both_meta.push(node.clone());
+                count_and_for_each.push(node.clone());
             }
             sites.insert(node.clone(), (decl.file, decl.span.clone()));
-            self.check_body_refs(&node, decl.file, &decl.body, &mut check);
+            self.check_body_refs(&node, decl.file, &decl.body, &mut record_refs);
         }
         for (name, decl) in &module.modules {
             let node = Node::Module(name.clone());
             sites.insert(node.clone(), (decl.file, decl.span.clone()));
-            self.check_body_refs(&node, decl.file, &decl.body, &mut check);
+            self.check_body_refs(&node, decl.file, &decl.body, &mut record_refs);
         }
         for (name, decl) in &module.outputs {
             let node = Node::Output(name.clone());
             sites.insert(node.clone(), (decl.file, decl.span.clone()));
             let refs: Vec<&Ref> = decl.body.refs();
-            check(&node, decl.file, &refs, RefContext::plain(), self.diags);
+            record_refs(&node, decl.file, &refs, RefContext::plain(), self.diags);
         }
         for (name, decl) in &module.variables {
             sites.insert(Node::Var(name.clone()), (decl.file, decl.span.clone()));
         }
-        bad.extend(both_meta);
+        unresolved.extend(count_and_for_each);
         for (from, to, file, span) in edges {
             let (Some(&a), Some(&b)) = (index.get(&from), index.get(&to)) else {
                 continue;
@@ -123,7 +123,7 @@ impl<R: InstanceSink> Evaluator<'_, R> {
                         .label("a block cannot use its own attributes")
                         .hint("use a variable or local for the value, or move it to another block"),
                 );
-                bad.insert(to);
+                unresolved.insert(to);
                 continue;
             }
             graph.update_edge(a, b, ());
@@ -186,9 +186,12 @@ impl<R: InstanceSink> Evaluator<'_, R> {
         // Variables first so defaults and inputs are in place (they have no dependencies).
         order.sort_by_key(|n| !matches!(n, Node::Var(_)));
         for i in cyclic {
-            bad.insert(graph[i].clone());
+            unresolved.insert(graph[i].clone());
         }
-        Order { nodes: order, bad }
+        Order {
+            nodes: order,
+            unresolved,
+        }
     }
 
     pub(super) fn check_body_refs(
@@ -196,7 +199,7 @@ impl<R: InstanceSink> Evaluator<'_, R> {
         node: &Node,
         file: FileId,
         body: &BodyDecl,
-        check: &mut impl FnMut(&Node, FileId, &[&Ref], RefContext, &mut Diagnostics),
+        record_refs: &mut impl FnMut(&Node, FileId, &[&Ref], RefContext, &mut Diagnostics),
     ) {
         let has_count = body.attrs.contains_key("count");
         let has_each = body.attrs.contains_key("for_each");
@@ -210,11 +213,11 @@ impl<R: InstanceSink> Evaluator<'_, R> {
                     each: has_each,
                 }
             };
-            check(node, file, &refs, ctx, self.diags);
+            record_refs(node, file, &refs, ctx, self.diags);
         }
         for (_, nested, _, _) in body.blocks.iter().filter(|b| b.0 != "lifecycle") {
             let refs = nested.refs();
-            check(
+            record_refs(
                 node,
                 file,
                 &refs,

@@ -46,7 +46,7 @@ impl<R: InstanceSink> Evaluator<'_, R> {
         &self,
         scope: &Scope<'_>,
         refs: &[&Ref],
-        b: &Bindings,
+        bindings: &Bindings,
     ) -> Context<'static> {
         let mut ctx = Context::new();
         functions::declare_all(&mut ctx);
@@ -116,13 +116,13 @@ impl<R: InstanceSink> Evaluator<'_, R> {
         for (root, m) in roots {
             ctx.declare_var(root, Value::Object(m));
         }
-        if let Some((k, v)) = &b.each {
+        if let Some((k, v)) = &bindings.each {
             let mut m = hcl::Map::new();
             m.insert("key".into(), k.clone());
             m.insert("value".into(), v.clone());
             ctx.declare_var("each", Value::Object(m));
         }
-        if let Some(i) = b.count {
+        if let Some(i) = bindings.count {
             let mut m = hcl::Map::new();
             m.insert("index".into(), Value::from(i));
             ctx.declare_var("count", Value::Object(m));
