@@ -325,6 +325,11 @@ proptest! {
         let (p, d2) = plan::plan(&cfg, &inputs, &State::new(), &offers(), &Options::default());
         let _ = d2.render(&cfg.sources, false);
         let _ = skyform::render::json::plan(&p);
+        let unplaced: Vec<&str> = d.items.iter().chain(&d2.items)
+            .filter(|e| e.is_error() && positioned(e, &cfg.sources).is_none())
+            .map(|e| e.message.as_str())
+            .collect();
+        prop_assert!(unplaced.is_empty(), "errors without a position {:?} for:\n{}", unplaced, text);
         // Whatever plans cleanly also re-plans to nothing once applied.
         if !d.has_errors() && !d2.has_errors() {
             let mut state = support::applied(&p, &State::new());

@@ -200,8 +200,9 @@ fn nested<'b>(body: &'b BodyDecl, name: &str) -> impl Iterator<Item = &'b BodyDe
         .map(|b| &b.1)
 }
 
+/// A request that does not parse, reported at the attribute that holds it.
 fn request_error<T>(
-    attr: Option<&AttrDecl>,
+    attr: &AttrDecl,
     r: Result<T, crate::model::RequestError>,
     what: &str,
     diags: &mut Diagnostics,
@@ -209,12 +210,12 @@ fn request_error<T>(
     match r {
         Ok(v) => Some(v),
         Err(e) => {
-            let mut d =
-                Diagnostic::error(format!("invalid {what}: {}", e.message)).hint(e.hint.clone());
-            if let Some(a) = attr {
-                d = d.at(a.file, Some(a.span.clone())).label(e.message);
-            }
-            diags.push(d);
+            diags.push(
+                Diagnostic::error(format!("invalid {what}: {}", e.message))
+                    .hint(e.hint.clone())
+                    .at(attr.file, Some(attr.span.clone()))
+                    .label(e.message),
+            );
             None
         }
     }
@@ -243,7 +244,7 @@ fn decode_resources(
         {
             r.accelerators = match v {
                 Value::String(s) => {
-                    request_error(Some(attr), s.parse::<Accelerator>(), "accelerators", diags)
+                    request_error(attr, s.parse::<Accelerator>(), "accelerators", diags)
                         .map(Accelerators::One)
                 }
                 Value::Array(items) => {
@@ -251,7 +252,7 @@ fn decode_resources(
                         .iter()
                         .map(|i| {
                             request_error(
-                                Some(attr),
+                                attr,
                                 i.as_str().unwrap_or_default().parse::<Accelerator>(),
                                 "accelerators",
                                 diags,
@@ -272,11 +273,11 @@ fn decode_resources(
             };
         }
     }
-    if let Some(s) = f.str("cpus") {
-        r.cpus = request_error(f.attr("cpus"), s.parse::<Cpus>(), "cpus", diags);
+    if let (Some(s), Some(attr)) = (f.str("cpus"), f.attr("cpus")) {
+        r.cpus = request_error(attr, s.parse::<Cpus>(), "cpus", diags);
     }
-    if let Some(s) = f.str("memory") {
-        r.memory = request_error(f.attr("memory"), s.parse::<Memory>(), "memory", diags);
+    if let (Some(s), Some(attr)) = (f.str("memory"), f.attr("memory")) {
+        r.memory = request_error(attr, s.parse::<Memory>(), "memory", diags);
     }
     r.use_spot = f.bool("use_spot");
     r.infra = f.str("infra");
