@@ -116,6 +116,15 @@ proptest! {
     }
 }
 
+/// `file:line:col` of an error, if it points at a real place in a file that was read.
+fn positioned(d: &config::Diagnostic, sources: &config::Sources) -> Option<String> {
+    let loc = d.location.as_ref()?;
+    if loc.file >= sources.len() || loc.span.start > sources.text(loc.file).len() {
+        return None;
+    }
+    d.position(sources)
+}
+
 /// Pieces of configuration, shuffled into mostly-broken files.
 fn fragments() -> impl Strategy<Value = String> {
     let piece = prop_oneof![
@@ -152,18 +161,71 @@ fn fragments() -> impl Strategy<Value = String> {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(300))]
 
-    /// No input may cause a panic: every broken configuration gets diagnostics instead.
+    /// No input may cause a panic: every broken configuration gets diagnostics instead, and
+    /// every error among them says where (file, line, column) the problem is.
     #[test]
     fn broken_configurations_never_panic(text in fragments()) {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("main.sky.hcl"), &text).unwrap();
         let (mut cfg, d) = config::load(dir.path());
-        let (inputs, _) = config::inputs(&mut cfg, &VarArgs::default(), &BTreeMap::new());
+        let (inputs, d_inputs) = config::inputs(&mut cfg, &VarArgs::default(), &BTreeMap::new());
         let _ = d.render(&cfg.sources, false);
         let (p, d2) = plan::plan(&cfg, &inputs, &State::new(), &offers(), &Options::default());
         let _ = d2.render(&cfg.sources, false);
         let _ = skyform::render::human::plan(&p, &skyform::render::Style { color: false });
-        let _ = config::validate(&cfg, &inputs);
+        let d3 = config::validate(&cfg, &inputs);
+        let all = [&d, &d_inputs, &d2, &d3];
+        let errors: Vec<&config::Diagnostic> =
+            all.iter().flat_map(|ds| ds.items.iter()).filter(|e| e.is_error()).collect();
+        let unplaced: Vec<&str> = errors
+            .iter()
+            .filter(|e| positioned(e, &cfg.sources).is_none())
+            .map(|e| e.message.as_str())
+            .collect();
+        prop_assert!(unplaced.is_empty(), "errors without a position {:?} for:\n{}", unplaced, text);
+    }
+}
+
+/// The broken pieces above, each alone in an otherwise sound file, so the property cannot
+/// pass by every generated file happening to be fine: each must give a placed error.
+#[test]
+fn each_broken_piece_is_reported_with_a_position() {
+    let cases = [
+        "cluster \"a\" {",
+        "}",
+        "module \"x\" {\n source = \"./nope\"\n}",
+        "cluster \"a\" {\n count = -1\n}",
+        "cluster \"a\" {\n for_each = toset([1, \"a\", null])\n}",
+        "cluster \"a\" {\n resources {\n accelerators = \"A100:x\"\n }\n}",
+        "cluster \"a\" {\n resources {\n cpus = \"32++\"\n }\n}",
+        "cluster \"a\" {\n resources {\n memory = [1, 2]\n }\n}",
+        "cluster \"a\" {\n num_nodes = 1e30\n}",
+        "cluster \"a\" {\n envs = { A = 1, B = [2] }\n}",
+        "cluster \"a\" {}\njob \"j\" {\n cluster = cluster.a\n run = \"echo ${var.x}\"\n}",
+        "cluster \"a\" {}\njob \"j\" {\n cluster = cluster.a\n run = \"x\"\n depends_on = [job.j, cluster.a, \"x\"]\n}",
+        "cluster \"a\" {\n lifecycle { ignore_changes = [run, 3] }\n}",
+        "locals { l = local.l }",
+        "output \"o\" { value = cluster.a.ips[99] }",
+        "variable \"x\" { type = list(map(number)) }",
+        "${",
+        "cluster \"a\" {\n setup = \"unterminated\n}",
+        "cluster \"a\" {\n setup = <<EOT\nx\n}",
+    ];
+    for text in cases {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("main.sky.hcl"), text).unwrap();
+        let (mut cfg, d) = config::load(dir.path());
+        let (inputs, d_inputs) = config::inputs(&mut cfg, &VarArgs::default(), &BTreeMap::new());
+        let (_, d2) = plan::plan(&cfg, &inputs, &State::new(), &offers(), &Options::default());
+        let errors: Vec<&config::Diagnostic> = [&d, &d_inputs, &d2]
+            .into_iter()
+            .flat_map(|ds| ds.items.iter())
+            .filter(|e| e.is_error())
+            .collect();
+        assert!(
+            errors.iter().any(|e| positioned(e, &cfg.sources).is_some()),
+            "no placed error for:\n{text}\ngot: {errors:?}"
+        );
     }
 }
 
@@ -263,6 +325,11 @@ proptest! {
         let (p, d2) = plan::plan(&cfg, &inputs, &State::new(), &offers(), &Options::default());
         let _ = d2.render(&cfg.sources, false);
         let _ = skyform::render::json::plan(&p);
+        let unplaced: Vec<&str> = d.items.iter().chain(&d2.items)
+            .filter(|e| e.is_error() && positioned(e, &cfg.sources).is_none())
+            .map(|e| e.message.as_str())
+            .collect();
+        prop_assert!(unplaced.is_empty(), "errors without a position {:?} for:\n{}", unplaced, text);
         // Whatever plans cleanly also re-plans to nothing once applied.
         if !d.has_errors() && !d2.has_errors() {
             let mut state = support::applied(&p, &State::new());

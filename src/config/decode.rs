@@ -1,10 +1,10 @@
 //! Decoding evaluated block bodies into typed specs, with a diagnostic for every problem.
 
 use super::diag::{Diagnostic, Diagnostics, did_you_mean};
-use super::eval::to_json;
 use super::functions::hex;
 use super::load::{AttrDecl, BodyDecl};
 use super::schema::{self, BlockSchema, Ty};
+use super::value::{has_unknown, safe_evaluate, to_json};
 use crate::model::{
     Accelerator, Accelerators, Address, Autostop, ClusterSpec, Cpus, JobSpec, Kind, Lifecycle,
     ManagedJobSpec, Memory, ReadinessProbe, Recovery, ReplicaPolicy, Resources, ServiceSpec, Spec,
@@ -15,7 +15,8 @@ use sha2::Digest;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-type Eval<'a> = dyn FnMut(&AttrDecl) -> Option<Value> + 'a;
+/// Evaluates one attribute for decoding; `None` when it failed (and was reported).
+type EvalAttr<'a> = dyn FnMut(&AttrDecl) -> Option<Value> + 'a;
 
 /// Evaluates and type-checks the attributes of `body` per `schema`.
 struct Fields<'b> {
@@ -26,7 +27,7 @@ struct Fields<'b> {
 fn fields<'b>(
     body: &'b BodyDecl,
     schema: &BlockSchema,
-    eval: &mut Eval<'_>,
+    eval: &mut EvalAttr<'_>,
     what: &str,
     diags: &mut Diagnostics,
 ) -> Fields<'b> {
@@ -199,8 +200,9 @@ fn nested<'b>(body: &'b BodyDecl, name: &str) -> impl Iterator<Item = &'b BodyDe
         .map(|b| &b.1)
 }
 
+/// A request that does not parse, reported at the attribute that holds it.
 fn request_error<T>(
-    attr: Option<&AttrDecl>,
+    attr: &AttrDecl,
     r: Result<T, crate::model::RequestError>,
     what: &str,
     diags: &mut Diagnostics,
@@ -208,12 +210,12 @@ fn request_error<T>(
     match r {
         Ok(v) => Some(v),
         Err(e) => {
-            let mut d =
-                Diagnostic::error(format!("invalid {what}: {}", e.message)).hint(e.hint.clone());
-            if let Some(a) = attr {
-                d = d.at(a.file, Some(a.span.clone())).label(e.message);
-            }
-            diags.push(d);
+            diags.push(
+                Diagnostic::error(format!("invalid {what}: {}", e.message))
+                    .hint(e.hint.clone())
+                    .at(attr.file, Some(attr.span.clone()))
+                    .label(e.message),
+            );
             None
         }
     }
@@ -221,7 +223,7 @@ fn request_error<T>(
 
 fn decode_resources(
     body: Option<&BodyDecl>,
-    eval: &mut Eval<'_>,
+    eval: &mut EvalAttr<'_>,
     what: &str,
     diags: &mut Diagnostics,
     top: bool,
@@ -242,7 +244,7 @@ fn decode_resources(
         {
             r.accelerators = match v {
                 Value::String(s) => {
-                    request_error(Some(attr), s.parse::<Accelerator>(), "accelerators", diags)
+                    request_error(attr, s.parse::<Accelerator>(), "accelerators", diags)
                         .map(Accelerators::One)
                 }
                 Value::Array(items) => {
@@ -250,7 +252,7 @@ fn decode_resources(
                         .iter()
                         .map(|i| {
                             request_error(
-                                Some(attr),
+                                attr,
                                 i.as_str().unwrap_or_default().parse::<Accelerator>(),
                                 "accelerators",
                                 diags,
@@ -271,11 +273,11 @@ fn decode_resources(
             };
         }
     }
-    if let Some(s) = f.str("cpus") {
-        r.cpus = request_error(f.attr("cpus"), s.parse::<Cpus>(), "cpus", diags);
+    if let (Some(s), Some(attr)) = (f.str("cpus"), f.attr("cpus")) {
+        r.cpus = request_error(attr, s.parse::<Cpus>(), "cpus", diags);
     }
-    if let Some(s) = f.str("memory") {
-        r.memory = request_error(f.attr("memory"), s.parse::<Memory>(), "memory", diags);
+    if let (Some(s), Some(attr)) = (f.str("memory"), f.attr("memory")) {
+        r.memory = request_error(attr, s.parse::<Memory>(), "memory", diags);
     }
     r.use_spot = f.bool("use_spot");
     r.infra = f.str("infra");
@@ -486,7 +488,7 @@ const KNOWN_AT_PLAN: [&str; 8] = [
 /// Reports attributes in `KNOWN_AT_PLAN` whose value is unknown; true when there were none.
 fn require_known(
     body: &BodyDecl,
-    eval: &mut Eval<'_>,
+    eval: &mut EvalAttr<'_>,
     what: &str,
     diags: &mut Diagnostics,
 ) -> bool {
@@ -504,7 +506,7 @@ fn require_known(
                 continue;
             }
             if let Some(v) = eval(attr)
-                && crate::model::contains_unknown(&super::eval::to_json(&v))
+                && has_unknown(&v)
             {
                 ok = false;
                 diags.push(
@@ -530,7 +532,7 @@ fn require_known(
 pub fn decode(
     kind: Kind,
     body: &BodyDecl,
-    eval: &mut Eval<'_>,
+    eval: &mut EvalAttr<'_>,
     what: &str,
     dirs: &Dirs<'_>,
     diags: &mut Diagnostics,
@@ -726,7 +728,7 @@ pub fn lifecycle(body: &BodyDecl, kind: Kind, diags: &mut Diagnostics) -> Lifecy
     };
     let mut problems = Vec::new();
     let mut literal = |attr: &AttrDecl| -> Option<Value> {
-        let v = super::eval::safe_evaluate(&attr.eval_expr, &hcl::eval::Context::new()).ok();
+        let v = safe_evaluate(&attr.eval_expr, &hcl::eval::Context::new()).ok();
         if v.is_none() {
             problems.push(
                 Diagnostic::error(format!(

@@ -2,6 +2,7 @@
 //!
 //! Any argument holding a value known only after apply makes the result unknown.
 
+use super::value::has_unknown;
 use crate::model::UNKNOWN;
 use hcl::eval::{Context, FuncArgs, FuncDef, ParamType};
 use hcl::{Map, Value};
@@ -17,15 +18,6 @@ thread_local! {
 /// Sets the directory of the module being evaluated, for `file()`.
 pub fn set_base_dir(dir: PathBuf) {
     BASE_DIR.with(|b| *b.borrow_mut() = dir);
-}
-
-fn has_unknown(v: &Value) -> bool {
-    match v {
-        Value::String(s) => s.contains(UNKNOWN),
-        Value::Array(a) => a.iter().any(has_unknown),
-        Value::Object(o) => o.values().any(has_unknown),
-        _ => false,
-    }
 }
 
 macro_rules! unknown_guard {

@@ -3,7 +3,7 @@
 //! - [`load`] reads a directory (and the modules it calls) with source spans and collects
 //!   every structural problem.
 //! - [`evaluate`] evaluates it in dependency order against input variables, handing each
-//!   resource instance to a [`Resolver`] (the planner).
+//!   resource instance to a [`InstanceSink`] (the planner).
 
 pub mod decode;
 pub mod diag;
@@ -11,10 +11,11 @@ pub mod eval;
 pub mod functions;
 pub mod load;
 pub mod schema;
+pub mod value;
 pub mod vars;
 
 pub use diag::{Diagnostic, Diagnostics, Sources};
-pub use eval::{Collect, Instance, OutputValue, Resolver};
+pub use eval::{Collect, Instance, InstanceSink, OutputValue};
 pub use load::ModuleSource;
 pub use vars::{InputValue, VarArgs};
 
@@ -128,9 +129,9 @@ fn literal_settings(
 ) -> serde_json::Map<String, serde_json::Value> {
     let mut out = serde_json::Map::new();
     for (name, attr) in &body.attrs {
-        match eval::safe_evaluate(&attr.eval_expr, &hcl::eval::Context::new()) {
+        match value::safe_evaluate(&attr.eval_expr, &hcl::eval::Context::new()) {
             Ok(v) => {
-                out.insert(name.clone(), eval::to_json(&v));
+                out.insert(name.clone(), value::to_json(&v));
             }
             Err(_) => diags.push(
                 Diagnostic::error(format!("{name} must be a literal value here"))
@@ -155,7 +156,7 @@ pub fn inputs(
 }
 
 /// Evaluates the configuration; each resource instance goes to `resolver` in dependency order.
-pub fn evaluate<R: Resolver>(
+pub fn evaluate<R: InstanceSink>(
     config: &Config,
     inputs: &BTreeMap<String, InputValue>,
     resolver: &mut R,
@@ -169,7 +170,7 @@ pub fn validate(config: &Config, inputs: &BTreeMap<String, InputValue>) -> Diagn
     evaluate_with(config, inputs, &mut Collect::default(), true).1
 }
 
-fn evaluate_with<R: Resolver>(
+fn evaluate_with<R: InstanceSink>(
     config: &Config,
     inputs: &BTreeMap<String, InputValue>,
     resolver: &mut R,

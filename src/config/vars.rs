@@ -3,6 +3,7 @@
 
 use super::diag::{Diagnostic, Diagnostics, Sources};
 use super::load::VariableDecl;
+use super::value::safe_evaluate;
 use hcl::Value;
 use hcl::eval::Context;
 use std::collections::BTreeMap;
@@ -184,7 +185,7 @@ pub fn convert_input(input: &InputValue, ty: &VarType) -> Result<Value, String> 
         RawValue::Text(t) => {
             if ty.is_complex() {
                 if let Ok(expr) = t.parse::<hcl::Expression>()
-                    && let Ok(v) = super::eval::safe_evaluate(&expr, &Context::new())
+                    && let Ok(v) = safe_evaluate(&expr, &Context::new())
                 {
                     return ty.check(&v);
                 }
@@ -334,7 +335,7 @@ fn read_var_file(
         };
         let span = attr.value.span().unwrap_or(0..0);
         let expr = hcl::Expression::from(attr.value.clone());
-        match super::eval::safe_evaluate(&expr, &Context::new()) {
+        match safe_evaluate(&expr, &Context::new()) {
             Ok(v) => {
                 out.insert(
                     attr.key.as_str().to_string(),

@@ -6,7 +6,7 @@ pub mod drift;
 pub use drift::{Drift, DriftChange};
 
 use crate::config::{
-    self, Config, Diagnostic, Diagnostics, InputValue, Instance, OutputValue, Resolver,
+    self, Config, Diagnostic, Diagnostics, InputValue, Instance, InstanceSink, OutputValue,
 };
 use crate::model::spec::{computed_attributes, effect_of};
 use crate::model::{Address, Effect, Kind, Spec, UNKNOWN};
@@ -188,7 +188,7 @@ fn attrs_json(spec: &Spec) -> serde_json::Map<String, serde_json::Value> {
     spec.attributes()
 }
 
-impl Resolver for Planner<'_> {
+impl InstanceSink for Planner<'_> {
     fn resource(&mut self, inst: Instance) -> BTreeMap<String, serde_json::Value> {
         let addr = inst.address.clone();
         let prior = self.state.resources.get(&addr);

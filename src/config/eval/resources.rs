@@ -1,0 +1,214 @@
+//! Resources: one resource block into its instances, each decoded into a spec and handed to
+//! the [`InstanceSink`], whose answer (the computed attributes) is what references read.
+
+use super::references::Node;
+use super::values::{all_attrs, evaluate_attr};
+use super::{BlockValue, Evaluator, Instance, InstanceSink, Scope};
+use crate::config::decode;
+use crate::config::diag::Diagnostics;
+use crate::config::load::{AttrDecl, Ref};
+use crate::config::value::{json_to_hcl, unknown};
+use crate::model::{Address, InstanceKey, Kind};
+use hcl::Value;
+use std::collections::BTreeSet;
+
+impl<R: InstanceSink> Evaluator<'_, R> {
+    pub(super) fn eval_resource(&mut self, scope: &mut Scope<'_>, kind: Kind, name: &str) {
+        let module = scope.module;
+        let Some(decl) = module.resources.get(&(kind, name.to_string())) else {
+            return;
+        };
+        let what = format!("{kind} \"{name}\"");
+        let base = Address::new(kind, name).in_module(scope.path.clone());
+        let mut deps = self.dependencies(scope, &decl.body);
+        deps.extend(scope.inherited.iter().cloned());
+        let Some(keys) = self.expand(scope, &decl.body, &what) else {
+            // Its instances are not known (the cause is reported): what uses it sees an
+            // unknown and reports nothing more.
+            let node = Node::Resource(kind, name.to_string());
+            scope.set_unknown(&node);
+            self.taint(&node);
+            return;
+        };
+        let lifecycle = decode::lifecycle(&decl.body, kind, self.diags);
+        let body_refs = decl.body.refs();
+        let is_count = decl.body.attrs.contains_key("count");
+        let is_each = decl.body.attrs.contains_key("for_each");
+        let mut list = Vec::new();
+        let mut map = hcl::Map::new();
+        let mut single = Value::Null;
+        let mut instances = BTreeSet::new();
+        let mut all_sensitive: BTreeSet<String> = BTreeSet::new();
+        for (key, bindings) in keys {
+            let address = base.clone().with_key(key.clone());
+            let ctx = self.context(scope, &body_refs, &bindings);
+            let mut sensitive = BTreeSet::new();
+            for (attr_name, attr) in &decl.body.attrs {
+                if kind == Kind::Job && attr_name == "cluster" {
+                    // Only the cluster's address is used: nothing of it is shown.
+                    continue;
+                }
+                let refs: Vec<&Ref> = attr.refs.iter().collect();
+                if self.refs_sensitive(scope, &refs) {
+                    sensitive.insert(attr_name.clone());
+                }
+            }
+            for (block_name, nested, _, _) in &decl.body.blocks {
+                if self.refs_sensitive(scope, &nested.refs()) {
+                    sensitive.insert(block_name.clone());
+                }
+            }
+            all_sensitive.extend(sensitive.iter().cloned());
+            if decl.body.attrs.contains_key("secrets") {
+                // Secrets are secret whatever they are made of.
+                all_sensitive.insert("secrets".into());
+            }
+            let mut eval_diags = Diagnostics::default();
+            let tainted: BTreeSet<&str> = all_attrs(&decl.body)
+                .into_iter()
+                .filter(|a| self.touches_tainted(&a.refs.iter().collect::<Vec<_>>()))
+                .map(|a| a.name.as_str())
+                .collect();
+            let spec = {
+                let diags = &mut eval_diags;
+                let mut evaluate = |attr: &AttrDecl| -> Option<Value> {
+                    match evaluate_attr(attr, &ctx) {
+                        Ok(v) => Some(v),
+                        Err(_) if tainted.contains(attr.name.as_str()) => Some(unknown()),
+                        Err(d) => {
+                            diags.push(*d);
+                            None
+                        }
+                    }
+                };
+                decode::decode(
+                    kind,
+                    &decl.body,
+                    &mut evaluate,
+                    &what,
+                    &decode::Dirs {
+                        module: &module.dir,
+                        root: self.root_dir,
+                        unknown_ok: self.missing_vars_unknown,
+                    },
+                    self.diags,
+                )
+            };
+            let failed = eval_diags.has_errors();
+            self.diags.extend(eval_diags);
+            let Some(spec) = spec.filter(|_| !failed) else {
+                continue;
+            };
+            instances.insert(address.clone());
+            let attrs_json = spec.attributes();
+            let computed = self.resolver.resource(Instance {
+                address: address.clone(),
+                spec,
+                lifecycle: lifecycle.clone(),
+                depends_on: deps.clone(),
+                sensitive,
+                file: decl.file,
+                span: decl.span.clone(),
+            });
+            let mut obj = hcl::Map::new();
+            for (k, v) in attrs_json {
+                obj.insert(k, json_to_hcl(&v));
+            }
+            obj.insert("name".into(), Value::from(name));
+            obj.insert("address".into(), Value::from(address.to_string()));
+            for (k, v) in computed {
+                obj.insert(k, json_to_hcl(&v));
+            }
+            let obj = Value::Object(obj);
+            match key {
+                Some(InstanceKey::Index(_)) => list.push(obj),
+                Some(InstanceKey::Key(k)) => {
+                    map.insert(k, obj);
+                }
+                None => single = obj,
+            }
+        }
+        let value = if is_count {
+            Value::Array(list)
+        } else if is_each {
+            Value::Object(map)
+        } else {
+            single
+        };
+        scope.resources.insert(
+            (kind, name.to_string()),
+            BlockValue {
+                value,
+                instances,
+                sensitive: false,
+                sensitive_attrs: all_sensitive,
+            },
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::eval::testing::evaluate_one;
+    use crate::model::UNKNOWN;
+    use serde_json::json;
+
+    #[test]
+    fn references_read_the_spec_and_what_the_sink_answers() {
+        let e = evaluate_one(
+            r#"
+cluster "c" {
+  num_nodes = 2
+}
+job "j" {
+  cluster = cluster.c
+  run     = "ssh ${cluster.c.head_ip} x${cluster.c.num_nodes}"
+}
+output "address" {
+  value = job.j.address
+}
+"#,
+        );
+        assert_eq!(e.errors(), Vec::<String>::new());
+        // num_nodes comes from the cluster's spec; head_ip from the sink (unknown here).
+        assert_eq!(e.attr("job.j", "run"), json!(format!("ssh {UNKNOWN} x2")));
+        assert_eq!(e.output("address"), json!("job.j"));
+    }
+
+    #[test]
+    fn attributes_built_from_sensitive_values_are_marked() {
+        let e = evaluate_one(
+            r#"
+variable "key" {
+  type      = string
+  default   = "k"
+  sensitive = true
+}
+cluster "c" {}
+job "j" {
+  cluster = cluster.c
+  run     = "train"
+  envs    = { KEY = var.key }
+}
+"#,
+        );
+        assert_eq!(e.errors(), Vec::<String>::new());
+        let job = e
+            .instances
+            .iter()
+            .find(|i| i.address.to_string() == "job.j")
+            .map(|i| i.sensitive.iter().cloned().collect::<Vec<_>>());
+        assert_eq!(job, Some(vec!["envs".to_string()]));
+    }
+
+    #[test]
+    fn a_value_of_the_wrong_type_is_reported_at_the_value() {
+        let e = evaluate_one("cluster \"c\" {\n  num_nodes = \"many\"\n}\n");
+        assert_eq!(
+            e.errors(),
+            [
+                r#"wrong type for "num_nodes" in cluster: expected a whole number, found a string @ main.sky.hcl:2:15"#
+            ]
+        );
+    }
+}
