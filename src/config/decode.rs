@@ -5,6 +5,7 @@ use super::functions::hex;
 use super::load::{AttrDecl, BodyDecl};
 use super::schema::{self, BlockSchema, Ty};
 use super::value::{has_unknown, safe_evaluate, to_json};
+use crate::model::backend;
 use crate::model::{
     Accelerator, Accelerators, Address, Autostop, ClusterSpec, Cpus, JobSpec, Kind, Lifecycle,
     ManagedJobSpec, Memory, ReadinessProbe, Recovery, ReplicaPolicy, Resources, ServiceSpec, Spec,
@@ -342,18 +343,16 @@ fn decode_resources(
     r
 }
 
-const INFRA_CLOUDS: [&str; 7] = ["aws", "gcp", "lambda", "k8s", "kubernetes", "ssh", "local"];
-
 fn check_infra_string(infra: &str, attr: &AttrDecl, diags: &mut Diagnostics) {
     let first = infra.split('/').next().unwrap_or_default();
     let parts = infra.split('/').count();
     let problem = if infra.is_empty() || infra.split('/').any(str::is_empty) {
         Some("empty part".to_string())
-    } else if first != "*" && !INFRA_CLOUDS.contains(&first.to_lowercase().as_str()) {
+    } else if first != "*" && backend::lookup(first).is_none() {
         Some(format!("{first:?} is not a known infra"))
     } else if parts > 3 {
         Some("more than cloud/region/zone".to_string())
-    } else if first == "local" && parts > 1 {
+    } else if backend::is_this_machine(first) && parts > 1 {
         Some("local takes no region".to_string())
     } else {
         None
@@ -362,7 +361,10 @@ fn check_infra_string(infra: &str, attr: &AttrDecl, diags: &mut Diagnostics) {
         let mut d = Diagnostic::error(format!("invalid infra {infra:?}: {p}"))
             .at(attr.file, Some(attr.span.clone()))
             .label(p);
-        d = match did_you_mean(first, INFRA_CLOUDS) {
+        let names = backend::BACKENDS
+            .iter()
+            .flat_map(|b| std::iter::once(b.name).chain(b.aliases.iter().copied()));
+        d = match did_you_mean(first, names) {
             Some(s) if s != first => d.hint(format!("did you mean {s:?}? Forms: cloud[/region[/zone]], k8s/CONTEXT, ssh/POOL, local; \"*\" matches any part")),
             _ => d.hint("forms: cloud[/region[/zone]], k8s/CONTEXT, ssh/POOL, local; \"*\" matches any part"),
         };

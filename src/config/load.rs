@@ -477,11 +477,13 @@ impl Loader {
             let mut d = Diagnostic::error(format!("unknown infra type {kind:?}"))
                 .at(file, block.labels.first().and_then(|l| l.span()).or(header))
                 .label("not an infra type");
+            // A backend's name where its block type is wanted (`k8s`), or a near word.
             let alias = match *kind {
-                "k8s" | "kube" => Some("kubernetes".to_string()),
-                "machines" | "existing" => Some("ssh".to_string()),
-                _ => None,
-            };
+                "kube" => Some("kubernetes"),
+                "machines" | "existing" => Some("ssh"),
+                k => crate::model::backend::lookup(k).map(|b| b.infra_type),
+            }
+            .map(String::from);
             d = match alias.or_else(|| did_you_mean(kind, names.iter().copied())) {
                 Some(s) => d.hint(format!(
                     "did you mean {s:?}? The infra types are: {}",
