@@ -171,3 +171,6 @@ pub fn set_outputs(state: &mut State, outputs: &BTreeMap<String, crate::config::
         })
         .collect();
 }
+
+#[cfg(test)]
+mod tests;

@@ -154,7 +154,6 @@ impl Walk<'_, '_> {
                         .unwrap_or_default(),
                 },
             );
-            self.late.state_changed();
             intent = true;
         }
         let what = match step {
@@ -206,7 +205,6 @@ impl Walk<'_, '_> {
             r.private = private;
             r.placement = Some(at.clone());
         }
-        self.late.state_changed();
         Ok(Prepared {
             node: node.clone(),
             provider,

@@ -10,7 +10,8 @@ use crate::model::Address;
 use crate::plan::{Action, Change, Plan};
 use crate::providers::{Created, ProviderError};
 use crate::state::{Attempt, State, StateError, Status};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::time::{Duration, Instant};
 
 pub(super) struct Walk<'w, 'a> {
     pub applier: &'w Applier<'a>,
@@ -39,7 +40,18 @@ pub(super) struct Walk<'w, 'a> {
     pub events: Vec<Event>,
     /// Steps that start after that write (it records their intents).
     pub starting: Vec<Start>,
+    /// Creates of jobs whose intent is on record ahead of a free slot: many jobs are
+    /// recorded in one write rather than `parallelism` at a time.
+    ahead: VecDeque<Prepared>,
+    /// Whether `changed` holds intents: those are written before anything starts.
+    intents: bool,
 }
+
+/// How many job creates are recorded ahead of the calls.
+const AHEAD: usize = 1000;
+
+/// How long the results of finished steps may wait to be written together with others.
+const COALESCE: Duration = Duration::from_millis(100);
 
 impl<'w, 'a> Walk<'w, 'a> {
     pub fn new(applier: &'w Applier<'a>, plan: &'w Plan, state: &State) -> Walk<'w, 'a> {
@@ -78,23 +90,34 @@ impl<'w, 'a> Walk<'w, 'a> {
             changed: Vec::new(),
             events: Vec::new(),
             starting: Vec::new(),
+            ahead: VecDeque::new(),
+            intents: false,
         }
     }
 
     pub async fn run(mut self, state: &mut State) -> Result<Summary, StateError> {
         let mut interrupt = self.applier.interrupt.clone();
+        let mut written = Instant::now();
         loop {
-            if !self.stopping {
+            if self.stopping {
+                self.forget_ahead(state);
+            } else {
                 self.take_ready(state);
             }
-            // One write records what finished and the intents of what starts next: a
-            // create is on record as `creating` before its call.
-            if !self.changed.is_empty() {
+            // Intents are written before their calls start: a create is on record as
+            // `creating` first. Results wait a little, to be written with others.
+            let idle = self.running + self.starting.len() == 0;
+            if !self.changed.is_empty() && (self.intents || idle || written.elapsed() >= COALESCE) {
                 let changed = std::mem::take(&mut self.changed);
                 self.applier.save(state, &changed).await?;
+                self.intents = false;
+                written = Instant::now();
             }
-            for e in std::mem::take(&mut self.events) {
-                (self.applier.on_event)(&e);
+            // What is reported is on record.
+            if self.changed.is_empty() {
+                for e in std::mem::take(&mut self.events) {
+                    (self.applier.on_event)(&e);
+                }
             }
             for s in std::mem::take(&mut self.starting) {
                 self.running += 1;
@@ -103,6 +126,7 @@ impl<'w, 'a> Walk<'w, 'a> {
             if self.running == 0 {
                 break;
             }
+            let flush = tokio::time::Instant::from_std(written + COALESCE);
             let first = tokio::select! {
                 joined = self.tasks.join_next() => joined,
                 _ = interrupt.changed(), if !self.stopping => {
@@ -110,6 +134,7 @@ impl<'w, 'a> Walk<'w, 'a> {
                     self.summary.interrupted = true;
                     continue;
                 }
+                () = tokio::time::sleep_until(flush), if !self.changed.is_empty() => continue,
             };
             let Some(Ok(first)) = first else { break };
             // Whatever else has finished goes into the same state write.
@@ -140,22 +165,33 @@ impl<'w, 'a> Walk<'w, 'a> {
             .applier
             .parallelism
             .saturating_sub(self.running + self.starting.len());
+        while slots > 0
+            && let Some(p) = self.ahead.pop_front()
+        {
+            slots -= 1;
+            self.starting.push(Start::One(Box::new(p)));
+        }
+        // Jobs are recorded ahead in large batches, not one write per free slot.
+        let refill = self.ahead.len() <= AHEAD / 2;
         // Open batches of job deletes, by provider and cluster: their index in `starting`.
         let mut batches: BTreeMap<(String, Address), usize> = BTreeMap::new();
         while let Some(n) = self.ready.first().cloned() {
-            if slots == 0 && (n.1 != Step::Delete || batches.is_empty()) {
+            let Some(change) = self.changes.get(&n.0).copied() else {
+                self.ready.remove(&n);
+                continue;
+            };
+            let ahead = refill && self.ahead.len() < AHEAD && new_job(&n, change, state);
+            if slots == 0 && !ahead && (n.1 != Step::Delete || batches.is_empty()) {
                 break;
             }
             self.ready.remove(&n);
-            let Some(change) = self.changes.get(&n.0).copied() else {
-                continue;
-            };
             let p = match self.prepare(&n, change, state) {
                 Ok(p) => p,
                 Err(e) => Prepared::failed(n.clone(), e),
             };
             if p.intent {
                 self.changed.push(n.0.clone());
+                self.intents = true;
             }
             let key = p
                 .job_delete_on(state)
@@ -181,11 +217,22 @@ impl<'w, 'a> Walk<'w, 'a> {
                     slots -= 1;
                     self.starting.push(Start::One(Box::new(p)));
                 }
+                None if ahead => self.ahead.push_back(p),
                 // A delete with no room left: nothing was recorded for it; it waits.
                 _ => {
                     self.ready.insert(n);
                     break;
                 }
+            }
+        }
+    }
+
+    /// Interrupted: the jobs recorded ahead never start, so they leave the state again.
+    fn forget_ahead(&mut self, state: &mut State) {
+        for p in std::mem::take(&mut self.ahead) {
+            if p.intent {
+                state.resources.remove(&p.node.0);
+                self.changed.push(p.node.0);
             }
         }
     }
@@ -343,6 +390,7 @@ impl<'w, 'a> Walk<'w, 'a> {
         self.unfinished.insert(p.node.clone());
         if p.intent {
             self.changed.push(p.node.0.clone());
+            self.intents = true;
         }
         self.starting.push(Start::One(Box::new(p)));
     }
@@ -352,4 +400,13 @@ impl<'w, 'a> Walk<'w, 'a> {
         self.starting
             .push(Start::One(Box::new(Prepared::failed(node, e))));
     }
+}
+
+/// A create of a job that state has no record of (recording it early changes nothing that
+/// was there).
+fn new_job(n: &NodeId, change: &Change, state: &State) -> bool {
+    n.1 == Step::Create
+        && change.action == Action::Create
+        && matches!(change.after, Some(crate::model::Spec::Job(_)))
+        && !state.resources.contains_key(&n.0)
 }
