@@ -656,6 +656,45 @@ impl Provider for LocalProvider {
         }
     }
 
+    /// Cancels every job first, then waits once for the head to end them all (one of its
+    /// scheduling passes handles the whole batch).
+    async fn delete_jobs(
+        &self,
+        jobs: &[(&Address, &ResourceState)],
+        cluster: &ResourceState,
+    ) -> Vec<Result<(), ProviderError>> {
+        let mut results: Vec<Result<(), ProviderError>> = jobs.iter().map(|_| Ok(())).collect();
+        let Some(dir) = Self::cluster_dir(&cluster.private).filter(|d| d.is_dir()) else {
+            return results;
+        };
+        let layout = Layout::new(&dir);
+        let mut pending = Vec::new();
+        for (i, (_, res)) in jobs.iter().enumerate() {
+            let Some(job) = job_id(&res.private) else {
+                continue;
+            };
+            let call = runtime::link::Call::Cancel { job: job.into() };
+            match runtime::link::answer(&dir, &call) {
+                Ok(a) if a.status.as_ref().is_some_and(|s| !s.state.is_final()) => {
+                    pending.push(job)
+                }
+                Ok(_) => {}
+                Err(e) => results[i] = Err(e.into()),
+            }
+        }
+        // As for one job: wait up to 5 s for the head to acknowledge (it kills the processes).
+        for _ in 0..100 {
+            pending.retain(|job| {
+                runtime::job_status(&layout, job).is_some_and(|s| !s.state.is_final())
+            });
+            if pending.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        results
+    }
+
     /// Imports a sandbox by its directory (relative to the configuration's directory, or
     /// absolute): its agents must run, or it must be stopped.
     async fn import(&self, _address: &Address, id: &str) -> Result<Created, ProviderError> {

@@ -155,6 +155,24 @@ pub trait Provider: Send + Sync + std::fmt::Debug {
         res: &ResourceState,
         cluster: Option<&ResourceState>,
     ) -> Result<(), ProviderError>;
+    /// Deletes (cancels) several jobs of one cluster: one result per job, in order. Backends
+    /// that can cancel a batch at once override it; by default, the jobs one by one (a few
+    /// at a time).
+    async fn delete_jobs(
+        &self,
+        jobs: &[(&Address, &ResourceState)],
+        cluster: &ResourceState,
+    ) -> Vec<Result<(), ProviderError>> {
+        let mut done = Vec::with_capacity(jobs.len());
+        for some in jobs.chunks(10) {
+            let calls: Vec<_> = some
+                .iter()
+                .map(|(address, res)| self.delete(address, res, Some(cluster)))
+                .collect();
+            done.extend(futures::future::join_all(calls).await);
+        }
+        done
+    }
     /// Whether apply bounds each create by the attempt timeout. A backend whose create also
     /// runs the cluster's `setup` (which may rightly take long, and has its own timeout) opts
     /// out.

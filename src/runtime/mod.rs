@@ -425,6 +425,14 @@ struct Scheduler {
     idle_since: Option<std::time::Instant>,
     /// When sessions were last looked for (a scan of every process: not every tick).
     sessions_seen: Option<(std::time::Instant, bool)>,
+    /// Jobs that ended, by queue file name, with whether each tears the cluster down: an
+    /// ended job never runs again, so a pass reads only the other jobs' files.
+    ended: BTreeMap<std::ffi::OsString, bool>,
+    /// Records of the jobs not ended yet (a submitted record never changes).
+    records: BTreeMap<std::ffi::OsString, JobRecord>,
+    /// The status file of each job not ended yet, as last read or written: only the
+    /// scheduler writes them, so a queued job's missing file is not looked for again.
+    statuses: BTreeMap<String, Option<JobStatus>>,
 }
 
 impl Scheduler {
@@ -481,6 +489,13 @@ impl Scheduler {
         }
     }
 
+    /// Writes a job's status file, and remembers what it holds.
+    fn write_status(&mut self, layout: &Layout, job: &str, st: &JobStatus) -> std::io::Result<()> {
+        write_json(&layout.status(job), st)?;
+        self.statuses.insert(job.to_string(), Some(st.clone()));
+        Ok(())
+    }
+
     /// One scheduling pass. Returns true when a teardown job has ended.
     fn tick(&mut self, layout: &Layout) -> std::io::Result<bool> {
         let Some(info) = read_json::<ClusterInfo>(&layout.info()) else {
@@ -501,13 +516,39 @@ impl Scheduler {
     /// One pass over the queue: whether a teardown job has ended, and whether any job
     /// was queued or running when the pass began.
     fn schedule(&mut self, layout: &Layout, info: &ClusterInfo) -> std::io::Result<(bool, bool)> {
-        let mut jobs: Vec<JobRecord> = std::fs::read_dir(layout.queue())?
-            .filter_map(Result::ok)
-            .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|e| e == "json"))
-            .filter_map(|p| read_json::<JobRecord>(&p))
-            .collect();
-        jobs.sort_by(|a, b| a.submitted.cmp(&b.submitted).then(a.id.cmp(&b.id)));
+        let mut teardown_done = false;
+        let mut jobs: Vec<(std::ffi::OsString, JobRecord)> = Vec::new();
+        // Cancel requests are in the same directory: one listing finds them all.
+        let mut cancels: BTreeSet<String> = BTreeSet::new();
+        for entry in std::fs::read_dir(layout.queue())?.filter_map(Result::ok) {
+            let name = entry.file_name();
+            let path = Path::new(&name);
+            if path.extension().is_some_and(|e| e == "cancel") {
+                if let Some(stem) = path.file_stem().and_then(|s| s.to_str()) {
+                    cancels.insert(stem.to_string());
+                }
+                continue;
+            }
+            if path.extension().is_none_or(|e| e != "json") {
+                continue;
+            }
+            if let Some(teardown) = self.ended.get(&name) {
+                teardown_done |= teardown;
+                continue;
+            }
+            let record = match self.records.get(&name) {
+                Some(r) => r.clone(),
+                None => match read_json::<JobRecord>(&entry.path()) {
+                    Some(r) => {
+                        self.records.insert(name.clone(), r.clone());
+                        r
+                    }
+                    None => continue,
+                },
+            };
+            jobs.push((name, record));
+        }
+        jobs.sort_by(|(_, a), (_, b)| a.submitted.cmp(&b.submitted).then(a.id.cmp(&b.id)));
         // Resources in use per node by running jobs: CPUs, and each GPU device's share.
         let devices = gpu_devices(info.gpus_per_node);
         let mut used: Vec<NodeUse> = (0..info.num_nodes)
@@ -517,8 +558,22 @@ impl Scheduler {
             })
             .collect();
         let mut statuses: BTreeMap<String, JobStatus> = BTreeMap::new();
-        for j in &jobs {
-            if let Some(s) = read_json::<JobStatus>(&layout.status(&j.id)) {
+        for (name, j) in &jobs {
+            let known = match self.statuses.get(&j.id) {
+                Some(s) => s.clone(),
+                None => {
+                    let s = read_json::<JobStatus>(&layout.status(&j.id));
+                    self.statuses.insert(j.id.clone(), s.clone());
+                    s
+                }
+            };
+            if let Some(s) = known {
+                if s.state.is_final() {
+                    // Counted below this once; later passes skip it.
+                    self.ended.insert(name.clone(), j.teardown);
+                    self.records.remove(name);
+                    self.statuses.remove(&j.id);
+                }
                 if s.state == JobState::Running {
                     for (i, n) in s.nodes.iter().enumerate() {
                         if let Some(u) = used.get_mut(*n as usize) {
@@ -529,10 +584,9 @@ impl Scheduler {
                 statuses.insert(j.id.clone(), s);
             }
         }
-        let mut teardown_done = false;
-        for j in &jobs {
+        for (_, j) in &jobs {
             let status = statuses.get(&j.id).cloned();
-            let cancel_requested = layout.cancel_request(&j.id).exists();
+            let cancel_requested = cancels.contains(&j.id);
             match status.as_ref().map(|s| s.state) {
                 Some(s) if s.is_final() => {
                     teardown_done |= j.teardown;
@@ -569,7 +623,7 @@ impl Scheduler {
                         if cancel_requested {
                             st.reason = Some("cancelled on request".into());
                         }
-                        write_json(&layout.status(&j.id), &st)?;
+                        self.write_status(layout, &j.id, &st)?;
                         for (i, n) in st.nodes.iter().enumerate() {
                             if let Some(u) = used.get_mut(*n as usize) {
                                 u.take(j, st.devices.get(i).map_or(&[][..], Vec::as_slice), -1.0);
@@ -585,7 +639,7 @@ impl Scheduler {
                         st.state = JobState::Cancelled;
                         st.reason = Some("cancelled before it started".into());
                         st.ended = Some(now_rfc3339());
-                        write_json(&layout.status(&j.id), &st)?;
+                        self.write_status(layout, &j.id, &st)?;
                         continue;
                     }
                     let mut blocked_by = None;
@@ -607,7 +661,7 @@ impl Scheduler {
                         st.state = JobState::Cancelled;
                         st.reason = Some(format!("dependency {name} did not succeed"));
                         st.ended = Some(now_rfc3339());
-                        write_json(&layout.status(&j.id), &st)?;
+                        self.write_status(layout, &j.id, &st)?;
                         teardown_done |= j.teardown;
                         continue;
                     }
@@ -666,13 +720,13 @@ impl Scheduler {
                     st.nodes = nodes;
                     st.devices = held;
                     st.started = Some(now_rfc3339());
-                    write_json(&layout.status(&j.id), &st)?;
+                    self.write_status(layout, &j.id, &st)?;
                 }
             }
         }
         let busy = jobs
             .iter()
-            .any(|j| statuses.get(&j.id).is_none_or(|s| !s.state.is_final()));
+            .any(|(_, j)| statuses.get(&j.id).is_none_or(|s| !s.state.is_final()));
         Ok((teardown_done, busy))
     }
 }
