@@ -281,63 +281,26 @@ impl Catalog {
         };
         let in_scope =
             |r: &str| regions.is_empty() || regions.iter().any(|x| x.eq_ignore_ascii_case(r));
-        let mut out = Vec::new();
-        // On demand: one offering per (region, instance type), the cheapest row and the first
-        // of equals; spot: per zone. Catalogs list the zones of a pair one after another, so
-        // runs of a pair are folded as they come and only the runs' winners are sorted.
-        let mut on_demand: Vec<(&str, &str, &Vm, f64)> = Vec::new();
-        // Hosts of separately priced GPUs (GCP's a2, a3, a4, g2) come only with their GPUs.
-        let gpu_host = |vm: &Vm| {
-            !cc.gpus.is_empty()
-                && vm.accelerator.is_none()
-                && GPU_HOST_FAMILIES
-                    .iter()
-                    .any(|f| vm.instance_type.starts_with(f))
-        };
-        for vm in cc
-            .vms
-            .iter()
-            .filter(|v| in_scope(&v.region) && !gpu_host(v))
-        {
-            let wanted = if vm.accelerator.is_some() {
-                kinds.gpu
-            } else {
-                kinds.cpu
+        // Separately priced GPUs (GCP) are joined with their hosts on another thread
+        // meanwhile: GCP's catalog is the largest, and this is most of its work.
+        let join = !cc.gpus.is_empty() && kinds.gpu;
+        std::thread::scope(|scope| {
+            let joined =
+                join.then(|| scope.spawn(|| join_gpus(cloud, cc, multiplier, &in_scope, kinds)));
+            let picks = row_picks(cc, &in_scope, kinds);
+            let mut joined = match joined {
+                Some(h) => h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)),
+                None => Vec::new(),
             };
-            if !wanted {
-                continue;
-            }
-            if let Some(p) = vm.price.filter(|_| kinds.on_demand) {
-                match on_demand.last_mut() {
-                    Some(last) if last.0 == vm.region && last.1 == vm.instance_type => {
-                        if p < last.3 {
-                            *last = (last.0, last.1, vm, p);
-                        }
-                    }
-                    _ => on_demand.push((vm.region.as_str(), vm.instance_type.as_str(), vm, p)),
-                }
-            }
-            if let Some(sp) = vm.spot_price.filter(|_| kinds.spot) {
-                out.push(offering(cloud, vm, vm.zone.clone(), true, sp, multiplier));
-            }
-        }
-        // Stable, so runs of one pair keep their order and the first of equals still wins.
-        on_demand.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
-        on_demand.dedup_by(|later, kept| {
-            let same = (later.0, later.1) == (kept.0, kept.1);
-            if same && later.3 < kept.3 {
-                std::mem::swap(later, kept);
-            }
-            same
-        });
-        out.reserve(on_demand.len());
-        for (_, _, vm, p) in on_demand {
-            out.push(offering(cloud, vm, None, false, p, multiplier));
-        }
-        if !cc.gpus.is_empty() && kinds.gpu {
-            out.extend(join_gpus(cloud, cc, multiplier, &in_scope, kinds));
-        }
-        out
+            let mut out = Vec::with_capacity(picks.len() + joined.len());
+            out.extend(picks.into_iter().map(|(vm, spot, p)| {
+                // Spot per zone; on demand stands for its whole region.
+                let zone = if spot { vm.zone.clone() } else { None };
+                offering(cloud, vm, zone, spot, p, multiplier)
+            }));
+            out.append(&mut joined);
+            out
+        })
     }
 
     /// The offerings of several clouds (cloud, price multiplier, regions), built in parallel.
@@ -353,10 +316,17 @@ impl Catalog {
                     scope.spawn(move || self.offerings_of_kinds(cloud, *m, regions, kinds))
                 })
                 .collect();
-            handles
+            let lists: Vec<Vec<Offering>> = handles
                 .into_iter()
-                .flat_map(|h| h.join().unwrap_or_default())
-                .collect()
+                .map(|h| h.join().unwrap_or_default())
+                .collect();
+            // One allocation of the final size: growing it by doubling would copy and touch
+            // twice the memory, which is most of the cost at this size.
+            let mut out = Vec::with_capacity(lists.iter().map(Vec::len).sum());
+            for mut list in lists {
+                out.append(&mut list);
+            }
+            out
         })
     }
 
@@ -510,6 +480,67 @@ fn n1_default_cpus(name: &str, count: f64) -> f64 {
         _ => 4.0,
     };
     per_gpu * count
+}
+
+/// The rows of a cloud with an instance type that become offerings, with whether on spot
+/// and at which price: spot per zone in catalog order, then on demand per (region, instance
+/// type) in that order. Offerings are built from them once their number is known.
+fn row_picks<'a>(
+    cc: &'a CloudCatalog,
+    in_scope: &dyn Fn(&str) -> bool,
+    kinds: Kinds,
+) -> Vec<(&'a Vm, bool, f64)> {
+    let mut out = Vec::new();
+    // On demand: one offering per (region, instance type), the cheapest row and the first
+    // of equals; spot: per zone. Catalogs list the zones of a pair one after another, so
+    // runs of a pair are folded as they come and only the runs' winners are sorted.
+    let mut on_demand: Vec<(&str, &str, &Vm, f64)> = Vec::new();
+    // Hosts of separately priced GPUs (GCP's a2, a3, a4, g2) come only with their GPUs.
+    let gpu_host = |vm: &Vm| {
+        !cc.gpus.is_empty()
+            && vm.accelerator.is_none()
+            && GPU_HOST_FAMILIES
+                .iter()
+                .any(|f| vm.instance_type.starts_with(f))
+    };
+    for vm in cc
+        .vms
+        .iter()
+        .filter(|v| in_scope(&v.region) && !gpu_host(v))
+    {
+        let wanted = if vm.accelerator.is_some() {
+            kinds.gpu
+        } else {
+            kinds.cpu
+        };
+        if !wanted {
+            continue;
+        }
+        if let Some(p) = vm.price.filter(|_| kinds.on_demand) {
+            match on_demand.last_mut() {
+                Some(last) if last.0 == vm.region && last.1 == vm.instance_type => {
+                    if p < last.3 {
+                        *last = (last.0, last.1, vm, p);
+                    }
+                }
+                _ => on_demand.push((vm.region.as_str(), vm.instance_type.as_str(), vm, p)),
+            }
+        }
+        if let Some(sp) = vm.spot_price.filter(|_| kinds.spot) {
+            out.push((vm, true, sp));
+        }
+    }
+    // Stable, so runs of one pair keep their order and the first of equals still wins.
+    on_demand.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+    on_demand.dedup_by(|later, kept| {
+        let same = (later.0, later.1) == (kept.0, kept.1);
+        if same && later.3 < kept.3 {
+            std::mem::swap(later, kept);
+        }
+        same
+    });
+    out.extend(on_demand.into_iter().map(|(_, _, vm, p)| (vm, false, p)));
+    out
 }
 
 /// Offerings for separately priced accelerators: GPU row + host VM in the same zone.

@@ -370,9 +370,14 @@ fn price(v: f64) -> Option<f64> {
     Some(v).filter(|v| v.is_finite())
 }
 
-fn get_rows(r: &mut Reader<'_>, strings: &[&str]) -> Option<Vec<Vm>> {
+/// The slice of `n` rows that follows, with `n` read first.
+fn row_bytes<'a>(r: &mut Reader<'a>) -> Option<&'a [u8]> {
     let n = r.u32()? as usize;
-    let bytes = r.take(n.checked_mul(ROW)?)?;
+    r.take(n.checked_mul(ROW)?)
+}
+
+/// Decodes one row.
+fn row(b: &[u8], strings: &[&str]) -> Option<Vm> {
     let s = |i: u32| strings.get(i as usize).map(|s| (*s).to_string());
     let opt = |i: u32| {
         if i == NONE {
@@ -381,24 +386,58 @@ fn get_rows(r: &mut Reader<'_>, strings: &[&str]) -> Option<Vec<Vm>> {
             s(i).map(Some)
         }
     };
-    let mut rows = Vec::with_capacity(n);
-    for b in bytes.chunks_exact(ROW) {
-        let accelerator = match opt(le_u32(b, 12)?)? {
-            None => None,
-            Some(name) => Some((name, le_f64(b, 16)?)),
-        };
-        rows.push(Vm {
-            instance_type: s(le_u32(b, 0)?)?,
-            region: s(le_u32(b, 4)?)?,
-            zone: opt(le_u32(b, 8)?)?,
-            accelerator,
-            vcpus: le_f64(b, 24)?,
-            memory_gib: le_f64(b, 32)?,
-            price: price(le_f64(b, 40)?),
-            spot_price: price(le_f64(b, 48)?),
-        });
+    let accelerator = match opt(le_u32(b, 12)?)? {
+        None => None,
+        Some(name) => Some((name, le_f64(b, 16)?)),
+    };
+    Some(Vm {
+        instance_type: s(le_u32(b, 0)?)?,
+        region: s(le_u32(b, 4)?)?,
+        zone: opt(le_u32(b, 8)?)?,
+        accelerator,
+        vcpus: le_f64(b, 24)?,
+        memory_gib: le_f64(b, 32)?,
+        price: price(le_f64(b, 40)?),
+        spot_price: price(le_f64(b, 48)?),
+    })
+}
+
+/// Decodes whole rows into `out`, one for each.
+fn fill(out: &mut [Vm], bytes: &[u8], strings: &[&str]) -> Option<()> {
+    for (slot, b) in out.iter_mut().zip(bytes.chunks_exact(ROW)) {
+        *slot = row(b, strings)?;
     }
-    Some(rows)
+    Some(())
+}
+
+/// Decodes whole rows; a long list in two halves, one on another thread (most of a load is
+/// allocating the rows' strings). The list is allocated whole first, with empty rows that
+/// allocate nothing, so that the halves need no copying to be joined.
+fn rows(bytes: &[u8], strings: &[&str]) -> Option<Vec<Vm>> {
+    let n = bytes.len() / ROW;
+    let empty = Vm {
+        instance_type: String::new(),
+        accelerator: None,
+        vcpus: 0.0,
+        memory_gib: 0.0,
+        price: None,
+        spot_price: None,
+        region: String::new(),
+        zone: None,
+    };
+    let mut out = vec![empty; n];
+    if n < 4096 {
+        fill(&mut out, bytes, strings)?;
+        return Some(out);
+    }
+    let (a, b) = out.split_at_mut(n / 2);
+    let (ab, bb) = bytes.split_at(n / 2 * ROW);
+    let (first, second) = std::thread::scope(|scope| {
+        let other = scope.spawn(|| fill(b, bb, strings));
+        let first = fill(a, ab, strings);
+        (first, other.join().ok().flatten())
+    });
+    first.and(second).map(|()| out)
 }
 
 /// The index's contents, if `bytes` is a whole index by this code of files with `stamps`.
@@ -452,14 +491,21 @@ pub(super) fn decode(bytes: &[u8], stamps: &[Stamp]) -> Option<Contents> {
         }
     };
     let n = r.u32()? as usize;
-    let mut clouds = Vec::with_capacity(n.min(r.bytes.len() / 8));
+    // vms and gpus of each cloud in turn.
+    let mut parts = Vec::with_capacity(n.min(r.bytes.len() / 8) * 2);
     for _ in 0..n {
-        let vms = get_rows(&mut r, &strings)?;
-        let gpus = get_rows(&mut r, &strings)?;
-        clouds.push(CloudCatalog { vms, gpus });
+        parts.push(row_bytes(&mut r)?);
+        parts.push(row_bytes(&mut r)?);
     }
     if !r.bytes.is_empty() {
         return None;
+    }
+    let mut clouds = Vec::with_capacity(n);
+    for pair in parts.chunks_exact(2) {
+        clouds.push(CloudCatalog {
+            vms: rows(pair[0], &strings)?,
+            gpus: rows(pair[1], &strings)?,
+        });
     }
     Some(Contents {
         stamps: stamps.to_vec(),
@@ -676,6 +722,64 @@ mod tests {
             .filter(|e| e.file_name().to_string_lossy().contains(".tmp-"))
             .collect();
         assert!(leftovers.is_empty());
+    }
+
+    #[test]
+    fn long_lists_decode_in_two_halves_in_order() {
+        let row = |i: usize| Vm {
+            instance_type: format!("t{i}"),
+            accelerator: i
+                .is_multiple_of(3)
+                .then(|| (format!("G{}", i % 7), (i % 8) as f64)),
+            vcpus: i as f64,
+            memory_gib: 2.0 * i as f64,
+            price: (!i.is_multiple_of(5)).then_some(i as f64 / 100.0),
+            spot_price: i.is_multiple_of(4).then_some(i as f64 / 300.0),
+            region: format!("r{}", i % 11),
+            zone: i.is_multiple_of(2).then(|| format!("z{}", i % 13)),
+        };
+        // Lists on both sides of the length that is cut in two, odd and even.
+        for sizes in [
+            [1000, 4095, 4096, 10, 0, 9001],
+            [3000, 2000, 0, 0, 5, 10_000],
+        ] {
+            let mut next = 0;
+            let mut list = |n: usize| {
+                next += n;
+                (next - n..next).map(row).collect::<Vec<_>>()
+            };
+            let c = Contents {
+                stamps: Vec::new(),
+                clouds: sizes
+                    .chunks(2)
+                    .map(|p| CloudCatalog {
+                        vms: list(p[0]),
+                        gpus: list(p[1]),
+                    })
+                    .collect(),
+                accelerators: None,
+            };
+            assert_eq!(decode(&encode(&c), &[]), Some(c));
+        }
+    }
+
+    /// The full shared catalogs through an index, when they are there.
+    #[test]
+    fn the_shared_catalogs_round_trip() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/catalogs/skypilot");
+        if !dir.join("gcp/vms.csv").is_file() {
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let places = vec![tmp.path().join("index")];
+        let want = Catalog::load_csv(&dir).unwrap();
+        let first = Catalog::load_indexed(&dir, &places).unwrap();
+        assert!(current(&dir, &places[0]));
+        let second = Catalog::load_indexed(&dir, &places).unwrap();
+        assert_eq!(want.clouds, first.clouds);
+        assert_eq!(want.clouds, second.clouds);
+        assert_eq!(want.files, second.files);
+        assert_eq!(want.accelerator_clouds, second.accelerator_clouds);
     }
 
     fn vm() -> impl Strategy<Value = Vm> {
