@@ -276,30 +276,36 @@ impl Catalog {
         regions: &[String],
         kinds: Kinds,
     ) -> Vec<Offering> {
+        build(&[(
+            cloud,
+            multiplier,
+            self.picks(cloud, multiplier, regions, kinds),
+        )])
+    }
+
+    /// What [`Self::offerings_of_kinds`] makes offerings of, in order.
+    fn picks(
+        &self,
+        cloud: &str,
+        multiplier: f64,
+        regions: &[String],
+        kinds: Kinds,
+    ) -> Vec<Pick<'_>> {
         let Some(cc) = self.clouds.get(cloud) else {
             return Vec::new();
         };
         let in_scope =
             |r: &str| regions.is_empty() || regions.iter().any(|x| x.eq_ignore_ascii_case(r));
         // Separately priced GPUs (GCP) are joined with their hosts on another thread
-        // meanwhile: GCP's catalog is the largest, and this is most of its work.
+        // meanwhile: GCP's catalog is the largest, and this is much of its work.
         let join = !cc.gpus.is_empty() && kinds.gpu;
         std::thread::scope(|scope| {
-            let joined =
-                join.then(|| scope.spawn(|| join_gpus(cloud, cc, multiplier, &in_scope, kinds)));
-            let picks = row_picks(cc, &in_scope, kinds);
-            let mut joined = match joined {
-                Some(h) => h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)),
-                None => Vec::new(),
-            };
-            let mut out = Vec::with_capacity(picks.len() + joined.len());
-            out.extend(picks.into_iter().map(|(vm, spot, p)| {
-                // Spot per zone; on demand stands for its whole region.
-                let zone = if spot { vm.zone.clone() } else { None };
-                offering(cloud, vm, zone, spot, p, multiplier)
-            }));
-            out.append(&mut joined);
-            out
+            let joined = join.then(|| scope.spawn(|| join_gpus(cc, multiplier, &in_scope, kinds)));
+            let mut picks = row_picks(cc, &in_scope, kinds);
+            if let Some(h) = joined {
+                picks.extend(h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)));
+            }
+            picks
         })
     }
 
@@ -309,25 +315,24 @@ impl Catalog {
         wanted: &[(String, f64, Vec<String>)],
         kinds: Kinds,
     ) -> Vec<Offering> {
-        std::thread::scope(|scope| {
+        let picks: Vec<Vec<Pick<'_>>> = std::thread::scope(|scope| {
             let handles: Vec<_> = wanted
                 .iter()
                 .map(|(cloud, m, regions)| {
-                    scope.spawn(move || self.offerings_of_kinds(cloud, *m, regions, kinds))
+                    scope.spawn(move || self.picks(cloud, *m, regions, kinds))
                 })
                 .collect();
-            let lists: Vec<Vec<Offering>> = handles
+            handles
                 .into_iter()
-                .map(|h| h.join().unwrap_or_default())
-                .collect();
-            // One allocation of the final size: growing it by doubling would copy and touch
-            // twice the memory, which is most of the cost at this size.
-            let mut out = Vec::with_capacity(lists.iter().map(Vec::len).sum());
-            for mut list in lists {
-                out.append(&mut list);
-            }
-            out
-        })
+                .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+                .collect()
+        });
+        let jobs: Vec<(&str, f64, Vec<Pick<'_>>)> = wanted
+            .iter()
+            .zip(picks)
+            .map(|((cloud, m, _), p)| (cloud.as_str(), *m, p))
+            .collect();
+        build(&jobs)
     }
 
     /// Accelerator names and counts the catalogs offer (for "did you mean").
@@ -342,6 +347,92 @@ impl Catalog {
         v.dedup();
         v
     }
+}
+
+/// A future offering: which rows it is made of and its price in dollars, before the
+/// multiplier. Choosing is done on these; offerings (a few heap strings each) are built once
+/// their number is known.
+#[derive(Debug, Clone, Copy)]
+enum Pick<'a> {
+    /// A row: on demand for its region, or spot in its zone.
+    Row { vm: &'a Vm, spot: bool, price: f64 },
+    /// A separately priced GPU on a host machine of its zone: spot there when `zone` is given,
+    /// else on demand for the GPU's region.
+    Joined {
+        host: &'a Vm,
+        gpu: &'a Vm,
+        zone: Option<&'a str>,
+        price: f64,
+    },
+}
+
+/// The offerings of `(cloud, multiplier, picks)` in order. The list is allocated once, whole,
+/// with empty offerings (which allocate nothing), and filled in two halves on two threads:
+/// growing and copying it, or joining per-thread lists, would touch its memory twice.
+fn build(jobs: &[(&str, f64, Vec<Pick<'_>>)]) -> Vec<Offering> {
+    let total: usize = jobs.iter().map(|j| j.2.len()).sum();
+    let empty = Offering {
+        cloud: String::new(),
+        region: None,
+        zone: None,
+        instance_type: String::new(),
+        accelerators: Vec::new(),
+        cpus: 0.0,
+        memory_gib: 0.0,
+        spot: false,
+        price: 0,
+        max_nodes: None,
+    };
+    let mut out = vec![empty; total];
+    type Piece<'s, 'p> = (&'s str, f64, &'s [Pick<'p>], &'s mut [Offering]);
+    let (mut first, mut second): (Vec<Piece>, Vec<Piece>) = (Vec::new(), Vec::new());
+    let mut rest: &mut [Offering] = &mut out;
+    let (half, mut seen) = (total / 2, 0);
+    for (cloud, m, picks) in jobs {
+        let (slots, tail) = std::mem::take(&mut rest).split_at_mut(picks.len());
+        rest = tail;
+        let n = picks.len();
+        if seen + n <= half {
+            first.push((cloud, *m, picks, slots));
+        } else if seen >= half {
+            second.push((cloud, *m, picks, slots));
+        } else {
+            let (pa, pb) = picks.split_at(half - seen);
+            let (sa, sb) = slots.split_at_mut(half - seen);
+            first.push((cloud, *m, pa, sa));
+            second.push((cloud, *m, pb, sb));
+        }
+        seen += n;
+    }
+    let fill = |pieces: Vec<Piece>| {
+        for (cloud, m, picks, slots) in pieces {
+            for (slot, pick) in slots.iter_mut().zip(picks) {
+                *slot = match *pick {
+                    Pick::Row { vm, spot, price } => {
+                        // Spot per zone; on demand stands for its whole region.
+                        let zone = if spot { vm.zone.clone() } else { None };
+                        offering(cloud, vm, zone, spot, price, m)
+                    }
+                    Pick::Joined {
+                        host,
+                        gpu,
+                        zone,
+                        price,
+                    } => joined(cloud, host, gpu, zone.map(String::from), price, m),
+                };
+            }
+        }
+    };
+    if total < 2048 {
+        fill(first);
+        fill(second);
+    } else {
+        std::thread::scope(|scope| {
+            scope.spawn(|| fill(second));
+            fill(first);
+        });
+    }
+    out
 }
 
 fn offering(
@@ -482,14 +573,13 @@ fn n1_default_cpus(name: &str, count: f64) -> f64 {
     per_gpu * count
 }
 
-/// The rows of a cloud with an instance type that become offerings, with whether on spot
-/// and at which price: spot per zone in catalog order, then on demand per (region, instance
-/// type) in that order. Offerings are built from them once their number is known.
+/// The rows of a cloud with an instance type that become offerings: spot per zone in catalog
+/// order, then on demand per (region, instance type) in that order.
 fn row_picks<'a>(
     cc: &'a CloudCatalog,
     in_scope: &dyn Fn(&str) -> bool,
     kinds: Kinds,
-) -> Vec<(&'a Vm, bool, f64)> {
+) -> Vec<Pick<'a>> {
     let mut out = Vec::new();
     // On demand: one offering per (region, instance type), the cheapest row and the first
     // of equals; spot: per zone. Catalogs list the zones of a pair one after another, so
@@ -527,7 +617,11 @@ fn row_picks<'a>(
             }
         }
         if let Some(sp) = vm.spot_price.filter(|_| kinds.spot) {
-            out.push((vm, true, sp));
+            out.push(Pick::Row {
+                vm,
+                spot: true,
+                price: sp,
+            });
         }
     }
     // Stable, so runs of one pair keep their order and the first of equals still wins.
@@ -539,18 +633,23 @@ fn row_picks<'a>(
         }
         same
     });
-    out.extend(on_demand.into_iter().map(|(_, _, vm, p)| (vm, false, p)));
+    out.extend(on_demand.into_iter().map(|(_, _, vm, price)| Pick::Row {
+        vm,
+        spot: false,
+        price,
+    }));
     out
 }
 
-/// Offerings for separately priced accelerators: GPU row + host VM in the same zone.
-fn join_gpus(
-    cloud: &str,
-    cc: &CloudCatalog,
+/// Offerings for separately priced accelerators: GPU row + host VM in the same zone; spot
+/// ones first. `multiplier` decides ties between on-demand prices as the offerings will
+/// show them.
+fn join_gpus<'a>(
+    cc: &'a CloudCatalog,
     multiplier: f64,
     in_scope: &dyn Fn(&str) -> bool,
     kinds: Kinds,
-) -> Vec<Offering> {
+) -> Vec<Pick<'a>> {
     // Host VMs by zone, in catalog order: only the families GPUs are joined with (n1 and
     // the fixed families), which are a small part of the catalog.
     let mut hosts: BTreeMap<&str, Vec<&Vm>> = BTreeMap::new();
@@ -605,15 +704,12 @@ fn join_gpus(
         };
         for host in candidates {
             if let (Some(hp), Some(gp), true) = (host.spot_price, gpu.spot_price, kinds.spot) {
-                spot.push(joined(
-                    cloud,
+                spot.push(Pick::Joined {
                     host,
                     gpu,
-                    Some(zone.clone()),
-                    true,
-                    hp + gp,
-                    multiplier,
-                ));
+                    zone: Some(zone),
+                    price: hp + gp,
+                });
             }
             if let (Some(hp), Some(gp), true) = (host.price, gpu.price, kinds.on_demand) {
                 let price = micros_from_dollars((hp + gp) * multiplier);
@@ -635,7 +731,12 @@ fn join_gpus(
     spot.extend(
         on_demand
             .into_values()
-            .map(|(host, gpu, p, _)| joined(cloud, host, gpu, None, false, p, multiplier)),
+            .map(|(host, gpu, price, _)| Pick::Joined {
+                host,
+                gpu,
+                zone: None,
+                price,
+            }),
     );
     spot
 }
@@ -654,10 +755,10 @@ fn joined(
     host: &Vm,
     gpu: &Vm,
     zone: Option<String>,
-    spot: bool,
     price: f64,
     multiplier: f64,
 ) -> Offering {
+    let spot = zone.is_some();
     Offering {
         cloud: cloud.to_string(),
         region: Some(gpu.region.clone()),
@@ -957,6 +1058,24 @@ n1-highmem-4,4.0,26.0,,,,us-east4,us-east4-a,0.25,0.06
             return;
         }
         let catalog = Catalog::load_csv(&dir).unwrap();
+        // Several clouds at once, in the order asked, one twice.
+        let wanted: Vec<(String, f64, Vec<String>)> = vec![
+            ("lambda".into(), 1.0, vec![]),
+            ("gcp".into(), 0.9, vec![]),
+            ("aws".into(), 1.0, vec!["us-east-1".into()]),
+            ("gcp".into(), 1.0, vec!["us-central1".into()]),
+        ];
+        let kinds = Kinds {
+            on_demand: true,
+            spot: false,
+            gpu: true,
+            cpu: true,
+        };
+        let want: Vec<Offering> = wanted
+            .iter()
+            .flat_map(|(c, m, r)| reference::offerings_of_kinds(&catalog, c, *m, r, kinds))
+            .collect();
+        assert_eq!(catalog.offerings_of(&wanted, kinds), want);
         for cloud in catalog.clouds.keys() {
             for kinds in [
                 Kinds::ALL,
