@@ -11,6 +11,8 @@
 //! does: fixed families for A100, A100-80GB, L4, H100, H200, B200, and the cheapest n1 host
 //! with enough vCPUs and at least 4 GiB per vCPU for the others.
 
+mod index;
+
 use super::{Micros, Offering, micros_from_dollars};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -29,7 +31,7 @@ pub struct Vm {
 }
 
 /// One cloud's catalog.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct CloudCatalog {
     /// Rows with an instance type.
     pub vms: Vec<Vm>,
@@ -94,79 +96,169 @@ fn parse_f64(s: &str) -> Option<f64> {
     t.parse::<f64>().ok().filter(|v| v.is_finite())
 }
 
-impl Catalog {
-    /// Reads every `<cloud>/vms.csv` under `dir` (clouds in name order).
-    pub fn load(dir: &Path) -> Result<Catalog, CatalogError> {
-        let mut catalog = Catalog::default();
+/// The files of a catalog directory, as found before reading them.
+struct Scan {
+    /// `(cloud, path of its vms.csv)`, in cloud name order.
+    clouds: Vec<(String, PathBuf)>,
+    /// `common/accelerators.csv`, when it is a file.
+    common: Option<PathBuf>,
+    /// One per file (clouds in order, then common), taken before reading: a file that
+    /// changes while it is read makes the stamp differ next time.
+    stamps: Vec<index::Stamp>,
+    modified: Vec<Option<std::time::SystemTime>>,
+}
+
+impl Scan {
+    fn of(dir: &Path) -> Result<Scan, CatalogError> {
         let rd = std::fs::read_dir(dir).map_err(|source| CatalogError::Io {
             path: dir.display().to_string(),
             source,
         })?;
-        let mut clouds: Vec<(String, PathBuf)> = rd
+        let mut found: Vec<(String, PathBuf, String, std::fs::Metadata)> = rd
             .filter_map(Result::ok)
-            .map(|e| e.path())
-            .filter(|p| p.join("vms.csv").is_file())
-            .filter_map(|p| {
-                Some((
-                    p.file_name()?.to_string_lossy().to_lowercase(),
-                    p.join("vms.csv"),
-                ))
+            .filter_map(|e| {
+                let path = e.path().join("vms.csv");
+                let meta = std::fs::metadata(&path).ok().filter(|m| m.is_file())?;
+                let name = e.file_name().to_string_lossy().into_owned();
+                Some((name.to_lowercase(), path, format!("{name}/vms.csv"), meta))
             })
             .collect();
-        clouds.sort();
+        // By cloud, then path (as the paths were sorted before the index existed).
+        found.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+        let common_path = dir.join("common").join("accelerators.csv");
+        let common_meta = std::fs::metadata(&common_path).ok().filter(|m| m.is_file());
+        let mut scan = Scan {
+            clouds: Vec::with_capacity(found.len()),
+            common: None,
+            stamps: Vec::with_capacity(found.len() + 1),
+            modified: Vec::with_capacity(found.len() + 1),
+        };
+        for (cloud, path, name, meta) in found {
+            scan.stamps.push(index::Stamp::of(name, &meta));
+            scan.modified.push(meta.modified().ok());
+            scan.clouds.push((cloud, path));
+        }
+        if let Some(meta) = common_meta {
+            scan.stamps
+                .push(index::Stamp::of("common/accelerators.csv".into(), &meta));
+            scan.modified.push(meta.modified().ok());
+            scan.common = Some(common_path);
+        }
+        Ok(scan)
+    }
+}
+
+impl Catalog {
+    /// Reads every `<cloud>/vms.csv` under `dir` (clouds in name order), through the
+    /// directory's prebuilt index when it is current (see `catalog/index.rs`); otherwise parses the
+    /// CSVs and writes the index for the next run.
+    pub fn load(dir: &Path) -> Result<Catalog, CatalogError> {
+        Self::load_indexed(dir, &index::places(dir))
+    }
+
+    /// As [`Self::load`] with the index looked for (and written) at `places`, in order.
+    fn load_indexed(dir: &Path, places: &[PathBuf]) -> Result<Catalog, CatalogError> {
+        let scan = Scan::of(dir)?;
+        if let Some(c) = index::read(places, &scan.stamps)
+            .filter(|c| c.clouds.len() == scan.clouds.len())
+            .filter(|c| c.accelerators.is_some() == scan.common.is_some())
+        {
+            return Ok(Self::assemble(scan, c.clouds, c.accelerators));
+        }
+        let (clouds, accelerators) = Self::parse_files(&scan)?;
+        let contents = index::Contents {
+            stamps: scan.stamps.clone(),
+            clouds,
+            accelerators,
+        };
+        index::write(places, &contents);
+        Ok(Self::assemble(scan, contents.clouds, contents.accelerators))
+    }
+
+    /// Reads every `<cloud>/vms.csv` under `dir` from the CSVs themselves, neither reading
+    /// nor writing an index.
+    pub fn load_csv(dir: &Path) -> Result<Catalog, CatalogError> {
+        let scan = Scan::of(dir)?;
+        let (clouds, accelerators) = Self::parse_files(&scan)?;
+        Ok(Self::assemble(scan, clouds, accelerators))
+    }
+
+    /// Parses the files a scan found.
+    #[allow(clippy::type_complexity)]
+    fn parse_files(
+        scan: &Scan,
+    ) -> Result<(Vec<CloudCatalog>, Option<BTreeMap<String, Vec<String>>>), CatalogError> {
         // One thread per file: the files are independent and GCP's is most of the work.
-        let parsed: Vec<Result<(String, PathBuf, CloudCatalog), CatalogError>> =
-            std::thread::scope(|scope| {
-                let handles: Vec<_> = clouds
-                    .into_iter()
-                    .map(|(cloud, path)| {
-                        scope.spawn(move || {
-                            let bytes =
-                                std::fs::read(&path).map_err(|source| CatalogError::Io {
-                                    path: path.display().to_string(),
-                                    source,
-                                })?;
-                            let cc = parse_vms(&bytes).map_err(|message| CatalogError::Format {
-                                path: path.display().to_string(),
-                                message,
-                            })?;
-                            Ok((cloud, path, cc))
+        let parsed: Vec<Result<CloudCatalog, CatalogError>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = scan
+                .clouds
+                .iter()
+                .map(|(_, path)| {
+                    scope.spawn(move || {
+                        let bytes = std::fs::read(path).map_err(|source| CatalogError::Io {
+                            path: path.display().to_string(),
+                            source,
+                        })?;
+                        parse_vms(&bytes).map_err(|message| CatalogError::Format {
+                            path: path.display().to_string(),
+                            message,
                         })
                     })
-                    .collect();
-                handles
-                    .into_iter()
-                    .map(|h| {
-                        h.join().unwrap_or_else(|_| {
-                            Err(CatalogError::Format {
-                                path: String::new(),
-                                message: "reading the catalog failed".into(),
-                            })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join().unwrap_or_else(|_| {
+                        Err(CatalogError::Format {
+                            path: String::new(),
+                            message: "reading the catalog failed".into(),
                         })
                     })
-                    .collect()
-            });
-        let common = dir.join("common").join("accelerators.csv");
-        if let Ok(bytes) = std::fs::read(&common) {
-            catalog.accelerator_clouds = parse_accelerators(&bytes);
+                })
+                .collect()
+        });
+        let clouds = parsed.into_iter().collect::<Result<Vec<_>, _>>()?;
+        // A common file that cannot be read is left out, as if it were not there; the
+        // index then records it as absent (with a stamp that makes a later run retry).
+        let accelerators = scan
+            .common
+            .as_ref()
+            .and_then(|p| std::fs::read(p).ok())
+            .map(|bytes| parse_accelerators(&bytes));
+        Ok((clouds, accelerators))
+    }
+
+    /// The catalog of a scan's files and what they hold.
+    fn assemble(
+        scan: Scan,
+        parsed: Vec<CloudCatalog>,
+        accelerators: Option<BTreeMap<String, Vec<String>>>,
+    ) -> Catalog {
+        let mut catalog = Catalog::default();
+        let mut modified = scan.modified.into_iter();
+        let cloud_modified: Vec<_> = modified.by_ref().take(scan.clouds.len()).collect();
+        if let (Some(path), Some(map)) = (scan.common, accelerators) {
             catalog.files.push(LoadedFile {
                 cloud: "common".into(),
-                rows: catalog.accelerator_clouds.len(),
-                modified: std::fs::metadata(&common).and_then(|m| m.modified()).ok(),
-                path: common,
+                rows: map.len(),
+                modified: modified.next().flatten(),
+                path,
             });
+            catalog.accelerator_clouds = map;
         }
-        for result in parsed {
-            let (cloud, path, cc) = result?;
+        for (((cloud, path), cc), modified) in
+            scan.clouds.into_iter().zip(parsed).zip(cloud_modified)
+        {
             catalog.files.push(LoadedFile {
                 cloud: cloud.clone(),
                 rows: cc.vms.len() + cc.gpus.len(),
-                modified: std::fs::metadata(&path).and_then(|m| m.modified()).ok(),
+                modified,
                 path,
             });
             catalog.clouds.insert(cloud, cc);
         }
-        Ok(catalog)
+        catalog
     }
 
     /// Every offering of `cloud` (on-demand per region, spot per zone), prices multiplied by
@@ -184,56 +276,37 @@ impl Catalog {
         regions: &[String],
         kinds: Kinds,
     ) -> Vec<Offering> {
+        build(&[(
+            cloud,
+            multiplier,
+            self.picks(cloud, multiplier, regions, kinds),
+        )])
+    }
+
+    /// What [`Self::offerings_of_kinds`] makes offerings of, in order.
+    fn picks(
+        &self,
+        cloud: &str,
+        multiplier: f64,
+        regions: &[String],
+        kinds: Kinds,
+    ) -> Vec<Pick<'_>> {
         let Some(cc) = self.clouds.get(cloud) else {
             return Vec::new();
         };
         let in_scope =
             |r: &str| regions.is_empty() || regions.iter().any(|x| x.eq_ignore_ascii_case(r));
-        let mut out = Vec::new();
-        // On demand: one offering per (region, instance type); spot: per zone.
-        let mut on_demand: BTreeMap<(&str, &str), (&Vm, f64)> = BTreeMap::new();
-        // Hosts of separately priced GPUs (GCP's a2, a3, a4, g2) come only with their GPUs.
-        let gpu_host = |vm: &Vm| {
-            !cc.gpus.is_empty()
-                && vm.accelerator.is_none()
-                && GPU_HOST_FAMILIES
-                    .iter()
-                    .any(|f| vm.instance_type.starts_with(f))
-        };
-        for vm in cc
-            .vms
-            .iter()
-            .filter(|v| in_scope(&v.region) && !gpu_host(v))
-        {
-            let wanted = if vm.accelerator.is_some() {
-                kinds.gpu
-            } else {
-                kinds.cpu
-            };
-            if !wanted {
-                continue;
+        // Separately priced GPUs (GCP) are joined with their hosts on another thread
+        // meanwhile: GCP's catalog is the largest, and this is much of its work.
+        let join = !cc.gpus.is_empty() && kinds.gpu;
+        std::thread::scope(|scope| {
+            let joined = join.then(|| scope.spawn(|| join_gpus(cc, multiplier, &in_scope, kinds)));
+            let mut picks = row_picks(cc, &in_scope, kinds);
+            if let Some(h) = joined {
+                picks.extend(h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)));
             }
-            if let Some(p) = vm.price.filter(|_| kinds.on_demand) {
-                on_demand
-                    .entry((vm.region.as_str(), vm.instance_type.as_str()))
-                    .and_modify(|e| {
-                        if p < e.1 {
-                            *e = (vm, p);
-                        }
-                    })
-                    .or_insert((vm, p));
-            }
-            if let Some(sp) = vm.spot_price.filter(|_| kinds.spot) {
-                out.push(offering(cloud, vm, vm.zone.clone(), true, sp, multiplier));
-            }
-        }
-        for ((_, _), (vm, p)) in on_demand {
-            out.push(offering(cloud, vm, None, false, p, multiplier));
-        }
-        if !cc.gpus.is_empty() && kinds.gpu {
-            out.extend(join_gpus(cloud, cc, multiplier, &in_scope, kinds));
-        }
-        out
+            picks
+        })
     }
 
     /// The offerings of several clouds (cloud, price multiplier, regions), built in parallel.
@@ -242,18 +315,24 @@ impl Catalog {
         wanted: &[(String, f64, Vec<String>)],
         kinds: Kinds,
     ) -> Vec<Offering> {
-        std::thread::scope(|scope| {
+        let picks: Vec<Vec<Pick<'_>>> = std::thread::scope(|scope| {
             let handles: Vec<_> = wanted
                 .iter()
                 .map(|(cloud, m, regions)| {
-                    scope.spawn(move || self.offerings_of_kinds(cloud, *m, regions, kinds))
+                    scope.spawn(move || self.picks(cloud, *m, regions, kinds))
                 })
                 .collect();
             handles
                 .into_iter()
-                .flat_map(|h| h.join().unwrap_or_default())
+                .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
                 .collect()
-        })
+        });
+        let jobs: Vec<(&str, f64, Vec<Pick<'_>>)> = wanted
+            .iter()
+            .zip(picks)
+            .map(|((cloud, m, _), p)| (cloud.as_str(), *m, p))
+            .collect();
+        build(&jobs)
     }
 
     /// Accelerator names and counts the catalogs offer (for "did you mean").
@@ -268,6 +347,92 @@ impl Catalog {
         v.dedup();
         v
     }
+}
+
+/// A future offering: which rows it is made of and its price in dollars, before the
+/// multiplier. Choosing is done on these; offerings (a few heap strings each) are built once
+/// their number is known.
+#[derive(Debug, Clone, Copy)]
+enum Pick<'a> {
+    /// A row: on demand for its region, or spot in its zone.
+    Row { vm: &'a Vm, spot: bool, price: f64 },
+    /// A separately priced GPU on a host machine of its zone: spot there when `zone` is given,
+    /// else on demand for the GPU's region.
+    Joined {
+        host: &'a Vm,
+        gpu: &'a Vm,
+        zone: Option<&'a str>,
+        price: f64,
+    },
+}
+
+/// The offerings of `(cloud, multiplier, picks)` in order. The list is allocated once, whole,
+/// with empty offerings (which allocate nothing), and filled in two halves on two threads:
+/// growing and copying it, or joining per-thread lists, would touch its memory twice.
+fn build(jobs: &[(&str, f64, Vec<Pick<'_>>)]) -> Vec<Offering> {
+    let total: usize = jobs.iter().map(|j| j.2.len()).sum();
+    let empty = Offering {
+        cloud: String::new(),
+        region: None,
+        zone: None,
+        instance_type: String::new(),
+        accelerators: Vec::new(),
+        cpus: 0.0,
+        memory_gib: 0.0,
+        spot: false,
+        price: 0,
+        max_nodes: None,
+    };
+    let mut out = vec![empty; total];
+    type Piece<'s, 'p> = (&'s str, f64, &'s [Pick<'p>], &'s mut [Offering]);
+    let (mut first, mut second): (Vec<Piece>, Vec<Piece>) = (Vec::new(), Vec::new());
+    let mut rest: &mut [Offering] = &mut out;
+    let (half, mut seen) = (total / 2, 0);
+    for (cloud, m, picks) in jobs {
+        let (slots, tail) = std::mem::take(&mut rest).split_at_mut(picks.len());
+        rest = tail;
+        let n = picks.len();
+        if seen + n <= half {
+            first.push((cloud, *m, picks, slots));
+        } else if seen >= half {
+            second.push((cloud, *m, picks, slots));
+        } else {
+            let (pa, pb) = picks.split_at(half - seen);
+            let (sa, sb) = slots.split_at_mut(half - seen);
+            first.push((cloud, *m, pa, sa));
+            second.push((cloud, *m, pb, sb));
+        }
+        seen += n;
+    }
+    let fill = |pieces: Vec<Piece>| {
+        for (cloud, m, picks, slots) in pieces {
+            for (slot, pick) in slots.iter_mut().zip(picks) {
+                *slot = match *pick {
+                    Pick::Row { vm, spot, price } => {
+                        // Spot per zone; on demand stands for its whole region.
+                        let zone = if spot { vm.zone.clone() } else { None };
+                        offering(cloud, vm, zone, spot, price, m)
+                    }
+                    Pick::Joined {
+                        host,
+                        gpu,
+                        zone,
+                        price,
+                    } => joined(cloud, host, gpu, zone.map(String::from), price, m),
+                };
+            }
+        }
+    };
+    if total < 2048 {
+        fill(first);
+        fill(second);
+    } else {
+        std::thread::scope(|scope| {
+            scope.spawn(|| fill(second));
+            fill(first);
+        });
+    }
+    out
 }
 
 fn offering(
@@ -408,24 +573,100 @@ fn n1_default_cpus(name: &str, count: f64) -> f64 {
     per_gpu * count
 }
 
-/// Offerings for separately priced accelerators: GPU row + host VM in the same zone.
-fn join_gpus(
-    cloud: &str,
-    cc: &CloudCatalog,
+/// The rows of a cloud with an instance type that become offerings: spot per zone in catalog
+/// order, then on demand per (region, instance type) in that order.
+fn row_picks<'a>(
+    cc: &'a CloudCatalog,
+    in_scope: &dyn Fn(&str) -> bool,
+    kinds: Kinds,
+) -> Vec<Pick<'a>> {
+    let mut out = Vec::new();
+    // On demand: one offering per (region, instance type), the cheapest row and the first
+    // of equals; spot: per zone. Catalogs list the zones of a pair one after another, so
+    // runs of a pair are folded as they come and only the runs' winners are sorted.
+    let mut on_demand: Vec<(&str, &str, &Vm, f64)> = Vec::new();
+    // Hosts of separately priced GPUs (GCP's a2, a3, a4, g2) come only with their GPUs.
+    let gpu_host = |vm: &Vm| {
+        !cc.gpus.is_empty()
+            && vm.accelerator.is_none()
+            && GPU_HOST_FAMILIES
+                .iter()
+                .any(|f| vm.instance_type.starts_with(f))
+    };
+    for vm in cc
+        .vms
+        .iter()
+        .filter(|v| in_scope(&v.region) && !gpu_host(v))
+    {
+        let wanted = if vm.accelerator.is_some() {
+            kinds.gpu
+        } else {
+            kinds.cpu
+        };
+        if !wanted {
+            continue;
+        }
+        if let Some(p) = vm.price.filter(|_| kinds.on_demand) {
+            match on_demand.last_mut() {
+                Some(last) if last.0 == vm.region && last.1 == vm.instance_type => {
+                    if p < last.3 {
+                        *last = (last.0, last.1, vm, p);
+                    }
+                }
+                _ => on_demand.push((vm.region.as_str(), vm.instance_type.as_str(), vm, p)),
+            }
+        }
+        if let Some(sp) = vm.spot_price.filter(|_| kinds.spot) {
+            out.push(Pick::Row {
+                vm,
+                spot: true,
+                price: sp,
+            });
+        }
+    }
+    // Stable, so runs of one pair keep their order and the first of equals still wins.
+    on_demand.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+    on_demand.dedup_by(|later, kept| {
+        let same = (later.0, later.1) == (kept.0, kept.1);
+        if same && later.3 < kept.3 {
+            std::mem::swap(later, kept);
+        }
+        same
+    });
+    out.extend(on_demand.into_iter().map(|(_, _, vm, price)| Pick::Row {
+        vm,
+        spot: false,
+        price,
+    }));
+    out
+}
+
+/// Offerings for separately priced accelerators: GPU row + host VM in the same zone; spot
+/// ones first. `multiplier` decides ties between on-demand prices as the offerings will
+/// show them.
+fn join_gpus<'a>(
+    cc: &'a CloudCatalog,
     multiplier: f64,
     in_scope: &dyn Fn(&str) -> bool,
     kinds: Kinds,
-) -> Vec<Offering> {
-    // Host VMs by zone, then by instance type.
+) -> Vec<Pick<'a>> {
+    // Host VMs by zone, in catalog order: only the families GPUs are joined with (n1 and
+    // the fixed families), which are a small part of the catalog.
     let mut hosts: BTreeMap<&str, Vec<&Vm>> = BTreeMap::new();
-    for vm in cc.vms.iter().filter(|v| v.accelerator.is_none()) {
+    for vm in cc
+        .vms
+        .iter()
+        .filter(|v| v.accelerator.is_none() && may_host_gpus(&v.instance_type))
+    {
         if let Some(z) = &vm.zone {
             hosts.entry(z.as_str()).or_default().push(vm);
         }
     }
     let mut spot = Vec::new();
-    let mut on_demand: BTreeMap<(String, String, String, u64), (Offering, Micros)> =
-        BTreeMap::new();
+    // On demand per (region, host type, GPU, count): the cheapest, the first of equals. Only
+    // the winners become offerings.
+    type Key<'a> = (&'a str, &'a str, &'a str, u64);
+    let mut on_demand: BTreeMap<Key<'_>, (&Vm, &Vm, f64, Micros)> = BTreeMap::new();
     for gpu in cc.gpus.iter().filter(|g| in_scope(&g.region)) {
         let Some((name, count)) = &gpu.accelerator else {
             continue;
@@ -462,51 +703,242 @@ fn join_gpus(
             }
         };
         for host in candidates {
-            let joined = Vm {
-                instance_type: host.instance_type.clone(),
-                accelerator: Some((name.clone(), *count)),
-                vcpus: host.vcpus,
-                memory_gib: host.memory_gib,
-                price: None,
-                spot_price: None,
-                region: gpu.region.clone(),
-                zone: None,
-            };
             if let (Some(hp), Some(gp), true) = (host.spot_price, gpu.spot_price, kinds.spot) {
-                spot.push(offering(
-                    cloud,
-                    &joined,
-                    Some(zone.clone()),
-                    true,
-                    hp + gp,
-                    multiplier,
-                ));
+                spot.push(Pick::Joined {
+                    host,
+                    gpu,
+                    zone: Some(zone),
+                    price: hp + gp,
+                });
             }
             if let (Some(hp), Some(gp), true) = (host.price, gpu.price, kinds.on_demand) {
-                let o = offering(cloud, &joined, None, false, hp + gp, multiplier);
+                let price = micros_from_dollars((hp + gp) * multiplier);
                 let key = (
-                    gpu.region.clone(),
-                    host.instance_type.clone(),
-                    name.clone(),
+                    gpu.region.as_str(),
+                    host.instance_type.as_str(),
+                    name.as_str(),
                     *count as u64,
                 );
                 match on_demand.get(&key) {
-                    Some((_, p)) if *p <= o.price => {}
+                    Some((_, _, _, p)) if *p <= price => {}
                     _ => {
-                        let p = o.price;
-                        on_demand.insert(key, (o, p));
+                        on_demand.insert(key, (host, gpu, hp + gp, price));
                     }
                 }
             }
         }
     }
-    spot.extend(on_demand.into_values().map(|(o, _)| o));
+    spot.extend(
+        on_demand
+            .into_values()
+            .map(|(host, gpu, price, _)| Pick::Joined {
+                host,
+                gpu,
+                zone: None,
+                price,
+            }),
+    );
     spot
+}
+
+/// Whether a machine type belongs to a family that separately priced GPUs are joined with.
+fn may_host_gpus(instance_type: &str) -> bool {
+    instance_type.starts_with("n1-")
+        || GPU_HOST_FAMILIES
+            .iter()
+            .any(|f| instance_type.starts_with(f))
+}
+
+/// The offering of a GPU row on a host machine of its zone.
+fn joined(
+    cloud: &str,
+    host: &Vm,
+    gpu: &Vm,
+    zone: Option<String>,
+    price: f64,
+    multiplier: f64,
+) -> Offering {
+    let spot = zone.is_some();
+    Offering {
+        cloud: cloud.to_string(),
+        region: Some(gpu.region.clone()),
+        zone,
+        instance_type: host.instance_type.clone(),
+        accelerators: gpu.accelerator.iter().cloned().collect(),
+        cpus: host.vcpus,
+        memory_gib: host.memory_gib,
+        spot,
+        price: micros_from_dollars(price * multiplier),
+        max_nodes: None,
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The offerings as they were built before the index and the faster build, to check
+    /// that both give exactly the same offerings in the same order.
+    mod reference {
+        use super::super::*;
+
+        pub fn offerings_of_kinds(
+            catalog: &Catalog,
+            cloud: &str,
+            multiplier: f64,
+            regions: &[String],
+            kinds: Kinds,
+        ) -> Vec<Offering> {
+            let Some(cc) = catalog.clouds.get(cloud) else {
+                return Vec::new();
+            };
+            let in_scope =
+                |r: &str| regions.is_empty() || regions.iter().any(|x| x.eq_ignore_ascii_case(r));
+            let mut out = Vec::new();
+            // On demand: one offering per (region, instance type); spot: per zone.
+            let mut on_demand: BTreeMap<(&str, &str), (&Vm, f64)> = BTreeMap::new();
+            // Hosts of separately priced GPUs (GCP's a2, a3, a4, g2) come only with their GPUs.
+            let gpu_host = |vm: &Vm| {
+                !cc.gpus.is_empty()
+                    && vm.accelerator.is_none()
+                    && GPU_HOST_FAMILIES
+                        .iter()
+                        .any(|f| vm.instance_type.starts_with(f))
+            };
+            for vm in cc
+                .vms
+                .iter()
+                .filter(|v| in_scope(&v.region) && !gpu_host(v))
+            {
+                let wanted = if vm.accelerator.is_some() {
+                    kinds.gpu
+                } else {
+                    kinds.cpu
+                };
+                if !wanted {
+                    continue;
+                }
+                if let Some(p) = vm.price.filter(|_| kinds.on_demand) {
+                    on_demand
+                        .entry((vm.region.as_str(), vm.instance_type.as_str()))
+                        .and_modify(|e| {
+                            if p < e.1 {
+                                *e = (vm, p);
+                            }
+                        })
+                        .or_insert((vm, p));
+                }
+                if let Some(sp) = vm.spot_price.filter(|_| kinds.spot) {
+                    out.push(offering(cloud, vm, vm.zone.clone(), true, sp, multiplier));
+                }
+            }
+            for ((_, _), (vm, p)) in on_demand {
+                out.push(offering(cloud, vm, None, false, p, multiplier));
+            }
+            if !cc.gpus.is_empty() && kinds.gpu {
+                out.extend(old_join_gpus(cloud, cc, multiplier, &in_scope, kinds));
+            }
+            out
+        }
+
+        /// Offerings for separately priced accelerators: GPU row + host VM in the same zone.
+        fn old_join_gpus(
+            cloud: &str,
+            cc: &CloudCatalog,
+            multiplier: f64,
+            in_scope: &dyn Fn(&str) -> bool,
+            kinds: Kinds,
+        ) -> Vec<Offering> {
+            // Host VMs by zone, then by instance type.
+            let mut hosts: BTreeMap<&str, Vec<&Vm>> = BTreeMap::new();
+            for vm in cc.vms.iter().filter(|v| v.accelerator.is_none()) {
+                if let Some(z) = &vm.zone {
+                    hosts.entry(z.as_str()).or_default().push(vm);
+                }
+            }
+            let mut spot = Vec::new();
+            let mut on_demand: BTreeMap<(String, String, String, u64), (Offering, Micros)> =
+                BTreeMap::new();
+            for gpu in cc.gpus.iter().filter(|g| in_scope(&g.region)) {
+                let Some((name, count)) = &gpu.accelerator else {
+                    continue;
+                };
+                if name.starts_with("tpu-") {
+                    continue;
+                }
+                let Some(zone) = &gpu.zone else { continue };
+                let Some(zone_hosts) = hosts.get(zone.as_str()) else {
+                    continue;
+                };
+                let candidates: Vec<&Vm> = match fixed_hosts(name, *count) {
+                    Some(types) => zone_hosts
+                        .iter()
+                        .filter(|h| types.contains(&h.instance_type))
+                        .copied()
+                        .collect(),
+                    None => {
+                        // Every n1 host with at least the default vCPUs for the GPUs; the optimizer
+                        // applies SkyPilot's 4 GiB per vCPU when the request says neither cpus nor
+                        // memory (T4:1 → n1-highmem-4), and the request's own numbers otherwise.
+                        let need = n1_default_cpus(name, *count);
+                        zone_hosts
+                            .iter()
+                            // Up to four times the default: enough room for a `cpus` request
+                            // without multiplying the offerings by every n1 size.
+                            .filter(|h| {
+                                h.instance_type.starts_with("n1-")
+                                    && h.vcpus >= need
+                                    && h.vcpus <= 4.0 * need
+                            })
+                            .copied()
+                            .collect()
+                    }
+                };
+                for host in candidates {
+                    let joined = Vm {
+                        instance_type: host.instance_type.clone(),
+                        accelerator: Some((name.clone(), *count)),
+                        vcpus: host.vcpus,
+                        memory_gib: host.memory_gib,
+                        price: None,
+                        spot_price: None,
+                        region: gpu.region.clone(),
+                        zone: None,
+                    };
+                    if let (Some(hp), Some(gp), true) =
+                        (host.spot_price, gpu.spot_price, kinds.spot)
+                    {
+                        spot.push(offering(
+                            cloud,
+                            &joined,
+                            Some(zone.clone()),
+                            true,
+                            hp + gp,
+                            multiplier,
+                        ));
+                    }
+                    if let (Some(hp), Some(gp), true) = (host.price, gpu.price, kinds.on_demand) {
+                        let o = offering(cloud, &joined, None, false, hp + gp, multiplier);
+                        let key = (
+                            gpu.region.clone(),
+                            host.instance_type.clone(),
+                            name.clone(),
+                            *count as u64,
+                        );
+                        match on_demand.get(&key) {
+                            Some((_, p)) if *p <= o.price => {}
+                            _ => {
+                                let p = o.price;
+                                on_demand.insert(key, (o, p));
+                            }
+                        }
+                    }
+                }
+            }
+            spot.extend(on_demand.into_values().map(|(o, _)| o));
+            spot
+        }
+    }
 
     const GCP: &str = "InstanceType,vCPUs,MemoryGiB,AcceleratorName,AcceleratorCount,GpuInfo,Region,AvailabilityZone,Price,SpotPrice
 g2-standard-4,4.0,16.0,,,,us-east4,us-east4-a,0.14631,0.05851
@@ -565,6 +997,121 @@ n1-highmem-4,4.0,26.0,,,,us-east4,us-east4-a,0.25,0.06
         assert_eq!(spot.len(), 1);
         assert_eq!(spot[0].zone.as_deref(), Some("us-east4-a"));
         assert_eq!(spot[0].price, 3_004_290);
+    }
+
+    fn all_kinds() -> Vec<Kinds> {
+        (0..16u8)
+            .map(|bits| Kinds {
+                on_demand: bits & 1 != 0,
+                spot: bits & 2 != 0,
+                gpu: bits & 4 != 0,
+                cpu: bits & 8 != 0,
+            })
+            .collect()
+    }
+
+    fn assert_as_before(catalog: &Catalog, regions: &[Vec<String>]) {
+        for cloud in catalog.clouds.keys() {
+            for kinds in all_kinds() {
+                for r in regions {
+                    for m in [1.0, 0.83] {
+                        assert_eq!(
+                            catalog.offerings_of_kinds(cloud, m, r, kinds),
+                            reference::offerings_of_kinds(catalog, cloud, m, r, kinds),
+                            "{cloud} {kinds:?} {r:?} {m}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn offerings_are_as_before_on_the_fixture_catalogs() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/catalogs");
+        let mut catalog = Catalog::load_csv(&dir).unwrap();
+        catalog
+            .clouds
+            .insert("gcp-small".into(), parse_vms(GCP.as_bytes()).unwrap());
+        // A pair listed in two separate runs, the cheaper one later, and equal prices.
+        let runs = "InstanceType,AcceleratorName,AcceleratorCount,vCPUs,MemoryGiB,Price,SpotPrice,Region,AvailabilityZone\n\
+                    m1,,,2,4,0.5,0.1,r1,r1a\nm1,,,2,4,0.5,0.1,r1,r1b\nm2,,,2,4,0.3,,r1,r1a\n\
+                    m1,,,2,4,0.4,0.1,r1,r1c\nm1,,,2,4,0.4,0.2,r1,r1d\nm1,G,1,2,4,0.2,,r1,r1e\n";
+        catalog
+            .clouds
+            .insert("runs".into(), parse_vms(runs.as_bytes()).unwrap());
+        assert_as_before(
+            &catalog,
+            &[
+                vec![],
+                vec!["us-east4".into()],
+                vec!["US-EAST-1".into(), "us-west-2".into(), "r1".into()],
+            ],
+        );
+    }
+
+    /// Over the full shared catalogs, when they are there (38,000 rows).
+    #[test]
+    fn offerings_are_as_before_on_the_shared_catalogs() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/catalogs/skypilot");
+        if !dir.join("gcp/vms.csv").is_file() {
+            return;
+        }
+        let catalog = Catalog::load_csv(&dir).unwrap();
+        // Several clouds at once, in the order asked, one twice.
+        let wanted: Vec<(String, f64, Vec<String>)> = vec![
+            ("lambda".into(), 1.0, vec![]),
+            ("gcp".into(), 0.9, vec![]),
+            ("aws".into(), 1.0, vec!["us-east-1".into()]),
+            ("gcp".into(), 1.0, vec!["us-central1".into()]),
+        ];
+        let kinds = Kinds {
+            on_demand: true,
+            spot: false,
+            gpu: true,
+            cpu: true,
+        };
+        let want: Vec<Offering> = wanted
+            .iter()
+            .flat_map(|(c, m, r)| reference::offerings_of_kinds(&catalog, c, *m, r, kinds))
+            .collect();
+        assert_eq!(catalog.offerings_of(&wanted, kinds), want);
+        for cloud in catalog.clouds.keys() {
+            for kinds in [
+                Kinds::ALL,
+                Kinds {
+                    on_demand: true,
+                    spot: false,
+                    gpu: true,
+                    cpu: true,
+                },
+            ] {
+                assert_eq!(
+                    catalog.offerings_of_kinds(cloud, 1.0, &[], kinds),
+                    reference::offerings_of_kinds(&catalog, cloud, 1.0, &[], kinds),
+                    "{cloud} {kinds:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn fixed_hosts_are_in_the_host_families() {
+        for name in [
+            "A100",
+            "A100-80GB",
+            "H100",
+            "H100-MEGA",
+            "H200",
+            "B200",
+            "L4",
+        ] {
+            for n in [1.0, 2.0, 4.0, 8.0, 16.0] {
+                for t in fixed_hosts(name, n).unwrap_or_default() {
+                    assert!(may_host_gpus(&t), "{t}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -1,0 +1,842 @@
+//! A prebuilt index of a catalog directory, so that a run does not parse 38,000 CSV rows.
+//!
+//! The index is a cache of what [`parse_vms`](super::parse_vms) and
+//! [`parse_accelerators`](super::parse_accelerators) make of the files, never a source of truth:
+//!
+//! - It records a stamp of every file it was built from (relative path, size, modification
+//!   and change times, inode) and the list of files itself, so a changed, added or removed
+//!   CSV makes it stale; a stale index is rebuilt from the CSVs.
+//! - It records a hash of the code that reads catalogs and of this file, so an index written
+//!   by another version of skyform is rebuilt instead of trusted.
+//! - It carries a checksum of its contents and every read is bounds-checked: a truncated or
+//!   corrupt index is ignored (and rebuilt), never a panic or a wrong price.
+//! - It is written to a temp file in the same directory and renamed into place, so concurrent
+//!   runs each see a whole index or none.
+//!
+//! Where: `<catalog dir>/.skyform-catalog.idx` when that directory may be written to (it is
+//! skyform's own `~/.skyform/catalogs` by default); for a read-only catalog directory (no
+//! write bit, a read-only mount, another user's) the index goes to
+//! `$XDG_CACHE_HOME/skyform/catalog-index/<hash of the directory's path>.idx`
+//! (`~/.cache/…` without XDG_CACHE_HOME).
+//!
+//! The layout is laid out by hand (little-endian, one string table, fixed-size rows) rather
+//! than through serde_json: decoding it is a few memory copies per row, which is the point.
+
+use super::{CloudCatalog, Vm};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// The name of the index next to the CSVs.
+pub const INDEX_FILE: &str = ".skyform-catalog.idx";
+
+const MAGIC: &[u8; 8] = b"SKYFCIX\n";
+/// Bumped by hand when the layout changes; the code hash below catches the rest.
+const FORMAT: u32 = 1;
+/// Absent string, zone or accelerator.
+const NONE: u32 = u32::MAX;
+/// Bytes per row: four string indices and five numbers.
+const ROW: usize = 4 * 4 + 5 * 8;
+
+/// The code that decides what a catalog means: an index built by other code is not trusted.
+const CODE_HASH: u64 = {
+    let a = hash_const(include_bytes!("../catalog.rs"), 0);
+    hash_const(include_bytes!("index.rs"), a)
+};
+
+const fn hash_const(bytes: &[u8], seed: u64) -> u64 {
+    // FNV-1a; at compile time only.
+    let mut h = 0xcbf2_9ce4_8422_2325 ^ seed;
+    let mut i = 0;
+    while i < bytes.len() {
+        h ^= bytes[i] as u64;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        i += 1;
+    }
+    h
+}
+
+/// A checksum of the index's contents. Each step is a bijection of the running value for a
+/// given word, so any change confined to one word always changes the result; it guards
+/// against truncation and stray writes, not against an adversary.
+pub(super) fn checksum(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0x9e37_79b9_7f4a_7c15 ^ bytes.len() as u64;
+    let mut chunks = bytes.chunks_exact(8);
+    for c in &mut chunks {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(c);
+        h = (h ^ u64::from_le_bytes(w))
+            .wrapping_mul(0xff51_afd7_ed55_8ccd)
+            .rotate_left(31);
+    }
+    let mut w = [0u8; 8];
+    w[..chunks.remainder().len()].copy_from_slice(chunks.remainder());
+    h = (h ^ u64::from_le_bytes(w))
+        .wrapping_mul(0xc4ce_b9fe_1a85_ec53)
+        .rotate_left(31);
+    h ^ (h >> 29)
+}
+
+/// What a file looked like when it was read. Equal stamps mean the index may be used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Stamp {
+    /// Relative to the catalog directory, `/`-separated: `gcp/vms.csv`.
+    pub name: String,
+    pub len: u64,
+    pub mtime: (i64, u32),
+    pub ctime: (i64, u32),
+    pub inode: u64,
+}
+
+impl Stamp {
+    pub fn of(name: String, meta: &std::fs::Metadata) -> Stamp {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::MetadataExt as _;
+            Stamp {
+                name,
+                len: meta.len(),
+                mtime: (meta.mtime(), meta.mtime_nsec().clamp(0, 999_999_999) as u32),
+                ctime: (meta.ctime(), meta.ctime_nsec().clamp(0, 999_999_999) as u32),
+                inode: meta.ino() ^ meta.dev().rotate_left(32),
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let mtime = meta
+                .modified()
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map_or((0, 0), |d| (d.as_secs() as i64, d.subsec_nanos()));
+            Stamp {
+                name,
+                len: meta.len(),
+                mtime,
+                ctime: (0, 0),
+                inode: 0,
+            }
+        }
+    }
+}
+
+/// What an index holds: the stamps of the files and what they parse to, in the order the
+/// directory scan lists them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(super) struct Contents {
+    pub stamps: Vec<Stamp>,
+    /// One per `<cloud>/vms.csv`, in scan order.
+    pub clouds: Vec<CloudCatalog>,
+    /// `common/accelerators.csv`, when it was there.
+    pub accelerators: Option<BTreeMap<String, Vec<String>>>,
+}
+
+/// The places an index of `dir` may be: next to the CSVs, then the cache.
+pub(super) fn places(dir: &Path) -> Vec<PathBuf> {
+    let mut v = vec![dir.join(INDEX_FILE)];
+    if let Some(p) = cache_place(dir) {
+        v.push(p);
+    }
+    v
+}
+
+fn cache_place(dir: &Path) -> Option<PathBuf> {
+    let base = match std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
+        Some(x) => PathBuf::from(x),
+        None => PathBuf::from(std::env::var_os("HOME").filter(|v| !v.is_empty())?).join(".cache"),
+    };
+    let abs = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    let key = checksum(abs.as_os_str().as_encoded_bytes());
+    Some(
+        base.join("skyform")
+            .join("catalog-index")
+            .join(format!("{key:016x}.idx")),
+    )
+}
+
+/// The first index among `places` that is whole, made by this code and built from files
+/// with exactly these `stamps`.
+pub(super) fn read(places: &[PathBuf], stamps: &[Stamp]) -> Option<Contents> {
+    places.iter().find_map(|p| {
+        let bytes = std::fs::read(p).ok()?;
+        let c = decode(&bytes, stamps);
+        if c.is_none() {
+            tracing::debug!("catalog index {} is stale or damaged", p.display());
+        }
+        c
+    })
+}
+
+/// Writes the index to the first of `places` that takes it: next to the CSVs unless that
+/// directory is read-only, else the cache. Failing to write is not an error (the next run
+/// parses the CSVs again).
+pub(super) fn write(places: &[PathBuf], contents: &Contents) {
+    // Encoded only once a place is found that may take it.
+    let mut bytes: Option<Vec<u8>> = None;
+    for (i, p) in places.iter().enumerate() {
+        let Some(parent) = p.parent() else { continue };
+        if i == 0 {
+            // Next to the catalogs only when the directory is meant to be written: a
+            // read-only mode is respected even where the user could override it (root).
+            let writable = std::fs::metadata(parent).is_ok_and(|m| !m.permissions().readonly());
+            if !writable {
+                continue;
+            }
+        } else if std::fs::create_dir_all(parent).is_err() {
+            continue;
+        }
+        let bytes = bytes.get_or_insert_with(|| encode(contents));
+        match write_replacing(parent, p, bytes) {
+            Ok(()) => return,
+            Err(e) => tracing::debug!("cannot write catalog index {}: {e}", p.display()),
+        }
+    }
+}
+
+fn write_replacing(parent: &Path, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    // Unique per process and per call: threads and processes never share a temp file.
+    let tmp = parent.join(format!(
+        "{INDEX_FILE}.tmp-{}-{}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    ));
+    let result = std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, path));
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Interns strings into one table.
+#[derive(Default)]
+struct Strings {
+    index: BTreeMap<String, u32>,
+    table: Vec<u8>,
+    count: u32,
+}
+
+impl Strings {
+    fn id(&mut self, s: &str) -> u32 {
+        if let Some(i) = self.index.get(s) {
+            return *i;
+        }
+        let i = self.count;
+        self.count += 1;
+        put_str(&mut self.table, s);
+        self.index.insert(s.to_string(), i);
+        i
+    }
+
+    fn opt(&mut self, s: Option<&str>) -> u32 {
+        s.map_or(NONE, |s| self.id(s))
+    }
+}
+
+fn put_u32(out: &mut Vec<u8>, v: u32) {
+    out.extend_from_slice(&v.to_le_bytes());
+}
+
+fn put_u64(out: &mut Vec<u8>, v: u64) {
+    out.extend_from_slice(&v.to_le_bytes());
+}
+
+fn put_f64(out: &mut Vec<u8>, v: f64) {
+    out.extend_from_slice(&v.to_bits().to_le_bytes());
+}
+
+fn put_len(out: &mut Vec<u8>, n: usize) {
+    put_u32(out, u32::try_from(n).unwrap_or(u32::MAX));
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    put_len(out, s.len());
+    out.extend_from_slice(s.as_bytes());
+}
+
+/// Prices are finite when present (see `parse_f64`), so NaN stands for "no price".
+fn put_price(out: &mut Vec<u8>, v: Option<f64>) {
+    put_f64(out, v.unwrap_or(f64::NAN));
+}
+
+fn put_rows(out: &mut Vec<u8>, strings: &mut Strings, rows: &[Vm]) {
+    put_len(out, rows.len());
+    for vm in rows {
+        put_u32(out, strings.id(&vm.instance_type));
+        put_u32(out, strings.id(&vm.region));
+        put_u32(out, strings.opt(vm.zone.as_deref()));
+        put_u32(
+            out,
+            strings.opt(vm.accelerator.as_ref().map(|a| a.0.as_str())),
+        );
+        put_f64(out, vm.accelerator.as_ref().map_or(0.0, |a| a.1));
+        put_f64(out, vm.vcpus);
+        put_f64(out, vm.memory_gib);
+        put_price(out, vm.price);
+        put_price(out, vm.spot_price);
+    }
+}
+
+/// Header: magic, format, code hash, body length, body checksum; then the body: stamps,
+/// string table, accelerator list, clouds.
+pub(super) fn encode(c: &Contents) -> Vec<u8> {
+    let mut strings = Strings::default();
+    let mut tail = Vec::new();
+    match &c.accelerators {
+        None => put_u32(&mut tail, NONE),
+        Some(map) => {
+            put_len(&mut tail, map.len());
+            for (name, clouds) in map {
+                put_u32(&mut tail, strings.id(name));
+                put_len(&mut tail, clouds.len());
+                for cloud in clouds {
+                    put_u32(&mut tail, strings.id(cloud));
+                }
+            }
+        }
+    }
+    put_len(&mut tail, c.clouds.len());
+    for cc in &c.clouds {
+        put_rows(&mut tail, &mut strings, &cc.vms);
+        put_rows(&mut tail, &mut strings, &cc.gpus);
+    }
+    let mut body = Vec::with_capacity(tail.len() + strings.table.len() + 1024);
+    put_len(&mut body, c.stamps.len());
+    for s in &c.stamps {
+        put_str(&mut body, &s.name);
+        put_u64(&mut body, s.len);
+        put_u64(&mut body, s.mtime.0 as u64);
+        put_u32(&mut body, s.mtime.1);
+        put_u64(&mut body, s.ctime.0 as u64);
+        put_u32(&mut body, s.ctime.1);
+        put_u64(&mut body, s.inode);
+    }
+    put_u32(&mut body, strings.count);
+    body.extend_from_slice(&strings.table);
+    body.extend_from_slice(&tail);
+    let mut out = Vec::with_capacity(body.len() + 32);
+    out.extend_from_slice(MAGIC);
+    put_u32(&mut out, FORMAT);
+    put_u64(&mut out, CODE_HASH);
+    put_u64(&mut out, body.len() as u64);
+    put_u64(&mut out, checksum(&body));
+    out.extend_from_slice(&body);
+    out
+}
+
+/// A bounds-checked reader: every read of a damaged index ends in `None`, never a panic.
+struct Reader<'a> {
+    bytes: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if n > self.bytes.len() {
+            return None;
+        }
+        let (head, rest) = self.bytes.split_at(n);
+        self.bytes = rest;
+        Some(head)
+    }
+
+    fn array<const N: usize>(&mut self) -> Option<[u8; N]> {
+        self.take(N)?.try_into().ok()
+    }
+
+    fn u32(&mut self) -> Option<u32> {
+        self.array().map(u32::from_le_bytes)
+    }
+
+    fn u64(&mut self) -> Option<u64> {
+        self.array().map(u64::from_le_bytes)
+    }
+
+    fn str(&mut self) -> Option<&'a str> {
+        let n = self.u32()? as usize;
+        std::str::from_utf8(self.take(n)?).ok()
+    }
+}
+
+fn le_u32(b: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?))
+}
+
+fn le_f64(b: &[u8], at: usize) -> Option<f64> {
+    Some(f64::from_bits(u64::from_le_bytes(
+        b.get(at..at + 8)?.try_into().ok()?,
+    )))
+}
+
+fn price(v: f64) -> Option<f64> {
+    Some(v).filter(|v| v.is_finite())
+}
+
+/// The slice of `n` rows that follows, with `n` read first.
+fn row_bytes<'a>(r: &mut Reader<'a>) -> Option<&'a [u8]> {
+    let n = r.u32()? as usize;
+    r.take(n.checked_mul(ROW)?)
+}
+
+/// Decodes one row.
+fn row(b: &[u8], strings: &[&str]) -> Option<Vm> {
+    let s = |i: u32| strings.get(i as usize).map(|s| (*s).to_string());
+    let opt = |i: u32| {
+        if i == NONE {
+            Some(None)
+        } else {
+            s(i).map(Some)
+        }
+    };
+    let accelerator = match opt(le_u32(b, 12)?)? {
+        None => None,
+        Some(name) => Some((name, le_f64(b, 16)?)),
+    };
+    Some(Vm {
+        instance_type: s(le_u32(b, 0)?)?,
+        region: s(le_u32(b, 4)?)?,
+        zone: opt(le_u32(b, 8)?)?,
+        accelerator,
+        vcpus: le_f64(b, 24)?,
+        memory_gib: le_f64(b, 32)?,
+        price: price(le_f64(b, 40)?),
+        spot_price: price(le_f64(b, 48)?),
+    })
+}
+
+/// Decodes whole rows into `out`, one for each.
+fn fill(out: &mut [Vm], bytes: &[u8], strings: &[&str]) -> Option<()> {
+    for (slot, b) in out.iter_mut().zip(bytes.chunks_exact(ROW)) {
+        *slot = row(b, strings)?;
+    }
+    Some(())
+}
+
+/// Decodes whole rows; a long list in two halves, one on another thread (most of a load is
+/// allocating the rows' strings). The list is allocated whole first, with empty rows that
+/// allocate nothing, so that the halves need no copying to be joined.
+fn rows(bytes: &[u8], strings: &[&str]) -> Option<Vec<Vm>> {
+    let n = bytes.len() / ROW;
+    let empty = Vm {
+        instance_type: String::new(),
+        accelerator: None,
+        vcpus: 0.0,
+        memory_gib: 0.0,
+        price: None,
+        spot_price: None,
+        region: String::new(),
+        zone: None,
+    };
+    let mut out = vec![empty; n];
+    if n < 4096 {
+        fill(&mut out, bytes, strings)?;
+        return Some(out);
+    }
+    let (a, b) = out.split_at_mut(n / 2);
+    let (ab, bb) = bytes.split_at(n / 2 * ROW);
+    let (first, second) = std::thread::scope(|scope| {
+        let other = scope.spawn(|| fill(b, bb, strings));
+        let first = fill(a, ab, strings);
+        (first, other.join().ok().flatten())
+    });
+    first.and(second).map(|()| out)
+}
+
+/// The index's contents, if `bytes` is a whole index by this code of files with `stamps`.
+pub(super) fn decode(bytes: &[u8], stamps: &[Stamp]) -> Option<Contents> {
+    let mut r = Reader { bytes };
+    if r.take(MAGIC.len())? != MAGIC || r.u32()? != FORMAT || r.u64()? != CODE_HASH {
+        return None;
+    }
+    let len = usize::try_from(r.u64()?).ok()?;
+    let sum = r.u64()?;
+    if r.bytes.len() != len || checksum(r.bytes) != sum {
+        return None;
+    }
+    let n = r.u32()? as usize;
+    if n != stamps.len() {
+        return None;
+    }
+    for want in stamps {
+        let have = Stamp {
+            name: r.str()?.to_string(),
+            len: r.u64()?,
+            mtime: (r.u64()? as i64, r.u32()?),
+            ctime: (r.u64()? as i64, r.u32()?),
+            inode: r.u64()?,
+        };
+        if &have != want {
+            return None;
+        }
+    }
+    let count = r.u32()? as usize;
+    // Each string takes at least its 4-byte length: a damaged count cannot ask for more.
+    let mut strings = Vec::with_capacity(count.min(r.bytes.len() / 4));
+    for _ in 0..count {
+        strings.push(r.str()?);
+    }
+    let id = |i: u32| strings.get(i as usize).map(|s| (*s).to_string());
+    let accelerators = match r.u32()? {
+        NONE => None,
+        n => {
+            let mut map = BTreeMap::new();
+            for _ in 0..n {
+                let name = id(r.u32()?)?;
+                let m = r.u32()? as usize;
+                let mut clouds = Vec::with_capacity(m.min(r.bytes.len() / 4));
+                for _ in 0..m {
+                    clouds.push(id(r.u32()?)?);
+                }
+                map.insert(name, clouds);
+            }
+            Some(map)
+        }
+    };
+    let n = r.u32()? as usize;
+    // vms and gpus of each cloud in turn.
+    let mut parts = Vec::with_capacity(n.min(r.bytes.len() / 8) * 2);
+    for _ in 0..n {
+        parts.push(row_bytes(&mut r)?);
+        parts.push(row_bytes(&mut r)?);
+    }
+    if !r.bytes.is_empty() {
+        return None;
+    }
+    let mut clouds = Vec::with_capacity(n);
+    for pair in parts.chunks_exact(2) {
+        clouds.push(CloudCatalog {
+            vms: rows(pair[0], &strings)?,
+            gpus: rows(pair[1], &strings)?,
+        });
+    }
+    Some(Contents {
+        stamps: stamps.to_vec(),
+        clouds,
+        accelerators,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Catalog, Kinds};
+    use super::*;
+    use proptest::prelude::*;
+
+    fn fixture() -> tempfile::TempDir {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/catalogs");
+        let tmp = tempfile::tempdir().unwrap();
+        for cloud in ["aws", "gcp", "lambda"] {
+            std::fs::create_dir_all(tmp.path().join(cloud)).unwrap();
+            std::fs::copy(
+                src.join(cloud).join("vms.csv"),
+                tmp.path().join(cloud).join("vms.csv"),
+            )
+            .unwrap();
+        }
+        std::fs::create_dir_all(tmp.path().join("common")).unwrap();
+        std::fs::write(
+            tmp.path().join("common/accelerators.csv"),
+            "AcceleratorName,Clouds\nA100,\"['AWS', 'GCP']\"\nL4,\"['GCP']\"\n",
+        )
+        .unwrap();
+        tmp
+    }
+
+    /// Index places inside the test's own directories: next to the CSVs, then a "cache".
+    fn places_in(dir: &Path, cache: &Path) -> Vec<PathBuf> {
+        vec![dir.join(INDEX_FILE), cache.join("cache.idx")]
+    }
+
+    fn assert_same(a: &Catalog, b: &Catalog) {
+        assert_eq!(a.clouds, b.clouds);
+        assert_eq!(a.files, b.files);
+        assert_eq!(a.accelerator_clouds, b.accelerator_clouds);
+        for cloud in a.clouds.keys() {
+            for kinds in [
+                Kinds::ALL,
+                Kinds {
+                    on_demand: true,
+                    spot: false,
+                    gpu: true,
+                    cpu: false,
+                },
+            ] {
+                assert_eq!(
+                    a.offerings_of_kinds(cloud, 0.8, &[], kinds),
+                    b.offerings_of_kinds(cloud, 0.8, &[], kinds)
+                );
+            }
+        }
+    }
+
+    /// Whether the index at `place` is current for `dir`.
+    fn current(dir: &Path, place: &Path) -> bool {
+        let scan = super::super::Scan::of(dir).unwrap();
+        read(&[place.to_path_buf()], &scan.stamps).is_some()
+    }
+
+    #[test]
+    fn index_gives_the_same_catalog_and_offerings_as_the_csvs() {
+        let dir = fixture();
+        let cache = tempfile::tempdir().unwrap();
+        let places = places_in(dir.path(), cache.path());
+        let from_csv = Catalog::load_csv(dir.path()).unwrap();
+        assert!(!places[0].exists(), "load_csv writes no index");
+        let first = Catalog::load_indexed(dir.path(), &places).unwrap();
+        assert!(current(dir.path(), &places[0]));
+        let second = Catalog::load_indexed(dir.path(), &places).unwrap();
+        assert_same(&from_csv, &first);
+        assert_same(&from_csv, &second);
+        assert_eq!(from_csv.clouds.len(), 3);
+        assert_eq!(from_csv.accelerator_clouds["L4"], vec!["GCP".to_string()]);
+        assert!(
+            !places[1].exists(),
+            "a writable catalog directory keeps its own index"
+        );
+    }
+
+    #[test]
+    fn a_changed_csv_rebuilds_the_index() {
+        let dir = fixture();
+        let cache = tempfile::tempdir().unwrap();
+        let places = places_in(dir.path(), cache.path());
+        Catalog::load_indexed(dir.path(), &places).unwrap();
+        // A row more.
+        let aws = dir.path().join("aws/vms.csv");
+        let mut text = std::fs::read_to_string(&aws).unwrap();
+        text.push_str("zz.test,,,2.0,4.0,,0.5,0.1,us-east-1,us-east-1a\n");
+        std::fs::write(&aws, &text).unwrap();
+        assert!(!current(dir.path(), &places[0]));
+        let after = Catalog::load_indexed(dir.path(), &places).unwrap();
+        assert!(
+            after.clouds["aws"]
+                .vms
+                .iter()
+                .any(|v| v.instance_type == "zz.test")
+        );
+        assert_same(&Catalog::load_csv(dir.path()).unwrap(), &after);
+        assert!(current(dir.path(), &places[0]));
+        // The same size: one price changed in place.
+        let changed = text.replace("zz.test,,,2.0,4.0,,0.5,", "zz.test,,,2.0,4.0,,0.7,");
+        assert_eq!(changed.len(), text.len());
+        std::fs::write(&aws, &changed).unwrap();
+        let after = Catalog::load_indexed(dir.path(), &places).unwrap();
+        let vm = after.clouds["aws"]
+            .vms
+            .iter()
+            .find(|v| v.instance_type == "zz.test");
+        assert_eq!(vm.and_then(|v| v.price), Some(0.7));
+        // A cloud more, and one less.
+        std::fs::create_dir_all(dir.path().join("extra")).unwrap();
+        std::fs::write(
+            dir.path().join("extra/vms.csv"),
+            "InstanceType,Region,Price\nx1,r1,1.0\n",
+        )
+        .unwrap();
+        let after = Catalog::load_indexed(dir.path(), &places).unwrap();
+        assert!(after.clouds.contains_key("extra"));
+        std::fs::remove_dir_all(dir.path().join("lambda")).unwrap();
+        let after = Catalog::load_indexed(dir.path(), &places).unwrap();
+        assert!(!after.clouds.contains_key("lambda"));
+        assert_same(&Catalog::load_csv(dir.path()).unwrap(), &after);
+        // The accelerator list removed.
+        std::fs::remove_file(dir.path().join("common/accelerators.csv")).unwrap();
+        let after = Catalog::load_indexed(dir.path(), &places).unwrap();
+        assert!(after.accelerator_clouds.is_empty());
+        assert_same(&Catalog::load_csv(dir.path()).unwrap(), &after);
+    }
+
+    #[test]
+    fn a_corrupt_index_is_ignored_and_rebuilt() {
+        let dir = fixture();
+        let cache = tempfile::tempdir().unwrap();
+        let places = places_in(dir.path(), cache.path());
+        let want = Catalog::load_csv(dir.path()).unwrap();
+        Catalog::load_indexed(dir.path(), &places).unwrap();
+        let good = std::fs::read(&places[0]).unwrap();
+        let mut damaged: Vec<Vec<u8>> = vec![
+            Vec::new(),
+            b"not an index".to_vec(),
+            good[..good.len() / 2].to_vec(),
+            good[..good.len() - 1].to_vec(),
+            [good.as_slice(), b"x"].concat(),
+        ];
+        // Single bytes changed: in the header, in the stamps, strings and rows.
+        for at in [
+            0,
+            9,
+            13,
+            30,
+            50,
+            good.len() / 3,
+            good.len() / 2,
+            good.len() - 3,
+        ] {
+            let mut b = good.clone();
+            b[at] ^= 0x5a;
+            damaged.push(b);
+        }
+        for bytes in damaged {
+            std::fs::write(&places[0], &bytes).unwrap();
+            let scan = super::super::Scan::of(dir.path()).unwrap();
+            assert!(decode(&bytes, &scan.stamps).is_none());
+            let got = Catalog::load_indexed(dir.path(), &places).unwrap();
+            assert_same(&want, &got);
+            assert_eq!(std::fs::read(&places[0]).unwrap(), good, "rebuilt");
+        }
+    }
+
+    #[test]
+    fn a_read_only_catalog_directory_keeps_its_index_in_the_cache() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = fixture();
+        let cache = tempfile::tempdir().unwrap();
+        let places = places_in(dir.path(), &cache.path().join("sub"));
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o555)).unwrap();
+        let first = Catalog::load_indexed(dir.path(), &places);
+        let second = Catalog::load_indexed(dir.path(), &places);
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert!(!places[0].exists());
+        assert!(current(dir.path(), &places[1]));
+        let want = Catalog::load_csv(dir.path()).unwrap();
+        assert_same(&want, &first.unwrap());
+        assert_same(&want, &second.unwrap());
+    }
+
+    #[test]
+    fn concurrent_loads_agree_and_leave_a_whole_index() {
+        let dir = fixture();
+        let cache = tempfile::tempdir().unwrap();
+        let places = places_in(dir.path(), cache.path());
+        let want = Catalog::load_csv(dir.path()).unwrap();
+        std::thread::scope(|s| {
+            let handles: Vec<_> = (0..8)
+                .map(|_| s.spawn(|| Catalog::load_indexed(dir.path(), &places).unwrap()))
+                .collect();
+            for h in handles {
+                assert_same(&want, &h.join().unwrap());
+            }
+        });
+        assert!(current(dir.path(), &places[0]));
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(Result::ok)
+            .filter(|e| e.file_name().to_string_lossy().contains(".tmp-"))
+            .collect();
+        assert!(leftovers.is_empty());
+    }
+
+    #[test]
+    fn long_lists_decode_in_two_halves_in_order() {
+        let row = |i: usize| Vm {
+            instance_type: format!("t{i}"),
+            accelerator: i
+                .is_multiple_of(3)
+                .then(|| (format!("G{}", i % 7), (i % 8) as f64)),
+            vcpus: i as f64,
+            memory_gib: 2.0 * i as f64,
+            price: (!i.is_multiple_of(5)).then_some(i as f64 / 100.0),
+            spot_price: i.is_multiple_of(4).then_some(i as f64 / 300.0),
+            region: format!("r{}", i % 11),
+            zone: i.is_multiple_of(2).then(|| format!("z{}", i % 13)),
+        };
+        // Lists on both sides of the length that is cut in two, odd and even.
+        for sizes in [
+            [1000, 4095, 4096, 10, 0, 9001],
+            [3000, 2000, 0, 0, 5, 10_000],
+        ] {
+            let mut next = 0;
+            let mut list = |n: usize| {
+                next += n;
+                (next - n..next).map(row).collect::<Vec<_>>()
+            };
+            let c = Contents {
+                stamps: Vec::new(),
+                clouds: sizes
+                    .chunks(2)
+                    .map(|p| CloudCatalog {
+                        vms: list(p[0]),
+                        gpus: list(p[1]),
+                    })
+                    .collect(),
+                accelerators: None,
+            };
+            assert_eq!(decode(&encode(&c), &[]), Some(c));
+        }
+    }
+
+    /// The full shared catalogs through an index, when they are there.
+    #[test]
+    fn the_shared_catalogs_round_trip() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/catalogs/skypilot");
+        if !dir.join("gcp/vms.csv").is_file() {
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let places = vec![tmp.path().join("index")];
+        let want = Catalog::load_csv(&dir).unwrap();
+        let first = Catalog::load_indexed(&dir, &places).unwrap();
+        assert!(current(&dir, &places[0]));
+        let second = Catalog::load_indexed(&dir, &places).unwrap();
+        assert_eq!(want.clouds, first.clouds);
+        assert_eq!(want.clouds, second.clouds);
+        assert_eq!(want.files, second.files);
+        assert_eq!(want.accelerator_clouds, second.accelerator_clouds);
+    }
+
+    fn vm() -> impl Strategy<Value = Vm> {
+        let name = "[a-z0-9._-]{0,12}";
+        let price = proptest::option::of(0.0f64..1e4);
+        (
+            (name, name, proptest::option::of(name)),
+            proptest::option::of((name, 0.0f64..16.0)),
+            (0.0f64..512.0, 0.0f64..4096.0, price.clone(), price),
+        )
+            .prop_map(|((it, region, zone), acc, (vcpus, mem, price, spot))| Vm {
+                instance_type: it,
+                accelerator: acc,
+                vcpus,
+                memory_gib: mem,
+                price,
+                spot_price: spot,
+                region,
+                zone,
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn encoding_round_trips(
+            clouds in proptest::collection::vec(
+                (proptest::collection::vec(vm(), 0..20), proptest::collection::vec(vm(), 0..5)),
+                0..4,
+            ),
+            accelerators in proptest::option::of(proptest::collection::btree_map(
+                "[A-Z0-9]{1,6}",
+                proptest::collection::vec("[A-Za-z]{1,5}", 0..3),
+                0..5,
+            )),
+            len in 0u64..1_000_000,
+        ) {
+            let stamps = vec![Stamp {
+                name: "aws/vms.csv".into(),
+                len,
+                mtime: (1_700_000_000, 5),
+                ctime: (-3, 999_999_999),
+                inode: 42,
+            }];
+            let c = Contents {
+                stamps: stamps.clone(),
+                clouds: clouds
+                    .into_iter()
+                    .map(|(vms, gpus)| CloudCatalog { vms, gpus })
+                    .collect(),
+                accelerators,
+            };
+            let bytes = encode(&c);
+            prop_assert_eq!(decode(&bytes, &stamps), Some(c));
+            let mut other = stamps.clone();
+            other[0].len += 1;
+            prop_assert_eq!(decode(&bytes, &other), None);
+            prop_assert_eq!(decode(&bytes, &[]), None);
+        }
+    }
+}
