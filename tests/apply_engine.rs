@@ -132,7 +132,7 @@ async fn run(
     });
     let mut providers: BTreeMap<&'static str, Arc<dyn Provider>> = BTreeMap::new();
     providers.insert("local", fake.clone());
-    let registry = Arc::new(Registry { providers });
+    let registry = Arc::new(Registry::new(providers));
     let store = MemoryStore::new();
     store.write(&prior).await.unwrap();
     let events = Mutex::new(Vec::new());
@@ -351,7 +351,7 @@ async fn apply_on(
     let (_tx, rx) = tokio::sync::watch::channel(false);
     let applier = Applier {
         resolve: None,
-        registry: Arc::new(Registry { providers }),
+        registry: Arc::new(Registry::new(providers)),
         store: &store,
         root: root.to_path_buf(),
         parallelism: 4,

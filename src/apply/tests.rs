@@ -118,7 +118,7 @@ async fn apply(config: &str, prior: &State, destroy: bool) -> (Summary, State, V
     let (_tx, rx) = tokio::sync::watch::channel(false);
     let applier = Applier {
         resolve: None,
-        registry: Arc::new(Registry { providers }),
+        registry: Arc::new(Registry::new(providers)),
         store: &store,
         root: dir.path().to_path_buf(),
         parallelism: 2,

@@ -110,9 +110,13 @@ fn strip_strings_and_comments(line: &str, in_comment: &mut bool) -> String {
     out
 }
 
-pub fn run(dir: &Path, check: bool, diff: bool) -> Result<i32, super::commands::FmtFailure> {
+/// A file `fmt` cannot read or write.
+#[derive(Debug)]
+pub struct FmtFailure(pub String);
+
+pub fn run(dir: &Path, check: bool, diff: bool) -> Result<i32, FmtFailure> {
     let mut files: Vec<_> = std::fs::read_dir(dir)
-        .map_err(|e| super::commands::FmtFailure(format!("cannot read {}: {e}", dir.display())))?
+        .map_err(|e| FmtFailure(format!("cannot read {}: {e}", dir.display())))?
         .filter_map(Result::ok)
         .map(|e| e.path())
         .filter(|p| p.to_string_lossy().ends_with(".sky.hcl"))
@@ -120,9 +124,8 @@ pub fn run(dir: &Path, check: bool, diff: bool) -> Result<i32, super::commands::
     files.sort();
     let mut changed = 0;
     for f in files {
-        let text = std::fs::read_to_string(&f).map_err(|e| {
-            super::commands::FmtFailure(format!("cannot read {}: {e}", f.display()))
-        })?;
+        let text = std::fs::read_to_string(&f)
+            .map_err(|e| FmtFailure(format!("cannot read {}: {e}", f.display())))?;
         let formatted = format(&text);
         if formatted == text {
             continue;
@@ -134,9 +137,8 @@ pub fn run(dir: &Path, check: bool, diff: bool) -> Result<i32, super::commands::
             say_inline!("{}", d.unified_diff().header("before", "after"));
         }
         if !check {
-            std::fs::write(&f, formatted).map_err(|e| {
-                super::commands::FmtFailure(format!("cannot write {}: {e}", f.display()))
-            })?;
+            std::fs::write(&f, formatted)
+                .map_err(|e| FmtFailure(format!("cannot write {}: {e}", f.display())))?;
         }
     }
     Ok(if check && changed > 0 {

@@ -1,5 +1,6 @@
-//! The command line: argument parsing and output. Business logic lives in the library; this
-//! module wires it together for each command.
+//! The command line: argument parsing (here), one file per command group that calls the
+//! engine (`plan`, `state`, `cluster`, `catalog`, `workspace`, `fmt`), and how results look
+//! on a terminal (`report`, `progress`; the renderers live in `render/`).
 
 /// Prints a line to stdout; a closed stdout (`| head`) is not an error worth dying for in the
 /// middle of an apply.
@@ -22,423 +23,26 @@ macro_rules! say_inline {
     }};
 }
 
-mod commands;
+mod args;
+mod catalog;
+mod cluster;
 mod fmt;
+mod plan;
 mod progress;
+mod report;
+mod state;
+mod workspace;
 
-use clap::{Parser, Subcommand};
+pub use args::*;
+
+use crate::engine::store::BackendChange;
+use clap::Parser;
 use std::path::PathBuf;
 
 /// Exit codes (documented in docs/cli.md).
 pub const EXIT_OK: i32 = 0;
 pub const EXIT_ERROR: i32 = 1;
 pub const EXIT_CHANGES: i32 = 2;
-
-#[derive(Debug, Parser)]
-#[command(
-    name = "skyform",
-    version,
-    about = "Declarative reconciler for AI compute: plan and apply clusters, jobs and services"
-)]
-pub struct Cli {
-    /// Run as if started in DIR.
-    #[arg(long, global = true, value_name = "DIR")]
-    pub chdir: Option<PathBuf>,
-    /// No colour in output.
-    #[arg(long, global = true)]
-    pub no_color: bool,
-    /// The workspace to work in (default: the one `workspace select` chose, else `default`).
-    #[arg(long, global = true, env = "SKYFORM_WORKSPACE", value_name = "NAME")]
-    pub workspace: Option<String>,
-    #[command(subcommand)]
-    pub command: Command,
-}
-
-#[derive(Debug, clap::Args, Clone, Default)]
-pub struct VarFlags {
-    /// Set a variable: -var NAME=VALUE (repeatable).
-    #[arg(long = "var", value_name = "NAME=VALUE")]
-    pub vars: Vec<String>,
-    /// Read variables from an HCL file (repeatable).
-    #[arg(long = "var-file", value_name = "FILE")]
-    pub var_files: Vec<PathBuf>,
-}
-
-/// How apply carries out changes.
-/// How a plan is printed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum PlanFormat {
-    Human,
-    Markdown,
-    Json,
-}
-
-impl PlanFormat {
-    /// `-format`, with `-json` as its shorthand.
-    pub fn pick(format: Option<PlanFormat>, json: bool) -> PlanFormat {
-        format.unwrap_or(if json {
-            PlanFormat::Json
-        } else {
-            PlanFormat::Human
-        })
-    }
-}
-
-#[derive(Debug, clap::Args, Clone)]
-pub struct RunFlags {
-    /// How many changes run at once.
-    #[arg(long, default_value_t = 10, env = "SKYFORM_PARALLELISM")]
-    pub parallelism: usize,
-    /// How long one placement may take before apply removes what it made and moves on.
-    #[arg(long = "attempt-timeout", default_value = "120s", env = "SKYFORM_ATTEMPT_TIMEOUT", value_parser = humantime::parse_duration)]
-    pub attempt_timeout: std::time::Duration,
-    /// With retry_until_up, the pause before going down the placements again.
-    #[arg(long = "retry-delay", default_value = "30s", env = "SKYFORM_RETRY_DELAY", value_parser = humantime::parse_duration)]
-    pub retry_delay: std::time::Duration,
-    /// Apply only if the state's serial is N (nobody applied since it was read).
-    #[arg(long = "check-serial", value_name = "N", env = "SKYFORM_CHECK_SERIAL")]
-    pub check_serial: Option<u64>,
-    /// Report as JSON lines on stdout (planned, attempt, failover, applied, error, summary).
-    #[arg(long)]
-    pub json: bool,
-}
-
-impl RunFlags {
-    pub fn failover(&self) -> crate::apply::FailoverOptions {
-        crate::apply::FailoverOptions {
-            attempt_timeout: self.attempt_timeout,
-            retry_delay: self.retry_delay,
-            ..crate::apply::FailoverOptions::default()
-        }
-    }
-}
-
-#[derive(Debug, clap::Args, Clone)]
-pub struct LockFlags {
-    /// How long to wait for the state lock (e.g. 30s, 5m).
-    #[arg(long = "lock-timeout", default_value = "0s", env = "SKYFORM_LOCK_TIMEOUT", value_parser = humantime::parse_duration)]
-    pub lock_timeout: std::time::Duration,
-    /// -lock=false skips the state lock (dangerous: only when no other run can be active).
-    #[arg(long = "lock", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
-    pub lock: bool,
-}
-
-impl LockFlags {
-    /// Take the lock now or fail: for commands without lock flags.
-    pub fn immediate() -> LockFlags {
-        LockFlags {
-            lock_timeout: std::time::Duration::ZERO,
-            lock: true,
-        }
-    }
-}
-
-#[derive(Debug, clap::Args, Clone)]
-pub struct PlanFlags {
-    #[command(flatten)]
-    pub vars: VarFlags,
-    /// Only these resources (and what they depend on). Repeatable.
-    #[arg(long = "target", value_name = "ADDR")]
-    pub target: Vec<String>,
-    /// Replace these resources even if unchanged. Repeatable.
-    #[arg(long = "replace", value_name = "ADDR")]
-    pub replace: Vec<String>,
-    /// Skip asking providers what is running.
-    #[arg(long = "refresh", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
-    pub refresh: bool,
-    /// Only find what changed outside skyform; apply records it in state and changes nothing.
-    #[arg(long = "refresh-only")]
-    pub refresh_only: bool,
-    #[command(flatten)]
-    pub lock: LockFlags,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum Command {
-    /// Check the configuration, create the state, report which infra is usable.
-    Init {
-        dir: Option<PathBuf>,
-        /// Copy the state from the backend used before to the one the configuration names.
-        #[arg(long)]
-        migrate_state: bool,
-        /// Use the configuration's backend as it is, leaving the old state where it is.
-        #[arg(long)]
-        reconfigure: bool,
-        /// With -migrate-state: overwrite a state the new backend already holds.
-        #[arg(long)]
-        force_copy: bool,
-    },
-    /// Parse, evaluate and type-check, offline.
-    Validate {
-        dir: Option<PathBuf>,
-        #[arg(long)]
-        json: bool,
-        #[command(flatten)]
-        vars: VarFlags,
-    },
-    /// Rewrite *.sky.hcl files in canonical format.
-    Fmt {
-        dir: Option<PathBuf>,
-        /// Only check; exit 3 if files would change.
-        #[arg(long)]
-        check: bool,
-        /// Show the changes as a diff.
-        #[arg(long)]
-        diff: bool,
-    },
-    /// Refresh, diff and show what apply would do.
-    Plan {
-        dir: Option<PathBuf>,
-        #[command(flatten)]
-        flags: PlanFlags,
-        /// Write the plan to FILE for `skyform apply FILE`.
-        #[arg(long, value_name = "FILE")]
-        out: Option<PathBuf>,
-        /// Exit 0 with no changes, 2 with changes, 1 on error.
-        #[arg(long = "detailed-exitcode")]
-        detailed_exitcode: bool,
-        /// The same as `-format json`.
-        #[arg(long)]
-        json: bool,
-        /// human (default), markdown (for a pull request comment) or json.
-        #[arg(long, value_enum, value_name = "FORMAT")]
-        format: Option<PlanFormat>,
-        /// Plan to destroy everything in state.
-        #[arg(long)]
-        destroy: bool,
-    },
-    /// Carry out a saved plan, or plan, confirm and apply.
-    Apply {
-        /// A plan file from `plan -out`.
-        planfile: Option<PathBuf>,
-        #[command(flatten)]
-        flags: PlanFlags,
-        #[arg(long = "auto-approve")]
-        auto_approve: bool,
-        /// Never prompt.
-        #[arg(long = "input", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL", env = "SKYFORM_INPUT", value_parser = clap::builder::BoolishValueParser::new())]
-        input: bool,
-        #[command(flatten)]
-        run: RunFlags,
-        /// Wait for submitted jobs to finish; fail if any failed.
-        #[arg(long)]
-        wait: bool,
-    },
-    /// Destroy everything in state.
-    Destroy {
-        dir: Option<PathBuf>,
-        #[arg(long = "auto-approve")]
-        auto_approve: bool,
-        #[arg(long = "input", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL", env = "SKYFORM_INPUT", value_parser = clap::builder::BoolishValueParser::new())]
-        input: bool,
-        #[command(flatten)]
-        vars: VarFlags,
-        #[command(flatten)]
-        lock: LockFlags,
-        #[command(flatten)]
-        run: RunFlags,
-    },
-    /// Show a saved plan or the current state.
-    Show {
-        planfile: Option<PathBuf>,
-        #[arg(long)]
-        json: bool,
-        /// For a plan file: human (default), markdown or json.
-        #[arg(long, value_enum, value_name = "FORMAT")]
-        format: Option<PlanFormat>,
-    },
-    /// Outputs from state.
-    Output {
-        name: Option<String>,
-        #[arg(long)]
-        json: bool,
-        #[arg(long)]
-        raw: bool,
-    },
-    /// State surgery.
-    State {
-        #[command(subcommand)]
-        command: StateCommand,
-    },
-    /// Separate states, side by side in one backend.
-    Workspace {
-        #[command(subcommand)]
-        command: WorkspaceCommand,
-    },
-    /// Remove a stale lock.
-    #[command(name = "force-unlock")]
-    ForceUnlock {
-        lock_id: String,
-        #[arg(long)]
-        force: bool,
-    },
-    /// Clusters, jobs and services with their placement and cost.
-    Status {
-        #[arg(long)]
-        json: bool,
-    },
-    /// A shell, or a command, on a cluster's head node.
-    Ssh {
-        cluster: String,
-        /// The command and its arguments (after `--`); none: an interactive shell.
-        #[arg(last = true)]
-        command: Vec<String>,
-    },
-    /// Stop a cluster's machines, keeping their disks (clouds that support it).
-    Stop {
-        cluster: String,
-        #[command(flatten)]
-        lock: LockFlags,
-    },
-    /// Start a stopped cluster again.
-    Start {
-        cluster: String,
-        #[command(flatten)]
-        lock: LockFlags,
-    },
-    /// A job's output.
-    Logs {
-        address: String,
-        /// Keep following.
-        #[arg(short, long)]
-        follow: bool,
-    },
-    /// The ranked offers for a request, from the catalogs (like `sky show-gpus`).
-    Offers {
-        #[command(flatten)]
-        request: OffersRequest,
-        /// Every offer, not the first 20.
-        #[arg(long)]
-        all: bool,
-        #[arg(long)]
-        json: bool,
-        /// Where the catalogs are (default: catalog_dir of the configuration, else
-        /// ~/.skyform/catalogs).
-        #[arg(long = "catalog-dir", env = "SKYFORM_CATALOG_DIR")]
-        catalog_dir: Option<PathBuf>,
-    },
-    /// The price catalogs.
-    Catalog {
-        #[command(subcommand)]
-        command: CatalogCommand,
-        #[arg(long = "catalog-dir", env = "SKYFORM_CATALOG_DIR", global = true)]
-        catalog_dir: Option<PathBuf>,
-    },
-    /// The dependency graph.
-    Graph {
-        dir: Option<PathBuf>,
-        #[arg(long, default_value = "dot")]
-        format: String,
-    },
-    /// (internal) run a node agent.
-    #[command(name = "__agent", hide = true)]
-    Agent { cluster_dir: PathBuf, rank: u32 },
-    /// A node's side of the head's link to it (runtime internals).
-    #[command(name = "__link", hide = true)]
-    Link { cluster_dir: PathBuf, rank: u32 },
-    /// One call to a cluster's head on stdin, the answer on stdout (runtime internals).
-    #[command(name = "__runtime", hide = true)]
-    Runtime { cluster_dir: PathBuf },
-}
-
-/// What `skyform offers` is asked for.
-#[derive(Debug, clap::Args, Clone)]
-pub struct OffersRequest {
-    /// Accelerators: NAME[:COUNT], or several separated by commas (cheapest of).
-    pub accelerators: Option<String>,
-    #[arg(long)]
-    pub cpus: Option<String>,
-    #[arg(long)]
-    pub memory: Option<String>,
-    #[arg(long)]
-    pub spot: bool,
-    /// cloud[/region[/zone]], with "*" wildcards.
-    #[arg(long)]
-    pub infra: Option<String>,
-    #[arg(long = "instance-type")]
-    pub instance_type: Option<String>,
-    #[arg(long = "max-hourly-cost")]
-    pub max_hourly_cost: Option<f64>,
-    #[arg(long, default_value_t = 1)]
-    pub nodes: u32,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum CatalogCommand {
-    /// What is loaded: clouds, files, rows and their age.
-    List,
-    /// Download the current public catalogs.
-    Update {
-        /// Base URL: files are fetched from URL/<cloud>/vms.csv.
-        #[arg(long, env = "SKYFORM_CATALOG_URL", default_value = crate::optimizer::catalog::DEFAULT_CATALOG_URL)]
-        url: String,
-        /// Which clouds.
-        #[arg(long, value_delimiter = ',', default_value = "aws,gcp,lambda")]
-        clouds: Vec<String>,
-        /// Give up on a download after this long.
-        #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
-        timeout: std::time::Duration,
-    },
-}
-
-#[derive(Debug, Subcommand)]
-pub enum WorkspaceCommand {
-    /// Every workspace; the current one is marked with `*`.
-    List,
-    /// The current workspace.
-    Show,
-    /// Create a workspace with an empty state and switch to it.
-    New { name: String },
-    /// Switch to a workspace.
-    Select { name: String },
-    /// Delete a workspace's state (refused while it holds resources, unless -force).
-    Delete {
-        name: String,
-        #[arg(long)]
-        force: bool,
-    },
-}
-
-#[derive(Debug, Subcommand)]
-pub enum StateCommand {
-    List,
-    Show {
-        address: String,
-    },
-    Rm {
-        address: String,
-    },
-    Mv {
-        from: String,
-        to: String,
-    },
-    Pull,
-    Push {
-        file: PathBuf,
-        #[arg(long)]
-        force: bool,
-    },
-}
-
-/// Terraform-style single-dash long flags (`-auto-approve`) become clap's `--auto-approve`.
-pub fn normalize_args(args: impl IntoIterator<Item = String>) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut passthrough = false;
-    for a in args {
-        if passthrough || a == "--" {
-            passthrough = true;
-            out.push(a);
-            continue;
-        }
-        let b = a.as_bytes();
-        if b.len() > 2 && b[0] == b'-' && b[1] != b'-' && !b[1].is_ascii_digit() {
-            out.push(format!("-{a}"));
-        } else {
-            out.push(a);
-        }
-    }
-    out
-}
 
 /// Runs the CLI; returns the process exit code.
 pub fn main() -> i32 {
@@ -517,5 +121,249 @@ pub fn main() -> i32 {
             return EXIT_ERROR;
         }
     };
-    runtime.block_on(commands::run(cli))
+    runtime.block_on(run(cli))
+}
+
+/// A boolean environment setting: 1, true, yes or on (any case) mean yes.
+fn env_flag(name: &str) -> bool {
+    std::env::var(name).is_ok_and(|v| {
+        matches!(
+            v.trim().to_ascii_lowercase().as_str(),
+            "1" | "true" | "yes" | "on"
+        )
+    })
+}
+
+/// Writes a document to stdout as one line of JSON, streamed (a plan can be large).
+fn write_json_out<T: serde::Serialize>(value: &T) {
+    use std::io::Write as _;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let _ = serde_json::to_writer(&mut out, value);
+    let _ = out.write_all(b"\n");
+    let _ = out.flush();
+}
+
+/// Runs one command: opens the engine on its directory and calls the command's file.
+async fn run(cli: Cli) -> i32 {
+    use crate::engine::{Engine, Error, Options};
+    use crate::render::Style;
+    use std::io::IsTerminal;
+    use std::sync::Arc;
+
+    let color = !cli.no_color
+        && !env_flag("SKYFORM_NO_COLOR")
+        && std::io::stdout().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none();
+    let style = Style { color };
+    let json = match &cli.command {
+        Command::Apply { run, .. } | Command::Destroy { run, .. } => run.json,
+        _ => false,
+    };
+    let term = Arc::new(report::Terminal::new(style, json));
+    // -chdir works as in Terraform: every relative path is taken from DIR.
+    if let Some(d) = &cli.chdir
+        && let Err(e) = std::env::set_current_dir(d)
+    {
+        term.failure(
+            &Error::new(format!("cannot change to {}: {e}", d.display()))
+                .hint("-chdir takes an existing directory"),
+        );
+        return EXIT_ERROR;
+    }
+    // Absolute, so paths recorded in state (sandboxes) do not depend on where skyform runs.
+    let base = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
+    let dir_of = |d: &Option<PathBuf>| d.as_ref().map_or_else(|| base.clone(), |d| base.join(d));
+    let open = |dir: PathBuf, vars: &VarFlags| {
+        Engine::open(
+            Options {
+                dir,
+                workspace: cli.workspace.clone(),
+                vars: crate::config::VarArgs {
+                    vars: vars.vars.clone(),
+                    var_files: vars.var_files.clone(),
+                },
+            },
+            term.clone(),
+        )
+    };
+    let none = VarFlags::default();
+    let result = match &cli.command {
+        Command::Init {
+            dir,
+            migrate_state,
+            reconfigure,
+            force_copy,
+        } => {
+            let how = if *migrate_state {
+                BackendChange::Migrate {
+                    force_copy: *force_copy,
+                }
+            } else if *reconfigure {
+                BackendChange::Reconfigure
+            } else {
+                BackendChange::Refuse
+            };
+            plan::init(&open(dir_of(dir), &none), how).await
+        }
+        Command::Validate { dir, json, vars } => {
+            plan::validate(&open(dir_of(dir), vars), &term, *json)
+        }
+        Command::Fmt { dir, check, diff } => {
+            fmt::run(&dir_of(dir), *check, *diff).map_err(|e| Error::new(e.0))
+        }
+        Command::Plan {
+            dir,
+            flags,
+            out,
+            detailed_exitcode,
+            json,
+            format,
+            destroy,
+        } => {
+            let req = plan::PlanRequest {
+                flags,
+                out: out.as_deref(),
+                detailed_exitcode: *detailed_exitcode || env_flag("SKYFORM_DETAILED_EXITCODE"),
+                format: PlanFormat::pick(*format, *json),
+                destroy: *destroy,
+            };
+            plan::plan(&open(dir_of(dir), &flags.vars), &term, req).await
+        }
+        Command::Apply {
+            planfile,
+            flags,
+            auto_approve,
+            input,
+            run,
+            wait,
+        } => {
+            // `apply DIR` is accepted as well as `apply PLANFILE`.
+            let (dir, planfile) = match planfile {
+                Some(p) if base.join(p).is_dir() => (base.join(p), None),
+                other => (base.clone(), other.as_ref().map(|p| base.join(p))),
+            };
+            let req = plan::ApplyRequest {
+                planfile: planfile.as_deref(),
+                flags,
+                auto_approve: *auto_approve,
+                input: *input,
+                run,
+                wait: *wait,
+                destroy: false,
+            };
+            plan::apply(&open(dir, &flags.vars), &term, req).await
+        }
+        Command::Destroy {
+            dir,
+            auto_approve,
+            input,
+            vars,
+            lock,
+            run,
+        } => {
+            let flags = PlanFlags {
+                vars: vars.clone(),
+                target: Vec::new(),
+                replace: Vec::new(),
+                refresh: true,
+                refresh_only: false,
+                lock: lock.clone(),
+            };
+            let req = plan::ApplyRequest {
+                planfile: None,
+                flags: &flags,
+                auto_approve: *auto_approve,
+                input: *input,
+                run,
+                wait: false,
+                destroy: true,
+            };
+            plan::apply(&open(dir_of(dir), vars), &term, req).await
+        }
+        Command::Show {
+            planfile,
+            json,
+            format,
+        } => {
+            let planfile = planfile.as_ref().map(|p| base.join(p));
+            let format = PlanFormat::pick(*format, *json);
+            plan::show(
+                &open(base.clone(), &none),
+                &term,
+                planfile.as_deref(),
+                *json,
+                format,
+            )
+            .await
+        }
+        Command::Output { name, json, raw } => {
+            plan::output(&open(base.clone(), &none), name.as_deref(), *json, *raw).await
+        }
+        Command::State { command } => {
+            state::state(&open(base.clone(), &none), command.clone()).await
+        }
+        Command::Workspace { command } => {
+            workspace::workspace(&open(base.clone(), &none), command.clone()).await
+        }
+        Command::ForceUnlock { lock_id, force } => {
+            state::force_unlock(&open(base.clone(), &none), &term, lock_id, *force).await
+        }
+        Command::Status { json } => cluster::status(&open(base.clone(), &none), *json).await,
+        Command::Ssh { cluster, command } => {
+            cluster::shell(&open(base.clone(), &none), cluster, command).await
+        }
+        Command::Stop { cluster, lock } => {
+            cluster::power(&open(base.clone(), &none), cluster, false, lock).await
+        }
+        Command::Start { cluster, lock } => {
+            cluster::power(&open(base.clone(), &none), cluster, true, lock).await
+        }
+        Command::Logs { address, follow } => {
+            cluster::logs(&open(base.clone(), &none), address, *follow).await
+        }
+        Command::Graph { dir, format } => plan::graph(&open(dir_of(dir), &none), format),
+        Command::Offers {
+            request,
+            all,
+            json,
+            catalog_dir,
+        } => {
+            catalog::offers(
+                &open(base.clone(), &none),
+                request,
+                *all,
+                *json,
+                catalog_dir.clone(),
+            )
+            .await
+        }
+        Command::Catalog {
+            command,
+            catalog_dir,
+        } => {
+            let engine = open(base.clone(), &none);
+            match command {
+                CatalogCommand::List => catalog::list(&engine, catalog_dir.clone()),
+                CatalogCommand::Update {
+                    url,
+                    clouds,
+                    timeout,
+                } => {
+                    catalog::update(
+                        &engine,
+                        catalog_dir.clone(),
+                        url.clone(),
+                        clouds.clone(),
+                        *timeout,
+                    )
+                    .await
+                }
+            }
+        }
+        Command::Agent { .. } | Command::Link { .. } | Command::Runtime { .. } => Ok(EXIT_OK),
+    };
+    result.unwrap_or_else(|e| {
+        term.failure(&e);
+        EXIT_ERROR
+    })
 }

@@ -1,5 +1,7 @@
-//! The dependency graph of resource instances (petgraph): creation order, deletion in
-//! reverse, and rendering for `skyform graph`.
+//! The dependency graph of resource instances (petgraph), as `skyform graph` draws it.
+//! Ordering lives where it is decided: the evaluator orders declarations (`config`), apply
+//! orders its steps (`apply`, with delete-before-create and create-before-destroy edges that
+//! this graph does not have). See docs/decisions.md, "One dependency graph".
 
 use crate::model::Address;
 use petgraph::graph::{DiGraph, NodeIndex};
@@ -37,21 +39,6 @@ impl Graph {
         let i = self.graph.add_node(a.clone());
         self.index.insert(a.clone(), i);
         i
-    }
-
-    /// Creation order (dependencies first); `None` if there is a cycle.
-    pub fn creation_order(&self) -> Option<Vec<Address>> {
-        petgraph::algo::toposort(&self.graph, None)
-            .ok()
-            .map(|v| v.into_iter().map(|i| self.graph[i].clone()).collect())
-    }
-
-    /// Deletion order: the reverse of creation.
-    pub fn deletion_order(&self) -> Option<Vec<Address>> {
-        self.creation_order().map(|mut v| {
-            v.reverse();
-            v
-        })
     }
 
     fn edges(&self) -> Vec<(String, String)> {
@@ -108,7 +95,7 @@ mod tests {
     use crate::model::Kind;
 
     #[test]
-    fn orders() {
+    fn draws_edges_from_dependency_to_dependent() {
         let c = Address::new(Kind::Cluster, "dev");
         let a = Address::new(Kind::Job, "a");
         let b = Address::new(Kind::Job, "b");
@@ -117,11 +104,10 @@ mod tests {
             (a.clone(), vec![c.clone()]),
             (c.clone(), vec![]),
         ]);
-        assert_eq!(
-            g.creation_order().unwrap(),
-            vec![c.clone(), a.clone(), b.clone()]
-        );
-        assert_eq!(g.deletion_order().unwrap(), vec![b, a, c]);
-        assert!(g.to_dot().contains("\"cluster.dev\" -> \"job.a\""));
+        let dot = g.to_dot();
+        assert!(dot.contains("\"cluster.dev\" -> \"job.a\""), "{dot}");
+        assert!(dot.contains("\"job.a\" -> \"job.b\""), "{dot}");
+        assert!(!dot.contains("\"job.b\" -> "), "{dot}");
+        assert_eq!(g.to_mermaid().matches("-->").count(), 3);
     }
 }

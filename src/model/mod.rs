@@ -1,6 +1,7 @@
 //! Pure data: addresses, resource specs and requests. No IO, no async.
 
 pub mod address;
+pub mod backend;
 pub mod host;
 pub mod request;
 pub mod spec;

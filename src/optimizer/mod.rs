@@ -103,7 +103,7 @@ impl fmt::Display for Candidate {
             crate::model::request::fmt_size(o.memory_gib),
         )?;
         // Machines one already has (this one, a pool, a Kubernetes cluster) have no market.
-        if !matches!(o.cloud.as_str(), "local" | "ssh" | "k8s" | "kubernetes") {
+        if !is_capacity(&o.cloud) {
             write!(f, "{}  ", if o.spot { "spot" } else { "on-demand" })?;
         }
         write!(f, "{}/h", dollars(self.hourly))
@@ -119,10 +119,7 @@ pub struct NoMatch {
 
 fn matches_infra(pattern: &str, o: &Offering) -> bool {
     let want: Vec<&str> = pattern.split('/').collect();
-    let cloud = match want[0].to_lowercase().as_str() {
-        "kubernetes" => "k8s".to_string(),
-        c => c.to_string(),
-    };
+    let cloud = crate::model::backend::canonical(want[0]);
     let have = [
         Some(o.cloud.as_str()),
         o.region.as_deref(),
@@ -170,7 +167,7 @@ pub fn is_blocked(blocked: &BTreeSet<String>, c: &Candidate) -> bool {
 /// Clouds whose offerings are pools of capacity (a request takes a share of a machine),
 /// rather than catalogs of machine shapes (a request rents whole machines).
 pub fn is_capacity(cloud: &str) -> bool {
-    matches!(cloud, "local" | "ssh" | "k8s")
+    crate::model::backend::is_capacity(cloud)
 }
 
 /// General-purpose families searched when a request names no accelerator and no instance

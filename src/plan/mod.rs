@@ -1,7 +1,9 @@
 //! The plan: what apply will do, as data. Pure: config + refreshed state + offerings in,
 //! the same `Plan` out, byte for byte.
 
-pub mod refresh;
+pub mod drift;
+
+pub use drift::{Drift, DriftChange};
 
 use crate::config::{
     self, Config, Diagnostic, Diagnostics, InputValue, Instance, OutputValue, Resolver,
@@ -108,7 +110,7 @@ pub struct Plan {
     pub cost_after: Micros,
     /// Things refresh noticed (a node gone, a sandbox removed by hand).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub drift: Vec<String>,
+    pub drift: Vec<Drift>,
     /// Resources with earlier failed attempts whose clean-up was not confirmed: apply
     /// removes what those attempts left behind.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -163,7 +165,7 @@ pub struct Options {
     pub replace: Vec<Address>,
     /// Why refresh considers a resource broken (it will be replaced).
     pub degraded: BTreeMap<Address, String>,
-    pub drift: Vec<String>,
+    pub drift: Vec<Drift>,
     /// Clusters that `import` blocks take into state, found by their backends: the id, and
     /// the computed attributes found.
     pub imports: BTreeMap<Address, (String, BTreeMap<String, serde_json::Value>)>,
@@ -332,7 +334,7 @@ impl Resolver for Planner<'_> {
                             Diagnostic::error(format!("no placement for {addr}: {}", no.reason))
                                 .at(inst.file, Some(inst.span.clone()))
                                 .label("nothing available satisfies this request")
-                                .hint(if self.offerings.iter().any(|o| o.cloud == "local") {
+                                .hint(if self.offerings.iter().any(|o| crate::model::backend::is_this_machine(&o.cloud)) {
                                     "relax the resources block, or declare a cloud (infra \"aws\", \"gcp\", \"lambda\") whose catalog has it"
                                 } else {
                                     "relax the resources block, or declare infra \"local\" {} to run on this machine"

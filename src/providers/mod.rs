@@ -5,7 +5,10 @@ pub mod conformance;
 pub mod jobs;
 pub mod kubernetes;
 pub mod local;
+pub mod registry;
 pub mod ssh;
+
+pub use registry::{Places, Registry};
 
 use crate::model::{Address, Spec};
 use crate::optimizer::{Candidate, Offering};
@@ -245,17 +248,5 @@ pub trait Provider: Send + Sync + std::fmt::Debug {
             out.push(chunk);
         }
         Ok(out)
-    }
-}
-
-/// The providers available to this run, by name.
-#[derive(Debug)]
-pub struct Registry {
-    pub providers: BTreeMap<&'static str, std::sync::Arc<dyn Provider>>,
-}
-
-impl Registry {
-    pub fn get(&self, name: &str) -> Option<&dyn Provider> {
-        self.providers.get(name).map(|b| b.as_ref())
     }
 }

@@ -4,7 +4,7 @@ use super::Style;
 use crate::model::spec::computed_attributes;
 use crate::model::{Address, UNKNOWN};
 use crate::optimizer::dollars;
-use crate::plan::{Action, Change, Plan};
+use crate::plan::{Action, Change, Drift, Plan};
 use serde_json::Value;
 use std::fmt::Write;
 
@@ -35,6 +35,28 @@ pub fn value(v: &Value) -> String {
             )
         }
     }
+}
+
+/// One finding of refresh, in a sentence that starts with its address.
+pub fn drift(d: &Drift) -> String {
+    use crate::plan::DriftChange as C;
+    let what = match &d.change {
+        C::AdoptedSubmitted => "adopted (it was submitted before skyform stopped)".to_string(),
+        C::AdoptedCreated => "adopted (its creation finished after skyform stopped)".to_string(),
+        C::Degraded { reason } => reason.clone(),
+        C::Gone { reason } => format!("{reason}; it will be created again"),
+        C::RefreshFailed { error } => format!("refresh failed: {error}"),
+        C::Left => "no longer exists; it leaves the state".to_string(),
+        C::Attribute { key, was, now } => {
+            let show = |v: &Option<Value>| v.as_ref().map_or("(none)".to_string(), value);
+            format!("{key} {} → {}", show(was), show(now))
+        }
+        C::Status { was, now } => {
+            let name = |s: &crate::state::Status| format!("{s:?}").to_lowercase();
+            format!("{} → {}", name(was), name(now))
+        }
+    };
+    format!("{}: {what}", d.address)
 }
 
 fn is_multiline(v: Option<&Value>) -> bool {
@@ -246,7 +268,7 @@ pub fn plan(p: &Plan, s: &Style) -> String {
     if !p.drift.is_empty() {
         let _ = writeln!(out, "Changes outside skyform since the last apply:");
         for d in &p.drift {
-            let _ = writeln!(out, "  - {d}");
+            let _ = writeln!(out, "  - {}", drift(d));
         }
         out.push('\n');
     }
@@ -403,6 +425,252 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     for row in rows {
         out.push('\n');
         out.push_str(&line(&mut row.iter().map(String::as_str)));
+    }
+    out
+}
+
+/// What apply says when it is done: failures and what they skipped, the totals and cost,
+/// the failover history, and the outputs.
+pub fn apply_summary(
+    s: &crate::apply::Summary,
+    state: &crate::state::State,
+    destroy: bool,
+    style: &Style,
+) -> String {
+    let mut out = String::from("\n");
+    if s.interrupted {
+        let _ = writeln!(
+            out,
+            "{}",
+            style.yellow("Apply interrupted: the state records everything that was done.")
+        );
+    }
+    if !s.failures.is_empty() {
+        let _ = writeln!(
+            out,
+            "{}",
+            style.red(&format!(
+                "{} failed: {} error{}.",
+                if destroy { "Destroy" } else { "Apply" },
+                s.failures.len(),
+                if s.failures.len() == 1 { "" } else { "s" }
+            ))
+        );
+        for (addr, e) in &s.failures {
+            let _ = writeln!(out, "  {addr}: {e}");
+        }
+        if !s.skipped.is_empty() {
+            let names: Vec<String> = s.skipped.iter().map(ToString::to_string).collect();
+            let _ = writeln!(out, "  skipped because of these: {}", names.join(", "));
+        }
+        let _ = writeln!(
+            out,
+            "hint: fix the cause and run `skyform {}` again; finished work is kept",
+            if destroy { "destroy" } else { "apply" }
+        );
+    }
+    if destroy && s.ok() {
+        let _ = writeln!(
+            out,
+            "{}",
+            style.green(&format!(
+                "Destroy complete! Resources: {} destroyed.",
+                s.destroyed
+            ))
+        );
+    } else if s.ok() {
+        let imported = if s.imported > 0 {
+            format!("{} imported, ", s.imported)
+        } else {
+            String::new()
+        };
+        let _ = writeln!(
+            out,
+            "{}",
+            style.green(&format!(
+                "Apply complete! Resources: {imported}{} added, {} changed, {} replaced, {} destroyed. Cost now {}/h.",
+                s.added,
+                s.changed,
+                s.replaced,
+                s.destroyed,
+                dollars(state.hourly_cost())
+            ))
+        );
+    }
+    let history: Vec<(&Address, &crate::state::Attempt)> = state
+        .resources
+        .iter()
+        .filter(|(_, r)| r.attempts.len() > 1)
+        .flat_map(|(a, r)| r.attempts.iter().map(move |t| (a, t)))
+        .collect();
+    if !history.is_empty() {
+        out.push_str("\nFailover history\n");
+        let rows: Vec<Vec<String>> = history
+            .iter()
+            .map(|(a, t)| {
+                vec![
+                    a.to_string(),
+                    t.infra.clone(),
+                    t.instance_type.clone(),
+                    format!("{:.1}s", t.seconds),
+                    t.result.clone(),
+                ]
+            })
+            .collect();
+        let table = table(&["resource", "infra", "instance", "time", "result"], &rows);
+        for line in table.lines() {
+            let _ = writeln!(out, "  {line}");
+        }
+    }
+    if !state.outputs.is_empty() && !destroy {
+        out.push_str("\nOutputs:\n");
+        for line in outputs(state).lines() {
+            let _ = writeln!(out, "  {line}");
+        }
+    }
+    out
+}
+
+/// The state's outputs, `name = value` a line, sensitive ones hidden.
+pub fn outputs(state: &crate::state::State) -> String {
+    let mut out = String::new();
+    for (k, o) in &state.outputs {
+        let v = if o.sensitive {
+            SENSITIVE.to_string()
+        } else {
+            value(&o.value)
+        };
+        let _ = writeln!(out, "{k} = {v}");
+    }
+    out
+}
+
+/// `skyform status`: a table of clusters (and managed jobs and services) with placement,
+/// nodes, status and cost; a table of jobs; the total cost.
+pub fn status(state: &crate::state::State) -> String {
+    use crate::model::Spec;
+    let get = |r: &crate::state::ResourceState, k: &str| {
+        r.computed
+            .get(k)
+            .map(|v| v.as_str().map_or_else(|| v.to_string(), String::from))
+            .unwrap_or_else(|| "-".into())
+    };
+    let mut total = 0;
+    let mut clusters = Vec::new();
+    let mut jobs = Vec::new();
+    for (a, r) in &state.resources {
+        let nodes = match &r.spec {
+            Spec::Cluster(c) => c.num_nodes,
+            Spec::ManagedJob(m) => m.num_nodes,
+            Spec::Service(s) => s.replica_policy.min_replicas,
+            Spec::Job(j) => {
+                jobs.push(vec![
+                    a.to_string(),
+                    j.cluster.to_string(),
+                    get(r, "status"),
+                    get(r, "exit_code").replace("null", "-"),
+                ]);
+                continue;
+            }
+        };
+        let cost = r.placement.as_ref().map_or(0, |p| p.hourly);
+        total += cost;
+        clusters.push(vec![
+            a.to_string(),
+            r.placement
+                .as_ref()
+                .map_or("-".into(), |p| p.offering.infra()),
+            nodes.to_string(),
+            get(r, "status"),
+            dollars(cost).trim_start_matches('$').to_string(),
+        ]);
+    }
+    let mut out = table(&["CLUSTER", "INFRA", "NODES", "STATUS", "$/h"], &clusters);
+    out.push('\n');
+    if !jobs.is_empty() {
+        out.push('\n');
+        out.push_str(&table(&["JOB", "CLUSTER", "STATUS", "EXIT"], &jobs));
+        out.push('\n');
+    }
+    let _ = writeln!(out, "\nTotal: {}/h", dollars(total));
+    out
+}
+
+/// `skyform offers`: the first `shown` of the ranked offers as a table.
+pub fn offers(ranked: &[crate::optimizer::Candidate], shown: usize) -> String {
+    use crate::model::request::{fmt_num, fmt_size};
+    let mut out = String::new();
+    let row = |out: &mut String, cols: [&str; 7]| {
+        let _ = writeln!(
+            out,
+            "{:<36} {:<20} {:<14} {:>5} {:>9} {:<5} {:>10}",
+            cols[0], cols[1], cols[2], cols[3], cols[4], cols[5], cols[6]
+        );
+    };
+    row(
+        &mut out,
+        [
+            "INFRA",
+            "INSTANCE",
+            "ACCELERATORS",
+            "vCPU",
+            "MEMORY",
+            "SPOT",
+            "$/h",
+        ],
+    );
+    for c in ranked.iter().take(shown) {
+        let o = &c.offering;
+        let acc = o
+            .accelerators
+            .iter()
+            .map(|(n, k)| format!("{n}:{}", fmt_num(*k)))
+            .collect::<Vec<_>>()
+            .join(",");
+        row(
+            &mut out,
+            [
+                &o.infra(),
+                &o.instance_type,
+                if acc.is_empty() { "-" } else { &acc },
+                &fmt_num(o.cpus),
+                &format!("{} GiB", fmt_size(o.memory_gib)),
+                if o.spot { "spot" } else { "-" },
+                dollars(c.hourly).trim_start_matches('$'),
+            ],
+        );
+    }
+    if shown < ranked.len() {
+        let _ = writeln!(
+            out,
+            "\n(showing {shown} of {}; --all for every one, -json for machines)",
+            ranked.len()
+        );
+    }
+    out
+}
+
+/// `skyform show` without a plan: every resource in state with its attributes, sensitive
+/// ones hidden.
+pub fn state(state: &crate::state::State) -> String {
+    let mut out = String::new();
+    if state.resources.is_empty() {
+        out.push_str("The state is empty.\n");
+    }
+    for (addr, r) in &state.resources {
+        let _ = writeln!(out, "# {addr}  ({:?})", r.status);
+        for (k, v) in r.spec.attributes() {
+            let shown = if r.sensitive.contains(&k) || k == "secrets" {
+                SENSITIVE.to_string()
+            } else {
+                value(&v)
+            };
+            let _ = writeln!(out, "    {k} = {shown}");
+        }
+        for (k, v) in &r.computed {
+            let _ = writeln!(out, "    {k} = {}", value(v));
+        }
+        out.push('\n');
     }
     out
 }

@@ -125,7 +125,8 @@ pub struct JsonPlan<'a> {
     destroy: bool,
     resource_changes: Vec<JsonChange<'a>>,
     output_changes: Map<String, Value>,
-    drift: &'a [String],
+    /// Each finding in a sentence, as `plan` prints it.
+    drift: Vec<String>,
     /// Resources whose earlier attempts may have left machines behind.
     #[serde(skip_serializing_if = "<[_]>::is_empty")]
     leftovers: &'a [crate::model::Address],
@@ -232,7 +233,7 @@ pub fn plan(p: &Plan) -> JsonPlan<'_> {
         destroy: p.destroy,
         resource_changes: changes,
         output_changes: outputs,
-        drift: &p.drift,
+        drift: p.drift.iter().map(super::human::drift).collect(),
         leftovers: &p.leftovers,
         refresh_only: p.refresh_only,
         summary: JsonSummary {
@@ -246,4 +247,98 @@ pub fn plan(p: &Plan) -> JsonPlan<'_> {
             after_micros: p.cost_after,
         },
     }
+}
+
+/// `apply -json`: one `planned` event (its fields) per change, before anything is done.
+pub fn planned(plan: &Plan) -> Vec<Value> {
+    plan.changes
+        .iter()
+        .filter(|c| c.action.is_change())
+        .map(|c| {
+            let placement = c.candidates.first().map(|p| {
+                json!({
+                    "infra": p.offering.infra(),
+                    "instance_type": p.offering.instance_type,
+                    "hourly_cost_micros": p.hourly,
+                })
+            });
+            json!({
+                "address": c.address.to_string(),
+                "actions": action_list(c.action),
+                "reasons": c.reasons,
+                "placement": placement,
+                "candidates": c.candidates.len(),
+            })
+        })
+        .collect()
+}
+
+/// `apply -json`: the fields of the last event, what was done.
+pub fn apply_summary(s: &crate::apply::Summary, plan: &Plan, state: &crate::state::State) -> Value {
+    let failures: Vec<Value> = s
+        .failures
+        .iter()
+        .map(|(a, e)| json!({"address": a.to_string(), "error": e}))
+        .collect();
+    json!({
+        "ok": s.ok(),
+        "interrupted": s.interrupted,
+        "imported": s.imported,
+        "added": s.added,
+        "changed": s.changed,
+        "replaced": s.replaced,
+        "destroyed": s.destroyed,
+        "failures": failures,
+        "skipped": s.skipped.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "serial": state.serial,
+        "lineage": state.lineage,
+        "cost_before_micros": plan.cost_before,
+        "cost_after_micros": state.hourly_cost(),
+    })
+}
+
+/// `status -json`: one object per resource.
+pub fn status(state: &crate::state::State) -> Value {
+    state
+        .resources
+        .iter()
+        .map(|(a, r)| {
+            json!({
+                "address": a.to_string(),
+                "status": r.computed.get("status"),
+                "exit_code": r.computed.get("exit_code"),
+                "placement": r.placement.as_ref().map(|p| p.offering.infra()),
+                "hourly_cost_micros": r.placement.as_ref().map(|p| p.hourly),
+            })
+        })
+        .collect()
+}
+
+/// The state as JSON (`show -json`, `state show`), with sensitive values removed.
+pub fn state(state: &crate::state::State) -> Value {
+    let mut v = serde_json::to_value(state).unwrap_or_default();
+    if let Some(res) = v.get_mut("resources").and_then(|r| r.as_object_mut()) {
+        for (addr, r) in state.resources.iter() {
+            let Some(spec) = res
+                .get_mut(&addr.to_string())
+                .and_then(|r| r.get_mut("spec"))
+                .and_then(|s| s.as_object_mut())
+            else {
+                continue;
+            };
+            for k in r.sensitive.iter().map(String::as_str).chain(["secrets"]) {
+                if let Some(x) = spec.get_mut(k) {
+                    *x = Value::Null;
+                }
+            }
+        }
+    }
+    if let Some(outs) = v.get_mut("outputs").and_then(|o| o.as_object_mut()) {
+        for o in outs.values_mut() {
+            if o.get("sensitive").and_then(Value::as_bool) == Some(true) {
+                o["value"] = Value::Null;
+            }
+        }
+    }
+    v
 }

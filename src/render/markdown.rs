@@ -263,7 +263,7 @@ pub fn plan(p: &Plan) -> String {
     if !p.drift.is_empty() {
         head.push_str("**Changes outside skyform** since the last apply:\n\n");
         for d in p.drift.iter().take(LIST) {
-            let _ = writeln!(head, "- {}", esc(d));
+            let _ = writeln!(head, "- {}", esc(&super::human::drift(d)));
         }
         more_line(&mut head, p.drift.len());
     }

@@ -1,6 +1,8 @@
-//! Refresh: ask each resource's provider what is true now, concurrently.
+//! Refresh: ask each resource's provider what is true now, concurrently, and record it in
+//! the state; what changed outside skyform comes back as typed [`Drift`].
 
 use crate::model::{Address, Kind};
+use crate::plan::{Drift, DriftChange};
 use crate::providers::{Observed, Registry};
 use crate::state::{State, Status};
 use std::collections::BTreeMap;
@@ -10,7 +12,7 @@ use std::sync::Arc;
 #[derive(Debug, Clone, Default)]
 pub struct Refreshed {
     pub degraded: BTreeMap<Address, String>,
-    pub drift: Vec<String>,
+    pub drift: Vec<Drift>,
 }
 
 /// Refreshes every resource in `state` in place (clusters first, so jobs see their cluster).
@@ -62,18 +64,11 @@ pub async fn refresh(state: &mut State, registry: &Arc<Registry>, concurrency: u
                         if r.status == Status::Creating && r.kind() == Kind::Job {
                             // Submitted before the crash: adopt it.
                             r.status = Status::Ready;
-                            out.drift.push(format!(
-                                "{addr}: adopted (it was submitted before skyform stopped)"
-                            ));
+                            out.drift
+                                .push(Drift::new(addr.clone(), DriftChange::AdoptedSubmitted));
                         }
-                        let before = r.computed.get("status").cloned();
+                        // Job progress (a status that moved) is expected, not drift.
                         r.computed.extend(computed);
-                        if let (Some(b), Some(a)) = (before, r.computed.get("status"))
-                            && &b != a
-                            && r.kind() != Kind::Cluster
-                        {
-                            // Job progress is expected, not drift.
-                        }
                     }
                 }
                 Ok(Observed::Adopted(found)) => {
@@ -85,9 +80,8 @@ pub async fn refresh(state: &mut State, registry: &Arc<Registry>, concurrency: u
                             r.computed
                                 .insert("placement".into(), serde_json::json!(p.offering.infra()));
                         }
-                        out.drift.push(format!(
-                            "{addr}: adopted (its creation finished after skyform stopped)"
-                        ));
+                        out.drift
+                            .push(Drift::new(addr.clone(), DriftChange::AdoptedCreated));
                     }
                 }
                 Ok(Observed::Degraded { reason, computed }) => {
@@ -97,7 +91,12 @@ pub async fn refresh(state: &mut State, registry: &Arc<Registry>, concurrency: u
                             .insert("status".into(), serde_json::json!("DEGRADED"));
                         r.status = Status::Tainted;
                     }
-                    out.drift.push(format!("{addr}: {reason}"));
+                    out.drift.push(Drift::new(
+                        addr.clone(),
+                        DriftChange::Degraded {
+                            reason: reason.clone(),
+                        },
+                    ));
                     out.degraded.insert(addr, reason);
                 }
                 Ok(Observed::Gone { reason }) => {
@@ -109,12 +108,17 @@ pub async fn refresh(state: &mut State, registry: &Arc<Registry>, concurrency: u
                     state.resources.remove(&addr);
                     if !was_creating {
                         out.drift
-                            .push(format!("{addr}: {reason}; it will be created again"));
+                            .push(Drift::new(addr, DriftChange::Gone { reason }));
                     }
                 }
                 Err(e) => {
                     tracing::warn!(address = %addr, error = %e, "refresh failed");
-                    out.drift.push(format!("{addr}: refresh failed: {e}"));
+                    out.drift.push(Drift::new(
+                        addr,
+                        DriftChange::RefreshFailed {
+                            error: e.to_string(),
+                        },
+                    ));
                 }
             }
         }
@@ -141,27 +145,36 @@ pub async fn refresh(state: &mut State, registry: &Arc<Registry>, concurrency: u
     out
 }
 
-/// What a refresh changed in state, one line per resource: gone from state, or a status
-/// (or exit code) that moved. For refresh-only plans.
-pub fn changes(before: &State, after: &State) -> Vec<String> {
+/// What a refresh changed in state: resources gone from it, and statuses (or exit codes)
+/// that moved. For refresh-only plans.
+pub fn changes(before: &State, after: &State) -> Vec<Drift> {
     let mut out = Vec::new();
     for (addr, b) in &before.resources {
         let Some(a) = after.resources.get(addr) else {
-            out.push(format!("{addr}: no longer exists; it leaves the state"));
+            out.push(Drift::new(addr.clone(), DriftChange::Left));
             continue;
         };
         for key in ["status", "exit_code"] {
             let (was, now) = (b.computed.get(key), a.computed.get(key));
             if was != now {
-                let show = |v: Option<&serde_json::Value>| {
-                    v.map_or("(none)".to_string(), crate::render::human::value)
-                };
-                out.push(format!("{addr}: {key} {} → {}", show(was), show(now)));
+                out.push(Drift::new(
+                    addr.clone(),
+                    DriftChange::Attribute {
+                        key: key.to_string(),
+                        was: was.cloned(),
+                        now: now.cloned(),
+                    },
+                ));
             }
         }
         if b.status != a.status {
-            let name = |s: &Status| format!("{s:?}").to_lowercase();
-            out.push(format!("{addr}: {} → {}", name(&b.status), name(&a.status)));
+            out.push(Drift::new(
+                addr.clone(),
+                DriftChange::Status {
+                    was: b.status,
+                    now: a.status,
+                },
+            ));
         }
     }
     out

@@ -1,0 +1,72 @@
+//! State surgery: `state list|show|rm|mv|pull|push` and `force-unlock`.
+
+use super::report::{Terminal, ask};
+use super::{EXIT_ERROR, EXIT_OK, StateCommand};
+use crate::engine::{Engine, Error, Result, parse_addresses};
+
+pub async fn state(engine: &Engine, cmd: StateCommand) -> Result<i32> {
+    match cmd {
+        StateCommand::List => {
+            for a in engine.read_state().await?.resources.keys() {
+                say!("{a}");
+            }
+        }
+        StateCommand::Show { address } => {
+            let addr = parse_addresses(&[address])?.remove(0);
+            let state = engine.read_state().await?;
+            if !state.resources.contains_key(&addr) {
+                return Err(Error::new(format!("{addr} is not in state"))
+                    .hint("list addresses with `skyform state list`"));
+            }
+            let one = crate::render::json::state(&state)
+                .get("resources")
+                .and_then(|r| r.get(addr.to_string()))
+                .cloned()
+                .unwrap_or_default();
+            say!("{}", serde_json::to_string_pretty(&one).unwrap_or_default());
+        }
+        StateCommand::Rm { address } => {
+            let addr = parse_addresses(&[address])?.remove(0);
+            say!("{}", engine.state_rm(&addr).await?);
+        }
+        StateCommand::Mv { from, to } => {
+            let mut both = parse_addresses(&[from, to])?;
+            let to = both.remove(1);
+            let from = both.remove(0);
+            say!("{}", engine.state_mv(&from, &to).await?);
+        }
+        StateCommand::Pull => {
+            let state = engine.read_state().await?;
+            say_inline!("{}", String::from_utf8_lossy(&state.to_json()));
+        }
+        StateCommand::Push { file, force } => {
+            say!("{}", engine.state_push(&file, force).await?);
+        }
+    }
+    Ok(EXIT_OK)
+}
+
+pub async fn force_unlock(engine: &Engine, term: &Terminal, id: &str, force: bool) -> Result<i32> {
+    let holder = engine.lock_holder(id).await?;
+    say!(
+        "The lock is held by {} ({}) since {}.",
+        holder.who,
+        holder.operation,
+        holder.created
+    );
+    if !force {
+        if !term.tty_in {
+            return Err(Error::new(
+                "force-unlock needs confirmation, and there is no terminal to ask",
+            )
+            .hint("pass -force if you are sure that run is dead"));
+        }
+        if !ask("Remove it? Only 'yes' will be accepted: ") {
+            say!("Kept the lock.");
+            return Ok(EXIT_ERROR);
+        }
+    }
+    engine.unlock(&holder).await?;
+    say!("Removed the lock.");
+    Ok(EXIT_OK)
+}
