@@ -4,7 +4,8 @@
 //! go to docs/benchmarks.md.
 //!
 //! Run: `cargo bench --bench apply_scale` (release build). `SKYFORM_BENCH_SIZES=1000,5000`
-//! chooses the sizes; `SKYFORM_BENCH_BIN` runs another skyform build (to compare two).
+//! chooses the sizes; `SKYFORM_BENCH_BIN` runs another skyform build (to compare two);
+//! `SKYFORM_BENCH_DIR` is where the configurations go (`/dev/shm` for a tmpfs).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
@@ -47,7 +48,11 @@ fn main() {
     println!("skyform apply, then destroy: one local cluster and N jobs (for_each)");
     println!("{:>8}  {:>10}  {:>10}", "N", "apply s", "destroy s");
     for n in sizes {
-        let tmp = tempfile::tempdir().expect("tempdir");
+        let tmp = match std::env::var_os("SKYFORM_BENCH_DIR") {
+            Some(d) => tempfile::tempdir_in(d),
+            None => tempfile::tempdir(),
+        }
+        .expect("tempdir");
         let dir = tmp.path();
         std::fs::write(dir.join("main.sky.hcl"), config(n)).expect("config");
         let apply = timed(&bin, dir, &["apply", "-auto-approve"]);
