@@ -95,9 +95,13 @@ impl Engine {
                 ))
                 .hint("`skyform catalog update` fetches it"));
             };
-            let known: BTreeSet<&str> = cloud.vms.iter().map(|v| v.region.as_str()).collect();
-            if let Some(bad) = regions.iter().find(|r| !known.contains(r.as_str())) {
-                let names: Vec<&str> = known.iter().copied().collect();
+            // Asked per declared region; the catalog's whole list only to explain a bad one.
+            if let Some(bad) = regions
+                .iter()
+                .find(|r| !cloud.vms.iter().any(|v| v.region == **r))
+            {
+                let known: BTreeSet<&str> = cloud.vms.iter().map(|v| v.region.as_str()).collect();
+                let names: Vec<&str> = known.into_iter().collect();
                 let hint = match did_you_mean(bad, names.iter().copied()) {
                     Some(s) => format!("did you mean {s:?}?"),
                     None => format!("the {} catalog has: {}", infra.kind, names.join(", ")),
