@@ -78,7 +78,11 @@ fn fields<'b>(
 
 /// The expression of an attribute as written, for a message; "its value" when it is long.
 fn shown_expression(attr: &AttrDecl) -> String {
-    let text = attr.expr.to_string();
+    use hcl_edit::Decorate;
+    // Without the comments and spaces around it.
+    let mut expr = attr.expr.clone();
+    expr.decor_mut().clear();
+    let text = expr.to_string();
     let text = text.trim();
     if text.is_empty() || text.len() > 60 || text.contains('\n') {
         "its value".into()

@@ -90,6 +90,11 @@ pub fn typed_samples(v: &Value) -> Value {
 /// `v` with the types of its unknowns forgotten: what leaves evaluation (specs, outputs) holds
 /// only the plain [`UNKNOWN`], as the rest of the program expects.
 pub fn erase_unknown_types(v: Value) -> Value {
+    // Most values hold no unknown: looking costs less than rebuilding them.
+    if has_unknown(&v) { erase(v) } else { v }
+}
+
+fn erase(v: Value) -> Value {
     match v {
         Value::String(s) if s.contains(UNKNOWN) => {
             let mut s = s;
@@ -100,12 +105,8 @@ pub fn erase_unknown_types(v: Value) -> Value {
             }
             Value::String(s)
         }
-        Value::Array(a) => Value::Array(a.into_iter().map(erase_unknown_types).collect()),
-        Value::Object(o) => Value::Object(
-            o.into_iter()
-                .map(|(k, x)| (k, erase_unknown_types(x)))
-                .collect(),
-        ),
+        Value::Array(a) => Value::Array(a.into_iter().map(erase).collect()),
+        Value::Object(o) => Value::Object(o.into_iter().map(|(k, x)| (k, erase(x))).collect()),
         other => other,
     }
 }
