@@ -345,3 +345,33 @@ proptest! {
         }
     }
 }
+
+/// A reference to a computed attribute is unknown when planning, but its type is not: `head_ip`
+/// is a string whatever its value, so a map attribute given it is wrong at the first plan (and
+/// not only once the value is known, when a re-plan would propose a change).
+#[test]
+fn an_unknown_of_known_type_is_type_checked_at_the_first_plan() {
+    let text = "cluster \"b\" {}\ncluster \"a\" { envs = cluster.b.head_ip }\noutput \"o\" { value = cluster.a }\n";
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("main.sky.hcl"), text).unwrap();
+    let (mut cfg, d) = config::load(dir.path());
+    assert!(!d.has_errors(), "{}", d.render(&cfg.sources, false));
+    let (inputs, _) = config::inputs(&mut cfg, &VarArgs::default(), &BTreeMap::new());
+    let (_, d) = plan::plan(&cfg, &inputs, &State::new(), &offers(), &Options::default());
+    let errors: Vec<String> = d
+        .items
+        .iter()
+        .filter(|e| e.is_error())
+        .map(|e| {
+            format!(
+                "{} @ {}",
+                e.message,
+                positioned(e, &cfg.sources).unwrap_or_default()
+            )
+        })
+        .collect();
+    assert_eq!(
+        errors,
+        ["envs must be a map of strings, but cluster.b.head_ip is a string @ main.sky.hcl:2:22"]
+    );
+}

@@ -4,7 +4,9 @@ use super::diag::{Diagnostic, Diagnostics, did_you_mean};
 use super::functions::hex;
 use super::load::{AttrDecl, BodyDecl};
 use super::schema::{self, BlockSchema, Ty};
-use super::value::{has_unknown, safe_evaluate, to_json};
+use super::value::{
+    erase_unknown_types, has_unknown, safe_evaluate, to_json, typed_samples, unknown_type,
+};
 use crate::model::backend;
 use crate::model::{
     Accelerator, Accelerators, Address, Autostop, ClusterSpec, Cpus, JobSpec, Kind, Lifecycle,
@@ -42,6 +44,21 @@ fn fields<'b>(
         }
         let Some(v) = eval(attr) else { continue };
         if let Some(problem) = type_problem(&v, spec.ty) {
+            if let Some(t) = unknown_type(&v) {
+                // The value waits for apply, but its type is already known to be wrong.
+                diags.push(
+                    Diagnostic::error(format!(
+                        "{name} must be {}, but {} is {}",
+                        spec.ty.describe(),
+                        shown_expression(attr),
+                        t.describe()
+                    ))
+                    .at(attr.file, Some(attr.span.clone()))
+                    .label(format!("known after apply, but {}", t.describe()))
+                    .hint(format!("{name} takes {}", spec.ty.describe())),
+                );
+                continue;
+            }
             diags.push(
                 Diagnostic::error(format!(
                     "wrong type for {name:?} in {what}: expected {}, found {problem}",
@@ -53,9 +70,25 @@ fn fields<'b>(
             );
             continue;
         }
-        values.insert(name.clone(), (v, attr));
+        // What leaves evaluation holds plain unknowns only.
+        values.insert(name.clone(), (erase_unknown_types(v), attr));
     }
     Fields { body, values }
+}
+
+/// The expression of an attribute as written, for a message; "its value" when it is long.
+fn shown_expression(attr: &AttrDecl) -> String {
+    use hcl_edit::Decorate;
+    // Without the comments and spaces around it.
+    let mut expr = attr.expr.clone();
+    expr.decor_mut().clear();
+    let text = expr.to_string();
+    let text = text.trim();
+    if text.is_empty() || text.len() > 60 || text.contains('\n') {
+        "its value".into()
+    } else {
+        text.to_string()
+    }
 }
 
 fn describe_value(v: &Value) -> String {
@@ -74,10 +107,23 @@ fn is_unknown(v: &Value) -> bool {
 }
 
 /// `None` when `v` has type `ty`; else what it is.
+/// An unknown of known type is checked as a value of its type; a plain unknown (its type is not
+/// known) is not checked. A string that merely contains an unknown was built by interpolation:
+/// it is a string.
 fn type_problem(v: &Value, ty: Ty) -> Option<String> {
-    if is_unknown(v) {
+    if v.as_str() == Some(UNKNOWN) {
         return None;
     }
+    if let Some(t) = unknown_type(v) {
+        return type_problem(&t.sample(), ty).map(|_| t.describe().to_string());
+    }
+    let sampled;
+    let v = if has_unknown(v) {
+        sampled = typed_samples(v);
+        &sampled
+    } else {
+        v
+    };
     let ok = match ty {
         Ty::String => v.is_string(),
         Ty::Number => v.is_number(),
@@ -136,7 +182,7 @@ fn type_problem(v: &Value, ty: Ty) -> Option<String> {
                 a.len()
             )
         }
-        (Ty::ClusterRef, Value::String(s)) => format!("the string {s:?}"),
+        (Ty::ClusterRef, Value::String(s)) if !s.contains(UNKNOWN) => format!("the string {s:?}"),
         (Ty::ClusterRef, Value::Object(o)) if o.contains_key("address") => {
             "a reference to something other than a cluster".into()
         }
@@ -474,10 +520,11 @@ pub struct Dirs<'a> {
     pub unknown_ok: bool,
 }
 
-/// Attributes the planner needs to know (placement, fit, node count): a value known only
-/// after apply is an error there.
-const KNOWN_AT_PLAN: [&str; 8] = [
+/// Attributes the planner needs to know (placement, fit, node count, and the workdir whose
+/// contents it hashes): a value known only after apply is an error there.
+const KNOWN_AT_PLAN: [&str; 9] = [
     "num_nodes",
+    "workdir",
     "accelerators",
     "cpus",
     "memory",
@@ -515,7 +562,11 @@ fn require_known(
                     Diagnostic::error(format!("{name} of {what} depends on a value known only after apply"))
                         .at(attr.file, Some(attr.span.clone()))
                         .label("must be known when planning")
-                        .hint("placement and fit are decided by the plan: use a literal, a variable or a local here"),
+                        .hint(if name == "workdir" {
+                            "the plan hashes the workdir's contents: use a literal path, a variable or a local here"
+                        } else {
+                            "placement and fit are decided by the plan: use a literal, a variable or a local here"
+                        }),
                 );
             }
         }

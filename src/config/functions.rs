@@ -1,8 +1,9 @@
 //! The expression function set (SPEC §2): `length`, `merge`, `format`, `file`, ….
 //!
-//! Any argument holding a value known only after apply makes the result unknown.
+//! Any argument holding a value known only after apply makes the result unknown: of the
+//! function's result type where that is fixed (`length` gives a number), else of unknown type.
 
-use super::value::has_unknown;
+use super::value::{UnknownType, has_unknown, typed_unknown};
 use crate::model::UNKNOWN;
 use hcl::eval::{Context, FuncArgs, FuncDef, ParamType};
 use hcl::{Map, Value};
@@ -26,6 +27,11 @@ macro_rules! unknown_guard {
             return Ok(Value::String(UNKNOWN.to_string()));
         }
     };
+    ($args:expr, $ty:expr) => {
+        if $args.iter().any(has_unknown) {
+            return Ok(typed_unknown($ty));
+        }
+    };
 }
 
 fn num(v: &Value) -> Result<f64, String> {
@@ -42,7 +48,7 @@ fn to_display(v: &Value) -> String {
 }
 
 fn length(args: FuncArgs) -> Result<Value, String> {
-    unknown_guard!(args);
+    unknown_guard!(args, UnknownType::Number);
     Ok(Value::from(match &args[0] {
         Value::String(s) => s.chars().count(),
         Value::Array(a) => a.len(),
@@ -111,7 +117,7 @@ fn tolist(args: FuncArgs) -> Result<Value, String> {
 }
 
 fn format_fn(args: FuncArgs) -> Result<Value, String> {
-    unknown_guard!(args);
+    unknown_guard!(args, UnknownType::String);
     let spec = args[0]
         .as_str()
         .ok_or("format() takes a format string first")?;
@@ -156,7 +162,7 @@ fn format_fn(args: FuncArgs) -> Result<Value, String> {
 }
 
 fn join(args: FuncArgs) -> Result<Value, String> {
-    unknown_guard!(args);
+    unknown_guard!(args, UnknownType::String);
     let sep = args[0]
         .as_str()
         .ok_or("join() takes a separator string first")?;
@@ -167,7 +173,7 @@ fn join(args: FuncArgs) -> Result<Value, String> {
 }
 
 fn split(args: FuncArgs) -> Result<Value, String> {
-    unknown_guard!(args);
+    unknown_guard!(args, UnknownType::ListOfStrings);
     let sep = args[0].as_str().ok_or("split() takes a separator first")?;
     let s = args[1].as_str().ok_or("split() takes a string second")?;
     if s.is_empty() {
@@ -177,7 +183,7 @@ fn split(args: FuncArgs) -> Result<Value, String> {
 }
 
 fn replace(args: FuncArgs) -> Result<Value, String> {
-    unknown_guard!(args);
+    unknown_guard!(args, UnknownType::String);
     let s = args[0].as_str().ok_or("replace() takes a string")?;
     let from = args[1].as_str().ok_or("replace() takes a substring")?;
     let to = args[2].as_str().ok_or("replace() takes a replacement")?;
@@ -185,21 +191,21 @@ fn replace(args: FuncArgs) -> Result<Value, String> {
 }
 
 fn lower(args: FuncArgs) -> Result<Value, String> {
-    unknown_guard!(args);
+    unknown_guard!(args, UnknownType::String);
     Ok(Value::String(
         args[0].as_str().unwrap_or_default().to_lowercase(),
     ))
 }
 
 fn upper(args: FuncArgs) -> Result<Value, String> {
-    unknown_guard!(args);
+    unknown_guard!(args, UnknownType::String);
     Ok(Value::String(
         args[0].as_str().unwrap_or_default().to_uppercase(),
     ))
 }
 
 fn trimspace(args: FuncArgs) -> Result<Value, String> {
-    unknown_guard!(args);
+    unknown_guard!(args, UnknownType::String);
     Ok(Value::String(
         args[0].as_str().unwrap_or_default().trim().to_string(),
     ))
@@ -224,7 +230,7 @@ fn read_relative(path: &str) -> Result<Vec<u8>, String> {
 }
 
 fn file(args: FuncArgs) -> Result<Value, String> {
-    unknown_guard!(args);
+    unknown_guard!(args, UnknownType::String);
     let bytes = read_relative(args[0].as_str().unwrap_or_default())?;
     String::from_utf8(bytes)
         .map(Value::String)
@@ -232,26 +238,26 @@ fn file(args: FuncArgs) -> Result<Value, String> {
 }
 
 fn filemd5(args: FuncArgs) -> Result<Value, String> {
-    unknown_guard!(args);
+    unknown_guard!(args, UnknownType::String);
     let bytes = read_relative(args[0].as_str().unwrap_or_default())?;
     Ok(Value::String(hex(&md5::Md5::digest(&bytes))))
 }
 
 fn sha256(args: FuncArgs) -> Result<Value, String> {
-    unknown_guard!(args);
+    unknown_guard!(args, UnknownType::String);
     let d = sha2::Sha256::digest(args[0].as_str().unwrap_or_default().as_bytes());
     Ok(Value::String(hex(&d)))
 }
 
 fn jsonencode(args: FuncArgs) -> Result<Value, String> {
-    unknown_guard!(args);
+    unknown_guard!(args, UnknownType::String);
     serde_json::to_string(&args[0])
         .map(Value::String)
         .map_err(|e| e.to_string())
 }
 
 fn min(args: FuncArgs) -> Result<Value, String> {
-    unknown_guard!(args);
+    unknown_guard!(args, UnknownType::Number);
     let mut best: Option<f64> = None;
     for a in args.iter() {
         let v = num(a)?;
@@ -262,7 +268,7 @@ fn min(args: FuncArgs) -> Result<Value, String> {
 }
 
 fn max(args: FuncArgs) -> Result<Value, String> {
-    unknown_guard!(args);
+    unknown_guard!(args, UnknownType::Number);
     let mut best: Option<f64> = None;
     for a in args.iter() {
         let v = num(a)?;
@@ -297,7 +303,7 @@ fn range(args: FuncArgs) -> Result<Value, String> {
 }
 
 fn keys(args: FuncArgs) -> Result<Value, String> {
-    unknown_guard!(args);
+    unknown_guard!(args, UnknownType::ListOfStrings);
     let o = args[0].as_object().ok_or("keys() takes a map")?;
     let mut k: Vec<&String> = o.keys().collect();
     k.sort();
@@ -317,18 +323,18 @@ fn values(args: FuncArgs) -> Result<Value, String> {
 }
 
 fn contains(args: FuncArgs) -> Result<Value, String> {
-    unknown_guard!(args);
+    unknown_guard!(args, UnknownType::Bool);
     let list = args[0].as_array().ok_or("contains() takes a list first")?;
     Ok(Value::Bool(list.contains(&args[1])))
 }
 
 fn tostring(args: FuncArgs) -> Result<Value, String> {
-    unknown_guard!(args);
+    unknown_guard!(args, UnknownType::String);
     Ok(Value::String(to_display(&args[0])))
 }
 
 fn tonumber(args: FuncArgs) -> Result<Value, String> {
-    unknown_guard!(args);
+    unknown_guard!(args, UnknownType::Number);
     match &args[0] {
         Value::Number(_) => Ok(args[0].clone()),
         Value::String(s) => s

@@ -3,6 +3,9 @@
 //! One table drives the "unknown attribute (did you mean …)", "missing required attribute" and
 //! type diagnostics for every block kind.
 
+use super::value::UnknownType;
+use crate::model::Kind;
+
 /// The type an attribute's value must have once evaluated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ty {
@@ -417,6 +420,19 @@ pub static INFRA_SSH: BlockSchema = BlockSchema {
     open: false,
 };
 
+/// The type of a computed attribute of a resource of `kind` (`model::spec::computed_attributes`):
+/// its value is known only after apply, its type already when planning.
+pub fn computed_type(kind: Kind, attr: &str) -> Option<UnknownType> {
+    match (kind, attr) {
+        (Kind::Cluster, "head_ip") => Some(UnknownType::String),
+        (Kind::Cluster, "ips") => Some(UnknownType::ListOfStrings),
+        (Kind::Job | Kind::ManagedJob, "exit_code") => Some(UnknownType::Number),
+        (Kind::Service, "endpoint") => Some(UnknownType::String),
+        (_, "placement" | "status") => Some(UnknownType::String),
+        _ => None,
+    }
+}
+
 /// The infra types and whether they take a name label.
 pub const INFRA_TYPES: [(&str, bool, &BlockSchema); 6] = [
     ("local", false, &INFRA_LOCAL),
@@ -441,3 +457,18 @@ pub const TOP_LEVEL: [&str; 11] = [
     "service",
     "module",
 ];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_computed_attribute_has_a_type() {
+        for kind in [Kind::Cluster, Kind::Job, Kind::ManagedJob, Kind::Service] {
+            for attr in crate::model::spec::computed_attributes(kind) {
+                assert!(computed_type(kind, attr).is_some(), "{kind}.{attr}");
+            }
+        }
+        assert_eq!(computed_type(Kind::Cluster, "exit_code"), None);
+    }
+}

@@ -1,6 +1,6 @@
 //! Values shared by loading, decoding, variables and evaluation: HCL values to and from JSON,
-//! values known only after apply, and evaluating an expression without letting the HCL library
-//! panic. It imports nothing else of `config`, so every part of it may import this.
+//! values known only after apply (with their type, when it is known), and evaluating an
+//! expression without letting the HCL library panic. It imports nothing else of `config`, so every part of it may import this.
 
 use crate::model::UNKNOWN;
 use hcl::Value;
@@ -9,6 +9,106 @@ use hcl::eval::{Context, Evaluate};
 /// The value that stands for one known only after apply.
 pub fn unknown() -> Value {
     Value::String(UNKNOWN.into())
+}
+
+/// The type of a value known only after apply, where the type is known although the value is
+/// not: a resource's computed attributes (`head_ip` is a string before the cluster exists).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnknownType {
+    String,
+    Number,
+    Bool,
+    ListOfStrings,
+}
+
+impl UnknownType {
+    const ALL: [UnknownType; 4] = [
+        UnknownType::String,
+        UnknownType::Number,
+        UnknownType::Bool,
+        UnknownType::ListOfStrings,
+    ];
+
+    pub fn describe(self) -> &'static str {
+        match self {
+            UnknownType::String => "a string",
+            UnknownType::Number => "a number",
+            UnknownType::Bool => "a bool",
+            UnknownType::ListOfStrings => "a list of strings",
+        }
+    }
+
+    /// The marker: the plain unknown followed by the type's name, so that everything that
+    /// looks for [`UNKNOWN`] (interpolation, functions, `count`) treats it as unknown.
+    fn marker(self) -> String {
+        let name = match self {
+            UnknownType::String => "string",
+            UnknownType::Number => "number",
+            UnknownType::Bool => "bool",
+            UnknownType::ListOfStrings => "list(string)",
+        };
+        format!("{UNKNOWN}{name}\u{1}")
+    }
+
+    /// A known value of this type, to stand in for the unknown one in type checks.
+    pub fn sample(self) -> Value {
+        match self {
+            UnknownType::String => Value::from(""),
+            UnknownType::Number => Value::from(0),
+            UnknownType::Bool => Value::Bool(false),
+            UnknownType::ListOfStrings => Value::Array(vec![Value::from("")]),
+        }
+    }
+}
+
+/// The value that stands for one of type `ty` known only after apply.
+pub fn typed_unknown(ty: UnknownType) -> Value {
+    Value::String(ty.marker())
+}
+
+/// The type of `v` when it is exactly an unknown of known type.
+pub fn unknown_type(v: &Value) -> Option<UnknownType> {
+    let s = v.as_str()?;
+    UnknownType::ALL.into_iter().find(|t| s == t.marker())
+}
+
+/// `v` with every unknown of known type replaced by a known value of that type: what type
+/// checks look at. Plain unknowns stay as they are (their type is not known).
+pub fn typed_samples(v: &Value) -> Value {
+    match v {
+        Value::String(_) => unknown_type(v).map_or_else(|| v.clone(), UnknownType::sample),
+        Value::Array(a) => Value::Array(a.iter().map(typed_samples).collect()),
+        Value::Object(o) => Value::Object(
+            o.iter()
+                .map(|(k, x)| (k.clone(), typed_samples(x)))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
+/// `v` with the types of its unknowns forgotten: what leaves evaluation (specs, outputs) holds
+/// only the plain [`UNKNOWN`], as the rest of the program expects.
+pub fn erase_unknown_types(v: Value) -> Value {
+    // Most values hold no unknown: looking costs less than rebuilding them.
+    if has_unknown(&v) { erase(v) } else { v }
+}
+
+fn erase(v: Value) -> Value {
+    match v {
+        Value::String(s) if s.contains(UNKNOWN) => {
+            let mut s = s;
+            for t in UnknownType::ALL {
+                if s.contains(&t.marker()) {
+                    s = s.replace(&t.marker(), UNKNOWN);
+                }
+            }
+            Value::String(s)
+        }
+        Value::Array(a) => Value::Array(a.into_iter().map(erase).collect()),
+        Value::Object(o) => Value::Object(o.into_iter().map(|(k, x)| (k, erase(x))).collect()),
+        other => other,
+    }
 }
 
 /// Whether any part of `v` is known only after apply.
@@ -87,6 +187,36 @@ mod tests {
         assert!(!has_unknown(&json_to_hcl(
             &serde_json::json!({ "a": [1, "x"] })
         )));
+    }
+
+    #[test]
+    fn typed_unknowns_are_unknown_keep_their_type_and_erase_to_the_plain_one() {
+        let ip = typed_unknown(UnknownType::String);
+        let ips = typed_unknown(UnknownType::ListOfStrings);
+        assert!(has_unknown(&ip) && has_unknown(&ips));
+        assert_eq!(unknown_type(&ip), Some(UnknownType::String));
+        assert_eq!(unknown_type(&ips), Some(UnknownType::ListOfStrings));
+        assert_eq!(unknown_type(&unknown()), None);
+        // Interpolated, it is part of a string, not a value of its own type.
+        let text = Value::String(format!("http://{}:80", ip.as_str().unwrap_or_default()));
+        assert_eq!(unknown_type(&text), None);
+        let nested = Value::Array(vec![ip.clone(), unknown(), text]);
+        assert_eq!(
+            typed_samples(&nested),
+            Value::Array(vec![
+                Value::from(""),
+                unknown(),
+                Value::String(format!("http://{}:80", ip.as_str().unwrap_or_default())),
+            ])
+        );
+        assert_eq!(
+            erase_unknown_types(nested),
+            Value::Array(vec![
+                unknown(),
+                unknown(),
+                Value::String(format!("http://{UNKNOWN}:80")),
+            ])
+        );
     }
 
     #[test]

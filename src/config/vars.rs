@@ -3,7 +3,8 @@
 
 use super::diag::{Diagnostic, Diagnostics, Sources};
 use super::load::VariableDecl;
-use super::value::safe_evaluate;
+use super::value::{UnknownType, safe_evaluate, typed_unknown, unknown, unknown_type};
+use crate::model::UNKNOWN;
 use hcl::Value;
 use hcl::eval::Context;
 use std::collections::BTreeMap;
@@ -35,8 +36,37 @@ impl VarType {
         }
     }
 
+    /// An unknown of this type: typed where the type is one an unknown can carry.
+    fn unknown_of_this_type(&self) -> Value {
+        match self {
+            VarType::String => typed_unknown(UnknownType::String),
+            VarType::Number => typed_unknown(UnknownType::Number),
+            VarType::Bool => typed_unknown(UnknownType::Bool),
+            VarType::List(t) | VarType::Set(t) if **t == VarType::String => {
+                typed_unknown(UnknownType::ListOfStrings)
+            }
+            _ => unknown(),
+        }
+    }
+
     /// Checks (and where HCL would, converts) a value to this type.
     pub fn check(&self, v: &Value) -> Result<Value, String> {
+        // A module input known only after apply: a plain unknown may be anything (checked once
+        // known); one of known type is checked as a value of its type, and converts to this one.
+        if v.as_str() == Some(UNKNOWN) {
+            return Ok(v.clone());
+        }
+        if let Some(t) = unknown_type(v) {
+            return match self.check(&t.sample()) {
+                Ok(_) if *self == VarType::Any => Ok(v.clone()),
+                Ok(_) => Ok(self.unknown_of_this_type()),
+                Err(_) => Err(format!(
+                    "expected {}, got {} (known after apply)",
+                    self.describe(),
+                    t.describe()
+                )),
+            };
+        }
         match (self, v) {
             (VarType::Any, _) | (_, Value::Null) => Ok(v.clone()),
             (VarType::String, Value::String(_)) => Ok(v.clone()),

@@ -21,7 +21,7 @@ mod values;
 use super::diag::{Diagnostic, Diagnostics, FileId, did_you_mean};
 use super::functions;
 use super::load::{BodyDecl, ModuleSource, Ref};
-use super::value::{safe_evaluate, unknown};
+use super::value::{erase_unknown_types, safe_evaluate, unknown};
 use super::vars;
 use crate::model::{Address, Kind, Lifecycle, ModulePath, Spec, UNKNOWN};
 use hcl::Value;
@@ -228,7 +228,7 @@ impl<'a, R: InstanceSink> Evaluator<'a, R> {
                 (
                     k,
                     OutputValue {
-                        value: to_json(&v),
+                        value: to_json(&erase_unknown_types(v)),
                         sensitive,
                     },
                 )

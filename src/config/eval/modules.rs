@@ -283,4 +283,51 @@ output "setups" {
             "{errors:?}"
         );
     }
+
+    #[test]
+    fn a_module_input_known_only_after_apply_is_checked_by_its_type() {
+        let e = evaluate(&[
+            (
+                "main.sky.hcl",
+                r#"
+cluster "a" {}
+module "m" {
+  source = "./modules/m"
+  ips    = cluster.a.ips
+  n      = length(cluster.a.ips)
+  s      = cluster.a.head_ip
+  any    = cluster.a.ips
+  bad    = cluster.a.head_ip
+}
+"#,
+            ),
+            (
+                "modules/m/main.sky.hcl",
+                r#"
+variable "ips" { type = list(string) }
+variable "n" { type = string }
+variable "s" { type = string }
+variable "any" {}
+variable "bad" { type = list(string) }
+cluster "c" {
+  setup = "${var.s} ${var.n} ${join(",", var.ips)}"
+  envs  = var.n
+}
+cluster "d" {
+  setup = var.any
+}
+"#,
+            ),
+        ]);
+        // The number converts to the variable's string, which a map does not take; an input
+        // of no declared type keeps the type it had.
+        assert_eq!(
+            e.errors(),
+            [
+                "wrong type for module input \"bad\": expected list(string), got a string (known after apply) @ main.sky.hcl:9:12",
+                "envs must be a map of strings, but var.n is a string @ modules/m/main.sky.hcl:9:11",
+                "setup must be a string, but var.any is a list of strings @ modules/m/main.sky.hcl:12:11",
+            ]
+        );
+    }
 }

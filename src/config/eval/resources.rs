@@ -7,8 +7,9 @@ use super::{BlockValue, Evaluator, Instance, InstanceSink, Scope};
 use crate::config::decode;
 use crate::config::diag::Diagnostics;
 use crate::config::load::{AttrDecl, Ref};
-use crate::config::value::{json_to_hcl, unknown};
-use crate::model::{Address, InstanceKey, Kind};
+use crate::config::schema;
+use crate::config::value::{json_to_hcl, typed_unknown, unknown};
+use crate::model::{Address, InstanceKey, Kind, UNKNOWN};
 use hcl::Value;
 use std::collections::BTreeSet;
 
@@ -117,7 +118,13 @@ impl<R: InstanceSink> Evaluator<'_, R> {
             obj.insert("name".into(), Value::from(name));
             obj.insert("address".into(), Value::from(address.to_string()));
             for (k, v) in computed {
-                obj.insert(k, json_to_hcl(&v));
+                // Unknown until apply, but of a known type: carried, so it is type-checked
+                // wherever it is used.
+                let v = match schema::computed_type(kind, &k) {
+                    Some(ty) if v.as_str() == Some(UNKNOWN) => typed_unknown(ty),
+                    _ => json_to_hcl(&v),
+                };
+                obj.insert(k, v);
             }
             let obj = Value::Object(obj);
             match key {
@@ -208,6 +215,90 @@ job "j" {
             e.errors(),
             [
                 r#"wrong type for "num_nodes" in cluster: expected a whole number, found a string @ main.sky.hcl:2:15"#
+            ]
+        );
+    }
+
+    #[test]
+    fn an_unknown_of_known_type_is_checked_against_the_attribute() {
+        let e = evaluate_one(
+            r#"
+cluster "b" {}
+locals {
+  ips = cluster.b.ips
+}
+cluster "a" {
+  envs  = cluster.b.head_ip
+  setup = local.ips
+}
+cluster "c" {
+  envs = { IPS = cluster.b.ips }
+}
+cluster "d" {
+  envs = "${cluster.b.head_ip}:80"
+}
+cluster "e" {
+  envs = length(cluster.b.ips)
+}
+"#,
+        );
+        assert_eq!(
+            e.errors(),
+            [
+                // A template is a string whatever it holds: found when loading.
+                r#"wrong type for "envs" in cluster: expected a map of strings, found a string @ main.sky.hcl:14:10"#,
+                r#"wrong type for "envs" in cluster "c": expected a map of strings, found a map whose entry "IPS" is a list @ main.sky.hcl:11:10"#,
+                // A function whose result type is fixed gives an unknown of that type.
+                "envs must be a map of strings, but length(cluster.b.ips) is a number @ main.sky.hcl:17:10",
+                "envs must be a map of strings, but cluster.b.head_ip is a string @ main.sky.hcl:7:11",
+                "setup must be a string, but local.ips is a list of strings @ main.sky.hcl:8:11",
+            ]
+        );
+    }
+
+    #[test]
+    fn unknowns_of_the_right_type_or_of_unknown_type_plan_as_before() {
+        let e = evaluate_one(
+            r#"
+cluster "b" {}
+job "j" {
+  cluster = cluster.b
+  run     = cluster.b.head_ip
+  envs    = { IP = cluster.b.head_ip, N = job.k.exit_code, S = "${cluster.b.status}" }
+}
+job "k" {
+  cluster = cluster.b
+  run     = "x"
+}
+cluster "c" {
+  envs = lookup({ UP = { A = "1" } }, cluster.b.status, {})
+}
+output "ip" {
+  value = cluster.b.head_ip
+}
+"#,
+        );
+        // lookup() may give anything: of an unknown, it gives an unknown of unknown type,
+        // checked once known.
+        assert_eq!(e.errors(), Vec::<String>::new());
+        // What leaves evaluation holds the plain unknown, whatever its type was.
+        assert_eq!(e.attr("job.j", "run"), json!(UNKNOWN));
+        assert_eq!(
+            e.attr("job.j", "envs"),
+            json!({ "IP": UNKNOWN, "N": UNKNOWN, "S": UNKNOWN })
+        );
+        assert_eq!(e.output("ip"), json!(UNKNOWN));
+    }
+
+    #[test]
+    fn a_workdir_known_only_after_apply_is_an_error_when_planning() {
+        // The plan hashes the workdir's contents: it cannot wait for apply.
+        let e =
+            evaluate_one("cluster \"b\" {}\ncluster \"a\" {\n  workdir = cluster.b.head_ip\n}\n");
+        assert_eq!(
+            e.errors(),
+            [
+                r#"workdir of cluster "a" depends on a value known only after apply @ main.sky.hcl:3:13"#
             ]
         );
     }
