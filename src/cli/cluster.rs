@@ -32,12 +32,18 @@ pub async fn shell(engine: &Engine, address: &str, command: &[String]) -> Result
 }
 
 /// `stop` / `start`.
-pub async fn power(engine: &Engine, address: &str, run: bool, lock: &LockFlags) -> Result<i32> {
+pub async fn stop_or_start(
+    engine: &Engine,
+    address: &str,
+    run: bool,
+    lock: &LockFlags,
+) -> Result<i32> {
     let addr = cluster_address(address, "; only clusters stop and start")?;
-    engine.power(&addr, run, lock.options()).await?;
     if run {
+        engine.start_cluster(&addr, lock.options()).await?;
         say!("{addr} started.");
     } else {
+        engine.stop_cluster(&addr, lock.options()).await?;
         say!("{addr} stopped; its machines and files are kept.");
         say!("hint: `skyform start {addr}` starts it again; `skyform destroy` removes it");
     }

@@ -314,10 +314,10 @@ async fn run(cli: Cli) -> i32 {
             cluster::shell(&open(base.clone(), &none), cluster, command).await
         }
         Command::Stop { cluster, lock } => {
-            cluster::power(&open(base.clone(), &none), cluster, false, lock).await
+            cluster::stop_or_start(&open(base.clone(), &none), cluster, false, lock).await
         }
         Command::Start { cluster, lock } => {
-            cluster::power(&open(base.clone(), &none), cluster, true, lock).await
+            cluster::stop_or_start(&open(base.clone(), &none), cluster, true, lock).await
         }
         Command::Logs { address, follow } => {
             cluster::logs(&open(base.clone(), &none), address, *follow).await

@@ -61,8 +61,17 @@ impl Engine {
             .map_err(|e| Error::new(format!("cannot open a shell on {addr}: {e}")))
     }
 
-    /// Stops (`run = false`) or starts a cluster's machines; state follows.
-    pub async fn power(&self, addr: &Address, run: bool, lock: LockOptions) -> Result<()> {
+    /// Stops a cluster's machines, keeping their disks; state follows.
+    pub async fn stop_cluster(&self, addr: &Address, lock: LockOptions) -> Result<()> {
+        self.stop_or_start(addr, false, lock).await
+    }
+
+    /// Starts a stopped cluster's machines again; state records their new addresses.
+    pub async fn start_cluster(&self, addr: &Address, lock: LockOptions) -> Result<()> {
+        self.stop_or_start(addr, true, lock).await
+    }
+
+    async fn stop_or_start(&self, addr: &Address, run: bool, lock: LockOptions) -> Result<()> {
         let op = if run { "start" } else { "stop" };
         let mut session = self.session(op, lock).await?;
         let result = async {
