@@ -25,7 +25,7 @@ pub fn in_ci() -> bool {
 pub fn skip_or_fail(test: &str, why: &str, ci_provides: bool) {
     if ci_provides && in_ci() {
         panic!(
-            "{test}: {why}; under CI=true scripts/test.sh provides this, so the test fails instead of skipping"
+            "{test}: {why}; under CI=true it must be there (scripts/test.sh starts the servers; the CI machine has the shared folder beside the clone), so the test fails instead of skipping"
         );
     }
     eprintln!("SKIPPED {test}: {why}");
