@@ -190,7 +190,9 @@ impl Session<'_> {
             ));
         }
         let config = engine.config();
-        let before = self.state.clone();
+        // Only a refresh-only plan compares with the state before refresh; a full copy of a
+        // large state is not free.
+        let before = opts.refresh_only.then(|| self.state.clone());
         let registry = engine.registry();
         let mut options = Options {
             destroy: opts.destroy,
@@ -260,8 +262,8 @@ impl Session<'_> {
         }
         all.extend(diags);
         engine.report(all)?;
-        if opts.refresh_only {
-            return Ok(refresh_only(plan, &before, &self.state));
+        if let Some(before) = &before {
+            return Ok(refresh_only(plan, before, &self.state));
         }
         Ok(plan)
     }
