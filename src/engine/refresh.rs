@@ -28,6 +28,11 @@ pub async fn refresh(state: &mut State, registry: &Arc<Registry>, concurrency: u
         let sem = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
         let mut set = tokio::task::JoinSet::new();
         for addr in addrs {
+            // The permit first: only the resources being refreshed are copied, not all of
+            // them at once (a copy of the whole state with many jobs).
+            let Ok(permit) = sem.clone().acquire_owned().await else {
+                continue;
+            };
             let Some(res) = state.resources.get(&addr).cloned() else {
                 continue;
             };
@@ -36,9 +41,8 @@ pub async fn refresh(state: &mut State, registry: &Arc<Registry>, concurrency: u
                 _ => None,
             };
             let registry = registry.clone();
-            let sem = sem.clone();
             set.spawn(async move {
-                let _permit = sem.acquire_owned().await;
+                let _permit = permit;
                 let result = match registry.get(&res.provider) {
                     Some(p) => p.refresh(&addr, &res, cluster.as_ref()).await,
                     None => Err(crate::providers::ProviderError::other(format!(
