@@ -91,7 +91,11 @@ pub struct Session<'e> {
     engine: &'e Engine,
     store: Box<dyn StateStore>,
     lock: Option<crate::state::LockInfo>,
-    /// The state as read from the store (`None`: no state yet).
+    /// Whether the store held no state when the session began.
+    fresh: bool,
+    /// The state as read from the store, copied only when something will compare with it
+    /// (before the first refresh; `None` in a fresh session): a copy of a large state
+    /// costs as much as the state.
     stored: Option<State>,
     /// The state as this session knows it (refreshed, applied to).
     pub state: State,
@@ -119,14 +123,15 @@ impl Engine {
             engine: self,
             store,
             lock: info,
+            fresh: true,
             stored: None,
             state: State::default(),
             inputs: self.inputs.clone(),
         };
         match session.store.read().await {
             Ok(stored) => {
-                session.state = stored.clone().unwrap_or_default();
-                session.stored = stored;
+                session.fresh = stored.is_none();
+                session.state = stored.unwrap_or_default();
                 Ok(session)
             }
             Err(e) => {
@@ -153,7 +158,14 @@ impl Session<'_> {
 
     /// Whether the store held no state when the session began.
     pub fn is_fresh(&self) -> bool {
-        self.stored.is_none()
+        self.fresh
+    }
+
+    /// Keeps a copy of the state as read, for what compares with it after a refresh.
+    fn keep_stored(&mut self) {
+        if !self.fresh && self.stored.is_none() {
+            self.stored = Some(self.state.clone());
+        }
     }
 
     /// Fails unless the state's serial is `want` (`-check-serial`).
@@ -172,6 +184,7 @@ impl Session<'_> {
     async fn refresh(&mut self, registry: &std::sync::Arc<Registry>) -> refresh::Refreshed {
         let t = std::time::Instant::now();
         let n = self.state.resources.len();
+        self.keep_stored();
         let r = refresh::refresh(&mut self.state, registry, 64).await;
         self.engine.reporter.notice(Notice::Refreshed {
             resources: n,
@@ -425,6 +438,9 @@ impl Session<'_> {
             })
             .collect();
         let registry = self.engine.registry();
+        if p.refresh_only {
+            self.keep_stored();
+        }
         refresh::refresh(&mut self.state, &registry, 64).await;
         if p.refresh_only
             && let Some(before) = &self.stored
