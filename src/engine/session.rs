@@ -94,9 +94,11 @@ pub struct Session<'e> {
     /// Whether the store held no state when the session began.
     fresh: bool,
     /// The state as read from the store, copied only when something will compare with it
-    /// (before the first refresh; `None` in a fresh session): a copy of a large state
-    /// costs as much as the state.
+    /// (before a refresh-only plan's refresh; `None` in a fresh session): a copy of a
+    /// large state costs as much as the state.
     stored: Option<State>,
+    /// Whether a refresh changed the state's resources (see [`Session::keep_refreshed`]).
+    refresh_changed: bool,
     /// The state as this session knows it (refreshed, applied to).
     pub state: State,
     /// The variables in use: the configuration's, or a saved plan's.
@@ -125,6 +127,7 @@ impl Engine {
             lock: info,
             fresh: true,
             stored: None,
+            refresh_changed: false,
             state: State::default(),
             inputs: self.inputs.clone(),
         };
@@ -184,8 +187,8 @@ impl Session<'_> {
     async fn refresh(&mut self, registry: &std::sync::Arc<Registry>) -> refresh::Refreshed {
         let t = std::time::Instant::now();
         let n = self.state.resources.len();
-        self.keep_stored();
         let r = refresh::refresh(&mut self.state, registry, 64).await;
+        self.refresh_changed |= r.changed;
         self.engine.reporter.notice(Notice::Refreshed {
             resources: n,
             seconds: t.elapsed().as_secs_f64(),
@@ -441,7 +444,8 @@ impl Session<'_> {
         if p.refresh_only {
             self.keep_stored();
         }
-        refresh::refresh(&mut self.state, &registry, 64).await;
+        let r = refresh::refresh(&mut self.state, &registry, 64).await;
+        self.refresh_changed |= r.changed;
         if p.refresh_only
             && let Some(before) = &self.stored
         {
@@ -465,9 +469,7 @@ impl Session<'_> {
     /// When a plan has nothing to do: keeps what refresh learned (resources gone), if
     /// anything.
     pub async fn keep_refreshed(&mut self) -> Result<()> {
-        if let Some(before) = &self.stored
-            && before.resources != self.state.resources
-        {
+        if !self.fresh && self.refresh_changed {
             self.state.serial += 1;
             self.store.write(&self.state).await?;
         }
