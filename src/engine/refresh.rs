@@ -13,6 +13,8 @@ use std::sync::Arc;
 pub struct Refreshed {
     pub degraded: BTreeMap<Address, String>,
     pub drift: Vec<Drift>,
+    /// Whether the state's resources changed (so it is worth writing).
+    pub changed: bool,
 }
 
 /// Refreshes every resource in `state` in place (clusters first, so jobs see their cluster).
@@ -28,6 +30,11 @@ pub async fn refresh(state: &mut State, registry: &Arc<Registry>, concurrency: u
         let sem = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
         let mut set = tokio::task::JoinSet::new();
         for addr in addrs {
+            // The permit first: only the resources being refreshed are copied, not all of
+            // them at once (a copy of the whole state with many jobs).
+            let Ok(permit) = sem.clone().acquire_owned().await else {
+                continue;
+            };
             let Some(res) = state.resources.get(&addr).cloned() else {
                 continue;
             };
@@ -36,9 +43,8 @@ pub async fn refresh(state: &mut State, registry: &Arc<Registry>, concurrency: u
                 _ => None,
             };
             let registry = registry.clone();
-            let sem = sem.clone();
             set.spawn(async move {
-                let _permit = sem.acquire_owned().await;
+                let _permit = permit;
                 let result = match registry.get(&res.provider) {
                     Some(p) => p.refresh(&addr, &res, cluster.as_ref()).await,
                     None => Err(crate::providers::ProviderError::other(format!(
@@ -61,7 +67,9 @@ pub async fn refresh(state: &mut State, registry: &Arc<Registry>, concurrency: u
             match result {
                 Ok(Observed::Up(computed)) => {
                     if let Some(r) = state.resources.get_mut(&addr) {
+                        out.changed |= computed.iter().any(|(k, v)| r.computed.get(k) != Some(v));
                         if r.status == Status::Creating && r.kind() == Kind::Job {
+                            out.changed = true;
                             // Submitted before the crash: adopt it.
                             r.status = Status::Ready;
                             out.drift
@@ -73,6 +81,7 @@ pub async fn refresh(state: &mut State, registry: &Arc<Registry>, concurrency: u
                 }
                 Ok(Observed::Adopted(found)) => {
                     if let Some(r) = state.resources.get_mut(&addr) {
+                        let old = r.clone();
                         r.status = Status::Ready;
                         r.computed.extend(found.computed);
                         r.private = found.private;
@@ -80,16 +89,19 @@ pub async fn refresh(state: &mut State, registry: &Arc<Registry>, concurrency: u
                             r.computed
                                 .insert("placement".into(), serde_json::json!(p.offering.infra()));
                         }
+                        out.changed |= *r != old;
                         out.drift
                             .push(Drift::new(addr.clone(), DriftChange::AdoptedCreated));
                     }
                 }
                 Ok(Observed::Degraded { reason, computed }) => {
                     if let Some(r) = state.resources.get_mut(&addr) {
+                        let old = (r.status, r.computed.clone());
                         r.computed.extend(computed);
                         r.computed
                             .insert("status".into(), serde_json::json!("DEGRADED"));
                         r.status = Status::Tainted;
+                        out.changed |= old != (r.status, r.computed.clone());
                     }
                     out.drift.push(Drift::new(
                         addr.clone(),
@@ -105,7 +117,7 @@ pub async fn refresh(state: &mut State, registry: &Arc<Registry>, concurrency: u
                         .resources
                         .get(&addr)
                         .is_some_and(|r| r.status != Status::Ready);
-                    state.resources.remove(&addr);
+                    out.changed |= state.resources.remove(&addr).is_some();
                     if !was_creating {
                         out.drift
                             .push(Drift::new(addr, DriftChange::Gone { reason }));
@@ -140,6 +152,7 @@ pub async fn refresh(state: &mut State, registry: &Arc<Registry>, concurrency: u
         {
             r.computed
                 .insert("status".into(), serde_json::json!("LOST"));
+            out.changed = true;
         }
     }
     out

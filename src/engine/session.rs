@@ -91,8 +91,14 @@ pub struct Session<'e> {
     engine: &'e Engine,
     store: Box<dyn StateStore>,
     lock: Option<crate::state::LockInfo>,
-    /// The state as read from the store (`None`: no state yet).
+    /// Whether the store held no state when the session began.
+    fresh: bool,
+    /// The state as read from the store, copied only when something will compare with it
+    /// (before a refresh-only plan's refresh; `None` in a fresh session): a copy of a
+    /// large state costs as much as the state.
     stored: Option<State>,
+    /// Whether a refresh changed the state's resources (see [`Session::keep_refreshed`]).
+    refresh_changed: bool,
     /// The state as this session knows it (refreshed, applied to).
     pub state: State,
     /// The variables in use: the configuration's, or a saved plan's.
@@ -119,14 +125,16 @@ impl Engine {
             engine: self,
             store,
             lock: info,
+            fresh: true,
             stored: None,
+            refresh_changed: false,
             state: State::default(),
             inputs: self.inputs.clone(),
         };
         match session.store.read().await {
             Ok(stored) => {
-                session.state = stored.clone().unwrap_or_default();
-                session.stored = stored;
+                session.fresh = stored.is_none();
+                session.state = stored.unwrap_or_default();
                 Ok(session)
             }
             Err(e) => {
@@ -153,7 +161,14 @@ impl Session<'_> {
 
     /// Whether the store held no state when the session began.
     pub fn is_fresh(&self) -> bool {
-        self.stored.is_none()
+        self.fresh
+    }
+
+    /// Keeps a copy of the state as read, for what compares with it after a refresh.
+    fn keep_stored(&mut self) {
+        if !self.fresh && self.stored.is_none() {
+            self.stored = Some(self.state.clone());
+        }
     }
 
     /// Fails unless the state's serial is `want` (`-check-serial`).
@@ -173,6 +188,7 @@ impl Session<'_> {
         let t = std::time::Instant::now();
         let n = self.state.resources.len();
         let r = refresh::refresh(&mut self.state, registry, 64).await;
+        self.refresh_changed |= r.changed;
         self.engine.reporter.notice(Notice::Refreshed {
             resources: n,
             seconds: t.elapsed().as_secs_f64(),
@@ -190,7 +206,9 @@ impl Session<'_> {
             ));
         }
         let config = engine.config();
-        let before = self.state.clone();
+        // Only a refresh-only plan compares with the state before refresh; a full copy of a
+        // large state is not free.
+        let before = opts.refresh_only.then(|| self.state.clone());
         let registry = engine.registry();
         let mut options = Options {
             destroy: opts.destroy,
@@ -260,8 +278,8 @@ impl Session<'_> {
         }
         all.extend(diags);
         engine.report(all)?;
-        if opts.refresh_only {
-            return Ok(refresh_only(plan, &before, &self.state));
+        if let Some(before) = &before {
+            return Ok(refresh_only(plan, before, &self.state));
         }
         Ok(plan)
     }
@@ -423,7 +441,11 @@ impl Session<'_> {
             })
             .collect();
         let registry = self.engine.registry();
-        refresh::refresh(&mut self.state, &registry, 64).await;
+        if p.refresh_only {
+            self.keep_stored();
+        }
+        let r = refresh::refresh(&mut self.state, &registry, 64).await;
+        self.refresh_changed |= r.changed;
         if p.refresh_only
             && let Some(before) = &self.stored
         {
@@ -447,9 +469,7 @@ impl Session<'_> {
     /// When a plan has nothing to do: keeps what refresh learned (resources gone), if
     /// anything.
     pub async fn keep_refreshed(&mut self) -> Result<()> {
-        if let Some(before) = &self.stored
-            && before.resources != self.state.resources
-        {
+        if !self.fresh && self.refresh_changed {
             self.state.serial += 1;
             self.store.write(&self.state).await?;
         }

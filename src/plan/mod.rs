@@ -223,8 +223,13 @@ impl InstanceSink for Planner<'_> {
             None if importing.is_some() => Action::NoOp,
             None => Action::Create,
             Some(p) => {
-                let before = attrs_json(&p.spec);
-                let after = attrs_json(&inst.spec);
+                // Equal specs have equal attributes: the common case with many unchanged
+                // instances skips their JSON forms.
+                let (before, after) = if p.spec == inst.spec {
+                    Default::default()
+                } else {
+                    (attrs_json(&p.spec), attrs_json(&inst.spec))
+                };
                 let keys: BTreeSet<&String> = before.keys().chain(after.keys()).collect();
                 let mut act = Action::NoOp;
                 let mut in_place: Vec<&str> = Vec::new();

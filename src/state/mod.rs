@@ -141,16 +141,75 @@ impl State {
     }
 
     pub fn from_json(bytes: &[u8]) -> Result<State, StateError> {
-        let probe: serde_json::Value =
+        // The version first, skimming the rest: a whole tree of JSON values for a large
+        // state would cost several times the state itself.
+        let probe: VersionProbe =
             serde_json::from_slice(bytes).map_err(|e| StateError::Corrupt(e.to_string()))?;
         let version = probe
-            .get("format_version")
+            .0
+            .as_ref()
             .and_then(serde_json::Value::as_u64)
             .unwrap_or(0);
         if version > u64::from(FORMAT_VERSION) {
             return Err(StateError::TooNew(version));
         }
-        serde_json::from_value(probe).map_err(|e| StateError::Corrupt(e.to_string()))
+        serde_json::from_slice(bytes).map_err(|e| StateError::Corrupt(e.to_string()))
+    }
+}
+
+/// `format_version` of a state document (the last one, if given twice), any other member
+/// skipped unread. Not an object: the probe finds nothing, and the full read says why.
+struct VersionProbe(Option<serde_json::Value>);
+
+impl<'de> Deserialize<'de> for VersionProbe {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = VersionProbe;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON value")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<VersionProbe, A::Error> {
+                let mut version = None;
+                while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                    if key == "format_version" {
+                        version = Some(map.next_value::<serde_json::Value>()?);
+                    } else {
+                        map.next_value::<serde::de::IgnoredAny>()?;
+                    }
+                }
+                Ok(VersionProbe(version))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<VersionProbe, A::Error> {
+                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(VersionProbe(None))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<VersionProbe, E> {
+                Ok(VersionProbe(None))
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<VersionProbe, E> {
+                Ok(VersionProbe(None))
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<VersionProbe, E> {
+                Ok(VersionProbe(None))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<VersionProbe, E> {
+                Ok(VersionProbe(None))
+            }
+            fn visit_str<E>(self, _: &str) -> Result<VersionProbe, E> {
+                Ok(VersionProbe(None))
+            }
+            fn visit_unit<E>(self) -> Result<VersionProbe, E> {
+                Ok(VersionProbe(None))
+            }
+        }
+        d.deserialize_any(Visit)
     }
 }
 
@@ -356,6 +415,43 @@ pub async fn lock_with_timeout(
                 delay = (delay * 2).min(std::time::Duration::from_secs(2));
             }
             other => return other,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_its_own_json_and_refuses_newer_or_malformed_states() {
+        let s = State::new();
+        let json = String::from_utf8(s.to_json()).unwrap();
+        assert_eq!(State::from_json(json.as_bytes()).unwrap(), s);
+        let newer = json.replacen(
+            &format!("\"format_version\": {FORMAT_VERSION}"),
+            "\"format_version\": 99",
+            1,
+        );
+        assert!(matches!(
+            State::from_json(newer.as_bytes()),
+            Err(StateError::TooNew(99))
+        ));
+        for bad in [
+            "[1, {\"a\": 2}]",
+            "\"x\"",
+            "3",
+            "null",
+            "{\"format_version\": \"1\"}",
+            "{",
+        ] {
+            assert!(
+                matches!(
+                    State::from_json(bad.as_bytes()),
+                    Err(StateError::Corrupt(_))
+                ),
+                "{bad}"
+            );
         }
     }
 }
