@@ -171,6 +171,52 @@ impl<R: InstanceSink> Evaluator<'_, R> {
     }
 }
 
+/// What references see of a block's instances: a list with `count`, a map by key with
+/// `for_each`, the one object otherwise.
+#[derive(Debug)]
+pub(super) struct InstanceValues {
+    is_count: bool,
+    is_each: bool,
+    list: Vec<Value>,
+    map: hcl::Map<String, Value>,
+    single: Value,
+}
+
+impl InstanceValues {
+    /// For a block, from whether it declares `count` or `for_each`.
+    pub(super) fn for_block(body: &BodyDecl) -> InstanceValues {
+        InstanceValues {
+            is_count: body.attrs.contains_key("count"),
+            is_each: body.attrs.contains_key("for_each"),
+            list: Vec::new(),
+            map: hcl::Map::new(),
+            single: Value::Null,
+        }
+    }
+
+    /// Adds the value of the instance with this key.
+    pub(super) fn add(&mut self, key: Option<InstanceKey>, value: Value) {
+        match key {
+            Some(InstanceKey::Index(_)) => self.list.push(value),
+            Some(InstanceKey::Key(k)) => {
+                self.map.insert(k, value);
+            }
+            None => self.single = value,
+        }
+    }
+
+    /// The block's value.
+    pub(super) fn value(self) -> Value {
+        if self.is_count {
+            Value::Array(self.list)
+        } else if self.is_each {
+            Value::Object(self.map)
+        } else {
+            self.single
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use crate::config::eval::testing::evaluate_one;

@@ -1,13 +1,14 @@
 //! Module calls: a `module` block into one call of the child module per instance, with its
 //! inputs checked against the child's variables; the child's outputs become the block's value.
 
+use super::expansion::InstanceValues;
 use super::references::Node;
 use super::{BlockValue, Evaluator, InstanceSink, Scope};
 use crate::config::diag::{Diagnostic, FileId, did_you_mean};
 use crate::config::functions;
 use crate::config::load::Ref;
 use crate::config::vars::{self, VarType};
-use crate::model::{Address, InstanceKey, ModuleStep};
+use crate::model::{Address, ModuleStep};
 use hcl::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
@@ -52,11 +53,7 @@ impl<R: InstanceSink> Evaluator<'_, R> {
             self.taint(&node);
             return;
         };
-        let is_count = decl.body.attrs.contains_key("count");
-        let is_each = decl.body.attrs.contains_key("for_each");
-        let mut list = Vec::new();
-        let mut map = hcl::Map::new();
-        let mut single = Value::Null;
+        let mut values = InstanceValues::for_block(&decl.body);
         let mut instances = BTreeSet::new();
         let mut sensitive = false;
         for (key, bindings) in keys {
@@ -132,22 +129,9 @@ impl<R: InstanceSink> Evaluator<'_, R> {
                 sensitive |= s;
                 obj.insert(k, v);
             }
-            let obj = Value::Object(obj);
-            match key {
-                Some(InstanceKey::Index(_)) => list.push(obj),
-                Some(InstanceKey::Key(k)) => {
-                    map.insert(k, obj);
-                }
-                None => single = obj,
-            }
+            values.add(key, Value::Object(obj));
         }
-        let value = if is_count {
-            Value::Array(list)
-        } else if is_each {
-            Value::Object(map)
-        } else {
-            single
-        };
+        let value = values.value();
         scope.modules.insert(
             name.to_string(),
             BlockValue {

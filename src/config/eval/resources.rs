@@ -1,6 +1,7 @@
 //! Resources: one resource block into its instances, each decoded into a spec and handed to
 //! the [`InstanceSink`], whose answer (the computed attributes) is what references read.
 
+use super::expansion::InstanceValues;
 use super::references::Node;
 use super::values::{all_attrs, evaluate_attr};
 use super::{BlockValue, Evaluator, Instance, InstanceSink, Scope};
@@ -9,7 +10,7 @@ use crate::config::diag::Diagnostics;
 use crate::config::load::{AttrDecl, Ref};
 use crate::config::schema;
 use crate::config::value::{json_to_hcl, typed_unknown, unknown};
-use crate::model::{Address, InstanceKey, Kind, UNKNOWN};
+use crate::model::{Address, Kind, UNKNOWN};
 use hcl::Value;
 use std::collections::BTreeSet;
 
@@ -33,11 +34,7 @@ impl<R: InstanceSink> Evaluator<'_, R> {
         };
         let lifecycle = decode::lifecycle(&decl.body, kind, self.diags);
         let body_refs = decl.body.refs();
-        let is_count = decl.body.attrs.contains_key("count");
-        let is_each = decl.body.attrs.contains_key("for_each");
-        let mut list = Vec::new();
-        let mut map = hcl::Map::new();
-        let mut single = Value::Null;
+        let mut values = InstanceValues::for_block(&decl.body);
         let mut instances = BTreeSet::new();
         let mut all_sensitive: BTreeSet<String> = BTreeSet::new();
         for (key, bindings) in keys {
@@ -126,22 +123,9 @@ impl<R: InstanceSink> Evaluator<'_, R> {
                 };
                 obj.insert(k, v);
             }
-            let obj = Value::Object(obj);
-            match key {
-                Some(InstanceKey::Index(_)) => list.push(obj),
-                Some(InstanceKey::Key(k)) => {
-                    map.insert(k, obj);
-                }
-                None => single = obj,
-            }
+            values.add(key, Value::Object(obj));
         }
-        let value = if is_count {
-            Value::Array(list)
-        } else if is_each {
-            Value::Object(map)
-        } else {
-            single
-        };
+        let value = values.value();
         scope.resources.insert(
             (kind, name.to_string()),
             BlockValue {
