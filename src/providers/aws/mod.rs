@@ -8,12 +8,16 @@
 //! Errors are classified for the failover engine (`classify`): capacity, quota,
 //! configuration, transient. The SDK's own retries are off: the engine decides.
 
+mod errors;
+
+pub use errors::{classify, kind_of};
+
 use super::{Created, ErrorKind, Observed, Provider, ProviderError, Request};
 use crate::model::{Address, Spec};
 use crate::optimizer::{Candidate, Offering};
 use crate::state::{ResourceState, Status};
 use aws_sdk_ec2 as ec2;
-use ec2::error::{ProvideErrorMetadata, SdkError};
+use ec2::error::ProvideErrorMetadata;
 use ec2::types::{
     BlockDeviceMapping, EbsBlockDevice, Filter, InstanceInterruptionBehavior,
     InstanceMarketOptionsRequest, InstanceType, IpPermission, IpRange, MarketType, Placement,
@@ -1056,75 +1060,6 @@ impl Provider for AwsProvider {
 
     fn log_paths(&self, _res: &ResourceState, _cluster: Option<&ResourceState>) -> Vec<PathBuf> {
         Vec::new()
-    }
-}
-
-/// Sorts an EC2 error into what the failover engine does with it.
-pub fn classify<E, R>(op: &str, e: SdkError<E, R>) -> ProviderError
-where
-    E: ProvideErrorMetadata + std::error::Error + 'static,
-    R: std::fmt::Debug,
-{
-    let (kind, message) = match &e {
-        SdkError::TimeoutError(_) => (ErrorKind::Timeout, format!("{op}: no answer in time")),
-        SdkError::DispatchFailure(_) => (
-            ErrorKind::Transient,
-            format!(
-                "{op}: cannot reach EC2: {}",
-                ec2::error::DisplayErrorContext(&e)
-            ),
-        ),
-        SdkError::ResponseError(_) => (ErrorKind::Transient, format!("{op}: unreadable answer")),
-        _ => {
-            let code = e.code().unwrap_or("Unknown");
-            let text = e.message().unwrap_or_default();
-            let kind = kind_of(code);
-            (
-                kind,
-                format!("{op}: {code}: {text}")
-                    .trim_end_matches([' ', ':'])
-                    .to_string(),
-            )
-        }
-    };
-    ProviderError { kind, message }
-}
-
-/// The failover kind of an EC2 error code.
-pub fn kind_of(code: &str) -> ErrorKind {
-    match code {
-        "InsufficientInstanceCapacity"
-        | "InsufficientHostCapacity"
-        | "InsufficientReservedInstanceCapacity"
-        | "InsufficientCapacity"
-        | "SpotMaxPriceTooLow"
-        | "Unsupported"
-        | "InsufficientFreeAddressesInSubnet" => ErrorKind::Capacity,
-        "VcpuLimitExceeded"
-        | "MaxSpotInstanceCountExceeded"
-        | "InstanceLimitExceeded"
-        | "SecurityGroupLimitExceeded"
-        | "KeyPairLimitExceeded"
-        | "RulesPerSecurityGroupLimitExceeded" => ErrorKind::Quota,
-        "AuthFailure"
-        | "UnauthorizedOperation"
-        | "InvalidClientTokenId"
-        | "SignatureDoesNotMatch"
-        | "OptInRequired"
-        | "Blocked"
-        | "PendingVerification"
-        | "InvalidParameterCombination" => ErrorKind::Config,
-        c if c.starts_with("InvalidAMIID") || c.starts_with("AuthFailure") => ErrorKind::Config,
-        "RequestLimitExceeded"
-        | "Throttling"
-        | "ThrottlingException"
-        | "InternalError"
-        | "InternalFailure"
-        | "ServiceUnavailable"
-        | "Unavailable"
-        | "RequestTimeout" => ErrorKind::Transient,
-        c if c.ends_with(".NotFound") => ErrorKind::NotFound,
-        _ => ErrorKind::Other,
     }
 }
 
