@@ -5,6 +5,7 @@
 //! - [`evaluate`] evaluates it in dependency order against input variables, handing each
 //!   resource instance to a [`InstanceSink`] (the planner).
 
+pub mod decl;
 pub mod decode;
 pub mod diag;
 pub mod eval;
