@@ -881,3 +881,46 @@ async fn apply_json_reports_each_failover() {
     assert_eq!(events.last().unwrap()["ok"], true);
     w.ok(&["destroy", "-auto-approve"]);
 }
+
+/// Killed after every backend call and every state write of an apply and of a destroy, the
+/// same command again converges: the declared machines (and their group and key pair) after
+/// apply, nothing after destroy (tests/support/crash.rs).
+#[test]
+#[ignore = "needs moto: run ./scripts/test.sh"]
+fn a_crash_at_every_point_converges() {
+    let w = Work::new(
+        &["us-east-1"],
+        r#"
+cluster "train" {
+  num_nodes = 2
+  resources {
+    instance_type = "m6i.large"
+  }
+}
+"#,
+    );
+    let world = || {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            let mut out: Vec<String> = w
+                .proxy
+                .live("us-east-1")
+                .await
+                .into_iter()
+                .map(|(id, _, token)| format!("instance {id} of {token}"))
+                .collect();
+            let (groups, keys) = w.proxy.groups_and_keys("us-east-1").await;
+            out.extend(groups.into_iter().map(|g| format!("security group {g}")));
+            out.extend(keys.into_iter().map(|k| format!("key pair {k}")));
+            out.sort();
+            out
+        })
+    };
+    support::crash::Crashes {
+        dir: &w,
+        world: &world,
+        kinds: &[("call", 1), ("write", 1)],
+        min_points: 4,
+    }
+    .run();
+}

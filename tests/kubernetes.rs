@@ -958,3 +958,35 @@ job "long" {
     w.destroy_leaves_nothing("a");
     assert!(!running(), "the job ended with its cluster");
 }
+
+/// Killed after every backend call and every state write of an apply and of a destroy, the
+/// same command again converges: the declared pods (and their service and key) after apply,
+/// nothing after destroy (tests/support/crash.rs).
+#[test]
+#[ignore = "needs kube-apiserver: run ./scripts/test.sh"]
+fn a_crash_at_every_point_converges() {
+    let Some((kube, _turn)) = begin("a_crash_at_every_point_converges") else {
+        return;
+    };
+    let _a = Fakelet::start(&kube, "a", &["t10-a:cpu=8,memory=32Gi"]);
+    let w = Work::new(&kube, "t10");
+    w.config(
+        &[("a", 0.0)],
+        r#"
+cluster "train" {
+  num_nodes = 2
+  resources {
+    cpus = "2+"
+  }
+}
+"#,
+    );
+    let world = || w.leftovers("a");
+    support::crash::Crashes {
+        dir: &w,
+        world: &world,
+        kinds: &[("call", 1), ("write", 1)],
+        min_points: 4,
+    }
+    .run();
+}

@@ -62,9 +62,11 @@ impl Servers {
             .iter()
             .enumerate()
             .filter(|(i, _)| {
+                // The mark is a symbolic link to nothing (its target is its text).
                 self.dir
                     .join(format!("host-{}/skyform/reservation", i + 1))
-                    .exists()
+                    .symlink_metadata()
+                    .is_ok()
             })
             .map(|(_, h)| h.clone())
             .collect()

@@ -119,6 +119,7 @@ impl Applier<'_> {
                 let gone =
                     tokio::time::timeout(self.failover.attempt_timeout, p.delete(addr, &old, None))
                         .await;
+                crate::faults::passed(crate::faults::Point::Call);
                 match gone {
                     Ok(Ok(())) => {
                         (self.on_event)(&Event::Done {

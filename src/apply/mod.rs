@@ -149,6 +149,7 @@ impl Applier<'_> {
             "writing state"
         );
         self.store.write_changes(state, changed).await?;
+        crate::faults::passed(crate::faults::Point::Write);
         (self.on_event)(&Event::StateWritten {
             serial: state.serial,
         });

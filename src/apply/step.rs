@@ -317,6 +317,7 @@ impl Walk<'_, '_> {
                     }
                 },
             };
+            crate::faults::passed(crate::faults::Point::Call);
             outcome.seconds = t.elapsed().as_secs_f64();
             outcome.spec = Some(spec);
             vec![outcome]
@@ -360,6 +361,7 @@ impl Walk<'_, '_> {
                 }
                 _ => Vec::new(),
             };
+            crate::faults::passed(crate::faults::Point::Call);
             let seconds = t.elapsed().as_secs_f64();
             let mut results = results.into_iter();
             for (node, _, spec) in jobs {

@@ -216,6 +216,9 @@ impl Session<'_> {
             replace: opts.replace.clone(),
             ..Options::default()
         };
+        if opts.refresh && !opts.refresh_only && self.lock.is_some() {
+            self.release_unfinished(&registry).await;
+        }
         if opts.refresh && !self.state.resources.is_empty() {
             let r = self.refresh(&registry).await;
             options.degraded = r.degraded;
@@ -336,6 +339,34 @@ impl Session<'_> {
                         .label("this import")
                         .hint("check the id: local:SANDBOX_DIR, ssh:POOL/TOKEN or aws:REGION/TOKEN (docs/language.md#import)"),
                 ),
+            }
+        }
+    }
+
+    /// Gives back what killed runs of this state took and never recorded (only a run that
+    /// holds the lock may: another could be making it right now), before refresh (which
+    /// then finds those creations gone) and the survey (which offers what was freed).
+    async fn release_unfinished(&self, registry: &Registry) {
+        if self.state.lineage.is_empty() {
+            return;
+        }
+        let reporter = self.engine.reporter();
+        for (name, p) in &registry.providers {
+            let held: Vec<&ResourceState> = self
+                .state
+                .resources
+                .values()
+                .filter(|r| r.provider == *name)
+                .collect();
+            match p.release_unfinished(&self.state.lineage, &held).await {
+                Ok(lines) => {
+                    for l in lines {
+                        reporter.notice(Notice::Warning(l));
+                    }
+                }
+                Err(e) => reporter.notice(Notice::Warning(format!(
+                    "cannot look for what killed runs left on {name}: {e}"
+                ))),
             }
         }
     }

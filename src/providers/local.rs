@@ -244,6 +244,9 @@ impl LocalProvider {
                 }
             }
         }
+        if let Some(dir) = Self::cluster_dir(private) {
+            agents.extend(proc::agents_of(&dir).into_iter().map(|p| (p, None)));
+        }
         agents.sort_unstable();
         agents.dedup();
         for (pid, start) in agents {

@@ -203,6 +203,17 @@ pub trait Provider: Send + Sync + std::fmt::Debug {
     ) -> Result<Vec<(Address, String)>, ProviderError> {
         Ok(Vec::new())
     }
+    /// Gives back what an attempt of this state's `lineage` holds that none of `held`
+    /// records and that never became a cluster (a run killed between taking a host and
+    /// recording it). Called only by a run that holds the state's lock, before the backend
+    /// is surveyed; answers one line per thing released, for the user.
+    async fn release_unfinished(
+        &self,
+        _lineage: &str,
+        _held: &[&ResourceState],
+    ) -> Result<Vec<String>, ProviderError> {
+        Ok(Vec::new())
+    }
     /// Stops a cluster's machines, keeping their disks (for autostop).
     async fn stop(&self, _res: &ResourceState) -> Result<(), ProviderError> {
         Err(ProviderError::other(format!(

@@ -267,11 +267,31 @@ struct Running {
     child: Child,
 }
 
+/// Makes the directories from `root` down to `path`, but not `root`: fails (NotFound) when
+/// `root` is gone, even if it goes meanwhile.
+fn make_under(root: &Path, path: &Path) -> std::io::Result<()> {
+    let Ok(rest) = path.strip_prefix(root) else {
+        return std::fs::create_dir_all(path);
+    };
+    let mut at = root.to_path_buf();
+    for part in rest.components() {
+        at.push(part);
+        match std::fs::create_dir(&at) {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(e),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// The agent loop of one node. The head (rank 0) also schedules the queue.
 pub fn run_agent(cluster_dir: &Path, rank: u32) -> std::io::Result<()> {
     let layout = Layout::new(cluster_dir);
+    // Never make the cluster's directory itself: an agent that starts after its cluster
+    // was deleted (its starter killed between spawning it and recording it) must end, not
+    // bring the directory back.
     for d in [layout.tasks(rank), layout.done(rank), layout.queue()] {
-        std::fs::create_dir_all(d)?;
+        make_under(cluster_dir, &d)?;
     }
     let me = std::process::id();
     let start = proc::stat(me).map(|s| s.start_time);

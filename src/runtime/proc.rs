@@ -1,6 +1,7 @@
 //! Process facts and signals: liveness (zombies count as dead), sessions, kill.
 //!
-//! The one place with `unsafe`: two libc calls (`kill`, `setsid`) with no safe std equivalent.
+//! The one place with `unsafe`: a few libc calls (`kill`, `setsid`, `getuid`) with no safe std
+//! equivalent.
 #![allow(unsafe_code)]
 
 use std::path::Path;
@@ -67,6 +68,27 @@ fn tty_of(pid: u32) -> Option<i64> {
     rest.split_whitespace().nth(4)?.parse().ok()
 }
 
+/// The live agents of the cluster in `dir` on this machine (`skyform __agent DIR RANK`),
+/// found by their command line: also those whose starter died before recording them.
+pub fn agents_of(dir: &Path) -> Vec<u32> {
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let dir = dir.as_os_str().as_encoded_bytes();
+    rd.filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+                return false;
+            };
+            let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
+            args.windows(2)
+                .any(|w| w[0] == b"__agent".as_slice() && w[1] == dir)
+                && stat(*pid).is_some_and(|s| s.state != 'Z' && s.state != 'X')
+        })
+        .collect()
+}
+
 /// Every live process in session `sid`.
 pub fn session_members(sid: u32) -> Vec<u32> {
     let Ok(rd) = std::fs::read_dir("/proc") else {
@@ -93,6 +115,21 @@ pub fn signal(pid: u32, signal: i32, group: bool) -> bool {
     let target = if group { -p } else { p };
     // SAFETY: kill(2) takes plain integers and has no memory effects.
     unsafe { libc::kill(target, signal) == 0 }
+}
+
+/// Ends this process at once with SIGKILL, as `kill -9` would.
+pub fn kill_self() -> ! {
+    // SAFETY: kill(2) and getpid(2) take plain integers and have no memory effects.
+    unsafe {
+        libc::kill(libc::getpid(), libc::SIGKILL);
+    }
+    std::process::abort()
+}
+
+/// The real user id of this process.
+pub fn user_id() -> u32 {
+    // SAFETY: getuid(2) has no arguments, no memory effects and cannot fail.
+    unsafe { libc::getuid() }
 }
 
 /// Kills every process of session `sid`: SIGTERM, a grace period, then SIGKILL. Returns once

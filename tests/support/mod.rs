@@ -1,6 +1,7 @@
 //! Test support shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod crash;
 pub mod servers;
 
 use serde_json::json;

@@ -62,7 +62,7 @@ impl Pool {
                 config_file: path("ssh_config"),
                 known_hosts: default_known_hosts(home),
                 // openssh makes (and removes) a directory of its own per connection here.
-                control_dir: std::env::temp_dir(),
+                control_dir: super::transport::control_dir(),
                 connect_timeout: Duration::from_secs(10),
             },
             price_micros: price,
@@ -80,8 +80,10 @@ impl Pool {
                         host,
                         facts: Err(e),
                         holder: None,
+                        lineage: String::new(),
                         stopped: false,
                         agent: false,
+                        runtime: false,
                     },
                     Ok(c) => {
                         let facts = probe(&c).await;
@@ -92,17 +94,17 @@ impl Pool {
                             .unwrap_or_default();
                         c.close().await;
                         let mut lines = out.lines();
-                        let holder = lines
-                            .next()
-                            .map(|l| l.trim().to_string())
-                            .filter(|s| !s.is_empty());
+                        let mark = lines.next().unwrap_or_default().trim();
+                        let (token, lineage) = mark.split_once(' ').unwrap_or((mark, ""));
                         let rest: Vec<&str> = lines.collect();
                         HostReport {
                             host,
                             facts,
-                            holder,
+                            holder: Some(token.to_string()).filter(|t| !t.is_empty()),
+                            lineage: lineage.to_string(),
                             stopped: rest.contains(&"stopped"),
                             agent: rest.contains(&"agent"),
+                            runtime: rest.contains(&"runtime"),
                         }
                     }
                 };
@@ -125,18 +127,28 @@ pub(super) struct HostReport {
     pub(super) facts: Result<Facts, ProviderError>,
     /// The token of the cluster that holds the host, if any.
     pub(super) holder: Option<String>,
+    /// The lineage of the state that made that cluster (empty for older marks).
+    pub(super) lineage: String,
+    /// The holder's runtime was set up on the host (its `cluster.json` is there).
+    pub(super) runtime: bool,
     /// The holder is stopped (its agents ended on purpose).
     pub(super) stopped: bool,
     /// The holder's agent runs on the host.
     pub(super) agent: bool,
 }
 
-/// Who holds the host, whether that cluster is stopped, whether its agent runs.
+/// Who holds the host (the reservation's mark: `TOKEN LINEAGE`, or a token alone from
+/// older builds, whose mark was a directory with an `owner` file), then whether that
+/// cluster is stopped, whether its agent runs, and whether its runtime was set up here.
 const HOLDER: &str = r#"
-o=$(cat "$dir/reservation/owner" 2>/dev/null); echo "$o"
-if [ -n "$o" ]; then
-  c="$dir/clusters/$o"
+r="$dir/reservation"
+o=$(readlink "$r" 2>/dev/null) || o=$(cat "$r/owner" 2>/dev/null)
+echo "$o"
+t=${o%% *}
+if [ -n "$t" ]; then
+  c="$dir/clusters/$t"
   [ -e "$c/stopped" ] && echo stopped
+  [ -e "$c/cluster.json" ] && echo runtime
   for f in "$c"/node-*/agent.pid; do
     [ -f "$f" ] && tr '\0' ' ' <"/proc/$(cat "$f")/cmdline" 2>/dev/null | grep -q " __agent " && echo agent
   done
@@ -144,12 +156,18 @@ fi
 exit 0
 "#;
 
-/// Holds the host for the cluster whose token is `$1`, unless another holds it.
+/// Holds the host for the cluster whose token is `$1`, made by the state of lineage `$2`,
+/// unless another holds it. The mark is a symbolic link whose target is `TOKEN LINEAGE`:
+/// made in one step, so a run killed at any moment leaves either no reservation or one
+/// that says whose it is.
 pub(super) const RESERVE: &str = r#"
-mkdir -p "$dir" && if mkdir "$dir/reservation" 2>/dev/null; then
-  printf '%s' "$1" > "$dir/reservation/owner"; echo reserved
+r="$dir/reservation"
+# An older build's mark is a directory, which `ln` would put the link into.
+mkdir -p "$dir" && if ! [ -d "$r" ] && ln -s "$1 $2" "$r" 2>/dev/null; then
+  echo reserved
 else
-  cat "$dir/reservation/owner" 2>/dev/null; echo; echo taken
+  o=$(readlink "$r" 2>/dev/null) || o=$(cat "$r/owner" 2>/dev/null)
+  if [ "${o%% *}" = "$1" ]; then echo reserved; else echo "$o"; echo taken; fi
 fi
 "#;
 
@@ -169,5 +187,6 @@ if [ -d "$c" ]; then
   done
   rm -rf "$c"
 fi
-if [ "$(cat "$dir/reservation/owner" 2>/dev/null)" = "$1" ]; then rm -rf "$dir/reservation"; fi
+o=$(readlink "$dir/reservation" 2>/dev/null) || o=$(cat "$dir/reservation/owner" 2>/dev/null)
+if [ "${o%% *}" = "$1" ]; then rm -rf "$dir/reservation"; fi
 "#;

@@ -42,6 +42,16 @@ pub struct SshProvider {
     reports: tokio::sync::Mutex<BTreeMap<String, Vec<HostReport>>>,
 }
 
+/// Whether a cluster's creation finished: it holds as many hosts as it was placed on (`held`)
+/// and its runtime runs on each.
+fn finished(held: &[&HostReport], res: &crate::state::ResourceState) -> bool {
+    let want = res
+        .placement
+        .as_ref()
+        .map_or(1, |c| c.num_nodes.max(1) as usize);
+    held.len() == want && held.iter().all(|s| s.agent && s.runtime)
+}
+
 /// Managed jobs and services on pools.
 const NO_MANAGED: &str = "managed jobs and services on ssh pools are not in this build yet: declare a cluster on the pool and run a job on it";
 
@@ -407,23 +417,29 @@ impl crate::providers::Provider for SshProvider {
                     reason: "its creation reserved no host".into(),
                 });
             }
-            if ours.len() == want {
-                let computed = Self::computed(&ours);
-                let private = Private {
-                    pool: Some(pool.name.clone()),
-                    hosts: ours,
-                    ..p
-                };
-                return Ok(Observed::Adopted(crate::providers::Created {
-                    computed,
-                    private: serde_json::to_value(private).unwrap_or_default(),
-                }));
+            // Adopted only once its runtime runs everywhere: a creation killed while it
+            // reserved, synced or ran setup is replaced, which releases what it held.
+            let held: Vec<&HostReport> = seen
+                .iter()
+                .filter(|s| s.holder.as_deref() == Some(p.token.as_str()))
+                .collect();
+            if finished(&held, res) {
+                let mut found = Self::found(pool, &p.token, &held).await?;
+                let mut adopted: Private =
+                    serde_json::from_value(found.private.clone()).unwrap_or_default();
+                adopted.lineage = p.lineage.clone();
+                found.private = serde_json::to_value(adopted).unwrap_or_default();
+                return Ok(Observed::Adopted(found));
             }
             return Ok(Observed::Degraded {
-                reason: format!(
-                    "its creation was interrupted with {} of {want} host(s)",
-                    ours.len()
-                ),
+                reason: if ours.len() == want {
+                    "its creation was interrupted before its runtime started".into()
+                } else {
+                    format!(
+                        "its creation was interrupted with {} of {want} host(s)",
+                        ours.len()
+                    )
+                },
                 computed: Self::computed(&ours),
             });
         }
@@ -517,7 +533,7 @@ impl crate::providers::Provider for SshProvider {
             if !fits || s.holder.is_some() {
                 continue;
             }
-            let out = Self::on_host(pool, &s.host, RESERVE, &[&p.token]).await;
+            let out = Self::on_host(pool, &s.host, RESERVE, &[&p.token, &p.lineage]).await;
             if out.is_ok_and(|o| o.stdout.trim_end().ends_with("reserved")) {
                 got.push(s.host.to_string());
             }
@@ -658,78 +674,95 @@ impl crate::providers::Provider for SshProvider {
             .iter()
             .filter(|s| s.holder.as_deref() == Some(token))
             .collect();
-        let not_found = |why: String| ProviderError {
-            kind: ErrorKind::NotFound,
-            message: why,
-        };
         if held.is_empty() {
-            return Err(not_found(format!(
-                "no host of pool {pool_name} is held by {token}"
-            )));
+            return Err(ProviderError {
+                kind: ErrorKind::NotFound,
+                message: format!("no host of pool {pool_name} is held by {token}"),
+            });
         }
-        // The head keeps cluster.json: the nodes' order and the build they run.
-        let mut info = None;
-        for s in &held {
-            let out = Self::on_host(
-                pool,
-                &s.host,
-                r#"cat "$dir/clusters/$1/cluster.json" 2>/dev/null"#,
-                &[token],
-            )
-            .await?;
-            if let Ok(i) = serde_json::from_str::<crate::runtime::ClusterInfo>(&out.stdout) {
-                info = Some((s.host.clone(), i));
-                break;
+        Self::found(pool, token, &held).await
+    }
+
+    /// Clusters on this backend's pools whose hosts carry `lineage` in their reservation
+    /// and whose token none of `held` records, by the address their head's `cluster.json`
+    /// names: `POOL/TOKEN` each. A pool that cannot be probed is skipped.
+    async fn find_own(
+        &self,
+        lineage: &str,
+        held: &[&crate::state::ResourceState],
+    ) -> Result<Vec<(crate::model::Address, String)>, ProviderError> {
+        let mut out = Vec::new();
+        for (pool, token, hosts) in self.unheld(lineage, held).await {
+            if !hosts.iter().any(|s| s.runtime) {
+                continue;
+            }
+            let hosts: Vec<&HostReport> = hosts.iter().collect();
+            let Ok(found) = Self::found(pool, &token, &hosts).await else {
+                continue;
+            };
+            let name = serde_json::from_value::<Private>(found.private)
+                .ok()
+                .and_then(|p| p.name)
+                .and_then(|n| n.parse::<crate::model::Address>().ok());
+            if let Some(address) = name {
+                out.push((address, format!("{}/{token}", pool.name)));
             }
         }
-        let (head, info) = info.ok_or_else(|| {
-            not_found(format!(
-                "the hosts held by {token} have no cluster.json: not a cluster skyform started"
-            ))
-        })?;
-        let held_names: Vec<String> = held.iter().map(|s| s.host.to_string()).collect();
-        let hosts = if info.hosts.is_empty() {
-            // Older heads recorded addresses only: match them, head first.
-            let mut hosts: Vec<String> = vec![head.to_string()];
-            for (rank, ip) in info.ips.iter().enumerate().skip(1) {
-                let h = held
-                    .iter()
-                    .find(|s| &s.host.address == ip && !hosts.contains(&s.host.to_string()))
-                    .ok_or_else(|| {
-                        not_found(format!(
-                            "node {rank} ({ip}) of {token} is not held in pool {pool_name}"
-                        ))
-                    })?;
-                hosts.push(h.host.to_string());
+        out.sort();
+        Ok(out)
+    }
+
+    /// Releases the hosts held by creations of this lineage that never finished (their
+    /// runtime does not run on every host they hold): those state does not record — a run
+    /// killed between reserving and recording — and those it records as still creating,
+    /// whose run was killed (this run holds the lock, so no other is making them). Refresh
+    /// then finds the recorded ones gone and the plan creates them again on free hosts;
+    /// finished clusters state lacks are left to `find_own`.
+    async fn release_unfinished(
+        &self,
+        lineage: &str,
+        held: &[&crate::state::ResourceState],
+    ) -> Result<Vec<String>, ProviderError> {
+        let mut doomed: Vec<(&Pool, String, Vec<Host>)> = Vec::new();
+        for (pool, token, hosts) in self.unheld(lineage, held).await {
+            if !hosts.iter().any(|s| s.runtime) {
+                doomed.push((pool, token, hosts.into_iter().map(|s| s.host).collect()));
             }
-            hosts
-        } else {
-            // The head recorded each node's host: take them in its order.
-            if let Some((rank, h)) = info
-                .hosts
-                .iter()
-                .enumerate()
-                .find(|(_, h)| !held_names.contains(h))
+        }
+        for res in held {
+            if res.status != crate::state::Status::Creating
+                || !matches!(res.spec, crate::model::Spec::Cluster(_))
             {
-                return Err(not_found(format!(
-                    "node {rank} ({h}) of {token} is not held in pool {pool_name}"
-                )));
+                continue;
             }
-            info.hosts.clone()
-        };
-        let p = Private {
-            token: token.to_string(),
-            lineage: String::new(),
-            pool: Some(pool.name.clone()),
-            hosts,
-            build: info.build.clone(),
-            name: Some(info.name.clone()),
-            per_node: Some((info.cpus_per_node, info.gpus_per_node)),
-        };
-        Ok(crate::providers::Created {
-            computed: Self::computed(&p.hosts),
-            private: serde_json::to_value(&p).unwrap_or_default(),
-        })
+            let Ok(p) = serde_json::from_value::<Private>(res.private.clone()) else {
+                continue;
+            };
+            let Some(pool) = self.pool_of(&p, res) else {
+                continue;
+            };
+            let seen = self.host_reports(pool).await;
+            let ours: Vec<&HostReport> = seen
+                .iter()
+                .filter(|s| s.holder.as_deref() == Some(p.token.as_str()))
+                .collect();
+            if !ours.is_empty() && !finished(&ours, res) {
+                let hosts = ours.iter().map(|s| s.host.clone()).collect();
+                doomed.push((pool, p.token.clone(), hosts));
+            }
+        }
+        let mut out = Vec::new();
+        for (pool, token, hosts) in doomed {
+            for host in &hosts {
+                Self::on_host(pool, host, RELEASE, &[&token]).await?;
+                out.push(format!(
+                    "released host {host} of pool {}, held by a creation ({token}) that a killed run of this state left unfinished",
+                    pool.name
+                ));
+            }
+            self.forget(pool).await;
+        }
+        Ok(out)
     }
 
     fn ssh_entry(
@@ -798,6 +831,113 @@ impl crate::providers::Provider for SshProvider {
 }
 
 impl SshProvider {
+    /// What state records for the cluster whose token holds `held` (hosts of `pool`): the
+    /// head's `cluster.json` gives the nodes' order and the build they run.
+    async fn found(
+        pool: &Pool,
+        token: &str,
+        held: &[&HostReport],
+    ) -> Result<crate::providers::Created, ProviderError> {
+        let pool_name = &pool.name;
+        let not_found = |why: String| ProviderError {
+            kind: ErrorKind::NotFound,
+            message: why,
+        };
+        let mut info = None;
+        for s in held {
+            let out = Self::on_host(
+                pool,
+                &s.host,
+                r#"cat "$dir/clusters/$1/cluster.json" 2>/dev/null"#,
+                &[token],
+            )
+            .await?;
+            if let Ok(i) = serde_json::from_str::<crate::runtime::ClusterInfo>(&out.stdout) {
+                info = Some((s.host.clone(), i));
+                break;
+            }
+        }
+        let (head, info) = info.ok_or_else(|| {
+            not_found(format!(
+                "the hosts held by {token} have no cluster.json: not a cluster skyform started"
+            ))
+        })?;
+        let held_names: Vec<String> = held.iter().map(|s| s.host.to_string()).collect();
+        let hosts = if info.hosts.is_empty() {
+            // Older heads recorded addresses only: match them, head first.
+            let mut hosts: Vec<String> = vec![head.to_string()];
+            for (rank, ip) in info.ips.iter().enumerate().skip(1) {
+                let h = held
+                    .iter()
+                    .find(|s| &s.host.address == ip && !hosts.contains(&s.host.to_string()))
+                    .ok_or_else(|| {
+                        not_found(format!(
+                            "node {rank} ({ip}) of {token} is not held in pool {pool_name}"
+                        ))
+                    })?;
+                hosts.push(h.host.to_string());
+            }
+            hosts
+        } else {
+            // The head recorded each node's host: take them in its order.
+            if let Some((rank, h)) = info
+                .hosts
+                .iter()
+                .enumerate()
+                .find(|(_, h)| !held_names.contains(h))
+            {
+                return Err(not_found(format!(
+                    "node {rank} ({h}) of {token} is not held in pool {pool_name}"
+                )));
+            }
+            info.hosts.clone()
+        };
+        let p = Private {
+            token: token.to_string(),
+            lineage: held.first().map(|s| s.lineage.clone()).unwrap_or_default(),
+            pool: Some(pool.name.clone()),
+            hosts,
+            build: info.build.clone(),
+            name: Some(info.name.clone()),
+            per_node: Some((info.cpus_per_node, info.gpus_per_node)),
+        };
+        Ok(crate::providers::Created {
+            computed: Self::computed(&p.hosts),
+            private: serde_json::to_value(&p).unwrap_or_default(),
+        })
+    }
+
+    /// The hosts of each pool held under `lineage` by a token none of `held` records,
+    /// grouped by pool and token.
+    async fn unheld(
+        &self,
+        lineage: &str,
+        held: &[&crate::state::ResourceState],
+    ) -> Vec<(&Pool, String, Vec<HostReport>)> {
+        let known: std::collections::BTreeSet<String> = held
+            .iter()
+            .filter_map(|r| serde_json::from_value::<Private>(r.private.clone()).ok())
+            .map(|p| p.token)
+            .collect();
+        let mut out = Vec::new();
+        if lineage.is_empty() {
+            return out;
+        }
+        for pool in self.pools.values() {
+            let mut by_token: BTreeMap<String, Vec<HostReport>> = BTreeMap::new();
+            for s in self.host_reports(pool).await {
+                if let Some(t) = &s.holder
+                    && s.lineage == lineage
+                    && !known.contains(t)
+                {
+                    by_token.entry(t.clone()).or_default().push(s);
+                }
+            }
+            out.extend(by_token.into_iter().map(|(t, h)| (pool, t, h)));
+        }
+        out
+    }
+
     /// Runs `script` (with the cluster's token as `$1`) on every host the cluster holds.
     async fn on_every_host(
         &self,

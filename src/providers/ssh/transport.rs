@@ -19,9 +19,50 @@ pub struct Access {
     pub config_file: Option<PathBuf>,
     /// skyform's own record of host keys (trust on first use).
     pub known_hosts: PathBuf,
-    /// Where the multiplexing sockets live; keep it short (sockets have a path limit).
+    /// Where the multiplexing sockets live ([`control_dir`]); keep it short (sockets have
+    /// a path limit).
     pub control_dir: PathBuf,
     pub connect_timeout: Duration,
+}
+
+/// How long a master connection outlives its last session. Every operation opens its
+/// connection and closes it when done, which ends the master at once; this bounds the life
+/// of the masters a killed run leaves behind (and of their hold on the host).
+const MASTER_IDLE_SECONDS: std::num::NonZeroUsize = match std::num::NonZeroUsize::new(15) {
+    Some(n) => n,
+    None => unreachable!(),
+};
+
+/// The directory of this user's multiplexing sockets: one of skyform's own under the
+/// temporary directory, so that what killed runs left there can be tidied.
+pub fn control_dir() -> PathBuf {
+    let uid = crate::runtime::proc::user_id();
+    std::env::temp_dir().join(format!("skyform-ssh-{uid}"))
+}
+
+/// Removes the socket directories of masters that have ended (a master removes its socket
+/// when it exits, but not the directory with its log), once they are a minute old: a
+/// master being started has no socket yet either.
+fn sweep_control_dir(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let path = e.path();
+        let old = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > Duration::from_secs(60));
+        let is_conn = e
+            .file_name()
+            .to_string_lossy()
+            .starts_with(".ssh-connection");
+        if is_conn && old && !path.join("master").exists() {
+            let _ = std::fs::remove_dir_all(&path);
+        }
+    }
 }
 
 /// An open, multiplexed connection to one host.
@@ -45,6 +86,8 @@ impl Access {
     /// Opens a session to `host`: its key must match the one recorded, or is recorded now.
     pub async fn connect(&self, host: &Host) -> Result<Connection, ProviderError> {
         std::fs::create_dir_all(&self.control_dir)?;
+        static SWEPT: std::sync::Once = std::sync::Once::new();
+        SWEPT.call_once(|| sweep_control_dir(&self.control_dir));
         if let Some(dir) = self.known_hosts.parent() {
             std::fs::create_dir_all(dir)?;
         }
@@ -53,7 +96,8 @@ impl Access {
             .user_known_hosts_file(&self.known_hosts)
             .control_directory(&self.control_dir)
             .connect_timeout(self.connect_timeout)
-            .server_alive_interval(Duration::from_secs(15));
+            .server_alive_interval(Duration::from_secs(15))
+            .control_persist(openssh::ControlPersist::IdleFor(MASTER_IDLE_SECONDS));
         if let Some(u) = host.user.as_ref().or(self.user.as_ref()) {
             b.user(u.clone());
         }
@@ -130,6 +174,7 @@ impl Connection {
             kind: ErrorKind::Transient,
             message: format!("{}: {program}: {e}", self.host),
         })?;
+        crate::faults::passed(crate::faults::Point::Remote);
         Ok(Output {
             code: out.status.code(),
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -171,6 +216,7 @@ impl Connection {
             stdin.shutdown().await.map_err(|e| fail(&e))?;
         }
         let out = child.wait_with_output().await.map_err(|e| fail(&e))?;
+        crate::faults::passed(crate::faults::Point::Remote);
         Ok(Output {
             code: out.status.code(),
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
