@@ -17,10 +17,27 @@ the request's SigV4 credential scope; the zone and instance type from the form b
 RunInstances calls seen, in order, with what the proxy did and when; `GET /_proxy/stats`
 counts forwarded requests and the seconds spent waiting for moto (for benchmarks).
 
+With `--machines FILE` (lines `ADDRESS DIR`, as `scripts/sshd.sh cloud` writes them: an
+OpenSSH server on ADDRESS port 22 whose authorized keys are DIR/authorized_keys) moto's
+instances become real hosts, as on EC2: the public key of every ImportKeyPair goes into
+each server's authorized keys (cloud-init's part), and each instance's own addresses
+(`privateIpAddress`, `ipAddress`) in moto's answers are rewritten to one server's address,
+the same one for the life of the instance, round robin in the order instances appear (so
+the instances of one launch are different servers while there are enough). What an
+instance ran there ends with it: StopInstances kills the processes of its cluster (those
+whose command line or working directory is under `DIR/skyform/clusters/TOKEN`, TOKEN from
+the launch's `skyform:token` tag), as a power-off would; TerminateInstances also removes
+that directory, as the disk goes.
+
 Prints the port it listens on, then serves until killed.
 
 usage: ec2-proxy.py TARGET_URL --account ID [--rules JSON] [--latency SECONDS]
+                    [--machines FILE]
 """
+import base64
+import os
+import shutil
+import signal
 import argparse
 import http.client
 import http.server
@@ -38,7 +55,15 @@ parser.add_argument("--account", required=True)
 parser.add_argument("--rules", default="[]")
 parser.add_argument("--latency", type=float, default=0.0,
                     help="seconds added before forwarding each request (a far-away region)")
+parser.add_argument("--machines", help="ADDRESS DIR lines: sshd servers the instances become")
 args = parser.parse_args()
+machines = []
+if args.machines:
+    with open(args.machines) as f:
+        machines = [tuple(line.split(None, 1)) for line in f.read().splitlines() if line.strip()]
+# instance id -> the address of the server it is, and the skyform:token it was launched with
+placed = {}
+tokens = {}
 target = urllib.parse.urlparse(args.target)
 lock = threading.Lock()
 rules = json.loads(args.rules)
@@ -76,6 +101,91 @@ def describe(headers, body):
 
 
 CONTROL = ("error", "hang", "hang_after", "seconds", "status", "times")
+
+INSTANCE = re.compile(rb"<instanceId>(i-[0-9a-f]+)</instanceId>")
+ADDRESS = re.compile(rb"<(privateIpAddress|ipAddress)>[^<]*</(privateIpAddress|ipAddress)>")
+
+
+def install_key(body):
+    """ImportKeyPair: its public key goes where the servers read authorized keys."""
+    form = urllib.parse.parse_qs(body.decode("utf-8", "replace"))
+    material = (form.get("PublicKeyMaterial") or [""])[0]
+    if not material or not machines:
+        return
+    key = base64.b64decode(material).decode().strip()
+    with lock:
+        for _, d in machines:
+            path = d.strip() + "/authorized_keys"
+            try:
+                with open(path) as f:
+                    if key in f.read():
+                        continue
+            except FileNotFoundError:
+                pass
+            with open(path, "a") as f:
+                f.write(key + "\n")
+
+
+def launch_token(body):
+    """The `skyform:token` tag of a RunInstances request, if any."""
+    form = urllib.parse.parse_qs(body.decode("utf-8", "replace"))
+    for k, v in form.items():
+        if k.endswith(".Key") and v == ["skyform:token"]:
+            return (form.get(k[:-4] + ".Value") or [""])[0]
+    return ""
+
+
+def power_off(body, terminate):
+    """The instances of a Stop/TerminateInstances request stop running what they ran on
+    their servers (and, terminated, lose its files)."""
+    form = urllib.parse.parse_qs(body.decode("utf-8", "replace"))
+    ids = [v[0] for k, v in form.items() if k.startswith("InstanceId.")]
+    dirs = dict(machines)
+    for iid in ids:
+        with lock:
+            addr, token = placed.get(iid), tokens.get(iid)
+        if not addr or not token:
+            continue
+        cluster = os.path.join(dirs[addr].strip(), "skyform", "clusters", token)
+        for pid in os.listdir("/proc"):
+            if not pid.isdigit():
+                continue
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    cmd = f.read().decode("utf-8", "replace")
+                cwd = os.readlink(f"/proc/{pid}/cwd")
+            except OSError:
+                continue
+            if cluster in cmd or cwd.startswith(cluster):
+                try:
+                    os.kill(int(pid), signal.SIGKILL)
+                except OSError:
+                    pass
+        if terminate:
+            shutil.rmtree(cluster, ignore_errors=True)
+
+
+def as_machines(data, token=""):
+    """Rewrites each instance's addresses in an answer to those of the server it is. The
+    text after an `instanceId` up to the next one belongs to that instance (moto writes
+    the id first in each instance's item); everything else stays byte for byte."""
+    if not machines:
+        return data
+    parts = INSTANCE.split(data)
+    if len(parts) == 1:
+        return data
+    out = [parts[0]]
+    with lock:
+        for i in range(1, len(parts), 2):
+            iid = parts[i].decode()
+            if iid not in placed:
+                placed[iid] = machines[len(placed) % len(machines)][0]
+            if token:
+                tokens[iid] = token
+            addr = placed[iid].encode()
+            rest = ADDRESS.sub(lambda m: b"<%s>%s</%s>" % (m.group(1), addr, m.group(1)), parts[i + 1])
+            out.append(b"<instanceId>" + parts[i] + b"</instanceId>" + rest)
+    return b"".join(out)
 
 
 def match(req):
@@ -161,6 +271,14 @@ class Handler(http.server.BaseHTTPRequestHandler):
             time.sleep(float(rule.get("seconds", 3600)))
             self.close_connection = True
             return
+        if resp.status == 200 and req["action"] == "ImportKeyPair":
+            install_key(body)
+        if resp.status == 200 and req["action"] == "RunInstances":
+            data = as_machines(data, launch_token(body))
+        if resp.status == 200 and req["action"] == "DescribeInstances":
+            data = as_machines(data)
+        if resp.status == 200 and machines and req["action"] in ("StopInstances", "TerminateInstances"):
+            power_off(body, req["action"] == "TerminateInstances")
         self.send_response(resp.status)
         for k, v in resp.getheaders():
             if k.lower() not in ("transfer-encoding", "connection", "content-length"):

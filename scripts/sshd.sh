@@ -11,9 +11,16 @@
 #                       of its own (netns-1/), when the machine allows (root, iproute2);
 #                       SKYFORM_TEST_NETNS=0 leaves it out
 #   eval "$(scripts/sshd.sh start 3)"   ...   scripts/sshd.sh stop
+#
+# `cloud N` starts N servers that play cloud machines instead (for scripts/ec2-proxy.py
+# --machines): each on port 22 of its own loopback address, logging in the image's user
+# `ubuntu` (made, locked, if missing) with the keys in its own authorized_keys, which starts
+# empty (the proxy writes the imported key pair there, as cloud-init does). Prints `export
+# SKYFORM_TEST_CLOUD_DIR=DIR`; DIR/machines lists `ADDRESS DIR` per server.
+#   eval "$(scripts/sshd.sh cloud 3)"   ...   SKYFORM_TEST_SSH_DIR=$SKYFORM_TEST_CLOUD_DIR scripts/sshd.sh stop
 set -euo pipefail
 case "${1:-start}" in
-start)
+start | cloud)
   n="${2:-3}"
   # sshd for the servers; rsync, which skyform syncs workdirs with when both ends have it.
   need=""
@@ -29,6 +36,59 @@ start)
     install || { $sudo apt-get update >&2 && install; }
   fi
   sshd_bin=$(command -v sshd || echo /usr/sbin/sshd)
+  if [ "$1" = cloud ]; then
+    # The image's user, as on Ubuntu images; a locked password still allows keys.
+    if ! id ubuntu >/dev/null 2>&1; then
+      sudo=""
+      [ "$(id -u)" = 0 ] || sudo=sudo
+      $sudo useradd -m -s /bin/sh ubuntu >&2 && $sudo usermod -p '*' ubuntu >&2
+    fi
+    dir=$(mktemp -d "${TMPDIR:-/tmp}/sky-cloud.XXXXXX")
+    chmod 755 "$dir"
+    mkdir -p /run/sshd 2>/dev/null || true
+    : >"$dir/machines"
+    # Port 22 of addresses 127.B.C.D that nothing else listens on.
+    base=$((RANDOM % 200 + 20)).$((RANDOM % 250 + 1))
+    for i in $(seq 1 "$n"); do
+      addr="127.$base.$((i + 1))"
+      h="$dir/machine-$i"
+      mkdir -p "$h/skyform"
+      ssh-keygen -q -t ed25519 -N "" -f "$h/ssh_host_ed25519_key"
+      : >"$h/authorized_keys"
+      cat >"$h/sshd_config" <<CFG
+Port 22
+ListenAddress $addr
+HostKey $h/ssh_host_ed25519_key
+PidFile $h/pid
+AuthorizedKeysFile $h/authorized_keys
+StrictModes no
+UsePAM no
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+AllowTcpForwarding no
+X11Forwarding no
+LogLevel ERROR
+# The machines share one filesystem: a skyform directory and authorized keys of their own.
+SetEnv SKYFORM_HOST_DIR=$h/skyform SKYFORM_AUTHORIZED_KEYS=$h/authorized_keys
+CFG
+      chown -R ubuntu "$h/skyform" "$h/authorized_keys"
+      chown ubuntu "$h"
+      "$sshd_bin" -t -f "$h/sshd_config"
+      "$sshd_bin" -D -f "$h/sshd_config" -E "$h/log" </dev/null >/dev/null 2>&1 &
+      echo "$addr $h" >>"$dir/machines"
+      echo "$addr 22" >>"$dir/.wait"
+    done
+    while read -r addr port; do
+      for _ in $(seq 1 100); do
+        if python3 -c "import socket; socket.create_connection(('$addr', $port), 0.2)" 2>/dev/null; then
+          break
+        fi
+        sleep 0.05
+      done
+    done <"$dir/.wait"
+    echo "export SKYFORM_TEST_CLOUD_DIR=$dir"
+    exit 0
+  fi
   dir=$(mktemp -d "${TMPDIR:-/tmp}/sky-sshd.XXXXXX")
   mkdir -p /run/sshd 2>/dev/null || true
   ssh-keygen -q -t ed25519 -N "" -C skyform-test -f "$dir/id_ed25519"
@@ -105,7 +165,7 @@ CFG
   ;;
 stop)
   if [ -n "${SKYFORM_TEST_SSH_DIR:-}" ] && [ -d "$SKYFORM_TEST_SSH_DIR" ]; then
-    for p in "$SKYFORM_TEST_SSH_DIR"/host-*/pid "$SKYFORM_TEST_SSH_DIR"/netns-*/pid; do
+    for p in "$SKYFORM_TEST_SSH_DIR"/host-*/pid "$SKYFORM_TEST_SSH_DIR"/netns-*/pid "$SKYFORM_TEST_SSH_DIR"/machine-*/pid; do
       [ -f "$p" ] && kill "$(cat "$p")" 2>/dev/null || true
     done
     if [ -f "$SKYFORM_TEST_SSH_DIR/netns-hosts" ]; then
@@ -119,7 +179,7 @@ stop)
   fi
   ;;
 *)
-  echo "usage: $0 start [N] | stop" >&2
+  echo "usage: $0 start [N] | cloud [N] | stop" >&2
   exit 2
   ;;
 esac

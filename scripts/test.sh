@@ -33,6 +33,11 @@ trap 'scripts/moto.sh stop' EXIT
 echo "moto (S3, EC2) at $SKYFORM_TEST_MOTO_ENDPOINT"
 eval "$(scripts/sshd.sh start 3)"
 trap 'scripts/moto.sh stop; scripts/sshd.sh stop' EXIT
+# Machines that moto's instances become (the AWS tests' proxy maps instances onto them).
+eval "$(scripts/sshd.sh cloud 3)"
+stop_cloud() { SKYFORM_TEST_SSH_DIR=$SKYFORM_TEST_CLOUD_DIR scripts/sshd.sh stop; }
+trap 'scripts/moto.sh stop; scripts/sshd.sh stop; stop_cloud' EXIT
+echo "cloud machines (for moto's instances) on $(cut -d' ' -f1 "$SKYFORM_TEST_CLOUD_DIR/machines" | paste -sd' ')"
 echo "sshd on $(cut -d' ' -f1 "$SKYFORM_TEST_SSH_DIR/hosts" | paste -sd' ')"
 if [ -f "$SKYFORM_TEST_SSH_DIR/netns-hosts" ]; then
   echo "sshd in network namespace $(cut -d' ' -f3 "$SKYFORM_TEST_SSH_DIR/netns-hosts") at $(cut -d' ' -f1 "$SKYFORM_TEST_SSH_DIR/netns-hosts")"
@@ -43,7 +48,7 @@ fi
 # Two Kubernetes control planes (1.20.2) on one etcd; the tests bring their own fake kubelets.
 kube_env=$(scripts/kube.sh start)
 eval "$kube_env"
-trap 'scripts/moto.sh stop; scripts/sshd.sh stop; scripts/kube.sh stop' EXIT
+trap 'scripts/moto.sh stop; scripts/sshd.sh stop; stop_cloud; scripts/kube.sh stop' EXIT
 if [ -n "${SKYFORM_TEST_KUBE_DIR:-}" ]; then
   echo "kube-apiserver a at 127.0.0.1:$(cat "$SKYFORM_TEST_KUBE_DIR/a/port"), b at 127.0.0.1:$(cat "$SKYFORM_TEST_KUBE_DIR/b/port")"
 else

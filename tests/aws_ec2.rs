@@ -21,6 +21,15 @@ fn moto() -> String {
     )
 }
 
+/// The servers that moto's instances become (`scripts/sshd.sh cloud`): `ADDRESS DIR` lines.
+fn machines() -> PathBuf {
+    let dir = std::env::var("SKYFORM_TEST_CLOUD_DIR").expect(
+        "SKYFORM_TEST_CLOUD_DIR is not set: these tests need machines behind moto's instances; \
+         run ./scripts/test.sh, or eval \"$(scripts/sshd.sh cloud 3)\" first",
+    );
+    PathBuf::from(dir).join("machines")
+}
+
 /// The fault-injecting proxy in front of moto, with a moto account of its own.
 struct Proxy {
     child: Child,
@@ -35,6 +44,8 @@ impl Proxy {
             .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/ec2-proxy.py"))
             .arg(moto())
             .args(["--account", &n.to_string()])
+            .arg("--machines")
+            .arg(machines())
             .stdout(Stdio::piped())
             .spawn()
             .expect("python3 runs scripts/ec2-proxy.py");
@@ -531,10 +542,14 @@ cluster "train" {
     assert_eq!(made.len(), 2, "moto made the machines");
     w.proxy.rules(serde_json::json!([]));
 
+    // Adopted, and set up in place (its runtime never started): SkyPilot's INIT.
     let plan = w.ok(&["plan"]);
     assert!(plan.contains("adopted"), "{plan}");
-    assert!(plan.contains("No changes"), "{plan}");
+    assert!(plan.contains("its setup did not finish"), "{plan}");
+    assert!(plan.contains("1 to change"), "{plan}");
     w.ok(&["apply", "-auto-approve"]);
+    let plan = w.ok(&["plan"]);
+    assert!(plan.contains("No changes"), "{plan}");
     let after = w.proxy.live("us-east-1").await;
     assert_eq!(after, made, "the same machines, no second set");
     let state = w.state();
@@ -627,6 +642,9 @@ async fn aws_backend_conforms() {
         },
         w.path().join("home/.skyform/ssh"),
     );
+    // The agent installed on the machines is skyform, not this test program.
+    let mut p = p;
+    p.agent_exe = PathBuf::from(support::BIN);
     let mut spec = change.after.clone().unwrap();
     if let skyform::model::Spec::Cluster(c) = &mut spec {
         c.num_nodes = 2;
@@ -923,4 +941,144 @@ cluster "train" {
         min_points: 4,
     }
     .run();
+}
+
+/// A job's status as `skyform status -json` reports it ("-" when it has none).
+fn status_of(w: &support::Workdir, addr: &str) -> String {
+    let out = w.ok(&["status", "-json"]);
+    let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    v.as_array()
+        .and_then(|a| a.iter().find(|j| j["address"] == addr))
+        .and_then(|j| j["status"].as_str())
+        .unwrap_or("-")
+        .to_string()
+}
+
+fn wait_for(w: &support::Workdir, addr: &str, want: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let now = status_of(w, addr);
+        if now == want {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{addr} is {now}, not {want}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+/// A 2-node cluster on EC2 runs what a cluster runs, on its machines (moto's instances made
+/// real by the proxy): workdir and setup reach both nodes, a 2-node job sees its rank and the
+/// nodes' private addresses, logs come from each node, exit codes and cancel reach state,
+/// and destroy leaves neither instances nor anything on the machines.
+#[tokio::test]
+#[ignore = "needs moto: run ./scripts/test.sh"]
+async fn a_cluster_on_ec2_runs_jobs_on_its_machines() {
+    let w = Work::new(
+        &["us-east-1"],
+        r#"
+cluster "train" {
+  num_nodes = 2
+  workdir   = "./code"
+  setup     = "cat data.txt > setup-saw.txt"
+  resources {
+    instance_type = "m6i.large"
+  }
+}
+
+job "ranks" {
+  cluster   = cluster.train
+  num_nodes = 2
+  run       = "echo rank=$SKYFORM_NODE_RANK of=$SKYFORM_NUM_NODES ips=$(echo $SKYFORM_NODE_IPS | tr ' ' ,) saw=$(cat setup-saw.txt)"
+}
+
+job "fails" {
+  cluster = cluster.train
+  run     = "exit 3"
+}
+
+job "long" {
+  cluster = cluster.train
+  run     = "sleep 600"
+}
+"#,
+    );
+    w.write("code/data.txt", "the data\n");
+    w.ok(&["apply", "-auto-approve"]);
+    let state = w.state();
+    let cluster = &state["resources"]["cluster.train"];
+    assert_eq!(cluster["computed"]["status"], "UP", "{cluster}");
+    let private_ips: Vec<String> =
+        serde_json::from_value(cluster["computed"]["private_ips"].clone()).unwrap();
+    assert_eq!(private_ips.len(), 2);
+    assert_ne!(private_ips[0], private_ips[1], "two machines");
+    wait_for(&w, "job.ranks", "SUCCEEDED");
+    wait_for(&w, "job.fails", "FAILED");
+    wait_for(&w, "job.long", "RUNNING");
+    let logs = w.ok(&["logs", "job.ranks"]);
+    for rank in 0..2 {
+        let want = format!(
+            "(rank {rank}) rank={rank} of=2 ips={} saw=the data",
+            private_ips.join(",")
+        );
+        assert!(logs.lines().any(|l| l == want), "{want:?} in:\n{logs}");
+    }
+    let listed: Value = serde_json::from_str(&w.ok(&["status", "-json"])).unwrap();
+    let fails = listed
+        .as_array()
+        .and_then(|a| a.iter().find(|j| j["address"] == "job.fails"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(fails["exit_code"], 3, "{listed}");
+
+    // Cancel by removing the job from the configuration: it stops on its machine.
+    let config = std::fs::read_to_string(w.path().join("main.sky.hcl")).unwrap();
+    let without = config.split("job \"long\"").next().unwrap().to_string();
+    w.write_config(&without);
+    w.ok(&["apply", "-auto-approve"]);
+    let token = cluster["private"]["token"].as_str().unwrap();
+    let machines = PathBuf::from(std::env::var("SKYFORM_TEST_CLOUD_DIR").unwrap());
+    let on_machines = |what: &str| -> Vec<u32> {
+        (1..=3)
+            .flat_map(|i| {
+                support::processes_mentioning(
+                    &machines.join(format!("machine-{i}/skyform/clusters/{token}")),
+                )
+            })
+            .filter(|pid| {
+                std::fs::read(format!("/proc/{pid}/cmdline"))
+                    .is_ok_and(|c| String::from_utf8_lossy(&c).contains(what))
+            })
+            .collect()
+    };
+    let sleeping = on_machines("sleep");
+    assert!(
+        sleeping.is_empty(),
+        "the cancelled job still runs: {sleeping:?}"
+    );
+
+    // skyform ssh reaches the head with the cluster's own known_hosts.
+    let out = w.ok(&[
+        "ssh",
+        "cluster.train",
+        "--",
+        "echo",
+        "on",
+        "$SKYFORM_HOST_DIR",
+    ]);
+    assert!(out.contains("on "), "{out}");
+
+    w.ok(&["destroy", "-auto-approve"]);
+    assert!(w.proxy.live("us-east-1").await.is_empty());
+    for i in 1..=3 {
+        let left = machines.join(format!("machine-{i}/skyform/clusters/{token}"));
+        assert!(!left.exists(), "{} is left", left.display());
+    }
+    let agents = on_machines("__agent");
+    assert!(agents.is_empty(), "agents still run: {agents:?}");
+    assert!(
+        !w.path()
+            .join(format!("home/.skyform/ssh/known_hosts.d/{token}"))
+            .exists(),
+        "the cluster's host keys are forgotten"
+    );
 }

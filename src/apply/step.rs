@@ -304,6 +304,7 @@ impl Walk<'_, '_> {
                             cluster: cluster.as_ref(),
                             after: after.iter().map(|(a, r)| (a, r)).collect(),
                             root,
+                            capacity_timeout: opts.attempt_timeout,
                         };
                         if step == Step::Update {
                             prov.update(req).await.map(Some)

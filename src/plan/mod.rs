@@ -260,6 +260,15 @@ impl InstanceSink for Planner<'_> {
                     };
                     reasons.push(format!("{} {noun} in place", in_place.join(", ")));
                 }
+                // Running machines whose setup never finished (SkyPilot's INIT) are set up
+                // again in place.
+                if act == Action::NoOp
+                    && addr.kind == Kind::Cluster
+                    && p.computed.get("status").and_then(|s| s.as_str()) == Some("INIT")
+                {
+                    act = Action::Update;
+                    reasons.push("its setup did not finish (status INIT)".into());
+                }
                 if p.status == Status::Tainted || p.status == Status::Creating {
                     act = Action::Replace;
                     let why = self

@@ -114,6 +114,7 @@ async fn lifecycle(p: &dyn Provider, f: &Fixture) {
             cluster: None,
             after: Vec::new(),
             root: f.root.clone(),
+            capacity_timeout: std::time::Duration::from_secs(120),
         })
         .await
         .expect("create");

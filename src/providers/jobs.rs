@@ -91,3 +91,10 @@ pub fn computed(status: &runtime::JobStatus) -> BTreeMap<String, serde_json::Val
 pub fn job_id(private: &serde_json::Value) -> Option<&str> {
     private.get("job_id").and_then(serde_json::Value::as_str)
 }
+
+/// The private identifiers of a new job on a cluster reached over ssh: its id in the head's
+/// queue, recorded before it is submitted.
+pub fn new_private() -> serde_json::Value {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    serde_json::json!({ "job_id": format!("job-{}", &id[..12]) })
+}

@@ -106,6 +106,10 @@ pub struct Request<'a> {
     pub after: Vec<(&'a Address, &'a ResourceState)>,
     /// The configuration directory (workdirs are relative to it).
     pub root: PathBuf,
+    /// How long getting the machines may take (`-attempt-timeout`). The engine bounds a
+    /// whole `create` by it when `create_is_bounded`; a backend whose create also runs setup
+    /// (which may rightly take long) bounds only its part that waits for capacity.
+    pub capacity_timeout: std::time::Duration,
 }
 
 /// What a backend offers, and which of its parts could not be asked (the answer of

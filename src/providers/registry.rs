@@ -73,10 +73,11 @@ impl Registry {
         // Clients are made lazily: plans need no credentials.
         let aws =
             AwsSettings::from_infra(declared("aws").next().map(|i| &i.settings), &places.home);
-        providers.insert(
-            "aws",
-            Arc::new(AwsProvider::new(aws, places.home.join(".skyform/ssh"))),
-        );
+        let mut aws = AwsProvider::new(aws, places.home.join(".skyform/ssh"));
+        if let Some(exe) = &places.agent_exe {
+            aws.agent_exe = exe.clone();
+        }
+        providers.insert("aws", Arc::new(aws));
 
         let mut pools = Vec::new();
         for i in declared("ssh") {

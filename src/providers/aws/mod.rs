@@ -9,6 +9,7 @@
 //! configuration, transient. The SDK's own retries are off: the engine decides.
 
 mod errors;
+mod runtime;
 
 pub use errors::{classify, kind_of};
 
@@ -28,9 +29,8 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// What jobs, managed jobs and services on aws clusters get until the cluster runtime runs
-/// on its machines.
-const NO_RUNTIME: &str = "running jobs on aws clusters is not in this build yet: the cluster runtime runs on ssh pools and local clusters so far (see docs/ssh.md)";
+/// What managed jobs and services on aws get for now.
+const NO_MANAGED: &str = "managed jobs and services on aws are not in this build yet: declare a cluster on aws and run a job on it";
 
 /// Canonical's account: the owner of the official Ubuntu images.
 const CANONICAL: &str = "099720109477";
@@ -90,6 +90,9 @@ pub struct AwsProvider {
     key: tokio::sync::OnceCell<String>,
     /// Between two looks at instances that are starting or stopping.
     pub poll: Duration,
+    /// The skyform binary installed on the instances as their agent (this program by
+    /// default).
+    pub agent_exe: PathBuf,
 }
 
 #[derive(Debug, Clone)]
@@ -114,6 +117,12 @@ struct Private {
     instances: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     security_group: Option<String>,
+    /// The skyform build the cluster's runtime runs; none until it was set up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    build: Option<String>,
+    /// The cluster's address, for its runtime.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    cluster: Option<String>,
 }
 
 impl Private {
@@ -171,6 +180,7 @@ impl AwsProvider {
             images: tokio::sync::Mutex::new(BTreeMap::new()),
             key: tokio::sync::OnceCell::new(),
             poll: Duration::from_secs(2),
+            agent_exe: crate::runtime::link::agent_exe(),
         }
     }
 
@@ -630,7 +640,7 @@ impl AwsProvider {
         placement: &Candidate,
     ) -> Result<Vec<Node>, ProviderError> {
         let Spec::Cluster(spec) = req.spec else {
-            return Err(ProviderError::other(NO_RUNTIME));
+            return Err(ProviderError::other(NO_MANAGED));
         };
         let o = &placement.offering;
         let region = o
@@ -766,7 +776,14 @@ impl AwsProvider {
             ),
             (
                 "status".into(),
-                json!(if stopped { "STOPPED" } else { "UP" }),
+                json!(if stopped {
+                    "STOPPED"
+                } else if p.build.is_none() {
+                    // Running machines whose setup did not finish: the plan sets them up.
+                    "INIT"
+                } else {
+                    "UP"
+                }),
             ),
         ])
     }
@@ -811,6 +828,12 @@ impl Provider for AwsProvider {
         "aws"
     }
 
+    /// A create also sets the machines up (workdir, setup), which may rightly take long: it
+    /// bounds its wait for capacity itself.
+    fn create_is_bounded(&self) -> bool {
+        false
+    }
+
     /// Placements on AWS come from the catalogs.
     async fn offerings(&self) -> Result<Vec<Offering>, ProviderError> {
         Ok(Vec::new())
@@ -847,7 +870,10 @@ impl Provider for AwsProvider {
         }
     }
 
-    fn new_private(&self, address: &Address, _spec: &Spec, lineage: &str) -> serde_json::Value {
+    fn new_private(&self, address: &Address, spec: &Spec, lineage: &str) -> serde_json::Value {
+        if matches!(spec, Spec::Job(_)) {
+            return super::jobs::new_private();
+        }
         let token = uuid::Uuid::new_v4().simple().to_string();
         Private {
             lineage: lineage.to_string(),
@@ -883,6 +909,9 @@ impl Provider for AwsProvider {
         p.instances = nodes.iter().map(|n| n.id.clone()).collect();
         p.zone = nodes[0].zone.clone();
         let stopped = nodes.iter().all(|n| n.state != "running");
+        if !stopped {
+            p.build = self.runtime_of(&p, &nodes).await;
+        }
         Ok(Created {
             computed: Self::computed(&nodes, &p, stopped),
             private: p.value(),
@@ -895,10 +924,37 @@ impl Provider for AwsProvider {
         res: &ResourceState,
         _cluster: Option<&ResourceState>,
     ) -> Result<Observed, ProviderError> {
-        let Spec::Cluster(spec) = &res.spec else {
-            return Ok(Observed::Gone {
-                reason: "the aws backend keeps clusters only".into(),
-            });
+        let spec = match &res.spec {
+            Spec::Cluster(spec) => spec,
+            Spec::Job(_) => {
+                if _cluster.is_none() {
+                    return Ok(Observed::Gone {
+                        reason: "its cluster is not in state".into(),
+                    });
+                }
+                let (access, hosts, p) = self.job_target(_cluster)?;
+                let job = super::jobs::job_id(&res.private).unwrap_or_default();
+                return Ok(
+                    match runtime::remote_cluster(&access, hosts, &p)
+                        .status(job)
+                        .await
+                    {
+                        Ok(Some(s)) => Observed::Up(super::jobs::computed(&s)),
+                        Ok(None) => Observed::Gone {
+                            reason: "the job is not in its cluster's queue".into(),
+                        },
+                        Err(e) if e.kind == ErrorKind::NotFound => {
+                            Observed::Gone { reason: e.message }
+                        }
+                        Err(e) => return Err(e),
+                    },
+                );
+            }
+            _ => {
+                return Ok(Observed::Gone {
+                    reason: "the aws backend keeps clusters and jobs only".into(),
+                });
+            }
         };
         let Some(mut p) = Private::read(res) else {
             return Ok(Observed::Gone {
@@ -924,6 +980,9 @@ impl Provider for AwsProvider {
                 p.instances = nodes.iter().map(|n| n.id.clone()).collect();
                 p.zone = nodes[0].zone.clone();
                 p.security_group = None;
+                // Its runtime may have started before the kill; if not, the machines are
+                // kept and the plan sets them up (status INIT).
+                p.build = self.runtime_of(&p, &nodes).await;
                 return Ok(Observed::Adopted(Created {
                     computed: Self::computed(&nodes, &p, false),
                     private: p.value(),
@@ -964,57 +1023,110 @@ impl Provider for AwsProvider {
     }
 
     async fn create(&self, req: Request<'_>) -> Result<Created, ProviderError> {
-        if !matches!(req.spec, Spec::Cluster(_)) {
-            return Err(ProviderError::other(NO_RUNTIME));
-        }
+        let spec = match req.spec {
+            Spec::Cluster(spec) => spec,
+            Spec::Job(j) => {
+                let (access, hosts, p) = self.job_target(req.cluster)?;
+                return runtime::remote_cluster(&access, hosts, &p)
+                    .submit(&req, &j.cluster)
+                    .await;
+            }
+            _ => {
+                return Err(ProviderError {
+                    kind: ErrorKind::Config,
+                    message: NO_MANAGED.into(),
+                });
+            }
+        };
         let placement = req
             .placement
             .cloned()
             .ok_or_else(|| ProviderError::other("an aws cluster needs a placement"))?;
         let mut p: Private = serde_json::from_value(req.private.clone())
             .map_err(|e| ProviderError::other(format!("bad private state: {e}")))?;
-        match self.launch(&req, &mut p, &placement).await {
+        let made = async {
+            // Capacity is bounded by the attempt timeout; setup that follows is not.
+            let nodes =
+                tokio::time::timeout(req.capacity_timeout, self.launch(&req, &mut p, &placement))
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(ProviderError {
+                            kind: ErrorKind::Timeout,
+                            message: format!(
+                                "no answer within {} (the attempt timeout)",
+                                humantime::format_duration(req.capacity_timeout)
+                            ),
+                        })
+                    })?;
+            self.set_up(
+                &mut p,
+                &nodes,
+                spec,
+                Some(&placement),
+                &req.address.to_string(),
+                Some(&req.root),
+            )
+            .await?;
+            Ok::<_, ProviderError>(nodes)
+        }
+        .await;
+        match made {
             Ok(nodes) => Ok(Created {
                 computed: Self::computed(&nodes, &p, false),
                 private: p.value(),
             }),
             Err(e) => {
-                // Nothing of a failed attempt stays behind.
-                if let Err(c) = self.remove(&p).await {
-                    return Err(ProviderError {
+                // Nothing of a failed attempt stays behind; a region that does not answer
+                // is left to the engine, which records what it could not remove.
+                let cleaned = tokio::time::timeout(req.capacity_timeout, self.remove(&p)).await;
+                match cleaned {
+                    Ok(Err(c)) => Err(ProviderError {
                         kind: e.kind,
                         message: format!("{}; and cleaning up failed: {}", e.message, c.message),
-                    });
+                    }),
+                    _ => Err(e),
                 }
-                Err(e)
             }
         }
     }
 
+    /// Workdir, setup or envs changed, or the setup never finished (status INIT): the
+    /// machines stay, and are set up again.
     async fn update(&self, req: Request<'_>) -> Result<Created, ProviderError> {
-        // Only setup-like attributes change in place; the machines stay as they are.
-        let current = ResourceState {
-            status: Status::Ready,
-            provider: "aws".into(),
-            spec: req.spec.clone(),
-            computed: BTreeMap::new(),
-            private: req.private.clone(),
-            placement: req.placement.cloned(),
-            dependencies: Vec::new(),
-            sensitive: Vec::new(),
-            attempts: Vec::new(),
-            leftovers: Vec::new(),
-        };
-        match self.refresh(req.address, &current, None).await? {
-            Observed::Up(computed) => Ok(Created {
-                computed,
+        let Spec::Cluster(spec) = req.spec else {
+            // Jobs change by replacement only.
+            return Ok(Created {
+                computed: BTreeMap::new(),
                 private: req.private.clone(),
-            }),
-            Observed::Adopted(c) => Ok(c),
-            Observed::Degraded { reason, .. } | Observed::Gone { reason } => {
-                Err(ProviderError::other(reason))
-            }
+            });
+        };
+        let mut p: Private = serde_json::from_value(req.private.clone())
+            .map_err(|e| ProviderError::other(format!("bad private state: {e}")))?;
+        let region = p
+            .region
+            .clone()
+            .or_else(|| req.placement.and_then(|c| c.offering.region.clone()))
+            .ok_or_else(|| ProviderError::other("no region recorded"))?;
+        let client = self.client(&region).await;
+        let nodes = self.nodes(&client, &p).await?;
+        if nodes.is_empty() || nodes.iter().any(|n| n.state != "running") {
+            return Err(ProviderError::other(
+                "the cluster's instances are not all running: `skyform start` it first",
+            ));
         }
+        self.set_up(
+            &mut p,
+            &nodes,
+            spec,
+            req.placement,
+            &req.address.to_string(),
+            Some(&req.root),
+        )
+        .await?;
+        Ok(Created {
+            computed: Self::computed(&nodes, &p, false),
+            private: p.value(),
+        })
     }
 
     async fn delete(
@@ -1023,8 +1135,23 @@ impl Provider for AwsProvider {
         res: &ResourceState,
         _cluster: Option<&ResourceState>,
     ) -> Result<(), ProviderError> {
+        if matches!(res.spec, Spec::Job(_)) {
+            let Ok((access, hosts, p)) = self.job_target(_cluster) else {
+                // No cluster, nothing runs the job.
+                return Ok(());
+            };
+            let job = super::jobs::job_id(&res.private).unwrap_or_default();
+            return runtime::remote_cluster(&access, hosts, &p)
+                .cancel(job)
+                .await;
+        }
         match Private::read(res) {
-            Some(p) => self.remove(&p).await,
+            Some(p) => {
+                self.remove(&p).await?;
+                // Its machines' host keys go with it: their addresses will be someone else's.
+                let _ = std::fs::remove_file(self.known_hosts(&p.token));
+                Ok(())
+            }
             None => Ok(()),
         }
     }
@@ -1033,13 +1160,27 @@ impl Provider for AwsProvider {
         self.set_running(res, false).await
     }
 
+    /// Starts the instances (with new public addresses) and the runtime on them again.
     async fn start(&self, res: &ResourceState) -> Result<serde_json::Value, ProviderError> {
+        let Spec::Cluster(spec) = &res.spec else {
+            return Err(ProviderError::other("only clusters start"));
+        };
         self.set_running(res, true).await?;
-        Ok(res.private.clone())
+        let mut p =
+            Private::read(res).ok_or_else(|| ProviderError::other("no instances recorded"))?;
+        if p.build.is_some() {
+            let region = p.region.clone().unwrap_or_default();
+            let nodes = self.nodes(&self.client(&region).await, &p).await?;
+            let name = p.cluster.clone().unwrap_or_default();
+            self.set_up(&mut p, &nodes, spec, res.placement.as_ref(), &name, None)
+                .await?;
+        }
+        Ok(p.value())
     }
 
     /// ssh to the head's public address as `ubuntu` (the default image's user) with the
-    /// imported key; the host key is recorded on first contact.
+    /// imported key; the host key is recorded on first contact, in the cluster's own
+    /// known_hosts.
     fn ssh_entry(&self, res: &ResourceState) -> Result<super::SshEntry, ProviderError> {
         let head = res
             .computed
@@ -1048,11 +1189,14 @@ impl Provider for AwsProvider {
             .filter(|s| !s.is_empty())
             .ok_or_else(|| ProviderError::other("the cluster has no address recorded"))?;
         Ok(super::SshEntry {
-            user: Some("ubuntu".into()),
+            user: Some(runtime::USER.into()),
             address: head.to_string(),
             port: None,
             identity: Some(self.private_key()),
-            known_hosts: self.key_dir.join("known_hosts"),
+            known_hosts: Private::read(res).map_or_else(
+                || self.key_dir.join("known_hosts"),
+                |p| self.known_hosts(&p.token),
+            ),
             accept_new: true,
             config_file: None,
         })
@@ -1060,6 +1204,23 @@ impl Provider for AwsProvider {
 
     fn log_paths(&self, _res: &ResourceState, _cluster: Option<&ResourceState>) -> Vec<PathBuf> {
         Vec::new()
+    }
+
+    /// Each rank's log is read on the instance that ran it.
+    async fn read_logs(
+        &self,
+        res: &ResourceState,
+        cluster: Option<&ResourceState>,
+        offsets: &[u64],
+    ) -> Result<Vec<Vec<u8>>, ProviderError> {
+        let Spec::Job(j) = &res.spec else {
+            return Ok(Vec::new());
+        };
+        let (access, hosts, p) = self.job_target(cluster)?;
+        let job = super::jobs::job_id(&res.private).unwrap_or_default();
+        runtime::remote_cluster(&access, hosts, &p)
+            .read_logs(job, j.num_nodes, offsets)
+            .await
     }
 }
 

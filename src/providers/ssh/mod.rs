@@ -12,6 +12,7 @@
 mod pool;
 mod probing;
 mod provider;
+pub mod remote;
 pub mod runtime;
 mod transport;
 
@@ -21,11 +22,12 @@ pub use crate::model::Host;
 pub use pool::Pool;
 pub use probing::{Facts, probe};
 pub use provider::SshProvider;
-pub use transport::{Access, Connection, Output, default_known_hosts};
+pub use remote::RemoteCluster;
+pub use transport::{Access, Connection, Output, control_dir, default_known_hosts};
 
 /// The directory skyform keeps on each host: `$SKYFORM_HOST_DIR`, else `~/.skyform/host`
 /// (set `SKYFORM_HOST_DIR` on hosts that share one home directory, such as NFS homes).
-const HOST_DIR: &str = r#"dir="${SKYFORM_HOST_DIR:-$HOME/.skyform/host}""#;
+pub const HOST_DIR: &str = r#"dir="${SKYFORM_HOST_DIR:-$HOME/.skyform/host}""#;
 
 /// Waits for work running on several hosts at once; the first failure (a task that
 /// panicked counts) is the answer, after every task has ended.

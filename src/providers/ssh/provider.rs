@@ -3,11 +3,12 @@
 
 use super::pool::{HostReport, Pool, RELEASE, RESERVE};
 use super::probing::{Facts, shape};
-use super::transport::{Output, rsync_here, tar_of};
-use super::{HOST_DIR, Host, all_done, runtime};
+use super::remote::RemoteCluster;
+use super::transport::Output;
+use super::{HOST_DIR, Host, runtime};
 use crate::providers::{ErrorKind, ProviderError};
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// What a cluster on a pool keeps in state.
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
@@ -54,17 +55,6 @@ fn finished(held: &[&HostReport], res: &crate::state::ResourceState) -> bool {
 
 /// Managed jobs and services on pools.
 const NO_MANAGED: &str = "managed jobs and services on ssh pools are not in this build yet: declare a cluster on the pool and run a job on it";
-
-/// Runs `setup` ($2) in the cluster's workdir with the environment that follows; the log
-/// stays on the host, its end is printed.
-const SETUP: &str = r#"
-c="$dir/clusters/$1"; s="$2"; shift 2
-mkdir -p "$c/workdir" && cd "$c/workdir" || exit 1
-env "$@" sh -c "$s" >"$c/setup.log" 2>&1
-code=$?
-tail -n 5 "$c/setup.log"
-exit $code
-"#;
 
 impl SshProvider {
     pub fn new(pools: Vec<Pool>) -> SshProvider {
@@ -120,72 +110,6 @@ impl SshProvider {
         out
     }
 
-    /// Syncs the workdir to every host of a cluster and runs `setup` there (rank by rank
-    /// order, all hosts at once), with the cluster's environment.
-    async fn provision(
-        pool: &Pool,
-        hosts: &[String],
-        token: &str,
-        spec: &crate::model::ClusterSpec,
-        root: &Path,
-    ) -> Result<(), ProviderError> {
-        let workdir = spec.workdir.as_ref().map(|w| root.join(w));
-        let rsync = workdir.is_some() && rsync_here().await;
-        // Without rsync here, every host gets the same tar stream, packed once.
-        let archive = match &workdir {
-            Some(w) if !rsync => Some(std::sync::Arc::new(tar_of(w).await?)),
-            _ => None,
-        };
-        let ips: Vec<String> = hosts
-            .iter()
-            .filter_map(|h| h.parse::<Host>().ok())
-            .map(|h| h.address)
-            .collect();
-        let mut set = tokio::task::JoinSet::new();
-        for (rank, h) in hosts.iter().enumerate() {
-            let host: Host = h.parse().map_err(ProviderError::other)?;
-            let pool = pool.clone();
-            let token = token.to_string();
-            let (archive, workdir) = (archive.clone(), workdir.clone());
-            let setup = spec.setup.clone();
-            let mut envs: Vec<String> = spec.envs.iter().map(|(k, v)| format!("{k}={v}")).collect();
-            envs.push(format!("SKYFORM_NODE_RANK={rank}"));
-            envs.push(format!("SKYFORM_NUM_NODES={}", hosts.len()));
-            envs.push(format!("SKYFORM_NODE_IPS={}", ips.join("\n")));
-            set.spawn(async move {
-                let c = pool.access.connect(&host).await?;
-                let result = async {
-                    if let Some(w) = &workdir {
-                        let out = c.sync_workdir(w, &token, archive.as_deref()).await?;
-                        if out.code != Some(0) {
-                            return Err(ProviderError::other(format!(
-                                "syncing the workdir to {host} failed: {}",
-                                out.stderr.trim()
-                            )));
-                        }
-                    }
-                    if let Some(setup) = &setup {
-                        let mut args: Vec<&str> = vec![&token, setup];
-                        args.extend(envs.iter().map(String::as_str));
-                        let out = c.script(&format!("{HOST_DIR}\n{SETUP}"), &args).await?;
-                        if out.code != Some(0) {
-                            return Err(ProviderError::other(format!(
-                                "setup failed on {host} (node {rank}) with exit code {}:\n    {}",
-                                out.code.map_or("?".into(), |c| c.to_string()),
-                                out.stdout.trim_end().replace('\n', "\n    ")
-                            )));
-                        }
-                    }
-                    Ok(())
-                }
-                .await;
-                c.close().await;
-                result
-            });
-        }
-        all_done(set).await
-    }
-
     /// Provisions the hosts a cluster holds (workdir, setup) and starts its runtime.
     async fn set_up(
         &self,
@@ -194,7 +118,13 @@ impl SshProvider {
         spec: &crate::model::ClusterSpec,
         req: &crate::providers::Request<'_>,
     ) -> Result<crate::providers::Created, ProviderError> {
-        Self::provision(pool, &p.hosts, &p.token, spec, &req.root).await?;
+        let hosts: Vec<Host> = p
+            .hosts
+            .iter()
+            .map(|h| h.parse::<Host>().map_err(ProviderError::other))
+            .collect::<Result<_, _>>()?;
+        let ips: Vec<String> = hosts.iter().map(|h| h.address.clone()).collect();
+        super::remote::provision(&pool.access, &hosts, &ips, &p.token, spec, &req.root).await?;
         p.name = Some(req.address.to_string());
         self.boot(pool, &mut p, spec).await?;
         Ok(crate::providers::Created {
@@ -231,6 +161,7 @@ impl SshProvider {
         p.build = Some(
             runtime::boot(
                 &pool.access,
+                &hosts,
                 &hosts,
                 &p.token,
                 info,
@@ -277,12 +208,7 @@ impl SshProvider {
     ) -> Result<Option<crate::runtime::JobStatus>, ProviderError> {
         let (pool, hosts, p, build) = self.job_target(cluster)?;
         let job = crate::providers::jobs::job_id(&res.private).unwrap_or_default();
-        let call = crate::runtime::link::Call::Status { job: job.into() };
-        Ok(
-            runtime::call(&pool.access, &hosts[0], &p.token, &build, &call)
-                .await?
-                .status,
-        )
+        remote(pool, hosts, &p, &build).status(job).await
     }
 
     fn computed(hosts: &[String]) -> BTreeMap<String, serde_json::Value> {
@@ -358,8 +284,7 @@ impl crate::providers::Provider for SshProvider {
         lineage: &str,
     ) -> serde_json::Value {
         if matches!(spec, crate::model::Spec::Job(_)) {
-            let id = uuid::Uuid::new_v4().simple().to_string();
-            return serde_json::json!({ "job_id": format!("job-{}", &id[..12]) });
+            return crate::providers::jobs::new_private();
         }
         serde_json::to_value(Private {
             token: uuid::Uuid::new_v4().simple().to_string(),
@@ -555,7 +480,8 @@ impl crate::providers::Provider for SshProvider {
             });
         }
         p.hosts = got;
-        let gpus: f64 = o.accelerators.iter().map(|(_, n)| n).sum();
+        // (+ 0.0: an empty sum of floats is -0.0.)
+        let gpus: f64 = o.accelerators.iter().map(|(_, n)| n).sum::<f64>() + 0.0;
         p.per_node = Some((o.cpus, gpus));
         match req.spec {
             crate::model::Spec::Cluster(spec) => self.set_up(pool, p, spec, &req).await,
@@ -808,25 +734,26 @@ impl crate::providers::Provider for SshProvider {
         let crate::model::Spec::Job(j) = &res.spec else {
             return Ok(Vec::new());
         };
-        let (pool, hosts, p, _) = self.job_target(cluster)?;
+        let (pool, hosts, p, build) = self.job_target(cluster)?;
         let job = crate::providers::jobs::job_id(&res.private).unwrap_or_default();
-        let nodes = self
-            .job_status(res, cluster)
-            .await?
-            .map(|s| s.nodes)
-            .unwrap_or_default();
-        let mut out = vec![Vec::new(); j.num_nodes as usize];
-        for (rank, node) in nodes.iter().enumerate() {
-            let Some(host) = hosts.get(*node as usize) else {
-                continue;
-            };
-            let offset = offsets.get(rank).copied().unwrap_or(0);
-            if let Some(slot) = out.get_mut(rank) {
-                *slot = runtime::read_log(&pool.access, host, &p.token, job, rank as u32, offset)
-                    .await?;
-            }
-        }
-        Ok(out)
+        remote(pool, hosts, &p, &build)
+            .read_logs(job, j.num_nodes, offsets)
+            .await
+    }
+}
+
+/// The cluster's runtime, as its clients reach it.
+fn remote<'a>(
+    pool: &'a Pool,
+    hosts: Vec<Host>,
+    p: &'a Private,
+    build: &'a str,
+) -> RemoteCluster<'a> {
+    RemoteCluster {
+        access: &pool.access,
+        hosts,
+        token: &p.token,
+        build,
     }
 }
 
@@ -968,37 +895,9 @@ impl SshProvider {
         cluster_addr: &crate::model::Address,
     ) -> Result<crate::providers::Created, ProviderError> {
         let (pool, hosts, p, build) = self.job_target(req.cluster)?;
-        let id = crate::providers::jobs::job_id(req.private).unwrap_or_default();
-        let mut after = Vec::new();
-        for (addr, dep) in &req.after {
-            let same =
-                matches!(&dep.spec, crate::model::Spec::Job(d) if &d.cluster == cluster_addr);
-            let Some(job) = crate::providers::jobs::job_id(&dep.private).filter(|_| same) else {
-                return Err(ProviderError {
-                    kind: ErrorKind::Config,
-                    message: format!(
-                        "{} waits for {addr}, which does not run on {cluster_addr}: on ssh pools a job can wait only for jobs of its own cluster",
-                        req.address
-                    ),
-                });
-            };
-            after.push(crate::runtime::Dependency {
-                status: crate::runtime::Layout::new("").status(job),
-                name: addr.to_string(),
-            });
-        }
-        let record = crate::providers::jobs::record(req.address, req.spec, id, after)
-            .ok_or_else(|| ProviderError::other("not a job"))?;
-        let call = crate::runtime::link::Call::Submit { job: record };
-        let answer = runtime::call(&pool.access, &hosts[0], &p.token, &build, &call).await?;
-        Ok(crate::providers::Created {
-            computed: answer
-                .status
-                .as_ref()
-                .map(crate::providers::jobs::computed)
-                .unwrap_or_default(),
-            private: req.private.clone(),
-        })
+        remote(pool, hosts, &p, &build)
+            .submit(req, cluster_addr)
+            .await
     }
 
     /// Cancels a job that has not ended, and waits (a little) until the head confirms.
@@ -1012,23 +911,6 @@ impl SshProvider {
             return Ok(());
         };
         let job = crate::providers::jobs::job_id(&res.private).unwrap_or_default();
-        let call = crate::runtime::link::Call::Cancel { job: job.into() };
-        let mut status = match runtime::call(&pool.access, &hosts[0], &p.token, &build, &call).await
-        {
-            Ok(a) => a.status,
-            // The cluster's runtime is gone from its head: so is the job.
-            Err(e) if e.kind == ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(e),
-        };
-        for _ in 0..50 {
-            if status.as_ref().is_none_or(|s| s.state.is_final()) {
-                return Ok(());
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-            status = self.job_status(res, cluster).await?;
-        }
-        Err(ProviderError::other(format!(
-            "the head did not confirm that job {job} stopped"
-        )))
+        remote(pool, hosts, &p, &build).cancel(job).await
     }
 }

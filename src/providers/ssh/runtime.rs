@@ -292,12 +292,14 @@ fn failed(host: &Host, what: &str, out: &Output) -> ProviderError {
 }
 
 /// Installs the agent on every host of a cluster (once per build), links the head to the
-/// others and starts every node's agent; `info` (without links) is what the head schedules
+/// others (reaching them at `peers`, their addresses as the head sees them: the hosts
+/// themselves on a pool, private addresses on a cloud) and starts every node's agent; `info` (without links) is what the head schedules
 /// by. Starting again is harmless: running agents are kept, the head's files rewritten.
 /// Returns the build the cluster runs.
 pub async fn boot(
     access: &Access,
     hosts: &[Host],
+    peers: &[Host],
     token: &str,
     mut info: ClusterInfo,
     autostop_spec: Option<&crate::model::Autostop>,
@@ -324,7 +326,7 @@ pub async fn boot(
         let (k, p) = keypair().await?;
         (Some(k), p)
     };
-    for (rank, host) in hosts.iter().enumerate().skip(1) {
+    for (rank, host) in peers.iter().enumerate().skip(1) {
         let link = sh_line(
             &format!("{HOST_DIR}\nexec \"$dir/bin/skyform-$1\" __link \"$dir/clusters/$2\" \"$3\""),
             &[&build, token, &rank.to_string()],
@@ -333,7 +335,7 @@ pub async fn boot(
             .insert(rank as u32, head_ssh(access, host, link).await);
     }
     if let Some(a) = autostop_spec {
-        info.autostop = Some(autostop(access, hosts, token, a).await);
+        info.autostop = Some(autostop(access, peers, token, a).await);
     }
     info.build = Some(build.clone());
     info.hosts = hosts.iter().map(ToString::to_string).collect();

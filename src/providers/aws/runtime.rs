@@ -1,0 +1,203 @@
+//! The cluster runtime on a cluster's instances, the same one pools run (agent, queue,
+//! links, logs): the instances are reached over ssh at their public addresses as the image's
+//! user with the imported key, the nodes reach each other at their private addresses, and
+//! each cluster trusts its machines' host keys on first use in a known_hosts file of its own
+//! (addresses are reused all the time in a VPC), forgotten when the cluster goes.
+
+use super::{AwsProvider, Node, Private};
+use crate::model::{ClusterSpec, Host};
+use crate::optimizer::Candidate;
+use crate::providers::ssh::{Access, RemoteCluster, remote, runtime};
+use crate::providers::{ErrorKind, ProviderError};
+use crate::state::ResourceState;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The login user of the default images (Ubuntu).
+pub(super) const USER: &str = "ubuntu";
+
+/// How long a new machine may take to accept ssh (boot, sshd, cloud-init writing the key).
+const SSH_WAIT: Duration = Duration::from_secs(600);
+
+/// Answers the head gives when asked whether the cluster's runtime runs: the build in its
+/// `cluster.json`, and `agent` when the node's agent runs.
+const RUNNING: &str = r#"
+c="$dir/clusters/$1"
+[ -f "$c/cluster.json" ] && sed -n 's/.*"build": *"\([^"]*\)".*/build \1/p' "$c/cluster.json"
+for f in "$c"/node-*/agent.pid; do
+  [ -f "$f" ] && tr '\0' ' ' <"/proc/$(cat "$f")/cmdline" 2>/dev/null | grep -q " __agent " && echo agent
+done
+exit 0
+"#;
+
+impl AwsProvider {
+    /// Where a cluster's host keys are kept.
+    pub(super) fn known_hosts(&self, token: &str) -> PathBuf {
+        self.key_dir.join("known_hosts.d").join(token)
+    }
+
+    /// How skyform reaches the instances of the cluster with `token`.
+    pub(super) fn access(&self, token: &str) -> Access {
+        Access {
+            user: Some(USER.into()),
+            port: None,
+            identity_file: Some(self.private_key()),
+            config_file: None,
+            known_hosts: self.known_hosts(token),
+            control_dir: crate::providers::ssh::control_dir(),
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// The nodes as skyform reaches them (public addresses, else private) and as they reach
+    /// each other (private addresses), head first.
+    fn hosts(nodes: &[Node]) -> (Vec<Host>, Vec<Host>) {
+        let host = |a: Option<&String>| Host {
+            user: Some(USER.into()),
+            address: a.cloned().unwrap_or_default(),
+            port: None,
+        };
+        nodes
+            .iter()
+            .map(|n| {
+                (
+                    host(n.public_ip.as_ref().or(n.private_ip.as_ref())),
+                    host(n.private_ip.as_ref().or(n.public_ip.as_ref())),
+                )
+            })
+            .unzip()
+    }
+
+    /// Sets up running instances as the cluster: waits for ssh, syncs the workdir and runs
+    /// setup (with `root`, the configuration's directory; without, as after a start, the
+    /// machines keep what they had), and starts the runtime; records the build it runs.
+    pub(super) async fn set_up(
+        &self,
+        p: &mut Private,
+        nodes: &[Node],
+        spec: &ClusterSpec,
+        placement: Option<&Candidate>,
+        name: &str,
+        root: Option<&Path>,
+    ) -> Result<(), ProviderError> {
+        let access = self.access(&p.token);
+        let (hosts, peers) = Self::hosts(nodes);
+        remote::wait_for_ssh(&access, &hosts, SSH_WAIT).await?;
+        let ips: Vec<String> = peers.iter().map(|h| h.address.clone()).collect();
+        if let Some(root) = root {
+            remote::provision(&access, &hosts, &ips, &p.token, spec, root).await?;
+        }
+        let (cpus, gpus) = placement.map_or((1.0, 0.0), |c| {
+            let o = &c.offering;
+            // (+ 0.0: an empty sum of floats is -0.0.)
+            (
+                o.cpus,
+                o.accelerators.iter().map(|(_, n)| n).sum::<f64>() + 0.0,
+            )
+        });
+        let info = crate::runtime::ClusterInfo {
+            name: name.to_string(),
+            num_nodes: hosts.len() as u32,
+            cpus_per_node: cpus,
+            gpus_per_node: gpus,
+            envs: spec.envs.clone(),
+            ips,
+            links: Default::default(),
+            autostop: None,
+            build: None,
+            hosts: Vec::new(),
+        };
+        let build = runtime::boot(
+            &access,
+            &hosts,
+            &peers,
+            &p.token,
+            info,
+            // Autostop on AWS stops or terminates the instances, which the pool's way (agents
+            // end, hosts stay held) does not: not acted on yet (docs/aws.md).
+            None,
+            &self.agent_exe,
+        )
+        .await?;
+        p.build = Some(build);
+        p.cluster = Some(name.to_string());
+        Ok(())
+    }
+
+    /// The build whose runtime runs on every node, when it does (a creation that was
+    /// killed before its runtime started has none).
+    pub(super) async fn runtime_of(&self, p: &Private, nodes: &[Node]) -> Option<String> {
+        let access = self.access(&p.token);
+        let (hosts, _) = Self::hosts(nodes);
+        let mut build = None;
+        for (rank, host) in hosts.iter().enumerate() {
+            let c = access.connect(host).await.ok()?;
+            let script = format!("{}\n{RUNNING}", crate::providers::ssh::HOST_DIR);
+            let out = c.script(&script, &[&p.token]).await;
+            c.close().await;
+            let out = out.ok()?;
+            if !out.stdout.lines().any(|l| l == "agent") {
+                return None;
+            }
+            if rank == 0 {
+                build = out
+                    .stdout
+                    .lines()
+                    .find_map(|l| l.strip_prefix("build "))
+                    .map(str::to_string);
+            }
+        }
+        build
+    }
+
+    /// The running cluster a job goes to: its runtime, as its clients reach it.
+    pub(super) fn job_target(
+        &self,
+        cluster: Option<&ResourceState>,
+    ) -> Result<(Access, Vec<Host>, Private), ProviderError> {
+        let cluster =
+            cluster.ok_or_else(|| ProviderError::other("the job's cluster is not in state"))?;
+        let p = Private::read(cluster)
+            .ok_or_else(|| ProviderError::other("the job's cluster has no instances recorded"))?;
+        if p.build.is_none() {
+            return Err(ProviderError {
+                kind: ErrorKind::Config,
+                message: "the job's cluster has no runtime yet (its setup did not finish); `skyform apply` sets it up".into(),
+            });
+        }
+        let ips: Vec<String> = cluster
+            .computed
+            .get("ips")
+            .and_then(|v| serde_json::from_value(v.clone()).ok())
+            .unwrap_or_default();
+        let hosts: Vec<Host> = ips
+            .into_iter()
+            .filter(|a| !a.is_empty())
+            .map(|address| Host {
+                user: Some(USER.into()),
+                address,
+                port: None,
+            })
+            .collect();
+        if hosts.is_empty() {
+            return Err(ProviderError::other(
+                "the job's cluster has no address recorded",
+            ));
+        }
+        Ok((self.access(&p.token), hosts, p))
+    }
+}
+
+/// The runtime of a cluster reached through `access`.
+pub(super) fn remote_cluster<'a>(
+    access: &'a Access,
+    hosts: Vec<Host>,
+    p: &'a Private,
+) -> RemoteCluster<'a> {
+    RemoteCluster {
+        access,
+        hosts,
+        token: &p.token,
+        build: p.build.as_deref().unwrap_or_default(),
+    }
+}
