@@ -27,7 +27,10 @@ the instances of one launch are different servers while there are enough). What 
 instance ran there ends with it: StopInstances kills the processes of its cluster (those
 whose command line or working directory is under `DIR/skyform/clusters/TOKEN`, TOKEN from
 the launch's `skyform:token` tag), as a power-off would; TerminateInstances also removes
-that directory, as the disk goes.
+that directory, as the disk goes. A machine's own `shutdown` (see `scripts/sshd.sh cloud`)
+leaves the cluster's token in DIR/poweroff/; the proxy then stops or terminates the
+instances of that cluster on that machine through moto, as EC2 applies an instance's
+`InstanceInitiatedShutdownBehavior`.
 
 Prints the port it listens on, then serves until killed.
 
@@ -56,6 +59,9 @@ parser.add_argument("--rules", default="[]")
 parser.add_argument("--latency", type=float, default=0.0,
                     help="seconds added before forwarding each request (a far-away region)")
 parser.add_argument("--machines", help="ADDRESS DIR lines: sshd servers the instances become")
+parser.add_argument("--boot-seconds", type=float, default=0.0,
+                    help="the imported key reaches the machines this long after the import "
+                         "(machines still booting: ssh refuses them until then)")
 args = parser.parse_args()
 machines = []
 if args.machines:
@@ -64,6 +70,8 @@ if args.machines:
 # instance id -> the address of the server it is, and the skyform:token it was launched with
 placed = {}
 tokens = {}
+# instance id -> (region, shutdown behaviour) from its launch
+launched = {}
 target = urllib.parse.urlparse(args.target)
 lock = threading.Lock()
 rules = json.loads(args.rules)
@@ -107,12 +115,20 @@ ADDRESS = re.compile(rb"<(privateIpAddress|ipAddress)>[^<]*</(privateIpAddress|i
 
 
 def install_key(body):
-    """ImportKeyPair: its public key goes where the servers read authorized keys."""
+    """ImportKeyPair: its public key goes where the servers read authorized keys (after
+    --boot-seconds, as cloud-init on a booting machine would)."""
     form = urllib.parse.parse_qs(body.decode("utf-8", "replace"))
     material = (form.get("PublicKeyMaterial") or [""])[0]
     if not material or not machines:
         return
     key = base64.b64decode(material).decode().strip()
+    if args.boot_seconds > 0:
+        threading.Timer(args.boot_seconds, write_key, [key]).start()
+    else:
+        write_key(key)
+
+
+def write_key(key):
     with lock:
         for _, d in machines:
             path = d.strip() + "/authorized_keys"
@@ -124,6 +140,11 @@ def install_key(body):
                 pass
             with open(path, "a") as f:
                 f.write(key + "\n")
+
+
+def launch_behaviour(body):
+    form = urllib.parse.parse_qs(body.decode("utf-8", "replace"))
+    return (form.get("InstanceInitiatedShutdownBehavior") or ["stop"])[0]
 
 
 def launch_token(body):
@@ -165,7 +186,51 @@ def power_off(body, terminate):
             shutil.rmtree(cluster, ignore_errors=True)
 
 
-def as_machines(data, token=""):
+def ec2_call(region, action, ids):
+    """An EC2 call of the machines themselves, straight to moto in this proxy's account."""
+    form = {"Action": action, "Version": "2016-11-15"}
+    for n, iid in enumerate(ids, 1):
+        form[f"InstanceId.{n}"] = iid
+    body = urllib.parse.urlencode(form).encode()
+    conn = http.client.HTTPConnection(target.hostname, target.port, timeout=60)
+    conn.request("POST", "/", body=body, headers={
+        "Content-Type": "application/x-www-form-urlencoded",
+        "Authorization": f"AWS4-HMAC-SHA256 Credential=testing/20260101/{region}/ec2/aws4_request, "
+                         "SignedHeaders=host, Signature=0",
+        "x-moto-account-id": args.account,
+    })
+    conn.getresponse().read()
+    conn.close()
+
+
+def watch_shutdowns():
+    """Machines that shut themselves down: their instances stop or terminate."""
+    while True:
+        time.sleep(0.3)
+        for addr, d in machines:
+            box = os.path.join(d.strip(), "poweroff")
+            try:
+                asked = os.listdir(box)
+            except OSError:
+                continue
+            for token in asked:
+                with lock:
+                    ids = [i for i, t in tokens.items() if t == token and placed.get(i) == addr]
+                if not ids:
+                    continue  # another proxy's instance
+                for iid in ids:
+                    region, behaviour = launched.get(iid, ("us-east-1", "stop"))
+                    action = "TerminateInstances" if behaviour == "terminate" else "StopInstances"
+                    ec2_call(region, action, [iid])
+                    power_off(urllib.parse.urlencode({"InstanceId.1": iid}).encode(),
+                              behaviour == "terminate")
+                try:
+                    os.remove(os.path.join(box, token))
+                except OSError:
+                    pass
+
+
+def as_machines(data, token="", launch=None):
     """Rewrites each instance's addresses in an answer to those of the server it is. The
     text after an `instanceId` up to the next one belongs to that instance (moto writes
     the id first in each instance's item); everything else stays byte for byte."""
@@ -182,6 +247,8 @@ def as_machines(data, token=""):
                 placed[iid] = machines[len(placed) % len(machines)][0]
             if token:
                 tokens[iid] = token
+            if launch:
+                launched[iid] = launch
             addr = placed[iid].encode()
             rest = ADDRESS.sub(lambda m: b"<%s>%s</%s>" % (m.group(1), addr, m.group(1)), parts[i + 1])
             out.append(b"<instanceId>" + parts[i] + b"</instanceId>" + rest)
@@ -274,7 +341,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if resp.status == 200 and req["action"] == "ImportKeyPair":
             install_key(body)
         if resp.status == 200 and req["action"] == "RunInstances":
-            data = as_machines(data, launch_token(body))
+            data = as_machines(data, launch_token(body), (req["region"], launch_behaviour(body)))
         if resp.status == 200 and req["action"] == "DescribeInstances":
             data = as_machines(data)
         if resp.status == 200 and machines and req["action"] in ("StopInstances", "TerminateInstances"):
@@ -295,6 +362,8 @@ class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
     request_queue_size = 256
 
 
+if machines:
+    threading.Thread(target=watch_shutdowns, daemon=True).start()
 server = Server(("127.0.0.1", 0), Handler)
 print(server.server_address[1], flush=True)
 try:

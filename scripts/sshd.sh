@@ -15,7 +15,9 @@
 # `cloud N` starts N servers that play cloud machines instead (for scripts/ec2-proxy.py
 # --machines): each on port 22 of its own loopback address, logging in the image's user
 # `ubuntu` (made, locked, if missing) with the keys in its own authorized_keys, which starts
-# empty (the proxy writes the imported key pair there, as cloud-init does). Prints `export
+# empty (the proxy writes the imported key pair there, as cloud-init does). Its `shutdown`
+# (with the message `… cluster TOKEN`) leaves TOKEN in DIR/poweroff/ for the proxy to power
+# the instance off through EC2, as a real machine's shutdown would. Prints `export
 # SKYFORM_TEST_CLOUD_DIR=DIR`; DIR/machines lists `ADDRESS DIR` per server.
 #   eval "$(scripts/sshd.sh cloud 3)"   ...   SKYFORM_TEST_SSH_DIR=$SKYFORM_TEST_CLOUD_DIR scripts/sshd.sh stop
 set -euo pipefail
@@ -52,7 +54,12 @@ start | cloud)
     for i in $(seq 1 "$n"); do
       addr="127.$base.$((i + 1))"
       h="$dir/machine-$i"
-      mkdir -p "$h/skyform"
+      mkdir -p "$h/skyform" "$h/bin" "$h/poweroff"
+      # A machine's own `shutdown` powers it off through EC2 (the proxy sees the request
+      # here and applies the instance's shutdown behaviour); `sudo` is the user itself.
+      printf '#!/bin/sh\n[ "$1" = -n ] && shift\nexec "$@"\n' >"$h/bin/sudo"
+      printf '#!/bin/sh\nfor a; do t="$a"; done\ntouch "%s/poweroff/${t##* }"\n' "$h" >"$h/bin/shutdown"
+      chmod 755 "$h/bin/sudo" "$h/bin/shutdown"
       ssh-keygen -q -t ed25519 -N "" -f "$h/ssh_host_ed25519_key"
       : >"$h/authorized_keys"
       cat >"$h/sshd_config" <<CFG
@@ -69,9 +76,9 @@ AllowTcpForwarding no
 X11Forwarding no
 LogLevel ERROR
 # The machines share one filesystem: a skyform directory and authorized keys of their own.
-SetEnv SKYFORM_HOST_DIR=$h/skyform SKYFORM_AUTHORIZED_KEYS=$h/authorized_keys
+SetEnv SKYFORM_HOST_DIR=$h/skyform SKYFORM_AUTHORIZED_KEYS=$h/authorized_keys PATH=$h/bin:/usr/local/bin:/usr/bin:/bin
 CFG
-      chown -R ubuntu "$h/skyform" "$h/authorized_keys"
+      chown -R ubuntu "$h/skyform" "$h/authorized_keys" "$h/poweroff"
       chown ubuntu "$h"
       "$sshd_bin" -t -f "$h/sshd_config"
       "$sshd_bin" -D -f "$h/sshd_config" -E "$h/log" </dev/null >/dev/null 2>&1 &

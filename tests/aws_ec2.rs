@@ -38,6 +38,11 @@ struct Proxy {
 
 impl Proxy {
     fn start() -> Proxy {
+        Proxy::start_with(&[])
+    }
+
+    /// With more options of the proxy (`--boot-seconds N`, …).
+    fn start_with(options: &[&str]) -> Proxy {
         // A fresh 12-digit account per test (never moto's default 123456789012).
         let n = uuid::Uuid::new_v4().as_u128() % 900_000_000_000 + 100_000_000_000;
         let mut child = Command::new("python3")
@@ -46,6 +51,7 @@ impl Proxy {
             .args(["--account", &n.to_string()])
             .arg("--machines")
             .arg(machines())
+            .args(options)
             .stdout(Stdio::piped())
             .spawn()
             .expect("python3 runs scripts/ec2-proxy.py");
@@ -181,7 +187,10 @@ impl std::ops::Deref for Work {
 
 impl Work {
     fn new(regions: &[&str], body: &str) -> Work {
-        let proxy = Proxy::start();
+        Work::with_proxy(Proxy::start(), regions, body)
+    }
+
+    fn with_proxy(proxy: Proxy, regions: &[&str], body: &str) -> Work {
         let dir = support::Workdir::new()
             .with_home()
             .env(
@@ -973,7 +982,9 @@ fn wait_for(w: &support::Workdir, addr: &str, want: &str) {
 #[tokio::test]
 #[ignore = "needs moto: run ./scripts/test.sh"]
 async fn a_cluster_on_ec2_runs_jobs_on_its_machines() {
-    let w = Work::new(
+    // The machines take 3 s to boot (their key arrives late): apply waits, and says so.
+    let w = Work::with_proxy(
+        Proxy::start_with(&["--boot-seconds", "3"]),
         &["us-east-1"],
         r#"
 cluster "train" {
@@ -1003,7 +1014,11 @@ job "long" {
 "#,
     );
     w.write("code/data.txt", "the data\n");
-    w.ok(&["apply", "-auto-approve"]);
+    let out = w.ok(&["apply", "-auto-approve"]);
+    assert!(
+        out.contains("to accept ssh"),
+        "the wait is reported:\n{out}"
+    );
     let state = w.state();
     let cluster = &state["resources"]["cluster.train"];
     assert_eq!(cluster["computed"]["status"], "UP", "{cluster}");
@@ -1081,4 +1096,158 @@ job "long" {
             .exists(),
         "the cluster's host keys are forgotten"
     );
+}
+
+/// The states of the instances tagged with `token` in `region` (moto's view).
+async fn instance_states(w: &Work, region: &str, token: &str) -> Vec<String> {
+    let out = w
+        .proxy
+        .client(region)
+        .describe_instances()
+        .filters(
+            ec2::types::Filter::builder()
+                .name("tag:skyform:token")
+                .values(token)
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    out.reservations()
+        .iter()
+        .flat_map(|r| r.instances())
+        .filter_map(|i| {
+            i.state()
+                .and_then(|s| s.name())
+                .map(|n| n.as_str().to_string())
+        })
+        .collect()
+}
+
+/// Waits until every instance of `token` is in `want` (moto's view).
+async fn wait_for_instances(w: &Work, token: &str, want: &str) {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let states = instance_states(w, "us-east-1", token).await;
+        if !states.is_empty() && states.iter().all(|s| s == want) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "instances are {states:?}, not {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Autostop on EC2: the idle head shuts the nodes down from inside, EC2 stops them (disks
+/// kept), `start` brings the cluster back; with `down = true` the instances terminate.
+#[tokio::test]
+#[ignore = "needs moto: run ./scripts/test.sh"]
+async fn autostop_stops_or_terminates_the_instances() {
+    let mut w = Work::new(
+        &["us-east-1"],
+        r#"
+cluster "idle" {
+  num_nodes = 2
+  resources {
+    instance_type = "m6i.large"
+  }
+  autostop {
+    idle_minutes = 2
+  }
+}
+
+job "j" {
+  cluster = cluster.idle
+  run     = "sleep 1"
+}
+"#,
+    );
+    // Autostop's minutes are seconds here.
+    w.dir = std::mem::take(&mut w.dir).env("SKYFORM_IDLE_MINUTE", "1");
+    w.ok(&["apply", "-auto-approve"]);
+    let token = w.state()["resources"]["cluster.idle"]["private"]["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    wait_for_instances(&w, &token, "stopped").await;
+    assert_eq!(
+        status_of(&w, "job.j"),
+        "SUCCEEDED",
+        "a running job kept it up"
+    );
+    let plan = w.ok(&["plan"]);
+    assert!(plan.contains("No changes"), "{plan}");
+    w.ok(&["start", "cluster.idle"]);
+    wait_for_instances(&w, &token, "running").await;
+    // Up again, with its runtime (which will stop it again once idle).
+    let state = w.state();
+    assert_ne!(
+        state["resources"]["cluster.idle"]["private"]["build"],
+        Value::Null,
+        "{state}"
+    );
+    w.ok(&["destroy", "-auto-approve"]);
+    let config = std::fs::read_to_string(w.path().join("main.sky.hcl")).unwrap();
+
+    w.write_config(&config.replace(
+        "idle_minutes = 2",
+        "idle_minutes = 2\n    down         = true",
+    ));
+    w.ok(&["apply", "-auto-approve"]);
+    let token = w.state()["resources"]["cluster.idle"]["private"]["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    wait_for_instances(&w, &token, "terminated").await;
+    // The cluster is gone; its group and key pair go with the next apply's replacement.
+    let plan = w.ok(&["plan"]);
+    assert!(plan.contains("cluster.idle"), "{plan}");
+    w.ok(&["destroy", "-auto-approve"]);
+    assert!(w.proxy.live("us-east-1").await.is_empty());
+    assert_eq!(w.proxy.groups_and_keys("us-east-1").await, (vec![], vec![]));
+}
+
+/// A spot instance taken back in the middle of a job: refresh marks the cluster degraded
+/// and the job lost, never running.
+#[tokio::test]
+#[ignore = "needs moto: run ./scripts/test.sh"]
+async fn a_preempted_node_loses_its_job() {
+    let w = Work::new(
+        &["us-east-1"],
+        r#"
+cluster "train" {
+  num_nodes = 2
+  resources {
+    instance_type = "m6i.large"
+  }
+}
+
+job "long" {
+  cluster   = cluster.train
+  num_nodes = 2
+  run       = "sleep 600"
+}
+"#,
+    );
+    w.ok(&["apply", "-auto-approve"]);
+    wait_for(&w, "job.long", "RUNNING");
+    let ids: Vec<String> = serde_json::from_value(
+        w.state()["resources"]["cluster.train"]["computed"]["instance_ids"].clone(),
+    )
+    .unwrap();
+    // EC2 takes node 1 back (through the proxy: its machine stops running what it ran).
+    w.proxy
+        .client("us-east-1")
+        .terminate_instances()
+        .instance_ids(&ids[1])
+        .send()
+        .await
+        .unwrap();
+    let plan = w.ok(&["plan"]);
+    assert!(plan.contains("was terminated outside skyform"), "{plan}");
+    assert_ne!(status_of(&w, "job.long"), "RUNNING");
+    w.ok(&["destroy", "-auto-approve"]);
+    assert!(w.proxy.live("us-east-1").await.is_empty());
 }

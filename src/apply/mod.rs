@@ -84,6 +84,11 @@ pub enum Event {
     StateWritten {
         serial: u64,
     },
+    /// What a long step waits for now (a machine to accept ssh, …).
+    Progress {
+        address: Address,
+        what: String,
+    },
 }
 
 #[derive(Debug, Default, Clone, PartialEq)]

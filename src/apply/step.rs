@@ -271,6 +271,7 @@ impl Walk<'_, '_> {
         let opts = self.applier.failover.clone();
         let delay = p.delay;
         let mut interrupt = self.applier.interrupt.clone();
+        let progress = crate::providers::Progress::to(self.progress.clone(), addr.clone());
         self.tasks.spawn(async move {
             let mut outcome = Outcome::new((addr.clone(), step), Ok(None));
             outcome.placement = placement.clone();
@@ -305,6 +306,7 @@ impl Walk<'_, '_> {
                             after: after.iter().map(|(a, r)| (a, r)).collect(),
                             root,
                             capacity_timeout: opts.attempt_timeout,
+                            progress,
                         };
                         if step == Step::Update {
                             prov.update(req).await.map(Some)

@@ -45,6 +45,10 @@ pub(super) struct Walk<'w, 'a> {
     ahead: VecDeque<Prepared>,
     /// Whether `changed` holds intents: those are written before anything starts.
     intents: bool,
+    /// Progress lines from inside provider calls (the tasks hold senders), shown as they
+    /// come.
+    pub progress: tokio::sync::mpsc::UnboundedSender<crate::providers::ProgressLine>,
+    progress_in: tokio::sync::mpsc::UnboundedReceiver<crate::providers::ProgressLine>,
 }
 
 /// How many job creates are recorded ahead of the calls.
@@ -73,6 +77,7 @@ impl<'w, 'a> Walk<'w, 'a> {
             .map(|(n, _)| n.clone())
             .collect();
         let unfinished = graph.needs.keys().cloned().collect();
+        let (progress, progress_in) = tokio::sync::mpsc::unbounded_channel();
         Walk {
             applier,
             changes,
@@ -92,6 +97,8 @@ impl<'w, 'a> Walk<'w, 'a> {
             starting: Vec::new(),
             ahead: VecDeque::new(),
             intents: false,
+            progress,
+            progress_in,
         }
     }
 
@@ -135,6 +142,10 @@ impl<'w, 'a> Walk<'w, 'a> {
                     continue;
                 }
                 () = tokio::time::sleep_until(flush), if !self.changed.is_empty() => continue,
+                Some((address, what)) = self.progress_in.recv() => {
+                    (self.applier.on_event)(&Event::Progress { address, what });
+                    continue;
+                }
             };
             let Some(Ok(first)) = first else { break };
             // Whatever else has finished goes into the same state write.

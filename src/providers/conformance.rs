@@ -115,6 +115,7 @@ async fn lifecycle(p: &dyn Provider, f: &Fixture) {
             after: Vec::new(),
             root: f.root.clone(),
             capacity_timeout: std::time::Duration::from_secs(120),
+            progress: super::Progress::default(),
         })
         .await
         .expect("create");

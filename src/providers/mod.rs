@@ -110,6 +110,32 @@ pub struct Request<'a> {
     /// whole `create` by it when `create_is_bounded`; a backend whose create also runs setup
     /// (which may rightly take long) bounds only its part that waits for capacity.
     pub capacity_timeout: std::time::Duration,
+    /// Where a long call says what it waits for (apply shows it under the resource).
+    pub progress: Progress,
+}
+
+/// A resource and what its call waits for now.
+pub type ProgressLine = (Address, String);
+
+/// A line of progress from inside a provider call (`waiting for 10.0.0.5 to accept ssh`),
+/// shown by apply under the resource's address; a call made outside apply says it to no one.
+#[derive(Debug, Clone, Default)]
+pub struct Progress(
+    Option<tokio::sync::mpsc::UnboundedSender<ProgressLine>>,
+    Option<Address>,
+);
+
+impl Progress {
+    /// Progress of `address`, sent to `to`.
+    pub fn to(to: tokio::sync::mpsc::UnboundedSender<ProgressLine>, address: Address) -> Progress {
+        Progress(Some(to), Some(address))
+    }
+
+    pub fn say(&self, what: impl Into<String>) {
+        if let (Some(to), Some(a)) = (&self.0, &self.1) {
+            let _ = to.send((a.clone(), what.into()));
+        }
+    }
 }
 
 /// What a backend offers, and which of its parts could not be asked (the answer of

@@ -703,5 +703,6 @@ pub fn event(e: &crate::apply::Event, s: &Style) -> Option<String> {
             format!("{address}: skipped because {because} failed")
         }
         Event::StateWritten { .. } => return None,
+        Event::Progress { address, what } => format!("{address}: {what}"),
     })
 }

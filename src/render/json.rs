@@ -384,5 +384,9 @@ pub fn event(e: &crate::apply::Event) -> (&'static str, Value) {
             json!({"address": address.to_string(), "because": because.to_string()}),
         ),
         Event::StateWritten { serial } => ("state", json!({"serial": serial})),
+        Event::Progress { address, what } => (
+            "progress",
+            json!({"address": address.to_string(), "what": what}),
+        ),
     }
 }

@@ -22,7 +22,8 @@ use ec2::error::ProvideErrorMetadata;
 use ec2::types::{
     BlockDeviceMapping, EbsBlockDevice, Filter, InstanceInterruptionBehavior,
     InstanceMarketOptionsRequest, InstanceType, IpPermission, IpRange, MarketType, Placement,
-    ResourceType, SpotInstanceType, SpotMarketOptions, Tag, TagSpecification, VolumeType,
+    ResourceType, ShutdownBehavior, SpotInstanceType, SpotMarketOptions, Tag, TagSpecification,
+    VolumeType,
 };
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -682,7 +683,15 @@ impl AwsProvider {
                 .security_group_ids(&sg)
                 .placement(Placement::builder().availability_zone(&zone).build())
                 .tag_specifications(tag_spec(ResourceType::Instance, &tags))
-                .tag_specifications(tag_spec(ResourceType::Volume, &tags));
+                .tag_specifications(tag_spec(ResourceType::Volume, &tags))
+                // Autostop shuts the machines down from inside: with `down` that ends them.
+                .instance_initiated_shutdown_behavior(
+                    if spec.autostop.as_ref().is_some_and(|a| a.down) {
+                        ShutdownBehavior::Terminate
+                    } else {
+                        ShutdownBehavior::Stop
+                    },
+                );
             if o.spot {
                 run = run.instance_market_options(
                     InstanceMarketOptionsRequest::builder()
@@ -1058,15 +1067,15 @@ impl Provider for AwsProvider {
                             ),
                         })
                     })?;
-            self.set_up(
-                &mut p,
-                &nodes,
+            let name = req.address.to_string();
+            let how = runtime::SetUp {
                 spec,
-                Some(&placement),
-                &req.address.to_string(),
-                Some(&req.root),
-            )
-            .await?;
+                placement: Some(&placement),
+                name: &name,
+                root: Some(&req.root),
+                progress: &req.progress,
+            };
+            self.set_up(&mut p, &nodes, &how).await?;
             Ok::<_, ProviderError>(nodes)
         }
         .await;
@@ -1114,15 +1123,15 @@ impl Provider for AwsProvider {
                 "the cluster's instances are not all running: `skyform start` it first",
             ));
         }
-        self.set_up(
-            &mut p,
-            &nodes,
+        let name = req.address.to_string();
+        let how = runtime::SetUp {
             spec,
-            req.placement,
-            &req.address.to_string(),
-            Some(&req.root),
-        )
-        .await?;
+            placement: req.placement,
+            name: &name,
+            root: Some(&req.root),
+            progress: &req.progress,
+        };
+        self.set_up(&mut p, &nodes, &how).await?;
         Ok(Created {
             computed: Self::computed(&nodes, &p, false),
             private: p.value(),
@@ -1172,8 +1181,15 @@ impl Provider for AwsProvider {
             let region = p.region.clone().unwrap_or_default();
             let nodes = self.nodes(&self.client(&region).await, &p).await?;
             let name = p.cluster.clone().unwrap_or_default();
-            self.set_up(&mut p, &nodes, spec, res.placement.as_ref(), &name, None)
-                .await?;
+            let quiet = super::Progress::default();
+            let how = runtime::SetUp {
+                spec,
+                placement: res.placement.as_ref(),
+                name: &name,
+                root: None,
+                progress: &quiet,
+            };
+            self.set_up(&mut p, &nodes, &how).await?;
         }
         Ok(p.value())
     }

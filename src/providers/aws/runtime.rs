@@ -7,7 +7,7 @@
 use super::{AwsProvider, Node, Private};
 use crate::model::{ClusterSpec, Host};
 use crate::optimizer::Candidate;
-use crate::providers::ssh::{Access, RemoteCluster, remote, runtime};
+use crate::providers::ssh::{Access, HOST_DIR, RemoteCluster, remote, runtime};
 use crate::providers::{ErrorKind, ProviderError};
 use crate::state::ResourceState;
 use std::path::{Path, PathBuf};
@@ -15,6 +15,11 @@ use std::time::Duration;
 
 /// The login user of the default images (Ubuntu).
 pub(super) const USER: &str = "ubuntu";
+
+/// What each node runs when the cluster autostops (the token is `$1`): it shuts itself down,
+/// and EC2 applies the instance's shutdown behaviour — stop (disks kept), or terminate for
+/// `down = true` (set at launch). No credentials are needed on the machine.
+const AUTOSTOP: &str = r#"sudo -n shutdown -h now "skyform: autostop of cluster $1""#;
 
 /// How long a new machine may take to accept ssh (boot, sshd, cloud-init writing the key).
 const SSH_WAIT: Duration = Duration::from_secs(600);
@@ -29,6 +34,18 @@ for f in "$c"/node-*/agent.pid; do
 done
 exit 0
 "#;
+
+/// What setting up a cluster's machines needs besides the machines.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct SetUp<'a> {
+    pub spec: &'a ClusterSpec,
+    pub placement: Option<&'a Candidate>,
+    /// The cluster's address, for its runtime.
+    pub name: &'a str,
+    /// The configuration directory, when the workdir is synced and setup run.
+    pub root: Option<&'a Path>,
+    pub progress: &'a crate::providers::Progress,
+}
 
 impl AwsProvider {
     /// Where a cluster's host keys are kept.
@@ -69,20 +86,32 @@ impl AwsProvider {
     }
 
     /// Sets up running instances as the cluster: waits for ssh, syncs the workdir and runs
-    /// setup (with `root`, the configuration's directory; without, as after a start, the
-    /// machines keep what they had), and starts the runtime; records the build it runs.
+    /// setup (with a configuration directory; without, as after a start, the machines keep
+    /// what they had), and starts the runtime; records the build it runs.
     pub(super) async fn set_up(
         &self,
         p: &mut Private,
         nodes: &[Node],
-        spec: &ClusterSpec,
-        placement: Option<&Candidate>,
-        name: &str,
-        root: Option<&Path>,
+        how: &SetUp<'_>,
     ) -> Result<(), ProviderError> {
+        let SetUp {
+            spec,
+            placement,
+            name,
+            root,
+            progress,
+        } = *how;
         let access = self.access(&p.token);
         let (hosts, peers) = Self::hosts(nodes);
-        remote::wait_for_ssh(&access, &hosts, SSH_WAIT).await?;
+        remote::wait_for_ssh(&access, &hosts, SSH_WAIT, progress).await?;
+        // A cluster that autostopped marked itself stopped before its machines went down.
+        for host in &hosts {
+            let c = access.connect(host).await?;
+            let script = format!("{HOST_DIR}\n{}", runtime::UNMARK_STOPPED);
+            let out = c.script(&script, &[&p.token]).await;
+            c.close().await;
+            out?;
+        }
         let ips: Vec<String> = peers.iter().map(|h| h.address.clone()).collect();
         if let Some(root) = root {
             remote::provision(&access, &hosts, &ips, &p.token, spec, root).await?;
@@ -113,9 +142,7 @@ impl AwsProvider {
             &peers,
             &p.token,
             info,
-            // Autostop on AWS stops or terminates the instances, which the pool's way (agents
-            // end, hosts stay held) does not: not acted on yet (docs/aws.md).
-            None,
+            spec.autostop.as_ref().map(|a| (a, AUTOSTOP.to_string())),
             &self.agent_exe,
         )
         .await?;
@@ -132,7 +159,7 @@ impl AwsProvider {
         let mut build = None;
         for (rank, host) in hosts.iter().enumerate() {
             let c = access.connect(host).await.ok()?;
-            let script = format!("{}\n{RUNNING}", crate::providers::ssh::HOST_DIR);
+            let script = format!("{HOST_DIR}\n{RUNNING}");
             let out = c.script(&script, &[&p.token]).await;
             c.close().await;
             let out = out.ok()?;

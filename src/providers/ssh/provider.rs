@@ -165,7 +165,9 @@ impl SshProvider {
                 &hosts,
                 &p.token,
                 info,
-                spec.autostop.as_ref(),
+                spec.autostop
+                    .as_ref()
+                    .map(|a| (a, runtime::pool_autostop_script(a.down))),
                 &self.agent_exe,
             )
             .await?,

@@ -200,6 +200,7 @@ pub async fn wait_for_ssh(
     access: &Access,
     hosts: &[Host],
     limit: std::time::Duration,
+    progress: &crate::providers::Progress,
 ) -> Result<(), ProviderError> {
     let started = std::time::Instant::now();
     for host in hosts {
@@ -213,6 +214,11 @@ pub async fn wait_for_ssh(
                 Err(e) if started.elapsed() < limit => {
                     if !said {
                         tracing::info!(%host, error = %e, "waiting for the machine to accept ssh");
+                        progress.say(format!(
+                            "waiting for {} to accept ssh (booting; up to {})",
+                            host.address,
+                            humantime::format_duration(limit)
+                        ));
                         said = true;
                     }
                     tokio::time::sleep(std::time::Duration::from_secs(2)).await;

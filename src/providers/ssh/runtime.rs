@@ -253,16 +253,10 @@ pub fn stop_script() -> String {
 /// Clears the mark, so the agent runs again at the next start.
 pub const UNMARK_STOPPED: &str = r#"rm -f "$dir/clusters/$1/stopped""#;
 
-/// What the head runs when the cluster is idle long enough: the other nodes first (over
-/// its links' key), then itself — stopped, or with `down` released (the cluster's files,
-/// reservation and key removed on every host).
-async fn autostop(
-    access: &Access,
-    hosts: &[Host],
-    token: &str,
-    a: &crate::model::Autostop,
-) -> crate::runtime::Autostop {
-    let script = if a.down {
+/// What a node of a pool cluster runs when the cluster autostops: stopped, or with `down`
+/// released (the cluster's files, reservation and key removed). The token is `$1`.
+pub fn pool_autostop_script(down: bool) -> String {
+    if down {
         format!(
             "{HOST_DIR}\n{}\n{}",
             super::pool::RELEASE,
@@ -270,12 +264,23 @@ async fn autostop(
         )
     } else {
         stop_script()
-    };
-    let mut commands = Vec::new();
-    for host in hosts.iter().skip(1) {
-        commands.push(head_ssh(access, host, sh_line(&script, &[token])).await);
     }
-    commands.push(sh_argv(&script, &[token]));
+}
+
+/// What the head runs when the cluster is idle long enough: `script` (with the token as
+/// `$1`) on the other nodes first (over its links' key, at `peers`), then on itself.
+async fn autostop(
+    access: &Access,
+    peers: &[Host],
+    token: &str,
+    a: &crate::model::Autostop,
+    script: &str,
+) -> crate::runtime::Autostop {
+    let mut commands = Vec::new();
+    for host in peers.iter().skip(1) {
+        commands.push(head_ssh(access, host, sh_line(script, &[token])).await);
+    }
+    commands.push(sh_argv(script, &[token]));
     crate::runtime::Autostop {
         idle_seconds: crate::runtime::idle_seconds(a.idle_minutes),
         commands,
@@ -293,7 +298,8 @@ fn failed(host: &Host, what: &str, out: &Output) -> ProviderError {
 
 /// Installs the agent on every host of a cluster (once per build), links the head to the
 /// others (reaching them at `peers`, their addresses as the head sees them: the hosts
-/// themselves on a pool, private addresses on a cloud) and starts every node's agent; `info` (without links) is what the head schedules
+/// themselves on a pool, private addresses on a cloud) and starts every node's agent;
+/// `autostop_spec` comes with the script each node runs when the cluster autostops; `info` (without links) is what the head schedules
 /// by. Starting again is harmless: running agents are kept, the head's files rewritten.
 /// Returns the build the cluster runs.
 pub async fn boot(
@@ -302,7 +308,7 @@ pub async fn boot(
     peers: &[Host],
     token: &str,
     mut info: ClusterInfo,
-    autostop_spec: Option<&crate::model::Autostop>,
+    autostop_spec: Option<(&crate::model::Autostop, String)>,
     exe: &Path,
 ) -> Result<String, ProviderError> {
     let build = build_of(exe).map_err(|e| {
@@ -334,8 +340,8 @@ pub async fn boot(
         info.links
             .insert(rank as u32, head_ssh(access, host, link).await);
     }
-    if let Some(a) = autostop_spec {
-        info.autostop = Some(autostop(access, peers, token, a).await);
+    if let Some((a, script)) = autostop_spec {
+        info.autostop = Some(autostop(access, peers, token, a, &script).await);
     }
     info.build = Some(build.clone());
     info.hosts = hosts.iter().map(ToString::to_string).collect();
