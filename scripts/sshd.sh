@@ -7,6 +7,8 @@
 #   hosts               one `ADDRESS PORT` line per server, in order
 #   host-I/             each server's config, host key, pid, log, and `gpus` (the GPU
 #                       inventory skyform reads there, through SKYFORM_GPUS_FILE)
+#   shared-hosts        `ADDRESS PORT` of two more servers whose hosts share one home
+#                       (shared-home/), each with its own hostname and no SKYFORM_HOST_DIR
 #   netns-hosts         `ADDRESS PORT NAMESPACE` of one more server in a network namespace
 #                       of its own (netns-1/), when the machine allows (root, iproute2);
 #                       SKYFORM_TEST_NETNS=0 leaves it out
@@ -159,6 +161,25 @@ CFG
   else
     echo "sshd.sh: network namespaces are not available here; no namespaced host" >&2
   fi
+  # Two more servers whose hosts share one home directory (as NFS homes do), each with a
+  # hostname of its own (a UTS namespace) and no SKYFORM_HOST_DIR: listed in `shared-hosts`
+  # as `ADDRESS PORT`; missing where unshare is not allowed.
+  if command -v unshare >/dev/null && unshare --uts true 2>/dev/null; then
+    mkdir -p "$dir/shared-home/.ssh"
+    : >"$dir/shared-home/.ssh/authorized_keys"
+    for i in 1 2; do
+      addr="127.0.0.$((n + 1 + i))"
+      port=$(python3 -c "import socket; s=socket.socket(); s.bind(('$addr',0)); print(s.getsockname()[1])")
+      h="$dir/shared-$i"
+      configure "$h" "$addr" "$port"
+      sed -i "s|^AuthorizedKeysFile .*|& $dir/shared-home/.ssh/authorized_keys|; s|^SetEnv .*|SetEnv HOME=$dir/shared-home SKYFORM_GPUS_FILE=$h/gpus|" "$h/sshd_config"
+      unshare --uts sh -c "hostname sky-shared-$i && exec \"$sshd_bin\" -D -f \"$h/sshd_config\" -E \"$h/log\"" </dev/null >/dev/null 2>&1 &
+      echo "$addr $port" >>"$dir/shared-hosts"
+      echo "$addr $port" >>"$dir/.wait"
+    done
+  else
+    echo "sshd.sh: unshare --uts is not allowed here; no hosts with a shared home" >&2
+  fi
   # Wait until every server accepts connections.
   while read -r addr port; do
     for _ in $(seq 1 100); do
@@ -172,7 +193,7 @@ CFG
   ;;
 stop)
   if [ -n "${SKYFORM_TEST_SSH_DIR:-}" ] && [ -d "$SKYFORM_TEST_SSH_DIR" ]; then
-    for p in "$SKYFORM_TEST_SSH_DIR"/host-*/pid "$SKYFORM_TEST_SSH_DIR"/netns-*/pid "$SKYFORM_TEST_SSH_DIR"/machine-*/pid; do
+    for p in "$SKYFORM_TEST_SSH_DIR"/host-*/pid "$SKYFORM_TEST_SSH_DIR"/netns-*/pid "$SKYFORM_TEST_SSH_DIR"/machine-*/pid "$SKYFORM_TEST_SSH_DIR"/shared-*/pid; do
       [ -f "$p" ] && kill "$(cat "$p")" 2>/dev/null || true
     done
     if [ -f "$SKYFORM_TEST_SSH_DIR/netns-hosts" ]; then

@@ -25,9 +25,18 @@ pub use provider::SshProvider;
 pub use remote::RemoteCluster;
 pub use transport::{Access, Connection, Output, control_dir, default_known_hosts};
 
-/// The directory skyform keeps on each host: `$SKYFORM_HOST_DIR`, else `~/.skyform/host`
-/// (set `SKYFORM_HOST_DIR` on hosts that share one home directory, such as NFS homes).
-pub const HOST_DIR: &str = r#"dir="${SKYFORM_HOST_DIR:-$HOME/.skyform/host}""#;
+/// The directory skyform keeps on each host: `$SKYFORM_HOST_DIR` when set, else one per host
+/// under `~/.skyform/host/`, named by the host's identity (its hostname and machine id), so
+/// hosts that share one home directory (NFS homes on lab clusters) keep apart with no setup
+/// on the server. A home that already has skyform's files directly in `~/.skyform/host`
+/// (from builds before this) keeps using them.
+pub const HOST_DIR: &str = r#"dir="${SKYFORM_HOST_DIR:-}"
+if [ -z "$dir" ]; then
+  dir="$HOME/.skyform/host"
+  if ! [ -e "$dir/clusters" ] && ! [ -e "$dir/bin" ] && ! [ -L "$dir/reservation" ] && ! [ -e "$dir/reservation" ]; then
+    dir="$dir/$(hostname 2>/dev/null || uname -n)-$(cut -c1-12 /etc/machine-id 2>/dev/null)"
+  fi
+fi"#;
 
 /// Waits for work running on several hosts at once; the first failure (a task that
 /// panicked counts) is the answer, after every task has ended.
