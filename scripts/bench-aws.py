@@ -9,8 +9,10 @@
   2. the time to fail over past 5 blocked zones (capacity errors on every us-east-1 zone,
      then success in us-west-2), from the first RunInstances to the one that works.
 
-Every run goes through scripts/ec2-proxy.py with a fresh moto account. Uses $SKYFORM_BIN,
-else target/release/skyform, else target/debug/skyform; starts moto unless
+Every run goes through scripts/ec2-proxy.py with a fresh moto account, whose instances are
+made real machines (`scripts/sshd.sh cloud`, unless $SKYFORM_TEST_CLOUD_DIR is set): a
+cluster's figures include setting its machine up (ssh, the agent). Uses $SKYFORM_BIN, else
+target/release/skyform, else target/debug/skyform; starts moto unless
 $SKYFORM_TEST_MOTO_ENDPOINT is set.
 
 usage: scripts/bench-aws.py [--clusters N]
@@ -54,12 +56,29 @@ def moto():
     return env["SKYFORM_TEST_MOTO_ENDPOINT"], env["MOTO_DIR"]
 
 
+def machines():
+    """The servers moto's instances become: `ADDRESS DIR` lines."""
+    if os.environ.get("SKYFORM_TEST_CLOUD_DIR"):
+        return os.path.join(os.environ["SKYFORM_TEST_CLOUD_DIR"], "machines")
+    out = subprocess.run([os.path.join(ROOT, "scripts/sshd.sh"), "cloud", "3"], check=True,
+                         capture_output=True, text=True).stdout
+    cloud = out.strip().split("=", 1)[1]
+    atexit.register(lambda: subprocess.run([os.path.join(ROOT, "scripts/sshd.sh"), "stop"],
+                                           env=dict(os.environ, SKYFORM_TEST_SSH_DIR=cloud)))
+    return os.path.join(cloud, "machines")
+
+
+MACHINES = None
+
+
 class Proxy:
     def __init__(self, target, rules=(), latency=0.0):
+        global MACHINES
+        MACHINES = MACHINES or machines()
         account = str(random.randrange(100_000_000_000, 999_999_999_999))
         self.p = subprocess.Popen([sys.executable, os.path.join(ROOT, "scripts/ec2-proxy.py"), target,
                                    "--account", account, "--rules", json.dumps(list(rules)),
-                                   "--latency", str(latency)],
+                                   "--latency", str(latency), "--machines", MACHINES],
                                   stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         atexit.register(self.stop)
         self.url = f"http://127.0.0.1:{self.p.stdout.readline().strip()}"

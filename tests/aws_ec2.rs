@@ -1251,3 +1251,90 @@ job "long" {
     w.ok(&["destroy", "-auto-approve"]);
     assert!(w.proxy.live("us-east-1").await.is_empty());
 }
+
+/// Host keys belong to their cluster: a key that changes under a living cluster is refused,
+/// while a new machine at an address an old cluster used (addresses are reused all the
+/// time in a VPC) is trusted for its own cluster. On a machine of the test's own, whose key
+/// the test changes.
+#[tokio::test]
+#[ignore = "needs moto: run ./scripts/test.sh"]
+async fn host_keys_belong_to_their_cluster() {
+    let _ = machines(); // the same requirement as the other tests
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/sshd.sh");
+    let out = Command::new(&script).args(["cloud", "1"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let cloud = PathBuf::from(text.trim().split_once('=').unwrap().1);
+    struct Stop(PathBuf);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/sshd.sh");
+            let _ = Command::new(script)
+                .arg("stop")
+                .env("SKYFORM_TEST_SSH_DIR", &self.0)
+                .status();
+        }
+    }
+    let _stop = Stop(cloud.clone());
+    let machines = cloud.join("machines");
+    let proxy = Proxy::start_with(&["--machines", machines.to_str().unwrap()]);
+    let cluster = |name: &str| {
+        format!(
+            "cluster \"{name}\" {{\n  resources {{\n    instance_type = \"m6i.large\"\n  }}\n}}\n"
+        )
+    };
+    let w = Work::with_proxy(proxy, &["us-east-1"], &cluster("a"));
+    w.ok(&["apply", "-auto-approve"]);
+    w.ok(&["ssh", "cluster.a", "--", "true"]);
+
+    // The machine's key changes under the living cluster: refused.
+    let m = cloud.join("machine-1");
+    let pid = std::fs::read_to_string(m.join("pid")).unwrap();
+    Command::new("kill").arg(pid.trim()).status().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    for f in ["ssh_host_ed25519_key", "ssh_host_ed25519_key.pub"] {
+        std::fs::remove_file(m.join(f)).unwrap();
+    }
+    let made = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(m.join("ssh_host_ed25519_key"))
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let sshd = if Path::new("/usr/sbin/sshd").exists() {
+        "/usr/sbin/sshd"
+    } else {
+        "sshd"
+    };
+    let mut server = Command::new(sshd)
+        .arg("-D")
+        .arg("-f")
+        .arg(m.join("sshd_config"))
+        .arg("-E")
+        .arg(m.join("log"))
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let (ok, text) = w.run(&["ssh", "cluster.a", "--", "true"]);
+    assert!(
+        !ok,
+        "a changed key under a living cluster is refused:\n{text}"
+    );
+
+    // A new cluster on a new machine at the same address: trusted for itself.
+    w.write_config(
+        &std::fs::read_to_string(w.path().join("main.sky.hcl"))
+            .unwrap()
+            .replace("cluster \"a\"", "cluster \"b\""),
+    );
+    w.ok(&["apply", "-auto-approve"]);
+    w.ok(&["ssh", "cluster.b", "--", "true"]);
+    w.ok(&["destroy", "-auto-approve"]);
+    let _ = server.kill();
+    let _ = server.wait();
+}
