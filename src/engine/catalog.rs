@@ -121,21 +121,20 @@ impl Engine {
             scopes.insert(infra.kind.clone(), (zones, zone_regions));
         }
         // zones: spot offerings in those zones; on-demand ones in their regions.
-        Ok(Some(
-            catalog
-                .offerings_of(&wanted, kinds)
-                .into_iter()
-                .filter(|o| {
-                    scopes.get(&o.cloud).is_none_or(|(zones, zone_regions)| {
-                        zones.is_empty()
-                            || match &o.zone {
-                                Some(z) => zones.contains(z),
-                                None => o.region.as_ref().is_some_and(|r| zone_regions.contains(r)),
-                            }
-                    })
+        let mut offerings = catalog.offerings_of(&wanted, kinds);
+        // Only when some cloud names zones: a pass over every offering otherwise.
+        if scopes.values().any(|(zones, _)| !zones.is_empty()) {
+            offerings.retain(|o| {
+                scopes.get(&o.cloud).is_none_or(|(zones, zone_regions)| {
+                    zones.is_empty()
+                        || match &o.zone {
+                            Some(z) => zones.contains(z),
+                            None => o.region.as_ref().is_some_and(|r| zone_regions.contains(r)),
+                        }
                 })
-                .collect(),
-        ))
+            });
+        }
+        Ok(Some(offerings))
     }
 
     /// `skyform offers`: the ranked offers for a request. In a configuration that declares

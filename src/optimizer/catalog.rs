@@ -772,6 +772,8 @@ fn join_gpus(cc: &CloudCatalog, multiplier: f64, in_scope: &[bool], kinds: Kinds
     // Host VMs by zone (sorted by zone id, in catalog order within one): only the families
     // GPUs are joined with (n1 and the fixed families), a small part of the catalog.
     let may_host = s.flags(may_host_gpus);
+    let n1 = s.flags(|t| t.starts_with("n1-"));
+    let mut fixed_ids: BTreeMap<(u32, u64), Option<Vec<u32>>> = BTreeMap::new();
     let flag = |flags: &[bool], id: u32| flags.get(id as usize).copied().unwrap_or(false);
     let mut hosts: Vec<(u32, u32, rows::Row)> = cc
         .vms
@@ -801,20 +803,23 @@ fn join_gpus(cc: &CloudCatalog, multiplier: f64, in_scope: &[bool], kinds: Kinds
         let Some(zone_hosts) = hosts.get(from..to).filter(|z| !z.is_empty()) else {
             continue;
         };
-        let fixed = fixed_hosts(name, count);
+        // The fixed host types as ids (a type the table lacks has no machine here).
+        let fixed = fixed_ids
+            .entry((gpu.accelerator, count.to_bits()))
+            .or_insert_with(|| {
+                fixed_hosts(name, count)
+                    .map(|types| types.iter().filter_map(|t| s.find(t)).collect::<Vec<u32>>())
+            })
+            .as_deref();
         // Every n1 host with at least the default vCPUs for the GPUs; the optimizer
         // applies SkyPilot's 4 GiB per vCPU when the request says neither cpus nor
         // memory (T4:1 → n1-highmem-4), and the request's own numbers otherwise.
         let need = n1_default_cpus(name, count);
-        let fits = |h: &rows::Row| match &fixed {
-            Some(types) => types.iter().any(|t| t == s.get(h.instance_type)),
+        let fits = |h: &rows::Row| match fixed {
+            Some(types) => types.contains(&h.instance_type),
             // Up to four times the default: enough room for a `cpus` request without
             // multiplying the offerings by every n1 size.
-            None => {
-                s.get(h.instance_type).starts_with("n1-")
-                    && h.vcpus >= need
-                    && h.vcpus <= 4.0 * need
-            }
+            None => flag(&n1, h.instance_type) && h.vcpus >= need && h.vcpus <= 4.0 * need,
         };
         let g = g as u32;
         for (_, h, host) in zone_hosts.iter().filter(|h| fits(&h.2)) {
