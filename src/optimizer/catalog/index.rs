@@ -19,14 +19,14 @@
 //! `$XDG_CACHE_HOME/skyform/catalog-index/<hash of the directory's path>.idx`
 //! (`~/.cache/…` without XDG_CACHE_HOME).
 //!
-//! The layout is laid out by hand (little-endian; per cloud a sorted string table and
-//! fixed-size rows, the form `catalog/rows.rs` keeps in memory) rather than through
+//! The layout is laid out by hand (little-endian; per cloud a sorted string table, a table
+//! of machine shapes and fixed-size rows, the form `catalog/rows.rs` keeps in memory) rather than through
 //! serde_json: the rows are used where they lie in the file's buffer, which is the point.
 
 use super::CloudCatalog;
 #[cfg(test)]
 use super::Vm;
-use super::rows::{NONE, ROW, Rows, Strings};
+use super::rows::{NONE, ROW, Rows, SHAPE, Shape, Strings};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -36,7 +36,7 @@ pub const INDEX_FILE: &str = ".skyform-catalog.idx";
 
 const MAGIC: &[u8; 8] = b"SKYFCIX\n";
 /// Bumped by hand when the layout changes; the code hash below catches the rest.
-const FORMAT: u32 = 2;
+const FORMAT: u32 = 3;
 
 /// The code that decides what a catalog means: an index built by other code is not trusted.
 const CODE_HASH: u64 = {
@@ -245,8 +245,8 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
 }
 
 /// Header: magic, format, code hash, body length, body checksum; then the body: stamps,
-/// accelerator list, and per cloud its sorted string table and its rows as they are kept in
-/// memory (`catalog/rows.rs`), so that reading the index copies no row.
+/// accelerator list, and per cloud its sorted string table, its shapes and its rows as they
+/// are kept in memory (`catalog/rows.rs`), so that reading the index copies no row.
 pub(super) fn encode(c: &Contents) -> Vec<u8> {
     let rows: usize = c.clouds.iter().map(CloudCatalog::rows).sum();
     let mut body = Vec::with_capacity(rows * ROW + 64 * 1024);
@@ -279,6 +279,11 @@ pub(super) fn encode(c: &Contents) -> Vec<u8> {
         put_len(&mut body, strings.len());
         for s in strings.iter() {
             put_str(&mut body, s);
+        }
+        // One table for both lists (`rows::encode` shares it).
+        put_len(&mut body, vms.shapes().len());
+        for shape in vms.shapes() {
+            shape.encode(&mut body);
         }
         for rows in [vms, gpus] {
             put_len(&mut body, rows.len());
@@ -391,11 +396,22 @@ pub(super) fn decode(bytes: &Arc<Vec<u8>>, stamps: &[Stamp]) -> Option<Contents>
             list.push(r.str()?);
         }
         let strings = Strings::from_sorted(list)?;
+        let count = r.u32()? as usize;
+        let shapes: Arc<[Shape]> = r
+            .take(count.checked_mul(SHAPE)?)?
+            .as_chunks::<SHAPE>()
+            .0
+            .iter()
+            .map(Shape::decode)
+            .collect();
+        if !shapes.iter().all(|s| s.valid(strings.len())) {
+            return None;
+        }
         let mut rows = || {
             let len = r.u32()? as usize;
             let at = r.at;
             r.take(len.checked_mul(ROW)?)?;
-            Rows::within(bytes, at, len, strings.len())
+            Rows::within(bytes, at, len, &shapes, strings.len())
         };
         let (vms, gpus) = (rows()?, rows()?);
         clouds.push(CloudCatalog::from_parts(strings, vms, gpus));

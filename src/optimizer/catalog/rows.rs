@@ -1,18 +1,23 @@
-//! A cloud's catalog rows in a compact form: fixed 56-byte rows that refer to a sorted table
-//! of the cloud's strings by number. The same bytes are the index's on-disk layout, so a
-//! catalog read through the index is the file's buffer itself: no row is copied, and no
-//! string is allocated, until an offering is built from it.
+//! A cloud's catalog rows in a compact form: fixed 28-byte rows (shape, region, zone, prices)
+//! that refer to a table of the cloud's machine shapes (instance type, accelerator, vCPUs,
+//! memory: a few hundred, where the rows are tens of thousands) and to a sorted table of its
+//! strings, by number. The same bytes are the index's on-disk layout, so a catalog read
+//! through the index is the file's buffer itself: no row is copied, and no string is
+//! allocated, until an offering is built from it.
 //!
-//! Ids are positions in the sorted table, so comparing two ids of one cloud compares their
-//! strings: sorting and grouping rows by region or instance type needs no string compare.
+//! String ids are positions in the sorted table, so comparing two ids of one cloud compares
+//! their strings: sorting and grouping rows by region or instance type needs no string
+//! compare.
 
 use super::Vm;
 use std::sync::Arc;
 
 /// Absent zone or accelerator.
 pub(super) const NONE: u32 = u32::MAX;
-/// Bytes per row: four string ids and five numbers.
-pub(super) const ROW: usize = 4 * 4 + 5 * 8;
+/// Bytes per row: a shape id, two string ids and two prices.
+pub(super) const ROW: usize = 3 * 4 + 2 * 8;
+/// Bytes per shape: two string ids and three numbers.
+pub(super) const SHAPE: usize = 2 * 4 + 3 * 8;
 
 /// The strings a cloud's rows refer to, sorted and unique.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -93,11 +98,13 @@ pub(super) struct Row {
     pub spot_price: Option<f64>,
 }
 
-fn u32_at(b: &[u8; ROW], at: usize) -> u32 {
-    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    let mut w = [0u8; 4];
+    w.copy_from_slice(&b[at..at + 4]);
+    u32::from_le_bytes(w)
 }
 
-fn f64_at(b: &[u8; ROW], at: usize) -> f64 {
+fn f64_at(b: &[u8], at: usize) -> f64 {
     let mut w = [0u8; 8];
     w.copy_from_slice(&b[at..at + 8]);
     f64::from_bits(u64::from_le_bytes(w))
@@ -108,47 +115,89 @@ fn price(v: f64) -> Option<f64> {
     Some(v).filter(|v| v.is_finite())
 }
 
-impl Row {
-    pub fn decode(b: &[u8; ROW]) -> Row {
-        Row {
+fn put_u32(out: &mut Vec<u8>, v: u32) {
+    out.extend_from_slice(&v.to_le_bytes());
+}
+
+fn put_f64(out: &mut Vec<u8>, v: f64) {
+    out.extend_from_slice(&v.to_bits().to_le_bytes());
+}
+
+/// What rows of one machine shape share: instance type, accelerator, vCPUs and memory.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) struct Shape {
+    pub instance_type: u32,
+    /// [`NONE`] when the machine has no accelerator.
+    pub accelerator: u32,
+    pub count: f64,
+    pub vcpus: f64,
+    pub memory_gib: f64,
+}
+
+impl Shape {
+    pub fn decode(b: &[u8; SHAPE]) -> Shape {
+        Shape {
             instance_type: u32_at(b, 0),
-            region: u32_at(b, 4),
-            zone: u32_at(b, 8),
-            accelerator: u32_at(b, 12),
-            count: f64_at(b, 16),
-            vcpus: f64_at(b, 24),
-            memory_gib: f64_at(b, 32),
-            price: price(f64_at(b, 40)),
-            spot_price: price(f64_at(b, 48)),
+            accelerator: u32_at(b, 4),
+            count: f64_at(b, 8),
+            vcpus: f64_at(b, 16),
+            memory_gib: f64_at(b, 24),
         }
     }
 
-    fn encode(&self, out: &mut Vec<u8>) {
-        for v in [self.instance_type, self.region, self.zone, self.accelerator] {
-            out.extend_from_slice(&v.to_le_bytes());
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        put_u32(out, self.instance_type);
+        put_u32(out, self.accelerator);
+        for v in [self.count, self.vcpus, self.memory_gib] {
+            put_f64(out, v);
         }
-        for v in [
-            self.count,
-            self.vcpus,
-            self.memory_gib,
-            self.price.unwrap_or(f64::NAN),
-            self.spot_price.unwrap_or(f64::NAN),
-        ] {
-            out.extend_from_slice(&v.to_bits().to_le_bytes());
+    }
+
+    /// Whether its ids are of a table of `n` strings (or absent where they may be).
+    pub fn valid(&self, n: usize) -> bool {
+        (self.instance_type as usize) < n
+            && (self.accelerator == NONE || (self.accelerator as usize) < n)
+    }
+
+    /// Bitwise, so that shapes can be told apart by their encoding.
+    fn key(&self) -> (u32, u32, u64, u64, u64) {
+        (
+            self.instance_type,
+            self.accelerator,
+            self.count.to_bits(),
+            self.vcpus.to_bits(),
+            self.memory_gib.to_bits(),
+        )
+    }
+}
+
+/// A shape for ids that do not resolve (validated rows never have one).
+const NO_SHAPE: Shape = Shape {
+    instance_type: 0,
+    accelerator: NONE,
+    count: 0.0,
+    vcpus: 0.0,
+    memory_gib: 0.0,
+};
+
+impl Row {
+    pub fn decode(b: &[u8; ROW], shapes: &[Shape]) -> Row {
+        let shape = shapes.get(u32_at(b, 0) as usize).unwrap_or(&NO_SHAPE);
+        Row {
+            instance_type: shape.instance_type,
+            region: u32_at(b, 4),
+            zone: u32_at(b, 8),
+            accelerator: shape.accelerator,
+            count: shape.count,
+            vcpus: shape.vcpus,
+            memory_gib: shape.memory_gib,
+            price: price(f64_at(b, 12)),
+            spot_price: price(f64_at(b, 20)),
         }
     }
 
     pub fn has_accelerator(&self) -> bool {
         self.accelerator != NONE
-    }
-
-    /// Whether every id is one of a table of `n` strings (or absent where it may be).
-    fn valid(&self, n: usize) -> bool {
-        let ok = |id: u32| (id as usize) < n;
-        ok(self.instance_type)
-            && ok(self.region)
-            && (self.zone == NONE || ok(self.zone))
-            && (self.accelerator == NONE || ok(self.accelerator))
     }
 
     /// The row as an owned [`Vm`].
@@ -167,12 +216,22 @@ impl Row {
     }
 }
 
+/// Whether the row's ids are of `shapes` shapes and a table of `n` strings.
+fn valid_row(b: &[u8; ROW], shapes: usize, n: usize) -> bool {
+    let zone = u32_at(b, 8);
+    (u32_at(b, 0) as usize) < shapes
+        && (u32_at(b, 4) as usize) < n
+        && (zone == NONE || (zone as usize) < n)
+}
+
 /// A run of rows inside a shared buffer (the index file as read, or an encoded CSV).
 #[derive(Clone, Default)]
 pub(super) struct Rows {
     bytes: Arc<Vec<u8>>,
     start: usize,
     len: usize,
+    /// The cloud's shapes, which its rows refer to.
+    shapes: Arc<[Shape]>,
 }
 
 impl std::fmt::Debug for Rows {
@@ -183,21 +242,33 @@ impl std::fmt::Debug for Rows {
 
 impl PartialEq for Rows {
     fn eq(&self, other: &Rows) -> bool {
-        self.bytes() == other.bytes()
+        self.bytes() == other.bytes() && self.shapes == other.shapes
     }
 }
 
 impl Rows {
-    /// The `len` rows at `start` of `bytes`, if they are there and refer only to strings
-    /// of a table of `strings` entries.
-    pub fn within(bytes: &Arc<Vec<u8>>, start: usize, len: usize, strings: usize) -> Option<Rows> {
+    /// The `len` rows at `start` of `bytes`, if they are there and refer only to `shapes`
+    /// and to strings of a table of `strings` entries.
+    pub fn within(
+        bytes: &Arc<Vec<u8>>,
+        start: usize,
+        len: usize,
+        shapes: &Arc<[Shape]>,
+        strings: usize,
+    ) -> Option<Rows> {
         let end = len.checked_mul(ROW)?.checked_add(start)?;
         let rows = Rows {
             bytes: Arc::clone(bytes),
             start,
             len,
+            shapes: Arc::clone(shapes),
         };
-        (end <= bytes.len() && rows.iter().all(|r| r.valid(strings))).then_some(rows)
+        let valid = |b| valid_row(b, shapes.len(), strings);
+        (end <= bytes.len() && rows.bytes().as_chunks::<ROW>().0.iter().all(valid)).then_some(rows)
+    }
+
+    pub fn shapes(&self) -> &[Shape] {
+        &self.shapes
     }
 
     pub fn bytes(&self) -> &[u8] {
@@ -215,31 +286,27 @@ impl Rows {
     }
 
     pub fn iter(&self) -> impl Iterator<Item = Row> + '_ {
-        self.bytes().as_chunks::<ROW>().0.iter().map(Row::decode)
+        let shapes: &[Shape] = &self.shapes;
+        self.bytes()
+            .as_chunks::<ROW>()
+            .0
+            .iter()
+            .map(move |b| Row::decode(b, shapes))
     }
 
     /// Row `i` (only called with the position of a row this list has).
     pub fn row(&self, i: u32) -> Row {
         let (chunks, _) = self.bytes().as_chunks::<ROW>();
-        chunks.get(i as usize).map_or(
-            Row {
-                instance_type: 0,
-                region: 0,
-                zone: NONE,
-                accelerator: NONE,
-                count: 0.0,
-                vcpus: 0.0,
-                memory_gib: 0.0,
-                price: None,
-                spot_price: None,
-            },
-            Row::decode,
-        )
+        match chunks.get(i as usize) {
+            Some(b) => Row::decode(b, &self.shapes),
+            None => Row::decode(&[0xff; ROW], &[]),
+        }
     }
 }
 
 /// The compact form of a cloud's rows: its string table and the rows with an instance type
-/// (`vms`) and without (`gpus`), each list in its given order.
+/// (`vms`) and without (`gpus`), each list in its given order, sharing one table of shapes
+/// (in the order they first appear).
 pub(super) fn encode(vms: &[Vm], gpus: &[Vm]) -> (Strings, Rows, Rows) {
     let all = || vms.iter().chain(gpus);
     let mut names: Vec<&str> = all()
@@ -257,31 +324,41 @@ pub(super) fn encode(vms: &[Vm], gpus: &[Vm]) -> (Strings, Rows, Rows) {
     names.dedup();
     let strings = Strings::from_sorted(names.iter().copied()).unwrap_or_default();
     let id = |s: &str| names.binary_search(&s).map_or(NONE, |i| i as u32);
+    let mut shapes: Vec<Shape> = Vec::new();
+    let mut shape_ids = std::collections::HashMap::new();
     let mut bytes = Vec::with_capacity((vms.len() + gpus.len()) * ROW);
     for v in all() {
-        Row {
+        let shape = Shape {
             instance_type: id(&v.instance_type),
-            region: id(&v.region),
-            zone: v.zone.as_deref().map_or(NONE, id),
             accelerator: v.accelerator.as_ref().map_or(NONE, |a| id(&a.0)),
             count: v.accelerator.as_ref().map_or(0.0, |a| a.1),
             vcpus: v.vcpus,
             memory_gib: v.memory_gib,
-            price: v.price,
-            spot_price: v.spot_price,
-        }
-        .encode(&mut bytes);
+        };
+        let n = shapes.len() as u32;
+        let shape_id = *shape_ids.entry(shape.key()).or_insert_with(|| {
+            shapes.push(shape);
+            n
+        });
+        put_u32(&mut bytes, shape_id);
+        put_u32(&mut bytes, id(&v.region));
+        put_u32(&mut bytes, v.zone.as_deref().map_or(NONE, id));
+        put_f64(&mut bytes, v.price.unwrap_or(f64::NAN));
+        put_f64(&mut bytes, v.spot_price.unwrap_or(f64::NAN));
     }
     let bytes = Arc::new(bytes);
+    let shapes: Arc<[Shape]> = shapes.into();
     let vms_rows = Rows {
         bytes: Arc::clone(&bytes),
         start: 0,
         len: vms.len(),
+        shapes: Arc::clone(&shapes),
     };
     let gpu_rows = Rows {
         bytes,
         start: vms.len() * ROW,
         len: gpus.len(),
+        shapes,
     };
     (strings, vms_rows, gpu_rows)
 }
