@@ -37,7 +37,8 @@ pub struct Vm {
     pub zone: Option<String>,
 }
 
-/// One cloud's catalog, compact: rows that refer to a sorted table of the cloud's strings.
+/// One cloud's catalog, compact: rows that refer to tables of the cloud's machine shapes and
+/// (sorted) strings by number; see `catalog/rows.rs`.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct CloudCatalog {
     strings: rows::Strings,
