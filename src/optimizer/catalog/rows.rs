@@ -309,21 +309,30 @@ impl Rows {
 /// (in the order they first appear).
 pub(super) fn encode(vms: &[Vm], gpus: &[Vm]) -> (Strings, Rows, Rows) {
     let all = || vms.iter().chain(gpus);
-    let mut names: Vec<&str> = all()
-        .flat_map(|v| {
-            [
-                Some(v.instance_type.as_str()),
-                Some(v.region.as_str()),
-                v.zone.as_deref(),
-                v.accelerator.as_ref().map(|a| a.0.as_str()),
-            ]
-        })
-        .flatten()
-        .collect();
+    // Interned in order of appearance first (one hash lookup per string), then numbered in
+    // sorted order: sorting every row's strings would cost more than the parse.
+    let mut first: std::collections::HashMap<&str, u32> = std::collections::HashMap::new();
+    let mut names: Vec<&str> = Vec::new();
+    for v in all() {
+        let strs = [
+            Some(v.instance_type.as_str()),
+            Some(v.region.as_str()),
+            v.zone.as_deref(),
+            v.accelerator.as_ref().map(|a| a.0.as_str()),
+        ];
+        for s in strs.into_iter().flatten() {
+            first.entry(s).or_insert_with(|| {
+                names.push(s);
+                names.len() as u32 - 1
+            });
+        }
+    }
     names.sort_unstable();
-    names.dedup();
     let strings = Strings::from_sorted(names.iter().copied()).unwrap_or_default();
-    let id = |s: &str| names.binary_search(&s).map_or(NONE, |i| i as u32);
+    for (i, s) in names.iter().enumerate() {
+        first.insert(s, i as u32);
+    }
+    let id = |s: &str| first.get(s).copied().unwrap_or(NONE);
     let mut shapes: Vec<Shape> = Vec::new();
     let mut shape_ids = std::collections::HashMap::new();
     let mut bytes = Vec::with_capacity((vms.len() + gpus.len()) * ROW);
