@@ -6,7 +6,7 @@ use crate::config::{InfraConfig, diag::did_you_mean};
 use crate::model::backend;
 use crate::optimizer::catalog::{self, Catalog, Kinds};
 use crate::optimizer::{Candidate, Offering};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// What `skyform offers` asks for: a request, and which kinds of offerings to build.
@@ -96,12 +96,8 @@ impl Engine {
                 .hint("`skyform catalog update` fetches it"));
             };
             // Asked per declared region; the catalog's whole list only to explain a bad one.
-            if let Some(bad) = regions
-                .iter()
-                .find(|r| !cloud.vms.iter().any(|v| v.region == **r))
-            {
-                let known: BTreeSet<&str> = cloud.vms.iter().map(|v| v.region.as_str()).collect();
-                let names: Vec<&str> = known.into_iter().collect();
+            if let Some(bad) = regions.iter().find(|r| !cloud.has_region(r)) {
+                let names = cloud.regions();
                 let hint = match did_you_mean(bad, names.iter().copied()) {
                     Some(s) => format!("did you mean {s:?}?"),
                     None => format!("the {} catalog has: {}", infra.kind, names.join(", ")),
@@ -113,42 +109,32 @@ impl Engine {
                 .hint(hint));
             }
             let zones = string_list(infra, "zones");
-            if let Some(bad) = zones
-                .iter()
-                .find(|z| !cloud.vms.iter().any(|v| v.zone.as_ref() == Some(*z)))
-            {
+            if let Some(bad) = zones.iter().find(|z| !cloud.has_zone(z)) {
                 return Err(Error::new(format!(
                     "infra \"{}\": zone {bad:?} is not in the catalog",
                     infra.kind
                 ))
                 .hint("zones look like us-east-1a (aws) or us-central1-b (gcp)"));
             }
-            let zone_regions: BTreeSet<&str> = cloud
-                .vms
-                .iter()
-                .filter(|v| v.zone.as_ref().is_some_and(|z| zones.contains(z)))
-                .map(|v| v.region.as_str())
-                .collect();
-            let zone_regions: Vec<String> = zone_regions.into_iter().map(String::from).collect();
+            let zone_regions = cloud.regions_of_zones(&zones);
             wanted.push((infra.kind.clone(), multiplier, regions));
             scopes.insert(infra.kind.clone(), (zones, zone_regions));
         }
         // zones: spot offerings in those zones; on-demand ones in their regions.
-        Ok(Some(
-            catalog
-                .offerings_of(&wanted, kinds)
-                .into_iter()
-                .filter(|o| {
-                    scopes.get(&o.cloud).is_none_or(|(zones, zone_regions)| {
-                        zones.is_empty()
-                            || match &o.zone {
-                                Some(z) => zones.contains(z),
-                                None => o.region.as_ref().is_some_and(|r| zone_regions.contains(r)),
-                            }
-                    })
+        let mut offerings = catalog.offerings_of(&wanted, kinds);
+        // Only when some cloud names zones: a pass over every offering otherwise.
+        if scopes.values().any(|(zones, _)| !zones.is_empty()) {
+            offerings.retain(|o| {
+                scopes.get(&o.cloud).is_none_or(|(zones, zone_regions)| {
+                    zones.is_empty()
+                        || match &o.zone {
+                            Some(z) => zones.contains(z),
+                            None => o.region.as_ref().is_some_and(|r| zone_regions.contains(r)),
+                        }
                 })
-                .collect(),
-        ))
+            });
+        }
+        Ok(Some(offerings))
     }
 
     /// `skyform offers`: the ranked offers for a request. In a configuration that declares

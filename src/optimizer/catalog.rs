@@ -12,6 +12,7 @@
 //! with enough vCPUs and at least 4 GiB per vCPU for the others.
 
 mod index;
+mod rows;
 #[cfg(test)]
 mod tests;
 mod update;
@@ -22,7 +23,8 @@ use super::{Micros, Offering, micros_from_dollars};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-/// One machine shape at one place, as the catalog lists it.
+/// One machine shape at one place, as the catalog lists it (an owned copy of a row; the
+/// catalog keeps its rows in a compact form, see `catalog/rows.rs`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Vm {
     pub instance_type: String,
@@ -35,13 +37,90 @@ pub struct Vm {
     pub zone: Option<String>,
 }
 
-/// One cloud's catalog.
+/// One cloud's catalog, compact: rows that refer to tables of the cloud's machine shapes and
+/// (sorted) strings by number; see `catalog/rows.rs`.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct CloudCatalog {
+    strings: rows::Strings,
     /// Rows with an instance type.
-    pub vms: Vec<Vm>,
+    vms: rows::Rows,
     /// Accelerators priced on their own (GCP), per zone: the row's price is for `count` GPUs.
-    pub gpus: Vec<Vm>,
+    gpus: rows::Rows,
+}
+
+impl CloudCatalog {
+    /// The catalog of these rows: `vms` with an instance type, `gpus` (GCP's separately
+    /// priced accelerators) without.
+    pub fn from_rows(vms: &[Vm], gpus: &[Vm]) -> CloudCatalog {
+        let (strings, vms, gpus) = rows::encode(vms, gpus);
+        CloudCatalog { strings, vms, gpus }
+    }
+
+    fn from_parts(strings: rows::Strings, vms: rows::Rows, gpus: rows::Rows) -> CloudCatalog {
+        CloudCatalog { strings, vms, gpus }
+    }
+
+    fn parts(&self) -> (&rows::Strings, &rows::Rows, &rows::Rows) {
+        (&self.strings, &self.vms, &self.gpus)
+    }
+
+    /// The rows with an instance type, as owned values.
+    pub fn vms(&self) -> Vec<Vm> {
+        self.vms.iter().map(|r| r.vm(&self.strings)).collect()
+    }
+
+    /// The separately priced accelerators, as owned values.
+    pub fn gpus(&self) -> Vec<Vm> {
+        self.gpus.iter().map(|r| r.vm(&self.strings)).collect()
+    }
+
+    /// How many rows the cloud's file had that are kept (both kinds).
+    pub fn rows(&self) -> usize {
+        self.vms.len() + self.gpus.len()
+    }
+
+    /// Whether a machine of the catalog is in `region` (as written).
+    pub fn has_region(&self, region: &str) -> bool {
+        self.strings
+            .find(region)
+            .is_some_and(|id| self.vms.iter().any(|r| r.region == id))
+    }
+
+    /// Whether a machine of the catalog is in `zone` (as written).
+    pub fn has_zone(&self, zone: &str) -> bool {
+        self.strings
+            .find(zone)
+            .is_some_and(|id| self.vms.iter().any(|r| r.zone == id))
+    }
+
+    /// The regions of the catalog's machines, sorted.
+    pub fn regions(&self) -> Vec<&str> {
+        self.regions_where(|_| true)
+    }
+
+    /// The regions of the catalog's machines in one of `zones`, sorted.
+    pub fn regions_of_zones(&self, zones: &[String]) -> Vec<String> {
+        let ids: Vec<u32> = zones.iter().filter_map(|z| self.strings.find(z)).collect();
+        self.regions_where(|r| ids.contains(&r.zone))
+            .into_iter()
+            .map(String::from)
+            .collect()
+    }
+
+    fn regions_where(&self, keep: impl Fn(&rows::Row) -> bool) -> Vec<&str> {
+        let mut seen = vec![false; self.strings.len()];
+        for r in self.vms.iter().filter(|r| keep(r)) {
+            if let Some(s) = seen.get_mut(r.region as usize) {
+                *s = true;
+            }
+        }
+        // Ids are in string order.
+        self.strings
+            .iter()
+            .zip(seen)
+            .filter_map(|(s, seen)| seen.then_some(s))
+            .collect()
+    }
 }
 
 /// Which offerings to build: on demand and/or spot, with and/or without accelerators.
@@ -257,7 +336,7 @@ impl Catalog {
         {
             catalog.files.push(LoadedFile {
                 cloud: cloud.clone(),
-                rows: cc.vms.len() + cc.gpus.len(),
+                rows: cc.rows(),
                 modified,
                 path,
             });
@@ -281,26 +360,26 @@ impl Catalog {
         regions: &[String],
         kinds: Kinds,
     ) -> Vec<Offering> {
+        let Some(cc) = self.clouds.get(cloud) else {
+            return Vec::new();
+        };
         build(&[(
             cloud,
             multiplier,
+            cc,
             self.picks(cloud, multiplier, regions, kinds),
         )])
     }
 
     /// What [`Self::offerings_of_kinds`] makes offerings of, in order.
-    fn picks(
-        &self,
-        cloud: &str,
-        multiplier: f64,
-        regions: &[String],
-        kinds: Kinds,
-    ) -> Vec<Pick<'_>> {
+    fn picks(&self, cloud: &str, multiplier: f64, regions: &[String], kinds: Kinds) -> Vec<Pick> {
         let Some(cc) = self.clouds.get(cloud) else {
             return Vec::new();
         };
-        let in_scope =
-            |r: &str| regions.is_empty() || regions.iter().any(|x| x.eq_ignore_ascii_case(r));
+        // Per string id, so that rows are checked by number.
+        let in_scope = cc
+            .strings
+            .flags(|r| regions.is_empty() || regions.iter().any(|x| x.eq_ignore_ascii_case(r)));
         // Separately priced GPUs (GCP) are joined with their hosts on another thread
         // meanwhile: GCP's catalog is the largest, and this is much of its work.
         let join = !cc.gpus.is_empty() && kinds.gpu;
@@ -320,7 +399,7 @@ impl Catalog {
         wanted: &[(String, f64, Vec<String>)],
         kinds: Kinds,
     ) -> Vec<Offering> {
-        let picks: Vec<Vec<Pick<'_>>> = std::thread::scope(|scope| {
+        let picks: Vec<Vec<Pick>> = std::thread::scope(|scope| {
             let handles: Vec<_> = wanted
                 .iter()
                 .map(|(cloud, m, regions)| {
@@ -332,10 +411,18 @@ impl Catalog {
                 .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
                 .collect()
         });
-        let jobs: Vec<(&str, f64, Vec<Pick<'_>>)> = wanted
+        let empty = CloudCatalog::default();
+        let jobs: Vec<Job<'_>> = wanted
             .iter()
             .zip(picks)
-            .map(|((cloud, m, _), p)| (cloud.as_str(), *m, p))
+            .map(|((cloud, m, _), p)| {
+                (
+                    cloud.as_str(),
+                    *m,
+                    self.clouds.get(cloud).unwrap_or(&empty),
+                    p,
+                )
+            })
             .collect();
         build(&jobs)
     }
@@ -345,8 +432,13 @@ impl Catalog {
         let mut v: Vec<(String, f64)> = self
             .clouds
             .values()
-            .flat_map(|c| c.vms.iter().chain(c.gpus.iter()))
-            .filter_map(|vm| vm.accelerator.clone())
+            .flat_map(|c| {
+                c.vms
+                    .iter()
+                    .chain(c.gpus.iter())
+                    .filter(rows::Row::has_accelerator)
+                    .map(|r| (c.strings.get(r.accelerator).to_string(), r.count))
+            })
             .collect();
         v.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)));
         v.dedup();
@@ -354,28 +446,32 @@ impl Catalog {
     }
 }
 
-/// A future offering: which rows it is made of and its price in dollars, before the
-/// multiplier. Choosing is done on these; offerings (a few heap strings each) are built once
-/// their number is known.
+/// A future offering: which rows (by position in their cloud's lists) it is made of and its
+/// price in dollars, before the multiplier. Choosing is done on these; offerings (a few heap
+/// strings each) are built once their number is known.
 #[derive(Debug, Clone, Copy)]
-enum Pick<'a> {
-    /// A row: on demand for its region, or spot in its zone.
-    Row { vm: &'a Vm, spot: bool, price: f64 },
-    /// A separately priced GPU on a host machine of its zone: spot there when `zone` is given,
-    /// else on demand for the GPU's region.
+enum Pick {
+    /// A row of `vms`: on demand for its region, or spot in its zone.
+    Row { vm: u32, spot: bool, price: f64 },
+    /// A separately priced GPU (a row of `gpus`) on a host machine (of `vms`) of its zone:
+    /// spot there, or on demand for the GPU's region.
     Joined {
-        host: &'a Vm,
-        gpu: &'a Vm,
-        zone: Option<&'a str>,
+        host: u32,
+        gpu: u32,
+        spot: bool,
         price: f64,
     },
 }
 
-/// The offerings of `(cloud, multiplier, picks)` in order. The list is allocated once, whole,
-/// with empty offerings (which allocate nothing), and filled in two halves on two threads:
-/// growing and copying it, or joining per-thread lists, would touch its memory twice.
-fn build(jobs: &[(&str, f64, Vec<Pick<'_>>)]) -> Vec<Offering> {
-    let total: usize = jobs.iter().map(|j| j.2.len()).sum();
+/// A cloud's share of a build: its name, price multiplier, catalog and picks.
+type Job<'a> = (&'a str, f64, &'a CloudCatalog, Vec<Pick>);
+
+/// The offerings of `(cloud, multiplier, catalog, picks)` in order. The list is allocated
+/// once, whole, with empty offerings (which allocate nothing), and filled in two halves on
+/// two threads: growing and copying it, or joining per-thread lists, would touch its memory
+/// twice.
+fn build(jobs: &[Job<'_>]) -> Vec<Offering> {
+    let total: usize = jobs.iter().map(|j| j.3.len()).sum();
     let empty = Offering {
         cloud: String::new(),
         region: None,
@@ -389,41 +485,53 @@ fn build(jobs: &[(&str, f64, Vec<Pick<'_>>)]) -> Vec<Offering> {
         max_nodes: None,
     };
     let mut out = vec![empty; total];
-    type Piece<'s, 'p> = (&'s str, f64, &'s [Pick<'p>], &'s mut [Offering]);
+    type Piece<'s> = (
+        &'s str,
+        f64,
+        &'s CloudCatalog,
+        &'s [Pick],
+        &'s mut [Offering],
+    );
     let (mut first, mut second): (Vec<Piece>, Vec<Piece>) = (Vec::new(), Vec::new());
     let mut rest: &mut [Offering] = &mut out;
     let (half, mut seen) = (total / 2, 0);
-    for (cloud, m, picks) in jobs {
+    for (cloud, m, cc, picks) in jobs {
         let (slots, tail) = std::mem::take(&mut rest).split_at_mut(picks.len());
         rest = tail;
         let n = picks.len();
         if seen + n <= half {
-            first.push((cloud, *m, picks, slots));
+            first.push((cloud, *m, cc, picks, slots));
         } else if seen >= half {
-            second.push((cloud, *m, picks, slots));
+            second.push((cloud, *m, cc, picks, slots));
         } else {
             let (pa, pb) = picks.split_at(half - seen);
             let (sa, sb) = slots.split_at_mut(half - seen);
-            first.push((cloud, *m, pa, sa));
-            second.push((cloud, *m, pb, sb));
+            first.push((cloud, *m, cc, pa, sa));
+            second.push((cloud, *m, cc, pb, sb));
         }
         seen += n;
     }
     let fill = |pieces: Vec<Piece>| {
-        for (cloud, m, picks, slots) in pieces {
+        for (cloud, m, cc, picks, slots) in pieces {
             for (slot, pick) in slots.iter_mut().zip(picks) {
                 *slot = match *pick {
                     Pick::Row { vm, spot, price } => {
-                        // Spot per zone; on demand stands for its whole region.
-                        let zone = if spot { vm.zone.clone() } else { None };
-                        offering(cloud, vm, zone, spot, price, m)
+                        offering(cloud, cc, cc.vms.row(vm), spot, price, m)
                     }
                     Pick::Joined {
                         host,
                         gpu,
-                        zone,
+                        spot,
                         price,
-                    } => joined(cloud, host, gpu, zone.map(String::from), price, m),
+                    } => joined(
+                        cloud,
+                        cc,
+                        cc.vms.row(host),
+                        cc.gpus.row(gpu),
+                        spot,
+                        price,
+                        m,
+                    ),
                 };
             }
         }
@@ -440,25 +548,35 @@ fn build(jobs: &[(&str, f64, Vec<Pick<'_>>)]) -> Vec<Offering> {
     out
 }
 
+/// The offering of a row: spot in its zone, or on demand for its whole region.
 fn offering(
     cloud: &str,
-    vm: &Vm,
-    zone: Option<String>,
+    cc: &CloudCatalog,
+    vm: rows::Row,
     spot: bool,
     price: f64,
     multiplier: f64,
 ) -> Offering {
+    let s = &cc.strings;
     Offering {
         cloud: cloud.to_string(),
-        region: Some(vm.region.clone()),
-        zone,
-        instance_type: vm.instance_type.clone(),
-        accelerators: vm.accelerator.iter().cloned().collect(),
+        region: Some(s.get(vm.region).to_string()),
+        zone: (spot && vm.zone != rows::NONE).then(|| s.get(vm.zone).to_string()),
+        instance_type: s.get(vm.instance_type).to_string(),
+        accelerators: accelerators(s, &vm),
         cpus: vm.vcpus,
         memory_gib: vm.memory_gib,
         spot,
         price: micros_from_dollars(price * multiplier),
         max_nodes: None,
+    }
+}
+
+fn accelerators(s: &rows::Strings, vm: &rows::Row) -> Vec<(String, f64)> {
+    if vm.has_accelerator() {
+        vec![(s.get(vm.accelerator).to_string(), vm.count)]
+    } else {
+        Vec::new()
     }
 }
 
@@ -483,7 +601,7 @@ fn parse_vms(bytes: &[u8]) -> Result<CloudCatalog, String> {
         col("SpotPrice"),
         col("AvailabilityZone"),
     );
-    let mut cc = CloudCatalog::default();
+    let (mut vms, mut gpus) = (Vec::new(), Vec::new());
     for record in rdr.records() {
         let r = record.map_err(|e| e.to_string())?;
         let get = |i: Option<usize>| i.and_then(|i| r.get(i)).unwrap_or("").trim();
@@ -506,13 +624,13 @@ fn parse_vms(bytes: &[u8]) -> Result<CloudCatalog, String> {
         }
         if vm.instance_type.is_empty() {
             if vm.accelerator.is_some() {
-                cc.gpus.push(vm);
+                gpus.push(vm);
             }
         } else {
-            cc.vms.push(vm);
+            vms.push(vm);
         }
     }
-    Ok(cc)
+    Ok(CloudCatalog::from_rows(&vms, &gpus))
 }
 
 /// Families whose machines always carry separately priced GPUs.
@@ -579,31 +697,30 @@ fn n1_default_cpus(name: &str, count: f64) -> f64 {
 }
 
 /// The rows of a cloud with an instance type that become offerings: spot per zone in catalog
-/// order, then on demand per (region, instance type) in that order.
-fn row_picks<'a>(
-    cc: &'a CloudCatalog,
-    in_scope: &dyn Fn(&str) -> bool,
-    kinds: Kinds,
-) -> Vec<Pick<'a>> {
+/// order, then on demand per (region, instance type) in that order. `in_scope` is per
+/// string id (for regions).
+fn row_picks(cc: &CloudCatalog, in_scope: &[bool], kinds: Kinds) -> Vec<Pick> {
     let mut out = Vec::new();
     // On demand: one offering per (region, instance type), the cheapest row and the first
     // of equals; spot: per zone. Catalogs list the zones of a pair one after another, so
     // runs of a pair are folded as they come and only the runs' winners are sorted.
-    let mut on_demand: Vec<(&str, &str, &Vm, f64)> = Vec::new();
+    // (region, instance type, row, price); ids sort as their strings do.
+    let mut on_demand: Vec<(u32, u32, u32, f64)> = Vec::new();
     // Hosts of separately priced GPUs (GCP's a2, a3, a4, g2) come only with their GPUs.
-    let gpu_host = |vm: &Vm| {
-        !cc.gpus.is_empty()
-            && vm.accelerator.is_none()
-            && GPU_HOST_FAMILIES
-                .iter()
-                .any(|f| vm.instance_type.starts_with(f))
+    let host_family = if cc.gpus.is_empty() {
+        Vec::new()
+    } else {
+        cc.strings
+            .flags(|t| GPU_HOST_FAMILIES.iter().any(|f| t.starts_with(f)))
     };
-    for vm in cc
-        .vms
-        .iter()
-        .filter(|v| in_scope(&v.region) && !gpu_host(v))
-    {
-        let wanted = if vm.accelerator.is_some() {
+    let flag = |flags: &[bool], id: u32| flags.get(id as usize).copied().unwrap_or(false);
+    for (i, vm) in cc.vms.iter().enumerate() {
+        if !flag(in_scope, vm.region)
+            || (!vm.has_accelerator() && flag(&host_family, vm.instance_type))
+        {
+            continue;
+        }
+        let wanted = if vm.has_accelerator() {
             kinds.gpu
         } else {
             kinds.cpu
@@ -611,26 +728,27 @@ fn row_picks<'a>(
         if !wanted {
             continue;
         }
+        let i = i as u32;
         if let Some(p) = vm.price.filter(|_| kinds.on_demand) {
             match on_demand.last_mut() {
                 Some(last) if last.0 == vm.region && last.1 == vm.instance_type => {
                     if p < last.3 {
-                        *last = (last.0, last.1, vm, p);
+                        *last = (last.0, last.1, i, p);
                     }
                 }
-                _ => on_demand.push((vm.region.as_str(), vm.instance_type.as_str(), vm, p)),
+                _ => on_demand.push((vm.region, vm.instance_type, i, p)),
             }
         }
         if let Some(sp) = vm.spot_price.filter(|_| kinds.spot) {
             out.push(Pick::Row {
-                vm,
+                vm: i,
                 spot: true,
                 price: sp,
             });
         }
     }
     // Stable, so runs of one pair keep their order and the first of equals still wins.
-    on_demand.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+    on_demand.sort_by_key(|a| (u64::from(a.0) << 32) | u64::from(a.1));
     on_demand.dedup_by(|later, kept| {
         let same = (later.0, later.1) == (kept.0, kept.1);
         if same && later.3 < kept.3 {
@@ -638,6 +756,7 @@ fn row_picks<'a>(
         }
         same
     });
+    out.reserve(on_demand.len());
     out.extend(on_demand.into_iter().map(|(_, _, vm, price)| Pick::Row {
         vm,
         spot: false,
@@ -649,85 +768,82 @@ fn row_picks<'a>(
 /// Offerings for separately priced accelerators: GPU row + host VM in the same zone; spot
 /// ones first. `multiplier` decides ties between on-demand prices as the offerings will
 /// show them.
-fn join_gpus<'a>(
-    cc: &'a CloudCatalog,
-    multiplier: f64,
-    in_scope: &dyn Fn(&str) -> bool,
-    kinds: Kinds,
-) -> Vec<Pick<'a>> {
-    // Host VMs by zone, in catalog order: only the families GPUs are joined with (n1 and
-    // the fixed families), which are a small part of the catalog.
-    let mut hosts: BTreeMap<&str, Vec<&Vm>> = BTreeMap::new();
-    for vm in cc
+fn join_gpus(cc: &CloudCatalog, multiplier: f64, in_scope: &[bool], kinds: Kinds) -> Vec<Pick> {
+    let s = &cc.strings;
+    // Host VMs by zone (sorted by zone id, in catalog order within one): only the families
+    // GPUs are joined with (n1 and the fixed families), a small part of the catalog.
+    let may_host = s.flags(may_host_gpus);
+    let n1 = s.flags(|t| t.starts_with("n1-"));
+    let mut fixed_ids: BTreeMap<(u32, u64), Option<Vec<u32>>> = BTreeMap::new();
+    let flag = |flags: &[bool], id: u32| flags.get(id as usize).copied().unwrap_or(false);
+    let mut hosts: Vec<(u32, u32, rows::Row)> = cc
         .vms
         .iter()
-        .filter(|v| v.accelerator.is_none() && may_host_gpus(&v.instance_type))
-    {
-        if let Some(z) = &vm.zone {
-            hosts.entry(z.as_str()).or_default().push(vm);
-        }
-    }
+        .enumerate()
+        .filter(|(_, v)| {
+            !v.has_accelerator() && flag(&may_host, v.instance_type) && v.zone != rows::NONE
+        })
+        .map(|(i, v)| (v.zone, i as u32, v))
+        .collect();
+    hosts.sort_by_key(|h| h.0);
     let mut spot = Vec::new();
     // On demand per (region, host type, GPU, count): the cheapest, the first of equals. Only
-    // the winners become offerings.
-    type Key<'a> = (&'a str, &'a str, &'a str, u64);
-    let mut on_demand: BTreeMap<Key<'_>, (&Vm, &Vm, f64, Micros)> = BTreeMap::new();
-    for gpu in cc.gpus.iter().filter(|g| in_scope(&g.region)) {
-        let Some((name, count)) = &gpu.accelerator else {
-            continue;
-        };
-        if name.starts_with("tpu-") {
+    // the winners become offerings. Ids order as their strings.
+    type Key = (u32, u32, u32, u64);
+    let mut on_demand: BTreeMap<Key, (u32, u32, f64, Micros)> = BTreeMap::new();
+    for (g, gpu) in cc.gpus.iter().enumerate() {
+        if !flag(in_scope, gpu.region) || !gpu.has_accelerator() {
             continue;
         }
-        let Some(zone) = &gpu.zone else { continue };
-        let Some(zone_hosts) = hosts.get(zone.as_str()) else {
+        let (name, count) = (s.get(gpu.accelerator), gpu.count);
+        if name.starts_with("tpu-") || gpu.zone == rows::NONE {
+            continue;
+        }
+        let from = hosts.partition_point(|h| h.0 < gpu.zone);
+        let to = hosts.partition_point(|h| h.0 <= gpu.zone);
+        let Some(zone_hosts) = hosts.get(from..to).filter(|z| !z.is_empty()) else {
             continue;
         };
-        let candidates: Vec<&Vm> = match fixed_hosts(name, *count) {
-            Some(types) => zone_hosts
-                .iter()
-                .filter(|h| types.contains(&h.instance_type))
-                .copied()
-                .collect(),
-            None => {
-                // Every n1 host with at least the default vCPUs for the GPUs; the optimizer
-                // applies SkyPilot's 4 GiB per vCPU when the request says neither cpus nor
-                // memory (T4:1 → n1-highmem-4), and the request's own numbers otherwise.
-                let need = n1_default_cpus(name, *count);
-                zone_hosts
-                    .iter()
-                    // Up to four times the default: enough room for a `cpus` request
-                    // without multiplying the offerings by every n1 size.
-                    .filter(|h| {
-                        h.instance_type.starts_with("n1-")
-                            && h.vcpus >= need
-                            && h.vcpus <= 4.0 * need
-                    })
-                    .copied()
-                    .collect()
-            }
+        // The fixed host types as ids (a type the table lacks has no machine here).
+        let fixed = fixed_ids
+            .entry((gpu.accelerator, count.to_bits()))
+            .or_insert_with(|| {
+                fixed_hosts(name, count)
+                    .map(|types| types.iter().filter_map(|t| s.find(t)).collect::<Vec<u32>>())
+            })
+            .as_deref();
+        // Every n1 host with at least the default vCPUs for the GPUs; the optimizer
+        // applies SkyPilot's 4 GiB per vCPU when the request says neither cpus nor
+        // memory (T4:1 → n1-highmem-4), and the request's own numbers otherwise.
+        let need = n1_default_cpus(name, count);
+        let fits = |h: &rows::Row| match fixed {
+            Some(types) => types.contains(&h.instance_type),
+            // Up to four times the default: enough room for a `cpus` request without
+            // multiplying the offerings by every n1 size.
+            None => flag(&n1, h.instance_type) && h.vcpus >= need && h.vcpus <= 4.0 * need,
         };
-        for host in candidates {
+        let g = g as u32;
+        for (_, h, host) in zone_hosts.iter().filter(|h| fits(&h.2)) {
             if let (Some(hp), Some(gp), true) = (host.spot_price, gpu.spot_price, kinds.spot) {
                 spot.push(Pick::Joined {
-                    host,
-                    gpu,
-                    zone: Some(zone),
+                    host: *h,
+                    gpu: g,
+                    spot: true,
                     price: hp + gp,
                 });
             }
             if let (Some(hp), Some(gp), true) = (host.price, gpu.price, kinds.on_demand) {
                 let price = micros_from_dollars((hp + gp) * multiplier);
                 let key = (
-                    gpu.region.as_str(),
-                    host.instance_type.as_str(),
-                    name.as_str(),
-                    *count as u64,
+                    gpu.region,
+                    host.instance_type,
+                    gpu.accelerator,
+                    count as u64,
                 );
                 match on_demand.get(&key) {
                     Some((_, _, _, p)) if *p <= price => {}
                     _ => {
-                        on_demand.insert(key, (host, gpu, hp + gp, price));
+                        on_demand.insert(key, (*h, g, hp + gp, price));
                     }
                 }
             }
@@ -739,7 +855,7 @@ fn join_gpus<'a>(
             .map(|(host, gpu, price, _)| Pick::Joined {
                 host,
                 gpu,
-                zone: None,
+                spot: false,
                 price,
             }),
     );
@@ -754,22 +870,24 @@ fn may_host_gpus(instance_type: &str) -> bool {
             .any(|f| instance_type.starts_with(f))
 }
 
-/// The offering of a GPU row on a host machine of its zone.
+/// The offering of a GPU row on a host machine of its zone: spot in that zone, or on demand
+/// for the GPU's region.
 fn joined(
     cloud: &str,
-    host: &Vm,
-    gpu: &Vm,
-    zone: Option<String>,
+    cc: &CloudCatalog,
+    host: rows::Row,
+    gpu: rows::Row,
+    spot: bool,
     price: f64,
     multiplier: f64,
 ) -> Offering {
-    let spot = zone.is_some();
+    let s = &cc.strings;
     Offering {
         cloud: cloud.to_string(),
-        region: Some(gpu.region.clone()),
-        zone,
-        instance_type: host.instance_type.clone(),
-        accelerators: gpu.accelerator.iter().cloned().collect(),
+        region: Some(s.get(gpu.region).to_string()),
+        zone: (spot && gpu.zone != rows::NONE).then(|| s.get(gpu.zone).to_string()),
+        instance_type: s.get(host.instance_type).to_string(),
+        accelerators: accelerators(s, &gpu),
         cpus: host.vcpus,
         memory_gib: host.memory_gib,
         spot,

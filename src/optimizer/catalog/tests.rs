@@ -18,6 +18,7 @@ mod reference {
         let Some(cc) = catalog.clouds.get(cloud) else {
             return Vec::new();
         };
+        let (vms, gpus) = (cc.vms(), cc.gpus());
         let in_scope =
             |r: &str| regions.is_empty() || regions.iter().any(|x| x.eq_ignore_ascii_case(r));
         let mut out = Vec::new();
@@ -25,17 +26,13 @@ mod reference {
         let mut on_demand: BTreeMap<(&str, &str), (&Vm, f64)> = BTreeMap::new();
         // Hosts of separately priced GPUs (GCP's a2, a3, a4, g2) come only with their GPUs.
         let gpu_host = |vm: &Vm| {
-            !cc.gpus.is_empty()
+            !gpus.is_empty()
                 && vm.accelerator.is_none()
                 && GPU_HOST_FAMILIES
                     .iter()
                     .any(|f| vm.instance_type.starts_with(f))
         };
-        for vm in cc
-            .vms
-            .iter()
-            .filter(|v| in_scope(&v.region) && !gpu_host(v))
-        {
+        for vm in vms.iter().filter(|v| in_scope(&v.region) && !gpu_host(v)) {
             let wanted = if vm.accelerator.is_some() {
                 kinds.gpu
             } else {
@@ -61,8 +58,10 @@ mod reference {
         for ((_, _), (vm, p)) in on_demand {
             out.push(offering(cloud, vm, None, false, p, multiplier));
         }
-        if !cc.gpus.is_empty() && kinds.gpu {
-            out.extend(old_join_gpus(cloud, cc, multiplier, &in_scope, kinds));
+        if !gpus.is_empty() && kinds.gpu {
+            out.extend(old_join_gpus(
+                cloud, &vms, &gpus, multiplier, &in_scope, kinds,
+            ));
         }
         out
     }
@@ -70,14 +69,15 @@ mod reference {
     /// Offerings for separately priced accelerators: GPU row + host VM in the same zone.
     fn old_join_gpus(
         cloud: &str,
-        cc: &CloudCatalog,
+        vms: &[Vm],
+        gpus: &[Vm],
         multiplier: f64,
         in_scope: &dyn Fn(&str) -> bool,
         kinds: Kinds,
     ) -> Vec<Offering> {
         // Host VMs by zone, then by instance type.
         let mut hosts: BTreeMap<&str, Vec<&Vm>> = BTreeMap::new();
-        for vm in cc.vms.iter().filter(|v| v.accelerator.is_none()) {
+        for vm in vms.iter().filter(|v| v.accelerator.is_none()) {
             if let Some(z) = &vm.zone {
                 hosts.entry(z.as_str()).or_default().push(vm);
             }
@@ -85,7 +85,7 @@ mod reference {
         let mut spot = Vec::new();
         let mut on_demand: BTreeMap<(String, String, String, u64), (Offering, Micros)> =
             BTreeMap::new();
-        for gpu in cc.gpus.iter().filter(|g| in_scope(&g.region)) {
+        for gpu in gpus.iter().filter(|g| in_scope(&g.region)) {
             let Some((name, count)) = &gpu.accelerator else {
                 continue;
             };
@@ -161,6 +161,29 @@ mod reference {
         }
         spot.extend(on_demand.into_values().map(|(o, _)| o));
         spot
+    }
+
+    /// The offering of a row as it was built before the compact rows.
+    fn offering(
+        cloud: &str,
+        vm: &Vm,
+        zone: Option<String>,
+        spot: bool,
+        price: f64,
+        multiplier: f64,
+    ) -> Offering {
+        Offering {
+            cloud: cloud.to_string(),
+            region: Some(vm.region.clone()),
+            zone,
+            instance_type: vm.instance_type.clone(),
+            accelerators: vm.accelerator.iter().cloned().collect(),
+            cpus: vm.vcpus,
+            memory_gib: vm.memory_gib,
+            spot,
+            price: micros_from_dollars(price * multiplier),
+            max_nodes: None,
+        }
     }
 }
 
@@ -342,13 +365,13 @@ fn fixed_hosts_are_in_the_host_families() {
 fn tolerates_other_schemas() {
     let v3 = "InstanceType,AcceleratorName,AcceleratorCount,vCPUs,MemoryGiB,GpuInfo,Price,SpotPrice,Region,AvailabilityZone\n\
               p4de.24xlarge,A100-80GB,8,96.0,1152.0,A100-80GB,40.9657,,us-east-1,us-east-1a\n";
-    let cc = parse_vms(v3.as_bytes()).unwrap();
-    assert_eq!(cc.vms[0].accelerator, Some(("A100-80GB".into(), 8.0)));
-    assert_eq!(cc.vms[0].spot_price, None);
+    let cc = parse_vms(v3.as_bytes()).unwrap().vms();
+    assert_eq!(cc[0].accelerator, Some(("A100-80GB".into(), 8.0)));
+    assert_eq!(cc[0].spot_price, None);
     let lambda = "InstanceType,AcceleratorName,AcceleratorCount,vCPUs,MemoryGiB,Price,Region,GpuInfo,SpotPrice\n\
                   gpu_1x_a10,A10,1.0,30.0,200.0,0.75,us-east-1,\"{'Gpus': []}\",\n";
-    let cc = parse_vms(lambda.as_bytes()).unwrap();
-    assert_eq!(cc.vms[0].zone, None);
-    assert_eq!(cc.vms[0].price, Some(0.75));
+    let cc = parse_vms(lambda.as_bytes()).unwrap().vms();
+    assert_eq!(cc[0].zone, None);
+    assert_eq!(cc[0].price, Some(0.75));
     assert!(parse_vms(b"a,b\n1,2\n").is_err());
 }

@@ -57,7 +57,7 @@ pub fn update(
             path: url.clone(),
             message,
         })?;
-        let rows = parsed.vms.len() + parsed.gpus.len();
+        let rows = parsed.rows();
         if rows == 0 {
             return Err(CatalogError::Format {
                 path: url,
