@@ -31,7 +31,6 @@ use references::Node;
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
 use std::path::Path;
-use values::Bindings;
 
 // The value helpers moved to `config::value`; these paths stay for the crate's other users.
 pub use super::value::{json_to_hcl, to_json};
@@ -298,7 +297,7 @@ impl<'a, R: InstanceSink> Evaluator<'a, R> {
                         continue;
                     };
                     let refs: Vec<&Ref> = decl.refs.iter().collect();
-                    let ctx = self.context(&scope, &refs, &Bindings::default());
+                    let ctx = self.context(&scope, &refs);
                     let sensitive = self.refs_sensitive(&scope, &refs);
                     if let Some(v) = self.eval_attr(decl, &ctx, &refs) {
                         scope.locals.insert(name, (v, sensitive));
@@ -316,7 +315,7 @@ impl<'a, R: InstanceSink> Evaluator<'a, R> {
                         continue;
                     };
                     let refs: Vec<&Ref> = value_attr.refs.iter().collect();
-                    let ctx = self.context(&scope, &refs, &Bindings::default());
+                    let ctx = self.context(&scope, &refs);
                     let declared_sensitive =
                         self.literal_bool(&decl.body, "sensitive").unwrap_or(false);
                     let derived = self.refs_sensitive(&scope, &refs);
@@ -403,7 +402,7 @@ impl<'a, R: InstanceSink> Evaluator<'a, R> {
                     .insert(name.to_string(), (Value::Null, sensitive));
                 return;
             }
-            let ctx = self.context(scope, &[], &Bindings::default());
+            let ctx = self.context(scope, &[]);
             let v = self.eval_attr(default, &ctx, &[]).unwrap_or(Value::Null);
             match ty.check(&v) {
                 Ok(v) => {

@@ -3,6 +3,7 @@
 
 use super::expansion::InstanceValues;
 use super::references::Node;
+use super::values::bind;
 use super::{BlockValue, Evaluator, InstanceSink, Scope};
 use crate::config::diag::{Diagnostic, FileId, did_you_mean};
 use crate::config::functions;
@@ -81,7 +82,8 @@ impl<R: InstanceSink> Evaluator<'_, R> {
                 if self.refs_sensitive(scope, &refs) {
                     sensitive_inputs.insert(attr_name.clone());
                 }
-                let ctx = self.context(scope, &refs, &bindings);
+                let mut ctx = self.context(scope, &refs);
+                bind(&mut ctx, &bindings);
                 let Some(v) = self.eval_attr(attr, &ctx, &refs) else {
                     rejected.insert(attr_name.clone());
                     continue;
