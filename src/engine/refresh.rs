@@ -4,7 +4,7 @@
 use crate::model::{Address, Kind};
 use crate::plan::{Drift, DriftChange};
 use crate::providers::{Observed, Registry};
-use crate::state::{State, Status};
+use crate::state::{ResourceState, State, Status};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -21,15 +21,28 @@ pub struct Refreshed {
 pub async fn refresh(state: &mut State, registry: &Arc<Registry>, concurrency: usize) -> Refreshed {
     let mut out = Refreshed::default();
     for phase in [true, false] {
-        let addrs: Vec<Address> = state
-            .resources
-            .keys()
-            .filter(|a| (a.kind == Kind::Cluster) == phase)
-            .cloned()
-            .collect();
         let sem = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
+        // Jobs whose cluster is in state are refreshed together, one call per cluster (the
+        // backend may read the cluster's queue once); the rest one task each.
+        let mut batches: BTreeMap<(&str, &Address), Vec<(&Address, &ResourceState)>> =
+            BTreeMap::new();
+        let mut singles: Vec<Address> = Vec::new();
+        for (addr, res) in &state.resources {
+            if (addr.kind == Kind::Cluster) != phase {
+                continue;
+            }
+            match &res.spec {
+                crate::model::Spec::Job(j) if state.resources.contains_key(&j.cluster) => {
+                    batches
+                        .entry((res.provider.as_str(), &j.cluster))
+                        .or_default()
+                        .push((addr, res));
+                }
+                _ => singles.push(addr.clone()),
+            }
+        }
         let mut set = tokio::task::JoinSet::new();
-        for addr in addrs {
+        for addr in singles {
             // The permit first: only the resources being refreshed are copied, not all of
             // them at once (a copy of the whole state with many jobs).
             let Ok(permit) = sem.clone().acquire_owned().await else {
@@ -47,15 +60,40 @@ pub async fn refresh(state: &mut State, registry: &Arc<Registry>, concurrency: u
                 let _permit = permit;
                 let result = match registry.get(&res.provider) {
                     Some(p) => p.refresh(&addr, &res, cluster.as_ref()).await,
-                    None => Err(crate::providers::ProviderError::other(format!(
-                        "provider {:?} is not available in this build",
-                        res.provider
-                    ))),
+                    None => Err(unavailable(&res.provider)),
                 };
                 (addr, result)
             });
         }
-        let mut results = Vec::new();
+        // The batches borrow the state (no copies), so they run here, side by side, under
+        // the same limit.
+        let calls = batches.into_iter().map(|((provider, cluster), jobs)| {
+            let sem = sem.clone();
+            let cluster = state.resources.get(cluster);
+            async move {
+                let _permit = sem.acquire().await;
+                let found = match (registry.get(provider), cluster) {
+                    (Some(p), Some(cluster)) => p.refresh_jobs(&jobs, cluster).await,
+                    _ => jobs.iter().map(|_| Err(unavailable(provider))).collect(),
+                };
+                let mut found = found.into_iter();
+                jobs.iter()
+                    .map(|(addr, _)| {
+                        let result = found.next().unwrap_or_else(|| {
+                            Err(crate::providers::ProviderError::other(
+                                "the backend gave no answer for this job",
+                            ))
+                        });
+                        ((*addr).clone(), result)
+                    })
+                    .collect::<Vec<_>>()
+            }
+        });
+        let mut results: Vec<_> = futures::future::join_all(calls)
+            .await
+            .into_iter()
+            .flatten()
+            .collect();
         while let Some(joined) = set.join_next().await {
             if let Ok(r) = joined {
                 results.push(r);
@@ -156,6 +194,12 @@ pub async fn refresh(state: &mut State, registry: &Arc<Registry>, concurrency: u
         }
     }
     out
+}
+
+fn unavailable(provider: &str) -> crate::providers::ProviderError {
+    crate::providers::ProviderError::other(format!(
+        "provider {provider:?} is not available in this build"
+    ))
 }
 
 /// What a refresh changed in state: resources gone from it, and statuses (or exit codes)
