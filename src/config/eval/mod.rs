@@ -123,6 +123,8 @@ struct Scope<'m> {
     resources: BTreeMap<(Kind, String), BlockValue>,
     modules: BTreeMap<String, BlockValue>,
     outputs: BTreeMap<String, (Value, bool)>,
+    /// The declarations whose values something refers to (the others' are not built).
+    used: BTreeSet<Node>,
 }
 
 impl Scope<'_> {
@@ -248,6 +250,7 @@ impl<'a, R: InstanceSink> Evaluator<'a, R> {
             inherited,
             call_site,
         } = call;
+        let mut order = self.order(module);
         let mut scope = Scope {
             module,
             path,
@@ -257,8 +260,8 @@ impl<'a, R: InstanceSink> Evaluator<'a, R> {
             resources: BTreeMap::new(),
             modules: BTreeMap::new(),
             outputs: BTreeMap::new(),
+            used: std::mem::take(&mut order.used),
         };
-        let order = self.order(module);
         // A declaration that failed is reported once, at its cause; what depends on it sees
         // an unknown value instead, so its own, independent problems are still found (and the
         // ones the unknown would cause are not).

@@ -70,6 +70,8 @@ impl<R: InstanceSink> Evaluator<'_, R> {
         // One context for the block (functions and what it refers to); each instance only
         // binds its `each` / `count` in it.
         let mut ctx = self.context(scope, &body_refs);
+        // Nothing refers to the block's value (a sweep of jobs, say): it is not built.
+        let wanted = scope.used.contains(&Node::Resource(kind, name.to_string()));
         for (key, bindings) in keys {
             let address = base.clone().with_key(key.clone());
             bind(&mut ctx, &bindings);
@@ -105,7 +107,7 @@ impl<R: InstanceSink> Evaluator<'_, R> {
                 continue;
             };
             instances.insert(address.clone());
-            let attrs_json = spec.attributes();
+            let attrs_json = wanted.then(|| spec.attributes());
             let computed = self.resolver.resource(Instance {
                 address: address.clone(),
                 spec,
@@ -115,6 +117,9 @@ impl<R: InstanceSink> Evaluator<'_, R> {
                 file: decl.file,
                 span: decl.span.clone(),
             });
+            let Some(attrs_json) = attrs_json else {
+                continue;
+            };
             let mut obj = hcl::Map::new();
             for (k, v) in attrs_json {
                 obj.insert(k, json_to_hcl(&v));
