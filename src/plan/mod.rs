@@ -393,6 +393,8 @@ impl InstanceSink for Planner<'_> {
                 .push((addr.clone(), inst.file, inst.span.clone()));
         }
         let computed = match (action, prior) {
+            // Nothing reads this instance's attributes: no answer to build.
+            _ if !inst.referenced => BTreeMap::new(),
             (Action::NoOp, None) if importing.is_some() => {
                 importing.map(|(_, c)| c.clone()).unwrap_or_default()
             }

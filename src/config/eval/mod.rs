@@ -41,13 +41,17 @@ pub struct Instance {
     pub address: Address,
     pub spec: Spec,
     pub lifecycle: Lifecycle,
-    /// Instances this one depends on (references and `depends_on`).
-    pub depends_on: BTreeSet<Address>,
+    /// Instances this one depends on (references and `depends_on`), sorted, each once. A
+    /// list: a set of one or two addresses would take a whole tree node per instance.
+    pub depends_on: Vec<Address>,
     /// Top-level attributes whose value derives from a sensitive variable.
     pub sensitive: BTreeSet<String>,
     /// Where the block was declared.
     pub file: FileId,
     pub span: Range<usize>,
+    /// Whether any expression reads the instance's attributes: if not, the sink's answer is
+    /// not used (and need not be built).
+    pub referenced: bool,
 }
 
 /// The planner's side of evaluation: told about each instance in dependency order, it answers
@@ -64,6 +68,10 @@ pub struct Collect {
 
 impl InstanceSink for Collect {
     fn resource(&mut self, instance: Instance) -> BTreeMap<String, serde_json::Value> {
+        if !instance.referenced {
+            self.instances.push(instance);
+            return BTreeMap::new();
+        }
         let computed = crate::model::spec::computed_attributes(instance.address.kind)
             .iter()
             .map(|a| (a.to_string(), serde_json::Value::String(UNKNOWN.into())))
@@ -347,9 +355,12 @@ impl<'a, R: InstanceSink> Evaluator<'a, R> {
             }
         }
         self.tainted = outer_tainted;
+        // A module's instances, for what depends on the module block (the root has none).
         let mut instances = BTreeSet::new();
-        for b in scope.resources.values().chain(scope.modules.values()) {
-            instances.extend(b.instances.iter().cloned());
+        if !scope.path.is_empty() {
+            for b in scope.resources.values().chain(scope.modules.values()) {
+                instances.extend(b.instances.iter().cloned());
+            }
         }
         ModuleResult {
             outputs: scope.outputs,

@@ -194,6 +194,59 @@ output "setups" {
     }
 
     #[test]
+    fn what_depends_on_a_module_or_a_block_depends_on_their_instances() {
+        // Nothing inside the module refers to its jobs, nor anything in the root to job.r:
+        // their values are not built, but what depends on them still knows their instances.
+        let e = evaluate(&[
+            (
+                "main.sky.hcl",
+                r#"
+module "m" {
+  source = "./modules/j"
+}
+cluster "c" {}
+job "r" {
+  for_each = toset(["a", "b"])
+  cluster  = cluster.c
+  run      = "x"
+}
+job "after" {
+  cluster    = cluster.c
+  run        = "y"
+  depends_on = [module.m, job.r]
+}
+"#,
+            ),
+            (
+                "modules/j/main.sky.hcl",
+                "cluster \"k\" {}\njob \"j\" {\n  count   = 2\n  cluster = cluster.k\n  run     = \"z\"\n}\n",
+            ),
+        ]);
+        assert_eq!(e.errors(), Vec::<String>::new());
+        let after = e
+            .instances
+            .iter()
+            .find(|i| i.address.to_string() == "job.after")
+            .map(|i| {
+                i.depends_on
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+            });
+        assert_eq!(
+            after,
+            Some(vec![
+                "cluster.c".to_string(),
+                r#"job.r["a"]"#.to_string(),
+                r#"job.r["b"]"#.to_string(),
+                "module.m.cluster.k".to_string(),
+                "module.m.job.j[0]".to_string(),
+                "module.m.job.j[1]".to_string(),
+            ])
+        );
+    }
+
+    #[test]
     fn a_module_with_for_each_is_called_once_per_key() {
         let e = evaluate(&[
             (

@@ -24,6 +24,7 @@ impl<R: InstanceSink> Evaluator<'_, R> {
         let base = Address::new(kind, name).in_module(scope.path.clone());
         let mut deps = self.dependencies(scope, &decl.body);
         deps.extend(scope.inherited.iter().cloned());
+        let deps: Vec<Address> = deps.into_iter().collect();
         let Some(keys) = self.expand(scope, &decl.body, &what) else {
             // Its instances are not known (the cause is reported): what uses it sees an
             // unknown and reports nothing more.
@@ -106,7 +107,10 @@ impl<R: InstanceSink> Evaluator<'_, R> {
             let Some(spec) = spec.filter(|_| !failed) else {
                 continue;
             };
-            instances.insert(address.clone());
+            if wanted || !scope.path.is_empty() {
+                // Read by the references to the block, and by those to its module.
+                instances.insert(address.clone());
+            }
             let attrs_json = wanted.then(|| spec.attributes());
             let computed = self.resolver.resource(Instance {
                 address: address.clone(),
@@ -116,6 +120,7 @@ impl<R: InstanceSink> Evaluator<'_, R> {
                 sensitive: sensitive.clone(),
                 file: decl.file,
                 span: decl.span.clone(),
+                referenced: wanted,
             });
             let Some(attrs_json) = attrs_json else {
                 continue;
