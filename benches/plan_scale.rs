@@ -1,8 +1,8 @@
 //! How `skyform plan` scales: N jobs (`for_each`) against a state of N jobs on a real local
-//! cluster, for N = 1,000 and 10,000. Prints wall time and peak memory of the `skyform plan`
+//! cluster, for N = 1,000 and 10,000. Prints wall and CPU time and peak memory of the `skyform plan`
 //! process; the figures go to docs/benchmarks.md.
 //!
-//! Run: `cargo bench --bench plan_scale` (release build). `SKYFORM_BENCH_SIZES=1000,5000`
+//! Run: `cargo bench --bench plan_scale` (release build). `SKYFORM_BENCH_SIZES=1000,100000`
 //! chooses the sizes.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 #![allow(unsafe_code)]
@@ -25,9 +25,10 @@ fn config(n: usize) -> String {
     )
 }
 
-/// Runs skyform and returns (exit code, wall seconds, peak RSS in MiB) of that process alone.
+/// Runs skyform and returns (exit code, wall seconds, CPU seconds (user + system), peak RSS in
+/// MiB) of that process alone. The CPU time is the steadier figure on a shared machine.
 #[allow(clippy::zombie_processes)] // reaped by wait4, which also gives its resource usage
-fn measure(dir: &Path, args: &[&str]) -> (i32, f64, f64) {
+fn measure(dir: &Path, args: &[&str]) -> (i32, f64, f64, f64) {
     let t = Instant::now();
     let child = Command::new(BIN)
         .arg(format!("-chdir={}", dir.display()))
@@ -48,7 +49,9 @@ fn measure(dir: &Path, args: &[&str]) -> (i32, f64, f64) {
     } else {
         -1
     };
-    (code, secs, usage.ru_maxrss as f64 / 1024.0)
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    let cpu = tv(usage.ru_utime) + tv(usage.ru_stime);
+    (code, secs, cpu, usage.ru_maxrss as f64 / 1024.0)
 }
 
 fn prepare(dir: &Path, n: usize) {
@@ -126,8 +129,8 @@ fn main() {
         .unwrap_or_else(|| vec![1_000, 10_000]);
     println!("skyform plan: N jobs (for_each) against a state of N jobs on a live local cluster");
     println!(
-        "{:>8}  {:>18}  {:>18}  {:>14}  {:>9}",
-        "N", "plan (refresh) s", "plan -refresh=false", "validate s", "peak MiB"
+        "{:>8}  {:>22}  {:>22}  {:>14}  {:>9}",
+        "N", "plan (refresh) s (cpu)", "-refresh=false s (cpu)", "validate s", "peak MiB"
     );
     for n in sizes {
         let tmp = tempfile::tempdir().expect("tempdir");
@@ -136,11 +139,11 @@ fn main() {
         // Warm the page cache once, then take the best of three.
         let _ = measure(dir, &["plan"]);
         let best = |args: &[&str]| {
-            let mut runs: Vec<(i32, f64, f64)> = (0..3).map(|_| measure(dir, args)).collect();
+            let mut runs: Vec<(i32, f64, f64, f64)> = (0..3).map(|_| measure(dir, args)).collect();
             runs.sort_by(|a, b| a.1.total_cmp(&b.1));
             runs[0]
         };
-        let (code, full, rss) = best(&["plan", "-detailed-exitcode"]);
+        let (code, full, full_cpu, rss) = best(&["plan", "-detailed-exitcode"]);
         if code != 0 {
             let out = Command::new(BIN)
                 .arg(format!("-chdir={}", dir.display()))
@@ -153,10 +156,12 @@ fn main() {
                 text.lines().take(40).collect::<Vec<_>>().join("\n")
             );
         }
-        let (_, norefresh, rss2) = best(&["plan", "-refresh=false"]);
-        let (_, validate, _) = best(&["validate"]);
+        let (_, norefresh, norefresh_cpu, rss2) = best(&["plan", "-refresh=false"]);
+        let (_, validate, _, _) = best(&["validate"]);
         println!(
-            "{n:>8}  {full:>18.3}  {norefresh:>18.3}  {validate:>14.3}  {:>9.1}",
+            "{n:>8}  {:>22}  {:>22}  {validate:>14.3}  {:>9.1}",
+            format!("{full:.3} ({full_cpu:.3})"),
+            format!("{norefresh:.3} ({norefresh_cpu:.3})"),
             rss.max(rss2)
         );
         let _ = Command::new(BIN)

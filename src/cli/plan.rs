@@ -400,12 +400,12 @@ pub fn graph(engine: &Engine, format: &str) -> Result<i32> {
     let mut collect = crate::config::Collect::default();
     let (_, diags) = crate::config::evaluate(engine.config(), engine.inputs(), &mut collect);
     engine.report(diags)?;
-    let g = crate::graph::Graph::build(collect.instances.iter().map(|i| {
-        (
-            i.address.clone(),
-            i.depends_on.iter().cloned().collect::<Vec<_>>(),
-        )
-    }));
+    let g = crate::graph::Graph::build(
+        collect
+            .instances
+            .iter()
+            .map(|i| (i.address.clone(), i.depends_on.clone())),
+    );
     match format {
         "dot" => say_inline!("{}", g.to_dot()),
         "mermaid" => say_inline!("{}", g.to_mermaid()),

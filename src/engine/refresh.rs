@@ -4,7 +4,7 @@
 use crate::model::{Address, Kind};
 use crate::plan::{Drift, DriftChange};
 use crate::providers::{Observed, Registry};
-use crate::state::{State, Status};
+use crate::state::{ResourceState, State, Status};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -17,19 +17,35 @@ pub struct Refreshed {
     pub changed: bool,
 }
 
+/// How many jobs of one cluster one `refresh_jobs` call gets: bounds what is held before it
+/// is recorded.
+const BATCH: usize = 1000;
+
 /// Refreshes every resource in `state` in place (clusters first, so jobs see their cluster).
 pub async fn refresh(state: &mut State, registry: &Arc<Registry>, concurrency: usize) -> Refreshed {
     let mut out = Refreshed::default();
     for phase in [true, false] {
-        let addrs: Vec<Address> = state
-            .resources
-            .keys()
-            .filter(|a| (a.kind == Kind::Cluster) == phase)
-            .cloned()
-            .collect();
         let sem = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
+        // Jobs whose cluster is in state are refreshed together, a batch per call (the
+        // backend may read the cluster's queue once); the rest one task each.
+        let mut batches: BTreeMap<(String, Address), Vec<Address>> = BTreeMap::new();
+        let mut singles: Vec<Address> = Vec::new();
+        for (addr, res) in &state.resources {
+            if (addr.kind == Kind::Cluster) != phase {
+                continue;
+            }
+            match &res.spec {
+                crate::model::Spec::Job(j) if state.resources.contains_key(&j.cluster) => {
+                    batches
+                        .entry((res.provider.clone(), j.cluster.clone()))
+                        .or_default()
+                        .push(addr.clone());
+                }
+                _ => singles.push(addr.clone()),
+            }
+        }
         let mut set = tokio::task::JoinSet::new();
-        for addr in addrs {
+        for addr in singles {
             // The permit first: only the resources being refreshed are copied, not all of
             // them at once (a copy of the whole state with many jobs).
             let Ok(permit) = sem.clone().acquire_owned().await else {
@@ -47,93 +63,65 @@ pub async fn refresh(state: &mut State, registry: &Arc<Registry>, concurrency: u
                 let _permit = permit;
                 let result = match registry.get(&res.provider) {
                     Some(p) => p.refresh(&addr, &res, cluster.as_ref()).await,
-                    None => Err(crate::providers::ProviderError::other(format!(
-                        "provider {:?} is not available in this build",
-                        res.provider
-                    ))),
+                    None => Err(unavailable(&res.provider)),
                 };
                 (addr, result)
             });
         }
-        let mut results = Vec::new();
+        // Each result touches only its own resource, so they are recorded as they come, a
+        // round of batches at a time (what one round found is all that is held); the drift
+        // is put in address order at the end, the order it had when all were recorded at once.
+        let mut drift: Vec<Drift> = Vec::new();
+        let calls: Vec<(&str, &Address, &[Address])> = batches
+            .iter()
+            .flat_map(|((provider, cluster), jobs)| {
+                jobs.chunks(BATCH)
+                    .map(move |some| (provider.as_str(), cluster, some))
+            })
+            .collect();
+        for round in calls.chunks(concurrency.max(1)) {
+            let now = &*state;
+            let found =
+                futures::future::join_all(round.iter().map(|&(provider, cluster, addrs)| {
+                    let sem = sem.clone();
+                    async move {
+                        let _permit = sem.acquire().await;
+                        let jobs: Vec<(&Address, &ResourceState)> = addrs
+                            .iter()
+                            .filter_map(|a| now.resources.get(a).map(|r| (a, r)))
+                            .collect();
+                        let answers = match (registry.get(provider), now.resources.get(cluster)) {
+                            (Some(p), Some(cluster)) => p.refresh_jobs(&jobs, cluster).await,
+                            _ => jobs.iter().map(|_| Err(unavailable(provider))).collect(),
+                        };
+                        let mut answers = answers.into_iter();
+                        jobs.iter()
+                            .map(|(addr, _)| {
+                                let result = answers.next().unwrap_or_else(|| {
+                                    Err(crate::providers::ProviderError::other(
+                                        "the backend gave no answer for this job",
+                                    ))
+                                });
+                                ((*addr).clone(), result)
+                            })
+                            .collect::<Vec<_>>()
+                    }
+                }))
+                .await;
+            for (addr, result) in found.into_iter().flatten() {
+                record(state, addr, result, &mut out, &mut drift);
+            }
+        }
+        let mut count = 0;
         while let Some(joined) = set.join_next().await {
-            if let Ok(r) = joined {
-                results.push(r);
+            if let Ok((addr, result)) = joined {
+                count += 1;
+                record(state, addr, result, &mut out, &mut drift);
             }
         }
-        results.sort_by(|a, b| a.0.cmp(&b.0));
-        tracing::debug!(clusters = phase, count = results.len(), "refreshed");
-        for (addr, result) in results {
-            match result {
-                Ok(Observed::Up(computed)) => {
-                    if let Some(r) = state.resources.get_mut(&addr) {
-                        out.changed |= computed.iter().any(|(k, v)| r.computed.get(k) != Some(v));
-                        if r.status == Status::Creating && r.kind() == Kind::Job {
-                            out.changed = true;
-                            // Submitted before the crash: adopt it.
-                            r.status = Status::Ready;
-                            out.drift
-                                .push(Drift::new(addr.clone(), DriftChange::AdoptedSubmitted));
-                        }
-                        // Job progress (a status that moved) is expected, not drift.
-                        r.computed.extend(computed);
-                    }
-                }
-                Ok(Observed::Adopted(found)) => {
-                    if let Some(r) = state.resources.get_mut(&addr) {
-                        let old = r.clone();
-                        r.status = Status::Ready;
-                        r.computed.extend(found.computed);
-                        r.private = found.private;
-                        if let Some(p) = &r.placement {
-                            r.computed
-                                .insert("placement".into(), serde_json::json!(p.offering.infra()));
-                        }
-                        out.changed |= *r != old;
-                        out.drift
-                            .push(Drift::new(addr.clone(), DriftChange::AdoptedCreated));
-                    }
-                }
-                Ok(Observed::Degraded { reason, computed }) => {
-                    if let Some(r) = state.resources.get_mut(&addr) {
-                        let old = (r.status, r.computed.clone());
-                        r.computed.extend(computed);
-                        r.computed
-                            .insert("status".into(), serde_json::json!("DEGRADED"));
-                        r.status = Status::Tainted;
-                        out.changed |= old != (r.status, r.computed.clone());
-                    }
-                    out.drift.push(Drift::new(
-                        addr.clone(),
-                        DriftChange::Degraded {
-                            reason: reason.clone(),
-                        },
-                    ));
-                    out.degraded.insert(addr, reason);
-                }
-                Ok(Observed::Gone { reason }) => {
-                    // A resource whose creation failed or never finished is gone by design.
-                    let was_creating = state
-                        .resources
-                        .get(&addr)
-                        .is_some_and(|r| r.status != Status::Ready);
-                    out.changed |= state.resources.remove(&addr).is_some();
-                    if !was_creating {
-                        out.drift
-                            .push(Drift::new(addr, DriftChange::Gone { reason }));
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(address = %addr, error = %e, "refresh failed");
-                    out.drift.push(Drift::new(
-                        addr,
-                        DriftChange::RefreshFailed {
-                            error: e.to_string(),
-                        },
-                    ));
-                }
-            }
-        }
+        tracing::debug!(clusters = phase, one_by_one = count, "refreshed");
+        drift.sort_by(|a, b| a.address.cmp(&b.address));
+        out.drift.extend(drift);
     }
     // Jobs that were queued or running on a broken cluster will not finish: say so.
     let broken: Vec<Address> = state
@@ -156,6 +144,88 @@ pub async fn refresh(state: &mut State, registry: &Arc<Registry>, concurrency: u
         }
     }
     out
+}
+
+/// Records what refresh found of one resource in state; its drift goes to `drift`.
+fn record(
+    state: &mut State,
+    addr: Address,
+    result: Result<Observed, crate::providers::ProviderError>,
+    out: &mut Refreshed,
+    drift: &mut Vec<Drift>,
+) {
+    match result {
+        Ok(Observed::Up(computed)) => {
+            if let Some(r) = state.resources.get_mut(&addr) {
+                out.changed |= computed.iter().any(|(k, v)| r.computed.get(k) != Some(v));
+                if r.status == Status::Creating && r.kind() == Kind::Job {
+                    out.changed = true;
+                    // Submitted before the crash: adopt it.
+                    r.status = Status::Ready;
+                    drift.push(Drift::new(addr.clone(), DriftChange::AdoptedSubmitted));
+                }
+                // Job progress (a status that moved) is expected, not drift.
+                r.computed.extend(computed);
+            }
+        }
+        Ok(Observed::Adopted(found)) => {
+            if let Some(r) = state.resources.get_mut(&addr) {
+                let old = r.clone();
+                r.status = Status::Ready;
+                r.computed.extend(found.computed);
+                r.private = found.private;
+                if let Some(p) = &r.placement {
+                    r.computed
+                        .insert("placement".into(), serde_json::json!(p.offering.infra()));
+                }
+                out.changed |= *r != old;
+                drift.push(Drift::new(addr.clone(), DriftChange::AdoptedCreated));
+            }
+        }
+        Ok(Observed::Degraded { reason, computed }) => {
+            if let Some(r) = state.resources.get_mut(&addr) {
+                let old = (r.status, r.computed.clone());
+                r.computed.extend(computed);
+                r.computed
+                    .insert("status".into(), serde_json::json!("DEGRADED"));
+                r.status = Status::Tainted;
+                out.changed |= old != (r.status, r.computed.clone());
+            }
+            drift.push(Drift::new(
+                addr.clone(),
+                DriftChange::Degraded {
+                    reason: reason.clone(),
+                },
+            ));
+            out.degraded.insert(addr, reason);
+        }
+        Ok(Observed::Gone { reason }) => {
+            // A resource whose creation failed or never finished is gone by design.
+            let was_creating = state
+                .resources
+                .get(&addr)
+                .is_some_and(|r| r.status != Status::Ready);
+            out.changed |= state.resources.remove(&addr).is_some();
+            if !was_creating {
+                drift.push(Drift::new(addr, DriftChange::Gone { reason }));
+            }
+        }
+        Err(e) => {
+            tracing::warn!(address = %addr, error = %e, "refresh failed");
+            drift.push(Drift::new(
+                addr,
+                DriftChange::RefreshFailed {
+                    error: e.to_string(),
+                },
+            ));
+        }
+    }
+}
+
+fn unavailable(provider: &str) -> crate::providers::ProviderError {
+    crate::providers::ProviderError::other(format!(
+        "provider {provider:?} is not available in this build"
+    ))
 }
 
 /// What a refresh changed in state: resources gone from it, and statuses (or exit codes)

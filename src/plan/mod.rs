@@ -176,12 +176,49 @@ struct Planner<'a> {
     state: &'a State,
     offerings: &'a [Offering],
     options: &'a Options,
-    changes: BTreeMap<Address, Change>,
+    changes: Changes,
     diags: Diagnostics,
     placement_cache: std::collections::HashMap<String, Placements>,
     /// Instances with `prevent_destroy`, and where they are declared.
     protected: Vec<(Address, usize, std::ops::Range<usize>)>,
-    sources_for_span: Vec<(Address, usize, std::ops::Range<usize>)>,
+}
+
+/// The changes decided so far, in the order they were: a change is large, so they are kept in
+/// a list (no half-full tree nodes of them) with an index by address.
+#[derive(Default)]
+struct Changes {
+    list: Vec<Change>,
+    index: std::collections::HashMap<Address, usize>,
+}
+
+impl Changes {
+    fn get(&self, address: &Address) -> Option<&Change> {
+        self.index.get(address).map(|&i| &self.list[i])
+    }
+
+    /// Adds a change; a second one for the same address replaces the first.
+    fn insert(&mut self, change: Change) {
+        match self.index.get(&change.address) {
+            Some(&i) => self.list[i] = change,
+            None => {
+                self.index.insert(change.address.clone(), self.list.len());
+                self.list.push(change);
+            }
+        }
+    }
+
+    /// The changes sorted by address (the plan's order).
+    fn into_sorted(self) -> Vec<Change> {
+        let mut list = self.list;
+        // Evaluation hands over each block's instances in order: a few sorted runs.
+        list.sort_by(|a, b| a.address.cmp(&b.address));
+        list
+    }
+}
+
+/// The position of an address's change in changes sorted by address.
+fn find(changes: &[Change], address: &Address) -> Option<usize> {
+    changes.binary_search_by(|c| c.address.cmp(address)).ok()
 }
 
 fn attrs_json(spec: &Spec) -> serde_json::Map<String, serde_json::Value> {
@@ -365,6 +402,8 @@ impl InstanceSink for Planner<'_> {
                 .push((addr.clone(), inst.file, inst.span.clone()));
         }
         let computed = match (action, prior) {
+            // Nothing reads this instance's attributes: no answer to build.
+            _ if !inst.referenced => BTreeMap::new(),
             (Action::NoOp, None) if importing.is_some() => {
                 importing.map(|(_, c)| c.clone()).unwrap_or_default()
             }
@@ -386,28 +425,23 @@ impl InstanceSink for Planner<'_> {
                 .map(|a| ((*a).to_string(), serde_json::Value::String(UNKNOWN.into())))
                 .collect(),
         };
-        self.sources_for_span
-            .push((addr.clone(), inst.file, inst.span.clone()));
-        self.changes.insert(
-            addr.clone(),
-            Change {
-                address: addr,
-                action,
-                reasons,
-                // An imported cluster is taken as the configuration describes it.
-                before: prior
-                    .map(|p| p.spec.clone())
-                    .or_else(|| importing.map(|_| inst.spec.clone())),
-                after: Some(inst.spec),
-                sensitive: inst.sensitive.into_iter().collect(),
-                candidates,
-                excluded,
-                depends_on: inst.depends_on.into_iter().collect(),
-                create_before_destroy: inst.lifecycle.create_before_destroy,
-                notes,
-                import: importing.map(|(id, _)| id.clone()),
-            },
-        );
+        self.changes.insert(Change {
+            address: addr,
+            action,
+            reasons,
+            // An imported cluster is taken as the configuration describes it.
+            before: prior
+                .map(|p| p.spec.clone())
+                .or_else(|| importing.map(|_| inst.spec.clone())),
+            after: Some(inst.spec),
+            sensitive: inst.sensitive.into_iter().collect(),
+            candidates,
+            excluded,
+            depends_on: inst.depends_on.into_iter().collect(),
+            create_before_destroy: inst.lifecycle.create_before_destroy,
+            notes,
+            import: importing.map(|(id, _)| id.clone()),
+        });
         computed
     }
 }
@@ -515,54 +549,57 @@ pub fn plan(
         state,
         offerings,
         options,
-        changes: BTreeMap::new(),
+        changes: Changes::default(),
         diags: Diagnostics::default(),
         protected: Vec::new(),
         placement_cache: Default::default(),
-        sources_for_span: Vec::new(),
     };
     let (outputs, mut diags) = config::evaluate(config, inputs, &mut planner);
     diags.extend(std::mem::take(&mut planner.diags));
-    let mut changes = std::mem::take(&mut planner.changes);
+    let mut changes = std::mem::take(&mut planner.changes).into_sorted();
 
     if options.destroy {
-        for c in changes.values_mut() {
+        for c in changes.iter_mut() {
             c.reasons.clear();
             c.notes.clear();
             c.candidates.clear();
             c.excluded.clear();
         }
-        changes.retain(|a, _| state.resources.contains_key(a));
-        for c in changes.values_mut() {
+        changes.retain(|c| state.resources.contains_key(&c.address));
+        for c in changes.iter_mut() {
             c.action = Action::Delete;
             c.after = None;
         }
     }
-    // In state, not in config: delete.
+    // In state, not in config: delete. Both are sorted by address: one walk.
+    let mut gone = Vec::new();
+    let mut configured = changes.iter().map(|c| &c.address).peekable();
     for (addr, res) in &state.resources {
-        if !changes.contains_key(addr) {
-            changes.insert(
-                addr.clone(),
-                Change {
-                    address: addr.clone(),
-                    action: Action::Delete,
-                    reasons: if options.destroy {
-                        vec![]
-                    } else {
-                        vec!["not in the configuration".into()]
-                    },
-                    before: Some(res.spec.clone()),
-                    after: None,
-                    sensitive: res.sensitive.clone(),
-                    candidates: Vec::new(),
-                    excluded: Vec::new(),
-                    depends_on: res.dependencies.clone(),
-                    create_before_destroy: false,
-                    notes: Vec::new(),
-                    import: None,
+        while configured.next_if(|a| *a < addr).is_some() {}
+        if configured.peek() != Some(&addr) {
+            gone.push(Change {
+                address: addr.clone(),
+                action: Action::Delete,
+                reasons: if options.destroy {
+                    vec![]
+                } else {
+                    vec!["not in the configuration".into()]
                 },
-            );
+                before: Some(res.spec.clone()),
+                after: None,
+                sensitive: res.sensitive.clone(),
+                candidates: Vec::new(),
+                excluded: Vec::new(),
+                depends_on: res.dependencies.clone(),
+                create_before_destroy: false,
+                notes: Vec::new(),
+                import: None,
+            });
         }
+    }
+    if !gone.is_empty() {
+        changes.extend(gone);
+        changes.sort_by(|a, b| a.address.cmp(&b.address));
     }
     // Addresses given with -target and -replace must name something.
     for (flag, list) in [
@@ -570,8 +607,8 @@ pub fn plan(
         ("-replace", &options.replace),
     ] {
         for pattern in list.iter() {
-            if !changes.keys().any(|a| a.matches(pattern)) {
-                let all: Vec<String> = changes.keys().map(ToString::to_string).collect();
+            if !changes.iter().any(|c| c.address.matches(pattern)) {
+                let all: Vec<String> = changes.iter().map(|c| c.address.to_string()).collect();
                 let shown = pattern.to_string();
                 let hint = match config::diag::did_you_mean(&shown, all.iter().map(String::as_str))
                 {
@@ -597,14 +634,15 @@ pub fn plan(
     // what depends on them (it cannot outlive them).
     if !options.targets.is_empty() {
         let mut users: BTreeMap<Address, Vec<Address>> = BTreeMap::new();
-        for c in changes.values() {
+        for c in &changes {
             for d in &c.depends_on {
                 users.entry(d.clone()).or_default().push(c.address.clone());
             }
         }
         let mut keep: BTreeSet<Address> = BTreeSet::new();
         let mut stack: Vec<Address> = changes
-            .keys()
+            .iter()
+            .map(|c| &c.address)
             .filter(|a| options.targets.iter().any(|t| a.matches(t)))
             .cloned()
             .collect();
@@ -614,12 +652,12 @@ pub fn plan(
             }
             if options.destroy {
                 stack.extend(users.get(&a).into_iter().flatten().cloned());
-            } else if let Some(c) = changes.get(&a) {
-                stack.extend(c.depends_on.iter().cloned());
+            } else if let Some(i) = find(&changes, &a) {
+                stack.extend(changes[i].depends_on.iter().cloned());
             }
         }
-        for (a, c) in changes.iter_mut() {
-            if !keep.contains(a) {
+        for c in changes.iter_mut() {
+            if !keep.contains(&c.address) {
                 c.action = Action::NoOp;
                 c.reasons.clear();
             }
@@ -627,7 +665,9 @@ pub fn plan(
     }
     // prevent_destroy: checked on what the plan will really do (after -target).
     for (addr, file, span) in &planner.protected {
-        let Some(c) = changes.get(addr) else { continue };
+        let Some(c) = find(&changes, addr).map(|i| &changes[i]) else {
+            continue;
+        };
         let verb = match c.action {
             Action::Delete => "destroy",
             Action::Replace => "replace",
@@ -662,7 +702,7 @@ pub fn plan(
         .map(|r| cost(r.placement.as_ref()))
         .sum();
     let cost_after: Micros = changes
-        .values()
+        .iter()
         .filter(|c| c.action != Action::Delete)
         .map(|c| match c.action {
             Action::NoOp | Action::Update => state
@@ -700,7 +740,7 @@ pub fn plan(
         config_digest: config.digest.clone(),
         variables,
         destroy: options.destroy,
-        changes: changes.into_values().collect(),
+        changes,
         outputs,
         cost_before,
         cost_after,

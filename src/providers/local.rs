@@ -469,6 +469,50 @@ impl Provider for LocalProvider {
         }
     }
 
+    /// The cluster's jobs in one pass: their status files read on a few threads, without a
+    /// task (and copies of the job and its cluster) for each.
+    async fn refresh_jobs(
+        &self,
+        jobs: &[(&Address, &ResourceState)],
+        cluster: &ResourceState,
+    ) -> Vec<Result<Observed, ProviderError>> {
+        let gone = |reason: &str| {
+            Ok(Observed::Gone {
+                reason: reason.into(),
+            })
+        };
+        let Some(dir) = Self::cluster_dir(&cluster.private) else {
+            return jobs
+                .iter()
+                .map(|_| gone("its cluster has no sandbox"))
+                .collect();
+        };
+        let layout = Layout::new(dir);
+        let ids: Vec<Option<&str>> = jobs
+            .iter()
+            .map(|(_, res)| match res.spec {
+                Spec::Job(_) => job_id(&res.private),
+                _ => None,
+            })
+            .collect();
+        let statuses = read_statuses(&layout, &ids);
+        let mut out = Vec::with_capacity(jobs.len());
+        for (((address, res), id), status) in jobs.iter().zip(&ids).zip(statuses) {
+            let result = match (&res.spec, id, status) {
+                (Spec::Job(_), _, Some(s)) => Ok(Observed::Up(jobs::computed(&s))),
+                (Spec::Job(_), None, None) => gone("its cluster is not in state"),
+                // No status yet: queued, or not there (as `refresh` finds it).
+                (Spec::Job(_), Some(id), None) => match runtime::job_status(&layout, id) {
+                    Some(s) => Ok(Observed::Up(jobs::computed(&s))),
+                    None => gone("the job is not in its cluster's queue"),
+                },
+                _ => self.refresh(address, res, Some(cluster)).await,
+            };
+            out.push(result);
+        }
+        out
+    }
+
     async fn create(&self, req: Request<'_>) -> Result<Created, ProviderError> {
         match req.spec {
             Spec::Cluster(c) => {
@@ -827,6 +871,30 @@ impl Provider for LocalProvider {
     }
 }
 
+/// The status files of many jobs of one cluster (`None` where there is none), read on a few
+/// threads: at many thousands of jobs, opening the small files is most of a refresh.
+fn read_statuses(layout: &Layout, ids: &[Option<&str>]) -> Vec<Option<runtime::JobStatus>> {
+    let read = |id: &Option<&str>| {
+        id.and_then(|id| runtime::read_json::<runtime::JobStatus>(&layout.status(id)))
+    };
+    let threads = std::thread::available_parallelism()
+        .map_or(1, std::num::NonZeroUsize::get)
+        .min(4);
+    if threads < 2 || ids.len() < 1024 {
+        return ids.iter().map(read).collect();
+    }
+    std::thread::scope(|s| {
+        let parts: Vec<_> = ids
+            .chunks(ids.len().div_ceil(threads))
+            .map(|part| s.spawn(move || part.iter().map(read).collect::<Vec<_>>()))
+            .collect();
+        parts
+            .into_iter()
+            .flat_map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+            .collect()
+    })
+}
+
 fn placeholder(spec: &Spec, private: &serde_json::Value) -> ResourceState {
     ResourceState {
         status: crate::state::Status::Creating,
@@ -839,5 +907,83 @@ fn placeholder(spec: &Spec, private: &serde_json::Value) -> ResourceState {
         sensitive: Vec::new(),
         attempts: Vec::new(),
         leftovers: Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{ClusterSpec, InstanceKey, JobSpec, Kind};
+    use crate::runtime::JobStatus;
+
+    #[tokio::test]
+    async fn refreshing_a_clusters_jobs_at_once_answers_as_one_by_one() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("cluster");
+        let layout = Layout::new(&dir);
+        let provider = LocalProvider::new(tmp.path().to_path_buf(), None);
+        let cluster = placeholder(
+            &Spec::Cluster(ClusterSpec::default()),
+            &json!({ "dir": dir.display().to_string() }),
+        );
+        let job = |i: usize, private: serde_json::Value| {
+            let address =
+                Address::new(Kind::Job, "j").with_key(Some(InstanceKey::Key(format!("k{i}"))));
+            let spec = Spec::Job(JobSpec {
+                cluster: Address::new(Kind::Cluster, "c"),
+                num_nodes: 1,
+                resources: Default::default(),
+                run: "true".into(),
+                envs: BTreeMap::new(),
+                secrets: BTreeMap::new(),
+            });
+            (address, placeholder(&spec, &private))
+        };
+        // Enough jobs to be read on several threads; finished, failed, queued, missing, and
+        // one without a job id.
+        let mut jobs = Vec::new();
+        for i in 0..1500 {
+            let id = format!("job-{i}");
+            match i % 5 {
+                0 | 1 => {
+                    let status = JobStatus {
+                        state: if i % 5 == 0 {
+                            JobState::Succeeded
+                        } else {
+                            JobState::Failed
+                        },
+                        exit_code: Some((i % 5) as i32),
+                        reason: (i % 5 == 1).then(|| "oom".to_string()),
+                        nodes: vec![0],
+                        started: None,
+                        ended: None,
+                        devices: Vec::new(),
+                    };
+                    runtime::write_json(&layout.status(&id), &status).expect("status");
+                }
+                // Submitted, not started: only its record in the queue.
+                2 => {
+                    runtime::write_json(&layout.queued(&id), &json!({ "id": id })).expect("queued")
+                }
+                _ => {}
+            }
+            let private = if i == 7 {
+                json!({})
+            } else {
+                json!({ "job_id": id })
+            };
+            jobs.push(job(i, private));
+        }
+        let refs: Vec<(&Address, &ResourceState)> = jobs.iter().map(|(a, r)| (a, r)).collect();
+        let at_once = provider.refresh_jobs(&refs, &cluster).await;
+        assert_eq!(at_once.len(), jobs.len());
+        for ((address, res), got) in jobs.iter().zip(at_once) {
+            let one = provider.refresh(address, res, Some(&cluster)).await;
+            assert_eq!(
+                format!("{got:?}"),
+                format!("{one:?}"),
+                "{address}: at once and one by one differ"
+            );
+        }
     }
 }

@@ -177,6 +177,24 @@ pub trait Provider: Send + Sync + std::fmt::Debug {
         res: &ResourceState,
         cluster: Option<&ResourceState>,
     ) -> Result<Observed, ProviderError>;
+    /// Refreshes several jobs of one cluster: one result per job, in order. Backends that can
+    /// read a cluster's jobs in one pass override it; by default, the jobs one by one (a few
+    /// at a time).
+    async fn refresh_jobs(
+        &self,
+        jobs: &[(&Address, &ResourceState)],
+        cluster: &ResourceState,
+    ) -> Vec<Result<Observed, ProviderError>> {
+        let mut done = Vec::with_capacity(jobs.len());
+        for some in jobs.chunks(10) {
+            let calls: Vec<_> = some
+                .iter()
+                .map(|(address, res)| self.refresh(address, res, Some(cluster)))
+                .collect();
+            done.extend(futures::future::join_all(calls).await);
+        }
+        done
+    }
     async fn create(&self, req: Request<'_>) -> Result<Created, ProviderError>;
     async fn update(&self, req: Request<'_>) -> Result<Created, ProviderError>;
     async fn delete(

@@ -106,10 +106,36 @@ pub struct State {
     pub skyform_version: String,
     pub lineage: String,
     pub serial: u64,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "packed_resources")]
     pub resources: BTreeMap<Address, ResourceState>,
     #[serde(default)]
     pub outputs: BTreeMap<String, OutputState>,
+}
+
+/// The resources read into a list and then built into a map at once: inserting them one by
+/// one, in the order a state lists them (sorted), leaves the map's nodes about half full, and
+/// each slot holds a whole resource. The last of a repeated address wins, as with inserting.
+fn packed_resources<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<BTreeMap<Address, ResourceState>, D::Error> {
+    struct Visit;
+    impl<'de> serde::de::Visitor<'de> for Visit {
+        type Value = Vec<(Address, ResourceState)>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a map of addresses to resources")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut m: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut v = Vec::with_capacity(m.size_hint().unwrap_or(0));
+            while let Some(entry) = m.next_entry()? {
+                v.push(entry);
+            }
+            Ok(v)
+        }
+    }
+    Ok(d.deserialize_map(Visit)?.into_iter().collect())
 }
 
 impl State {
@@ -453,5 +479,34 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn resources_read_in_any_order_and_the_last_of_a_repeated_address_wins() {
+        let doc = |run_first: &str, run_last: &str| {
+            format!(
+                r#"{{"format_version": 1, "skyform_version": "0", "lineage": "l", "serial": 1,
+                "resources": {{
+                  "job.b": {{"status": "ready", "provider": "local", "spec": {{"kind": "job", "cluster": "cluster.c", "num_nodes": 1, "resources": {{}}, "run": "{run_first}"}}}},
+                  "job.a": {{"status": "ready", "provider": "local", "spec": {{"kind": "job", "cluster": "cluster.c", "num_nodes": 1, "resources": {{}}, "run": "x"}}}},
+                  "job.b": {{"status": "ready", "provider": "local", "spec": {{"kind": "job", "cluster": "cluster.c", "num_nodes": 1, "resources": {{}}, "run": "{run_last}"}}}}
+                }}}}"#
+            )
+        };
+        let s = State::from_json(doc("first", "last").as_bytes()).unwrap();
+        let addrs: Vec<String> = s.resources.keys().map(ToString::to_string).collect();
+        assert_eq!(addrs, ["job.a", "job.b"]);
+        let b = &s.resources[&"job.b".parse::<Address>().unwrap()];
+        assert!(
+            matches!(&b.spec, Spec::Job(j) if j.run == "last"),
+            "{:?}",
+            b.spec
+        );
+        // No resources at all is an empty map.
+        let empty = State::from_json(
+            br#"{"format_version": 1, "skyform_version": "0", "lineage": "l", "serial": 1}"#,
+        )
+        .unwrap();
+        assert!(empty.resources.is_empty());
     }
 }

@@ -19,7 +19,7 @@ impl<R: InstanceSink> Evaluator<'_, R> {
     ) -> Option<Vec<(Option<InstanceKey>, Bindings)>> {
         if let Some(count) = body.attrs.get("count") {
             let refs: Vec<&Ref> = count.refs.iter().collect();
-            let ctx = self.context(scope, &refs, &Bindings::default());
+            let ctx = self.context(scope, &refs);
             let v = self.eval_attr(count, &ctx, &refs)?;
             if has_unknown(&v) && self.touches_tainted(&refs) {
                 // Unknown because a declaration it uses failed, and that was reported already.
@@ -65,7 +65,7 @@ impl<R: InstanceSink> Evaluator<'_, R> {
         }
         if let Some(fe) = body.attrs.get("for_each") {
             let refs: Vec<&Ref> = fe.refs.iter().collect();
-            let ctx = self.context(scope, &refs, &Bindings::default());
+            let ctx = self.context(scope, &refs);
             let v = self.eval_attr(fe, &ctx, &refs)?;
             let invalid = |diags: &mut Diagnostics, why: String| {
                 diags.push(

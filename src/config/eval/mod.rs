@@ -31,7 +31,6 @@ use references::Node;
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
 use std::path::Path;
-use values::Bindings;
 
 // The value helpers moved to `config::value`; these paths stay for the crate's other users.
 pub use super::value::{json_to_hcl, to_json};
@@ -42,13 +41,17 @@ pub struct Instance {
     pub address: Address,
     pub spec: Spec,
     pub lifecycle: Lifecycle,
-    /// Instances this one depends on (references and `depends_on`).
-    pub depends_on: BTreeSet<Address>,
+    /// Instances this one depends on (references and `depends_on`), sorted, each once. A
+    /// list: a set of one or two addresses would take a whole tree node per instance.
+    pub depends_on: Vec<Address>,
     /// Top-level attributes whose value derives from a sensitive variable.
     pub sensitive: BTreeSet<String>,
     /// Where the block was declared.
     pub file: FileId,
     pub span: Range<usize>,
+    /// Whether any expression reads the instance's attributes: if not, the sink's answer is
+    /// not used (and need not be built).
+    pub referenced: bool,
 }
 
 /// The planner's side of evaluation: told about each instance in dependency order, it answers
@@ -65,6 +68,10 @@ pub struct Collect {
 
 impl InstanceSink for Collect {
     fn resource(&mut self, instance: Instance) -> BTreeMap<String, serde_json::Value> {
+        if !instance.referenced {
+            self.instances.push(instance);
+            return BTreeMap::new();
+        }
         let computed = crate::model::spec::computed_attributes(instance.address.kind)
             .iter()
             .map(|a| (a.to_string(), serde_json::Value::String(UNKNOWN.into())))
@@ -124,6 +131,8 @@ struct Scope<'m> {
     resources: BTreeMap<(Kind, String), BlockValue>,
     modules: BTreeMap<String, BlockValue>,
     outputs: BTreeMap<String, (Value, bool)>,
+    /// The declarations whose values something refers to (the others' are not built).
+    used: BTreeSet<Node>,
 }
 
 impl Scope<'_> {
@@ -249,6 +258,7 @@ impl<'a, R: InstanceSink> Evaluator<'a, R> {
             inherited,
             call_site,
         } = call;
+        let mut order = self.order(module);
         let mut scope = Scope {
             module,
             path,
@@ -258,8 +268,8 @@ impl<'a, R: InstanceSink> Evaluator<'a, R> {
             resources: BTreeMap::new(),
             modules: BTreeMap::new(),
             outputs: BTreeMap::new(),
+            used: std::mem::take(&mut order.used),
         };
-        let order = self.order(module);
         // A declaration that failed is reported once, at its cause; what depends on it sees
         // an unknown value instead, so its own, independent problems are still found (and the
         // ones the unknown would cause are not).
@@ -298,7 +308,7 @@ impl<'a, R: InstanceSink> Evaluator<'a, R> {
                         continue;
                     };
                     let refs: Vec<&Ref> = decl.refs.iter().collect();
-                    let ctx = self.context(&scope, &refs, &Bindings::default());
+                    let ctx = self.context(&scope, &refs);
                     let sensitive = self.refs_sensitive(&scope, &refs);
                     if let Some(v) = self.eval_attr(decl, &ctx, &refs) {
                         scope.locals.insert(name, (v, sensitive));
@@ -316,7 +326,7 @@ impl<'a, R: InstanceSink> Evaluator<'a, R> {
                         continue;
                     };
                     let refs: Vec<&Ref> = value_attr.refs.iter().collect();
-                    let ctx = self.context(&scope, &refs, &Bindings::default());
+                    let ctx = self.context(&scope, &refs);
                     let declared_sensitive =
                         self.literal_bool(&decl.body, "sensitive").unwrap_or(false);
                     let derived = self.refs_sensitive(&scope, &refs);
@@ -345,9 +355,12 @@ impl<'a, R: InstanceSink> Evaluator<'a, R> {
             }
         }
         self.tainted = outer_tainted;
+        // A module's instances, for what depends on the module block (the root has none).
         let mut instances = BTreeSet::new();
-        for b in scope.resources.values().chain(scope.modules.values()) {
-            instances.extend(b.instances.iter().cloned());
+        if !scope.path.is_empty() {
+            for b in scope.resources.values().chain(scope.modules.values()) {
+                instances.extend(b.instances.iter().cloned());
+            }
         }
         ModuleResult {
             outputs: scope.outputs,
@@ -403,7 +416,7 @@ impl<'a, R: InstanceSink> Evaluator<'a, R> {
                     .insert(name.to_string(), (Value::Null, sensitive));
                 return;
             }
-            let ctx = self.context(scope, &[], &Bindings::default());
+            let ctx = self.context(scope, &[]);
             let v = self.eval_attr(default, &ctx, &[]).unwrap_or(Value::Null);
             match ty.check(&v) {
                 Ok(v) => {

@@ -3,6 +3,7 @@
 
 use super::expansion::InstanceValues;
 use super::references::Node;
+use super::values::bind;
 use super::{BlockValue, Evaluator, InstanceSink, Scope};
 use crate::config::diag::{Diagnostic, FileId, did_you_mean};
 use crate::config::functions;
@@ -81,7 +82,8 @@ impl<R: InstanceSink> Evaluator<'_, R> {
                 if self.refs_sensitive(scope, &refs) {
                     sensitive_inputs.insert(attr_name.clone());
                 }
-                let ctx = self.context(scope, &refs, &bindings);
+                let mut ctx = self.context(scope, &refs);
+                bind(&mut ctx, &bindings);
                 let Some(v) = self.eval_attr(attr, &ctx, &refs) else {
                     rejected.insert(attr_name.clone());
                     continue;
@@ -189,6 +191,59 @@ output "setups" {
             ["module.m.cluster.c[0]", "module.m.cluster.c[1]"]
         );
         assert_eq!(e.output("setups"), json!(["w0", "w1"]));
+    }
+
+    #[test]
+    fn what_depends_on_a_module_or_a_block_depends_on_their_instances() {
+        // Nothing inside the module refers to its jobs, nor anything in the root to job.r:
+        // their values are not built, but what depends on them still knows their instances.
+        let e = evaluate(&[
+            (
+                "main.sky.hcl",
+                r#"
+module "m" {
+  source = "./modules/j"
+}
+cluster "c" {}
+job "r" {
+  for_each = toset(["a", "b"])
+  cluster  = cluster.c
+  run      = "x"
+}
+job "after" {
+  cluster    = cluster.c
+  run        = "y"
+  depends_on = [module.m, job.r]
+}
+"#,
+            ),
+            (
+                "modules/j/main.sky.hcl",
+                "cluster \"k\" {}\njob \"j\" {\n  count   = 2\n  cluster = cluster.k\n  run     = \"z\"\n}\n",
+            ),
+        ]);
+        assert_eq!(e.errors(), Vec::<String>::new());
+        let after = e
+            .instances
+            .iter()
+            .find(|i| i.address.to_string() == "job.after")
+            .map(|i| {
+                i.depends_on
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+            });
+        assert_eq!(
+            after,
+            Some(vec![
+                "cluster.c".to_string(),
+                r#"job.r["a"]"#.to_string(),
+                r#"job.r["b"]"#.to_string(),
+                "module.m.cluster.k".to_string(),
+                "module.m.job.j[0]".to_string(),
+                "module.m.job.j[1]".to_string(),
+            ])
+        );
     }
 
     #[test]

@@ -37,6 +37,8 @@ impl Node {
 pub(super) struct Order {
     pub(super) nodes: Vec<Node>,
     pub(super) unresolved: BTreeSet<Node>,
+    /// The declarations something else in the module refers to: only their values are read.
+    pub(super) used: BTreeSet<Node>,
 }
 
 impl<R: InstanceSink> Evaluator<'_, R> {
@@ -111,6 +113,7 @@ impl<R: InstanceSink> Evaluator<'_, R> {
             sites.insert(Node::Var(name.clone()), (decl.file, decl.span.clone()));
         }
         unresolved.extend(count_and_for_each);
+        let used: BTreeSet<Node> = edges.iter().map(|(from, ..)| from.clone()).collect();
         for (from, to, file, span) in edges {
             let (Some(&a), Some(&b)) = (index.get(&from), index.get(&to)) else {
                 continue;
@@ -191,6 +194,7 @@ impl<R: InstanceSink> Evaluator<'_, R> {
         Order {
             nodes: order,
             unresolved,
+            used,
         }
     }
 

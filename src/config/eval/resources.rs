@@ -3,7 +3,7 @@
 
 use super::expansion::InstanceValues;
 use super::references::Node;
-use super::values::{all_attrs, evaluate_attr};
+use super::values::{all_attrs, bind, evaluate_attr};
 use super::{BlockValue, Evaluator, Instance, InstanceSink, Scope};
 use crate::config::decode;
 use crate::config::diag::Diagnostics;
@@ -24,6 +24,7 @@ impl<R: InstanceSink> Evaluator<'_, R> {
         let base = Address::new(kind, name).in_module(scope.path.clone());
         let mut deps = self.dependencies(scope, &decl.body);
         deps.extend(scope.inherited.iter().cloned());
+        let deps: Vec<Address> = deps.into_iter().collect();
         let Some(keys) = self.expand(scope, &decl.body, &what) else {
             // Its instances are not known (the cause is reported): what uses it sees an
             // unknown and reports nothing more.
@@ -36,37 +37,46 @@ impl<R: InstanceSink> Evaluator<'_, R> {
         let body_refs = decl.body.refs();
         let mut values = InstanceValues::for_block(&decl.body);
         let mut instances = BTreeSet::new();
+        // What is sensitive, or touches a failed declaration, depends on the block alone (not
+        // on the instance): found once.
+        let mut sensitive = BTreeSet::new();
+        for (attr_name, attr) in &decl.body.attrs {
+            if kind == Kind::Job && attr_name == "cluster" {
+                // Only the cluster's address is used: nothing of it is shown.
+                continue;
+            }
+            let refs: Vec<&Ref> = attr.refs.iter().collect();
+            if self.refs_sensitive(scope, &refs) {
+                sensitive.insert(attr_name.clone());
+            }
+        }
+        for (block_name, nested, _, _) in &decl.body.blocks {
+            if self.refs_sensitive(scope, &nested.refs()) {
+                sensitive.insert(block_name.clone());
+            }
+        }
         let mut all_sensitive: BTreeSet<String> = BTreeSet::new();
-        for (key, bindings) in keys {
-            let address = base.clone().with_key(key.clone());
-            let ctx = self.context(scope, &body_refs, &bindings);
-            let mut sensitive = BTreeSet::new();
-            for (attr_name, attr) in &decl.body.attrs {
-                if kind == Kind::Job && attr_name == "cluster" {
-                    // Only the cluster's address is used: nothing of it is shown.
-                    continue;
-                }
-                let refs: Vec<&Ref> = attr.refs.iter().collect();
-                if self.refs_sensitive(scope, &refs) {
-                    sensitive.insert(attr_name.clone());
-                }
-            }
-            for (block_name, nested, _, _) in &decl.body.blocks {
-                if self.refs_sensitive(scope, &nested.refs()) {
-                    sensitive.insert(block_name.clone());
-                }
-            }
+        if !keys.is_empty() {
             all_sensitive.extend(sensitive.iter().cloned());
             if decl.body.attrs.contains_key("secrets") {
                 // Secrets are secret whatever they are made of.
                 all_sensitive.insert("secrets".into());
             }
+        }
+        let tainted: BTreeSet<&str> = all_attrs(&decl.body)
+            .into_iter()
+            .filter(|a| self.touches_tainted(&a.refs.iter().collect::<Vec<_>>()))
+            .map(|a| a.name.as_str())
+            .collect();
+        // One context for the block (functions and what it refers to); each instance only
+        // binds its `each` / `count` in it.
+        let mut ctx = self.context(scope, &body_refs);
+        // Nothing refers to the block's value (a sweep of jobs, say): it is not built.
+        let wanted = scope.used.contains(&Node::Resource(kind, name.to_string()));
+        for (key, bindings) in keys {
+            let address = base.clone().with_key(key.clone());
+            bind(&mut ctx, &bindings);
             let mut eval_diags = Diagnostics::default();
-            let tainted: BTreeSet<&str> = all_attrs(&decl.body)
-                .into_iter()
-                .filter(|a| self.touches_tainted(&a.refs.iter().collect::<Vec<_>>()))
-                .map(|a| a.name.as_str())
-                .collect();
             let spec = {
                 let diags = &mut eval_diags;
                 let mut evaluate = |attr: &AttrDecl| -> Option<Value> {
@@ -97,17 +107,24 @@ impl<R: InstanceSink> Evaluator<'_, R> {
             let Some(spec) = spec.filter(|_| !failed) else {
                 continue;
             };
-            instances.insert(address.clone());
-            let attrs_json = spec.attributes();
+            if wanted || !scope.path.is_empty() {
+                // Read by the references to the block, and by those to its module.
+                instances.insert(address.clone());
+            }
+            let attrs_json = wanted.then(|| spec.attributes());
             let computed = self.resolver.resource(Instance {
                 address: address.clone(),
                 spec,
                 lifecycle: lifecycle.clone(),
                 depends_on: deps.clone(),
-                sensitive,
+                sensitive: sensitive.clone(),
                 file: decl.file,
                 span: decl.span.clone(),
+                referenced: wanted,
             });
+            let Some(attrs_json) = attrs_json else {
+                continue;
+            };
             let mut obj = hcl::Map::new();
             for (k, v) in attrs_json {
                 obj.insert(k, json_to_hcl(&v));

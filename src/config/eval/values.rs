@@ -42,12 +42,8 @@ impl<R: InstanceSink> Evaluator<'_, R> {
     }
 
     /// A context holding exactly what `refs` name, so building it costs what the block uses.
-    pub(super) fn context(
-        &self,
-        scope: &Scope<'_>,
-        refs: &[&Ref],
-        bindings: &Bindings,
-    ) -> Context<'static> {
+    /// Built once per block: its instances differ only in their bindings ([`bind`]).
+    pub(super) fn context(&self, scope: &Scope<'_>, refs: &[&Ref]) -> Context<'static> {
         let mut ctx = Context::new();
         functions::declare_all(&mut ctx);
         let mut roots: BTreeMap<&str, hcl::Map<String, Value>> = BTreeMap::new();
@@ -116,17 +112,6 @@ impl<R: InstanceSink> Evaluator<'_, R> {
         for (root, m) in roots {
             ctx.declare_var(root, Value::Object(m));
         }
-        if let Some((k, v)) = &bindings.each {
-            let mut m = hcl::Map::new();
-            m.insert("key".into(), k.clone());
-            m.insert("value".into(), v.clone());
-            ctx.declare_var("each", Value::Object(m));
-        }
-        if let Some(i) = bindings.count {
-            let mut m = hcl::Map::new();
-            m.insert("index".into(), Value::from(i));
-            ctx.declare_var("count", Value::Object(m));
-        }
         ctx
     }
 
@@ -166,6 +151,22 @@ impl<R: InstanceSink> Evaluator<'_, R> {
                     .first()
                     .is_some_and(|f| self.tainted.contains(&(r.root.clone(), f.clone())))
             })
+    }
+}
+
+/// Binds one instance's `each` / `count` in a block's context, replacing the previous
+/// instance's (all instances of a block bind the same names).
+pub(super) fn bind(ctx: &mut Context<'_>, bindings: &Bindings) {
+    if let Some((k, v)) = &bindings.each {
+        let mut m = hcl::Map::new();
+        m.insert("key".into(), k.clone());
+        m.insert("value".into(), v.clone());
+        ctx.declare_var("each", Value::Object(m));
+    }
+    if let Some(i) = bindings.count {
+        let mut m = hcl::Map::new();
+        m.insert("index".into(), Value::from(i));
+        ctx.declare_var("count", Value::Object(m));
     }
 }
 
