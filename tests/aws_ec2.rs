@@ -1338,3 +1338,35 @@ async fn host_keys_belong_to_their_cluster() {
     let _ = server.kill();
     let _ = server.wait();
 }
+
+/// Status never lies: a running instance whose agent is gone (it restarted outside skyform)
+/// makes the cluster degraded, and the plan replaces it.
+#[tokio::test]
+#[ignore = "needs moto: run ./scripts/test.sh"]
+async fn a_machine_whose_agent_died_is_degraded() {
+    let w = Work::new(
+        &["us-east-1"],
+        "cluster \"dev\" {\n  resources {\n    instance_type = \"m6i.large\"\n  }\n}\n",
+    );
+    w.ok(&["apply", "-auto-approve"]);
+    let plan = w.ok(&["plan"]);
+    assert!(plan.contains("No changes"), "{plan}");
+    let token = w.state()["resources"]["cluster.dev"]["private"]["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let machines = PathBuf::from(std::env::var("SKYFORM_TEST_CLOUD_DIR").unwrap());
+    let mut killed = 0;
+    for i in 1..=3 {
+        let dir = machines.join(format!("machine-{i}/skyform/clusters/{token}"));
+        for pid in support::processes_mentioning(&dir) {
+            let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
+            killed += 1;
+        }
+    }
+    assert!(killed > 0, "the agent ran on a machine");
+    let plan = w.ok(&["plan"]);
+    assert!(plan.contains("is not running"), "{plan}");
+    assert!(plan.contains("must be replaced"), "{plan}");
+    w.ok(&["destroy", "-auto-approve"]);
+}

@@ -1028,6 +1028,16 @@ impl Provider for AwsProvider {
             });
         }
         let stopped = !nodes.is_empty() && nodes.iter().all(|n| n.state != "running");
+        // Running machines whose agents do not run (restarted outside skyform) run no job.
+        if !stopped
+            && p.build.is_some()
+            && let Some(reason) = self.runtime_down(&p, &nodes).await
+        {
+            return Ok(Observed::Degraded {
+                reason,
+                computed: Self::computed(&nodes, &p, false),
+            });
+        }
         Ok(Observed::Up(Self::computed(&nodes, &p, stopped)))
     }
 

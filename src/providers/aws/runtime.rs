@@ -177,6 +177,42 @@ impl AwsProvider {
         build
     }
 
+    /// Why the runtime of a set-up cluster does not run on some running node, if it does
+    /// not: a node that does not answer ssh, or whose agent is gone (the instance restarted).
+    pub(super) async fn runtime_down(&self, p: &Private, nodes: &[Node]) -> Option<String> {
+        let access = self.access(&p.token);
+        let (hosts, _) = Self::hosts(nodes);
+        for (rank, (host, node)) in hosts.iter().zip(nodes).enumerate() {
+            if node.state != "running" {
+                continue;
+            }
+            let c = match access.connect(host).await {
+                Ok(c) => c,
+                Err(e) => {
+                    return Some(format!(
+                        "node {rank} ({}) does not answer: {}",
+                        node.id, e.message
+                    ));
+                }
+            };
+            let out = c
+                .script(&format!("{HOST_DIR}\n{RUNNING}"), &[&p.token])
+                .await;
+            c.close().await;
+            match out {
+                Ok(o) if o.stdout.lines().any(|l| l == "agent") => {}
+                Ok(_) => {
+                    return Some(format!(
+                        "the agent of node {rank} ({}) is not running (did the instance restart?)",
+                        node.id
+                    ));
+                }
+                Err(e) => return Some(format!("node {rank} ({}): {}", node.id, e.message)),
+            }
+        }
+        None
+    }
+
     /// The running cluster a job goes to: its runtime, as its clients reach it.
     pub(super) fn job_target(
         &self,
