@@ -7,6 +7,8 @@
 //! cluster.json                 envs and shape, written by skyform
 //! queue/<job>.json             submitted jobs (written atomically by skyform)
 //! queue/<job>.cancel           a cancel request
+//! queue/<batch>.cancels        cancel requests for many jobs (a JSON list of ids)
+//! queue/<job>.cancelled        the record of a job cancelled before it started (renamed)
 //! jobs/<job>/status.json       state of each job (written by the head agent)
 //! jobs/<job>/rank-<r>.log      stdout and stderr of each rank
 //! node-<r>/workdir/            the synced workdir
@@ -176,6 +178,11 @@ impl Layout {
     pub fn cancel_request(&self, job: &str) -> PathBuf {
         self.queue().join(format!("{job}.cancel"))
     }
+    /// A job cancelled before it started: its queue record, renamed by the head (a new
+    /// directory and status file per job made cancelling a large queue slow).
+    pub fn cancelled(&self, job: &str) -> PathBuf {
+        self.queue().join(format!("{job}.cancelled"))
+    }
     pub fn job_dir(&self, job: &str) -> PathBuf {
         self.root.join("jobs").join(job)
     }
@@ -236,7 +243,10 @@ pub(crate) fn now_rfc3339() -> String {
 
 /// Submits a job to a cluster's queue; submitting the same id twice changes nothing.
 pub fn submit(layout: &Layout, job: &JobRecord) -> std::io::Result<()> {
-    if layout.queued(&job.id).exists() || layout.status(&job.id).exists() {
+    if layout.queued(&job.id).exists()
+        || layout.status(&job.id).exists()
+        || layout.cancelled(&job.id).exists()
+    {
         return Ok(());
     }
     write_json(&layout.queued(&job.id), job)
@@ -255,12 +265,57 @@ pub fn job_status(layout: &Layout, job: &str) -> Option<JobStatus> {
     if let Some(s) = read_json::<JobStatus>(&layout.status(job)) {
         return Some(s);
     }
-    layout.queued(job).exists().then(queued_status)
+    // The queue record first: the head renames it in one step when it cancels the job.
+    if layout.queued(job).exists() {
+        return Some(queued_status());
+    }
+    layout.cancelled(job).exists().then(cancelled_before_start)
+}
+
+/// The status a dependency's status file (`<dir>/jobs/<id>/status.json`) says, including
+/// a job cancelled before it started (whose record is `<dir>/queue/<id>.cancelled`).
+pub(crate) fn status_at(path: &Path) -> Option<JobStatus> {
+    if let Some(s) = read_json::<JobStatus>(path) {
+        return Some(s);
+    }
+    let job_dir = path.parent()?;
+    let id = job_dir.file_name()?.to_str()?;
+    let root = job_dir.parent()?.parent()?;
+    Layout::new(root)
+        .cancelled(id)
+        .exists()
+        .then(cancelled_before_start)
+}
+
+pub(crate) fn cancelled_before_start() -> JobStatus {
+    let mut st = queued_status();
+    st.state = JobState::Cancelled;
+    st.reason = Some("cancelled before it started".into());
+    st
 }
 
 /// Asks the head to cancel a job (queued: dropped; running: its processes killed).
 pub fn cancel(layout: &Layout, job: &str) -> std::io::Result<()> {
     std::fs::write(layout.cancel_request(job), b"")
+}
+
+/// Asks the head to cancel many jobs with one request (one file, however many jobs).
+/// Only heads that say so in their `agent.json` read such requests: see
+/// [`takes_batch_cancels`].
+pub fn cancel_all(layout: &Layout, jobs: &[&str]) -> std::io::Result<()> {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let name = format!("batch-{nanos}-{}.cancels", std::process::id());
+    write_json(&layout.queue().join(name), &jobs)
+}
+
+/// Whether the head agent of the cluster reads batched cancel requests (an agent of an
+/// older skyform does not).
+pub fn takes_batch_cancels(layout: &Layout) -> bool {
+    read_json::<serde_json::Value>(&layout.agent(0))
+        .is_some_and(|a| a.get("batch_cancel").and_then(serde_json::Value::as_bool) == Some(true))
 }
 
 /// One running task on this node.
@@ -303,7 +358,7 @@ pub fn run_agent(cluster_dir: &Path, rank: u32) -> std::io::Result<()> {
     let start = proc::stat(me).map(|s| s.start_time);
     write_json(
         &layout.agent(rank),
-        &serde_json::json!({"pid": me, "start_time": start}),
+        &serde_json::json!({"pid": me, "start_time": start, "batch_cancel": rank == 0}),
     )?;
     // For shell scripts on remote hosts, which read no JSON.
     std::fs::write(layout.node(rank).join("agent.pid"), me.to_string())?;
@@ -649,6 +704,40 @@ pub async fn run_everywhere(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_job_cancelled_before_it_started_is_its_renamed_record() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let layout = Layout::new(tmp.path());
+        let job = JobRecord {
+            id: "j1".into(),
+            name: "job.j1".into(),
+            run: "true".into(),
+            num_nodes: 1,
+            cpus: 0.5,
+            gpus: 0.0,
+            envs: BTreeMap::new(),
+            after: Vec::new(),
+            teardown: false,
+            submitted: 1,
+        };
+        submit(&layout, &job).expect("submit");
+        assert_eq!(
+            job_status(&layout, "j1").map(|s| s.state),
+            Some(JobState::Queued)
+        );
+        std::fs::rename(layout.queued("j1"), layout.cancelled("j1")).expect("rename");
+        let st = job_status(&layout, "j1").expect("a status");
+        assert_eq!(st.state, JobState::Cancelled);
+        assert_eq!(st.reason.as_deref(), Some("cancelled before it started"));
+        // Its dependents see it so, by the status path they were given.
+        let dep = status_at(&layout.status("j1")).expect("a dependency's status");
+        assert_eq!(dep.state, JobState::Cancelled);
+        // Submitting it again changes nothing.
+        submit(&layout, &job).expect("submit");
+        assert!(!layout.queued("j1").exists());
+        assert_eq!(job_status(&layout, "j2"), None);
+    }
 
     #[test]
     fn fractions_share_a_device_and_whole_gpus_take_free_ones() {

@@ -69,6 +69,8 @@ pub(super) struct Scheduler {
     deps_seen: Option<Instant>,
     /// Dependencies' status files that are final (they never change again).
     deps_final: HashMap<PathBuf, JobState>,
+    /// Batched cancel requests already read.
+    batches: HashSet<OsString>,
     /// Tasks for the head's own node, handed to its runner in memory (no task file).
     given: Vec<Task>,
     /// Exit codes of those tasks, by job id, once they ended (no done file).
@@ -301,6 +303,15 @@ impl Scheduler {
                         cancels.push(job);
                     }
                 }
+                Some("cancels") if !self.batches.contains(&name) => {
+                    let ids: Vec<String> =
+                        read_json(&layout.queue().join(&name)).unwrap_or_default();
+                    cancels.extend(
+                        ids.into_iter()
+                            .map(|id| OsString::from(format!("{id}.json"))),
+                    );
+                    self.batches.insert(name);
+                }
                 _ => {}
             }
         }
@@ -361,17 +372,22 @@ impl Scheduler {
             freed = true;
         }
 
-        // Queued jobs with a cancel request end now.
+        // Queued jobs with a cancel request end now: the record is renamed to say so (no
+        // new file per job).
         let cancels: Vec<OsString> = self.cancels.iter().cloned().collect();
         for name in cancels {
             if self.running.contains(&name) {
                 continue;
             }
-            let mut st = queued_status();
-            st.state = JobState::Cancelled;
-            st.reason = Some("cancelled before it started".into());
-            st.ended = Some(now_rfc3339());
-            self.set_status(layout, &name, st)?;
+            let Some(id) = self.jobs.get(&name).map(|e| e.record.id.clone()) else {
+                self.cancels.remove(&name);
+                continue;
+            };
+            if std::fs::rename(layout.queue().join(&name), layout.cancelled(&id)).is_err() {
+                let mut st = super::cancelled_before_start();
+                st.ended = Some(now_rfc3339());
+                self.set_status(layout, &name, st)?;
+            }
             teardown_done |= self.end(&name);
         }
 
@@ -396,7 +412,7 @@ impl Scheduler {
                         Some(s) => Some(*s),
                         None => *seen
                             .entry(path.clone())
-                            .or_insert_with(|| read_json::<JobStatus>(&path).map(|s| s.state)),
+                            .or_insert_with(|| super::status_at(&path).map(|s| s.state)),
                     };
                     if let Some(s) = state
                         && s.is_final()
