@@ -45,8 +45,10 @@ fn config(dir: &Path, sweeps: &[(&str, &str, usize)]) -> String {
     s
 }
 
-/// Runs skyform in `dir` and returns its wall time in seconds; panics if it fails.
+/// Runs skyform in `dir` and returns its wall time in seconds; panics if it fails. Its
+/// CPU time is added to `CPU` (read with [`last_cpu`]).
 fn timed(bin: &str, dir: &Path, args: &[&str]) -> f64 {
+    let before = cpu(std::process::id()).1;
     let t = Instant::now();
     let out = Command::new(bin)
         .arg(format!("-chdir={}", dir.display()))
@@ -55,12 +57,22 @@ fn timed(bin: &str, dir: &Path, args: &[&str]) -> f64 {
         .output()
         .expect("spawn skyform");
     let secs = t.elapsed().as_secs_f64();
+    LAST_CPU.with(|c| c.set(cpu(std::process::id()).1 - before));
     assert!(
         out.status.success(),
         "skyform {args:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     secs
+}
+
+thread_local! {
+    static LAST_CPU: std::cell::Cell<f64> = const { std::cell::Cell::new(0.0) };
+}
+
+/// The CPU time (user + system) of the last `timed` run.
+fn last_cpu() -> f64 {
+    LAST_CPU.with(std::cell::Cell::get)
 }
 
 fn apply(bin: &str, dir: &Path, text: &str) -> f64 {
@@ -102,11 +114,18 @@ fn cpu(pid: u32) -> (f64, f64) {
     ((f[11] + f[12]) / tick, (f[13] + f[14]) / tick)
 }
 
-/// How many jobs of `sweep` have a final status (reads every status file once).
+/// How many of the jobs `ids` have ended: a final status file, or (a job cancelled before it
+/// started) a record renamed `queue/<id>.cancelled`.
 fn ended(sandbox: &Path, ids: &[String]) -> usize {
     ids.iter()
         .filter(|id| {
-            std::fs::read_to_string(sandbox.join("jobs").join(id).join("status.json")).is_ok_and(
+            std::fs::read_to_string(sandbox.join("jobs").join(id).join("status.json")).map_or_else(
+                |_| {
+                    sandbox
+                        .join("queue")
+                        .join(format!("{id}.cancelled"))
+                        .exists()
+                },
                 |s| s.contains("SUCCEEDED") || s.contains("FAILED") || s.contains("CANCELLED"),
             )
         })
@@ -194,6 +213,7 @@ fn main() {
         let ids = job_ids(&dir, "j");
         assert_eq!(ids.len(), n, "job ids in state");
         let status_queued = timed(&bin, &dir, &["status"]);
+        let status_queued_cpu = last_cpu();
         // Open the gate; the drain ends when every job has a final status.
         let head = head_pid(&sb);
         let (cpu0, kids0) = cpu(head);
@@ -211,6 +231,7 @@ fn main() {
         let (cpu1, kids1) = cpu(head);
         let head_cpu = cpu1 - cpu0;
         let status_final = timed(&bin, &dir, &["status"]);
+        let status_final_cpu = last_cpu();
         // A second gate with N jobs behind it, then cancelled by an apply without them.
         apply(
             &bin,
@@ -226,6 +247,7 @@ fn main() {
             &dir,
             &config(&dir, &[("j", "gate", n), ("x", "gate2", 0)]),
         );
+        let cancel_cpu = last_cpu();
         wait_until("cancel", Duration::from_secs(600), || {
             ended(&sb, &cids) == n
         });
@@ -238,7 +260,7 @@ fn main() {
             head_cpu / n as f64 * 1e6,
         );
         println!(
-            "        (the jobs' own processes: {:.2} s CPU; load now {})",
+            "        CPU: status {status_queued_cpu:.2} s queued, {status_final_cpu:.2} s ended; cancel {cancel_cpu:.2} s; the jobs' own processes {:.2} s; load now {}",
             kids1 - kids0,
             load()
         );

@@ -430,7 +430,12 @@ pub fn run_agent(cluster_dir: &Path, rank: u32) -> std::io::Result<()> {
             // What the pass gave this node starts now, not at the next wake-up.
             let mut ended = Vec::new();
             run_tasks(&layout, rank, &mut running, s.take_given(), &mut ended)?;
-            s.ended_here(ended);
+            if !ended.is_empty() {
+                // Tasks that ended since the pass: no event will say so again (they are
+                // reaped), so the next pass comes at once.
+                s.ended_here(ended);
+                continue;
+            }
         }
         let children: Vec<std::os::fd::BorrowedFd<'_>> = running
             .values()
