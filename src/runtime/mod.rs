@@ -744,6 +744,125 @@ mod tests {
         assert_eq!(job_status(&layout, "j2"), None);
     }
 
+    fn record(
+        id: &str,
+        run: &str,
+        cpus: f64,
+        after: Vec<Dependency>,
+        submitted: u128,
+    ) -> JobRecord {
+        JobRecord {
+            id: id.into(),
+            name: format!("job.{id}"),
+            run: run.into(),
+            num_nodes: 1,
+            cpus,
+            gpus: 0.0,
+            envs: BTreeMap::new(),
+            after,
+            teardown: false,
+            submitted,
+        }
+    }
+
+    fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+        let start = std::time::Instant::now();
+        while !done() {
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "{what}: not within 60 s"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    #[test]
+    fn the_head_drains_a_sweep_and_cancels_a_batch_with_its_dependents() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let root = tmp.path().join("cluster");
+        std::fs::create_dir_all(&root).expect("cluster dir");
+        let layout = Layout::new(&root);
+        let info = ClusterInfo {
+            name: "cluster.t".into(),
+            num_nodes: 1,
+            cpus_per_node: 1.0,
+            gpus_per_node: 0.0,
+            envs: BTreeMap::new(),
+            ips: vec!["127.0.0.1".into()],
+            links: BTreeMap::new(),
+            autostop: None,
+            build: None,
+            hosts: Vec::new(),
+        };
+        write_json(&layout.info(), &info).expect("cluster.json");
+        for i in 0..20 {
+            let run = if i == 7 { "exit 3" } else { "true" };
+            submit(
+                &layout,
+                &record(&format!("q{i:02}"), run, 0.5, Vec::new(), i),
+            )
+            .expect("submit");
+        }
+        let agent = {
+            let root = root.clone();
+            std::thread::spawn(move || run_agent(&root, 0))
+        };
+        let state = |id: &str| job_status(&layout, id).map(|s| s.state);
+        wait_for("the sweep", || {
+            (0..20).all(|i| state(&format!("q{i:02}")).is_some_and(JobState::is_final))
+        });
+        for i in 0..20 {
+            let st = job_status(&layout, &format!("q{i:02}")).expect("a status");
+            let want = if i == 7 {
+                (JobState::Failed, 3)
+            } else {
+                (JobState::Succeeded, 0)
+            };
+            assert_eq!((st.state, st.exit_code), (want.0, Some(want.1)), "q{i:02}");
+        }
+        // A job holding the whole node; jobs queued behind it, one with a dependent.
+        submit(&layout, &record("big", "sleep 30", 1.0, Vec::new(), 100)).expect("submit");
+        wait_for("big to run", || state("big") == Some(JobState::Running));
+        let ids = ["w0", "w1", "w2", "w3", "w4"];
+        for (i, id) in ids.iter().enumerate() {
+            submit(
+                &layout,
+                &record(id, "true", 0.5, Vec::new(), 200 + i as u128),
+            )
+            .expect("submit");
+        }
+        let dep = Dependency {
+            status: layout.status("w0"),
+            name: "job.w0".into(),
+        };
+        submit(&layout, &record("d", "true", 0.5, vec![dep], 300)).expect("submit");
+        assert_eq!(state("w0"), Some(JobState::Queued));
+        cancel_all(&layout, &ids).expect("cancel");
+        wait_for("the batch to be cancelled", || {
+            ids.iter().all(|id| state(id) == Some(JobState::Cancelled))
+        });
+        assert!(layout.cancelled("w0").exists() && !layout.status("w0").exists());
+        wait_for("the dependent to be cancelled", || {
+            state("d") == Some(JobState::Cancelled)
+        });
+        let d = job_status(&layout, "d").expect("a status");
+        assert_eq!(
+            d.reason.as_deref(),
+            Some("dependency job.w0 did not succeed")
+        );
+        // A running job is cancelled by its own request.
+        assert_eq!(state("big"), Some(JobState::Running));
+        cancel(&layout, "big").expect("cancel");
+        wait_for("big to be cancelled", || {
+            state("big") == Some(JobState::Cancelled)
+        });
+        std::fs::write(layout.stopped(), b"").expect("stop");
+        agent
+            .join()
+            .expect("the agent")
+            .expect("the agent's result");
+    }
+
     #[test]
     fn fractions_share_a_device_and_whole_gpus_take_free_ones() {
         let cap = gpu_devices(2.0);
