@@ -7,6 +7,8 @@
 //! cluster.json                 envs and shape, written by skyform
 //! queue/<job>.json             submitted jobs (written atomically by skyform)
 //! queue/<job>.cancel           a cancel request
+//! queue/<batch>.cancels        cancel requests for many jobs (a JSON list of ids)
+//! queue/<job>.cancelled        the record of a job cancelled before it started (renamed)
 //! jobs/<job>/status.json       state of each job (written by the head agent)
 //! jobs/<job>/rank-<r>.log      stdout and stderr of each rank
 //! node-<r>/workdir/            the synced workdir
@@ -17,6 +19,7 @@
 
 pub mod link;
 pub mod proc;
+mod sched;
 
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -175,6 +178,11 @@ impl Layout {
     pub fn cancel_request(&self, job: &str) -> PathBuf {
         self.queue().join(format!("{job}.cancel"))
     }
+    /// A job cancelled before it started: its queue record, renamed by the head (a new
+    /// directory and status file per job made cancelling a large queue slow).
+    pub fn cancelled(&self, job: &str) -> PathBuf {
+        self.queue().join(format!("{job}.cancelled"))
+    }
     pub fn job_dir(&self, job: &str) -> PathBuf {
         self.root.join("jobs").join(job)
     }
@@ -235,7 +243,10 @@ pub(crate) fn now_rfc3339() -> String {
 
 /// Submits a job to a cluster's queue; submitting the same id twice changes nothing.
 pub fn submit(layout: &Layout, job: &JobRecord) -> std::io::Result<()> {
-    if layout.queued(&job.id).exists() || layout.status(&job.id).exists() {
+    if layout.queued(&job.id).exists()
+        || layout.status(&job.id).exists()
+        || layout.cancelled(&job.id).exists()
+    {
         return Ok(());
     }
     write_json(&layout.queued(&job.id), job)
@@ -254,7 +265,33 @@ pub fn job_status(layout: &Layout, job: &str) -> Option<JobStatus> {
     if let Some(s) = read_json::<JobStatus>(&layout.status(job)) {
         return Some(s);
     }
-    layout.queued(job).exists().then(queued_status)
+    // The queue record first: the head renames it in one step when it cancels the job.
+    if layout.queued(job).exists() {
+        return Some(queued_status());
+    }
+    layout.cancelled(job).exists().then(cancelled_before_start)
+}
+
+/// The status a dependency's status file (`<dir>/jobs/<id>/status.json`) says, including
+/// a job cancelled before it started (whose record is `<dir>/queue/<id>.cancelled`).
+pub(crate) fn status_at(path: &Path) -> Option<JobStatus> {
+    if let Some(s) = read_json::<JobStatus>(path) {
+        return Some(s);
+    }
+    let job_dir = path.parent()?;
+    let id = job_dir.file_name()?.to_str()?;
+    let root = job_dir.parent()?.parent()?;
+    Layout::new(root)
+        .cancelled(id)
+        .exists()
+        .then(cancelled_before_start)
+}
+
+pub(crate) fn cancelled_before_start() -> JobStatus {
+    let mut st = queued_status();
+    st.state = JobState::Cancelled;
+    st.reason = Some("cancelled before it started".into());
+    st
 }
 
 /// Asks the head to cancel a job (queued: dropped; running: its processes killed).
@@ -262,9 +299,33 @@ pub fn cancel(layout: &Layout, job: &str) -> std::io::Result<()> {
     std::fs::write(layout.cancel_request(job), b"")
 }
 
+/// Asks the head to cancel many jobs with one request (one file, however many jobs).
+/// Only heads that say so in their `agent.json` read such requests: see
+/// [`takes_batch_cancels`].
+pub fn cancel_all(layout: &Layout, jobs: &[&str]) -> std::io::Result<()> {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let name = format!("batch-{nanos}-{}.cancels", std::process::id());
+    write_json(&layout.queue().join(name), &jobs)
+}
+
+/// Whether the head agent of the cluster reads batched cancel requests (an agent of an
+/// older skyform does not).
+pub fn takes_batch_cancels(layout: &Layout) -> bool {
+    read_json::<serde_json::Value>(&layout.agent(0))
+        .is_some_and(|a| a.get("batch_cancel").and_then(serde_json::Value::as_bool) == Some(true))
+}
+
 /// One running task on this node.
 struct Running {
     child: Child,
+    /// Readable once the child ended (None: the kernel has no pidfds; poll then).
+    ended: Option<std::os::fd::OwnedFd>,
+    /// Whether it came as a file in `tasks/` (its exit code goes to `done/`); the head's
+    /// scheduler hands its own node's tasks over in memory and takes their codes back so.
+    from_file: bool,
 }
 
 /// Makes the directories from `root` down to `path`, but not `root`: fails (NotFound) when
@@ -297,7 +358,7 @@ pub fn run_agent(cluster_dir: &Path, rank: u32) -> std::io::Result<()> {
     let start = proc::stat(me).map(|s| s.start_time);
     write_json(
         &layout.agent(rank),
-        &serde_json::json!({"pid": me, "start_time": start}),
+        &serde_json::json!({"pid": me, "start_time": start, "batch_cancel": rank == 0}),
     )?;
     // For shell scripts on remote hosts, which read no JSON.
     std::fs::write(layout.node(rank).join("agent.pid"), me.to_string())?;
@@ -310,8 +371,25 @@ pub fn run_agent(cluster_dir: &Path, rank: u32) -> std::io::Result<()> {
         }
     }
     let mut running: BTreeMap<String, Running> = BTreeMap::new();
-    let mut scheduler = (rank == 0).then(Scheduler::default);
+    let mut scheduler = (rank == 0).then(sched::Scheduler::default);
+    // The loop wakes when a task ends, a task or cancel request reaches this node, or (the
+    // head) a job or cancel request reaches the queue or a node reports a task done — and
+    // every 100 ms regardless (stop, autostop, dependencies in other clusters).
+    let mut watcher = proc::Watcher::new();
+    watcher.watch(&layout.tasks(rank), false);
+    let queue_watch = match scheduler.as_mut() {
+        Some(s) => {
+            for r in 0..s.num_nodes(&layout) {
+                if make_under(cluster_dir, &layout.done(r)).is_ok() {
+                    watcher.watch(&layout.done(r), false);
+                }
+            }
+            Some(watcher.watch(&layout.queue(), true))
+        }
+        None => None,
+    };
     loop {
+        let _ = watcher.drain();
         if !cluster_dir.is_dir() || layout.stopped().exists() {
             // The cluster was removed or stopped: stop what runs here, then stop. What was
             // killed ends (exit 137) rather than running again at the next start.
@@ -329,48 +407,97 @@ pub fn run_agent(cluster_dir: &Path, rank: u32) -> std::io::Result<()> {
             let _ = std::fs::remove_file(layout.node(rank).join("agent.pid"));
             return Ok(());
         }
-        run_tasks(&layout, rank, &mut running)?;
-        if let Some(s) = scheduler.as_mut()
-            && s.tick(&layout)?
-        {
-            // A managed job ended: the cluster is torn down; logs and status stay.
-            for r in 0..s.num_nodes(&layout) {
-                if let Some(a) = read_json::<serde_json::Value>(&layout.agent(r))
-                    && let Some(pid) = a.get("pid").and_then(serde_json::Value::as_u64)
-                    && pid != u64::from(me)
-                {
-                    proc::kill_session(pid as u32);
+        let mut ended = Vec::new();
+        run_tasks(&layout, rank, &mut running, Vec::new(), &mut ended)?;
+        if let Some(s) = scheduler.as_mut() {
+            let news = queue_watch.and_then(|w| watcher.take(w));
+            if s.tick(&layout, news, ended)? {
+                // A managed job ended: the cluster is torn down; logs and status stay.
+                for r in 0..s.num_nodes(&layout) {
+                    if let Some(a) = read_json::<serde_json::Value>(&layout.agent(r))
+                        && let Some(pid) = a.get("pid").and_then(serde_json::Value::as_u64)
+                        && pid != u64::from(me)
+                    {
+                        proc::kill_session(pid as u32);
+                    }
                 }
+                for r in 0..s.num_nodes(&layout) {
+                    let _ = std::fs::remove_dir_all(layout.node(r));
+                }
+                std::fs::write(layout.root.join("torn_down"), now_rfc3339())?;
+                return Ok(());
             }
-            for r in 0..s.num_nodes(&layout) {
-                let _ = std::fs::remove_dir_all(layout.node(r));
+            // What the pass gave this node starts now, not at the next wake-up.
+            let mut ended = Vec::new();
+            run_tasks(&layout, rank, &mut running, s.take_given(), &mut ended)?;
+            if !ended.is_empty() {
+                // Tasks that ended since the pass: no event will say so again (they are
+                // reaped), so the next pass comes at once.
+                s.ended_here(ended);
+                continue;
             }
-            std::fs::write(layout.root.join("torn_down"), now_rfc3339())?;
-            return Ok(());
         }
-        std::thread::sleep(Duration::from_millis(100));
+        let children: Vec<std::os::fd::BorrowedFd<'_>> = running
+            .values()
+            .filter_map(|r| r.ended.as_ref().map(std::os::fd::AsFd::as_fd))
+            .collect();
+        let timeout = if children.len() < running.len() {
+            Duration::from_millis(10)
+        } else {
+            Duration::from_millis(100)
+        };
+        watcher.wait(timeout, &children);
     }
 }
 
+/// Starts this node's new tasks (those in `tasks/`, and `given` by the head's scheduler in
+/// memory), passes on cancel requests, and records the tasks that ended: in `done/`, or in
+/// `ended` for those given.
 fn run_tasks(
     layout: &Layout,
     rank: u32,
     running: &mut BTreeMap<String, Running>,
+    given: Vec<Task>,
+    ended: &mut Vec<(String, i32)>,
 ) -> std::io::Result<()> {
-    // Start new tasks.
-    let mut files: Vec<PathBuf> = std::fs::read_dir(layout.tasks(rank))?
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|e| e == "json"))
-        .collect();
+    // One listing finds new tasks and cancel requests.
+    let mut files: Vec<PathBuf> = Vec::new();
+    let mut cancels: BTreeSet<String> = BTreeSet::new();
+    for e in std::fs::read_dir(layout.tasks(rank))?.filter_map(Result::ok) {
+        let p = e.path();
+        match p.extension().and_then(|x| x.to_str()) {
+            Some("json") => files.push(p),
+            Some("cancel") => {
+                if let Some(id) = p.file_stem().and_then(|s| s.to_str()) {
+                    cancels.insert(id.to_string());
+                }
+            }
+            _ => {}
+        }
+    }
     files.sort();
+    let mut todo: Vec<(Task, Option<PathBuf>)> = Vec::new();
     for f in files {
+        // A task that runs is not read again (its file is removed when it ends).
+        if f.file_stem()
+            .and_then(|s| s.to_str())
+            .is_some_and(|id| running.contains_key(id))
+        {
+            continue;
+        }
         let Some(task) = read_json::<Task>(&f) else {
             continue;
         };
         if running.contains_key(&task.id)
             || layout.done(rank).join(format!("{}.json", task.id)).exists()
         {
+            continue;
+        }
+        todo.push((task, Some(f)));
+    }
+    todo.extend(given.into_iter().map(|t| (t, None)));
+    for (task, file) in todo {
+        if running.contains_key(&task.id) {
             continue;
         }
         let log_path = layout.root.join(&task.log);
@@ -395,363 +522,77 @@ fn run_tasks(
         std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
         match cmd.spawn() {
             Ok(child) => {
-                running.insert(task.id.clone(), Running { child });
+                let pidfd = proc::pidfd(child.id());
+                running.insert(
+                    task.id.clone(),
+                    Running {
+                        child,
+                        ended: pidfd,
+                        from_file: file.is_some(),
+                    },
+                );
             }
             Err(e) => {
-                write_json(
-                    &layout.done(rank).join(format!("{}.json", task.id)),
-                    &TaskDone { exit_code: 127 },
-                )?;
                 let _ = std::fs::write(&log_path, format!("cannot start /bin/sh: {e}\n"));
-                let _ = std::fs::remove_file(&f);
+                match &file {
+                    Some(f) => {
+                        write_json(
+                            &layout.done(rank).join(format!("{}.json", task.id)),
+                            &TaskDone { exit_code: 127 },
+                        )?;
+                        let _ = std::fs::remove_file(f);
+                    }
+                    None => ended.push((task.id.clone(), 127)),
+                }
             }
         }
     }
-    // Cancel requests for tasks on this node.
-    let ids: Vec<String> = running.keys().cloned().collect();
-    for id in ids {
-        let cancel = layout.tasks(rank).join(format!("{id}.cancel"));
-        if cancel.exists()
-            && let Some(r) = running.get_mut(&id)
-        {
-            proc::signal(r.child.id(), libc::SIGTERM, true);
-            std::thread::sleep(Duration::from_millis(100));
-            proc::signal(r.child.id(), libc::SIGKILL, true);
-            let _ = std::fs::remove_file(&cancel);
+    // Cancel requests for tasks on this node: every one is asked to end, then one grace
+    // period, then whatever is left is killed.
+    let cancelled: Vec<&String> = cancels
+        .iter()
+        .filter(|id| running.contains_key(*id))
+        .collect();
+    if !cancelled.is_empty() {
+        for id in &cancelled {
+            if let Some(r) = running.get(*id) {
+                proc::signal(r.child.id(), libc::SIGTERM, true);
+            }
         }
-        let Some(r) = running.get_mut(&id) else {
-            continue;
-        };
+        std::thread::sleep(Duration::from_millis(100));
+        for id in &cancelled {
+            if let Some(r) = running.get(*id) {
+                proc::signal(r.child.id(), libc::SIGKILL, true);
+            }
+            let _ = std::fs::remove_file(layout.tasks(rank).join(format!("{id}.cancel")));
+        }
+    }
+    let mut gone = Vec::new();
+    for (id, r) in running.iter_mut() {
         if let Some(status) = r.child.try_wait()? {
             use std::os::unix::process::ExitStatusExt;
             let code = status
                 .code()
                 .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
-            write_json(
-                &layout.done(rank).join(format!("{id}.json")),
-                &TaskDone { exit_code: code },
-            )?;
-            let _ = std::fs::remove_file(layout.tasks(rank).join(format!("{id}.json")));
-            running.remove(&id);
+            if r.from_file {
+                write_json(
+                    &layout.done(rank).join(format!("{id}.json")),
+                    &TaskDone { exit_code: code },
+                )?;
+                let _ = std::fs::remove_file(layout.tasks(rank).join(format!("{id}.json")));
+            } else {
+                ended.push((id.clone(), code));
+            }
+            gone.push(id.clone());
         }
+    }
+    for id in gone {
+        running.remove(&id);
     }
     Ok(())
 }
 
-#[derive(Default)]
-struct Scheduler {
-    nodes: Option<u32>,
-    /// Since when nothing has been queued, running or logged in.
-    idle_since: Option<std::time::Instant>,
-    /// When sessions were last looked for (a scan of every process: not every tick).
-    sessions_seen: Option<(std::time::Instant, bool)>,
-    /// Jobs that ended, by queue file name, with whether each tears the cluster down: an
-    /// ended job never runs again, so a pass reads only the other jobs' files.
-    ended: BTreeMap<std::ffi::OsString, bool>,
-    /// Records of the jobs not ended yet (a submitted record never changes).
-    records: BTreeMap<std::ffi::OsString, JobRecord>,
-    /// The status file of each job not ended yet, as last read or written: only the
-    /// scheduler writes them, so a queued job's missing file is not looked for again.
-    statuses: BTreeMap<String, Option<JobStatus>>,
-}
-
-impl Scheduler {
-    fn num_nodes(&mut self, layout: &Layout) -> u32 {
-        if self.nodes.is_none() {
-            self.nodes = read_json::<ClusterInfo>(&layout.info()).map(|i| i.num_nodes);
-        }
-        self.nodes.unwrap_or(1)
-    }
-
-    /// Autostop: once the cluster has been idle long enough, run the backend's commands.
-    fn watch_idle(&mut self, layout: &Layout, info: &ClusterInfo, busy: bool) {
-        let Some(a) = &info.autostop else { return };
-        let sessions = match self.sessions_seen {
-            Some((at, open)) if at.elapsed() < Duration::from_secs(2) => open,
-            _ => {
-                let open = proc::sessions_open(&layout.root);
-                self.sessions_seen = Some((std::time::Instant::now(), open));
-                open
-            }
-        };
-        if busy || sessions {
-            self.idle_since = None;
-            return;
-        }
-        let since = *self.idle_since.get_or_insert_with(std::time::Instant::now);
-        if since.elapsed() < Duration::from_secs(a.idle_seconds) {
-            return;
-        }
-        self.idle_since = None;
-        // Stopped first: from now on no job is accepted, whatever the commands take.
-        let _ = std::fs::write(layout.stopped(), now_rfc3339());
-        let mut log = format!("{}: idle for {}s\n", now_rfc3339(), a.idle_seconds);
-        for argv in &a.commands {
-            let Some((program, args)) = argv.split_first() else {
-                continue;
-            };
-            let result = Command::new(program)
-                .args(args)
-                .stdin(Stdio::null())
-                .output();
-            match result {
-                Ok(o) => log.push_str(&format!(
-                    "{program}: exit {}: {}{}\n",
-                    o.status.code().unwrap_or(-1),
-                    String::from_utf8_lossy(&o.stdout).trim(),
-                    String::from_utf8_lossy(&o.stderr).trim()
-                )),
-                Err(e) => log.push_str(&format!("{program}: {e}\n")),
-            }
-        }
-        if layout.root.is_dir() {
-            let _ = std::fs::write(layout.autostop_log(), log);
-        }
-    }
-
-    /// Writes a job's status file, and remembers what it holds.
-    fn write_status(&mut self, layout: &Layout, job: &str, st: &JobStatus) -> std::io::Result<()> {
-        write_json(&layout.status(job), st)?;
-        self.statuses.insert(job.to_string(), Some(st.clone()));
-        Ok(())
-    }
-
-    /// One scheduling pass. Returns true when a teardown job has ended.
-    fn tick(&mut self, layout: &Layout) -> std::io::Result<bool> {
-        let Some(info) = read_json::<ClusterInfo>(&layout.info()) else {
-            return Ok(false);
-        };
-        let (done, queue_busy) = self.schedule(layout, &info)?;
-        // Work outside the queue (setup) keeps the cluster busy too.
-        let busy = queue_busy
-            || (0..info.num_nodes).any(|r| {
-                std::fs::read_dir(layout.tasks(r)).is_ok_and(|mut d| {
-                    d.any(|e| e.is_ok_and(|e| e.path().extension().is_some_and(|x| x == "json")))
-                })
-            });
-        self.watch_idle(layout, &info, busy);
-        Ok(done)
-    }
-
-    /// One pass over the queue: whether a teardown job has ended, and whether any job
-    /// was queued or running when the pass began.
-    fn schedule(&mut self, layout: &Layout, info: &ClusterInfo) -> std::io::Result<(bool, bool)> {
-        let mut teardown_done = false;
-        let mut jobs: Vec<(std::ffi::OsString, JobRecord)> = Vec::new();
-        // Cancel requests are in the same directory: one listing finds them all.
-        let mut cancels: BTreeSet<String> = BTreeSet::new();
-        for entry in std::fs::read_dir(layout.queue())?.filter_map(Result::ok) {
-            let name = entry.file_name();
-            let path = Path::new(&name);
-            if path.extension().is_some_and(|e| e == "cancel") {
-                if let Some(stem) = path.file_stem().and_then(|s| s.to_str()) {
-                    cancels.insert(stem.to_string());
-                }
-                continue;
-            }
-            if path.extension().is_none_or(|e| e != "json") {
-                continue;
-            }
-            if let Some(teardown) = self.ended.get(&name) {
-                teardown_done |= teardown;
-                continue;
-            }
-            let record = match self.records.get(&name) {
-                Some(r) => r.clone(),
-                None => match read_json::<JobRecord>(&entry.path()) {
-                    Some(r) => {
-                        self.records.insert(name.clone(), r.clone());
-                        r
-                    }
-                    None => continue,
-                },
-            };
-            jobs.push((name, record));
-        }
-        jobs.sort_by(|(_, a), (_, b)| a.submitted.cmp(&b.submitted).then(a.id.cmp(&b.id)));
-        // Resources in use per node by running jobs: CPUs, and each GPU device's share.
-        let devices = gpu_devices(info.gpus_per_node);
-        let mut used: Vec<NodeUse> = (0..info.num_nodes)
-            .map(|_| NodeUse {
-                cpus: 0.0,
-                gpus: vec![0.0; devices.len()],
-            })
-            .collect();
-        let mut statuses: BTreeMap<String, JobStatus> = BTreeMap::new();
-        for (name, j) in &jobs {
-            let known = match self.statuses.get(&j.id) {
-                Some(s) => s.clone(),
-                None => {
-                    let s = read_json::<JobStatus>(&layout.status(&j.id));
-                    self.statuses.insert(j.id.clone(), s.clone());
-                    s
-                }
-            };
-            if let Some(s) = known {
-                if s.state.is_final() {
-                    // Counted below this once; later passes skip it.
-                    self.ended.insert(name.clone(), j.teardown);
-                    self.records.remove(name);
-                    self.statuses.remove(&j.id);
-                }
-                if s.state == JobState::Running {
-                    for (i, n) in s.nodes.iter().enumerate() {
-                        if let Some(u) = used.get_mut(*n as usize) {
-                            u.take(j, s.devices.get(i).map_or(&[][..], Vec::as_slice), 1.0);
-                        }
-                    }
-                }
-                statuses.insert(j.id.clone(), s);
-            }
-        }
-        for (_, j) in &jobs {
-            let status = statuses.get(&j.id).cloned();
-            let cancel_requested = cancels.contains(&j.id);
-            match status.as_ref().map(|s| s.state) {
-                Some(s) if s.is_final() => {
-                    teardown_done |= j.teardown;
-                }
-                Some(JobState::Running) => {
-                    let mut st = status.unwrap_or_else(queued_status);
-                    if cancel_requested {
-                        for n in &st.nodes {
-                            let _ = std::fs::write(
-                                layout.tasks(*n).join(format!("{}.cancel", j.id)),
-                                b"",
-                            );
-                        }
-                    }
-                    let mut codes = Vec::new();
-                    for n in &st.nodes {
-                        if let Some(d) =
-                            read_json::<TaskDone>(&layout.done(*n).join(format!("{}.json", j.id)))
-                        {
-                            codes.push(d.exit_code);
-                        }
-                    }
-                    if codes.len() == st.nodes.len() {
-                        let failed = codes.iter().find(|c| **c != 0).copied();
-                        st.state = if cancel_requested {
-                            JobState::Cancelled
-                        } else if failed.is_some() {
-                            JobState::Failed
-                        } else {
-                            JobState::Succeeded
-                        };
-                        st.exit_code = Some(failed.unwrap_or(0));
-                        st.ended = Some(now_rfc3339());
-                        if cancel_requested {
-                            st.reason = Some("cancelled on request".into());
-                        }
-                        self.write_status(layout, &j.id, &st)?;
-                        for (i, n) in st.nodes.iter().enumerate() {
-                            if let Some(u) = used.get_mut(*n as usize) {
-                                u.take(j, st.devices.get(i).map_or(&[][..], Vec::as_slice), -1.0);
-                            }
-                        }
-                        teardown_done |= j.teardown;
-                    }
-                }
-                _ => {
-                    // Queued.
-                    if cancel_requested {
-                        let mut st = queued_status();
-                        st.state = JobState::Cancelled;
-                        st.reason = Some("cancelled before it started".into());
-                        st.ended = Some(now_rfc3339());
-                        self.write_status(layout, &j.id, &st)?;
-                        continue;
-                    }
-                    let mut blocked_by = None;
-                    let mut waiting = false;
-                    for dep in &j.after {
-                        match read_json::<JobStatus>(&layout.root.join(&dep.status))
-                            .map(|s| s.state)
-                        {
-                            Some(JobState::Succeeded) => {}
-                            Some(JobState::Failed | JobState::Cancelled) => {
-                                blocked_by = Some(dep.clone())
-                            }
-                            _ => waiting = true,
-                        }
-                    }
-                    if let Some(dep) = blocked_by {
-                        let name = dep.name;
-                        let mut st = queued_status();
-                        st.state = JobState::Cancelled;
-                        st.reason = Some(format!("dependency {name} did not succeed"));
-                        st.ended = Some(now_rfc3339());
-                        self.write_status(layout, &j.id, &st)?;
-                        teardown_done |= j.teardown;
-                        continue;
-                    }
-                    if waiting {
-                        continue;
-                    }
-                    // Pick nodes with room: CPUs, and GPU devices for the job's share.
-                    let free: Vec<(u32, Vec<u32>)> = (0..info.num_nodes)
-                        .filter_map(|n| {
-                            let u = &used[n as usize];
-                            if u.cpus + j.cpus > info.cpus_per_node + 1e-9 {
-                                return None;
-                            }
-                            pick_devices(&devices, &u.gpus, j.gpus).map(|d| (n, d))
-                        })
-                        .take(j.num_nodes as usize)
-                        .collect();
-                    if (free.len() as u32) < j.num_nodes {
-                        continue;
-                    }
-                    let (nodes, held): (Vec<u32>, Vec<Vec<u32>>) = free.into_iter().unzip();
-                    let ips: Vec<String> = nodes
-                        .iter()
-                        .map(|n| {
-                            info.ips
-                                .get(*n as usize)
-                                .cloned()
-                                .unwrap_or_else(|| "127.0.0.1".into())
-                        })
-                        .collect();
-                    for (rank, node) in nodes.iter().enumerate() {
-                        let mut envs = info.envs.clone();
-                        envs.extend(j.envs.clone());
-                        envs.insert("SKYFORM_NODE_RANK".into(), rank.to_string());
-                        envs.insert("SKYFORM_NUM_NODES".into(), j.num_nodes.to_string());
-                        envs.insert("SKYFORM_NODE_IPS".into(), ips.join("\n"));
-                        envs.insert("SKYFORM_CLUSTER".into(), info.name.clone());
-                        envs.insert("SKYFORM_JOB_ID".into(), j.id.clone());
-                        if j.gpus > 0.0 {
-                            let ids: Vec<String> = held[rank].iter().map(u32::to_string).collect();
-                            envs.insert("CUDA_VISIBLE_DEVICES".into(), ids.join(","));
-                        }
-                        let task = Task {
-                            id: j.id.clone(),
-                            command: j.run.clone(),
-                            envs,
-                            log: Layout::log_name(&j.id, rank as u32),
-                        };
-                        write_json(&layout.tasks(*node).join(format!("{}.json", j.id)), &task)?;
-                        if let Some(u) = used.get_mut(*node as usize) {
-                            u.take(j, &held[rank], 1.0);
-                        }
-                    }
-                    let mut st = queued_status();
-                    st.state = JobState::Running;
-                    st.nodes = nodes;
-                    st.devices = held;
-                    st.started = Some(now_rfc3339());
-                    self.write_status(layout, &j.id, &st)?;
-                }
-            }
-        }
-        let busy = jobs
-            .iter()
-            .any(|(_, j)| statuses.get(&j.id).is_none_or(|s| !s.state.is_final()));
-        Ok((teardown_done, busy))
-    }
-}
-
-fn queued_status() -> JobStatus {
+pub(crate) fn queued_status() -> JobStatus {
     JobStatus {
         state: JobState::Queued,
         exit_code: None,
@@ -760,26 +601,6 @@ fn queued_status() -> JobStatus {
         started: None,
         ended: None,
         devices: Vec::new(),
-    }
-}
-
-/// What running jobs hold on one node.
-struct NodeUse {
-    cpus: f64,
-    /// The share of each GPU device in use (0 to its capacity).
-    gpus: Vec<f64>,
-}
-
-impl NodeUse {
-    /// Adds (`sign` 1) or returns (-1) what `job` holds here on `devices`.
-    fn take(&mut self, job: &JobRecord, devices: &[u32], sign: f64) {
-        self.cpus += sign * job.cpus;
-        let share = if job.gpus < 1.0 { job.gpus } else { 1.0 };
-        for d in devices {
-            if let Some(g) = self.gpus.get_mut(*d as usize) {
-                *g += sign * share;
-            }
-        }
     }
 }
 
@@ -888,6 +709,159 @@ pub async fn run_everywhere(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_job_cancelled_before_it_started_is_its_renamed_record() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let layout = Layout::new(tmp.path());
+        let job = JobRecord {
+            id: "j1".into(),
+            name: "job.j1".into(),
+            run: "true".into(),
+            num_nodes: 1,
+            cpus: 0.5,
+            gpus: 0.0,
+            envs: BTreeMap::new(),
+            after: Vec::new(),
+            teardown: false,
+            submitted: 1,
+        };
+        submit(&layout, &job).expect("submit");
+        assert_eq!(
+            job_status(&layout, "j1").map(|s| s.state),
+            Some(JobState::Queued)
+        );
+        std::fs::rename(layout.queued("j1"), layout.cancelled("j1")).expect("rename");
+        let st = job_status(&layout, "j1").expect("a status");
+        assert_eq!(st.state, JobState::Cancelled);
+        assert_eq!(st.reason.as_deref(), Some("cancelled before it started"));
+        // Its dependents see it so, by the status path they were given.
+        let dep = status_at(&layout.status("j1")).expect("a dependency's status");
+        assert_eq!(dep.state, JobState::Cancelled);
+        // Submitting it again changes nothing.
+        submit(&layout, &job).expect("submit");
+        assert!(!layout.queued("j1").exists());
+        assert_eq!(job_status(&layout, "j2"), None);
+    }
+
+    fn record(
+        id: &str,
+        run: &str,
+        cpus: f64,
+        after: Vec<Dependency>,
+        submitted: u128,
+    ) -> JobRecord {
+        JobRecord {
+            id: id.into(),
+            name: format!("job.{id}"),
+            run: run.into(),
+            num_nodes: 1,
+            cpus,
+            gpus: 0.0,
+            envs: BTreeMap::new(),
+            after,
+            teardown: false,
+            submitted,
+        }
+    }
+
+    fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+        let start = std::time::Instant::now();
+        while !done() {
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "{what}: not within 60 s"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    #[test]
+    fn the_head_drains_a_sweep_and_cancels_a_batch_with_its_dependents() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let root = tmp.path().join("cluster");
+        std::fs::create_dir_all(&root).expect("cluster dir");
+        let layout = Layout::new(&root);
+        let info = ClusterInfo {
+            name: "cluster.t".into(),
+            num_nodes: 1,
+            cpus_per_node: 1.0,
+            gpus_per_node: 0.0,
+            envs: BTreeMap::new(),
+            ips: vec!["127.0.0.1".into()],
+            links: BTreeMap::new(),
+            autostop: None,
+            build: None,
+            hosts: Vec::new(),
+        };
+        write_json(&layout.info(), &info).expect("cluster.json");
+        for i in 0..20 {
+            let run = if i == 7 { "exit 3" } else { "true" };
+            submit(
+                &layout,
+                &record(&format!("q{i:02}"), run, 0.5, Vec::new(), i),
+            )
+            .expect("submit");
+        }
+        let agent = {
+            let root = root.clone();
+            std::thread::spawn(move || run_agent(&root, 0))
+        };
+        let state = |id: &str| job_status(&layout, id).map(|s| s.state);
+        wait_for("the sweep", || {
+            (0..20).all(|i| state(&format!("q{i:02}")).is_some_and(JobState::is_final))
+        });
+        for i in 0..20 {
+            let st = job_status(&layout, &format!("q{i:02}")).expect("a status");
+            let want = if i == 7 {
+                (JobState::Failed, 3)
+            } else {
+                (JobState::Succeeded, 0)
+            };
+            assert_eq!((st.state, st.exit_code), (want.0, Some(want.1)), "q{i:02}");
+        }
+        // A job holding the whole node; jobs queued behind it, one with a dependent.
+        submit(&layout, &record("big", "sleep 30", 1.0, Vec::new(), 100)).expect("submit");
+        wait_for("big to run", || state("big") == Some(JobState::Running));
+        let ids = ["w0", "w1", "w2", "w3", "w4"];
+        for (i, id) in ids.iter().enumerate() {
+            submit(
+                &layout,
+                &record(id, "true", 0.5, Vec::new(), 200 + i as u128),
+            )
+            .expect("submit");
+        }
+        let dep = Dependency {
+            status: layout.status("w0"),
+            name: "job.w0".into(),
+        };
+        submit(&layout, &record("d", "true", 0.5, vec![dep], 300)).expect("submit");
+        assert_eq!(state("w0"), Some(JobState::Queued));
+        cancel_all(&layout, &ids).expect("cancel");
+        wait_for("the batch to be cancelled", || {
+            ids.iter().all(|id| state(id) == Some(JobState::Cancelled))
+        });
+        assert!(layout.cancelled("w0").exists() && !layout.status("w0").exists());
+        wait_for("the dependent to be cancelled", || {
+            state("d") == Some(JobState::Cancelled)
+        });
+        let d = job_status(&layout, "d").expect("a status");
+        assert_eq!(
+            d.reason.as_deref(),
+            Some("dependency job.w0 did not succeed")
+        );
+        // A running job is cancelled by its own request.
+        assert_eq!(state("big"), Some(JobState::Running));
+        cancel(&layout, "big").expect("cancel");
+        wait_for("big to be cancelled", || {
+            state("big") == Some(JobState::Cancelled)
+        });
+        std::fs::write(layout.stopped(), b"").expect("stop");
+        agent
+            .join()
+            .expect("the agent")
+            .expect("the agent's result");
+    }
 
     #[test]
     fn fractions_share_a_device_and_whole_gpus_take_free_ones() {

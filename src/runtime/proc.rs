@@ -1,7 +1,7 @@
 //! Process facts and signals: liveness (zombies count as dead), sessions, kill.
 //!
-//! The one place with `unsafe`: a few libc calls (`kill`, `setsid`, `getuid`) with no safe std
-//! equivalent.
+//! The one place with `unsafe`: a few libc calls (`kill`, `setsid`, `getuid`, inotify, `poll`,
+//! `pidfd_open`) with no safe std equivalent.
 #![allow(unsafe_code)]
 
 use std::path::Path;
@@ -187,6 +187,180 @@ pub fn new_session(cmd: &mut Command) {
             Ok(())
         });
     }
+}
+
+/// Wakes an agent when an entry appears in a directory it watches or a child process of it
+/// ends (inotify and pidfds), so that it reacts at once instead of polling. Where the kernel
+/// offers neither, `wait` sleeps its timeout and `take` says to list the directory.
+#[derive(Debug)]
+pub struct Watcher {
+    fd: Option<std::os::fd::OwnedFd>,
+    dirs: Vec<Watched>,
+    buf: Vec<u8>,
+}
+
+#[derive(Debug)]
+struct Watched {
+    wd: i32,
+    /// Whether the names are kept for `take` (else the watch only wakes).
+    keep: bool,
+    names: Vec<std::ffi::OsString>,
+    /// Some names were lost (overflow, or no watch): the directory must be listed.
+    lost: bool,
+}
+
+impl Default for Watcher {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Watcher {
+    pub fn new() -> Watcher {
+        use std::os::fd::FromRawFd;
+        // SAFETY: inotify_init1 takes flags and returns a new descriptor (or -1), which the
+        // OwnedFd then owns alone.
+        let fd = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
+        Watcher {
+            fd: (fd >= 0).then(|| unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }),
+            dirs: Vec::new(),
+            buf: vec![0; 64 * 1024],
+        }
+    }
+
+    /// Watches `dir` for entries made or renamed into it; `keep`: remember their names for
+    /// [`Watcher::take`]. Returns the watch's handle.
+    pub fn watch(&mut self, dir: &Path, keep: bool) -> usize {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::ffi::OsStrExt;
+        let wd = match (&self.fd, std::ffi::CString::new(dir.as_os_str().as_bytes())) {
+            // SAFETY: the descriptor is ours and the path a valid C string for the call.
+            (Some(fd), Ok(path)) => unsafe {
+                libc::inotify_add_watch(
+                    fd.as_raw_fd(),
+                    path.as_ptr(),
+                    libc::IN_CREATE | libc::IN_MOVED_TO | libc::IN_ONLYDIR,
+                )
+            },
+            _ => -1,
+        };
+        self.dirs.push(Watched {
+            wd,
+            keep,
+            names: Vec::new(),
+            lost: true,
+        });
+        self.dirs.len() - 1
+    }
+
+    /// The names that appeared in watched directory `id` since the last call, or None when
+    /// they are not known (the first call, no watch, or events were lost): list it then.
+    pub fn take(&mut self, id: usize) -> Option<Vec<std::ffi::OsString>> {
+        let _ = self.drain();
+        let w = self.dirs.get_mut(id)?;
+        let names = std::mem::take(&mut w.names);
+        if w.lost {
+            w.lost = w.wd < 0;
+            return None;
+        }
+        Some(names)
+    }
+
+    /// Reads the events that are there, without blocking: the caller is about to look at
+    /// its directories. Returns whether there were any.
+    pub fn drain(&mut self) -> bool {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::ffi::OsStrExt;
+        let Some(fd) = &self.fd else { return false };
+        let mut any = false;
+        loop {
+            // SAFETY: reads at most buf.len() bytes into our own buffer.
+            let n =
+                unsafe { libc::read(fd.as_raw_fd(), self.buf.as_mut_ptr().cast(), self.buf.len()) };
+            let Ok(n) = usize::try_from(n) else {
+                return any;
+            };
+            if n == 0 {
+                return any;
+            }
+            any = true;
+            // struct inotify_event: wd (i32), mask, cookie, len (u32), then len bytes of name.
+            let mut at = 0;
+            while at + 16 <= n {
+                let field = |o: usize| {
+                    let mut b = [0u8; 4];
+                    b.copy_from_slice(&self.buf[at + o..at + o + 4]);
+                    b
+                };
+                let wd = i32::from_ne_bytes(field(0));
+                let mask = u32::from_ne_bytes(field(4));
+                let len = u32::from_ne_bytes(field(12)) as usize;
+                let end = (at + 16 + len).min(n);
+                let raw = &self.buf[at + 16..end];
+                let name = &raw[..raw.iter().position(|b| *b == 0).unwrap_or(raw.len())];
+                at = end;
+                if mask & libc::IN_Q_OVERFLOW != 0 {
+                    for d in &mut self.dirs {
+                        d.lost = true;
+                        d.names.clear();
+                    }
+                    continue;
+                }
+                if let Some(d) = self.dirs.iter_mut().find(|d| d.wd == wd) {
+                    if mask & libc::IN_IGNORED != 0 {
+                        // The directory went: its names can no longer be known.
+                        d.wd = -1;
+                        d.lost = true;
+                    } else if d.keep && !name.is_empty() {
+                        d.names
+                            .push(std::ffi::OsStr::from_bytes(name).to_os_string());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sleeps until a watched directory gains an entry, one of `children` (pidfds) ends, or
+    /// `timeout` passes.
+    pub fn wait(&mut self, timeout: std::time::Duration, children: &[std::os::fd::BorrowedFd<'_>]) {
+        use std::os::fd::AsRawFd;
+        if self.drain() || self.dirs.iter().any(|d| d.keep && !d.names.is_empty()) {
+            // Something came since the caller last looked.
+            return;
+        }
+        let mut fds: Vec<libc::pollfd> = self
+            .fd
+            .iter()
+            .map(|f| f.as_raw_fd())
+            .chain(children.iter().map(|c| c.as_raw_fd()))
+            .map(|fd| libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            })
+            .collect();
+        if fds.is_empty() {
+            std::thread::sleep(timeout);
+            return;
+        }
+        let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+        // SAFETY: fds is a valid array of pollfd of the length given.
+        unsafe {
+            libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms);
+        }
+    }
+}
+
+/// A descriptor that becomes readable when process `pid` (a child not yet waited for, so
+/// its pid cannot be reused) ends; None where the kernel has no pidfds.
+pub fn pidfd(pid: u32) -> Option<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    let pid = libc::pid_t::try_from(pid).ok()?;
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor (or -1), which
+    // the OwnedFd then owns alone.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    let fd = i32::try_from(fd).ok().filter(|fd| *fd >= 0)?;
+    Some(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
 }
 
 /// This machine: logical CPUs, memory in GiB, and GPUs (name → count) from nvidia-smi.
