@@ -675,6 +675,25 @@ fn an_exceeded_quota_blocks_the_context() {
         }))
         .unwrap();
         created(quotas.create(&Default::default(), &q).await);
+        // Admission enforces a quota once the controller has counted its usage (before
+        // that, and before the apiserver's own cache has seen it, a pod may slip through).
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let synced = quotas.get("gpus").await.ok().is_some_and(|q| {
+                q.status
+                    .and_then(|s| s.hard)
+                    .is_some_and(|h| h.contains_key("requests.nvidia.com/gpu"))
+            });
+            if synced {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the quota controller counted the quota"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
     });
     w.config(
         &[("a", 0.0), ("b", 1.0)],
