@@ -334,14 +334,16 @@ class Handler(http.server.BaseHTTPRequestHandler):
         with lock:
             stats["requests"] += 1
             stats["upstream_seconds"] += time.monotonic() - started
+        # What moto did is real even when its answer is withheld: the instances it made
+        # are placed on machines (and end with them) either way.
+        if resp.status == 200 and req["action"] == "RunInstances":
+            data = as_machines(data, launch_token(body), (req["region"], launch_behaviour(body)))
         if rule is not None and rule.get("hang_after"):
             time.sleep(float(rule.get("seconds", 3600)))
             self.close_connection = True
             return
         if resp.status == 200 and req["action"] == "ImportKeyPair":
             install_key(body)
-        if resp.status == 200 and req["action"] == "RunInstances":
-            data = as_machines(data, launch_token(body), (req["region"], launch_behaviour(body)))
         if resp.status == 200 and req["action"] == "DescribeInstances":
             data = as_machines(data)
         if resp.status == 200 and machines and req["action"] in ("StopInstances", "TerminateInstances"):

@@ -203,6 +203,8 @@ stop)
         ip netns del "$ns" 2>/dev/null || true
       done <"$SKYFORM_TEST_SSH_DIR/netns-hosts"
     fi
+    # Agents and jobs that tests left on the hosts (their command lines name the directory).
+    pkill -9 -f -- "$SKYFORM_TEST_SSH_DIR/" 2>/dev/null || true
     rm -rf "$SKYFORM_TEST_SSH_DIR"
   fi
   ;;
