@@ -2,10 +2,10 @@
 //! kill itself (SIGKILL: no destructor, flush or handler runs) right after the K-th event of
 //! KIND, which is one of
 //!
-//! - `call`: a call of apply to a backend that may change the world (create, update, delete,
-//!   a batch of job cancels, removing what a failed attempt left) has returned, and its
-//!   result is not yet in state;
-//! - `write`: a state write of apply has finished;
+//! - `call`: a call of apply or the controller to a backend that may change the world
+//!   (create, update, delete, a batch of job cancels, removing what a failed attempt left)
+//!   has returned, and its result is not yet in state (or the controller's book);
+//! - `write`: a state write of apply, or a write of the controller's book, has finished;
 //! - `remote`: a command on a remote host (ssh pools) has returned.
 //!
 //! Unset (always, outside tests) this costs one relaxed load per event. The hook is a

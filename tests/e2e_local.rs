@@ -964,7 +964,10 @@ fn a_job_after_a_failed_managed_job_is_cancelled() {
         vec![("job.after".to_string(), "CANCELLED".to_string())]
     );
     sb.stdout(&["destroy", "-auto-approve"]);
-    assert!(sb.processes().is_empty());
+    // The controller apply started stops by itself once nothing is left to watch.
+    wait_for("the controller to stop", Duration::from_secs(10), || {
+        sb.processes().is_empty()
+    });
 }
 
 #[test]

@@ -210,7 +210,7 @@ pub(super) fn fails_over(kind: crate::providers::ErrorKind) -> bool {
 /// What a failure blocks: capacity the placement (its zone, or the instance type in its
 /// region), quota the region, configuration or credentials the whole cloud; a region that
 /// timed out or kept failing transiently is blocked too, so the chain moves on.
-fn block_for(kind: crate::providers::ErrorKind, c: &crate::optimizer::Candidate) -> String {
+pub fn block_for(kind: crate::providers::ErrorKind, c: &crate::optimizer::Candidate) -> String {
     use crate::providers::ErrorKind;
     let o = &c.offering;
     match kind {

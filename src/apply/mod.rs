@@ -9,6 +9,7 @@
 //! - `reevaluate`: values unknown at plan time, evaluated once what they depend on exists.
 
 mod failover;
+pub use failover::block_for;
 mod graph;
 mod reevaluate;
 mod step;

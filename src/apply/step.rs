@@ -164,11 +164,17 @@ impl Walk<'_, '_> {
                 None => "creating".to_string(),
             },
         };
+        // A managed job's placements are the controller's to choose and record.
+        let placement = change
+            .candidates
+            .first()
+            .filter(|_| provider != crate::controller::handoff::NAME)
+            .cloned();
         Ok(Prepared {
             node: node.clone(),
             provider,
             spec: Some(spec),
-            placement: change.candidates.first().cloned(),
+            placement,
             // Jobs start after the jobs and managed jobs they depend on succeeded (afterok).
             after: afterok(change),
             what,
@@ -433,6 +439,10 @@ pub(super) fn record_success(
 
 /// Which provider a resource goes to: its placement's cloud, or its cluster's provider.
 fn provider_for(spec: &Spec, change: &Change, state: &State) -> String {
+    if let Spec::ManagedJob(_) = spec {
+        // The controller runs managed jobs; apply hands them over.
+        return crate::controller::handoff::NAME.into();
+    }
     if let Spec::Job(j) = spec {
         return state
             .resources

@@ -227,6 +227,11 @@ pub enum Command {
         #[command(subcommand)]
         command: StateCommand,
     },
+    /// The controller that keeps managed jobs running between applies.
+    Controller {
+        #[command(subcommand)]
+        command: ControllerCommand,
+    },
     /// Separate states, side by side in one backend.
     Workspace {
         #[command(subcommand)]
@@ -364,6 +369,25 @@ pub enum WorkspaceCommand {
         #[arg(long)]
         force: bool,
     },
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum ControllerCommand {
+    /// Run in the foreground (under systemd, or in a container) until stopped.
+    Run {
+        /// Stop once no managed job needs watching (how apply starts it).
+        #[arg(long = "exit-when-idle")]
+        exit_when_idle: bool,
+    },
+    /// Start it in the background, unless it runs.
+    Start,
+    /// Who runs it, and what it watches.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop it; managed jobs keep running, and the next apply or start resumes watching.
+    Stop,
 }
 
 #[derive(Debug, Clone, Subcommand)]

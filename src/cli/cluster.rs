@@ -14,6 +14,25 @@ pub async fn status(engine: &Engine, json: bool) -> Result<i32> {
         );
     } else {
         say_inline!("{}", crate::render::human::status(&state));
+        let managed = state
+            .resources
+            .values()
+            .any(|r| r.provider == crate::controller::handoff::NAME);
+        if managed {
+            let store = engine.store().await?;
+            let (book, _) = crate::controller::book::read(store.as_ref()).await?;
+            match book
+                .lease
+                .filter(|l| l.is_live(crate::controller::book::now_ms()))
+            {
+                Some(l) => say!("Controller: running, {}", l.describe()),
+                None if book.runs.values().any(|r| r.is_active()) => {
+                    say!("Controller: not running; the managed jobs above are not watched");
+                    say!("hint: `skyform controller start` resumes watching them");
+                }
+                None => say!("Controller: not running (nothing to watch)"),
+            }
+        }
     }
     Ok(EXIT_OK)
 }

@@ -26,6 +26,7 @@ macro_rules! say_inline {
 mod args;
 mod catalog;
 mod cluster;
+mod controller;
 mod fmt;
 mod plan;
 mod progress;
@@ -308,6 +309,9 @@ async fn run(cli: Cli) -> i32 {
         }
         Command::ForceUnlock { lock_id, force } => {
             state::force_unlock(&open(base.clone(), &none), &term, lock_id, *force).await
+        }
+        Command::Controller { command } => {
+            controller::command(&open(base.clone(), &none), command).await
         }
         Command::Status { json } => cluster::status(&open(base.clone(), &none), *json).await,
         Command::Ssh { cluster, command } => {

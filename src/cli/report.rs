@@ -94,6 +94,9 @@ impl Reporter for Terminal {
                 if resources == 1 { "" } else { "s" }
             ),
             Notice::Warning(w) => eprintln!("warning: {w}"),
+            Notice::Controller(line) => {
+                eprintln!("{} {line}", crate::controller::book::rfc3339_now());
+            }
             Notice::Imported { address, id } => {
                 if self.json {
                     Progress::emit(

@@ -137,6 +137,32 @@ impl Engine {
         Ok(Some(offerings))
     }
 
+    /// Every offering this configuration can place on: the declared clouds' catalogs (with
+    /// `catalogs`) and what each backend offers now; plus one line for each part that
+    /// offers nothing now, and why.
+    pub async fn offerings(&self, catalogs: bool) -> Result<(Vec<Offering>, Vec<String>)> {
+        let mut offerings = if catalogs {
+            self.catalog_offerings()?
+        } else {
+            Vec::new()
+        };
+        let mut unavailable = Vec::new();
+        for p in self.registry().providers.values() {
+            match p.survey().await {
+                Ok(o) => {
+                    offerings.extend(o.offerings);
+                    unavailable.extend(
+                        o.unavailable
+                            .into_iter()
+                            .map(|why| format!("{why}; it offers nothing in this plan")),
+                    );
+                }
+                Err(e) => unavailable.push(format!("{} offers nothing: {e}", p.name())),
+            }
+        }
+        Ok((offerings, unavailable))
+    }
+
     /// `skyform offers`: the ranked offers for a request. In a configuration that declares
     /// clouds, its regions, zones and prices apply; elsewhere every cloud of the catalogs at
     /// list price. This machine only when the request's infra names it.

@@ -9,7 +9,17 @@ use crate::state::{LocalStore, ResourceState, State};
 use std::time::Duration;
 
 /// Job statuses after which nothing more happens.
-const FINISHED: [&str; 5] = ["SUCCEEDED", "FAILED", "CANCELLED", "LOST", "DEGRADED"];
+/// Statuses of jobs and managed jobs that will not change by themselves.
+pub(super) const FINISHED: [&str; 8] = [
+    "SUCCEEDED",
+    "FAILED",
+    "CANCELLED",
+    "LOST",
+    "DEGRADED",
+    "FAILED_SETUP",
+    "FAILED_NO_RESOURCE",
+    "FAILED_CONTROLLER",
+];
 
 /// The `status` computed attribute of a resource, if any.
 fn status_of(r: &ResourceState) -> Option<&str> {

@@ -90,6 +90,8 @@ pub enum Notice<'a> {
     Refreshed { resources: usize, seconds: f64 },
     /// Something is left out or cannot be asked; the run goes on.
     Warning(String),
+    /// What the controller did (launched, lost, recovered, finished a managed job).
+    Controller(String),
     /// A cluster was taken into state through an `import` block.
     Imported { address: &'a Address, id: &'a str },
     /// Apply is about to carry out these changes.
@@ -189,6 +191,12 @@ impl Engine {
         &self.dir
     }
 
+    /// The skyform program that runs as node agents and the background controller, when
+    /// the caller named one (`None`: `SKYFORM_AGENT_EXE`, else this program).
+    pub fn agent_exe(&self) -> Option<&Path> {
+        self.agent_exe.as_deref()
+    }
+
     pub fn config(&self) -> &Config {
         &self.config
     }
@@ -257,10 +265,26 @@ impl Engine {
                     agent_exe: self.agent_exe.clone(),
                     ..Places::for_dir(&self.dir, &self.config.workspace)
                 };
-                let registry = Registry::from_config(Some(&self.config), &places);
-                for w in &registry.warnings {
+                let inner = Arc::new(Registry::from_config(Some(&self.config), &places));
+                for w in &inner.warnings {
                     self.reporter.notice(Notice::Warning(w.clone()));
                 }
+                // Managed jobs go to the controller, through its book in the state store.
+                let store = self
+                    .open_store(&self.wanted_backend())
+                    .map(Arc::from)
+                    .map_err(|e| e.to_string());
+                let managed = crate::controller::handoff::ManagedProvider::new(
+                    store,
+                    self.dir.clone(),
+                    self.config.workspace.clone(),
+                    self.agent_exe.clone(),
+                    inner.clone(),
+                );
+                let mut registry = (*inner).clone();
+                registry
+                    .providers
+                    .insert(crate::controller::handoff::NAME, Arc::new(managed));
                 Arc::new(registry)
             })
             .clone()

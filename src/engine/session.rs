@@ -225,25 +225,9 @@ impl Session<'_> {
             options.drift = r.drift;
         }
         // Destroying needs no placements (and so no catalogs).
-        let mut offerings = if opts.destroy {
-            Vec::new()
-        } else {
-            engine.catalog_offerings()?
-        };
-        for p in registry.providers.values() {
-            match p.survey().await {
-                Ok(o) => {
-                    offerings.extend(o.offerings);
-                    for why in o.unavailable {
-                        reporter.notice(Notice::Warning(format!(
-                            "{why}; it offers nothing in this plan"
-                        )));
-                    }
-                }
-                Err(e) => {
-                    reporter.notice(Notice::Warning(format!("{} offers nothing: {e}", p.name())));
-                }
-            }
+        let (offerings, unavailable) = engine.offerings(!opts.destroy).await?;
+        for why in unavailable {
+            reporter.notice(Notice::Warning(why));
         }
         let mut diags = config::Diagnostics::default();
         let mut adopting = Vec::new();
@@ -564,7 +548,39 @@ impl Session<'_> {
             return Err(engine.keep_errored_state(&self.state, e));
         }
         engine.write_ssh_config(&self.state);
+        self.keep_controller().await;
         Ok(summary)
+    }
+
+    /// Starts the controller in the background when managed jobs need watching and none
+    /// runs (it stopped, or the machine restarted since the last apply).
+    async fn keep_controller(&self) {
+        use super::clusters::FINISHED;
+        use crate::controller::handoff::NAME;
+        let watched = self.state.resources.values().any(|r| {
+            r.provider == NAME
+                && !r
+                    .computed
+                    .get("status")
+                    .and_then(|s| s.as_str())
+                    .is_some_and(|s| FINISHED.contains(&s))
+        });
+        if !watched {
+            return;
+        }
+        let engine = self.engine;
+        if let Err(e) = crate::controller::spawn::ensure_running(
+            self.store.as_ref(),
+            engine.dir(),
+            &engine.config().workspace,
+            engine.agent_exe(),
+        )
+        .await
+        {
+            engine
+                .reporter()
+                .notice(Notice::Warning(format!("cannot start the controller: {e}")));
+        }
     }
 
     /// Takes the clusters the plan imports into state (again asking their backends, since

@@ -84,7 +84,7 @@ fn same_place(a: &StateBackend, b: &StateBackend) -> bool {
 impl Engine {
     /// The backend the configuration's `skyform { state … }` block names (the local file by
     /// default).
-    fn wanted_backend(&self) -> StateBackend {
+    pub(super) fn wanted_backend(&self) -> StateBackend {
         self.config.state_backend.clone().unwrap_or_default()
     }
 
@@ -161,7 +161,7 @@ impl Engine {
         codec_for(&self.wanted_backend())
     }
 
-    fn open_store(&self, b: &StateBackend) -> Result<Box<dyn StateStore>> {
+    pub(super) fn open_store(&self, b: &StateBackend) -> Result<Box<dyn StateStore>> {
         self.open_store_with(b, codec_for(b)?)
     }
 

@@ -298,18 +298,24 @@ pub trait Provider: Send + Sync + std::fmt::Debug {
         cluster: Option<&ResourceState>,
         offsets: &[u64],
     ) -> Result<Vec<Vec<u8>>, ProviderError> {
-        use std::io::{Read, Seek};
-        let mut out = Vec::new();
-        for (rank, path) in self.log_paths(res, cluster).iter().enumerate() {
-            let mut chunk = Vec::new();
-            if let Ok(mut f) = std::fs::File::open(path) {
-                f.seek(std::io::SeekFrom::Start(
-                    offsets.get(rank).copied().unwrap_or(0),
-                ))?;
-                f.take(1 << 20).read_to_end(&mut chunk)?;
-            }
-            out.push(chunk);
-        }
-        Ok(out)
+        Ok(read_log_files(&self.log_paths(res, cluster), offsets)?)
     }
+}
+
+/// What each of `paths` (one per rank) holds from `offsets[rank]` on, up to 1 MiB; a missing
+/// file reads as empty.
+pub fn read_log_files(paths: &[PathBuf], offsets: &[u64]) -> std::io::Result<Vec<Vec<u8>>> {
+    use std::io::{Read, Seek};
+    let mut out = Vec::new();
+    for (rank, path) in paths.iter().enumerate() {
+        let mut chunk = Vec::new();
+        if let Ok(mut f) = std::fs::File::open(path) {
+            f.seek(std::io::SeekFrom::Start(
+                offsets.get(rank).copied().unwrap_or(0),
+            ))?;
+            f.take(1 << 20).read_to_end(&mut chunk)?;
+        }
+        out.push(chunk);
+    }
+    Ok(out)
 }

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// The providers available to this run, by backend name (`model::backend`).
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Registry {
     pub providers: BTreeMap<&'static str, Arc<dyn Provider>>,
     /// Parts of the configuration left out, one line each (a pool whose settings are bad).

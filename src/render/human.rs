@@ -558,9 +558,39 @@ pub fn status(state: &crate::state::State) -> String {
     let mut total = 0;
     let mut clusters = Vec::new();
     let mut jobs = Vec::new();
+    let mut managed = Vec::new();
     for (a, r) in &state.resources {
         let nodes = match &r.spec {
             Spec::Cluster(c) => c.num_nodes,
+            Spec::ManagedJob(m) if r.provider == crate::controller::handoff::NAME => {
+                // Where it runs now, which recovery may have changed.
+                let status = get(r, "status");
+                let live = !matches!(
+                    status.as_str(),
+                    "SUCCEEDED"
+                        | "FAILED"
+                        | "FAILED_SETUP"
+                        | "FAILED_NO_RESOURCE"
+                        | "FAILED_CONTROLLER"
+                        | "CANCELLED"
+                );
+                let cost = r
+                    .computed
+                    .get("hourly")
+                    .and_then(serde_json::Value::as_u64)
+                    .filter(|_| live)
+                    .unwrap_or(0);
+                total += cost;
+                managed.push(vec![
+                    a.to_string(),
+                    get(r, "placement"),
+                    m.num_nodes.to_string(),
+                    status,
+                    get(r, "attempt"),
+                    dollars(cost).trim_start_matches('$').to_string(),
+                ]);
+                continue;
+            }
             Spec::ManagedJob(m) => m.num_nodes,
             Spec::Service(s) => s.replica_policy.min_replicas,
             Spec::Job(j) => {
@@ -590,6 +620,14 @@ pub fn status(state: &crate::state::State) -> String {
     if !jobs.is_empty() {
         out.push('\n');
         out.push_str(&table(&["JOB", "CLUSTER", "STATUS", "EXIT"], &jobs));
+        out.push('\n');
+    }
+    if !managed.is_empty() {
+        out.push('\n');
+        out.push_str(&table(
+            &["MANAGED JOB", "INFRA", "NODES", "STATUS", "ATTEMPT", "$/h"],
+            &managed,
+        ));
         out.push('\n');
     }
     let _ = writeln!(out, "\nTotal: {}/h", dollars(total));

@@ -11,6 +11,41 @@ pub async fn run(store: &dyn StateStore) {
     read_write(store).await;
     lock_contention(store).await;
     lock_timeout_waits_for_release(store).await;
+    side_documents_swap(store).await;
+}
+
+/// A side document is written only over the version its writer read.
+async fn side_documents_swap(store: &dyn StateStore) {
+    assert!(store.read_side("book").await.expect("read").is_none());
+    let v1 = store
+        .write_side("book", b"one", None)
+        .await
+        .expect("create");
+    assert!(
+        matches!(
+            store.write_side("book", b"again", None).await,
+            Err(StateError::Conflict { .. })
+        ),
+        "a second create loses"
+    );
+    let (bytes, seen) = store.read_side("book").await.expect("read").expect("there");
+    assert_eq!(
+        (bytes.as_slice(), seen.as_str()),
+        (&b"one"[..], v1.as_str())
+    );
+    let v2 = store
+        .write_side("book", b"two", Some(&v1))
+        .await
+        .expect("update at the version read");
+    assert!(
+        matches!(
+            store.write_side("book", b"stale", Some(&v1)).await,
+            Err(StateError::Conflict { .. })
+        ),
+        "a write over an old version loses"
+    );
+    let (bytes, now) = store.read_side("book").await.expect("read").expect("there");
+    assert_eq!((bytes.as_slice(), now.as_str()), (&b"two"[..], v2.as_str()));
 }
 
 async fn read_write(store: &dyn StateStore) {

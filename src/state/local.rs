@@ -251,6 +251,13 @@ impl LocalStore {
     }
 }
 
+/// The version of a side document: a hash of its bytes.
+fn content_version(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    let d = sha2::Sha256::digest(bytes);
+    d.iter().take(16).map(|b| format!("{b:02x}")).collect()
+}
+
 fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
     let mut p = path.to_path_buf().into_os_string();
     p.push(suffix);
@@ -300,6 +307,51 @@ impl StateStore for LocalStore {
             .unwrap_or_default();
         names.sort();
         Ok(names)
+    }
+
+    async fn read_side(&self, name: &str) -> Result<Option<(Vec<u8>, String)>, StateError> {
+        let path = with_suffix(&self.path, &format!(".{name}"));
+        match std::fs::read(&path) {
+            Ok(bytes) => {
+                let version = content_version(&bytes);
+                Ok(Some((bytes, version)))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Self::io("cannot read", &path)(e)),
+        }
+    }
+
+    async fn write_side(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        expect: Option<&str>,
+    ) -> Result<String, StateError> {
+        self.ensure_dir()?;
+        let path = with_suffix(&self.path, &format!(".{name}"));
+        // Compare and swap under an advisory lock held for the read and the rename only; the
+        // version is the content's hash, so equal bytes are the same version.
+        let guard_path = with_suffix(&path, ".cas");
+        let guard = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&guard_path)
+            .map_err(Self::io("cannot open", &guard_path))?;
+        guard.lock().map_err(Self::io("cannot lock", &guard_path))?;
+        let now = match std::fs::read(&path) {
+            Ok(b) => Some(content_version(&b)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(Self::io("cannot read", &path)(e)),
+        };
+        if now.as_deref() != expect {
+            return Err(StateError::Conflict {
+                url: path.display().to_string(),
+            });
+        }
+        Self::write_atomic(&path, bytes)?;
+        Ok(content_version(bytes))
     }
 
     async fn write_changes(&self, state: &State, changed: &[Address]) -> Result<(), StateError> {

@@ -15,6 +15,8 @@ struct Inner {
     lock: Option<LockInfo>,
     /// Every state written, in order.
     history: Vec<State>,
+    /// Side documents and their versions (a counter).
+    sides: std::collections::BTreeMap<String, (Vec<u8>, u64)>,
 }
 
 impl MemoryStore {
@@ -106,5 +108,34 @@ impl StateStore for MemoryStore {
             .map_err(|_| StateError::Corrupt("poisoned".into()))?
             .lock
             .clone())
+    }
+
+    async fn read_side(&self, name: &str) -> Result<Option<(Vec<u8>, String)>, StateError> {
+        let i = self
+            .inner
+            .lock()
+            .map_err(|_| StateError::Corrupt("poisoned".into()))?;
+        Ok(i.sides.get(name).map(|(b, v)| (b.clone(), v.to_string())))
+    }
+
+    async fn write_side(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        expect: Option<&str>,
+    ) -> Result<String, StateError> {
+        let mut i = self
+            .inner
+            .lock()
+            .map_err(|_| StateError::Corrupt("poisoned".into()))?;
+        let now = i.sides.get(name).map(|(_, v)| v.to_string());
+        if now.as_deref() != expect {
+            return Err(StateError::Conflict {
+                url: format!("memory:{name}"),
+            });
+        }
+        let version = i.sides.get(name).map_or(1, |(_, v)| v + 1);
+        i.sides.insert(name.to_string(), (bytes.to_vec(), version));
+        Ok(version.to_string())
     }
 }

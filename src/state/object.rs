@@ -296,6 +296,42 @@ impl StateStore for ObjectStateStore {
         names.dedup();
         Ok(names)
     }
+
+    async fn read_side(&self, name: &str) -> Result<Option<(Vec<u8>, String)>, StateError> {
+        let key = Path::from(format!("{}.{name}", self.key));
+        Ok(self
+            .get(&key, "read")
+            .await?
+            .map(|(bytes, v)| (bytes.to_vec(), version_text(&v))))
+    }
+
+    async fn write_side(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        expect: Option<&str>,
+    ) -> Result<String, StateError> {
+        let key = Path::from(format!("{}.{name}", self.key));
+        let mode = match expect {
+            Some(v) => PutMode::Update(version_of(v)),
+            None => PutMode::Create,
+        };
+        let payload = PutPayload::from(bytes.to_vec());
+        match self.store.put_opts(&key, payload, mode.into()).await {
+            Ok(r) => Ok(version_text(&UpdateVersion {
+                e_tag: r.e_tag,
+                version: r.version,
+            })),
+            Err(
+                object_store::Error::Precondition { .. }
+                | object_store::Error::AlreadyExists { .. }
+                | object_store::Error::NotFound { .. },
+            ) => Err(StateError::Conflict {
+                url: format!("{}.{name}", self.url),
+            }),
+            Err(e) => Err(self.remote("write", e)),
+        }
+    }
 }
 
 /// Opens the store a `state "KIND" { … }` block names. Credentials come from each cloud's
@@ -456,6 +492,25 @@ fn parse_aws_profile(creds: &str, config: &str, name: &str) -> Option<AwsProfile
         session_token: get(&c, "aws_session_token"),
         region: get(&conf, "region").or_else(|| get(&c, "region")),
     })
+}
+
+/// An object's version as one opaque string (its ETag and, where the store has them, its
+/// version id), and back.
+fn version_text(v: &UpdateVersion) -> String {
+    format!(
+        "{}\n{}",
+        v.e_tag.as_deref().unwrap_or(""),
+        v.version.as_deref().unwrap_or("")
+    )
+}
+
+fn version_of(text: &str) -> UpdateVersion {
+    let (e_tag, version) = text.split_once('\n').unwrap_or((text, ""));
+    let some = |s: &str| (!s.is_empty()).then(|| s.to_string());
+    UpdateVersion {
+        e_tag: some(e_tag),
+        version: some(version),
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,251 @@
+//! Managed jobs as apply sees them: a backend named `managed` whose resources the
+//! controller runs. Creating one records it for the controller (and starts the controller
+//! when none runs); refreshing reads the controller's book; deleting asks the controller to
+//! cancel it and waits until its placements are gone. Apply never launches or removes a
+//! managed job's machines itself, so the controller is the one actor on them.
+
+use super::book::{self, Run};
+use super::policy::Phase;
+use super::reconcile::{placed, task_id};
+use super::{relay, spawn};
+use crate::model::{Address, Spec};
+use crate::optimizer::Offering;
+use crate::providers::{Created, ErrorKind, Observed, Provider, ProviderError, Registry, Request};
+use crate::state::{ResourceState, StateStore};
+use serde_json::json;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The backend name managed jobs are recorded under.
+pub const NAME: &str = "managed";
+
+/// How long deleting a managed job waits for the controller to remove its placements.
+const CANCEL_WAIT: Duration = Duration::from_secs(30 * 60);
+
+pub struct ManagedProvider {
+    store: Result<Arc<dyn StateStore>, String>,
+    dir: PathBuf,
+    workspace: String,
+    exe: Option<PathBuf>,
+    /// The backends placements run on (for logs).
+    inner: Arc<Registry>,
+    /// The book as last read, for a moment: refreshing many managed jobs reads it once.
+    cache: tokio::sync::Mutex<Option<(Instant, book::Book)>>,
+}
+
+impl std::fmt::Debug for ManagedProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ManagedProvider")
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ManagedProvider {
+    pub fn new(
+        store: Result<Arc<dyn StateStore>, String>,
+        dir: PathBuf,
+        workspace: String,
+        exe: Option<PathBuf>,
+        inner: Arc<Registry>,
+    ) -> ManagedProvider {
+        ManagedProvider {
+            store,
+            dir,
+            workspace,
+            exe,
+            inner,
+            cache: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    fn store(&self) -> Result<&dyn StateStore, ProviderError> {
+        self.store.as_deref().map_err(|e| ProviderError {
+            kind: ErrorKind::Config,
+            message: format!("the controller's book cannot be opened: {e}"),
+        })
+    }
+
+    async fn book(&self, fresh: bool) -> Result<book::Book, ProviderError> {
+        let mut cache = self.cache.lock().await;
+        if !fresh
+            && let Some((at, b)) = &*cache
+            && at.elapsed() < Duration::from_millis(500)
+        {
+            return Ok(b.clone());
+        }
+        let (b, _) = book::read(self.store()?)
+            .await
+            .map_err(|e| ProviderError::other(e.to_string()))?;
+        *cache = Some((Instant::now(), b.clone()));
+        Ok(b)
+    }
+
+    /// Starts the controller in the background unless one holds the lease.
+    async fn ensure_controller(&self) -> Result<(), ProviderError> {
+        spawn::ensure_running(
+            self.store()?,
+            &self.dir,
+            &self.workspace,
+            self.exe.as_deref(),
+        )
+        .await
+        .map(|_| ())
+        .map_err(|e| ProviderError::other(e.to_string()))
+    }
+
+    fn relay_dir(&self, task: &str) -> PathBuf {
+        relay::dir(&self.dir, &self.workspace, task)
+    }
+}
+
+fn pending() -> std::collections::BTreeMap<String, serde_json::Value> {
+    std::collections::BTreeMap::from([
+        ("status".to_string(), json!(Phase::Pending.as_str())),
+        ("attempt".to_string(), json!(0)),
+        ("exit_code".to_string(), serde_json::Value::Null),
+    ])
+}
+
+fn no_task() -> ProviderError {
+    ProviderError::other("the managed job has no task id in state")
+}
+
+#[async_trait::async_trait]
+impl Provider for ManagedProvider {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    async fn offerings(&self) -> Result<Vec<Offering>, ProviderError> {
+        Ok(Vec::new())
+    }
+
+    /// The task id: one identity across every placement (`SKYFORM_TASK_ID`); `dir` and
+    /// `job_id` say where its final status is kept for the jobs that depend on it.
+    fn new_private(&self, _address: &Address, _spec: &Spec, _lineage: &str) -> serde_json::Value {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let task = format!("task-{}", &id[..12]);
+        json!({
+            "task_id": task,
+            "job_id": task,
+            "dir": self.relay_dir(&task).display().to_string(),
+        })
+    }
+
+    async fn refresh(
+        &self,
+        _address: &Address,
+        res: &ResourceState,
+        _cluster: Option<&ResourceState>,
+    ) -> Result<Observed, ProviderError> {
+        let task = task_id(res).ok_or_else(no_task)?;
+        let book = self.book(false).await?;
+        Ok(Observed::Up(
+            book.runs.get(task).map_or_else(pending, Run::computed),
+        ))
+    }
+
+    async fn create(&self, req: Request<'_>) -> Result<Created, ProviderError> {
+        if !matches!(req.spec, Spec::ManagedJob(_)) {
+            return Err(ProviderError::other(
+                "only managed jobs are run by the controller",
+            ));
+        }
+        self.ensure_controller().await?;
+        Ok(Created {
+            computed: pending(),
+            private: req.private.clone(),
+        })
+    }
+
+    async fn update(&self, req: Request<'_>) -> Result<Created, ProviderError> {
+        // `recovery` changed: the controller reads it from state at the next decision.
+        let task = req
+            .private
+            .get("task_id")
+            .and_then(|t| t.as_str())
+            .ok_or_else(no_task)?;
+        let book = self.book(true).await?;
+        Ok(Created {
+            computed: book.runs.get(task).map_or_else(pending, Run::computed),
+            private: req.private.clone(),
+        })
+    }
+
+    async fn delete(
+        &self,
+        address: &Address,
+        res: &ResourceState,
+        _cluster: Option<&ResourceState>,
+    ) -> Result<(), ProviderError> {
+        let Some(task) = task_id(res).map(str::to_string) else {
+            return Ok(());
+        };
+        let store = self.store()?;
+        let active = book::update(store, |b| match b.runs.get_mut(&task) {
+            Some(run) if run.is_active() => {
+                run.cancel = true;
+                true
+            }
+            Some(_) => false,
+            None => {
+                // Never taken up: on record as cancelled, so a controller that reads the
+                // state before apply writes it does not launch it.
+                let mut run = Run::new(address.clone());
+                run.phase = Phase::Cancelled;
+                b.runs.insert(task.clone(), run);
+                false
+            }
+        })
+        .await
+        .map_err(|e| ProviderError::other(e.to_string()))?;
+        if active {
+            self.ensure_controller().await?;
+            let began = Instant::now();
+            loop {
+                let book = self.book(true).await?;
+                if book.runs.get(&task).is_none_or(|r| !r.is_active()) {
+                    break;
+                }
+                if began.elapsed() > CANCEL_WAIT {
+                    return Err(ProviderError {
+                        kind: ErrorKind::Timeout,
+                        message: format!(
+                            "the controller did not remove {address}'s placement within {}; see .skyform/controller.log",
+                            humantime::format_duration(CANCEL_WAIT)
+                        ),
+                    });
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+        let _ = std::fs::remove_dir_all(self.relay_dir(&task));
+        Ok(())
+    }
+
+    fn log_paths(&self, res: &ResourceState, _cluster: Option<&ResourceState>) -> Vec<PathBuf> {
+        task_id(res).map_or_else(Vec::new, |t| relay::log_paths(&self.relay_dir(t)))
+    }
+
+    /// The current placement's logs while it runs; the kept copy once it ended.
+    async fn read_logs(
+        &self,
+        res: &ResourceState,
+        _cluster: Option<&ResourceState>,
+        offsets: &[u64],
+    ) -> Result<Vec<Vec<u8>>, ProviderError> {
+        let task = task_id(res).ok_or_else(no_task)?;
+        let book = self.book(true).await?;
+        if let Some(p) = book.runs.get(task).and_then(|r| r.current.as_ref())
+            && let Some(provider) = self.inner.get(&p.provider)
+        {
+            return provider.read_logs(&placed(p), None, offsets).await;
+        }
+        Ok(crate::providers::read_log_files(
+            &relay::log_paths(&self.relay_dir(task)),
+            offsets,
+        )?)
+    }
+}

@@ -1,0 +1,243 @@
+//! The controller on the local backend, as a real background process: a managed job whose
+//! node dies is launched again and finishes; one controller acts per state; a controller
+//! killed at any point of a recovery resumes with exactly one placement per job.
+
+mod support;
+
+use serde_json::Value;
+use std::time::{Duration, Instant};
+use support::Workdir;
+
+/// A managed job that notes each start (with its task id) next to the configuration, then
+/// works for `seconds`.
+fn config(seconds: u32) -> String {
+    format!(
+        r#"managed_job "train" {{
+  run = "echo start $SKYFORM_TASK_ID >> {{dir}}/starts; for i in $(seq 1 {seconds}); do echo step $i; sleep 0.5; done"
+}}
+"#
+    )
+}
+
+/// A work directory whose controller decides fast.
+fn workdir(seconds: u32) -> Workdir {
+    let w = Workdir::new()
+        .env("SKYFORM_CONTROLLER_TICK_MS", "200")
+        .env("SKYFORM_CONTROLLER_GRACE_MS", "400")
+        .env_remove("SKYFORM_CRASH_AFTER");
+    let text = config(seconds).replace("{dir}", &w.path().display().to_string());
+    w.write_config(&text);
+    w
+}
+
+fn wait_for<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> Option<T>) -> T {
+    let began = Instant::now();
+    loop {
+        if let Some(v) = probe() {
+            return v;
+        }
+        assert!(began.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The managed job as `status -json` shows it.
+fn job(w: &Workdir) -> Value {
+    let text = w.stdout(&["status", "-json"]);
+    let all: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+    all.as_array()
+        .and_then(|a| {
+            a.iter()
+                .find(|r| r["address"] == "managed_job.train")
+                .cloned()
+        })
+        .unwrap_or_else(|| panic!("no managed job in {text}"))
+}
+
+fn book(w: &Workdir) -> Value {
+    let text = std::fs::read_to_string(w.path().join(".skyform/state.json.controller"))
+        .unwrap_or_else(|_| "{}".into());
+    serde_json::from_str(&text).unwrap_or(Value::Null)
+}
+
+/// The agent process of the job's current placement, once it runs.
+fn running_agent(w: &Workdir) -> Option<u32> {
+    let b = book(w);
+    let run = b["runs"].as_object()?.values().next()?.clone();
+    if run["phase"] != "RUNNING" {
+        return None;
+    }
+    run["current"]["private"]["agents"][0]["pid"]
+        .as_u64()
+        .map(|p| p as u32)
+}
+
+fn starts(w: &Workdir) -> Vec<String> {
+    std::fs::read_to_string(w.path().join("starts"))
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+fn kill(pid: u32) {
+    let _ = std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status();
+}
+
+/// What a finished test leaves: no sandbox, no process (the controller stops by itself).
+fn assert_clean(w: &Workdir) {
+    wait_for("the controller to stop", Duration::from_secs(15), || {
+        w.processes().is_empty().then_some(())
+    });
+    let left: Vec<_> = std::fs::read_dir(w.path().join(".skyform/local"))
+        .map(|d| d.filter_map(Result::ok).map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "placements left behind: {left:?}");
+}
+
+#[test]
+fn a_managed_job_whose_node_dies_is_launched_again_and_finishes() {
+    let w = workdir(8);
+    w.ok(&["apply", "-auto-approve"]);
+    let agent = wait_for("the job to run", Duration::from_secs(20), || {
+        running_agent(&w)
+    });
+    kill(agent);
+    let done = wait_for("the job to finish", Duration::from_secs(40), || {
+        let j = job(&w);
+        (j["status"] != "RUNNING"
+            && j["status"] != "STARTING"
+            && j["status"] != "RECOVERING"
+            && j["status"] != "PENDING")
+            .then_some(j)
+    });
+    assert_eq!(done["status"], "SUCCEEDED", "{done}");
+    assert_eq!(done["attempt"], 2, "{done}");
+    let events: Vec<&str> = done["history"]
+        .as_array()
+        .expect("history")
+        .iter()
+        .filter_map(|e| e["event"].as_str())
+        .collect();
+    assert_eq!(
+        events,
+        ["launched", "lost", "recovered", "succeeded"],
+        "{done}"
+    );
+    let lost = &done["history"][1];
+    assert!(
+        lost["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("not running")),
+        "{lost}"
+    );
+    // The same task id on both placements: checkpoints are found again.
+    let s = starts(&w);
+    assert_eq!(s.len(), 2, "{s:?}");
+    assert_eq!(s[0], s[1]);
+    let logs = w.stdout(&["logs", "managed_job.train"]);
+    assert!(logs.contains("step 8"), "{logs}");
+    let status = w.stdout(&["status"]);
+    assert!(status.contains("MANAGED JOB"), "{status}");
+    assert_clean(&w);
+    w.ok(&["destroy", "-auto-approve"]);
+}
+
+#[test]
+fn two_controllers_for_one_state_never_both_act() {
+    let w = workdir(6);
+    w.ok(&["apply", "-auto-approve"]);
+    wait_for("the job to run", Duration::from_secs(20), || {
+        running_agent(&w)
+    });
+    let (ok, text) = w.run(&["controller", "run"]);
+    assert!(!ok, "a second controller must not run: {text}");
+    assert!(
+        text.contains("already runs") && text.contains("process"),
+        "the loser says who holds the lease: {text}"
+    );
+    let status = w.stdout(&["controller", "status"]);
+    assert!(status.contains("controller: running"), "{status}");
+    wait_for("the job to finish", Duration::from_secs(30), || {
+        (job(&w)["status"] == "SUCCEEDED").then_some(())
+    });
+    assert_eq!(starts(&w).len(), 1, "launched once");
+    assert_clean(&w);
+    w.ok(&["destroy", "-auto-approve"]);
+}
+
+#[test]
+fn destroying_a_running_managed_job_cancels_it_and_removes_its_placement() {
+    let w = workdir(200);
+    w.ok(&["apply", "-auto-approve"]);
+    wait_for("the job to run", Duration::from_secs(20), || {
+        running_agent(&w)
+    });
+    w.ok(&["destroy", "-auto-approve"]);
+    assert_clean(&w);
+    assert_eq!(starts(&w).len(), 1);
+}
+
+/// The controller killed (SIGKILL) right after its K-th call to the backend or write of its
+/// book, during a launch and a recovery, then started again: the job finishes, its
+/// placement was launched once per loss (an interrupted launch is taken, not repeated), and
+/// nothing is left behind.
+#[test]
+fn a_controller_killed_during_a_recovery_resumes_with_one_placement() {
+    for point in [
+        "call:1", "call:2", "call:3", "write:2", "write:4", "write:6",
+    ] {
+        let w = workdir(6);
+        // The controller that will crash runs in the foreground; apply finds it.
+        let mut crashing = w
+            .command(&["controller", "run"])
+            .env("SKYFORM_CRASH_AFTER", point)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("controller");
+        wait_for("the controller's lease", Duration::from_secs(10), || {
+            book(&w)["lease"].is_object().then_some(())
+        });
+        w.ok(&["apply", "-auto-approve"]);
+        // Lose the first placement once it runs (unless the controller died before that).
+        let began = Instant::now();
+        let mut killed_node = false;
+        while began.elapsed() < Duration::from_secs(20) {
+            if let Ok(Some(_)) = crashing.try_wait() {
+                break;
+            }
+            if let Some(agent) = running_agent(&w) {
+                kill(agent);
+                killed_node = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // Wait for the crash (or the job's end), then start a controller again.
+        let _ = wait_for("the crash", Duration::from_secs(30), || {
+            crashing.try_wait().ok().flatten().or_else(|| {
+                (job(&w)["status"] == "SUCCEEDED").then(|| {
+                    let _ = crashing.kill();
+                    crashing.wait().expect("wait")
+                })
+            })
+        });
+        w.ok(&["controller", "start"]);
+        let done = wait_for("the job to finish", Duration::from_secs(60), || {
+            let j = job(&w);
+            matches!(j["status"].as_str(), Some("SUCCEEDED" | "FAILED")).then_some(j)
+        });
+        assert_eq!(done["status"], "SUCCEEDED", "{point}: {done}");
+        let s = starts(&w);
+        let most = if killed_node { 2 } else { 1 };
+        assert!(
+            s.len() == most && s.iter().all(|l| *l == s[0]),
+            "{point}: starts {s:?} (node killed: {killed_node}), {done}"
+        );
+        assert_clean(&w);
+        w.ok(&["destroy", "-auto-approve"]);
+    }
+}
