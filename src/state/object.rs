@@ -326,9 +326,18 @@ impl StateStore for ObjectStateStore {
                 object_store::Error::Precondition { .. }
                 | object_store::Error::AlreadyExists { .. }
                 | object_store::Error::NotFound { .. },
-            ) => Err(StateError::Conflict {
-                url: format!("{}.{name}", self.url),
-            }),
+            ) => {
+                // A retried request whose first attempt landed also fails its condition:
+                // then the object holds exactly our bytes, and the write happened.
+                if let Some((now, v)) = self.get(&key, "read").await?
+                    && now.as_ref() == bytes
+                {
+                    return Ok(version_text(&v));
+                }
+                Err(StateError::Conflict {
+                    url: format!("{}.{name}", self.url),
+                })
+            }
             Err(e) => Err(self.remote("write", e)),
         }
     }
