@@ -354,19 +354,34 @@ async fn migrate_local_state_to_s3() {
 /// kill -9 of skyform mid-apply with state in S3: the next apply takes over the dead
 /// process's lock (same user and host, process gone), adopts what was created, submits
 /// nothing twice, and converges.
+///
+/// The kill must land mid-apply whatever the machine's speed: the apply cannot finish
+/// before the test lets it. Half the jobs come before cluster "gate", whose setup waits for
+/// a file the test writes only after the kill; the other half run on that cluster.
 #[tokio::test]
 #[ignore = "needs moto: run ./scripts/test.sh"]
 async fn kill_9_mid_apply_with_s3_state_converges() {
     let b = bucket("kill");
     let dir = tempfile::tempdir().unwrap();
-    let keys: Vec<String> = (0..12).map(|i| format!("\"{i:02}\"")).collect();
+    let gate = dir.path().join("gate");
+    let keys = |from: usize| -> String {
+        (from..from + 6)
+            .map(|i| format!("\"{i:02}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     std::fs::write(
         dir.path().join("main.sky.hcl"),
         format!(
             "{}cluster \"dev\" {{}}\n\
-             job \"step\" {{\n  for_each = toset([{}])\n  cluster = cluster.dev\n  run = \"echo step ${{each.key}}\"\n}}\n",
+             job \"early\" {{\n  for_each = toset([{}])\n  cluster = cluster.dev\n  run = \"echo step ${{each.key}}\"\n}}\n\
+             cluster \"gate\" {{\n  depends_on = [job.early]\n  \
+             setup = \"i=0; while [ ! -e '{}' ] && [ $i -lt 1200 ]; do sleep 0.05; i=$((i+1)); done\"\n}}\n\
+             job \"late\" {{\n  for_each = toset([{}])\n  cluster = cluster.gate\n  run = \"echo step ${{each.key}}\"\n}}\n",
             s3_block(&b, "k", &endpoint(), &[]),
-            keys.join(", ")
+            keys(0),
+            gate.display(),
+            keys(6),
         ),
     )
     .unwrap();
@@ -376,18 +391,33 @@ async fn kill_9_mid_apply_with_s3_state_converges() {
         .spawn()
         .unwrap();
     let store = client_at(&b, &endpoint());
+    // Once cluster "gate" is on record, every early job is submitted and the apply waits in
+    // its setup, which cannot end before the gate exists.
+    let gate_cluster: skyform::model::Address = "cluster.gate".parse().unwrap();
     let t = std::time::Instant::now();
     loop {
-        let jobs = store.read().await.ok().flatten().map_or(0, |s| {
-            s.resources
+        if let Some(state) = store.read().await.ok().flatten()
+            && state.resources.contains_key(&gate_cluster)
+        {
+            let jobs: Vec<String> = state
+                .resources
                 .keys()
-                .filter(|a| a.to_string().starts_with("job."))
-                .count()
-        });
-        if jobs >= 3 {
+                .map(|a| a.to_string())
+                .filter(|a| a.starts_with("job."))
+                .collect();
+            assert!(
+                jobs.len() == 6 && jobs.iter().all(|a| a.starts_with("job.early")),
+                "mid-apply: the early jobs are on record, the late ones not yet: {jobs:?}"
+            );
             break;
         }
-        assert!(t.elapsed().as_secs() < 30, "jobs were not recorded in time");
+        assert!(
+            t.elapsed().as_secs() < 60,
+            "cluster.gate was not recorded in time"
+        );
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("the apply ended before cluster.gate was recorded: {status}");
+        }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     child.kill().unwrap();
@@ -396,14 +426,15 @@ async fn kill_9_mid_apply_with_s3_state_converges() {
         store.lock_holder().await.unwrap().is_some(),
         "the killed run left its lock"
     );
+    std::fs::write(&gate, "").unwrap();
 
     let out = ok(dir.path(), &["apply", "-auto-approve"]);
     assert!(out.contains("took over the lock"), "{out}");
     let state = store.read().await.unwrap().unwrap();
     assert_eq!(
         state.resources.len(),
-        13,
-        "the cluster and every job are recorded"
+        14,
+        "both clusters and every job are recorded"
     );
     // Each job was submitted to the cluster's queue exactly once.
     let mut names = std::collections::BTreeMap::new();
