@@ -952,29 +952,6 @@ cluster "train" {
     .run();
 }
 
-/// A job's status as `skyform status -json` reports it ("-" when it has none).
-fn status_of(w: &support::Workdir, addr: &str) -> String {
-    let out = w.ok(&["status", "-json"]);
-    let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
-    v.as_array()
-        .and_then(|a| a.iter().find(|j| j["address"] == addr))
-        .and_then(|j| j["status"].as_str())
-        .unwrap_or("-")
-        .to_string()
-}
-
-fn wait_for(w: &support::Workdir, addr: &str, want: &str) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let now = status_of(w, addr);
-        if now == want {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{addr} is {now}, not {want}");
-        std::thread::sleep(Duration::from_millis(300));
-    }
-}
-
 /// A 2-node cluster on EC2 runs what a cluster runs, on its machines (moto's instances made
 /// real by the proxy): workdir and setup reach both nodes, a 2-node job sees its rank and the
 /// nodes' private addresses, logs come from each node, exit codes and cancel reach state,
@@ -1026,9 +1003,9 @@ job "long" {
         serde_json::from_value(cluster["computed"]["private_ips"].clone()).unwrap();
     assert_eq!(private_ips.len(), 2);
     assert_ne!(private_ips[0], private_ips[1], "two machines");
-    wait_for(&w, "job.ranks", "SUCCEEDED");
-    wait_for(&w, "job.fails", "FAILED");
-    wait_for(&w, "job.long", "RUNNING");
+    w.wait_for("job.ranks", "SUCCEEDED");
+    w.wait_for("job.fails", "FAILED");
+    w.wait_for("job.long", "RUNNING");
     let logs = w.ok(&["logs", "job.ranks"]);
     for rank in 0..2 {
         let want = format!(
@@ -1173,7 +1150,7 @@ job "j" {
         .to_string();
     wait_for_instances(&w, &token, "stopped").await;
     assert_eq!(
-        status_of(&w, "job.j"),
+        w.status_of("job.j"),
         "SUCCEEDED",
         "a running job kept it up"
     );
@@ -1232,7 +1209,7 @@ job "long" {
 "#,
     );
     w.ok(&["apply", "-auto-approve"]);
-    wait_for(&w, "job.long", "RUNNING");
+    w.wait_for("job.long", "RUNNING");
     let ids: Vec<String> = serde_json::from_value(
         w.state()["resources"]["cluster.train"]["computed"]["instance_ids"].clone(),
     )
@@ -1247,7 +1224,7 @@ job "long" {
         .unwrap();
     let plan = w.ok(&["plan"]);
     assert!(plan.contains("was terminated outside skyform"), "{plan}");
-    assert_ne!(status_of(&w, "job.long"), "RUNNING");
+    assert_ne!(w.status_of("job.long"), "RUNNING");
     w.ok(&["destroy", "-auto-approve"]);
     assert!(w.proxy.live("us-east-1").await.is_empty());
 }

@@ -113,32 +113,6 @@ impl Work {
         text
     }
 
-    /// A resource's status as refresh sees it now ("-" when it has none).
-    fn status_of(&self, addr: &str) -> String {
-        let out = self.ok(&["status", "-json"]);
-        let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
-        v.as_array()
-            .and_then(|a| a.iter().find(|j| j["address"] == addr))
-            .and_then(|j| j["status"].as_str())
-            .unwrap_or("-")
-            .to_string()
-    }
-
-    fn wait_for(&self, addr: &str, want: &str) {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-        loop {
-            let now = self.status_of(addr);
-            if now == want {
-                return;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "{addr} is {now}, not {want}"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(300));
-        }
-    }
-
     fn hosts_of(&self, addr: &str) -> Vec<String> {
         let state: Value = serde_json::from_str(&self.ok(&["state", "pull"])).unwrap();
         state["resources"][addr]["computed"]["hosts"]
@@ -471,10 +445,17 @@ fn jobs_on_a_pool(s: &Servers) {
     }
 
     // Two half-GPU jobs share node 0's device; a job wanting both nodes' whole GPUs waits.
+    // a and b run until the test opens a gate (the hosts share this machine's files), so c
+    // is submitted while they hold the device however slow the machine is.
+    let gate = w.path().join("gate");
+    let until_gate = format!(
+        "i=0; while [ ! -e '{}' ] && [ $i -lt 1200 ]; do sleep 0.1; i=$((i+1)); done",
+        gate.display()
+    );
     let halves = format!(
         "{}{}",
-        job("a", 1, "0.5", &format!("{report}; sleep 12")),
-        job("b", 1, "0.5", &format!("{report}; sleep 12"))
+        job("a", 1, "0.5", &format!("{report}; {until_gate}")),
+        job("b", 1, "0.5", &format!("{report}; {until_gate}"))
     );
     w.config(&format!("{cluster}{halves}"));
     w.ok(&["apply", "-auto-approve"]);
@@ -482,7 +463,8 @@ fn jobs_on_a_pool(s: &Servers) {
     w.wait_for("job.b", "RUNNING");
     w.config(&format!("{cluster}{halves}{}", job("c", 2, "1", report)));
     w.ok(&["apply", "-auto-approve"]);
-    assert_eq!(w.status_of("job.c"), "QUEUED");
+    assert_eq!(w.status_of("job.c"), "QUEUED", "c waits behind a and b");
+    std::fs::write(&gate, "").unwrap();
     w.wait_for("job.c", "SUCCEEDED");
     assert_eq!(w.status_of("job.a"), "SUCCEEDED");
     assert_eq!(w.status_of("job.b"), "SUCCEEDED");

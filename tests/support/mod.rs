@@ -159,6 +159,35 @@ impl Workdir {
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
     }
 
+    /// A resource's status as `skyform status -json` reports it, refreshed now ("-" when
+    /// it has none).
+    pub fn status_of(&self, addr: &str) -> String {
+        let out = self.ok(&["status", "-json"]);
+        let v: serde_json::Value =
+            serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+        v.as_array()
+            .and_then(|a| a.iter().find(|j| j["address"] == addr))
+            .and_then(|j| j["status"].as_str())
+            .unwrap_or("-")
+            .to_string()
+    }
+
+    /// Waits up to a minute for `addr` to reach status `want`.
+    pub fn wait_for(&self, addr: &str, want: &str) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let now = self.status_of(addr);
+            if now == want {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{addr} is {now}, not {want}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(300));
+        }
+    }
+
     /// Live processes whose command line mentions this directory (agents, jobs).
     pub fn processes(&self) -> Vec<u32> {
         processes_mentioning(self.path())
