@@ -9,9 +9,8 @@ mod support;
 
 use aws_sdk_ec2 as ec2;
 use serde_json::Value;
-use std::io::BufRead;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn moto() -> String {
@@ -31,9 +30,13 @@ fn machines() -> PathBuf {
 }
 
 /// The fault-injecting proxy in front of moto, with a moto account of its own.
-struct Proxy {
-    child: Child,
-    url: String,
+struct Proxy(support::servers::Proxy);
+
+impl std::ops::Deref for Proxy {
+    type Target = support::servers::Proxy;
+    fn deref(&self) -> &support::servers::Proxy {
+        &self.0
+    }
 }
 
 impl Proxy {
@@ -45,25 +48,15 @@ impl Proxy {
     fn start_with(options: &[&str]) -> Proxy {
         // A fresh 12-digit account per test (never moto's default 123456789012).
         let n = uuid::Uuid::new_v4().as_u128() % 900_000_000_000 + 100_000_000_000;
-        let mut child = Command::new("python3")
-            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/ec2-proxy.py"))
-            .arg(moto())
-            .args(["--account", &n.to_string()])
-            .arg("--machines")
-            .arg(machines())
-            .args(options)
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("python3 runs scripts/ec2-proxy.py");
-        let mut line = String::new();
-        std::io::BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let port: u16 = line.trim().parse().expect("the proxy prints its port");
-        Proxy {
-            child,
-            url: format!("http://127.0.0.1:{port}"),
-        }
+        Proxy(support::servers::Proxy::start(
+            Command::new("python3")
+                .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/ec2-proxy.py"))
+                .arg(moto())
+                .args(["--account", &n.to_string()])
+                .arg("--machines")
+                .arg(machines())
+                .args(options),
+        ))
     }
 
     fn rules(&self, rules: Value) {
@@ -162,13 +155,6 @@ impl Proxy {
                 .map(str::to_string)
                 .collect(),
         )
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 mod support;
 
-use support::{BIN, Workdir, processes_mentioning};
+use support::{BIN, Workdir, copy_dir, processes_mentioning};
 
 /// A copy of an example's directory.
 fn from_example(name: &str) -> Workdir {
@@ -81,22 +81,6 @@ fn read_state(dir: &Path) -> Option<Value> {
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).to_string()
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).expect("mkdir");
-    for e in std::fs::read_dir(from).expect("read example") {
-        let e = e.expect("entry");
-        if e.file_name() == ".skyform" {
-            continue;
-        }
-        let dest = to.join(e.file_name());
-        if e.file_type().expect("type").is_dir() {
-            copy_dir(&e.path(), &dest);
-        } else {
-            std::fs::copy(e.path(), dest).expect("copy");
-        }
-    }
 }
 
 fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {

@@ -3,12 +3,13 @@
 //! run with `--include-ignored`, where a missing server is a failure, not a skip.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
 use skyform::state::conformance;
 use skyform::state::{ObjectStateStore, StateStore};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
-
-const BIN: &str = env!("CARGO_BIN_EXE_skyform");
+use support::servers::Proxy;
 
 fn endpoint() -> String {
     std::env::var("SKYFORM_TEST_S3_ENDPOINT").expect(
@@ -78,14 +79,10 @@ fn skyform(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
 
 /// `skyform ARGS` in `dir` with moto's test keys in the environment.
 fn skyform_cmd(dir: &std::path::Path, args: &[&str]) -> Command {
-    let mut c = Command::new(BIN);
-    c.arg(format!("-chdir={}", dir.display()))
-        .args(args)
-        .env("NO_COLOR", "1")
-        .env("AWS_ACCESS_KEY_ID", "testing")
+    let mut c = support::command_in(dir, args);
+    c.env("AWS_ACCESS_KEY_ID", "testing")
         .env("AWS_SECRET_ACCESS_KEY", "testing")
-        .env("AWS_REGION", "us-east-1")
-        .stdin(Stdio::null());
+        .env("AWS_REGION", "us-east-1");
     c
 }
 
@@ -185,45 +182,16 @@ async fn contention_names_the_holder() {
     assert!(err.contains("hint:"), "{err}");
 }
 
-/// `scripts/faulty-proxy.py` in front of moto; killed on drop.
-struct FaultyProxy {
-    child: std::process::Child,
-    url: String,
-}
-
-impl FaultyProxy {
-    fn start(fail: f64, seed: u32) -> FaultyProxy {
-        use std::io::BufRead;
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/faulty-proxy.py");
-        let mut child = Command::new("python3")
-            .args([
-                script,
-                &endpoint(),
-                "--fail",
-                &fail.to_string(),
-                "--seed",
-                &seed.to_string(),
-            ])
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("start faulty-proxy.py");
-        let mut line = String::new();
-        std::io::BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let port: u16 = line.trim().parse().expect("the proxy prints its port");
-        FaultyProxy {
-            child,
-            url: format!("http://127.0.0.1:{port}"),
-        }
-    }
-}
-
-impl Drop for FaultyProxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// `scripts/faulty-proxy.py` in front of moto.
+fn faulty_proxy(fail: f64, seed: u32) -> Proxy {
+    Proxy::start(Command::new("python3").args([
+        concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/faulty-proxy.py"),
+        &endpoint(),
+        "--fail",
+        &fail.to_string(),
+        "--seed",
+        &seed.to_string(),
+    ]))
 }
 
 fn client_at(bucket: &str, endpoint: &str) -> ObjectStateStore {
@@ -247,7 +215,7 @@ fn client_at(bucket: &str, endpoint: &str) -> ObjectStateStore {
 #[ignore = "needs moto: run ./scripts/test.sh"]
 async fn s3_store_conforms_through_faults() {
     for seed in 1..=3 {
-        let proxy = FaultyProxy::start(0.25, seed);
+        let proxy = faulty_proxy(0.25, seed);
         let b = bucket("faults");
         conformance::run(&client_at(&b, &proxy.url)).await;
         conformance::run_shared(&|| client_at(&b, &proxy.url)).await;
@@ -259,7 +227,7 @@ async fn s3_store_conforms_through_faults() {
 #[tokio::test]
 #[ignore = "needs moto: run ./scripts/test.sh"]
 async fn apply_through_faults_converges() {
-    let proxy = FaultyProxy::start(0.2, 7);
+    let proxy = faulty_proxy(0.2, 7);
     let b = bucket("flaky");
     let config = |endpoint: &str| {
         format!(

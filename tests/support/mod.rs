@@ -35,6 +35,38 @@ pub fn skip_or_fail(test: &str, why: &str, ci_provides: bool) {
 /// The skyform binary these tests run.
 pub const BIN: &str = env!("CARGO_BIN_EXE_skyform");
 
+/// skyform with `args` in `dir` (`-chdir`), with `NO_COLOR` and no stdin, not started yet.
+pub fn command_in(dir: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new(BIN);
+    c.arg(format!("-chdir={}", dir.display()))
+        .args(args)
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null());
+    c
+}
+
+/// skyform with `args` in `dir`, run to its end.
+pub fn output_in(dir: &Path, args: &[&str]) -> Output {
+    command_in(dir, args).output().expect("run skyform")
+}
+
+/// Copies the tree `from` to `to`, leaving out skyform's own `.skyform` directories.
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for e in std::fs::read_dir(from).expect("read dir") {
+        let e = e.expect("entry");
+        if e.file_name() == ".skyform" {
+            continue;
+        }
+        let dest = to.join(e.file_name());
+        if e.file_type().expect("type").is_dir() {
+            copy_dir(&e.path(), &dest);
+        } else {
+            std::fs::copy(e.path(), dest).expect("copy");
+        }
+    }
+}
+
 /// A configuration directory in a fresh temp dir under /tmp (short paths: ssh's control
 /// sockets have a length limit), and skyform run in it with `-chdir`, `NO_COLOR` and no
 /// stdin, plus the environment the test gave. On drop, every process whose command line
@@ -109,11 +141,7 @@ impl Workdir {
 
     /// skyform with `args`, not started yet.
     pub fn command(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(BIN);
-        c.arg(format!("-chdir={}", self.path().display()))
-            .args(args)
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null());
+        let mut c = command_in(self.path(), args);
         for (k, v) in &self.env {
             match v {
                 Some(v) => c.env(k, v),
