@@ -187,30 +187,39 @@ impl Workdir {
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
     }
 
-    /// A resource's status as `skyform status -json` reports it, refreshed now ("-" when
-    /// it has none).
-    pub fn status_of(&self, addr: &str) -> String {
+    /// A resource's row of `skyform status -json`, refreshed now (null when it is not
+    /// listed).
+    pub fn status_row(&self, addr: &str) -> serde_json::Value {
         let out = self.ok(&["status", "-json"]);
         let v: serde_json::Value =
             serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
         v.as_array()
             .and_then(|a| a.iter().find(|j| j["address"] == addr))
-            .and_then(|j| j["status"].as_str())
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// A resource's status as `skyform status -json` reports it, refreshed now ("-" when
+    /// it has none).
+    pub fn status_of(&self, addr: &str) -> String {
+        self.status_row(addr)["status"]
+            .as_str()
             .unwrap_or("-")
             .to_string()
     }
 
-    /// Waits up to a minute for `addr` to reach status `want`.
-    pub fn wait_for(&self, addr: &str, want: &str) {
+    /// Waits up to a minute for `addr` to reach status `want`; answers its row then.
+    pub fn wait_for(&self, addr: &str, want: &str) -> serde_json::Value {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
         loop {
-            let now = self.status_of(addr);
-            if now == want {
-                return;
+            let row = self.status_row(addr);
+            if row["status"] == want {
+                return row;
             }
             assert!(
                 std::time::Instant::now() < deadline,
-                "{addr} is {now}, not {want}"
+                "{addr} is {}, not {want}: {row}",
+                row["status"]
             );
             std::thread::sleep(std::time::Duration::from_millis(300));
         }
