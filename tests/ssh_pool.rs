@@ -92,12 +92,7 @@ impl Work {
         let dir = support::Workdir::new()
             .with_home()
             .env("SKYFORM_IDLE_MINUTE", "1");
-        let hosts: Vec<String> = s.hosts.iter().map(|h| format!("\"{h}\"")).collect();
-        let pool = format!(
-            "infra \"ssh\" \"rack\" {{\n  hosts         = [{}]\n  user          = \"root\"\n  identity_file = \"{}\"\n}}\n",
-            hosts.join(", "),
-            s.dir.join("id_ed25519").display()
-        );
+        let pool = support::servers::pool_block("rack", &s.hosts, &s.dir);
         Work { dir, pool }
     }
 
@@ -376,15 +371,10 @@ fn across_network_namespaces(s: &Servers) {
     };
     let far_ip = far.split(':').next().unwrap();
     let w = Work::new(s);
-    std::fs::write(
-        w.dir.path().join("main.sky.hcl"),
-        format!(
-            "infra \"ssh\" \"far\" {{\n  hosts = [\"{}\", \"{far}\"]\n  user = \"root\"\n  identity_file = \"{}\"\n}}\ncluster \"x\" {{\n  num_nodes = 2\n}}\njob \"where\" {{\n  cluster = cluster.x\n  num_nodes = 2\n  run = \"echo ips=$(echo $SKYFORM_NODE_IPS); ip -4 -o addr show | grep -c ' {far_ip}/' || true\"\n}}\n",
-            s.hosts[0],
-            s.dir.join("id_ed25519").display()
-        ),
-    )
-    .unwrap();
+    w.write_config(&format!(
+        "{}cluster \"x\" {{\n  num_nodes = 2\n}}\njob \"where\" {{\n  cluster = cluster.x\n  num_nodes = 2\n  run = \"echo ips=$(echo $SKYFORM_NODE_IPS); ip -4 -o addr show | grep -c ' {far_ip}/' || true\"\n}}\n",
+        support::servers::pool_block("far", &[s.hosts[0].clone(), far.clone()], &s.dir)
+    ));
     w.ok(&["apply", "-auto-approve"]);
     assert_eq!(w.hosts_of("cluster.x"), [s.hosts[0].clone(), far.clone()]);
     w.wait_for("job.where", "SUCCEEDED");

@@ -2,7 +2,7 @@
 //! running skyform.
 
 use std::io::BufRead;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 /// The OpenSSH servers of `scripts/sshd.sh`: their directory, and each as `ADDRESS:PORT`.
@@ -17,6 +17,17 @@ pub fn ssh_servers() -> (PathBuf, Vec<String>) {
         .map(|l| l.replacen(' ', ":", 1))
         .collect();
     (dir, hosts)
+}
+
+/// An `infra "ssh" "NAME"` block over `hosts` (`ADDRESS:PORT`) of the servers in `dir`,
+/// logging in as root with their client key.
+pub fn pool_block(name: &str, hosts: &[String], dir: &Path) -> String {
+    let quoted: Vec<String> = hosts.iter().map(|h| format!("\"{h}\"")).collect();
+    format!(
+        "infra \"ssh\" \"{name}\" {{\n  hosts         = [{}]\n  user          = \"root\"\n  identity_file = \"{}\"\n}}\n",
+        quoted.join(", "),
+        dir.join("id_ed25519").display()
+    )
 }
 
 /// Runs a prepared skyform command: whether it succeeded, and stdout then stderr.
