@@ -48,21 +48,30 @@ fn s3_block(bucket: &str, key: &str, endpoint: &str, extra: &[&str]) -> String {
     )
 }
 
-fn client(bucket: &str) -> ObjectStateStore {
+/// A store client for `key` in `bucket` at `endpoint`, with moto's test keys.
+fn store(bucket: &str, endpoint: &str, key: &str) -> ObjectStateStore {
     let s3 = object_store::aws::AmazonS3Builder::new()
         .with_bucket_name(bucket)
         .with_region("us-east-1")
-        .with_endpoint(endpoint())
+        .with_endpoint(endpoint)
         .with_allow_http(true)
         .with_access_key_id("testing")
         .with_secret_access_key("testing")
         .build()
         .expect("s3 client");
-    ObjectStateStore::new(
-        Arc::new(s3),
-        format!("s3://{bucket}/team/state.json"),
-        "team/state.json",
-    )
+    ObjectStateStore::new(Arc::new(s3), format!("s3://{bucket}/{key}"), key)
+}
+
+/// A fresh directory whose configuration (`main.sky.hcl`) is `config`.
+fn config_dir(config: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    std::fs::write(dir.path().join("main.sky.hcl"), config).expect("write the configuration");
+    dir
+}
+
+/// The store of the configurations whose key is `team/state.json`, at moto.
+fn client(bucket: &str) -> ObjectStateStore {
+    store(bucket, &endpoint(), "team/state.json")
 }
 
 #[tokio::test]
@@ -163,15 +172,10 @@ async fn apply_keeps_state_in_s3() {
 #[ignore = "needs moto: run ./scripts/test.sh"]
 async fn contention_names_the_holder() {
     let b = bucket("lock");
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("main.sky.hcl"),
-        format!(
-            "{}cluster \"c\" {{}}\n",
-            s3_block(&b, "team/state.json", &endpoint(), &[])
-        ),
-    )
-    .unwrap();
+    let dir = config_dir(&format!(
+        "{}cluster \"c\" {{}}\n",
+        s3_block(&b, "team/state.json", &endpoint(), &[])
+    ));
     let holder = skyform::state::LockInfo::new("apply");
     client(&b).lock(&holder).await.unwrap();
     let out = skyform(dir.path(), &["apply", "-auto-approve"]);
@@ -194,17 +198,9 @@ fn faulty_proxy(fail: f64, seed: u32) -> Proxy {
     ]))
 }
 
+/// The store of the configurations whose key is `k`, at `endpoint`.
 fn client_at(bucket: &str, endpoint: &str) -> ObjectStateStore {
-    let s3 = object_store::aws::AmazonS3Builder::new()
-        .with_bucket_name(bucket)
-        .with_region("us-east-1")
-        .with_endpoint(endpoint)
-        .with_allow_http(true)
-        .with_access_key_id("testing")
-        .with_secret_access_key("testing")
-        .build()
-        .expect("s3 client");
-    ObjectStateStore::new(Arc::new(s3), format!("s3://{bucket}/k"), "k")
+    store(bucket, endpoint, "k")
 }
 
 /// With a quarter of requests failing — 5xx answers, connections dropped before the store
@@ -448,20 +444,15 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 #[ignore = "needs moto: run ./scripts/test.sh"]
 async fn encrypted_state_in_s3() {
     let b = bucket("sealed");
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("main.sky.hcl"),
-        format!(
-            "{}cluster \"c\" {{}}\n",
-            s3_block(
-                &b,
-                "k",
-                &endpoint(),
-                &["encryption_key_env = \"SKYFORM_STATE_KEY\""]
-            )
-        ),
-    )
-    .unwrap();
+    let dir = config_dir(&format!(
+        "{}cluster \"c\" {{}}\n",
+        s3_block(
+            &b,
+            "k",
+            &endpoint(),
+            &["encryption_key_env = \"SKYFORM_STATE_KEY\""]
+        )
+    ));
     let run = |args: &[&str], key: &str| {
         skyform_cmd(dir.path(), args)
             .env("SKYFORM_STATE_KEY", key)
@@ -496,15 +487,10 @@ async fn encrypted_state_in_s3() {
 #[ignore = "needs moto: run ./scripts/test.sh"]
 async fn workspaces_in_s3() {
     let b = bucket("ws");
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("main.sky.hcl"),
-        format!(
-            "{}cluster \"c\" {{}}\n",
-            s3_block(&b, "team/state.json", &endpoint(), &[])
-        ),
-    )
-    .unwrap();
+    let dir = config_dir(&format!(
+        "{}cluster \"c\" {{}}\n",
+        s3_block(&b, "team/state.json", &endpoint(), &[])
+    ));
     ok(dir.path(), &["init"]);
     ok(dir.path(), &["workspace", "new", "dev"]);
     ok(dir.path(), &["apply", "-auto-approve"]);
