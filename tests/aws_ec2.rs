@@ -9,9 +9,8 @@ mod support;
 
 use aws_sdk_ec2 as ec2;
 use serde_json::Value;
-use std::io::BufRead;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn moto() -> String {
@@ -31,9 +30,13 @@ fn machines() -> PathBuf {
 }
 
 /// The fault-injecting proxy in front of moto, with a moto account of its own.
-struct Proxy {
-    child: Child,
-    url: String,
+struct Proxy(support::servers::Proxy);
+
+impl std::ops::Deref for Proxy {
+    type Target = support::servers::Proxy;
+    fn deref(&self) -> &support::servers::Proxy {
+        &self.0
+    }
 }
 
 impl Proxy {
@@ -45,25 +48,15 @@ impl Proxy {
     fn start_with(options: &[&str]) -> Proxy {
         // A fresh 12-digit account per test (never moto's default 123456789012).
         let n = uuid::Uuid::new_v4().as_u128() % 900_000_000_000 + 100_000_000_000;
-        let mut child = Command::new("python3")
-            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/ec2-proxy.py"))
-            .arg(moto())
-            .args(["--account", &n.to_string()])
-            .arg("--machines")
-            .arg(machines())
-            .args(options)
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("python3 runs scripts/ec2-proxy.py");
-        let mut line = String::new();
-        std::io::BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let port: u16 = line.trim().parse().expect("the proxy prints its port");
-        Proxy {
-            child,
-            url: format!("http://127.0.0.1:{port}"),
-        }
+        Proxy(support::servers::Proxy::start(
+            Command::new("python3")
+                .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/ec2-proxy.py"))
+                .arg(moto())
+                .args(["--account", &n.to_string()])
+                .arg("--machines")
+                .arg(machines())
+                .args(options),
+        ))
     }
 
     fn rules(&self, rules: Value) {
@@ -162,13 +155,6 @@ impl Proxy {
                 .map(str::to_string)
                 .collect(),
         )
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -952,29 +938,6 @@ cluster "train" {
     .run();
 }
 
-/// A job's status as `skyform status -json` reports it ("-" when it has none).
-fn status_of(w: &support::Workdir, addr: &str) -> String {
-    let out = w.ok(&["status", "-json"]);
-    let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
-    v.as_array()
-        .and_then(|a| a.iter().find(|j| j["address"] == addr))
-        .and_then(|j| j["status"].as_str())
-        .unwrap_or("-")
-        .to_string()
-}
-
-fn wait_for(w: &support::Workdir, addr: &str, want: &str) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let now = status_of(w, addr);
-        if now == want {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{addr} is {now}, not {want}");
-        std::thread::sleep(Duration::from_millis(300));
-    }
-}
-
 /// A 2-node cluster on EC2 runs what a cluster runs, on its machines (moto's instances made
 /// real by the proxy): workdir and setup reach both nodes, a 2-node job sees its rank and the
 /// nodes' private addresses, logs come from each node, exit codes and cancel reach state,
@@ -1026,9 +989,9 @@ job "long" {
         serde_json::from_value(cluster["computed"]["private_ips"].clone()).unwrap();
     assert_eq!(private_ips.len(), 2);
     assert_ne!(private_ips[0], private_ips[1], "two machines");
-    wait_for(&w, "job.ranks", "SUCCEEDED");
-    wait_for(&w, "job.fails", "FAILED");
-    wait_for(&w, "job.long", "RUNNING");
+    w.wait_for("job.ranks", "SUCCEEDED");
+    w.wait_for("job.fails", "FAILED");
+    w.wait_for("job.long", "RUNNING");
     let logs = w.ok(&["logs", "job.ranks"]);
     for rank in 0..2 {
         let want = format!(
@@ -1173,7 +1136,7 @@ job "j" {
         .to_string();
     wait_for_instances(&w, &token, "stopped").await;
     assert_eq!(
-        status_of(&w, "job.j"),
+        w.status_of("job.j"),
         "SUCCEEDED",
         "a running job kept it up"
     );
@@ -1232,7 +1195,7 @@ job "long" {
 "#,
     );
     w.ok(&["apply", "-auto-approve"]);
-    wait_for(&w, "job.long", "RUNNING");
+    w.wait_for("job.long", "RUNNING");
     let ids: Vec<String> = serde_json::from_value(
         w.state()["resources"]["cluster.train"]["computed"]["instance_ids"].clone(),
     )
@@ -1247,7 +1210,7 @@ job "long" {
         .unwrap();
     let plan = w.ok(&["plan"]);
     assert!(plan.contains("was terminated outside skyform"), "{plan}");
-    assert_ne!(status_of(&w, "job.long"), "RUNNING");
+    assert_ne!(w.status_of("job.long"), "RUNNING");
     w.ok(&["destroy", "-auto-approve"]);
     assert!(w.proxy.live("us-east-1").await.is_empty());
 }

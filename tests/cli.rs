@@ -1,19 +1,11 @@
 //! The smaller commands, end to end: init, validate -json, fmt, graph, show, output.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
 use std::path::Path;
-use std::process::{Command, Output};
-
-const BIN: &str = env!("CARGO_BIN_EXE_skyform");
-
-fn run(dir: &Path, args: &[&str]) -> Output {
-    Command::new(BIN)
-        .arg(format!("-chdir={}", dir.display()))
-        .args(args)
-        .env("NO_COLOR", "1")
-        .output()
-        .unwrap()
-}
+use std::process::Command;
+use support::{BIN, command_in, output_in as run};
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).to_string()
@@ -305,11 +297,8 @@ fn encrypted_state_migrates_in_place_and_needs_its_key() {
     let dir = tmp.path();
     std::fs::write(dir.join("main.sky.hcl"), CONFIG).unwrap();
     let with_key = |args: &[&str], key: Option<&str>| {
-        let mut c = Command::new(BIN);
-        c.arg(format!("-chdir={}", dir.display()))
-            .args(args)
-            .env("NO_COLOR", "1")
-            .env_remove("SKYFORM_STATE_KEY");
+        let mut c = command_in(dir, args);
+        c.env_remove("SKYFORM_STATE_KEY");
         if let Some(k) = key {
             c.env("SKYFORM_STATE_KEY", k);
         }
@@ -565,10 +554,7 @@ fn autostop_stops_or_tears_down_an_idle_local_cluster() {
     let dir = tmp.path();
     let apply = |config: &str| {
         std::fs::write(dir.join("main.sky.hcl"), config).unwrap();
-        let out = Command::new(BIN)
-            .arg(format!("-chdir={}", dir.display()))
-            .args(["apply", "-auto-approve"])
-            .env("NO_COLOR", "1")
+        let out = command_in(dir, &["apply", "-auto-approve"])
             .env("SKYFORM_IDLE_MINUTE", "1")
             .output()
             .unwrap();

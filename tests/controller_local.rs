@@ -43,15 +43,7 @@ fn wait_for<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> Option<
 
 /// The managed job as `status -json` shows it.
 fn job(w: &Workdir) -> Value {
-    let text = w.stdout(&["status", "-json"]);
-    let all: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
-    all.as_array()
-        .and_then(|a| {
-            a.iter()
-                .find(|r| r["address"] == "managed_job.train")
-                .cloned()
-        })
-        .unwrap_or_else(|| panic!("no managed job in {text}"))
+    w.status_row("managed_job.train")
 }
 
 fn book(w: &Workdir) -> Value {

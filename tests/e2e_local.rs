@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 mod support;
 
-use support::{BIN, Workdir, processes_mentioning};
+use support::{BIN, Workdir, copy_dir, processes_mentioning};
 
 /// A copy of an example's directory.
 fn from_example(name: &str) -> Workdir {
@@ -81,22 +81,6 @@ fn read_state(dir: &Path) -> Option<Value> {
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).to_string()
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).expect("mkdir");
-    for e in std::fs::read_dir(from).expect("read example") {
-        let e = e.expect("entry");
-        if e.file_name() == ".skyform" {
-            continue;
-        }
-        let dest = to.join(e.file_name());
-        if e.file_type().expect("type").is_dir() {
-            copy_dir(&e.path(), &dest);
-        } else {
-            std::fs::copy(e.path(), dest).expect("copy");
-        }
-    }
 }
 
 fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
@@ -583,33 +567,83 @@ fn kill_9_mid_apply_then_apply_converges() {
     );
 }
 
+/// Whether process `pid` has a handler for SIGINT (its `SigCgt` mask in /proc).
+fn catches_sigint(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            let mask = s.lines().find_map(|l| l.strip_prefix("SigCgt:"))?;
+            u64::from_str_radix(mask.trim(), 16).ok()
+        })
+        // SIGINT is signal 2: bit 1 of the mask.
+        .is_some_and(|mask| mask & (1 << 1) != 0)
+}
+
+/// Ctrl-C mid-apply: the call in flight finishes and is recorded, nothing new starts, the
+/// lock is released. Nothing here depends on the machine's speed: the cluster's setup waits
+/// for a gate the test opens only once skyform has said it got the interrupt, and the
+/// interrupt is sent only once skyform catches SIGINT (before, it would simply die).
 #[test]
 fn ctrl_c_mid_apply_leaves_a_valid_state() {
-    let sb = Workdir::with_files(&[("main.sky.hcl", SLOW_SETUP)]);
-    let child = sb
+    let sb = Workdir::new();
+    let gate = sb.path().join("gate");
+    sb.write_config(&format!(
+        "cluster \"dev\" {{\n  setup = \"i=0; while [ ! -e '{}' ] && [ $i -lt 1200 ]; do sleep 0.05; i=$((i+1)); done\"\n}}\n\n\
+         job \"hello\" {{\n  cluster = cluster.dev\n  run     = \"echo hello\"\n}}\n",
+        gate.display()
+    ));
+    let mut child = sb
         .command(&["apply", "-auto-approve"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn");
+    let stdout = child.stdout.take().expect("stdout");
+    let stdout = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut std::io::BufReader::new(stdout), &mut s);
+        s
+    });
+    let (said, heard) = std::sync::mpsc::channel();
+    let stderr = child.stderr.take().expect("stderr");
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stderr)).map_while(Result::ok) {
+            let _ = said.send(line);
+        }
+    });
     wait_for(
-        "the cluster to be recorded",
-        Duration::from_secs(10),
-        || read_state(sb.path()).is_some_and(|v| v["resources"].get("cluster.dev").is_some()),
+        "the cluster to be recorded as being created",
+        Duration::from_secs(30),
+        || {
+            read_state(sb.path())
+                .is_some_and(|v| v["resources"]["cluster.dev"]["status"] == "creating")
+        },
     );
+    wait_for("skyform to catch SIGINT", Duration::from_secs(30), || {
+        catches_sigint(child.id())
+    });
     let status = Command::new("kill")
         .arg("-INT")
         .arg(child.id().to_string())
         .status()
         .expect("kill -INT");
     assert!(status.success());
-    let out = child.wait_with_output().expect("wait");
-    assert!(!out.status.success(), "an interrupted apply exits non-zero");
-    assert!(
-        text(&out.stdout).contains("Apply interrupted"),
-        "{}",
-        text(&out.stdout)
-    );
+    let mut stderr_lines = Vec::new();
+    loop {
+        let line = heard
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|e| panic!("{e}: no word of the interrupt: {stderr_lines:?}"));
+        let got_it = line.contains("Interrupt received");
+        stderr_lines.push(line);
+        if got_it {
+            break;
+        }
+    }
+    std::fs::write(&gate, "").expect("open the gate");
+    let exit = child.wait().expect("wait");
+    let stdout = stdout.join().expect("stdout reader");
+    assert!(!exit.success(), "an interrupted apply exits non-zero");
+    assert!(stdout.contains("Apply interrupted"), "{stdout}");
     // The in-flight cluster finished and was recorded; the job did not start.
     let state = sb.stored_state();
     assert_eq!(

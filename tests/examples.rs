@@ -1,10 +1,10 @@
 //! Every example validates and plans offline, and every module validates on its own.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod support;
 
-const BIN: &str = env!("CARGO_BIN_EXE_skyform");
+use std::path::{Path, PathBuf};
+use support::{copy_dir, output_in as run};
 
 fn dirs(under: &str) -> Vec<PathBuf> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join(under);
@@ -18,30 +18,6 @@ fn dirs(under: &str) -> Vec<PathBuf> {
     v
 }
 
-fn copy_tree(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap().filter_map(Result::ok) {
-        if e.file_name() == ".skyform" {
-            continue;
-        }
-        let dest = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_tree(&e.path(), &dest);
-        } else {
-            std::fs::copy(e.path(), dest).unwrap();
-        }
-    }
-}
-
-fn run(dir: &Path, args: &[&str]) -> std::process::Output {
-    Command::new(BIN)
-        .arg(format!("-chdir={}", dir.display()))
-        .args(args)
-        .env("NO_COLOR", "1")
-        .output()
-        .unwrap()
-}
-
 #[test]
 fn examples_validate_and_plan() {
     let examples = dirs("examples");
@@ -50,8 +26,8 @@ fn examples_validate_and_plan() {
         // A copy, so the test leaves the repository untouched (plan takes the state lock).
         let tmp = tempfile::tempdir().unwrap();
         let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
-        copy_tree(&repo.join("examples"), &tmp.path().join("examples"));
-        copy_tree(&repo.join("modules"), &tmp.path().join("modules"));
+        copy_dir(&repo.join("examples"), &tmp.path().join("examples"));
+        copy_dir(&repo.join("modules"), &tmp.path().join("modules"));
         let dir = tmp.path().join("examples").join(ex.file_name().unwrap());
         let f = run(&dir, &["fmt", "-check"]);
         assert!(

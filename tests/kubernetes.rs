@@ -14,7 +14,6 @@ mod support;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Pod, Secret, Service};
 use kube::api::{Api, ListParams};
-use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
@@ -332,30 +331,6 @@ impl Work {
         let body = serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).unwrap();
         created(ns.create(&Default::default(), &body).await);
     }
-
-    /// Waits until `skyform status` says `addr` is `want`.
-    fn wait_status(&self, addr: &str, want: &str) -> Value {
-        self.wait_until(addr, |row| row["status"] == want)
-    }
-
-    /// Waits until `addr`'s row of `status -json` satisfies `ok`; answers it.
-    fn wait_until(&self, addr: &str, ok: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let out = self.ok(&["status", "-json"]);
-            let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
-            let row = v
-                .as_array()
-                .and_then(|a| a.iter().find(|j| j["address"] == addr))
-                .cloned()
-                .unwrap_or_default();
-            if ok(&row) {
-                return row;
-            }
-            assert!(Instant::now() < deadline, "{addr} did not get there: {row}");
-            std::thread::sleep(Duration::from_millis(300));
-        }
-    }
 }
 
 /// A create that succeeded, or found the object there from an earlier run.
@@ -415,7 +390,7 @@ job "hello" {
             .any(|p| p.1 == "Running" && p.2 == "t1-gpu"),
         "the cluster's pod runs on the GPU node: {pods:?}"
     );
-    let row = w.wait_status("job.hello", "FAILED");
+    let row = w.wait_for("job.hello", "FAILED");
     assert_eq!(row["exit_code"], 3, "{row}");
     let logs = w.ok(&["logs", "job.hello"]);
     assert!(logs.contains("hello from rank 0"), "{logs}");
@@ -751,10 +726,12 @@ managed_job "flaky" {
 "#,
     );
     w.ok(&["apply", "-auto-approve"]);
-    w.wait_status("managed_job.train", "RUNNING");
-    w.wait_status("managed_job.quick", "SUCCEEDED");
+    w.wait_for("managed_job.train", "RUNNING");
+    w.wait_for("managed_job.quick", "SUCCEEDED");
     // Exit code 33 is recovered without counting: the controller launches it again.
-    let flaky = w.wait_until("managed_job.flaky", |j| j["attempt"].as_u64() >= Some(2));
+    let flaky = w.wait_until("managed_job.flaky", "a second attempt", |j| {
+        j["attempt"].as_u64() >= Some(2)
+    });
     assert!(
         flaky["history"]
             .to_string()
@@ -775,7 +752,7 @@ managed_job "flaky" {
     assert_eq!(first[0].2, "t6-a");
     // The node takes the pod away: the controller launches the job again, with no apply.
     a.evict("t6", &first[0].0);
-    let train = w.wait_until("managed_job.train", |j| {
+    let train = w.wait_until("managed_job.train", "attempt 2, running", |j| {
         j["attempt"] == 2 && j["status"] == "RUNNING"
     });
     let events = train["history"].to_string();
@@ -895,7 +872,7 @@ fn a_user_with_rights_in_one_namespace_only_can_run_clusters() {
     let plan = w.ok(&["plan"]);
     assert!(plan.contains("k8s/a"), "{plan}");
     w.ok(&["apply", "-auto-approve"]);
-    w.wait_status("job.hello", "SUCCEEDED");
+    w.wait_for("job.hello", "SUCCEEDED");
     let logs = w.ok(&["logs", "job.hello"]);
     assert!(logs.contains("limited but fine"), "{logs}");
     w.destroy_leaves_nothing("a");
@@ -968,9 +945,9 @@ job "long" {
 "#,
     );
     w.ok(&["apply", "-auto-approve"]);
-    w.wait_status("job.first", "SUCCEEDED");
-    w.wait_status("job.second", "SUCCEEDED");
-    w.wait_status("job.long", "RUNNING");
+    w.wait_for("job.first", "SUCCEEDED");
+    w.wait_for("job.second", "SUCCEEDED");
+    w.wait_for("job.long", "RUNNING");
     let logs = w.ok(&["logs", "job.first"]);
     assert!(logs.contains("(rank 0) rank 0 of 2 trains llama"), "{logs}");
     assert!(logs.contains("(rank 1) rank 1 of 2 trains llama"), "{logs}");

@@ -48,14 +48,8 @@ fn masters(servers: &Path) -> Vec<u32> {
 fn a_pool_survives_a_crash_at_every_point() {
     let (dir, hosts) = support::servers::ssh_servers();
     let w = support::Workdir::new().with_home();
-    let quoted: Vec<String> = hosts.iter().map(|h| format!("\"{h}\"")).collect();
     w.write_config(&format!(
-        r#"infra "ssh" "rack" {{
-  hosts         = [{}]
-  user          = "root"
-  identity_file = "{}"
-}}
-
+        r#"{}
 cluster "pair" {{
   num_nodes = 2
   setup     = "echo ready"
@@ -67,8 +61,7 @@ job "both" {{
   run       = "true"
 }}
 "#,
-        quoted.join(", "),
-        dir.join("id_ed25519").display()
+        support::servers::pool_block("rack", &hosts, &dir)
     ));
     let world = || held(&dir, hosts.len());
     support::crash::Crashes {

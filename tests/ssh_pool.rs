@@ -92,12 +92,7 @@ impl Work {
         let dir = support::Workdir::new()
             .with_home()
             .env("SKYFORM_IDLE_MINUTE", "1");
-        let hosts: Vec<String> = s.hosts.iter().map(|h| format!("\"{h}\"")).collect();
-        let pool = format!(
-            "infra \"ssh\" \"rack\" {{\n  hosts         = [{}]\n  user          = \"root\"\n  identity_file = \"{}\"\n}}\n",
-            hosts.join(", "),
-            s.dir.join("id_ed25519").display()
-        );
+        let pool = support::servers::pool_block("rack", &s.hosts, &s.dir);
         Work { dir, pool }
     }
 
@@ -111,32 +106,6 @@ impl Work {
         let (ok, text) = support::servers::run(self.command(args).env("SKYFORM_NO_RSYNC", "1"));
         assert!(ok, "skyform {args:?} failed:\n{text}");
         text
-    }
-
-    /// A resource's status as refresh sees it now ("-" when it has none).
-    fn status_of(&self, addr: &str) -> String {
-        let out = self.ok(&["status", "-json"]);
-        let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
-        v.as_array()
-            .and_then(|a| a.iter().find(|j| j["address"] == addr))
-            .and_then(|j| j["status"].as_str())
-            .unwrap_or("-")
-            .to_string()
-    }
-
-    fn wait_for(&self, addr: &str, want: &str) {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-        loop {
-            let now = self.status_of(addr);
-            if now == want {
-                return;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "{addr} is {now}, not {want}"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(300));
-        }
     }
 
     fn hosts_of(&self, addr: &str) -> Vec<String> {
@@ -402,15 +371,10 @@ fn across_network_namespaces(s: &Servers) {
     };
     let far_ip = far.split(':').next().unwrap();
     let w = Work::new(s);
-    std::fs::write(
-        w.dir.path().join("main.sky.hcl"),
-        format!(
-            "infra \"ssh\" \"far\" {{\n  hosts = [\"{}\", \"{far}\"]\n  user = \"root\"\n  identity_file = \"{}\"\n}}\ncluster \"x\" {{\n  num_nodes = 2\n}}\njob \"where\" {{\n  cluster = cluster.x\n  num_nodes = 2\n  run = \"echo ips=$(echo $SKYFORM_NODE_IPS); ip -4 -o addr show | grep -c ' {far_ip}/' || true\"\n}}\n",
-            s.hosts[0],
-            s.dir.join("id_ed25519").display()
-        ),
-    )
-    .unwrap();
+    w.write_config(&format!(
+        "{}cluster \"x\" {{\n  num_nodes = 2\n}}\njob \"where\" {{\n  cluster = cluster.x\n  num_nodes = 2\n  run = \"echo ips=$(echo $SKYFORM_NODE_IPS); ip -4 -o addr show | grep -c ' {far_ip}/' || true\"\n}}\n",
+        support::servers::pool_block("far", &[s.hosts[0].clone(), far.clone()], &s.dir)
+    ));
     w.ok(&["apply", "-auto-approve"]);
     assert_eq!(w.hosts_of("cluster.x"), [s.hosts[0].clone(), far.clone()]);
     w.wait_for("job.where", "SUCCEEDED");
@@ -471,10 +435,17 @@ fn jobs_on_a_pool(s: &Servers) {
     }
 
     // Two half-GPU jobs share node 0's device; a job wanting both nodes' whole GPUs waits.
+    // a and b run until the test opens a gate (the hosts share this machine's files), so c
+    // is submitted while they hold the device however slow the machine is.
+    let gate = w.path().join("gate");
+    let until_gate = format!(
+        "i=0; while [ ! -e '{}' ] && [ $i -lt 1200 ]; do sleep 0.1; i=$((i+1)); done",
+        gate.display()
+    );
     let halves = format!(
         "{}{}",
-        job("a", 1, "0.5", &format!("{report}; sleep 12")),
-        job("b", 1, "0.5", &format!("{report}; sleep 12"))
+        job("a", 1, "0.5", &format!("{report}; {until_gate}")),
+        job("b", 1, "0.5", &format!("{report}; {until_gate}"))
     );
     w.config(&format!("{cluster}{halves}"));
     w.ok(&["apply", "-auto-approve"]);
@@ -482,7 +453,8 @@ fn jobs_on_a_pool(s: &Servers) {
     w.wait_for("job.b", "RUNNING");
     w.config(&format!("{cluster}{halves}{}", job("c", 2, "1", report)));
     w.ok(&["apply", "-auto-approve"]);
-    assert_eq!(w.status_of("job.c"), "QUEUED");
+    assert_eq!(w.status_of("job.c"), "QUEUED", "c waits behind a and b");
+    std::fs::write(&gate, "").unwrap();
     w.wait_for("job.c", "SUCCEEDED");
     assert_eq!(w.status_of("job.a"), "SUCCEEDED");
     assert_eq!(w.status_of("job.b"), "SUCCEEDED");

@@ -20,18 +20,10 @@ fn hosts_sharing_a_home_keep_apart() {
         );
         return;
     };
-    let hosts: Vec<String> = listed
-        .lines()
-        .map(|l| format!("\"{}\"", l.replacen(' ', ":", 1)))
-        .collect();
+    let hosts: Vec<String> = listed.lines().map(|l| l.replacen(' ', ":", 1)).collect();
     let w = support::Workdir::new().with_home();
     w.write_config(&format!(
-        r#"infra "ssh" "lab" {{
-  hosts         = [{}]
-  user          = "root"
-  identity_file = "{}"
-}}
-
+        r#"{}
 cluster "pair" {{
   num_nodes = 2
 }}
@@ -42,8 +34,7 @@ job "both" {{
   run       = "echo rank $SKYFORM_NODE_RANK on $(hostname)"
 }}
 "#,
-        hosts.join(", "),
-        dir.join("id_ed25519").display()
+        support::servers::pool_block("lab", &hosts, &dir)
     ));
     w.ok(&["apply", "-auto-approve"]);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);

@@ -3,12 +3,13 @@
 //! run with `--include-ignored`, where a missing server is a failure, not a skip.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
 use skyform::state::conformance;
 use skyform::state::{ObjectStateStore, StateStore};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
-
-const BIN: &str = env!("CARGO_BIN_EXE_skyform");
+use support::servers::Proxy;
 
 fn endpoint() -> String {
     std::env::var("SKYFORM_TEST_S3_ENDPOINT").expect(
@@ -47,21 +48,30 @@ fn s3_block(bucket: &str, key: &str, endpoint: &str, extra: &[&str]) -> String {
     )
 }
 
-fn client(bucket: &str) -> ObjectStateStore {
+/// A store client for `key` in `bucket` at `endpoint`, with moto's test keys.
+fn store(bucket: &str, endpoint: &str, key: &str) -> ObjectStateStore {
     let s3 = object_store::aws::AmazonS3Builder::new()
         .with_bucket_name(bucket)
         .with_region("us-east-1")
-        .with_endpoint(endpoint())
+        .with_endpoint(endpoint)
         .with_allow_http(true)
         .with_access_key_id("testing")
         .with_secret_access_key("testing")
         .build()
         .expect("s3 client");
-    ObjectStateStore::new(
-        Arc::new(s3),
-        format!("s3://{bucket}/team/state.json"),
-        "team/state.json",
-    )
+    ObjectStateStore::new(Arc::new(s3), format!("s3://{bucket}/{key}"), key)
+}
+
+/// A fresh directory whose configuration (`main.sky.hcl`) is `config`.
+fn config_dir(config: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    std::fs::write(dir.path().join("main.sky.hcl"), config).expect("write the configuration");
+    dir
+}
+
+/// The store of the configurations whose key is `team/state.json`, at moto.
+fn client(bucket: &str) -> ObjectStateStore {
+    store(bucket, &endpoint(), "team/state.json")
 }
 
 #[tokio::test]
@@ -78,14 +88,10 @@ fn skyform(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
 
 /// `skyform ARGS` in `dir` with moto's test keys in the environment.
 fn skyform_cmd(dir: &std::path::Path, args: &[&str]) -> Command {
-    let mut c = Command::new(BIN);
-    c.arg(format!("-chdir={}", dir.display()))
-        .args(args)
-        .env("NO_COLOR", "1")
-        .env("AWS_ACCESS_KEY_ID", "testing")
+    let mut c = support::command_in(dir, args);
+    c.env("AWS_ACCESS_KEY_ID", "testing")
         .env("AWS_SECRET_ACCESS_KEY", "testing")
-        .env("AWS_REGION", "us-east-1")
-        .stdin(Stdio::null());
+        .env("AWS_REGION", "us-east-1");
     c
 }
 
@@ -166,15 +172,10 @@ async fn apply_keeps_state_in_s3() {
 #[ignore = "needs moto: run ./scripts/test.sh"]
 async fn contention_names_the_holder() {
     let b = bucket("lock");
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("main.sky.hcl"),
-        format!(
-            "{}cluster \"c\" {{}}\n",
-            s3_block(&b, "team/state.json", &endpoint(), &[])
-        ),
-    )
-    .unwrap();
+    let dir = config_dir(&format!(
+        "{}cluster \"c\" {{}}\n",
+        s3_block(&b, "team/state.json", &endpoint(), &[])
+    ));
     let holder = skyform::state::LockInfo::new("apply");
     client(&b).lock(&holder).await.unwrap();
     let out = skyform(dir.path(), &["apply", "-auto-approve"]);
@@ -185,58 +186,21 @@ async fn contention_names_the_holder() {
     assert!(err.contains("hint:"), "{err}");
 }
 
-/// `scripts/faulty-proxy.py` in front of moto; killed on drop.
-struct FaultyProxy {
-    child: std::process::Child,
-    url: String,
+/// `scripts/faulty-proxy.py` in front of moto.
+fn faulty_proxy(fail: f64, seed: u32) -> Proxy {
+    Proxy::start(Command::new("python3").args([
+        concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/faulty-proxy.py"),
+        &endpoint(),
+        "--fail",
+        &fail.to_string(),
+        "--seed",
+        &seed.to_string(),
+    ]))
 }
 
-impl FaultyProxy {
-    fn start(fail: f64, seed: u32) -> FaultyProxy {
-        use std::io::BufRead;
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/faulty-proxy.py");
-        let mut child = Command::new("python3")
-            .args([
-                script,
-                &endpoint(),
-                "--fail",
-                &fail.to_string(),
-                "--seed",
-                &seed.to_string(),
-            ])
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("start faulty-proxy.py");
-        let mut line = String::new();
-        std::io::BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let port: u16 = line.trim().parse().expect("the proxy prints its port");
-        FaultyProxy {
-            child,
-            url: format!("http://127.0.0.1:{port}"),
-        }
-    }
-}
-
-impl Drop for FaultyProxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
+/// The store of the configurations whose key is `k`, at `endpoint`.
 fn client_at(bucket: &str, endpoint: &str) -> ObjectStateStore {
-    let s3 = object_store::aws::AmazonS3Builder::new()
-        .with_bucket_name(bucket)
-        .with_region("us-east-1")
-        .with_endpoint(endpoint)
-        .with_allow_http(true)
-        .with_access_key_id("testing")
-        .with_secret_access_key("testing")
-        .build()
-        .expect("s3 client");
-    ObjectStateStore::new(Arc::new(s3), format!("s3://{bucket}/k"), "k")
+    store(bucket, endpoint, "k")
 }
 
 /// With a quarter of requests failing — 5xx answers, connections dropped before the store
@@ -247,7 +211,7 @@ fn client_at(bucket: &str, endpoint: &str) -> ObjectStateStore {
 #[ignore = "needs moto: run ./scripts/test.sh"]
 async fn s3_store_conforms_through_faults() {
     for seed in 1..=3 {
-        let proxy = FaultyProxy::start(0.25, seed);
+        let proxy = faulty_proxy(0.25, seed);
         let b = bucket("faults");
         conformance::run(&client_at(&b, &proxy.url)).await;
         conformance::run_shared(&|| client_at(&b, &proxy.url)).await;
@@ -259,7 +223,7 @@ async fn s3_store_conforms_through_faults() {
 #[tokio::test]
 #[ignore = "needs moto: run ./scripts/test.sh"]
 async fn apply_through_faults_converges() {
-    let proxy = FaultyProxy::start(0.2, 7);
+    let proxy = faulty_proxy(0.2, 7);
     let b = bucket("flaky");
     let config = |endpoint: &str| {
         format!(
@@ -354,19 +318,34 @@ async fn migrate_local_state_to_s3() {
 /// kill -9 of skyform mid-apply with state in S3: the next apply takes over the dead
 /// process's lock (same user and host, process gone), adopts what was created, submits
 /// nothing twice, and converges.
+///
+/// The kill must land mid-apply whatever the machine's speed: the apply cannot finish
+/// before the test lets it. Half the jobs come before cluster "gate", whose setup waits for
+/// a file the test writes only after the kill; the other half run on that cluster.
 #[tokio::test]
 #[ignore = "needs moto: run ./scripts/test.sh"]
 async fn kill_9_mid_apply_with_s3_state_converges() {
     let b = bucket("kill");
     let dir = tempfile::tempdir().unwrap();
-    let keys: Vec<String> = (0..12).map(|i| format!("\"{i:02}\"")).collect();
+    let gate = dir.path().join("gate");
+    let keys = |from: usize| -> String {
+        (from..from + 6)
+            .map(|i| format!("\"{i:02}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     std::fs::write(
         dir.path().join("main.sky.hcl"),
         format!(
             "{}cluster \"dev\" {{}}\n\
-             job \"step\" {{\n  for_each = toset([{}])\n  cluster = cluster.dev\n  run = \"echo step ${{each.key}}\"\n}}\n",
+             job \"early\" {{\n  for_each = toset([{}])\n  cluster = cluster.dev\n  run = \"echo step ${{each.key}}\"\n}}\n\
+             cluster \"gate\" {{\n  depends_on = [job.early]\n  \
+             setup = \"i=0; while [ ! -e '{}' ] && [ $i -lt 1200 ]; do sleep 0.05; i=$((i+1)); done\"\n}}\n\
+             job \"late\" {{\n  for_each = toset([{}])\n  cluster = cluster.gate\n  run = \"echo step ${{each.key}}\"\n}}\n",
             s3_block(&b, "k", &endpoint(), &[]),
-            keys.join(", ")
+            keys(0),
+            gate.display(),
+            keys(6),
         ),
     )
     .unwrap();
@@ -376,18 +355,33 @@ async fn kill_9_mid_apply_with_s3_state_converges() {
         .spawn()
         .unwrap();
     let store = client_at(&b, &endpoint());
+    // Once cluster "gate" is on record, every early job is submitted and the apply waits in
+    // its setup, which cannot end before the gate exists.
+    let gate_cluster: skyform::model::Address = "cluster.gate".parse().unwrap();
     let t = std::time::Instant::now();
     loop {
-        let jobs = store.read().await.ok().flatten().map_or(0, |s| {
-            s.resources
+        if let Some(state) = store.read().await.ok().flatten()
+            && state.resources.contains_key(&gate_cluster)
+        {
+            let jobs: Vec<String> = state
+                .resources
                 .keys()
-                .filter(|a| a.to_string().starts_with("job."))
-                .count()
-        });
-        if jobs >= 3 {
+                .map(|a| a.to_string())
+                .filter(|a| a.starts_with("job."))
+                .collect();
+            assert!(
+                jobs.len() == 6 && jobs.iter().all(|a| a.starts_with("job.early")),
+                "mid-apply: the early jobs are on record, the late ones not yet: {jobs:?}"
+            );
             break;
         }
-        assert!(t.elapsed().as_secs() < 30, "jobs were not recorded in time");
+        assert!(
+            t.elapsed().as_secs() < 60,
+            "cluster.gate was not recorded in time"
+        );
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("the apply ended before cluster.gate was recorded: {status}");
+        }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     child.kill().unwrap();
@@ -396,14 +390,15 @@ async fn kill_9_mid_apply_with_s3_state_converges() {
         store.lock_holder().await.unwrap().is_some(),
         "the killed run left its lock"
     );
+    std::fs::write(&gate, "").unwrap();
 
     let out = ok(dir.path(), &["apply", "-auto-approve"]);
     assert!(out.contains("took over the lock"), "{out}");
     let state = store.read().await.unwrap().unwrap();
     assert_eq!(
         state.resources.len(),
-        13,
-        "the cluster and every job are recorded"
+        14,
+        "both clusters and every job are recorded"
     );
     // Each job was submitted to the cluster's queue exactly once.
     let mut names = std::collections::BTreeMap::new();
@@ -449,20 +444,15 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 #[ignore = "needs moto: run ./scripts/test.sh"]
 async fn encrypted_state_in_s3() {
     let b = bucket("sealed");
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("main.sky.hcl"),
-        format!(
-            "{}cluster \"c\" {{}}\n",
-            s3_block(
-                &b,
-                "k",
-                &endpoint(),
-                &["encryption_key_env = \"SKYFORM_STATE_KEY\""]
-            )
-        ),
-    )
-    .unwrap();
+    let dir = config_dir(&format!(
+        "{}cluster \"c\" {{}}\n",
+        s3_block(
+            &b,
+            "k",
+            &endpoint(),
+            &["encryption_key_env = \"SKYFORM_STATE_KEY\""]
+        )
+    ));
     let run = |args: &[&str], key: &str| {
         skyform_cmd(dir.path(), args)
             .env("SKYFORM_STATE_KEY", key)
@@ -497,15 +487,10 @@ async fn encrypted_state_in_s3() {
 #[ignore = "needs moto: run ./scripts/test.sh"]
 async fn workspaces_in_s3() {
     let b = bucket("ws");
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("main.sky.hcl"),
-        format!(
-            "{}cluster \"c\" {{}}\n",
-            s3_block(&b, "team/state.json", &endpoint(), &[])
-        ),
-    )
-    .unwrap();
+    let dir = config_dir(&format!(
+        "{}cluster \"c\" {{}}\n",
+        s3_block(&b, "team/state.json", &endpoint(), &[])
+    ));
     ok(dir.path(), &["init"]);
     ok(dir.path(), &["workspace", "new", "dev"]);
     ok(dir.path(), &["apply", "-auto-approve"]);

@@ -51,6 +51,12 @@ pub struct Offering {
 }
 
 impl Offering {
+    /// GPUs per node, of every accelerator together.
+    pub fn gpus(&self) -> f64 {
+        // + 0.0: an empty sum of floats is -0.0, which would show as "-0".
+        self.accelerators.iter().map(|(_, n)| n).sum::<f64>() + 0.0
+    }
+
     /// `aws/us-east-1/us-east-1a`, `local`.
     pub fn infra(&self) -> String {
         let mut s = self.cloud.clone();

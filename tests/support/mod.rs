@@ -35,6 +35,38 @@ pub fn skip_or_fail(test: &str, why: &str, ci_provides: bool) {
 /// The skyform binary these tests run.
 pub const BIN: &str = env!("CARGO_BIN_EXE_skyform");
 
+/// skyform with `args` in `dir` (`-chdir`), with `NO_COLOR` and no stdin, not started yet.
+pub fn command_in(dir: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new(BIN);
+    c.arg(format!("-chdir={}", dir.display()))
+        .args(args)
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null());
+    c
+}
+
+/// skyform with `args` in `dir`, run to its end.
+pub fn output_in(dir: &Path, args: &[&str]) -> Output {
+    command_in(dir, args).output().expect("run skyform")
+}
+
+/// Copies the tree `from` to `to`, leaving out skyform's own `.skyform` directories.
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for e in std::fs::read_dir(from).expect("read dir") {
+        let e = e.expect("entry");
+        if e.file_name() == ".skyform" {
+            continue;
+        }
+        let dest = to.join(e.file_name());
+        if e.file_type().expect("type").is_dir() {
+            copy_dir(&e.path(), &dest);
+        } else {
+            std::fs::copy(e.path(), dest).expect("copy");
+        }
+    }
+}
+
 /// A configuration directory in a fresh temp dir under /tmp (short paths: ssh's control
 /// sockets have a length limit), and skyform run in it with `-chdir`, `NO_COLOR` and no
 /// stdin, plus the environment the test gave. On drop, every process whose command line
@@ -109,11 +141,7 @@ impl Workdir {
 
     /// skyform with `args`, not started yet.
     pub fn command(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(BIN);
-        c.arg(format!("-chdir={}", self.path().display()))
-            .args(args)
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null());
+        let mut c = command_in(self.path(), args);
         for (k, v) in &self.env {
             match v {
                 Some(v) => c.env(k, v),
@@ -157,6 +185,54 @@ impl Workdir {
     pub fn state(&self) -> serde_json::Value {
         let text = self.ok(&["state", "pull"]);
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
+    }
+
+    /// A resource's row of `skyform status -json`, refreshed now (null when it is not
+    /// listed).
+    pub fn status_row(&self, addr: &str) -> serde_json::Value {
+        let out = self.ok(&["status", "-json"]);
+        let v: serde_json::Value =
+            serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+        v.as_array()
+            .and_then(|a| a.iter().find(|j| j["address"] == addr))
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// A resource's status as `skyform status -json` reports it, refreshed now ("-" when
+    /// it has none).
+    pub fn status_of(&self, addr: &str) -> String {
+        self.status_row(addr)["status"]
+            .as_str()
+            .unwrap_or("-")
+            .to_string()
+    }
+
+    /// Waits up to a minute for `addr` to reach status `want`; answers its row then.
+    pub fn wait_for(&self, addr: &str, want: &str) -> serde_json::Value {
+        self.wait_until(addr, &format!("status {want}"), |row| row["status"] == want)
+    }
+
+    /// Waits up to a minute for `addr`'s row of `status -json` to satisfy `ok` (`what`
+    /// says what that means, for the failure); answers the row then.
+    pub fn wait_until(
+        &self,
+        addr: &str,
+        what: &str,
+        ok: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let row = self.status_row(addr);
+            if ok(&row) {
+                return row;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{addr} did not reach {what}: {row}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(300));
+        }
     }
 
     /// Live processes whose command line mentions this directory (agents, jobs).

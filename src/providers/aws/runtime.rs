@@ -25,13 +25,11 @@ const AUTOSTOP: &str = r#"sudo -n shutdown -h now "skyform: autostop of cluster 
 const SSH_WAIT: Duration = Duration::from_secs(600);
 
 /// Answers the head gives when asked whether the cluster's runtime runs: the build in its
-/// `cluster.json`, and `agent` when the node's agent runs.
+/// `cluster.json`, and `agent` when the node's agent runs. Needs [`runtime::AGENT_CHECKS`].
 const RUNNING: &str = r#"
 c="$dir/clusters/$1"
 [ -f "$c/cluster.json" ] && sed -n 's/.*"build": *"\([^"]*\)".*/build \1/p' "$c/cluster.json"
-for f in "$c"/node-*/agent.pid; do
-  [ -f "$f" ] && tr '\0' ' ' <"/proc/$(cat "$f")/cmdline" 2>/dev/null | grep -q " __agent " && echo agent
-done
+running_agents "$c"
 exit 0
 "#;
 
@@ -116,14 +114,7 @@ impl AwsProvider {
         if let Some(root) = root {
             remote::provision(&access, &hosts, &ips, &p.token, spec, root).await?;
         }
-        let (cpus, gpus) = placement.map_or((1.0, 0.0), |c| {
-            let o = &c.offering;
-            // (+ 0.0: an empty sum of floats is -0.0.)
-            (
-                o.cpus,
-                o.accelerators.iter().map(|(_, n)| n).sum::<f64>() + 0.0,
-            )
-        });
+        let (cpus, gpus) = placement.map_or((1.0, 0.0), |c| (c.offering.cpus, c.offering.gpus()));
         let info = crate::runtime::ClusterInfo {
             name: name.to_string(),
             num_nodes: hosts.len() as u32,
@@ -159,7 +150,7 @@ impl AwsProvider {
         let mut build = None;
         for (rank, host) in hosts.iter().enumerate() {
             let c = access.connect(host).await.ok()?;
-            let script = format!("{HOST_DIR}\n{RUNNING}");
+            let script = format!("{HOST_DIR}\n{}\n{RUNNING}", runtime::AGENT_CHECKS);
             let out = c.script(&script, &[&p.token]).await;
             c.close().await;
             let out = out.ok()?;
@@ -196,7 +187,10 @@ impl AwsProvider {
                 }
             };
             let out = c
-                .script(&format!("{HOST_DIR}\n{RUNNING}"), &[&p.token])
+                .script(
+                    &format!("{HOST_DIR}\n{}\n{RUNNING}", runtime::AGENT_CHECKS),
+                    &[&p.token],
+                )
                 .await;
             c.close().await;
             match out {

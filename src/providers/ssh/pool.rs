@@ -2,6 +2,7 @@
 //! and the scripts that hold and give back a host (an atomic `mkdir` on the host itself).
 
 use super::probing::{Facts, probe};
+use super::runtime::AGENT_CHECKS;
 use super::transport::{Access, default_known_hosts};
 use super::{HOST_DIR, Host};
 use crate::providers::ProviderError;
@@ -88,7 +89,7 @@ impl Pool {
                     Ok(c) => {
                         let facts = probe(&c).await;
                         let out = c
-                            .script(&format!("{HOST_DIR}\n{HOLDER}"), &[])
+                            .script(&format!("{HOST_DIR}\n{AGENT_CHECKS}\n{HOLDER}"), &[])
                             .await
                             .map(|o| o.stdout)
                             .unwrap_or_default();
@@ -140,6 +141,7 @@ pub(super) struct HostReport {
 /// Who holds the host (the reservation's mark: `TOKEN LINEAGE`, or a token alone from
 /// older builds, whose mark was a directory with an `owner` file), then whether that
 /// cluster is stopped, whether its agent runs, and whether its runtime was set up here.
+/// Needs [`AGENT_CHECKS`].
 const HOLDER: &str = r#"
 r="$dir/reservation"
 o=$(readlink "$r" 2>/dev/null) || o=$(cat "$r/owner" 2>/dev/null)
@@ -149,9 +151,7 @@ if [ -n "$t" ]; then
   c="$dir/clusters/$t"
   [ -e "$c/stopped" ] && echo stopped
   [ -e "$c/cluster.json" ] && echo runtime
-  for f in "$c"/node-*/agent.pid; do
-    [ -f "$f" ] && tr '\0' ' ' <"/proc/$(cat "$f")/cmdline" 2>/dev/null | grep -q " __agent " && echo agent
-  done
+  running_agents "$c"
 fi
 exit 0
 "#;

@@ -482,9 +482,7 @@ impl crate::providers::Provider for SshProvider {
             });
         }
         p.hosts = got;
-        // (+ 0.0: an empty sum of floats is -0.0.)
-        let gpus: f64 = o.accelerators.iter().map(|(_, n)| n).sum::<f64>() + 0.0;
-        p.per_node = Some((o.cpus, gpus));
+        p.per_node = Some((o.cpus, o.gpus()));
         match req.spec {
             crate::model::Spec::Cluster(spec) => self.set_up(pool, p, spec, &req).await,
             _ => Err(ProviderError::other("only clusters hold hosts")),

@@ -73,12 +73,27 @@ const HEAD_FILE: &str = r#"
 c="$dir/clusters/$1"; mkdir -p "$c" && (umask 077 && cat >"$c/$2.new") && mv "$c/$2.new" "$c/$2"
 "#;
 
+/// The one test of whether a node agent runs, as shell functions for the scripts that ask
+/// (a pid file can outlive its process, and pids are reused, so the command line decides):
+/// `is_agent PID`, and `running_agents CLUSTER_DIR`, which prints `agent` for each node
+/// whose agent runs.
+pub const AGENT_CHECKS: &str = r#"
+is_agent() { tr '\0' ' ' <"/proc/$1/cmdline" 2>/dev/null | grep -q " __agent "; }
+running_agents() {
+  for f in "$1"/node-*/agent.pid; do
+    [ -f "$f" ] && is_agent "$(cat "$f")" && echo agent
+  done
+  return 0
+}
+"#;
+
 /// Starts the agent of node $2 unless it runs; its working directory is the cluster's.
+/// Needs [`AGENT_CHECKS`].
 const START: &str = r#"
 c="$dir/clusters/$1"; r="$2"; bin="$dir/bin/skyform-$3"; n="$c/node-$r"
 mkdir -p "$c/workdir" "$n" && ln -sfn ../workdir "$n/workdir" || exit 1
 p=$(cat "$n/agent.pid" 2>/dev/null)
-if [ -n "$p" ] && tr '\0' ' ' <"/proc/$p/cmdline" 2>/dev/null | grep -q " __agent "; then echo running; exit 0; fi
+if [ -n "$p" ] && is_agent "$p"; then echo running; exit 0; fi
 rm -f "$n/agent.pid"
 cd "$c" && setsid "$bin" __agent "$c" "$r" </dev/null >"$n/agent.log" 2>&1 &
 i=0
@@ -397,7 +412,12 @@ pub async fn boot(
                     }
                 }
                 let r = rank.to_string();
-                let out = c.script(&script(START), &[&token, &r, &build]).await?;
+                let out = c
+                    .script(
+                        &script(&format!("{AGENT_CHECKS}\n{START}")),
+                        &[&token, &r, &build],
+                    )
+                    .await?;
                 if out.code != Some(0) {
                     return Err(failed(
                         &host,
