@@ -186,7 +186,10 @@ impl Work {
             .env("AWS_ACCESS_KEY_ID", "testing")
             .env("AWS_SECRET_ACCESS_KEY", "testing")
             .env_remove("AWS_PROFILE")
-            .env_remove("AWS_ENDPOINT_URL");
+            .env_remove("AWS_ENDPOINT_URL")
+            // The controller apply starts decides in test time.
+            .env("SKYFORM_CONTROLLER_TICK_MS", "300")
+            .env("SKYFORM_CONTROLLER_GRACE_MS", "1000");
         let regions: Vec<String> = regions.iter().map(|r| format!("\"{r}\"")).collect();
         dir.write_config(&format!(
             "infra \"aws\" {{\n  endpoint = \"{}\"\n  regions  = [{}]\n}}\n{body}",
@@ -1213,6 +1216,83 @@ job "long" {
     assert_ne!(w.status_of("job.long"), "RUNNING");
     w.ok(&["destroy", "-auto-approve"]);
     assert!(w.proxy.live("us-east-1").await.is_empty());
+}
+
+/// A managed job on a spot instance that EC2 takes back is launched again by the controller
+/// (a real background process), in another region first (`eager_next_region`, the
+/// default): the history says from where to where, the lost region is not asked first, and
+/// the job finishes with its task id; destroy leaves nothing.
+#[tokio::test]
+#[ignore = "needs moto: run ./scripts/test.sh"]
+async fn a_preempted_managed_job_moves_to_the_next_region() {
+    let w = Work::new(
+        &["us-east-1", "us-west-2"],
+        r#"
+managed_job "train" {
+  resources {
+    instance_type = "m6i.large"
+    use_spot      = true
+  }
+  run = "echo start $SKYFORM_TASK_ID; for i in $(seq 1 20); do echo step $i; sleep 0.5; done"
+}
+"#,
+    );
+    w.ok(&["apply", "-auto-approve"]);
+    // us-west-2's spot price is the lowest.
+    let first = w.wait_until("managed_job.train", "running", |j| j["status"] == "RUNNING");
+    assert!(
+        first["placement"]
+            .as_str()
+            .is_some_and(|p| p.starts_with("aws/us-west-2")),
+        "{first}"
+    );
+    let live = w.proxy.live("us-west-2").await;
+    assert_eq!(live.len(), 1, "{live:?}");
+    w.proxy
+        .client("us-west-2")
+        .terminate_instances()
+        .instance_ids(&live[0].0)
+        .send()
+        .await
+        .unwrap();
+    let moved = w.wait_until("managed_job.train", "attempt 2, running", |j| {
+        j["attempt"] == 2 && j["status"] == "RUNNING"
+    });
+    assert!(
+        moved["placement"]
+            .as_str()
+            .is_some_and(|p| p.starts_with("aws/us-east-1")),
+        "{moved}"
+    );
+    let events: Vec<(String, String)> = moved["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            let s = |k: &str| e[k].as_str().unwrap_or_default().to_string();
+            (s("event"), format!("{}{}", s("from"), s("to")))
+        })
+        .collect();
+    assert_eq!(events.len(), 3, "{moved}");
+    assert_eq!(events[1].0, "lost", "{moved}");
+    assert!(events[1].1.starts_with("aws/us-west-2"), "{moved}");
+    assert_eq!(events[2].0, "recovered", "{moved}");
+    assert!(events[2].1.starts_with("aws/us-east-1"), "{moved}");
+    // After the first launch, the next RunInstances went to another region.
+    let calls = w.proxy.calls();
+    assert!(calls.len() >= 2, "{calls:?}");
+    assert!(calls[0].0.starts_with("us-west-2"), "{calls:?}");
+    assert!(calls[1].0.starts_with("us-east-1"), "{calls:?}");
+    let done = w.wait_until("managed_job.train", "the end", |j| {
+        matches!(j["status"].as_str(), Some("SUCCEEDED" | "FAILED"))
+    });
+    assert_eq!(done["status"], "SUCCEEDED", "{done}");
+    let logs = w.ok(&["logs", "managed_job.train"]);
+    assert!(logs.contains("step 20"), "{logs}");
+    w.ok(&["destroy", "-auto-approve"]);
+    for region in ["us-east-1", "us-west-2"] {
+        assert!(w.proxy.live(region).await.is_empty(), "{region}");
+    }
 }
 
 /// Host keys belong to their cluster: a key that changes under a living cluster is refused,

@@ -354,7 +354,74 @@ fn clusters_hold_whole_hosts_and_move_off_a_dead_one() {
 
     jobs_on_a_pool(&s);
     autostop_on_a_pool(&s);
+    managed_job_moves_off_a_dead_host(&s);
     across_network_namespaces(&s);
+}
+
+/// A managed job on the pool gets a host of its own; when that host's sshd stops, the
+/// controller (a real background process) moves the job to a free host, where it finishes,
+/// with the same task id.
+fn managed_job_moves_off_a_dead_host(s: &Servers) {
+    let w = Work {
+        dir: support::Workdir::new()
+            .with_home()
+            .env("SKYFORM_CONTROLLER_TICK_MS", "300")
+            .env("SKYFORM_CONTROLLER_GRACE_MS", "1000"),
+        pool: support::servers::pool_block("rack", &s.hosts, &s.dir),
+    };
+    let starts = w.path().join("starts");
+    w.config(&format!(
+        "managed_job \"train\" {{\n  run = \"echo start $SKYFORM_TASK_ID $(hostname) >> {}; for i in $(seq 1 16); do echo step $i; sleep 0.5; done\"\n}}\n",
+        starts.display()
+    ));
+    w.ok(&["apply", "-auto-approve"]);
+    let running = w.wait_until("managed_job.train", "running", |j| j["status"] == "RUNNING");
+    let first = running["placement"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(first.starts_with("ssh/rack"), "{running}");
+    let held = s.reserved();
+    assert_eq!(held.len(), 1, "one host for the job: {held:?}");
+    s.kill(&held[0]);
+    let began = std::time::Instant::now();
+    let done = loop {
+        let j = w.status_row("managed_job.train");
+        if matches!(j["status"].as_str(), Some("SUCCEEDED" | "FAILED")) {
+            break j;
+        }
+        assert!(
+            began.elapsed() < std::time::Duration::from_secs(90),
+            "the job did not end: {j}\ncontroller log:\n{}",
+            std::fs::read_to_string(w.path().join(".skyform/controller.log")).unwrap_or_default()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    };
+    s.start(&held[0]);
+    assert_eq!(done["status"], "SUCCEEDED", "{done}");
+    assert_eq!(done["attempt"], 2, "{done}");
+    let history = done["history"].to_string();
+    assert!(history.contains("does not answer"), "{history}");
+    let lines = std::fs::read_to_string(&starts).unwrap();
+    let ids: Vec<&str> = lines
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .collect();
+    assert_eq!(ids.len(), 2, "{lines}");
+    assert_eq!(ids[0], ids[1], "one task id across placements: {lines}");
+    let logs = w.ok(&["logs", "managed_job.train"]);
+    assert!(logs.contains("step 16"), "{logs}");
+    // The dead host's placement is removed once it answers again; then nothing is held.
+    let began = std::time::Instant::now();
+    while !s.reserved().is_empty() {
+        assert!(
+            began.elapsed() < std::time::Duration::from_secs(60),
+            "still held: {:?}",
+            s.reserved()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    w.ok(&["destroy", "-auto-approve"]);
 }
 
 /// A 2-node job whose second node is a host in a network namespace of its own: the head

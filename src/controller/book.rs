@@ -91,9 +91,9 @@ pub struct Run {
     /// Apply asked for the job to go (destroyed, or replaced by a new version).
     #[serde(default)]
     pub cancel: bool,
-    /// The job's status as the runtime wrote it last, kept for jobs that depend on it.
+    /// Why removing an earlier placement failed last (it is tried again each pass).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_status: Option<serde_json::Value>,
+    pub remove_error: Option<String>,
 }
 
 impl Run {
@@ -113,7 +113,7 @@ impl Run {
             exit_code: None,
             reason: None,
             cancel: false,
-            last_status: None,
+            remove_error: None,
         }
     }
 
@@ -162,11 +162,22 @@ pub struct Placement {
     /// The job as launched, without its `run`, `setup`, `envs` and `secrets` (the book is
     /// not encrypted; what removes a placement needs none of them).
     pub spec: Spec,
+    /// For backends that run a managed job as a cluster and a job on it: the cluster (then
+    /// `spec` and `private` above are the job's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<Part>,
     /// Whether its create call answered; a placement recorded before the call and not
     /// confirmed after (the controller was killed in between) is looked at before use.
     #[serde(default)]
     pub launched: bool,
     pub since_ms: u64,
+}
+
+/// The cluster of a composed placement.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Part {
+    pub spec: Spec,
+    pub private: serde_json::Value,
 }
 
 /// One event in a managed job's life: launched, lost, restarted, finished.
@@ -189,11 +200,23 @@ pub struct Entry {
 /// A spec without what runs on the machines: what the book keeps of a placement.
 pub fn redacted(spec: &Spec) -> Spec {
     let mut s = spec.clone();
-    if let Spec::ManagedJob(m) = &mut s {
-        m.run = String::new();
-        m.setup = None;
-        m.envs.clear();
-        m.secrets.clear();
+    match &mut s {
+        Spec::ManagedJob(m) => {
+            m.run = String::new();
+            m.setup = None;
+            m.envs.clear();
+            m.secrets.clear();
+        }
+        Spec::Cluster(c) => {
+            c.setup = None;
+            c.envs.clear();
+        }
+        Spec::Job(j) => {
+            j.run = String::new();
+            j.envs.clear();
+            j.secrets.clear();
+        }
+        Spec::Service(_) => {}
     }
     s
 }

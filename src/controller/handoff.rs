@@ -206,8 +206,17 @@ impl Provider for ManagedProvider {
             let began = Instant::now();
             loop {
                 let book = self.book(true).await?;
-                if book.runs.get(&task).is_none_or(|r| !r.is_active()) {
+                let Some(run) = book.runs.get(&task).filter(|r| r.is_active()) else {
                     break;
+                };
+                if run.phase == Phase::Cancelling
+                    && let Some(why) = &run.remove_error
+                {
+                    // Its machines do not answer: the controller goes on trying, and the
+                    // managed job stays in state until they are gone.
+                    return Err(ProviderError::other(format!(
+                        "the controller {why}; it keeps trying, and destroying again succeeds once they are gone"
+                    )));
                 }
                 if began.elapsed() > CANCEL_WAIT {
                     return Err(ProviderError {
@@ -241,7 +250,8 @@ impl Provider for ManagedProvider {
         if let Some(p) = book.runs.get(task).and_then(|r| r.current.as_ref())
             && let Some(provider) = self.inner.get(&p.provider)
         {
-            return provider.read_logs(&placed(p), None, offsets).await;
+            let (job, cluster) = placed(p);
+            return provider.read_logs(&job, cluster.as_ref(), offsets).await;
         }
         Ok(crate::providers::read_log_files(
             &relay::log_paths(&self.relay_dir(task)),

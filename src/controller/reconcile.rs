@@ -9,7 +9,7 @@ use super::policy::{self, Phase, Policy, Seen, Verdict};
 use super::{Settings, relay};
 use crate::engine::{Engine, Error, Notice, Result};
 use crate::model::{Address, Spec};
-use crate::optimizer::Offering;
+use crate::optimizer::{Candidate, Offering};
 use crate::providers::{ErrorKind, Observed, Progress, ProviderError, Registry, Request};
 use crate::state::{LockInfo, ResourceState, State, StateError, StateStore, Status};
 use std::collections::{BTreeMap, BTreeSet};
@@ -34,6 +34,8 @@ pub struct Controller<'e> {
     book: Book,
     version: Option<String>,
     offerings: Option<(Instant, Vec<Offering>)>,
+    /// The last thing said of each task that could not be asked, so it is said once.
+    unknown: BTreeMap<String, String>,
 }
 
 impl std::fmt::Debug for Controller<'_> {
@@ -93,6 +95,7 @@ impl<'e> Controller<'e> {
                         book: b,
                         version: Some(v),
                         offerings: None,
+                        unknown: BTreeMap::new(),
                     });
                 }
                 Err(StateError::Conflict { .. }) if tries < 5 => tries += 1,
@@ -367,7 +370,14 @@ impl<'e> Controller<'e> {
             Verdict::Suspect => {
                 run.suspect_since.get_or_insert(now);
             }
-            Verdict::NoNews => {}
+            Verdict::NoNews => {
+                if let Seen::Unknown { error } = &seen
+                    && self.unknown.get(task) != Some(error)
+                {
+                    self.say(format!("{}: cannot ask about it now: {error}", run.address));
+                    self.unknown.insert(task.to_string(), error.clone());
+                }
+            }
             Verdict::Recover { why, counts } => {
                 let from = p.candidate.offering.infra();
                 self.say(format!("{}: recovering from {from}: {why}", run.address));
@@ -424,42 +434,32 @@ impl<'e> Controller<'e> {
         Ok(())
     }
 
-    /// What the backend says of a placement, in the policy's terms.
+    /// What the backend says of a placement, in the policy's terms. A composed placement is
+    /// lost when its cluster is; its job's status is asked only of a living cluster.
     async fn see(&self, address: &Address, p: &Placement) -> Seen {
         let Some(provider) = self.registry.get(&p.provider) else {
             return Seen::Unknown {
                 error: format!("backend {} is not in this configuration", p.provider),
             };
         };
-        match provider.refresh(address, &placed(p), None).await {
+        let (job, cluster) = placed(p);
+        if let Some(c) = &cluster {
+            match provider.refresh(address, c, None).await {
+                Err(e) => return Seen::Unknown { error: e.message },
+                Ok(Observed::Degraded { reason, .. }) | Ok(Observed::Gone { reason }) => {
+                    return Seen::Lost { reason };
+                }
+                Ok(_) => {}
+            }
+        }
+        match provider.refresh(address, &job, cluster.as_ref()).await {
             Err(e) => Seen::Unknown { error: e.message },
             Ok(Observed::Degraded { reason, .. }) | Ok(Observed::Gone { reason }) => {
                 Seen::Lost { reason }
             }
             Ok(Observed::Up(computed))
             | Ok(Observed::Adopted(crate::providers::Created { computed, .. })) => {
-                let status = computed
-                    .get("status")
-                    .and_then(|s| s.as_str())
-                    .unwrap_or("");
-                let exit_code = computed
-                    .get("exit_code")
-                    .and_then(serde_json::Value::as_i64)
-                    .map(|c| c as i32);
-                let reason = computed
-                    .get("reason")
-                    .and_then(|r| r.as_str())
-                    .unwrap_or("");
-                match status {
-                    "RUNNING" => Seen::Running,
-                    "SUCCEEDED" => Seen::Succeeded,
-                    "FAILED" => Seen::Failed {
-                        exit_code,
-                        setup: reason.starts_with("setup"),
-                    },
-                    "CANCELLED" => Seen::Cancelled,
-                    _ => Seen::Queued,
-                }
+                seen_in(&computed)
             }
         }
     }
@@ -503,50 +503,12 @@ impl<'e> Controller<'e> {
             let Some(provider) = registry.get(&c.offering.cloud) else {
                 continue;
             };
-            let private = provider.new_private(&run.address, &spec, lineage);
-            run.current = Some(Placement {
-                provider: c.offering.cloud.clone(),
-                private: private.clone(),
-                candidate: c.clone(),
-                spec: book::redacted(&spec),
-                launched: false,
-                since_ms: book::now_ms(),
-            });
-            // Intent first: a controller killed during the call finds the placement again.
-            self.commit(task, run).await?;
-            let req = Request {
-                address: &run.address,
-                spec: &spec,
-                private: &private,
-                placement: Some(&c),
-                cluster: None,
-                after: Vec::new(),
-                root: self.engine.dir().to_path_buf(),
-                capacity_timeout: self.settings.launch_timeout,
-                progress: Progress::default(),
-            };
-            let created = if provider.create_is_bounded() {
-                match tokio::time::timeout(self.settings.launch_timeout, provider.create(req)).await
-                {
-                    Ok(r) => r,
-                    Err(_) => Err(ProviderError {
-                        kind: ErrorKind::Timeout,
-                        message: format!(
-                            "no answer within {}",
-                            humantime::format_duration(self.settings.launch_timeout)
-                        ),
-                    }),
-                }
-            } else {
-                provider.create(req).await
-            };
-            crate::faults::passed(crate::faults::Point::Call);
+            let created = self.place(task, run, provider, &spec, &c, lineage).await?;
             let infra = c.offering.infra();
             match created {
-                Ok(made) => {
+                Ok(()) => {
                     run.attempt += 1;
                     if let Some(p) = &mut run.current {
-                        p.private = made.private;
                         p.launched = true;
                     }
                     let event = if run.attempt > 1 {
@@ -604,6 +566,143 @@ impl<'e> Controller<'e> {
         Ok(())
     }
 
+    /// Makes a placement on `c`, recording it in the book before each call that makes
+    /// something (a controller killed during the call finds it again) and the backend's
+    /// identifiers after. A backend that runs managed jobs as a unit gets the managed job; any
+    /// other gets a cluster of its own and then the job on it.
+    async fn place(
+        &mut self,
+        task: &str,
+        run: &mut Run,
+        provider: &dyn crate::providers::Provider,
+        spec: &Spec,
+        c: &Candidate,
+        lineage: &str,
+    ) -> std::result::Result<std::result::Result<(), ProviderError>, Stop> {
+        let root = self.engine.dir().to_path_buf();
+        if provider.runs_managed_jobs() {
+            let private = provider.new_private(&run.address, spec, lineage);
+            run.current = Some(Placement {
+                provider: c.offering.cloud.clone(),
+                private: private.clone(),
+                candidate: c.clone(),
+                spec: book::redacted(spec),
+                cluster: None,
+                launched: false,
+                since_ms: book::now_ms(),
+            });
+            self.commit(task, run).await?;
+            let made = self
+                .create_bounded(
+                    provider,
+                    Request {
+                        address: &run.address,
+                        spec,
+                        private: &private,
+                        placement: Some(c),
+                        cluster: None,
+                        after: Vec::new(),
+                        root,
+                        capacity_timeout: self.settings.launch_timeout,
+                        progress: Progress::default(),
+                    },
+                )
+                .await;
+            crate::faults::passed(crate::faults::Point::Call);
+            return Ok(made.map(|made| {
+                if let Some(p) = &mut run.current {
+                    p.private = made.private;
+                }
+            }));
+        }
+        let (cluster_spec, job_spec) = compose(spec, &run.address);
+        let cluster_private = provider.new_private(&run.address, &cluster_spec, lineage);
+        let job_private = provider.new_private(&run.address, &job_spec, lineage);
+        run.current = Some(Placement {
+            provider: c.offering.cloud.clone(),
+            private: job_private.clone(),
+            candidate: c.clone(),
+            spec: book::redacted(&job_spec),
+            cluster: Some(book::Part {
+                spec: book::redacted(&cluster_spec),
+                private: cluster_private.clone(),
+            }),
+            launched: false,
+            since_ms: book::now_ms(),
+        });
+        self.commit(task, run).await?;
+        let made = self
+            .create_bounded(
+                provider,
+                Request {
+                    address: &run.address,
+                    spec: &cluster_spec,
+                    private: &cluster_private,
+                    placement: Some(c),
+                    cluster: None,
+                    after: Vec::new(),
+                    root: root.clone(),
+                    capacity_timeout: self.settings.launch_timeout,
+                    progress: Progress::default(),
+                },
+            )
+            .await;
+        crate::faults::passed(crate::faults::Point::Call);
+        let made = match made {
+            Ok(m) => m,
+            Err(e) => return Ok(Err(e)),
+        };
+        if let Some(part) = run.current.as_mut().and_then(|p| p.cluster.as_mut()) {
+            part.private = made.private;
+        }
+        self.commit(task, run).await?;
+        let Some((_, Some(cluster))) = run.current.as_ref().map(placed) else {
+            return Ok(Err(ProviderError::other(
+                "the placement's cluster is not on record",
+            )));
+        };
+        let made = provider
+            .create(Request {
+                address: &run.address,
+                spec: &job_spec,
+                private: &job_private,
+                placement: Some(c),
+                cluster: Some(&cluster),
+                after: Vec::new(),
+                root,
+                capacity_timeout: self.settings.launch_timeout,
+                progress: Progress::default(),
+            })
+            .await;
+        crate::faults::passed(crate::faults::Point::Call);
+        Ok(made.map(|made| {
+            if let Some(p) = &mut run.current {
+                p.private = made.private;
+            }
+        }))
+    }
+
+    /// A create, bounded by the launch timeout unless the backend bounds its own wait.
+    async fn create_bounded(
+        &self,
+        provider: &dyn crate::providers::Provider,
+        req: Request<'_>,
+    ) -> std::result::Result<crate::providers::Created, ProviderError> {
+        if !provider.create_is_bounded() {
+            return provider.create(req).await;
+        }
+        match tokio::time::timeout(self.settings.launch_timeout, provider.create(req)).await {
+            Ok(r) => r,
+            Err(_) => Err(ProviderError {
+                kind: ErrorKind::Timeout,
+                message: format!(
+                    "no answer within {}",
+                    humantime::format_duration(self.settings.launch_timeout)
+                ),
+            }),
+        }
+    }
+
     /// No placement had room: try again after the backoff.
     fn wait_for_room(&self, run: &mut Run, why: &str) {
         let jitter = (uuid::Uuid::new_v4().as_u128() % 1000) as f64 / 1000.0;
@@ -629,28 +728,37 @@ impl<'e> Controller<'e> {
     /// Removes earlier placements; those whose backend does not confirm stay on record.
     async fn remove_leftovers(&self, run: &mut Run) {
         let mut kept = Vec::new();
+        let mut failed = None;
         for p in std::mem::take(&mut run.leftovers) {
             let Some(provider) = self.registry.get(&p.provider) else {
                 kept.push(p);
                 continue;
             };
-            let removed = provider.delete(&run.address, &placed(&p), None).await;
+            // A composed placement goes with its cluster.
+            let removed = match placed(&p) {
+                (_, Some(cluster)) => provider.delete(&run.address, &cluster, None).await,
+                (job, None) => provider.delete(&run.address, &job, None).await,
+            };
             crate::faults::passed(crate::faults::Point::Call);
             match removed {
                 Ok(()) => {}
                 Err(e) if e.kind == ErrorKind::NotFound => {}
                 Err(e) => {
-                    self.say(format!(
-                        "{}: cannot remove its placement on {} yet: {}",
-                        run.address,
+                    let why = format!(
+                        "cannot remove its placement on {} yet: {}",
                         p.candidate.offering.infra(),
                         e.message
-                    ));
+                    );
+                    if run.remove_error.as_ref() != Some(&why) {
+                        self.say(format!("{}: {why}", run.address));
+                    }
+                    failed = Some(why);
                     kept.push(p);
                 }
             }
         }
         run.leftovers = kept;
+        run.remove_error = failed;
     }
 
     /// Copies a finished placement's logs next to the state, so `logs` still shows them
@@ -660,9 +768,10 @@ impl<'e> Controller<'e> {
             return;
         };
         let dir = relay::dir(self.engine.dir(), &self.engine.config().workspace, task);
+        let (job, cluster) = placed(p);
         let mut offsets: Vec<u64> = Vec::new();
         for _ in 0..4096 {
-            let Ok(chunks) = provider.read_logs(&placed(p), None, &offsets).await else {
+            let Ok(chunks) = provider.read_logs(&job, cluster.as_ref(), &offsets).await else {
                 return;
             };
             if offsets.is_empty() {
@@ -768,19 +877,84 @@ impl From<StateError> for Stop {
     }
 }
 
-/// A placement as the resource its backend made (what refresh, delete and logs take).
-pub fn placed(p: &Placement) -> ResourceState {
-    ResourceState {
+/// A placement as the resources its backend made: the managed job (or, composed, the job)
+/// and, composed, its cluster — what refresh, delete and logs take.
+pub fn placed(p: &Placement) -> (ResourceState, Option<ResourceState>) {
+    let res = |spec: &Spec, private: &serde_json::Value| ResourceState {
         status: Status::Ready,
         provider: p.provider.clone(),
-        spec: p.spec.clone(),
+        spec: spec.clone(),
         computed: BTreeMap::new(),
-        private: p.private.clone(),
+        private: private.clone(),
         placement: Some(p.candidate.clone()),
         dependencies: Vec::new(),
         sensitive: Vec::new(),
         attempts: Vec::new(),
         leftovers: Vec::new(),
+    };
+    (
+        res(&p.spec, &p.private),
+        p.cluster.as_ref().map(|c| res(&c.spec, &c.private)),
+    )
+}
+
+/// A managed job as a cluster of its own and the job it runs, for backends that run jobs
+/// only on clusters.
+fn compose(spec: &Spec, address: &Address) -> (Spec, Spec) {
+    let Spec::ManagedJob(m) = spec else {
+        return (spec.clone(), spec.clone());
+    };
+    let cluster = Spec::Cluster(crate::model::ClusterSpec {
+        num_nodes: m.num_nodes,
+        resources: m.resources.clone(),
+        workdir: m.workdir.clone(),
+        workdir_hash: m.workdir_hash.clone(),
+        envs: m.envs.clone(),
+        setup: m.setup.clone(),
+        autostop: None,
+        retry_until_up: false,
+    });
+    let job = Spec::Job(crate::model::JobSpec {
+        cluster: address.clone(),
+        num_nodes: m.num_nodes,
+        resources: m.resources.clone(),
+        run: m.run.clone(),
+        envs: m.envs.clone(),
+        secrets: m.secrets.clone(),
+    });
+    (cluster, job)
+}
+
+/// A job's status attributes in the policy's terms.
+fn seen_in(computed: &BTreeMap<String, serde_json::Value>) -> Seen {
+    let status = computed
+        .get("status")
+        .and_then(|s| s.as_str())
+        .unwrap_or("");
+    let exit_code = computed
+        .get("exit_code")
+        .and_then(serde_json::Value::as_i64)
+        .map(|c| c as i32);
+    let reason = computed
+        .get("reason")
+        .and_then(|r| r.as_str())
+        .unwrap_or("");
+    match status {
+        "RUNNING" => Seen::Running,
+        "SUCCEEDED" => Seen::Succeeded,
+        "FAILED" => Seen::Failed {
+            exit_code,
+            setup: reason.starts_with("setup"),
+        },
+        "CANCELLED" => Seen::Cancelled,
+        "LOST" => Seen::Lost {
+            reason: if reason.is_empty() {
+                "the job was lost".into()
+            } else {
+                reason.to_string()
+            },
+        },
+        _ => Seen::Queued,
     }
 }
 

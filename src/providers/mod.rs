@@ -221,6 +221,12 @@ pub trait Provider: Send + Sync + std::fmt::Debug {
         }
         done
     }
+    /// Whether `create`, `refresh` and `delete` take a managed job as one unit (machines of
+    /// its own running its job). A backend that answers false gets a managed job from the
+    /// controller as a cluster of its own and a job on it, which the controller composes.
+    fn runs_managed_jobs(&self) -> bool {
+        true
+    }
     /// Whether apply bounds each create by the attempt timeout. A backend whose create also
     /// runs the cluster's `setup` (which may rightly take long, and has its own timeout) opts
     /// out.

@@ -843,6 +843,11 @@ impl Provider for AwsProvider {
         false
     }
 
+    /// Managed jobs come as a cluster and a job on it (the controller composes them).
+    fn runs_managed_jobs(&self) -> bool {
+        false
+    }
+
     /// Placements on AWS come from the catalogs.
     async fn offerings(&self) -> Result<Vec<Offering>, ProviderError> {
         Ok(Vec::new())

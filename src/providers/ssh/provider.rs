@@ -38,9 +38,10 @@ pub struct SshProvider {
     pub pools: BTreeMap<String, Pool>,
     /// The skyform binary installed on hosts as their agent (this program by default).
     pub agent_exe: PathBuf,
-    /// What each pool looked like, kept while nothing here changed it: refreshing many
-    /// clusters of one pool probes its hosts once.
-    reports: tokio::sync::Mutex<BTreeMap<String, Vec<HostReport>>>,
+    /// What each pool looked like, kept for a moment while nothing here changed it:
+    /// refreshing many clusters of one pool probes its hosts once, and a long-running
+    /// caller (the controller) still sees a host that stops answering.
+    reports: tokio::sync::Mutex<BTreeMap<String, (std::time::Instant, Vec<HostReport>)>>,
 }
 
 /// Whether a cluster's creation finished: it holds as many hosts as it was placed on (`held`)
@@ -82,14 +83,21 @@ impl SshProvider {
         self.pools.get(name)
     }
 
-    /// Every host of a pool: facts and holder, probed once until [`Self::forget`].
+    /// Every host of a pool: facts and holder, probed at most every few seconds, and
+    /// again after [`Self::forget`].
     async fn host_reports(&self, pool: &Pool) -> Vec<HostReport> {
+        const FRESH: std::time::Duration = std::time::Duration::from_secs(3);
         let mut cache = self.reports.lock().await;
-        if let Some(s) = cache.get(&pool.name) {
+        if let Some((at, s)) = cache.get(&pool.name)
+            && at.elapsed() < FRESH
+        {
             return s.clone();
         }
         let fresh = pool.probe_hosts().await;
-        cache.insert(pool.name.clone(), fresh.clone());
+        cache.insert(
+            pool.name.clone(),
+            (std::time::Instant::now(), fresh.clone()),
+        );
         fresh
     }
 
@@ -239,6 +247,11 @@ impl crate::providers::Provider for SshProvider {
 
     /// Creating a cluster on a pool runs its setup, which may rightly take long.
     fn create_is_bounded(&self) -> bool {
+        false
+    }
+
+    /// Managed jobs come as a cluster and a job on it (the controller composes them).
+    fn runs_managed_jobs(&self) -> bool {
         false
     }
 
