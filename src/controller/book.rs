@@ -178,6 +178,9 @@ pub struct Placement {
 pub struct Part {
     pub spec: Spec,
     pub private: serde_json::Value,
+    /// What its create answered (addresses): the job on it is reached through them.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub computed: BTreeMap<String, serde_json::Value>,
 }
 
 /// One event in a managed job's life: launched, lost, restarted, finished.

@@ -626,6 +626,7 @@ impl<'e> Controller<'e> {
             cluster: Some(book::Part {
                 spec: book::redacted(&cluster_spec),
                 private: cluster_private.clone(),
+                computed: BTreeMap::new(),
             }),
             launched: false,
             since_ms: book::now_ms(),
@@ -654,6 +655,7 @@ impl<'e> Controller<'e> {
         };
         if let Some(part) = run.current.as_mut().and_then(|p| p.cluster.as_mut()) {
             part.private = made.private;
+            part.computed = made.computed;
         }
         self.commit(task, run).await?;
         let Some((_, Some(cluster))) = run.current.as_ref().map(placed) else {
@@ -880,11 +882,13 @@ impl From<StateError> for Stop {
 /// A placement as the resources its backend made: the managed job (or, composed, the job)
 /// and, composed, its cluster — what refresh, delete and logs take.
 pub fn placed(p: &Placement) -> (ResourceState, Option<ResourceState>) {
-    let res = |spec: &Spec, private: &serde_json::Value| ResourceState {
+    let res = |spec: &Spec,
+               private: &serde_json::Value,
+               computed: &BTreeMap<String, serde_json::Value>| ResourceState {
         status: Status::Ready,
         provider: p.provider.clone(),
         spec: spec.clone(),
-        computed: BTreeMap::new(),
+        computed: computed.clone(),
         private: private.clone(),
         placement: Some(p.candidate.clone()),
         dependencies: Vec::new(),
@@ -893,8 +897,10 @@ pub fn placed(p: &Placement) -> (ResourceState, Option<ResourceState>) {
         leftovers: Vec::new(),
     };
     (
-        res(&p.spec, &p.private),
-        p.cluster.as_ref().map(|c| res(&c.spec, &c.private)),
+        res(&p.spec, &p.private, &BTreeMap::new()),
+        p.cluster
+            .as_ref()
+            .map(|c| res(&c.spec, &c.private, &c.computed)),
     )
 }
 
