@@ -38,7 +38,7 @@ use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, ListParams, LogParams};
 use objects::{LABEL_CLUSTER, LABEL_JOB};
 use serde::{Deserialize, Serialize};
-use status::{cluster_computed, phase, pod_failure, pod_rank, ranks_of, recovers};
+use status::{cluster_computed, lost, phase, pod_failure, pod_rank, ranks_of};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
@@ -218,9 +218,7 @@ impl super::Provider for KubeProvider {
             }
             let s = self.managed_status(&conn, &p.name, ranks).await?;
             let computed = super::jobs::computed(&s);
-            if let Spec::ManagedJob(m) = &res.spec
-                && let Some(reason) = recovers(m, &s)
-            {
+            if let Some(reason) = lost(&s) {
                 return Ok(Observed::Degraded { reason, computed });
             }
             return Ok(Observed::Up(computed));

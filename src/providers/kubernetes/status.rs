@@ -99,25 +99,15 @@ pub(super) fn pod_failure(p: &Pod) -> Option<String> {
     }
 }
 
-/// Why a managed job is launched again by the next apply, if it is: the node took its pod
-/// away (eviction, not a failure of its program), or its program failed with an exit code
-/// its `recovery` block recovers from.
-pub(super) fn recovers(
-    m: &crate::model::ManagedJobSpec,
-    s: &crate::runtime::JobStatus,
-) -> Option<String> {
+/// Why a managed job's placement is lost, if it is: the node took its pod away (eviction,
+/// not a failure of its program). What to do about its exit codes is the controller's to
+/// decide from the status.
+pub(super) fn lost(s: &crate::runtime::JobStatus) -> Option<String> {
     if s.state != crate::runtime::JobState::Failed {
         return None;
     }
     let reason = s.reason.clone().unwrap_or_default();
-    if reason.contains("evicted") {
-        return Some(reason);
-    }
-    let code = s.exit_code?;
-    m.recovery
-        .as_ref()
-        .filter(|r| r.recover_on_exit_codes.contains(&code))
-        .map(|_| format!("{reason}, which recovery.recover_on_exit_codes recovers from"))
+    reason.contains("evicted").then_some(reason)
 }
 
 /// Where a managed job's rank is, from its pod: an evicted pod (or one that ended without an
@@ -177,7 +167,7 @@ mod tests {
     use k8s_openapi::api::core::v1::Pod;
 
     #[test]
-    fn managed_jobs_recover_from_eviction_and_chosen_exit_codes() {
+    fn an_evicted_managed_job_is_lost_and_an_exit_code_is_left_to_the_controller() {
         use crate::runtime::{JobState, JobStatus};
         let failed = |code: i32, reason: &str| JobStatus {
             state: JobState::Failed,
@@ -188,26 +178,12 @@ mod tests {
             ended: None,
             devices: Vec::new(),
         };
-        let mut m: crate::model::ManagedJobSpec =
-            serde_json::from_value(serde_json::json!({ "num_nodes": 1, "run": "train" })).unwrap();
-        assert!(recovers(&m, &failed(137, "pod p was evicted: memory pressure")).is_some());
-        assert_eq!(
-            recovers(&m, &failed(33, "pod p ended with exit code 33")),
-            None
-        );
-        m.recovery = Some(crate::model::Recovery {
-            strategy: "failover".into(),
-            max_restarts_on_errors: 0,
-            recover_on_exit_codes: vec![33],
-        });
-        assert!(recovers(&m, &failed(33, "pod p ended with exit code 33")).is_some());
-        assert_eq!(
-            recovers(&m, &failed(1, "pod p ended with exit code 1")),
-            None
-        );
+        assert!(lost(&failed(137, "pod p was evicted: memory pressure")).is_some());
+        // An exit code is the program's: the controller decides (recover_on_exit_codes).
+        assert_eq!(lost(&failed(33, "pod p ended with exit code 33")), None);
         let mut ok = failed(0, "");
         ok.state = JobState::Succeeded;
-        assert_eq!(recovers(&m, &ok), None);
+        assert_eq!(lost(&ok), None);
     }
 
     #[test]
