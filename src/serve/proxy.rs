@@ -278,7 +278,11 @@ pub(crate) async fn handle(
         let ready = shared.ready_set();
         let Some(slot) = shared.picker.pick(&ready, &tried) else {
             // Nothing (left) to try: hold the request until the owner changes the ready set.
-            if !shared.wait_for_change(&ready, deadline).await {
+            // (The deadline is checked first: a set that keeps changing must not hold the
+            // request past it.)
+            if tokio::time::Instant::now() >= deadline
+                || !shared.wait_for_change(&ready, deadline).await
+            {
                 let waited = arrived.elapsed().as_secs_f64();
                 let why = if ready.is_empty() {
                     "no ready replica"
