@@ -353,3 +353,68 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn up(id: &str, port: u16) -> Upstream {
+        Upstream {
+            id: id.into(),
+            addr: format!("127.0.0.1:{port}"),
+            version: "1".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn set_ready_keeps_figures_of_staying_replicas_and_lists_draining_ones() {
+        let lb = Balancer::bind("127.0.0.1:0", Config::default())
+            .await
+            .expect("bind");
+        lb.set_ready(vec![up("a", 1), up("b", 2), up("a", 3)]);
+        // A repeated id counts once, the first wins.
+        assert_eq!(lb.ready(), vec![up("a", 1), up("b", 2)]);
+        let a = lb.shared.slot("a").expect("a");
+        let claim = pool::InFlight::new(a.clone());
+        lb.set_ready(vec![up("b", 2), up("c", 4)]);
+        let stats = lb.stats();
+        let ids: Vec<_> = stats
+            .iter()
+            .map(|s| (s.upstream.id.as_str(), s.ready, s.in_flight))
+            .collect();
+        assert_eq!(ids, [("a", false, 1), ("b", true, 0), ("c", true, 0)]);
+        assert!(!lb.wait_drained("a", Duration::from_millis(50)).await);
+        let waiter = tokio::spawn({
+            let slot = a.clone();
+            async move {
+                let n = slot.drained.notified();
+                tokio::pin!(n);
+                n.as_mut().enable();
+                if slot.in_flight() > 0 {
+                    n.await;
+                }
+            }
+        });
+        drop(claim);
+        waiter.await.expect("woken when drained");
+        assert!(lb.wait_drained("a", Duration::from_millis(50)).await);
+        // Drained and not ready: forgotten at the next change.
+        lb.set_ready(vec![up("b", 2)]);
+        assert_eq!(lb.stats().len(), 1);
+        assert_eq!(lb.in_flight("a"), 0);
+        // Same id, new address: a new replica, figures start over.
+        let b = lb.shared.slot("b").expect("b");
+        let _ = pool::InFlight::new(b.clone());
+        lb.set_ready(vec![up("b", 5)]);
+        assert_eq!(
+            lb.stats().iter().find(|s| s.ready).map(|s| s.requests),
+            Some(0)
+        );
+        assert_eq!(Policy::parse("round_robin"), Some(Policy::RoundRobin));
+        assert_eq!(
+            Policy::parse(Policy::LeastLoad.as_str()),
+            Some(Policy::LeastLoad)
+        );
+        assert_eq!(Policy::parse("random"), None);
+    }
+}
