@@ -26,9 +26,14 @@ struct Replica {
 
 impl Replica {
     async fn start(id: &str, version: &str) -> Replica {
+        Replica::start_with(id, version, &[]).await
+    }
+
+    async fn start_with(id: &str, version: &str, extra: &[&str]) -> Replica {
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/services/replica.py");
         let mut child = Command::new("python3")
             .args([script, "--port", "0", "--version", version])
+            .args(extra)
             .stdout(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
@@ -427,4 +432,56 @@ async fn http2_clients_are_served_over_h2c() {
     );
     let by = versions(&answers);
     assert_eq!(by.len(), 2, "{by:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_a_replica_dropped_is_sent_again_only_when_safe() {
+    let crashing = Replica::start_with("a", "v1", &["--crash-on", "/boom"]).await;
+    let b = Replica::start("b", "v2").await;
+    // Round robin starts with the first replica: the crashing one.
+    let lb = balancer(config(Policy::RoundRobin)).await;
+    lb.set_ready(vec![crashing.upstream.clone(), b.upstream.clone()]);
+    let addr = lb.local_addr();
+    // A request with a body went out to a replica that died holding it: never sent twice.
+    let (status, text) = get_or_post(addr, "POST", "/boom", "payload").await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{text}");
+    assert!(text.starts_with("replica a failed"), "{text}");
+    let b_requests = |lb: &Balancer| {
+        lb.stats()
+            .iter()
+            .find(|s| s.upstream.id == "b")
+            .map(|s| s.requests)
+    };
+    assert_eq!(
+        b_requests(&lb),
+        Some(0),
+        "the POST reached b: {:?}",
+        lb.stats()
+    );
+
+    // A GET without a body is safe to repeat: the next replica answers it.
+    let crashing = Replica::start_with("c", "v3", &["--crash-on", "/boom"]).await;
+    let lb = balancer(config(Policy::RoundRobin)).await;
+    lb.set_ready(vec![crashing.upstream.clone(), b.upstream.clone()]);
+    let (status, text) = get_or_post(lb.local_addr(), "GET", "/boom", "").await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    assert!(text.starts_with("version=v2"), "{text}");
+    let stats = lb.stats();
+    assert!(
+        stats
+            .iter()
+            .all(|s| s.requests == 1 && s.connect_failures == 0),
+        "{stats:?}"
+    );
+}
+
+async fn get_or_post(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> (StatusCode, String) {
+    call(&mut h1(addr).await, request(addr, method, path, body))
+        .await
+        .expect("an answer")
 }

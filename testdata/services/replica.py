@@ -2,7 +2,7 @@
 """A service replica for tests: answers with its version, and can be told to fail or to
 stream slowly. Standard library only.
 
-    replica.py --port 0 --version v1 [--host 127.0.0.1]
+    replica.py --port 0 --version v1 [--host 127.0.0.1] [--crash-on PATH]
 
 Prints "listening HOST:PORT" on stdout once bound (port 0 picks a free one). Paths:
   GET  /anything          200 "version=V port=P path=/anything\n"
@@ -11,9 +11,12 @@ Prints "listening HOST:PORT" on stdout once bound (port 0 picks a free one). Pat
   POST /echo              200 with the request body, as it came
   POST /admin/fail        every later request but /admin/* answers 500 (readiness fails)
   POST /admin/recover     back to normal
+  PATH of --crash-on      the process exits at once, answering nothing (a replica that dies
+                          holding a request)
 """
 import argparse
 import http.server
+import os
 import sys
 import threading
 import time
@@ -22,7 +25,7 @@ import urllib.parse
 FAILING = threading.Event()
 
 
-def make_handler(version, port_box):
+def make_handler(version, port_box, crash_on):
     class Handler(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"  # keep-alive, like a real serving stack
 
@@ -43,6 +46,8 @@ def make_handler(version, port_box):
             query = urllib.parse.parse_qs(url.query)
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length) if length else b""
+            if crash_on and url.path == crash_on:
+                os._exit(1)
             if url.path == "/admin/fail":
                 FAILING.set()
                 return self._send(200, b"failing\n")
@@ -84,9 +89,10 @@ def main():
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--version", default="v1")
+    ap.add_argument("--crash-on", default=None)
     args = ap.parse_args()
     port_box = [args.port]
-    server = http.server.ThreadingHTTPServer((args.host, args.port), make_handler(args.version, port_box))
+    server = http.server.ThreadingHTTPServer((args.host, args.port), make_handler(args.version, port_box, args.crash_on))
     server.daemon_threads = True
     port_box[0] = server.server_address[1]
     print(f"listening {args.host}:{port_box[0]}", flush=True)
