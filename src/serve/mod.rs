@@ -157,7 +157,8 @@ impl Drop for Waiting<'_> {
 }
 
 /// A running load balancer. Dropping it (or [`Balancer::shutdown`]) stops accepting
-/// connections; requests already accepted run to their end.
+/// connections; requests already accepted run to their end. Made inside a Tokio runtime,
+/// on which its connections run; share it behind an `Arc` (its methods take `&self`).
 #[derive(Debug)]
 pub struct Balancer {
     shared: Arc<Shared>,
