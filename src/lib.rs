@@ -16,4 +16,5 @@ pub mod plan;
 pub mod providers;
 pub mod render;
 pub mod runtime;
+pub mod serve;
 pub mod state;
