@@ -233,3 +233,66 @@ fn a_controller_killed_during_a_recovery_resumes_with_one_placement() {
         w.ok(&["destroy", "-auto-approve"]);
     }
 }
+
+/// Managed jobs that depend on managed jobs run as a pipeline: each starts after the one
+/// before it succeeded, and a failure cancels the rest.
+#[test]
+fn managed_jobs_that_depend_on_managed_jobs_run_as_a_pipeline() {
+    let w = Workdir::new()
+        .env("SKYFORM_CONTROLLER_TICK_MS", "200")
+        .env("SKYFORM_CONTROLLER_GRACE_MS", "400");
+    let order = w.path().join("order");
+    let o = order.display();
+    w.write_config(&format!(
+        r#"managed_job "first" {{
+  run = "echo first >> {o}; sleep 1; echo first-done >> {o}"
+}}
+
+managed_job "second" {{
+  run        = "echo second >> {o}"
+  depends_on = [managed_job.first]
+}}
+
+managed_job "broken" {{
+  run = "exit 3"
+}}
+
+managed_job "after_broken" {{
+  run        = "echo never >> {o}"
+  depends_on = [managed_job.broken]
+}}
+"#
+    ));
+    w.ok(&["apply", "-auto-approve"]);
+    let status = |a: &str| {
+        w.status_row(a)["status"]
+            .as_str()
+            .unwrap_or("-")
+            .to_string()
+    };
+    wait_for("the pipelines to end", Duration::from_secs(40), || {
+        let all = ["first", "second", "broken", "after_broken"]
+            .map(|n| status(&format!("managed_job.{n}")));
+        all.iter()
+            .all(|s| matches!(s.as_str(), "SUCCEEDED" | "FAILED" | "CANCELLED"))
+            .then_some(())
+    });
+    assert_eq!(status("managed_job.second"), "SUCCEEDED");
+    assert_eq!(status("managed_job.broken"), "FAILED");
+    let cancelled = w.status_row("managed_job.after_broken");
+    assert_eq!(cancelled["status"], "CANCELLED", "{cancelled}");
+    assert!(
+        cancelled["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("managed_job.broken ended FAILED")),
+        "{cancelled}"
+    );
+    let text = std::fs::read_to_string(&order).unwrap_or_default();
+    assert_eq!(
+        text.lines().collect::<Vec<_>>(),
+        ["first", "first-done", "second"],
+        "second starts after first succeeded; nothing after a failure runs"
+    );
+    assert_clean(&w);
+    w.ok(&["destroy", "-auto-approve"]);
+}

@@ -36,6 +36,8 @@ pub struct Controller<'e> {
     offerings: Option<(Instant, Vec<Offering>)>,
     /// The last thing said of each task that could not be asked, so it is said once.
     unknown: BTreeMap<String, String>,
+    /// The task id of each managed job the state declares, as of this pass.
+    declared: BTreeMap<Address, String>,
 }
 
 impl std::fmt::Debug for Controller<'_> {
@@ -96,6 +98,7 @@ impl<'e> Controller<'e> {
                         version: Some(v),
                         offerings: None,
                         unknown: BTreeMap::new(),
+                        declared: BTreeMap::new(),
                     });
                 }
                 Err(StateError::Conflict { .. }) if tries < 5 => tries += 1,
@@ -151,6 +154,11 @@ impl<'e> Controller<'e> {
             .map_err(Stop::from)?
             .unwrap_or_default();
         self.adopt_declared(&state);
+        self.declared = state
+            .resources
+            .iter()
+            .filter_map(|(a, r)| task_id(r).map(|t| (a.clone(), t.to_string())))
+            .collect();
         self.save().await?;
         let tasks: Vec<String> = self
             .book
@@ -289,11 +297,23 @@ impl<'e> Controller<'e> {
             }
             _ => match (&run.current, declared) {
                 (Some(_), _) => self.watch(task, &mut run, declared, lineage).await?,
-                (None, Some(res)) => {
-                    if run.retry_at.is_none_or(|at| book::now_ms() >= at) {
-                        self.launch(task, &mut run, res, lineage).await?;
+                (None, Some(res)) => match self.waits_for(res) {
+                    Upstream::Ready => {
+                        if run.retry_at.is_none_or(|at| book::now_ms() >= at) {
+                            self.launch(task, &mut run, res, lineage).await?;
+                        }
                     }
-                }
+                    Upstream::Waiting => {}
+                    Upstream::Failed(why) => {
+                        // A pipeline stops at its first failure.
+                        self.say(format!("{}: CANCELLED ({why})", run.address));
+                        run.phase = Phase::Cancelled;
+                        run.reason = Some(why.clone());
+                        run.history
+                            .push(entry("cancelled", None, None, None, Some(why)));
+                        self.relay_final(task, &run);
+                    }
+                },
                 // Not declared and not cancelled yet: the next tick cancels it.
                 (None, None) => {}
             },
@@ -305,6 +325,31 @@ impl<'e> Controller<'e> {
             self.commit(task, &run).await?;
         }
         Ok(())
+    }
+
+    /// Whether the managed jobs `res` depends on (a pipeline) have all succeeded.
+    fn waits_for(&self, res: &ResourceState) -> Upstream {
+        for dep in res
+            .dependencies
+            .iter()
+            .filter(|d| d.kind == crate::model::Kind::ManagedJob)
+        {
+            // One the state no longer declares holds nothing back; one not taken up yet does.
+            let Some(task) = self.declared.get(dep) else {
+                continue;
+            };
+            let Some(up) = self.book.runs.get(task) else {
+                return Upstream::Waiting;
+            };
+            match up.phase {
+                Phase::Succeeded => {}
+                p if p.is_final() => {
+                    return Upstream::Failed(format!("{dep} ended {}", p.as_str()));
+                }
+                _ => return Upstream::Waiting,
+            }
+        }
+        Upstream::Ready
     }
 
     /// Looks at a placement and acts on what the policy decides.
@@ -864,6 +909,13 @@ impl<'e> Controller<'e> {
         }
         let _ = self.store.unlock(&info.id).await;
     }
+}
+
+/// Where the managed jobs a managed job waits for are.
+enum Upstream {
+    Ready,
+    Waiting,
+    Failed(String),
 }
 
 /// Why a tick stopped short.

@@ -132,7 +132,50 @@ fn placement_line(c: &Change) -> Option<String> {
             rest.join(" · ")
         );
     }
+    if let Some(crate::model::Spec::ManagedJob(m)) = &c.after {
+        let _ = write!(s, "\n          {}", recovery_line(m, &c.candidates));
+    }
     Some(s)
+}
+
+/// What the controller does when a managed job loses its placement: the strategy and the
+/// regions it would try, in order, when the first one is lost.
+fn recovery_line(
+    m: &crate::model::ManagedJobSpec,
+    candidates: &[crate::optimizer::Candidate],
+) -> String {
+    use crate::controller::policy::{self, Policy, Strategy};
+    let p = Policy::of(m.recovery.as_ref());
+    let (name, how) = match p.strategy {
+        Strategy::EagerNextRegion => ("eager_next_region", "the lost region last"),
+        Strategy::Failover => ("failover", "the lost region first"),
+    };
+    let lost = candidates.first().map(policy::region_of);
+    let mut regions: Vec<String> = Vec::new();
+    for c in policy::order(candidates.to_vec(), p.strategy, lost.as_deref()) {
+        let r = policy::region_of(&c);
+        if !regions.contains(&r) {
+            regions.push(r);
+        }
+    }
+    let mut line = match (lost.as_deref(), regions.as_slice()) {
+        (Some(lost), [_, _, ..]) => format!(
+            "recovery ({name}): if {lost} is lost, tries {} ({how})",
+            regions.join(" → ")
+        ),
+        _ => format!(
+            "recovery ({name}): launched again in {} if lost",
+            regions.first().map_or("its place", String::as_str)
+        ),
+    };
+    if p.max_restarts_on_errors > 0 {
+        let _ = write!(
+            line,
+            "; restarts on errors: up to {}",
+            p.max_restarts_on_errors
+        );
+    }
+    line
 }
 
 fn change_body(out: &mut String, c: &Change, s: &Style) {
