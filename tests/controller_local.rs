@@ -96,6 +96,17 @@ fn a_managed_job_whose_node_dies_is_launched_again_and_finishes() {
     let agent = wait_for("the job to run", Duration::from_secs(20), || {
         running_agent(&w)
     });
+    // `logs -f` follows the job across its recovery.
+    let follower = w
+        .command(&["logs", "-f", "managed_job.train"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("logs -f");
+    wait_for("a step in the logs", Duration::from_secs(10), || {
+        w.stdout(&["logs", "managed_job.train"])
+            .contains("step 1")
+            .then_some(())
+    });
     kill(agent);
     let done = wait_for("the job to finish", Duration::from_secs(40), || {
         let j = job(&w);
@@ -131,6 +142,16 @@ fn a_managed_job_whose_node_dies_is_launched_again_and_finishes() {
     assert_eq!(s[0], s[1]);
     let logs = w.stdout(&["logs", "managed_job.train"]);
     assert!(logs.contains("step 8"), "{logs}");
+    assert_eq!(
+        logs.matches("step 1\n").count(),
+        2,
+        "both placements' logs are kept: {logs}"
+    );
+    let followed = follower
+        .wait_with_output()
+        .expect("logs -f ends with the job");
+    let followed = String::from_utf8_lossy(&followed.stdout);
+    assert_eq!(followed, logs, "logs -f saw what logs shows");
     let status = w.stdout(&["status"]);
     assert!(status.contains("MANAGED JOB"), "{status}");
     assert_clean(&w);

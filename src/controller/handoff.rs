@@ -238,7 +238,9 @@ impl Provider for ManagedProvider {
         task_id(res).map_or_else(Vec::new, |t| relay::log_paths(&self.relay_dir(t)))
     }
 
-    /// The current placement's logs while it runs; the kept copy once it ended.
+    /// A managed job's logs across its placements: what the controller kept of the earlier
+    /// ones (next to the state), then the current one's. Offsets run on across the two, so
+    /// `logs -f` goes on through a recovery.
     async fn read_logs(
         &self,
         res: &ResourceState,
@@ -246,16 +248,42 @@ impl Provider for ManagedProvider {
         offsets: &[u64],
     ) -> Result<Vec<Vec<u8>>, ProviderError> {
         let task = task_id(res).ok_or_else(no_task)?;
+        let dir = self.relay_dir(task);
+        let kept = relay::log_paths(&dir);
         let book = self.book(true).await?;
-        if let Some(p) = book.runs.get(task).and_then(|r| r.current.as_ref())
-            && let Some(provider) = self.inner.get(&p.provider)
-        {
-            let (job, cluster) = placed(p);
-            return provider.read_logs(&job, cluster.as_ref(), offsets).await;
-        }
-        Ok(crate::providers::read_log_files(
-            &relay::log_paths(&self.relay_dir(task)),
-            offsets,
-        )?)
+        let current = book
+            .runs
+            .get(task)
+            .and_then(|r| r.current.as_ref())
+            .and_then(|p| self.inner.get(&p.provider).map(|provider| (p, provider)));
+        let Some((p, provider)) = current else {
+            return Ok(crate::providers::read_log_files(&kept, offsets)?);
+        };
+        // Per rank: first the kept part, then the live placement's from where it ends.
+        let sizes: Vec<u64> = kept
+            .iter()
+            .map(|f| std::fs::metadata(f).map_or(0, |m| m.len()))
+            .collect();
+        let at = |rank: usize| offsets.get(rank).copied().unwrap_or(0);
+        let live_offsets: Vec<u64> = (0..offsets.len().max(sizes.len()))
+            .map(|rank| at(rank).saturating_sub(sizes.get(rank).copied().unwrap_or(0)))
+            .collect();
+        let (job, cluster) = placed(p);
+        let live = provider
+            .read_logs(&job, cluster.as_ref(), &live_offsets)
+            .await?;
+        let old = crate::providers::read_log_files(&kept, offsets)?;
+        let ranks = live.len().max(old.len());
+        Ok((0..ranks)
+            .map(|rank| {
+                let behind = at(rank) < sizes.get(rank).copied().unwrap_or(0);
+                match (behind, old.get(rank), live.get(rank)) {
+                    // Still in the kept part: that first (the live part follows next call).
+                    (true, Some(o), _) => o.clone(),
+                    (_, _, Some(l)) => l.clone(),
+                    _ => Vec::new(),
+                }
+            })
+            .collect())
     }
 }

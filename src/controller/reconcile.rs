@@ -443,10 +443,17 @@ impl<'e> Controller<'e> {
                 run.phase = Phase::Recovering;
                 run.suspect_since = None;
                 run.reason = Some(why);
-                run.leftovers.push(p);
+                run.leftovers.push(p.clone());
                 run.current = None;
                 // Intent first: the lost placement is on record as one to remove.
                 self.commit(task, run).await?;
+                // What it logged stays readable across the recovery, as far as its machines
+                // still answer (a lost machine is not waited for long).
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(5),
+                    self.keep_logs(task, &run.address, &p),
+                )
+                .await;
                 self.remove_leftovers(run).await;
                 if let Some(res) = declared {
                     self.launch(task, run, res, lineage).await?;
