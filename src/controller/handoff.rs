@@ -5,8 +5,9 @@
 //! managed job's machines itself, so the controller is the one actor on them.
 
 use super::book::{self, Run};
+use super::placement::placed;
 use super::policy::Phase;
-use super::reconcile::{placed, task_id};
+use super::reconcile::task_id;
 use super::{relay, spawn};
 use crate::model::{Address, Spec};
 use crate::optimizer::Offering;

@@ -10,6 +10,7 @@
 
 pub mod book;
 pub mod handoff;
+pub mod placement;
 pub mod policy;
 pub mod reconcile;
 pub mod relay;
