@@ -56,7 +56,6 @@ impl Controller<'_> {
         c: &Candidate,
         lineage: &str,
     ) -> std::result::Result<std::result::Result<(), ProviderError>, Stop> {
-        let root = self.engine.dir().to_path_buf();
         if provider.runs_managed_jobs() {
             let private = provider.new_private(&run.address, spec, lineage);
             run.current = Some(Placement {
@@ -72,17 +71,7 @@ impl Controller<'_> {
             let made = self
                 .create_bounded(
                     provider,
-                    Request {
-                        address: &run.address,
-                        spec,
-                        private: &private,
-                        placement: Some(c),
-                        cluster: None,
-                        after: Vec::new(),
-                        root,
-                        capacity_timeout: self.settings.launch_timeout,
-                        progress: Progress::default(),
-                    },
+                    self.request(&run.address, spec, &private, c, None),
                 )
                 .await;
             crate::faults::passed(crate::faults::Point::Call);
@@ -112,17 +101,7 @@ impl Controller<'_> {
         let made = self
             .create_bounded(
                 provider,
-                Request {
-                    address: &run.address,
-                    spec: &cluster_spec,
-                    private: &cluster_private,
-                    placement: Some(c),
-                    cluster: None,
-                    after: Vec::new(),
-                    root: root.clone(),
-                    capacity_timeout: self.settings.launch_timeout,
-                    progress: Progress::default(),
-                },
+                self.request(&run.address, &cluster_spec, &cluster_private, c, None),
             )
             .await;
         crate::faults::passed(crate::faults::Point::Call);
@@ -141,17 +120,7 @@ impl Controller<'_> {
             )));
         };
         let made = provider
-            .create(Request {
-                address: &run.address,
-                spec: &job_spec,
-                private: &job_private,
-                placement: Some(c),
-                cluster: Some(&cluster),
-                after: Vec::new(),
-                root,
-                capacity_timeout: self.settings.launch_timeout,
-                progress: Progress::default(),
-            })
+            .create(self.request(&run.address, &job_spec, &job_private, c, Some(&cluster)))
             .await;
         crate::faults::passed(crate::faults::Point::Call);
         Ok(made.map(|made| {
@@ -159,6 +128,28 @@ impl Controller<'_> {
                 p.private = made.private;
             }
         }))
+    }
+
+    /// What a create of a placement's part on `c` is asked.
+    fn request<'a>(
+        &self,
+        address: &'a Address,
+        spec: &'a Spec,
+        private: &'a serde_json::Value,
+        c: &'a Candidate,
+        cluster: Option<&'a ResourceState>,
+    ) -> Request<'a> {
+        Request {
+            address,
+            spec,
+            private,
+            placement: Some(c),
+            cluster,
+            after: Vec::new(),
+            root: self.engine.dir().to_path_buf(),
+            capacity_timeout: self.settings.launch_timeout,
+            progress: Progress::default(),
+        }
     }
 
     /// A create, bounded by the launch timeout unless the backend bounds its own wait.
