@@ -1,7 +1,8 @@
 //! State in an object store (S3, GCS, Azure Blob, or any `object_store` backend).
 //!
 //! Two objects: the state at `key` and the lock at `key.lock`. The lock is created with
-//! create-if-absent, so of many clients exactly one gets it. Every state write is
+//! create-if-absent (or, once released, claimed by a write conditional on the released
+//! version), so of many clients exactly one gets it. Every state write is
 //! conditional on the ETag this client last read or wrote: a writer that lost its lock, or
 //! ran with `-lock=false`, cannot overwrite a newer state — its write fails with
 //! [`StateError::Conflict`] and the caller keeps its copy (see `docs/state.md`).
@@ -21,6 +22,9 @@ enum Seen {
     /// Read or written at this version.
     At(UpdateVersion),
 }
+
+/// What the lock object holds once released (a conditional write, so no delete is needed).
+const RELEASED: &[u8] = b"released\n";
 
 #[derive(Debug)]
 pub struct ObjectStateStore {
@@ -107,17 +111,40 @@ impl ObjectStateStore {
     }
 
     async fn read_lock(&self) -> Result<Option<LockInfo>, StateError> {
-        Ok(self.read_lock_versioned().await?.map(|(info, _)| info))
+        Ok(self.read_lock_versioned().await?.and_then(|(info, _)| info))
     }
 
-    /// The lock and the version of its object, for a conditional takeover.
-    async fn read_lock_versioned(&self) -> Result<Option<(LockInfo, UpdateVersion)>, StateError> {
+    /// The lock object and its version, for conditional writes: None when there is no
+    /// object, `(None, version)` when it says the lock was released.
+    async fn read_lock_versioned(
+        &self,
+    ) -> Result<Option<(Option<LockInfo>, UpdateVersion)>, StateError> {
         let Some((bytes, version)) = self.get(&self.lock_key, "read lock").await? else {
             return Ok(None);
         };
+        if bytes.as_ref() == RELEASED {
+            return Ok(Some((None, version)));
+        }
         serde_json::from_slice(&bytes)
-            .map(|info| Some((info, version)))
+            .map(|info| Some((Some(info), version)))
             .map_err(|e| StateError::Corrupt(format!("lock {}.lock: {e}", self.url)))
+    }
+
+    /// Writes `body` over the lock object only if it is still at `version`; false when it
+    /// changed meanwhile (or is gone).
+    async fn put_lock_over(&self, version: UpdateVersion, body: &[u8]) -> Result<bool, StateError> {
+        let payload = PutPayload::from(body.to_vec());
+        match self
+            .store
+            .put_opts(&self.lock_key, payload, PutMode::Update(version).into())
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(
+                object_store::Error::Precondition { .. } | object_store::Error::NotFound { .. },
+            ) => Ok(false),
+            Err(e) => Err(self.remote("lock", e)),
+        }
     }
 
     /// Replaces a stale lock with ours, only if it is still that lock (If-Match): of two
@@ -128,24 +155,14 @@ impl ObjectStateStore {
         version: UpdateVersion,
         body: &[u8],
     ) -> Result<bool, StateError> {
-        let payload = PutPayload::from(body.to_vec());
-        match self
-            .store
-            .put_opts(&self.lock_key, payload, PutMode::Update(version).into())
-            .await
-        {
-            Ok(_) => {
-                eprintln!(
-                    "warning: took over the lock {} of skyform process {} ({}), which no longer runs",
-                    stale.id, stale.pid, stale.operation
-                );
-                Ok(true)
-            }
-            Err(
-                object_store::Error::Precondition { .. } | object_store::Error::NotFound { .. },
-            ) => Ok(false),
-            Err(e) => Err(self.remote("lock", e)),
+        let taken = self.put_lock_over(version, body).await?;
+        if taken {
+            eprintln!(
+                "warning: took over the lock {} of skyform process {} ({}), which no longer runs",
+                stale.id, stale.pid, stale.operation
+            );
         }
+        Ok(taken)
     }
 }
 
@@ -214,16 +231,24 @@ impl StateStore for ObjectStateStore {
                 ) => {
                     match self.read_lock_versioned().await? {
                         // Our own create, retried after its answer was lost.
-                        Some((holder, _)) if holder.id == info.id => return Ok(()),
-                        Some((holder, version)) if super::is_stale(&holder, info) => {
+                        Some((Some(holder), _)) if holder.id == info.id => return Ok(()),
+                        Some((Some(holder), version)) if super::is_stale(&holder, info) => {
                             // Lost the race to another process taking it over: look again.
                             let taken = self.take_over(&holder, version, &body).await?;
                             if taken {
                                 return Ok(());
                             }
                         }
-                        Some((holder, _)) => return Err(StateError::Locked(Box::new(holder))),
-                        None => {}
+                        Some((Some(holder), _)) => {
+                            return Err(StateError::Locked(Box::new(holder)));
+                        }
+                        // Released: ours if no one claims it first.
+                        Some((None, version))
+                            if self.put_lock_over(version.clone(), &body).await? =>
+                        {
+                            return Ok(());
+                        }
+                        Some((None, _)) | None => {}
                     }
                 }
                 Err(e) => return Err(self.remote("lock", e)),
@@ -236,17 +261,20 @@ impl StateStore for ObjectStateStore {
         })
     }
 
+    /// Marks the lock released by a write conditional on the version read, never a delete:
+    /// a delete retried after its answer was lost could remove the lock another process
+    /// took in between.
     async fn unlock(&self, id: &str) -> Result<(), StateError> {
-        let held = self.read_lock().await?;
-        match held {
-            Some(h) if h.id == id => self
-                .store
-                .delete(&self.lock_key)
-                .await
-                .map_err(|e| self.remote("unlock", e)),
+        match self.read_lock_versioned().await? {
+            Some((Some(h), version)) if h.id == id => {
+                // False: it changed since the read — our own release retried after landing,
+                // or a takeover; either way it is not ours any more.
+                self.put_lock_over(version, RELEASED).await?;
+                Ok(())
+            }
             other => Err(StateError::WrongLock {
                 given: id.to_string(),
-                held: other.map(|h| h.id),
+                held: other.and_then(|(h, _)| h).map(|h| h.id),
             }),
         }
     }
