@@ -63,6 +63,8 @@ pub fn start(dir: &Path, workspace: &str, exe: Option<&Path>) -> std::io::Result
         .args(["controller", "run", "-exit-when-idle"])
         .current_dir(dir)
         .env("SKYFORM_WORKSPACE", workspace)
+        // A crash point asked of the run that starts it is that run's, not the controller's.
+        .env_remove("SKYFORM_CRASH_AFTER")
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
