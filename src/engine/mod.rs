@@ -290,6 +290,19 @@ impl Engine {
             .clone()
     }
 
+    /// For tests and benchmarks: this engine with `registry` as its backends (in-process
+    /// fakes, say) instead of those the configuration declares. The `managed` backend is not
+    /// added to it: a controller driven through the library launches on `registry` itself.
+    #[must_use]
+    pub fn with_registry(self, registry: Arc<Registry>) -> Engine {
+        let chosen = OnceLock::new();
+        let _ = chosen.set(registry);
+        Engine {
+            registry: chosen,
+            ..self
+        }
+    }
+
     /// A path under `.skyform/` of the configuration directory, for this workspace.
     pub fn workspace_path(&self, base: &str) -> PathBuf {
         self.dir
