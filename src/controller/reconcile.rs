@@ -167,11 +167,13 @@ impl<'e> Controller<'e> {
             .filter(|(_, r)| r.is_active() || r.cancel && !r.phase.is_final())
             .map(|(t, _)| t.clone())
             .collect();
+        let by_task: BTreeMap<&str, &ResourceState> = state
+            .resources
+            .values()
+            .filter_map(|r| task_id(r).map(|t| (t, r)))
+            .collect();
         for task in &tasks {
-            let declared = state
-                .resources
-                .values()
-                .find(|r| task_id(r) == Some(task.as_str()));
+            let declared = by_task.get(task.as_str()).copied();
             self.step(task, declared, &state.lineage).await?;
         }
         self.publish(&state).await;
