@@ -80,7 +80,7 @@ fn kill(pid: u32) {
 
 /// What a finished test leaves: no sandbox, no process (the controller stops by itself).
 fn assert_clean(w: &Workdir) {
-    wait_for("the controller to stop", Duration::from_secs(15), || {
+    wait_for("the controller to stop", Duration::from_secs(30), || {
         w.processes().is_empty().then_some(())
     });
     let left: Vec<_> = std::fs::read_dir(w.path().join(".skyform/local"))

@@ -999,7 +999,7 @@ fn a_job_after_a_failed_managed_job_is_cancelled() {
     );
     sb.stdout(&["destroy", "-auto-approve"]);
     // The controller apply started stops by itself once nothing is left to watch.
-    wait_for("the controller to stop", Duration::from_secs(10), || {
+    wait_for("the controller to stop", Duration::from_secs(30), || {
         sb.processes().is_empty()
     });
 }

@@ -219,6 +219,16 @@ impl Provider for ManagedProvider {
                         "the controller {why}; it keeps trying, and destroying again succeeds once they are gone"
                     )));
                 }
+                if began.elapsed() > Duration::from_secs(15)
+                    && !book
+                        .lease
+                        .as_ref()
+                        .is_some_and(|l| l.is_live(book::now_ms()))
+                {
+                    return Err(ProviderError::other(format!(
+                        "no controller runs to cancel {address}: it did not start, or stopped; see .skyform/controller.log"
+                    )));
+                }
                 if began.elapsed() > CANCEL_WAIT {
                     return Err(ProviderError {
                         kind: ErrorKind::Timeout,

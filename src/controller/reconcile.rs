@@ -113,6 +113,10 @@ impl<'e> Controller<'e> {
 
     /// Runs until nothing is left to do (when `settings.exit_when_idle`), or forever.
     pub async fn run(&mut self) -> Result<Ended> {
+        // Started by an apply that is still writing what it handed over: stay a moment even
+        // when there is nothing to watch yet.
+        const LINGER: Duration = Duration::from_secs(8);
+        let began = Instant::now();
         let mut idle_ticks = 0;
         loop {
             let busy = match self.tick().await {
@@ -126,7 +130,7 @@ impl<'e> Controller<'e> {
                 }
             };
             idle_ticks = if busy { 0 } else { idle_ticks + 1 };
-            if self.settings.exit_when_idle && idle_ticks >= 2 {
+            if self.settings.exit_when_idle && idle_ticks >= 2 && began.elapsed() >= LINGER {
                 self.release().await;
                 return Ok(Ended::Idle);
             }

@@ -19,12 +19,12 @@ pub async fn ensure_running(
     if b.lease.as_ref().is_some_and(|l| l.is_live(book::now_ms())) {
         return Ok(None);
     }
-    // One start per state from this process: a controller just started takes its lease
-    // a moment later.
+    // One start per state from this process within a few seconds: a controller just started
+    // takes its lease a moment later (and lingers a while before it stops as idle).
     static STARTED: std::sync::Mutex<Vec<(std::path::PathBuf, String, std::time::Instant)>> =
         std::sync::Mutex::new(Vec::new());
     if let Ok(mut started) = STARTED.lock() {
-        started.retain(|(_, _, at)| at.elapsed() < std::time::Duration::from_secs(10));
+        started.retain(|(_, _, at)| at.elapsed() < std::time::Duration::from_secs(3));
         if started.iter().any(|(d, w, _)| d == dir && w == workspace) {
             return Ok(None);
         }
