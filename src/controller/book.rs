@@ -173,6 +173,31 @@ pub struct Placement {
     pub since_ms: u64,
 }
 
+impl Placement {
+    /// A placement on `c` about to be made, with the identifiers chosen for it (its job's,
+    /// and its cluster's when composed), recorded before its backend is called.
+    pub fn intent(
+        c: &Candidate,
+        spec: &Spec,
+        private: serde_json::Value,
+        cluster: Option<(&Spec, serde_json::Value)>,
+    ) -> Placement {
+        Placement {
+            provider: c.offering.cloud.clone(),
+            private,
+            candidate: c.clone(),
+            spec: redacted(spec),
+            cluster: cluster.map(|(spec, private)| Part {
+                spec: redacted(spec),
+                private,
+                computed: BTreeMap::new(),
+            }),
+            launched: false,
+            since_ms: now_ms(),
+        }
+    }
+}
+
 /// The cluster of a composed placement.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Part {

@@ -2,7 +2,7 @@
 //! as a unit, else a cluster of its own and the job on it), looking at it in the policy's
 //! terms, keeping its logs and removing it.
 
-use super::book::{self, Placement, Run};
+use super::book::{Placement, Run};
 use super::policy::Seen;
 use super::reconcile::{Controller, Stop};
 use super::relay;
@@ -58,15 +58,7 @@ impl Controller<'_> {
     ) -> std::result::Result<std::result::Result<(), ProviderError>, Stop> {
         if provider.runs_managed_jobs() {
             let private = provider.new_private(&run.address, spec, lineage);
-            run.current = Some(Placement {
-                provider: c.offering.cloud.clone(),
-                private: private.clone(),
-                candidate: c.clone(),
-                spec: book::redacted(spec),
-                cluster: None,
-                launched: false,
-                since_ms: book::now_ms(),
-            });
+            run.current = Some(Placement::intent(c, spec, private.clone(), None));
             self.commit(task, run).await?;
             let made = self
                 .create_bounded(
@@ -84,19 +76,12 @@ impl Controller<'_> {
         let (cluster_spec, job_spec) = compose(spec, &run.address);
         let cluster_private = provider.new_private(&run.address, &cluster_spec, lineage);
         let job_private = provider.new_private(&run.address, &job_spec, lineage);
-        run.current = Some(Placement {
-            provider: c.offering.cloud.clone(),
-            private: job_private.clone(),
-            candidate: c.clone(),
-            spec: book::redacted(&job_spec),
-            cluster: Some(book::Part {
-                spec: book::redacted(&cluster_spec),
-                private: cluster_private.clone(),
-                computed: BTreeMap::new(),
-            }),
-            launched: false,
-            since_ms: book::now_ms(),
-        });
+        run.current = Some(Placement::intent(
+            c,
+            &job_spec,
+            job_private.clone(),
+            Some((&cluster_spec, cluster_private.clone())),
+        ));
         self.commit(task, run).await?;
         let made = self
             .create_bounded(

@@ -157,13 +157,18 @@ impl<'e> Controller<'e> {
             .await
             .map_err(Stop::from)?
             .unwrap_or_default();
-        self.adopt_declared(&state);
+        let changed = self.adopt_declared(&state);
         self.declared = state
             .resources
             .iter()
             .filter_map(|(a, r)| task_id(r).map(|t| (a.clone(), t.to_string())))
             .collect();
-        self.save().await?;
+        // Written when it changed, or to renew the lease (a third of its time has passed):
+        // not the whole book every pass.
+        let renewed = self.book.lease.as_ref().map_or(0, |l| l.renewed_ms);
+        if changed || book::now_ms() >= renewed + self.me.ttl_ms / 3 {
+            self.save().await?;
+        }
         let tasks: Vec<String> = self
             .book
             .runs
@@ -186,7 +191,8 @@ impl<'e> Controller<'e> {
 
     /// Takes up managed jobs apply declared that the book lacks, marks for cancelling the
     /// runs whose job state no longer declares, and forgets finished runs state dropped.
-    fn adopt_declared(&mut self, state: &State) {
+    fn adopt_declared(&mut self, state: &State) -> bool {
+        let mut changed = false;
         let declared: BTreeMap<&str, &Address> = state
             .resources
             .iter()
@@ -194,10 +200,12 @@ impl<'e> Controller<'e> {
             .filter_map(|(a, r)| task_id(r).map(|t| (t, a)))
             .collect();
         for (task, address) in &declared {
-            self.book
-                .runs
-                .entry((*task).to_string())
-                .or_insert_with(|| Run::new((*address).clone()));
+            if !self.book.runs.contains_key(*task) {
+                self.book
+                    .runs
+                    .insert((*task).to_string(), Run::new((*address).clone()));
+                changed = true;
+            }
         }
         let mut forget = Vec::new();
         for (task, run) in &mut self.book.runs {
@@ -205,14 +213,17 @@ impl<'e> Controller<'e> {
                 continue;
             }
             if run.is_active() {
+                changed |= !run.cancel;
                 run.cancel = true;
             } else {
                 forget.push(task.clone());
             }
         }
+        changed |= !forget.is_empty();
         for t in forget {
             self.book.runs.remove(&t);
         }
+        changed
     }
 
     /// Writes the book (renewing the lease). Another writer's change (apply asking for a
