@@ -89,6 +89,19 @@ impl Fakelet {
         std::fs::read_to_string(self.dir.path().join("fakelet.log")).unwrap_or_default()
     }
 
+    /// "Pushes" an image holding `program` (its name on the image's PATH is its file name).
+    fn push_image(&self, image: &str, program: &str) {
+        let bin = self
+            .dir
+            .path()
+            .join("images")
+            .join(image.replace(['/', ':'], "_"))
+            .join("bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        let name = Path::new(program).file_name().unwrap();
+        std::os::unix::fs::symlink(program, bin.join(name)).unwrap();
+    }
+
     /// As a kubelet under memory pressure: the pod's process is killed and it is marked
     /// Failed/Evicted.
     fn evict(&self, namespace: &str, pod: &str) {
@@ -146,12 +159,20 @@ impl std::ops::Deref for Work {
 
 impl Work {
     fn new(kube: &Path, namespace: &str) -> Work {
-        let dir = support::Workdir::new()
+        Work::new_with(kube, namespace, &[])
+    }
+
+    /// As [`Work::new`], with more variables in skyform's environment.
+    fn new_with(kube: &Path, namespace: &str, env: &[(&str, &str)]) -> Work {
+        let mut dir = support::Workdir::new()
             .with_home()
             .env("SKYFORM_K8S_START_TIMEOUT", "60s")
             // The controller apply starts decides in test time.
             .env("SKYFORM_CONTROLLER_TICK_MS", "300")
             .env("SKYFORM_CONTROLLER_GRACE_MS", "600");
+        for (k, v) in env {
+            dir = dir.env(k, v);
+        }
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -997,4 +1018,148 @@ cluster "train" {
         min_points: 4,
     }
     .run();
+}
+
+/// `controller "main" { infra = "k8s/a" }`: apply runs the controller as a Deployment (the
+/// state in moto's S3, which the pod reaches with the credentials given in `secrets`); no
+/// controller runs on the applying machine; the pod's controller runs the managed job, and a
+/// new pod takes over when its pod is deleted; destroy removes everything it made.
+#[test]
+#[ignore = "needs kube-apiserver and moto: run ./scripts/test.sh"]
+fn a_declared_controller_runs_as_a_deployment_and_survives_its_pod() {
+    let test = "a_declared_controller_runs_as_a_deployment_and_survives_its_pod";
+    let Some((kube, _turn)) = begin(test) else {
+        return;
+    };
+    let Ok(s3) = std::env::var("SKYFORM_TEST_S3_ENDPOINT") else {
+        support::skip_or_fail(test, "SKYFORM_TEST_S3_ENDPOINT is not set (moto)", true);
+        return;
+    };
+    let a = Fakelet::start(&kube, "a", &["t20-a:cpu=8,memory=32Gi"]);
+    // The image the Deployment names holds this build of skyform.
+    a.push_image("skyform-test:dev", env!("CARGO_BIN_EXE_skyform"));
+    let bucket = format!("ctl-{}", uuid::Uuid::new_v4().simple());
+    let made = Command::new("curl")
+        .args(["-sf", "-X", "PUT", &format!("{s3}/{bucket}")])
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(made.success(), "creating bucket {bucket} on moto");
+    let w = Work::new_with(
+        &kube,
+        "t20",
+        &[
+            ("AWS_ACCESS_KEY_ID", "testing"),
+            ("AWS_SECRET_ACCESS_KEY", "testing"),
+        ],
+    );
+    w.config(
+        &[("a", 0.0)],
+        &format!(
+            r#"
+skyform {{
+  state "s3" {{
+    bucket   = "{bucket}"
+    key      = "team/state.json"
+    endpoint = "{s3}"
+  }}
+}}
+
+controller "main" {{
+  infra = "k8s/a"
+  image = "skyform-test:dev"
+  envs = {{
+    SKYFORM_CONTROLLER_TICK_MS      = "300"
+    SKYFORM_CONTROLLER_GRACE_MS     = "600"
+    SKYFORM_CONTROLLER_LEASE_TTL_MS = "4000"
+  }}
+  secrets = {{
+    AWS_ACCESS_KEY_ID     = "testing"
+    AWS_SECRET_ACCESS_KEY = "testing"
+  }}
+}}
+
+managed_job "train" {{
+  resources {{
+    infra = "k8s/a"
+  }}
+  run = "echo step one; sleep 6; echo step two"
+}}
+"#
+        ),
+    );
+    let plan = w.ok(&["plan"]);
+    assert!(
+        plan.contains("controller.main will be created")
+            && plan.contains("infra \"kubernetes\" \"a\""),
+        "the plan shows the controller and the configuration it runs with:\n{plan}"
+    );
+    assert!(!plan.contains("testing"), "secrets stay hidden:\n{plan}");
+    w.ok(&["apply", "-auto-approve"]);
+    // The controller's pod, not this machine, holds the lease and runs the job.
+    let lease = |w: &Work| -> serde_json::Value {
+        let out = w.ok(&["controller", "status", "-json"]);
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()["lease"].clone()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let first = loop {
+        let l = lease(&w);
+        if let Some(pid) = l["pid"].as_u64() {
+            break pid;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the pod's controller takes the lease"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    let environ = std::fs::read(format!("/proc/{first}/environ")).unwrap_or_default();
+    assert!(
+        String::from_utf8_lossy(&environ).contains("SKYFORM_KUBE_IN_CLUSTER=a"),
+        "the lease holder (process {first}) is the Deployment's pod"
+    );
+    assert!(
+        !w.path().join(".skyform/controller.log").exists(),
+        "apply started no controller here"
+    );
+    w.wait_for("managed_job.train", "RUNNING");
+    // The pod goes away mid-run: the Deployment makes another, whose controller takes over.
+    let pods: Vec<String> = w
+        .pods("a")
+        .into_iter()
+        .filter(|p| p.0.starts_with("sky-main-"))
+        .map(|p| p.0)
+        .collect();
+    assert_eq!(pods.len(), 1, "{pods:?}");
+    w.rt.block_on(async {
+        let api: Api<Pod> = Api::namespaced(w.client("a").await, "t20");
+        api.delete(&pods[0], &Default::default()).await.unwrap();
+    });
+    let train = w.wait_for("managed_job.train", "SUCCEEDED");
+    assert_eq!(train["attempt"], 1, "the job ran once: {train}");
+    let second = lease(&w)["pid"].as_u64().unwrap_or(0);
+    assert_ne!(second, first, "a new pod's controller holds the lease");
+    let logs = w.ok(&["logs", "managed_job.train"]);
+    assert!(logs.contains("step two"), "{logs}");
+    w.ok(&["destroy", "-auto-approve"]);
+    let left = w.rt.block_on(async {
+        let c = w.client("a").await;
+        let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
+            Api::namespaced(c.clone(), "t20");
+        let maps: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(c.clone(), "t20");
+        let roles: Api<k8s_openapi::api::rbac::v1::ClusterRole> = Api::all(c);
+        let lp = ListParams::default().labels("skyform.dev/controller");
+        (
+            deployments.list(&lp).await.unwrap().items.len(),
+            maps.list(&lp).await.unwrap().items.len(),
+            roles.list(&lp).await.unwrap().items.len(),
+        )
+    });
+    assert_eq!(
+        left,
+        (0, 0, 0),
+        "destroy removes the Deployment, its ConfigMap and its roles"
+    );
+    assert_eq!(w.leftovers("a"), Vec::<String>::new());
+    drop(a);
 }

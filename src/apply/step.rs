@@ -443,6 +443,9 @@ fn provider_for(spec: &Spec, change: &Change, state: &State) -> String {
         // The controller runs managed jobs; apply hands them over.
         return crate::controller::handoff::NAME.into();
     }
+    if let Spec::Controller(_) = spec {
+        return "k8s".into();
+    }
     if let Spec::Job(j) = spec {
         return state
             .resources

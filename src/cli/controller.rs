@@ -9,6 +9,13 @@ pub async fn command(engine: &Engine, command: &ControllerCommand) -> Result<i32
     match command {
         ControllerCommand::Run { exit_when_idle } => run(engine, *exit_when_idle).await,
         ControllerCommand::Start => {
+            if let Some(c) = crate::config::controller::Declared::of(engine.config()) {
+                return Err(Error::new(format!(
+                    "this configuration runs its controller where {} says",
+                    c.address
+                ))
+                .hint("skyform apply starts and updates it there; `skyform controller status` says whether it runs"));
+            }
             let store = engine.store().await?;
             match spawn::ensure_running(
                 store.as_ref(),

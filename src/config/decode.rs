@@ -9,9 +9,9 @@ use super::value::{
 };
 use crate::model::backend;
 use crate::model::{
-    Accelerator, Accelerators, Address, Autostop, ClusterSpec, Cpus, JobSpec, Kind, Lifecycle,
-    ManagedJobSpec, Memory, ReadinessProbe, Recovery, ReplicaPolicy, Resources, ServiceSpec, Spec,
-    UNKNOWN,
+    Accelerator, Accelerators, Address, Autostop, ClusterSpec, ControllerSpec, Cpus, JobSpec, Kind,
+    Lifecycle, ManagedJobSpec, Memory, ReadinessProbe, Recovery, ReplicaPolicy, Resources,
+    ServiceSpec, Spec, UNKNOWN,
 };
 use hcl::Value;
 use sha2::Digest;
@@ -594,12 +594,7 @@ pub fn decode(
     if !dirs.unknown_ok && !require_known(body, eval, what, diags) {
         return None;
     }
-    let schema = match kind {
-        Kind::Cluster => &schema::CLUSTER,
-        Kind::Job => &schema::JOB,
-        Kind::ManagedJob => &schema::MANAGED_JOB,
-        Kind::Service => &schema::SERVICE,
-    };
+    let schema = schema::of(kind);
     let f = fields(body, schema, eval, what, diags);
     let resources = decode_resources(body.block("resources"), eval, "resources", diags, true);
     let num_nodes = f.u32("num_nodes").unwrap_or(1);
@@ -756,19 +751,46 @@ pub fn decode(
                 }),
             })
         }
+        Kind::Controller => {
+            let infra = f.str("infra").unwrap_or_default();
+            let k8s = infra.split_once('/').filter(|(b, ctx)| {
+                crate::model::backend::lookup(b).is_some_and(|b| b.name == "k8s")
+                    && !ctx.is_empty()
+                    && !ctx.contains(['/', '*'])
+            });
+            if k8s.is_none()
+                && let Some(a) = f.attr("infra")
+            {
+                diags.push(
+                    Diagnostic::error(format!("a controller runs on Kubernetes, not {infra:?}"))
+                        .at(a.file, Some(a.span.clone()))
+                        .label("not one Kubernetes context")
+                        .hint("write infra = \"k8s/NAME\" for a declared infra \"kubernetes\" \"NAME\" block; on this machine, apply starts the controller in the background without a block"),
+                );
+            }
+            Spec::Controller(ControllerSpec {
+                infra: k8s.map_or(infra.clone(), |(_, ctx)| format!("k8s/{ctx}")),
+                image: f
+                    .str("image")
+                    .unwrap_or_else(|| DEFAULT_CONTROLLER_IMAGE.to_string()),
+                envs: f.map("envs"),
+                secrets: f.map("secrets"),
+                config: String::new(),
+                workspace: String::new(),
+            })
+        }
     };
     let _ = to_json;
     (diags.error_count() == before).then_some(spec)
 }
 
+/// The image a declared controller runs when it names none: skyform of this version.
+pub const DEFAULT_CONTROLLER_IMAGE: &str =
+    concat!("ghcr.io/skyform-dev/skyform:", env!("CARGO_PKG_VERSION"));
+
 /// `lifecycle { … }`: literal settings, checked once per block.
 pub fn lifecycle(body: &BodyDecl, kind: Kind, diags: &mut Diagnostics) -> Lifecycle {
-    let schema = match kind {
-        Kind::Cluster => &schema::CLUSTER,
-        Kind::Job => &schema::JOB,
-        Kind::ManagedJob => &schema::MANAGED_JOB,
-        Kind::Service => &schema::SERVICE,
-    };
+    let schema = schema::of(kind);
     let attributes: Vec<&str> = schema
         .attrs
         .iter()

@@ -295,12 +295,7 @@ impl Loader {
                             self.duplicate(file, header, ident, &name, first);
                             continue;
                         }
-                        let schema = match kind {
-                            Kind::Cluster => &schema::CLUSTER,
-                            Kind::Job => &schema::JOB,
-                            Kind::ManagedJob => &schema::MANAGED_JOB,
-                            Kind::Service => &schema::SERVICE,
-                        };
+                        let schema = schema::of(kind);
                         let body =
                             self.check_body_at(file, &block.body, schema, ident, header.clone());
                         if body.attrs.contains_key("count") && body.attrs.contains_key("for_each") {

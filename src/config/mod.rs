@@ -5,6 +5,7 @@
 //! - [`evaluate`] evaluates it in dependency order against input variables, handing each
 //!   resource instance to a [`InstanceSink`] (the planner).
 
+pub mod controller;
 pub mod decl;
 pub mod decode;
 pub mod diag;
@@ -192,6 +193,7 @@ fn evaluate_with<R: InstanceSink>(
             workspace: &config.workspace,
             missing_vars_unknown,
             tainted: Default::default(),
+            controller: controller::Declared::of(config),
         };
         ev.eval_root(&root, inputs)
     };

@@ -253,6 +253,30 @@ pub static MANAGED_JOB: BlockSchema = BlockSchema {
     open: false,
 };
 
+/// The block schema of a resource kind.
+pub fn of(kind: Kind) -> &'static BlockSchema {
+    match kind {
+        Kind::Cluster => &CLUSTER,
+        Kind::Job => &JOB,
+        Kind::ManagedJob => &MANAGED_JOB,
+        Kind::Service => &SERVICE,
+        Kind::Controller => &CONTROLLER,
+    }
+}
+
+/// `controller "NAME"`: one per configuration, so no `count` or `for_each`.
+pub static CONTROLLER: BlockSchema = BlockSchema {
+    attrs: &[
+        a("depends_on", Ty::References),
+        req("infra", Ty::String),
+        a("image", Ty::String),
+        a("envs", Ty::MapOfStrings),
+        a("secrets", Ty::MapOfStrings),
+    ],
+    blocks: &[b("lifecycle", &LIFECYCLE)],
+    open: false,
+};
+
 pub static SERVICE: BlockSchema = BlockSchema {
     attrs: &[
         a("count", Ty::Count),
@@ -444,7 +468,7 @@ pub const INFRA_TYPES: [(&str, bool, &BlockSchema); 6] = [
 ];
 
 /// The top-level block types.
-pub const TOP_LEVEL: [&str; 11] = [
+pub const TOP_LEVEL: [&str; 12] = [
     "skyform",
     "import",
     "infra",
@@ -455,6 +479,7 @@ pub const TOP_LEVEL: [&str; 11] = [
     "job",
     "managed_job",
     "service",
+    "controller",
     "module",
 ];
 
@@ -464,7 +489,7 @@ mod tests {
 
     #[test]
     fn every_computed_attribute_has_a_type() {
-        for kind in [Kind::Cluster, Kind::Job, Kind::ManagedJob, Kind::Service] {
+        for kind in Kind::ALL {
             for attr in crate::model::spec::computed_attributes(kind) {
                 assert!(computed_type(kind, attr).is_some(), "{kind}.{attr}");
             }

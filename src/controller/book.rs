@@ -244,6 +244,7 @@ pub fn redacted(spec: &Spec) -> Spec {
             j.envs.clear();
             j.secrets.clear();
         }
+        Spec::Controller(c) => c.secrets.clear(),
         Spec::Service(_) => {}
     }
     s

@@ -33,6 +33,9 @@ pub struct ManagedProvider {
     inner: Arc<Registry>,
     /// The book as last read, for a moment: refreshing many managed jobs reads it once.
     cache: tokio::sync::Mutex<Option<(Instant, book::Book)>>,
+    /// The configuration declares where the controller runs (a `controller` block): apply
+    /// runs it there, never in the background here.
+    declared_elsewhere: bool,
 }
 
 impl std::fmt::Debug for ManagedProvider {
@@ -50,6 +53,7 @@ impl ManagedProvider {
         workspace: String,
         exe: Option<PathBuf>,
         inner: Arc<Registry>,
+        declared_elsewhere: bool,
     ) -> ManagedProvider {
         ManagedProvider {
             store,
@@ -58,6 +62,7 @@ impl ManagedProvider {
             exe,
             inner,
             cache: tokio::sync::Mutex::new(None),
+            declared_elsewhere,
         }
     }
 
@@ -83,8 +88,12 @@ impl ManagedProvider {
         Ok(b)
     }
 
-    /// Starts the controller in the background unless one holds the lease.
+    /// Starts the controller in the background unless one holds the lease, or it runs
+    /// where the configuration declares it.
     async fn ensure_controller(&self) -> Result<(), ProviderError> {
+        if self.declared_elsewhere {
+            return Ok(());
+        }
         spawn::ensure_running(
             self.store()?,
             &self.dir,

@@ -20,6 +20,10 @@ pub use reconcile::{Controller, Ended};
 
 use std::time::Duration;
 
+/// What a backend other than Kubernetes says of a declared controller.
+pub const ONLY_ON_KUBERNETES: &str =
+    "a declared controller runs on Kubernetes (infra = \"k8s/NAME\"), not on this backend";
+
 /// How the controller paces itself. The defaults are SkyPilot's where it has one; tests
 /// shorten them through the environment (`SKYFORM_CONTROLLER_*`, see docs/managed-jobs.md).
 #[derive(Debug, Clone)]

@@ -280,6 +280,7 @@ impl Engine {
                     self.config.workspace.clone(),
                     self.agent_exe.clone(),
                     inner.clone(),
+                    crate::config::controller::declared(&self.config),
                 );
                 let mut registry = (*inner).clone();
                 registry

@@ -565,10 +565,10 @@ impl Session<'_> {
                     .and_then(|s| s.as_str())
                     .is_some_and(|s| FINISHED.contains(&s))
         });
-        if !watched {
+        let engine = self.engine;
+        if !watched || crate::config::controller::declared(engine.config()) {
             return;
         }
-        let engine = self.engine;
         if let Err(e) = crate::controller::spawn::ensure_running(
             self.store.as_ref(),
             engine.dir(),

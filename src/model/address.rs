@@ -15,10 +15,18 @@ pub enum Kind {
     Job,
     ManagedJob,
     Service,
+    /// The controller, declared to run somewhere other than this machine.
+    Controller,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 4] = [Kind::Cluster, Kind::Job, Kind::ManagedJob, Kind::Service];
+    pub const ALL: [Kind; 5] = [
+        Kind::Cluster,
+        Kind::Job,
+        Kind::ManagedJob,
+        Kind::Service,
+        Kind::Controller,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -26,6 +34,7 @@ impl Kind {
             Kind::Job => "job",
             Kind::ManagedJob => "managed_job",
             Kind::Service => "service",
+            Kind::Controller => "controller",
         }
     }
 
@@ -181,7 +190,7 @@ impl FromStr for Address {
                 continue;
             }
             let kind = Kind::parse(name).ok_or_else(|| {
-                err("expected a kind: cluster, job, managed_job, service or module")
+                err("expected a kind: cluster, job, managed_job, service, controller or module")
             })?;
             if key.is_some() {
                 return Err(err("the kind takes no index; write KIND.NAME[KEY]"));

@@ -10,6 +10,7 @@ pub use address::{Address, InstanceKey, Kind, ModulePath, ModuleStep};
 pub use host::Host;
 pub use request::{Accelerator, Accelerators, Cpus, Memory, RequestError};
 pub use spec::{
-    Autostop, ClusterSpec, Effect, JobSpec, Lifecycle, ManagedJobSpec, ReadinessProbe, Recovery,
-    ReplicaPolicy, Resources, ServiceSpec, Spec, UNKNOWN, contains_unknown,
+    Autostop, ClusterSpec, ControllerSpec, Effect, JobSpec, Lifecycle, ManagedJobSpec,
+    ReadinessProbe, Recovery, ReplicaPolicy, Resources, ServiceSpec, Spec, UNKNOWN,
+    contains_unknown,
 };

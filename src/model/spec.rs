@@ -212,6 +212,28 @@ pub struct ServiceSpec {
     pub replica_policy: ReplicaPolicy,
 }
 
+/// The controller declared as a resource (`controller "NAME" { infra = "k8s/prod" }`): apply
+/// runs it there (a Kubernetes Deployment) instead of in the background on this machine.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControllerSpec {
+    /// Where it runs: `k8s/NAME`, a declared `infra "kubernetes" "NAME"` block.
+    pub infra: String,
+    /// The container image holding the skyform binary.
+    pub image: String,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub envs: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secrets: BTreeMap<String, String>,
+    /// The configuration it runs with: the state block and the infra blocks, made from the
+    /// configuration by the engine (the controller needs nothing else of it).
+    #[serde(default)]
+    pub config: String,
+    /// The workspace whose state it keeps.
+    #[serde(default)]
+    pub workspace: String,
+}
+
 /// The desired state of one resource instance.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -220,6 +242,7 @@ pub enum Spec {
     Job(JobSpec),
     ManagedJob(ManagedJobSpec),
     Service(ServiceSpec),
+    Controller(ControllerSpec),
 }
 
 impl Spec {
@@ -229,6 +252,7 @@ impl Spec {
             Spec::Job(_) => Kind::Job,
             Spec::ManagedJob(_) => Kind::ManagedJob,
             Spec::Service(_) => Kind::Service,
+            Spec::Controller(_) => Kind::Controller,
         }
     }
 
@@ -239,6 +263,7 @@ impl Spec {
             Spec::Job(s) => serde_json::to_value(s),
             Spec::ManagedJob(s) => serde_json::to_value(s),
             Spec::Service(s) => serde_json::to_value(s),
+            Spec::Controller(s) => serde_json::to_value(s),
         };
         match v {
             Ok(serde_json::Value::Object(m)) => m,
@@ -265,7 +290,7 @@ impl Spec {
             Spec::Cluster(s) => Some((&s.resources, s.num_nodes)),
             Spec::ManagedJob(s) => Some((&s.resources, s.num_nodes)),
             Spec::Service(s) => Some((&s.resources, s.replica_policy.min_replicas.max(1))),
-            Spec::Job(_) => None,
+            Spec::Job(_) | Spec::Controller(_) => None,
         }
     }
 }
@@ -287,6 +312,9 @@ pub fn effect_of(kind: Kind, attr: &str) -> Effect {
         (Kind::ManagedJob, "recovery") => Effect::InPlace,
         // Services roll their replicas one by one rather than replacing the service.
         (Kind::Service, _) => Effect::InPlace,
+        // A Deployment rolls to a new configuration or image; another place is a new one.
+        (Kind::Controller, "infra") => Effect::Replace,
+        (Kind::Controller, _) => Effect::InPlace,
         _ => Effect::Replace,
     }
 }
@@ -297,6 +325,7 @@ pub fn computed_attributes(kind: Kind) -> &'static [&'static str] {
         Kind::Cluster => &["head_ip", "ips", "placement", "status"],
         Kind::Job | Kind::ManagedJob => &["status", "exit_code", "placement"],
         Kind::Service => &["endpoint", "placement", "status"],
+        Kind::Controller => &["status"],
     }
 }
 

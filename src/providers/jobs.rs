@@ -47,7 +47,7 @@ pub fn record(
                 .collect(),
             false,
         ),
-        Spec::Cluster(_) => return None,
+        Spec::Cluster(_) | Spec::Controller(_) => return None,
     };
     let gpus = resources
         .accelerators

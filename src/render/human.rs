@@ -636,6 +636,8 @@ pub fn status(state: &crate::state::State) -> String {
             }
             Spec::ManagedJob(m) => m.num_nodes,
             Spec::Service(s) => s.replica_policy.min_replicas,
+            // The controller's own line says where it runs and whether it answers.
+            Spec::Controller(_) => continue,
             Spec::Job(j) => {
                 jobs.push(vec![
                     a.to_string(),

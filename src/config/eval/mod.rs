@@ -113,6 +113,8 @@ pub struct Evaluator<'a, R: InstanceSink> {
     /// Declarations of the module being evaluated that failed, as (root, name): expressions
     /// using them evaluate to unknown without further diagnostics.
     pub tainted: BTreeSet<(String, String)>,
+    /// The controller the root module declares, if any.
+    pub controller: Option<crate::config::controller::Declared>,
 }
 
 impl<R: InstanceSink> std::fmt::Debug for Evaluator<'_, R> {

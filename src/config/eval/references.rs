@@ -285,12 +285,7 @@ pub(super) const ROOTS: [&str; 11] = [
 
 /// The attributes a reference may read from a resource of `kind`.
 pub(super) fn resource_attributes(kind: Kind) -> Vec<&'static str> {
-    let schema = match kind {
-        Kind::Cluster => &schema::CLUSTER,
-        Kind::Job => &schema::JOB,
-        Kind::ManagedJob => &schema::MANAGED_JOB,
-        Kind::Service => &schema::SERVICE,
-    };
+    let schema = schema::of(kind);
     let mut v: Vec<&'static str> = schema
         .attrs
         .iter()

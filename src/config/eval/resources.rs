@@ -24,6 +24,15 @@ impl<R: InstanceSink> Evaluator<'_, R> {
         let base = Address::new(kind, name).in_module(scope.path.clone());
         let mut deps = self.dependencies(scope, &decl.body);
         deps.extend(scope.inherited.iter().cloned());
+        if kind == Kind::ManagedJob
+            && let Some(c) = &self.controller
+        {
+            // Handed to the controller: it must run first, and stop only after they ended.
+            deps.insert(c.address.clone());
+        }
+        if kind == Kind::Controller && !self.check_controller(scope, decl) {
+            return;
+        }
         let deps: Vec<Address> = deps.into_iter().collect();
         let Some(keys) = self.expand(scope, &decl.body, &what) else {
             // Its instances are not known (the cause is reported): what uses it sees an
@@ -104,9 +113,15 @@ impl<R: InstanceSink> Evaluator<'_, R> {
             };
             let failed = eval_diags.has_errors();
             self.diags.extend(eval_diags);
-            let Some(spec) = spec.filter(|_| !failed) else {
+            let Some(mut spec) = spec.filter(|_| !failed) else {
                 continue;
             };
+            if let (crate::model::Spec::Controller(c), Some(declared)) =
+                (&mut spec, &self.controller)
+            {
+                c.config = declared.file.clone();
+                c.workspace = self.workspace.to_string();
+            }
             if wanted || !scope.path.is_empty() {
                 // Read by the references to the block, and by those to its module.
                 instances.insert(address.clone());
@@ -152,6 +167,50 @@ impl<R: InstanceSink> Evaluator<'_, R> {
                 sensitive_attrs: all_sensitive,
             },
         );
+    }
+}
+
+impl<R: InstanceSink> Evaluator<'_, R> {
+    /// A controller is declared once, in the root module, with the state where it can read
+    /// it.
+    fn check_controller(
+        &mut self,
+        scope: &Scope<'_>,
+        decl: &crate::config::load::ResourceDecl,
+    ) -> bool {
+        use crate::config::Diagnostic;
+        let problem = if !scope.path.is_empty() {
+            Some((
+                "a controller is declared in the root module, not in a module",
+                "move the controller block to the configuration's own files",
+            ))
+        } else if self
+            .controller
+            .as_ref()
+            .is_some_and(|c| c.address.name != decl.name)
+        {
+            Some((
+                "a configuration declares one controller",
+                "remove all but one controller block",
+            ))
+        } else if self.controller.as_ref().is_some_and(|c| c.local_state) {
+            Some((
+                "a controller elsewhere cannot read a state kept in a file on this machine",
+                "keep the state in a bucket (skyform { state \"s3\" { … } }, see docs/state.md), or remove the block: apply starts the controller here by itself",
+            ))
+        } else {
+            None
+        };
+        let Some((message, hint)) = problem else {
+            return true;
+        };
+        self.diags.push(
+            Diagnostic::error(message)
+                .at(decl.file, Some(decl.span.clone()))
+                .label("this controller")
+                .hint(hint),
+        );
+        false
     }
 }
 

@@ -157,6 +157,16 @@ impl KubeProvider {
                 "infra \"kubernetes\" \"{name}\": {what}; check kubeconfig and context in the block"
             ),
         };
+        if std::env::var(super::controller::IN_CLUSTER_ENV).is_ok_and(|c| c == name) {
+            // The controller's pod, in the context it runs in: its service account's token.
+            let config = kube::Config::incluster().map_err(|e| {
+                bad(format!(
+                    "cannot read the pod's in-cluster configuration: {}",
+                    error_chain(&e)
+                ))
+            })?;
+            return self.keep(name, ctx, config).await;
+        }
         let kc = kube::config::Kubeconfig::read_from(&ctx.kubeconfig).map_err(|e| {
             bad(format!(
                 "cannot read {}: {}",
@@ -168,7 +178,7 @@ impl KubeProvider {
             context: Some(ctx.context.clone()),
             ..Default::default()
         };
-        let mut config = kube::Config::from_custom_kubeconfig(kc, &options)
+        let config = kube::Config::from_custom_kubeconfig(kc, &options)
             .await
             .map_err(|e| {
                 bad(format!(
@@ -178,6 +188,20 @@ impl KubeProvider {
                     error_chain(&e)
                 ))
             })?;
+        self.keep(name, ctx, config).await
+    }
+
+    /// Makes the client of a context and keeps it for the run.
+    async fn keep(
+        &self,
+        name: &str,
+        ctx: &Context,
+        mut config: kube::Config,
+    ) -> Result<Conn, ProviderError> {
+        let bad = |what: String| ProviderError {
+            kind: ErrorKind::Config,
+            message: format!("infra \"kubernetes\" \"{name}\": {what}"),
+        };
         // A context that does not answer should not hold a plan for long.
         config.connect_timeout = Some(Duration::from_secs(10));
         let namespace = ctx

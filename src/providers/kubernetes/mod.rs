@@ -18,6 +18,7 @@
 pub mod capacity;
 mod clusters;
 mod connection;
+pub mod controller;
 mod errors;
 mod exec;
 mod jobs;
@@ -180,6 +181,9 @@ impl super::Provider for KubeProvider {
                 reason: "no Kubernetes objects recorded".into(),
             });
         };
+        if let Spec::Controller(_) = res.spec {
+            return self.refresh_controller(res, &p).await;
+        }
         if let Some(ranks) = ranks_of(&res.spec) {
             if matches!(res.spec, Spec::Job(_)) && cluster.is_none() {
                 return Ok(Observed::Gone {
@@ -250,12 +254,17 @@ impl super::Provider for KubeProvider {
                 kind: ErrorKind::Config,
                 message: "services cannot run on Kubernetes yet; give this one infra = \"local\", \"aws\" or an ssh pool".into(),
             }),
+            Spec::Controller(c) => self.put_controller(&req, c).await,
         }
     }
 
     /// A pod's command and environment are fixed once it is made, so a cluster on
     /// Kubernetes changes only by replacement.
     async fn update(&self, req: Request<'_>) -> Result<Created, ProviderError> {
+        if let Spec::Controller(c) = req.spec {
+            // A new configuration, image or secret: the Deployment rolls to it.
+            return self.put_controller(&req, c).await;
+        }
         if !matches!(req.spec, Spec::Cluster(_)) {
             // Jobs change by replacement only.
             return Ok(Created {
@@ -287,6 +296,7 @@ impl super::Provider for KubeProvider {
         };
         match &res.spec {
             Spec::Cluster(_) => self.remove(&conn, LABEL_CLUSTER, &p.name).await,
+            Spec::Controller(_) => self.delete_controller(&conn, &p.name).await,
             Spec::Job(j) => {
                 // Inside the cluster's pods; a pod that is gone took its rank with it.
                 let cluster = p.cluster.clone().unwrap_or_default();

@@ -258,6 +258,9 @@ impl Provider for LocalProvider {
                 }
                 Ok(Observed::Up(computed))
             }
+            Spec::Controller(_) => Ok(Observed::Gone {
+                reason: crate::controller::ONLY_ON_KUBERNETES.into(),
+            }),
         }
     }
 
@@ -406,6 +409,7 @@ impl Provider for LocalProvider {
                 }
                 Ok(Created { computed, private })
             }
+            Spec::Controller(_) => Err(ProviderError::other(crate::controller::ONLY_ON_KUBERNETES)),
         }
     }
 
@@ -680,7 +684,7 @@ impl Provider for LocalProvider {
             Spec::Job(j) => j.num_nodes,
             Spec::ManagedJob(m) => m.num_nodes,
             Spec::Service(s) => s.replica_policy.min_replicas.max(1),
-            Spec::Cluster(_) => 0,
+            Spec::Cluster(_) | Spec::Controller(_) => 0,
         };
         let layout = Layout::new(dir);
         (0..nodes).map(|r| layout.log(job, r)).collect()
