@@ -10,7 +10,7 @@ over TLS it does not verify). A control port lets tests evict a pod as a kubelet
 
     fakelet.py --server https://127.0.0.1:PORT --ca CA --token-file TOKEN --dir DIR \
         --node gpu-1:cpu=16,memory=64Gi,gpus=8,product=NVIDIA-A100-SXM4-80GB [--node ...] \
-        [--control-port PORT] [--images DIR]
+        [--control-port PORT] [--images DIR] [--backoff SECONDS]
 
 Images: with `--images DIR`, an image `NAME[:TAG]` whose directory `DIR/<NAME[:TAG] with /
 and : replaced by _>/bin` exists (a tagless image also finds `NAME_latest`) runs with that
@@ -30,6 +30,12 @@ and are renewed at 80% of their life, as a kubelet does). Other volume kinds are
 directories. A pod whose ConfigMap or Secret is not there yet (and not `optional`) waits in
 Pending/ContainerCreating and is tried again. Such pods also get `envFrom` (as every pod
 does) and `KUBERNETES_SERVICE_HOST`/`KUBERNETES_SERVICE_PORT`.
+
+Containers restart as a kubelet restarts them (restartPolicy Always, or OnFailure after a
+failure): in the same pod, keeping its volumes, at once the first time and then after a
+back-off (`--backoff SECONDS`, default 10, doubling up to 30 times that), with
+`restartCount` and `lastState` reported and CrashLoopBackOff while waiting; each start's
+output goes on in the same log.
 
 Liberties: `KUBERNETES_SERVICE_HOST`/`_PORT` name the apiserver fakelet talks to (127.0.0.1
 and its port), not the `kubernetes` Service's ClusterIP, which routes nowhere here. A pod
@@ -179,12 +185,18 @@ class Pod:
         self.workdir = None  # where exec starts, inside that namespace
         self.tokens = []  # [path, (namespace, pod, account, audience, seconds), renew_at]
         self.cleanup = []  # directories removed with the pod
+        self.argv, self.script, self.work = None, None, None
+        self.restarts = 0  # the container's restartCount
+        self.crashes = 0  # exits in a row, for the back-off
+        self.restart_at = None  # when the ended container starts again
+        self.started = None  # when the running container started (time, text)
+        self.last = None  # how the previous container ended (lastState)
 
 
 class Fakelet:
-    def __init__(self, api, nodes, dir_, ca=None, images=None):
+    def __init__(self, api, nodes, dir_, ca=None, images=None, backoff=10.0):
         self.api, self.nodes, self.dir = api, nodes, dir_
-        self.ca, self.images = ca, images
+        self.ca, self.images, self.backoff = ca, images, backoff
         self.pods = {}  # uid -> Pod
         self.waiting = {}  # uid -> (why, when to try again)
         self.lock = threading.Lock()
@@ -540,45 +552,102 @@ class Fakelet:
         self.waiting.pop(uid, None)
         os.makedirs(work, exist_ok=True)
         os.makedirs(os.path.dirname(self.log_path(ns, name)), exist_ok=True)
-        log = open(self.log_path(ns, name), "ab")
-        stdin, ready = subprocess.DEVNULL, None
+        p.log = open(self.log_path(ns, name), "ab")
+        p.argv, p.script, p.work = argv, script, work
         if script is not None:
             p.cleanup.append(work)
             p.workdir = c.get("workingDir") or work
-            argv = [UNSHARE, "--mount", "--propagation", "private", "/bin/sh", "-c", script,
+        self.pods[uid] = p
+        self.launch(pod, p)
+
+    def launch(self, pod, p):
+        """Starts the container's process (again, after a restart) and reports it running."""
+        meta, c = pod["metadata"], pod["spec"]["containers"][0]
+        argv, stdin, ready = p.argv, subprocess.DEVNULL, None
+        if p.script is not None:
+            argv = [UNSHARE, "--mount", "--propagation", "private", "/bin/sh", "-c", p.script,
                     "fakelet-pod"] + argv
             # The prologue says "ready" on its stdin (a pipe's write end, swapped for /dev/null
             # before the command runs) once mounted, so no exec enters a half-made namespace.
             ready, stdin = os.pipe()
+        p.restart_at = None
         try:
-            p.proc = subprocess.Popen(argv, cwd=work, env=p.env, stdout=log,
+            p.proc = subprocess.Popen(argv, cwd=p.work, env=p.env, stdout=p.log,
                                       stderr=subprocess.STDOUT, stdin=stdin,
                                       start_new_session=True)
         except OSError as e:
-            log.write(f"fakelet: cannot start {argv[0]}: {e}\n".encode())
-            log.close()
-            self.finish(pod, 127, "StartError")
-            p.done = True
-            self.pods[uid] = p
+            p.proc = None
+            p.log.write(f"fakelet: cannot start {argv[0]}: {e}\n".encode())
+            p.log.flush()
+            self.exited(pod, p, 127, "StartError")
             return
         finally:
             if ready is not None:
                 os.close(stdin)
-        p.log = log
-        self.pods[uid] = p
-        if ready is not None and self.await_ready(ready) is None:
-            self.kill(p)
-            log.write(b"fakelet: the pod's mounts were not made in 15 s\n")
-            log.flush()
-        self.api.patch(f"/api/v1/namespaces/{ns}/pods/{name}/status", {"status": {
+        p.started = (time.time(), now())
+        if ready is not None:
+            said = self.await_ready(ready)
+            if said is None:
+                self.kill(p)
+                p.log.write(b"fakelet: the pod's mounts were not made in 15 s\n")
+                p.log.flush()
+            elif said is False:
+                # The prologue failed (a mount, or no such command): not started.
+                code = p.proc.wait()
+                self.exited(pod, p, code if code >= 0 else 128 - code, "StartError")
+                return
+        status = {
+            "name": c["name"], "image": c.get("image", ""), "imageID": "", "ready": True,
+            "restartCount": p.restarts, "started": True,
+            "state": {"running": {"startedAt": p.started[1]}},
+        }
+        if p.last:
+            status["lastState"] = p.last
+        self.api.patch(f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}/status", {"status": {
             "phase": "Running", "hostIP": "127.0.0.1", "podIP": "127.0.0.1", "startTime": now(),
             "conditions": [{"type": t, "status": "True", "lastTransitionTime": now()}
                            for t in ("PodScheduled", "Initialized", "ContainersReady", "Ready")],
-            "containerStatuses": [{
-                "name": c["name"], "image": c.get("image", ""), "imageID": "", "ready": True,
-                "restartCount": 0, "started": True, "state": {"running": {"startedAt": now()}},
-            }],
+            "containerStatuses": [status],
         }})
+
+    def exited(self, pod, p, code, reason=None):
+        """The container ended: the pod ends with it (restartPolicy Never, or OnFailure and
+        0), or, as a kubelet does, the container starts again, at once the first time and then
+        after a back-off (--backoff seconds, doubling to 30 times that; it resets after 10
+        minutes of running). Its processes, exec'd ones too, end first; the log goes on."""
+        meta, c = pod["metadata"], pod["spec"]["containers"][0]
+        policy = pod["spec"].get("restartPolicy") or "Always"
+        if policy == "Never" or (policy == "OnFailure" and code == 0):
+            p.done = True
+            p.log.close()
+            self.finish(pod, code, reason, restarts=p.restarts)
+            return
+        self.kill(p)
+        if p.started and time.time() - p.started[0] >= 600:
+            p.crashes = 0
+        p.crashes += 1
+        delay = 0 if p.crashes == 1 else min(self.backoff * 2 ** (p.crashes - 2), 30 * self.backoff)
+        p.proc, p.restarts = None, p.restarts + 1
+        p.restart_at = time.time() + delay
+        p.last = {"terminated": {
+            "exitCode": code, "reason": reason or ("Completed" if code == 0 else "Error"),
+            "startedAt": p.started[1] if p.started else now(), "finishedAt": now()}}
+        if delay > 0:
+            self.api.patch(f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}/status",
+                           {"status": {
+                               "phase": "Running",
+                               "conditions": [{"type": t, "status": "False",
+                                               "lastTransitionTime": now()}
+                                              for t in ("ContainersReady", "Ready")],
+                               "containerStatuses": [{
+                                   "name": c["name"], "image": c.get("image", ""),
+                                   "imageID": "", "ready": False, "started": False,
+                                   "restartCount": p.restarts, "lastState": p.last,
+                                   "state": {"waiting": {
+                                       "reason": "CrashLoopBackOff",
+                                       "message": f"back-off {delay:g}s restarting failed "
+                                                  f"container={c['name']} pod={meta['name']}"}},
+                               }]}})
 
     @staticmethod
     def await_ready(fd):
@@ -598,14 +667,14 @@ class Fakelet:
         finally:
             os.close(fd)
 
-    def finish(self, pod, code, reason=None, phase=None):
+    def finish(self, pod, code, reason=None, phase=None, restarts=0):
         meta, c = pod["metadata"], pod["spec"]["containers"][0]
         phase = phase or ("Succeeded" if code == 0 else "Failed")
         status = {
             "phase": phase,
             "containerStatuses": [{
                 "name": c["name"], "image": c.get("image", ""), "imageID": "", "ready": False,
-                "restartCount": 0, "started": False,
+                "restartCount": restarts, "started": False,
                 "state": {"terminated": {"exitCode": code,
                                          "reason": reason or ("Completed" if code == 0 else "Error"),
                                          "startedAt": now(), "finishedAt": now()}},
@@ -671,11 +740,15 @@ class Fakelet:
             if p is None:
                 self.start(pod)
                 return
-            if not p.done and p.proc and p.proc.poll() is not None:
-                p.done = True
-                p.log.close()
+            if p.done:
+                return
+            if p.proc is None:
+                if p.restart_at is not None and time.time() >= p.restart_at:
+                    self.launch(pod, p)
+                return
+            if p.proc.poll() is not None:
                 code = p.proc.returncode
-                self.finish(pod, code if code >= 0 else 128 - code)
+                self.exited(pod, p, code if code >= 0 else 128 - code)
 
     def evict(self, ns, name):
         """As a kubelet under pressure: stop the pod and mark it Failed/Evicted."""
@@ -687,7 +760,8 @@ class Fakelet:
             if p:
                 p.done = True
                 self.kill(p)
-            self.finish(pod, 137, reason="Evicted", phase="Failed")
+            self.finish(pod, 137, reason="Evicted", phase="Failed",
+                        restarts=p.restarts if p else 0)
         return True
 
 
@@ -878,11 +952,13 @@ def main():
     ap.add_argument("--node", action="append", required=True)
     ap.add_argument("--control-port", type=int, default=0)
     ap.add_argument("--images", help="where \"pushed\" images are (see the docstring)")
+    ap.add_argument("--backoff", type=float, default=10.0,
+                    help="seconds before a container's second restart (doubling after)")
     a = ap.parse_args()
     with open(a.token_file) as f:
         api = Api(a.server, a.ca, f.read().strip())
     nodes = [Node(api, *parse_node(n), a.dir) for n in a.node]
-    fl = Fakelet(api, nodes, a.dir, ca=a.ca, images=a.images)
+    fl = Fakelet(api, nodes, a.dir, ca=a.ca, images=a.images, backoff=a.backoff)
     for n in nodes:
         n.server.fakelet = fl
         threading.Thread(target=n.server.serve_forever, daemon=True).start()

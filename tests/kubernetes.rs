@@ -1016,8 +1016,9 @@ cluster "train" {
 
 /// The pod skyform's controller Deployment makes (issue 17): a service account whose token
 /// works under RBAC, a working directory on an emptyDir, configuration files mounted one by
-/// one with subPath, envFrom, and an image "pushed" to the fakelet; a deleted pod is
-/// replaced by the Deployment's ReplicaSet, the new one seeing the same.
+/// one with subPath, envFrom, and an image "pushed" to the fakelet; exec sees the pod's
+/// files; an ended container restarts in its pod; a deleted pod is replaced by the
+/// Deployment's ReplicaSet, the new one seeing the same.
 #[test]
 #[ignore = "needs kube-apiserver: run ./scripts/test.sh"]
 fn a_controller_deployment_runs_with_its_volumes_and_service_account() {
@@ -1050,6 +1051,7 @@ get() { curl -s -o "$2" -w '%{http_code}' --cacert $sa/ca.crt -H "Authorization:
 echo "own_pod=$(get pods/$POD_NAME self.json) $(grep -q "\"name\": \"$POD_NAME\"" self.json && echo named)"
 echo "secrets=$(get secrets /dev/null)"
 echo checked
+echo $$ >main.pid
 exec sleep 600
 "#;
     let (names, uid) = w.rt.block_on(async {
@@ -1147,6 +1149,29 @@ exec sleep 600
             .unwrap();
         run.join().await.unwrap();
         assert_eq!(seen, "cluster \"x\" {}scratch\n", "exec in the pod's mounts");
+        // The container ends: it starts again in the same pod (restartPolicy Always), at
+        // once the first time, with the same volumes.
+        let mut run = pods
+            .exec(&first, ["sh", "-c", "kill $(cat main.pid)"], &ap)
+            .await
+            .unwrap();
+        // Its status may not come: exec'd processes end with the container, as in a kubelet.
+        let _ = run.take_status().unwrap().await;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let logs = pods.logs(&first, &Default::default()).await.unwrap();
+            let status = pods.get(&first).await.unwrap().status.unwrap();
+            let restarts = status.container_statuses.unwrap_or_default()[0].restart_count;
+            if restarts == 1 && logs.matches("checked").count() == 2 {
+                assert!(logs.ends_with("checked\n"), "{logs}");
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the container restarted ({restarts}):\n{logs}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
         // A deleted pod: the ReplicaSet makes another, which runs the same.
         pods.delete(&first, &Default::default()).await.unwrap();
         let second = controller_pod(&pods, Some(&first), &a).await;
