@@ -44,8 +44,10 @@ whose service account token is automounted but which has no volume at
 account's token Secret; without the plugin it would not) gets fakelet's own there: a
 TokenRequest token, `ca.crt` from --ca, and `namespace`. Mount points missing on the host
 (for example /var/lib/skyform, or the service account directory) are created there, empty;
-the mounts themselves are seen by the pod only. `subPathExpr` and `$(VAR)` references are
-not expanded. A deleted pod's volumes and directory are removed with it.
+the mounts themselves are seen by the pod only. ConfigMap and Secret volumes hold the data
+of the pod's start (a kubelet updates them later, except subPath files). `subPathExpr` and
+`$(VAR)` references are not expanded; there is no `logs --previous`. A deleted pod's
+volumes, and such a pod's directory, are removed with it.
 
 Python's standard library only (and util-linux's unshare, nsenter and mount; run as root).
 Facts behind it: docs/notes/kubernetes-research.md.
@@ -373,7 +375,8 @@ class Fakelet:
             src = vol["downwardAPI"]
             for it in src.get("items") or []:
                 value = self.field(pod, (it.get("fieldRef") or {}).get("fieldPath", ""))
-                self.write(root, it["path"], value.encode(), it.get("mode", src.get("defaultMode", mode)))
+                self.write(root, it["path"], value.encode(),
+                           it.get("mode", src.get("defaultMode", mode)))
         elif "projected" in vol:
             os.makedirs(root, exist_ok=True)
             proj = vol["projected"]
@@ -395,8 +398,7 @@ class Fakelet:
                            pod["spec"].get("serviceAccountName") or "default",
                            t.get("audience"), t.get("expirationSeconds", 3600))
                     tok, renew = self.token(*req)
-                    p.tokens.append([self.write(root, t["path"], tok, 0o600 if mode == 0o644 else mode),
-                                     req, renew])
+                    p.tokens.append([self.write(root, t["path"], tok, mode), req, renew])
         else:
             # A claim, an NFS share...: there is no storage here, only a directory.
             os.makedirs(root, exist_ok=True)
@@ -407,7 +409,8 @@ class Fakelet:
         spec = pod["spec"]
         if spec.get("automountServiceAccountToken") is False:
             return False
-        if any(os.path.normpath(m.get("mountPath", "")) == SA_DIR for m in c.get("volumeMounts") or []):
+        mounts = c.get("volumeMounts") or []
+        if any(os.path.normpath(m.get("mountPath", "")) == SA_DIR for m in mounts):
             return False
         account = spec.get("serviceAccountName") or "default"
         sa = self.api.call("GET", f"/api/v1/namespaces/{ns}/serviceaccounts/{account}")
@@ -464,7 +467,8 @@ class Fakelet:
         if wd:
             lines.append(f"mkdir -p {shlex.quote(wd)}; cd {shlex.quote(wd)}")
         lines += [
-            'command -v "$1" >/dev/null || { echo "fakelet: cannot start $1: not found" >&2; exit 127; }',
+            'command -v "$1" >/dev/null ||',
+            '  { echo "fakelet: cannot start $1: not found" >&2; exit 127; }',
             "echo ready >&0; exec </dev/null",
             'exec "$@"',
         ]
@@ -603,7 +607,8 @@ class Fakelet:
         }
         if p.last:
             status["lastState"] = p.last
-        self.api.patch(f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}/status", {"status": {
+        path = f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}/status"
+        self.api.patch(path, {"status": {
             "phase": "Running", "hostIP": "127.0.0.1", "podIP": "127.0.0.1", "startTime": now(),
             "conditions": [{"type": t, "status": "True", "lastTransitionTime": now()}
                            for t in ("PodScheduled", "Initialized", "ContainersReady", "Ready")],
