@@ -65,7 +65,9 @@ impl Fakelet {
             .arg("--token-file")
             .arg(kube.join("token"))
             .arg("--dir")
-            .arg(dir.path());
+            .arg(dir.path())
+            .arg("--images")
+            .arg(dir.path().join("images"));
         for n in nodes {
             cmd.arg("--node").arg(n);
         }
@@ -89,17 +91,17 @@ impl Fakelet {
         std::fs::read_to_string(self.dir.path().join("fakelet.log")).unwrap_or_default()
     }
 
-    /// "Pushes" an image holding `program` (its name on the image's PATH is its file name).
-    fn push_image(&self, image: &str, program: &str) {
+    /// "Pushes" image `name` (`NAME:TAG`) holding `program` as `bin/NAME_IN_IMAGE`: pods of
+    /// that image find it first on their PATH.
+    fn push(&self, name: &str, program: &Path, name_in_image: &str) {
         let bin = self
             .dir
             .path()
             .join("images")
-            .join(image.replace(['/', ':'], "_"))
+            .join(name.replace(['/', ':'], "_"))
             .join("bin");
         std::fs::create_dir_all(&bin).unwrap();
-        let name = Path::new(program).file_name().unwrap();
-        std::os::unix::fs::symlink(program, bin.join(name)).unwrap();
+        std::os::unix::fs::symlink(program, bin.join(name_in_image)).unwrap();
     }
 
     /// As a kubelet under memory pressure: the pod's process is killed and it is marked
@@ -1037,7 +1039,11 @@ fn a_declared_controller_runs_as_a_deployment_and_survives_its_pod() {
     };
     let a = Fakelet::start(&kube, "a", &["t20-a:cpu=8,memory=32Gi"]);
     // The image the Deployment names holds this build of skyform.
-    a.push_image("skyform-test:dev", env!("CARGO_BIN_EXE_skyform"));
+    a.push(
+        "skyform-test:dev",
+        Path::new(env!("CARGO_BIN_EXE_skyform")),
+        "skyform",
+    );
     let bucket = format!("ctl-{}", uuid::Uuid::new_v4().simple());
     let made = Command::new("curl")
         .args(["-sf", "-X", "PUT", &format!("{s3}/{bucket}")])
@@ -1162,4 +1168,227 @@ managed_job "train" {{
     );
     assert_eq!(w.leftovers("a"), Vec::<String>::new());
     drop(a);
+}
+
+/// The pod skyform's controller Deployment makes (issue 17): a service account whose token
+/// works under RBAC, a working directory on an emptyDir, configuration files mounted one by
+/// one with subPath, envFrom, and an image "pushed" to the fakelet; exec sees the pod's
+/// files; an ended container restarts in its pod; a deleted pod is replaced by the
+/// Deployment's ReplicaSet, the new one seeing the same.
+#[test]
+#[ignore = "needs kube-apiserver: run ./scripts/test.sh"]
+fn a_controller_deployment_runs_with_its_volumes_and_service_account() {
+    use k8s_openapi::api::apps::v1::Deployment;
+    use k8s_openapi::api::core::v1::{ConfigMap, ServiceAccount};
+    use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+    let Some((kube, _turn)) =
+        begin("a_controller_deployment_runs_with_its_volumes_and_service_account")
+    else {
+        return;
+    };
+    let a = Fakelet::start(&kube, "a", &["t11-a:cpu=8,memory=32Gi"]);
+    a.push(
+        "skyform-test/skyform:dev",
+        Path::new(support::BIN),
+        "skyform",
+    );
+    let w = Work::new(&kube, "t11");
+    // Every check prints a line; the pod then stays up, as a controller does.
+    let script = r#"
+echo "cwd=$(pwd)"
+echo "main=$(cat main.hcl)"
+echo "module=$(cat modules/net/main.hcl)"
+echo scratch >written.txt && echo "wrote=$(cat /var/lib/skyform/written.txt)"
+echo "from_secret=$SKY_ACCESS_KEY from_config=$MODE"
+echo "image=$(skyform --version)"
+sa=/var/run/secrets/kubernetes.io/serviceaccount
+api="https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT/api/v1/namespaces/$(cat $sa/namespace)"
+get() { curl -s -o "$2" -w '%{http_code}' --cacert $sa/ca.crt -H "Authorization: Bearer $(cat $sa/token)" "$api/$1"; }
+echo "own_pod=$(get pods/$POD_NAME self.json) $(grep -q "\"name\": \"$POD_NAME\"" self.json && echo named)"
+echo "secrets=$(get secrets /dev/null)"
+echo checked
+echo $$ >main.pid
+exec sleep 600
+"#;
+    let (names, uid) = w.rt.block_on(async {
+        w.namespace("a", "t11").await;
+        let c = w.client("a").await;
+        fn json<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> T {
+            serde_json::from_value(v).unwrap()
+        }
+        let now = kube::api::DeleteParams {
+            grace_period_seconds: Some(0),
+            ..Default::default()
+        };
+        // What an earlier run left: its Deployment and pods.
+        let deployments: Api<Deployment> = Api::namespaced(c.clone(), "t11");
+        let pods: Api<Pod> = Api::namespaced(c.clone(), "t11");
+        let _ = deployments.delete("skyform-controller", &now).await;
+        let _ = pods
+            .delete_collection(&now, &ListParams::default().labels("app=skyform-controller"))
+            .await;
+        let dp = Default::default();
+        let sa: Api<ServiceAccount> = Api::namespaced(c.clone(), "t11");
+        created(sa.create(&dp, &json(serde_json::json!({"metadata": {"name": "skyform-controller"}}))).await);
+        let roles: Api<Role> = Api::namespaced(c.clone(), "t11");
+        created(roles.create(&dp, &json(serde_json::json!({
+            "metadata": {"name": "skyform-controller"},
+            "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]}]
+        }))).await);
+        let bindings: Api<RoleBinding> = Api::namespaced(c.clone(), "t11");
+        created(bindings.create(&dp, &json(serde_json::json!({
+            "metadata": {"name": "skyform-controller"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "skyform-controller"},
+            "subjects": [{"kind": "ServiceAccount", "name": "skyform-controller", "namespace": "t11"}]
+        }))).await);
+        let maps: Api<ConfigMap> = Api::namespaced(c.clone(), "t11");
+        created(maps.create(&dp, &json(serde_json::json!({
+            "metadata": {"name": "skyform-config"},
+            "data": {"f0": "cluster \"x\" {}", "f1": "variable \"cidr\" {}", "MODE": "watch"}
+        }))).await);
+        let secrets: Api<Secret> = Api::namespaced(c.clone(), "t11");
+        created(secrets.create(&dp, &json(serde_json::json!({
+            "metadata": {"name": "skyform-credentials"},
+            "stringData": {"ACCESS_KEY": "AKIDEXAMPLE"}
+        }))).await);
+        let deployment = json(serde_json::json!({
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": "skyform-controller"},
+            "spec": {
+                "replicas": 1,
+                "selector": {"matchLabels": {"app": "skyform-controller"}},
+                "template": {
+                    "metadata": {"labels": {"app": "skyform-controller"}},
+                    "spec": {
+                        "serviceAccountName": "skyform-controller",
+                        "terminationGracePeriodSeconds": 5,
+                        "containers": [{
+                            "name": "controller",
+                            "image": "skyform-test/skyform:dev",
+                            "command": ["sh", "-c", script],
+                            "workingDir": "/var/lib/skyform",
+                            "env": [{"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}],
+                            "envFrom": [
+                                {"secretRef": {"name": "skyform-credentials"}, "prefix": "SKY_"},
+                                {"configMapRef": {"name": "skyform-config"}}
+                            ],
+                            "volumeMounts": [
+                                {"name": "work", "mountPath": "/var/lib/skyform"},
+                                {"name": "config", "mountPath": "/var/lib/skyform/main.hcl", "subPath": "main.hcl"},
+                                {"name": "config", "mountPath": "/var/lib/skyform/modules/net/main.hcl", "subPath": "modules/net/main.hcl"}
+                            ]
+                        }],
+                        "volumes": [
+                            {"name": "work", "emptyDir": {}},
+                            {"name": "config", "configMap": {"name": "skyform-config", "items": [
+                                {"key": "f0", "path": "main.hcl"},
+                                {"key": "f1", "path": "modules/net/main.hcl"}
+                            ]}}
+                        ]
+                    }
+                }
+            }
+        }));
+        deployments.create(&dp, &deployment).await.unwrap();
+        let first = controller_pod(&pods, None, &a).await;
+        let uid = pods.get(&first).await.unwrap().metadata.uid.unwrap();
+        // Exec sees the pod's files, from its working directory.
+        let ap = kube::api::AttachParams::default().stderr(false);
+        let mut run = pods
+            .exec(&first, ["cat", "main.hcl", "written.txt"], &ap)
+            .await
+            .unwrap();
+        let mut seen = String::new();
+        tokio::io::AsyncReadExt::read_to_string(&mut run.stdout().unwrap(), &mut seen)
+            .await
+            .unwrap();
+        run.join().await.unwrap();
+        assert_eq!(seen, "cluster \"x\" {}scratch\n", "exec in the pod's mounts");
+        // The container ends: it starts again in the same pod (restartPolicy Always), at
+        // once the first time, with the same volumes.
+        let mut run = pods
+            .exec(&first, ["sh", "-c", "kill $(cat main.pid)"], &ap)
+            .await
+            .unwrap();
+        // Its status may not come: exec'd processes end with the container, as in a kubelet.
+        let _ = run.take_status().unwrap().await;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let logs = pods.logs(&first, &Default::default()).await.unwrap();
+            let status = pods.get(&first).await.unwrap().status.unwrap();
+            let restarts = status.container_statuses.unwrap_or_default()[0].restart_count;
+            if restarts == 1 && logs.matches("checked").count() == 2 {
+                assert!(logs.ends_with("checked\n"), "{logs}");
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the container restarted ({restarts}):\n{logs}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        // A deleted pod: the ReplicaSet makes another, which runs the same.
+        pods.delete(&first, &Default::default()).await.unwrap();
+        let second = controller_pod(&pods, Some(&first), &a).await;
+        (vec![first, second], uid)
+    });
+    assert_ne!(names[0], names[1]);
+    let left: Vec<_> = w.pods("a").into_iter().map(|p| p.0).collect();
+    assert_eq!(left, vec![names[1].clone()], "the first pod is gone");
+    // Its volumes went with it; no mount of a pod is seen outside it.
+    assert!(!a.dir.path().join("volumes").join(&uid).exists());
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains(a.dir.path().to_str().unwrap()), "{mounts}");
+    w.rt.block_on(async {
+        let c = w.client("a").await;
+        let deployments: Api<Deployment> = Api::namespaced(c, "t11");
+        deployments
+            .delete("skyform-controller", &Default::default())
+            .await
+            .unwrap();
+    });
+}
+
+/// Waits for the controller Deployment's running pod (not `old`), checks what it logged and
+/// returns its name.
+async fn controller_pod(pods: &Api<Pod>, old: Option<&str>, fakelet: &Fakelet) -> String {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let lp = ListParams::default().labels("app=skyform-controller");
+    let name = loop {
+        let running = pods.list(&lp).await.unwrap().items.into_iter().find(|p| {
+            p.metadata.name.as_deref() != old
+                && p.metadata.deletion_timestamp.is_none()
+                && p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+        });
+        if let Some(p) = running {
+            break p.metadata.name.unwrap();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the Deployment's pod runs:\n{}",
+            fakelet.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let mut logs = String::new();
+    while !logs.contains("checked") {
+        assert!(Instant::now() < deadline, "the pod checked:\n{logs}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        logs = pods.logs(&name, &Default::default()).await.unwrap();
+    }
+    for want in [
+        "cwd=/var/lib/skyform\n",
+        "main=cluster \"x\" {}\n",
+        "module=variable \"cidr\" {}\n",
+        "wrote=scratch\n",
+        "from_secret=AKIDEXAMPLE from_config=watch\n",
+        "image=skyform ",
+        // Its own pod, as the service account the Role lets read pods, and nothing else.
+        "own_pod=200 named\n",
+        "secrets=403\n",
+    ] {
+        assert!(logs.contains(want), "{want:?} in the pod's log:\n{logs}");
+    }
+    name
 }
