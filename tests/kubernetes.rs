@@ -212,6 +212,29 @@ impl Work {
                 let _ = Api::<Secret>::namespaced(c.clone(), ns)
                     .delete_collection(&now, &lp)
                     .await;
+                let _ = Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(c.clone(), ns)
+                    .delete_collection(&now, &lp)
+                    .await;
+                let _ = Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(c.clone(), ns)
+                    .delete_collection(&now, &lp)
+                    .await;
+                // A declared controller's cluster roles, bound to this namespace's account.
+                let roles: Api<k8s_openapi::api::rbac::v1::ClusterRoleBinding> =
+                    Api::all(c.clone());
+                for b in roles.list(&lp).await.map(|l| l.items).unwrap_or_default() {
+                    let here = b
+                        .subjects
+                        .iter()
+                        .flatten()
+                        .any(|s| s.namespace.as_deref() == Some(ns));
+                    let name = b.metadata.name.unwrap_or_default();
+                    if here {
+                        let _ = roles.delete(&name, &now).await;
+                        let _ = Api::<k8s_openapi::api::rbac::v1::ClusterRole>::all(c.clone())
+                            .delete(&name, &now)
+                            .await;
+                    }
+                }
                 let services: Api<Service> = Api::namespaced(c, ns);
                 for s in services
                     .list(&lp)

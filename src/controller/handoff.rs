@@ -269,7 +269,23 @@ impl Provider for ManagedProvider {
     ) -> Result<Vec<Vec<u8>>, ProviderError> {
         let task = task_id(res).ok_or_else(no_task)?;
         let dir = self.relay_dir(task);
-        let kept = relay::log_paths(&dir);
+        let mut kept: Vec<Vec<u8>> = relay::log_paths(&dir)
+            .iter()
+            .map(std::fs::read)
+            .collect::<Result<_, _>>()?;
+        if kept.is_empty() {
+            // The controller runs elsewhere: what it kept is beside the state.
+            kept = relay::stored_logs(self.store()?, task)
+                .await
+                .map_err(ProviderError::other)?;
+        }
+        let from = |rank: usize, offset: u64| -> Vec<u8> {
+            kept.get(rank)
+                .map(|b| b.get(offset as usize..).unwrap_or_default().to_vec())
+                .unwrap_or_default()
+        };
+        let at = |rank: usize| offsets.get(rank).copied().unwrap_or(0);
+        let old: Vec<Vec<u8>> = (0..kept.len()).map(|rank| from(rank, at(rank))).collect();
         let book = self.book(true).await?;
         let current = book
             .runs
@@ -277,14 +293,10 @@ impl Provider for ManagedProvider {
             .and_then(|r| r.current.as_ref())
             .and_then(|p| self.inner.get(&p.provider).map(|provider| (p, provider)));
         let Some((p, provider)) = current else {
-            return Ok(crate::providers::read_log_files(&kept, offsets)?);
+            return Ok(old);
         };
         // Per rank: first the kept part, then the live placement's from where it ends.
-        let sizes: Vec<u64> = kept
-            .iter()
-            .map(|f| std::fs::metadata(f).map_or(0, |m| m.len()))
-            .collect();
-        let at = |rank: usize| offsets.get(rank).copied().unwrap_or(0);
+        let sizes: Vec<u64> = kept.iter().map(|b| b.len() as u64).collect();
         let live_offsets: Vec<u64> = (0..offsets.len().max(sizes.len()))
             .map(|rank| at(rank).saturating_sub(sizes.get(rank).copied().unwrap_or(0)))
             .collect();
@@ -292,7 +304,6 @@ impl Provider for ManagedProvider {
         let live = provider
             .read_logs(&job, cluster.as_ref(), &live_offsets)
             .await?;
-        let old = crate::providers::read_log_files(&kept, offsets)?;
         let ranks = live.len().max(old.len());
         Ok((0..ranks)
             .map(|rank| {

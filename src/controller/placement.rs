@@ -211,6 +211,7 @@ impl Controller<'_> {
                 offsets = vec![0; chunks.len()];
             }
             if chunks.iter().all(Vec::is_empty) {
+                self.publish_logs(task, address).await;
                 return;
             }
             for (rank, chunk) in chunks.iter().enumerate() {
@@ -223,6 +224,16 @@ impl Controller<'_> {
                 }
                 offsets[rank] += chunk.len() as u64;
             }
+        }
+    }
+
+    /// Copies what [`Self::keep_logs`] kept beside the state.
+    async fn publish_logs(&self, task: &str, address: &Address) {
+        let dir = relay::dir(self.engine.dir(), &self.engine.config().workspace, task);
+        if let Err(e) = relay::publish_logs(self.store.as_ref(), &dir, task).await {
+            self.say(format!(
+                "{address}: cannot keep its logs beside the state: {e}"
+            ));
         }
     }
 }
