@@ -280,7 +280,8 @@ impl Engine {
                     self.config.workspace.clone(),
                     self.agent_exe.clone(),
                     inner.clone(),
-                );
+                )
+                .with_vars(crate::controller::spawn::passed_vars(&self.inputs));
                 let mut registry = (*inner).clone();
                 registry
                     .providers
