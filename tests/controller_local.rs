@@ -317,3 +317,64 @@ managed_job "after_broken" {{
     assert_clean(&w);
     w.ok(&["destroy", "-auto-approve"]);
 }
+
+/// The background controller apply starts loads the configuration as apply did, so it gets
+/// the variables apply was given (`-var`, `-var-file`), through its environment and never
+/// on its command line (which `ps` shows anyone).
+#[test]
+fn the_background_controller_gets_the_variables_apply_was_given() {
+    let w = Workdir::new()
+        .env("SKYFORM_CONTROLLER_TICK_MS", "200")
+        .env("SKYFORM_CONTROLLER_GRACE_MS", "400")
+        .env_remove("SKYFORM_CRASH_AFTER")
+        .env_remove("SKYFORM_VAR_steps")
+        .env_remove("SKYFORM_VAR_word");
+    let out = w.path().join("out");
+    w.write("extra.skyvars.hcl", "word = \"from-a-file\"\n");
+    w.write_config(&format!(
+        r#"variable "steps" {{
+  type = number
+}}
+
+variable "word" {{}}
+
+managed_job "train" {{
+  run = "echo ${{var.word}} ${{var.steps}} >> {}; sleep 2"
+}}
+"#,
+        out.display()
+    ));
+    let vars = ["-var", "steps=3", "-var-file", "extra.skyvars.hcl"];
+    let args =
+        |cmd: &'static [&'static str]| -> Vec<&str> { cmd.iter().copied().chain(vars).collect() };
+    w.ok(&args(&["apply", "-auto-approve"]));
+    let pid = wait_for("the controller's lease", Duration::from_secs(10), || {
+        book(&w)["lease"]["pid"].as_u64()
+    });
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+    let environ = String::from_utf8_lossy(&environ);
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let cmdline = String::from_utf8_lossy(&cmdline);
+    assert!(
+        environ.contains("SKYFORM_VAR_steps=3\0")
+            && environ.contains("SKYFORM_VAR_word=from-a-file\0"),
+        "the controller's environment: {environ}"
+    );
+    assert!(
+        !cmdline.contains("steps") && !cmdline.contains("from-a-file"),
+        "{cmdline}"
+    );
+    let done = wait_for("the job to end", Duration::from_secs(30), || {
+        let b = book(&w);
+        let run = b["runs"].as_object()?.values().next()?.clone();
+        run["phase"]
+            .as_str()
+            .is_some_and(|p| matches!(p, "SUCCEEDED" | "FAILED" | "FAILED_SETUP"))
+            .then_some(run)
+    });
+    assert_eq!(done["phase"], "SUCCEEDED", "{done}");
+    let text = std::fs::read_to_string(&out).unwrap_or_default();
+    assert_eq!(text, "from-a-file 3\n");
+    assert_clean(&w);
+    w.ok(&args(&["destroy", "-auto-approve"]));
+}

@@ -22,6 +22,7 @@ pub async fn command(engine: &Engine, command: &ControllerCommand) -> Result<i32
                 engine.dir(),
                 &engine.config().workspace,
                 None,
+                &spawn::passed_vars(engine.inputs()),
             )
             .await?
             {

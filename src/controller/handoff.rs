@@ -29,6 +29,8 @@ pub struct ManagedProvider {
     dir: PathBuf,
     workspace: String,
     exe: Option<PathBuf>,
+    /// The `-var` values a controller it starts gets (see `spawn::passed_vars`).
+    vars: Vec<(String, String)>,
     /// The backends placements run on (for logs).
     inner: Arc<Registry>,
     /// The book as last read, for a moment: refreshing many managed jobs reads it once.
@@ -60,10 +62,18 @@ impl ManagedProvider {
             dir,
             workspace,
             exe,
+            vars: Vec::new(),
             inner,
             cache: tokio::sync::Mutex::new(None),
             declared_elsewhere,
         }
+    }
+
+    /// With the variables a controller it starts is given.
+    #[must_use]
+    pub fn with_vars(mut self, vars: Vec<(String, String)>) -> ManagedProvider {
+        self.vars = vars;
+        self
     }
 
     fn store(&self) -> Result<&dyn StateStore, ProviderError> {
@@ -99,6 +109,7 @@ impl ManagedProvider {
             &self.dir,
             &self.workspace,
             self.exe.as_deref(),
+            &self.vars,
         )
         .await
         .map(|_| ())

@@ -4,7 +4,7 @@
 
 use super::book::{Placement, Run};
 use super::policy::Seen;
-use super::reconcile::{Controller, Stop};
+use super::reconcile::{Stop, Worker};
 use super::relay;
 use crate::model::{Address, Spec};
 use crate::optimizer::Candidate;
@@ -12,10 +12,15 @@ use crate::providers::{ErrorKind, Observed, Progress, ProviderError, Request};
 use crate::state::{ResourceState, Status};
 use std::collections::BTreeMap;
 
-impl Controller<'_> {
+impl Worker<'_> {
     /// What the backend says of a placement, in the policy's terms. A composed placement is
     /// lost when its cluster is; its job's status is asked only of a living cluster.
     pub(super) async fn see(&self, address: &Address, p: &Placement) -> Seen {
+        let Ok(_permit) = self.calls.acquire().await else {
+            return Seen::Unknown {
+                error: "the controller is stopping".into(),
+            };
+        };
         let Some(provider) = self.registry.get(&p.provider) else {
             return Seen::Unknown {
                 error: format!("backend {} is not in this configuration", p.provider),
@@ -48,7 +53,7 @@ impl Controller<'_> {
     /// identifiers after. A backend that runs managed jobs as a unit gets the managed job; any
     /// other gets a cluster of its own and then the job on it.
     pub(super) async fn place(
-        &mut self,
+        &self,
         task: &str,
         run: &mut Run,
         provider: &dyn crate::providers::Provider,
@@ -104,9 +109,12 @@ impl Controller<'_> {
                 "the placement's cluster is not on record",
             )));
         };
-        let made = provider
-            .create(self.request(&run.address, &job_spec, &job_private, c, Some(&cluster)))
-            .await;
+        let made = {
+            let _permit = self.launches.acquire().await;
+            provider
+                .create(self.request(&run.address, &job_spec, &job_private, c, Some(&cluster)))
+                .await
+        };
         crate::faults::passed(crate::faults::Point::Call);
         Ok(made.map(|made| {
             if let Some(p) = &mut run.current {
@@ -137,12 +145,14 @@ impl Controller<'_> {
         }
     }
 
-    /// A create, bounded by the launch timeout unless the backend bounds its own wait.
+    /// A create, bounded by the launch timeout unless the backend bounds its own wait, and
+    /// waiting its turn among the launches in flight.
     pub(super) async fn create_bounded(
         &self,
         provider: &dyn crate::providers::Provider,
         req: Request<'_>,
     ) -> std::result::Result<crate::providers::Created, ProviderError> {
+        let _permit = self.launches.acquire().await;
         if !provider.create_is_bounded() {
             return provider.create(req).await;
         }
@@ -168,9 +178,12 @@ impl Controller<'_> {
                 continue;
             };
             // A composed placement goes with its cluster.
-            let removed = match placed(&p) {
-                (_, Some(cluster)) => provider.delete(&run.address, &cluster, None).await,
-                (job, None) => provider.delete(&run.address, &job, None).await,
+            let removed = {
+                let _permit = self.calls.acquire().await;
+                match placed(&p) {
+                    (_, Some(cluster)) => provider.delete(&run.address, &cluster, None).await,
+                    (job, None) => provider.delete(&run.address, &job, None).await,
+                }
             };
             crate::faults::passed(crate::faults::Point::Call);
             match removed {
@@ -202,6 +215,7 @@ impl Controller<'_> {
         };
         let dir = relay::dir(self.engine.dir(), &self.engine.config().workspace, task);
         let (job, cluster) = placed(p);
+        let _permit = self.calls.acquire().await;
         let mut offsets: Vec<u64> = Vec::new();
         for _ in 0..4096 {
             let Ok(chunks) = provider.read_logs(&job, cluster.as_ref(), &offsets).await else {
@@ -230,7 +244,11 @@ impl Controller<'_> {
     /// Copies what [`Self::keep_logs`] kept beside the state.
     async fn publish_logs(&self, task: &str, address: &Address) {
         let dir = relay::dir(self.engine.dir(), &self.engine.config().workspace, task);
-        if let Err(e) = relay::publish_logs(self.store.as_ref(), &dir, task).await {
+        let published = match self.engine.store().await {
+            Ok(store) => relay::publish_logs(store.as_ref(), &dir, task).await,
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(e) = published {
             self.say(format!(
                 "{address}: cannot keep its logs beside the state: {e}"
             ));

@@ -3,6 +3,13 @@
 //! one, recovers the lost ones and removes what finished, writing its intent to the book
 //! before every call that makes something and its result after. The decisions are the pure
 //! functions of [`super::policy`]; this file does the IO around them.
+//!
+//! Each job's part of a pass is a step, and the steps run concurrently (a bounded number
+//! of backend calls at a time) while the loop alone keeps the book: a step sends the
+//! intent it needs on record and waits until it is written, and the loop writes the intents
+//! of all steps that wait at that moment in one write; results are written together once
+//! the pass's steps are done. A step that takes long (a launch waiting for machines) goes
+//! on across passes without holding the others' next look back.
 
 use super::book::{self, Book, Entry, Lease, Run};
 use super::policy::{self, Phase, Policy, Seen, Verdict};
@@ -12,9 +19,13 @@ use crate::model::{Address, Spec};
 use crate::optimizer::Offering;
 use crate::providers::{ErrorKind, ProviderError, Registry};
 use crate::state::{LockInfo, ResourceState, State, StateError, StateStore, Status};
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 
 /// Why the loop ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,19 +36,69 @@ pub enum Ended {
     LostLease(String),
 }
 
+/// How many backend calls of each kind are in flight at most (apply's parallelism): creates,
+/// and the rest (looks, removals, logs) — so long launches never hold every look back.
+const PARALLELISM: usize = 10;
+
 pub struct Controller<'e> {
     pub(super) engine: &'e Engine,
     pub(super) store: Box<dyn StateStore>,
-    pub(super) registry: Arc<Registry>,
     pub(super) settings: Settings,
     pub(super) me: Lease,
     pub(super) book: Book,
     pub(super) version: Option<String>,
-    pub(super) offerings: Option<(Instant, Vec<Offering>)>,
     /// The last thing said of each task that could not be asked, so it is said once.
     pub(super) unknown: BTreeMap<String, String>,
     /// The task id of each managed job the state declares, as of this pass.
     pub(super) declared: BTreeMap<Address, String>,
+    worker: Arc<Worker<'e>>,
+    /// Records steps need in the book before their next call (see [`Worker::commit`]).
+    records: mpsc::UnboundedReceiver<Record>,
+    /// The steps running now; a step may outlive the pass that started it (a long launch).
+    steps: FuturesUnordered<BoxFuture<'e, Stepped>>,
+    /// The tasks of those steps: the book's copy of each waits for its step's result.
+    inflight: BTreeSet<String>,
+    /// Results of steps are in the book but not written yet.
+    dirty: bool,
+}
+
+/// What a step of one managed job works with. It holds the engine, not the controller, so
+/// steps run concurrently while the loop keeps the book.
+pub(super) struct Worker<'e> {
+    pub(super) engine: &'e Engine,
+    pub(super) registry: Arc<Registry>,
+    pub(super) settings: Settings,
+    pub(super) launches: Semaphore,
+    pub(super) calls: Semaphore,
+    records: mpsc::UnboundedSender<Record>,
+    /// What a managed job may be placed on, and when it was asked.
+    offerings: tokio::sync::Mutex<Option<(Instant, Arc<Vec<Offering>>)>>,
+}
+
+/// A run a step needs in the book before it goes on (an intent), and where the loop says
+/// once it is written.
+struct Record {
+    task: String,
+    run: Run,
+    done: oneshot::Sender<std::result::Result<(), Stop>>,
+}
+
+/// One managed job handed to a step.
+struct Job {
+    task: String,
+    run: Run,
+    declared: Option<ResourceState>,
+    upstream: Upstream,
+    lineage: String,
+    unknown: Option<String>,
+}
+
+/// What a step answers: the run as it left it (also after an error).
+struct Stepped {
+    task: String,
+    run: Run,
+    result: std::result::Result<(), Stop>,
+    unknown: Option<String>,
 }
 
 impl std::fmt::Debug for Controller<'_> {
@@ -88,17 +149,30 @@ impl<'e> Controller<'e> {
             });
             match book::write(store.as_ref(), &b, version.as_deref()).await {
                 Ok(v) => {
-                    return Ok(Controller {
+                    let (tx, records) = mpsc::unbounded_channel();
+                    let worker = Arc::new(Worker {
+                        engine,
                         registry: engine.registry(),
+                        settings: settings.clone(),
+                        launches: Semaphore::new(PARALLELISM),
+                        calls: Semaphore::new(PARALLELISM),
+                        records: tx,
+                        offerings: tokio::sync::Mutex::new(None),
+                    });
+                    return Ok(Controller {
                         engine,
                         store,
                         settings,
                         me,
                         book: b,
                         version: Some(v),
-                        offerings: None,
                         unknown: BTreeMap::new(),
                         declared: BTreeMap::new(),
+                        worker,
+                        records,
+                        steps: FuturesUnordered::new(),
+                        inflight: BTreeSet::new(),
+                        dirty: false,
                     });
                 }
                 Err(StateError::Conflict { .. }) if tries < 5 => tries += 1,
@@ -119,7 +193,8 @@ impl<'e> Controller<'e> {
         let began = Instant::now();
         let mut idle_ticks = 0;
         loop {
-            let busy = match self.tick().await {
+            let next = Instant::now() + self.settings.tick;
+            let mut busy = match self.tick().await {
                 Ok(b) => b,
                 Err(Stop::Lost(who)) => return Ok(Ended::LostLease(who)),
                 Err(Stop::Failed(e)) => {
@@ -134,7 +209,19 @@ impl<'e> Controller<'e> {
                 self.release().await;
                 return Ok(Ended::Idle);
             }
-            tokio::time::sleep(self.settings.tick).await;
+            // Until the next pass, steps still running (long launches) go on and what they
+            // need written is written.
+            match self.drive(next, false).await {
+                Ok(()) => {}
+                Err(Stop::Lost(who)) => return Ok(Ended::LostLease(who)),
+                Err(Stop::Failed(e)) => {
+                    self.say(format!("cannot read or write the state store: {e}"));
+                    busy = true;
+                }
+            }
+            if busy {
+                idle_ticks = 0;
+            }
         }
     }
 
@@ -149,8 +236,12 @@ impl<'e> Controller<'e> {
         .await;
     }
 
-    /// One pass over every managed job; answers whether any still needs the controller.
+    /// One pass over every managed job: starts a step for each that needs the controller
+    /// and has none running, and collects steps until they are all done or a tick has
+    /// passed (a longer one goes on in the background, see [`Controller::run`]). Answers
+    /// whether any job still needs the controller.
     pub async fn tick(&mut self) -> std::result::Result<bool, Stop> {
+        let deadline = Instant::now() + self.settings.tick;
         let state = self
             .store
             .read()
@@ -166,27 +257,128 @@ impl<'e> Controller<'e> {
         // Written when it changed, or to renew the lease (a third of its time has passed):
         // not the whole book every pass.
         let renewed = self.book.lease.as_ref().map_or(0, |l| l.renewed_ms);
-        if changed || book::now_ms() >= renewed + self.me.ttl_ms / 3 {
+        if changed || self.dirty || book::now_ms() >= renewed + self.me.ttl_ms / 3 {
             self.save().await?;
         }
-        let tasks: Vec<String> = self
-            .book
-            .runs
-            .iter()
-            .filter(|(_, r)| r.is_active() || r.cancel && !r.phase.is_final())
-            .map(|(t, _)| t.clone())
-            .collect();
         let by_task: BTreeMap<&str, &ResourceState> = state
             .resources
             .values()
             .filter_map(|r| task_id(r).map(|t| (t, r)))
             .collect();
-        for task in &tasks {
-            let declared = by_task.get(task.as_str()).copied();
-            self.step(task, declared, &state.lineage).await?;
+        let jobs: Vec<Job> = self
+            .book
+            .runs
+            .iter()
+            .filter(|(t, r)| {
+                (r.is_active() || r.cancel && !r.phase.is_final()) && !self.inflight.contains(*t)
+            })
+            .map(|(task, run)| {
+                let declared = by_task.get(task.as_str()).map(|r| (*r).clone());
+                let upstream = match &declared {
+                    Some(res) if run.current.is_none() => self.waits_for(res),
+                    _ => Upstream::Ready,
+                };
+                Job {
+                    task: task.clone(),
+                    run: run.clone(),
+                    declared,
+                    upstream,
+                    lineage: state.lineage.clone(),
+                    unknown: self.unknown.get(task).cloned(),
+                }
+            })
+            .collect();
+        for job in jobs {
+            self.inflight.insert(job.task.clone());
+            let worker = self.worker.clone();
+            self.steps
+                .push(Box::pin(async move { worker.step(job).await }));
+        }
+        self.drive(deadline, true).await?;
+        if self.dirty {
+            self.save().await?;
         }
         self.publish(&state).await;
-        Ok(self.book.runs.values().any(Run::is_active))
+        Ok(self.book.runs.values().any(Run::is_active) || !self.steps.is_empty())
+    }
+
+    /// Runs the steps and writes what they need in the book, until `deadline` (or, when
+    /// `until_done`, until no step runs).
+    async fn drive(
+        &mut self,
+        deadline: Instant,
+        until_done: bool,
+    ) -> std::result::Result<(), Stop> {
+        let deadline = tokio::time::Instant::from_std(deadline);
+        loop {
+            if until_done && self.steps.is_empty() {
+                return Ok(());
+            }
+            tokio::select! {
+                // The steps first: every step of a pass gets to say what it needs before
+                // the book is written once for all of them.
+                biased;
+                Some(done) = self.steps.next(), if !self.steps.is_empty() => {
+                    self.collect(done)?;
+                }
+                Some(first) = self.records.recv() => {
+                    self.write_records(first).await?;
+                }
+                () = tokio::time::sleep_until(deadline) => return Ok(()),
+            }
+        }
+    }
+
+    /// Puts every record waiting (the one given and all that came with it) in the book,
+    /// writes it once, and tells their steps.
+    async fn write_records(&mut self, first: Record) -> std::result::Result<(), Stop> {
+        let mut batch = vec![first];
+        while let Ok(r) = self.records.try_recv() {
+            batch.push(r);
+        }
+        for r in &batch {
+            self.put(&r.task, r.run.clone());
+        }
+        let written = self.save().await;
+        for r in batch {
+            let _ = r.done.send(written.clone());
+        }
+        written
+    }
+
+    /// Takes a finished step's run into the book (written with the next write).
+    fn collect(&mut self, done: Stepped) -> std::result::Result<(), Stop> {
+        let Stepped {
+            task,
+            run,
+            result,
+            unknown,
+        } = done;
+        self.inflight.remove(&task);
+        match unknown {
+            Some(u) => self.unknown.insert(task.clone(), u),
+            None => self.unknown.remove(&task),
+        };
+        if self.book.runs.get(&task) != Some(&run) {
+            self.put(&task, run);
+            self.dirty = true;
+        }
+        match result {
+            Err(Stop::Failed(e)) => {
+                // The step stopped before its next call; the next pass takes it up again.
+                self.say(format!("cannot write the controller's book: {e}"));
+                Ok(())
+            }
+            r => r,
+        }
+    }
+
+    /// Replaces the book's record of `task`, keeping a cancel apply asked for meanwhile.
+    fn put(&mut self, task: &str, mut run: Run) {
+        if let Some(old) = self.book.runs.get(task) {
+            run.cancel |= old.cancel;
+        }
+        self.book.runs.insert(task.to_string(), run);
     }
 
     /// Takes up managed jobs apply declared that the book lacks, marks for cancelling the
@@ -215,7 +407,7 @@ impl<'e> Controller<'e> {
             if run.is_active() {
                 changed |= !run.cancel;
                 run.cancel = true;
-            } else {
+            } else if !self.inflight.contains(task) {
                 forget.push(task.clone());
             }
         }
@@ -236,6 +428,7 @@ impl<'e> Controller<'e> {
             match book::write(self.store.as_ref(), &self.book, self.version.as_deref()).await {
                 Ok(v) => {
                     self.version = Some(v);
+                    self.dirty = false;
                     crate::faults::passed(crate::faults::Point::Write);
                     return Ok(());
                 }
@@ -266,84 +459,6 @@ impl<'e> Controller<'e> {
         }
     }
 
-    /// Replaces the book's record of `task` and writes the book.
-    pub(super) async fn commit(&mut self, task: &str, run: &Run) -> std::result::Result<(), Stop> {
-        self.book.runs.insert(task.to_string(), run.clone());
-        self.save().await
-    }
-
-    async fn step(
-        &mut self,
-        task: &str,
-        declared: Option<&ResourceState>,
-        lineage: &str,
-    ) -> std::result::Result<(), Stop> {
-        let Some(mut run) = self.book.runs.get(task).cloned() else {
-            return Ok(());
-        };
-        let before = run.clone();
-        if run.cancel && !run.phase.is_final() && run.phase != Phase::Cancelling {
-            run.phase = Phase::Cancelling;
-            run.history.push(entry(
-                "cancelling",
-                None,
-                None,
-                None,
-                Some("apply removed it".into()),
-            ));
-            self.say(format!("{}: cancelling", run.address));
-        }
-        match run.phase {
-            Phase::Cancelling => {
-                if let Some(p) = run.current.take() {
-                    run.leftovers.push(p);
-                }
-                self.remove_leftovers(&mut run).await;
-                if run.leftovers.is_empty() {
-                    run.phase = Phase::Cancelled;
-                    run.reason = Some("cancelled".into());
-                    run.history.push(entry("cancelled", None, None, None, None));
-                    self.relay_final(task, &run);
-                }
-            }
-            p if p.is_final() => {
-                if let Some(c) = run.current.take() {
-                    run.leftovers.push(c);
-                }
-                self.remove_leftovers(&mut run).await;
-            }
-            _ => match (&run.current, declared) {
-                (Some(_), _) => self.watch(task, &mut run, declared, lineage).await?,
-                (None, Some(res)) => match self.waits_for(res) {
-                    Upstream::Ready => {
-                        if run.retry_at.is_none_or(|at| book::now_ms() >= at) {
-                            self.launch(task, &mut run, res, lineage).await?;
-                        }
-                    }
-                    Upstream::Waiting => {}
-                    Upstream::Failed(why) => {
-                        // A pipeline stops at its first failure.
-                        self.say(format!("{}: CANCELLED ({why})", run.address));
-                        run.phase = Phase::Cancelled;
-                        run.reason = Some(why.clone());
-                        run.history
-                            .push(entry("cancelled", None, None, None, Some(why)));
-                        self.relay_final(task, &run);
-                    }
-                },
-                // Not declared and not cancelled yet: the next tick cancels it.
-                (None, None) => {}
-            },
-        }
-        if !run.leftovers.is_empty() && !run.phase.is_final() {
-            self.remove_leftovers(&mut run).await;
-        }
-        if run != before {
-            self.commit(task, &run).await?;
-        }
-        Ok(())
-    }
-
     /// Whether the managed jobs `res` depends on (a pipeline) have all succeeded.
     fn waits_for(&self, res: &ResourceState) -> Upstream {
         for dep in res
@@ -369,13 +484,221 @@ impl<'e> Controller<'e> {
         Upstream::Ready
     }
 
+    /// Copies each managed job's status into the state, taking the lock for a moment when
+    /// no one holds it; while apply holds it, the book stays the record (apply reads it).
+    async fn publish(&mut self, state: &State) {
+        let stale: Vec<Address> = state
+            .resources
+            .iter()
+            .filter(|(_, r)| matches!(r.spec, Spec::ManagedJob(_)))
+            .filter(|(_, r)| {
+                task_id(r)
+                    .and_then(|t| self.book.runs.get(t))
+                    .is_some_and(|run| run.computed() != r.computed)
+            })
+            .map(|(a, _)| a.clone())
+            .collect();
+        if stale.is_empty() {
+            return;
+        }
+        let info = LockInfo::new("controller");
+        if self.store.lock(&info).await.is_err() {
+            return;
+        }
+        if let Ok(Some(mut s)) = self.store.read().await {
+            let mut changed = false;
+            for a in &stale {
+                if let Some(r) = s.resources.get_mut(a)
+                    && let Some(run) = task_id(r).and_then(|t| self.book.runs.get(t))
+                {
+                    r.computed = run.computed();
+                    changed = true;
+                }
+            }
+            if changed {
+                s.serial += 1;
+                if let Err(e) = self.store.write(&s).await {
+                    self.say(format!("cannot write the state: {e}"));
+                }
+            }
+        }
+        let _ = self.store.unlock(&info.id).await;
+    }
+}
+
+/// Where the managed jobs a managed job waits for are.
+enum Upstream {
+    Ready,
+    Waiting,
+    Failed(String),
+}
+
+/// Why a tick stopped short.
+#[derive(Debug, Clone)]
+pub enum Stop {
+    Lost(String),
+    Failed(Error),
+}
+
+impl From<StateError> for Stop {
+    fn from(e: StateError) -> Self {
+        Stop::Failed(e.into())
+    }
+}
+
+fn recovery_of<'a>(
+    declared: Option<&'a ResourceState>,
+    launched: &'a Spec,
+) -> Option<&'a crate::model::Recovery> {
+    let spec = declared.map_or(launched, |r| &r.spec);
+    match spec {
+        Spec::ManagedJob(m) => m.recovery.as_ref(),
+        _ => None,
+    }
+}
+
+fn entry(
+    event: &str,
+    from: Option<String>,
+    to: Option<String>,
+    hourly: Option<crate::optimizer::Micros>,
+    reason: Option<String>,
+) -> Entry {
+    Entry {
+        at: book::rfc3339_now(),
+        event: event.to_string(),
+        from,
+        to,
+        hourly,
+        reason,
+    }
+}
+
+impl Worker<'_> {
+    pub(super) fn say(&self, line: String) {
+        self.engine.reporter().notice(Notice::Controller(line));
+    }
+
+    /// Puts `run` in the book as the record of `task` and waits until it is written: an
+    /// intent before a call that makes something. The loop writes the records of all steps
+    /// that ask at the same moment in one write.
+    pub(super) async fn commit(&self, task: &str, run: &Run) -> std::result::Result<(), Stop> {
+        let stopped = || Stop::Failed(Error::new("the controller is stopping"));
+        let (done, written) = oneshot::channel();
+        self.records
+            .send(Record {
+                task: task.to_string(),
+                run: run.clone(),
+                done,
+            })
+            .map_err(|_| stopped())?;
+        written.await.map_err(|_| stopped())?
+    }
+
+    /// One managed job's part of a pass: its run as it left it, and why it stopped short.
+    async fn step(&self, job: Job) -> Stepped {
+        let Job {
+            task,
+            mut run,
+            declared,
+            upstream,
+            lineage,
+            mut unknown,
+        } = job;
+        let result = self
+            .step_run(
+                &task,
+                &mut run,
+                declared.as_ref(),
+                upstream,
+                &lineage,
+                &mut unknown,
+            )
+            .await;
+        Stepped {
+            task,
+            run,
+            result,
+            unknown,
+        }
+    }
+
+    async fn step_run(
+        &self,
+        task: &str,
+        run: &mut Run,
+        declared: Option<&ResourceState>,
+        upstream: Upstream,
+        lineage: &str,
+        unknown: &mut Option<String>,
+    ) -> std::result::Result<(), Stop> {
+        if run.cancel && !run.phase.is_final() && run.phase != Phase::Cancelling {
+            run.phase = Phase::Cancelling;
+            run.history.push(entry(
+                "cancelling",
+                None,
+                None,
+                None,
+                Some("apply removed it".into()),
+            ));
+            self.say(format!("{}: cancelling", run.address));
+        }
+        match run.phase {
+            Phase::Cancelling => {
+                if let Some(p) = run.current.take() {
+                    run.leftovers.push(p);
+                }
+                self.remove_leftovers(run).await;
+                if run.leftovers.is_empty() {
+                    run.phase = Phase::Cancelled;
+                    run.reason = Some("cancelled".into());
+                    run.history.push(entry("cancelled", None, None, None, None));
+                    self.relay_final(task, run);
+                }
+            }
+            p if p.is_final() => {
+                if let Some(c) = run.current.take() {
+                    run.leftovers.push(c);
+                }
+                self.remove_leftovers(run).await;
+            }
+            _ => match (&run.current, declared) {
+                (Some(_), _) => self.watch(task, run, declared, lineage, unknown).await?,
+                (None, Some(res)) => match upstream {
+                    Upstream::Ready => {
+                        if run.retry_at.is_none_or(|at| book::now_ms() >= at) {
+                            self.launch(task, run, res, lineage).await?;
+                        }
+                    }
+                    Upstream::Waiting => {}
+                    Upstream::Failed(why) => {
+                        // A pipeline stops at its first failure.
+                        self.say(format!("{}: CANCELLED ({why})", run.address));
+                        run.phase = Phase::Cancelled;
+                        run.reason = Some(why.clone());
+                        run.history
+                            .push(entry("cancelled", None, None, None, Some(why)));
+                        self.relay_final(task, run);
+                    }
+                },
+                // Not declared and not cancelled yet: the next tick cancels it.
+                (None, None) => {}
+            },
+        }
+        if !run.leftovers.is_empty() && !run.phase.is_final() {
+            self.remove_leftovers(run).await;
+        }
+        Ok(())
+    }
+
     /// Looks at a placement and acts on what the policy decides.
     async fn watch(
-        &mut self,
+        &self,
         task: &str,
         run: &mut Run,
         declared: Option<&ResourceState>,
         lineage: &str,
+        unknown: &mut Option<String>,
     ) -> std::result::Result<(), Stop> {
         let Some(p) = run.current.clone() else {
             return Ok(());
@@ -434,10 +757,10 @@ impl<'e> Controller<'e> {
             }
             Verdict::NoNews => {
                 if let Seen::Unknown { error } = &seen
-                    && self.unknown.get(task) != Some(error)
+                    && unknown.as_ref() != Some(error)
                 {
                     self.say(format!("{}: cannot ask about it now: {error}", run.address));
-                    self.unknown.insert(task.to_string(), error.clone());
+                    *unknown = Some(error.clone());
                 }
             }
             Verdict::Recover { why, counts } => {
@@ -506,7 +829,7 @@ impl<'e> Controller<'e> {
     /// Launches a managed job on the first placement that takes it, in the order its
     /// recovery strategy gives; with none, waits (backing off) and tries again.
     async fn launch(
-        &mut self,
+        &self,
         task: &str,
         run: &mut Run,
         res: &ResourceState,
@@ -638,110 +961,23 @@ impl<'e> Controller<'e> {
         }
     }
 
-    /// What a managed job may be placed on now (asked again at most every 30 s).
-    async fn offerings(&mut self) -> Vec<Offering> {
-        if let Some((at, o)) = &self.offerings
+    /// What a managed job may be placed on now (asked again at most every 30 s; steps
+    /// launching at the same moment ask once).
+    async fn offerings(&self) -> Arc<Vec<Offering>> {
+        let mut cached = self.offerings.lock().await;
+        if let Some((at, o)) = &*cached
             && at.elapsed() < Duration::from_secs(30)
         {
             return o.clone();
         }
-        let o = match self.engine.offerings(true).await {
+        let o = Arc::new(match self.engine.offerings(true).await {
             Ok((o, _)) => o,
             Err(e) => {
                 self.say(format!("cannot read the offerings: {e}"));
                 Vec::new()
             }
-        };
-        self.offerings = Some((Instant::now(), o.clone()));
+        });
+        *cached = Some((Instant::now(), o.clone()));
         o
-    }
-
-    /// Copies each managed job's status into the state, taking the lock for a moment when
-    /// no one holds it; while apply holds it, the book stays the record (apply reads it).
-    async fn publish(&mut self, state: &State) {
-        let stale: Vec<Address> = state
-            .resources
-            .iter()
-            .filter(|(_, r)| matches!(r.spec, Spec::ManagedJob(_)))
-            .filter(|(_, r)| {
-                task_id(r)
-                    .and_then(|t| self.book.runs.get(t))
-                    .is_some_and(|run| run.computed() != r.computed)
-            })
-            .map(|(a, _)| a.clone())
-            .collect();
-        if stale.is_empty() {
-            return;
-        }
-        let info = LockInfo::new("controller");
-        if self.store.lock(&info).await.is_err() {
-            return;
-        }
-        if let Ok(Some(mut s)) = self.store.read().await {
-            let mut changed = false;
-            for a in &stale {
-                if let Some(r) = s.resources.get_mut(a)
-                    && let Some(run) = task_id(r).and_then(|t| self.book.runs.get(t))
-                {
-                    r.computed = run.computed();
-                    changed = true;
-                }
-            }
-            if changed {
-                s.serial += 1;
-                if let Err(e) = self.store.write(&s).await {
-                    self.say(format!("cannot write the state: {e}"));
-                }
-            }
-        }
-        let _ = self.store.unlock(&info.id).await;
-    }
-}
-
-/// Where the managed jobs a managed job waits for are.
-enum Upstream {
-    Ready,
-    Waiting,
-    Failed(String),
-}
-
-/// Why a tick stopped short.
-#[derive(Debug)]
-pub enum Stop {
-    Lost(String),
-    Failed(Error),
-}
-
-impl From<StateError> for Stop {
-    fn from(e: StateError) -> Self {
-        Stop::Failed(e.into())
-    }
-}
-
-fn recovery_of<'a>(
-    declared: Option<&'a ResourceState>,
-    launched: &'a Spec,
-) -> Option<&'a crate::model::Recovery> {
-    let spec = declared.map_or(launched, |r| &r.spec);
-    match spec {
-        Spec::ManagedJob(m) => m.recovery.as_ref(),
-        _ => None,
-    }
-}
-
-fn entry(
-    event: &str,
-    from: Option<String>,
-    to: Option<String>,
-    hourly: Option<crate::optimizer::Micros>,
-    reason: Option<String>,
-) -> Entry {
-    Entry {
-        at: book::rfc3339_now(),
-        event: event.to_string(),
-        from,
-        to,
-        hourly,
-        reason,
     }
 }

@@ -281,7 +281,8 @@ impl Engine {
                     self.agent_exe.clone(),
                     inner.clone(),
                     crate::config::controller::declared(&self.config),
-                );
+                )
+                .with_vars(crate::controller::spawn::passed_vars(&self.inputs));
                 let mut registry = (*inner).clone();
                 registry
                     .providers

@@ -574,6 +574,7 @@ impl Session<'_> {
             engine.dir(),
             &engine.config().workspace,
             engine.agent_exe(),
+            &crate::controller::spawn::passed_vars(engine.inputs()),
         )
         .await
         {
