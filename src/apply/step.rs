@@ -439,8 +439,8 @@ pub(super) fn record_success(
 
 /// Which provider a resource goes to: its placement's cloud, or its cluster's provider.
 fn provider_for(spec: &Spec, change: &Change, state: &State) -> String {
-    if let Spec::ManagedJob(_) = spec {
-        // The controller runs managed jobs; apply hands them over.
+    if let Spec::ManagedJob(_) | Spec::Service(_) = spec {
+        // The controller runs managed jobs and services; apply hands them over.
         return crate::controller::handoff::NAME.into();
     }
     if let Spec::Controller(_) = spec {

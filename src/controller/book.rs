@@ -18,9 +18,12 @@ pub const SIDE: &str = "controller";
 pub struct Book {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lease: Option<Lease>,
-    /// Managed jobs by task id.
+    /// Managed jobs by task id (a service's replicas among them, as `SERVICE.rN`).
     #[serde(default)]
     pub runs: BTreeMap<String, Run>,
+    /// Services by service id.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub services: BTreeMap<String, super::service::ServiceRecord>,
 }
 
 /// Who runs the controller of this state, until when.

@@ -8,12 +8,14 @@ use super::book::{self, Run};
 use super::placement::placed;
 use super::policy::Phase;
 use super::reconcile::task_id;
-use super::{relay, spawn};
+use super::service::ServiceRecord;
+use super::{relay, serving, spawn};
 use crate::model::{Address, Spec};
 use crate::optimizer::Offering;
 use crate::providers::{Created, ErrorKind, Observed, Provider, ProviderError, Registry, Request};
 use crate::state::{ResourceState, StateStore};
 use serde_json::json;
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -129,6 +131,77 @@ fn pending() -> std::collections::BTreeMap<String, serde_json::Value> {
     ])
 }
 
+/// What refresh says of a service: the book's record, or (not taken up yet) its endpoint.
+fn service_computed(
+    book: &book::Book,
+    id: &str,
+    res: &ResourceState,
+) -> BTreeMap<String, serde_json::Value> {
+    match book.services.get(id) {
+        Some(rec) => serving::computed(rec),
+        None => {
+            let mut c = res.computed.clone();
+            c.insert("status".into(), json!("REPLICA_INIT"));
+            c
+        }
+    }
+}
+
+impl ManagedProvider {
+    /// Asks the controller to drain and remove a service, and waits until it has.
+    async fn delete_service(&self, address: &Address, id: &str) -> Result<(), ProviderError> {
+        let store = self.store()?;
+        let port = 0;
+        let live = book::update(store, |b| match b.services.get_mut(id) {
+            Some(rec) => {
+                rec.cancel = true;
+                !rec.is_gone()
+            }
+            None => {
+                // Never taken up: on record as cancelled, so a controller that reads the
+                // state before apply writes it does not start it.
+                let mut rec = ServiceRecord::new(address.clone(), port);
+                rec.cancel = true;
+                b.services.insert(id.to_string(), rec);
+                false
+            }
+        })
+        .await
+        .map_err(|e| ProviderError::other(e.to_string()))?;
+        if !live {
+            return Ok(());
+        }
+        self.ensure_controller().await?;
+        let began = Instant::now();
+        loop {
+            let book = self.book(true).await?;
+            if book.services.get(id).is_none_or(ServiceRecord::is_gone) {
+                return Ok(());
+            }
+            if began.elapsed() > Duration::from_secs(15)
+                && !book
+                    .lease
+                    .as_ref()
+                    .is_some_and(|l| l.is_live(book::now_ms()))
+            {
+                return Err(ProviderError::other(format!(
+                    "no controller runs to remove {address}'s replicas: it did not start, or stopped; see .skyform/controller.log"
+                )));
+            }
+            if began.elapsed() > CANCEL_WAIT {
+                return Err(ProviderError {
+                    kind: ErrorKind::Timeout,
+                    message: format!(
+                        "the controller did not remove {address}'s replicas within {}; see .skyform/controller.log",
+                        humantime::format_duration(CANCEL_WAIT)
+                    ),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+}
+
 fn no_task() -> ProviderError {
     ProviderError::other("the managed job has no task id in state")
 }
@@ -145,8 +218,15 @@ impl Provider for ManagedProvider {
 
     /// The task id: one identity across every placement (`SKYFORM_TASK_ID`); `dir` and
     /// `job_id` say where its final status is kept for the jobs that depend on it.
-    fn new_private(&self, _address: &Address, _spec: &Spec, _lineage: &str) -> serde_json::Value {
+    fn new_private(&self, _address: &Address, spec: &Spec, _lineage: &str) -> serde_json::Value {
         let id = uuid::Uuid::new_v4().simple().to_string();
+        if let Spec::Service(s) = spec {
+            // The id of its record in the book, and where its endpoint listens.
+            return json!({
+                "service_id": format!("svc-{}", &id[..12]),
+                "port": serving::endpoint_port(s),
+            });
+        }
         let task = format!("task-{}", &id[..12]);
         json!({
             "task_id": task,
@@ -161,6 +241,10 @@ impl Provider for ManagedProvider {
         res: &ResourceState,
         _cluster: Option<&ResourceState>,
     ) -> Result<Observed, ProviderError> {
+        if let Some(id) = serving::service_id(res) {
+            let book = self.book(false).await?;
+            return Ok(Observed::Up(service_computed(&book, id, res)));
+        }
         let task = task_id(res).ok_or_else(no_task)?;
         let book = self.book(false).await?;
         Ok(Observed::Up(
@@ -169,9 +253,22 @@ impl Provider for ManagedProvider {
     }
 
     async fn create(&self, req: Request<'_>) -> Result<Created, ProviderError> {
+        if let Spec::Service(s) = req.spec {
+            self.ensure_controller().await?;
+            return Ok(Created {
+                computed: BTreeMap::from([
+                    ("status".to_string(), json!("REPLICA_INIT")),
+                    (
+                        "endpoint".to_string(),
+                        json!(format!("http://127.0.0.1:{}", serving::endpoint_port(s))),
+                    ),
+                ]),
+                private: req.private.clone(),
+            });
+        }
         if !matches!(req.spec, Spec::ManagedJob(_)) {
             return Err(ProviderError::other(
-                "only managed jobs are run by the controller",
+                "only managed jobs and services are run by the controller",
             ));
         }
         self.ensure_controller().await?;
@@ -182,6 +279,18 @@ impl Provider for ManagedProvider {
     }
 
     async fn update(&self, req: Request<'_>) -> Result<Created, ProviderError> {
+        if let Some(id) = req.private.get("service_id").and_then(|v| v.as_str()) {
+            // A new version or policy: the controller reads it from state at its next pass.
+            let book = self.book(true).await?;
+            return Ok(Created {
+                computed: book
+                    .services
+                    .get(id)
+                    .map(serving::computed)
+                    .unwrap_or_default(),
+                private: req.private.clone(),
+            });
+        }
         // `recovery` changed: the controller reads it from state at the next decision.
         let task = req
             .private
@@ -201,6 +310,9 @@ impl Provider for ManagedProvider {
         res: &ResourceState,
         _cluster: Option<&ResourceState>,
     ) -> Result<(), ProviderError> {
+        if let Some(id) = serving::service_id(res) {
+            return self.delete_service(address, id).await;
+        }
         let Some(task) = task_id(res).map(str::to_string) else {
             return Ok(());
         };

@@ -14,6 +14,8 @@ pub mod placement;
 pub mod policy;
 pub mod reconcile;
 pub mod relay;
+pub mod service;
+pub mod serving;
 pub mod spawn;
 
 pub use reconcile::{Controller, Ended};

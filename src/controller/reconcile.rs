@@ -59,7 +59,9 @@ pub struct Controller<'e> {
     /// The tasks of those steps: the book's copy of each waits for its step's result.
     inflight: BTreeSet<String>,
     /// Results of steps are in the book but not written yet.
-    dirty: bool,
+    pub(super) dirty: bool,
+    /// The services' load balancers and probes.
+    pub(super) serving: super::serving::Serving,
 }
 
 /// What a step of one managed job works with. It holds the engine, not the controller, so
@@ -173,6 +175,7 @@ impl<'e> Controller<'e> {
                         steps: FuturesUnordered::new(),
                         inflight: BTreeSet::new(),
                         dirty: false,
+                        serving: Default::default(),
                     });
                 }
                 Err(StateError::Conflict { .. }) if tries < 5 => tries += 1,
@@ -248,7 +251,11 @@ impl<'e> Controller<'e> {
             .await
             .map_err(Stop::from)?
             .unwrap_or_default();
-        let changed = self.adopt_declared(&state);
+        // What apply asked meanwhile (a cancel), acted on this pass.
+        self.absorb().await?;
+        // A service's replicas are managed jobs of the controller's own.
+        let replicas = self.serve(&state).await;
+        let changed = self.adopt_declared(&state, &replicas);
         self.declared = state
             .resources
             .iter()
@@ -263,6 +270,7 @@ impl<'e> Controller<'e> {
         let by_task: BTreeMap<&str, &ResourceState> = state
             .resources
             .values()
+            .chain(replicas.values())
             .filter_map(|r| task_id(r).map(|t| (t, r)))
             .collect();
         let jobs: Vec<Job> = self
@@ -299,7 +307,9 @@ impl<'e> Controller<'e> {
             self.save().await?;
         }
         self.publish(&state).await;
-        Ok(self.book.runs.values().any(Run::is_active) || !self.steps.is_empty())
+        Ok(self.book.runs.values().any(Run::is_active)
+            || !self.steps.is_empty()
+            || !self.book.services.is_empty())
     }
 
     /// Runs the steps and writes what they need in the book, until `deadline` (or, when
@@ -383,19 +393,34 @@ impl<'e> Controller<'e> {
 
     /// Takes up managed jobs apply declared that the book lacks, marks for cancelling the
     /// runs whose job state no longer declares, and forgets finished runs state dropped.
-    fn adopt_declared(&mut self, state: &State) -> bool {
+    fn adopt_declared(
+        &mut self,
+        state: &State,
+        replicas: &BTreeMap<String, ResourceState>,
+    ) -> bool {
         let mut changed = false;
+        let replica_of = |task: &str| {
+            let service = task.rsplit_once('.').map_or(task, |(s, _)| s);
+            self.book.services.get(service).map(|s| &s.address)
+        };
         let declared: BTreeMap<&str, &Address> = state
             .resources
             .iter()
             .filter(|(_, r)| matches!(r.spec, Spec::ManagedJob(_)) && r.status == Status::Ready)
             .filter_map(|(a, r)| task_id(r).map(|t| (t, a)))
+            .chain(
+                replicas
+                    .keys()
+                    .filter_map(|t| replica_of(t).map(|a| (t.as_str(), a))),
+            )
             .collect();
+        let declared: BTreeMap<&str, Address> =
+            declared.into_iter().map(|(t, a)| (t, a.clone())).collect();
         for (task, address) in &declared {
             if !self.book.runs.contains_key(*task) {
                 self.book
                     .runs
-                    .insert((*task).to_string(), Run::new((*address).clone()));
+                    .insert((*task).to_string(), Run::new(address.clone()));
                 changed = true;
             }
         }
@@ -432,31 +457,48 @@ impl<'e> Controller<'e> {
                     crate::faults::passed(crate::faults::Point::Write);
                     return Ok(());
                 }
-                Err(StateError::Conflict { .. }) => {
-                    let (theirs, version) = book::read(self.store.as_ref()).await?;
-                    match &theirs.lease {
-                        Some(l) if l.id == self.me.id => {}
-                        other => {
-                            return Err(Stop::Lost(
-                                other
-                                    .as_ref()
-                                    .map_or_else(|| "nobody".into(), Lease::describe),
-                            ));
-                        }
-                    }
-                    for (task, run) in theirs.runs {
-                        match self.book.runs.get_mut(&task) {
-                            Some(mine) => mine.cancel |= run.cancel,
-                            None => {
-                                self.book.runs.insert(task, run);
-                            }
-                        }
-                    }
-                    self.version = version;
-                }
+                Err(StateError::Conflict { .. }) => self.absorb().await?,
                 Err(e) => return Err(e.into()),
             }
         }
+    }
+
+    /// Takes in what others wrote in the book since this controller last did (apply asking
+    /// to cancel a managed job or a service), so it acts on it this pass; a book whose
+    /// lease is no longer this controller's stops it.
+    async fn absorb(&mut self) -> std::result::Result<(), Stop> {
+        let (theirs, version) = book::read(self.store.as_ref()).await?;
+        if version == self.version {
+            return Ok(());
+        }
+        match &theirs.lease {
+            Some(l) if l.id == self.me.id => {}
+            other => {
+                return Err(Stop::Lost(
+                    other
+                        .as_ref()
+                        .map_or_else(|| "nobody".into(), Lease::describe),
+                ));
+            }
+        }
+        for (task, run) in theirs.runs {
+            match self.book.runs.get_mut(&task) {
+                Some(mine) => mine.cancel |= run.cancel,
+                None => {
+                    self.book.runs.insert(task, run);
+                }
+            }
+        }
+        for (id, rec) in theirs.services {
+            match self.book.services.get_mut(&id) {
+                Some(mine) => mine.cancel |= rec.cancel,
+                None => {
+                    self.book.services.insert(id, rec);
+                }
+            }
+        }
+        self.version = version;
+        Ok(())
     }
 
     /// Whether the managed jobs `res` depends on (a pipeline) have all succeeded.
@@ -490,11 +532,9 @@ impl<'e> Controller<'e> {
         let stale: Vec<Address> = state
             .resources
             .iter()
-            .filter(|(_, r)| matches!(r.spec, Spec::ManagedJob(_)))
             .filter(|(_, r)| {
-                task_id(r)
-                    .and_then(|t| self.book.runs.get(t))
-                    .is_some_and(|run| run.computed() != r.computed)
+                self.computed_of(r)
+                    .is_some_and(|c| !same_but_rate(&c, &r.computed))
             })
             .map(|(a, _)| a.clone())
             .collect();
@@ -509,9 +549,9 @@ impl<'e> Controller<'e> {
             let mut changed = false;
             for a in &stale {
                 if let Some(r) = s.resources.get_mut(a)
-                    && let Some(run) = task_id(r).and_then(|t| self.book.runs.get(t))
+                    && let Some(c) = self.computed_of(r)
                 {
-                    r.computed = run.computed();
+                    r.computed = c;
                     changed = true;
                 }
             }
@@ -524,6 +564,36 @@ impl<'e> Controller<'e> {
         }
         let _ = self.store.unlock(&info.id).await;
     }
+}
+
+impl Controller<'_> {
+    /// What the book says of a managed job or service in state.
+    fn computed_of(&self, r: &ResourceState) -> Option<BTreeMap<String, serde_json::Value>> {
+        match &r.spec {
+            Spec::ManagedJob(_) => task_id(r)
+                .and_then(|t| self.book.runs.get(t))
+                .map(Run::computed),
+            Spec::Service(_) => super::serving::service_id(r)
+                .and_then(|id| self.book.services.get(id))
+                .map(super::serving::computed),
+            _ => None,
+        }
+    }
+}
+
+/// Equal but for the request rate, which alone is not worth a state write (`status` reads
+/// it from the book).
+fn same_but_rate(
+    a: &BTreeMap<String, serde_json::Value>,
+    b: &BTreeMap<String, serde_json::Value>,
+) -> bool {
+    let strip = |m: &BTreeMap<String, serde_json::Value>| {
+        m.iter()
+            .filter(|(k, _)| k.as_str() != "qps")
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect::<BTreeMap<_, _>>()
+    };
+    strip(a) == strip(b)
 }
 
 /// Where the managed jobs a managed job waits for are.

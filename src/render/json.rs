@@ -303,6 +303,20 @@ pub fn status(state: &crate::state::State) -> Value {
         .resources
         .iter()
         .map(|(a, r)| {
+            if r.provider == crate::controller::handoff::NAME
+                && matches!(r.spec, crate::model::Spec::Service(_))
+            {
+                // A service: its endpoint and each replica as the controller sees it.
+                return json!({
+                    "address": a.to_string(),
+                    "status": r.computed.get("status"),
+                    "endpoint": r.computed.get("endpoint"),
+                    "qps": r.computed.get("qps"),
+                    "version": r.computed.get("version"),
+                    "replicas": r.computed.get("replicas"),
+                    "reason": r.computed.get("reason"),
+                });
+            }
             if r.provider == crate::controller::handoff::NAME {
                 // A managed job: where the controller runs it now, and how it got there.
                 return json!({

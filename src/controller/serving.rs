@@ -1,0 +1,511 @@
+//! Services, served: once a pass the controller takes up the services apply declared, judges
+//! each replica (its managed job's phase and its readiness probe), asks the autoscaler for
+//! the count, starts and drains replicas as [`service::moves`] says, and keeps each
+//! service's load balancer ([`crate::serve`]) pointed at its ready replicas. The replicas
+//! it wants are answered as managed jobs to declare: the managed-job machinery launches,
+//! watches, recovers and removes them.
+
+use super::book;
+use super::handoff::NAME;
+use super::policy::Phase;
+use super::reconcile::Controller;
+use super::service::{
+    self, Probing, Replica, ReplicaState, Scaling, ServiceRecord, UpdateMode, replica_task,
+};
+use crate::model::{Address, ManagedJobSpec, ServiceSpec, Spec};
+use crate::serve::{Balancer, Upstream};
+use crate::state::{ResourceState, State, Status};
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+/// The service id apply gave a service (its key in the book).
+pub fn service_id(res: &ResourceState) -> Option<&str> {
+    res.private
+        .get("service_id")
+        .and_then(serde_json::Value::as_str)
+}
+
+/// The port a service's endpoint listens on: its first port, else 8000.
+pub fn endpoint_port(spec: &ServiceSpec) -> u16 {
+    spec.resources.ports.first().copied().unwrap_or(8000)
+}
+
+/// How often replicas are probed, how long a ready one may fail, how long a drain waits,
+/// how long a request waits for a replica: SkyServe's values, shortened by tests through
+/// `SKYFORM_SERVE_{PROBE,PROBE_BUDGET,DRAIN,QUEUE}_MS`.
+#[derive(Debug, Clone, Copy)]
+struct Pacing {
+    probe_every: Duration,
+    budget: Duration,
+    drain: Duration,
+    queue: Duration,
+}
+
+impl Pacing {
+    fn from_env() -> Pacing {
+        let ms = |name: &str, default: u64| {
+            Duration::from_millis(
+                std::env::var(format!("SKYFORM_SERVE_{name}_MS"))
+                    .ok()
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(default),
+            )
+        };
+        Pacing {
+            probe_every: ms("PROBE", 10_000),
+            budget: ms("PROBE_BUDGET", 180_000),
+            drain: ms("DRAIN", 120_000),
+            queue: ms("QUEUE", 60_000),
+        }
+    }
+}
+
+/// What the controller holds for its services between passes.
+pub struct Serving {
+    balancers: BTreeMap<String, Arc<Balancer>>,
+    /// Probe answers not judged yet, by replica task.
+    answers: BTreeMap<String, bool>,
+    /// When each replica was last probed (unix ms).
+    probed: BTreeMap<String, u64>,
+    tx: mpsc::UnboundedSender<(String, bool)>,
+    rx: mpsc::UnboundedReceiver<(String, bool)>,
+    pacing: Pacing,
+}
+
+impl std::fmt::Debug for Serving {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Serving")
+            .field("services", &self.balancers.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for Serving {
+    fn default() -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        Serving {
+            balancers: BTreeMap::new(),
+            answers: BTreeMap::new(),
+            probed: BTreeMap::new(),
+            tx,
+            rx,
+            pacing: Pacing::from_env(),
+        }
+    }
+}
+
+/// Where a replica listens, as its balancer reaches it: its cluster's head when it runs on
+/// one, else this machine.
+fn replica_addr(run: Option<&book::Run>, port: u16) -> String {
+    let host = run
+        .and_then(|r| r.current.as_ref())
+        .and_then(|p| p.cluster.as_ref())
+        .and_then(|c| c.computed.get("head_ip"))
+        .and_then(serde_json::Value::as_str)
+        .unwrap_or("127.0.0.1");
+    format!("{host}:{port}")
+}
+
+/// A port no one listens on now, for a replica on this machine.
+fn free_port() -> Option<u16> {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .ok()
+}
+
+/// The managed job one replica runs: the service's program, listening on `$PORT`.
+fn replica_resource(
+    res: &ResourceState,
+    spec: &ServiceSpec,
+    task: &str,
+    id: u32,
+    port: u16,
+    address: &Address,
+) -> ResourceState {
+    let mut envs = spec.envs.clone();
+    envs.insert("PORT".into(), port.to_string());
+    envs.insert("SKYFORM_REPLICA_ID".into(), id.to_string());
+    envs.insert("SKYFORM_SERVICE".into(), address.to_string());
+    let job = ManagedJobSpec {
+        num_nodes: 1,
+        resources: spec.resources.clone(),
+        workdir: spec.workdir.clone(),
+        workdir_hash: spec.workdir_hash.clone(),
+        setup: spec.setup.clone(),
+        run: spec.run.clone(),
+        envs,
+        secrets: spec.secrets.clone(),
+        recovery: None,
+    };
+    ResourceState {
+        status: Status::Ready,
+        provider: NAME.into(),
+        spec: Spec::ManagedJob(job),
+        computed: BTreeMap::new(),
+        private: json!({ "task_id": task }),
+        placement: res.placement.clone(),
+        dependencies: Vec::new(),
+        sensitive: res.sensitive.clone(),
+        attempts: Vec::new(),
+        leftovers: Vec::new(),
+    }
+}
+
+/// A GET (or the probe's request) answered 200 within the timeout.
+async fn probe(addr: String, path: String, timeout: Duration) -> bool {
+    let asked = async {
+        let mut s = tokio::net::TcpStream::connect(&addr).await.ok()?;
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        s.write_all(request.as_bytes()).await.ok()?;
+        let mut head = Vec::new();
+        let mut buf = [0u8; 256];
+        while !head.windows(2).any(|w| w == b"\r\n") && head.len() < 4096 {
+            let n = s.read(&mut buf).await.ok()?;
+            if n == 0 {
+                break;
+            }
+            head.extend_from_slice(&buf[..n]);
+        }
+        let line = String::from_utf8_lossy(&head);
+        Some(line.starts_with("HTTP/1.") && line.split_whitespace().nth(1) == Some("200"))
+    };
+    matches!(tokio::time::timeout(timeout, asked).await, Ok(Some(true)))
+}
+
+/// What state and `status` show of a service.
+pub fn computed(rec: &ServiceRecord) -> BTreeMap<String, serde_json::Value> {
+    let ready = rec.ready().count();
+    let alive = rec.alive().count();
+    let status = if rec.cancel {
+        "SHUTTING_DOWN"
+    } else if ready > 0 {
+        "READY"
+    } else if rec.reason.is_some() && alive == 0 {
+        "FAILED"
+    } else if alive > 0 {
+        "REPLICA_INIT"
+    } else {
+        "NO_REPLICA"
+    };
+    let replicas: Vec<serde_json::Value> = rec
+        .replicas
+        .iter()
+        .map(|(id, r)| {
+            let mut v = json!({
+                "id": id,
+                "version": r.version,
+                "state": r.state.as_str(),
+                "port": r.port,
+            });
+            if let Some(reason) = &r.reason {
+                v["reason"] = json!(reason);
+            }
+            v
+        })
+        .collect();
+    let mut m = BTreeMap::from([
+        ("status".to_string(), json!(status)),
+        (
+            "endpoint".to_string(),
+            json!(format!("http://127.0.0.1:{}", rec.port)),
+        ),
+        ("replicas".to_string(), json!(replicas)),
+        ("version".to_string(), json!(rec.newest())),
+        ("qps".to_string(), json!(rec.qps)),
+    ]);
+    if let Some(r) = &rec.reason {
+        m.insert("reason".into(), json!(r));
+    }
+    m
+}
+
+impl Controller<'_> {
+    /// One pass over the services: answers the replicas to declare, as managed jobs by
+    /// task id.
+    pub(super) async fn serve(&mut self, state: &State) -> BTreeMap<String, ResourceState> {
+        let now = book::now_ms();
+        let declared: BTreeMap<String, &ResourceState> = state
+            .resources
+            .values()
+            .filter(|r| matches!(r.spec, Spec::Service(_)) && r.status == Status::Ready)
+            .filter_map(|r| service_id(r).map(|id| (id.to_string(), r)))
+            .collect();
+        for (id, res) in &declared {
+            if !self.book.services.contains_key(id) {
+                let port = res
+                    .private
+                    .get("port")
+                    .and_then(serde_json::Value::as_u64)
+                    .and_then(|p| u16::try_from(p).ok())
+                    .unwrap_or(8000);
+                let address = state
+                    .resources
+                    .iter()
+                    .find(|(_, r)| service_id(r) == Some(id))
+                    .map(|(a, _)| a.clone())
+                    .unwrap_or_else(|| Address::new(crate::model::Kind::Service, id.clone()));
+                self.book
+                    .services
+                    .insert(id.clone(), ServiceRecord::new(address, port));
+                self.dirty = true;
+            }
+        }
+        while let Ok((task, ok)) = self.serving.rx.try_recv() {
+            self.serving.answers.insert(task, ok);
+        }
+        let mut out = BTreeMap::new();
+        let ids: Vec<String> = self.book.services.keys().cloned().collect();
+        for id in ids {
+            self.serve_one(&id, declared.get(&id).copied(), now, &mut out)
+                .await;
+        }
+        // A service apply removed, with nothing left of it, is forgotten.
+        let gone: Vec<String> = self
+            .book
+            .services
+            .iter()
+            .filter(|(id, r)| r.cancel && r.is_gone() && !declared.contains_key(*id))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in gone {
+            self.book.services.remove(&id);
+            self.dirty = true;
+        }
+        out
+    }
+
+    /// The balancer of a service, listening from its first pass.
+    async fn balancer(&mut self, id: &str, rec: &mut ServiceRecord) -> Option<Arc<Balancer>> {
+        if let Some(b) = self.serving.balancers.get(id) {
+            return Some(b.clone());
+        }
+        let config = crate::serve::Config {
+            queue_timeout: self.serving.pacing.queue,
+            ..Default::default()
+        };
+        match Balancer::bind(("127.0.0.1", rec.port), config).await {
+            Ok(b) => {
+                let b = Arc::new(b);
+                self.serving.balancers.insert(id.to_string(), b.clone());
+                Some(b)
+            }
+            Err(e) => {
+                let why = format!("its load balancer cannot listen on port {}: {e}", rec.port);
+                if rec.reason.as_deref() != Some(why.as_str()) {
+                    self.say(format!("{}: {why}", rec.address));
+                    rec.reason = Some(why);
+                }
+                None
+            }
+        }
+    }
+
+    async fn serve_one(
+        &mut self,
+        id: &str,
+        res: Option<&ResourceState>,
+        now: u64,
+        out: &mut BTreeMap<String, ResourceState>,
+    ) {
+        let Some(mut rec) = self.book.services.get(id).cloned() else {
+            return;
+        };
+        let before = rec.clone();
+        let spec = res.and_then(|r| match &r.spec {
+            Spec::Service(s) => Some(s.clone()),
+            _ => None,
+        });
+        rec.cancel |= spec.is_none();
+        if let Some(s) = &spec {
+            rec.version_of(&service::version_key(s));
+        }
+        let balancer = if rec.cancel && rec.is_gone() {
+            None
+        } else {
+            self.balancer(id, &mut rec).await
+        };
+        let pacing = self.serving.pacing;
+        let probing = Probing {
+            initial_delay: Duration::from_secs(
+                spec.as_ref()
+                    .and_then(|s| s.readiness_probe.as_ref())
+                    .map_or(1200, |p| u64::from(p.initial_delay_seconds)),
+            ),
+            budget: pacing.budget,
+        };
+        // Judge every replica by its managed job and its last probe.
+        for (rid, r) in rec.replicas.iter_mut() {
+            let task = replica_task(id, *rid);
+            let phase = self.book.runs.get(&task).map(|run| run.phase);
+            let answer = self.serving.answers.remove(&task);
+            let was = r.state;
+            *r = service::judge(r, phase, answer, now, probing);
+            if r.state != was && r.state.is_failed() {
+                self.say(format!(
+                    "{}: replica {rid} {}: {}",
+                    rec.address,
+                    r.state.as_str(),
+                    r.reason.as_deref().unwrap_or("")
+                ));
+            }
+            if let Some(since) = r.draining {
+                let idle = balancer
+                    .as_ref()
+                    .is_none_or(|b| b.in_flight(&rid.to_string()) == 0);
+                if idle || now.saturating_sub(since) >= pacing.drain.as_millis() as u64 {
+                    r.removed = true;
+                }
+            }
+        }
+        // Removed and failed replicas go once their managed job is gone.
+        let runs = &self.book.runs;
+        rec.replicas.retain(|rid, r| {
+            let active = runs
+                .get(&replica_task(id, *rid))
+                .is_some_and(book::Run::is_active);
+            active || !(r.removed || r.state.is_failed())
+        });
+        if let (Some(s), Some(b)) = (&spec, &balancer)
+            && !rec.cancel
+        {
+            rec.qps = (b.qps() * 100.0).round() / 100.0;
+            let (target, pending) = service::autoscale(
+                &Scaling::of(s),
+                b.qps(),
+                b.waiting(),
+                rec.target,
+                rec.pending,
+                now,
+            );
+            if target != rec.target {
+                self.say(format!(
+                    "{}: {} → {target} replicas ({:.1} requests/s)",
+                    rec.address, rec.target, rec.qps
+                ));
+            }
+            rec.target = target;
+            rec.pending = pending;
+        }
+        let m = service::moves(&rec, UpdateMode::Rolling);
+        if let Some(v) = m.roll_back {
+            rec.rolled_back.push(v);
+            let why = format!(
+                "version {v} never became ready; rolled back to version {}",
+                rec.serving_version().unwrap_or(0)
+            );
+            self.say(format!("{}: {why}", rec.address));
+            rec.reason = Some(why);
+        }
+        for rid in &m.drain {
+            if let Some(r) = rec.replicas.get_mut(rid) {
+                r.draining.get_or_insert(now);
+            }
+        }
+        // Replicas are started with the spec in state: only of its version.
+        let launch_ok = rec.serving_version() == Some(rec.newest());
+        if let (Some(s), Some(res)) = (&spec, res)
+            && launch_ok
+        {
+            let here = res
+                .placement
+                .as_ref()
+                .is_none_or(|c| crate::model::backend::is_this_machine(&c.offering.cloud));
+            for _ in 0..m.launch {
+                let port = if here {
+                    free_port().unwrap_or_else(|| endpoint_port(s))
+                } else {
+                    endpoint_port(s)
+                };
+                let rid = rec.next_id;
+                rec.next_id += 1;
+                rec.replicas.insert(
+                    rid,
+                    Replica {
+                        version: rec.newest(),
+                        port,
+                        state: ReplicaState::Pending,
+                        running_ms: None,
+                        ready_ms: None,
+                        failing_ms: None,
+                        draining: None,
+                        removed: false,
+                        reason: None,
+                    },
+                );
+            }
+        }
+        if let Some(b) = &balancer {
+            let ready: Vec<Upstream> = rec
+                .ready()
+                .map(|(rid, r)| Upstream {
+                    id: rid.to_string(),
+                    addr: replica_addr(self.book.runs.get(&replica_task(id, *rid)), r.port),
+                    version: r.version.to_string(),
+                })
+                .collect();
+            if b.ready() != ready {
+                b.set_ready(ready);
+            }
+        }
+        // Probe the replicas whose program runs, every period.
+        let path = spec
+            .as_ref()
+            .and_then(|s| s.readiness_probe.as_ref())
+            .map_or_else(|| "/".to_string(), |p| p.path.clone());
+        for (rid, r) in &rec.replicas {
+            let task = replica_task(id, *rid);
+            let run = self.book.runs.get(&task);
+            if r.draining.is_some()
+                || r.removed
+                || r.state.is_failed()
+                || run.map(|x| x.phase) != Some(Phase::Running)
+            {
+                continue;
+            }
+            let last = self.serving.probed.get(&task).copied().unwrap_or(0);
+            if now.saturating_sub(last) < pacing.probe_every.as_millis() as u64 {
+                continue;
+            }
+            self.serving.probed.insert(task.clone(), now);
+            let tx = self.serving.tx.clone();
+            let addr = replica_addr(run, r.port);
+            let path = path.clone();
+            tokio::spawn(async move {
+                let ok = probe(addr, path, Duration::from_secs(15)).await;
+                let _ = tx.send((task, ok));
+            });
+        }
+        // The replicas to declare: all but those removed or failed (a draining one runs
+        // until its requests are done).
+        if let (Some(s), Some(res)) = (&spec, res) {
+            for (rid, r) in &rec.replicas {
+                if r.removed || r.state.is_failed() {
+                    continue;
+                }
+                let task = replica_task(id, *rid);
+                let declared = replica_resource(res, s, &task, *rid, r.port, &rec.address);
+                out.insert(task, declared);
+            }
+        }
+        if rec.cancel
+            && rec.is_gone()
+            && let Some(b) = self.serving.balancers.remove(id)
+        {
+            // Nothing left to serve: the endpoint closes before apply hears it is gone.
+            b.shutdown();
+        }
+        if rec != before {
+            self.dirty |= rec.replicas != before.replicas
+                || rec.target != before.target
+                || rec.versions != before.versions
+                || rec.cancel != before.cancel
+                || rec.reason != before.reason;
+            self.book.services.insert(id.to_string(), rec);
+        }
+    }
+}

@@ -1,0 +1,245 @@
+//! Services on this machine, end to end: `skyform apply` hands a service to the controller
+//! (a real background process), which runs its replicas (`testdata/services/replica.py`, a
+//! small HTTP server that reports its version and can be told to fail) on ports of their
+//! own, probes them, and serves them through its load balancer at the endpoint. The load is
+//! made here, bounded in count and time, to loopback only.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::io::{Read, Write};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+use support::Workdir;
+
+/// A configuration directory whose controller decides in test time.
+fn workdir(config: &str) -> Workdir {
+    Workdir::with_files(&[("main.sky.hcl", config)])
+        .env("SKYFORM_CONTROLLER_TICK_MS", "200")
+        .env("SKYFORM_CONTROLLER_GRACE_MS", "400")
+        .env("SKYFORM_SERVE_PROBE_MS", "200")
+        .env("SKYFORM_SERVE_PROBE_BUDGET_MS", "1500")
+        .env("SKYFORM_SERVE_DRAIN_MS", "5000")
+        .env("SKYFORM_SERVE_QUEUE_MS", "30000")
+}
+
+fn replica_py() -> String {
+    format!(
+        "{}/testdata/services/replica.py",
+        env!("CARGO_MANIFEST_DIR")
+    )
+}
+
+/// A free port for an endpoint.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One HTTP/1.1 request over a new connection: the status and the body.
+fn request(port: u16, method: &str, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(40)))?;
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)?;
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split("\r\n\r\n")
+        .nth(1)
+        .unwrap_or_default()
+        .to_string();
+    Ok((code, body))
+}
+
+/// Requests on a few threads until stopped: how many, and those that did not answer 200.
+struct Load {
+    stop: Arc<AtomicBool>,
+    sent: Arc<AtomicUsize>,
+    failed: Arc<std::sync::Mutex<Vec<String>>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(port: u16, threads: usize, pause: Duration) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let sent = Arc::new(AtomicUsize::new(0));
+        let failed = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let threads = (0..threads)
+            .map(|_| {
+                let (stop, sent, failed) = (stop.clone(), sent.clone(), failed.clone());
+                std::thread::spawn(move || {
+                    // Bounded: at most 10,000 requests or 2 minutes per thread.
+                    let end = Instant::now() + Duration::from_secs(120);
+                    for _ in 0..10_000 {
+                        if stop.load(Ordering::Relaxed) || Instant::now() > end {
+                            break;
+                        }
+                        sent.fetch_add(1, Ordering::Relaxed);
+                        match request(port, "GET", "/hello") {
+                            Ok((200, _)) => {}
+                            other => failed.lock().unwrap().push(format!("{other:?}")),
+                        }
+                        std::thread::sleep(pause);
+                    }
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            sent,
+            failed,
+            threads,
+        }
+    }
+
+    /// Stops it; answers (sent, failures).
+    fn finish(self) -> (usize, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads {
+            let _ = t.join();
+        }
+        let failed = self.failed.lock().unwrap().clone();
+        (self.sent.load(Ordering::Relaxed), failed)
+    }
+}
+
+/// The service's replicas in `status -json` as (id, version, state).
+fn replicas(row: &serde_json::Value) -> Vec<(u64, u64, String)> {
+    row["replicas"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|r| {
+                    (
+                        r["id"].as_u64().unwrap_or(0),
+                        r["version"].as_u64().unwrap_or(0),
+                        r["state"].as_str().unwrap_or("").to_string(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Processes whose command line contains `needle`.
+fn processes_with(needle: &str) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| {
+                    let mut c = String::from_utf8_lossy(&c).replace('\0', " ");
+                    c.push(' ');
+                    c.contains(needle)
+                })
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
+fn ready(row: &serde_json::Value) -> usize {
+    replicas(row).iter().filter(|r| r.2 == "READY").count()
+}
+
+fn service(port: u16, version: &str, replicas: u32, extra: &str) -> String {
+    format!(
+        r#"service "web" {{
+  run = "python3 {} --port $PORT --version {version}"
+  resources {{
+    ports = [{port}]
+  }}
+  readiness_probe {{
+    path                  = "/ready"
+    initial_delay_seconds = 8
+  }}
+  replica_policy {{
+    min_replicas = {replicas}
+  }}
+{extra}}}
+"#,
+        replica_py()
+    )
+}
+
+#[test]
+fn two_replicas_serve_through_the_endpoint_and_a_killed_one_is_replaced_under_load() {
+    let port = free_port();
+    let w = workdir(&service(port, "v1", 2, ""));
+    let out = w.ok(&["apply", "-auto-approve"]);
+    assert!(out.contains("Apply complete"), "{out}");
+    let row = w.wait_until("service.web", "two ready replicas", |r| ready(r) == 2);
+    assert_eq!(row["status"], "READY", "{row}");
+    assert_eq!(row["endpoint"], format!("http://127.0.0.1:{port}"), "{row}");
+    // Both replicas answer through the endpoint, each on a port of its own.
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..40 {
+        let (code, body) = request(port, "GET", "/who").unwrap();
+        assert_eq!(code, 200, "{body}");
+        assert!(body.contains("version=v1"), "{body}");
+        seen.insert(
+            body.split("port=")
+                .nth(1)
+                .unwrap_or("")
+                .split(' ')
+                .next()
+                .unwrap_or("")
+                .to_string(),
+        );
+    }
+    assert_eq!(seen.len(), 2, "both replicas served: {seen:?}");
+    // One replica dies under load: no request fails, and another takes its place.
+    let load = Load::start(port, 4, Duration::from_millis(5));
+    std::thread::sleep(Duration::from_millis(500));
+    let victim = seen.iter().next().unwrap().parse::<u16>().unwrap();
+    let pids = processes_with(&format!("--port {victim} "));
+    assert!(
+        !pids.is_empty(),
+        "the replica on port {victim} has a process"
+    );
+    for p in pids {
+        let _ = std::process::Command::new("kill")
+            .args(["-9", &p.to_string()])
+            .status();
+    }
+    let row = w.wait_until("service.web", "a replacement, ready", |r| {
+        ready(r) == 2 && replicas(r).iter().any(|x| x.0 >= 3)
+    });
+    let (sent, failed) = load.finish();
+    assert!(sent > 100, "the load ran ({sent} requests)");
+    assert!(
+        failed.is_empty(),
+        "{} of {sent} failed: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+    assert!(
+        replicas(&row).iter().all(|r| r.0 != 1 || r.2 != "READY")
+            || replicas(&row).iter().all(|r| r.0 != 2 || r.2 != "READY"),
+        "the dead replica is not shown ready: {row}"
+    );
+    w.ok(&["destroy", "-auto-approve"]);
+    assert!(request(port, "GET", "/").is_err(), "the endpoint is gone");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !w.processes().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "replicas stopped: {:?}",
+            w.processes()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
