@@ -819,31 +819,6 @@ fn sweep_module_runs_managed_jobs_on_temporary_clusters() {
 }
 
 #[test]
-fn a_service_keeps_its_replicas_running_until_destroyed() {
-    let sb = Workdir::with_files(&[(
-        "main.sky.hcl",
-        "service \"web\" {\n  run = \"echo serving replica $SKYFORM_NODE_RANK; sleep 600\"\n  resources {\n    ports = [8123]\n  }\n  replica_policy {\n    min_replicas = 2\n  }\n}\n\noutput \"endpoint\" {\n  value = service.web.endpoint\n}\n",
-    )]);
-    let out = sb.stdout(&["apply", "-auto-approve"]);
-    assert!(
-        out.contains("endpoint = \"http://127.0.0.1:8123\""),
-        "{out}"
-    );
-    wait_for("both replicas to log", Duration::from_secs(10), || {
-        let logs = sb.stdout(&["logs", "service.web"]);
-        logs.contains("serving replica 0") && logs.contains("serving replica 1")
-    });
-    let status = sb.stdout(&["status", "-json"]);
-    assert!(status.contains("\"RUNNING\""), "{status}");
-    sb.stdout(&["destroy", "-auto-approve"]);
-    assert!(
-        sb.processes().is_empty(),
-        "replicas stopped: {:?}",
-        sb.processes()
-    );
-}
-
-#[test]
 fn state_surgery_and_outputs() {
     let sb = Workdir::with_files(&[(
         "main.sky.hcl",

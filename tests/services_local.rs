@@ -201,6 +201,12 @@ fn two_replicas_serve_through_the_endpoint_and_a_killed_one_is_replaced_under_lo
         );
     }
     assert_eq!(seen.len(), 2, "both replicas served: {seen:?}");
+    let logs = w.ok(&["logs", "service.web"]);
+    assert_eq!(
+        logs.matches("listening 127.0.0.1:").count(),
+        2,
+        "each replica's log: {logs}"
+    );
     // One replica dies under load: no request fails, and another takes its place.
     let load = Load::start(port, 4, Duration::from_millis(5));
     std::thread::sleep(Duration::from_millis(500));
@@ -242,4 +248,55 @@ fn two_replicas_serve_through_the_endpoint_and_a_killed_one_is_replaced_under_lo
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+#[test]
+fn a_rolling_update_drops_no_request_and_a_broken_version_is_rolled_back() {
+    let port = free_port();
+    let w = workdir(&service(port, "v1", 2, ""));
+    w.ok(&["apply", "-auto-approve"]);
+    w.wait_until("service.web", "two ready replicas", |r| ready(r) == 2);
+    let load = Load::start(port, 3, Duration::from_millis(5));
+    // A new version: new replicas come up, old ones drain as they become ready.
+    w.write_config(&service(port, "v2", 2, ""));
+    let plan = w.ok(&["plan"]);
+    assert!(
+        plan.contains("service.web will be updated in place"),
+        "{plan}"
+    );
+    w.ok(&["apply", "-auto-approve"]);
+    let row = w.wait_until("service.web", "only version 2, ready", |r| {
+        let all = replicas(r);
+        ready(r) == 2 && all.iter().all(|x| x.1 == 2)
+    });
+    assert_eq!(row["version"], 2, "{row}");
+    for _ in 0..20 {
+        let (code, body) = request(port, "GET", "/v").unwrap();
+        assert_eq!((code, body.contains("version=v2")), (200, true), "{body}");
+    }
+    // A version that never becomes ready (a typo in its command): rolled back, the old
+    // replicas serving on.
+    w.write_config(&service(port, "v3", 2, "").replace(
+        "--port $PORT --version v3",
+        "--port $PORT --version v3 --no-such-flag",
+    ));
+    w.ok(&["apply", "-auto-approve"]);
+    let row = w.wait_until("service.web", "a rollback to version 2", |r| {
+        r["reason"]
+            .as_str()
+            .is_some_and(|s| s.contains("rolled back to version 2"))
+            && replicas(r).iter().all(|x| x.1 == 2 || x.2 != "READY")
+    });
+    assert_eq!(ready(&row), 2, "{row}");
+    let (sent, failed) = load.finish();
+    assert!(sent > 100, "the load ran ({sent} requests)");
+    assert!(
+        failed.is_empty(),
+        "{} of {sent} failed: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+    let (code, body) = request(port, "GET", "/after").unwrap();
+    assert_eq!((code, body.contains("version=v2")), (200, true), "{body}");
+    w.ok(&["destroy", "-auto-approve"]);
 }

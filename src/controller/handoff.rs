@@ -148,6 +148,37 @@ fn service_computed(
 }
 
 impl ManagedProvider {
+    /// A service's logs: one stream per replica that runs now, in replica order.
+    async fn service_logs(&self, id: &str, offsets: &[u64]) -> Result<Vec<Vec<u8>>, ProviderError> {
+        let book = self.book(true).await?;
+        let Some(rec) = book.services.get(id) else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        for rid in rec.replicas.keys() {
+            let at = offsets.get(out.len()).copied().unwrap_or(0);
+            let placement = book
+                .runs
+                .get(&super::service::replica_task(id, *rid))
+                .and_then(|r| r.current.as_ref())
+                .and_then(|p| self.inner.get(&p.provider).map(|provider| (p, provider)));
+            let chunk = match placement {
+                Some((p, provider)) => {
+                    let (job, cluster) = placed(p);
+                    provider
+                        .read_logs(&job, cluster.as_ref(), &[at])
+                        .await
+                        .ok()
+                        .and_then(|c| c.into_iter().next())
+                        .unwrap_or_default()
+                }
+                None => Vec::new(),
+            };
+            out.push(chunk);
+        }
+        Ok(out)
+    }
+
     /// Asks the controller to drain and remove a service, and waits until it has.
     async fn delete_service(&self, address: &Address, id: &str) -> Result<(), ProviderError> {
         let store = self.store()?;
@@ -390,6 +421,9 @@ impl Provider for ManagedProvider {
         _cluster: Option<&ResourceState>,
         offsets: &[u64],
     ) -> Result<Vec<Vec<u8>>, ProviderError> {
+        if let Some(id) = serving::service_id(res) {
+            return self.service_logs(id, offsets).await;
+        }
         let task = task_id(res).ok_or_else(no_task)?;
         let dir = self.relay_dir(task);
         let mut kept: Vec<Vec<u8>> = relay::log_paths(&dir)

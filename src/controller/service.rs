@@ -121,6 +121,9 @@ pub struct ServiceRecord {
     /// Requests per second over the last minute, as of the last pass.
     #[serde(default)]
     pub qps: f64,
+    /// How many replicas of each version failed (failed ones leave the record).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub failures: BTreeMap<u32, u32>,
 }
 
 impl ServiceRecord {
@@ -137,6 +140,7 @@ impl ServiceRecord {
             cancel: false,
             reason: None,
             qps: 0.0,
+            failures: BTreeMap::new(),
         }
     }
 
@@ -380,6 +384,9 @@ pub struct Moves {
     pub drain: Vec<u32>,
     /// A version to roll back (its replicas never became ready).
     pub roll_back: Option<u32>,
+    /// Why no replica is started although some are missing (a version that only fails,
+    /// with no older one to fall back on).
+    pub stuck: Option<String>,
 }
 
 /// How many failed replicas of a version that never had a ready one make it a bad
@@ -410,7 +417,8 @@ pub fn moves(rec: &ServiceRecord, mode: UpdateMode) -> Moves {
         .replicas
         .values()
         .filter(|r| r.version == v && r.state.is_failed())
-        .count();
+        .count()
+        .max(rec.failures.get(&v).copied().unwrap_or(0) as usize);
     let ever_ready = rec
         .replicas
         .values()
@@ -422,6 +430,13 @@ pub fn moves(rec: &ServiceRecord, mode: UpdateMode) -> Moves {
     }
     let n = rec.target;
     m.launch = n.saturating_sub(new_alive.len() as u32);
+    if old.is_empty() && !ever_ready && failed_v >= 3 * too_many_failures(n) && m.launch > 0 {
+        // Starting more would fail the same way: wait for a new version.
+        m.stuck = Some(format!(
+            "{failed_v} replicas of version {v} failed and none became ready; fix the service and apply again"
+        ));
+        m.launch = 0;
+    }
     if (new_alive.len() as u32) > n {
         // Scaling down: those not ready first, then the oldest.
         let mut extra: Vec<(u32, bool)> = of_v(true)
@@ -624,6 +639,12 @@ mod tests {
         // Back on version 1: nothing to start, nothing to drain.
         rec.replicas.remove(&5);
         assert_eq!(moves(&rec, UpdateMode::Rolling), Moves::default());
+        // A first version that only fails: after a few tries, no more starts.
+        let mut bad = record(&[], 1, 1);
+        bad.failures.insert(1, 6);
+        let m = moves(&bad, UpdateMode::Rolling);
+        assert_eq!(m.launch, 0);
+        assert!(m.stuck.is_some());
     }
 
     #[test]

@@ -322,7 +322,11 @@ impl Controller<'_> {
         });
         rec.cancel |= spec.is_none();
         if let Some(s) = &spec {
-            rec.version_of(&service::version_key(s));
+            let newest = rec.newest();
+            if rec.version_of(&service::version_key(s)) > newest {
+                // A new version: what was said of the last one no longer holds.
+                rec.reason = None;
+            }
         }
         let balancer = if rec.cancel && rec.is_gone() {
             None
@@ -346,6 +350,7 @@ impl Controller<'_> {
             let was = r.state;
             *r = service::judge(r, phase, answer, now, probing);
             if r.state != was && r.state.is_failed() {
+                *rec.failures.entry(r.version).or_default() += 1;
                 self.say(format!(
                     "{}: replica {rid} {}: {}",
                     rec.address,
@@ -400,6 +405,12 @@ impl Controller<'_> {
             );
             self.say(format!("{}: {why}", rec.address));
             rec.reason = Some(why);
+        }
+        if let Some(why) = &m.stuck
+            && rec.reason.as_ref() != Some(why)
+        {
+            self.say(format!("{}: {why}", rec.address));
+            rec.reason = Some(why.clone());
         }
         for rid in &m.drain {
             if let Some(r) = rec.replicas.get_mut(rid) {
@@ -504,7 +515,8 @@ impl Controller<'_> {
                 || rec.target != before.target
                 || rec.versions != before.versions
                 || rec.cancel != before.cancel
-                || rec.reason != before.reason;
+                || rec.reason != before.reason
+                || rec.failures != before.failures;
             self.book.services.insert(id.to_string(), rec);
         }
     }
