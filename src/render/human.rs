@@ -135,7 +135,107 @@ fn placement_line(c: &Change) -> Option<String> {
     if let Some(crate::model::Spec::ManagedJob(m)) = &c.after {
         let _ = write!(s, "\n          {}", recovery_line(m, &c.candidates));
     }
+    if let Some(cost) = ServiceCost::of(c) {
+        let _ = write!(s, "\n          {}", cost.line());
+    }
     Some(s)
+}
+
+/// What a service costs per hour at its fewest and at its most replicas: its placement's
+/// price per replica, with a spot service's on-demand replicas at their own price.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceCost {
+    pub min_replicas: u32,
+    pub max_replicas: u32,
+    /// Replicas kept beyond what the load needs (`num_overprovision`), at min and at max.
+    pub spare: u32,
+    /// The price of one replica at the placement (spot when the service asks for spot).
+    pub replica_hourly: crate::optimizer::Micros,
+    pub spot: bool,
+    /// Replicas kept on demand (`base_ondemand_fallback_replicas`, spot services only).
+    pub ondemand_replicas: u32,
+    /// The price of one on-demand replica, when the plan found one.
+    pub ondemand_hourly: Option<crate::optimizer::Micros>,
+    /// Missing spot replicas are covered by on-demand ones (`dynamic_ondemand_fallback`).
+    pub dynamic_ondemand: bool,
+}
+
+impl ServiceCost {
+    /// The costs of a service's change, when it has a placement.
+    pub fn of(c: &Change) -> Option<ServiceCost> {
+        let Some(crate::model::Spec::Service(s)) = &c.after else {
+            return None;
+        };
+        let place = c.candidates.first()?;
+        let per = |x: &crate::optimizer::Candidate| x.hourly / u64::from(x.num_nodes.max(1));
+        let p = &s.replica_policy;
+        let spot = place.offering.spot;
+        Some(ServiceCost {
+            min_replicas: p.min_replicas,
+            max_replicas: p.max(),
+            spare: p.overprovision(),
+            replica_hourly: per(place),
+            spot,
+            ondemand_replicas: if spot { p.base_ondemand() } else { 0 },
+            ondemand_hourly: c.ondemand.as_ref().map(per),
+            dynamic_ondemand: spot && p.dynamic_ondemand(),
+        })
+    }
+
+    /// The replicas running when the load wants `wanted` of them.
+    pub fn running(&self, wanted: u32) -> u32 {
+        wanted + self.spare
+    }
+
+    /// The hourly cost of `n` running replicas: the first on demand, the rest at the
+    /// placement's price.
+    pub fn hourly(&self, n: u32) -> crate::optimizer::Micros {
+        let ondemand = n.min(self.ondemand_replicas);
+        let od_price = self.ondemand_hourly.unwrap_or(self.replica_hourly);
+        u64::from(ondemand) * od_price + u64::from(n - ondemand) * self.replica_hourly
+    }
+
+    /// `replicas 1–4: $0.50/h at 1, $2.00/h at 4`, and how spot and on demand are split.
+    pub fn line(&self) -> String {
+        let (lo, hi) = (
+            self.running(self.min_replicas),
+            self.running(self.max_replicas),
+        );
+        let mut out = if self.min_replicas == self.max_replicas {
+            format!("replicas {}", self.min_replicas)
+        } else {
+            format!("replicas {}–{}", self.min_replicas, self.max_replicas)
+        };
+        if self.spare > 0 {
+            let _ = write!(out, " + {} spare", self.spare);
+        }
+        if lo == hi {
+            let _ = write!(out, ": {}/h", dollars(self.hourly(lo)));
+        } else {
+            let _ = write!(
+                out,
+                ": {}/h at {lo}, {}/h at {hi}",
+                dollars(self.hourly(lo)),
+                dollars(self.hourly(hi))
+            );
+        }
+        if self.ondemand_replicas > 0 {
+            let price = self
+                .ondemand_hourly
+                .map_or("price unknown".to_string(), |h| format!("{}/h", dollars(h)));
+            let _ = write!(
+                out,
+                " ({} on demand at {price} each, the rest spot)",
+                self.ondemand_replicas
+            );
+        } else if self.spot {
+            out.push_str(" (all spot)");
+        }
+        if self.dynamic_ondemand {
+            out.push_str("; missing spot replicas are covered on demand");
+        }
+        out
+    }
 }
 
 /// What the controller does when a managed job loses its placement: the strategy and the
@@ -292,6 +392,11 @@ fn change_body(out: &mut String, c: &Change, s: &Style) {
                 }
             }
         }
+    }
+    if c.action == Action::Update
+        && let Some(cost) = ServiceCost::of(c)
+    {
+        let _ = writeln!(out, "{indent}  {}", s.dim(&format!("# {}", cost.line())));
     }
     if unchanged > 0 {
         let _ = writeln!(

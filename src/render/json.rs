@@ -98,6 +98,40 @@ pub struct JsonChange<'a> {
     /// Present when an `import` block takes this cluster into state.
     #[serde(skip_serializing_if = "Option::is_none")]
     importing: Option<Value>,
+    /// A placed service's replica range and what it costs at each end.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    service: Option<JsonService>,
+}
+
+/// The replica range of a service and its hourly cost at min and at max replicas.
+#[derive(Debug, Serialize)]
+pub struct JsonService {
+    min_replicas: u32,
+    max_replicas: u32,
+    num_overprovision: u32,
+    replica_hourly_cost_micros: u64,
+    spot: bool,
+    ondemand_replicas: u32,
+    ondemand_replica_hourly_cost_micros: Option<u64>,
+    dynamic_ondemand_fallback: bool,
+    hourly_cost_micros_at_min: u64,
+    hourly_cost_micros_at_max: u64,
+}
+
+fn service(c: &crate::plan::Change) -> Option<JsonService> {
+    let s = super::human::ServiceCost::of(c)?;
+    Some(JsonService {
+        min_replicas: s.min_replicas,
+        max_replicas: s.max_replicas,
+        num_overprovision: s.spare,
+        replica_hourly_cost_micros: s.replica_hourly,
+        spot: s.spot,
+        ondemand_replicas: s.ondemand_replicas,
+        ondemand_replica_hourly_cost_micros: s.ondemand_hourly,
+        dynamic_ondemand_fallback: s.dynamic_ondemand,
+        hourly_cost_micros_at_min: s.hourly(s.running(s.min_replicas)),
+        hourly_cost_micros_at_max: s.hourly(s.running(s.max_replicas)),
+    })
 }
 
 #[derive(Debug, Serialize)]
@@ -196,6 +230,7 @@ pub fn plan(p: &Plan) -> JsonPlan<'_> {
                     .collect(),
                 notes: &c.notes,
                 importing: c.import.as_ref().map(|id| json!({ "id": id })),
+                service: service(c),
             }
         })
         .collect();
