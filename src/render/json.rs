@@ -351,6 +351,21 @@ pub fn status(state: &crate::state::State) -> Value {
                     "history": r.computed.get("history"),
                 });
             }
+            if let Some(svc) = super::human::ServiceStatus::of(r) {
+                // A service the controller runs: its endpoint, load and replicas.
+                return json!({
+                    "address": a.to_string(),
+                    "status": r.computed.get("status"),
+                    "endpoint": svc.endpoint,
+                    "qps": r.computed.get("qps"),
+                    "version": r.computed.get("version"),
+                    "ready_replicas": svc.ready(),
+                    "live_replicas": svc.live(),
+                    "replicas": r.computed.get("replicas"),
+                    "placement": r.placement.as_ref().map(|p| p.offering.infra()),
+                    "hourly_cost_micros": svc.hourly,
+                });
+            }
             json!({
                 "address": a.to_string(),
                 "status": r.computed.get("status"),
