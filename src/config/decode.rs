@@ -522,8 +522,9 @@ pub struct Dirs<'a> {
 
 /// Attributes the planner needs to know (placement, fit, node count, and the workdir whose
 /// contents it hashes): a value known only after apply is an error there.
-const KNOWN_AT_PLAN: [&str; 9] = [
+const KNOWN_AT_PLAN: [&str; 10] = [
     "num_nodes",
+    "replicas",
     "workdir",
     "accelerators",
     "cpus",

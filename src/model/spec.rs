@@ -272,11 +272,12 @@ impl ReplicaPolicy {
     pub const DEFAULT_UPSCALE_DELAY_SECONDS: u32 = 300;
     pub const DEFAULT_DOWNSCALE_DELAY_SECONDS: u32 = 1200;
 
-    /// Exactly `n` replicas, no autoscaling (`replicas = n`).
+    /// Exactly `n` replicas, no autoscaling (`replicas = n`). Written as `replica_policy {
+    /// min_replicas = n }` always was, so switching to the shorthand changes nothing.
     pub fn fixed(n: u32) -> ReplicaPolicy {
         ReplicaPolicy {
             min_replicas: n,
-            max_replicas: Some(n),
+            max_replicas: None,
             target_qps_per_replica: None,
             upscale_delay_seconds: None,
             downscale_delay_seconds: None,
