@@ -1010,13 +1010,18 @@ pub const DEFAULT_CONTROLLER_IMAGE: &str =
 /// `lifecycle { … }`: literal settings, checked once per block.
 pub fn lifecycle(body: &BodyDecl, kind: Kind, diags: &mut Diagnostics) -> Lifecycle {
     let schema = schema::of(kind);
-    let attributes: Vec<&str> = schema
+    let mut attributes: Vec<&str> = Vec::new();
+    for n in schema
         .attrs
         .iter()
         .map(|a| a.name)
         .chain(schema.blocks.iter().map(|b| b.name))
-        .filter(|n| !schema::META_ATTRS.contains(n) && *n != "lifecycle")
-        .collect();
+    {
+        // A shorthand and its block share a name (a service's readiness_probe).
+        if !schema::META_ATTRS.contains(&n) && n != "lifecycle" && !attributes.contains(&n) {
+            attributes.push(n);
+        }
+    }
     let Some(b) = body.block("lifecycle") else {
         return Lifecycle::default();
     };
@@ -1070,6 +1075,10 @@ pub fn lifecycle(body: &BodyDecl, kind: Kind, diags: &mut Diagnostics) -> Lifecy
                         continue;
                     }
                     match name {
+                        // `replicas = N` is stored as the replica_policy it stands for.
+                        Some(n) if kind == Kind::Service && n == "replicas" => {
+                            ignore.push("replica_policy".into());
+                        }
                         Some(n) => ignore.push(n),
                         None => diags.push(
                             Diagnostic::error("ignore_changes holds attribute names")
@@ -1206,6 +1215,25 @@ service "web" {
         .unwrap();
         assert_eq!(s.probe().body().as_deref(), Some("ping"));
         assert_eq!(s.probe().path, "/");
+    }
+
+    #[test]
+    fn ignoring_replicas_ignores_the_policy_it_stands_for() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        std::fs::write(
+            dir.path().join("main.sky.hcl"),
+            "service \"web\" {\n  run = \"serve\"\n  replicas = 2\n  lifecycle {\n    ignore_changes = [replicas]\n  }\n}\n",
+        )
+        .expect("a configuration file");
+        let (config, mut diags) = crate::config::load(dir.path());
+        let mut sink = Collect::default();
+        let (_, more) = crate::config::evaluate(&config, &BTreeMap::new(), &mut sink);
+        diags.extend(more);
+        assert!(!diags.has_errors(), "{:?}", diags.items);
+        assert_eq!(
+            sink.instances[0].lifecycle.ignore_changes,
+            vec!["replica_policy".to_string()]
+        );
     }
 
     #[test]
