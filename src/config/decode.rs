@@ -974,7 +974,18 @@ fn replica_policy(b: &BodyDecl, eval: &mut EvalAttr<'_>, diags: &mut Diagnostics
             a,
             "max_replicas without target_qps_per_replica".into(),
             "autoscaling needs a target",
-            "add target_qps_per_replica = Q (requests per second per replica) to scale between min and max by load, or remove max_replicas for a fixed number",
+            if p.min_replicas == 0 {
+                "scaling to zero is autoscaling: add target_qps_per_replica = Q (requests per second per replica)"
+            } else {
+                "add target_qps_per_replica = Q (requests per second per replica) to scale between min and max by load, or remove max_replicas for a fixed number"
+            },
+        ))
+    } else if let (Some(0), Some(a)) = (p.max_replicas, at("max_replicas")) {
+        Some(attr_error(
+            a,
+            "max_replicas = 0 never starts a replica".into(),
+            "no replica, whatever the load",
+            "write the most replicas the load may bring up, at least 1",
         ))
     } else if let (None, Some(_), Some(a)) = (
         p.max_replicas,
@@ -985,7 +996,11 @@ fn replica_policy(b: &BodyDecl, eval: &mut EvalAttr<'_>, diags: &mut Diagnostics
             a,
             "target_qps_per_replica without max_replicas".into(),
             "autoscaling needs a maximum",
-            "add max_replicas = N, the most replicas the load may bring up, or remove target_qps_per_replica for a fixed number",
+            if p.min_replicas == 0 {
+                "scaling to zero is autoscaling: add max_replicas = N, the most replicas the load may bring up"
+            } else {
+                "add max_replicas = N, the most replicas the load may bring up, or remove target_qps_per_replica for a fixed number"
+            },
         ))
     } else if p.min_replicas == 0 && p.max_replicas.is_none() {
         Some(attr_error(
@@ -1244,6 +1259,11 @@ service "web" {
         assert_eq!(
             service(&no_target).unwrap_err(),
             vec!["max_replicas without target_qps_per_replica".to_string()]
+        );
+        let zero_max = ok.replace("max_replicas = 2", "max_replicas = 0");
+        assert_eq!(
+            service(&zero_max).unwrap_err(),
+            vec!["max_replicas = 0 never starts a replica".to_string()]
         );
         let zero_target = ok.replace("= 1\n", "= 0\n");
         assert_eq!(
