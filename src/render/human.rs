@@ -830,6 +830,9 @@ const ENDED_REPLICA_STATES: [&str; 4] = [
 
 impl ServiceStatus {
     pub fn of(r: &crate::state::ResourceState) -> Option<ServiceStatus> {
+        if !matches!(r.spec, crate::model::Spec::Service(_)) {
+            return None;
+        }
         let list = r.computed.get("replicas")?.as_array()?;
         let text = |v: Option<&Value>| match v {
             Some(Value::String(s)) => s.clone(),

@@ -338,19 +338,6 @@ pub fn status(state: &crate::state::State) -> Value {
         .resources
         .iter()
         .map(|(a, r)| {
-            if r.provider == crate::controller::handoff::NAME {
-                // A managed job: where the controller runs it now, and how it got there.
-                return json!({
-                    "address": a.to_string(),
-                    "status": r.computed.get("status"),
-                    "exit_code": r.computed.get("exit_code"),
-                    "placement": r.computed.get("placement"),
-                    "hourly_cost_micros": r.computed.get("hourly"),
-                    "attempt": r.computed.get("attempt"),
-                    "reason": r.computed.get("reason"),
-                    "history": r.computed.get("history"),
-                });
-            }
             if let Some(svc) = super::human::ServiceStatus::of(r) {
                 // A service the controller runs: its endpoint, load and replicas.
                 return json!({
@@ -364,6 +351,19 @@ pub fn status(state: &crate::state::State) -> Value {
                     "replicas": r.computed.get("replicas"),
                     "placement": r.placement.as_ref().map(|p| p.offering.infra()),
                     "hourly_cost_micros": svc.hourly,
+                });
+            }
+            if r.provider == crate::controller::handoff::NAME {
+                // A managed job: where the controller runs it now, and how it got there.
+                return json!({
+                    "address": a.to_string(),
+                    "status": r.computed.get("status"),
+                    "exit_code": r.computed.get("exit_code"),
+                    "placement": r.computed.get("placement"),
+                    "hourly_cost_micros": r.computed.get("hourly"),
+                    "attempt": r.computed.get("attempt"),
+                    "reason": r.computed.get("reason"),
+                    "history": r.computed.get("history"),
                 });
             }
             json!({
