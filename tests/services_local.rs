@@ -300,3 +300,53 @@ fn a_rolling_update_drops_no_request_and_a_broken_version_is_rolled_back() {
     assert_eq!((code, body.contains("version=v2")), (200, true), "{body}");
     w.ok(&["destroy", "-auto-approve"]);
 }
+
+#[test]
+fn a_service_scaled_to_zero_wakes_on_its_first_request_and_follows_the_load() {
+    let port = free_port();
+    let config = format!(
+        r#"service "web" {{
+  run = "python3 {} --port $PORT --version v1"
+  resources {{
+    ports = [{port}]
+  }}
+  readiness_probe = "/"
+  replica_policy {{
+    min_replicas            = 0
+    max_replicas            = 2
+    target_qps_per_replica  = 5
+    upscale_delay_seconds   = 1
+    downscale_delay_seconds = 3
+  }}
+}}
+"#,
+        replica_py()
+    );
+    let w = workdir(&config).env("SKYFORM_SERVE_QPS_WINDOW_MS", "3000");
+    w.ok(&["apply", "-auto-approve"]);
+    let row = w.wait_for("service.web", "NO_REPLICA");
+    assert!(replicas(&row).is_empty(), "no replica runs at zero: {row}");
+    // The first request is held until a replica is up, and then answered.
+    let began = Instant::now();
+    let (code, body) = request(port, "GET", "/first").unwrap();
+    assert_eq!((code, body.contains("version=v1")), (200, true), "{body}");
+    assert!(began.elapsed() < Duration::from_secs(30));
+    // Load above one replica's target: a second one after the upscale delay.
+    let load = Load::start(port, 4, Duration::from_millis(5));
+    w.wait_until("service.web", "two ready replicas under load", |r| {
+        ready(r) == 2
+    });
+    let (sent, failed) = load.finish();
+    assert!(
+        failed.is_empty(),
+        "{} of {sent} failed: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+    // The load gone: back to zero after the downscale delay, each replica drained.
+    let row = w.wait_until("service.web", "no replica left", |r| {
+        replicas(r).is_empty() && r["status"] == "NO_REPLICA"
+    });
+    assert_eq!(row["qps"], 0.0, "{row}");
+    w.ok(&["destroy", "-auto-approve"]);
+}

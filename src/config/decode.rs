@@ -10,8 +10,8 @@ use super::value::{
 use crate::model::backend;
 use crate::model::{
     Accelerator, Accelerators, Address, Autostop, ClusterSpec, ControllerSpec, Cpus, JobSpec, Kind,
-    Lifecycle, ManagedJobSpec, Memory, ReadinessProbe, Recovery, ReplicaPolicy, Resources,
-    ServiceSpec, Spec, UNKNOWN,
+    LbPolicy, Lifecycle, ManagedJobSpec, Memory, ReadinessProbe, Recovery, ReplicaPolicy,
+    Resources, ServiceSpec, Spec, UNKNOWN, UpdateMode,
 };
 use hcl::Value;
 use sha2::Digest;
@@ -522,8 +522,9 @@ pub struct Dirs<'a> {
 
 /// Attributes the planner needs to know (placement, fit, node count, and the workdir whose
 /// contents it hashes): a value known only after apply is an error there.
-const KNOWN_AT_PLAN: [&str; 9] = [
+const KNOWN_AT_PLAN: [&str; 10] = [
     "num_nodes",
+    "replicas",
     "workdir",
     "accelerators",
     "cpus",
@@ -703,37 +704,7 @@ pub fn decode(
         }
         Kind::Service => {
             let (workdir, workdir_hash) = workdir(&f, dirs.module, dirs.root, diags);
-            let readiness_probe = body.block("readiness_probe").map(|b| {
-                let r = fields(b, &schema::READINESS_PROBE, eval, "readiness_probe", diags);
-                ReadinessProbe {
-                    path: r.str("path").unwrap_or_else(|| "/".into()),
-                    initial_delay_seconds: r.u32("initial_delay_seconds").unwrap_or(0),
-                }
-            });
-            let policy = body.block("replica_policy").map(|b| {
-                let r = fields(b, &schema::REPLICA_POLICY, eval, "replica_policy", diags);
-                let p = ReplicaPolicy {
-                    min_replicas: r.u32("min_replicas").unwrap_or(1),
-                    max_replicas: r.u32("max_replicas"),
-                    target_qps_per_replica: r.f64("target_qps_per_replica"),
-                    base_ondemand_fallback_replicas: r.u32("base_ondemand_fallback_replicas"),
-                };
-                if let Some(max) = p.max_replicas
-                    && max < p.min_replicas
-                    && let Some(a) = r.attr("max_replicas")
-                {
-                    diags.push(
-                        Diagnostic::error(format!(
-                            "max_replicas ({max}) is below min_replicas ({})",
-                            p.min_replicas
-                        ))
-                        .at(a.file, Some(a.span.clone()))
-                        .label("smaller than min_replicas")
-                        .hint("raise max_replicas or lower min_replicas"),
-                    );
-                }
-                p
-            });
+            let settings = service_settings(body, &f, eval, diags);
             Spec::Service(ServiceSpec {
                 resources,
                 workdir,
@@ -742,13 +713,10 @@ pub fn decode(
                 run: f.str("run").unwrap_or_default(),
                 envs: f.map("envs"),
                 secrets: f.map("secrets"),
-                readiness_probe,
-                replica_policy: policy.unwrap_or(ReplicaPolicy {
-                    min_replicas: 1,
-                    max_replicas: None,
-                    target_qps_per_replica: None,
-                    base_ondemand_fallback_replicas: None,
-                }),
+                readiness_probe: settings.probe,
+                replica_policy: settings.policy,
+                load_balancing_policy: settings.lb,
+                update_mode: settings.update,
             })
         }
         Kind::Controller => {
@@ -784,6 +752,272 @@ pub fn decode(
     (diags.error_count() == before).then_some(spec)
 }
 
+/// What a service block says about how it serves, beyond what its replicas run.
+struct ServiceSettings {
+    probe: Option<ReadinessProbe>,
+    policy: ReplicaPolicy,
+    lb: Option<LbPolicy>,
+    update: Option<UpdateMode>,
+}
+
+/// An error at an attribute: what is wrong, the label under it, and what to do.
+fn attr_error(attr: &AttrDecl, message: String, label: &str, hint: &str) -> Diagnostic {
+    Diagnostic::error(message)
+        .at(attr.file, Some(attr.span.clone()))
+        .label(label)
+        .hint(hint)
+}
+
+fn service_settings(
+    body: &BodyDecl,
+    f: &Fields<'_>,
+    eval: &mut EvalAttr<'_>,
+    diags: &mut Diagnostics,
+) -> ServiceSettings {
+    // readiness_probe: the block, or its shorthand `readiness_probe = "/path"`.
+    let probe_block = body.block("readiness_probe").map(|b| {
+        let r = fields(b, &schema::READINESS_PROBE, eval, "readiness_probe", diags);
+        let post_data = r.values.get("post_data").and_then(|(v, attr)| match v {
+            Value::String(_) | Value::Object(_) => Some(to_json(v)),
+            other => {
+                diags.push(attr_error(
+                    attr,
+                    format!(
+                        "post_data of readiness_probe must be a string or an object, not {}",
+                        describe_value(other)
+                    ),
+                    "neither a string nor an object",
+                    "write post_data = \"text\" or post_data = { model = \"m\" } (sent as JSON); the probe then POSTs it",
+                ));
+                None
+            }
+        });
+        let probe = ReadinessProbe {
+            path: r.str("path").unwrap_or_else(|| "/".into()),
+            post_data,
+            headers: r.map("headers"),
+            timeout_seconds: r.u32("timeout_seconds"),
+            initial_delay_seconds: r.u32("initial_delay_seconds"),
+        };
+        if probe.timeout_seconds == Some(0)
+            && let Some(a) = r.attr("timeout_seconds")
+        {
+            diags.push(attr_error(
+                a,
+                "timeout_seconds of readiness_probe must be at least 1".into(),
+                "no time to answer",
+                "write a timeout in seconds, e.g. timeout_seconds = 15 (the default)",
+            ));
+        }
+        (probe, r.attr("path").cloned())
+    });
+    let probe_short = f.str("readiness_probe").map(|path| {
+        (
+            ReadinessProbe {
+                path,
+                ..ReadinessProbe::default()
+            },
+            f.attr("readiness_probe").cloned(),
+        )
+    });
+    let probe = match (probe_block, probe_short) {
+        (Some(block), Some((_, Some(attr)))) => {
+            diags.push(attr_error(
+                &attr,
+                "readiness_probe is set twice: as an attribute and as a block".into(),
+                "the shorthand, beside a readiness_probe block",
+                "keep one: readiness_probe = \"/path\" for a GET of a path, or the block for the other settings",
+            ));
+            Some(block)
+        }
+        (block, short) => block.or(short),
+    };
+    if let Some((p, Some(attr))) = &probe
+        && !p.path.starts_with('/')
+        && !p.path.contains(UNKNOWN)
+    {
+        diags.push(attr_error(
+            attr,
+            format!(
+                "the readiness probe path {:?} does not start with /",
+                p.path
+            ),
+            "not a path",
+            &format!("write the path part of the URL, e.g. \"/{}\"", p.path),
+        ));
+    }
+    let probe = probe.map(|(p, _)| p);
+
+    // The replica policy: `replicas = N`, or the block, or one replica.
+    let block = body.block("replica_policy");
+    let policy = match (f.u32("replicas"), block) {
+        (Some(n), block) => {
+            if let Some(a) = f.attr("replicas") {
+                if block.is_some() {
+                    diags.push(attr_error(
+                        a,
+                        "replicas and replica_policy are both set".into(),
+                        "replicas = N is the shorthand of a replica_policy",
+                        "keep replicas = N for a fixed number of replicas, or replica_policy { … } to autoscale; not both",
+                    ));
+                } else if n == 0 {
+                    diags.push(attr_error(
+                        a,
+                        "replicas = 0 never starts a replica".into(),
+                        "zero replicas",
+                        "to scale to zero when idle, write replica_policy { min_replicas = 0, max_replicas = N, target_qps_per_replica = Q }",
+                    ));
+                }
+            }
+            ReplicaPolicy::fixed(n)
+        }
+        (None, Some(b)) => replica_policy(b, eval, diags),
+        (None, None) => ReplicaPolicy::fixed(1),
+    };
+    let lb = f.str("load_balancing_policy").and_then(|v| {
+        let p = LbPolicy::parse(&v);
+        if p.is_none()
+            && !v.contains(UNKNOWN)
+            && let Some(a) = f.attr("load_balancing_policy")
+        {
+            let all: Vec<String> = LbPolicy::ALL
+                .iter()
+                .map(|p| format!("{:?}", p.as_str()))
+                .collect();
+            diags.push(attr_error(
+                a,
+                format!("unknown load_balancing_policy {v:?}"),
+                "not a policy",
+                &format!(
+                    "use {} (the default: the replica with the fewest requests in flight)",
+                    all.join(" or ")
+                ),
+            ));
+        }
+        p
+    });
+    let update = f.str("update_mode").and_then(|v| {
+        let m = UpdateMode::parse(&v);
+        if m.is_none()
+            && !v.contains(UNKNOWN)
+            && let Some(a) = f.attr("update_mode")
+        {
+            let all: Vec<String> = UpdateMode::ALL
+                .iter()
+                .map(|p| format!("{:?}", p.as_str()))
+                .collect();
+            diags.push(attr_error(
+                a,
+                format!("unknown update_mode {v:?}"),
+                "not an update mode",
+                &format!(
+                    "use {} (the default: new replicas replace old ones as they become ready)",
+                    all.join(" or ")
+                ),
+            ));
+        }
+        m
+    });
+    ServiceSettings {
+        probe,
+        policy,
+        lb,
+        update,
+    }
+}
+
+/// `replica_policy { … }`, with SkyPilot's rules: autoscaling needs both max_replicas and
+/// target_qps_per_replica, and scaling to zero needs autoscaling. One problem is reported at
+/// a time, the first of these, so a fix is never asked for twice.
+fn replica_policy(b: &BodyDecl, eval: &mut EvalAttr<'_>, diags: &mut Diagnostics) -> ReplicaPolicy {
+    let r = fields(b, &schema::REPLICA_POLICY, eval, "replica_policy", diags);
+    let p = ReplicaPolicy {
+        min_replicas: r.u32("min_replicas").unwrap_or(1),
+        max_replicas: r.u32("max_replicas"),
+        target_qps_per_replica: r.f64("target_qps_per_replica"),
+        upscale_delay_seconds: r.u32("upscale_delay_seconds"),
+        downscale_delay_seconds: r.u32("downscale_delay_seconds"),
+        num_overprovision: r.u32("num_overprovision"),
+        base_ondemand_fallback_replicas: r.u32("base_ondemand_fallback_replicas"),
+        dynamic_ondemand_fallback: r.bool("dynamic_ondemand_fallback"),
+    };
+    // A missing min_replicas was reported when loading.
+    let Some(min_attr) = r.attr("min_replicas") else {
+        return p;
+    };
+    let at = |name: &str| r.attr(name);
+    let problem = if let (Some(max), Some(a)) = (p.max_replicas, at("max_replicas"))
+        && max < p.min_replicas
+    {
+        Some(attr_error(
+            a,
+            format!(
+                "max_replicas ({max}) is below min_replicas ({})",
+                p.min_replicas
+            ),
+            "smaller than min_replicas",
+            "raise max_replicas or lower min_replicas",
+        ))
+    } else if let (Some(t), Some(a)) = (p.target_qps_per_replica, at("target_qps_per_replica"))
+        && t <= 0.0
+    {
+        Some(attr_error(
+            a,
+            format!("target_qps_per_replica must be above 0, not {t}"),
+            "not a rate",
+            "write the requests per second one replica handles, e.g. target_qps_per_replica = 5",
+        ))
+    } else if let (Some(_), None, Some(a)) =
+        (p.max_replicas, p.target_qps_per_replica, at("max_replicas"))
+    {
+        Some(attr_error(
+            a,
+            "max_replicas without target_qps_per_replica".into(),
+            "autoscaling needs a target",
+            if p.min_replicas == 0 {
+                "scaling to zero is autoscaling: add target_qps_per_replica = Q (requests per second per replica)"
+            } else {
+                "add target_qps_per_replica = Q (requests per second per replica) to scale between min and max by load, or remove max_replicas for a fixed number"
+            },
+        ))
+    } else if let (Some(0), Some(a)) = (p.max_replicas, at("max_replicas")) {
+        Some(attr_error(
+            a,
+            "max_replicas = 0 never starts a replica".into(),
+            "no replica, whatever the load",
+            "write the most replicas the load may bring up, at least 1",
+        ))
+    } else if let (None, Some(_), Some(a)) = (
+        p.max_replicas,
+        p.target_qps_per_replica,
+        at("target_qps_per_replica"),
+    ) {
+        Some(attr_error(
+            a,
+            "target_qps_per_replica without max_replicas".into(),
+            "autoscaling needs a maximum",
+            if p.min_replicas == 0 {
+                "scaling to zero is autoscaling: add max_replicas = N, the most replicas the load may bring up"
+            } else {
+                "add max_replicas = N, the most replicas the load may bring up, or remove target_qps_per_replica for a fixed number"
+            },
+        ))
+    } else if p.min_replicas == 0 && p.max_replicas.is_none() {
+        Some(attr_error(
+            min_attr,
+            "min_replicas = 0 without autoscaling never starts a replica".into(),
+            "scale to zero needs autoscaling",
+            "add max_replicas = N and target_qps_per_replica = Q: the first request then starts a replica",
+        ))
+    } else {
+        None
+    };
+    if let Some(d) = problem {
+        diags.push(d);
+    }
+    p
+}
+
 /// The image a declared controller runs when it names none: skyform of this version.
 pub const DEFAULT_CONTROLLER_IMAGE: &str =
     concat!("ghcr.io/skyform-dev/skyform:", env!("CARGO_PKG_VERSION"));
@@ -791,13 +1025,18 @@ pub const DEFAULT_CONTROLLER_IMAGE: &str =
 /// `lifecycle { … }`: literal settings, checked once per block.
 pub fn lifecycle(body: &BodyDecl, kind: Kind, diags: &mut Diagnostics) -> Lifecycle {
     let schema = schema::of(kind);
-    let attributes: Vec<&str> = schema
+    let mut attributes: Vec<&str> = Vec::new();
+    for n in schema
         .attrs
         .iter()
         .map(|a| a.name)
         .chain(schema.blocks.iter().map(|b| b.name))
-        .filter(|n| !schema::META_ATTRS.contains(n) && *n != "lifecycle")
-        .collect();
+    {
+        // A shorthand and its block share a name (a service's readiness_probe).
+        if !schema::META_ATTRS.contains(&n) && n != "lifecycle" && !attributes.contains(&n) {
+            attributes.push(n);
+        }
+    }
     let Some(b) = body.block("lifecycle") else {
         return Lifecycle::default();
     };
@@ -851,6 +1090,10 @@ pub fn lifecycle(body: &BodyDecl, kind: Kind, diags: &mut Diagnostics) -> Lifecy
                         continue;
                     }
                     match name {
+                        // `replicas = N` is stored as the replica_policy it stands for.
+                        Some(n) if kind == Kind::Service && n == "replicas" => {
+                            ignore.push("replica_policy".into());
+                        }
                         Some(n) => ignore.push(n),
                         None => diags.push(
                             Diagnostic::error("ignore_changes holds attribute names")
@@ -879,4 +1122,153 @@ pub fn lifecycle(body: &BodyDecl, kind: Kind, diags: &mut Diagnostics) -> Lifecy
 /// The literal JSON form of a value (for module outputs and similar).
 pub fn value_json(v: &Value) -> serde_json::Value {
     to_json(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Collect;
+    use crate::model::{LbPolicy, ReplicaPolicy, ServiceSpec, Spec, UpdateMode};
+    use std::collections::BTreeMap;
+
+    /// The service a configuration declares, or its errors.
+    fn service(text: &str) -> Result<ServiceSpec, Vec<String>> {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        std::fs::write(dir.path().join("main.sky.hcl"), text).expect("a configuration file");
+        let (config, mut diags) = crate::config::load(dir.path());
+        let mut sink = Collect::default();
+        let (_, more) = crate::config::evaluate(&config, &BTreeMap::new(), &mut sink);
+        diags.extend(more);
+        if diags.has_errors() {
+            return Err(diags.items.iter().map(|d| d.message.clone()).collect());
+        }
+        match sink.instances.into_iter().next().map(|i| i.spec) {
+            Some(Spec::Service(s)) => Ok(s),
+            other => panic!("not a service: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_service_without_a_policy_runs_one_replica_with_the_defaults() {
+        let s = service("service \"web\" {\n  run = \"serve\"\n}\n").unwrap();
+        assert_eq!(s.replica_policy, ReplicaPolicy::fixed(1));
+        assert_eq!(s.readiness_probe, None);
+        assert_eq!(s.probe().path, "/");
+        assert_eq!(s.lb_policy(), LbPolicy::LeastLoad);
+        assert_eq!(s.update_mode(), UpdateMode::Rolling);
+    }
+
+    #[test]
+    fn shorthands_mean_their_blocks() {
+        let s = service(
+            "service \"web\" {\n  run = \"serve\"\n  replicas = 3\n  readiness_probe = \"/health\"\n}\n",
+        )
+        .unwrap();
+        assert_eq!(s.replica_policy, ReplicaPolicy::fixed(3));
+        assert_eq!(s.probe().path, "/health");
+        assert_eq!(s.probe().initial_delay_seconds, None);
+    }
+
+    #[test]
+    fn every_setting_is_read() {
+        let s = service(
+            r#"
+service "web" {
+  run                   = "serve"
+  load_balancing_policy = "round_robin"
+  update_mode           = "blue_green"
+  readiness_probe {
+    path                  = "/v1/models"
+    post_data             = { model = "m", max_tokens = 1 }
+    headers               = { Authorization = "Bearer x" }
+    timeout_seconds       = 5
+    initial_delay_seconds = 60
+  }
+  replica_policy {
+    min_replicas                    = 0
+    max_replicas                    = 4
+    target_qps_per_replica          = 2.5
+    upscale_delay_seconds           = 10
+    downscale_delay_seconds         = 20
+    num_overprovision               = 1
+    base_ondemand_fallback_replicas = 1
+    dynamic_ondemand_fallback       = true
+  }
+}
+"#,
+        )
+        .unwrap();
+        let p = s.probe();
+        assert_eq!(p.path, "/v1/models");
+        assert_eq!(p.method(), "POST");
+        assert_eq!(
+            p.post_data,
+            Some(serde_json::json!({"model": "m", "max_tokens": 1}))
+        );
+        assert_eq!(
+            p.headers.get("Authorization").map(String::as_str),
+            Some("Bearer x")
+        );
+        assert_eq!(p.timeout().as_secs(), 5);
+        assert_eq!(p.initial_delay().as_secs(), 60);
+        let r = &s.replica_policy;
+        assert_eq!((r.min_replicas, r.max()), (0, 4));
+        assert_eq!(r.target_qps_per_replica, Some(2.5));
+        assert_eq!(r.upscale_delay().as_secs(), 10);
+        assert_eq!(r.downscale_delay().as_secs(), 20);
+        assert_eq!(r.overprovision(), 1);
+        assert_eq!(r.base_ondemand(), 1);
+        assert!(r.dynamic_ondemand());
+        assert_eq!(s.lb_policy(), LbPolicy::RoundRobin);
+        assert_eq!(s.update_mode(), UpdateMode::BlueGreen);
+    }
+
+    #[test]
+    fn a_string_post_data_is_sent_as_written() {
+        let s = service(
+            "service \"web\" {\n  run = \"serve\"\n  readiness_probe {\n    post_data = \"ping\"\n  }\n}\n",
+        )
+        .unwrap();
+        assert_eq!(s.probe().body().as_deref(), Some("ping"));
+        assert_eq!(s.probe().path, "/");
+    }
+
+    #[test]
+    fn ignoring_replicas_ignores_the_policy_it_stands_for() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        std::fs::write(
+            dir.path().join("main.sky.hcl"),
+            "service \"web\" {\n  run = \"serve\"\n  replicas = 2\n  lifecycle {\n    ignore_changes = [replicas]\n  }\n}\n",
+        )
+        .expect("a configuration file");
+        let (config, mut diags) = crate::config::load(dir.path());
+        let mut sink = Collect::default();
+        let (_, more) = crate::config::evaluate(&config, &BTreeMap::new(), &mut sink);
+        diags.extend(more);
+        assert!(!diags.has_errors(), "{:?}", diags.items);
+        assert_eq!(
+            sink.instances[0].lifecycle.ignore_changes,
+            vec!["replica_policy".to_string()]
+        );
+    }
+
+    #[test]
+    fn autoscaling_needs_max_and_target() {
+        let ok = "service \"web\" {\n  run = \"serve\"\n  replica_policy {\n    min_replicas = 0\n    max_replicas = 2\n    target_qps_per_replica = 1\n  }\n}\n";
+        assert!(service(ok).unwrap().replica_policy.autoscales());
+        let no_target = ok.replace("    target_qps_per_replica = 1\n", "");
+        assert_eq!(
+            service(&no_target).unwrap_err(),
+            vec!["max_replicas without target_qps_per_replica".to_string()]
+        );
+        let zero_max = ok.replace("max_replicas = 2", "max_replicas = 0");
+        assert_eq!(
+            service(&zero_max).unwrap_err(),
+            vec!["max_replicas = 0 never starts a replica".to_string()]
+        );
+        let zero_target = ok.replace("= 1\n", "= 0\n");
+        assert_eq!(
+            service(&zero_target).unwrap_err(),
+            vec!["target_qps_per_replica must be above 0, not 0".to_string()]
+        );
+    }
 }

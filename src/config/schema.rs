@@ -178,7 +178,11 @@ pub static RECOVERY: BlockSchema = BlockSchema {
 
 pub static READINESS_PROBE: BlockSchema = BlockSchema {
     attrs: &[
-        req("path", Ty::String),
+        a("path", Ty::String),
+        // A string, or an object sent as JSON: checked when decoding.
+        a("post_data", Ty::Any),
+        a("headers", Ty::MapOfStrings),
+        a("timeout_seconds", Ty::Count),
         a("initial_delay_seconds", Ty::Count),
     ],
     blocks: &[],
@@ -190,7 +194,11 @@ pub static REPLICA_POLICY: BlockSchema = BlockSchema {
         req("min_replicas", Ty::Count),
         a("max_replicas", Ty::Count),
         a("target_qps_per_replica", Ty::Number),
+        a("upscale_delay_seconds", Ty::Count),
+        a("downscale_delay_seconds", Ty::Count),
+        a("num_overprovision", Ty::Count),
         a("base_ondemand_fallback_replicas", Ty::Count),
+        a("dynamic_ondemand_fallback", Ty::Bool),
     ],
     blocks: &[],
     open: false,
@@ -287,16 +295,17 @@ pub static SERVICE: BlockSchema = BlockSchema {
         req("run", Ty::String),
         a("envs", Ty::MapOfStrings),
         a("secrets", Ty::MapOfStrings),
+        // `replicas = N`: the shorthand of a fixed replica_policy.
+        a("replicas", Ty::Count),
+        // `readiness_probe = "/path"`: the shorthand of the block of the same name.
+        a("readiness_probe", Ty::String),
+        a("load_balancing_policy", Ty::String),
+        a("update_mode", Ty::String),
     ],
     blocks: &[
         b("resources", &RESOURCES),
         b("readiness_probe", &READINESS_PROBE),
-        Nested {
-            name: "replica_policy",
-            schema: &REPLICA_POLICY,
-            required: true,
-            repeated: false,
-        },
+        b("replica_policy", &REPLICA_POLICY),
         b("lifecycle", &LIFECYCLE),
     ],
     open: false,

@@ -138,7 +138,7 @@ fn service_computed(
     res: &ResourceState,
 ) -> BTreeMap<String, serde_json::Value> {
     match book.services.get(id) {
-        Some(rec) => serving::computed(rec),
+        Some(rec) => serving::computed(rec, id, &book.runs),
         None => {
             let mut c = res.computed.clone();
             c.insert("status".into(), json!("REPLICA_INIT"));
@@ -317,7 +317,7 @@ impl Provider for ManagedProvider {
                 computed: book
                     .services
                     .get(id)
-                    .map(serving::computed)
+                    .map(|rec| serving::computed(rec, id, &book.runs))
                     .unwrap_or_default(),
                 private: req.private.clone(),
             });

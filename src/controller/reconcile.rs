@@ -573,9 +573,12 @@ impl Controller<'_> {
             Spec::ManagedJob(_) => task_id(r)
                 .and_then(|t| self.book.runs.get(t))
                 .map(Run::computed),
-            Spec::Service(_) => super::serving::service_id(r)
-                .and_then(|id| self.book.services.get(id))
-                .map(super::serving::computed),
+            Spec::Service(_) => super::serving::service_id(r).and_then(|id| {
+                self.book
+                    .services
+                    .get(id)
+                    .map(|rec| super::serving::computed(rec, id, &self.book.runs))
+            }),
             _ => None,
         }
     }

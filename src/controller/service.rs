@@ -8,7 +8,7 @@
 //! managed-job machinery's; a service adds the port, the probes and the count.
 
 use super::policy::Phase;
-use crate::model::{Address, ServiceSpec};
+use crate::model::{Address, ServiceSpec, UpdateMode};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -192,24 +192,6 @@ pub fn replica_task(service: &str, id: u32) -> String {
     format!("{service}.r{id}")
 }
 
-/// The digest of what a service's replicas run: a change of it is a new version. The
-/// replica policy, probe, balancing policy and update mode are not part of it: they change
-/// in place.
-pub fn version_key(spec: &ServiceSpec) -> String {
-    use sha2::Digest;
-    let v = serde_json::json!({
-        "run": spec.run,
-        "setup": spec.setup,
-        "resources": spec.resources,
-        "envs": spec.envs,
-        "secrets": spec.secrets,
-        "workdir": spec.workdir,
-        "workdir_hash": spec.workdir_hash,
-    });
-    let digest = sha2::Sha256::digest(v.to_string().as_bytes());
-    crate::config::functions::hex(&digest)[..16].to_string()
-}
-
 /// How probes are judged.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Probing {
@@ -306,11 +288,11 @@ impl Scaling {
         let p = &spec.replica_policy;
         Scaling {
             min: p.min_replicas,
-            max: p.max_replicas.unwrap_or(p.min_replicas).max(p.min_replicas),
+            max: p.max(),
             target_qps: p.target_qps_per_replica.filter(|t| *t > 0.0),
-            overprovision: 0,
-            upscale_delay: Duration::from_secs(300),
-            downscale_delay: Duration::from_secs(1200),
+            overprovision: p.overprovision(),
+            upscale_delay: p.upscale_delay(),
+            downscale_delay: p.downscale_delay(),
         }
     }
 
@@ -364,15 +346,6 @@ pub fn autoscale(
     } else {
         (target, Some((wanted, since)))
     }
-}
-
-/// `update_mode`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum UpdateMode {
-    /// New replicas come up; an old one drains as each new one becomes ready.
-    Rolling,
-    /// Traffic moves when the new version has all its replicas ready.
-    BlueGreen,
 }
 
 /// What to do with a service's replicas now.

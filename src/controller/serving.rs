@@ -9,9 +9,7 @@ use super::book;
 use super::handoff::NAME;
 use super::policy::Phase;
 use super::reconcile::Controller;
-use super::service::{
-    self, Probing, Replica, ReplicaState, Scaling, ServiceRecord, UpdateMode, replica_task,
-};
+use super::service::{self, Probing, Replica, ReplicaState, Scaling, ServiceRecord, replica_task};
 use crate::model::{Address, ManagedJobSpec, ServiceSpec, Spec};
 use crate::serve::{Balancer, Upstream};
 use crate::state::{ResourceState, State, Status};
@@ -35,14 +33,16 @@ pub fn endpoint_port(spec: &ServiceSpec) -> u16 {
 }
 
 /// How often replicas are probed, how long a ready one may fail, how long a drain waits,
-/// how long a request waits for a replica: SkyServe's values, shortened by tests through
-/// `SKYFORM_SERVE_{PROBE,PROBE_BUDGET,DRAIN,QUEUE}_MS`.
+/// how long a request waits for a replica, over how long the request rate is taken:
+/// SkyServe's values, shortened by tests through
+/// `SKYFORM_SERVE_{PROBE,PROBE_BUDGET,DRAIN,QUEUE,QPS_WINDOW}_MS`.
 #[derive(Debug, Clone, Copy)]
 struct Pacing {
     probe_every: Duration,
     budget: Duration,
     drain: Duration,
     queue: Duration,
+    qps_window: Duration,
 }
 
 impl Pacing {
@@ -60,6 +60,7 @@ impl Pacing {
             budget: ms("PROBE_BUDGET", 180_000),
             drain: ms("DRAIN", 120_000),
             queue: ms("QUEUE", 60_000),
+            qps_window: ms("QPS_WINDOW", 60_000),
         }
     }
 }
@@ -156,11 +157,25 @@ fn replica_resource(
     }
 }
 
-/// A GET (or the probe's request) answered 200 within the timeout.
-async fn probe(addr: String, path: String, timeout: Duration) -> bool {
+/// The probe's request answered 200 within its timeout (SkyServe: 200 only).
+async fn probe(addr: String, p: &crate::model::ReadinessProbe) -> bool {
     let asked = async {
         let mut s = tokio::net::TcpStream::connect(&addr).await.ok()?;
-        let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        let body = p.body().unwrap_or_default();
+        let mut request = format!(
+            "{} {} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+            p.method(),
+            p.path,
+            body.len()
+        );
+        if p.post_data.as_ref().is_some_and(|d| !d.is_string()) {
+            request.push_str("Content-Type: application/json\r\n");
+        }
+        for (k, v) in &p.headers {
+            request.push_str(&format!("{k}: {v}\r\n"));
+        }
+        request.push_str("\r\n");
+        request.push_str(&body);
         s.write_all(request.as_bytes()).await.ok()?;
         let mut head = Vec::new();
         let mut buf = [0u8; 256];
@@ -174,11 +189,18 @@ async fn probe(addr: String, path: String, timeout: Duration) -> bool {
         let line = String::from_utf8_lossy(&head);
         Some(line.starts_with("HTTP/1.") && line.split_whitespace().nth(1) == Some("200"))
     };
-    matches!(tokio::time::timeout(timeout, asked).await, Ok(Some(true)))
+    matches!(
+        tokio::time::timeout(p.timeout(), asked).await,
+        Ok(Some(true))
+    )
 }
 
 /// What state and `status` show of a service.
-pub fn computed(rec: &ServiceRecord) -> BTreeMap<String, serde_json::Value> {
+pub fn computed(
+    rec: &ServiceRecord,
+    id: &str,
+    runs: &BTreeMap<String, book::Run>,
+) -> BTreeMap<String, serde_json::Value> {
     let ready = rec.ready().count();
     let alive = rec.alive().count();
     let status = if rec.cancel {
@@ -195,15 +217,22 @@ pub fn computed(rec: &ServiceRecord) -> BTreeMap<String, serde_json::Value> {
     let replicas: Vec<serde_json::Value> = rec
         .replicas
         .iter()
-        .map(|(id, r)| {
+        .map(|(rid, r)| {
             let mut v = json!({
-                "id": id,
+                "id": rid,
                 "version": r.version,
                 "state": r.state.as_str(),
                 "port": r.port,
             });
             if let Some(reason) = &r.reason {
                 v["reason"] = json!(reason);
+            }
+            if let Some(p) = runs
+                .get(&replica_task(id, *rid))
+                .and_then(|run| run.current.as_ref())
+            {
+                v["infra"] = json!(p.candidate.offering.infra());
+                v["hourly"] = json!(p.candidate.hourly);
             }
             v
         })
@@ -280,11 +309,21 @@ impl Controller<'_> {
     }
 
     /// The balancer of a service, listening from its first pass.
-    async fn balancer(&mut self, id: &str, rec: &mut ServiceRecord) -> Option<Arc<Balancer>> {
-        if let Some(b) = self.serving.balancers.get(id) {
-            return Some(b.clone());
+    async fn balancer(
+        &mut self,
+        id: &str,
+        rec: &mut ServiceRecord,
+        policy: crate::model::LbPolicy,
+    ) -> Option<Arc<Balancer>> {
+        match self.serving.balancers.get(id) {
+            Some(b) if b.config().policy == policy => return Some(b.clone()),
+            // Another policy: a new balancer (requests in flight on the old one finish).
+            Some(b) => b.shutdown(),
+            None => {}
         }
+        self.serving.balancers.remove(id);
         let config = crate::serve::Config {
+            policy,
             queue_timeout: self.serving.pacing.queue,
             ..Default::default()
         };
@@ -323,7 +362,7 @@ impl Controller<'_> {
         rec.cancel |= spec.is_none();
         if let Some(s) = &spec {
             let newest = rec.newest();
-            if rec.version_of(&service::version_key(s)) > newest {
+            if rec.version_of(&s.version_key()) > newest {
                 // A new version: what was said of the last one no longer holds.
                 rec.reason = None;
             }
@@ -331,15 +370,16 @@ impl Controller<'_> {
         let balancer = if rec.cancel && rec.is_gone() {
             None
         } else {
-            self.balancer(id, &mut rec).await
+            let policy = spec
+                .as_ref()
+                .map(ServiceSpec::lb_policy)
+                .unwrap_or_default();
+            self.balancer(id, &mut rec, policy).await
         };
         let pacing = self.serving.pacing;
+        let probe_spec = spec.as_ref().map(ServiceSpec::probe).unwrap_or_default();
         let probing = Probing {
-            initial_delay: Duration::from_secs(
-                spec.as_ref()
-                    .and_then(|s| s.readiness_probe.as_ref())
-                    .map_or(1200, |p| u64::from(p.initial_delay_seconds)),
-            ),
+            initial_delay: probe_spec.initial_delay(),
             budget: pacing.budget,
         };
         // Judge every replica by its managed job and its last probe.
@@ -378,10 +418,11 @@ impl Controller<'_> {
         if let (Some(s), Some(b)) = (&spec, &balancer)
             && !rec.cancel
         {
-            rec.qps = (b.qps() * 100.0).round() / 100.0;
+            let qps = b.qps_over(pacing.qps_window.as_secs());
+            rec.qps = (qps * 100.0).round() / 100.0;
             let (target, pending) = service::autoscale(
                 &Scaling::of(s),
-                b.qps(),
+                qps,
                 b.waiting(),
                 rec.target,
                 rec.pending,
@@ -396,7 +437,11 @@ impl Controller<'_> {
             rec.target = target;
             rec.pending = pending;
         }
-        let m = service::moves(&rec, UpdateMode::Rolling);
+        let mode = spec
+            .as_ref()
+            .map(ServiceSpec::update_mode)
+            .unwrap_or_default();
+        let m = service::moves(&rec, mode);
         if let Some(v) = m.roll_back {
             rec.rolled_back.push(v);
             let why = format!(
@@ -464,10 +509,6 @@ impl Controller<'_> {
             }
         }
         // Probe the replicas whose program runs, every period.
-        let path = spec
-            .as_ref()
-            .and_then(|s| s.readiness_probe.as_ref())
-            .map_or_else(|| "/".to_string(), |p| p.path.clone());
         for (rid, r) in &rec.replicas {
             let task = replica_task(id, *rid);
             let run = self.book.runs.get(&task);
@@ -485,9 +526,9 @@ impl Controller<'_> {
             self.serving.probed.insert(task.clone(), now);
             let tx = self.serving.tx.clone();
             let addr = replica_addr(run, r.port);
-            let path = path.clone();
+            let probe_spec = probe_spec.clone();
             tokio::spawn(async move {
-                let ok = probe(addr, path, Duration::from_secs(15)).await;
+                let ok = probe(addr, &probe_spec).await;
                 let _ = tx.send((task, ok));
             });
         }

@@ -10,7 +10,7 @@ pub use address::{Address, InstanceKey, Kind, ModulePath, ModuleStep};
 pub use host::Host;
 pub use request::{Accelerator, Accelerators, Cpus, Memory, RequestError};
 pub use spec::{
-    Autostop, ClusterSpec, ControllerSpec, Effect, JobSpec, Lifecycle, ManagedJobSpec,
-    ReadinessProbe, Recovery, ReplicaPolicy, Resources, ServiceSpec, Spec, UNKNOWN,
+    Autostop, ClusterSpec, ControllerSpec, Effect, JobSpec, LbPolicy, Lifecycle, ManagedJobSpec,
+    ReadinessProbe, Recovery, ReplicaPolicy, Resources, ServiceSpec, Spec, UNKNOWN, UpdateMode,
     contains_unknown,
 };

@@ -53,6 +53,9 @@ pub struct Change {
     /// Cheaper or other placements left out by `infra` or `max_hourly_cost`, and why.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub excluded: Vec<optimizer::Excluded>,
+    /// A spot service's on-demand fallback replica: its placement, for the cost range.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ondemand: Option<Candidate>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub depends_on: Vec<Address>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -397,6 +400,11 @@ impl InstanceSink for Planner<'_> {
                 candidates = vec![p];
             }
         }
+        let ondemand = if candidates.is_empty() {
+            None
+        } else {
+            self.ondemand_fallback(&inst.spec)
+        };
         if inst.lifecycle.prevent_destroy {
             self.protected
                 .push((addr.clone(), inst.file, inst.span.clone()));
@@ -437,6 +445,7 @@ impl InstanceSink for Planner<'_> {
             sensitive: inst.sensitive.into_iter().collect(),
             candidates,
             excluded,
+            ondemand,
             depends_on: inst.depends_on.into_iter().collect(),
             create_before_destroy: inst.lifecycle.create_before_destroy,
             notes,
@@ -471,6 +480,22 @@ impl Planner<'_> {
             });
         self.placement_cache.insert(key, result.clone());
         result
+    }
+
+    /// Where one on-demand replica of a spot service would run, when it keeps some on demand.
+    fn ondemand_fallback(&mut self, spec: &Spec) -> Option<Candidate> {
+        let Spec::Service(s) = spec else { return None };
+        let p = &s.replica_policy;
+        if !s.resources.spot() || (p.base_ondemand() == 0 && !p.dynamic_ondemand()) {
+            return None;
+        }
+        let mut request = s.resources.clone();
+        request.use_spot = Some(false);
+        for c in request.any_of.iter_mut().chain(request.ordered.iter_mut()) {
+            c.use_spot = c.use_spot.map(|_| false);
+        }
+        let (c, _) = self.placements(&request, 1).ok()?;
+        c.into_iter().next()
     }
 
     /// A job must fit on its cluster's nodes.
@@ -590,6 +615,7 @@ pub fn plan(
                 sensitive: res.sensitive.clone(),
                 candidates: Vec::new(),
                 excluded: Vec::new(),
+                ondemand: None,
                 depends_on: res.dependencies.clone(),
                 create_before_destroy: false,
                 notes: Vec::new(),

@@ -135,7 +135,107 @@ fn placement_line(c: &Change) -> Option<String> {
     if let Some(crate::model::Spec::ManagedJob(m)) = &c.after {
         let _ = write!(s, "\n          {}", recovery_line(m, &c.candidates));
     }
+    if let Some(cost) = ServiceCost::of(c) {
+        let _ = write!(s, "\n          {}", cost.line());
+    }
     Some(s)
+}
+
+/// What a service costs per hour at its fewest and at its most replicas: its placement's
+/// price per replica, with a spot service's on-demand replicas at their own price.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceCost {
+    pub min_replicas: u32,
+    pub max_replicas: u32,
+    /// Replicas kept beyond what the load needs (`num_overprovision`), at min and at max.
+    pub spare: u32,
+    /// The price of one replica at the placement (spot when the service asks for spot).
+    pub replica_hourly: crate::optimizer::Micros,
+    pub spot: bool,
+    /// Replicas kept on demand (`base_ondemand_fallback_replicas`, spot services only).
+    pub ondemand_replicas: u32,
+    /// The price of one on-demand replica, when the plan found one.
+    pub ondemand_hourly: Option<crate::optimizer::Micros>,
+    /// Missing spot replicas are covered by on-demand ones (`dynamic_ondemand_fallback`).
+    pub dynamic_ondemand: bool,
+}
+
+impl ServiceCost {
+    /// The costs of a service's change, when it has a placement.
+    pub fn of(c: &Change) -> Option<ServiceCost> {
+        let Some(crate::model::Spec::Service(s)) = &c.after else {
+            return None;
+        };
+        let place = c.candidates.first()?;
+        let per = |x: &crate::optimizer::Candidate| x.hourly / u64::from(x.num_nodes.max(1));
+        let p = &s.replica_policy;
+        let spot = place.offering.spot;
+        Some(ServiceCost {
+            min_replicas: p.min_replicas,
+            max_replicas: p.max(),
+            spare: p.overprovision(),
+            replica_hourly: per(place),
+            spot,
+            ondemand_replicas: if spot { p.base_ondemand() } else { 0 },
+            ondemand_hourly: c.ondemand.as_ref().map(per),
+            dynamic_ondemand: spot && p.dynamic_ondemand(),
+        })
+    }
+
+    /// The replicas running when the load wants `wanted` of them.
+    pub fn running(&self, wanted: u32) -> u32 {
+        wanted + self.spare
+    }
+
+    /// The hourly cost of `n` running replicas: the first on demand, the rest at the
+    /// placement's price.
+    pub fn hourly(&self, n: u32) -> crate::optimizer::Micros {
+        let ondemand = n.min(self.ondemand_replicas);
+        let od_price = self.ondemand_hourly.unwrap_or(self.replica_hourly);
+        u64::from(ondemand) * od_price + u64::from(n - ondemand) * self.replica_hourly
+    }
+
+    /// `replicas 1–4: $0.50/h at 1, $2.00/h at 4`, and how spot and on demand are split.
+    pub fn line(&self) -> String {
+        let (lo, hi) = (
+            self.running(self.min_replicas),
+            self.running(self.max_replicas),
+        );
+        let mut out = if self.min_replicas == self.max_replicas {
+            format!("replicas {}", self.min_replicas)
+        } else {
+            format!("replicas {}–{}", self.min_replicas, self.max_replicas)
+        };
+        if self.spare > 0 {
+            let _ = write!(out, " + {} spare", self.spare);
+        }
+        if lo == hi {
+            let _ = write!(out, ": {}/h", dollars(self.hourly(lo)));
+        } else {
+            let _ = write!(
+                out,
+                ": {}/h at {lo}, {}/h at {hi}",
+                dollars(self.hourly(lo)),
+                dollars(self.hourly(hi))
+            );
+        }
+        if self.ondemand_replicas > 0 {
+            let price = self
+                .ondemand_hourly
+                .map_or("price unknown".to_string(), |h| format!("{}/h", dollars(h)));
+            let _ = write!(
+                out,
+                " ({} on demand at {price} each, the rest spot)",
+                self.ondemand_replicas
+            );
+        } else if self.spot {
+            out.push_str(" (all spot)");
+        }
+        if self.dynamic_ondemand {
+            out.push_str("; missing spot replicas are covered on demand");
+        }
+        out
+    }
 }
 
 /// What the controller does when a managed job loses its placement: the strategy and the
@@ -292,6 +392,11 @@ fn change_body(out: &mut String, c: &Change, s: &Style) {
                 }
             }
         }
+    }
+    if c.action == Action::Update
+        && let Some(cost) = ServiceCost::of(c)
+    {
+        let _ = writeln!(out, "{indent}  {}", s.dim(&format!("# {}", cost.line())));
     }
     if unchanged > 0 {
         let _ = writeln!(
@@ -602,6 +707,7 @@ pub fn status(state: &crate::state::State) -> String {
     let mut clusters = Vec::new();
     let mut jobs = Vec::new();
     let mut managed = Vec::new();
+    let mut services = Vec::new();
     for (a, r) in &state.resources {
         let nodes = match &r.spec {
             Spec::Cluster(c) => c.num_nodes,
@@ -635,6 +741,11 @@ pub fn status(state: &crate::state::State) -> String {
                 continue;
             }
             Spec::ManagedJob(m) => m.num_nodes,
+            Spec::Service(_) if let Some(svc) = ServiceStatus::of(r) => {
+                total += svc.hourly;
+                services.push((a, svc));
+                continue;
+            }
             Spec::Service(s) => s.replica_policy.min_replicas,
             // The controller's own line says where it runs and whether it answers.
             Spec::Controller(_) => continue,
@@ -675,7 +786,149 @@ pub fn status(state: &crate::state::State) -> String {
         ));
         out.push('\n');
     }
+    if !services.is_empty() {
+        out.push('\n');
+        out.push_str(&services_table(&services));
+    }
     let _ = writeln!(out, "\nTotal: {}/h", dollars(total));
+    out
+}
+
+/// A service as the controller reports it in state (`computed`): its endpoint, load and
+/// replicas. `None` for a service whose state holds none of this (written before there was
+/// a controller to run services), which `status` shows as before.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceStatus {
+    pub status: String,
+    pub endpoint: Option<String>,
+    /// Requests per second over the last minute.
+    pub qps: Option<f64>,
+    /// The newest version.
+    pub version: Option<u64>,
+    pub replicas: Vec<ReplicaStatus>,
+    /// What its replicas cost now.
+    pub hourly: crate::optimizer::Micros,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReplicaStatus {
+    pub id: String,
+    pub version: String,
+    pub state: String,
+    pub infra: String,
+    pub port: String,
+    pub hourly: crate::optimizer::Micros,
+}
+
+/// Replica states that are records of what happened, not replicas that run or will.
+const ENDED_REPLICA_STATES: [&str; 4] = [
+    "FAILED",
+    "FAILED_PROBING",
+    "FAILED_INITIAL_DELAY",
+    "PREEMPTED",
+];
+
+impl ServiceStatus {
+    pub fn of(r: &crate::state::ResourceState) -> Option<ServiceStatus> {
+        if !matches!(r.spec, crate::model::Spec::Service(_)) {
+            return None;
+        }
+        let list = r.computed.get("replicas")?.as_array()?;
+        let text = |v: Option<&Value>| match v {
+            Some(Value::String(s)) => s.clone(),
+            Some(Value::Null) | None => "-".into(),
+            Some(other) => other.to_string(),
+        };
+        let replicas: Vec<ReplicaStatus> = list
+            .iter()
+            .map(|x| ReplicaStatus {
+                id: text(x.get("id")),
+                version: text(x.get("version")),
+                state: text(x.get("state")),
+                infra: text(x.get("infra")),
+                port: text(x.get("port")),
+                hourly: x.get("hourly").and_then(Value::as_u64).unwrap_or(0),
+            })
+            .collect();
+        Some(ServiceStatus {
+            status: text(r.computed.get("status")),
+            endpoint: r
+                .computed
+                .get("endpoint")
+                .and_then(Value::as_str)
+                .filter(|e| !e.contains(UNKNOWN))
+                .map(String::from),
+            qps: r.computed.get("qps").and_then(Value::as_f64),
+            version: r.computed.get("version").and_then(Value::as_u64),
+            hourly: replicas
+                .iter()
+                .filter(|x| !ENDED_REPLICA_STATES.contains(&x.state.as_str()))
+                .map(|x| x.hourly)
+                .sum(),
+            replicas,
+        })
+    }
+
+    /// Replicas that take requests.
+    pub fn ready(&self) -> usize {
+        self.replicas.iter().filter(|x| x.state == "READY").count()
+    }
+
+    /// Replicas that run or are on their way (ended ones are history).
+    pub fn live(&self) -> usize {
+        self.replicas
+            .iter()
+            .filter(|x| !ENDED_REPLICA_STATES.contains(&x.state.as_str()))
+            .count()
+    }
+}
+
+/// The SERVICE table, each service followed by its replicas, one a line.
+fn services_table(services: &[(&Address, ServiceStatus)]) -> String {
+    let rows: Vec<Vec<String>> = services
+        .iter()
+        .map(|(a, s)| {
+            vec![
+                a.to_string(),
+                s.status.clone(),
+                s.endpoint.clone().unwrap_or_else(|| "-".into()),
+                s.qps.map_or("-".into(), |q| format!("{q:.1}")),
+                format!("{}/{}", s.ready(), s.live()),
+                s.version.map_or("-".into(), |v| v.to_string()),
+                dollars(s.hourly).trim_start_matches('$').to_string(),
+            ]
+        })
+        .collect();
+    let mut out = table(
+        &[
+            "SERVICE", "STATUS", "ENDPOINT", "QPS", "READY", "VERSION", "$/h",
+        ],
+        &rows,
+    );
+    out.push('\n');
+    for (a, s) in services {
+        if s.replicas.is_empty() {
+            continue;
+        }
+        let rows: Vec<Vec<String>> = s
+            .replicas
+            .iter()
+            .map(|x| {
+                vec![
+                    x.id.clone(),
+                    x.version.clone(),
+                    x.state.clone(),
+                    x.infra.clone(),
+                    x.port.clone(),
+                    dollars(x.hourly).trim_start_matches('$').to_string(),
+                ]
+            })
+            .collect();
+        let _ = writeln!(out, "\n{a} replicas:");
+        for line in table(&["ID", "VERSION", "STATE", "INFRA", "PORT", "$/h"], &rows).lines() {
+            let _ = writeln!(out, "  {line}");
+        }
+    }
     out
 }
 
@@ -788,4 +1041,88 @@ pub fn event(e: &crate::apply::Event, s: &Style) -> Option<String> {
         Event::StateWritten { .. } => return None,
         Event::Progress { address, what } => format!("{address}: {what}"),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use std::collections::BTreeMap;
+
+    fn state_with(resources: Value) -> crate::state::State {
+        let mut state = crate::state::State::new();
+        let map: BTreeMap<String, Value> = serde_json::from_value(resources).unwrap();
+        for (addr, r) in map {
+            state
+                .resources
+                .insert(addr.parse().unwrap(), serde_json::from_value(r).unwrap());
+        }
+        state
+    }
+
+    #[test]
+    fn status_shows_services_with_their_replicas() {
+        let state = state_with(json!({
+            "service.web": {
+                "status": "ready",
+                "provider": "local",
+                "spec": {"kind": "service", "run": "serve", "replica_policy": {"min_replicas": 2}},
+                "computed": {
+                    "status": "READY",
+                    "endpoint": "http://127.0.0.1:30001",
+                    "qps": 12.5,
+                    "version": 2,
+                    "replicas": [
+                        {"id": 1, "version": 1, "state": "READY", "infra": "local", "port": 31001, "hourly": 0},
+                        {"id": 2, "version": 2, "state": "STARTING", "infra": "local", "port": 31002, "hourly": 500000},
+                        {"id": 3, "version": 1, "state": "FAILED_PROBING", "infra": "local", "port": 31003, "hourly": 500000}
+                    ]
+                }
+            },
+            "service.old": {
+                "status": "ready",
+                "provider": "local",
+                "spec": {"kind": "service", "run": "serve", "replica_policy": {"min_replicas": 2}},
+                "computed": {"status": "RUNNING", "endpoint": "http://127.0.0.1:8000"}
+            }
+        }));
+        let out = status(&state);
+        assert_eq!(
+            out,
+            "\
+CLUSTER      INFRA  NODES  STATUS   $/h
+service.old  -      2      RUNNING  0.00
+
+SERVICE      STATUS  ENDPOINT                QPS   READY  VERSION  $/h
+service.web  READY   http://127.0.0.1:30001  12.5  1/2    2        0.50
+
+service.web replicas:
+  ID  VERSION  STATE           INFRA  PORT   $/h
+  1   1        READY           local  31001  0.00
+  2   2        STARTING        local  31002  0.50
+  3   1        FAILED_PROBING  local  31003  0.50
+
+Total: $0.50/h
+"
+        );
+        let j = crate::render::json::status(&state);
+        let web = j
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["address"] == "service.web")
+            .unwrap();
+        assert_eq!(web["endpoint"], "http://127.0.0.1:30001");
+        assert_eq!(web["ready_replicas"], 1);
+        assert_eq!(web["live_replicas"], 2);
+        assert_eq!(web["hourly_cost_micros"], 500000);
+        assert_eq!(web["replicas"][1]["state"], "STARTING");
+        let old = j
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["address"] == "service.old")
+            .unwrap();
+        assert!(old.get("replicas").is_none(), "{old}");
+    }
 }

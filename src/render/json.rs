@@ -98,6 +98,40 @@ pub struct JsonChange<'a> {
     /// Present when an `import` block takes this cluster into state.
     #[serde(skip_serializing_if = "Option::is_none")]
     importing: Option<Value>,
+    /// A placed service's replica range and what it costs at each end.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    service: Option<JsonService>,
+}
+
+/// The replica range of a service and its hourly cost at min and at max replicas.
+#[derive(Debug, Serialize)]
+pub struct JsonService {
+    min_replicas: u32,
+    max_replicas: u32,
+    num_overprovision: u32,
+    replica_hourly_cost_micros: u64,
+    spot: bool,
+    ondemand_replicas: u32,
+    ondemand_replica_hourly_cost_micros: Option<u64>,
+    dynamic_ondemand_fallback: bool,
+    hourly_cost_micros_at_min: u64,
+    hourly_cost_micros_at_max: u64,
+}
+
+fn service(c: &crate::plan::Change) -> Option<JsonService> {
+    let s = super::human::ServiceCost::of(c)?;
+    Some(JsonService {
+        min_replicas: s.min_replicas,
+        max_replicas: s.max_replicas,
+        num_overprovision: s.spare,
+        replica_hourly_cost_micros: s.replica_hourly,
+        spot: s.spot,
+        ondemand_replicas: s.ondemand_replicas,
+        ondemand_replica_hourly_cost_micros: s.ondemand_hourly,
+        dynamic_ondemand_fallback: s.dynamic_ondemand,
+        hourly_cost_micros_at_min: s.hourly(s.running(s.min_replicas)),
+        hourly_cost_micros_at_max: s.hourly(s.running(s.max_replicas)),
+    })
 }
 
 #[derive(Debug, Serialize)]
@@ -196,6 +230,7 @@ pub fn plan(p: &Plan) -> JsonPlan<'_> {
                     .collect(),
                 notes: &c.notes,
                 importing: c.import.as_ref().map(|id| json!({ "id": id })),
+                service: service(c),
             }
         })
         .collect();
@@ -303,17 +338,19 @@ pub fn status(state: &crate::state::State) -> Value {
         .resources
         .iter()
         .map(|(a, r)| {
-            if r.provider == crate::controller::handoff::NAME
-                && matches!(r.spec, crate::model::Spec::Service(_))
-            {
-                // A service: its endpoint and each replica as the controller sees it.
+            if let Some(svc) = super::human::ServiceStatus::of(r) {
+                // A service the controller runs: its endpoint, load and replicas.
                 return json!({
                     "address": a.to_string(),
                     "status": r.computed.get("status"),
-                    "endpoint": r.computed.get("endpoint"),
+                    "endpoint": svc.endpoint,
                     "qps": r.computed.get("qps"),
                     "version": r.computed.get("version"),
+                    "ready_replicas": svc.ready(),
+                    "live_replicas": svc.live(),
                     "replicas": r.computed.get("replicas"),
+                    "placement": r.placement.as_ref().map(|p| p.offering.infra()),
+                    "hourly_cost_micros": svc.hourly,
                     "reason": r.computed.get("reason"),
                 });
             }

@@ -222,6 +222,11 @@ fn details(c: &Change) -> String {
         }
         out.push('\n');
     }
+    if c.action != Action::Delete
+        && let Some(cost) = super::human::ServiceCost::of(c)
+    {
+        let _ = writeln!(out, "{}\n", esc(&cost.line()));
+    }
     for n in &c.notes {
         let _ = writeln!(out, "> {}", esc(n));
     }

@@ -30,33 +30,9 @@ use tokio::task::JoinHandle;
 use pool::{Picker, Slot};
 pub use rate::WINDOW_SECS;
 
-/// How the next request's replica is chosen (`load_balancing_policy`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum Policy {
-    /// The replica with the fewest requests in flight (SkyServe's default).
-    #[default]
-    LeastLoad,
-    /// Each replica in turn.
-    RoundRobin,
-}
-
-impl Policy {
-    /// The policy named as in the configuration: `least_load` or `round_robin`.
-    pub fn parse(name: &str) -> Option<Policy> {
-        match name {
-            "least_load" => Some(Policy::LeastLoad),
-            "round_robin" => Some(Policy::RoundRobin),
-            _ => None,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Policy::LeastLoad => "least_load",
-            Policy::RoundRobin => "round_robin",
-        }
-    }
-}
+/// How the next request's replica is chosen (`load_balancing_policy`): the replica with
+/// the fewest requests in flight (SkyServe's default), or each in turn.
+pub use crate::model::LbPolicy as Policy;
 
 /// One replica the balancer may send requests to.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -292,6 +268,12 @@ impl Balancer {
     /// Requests per second over the last 60 complete seconds (the autoscaler's input).
     pub fn qps(&self) -> f64 {
         self.shared.rate.qps()
+    }
+
+    /// Requests per second over the last `secs` complete seconds (1 to 60): the
+    /// autoscaler's input where a shorter window is asked for (tests).
+    pub fn qps_over(&self, secs: u64) -> f64 {
+        self.shared.rate.qps_over(secs)
     }
 
     /// Requests that arrived in the last 60 complete seconds.

@@ -63,7 +63,12 @@ impl RateWindow {
     }
 
     fn last_window_at(&self, now: u64) -> u64 {
-        let oldest = now.saturating_sub(WINDOW_SECS);
+        self.last_secs_at(now, WINDOW_SECS)
+    }
+
+    /// Requests that arrived in the last `secs` complete seconds (at most the window).
+    fn last_secs_at(&self, now: u64, secs: u64) -> u64 {
+        let oldest = now.saturating_sub(secs.clamp(1, WINDOW_SECS));
         self.buckets
             .iter()
             .map(|b| b.load(Ordering::Relaxed))
@@ -79,7 +84,13 @@ impl RateWindow {
     /// window divided by the window's length (also while the balancer is younger than that,
     /// so a fresh balancer does not overstate its load).
     pub(crate) fn qps(&self) -> f64 {
-        self.last_window() as f64 / WINDOW_SECS as f64
+        self.qps_over(WINDOW_SECS)
+    }
+
+    /// Requests per second over the last `secs` complete seconds (1 to 60).
+    pub(crate) fn qps_over(&self, secs: u64) -> f64 {
+        let secs = secs.clamp(1, WINDOW_SECS);
+        self.last_secs_at(self.now_sec(), secs) as f64 / secs as f64
     }
 }
 
@@ -101,6 +112,8 @@ mod tests {
         w.record_at(71);
         assert_eq!(w.last_window_at(71), (11..=70).sum::<u64>());
         assert_eq!(w.last_window_at(72), (12..=70).sum::<u64>() + 1);
+        // A shorter window: the last 5 complete seconds.
+        assert_eq!(w.last_secs_at(72, 5), (67..=70).sum::<u64>() + 1);
     }
 
     #[test]
