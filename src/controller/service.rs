@@ -81,6 +81,9 @@ pub struct Replica {
     /// Since when its probes fail (it was ready before).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failing_ms: Option<u64>,
+    /// On demand although the service asks for spot machines (its fallback).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub on_demand: bool,
     /// Taken out of the balancer then (unix ms); removed once nothing is in flight on it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub draining: Option<u64>,
@@ -348,11 +351,35 @@ pub fn autoscale(
     }
 }
 
+/// A spot service's on-demand replicas (`base_ondemand_fallback_replicas`,
+/// `dynamic_ondemand_fallback`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Fallback {
+    /// The service asks for spot machines.
+    pub spot: bool,
+    /// Replicas always on demand.
+    pub base: u32,
+    /// Spot replicas not ready are covered by on-demand ones until they are.
+    pub dynamic: bool,
+}
+
+impl Fallback {
+    pub fn of(spec: &ServiceSpec) -> Fallback {
+        Fallback {
+            spot: spec.resources.spot(),
+            base: spec.replica_policy.base_ondemand(),
+            dynamic: spec.replica_policy.dynamic_ondemand(),
+        }
+    }
+}
+
 /// What to do with a service's replicas now.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Moves {
     /// Replicas to start, of the serving version.
     pub launch: u32,
+    /// How many of them on demand (a spot service's fallback).
+    pub launch_on_demand: u32,
     /// Replicas to drain and remove.
     pub drain: Vec<u32>,
     /// A version to roll back (its replicas never became ready).
@@ -370,7 +397,7 @@ fn too_many_failures(target: u32) -> usize {
 
 /// The starts and drains that bring `rec` to `target` replicas of its serving version,
 /// replacing failed ones, and moving older versions out as `mode` says.
-pub fn moves(rec: &ServiceRecord, mode: UpdateMode) -> Moves {
+pub fn moves(rec: &ServiceRecord, mode: UpdateMode, fb: Fallback) -> Moves {
     let mut m = Moves::default();
     let Some(v) = rec.serving_version() else {
         return m;
@@ -402,22 +429,49 @@ pub fn moves(rec: &ServiceRecord, mode: UpdateMode) -> Moves {
         return m;
     }
     let n = rec.target;
-    m.launch = n.saturating_sub(new_alive.len() as u32);
+    // How many of the `n` run on demand: the base, and (dynamic) one per spot replica
+    // that is not ready yet — its capacity may never come.
+    let (want_spot, want_on_demand) = if fb.spot {
+        let base = fb.base.min(n);
+        let spot = n - base;
+        let covering = if fb.dynamic {
+            (of_v(true)
+                .filter(|(_, r)| !r.on_demand && r.state != ReplicaState::Ready)
+                .count() as u32)
+                .min(spot)
+        } else {
+            0
+        };
+        (spot, base + covering)
+    } else {
+        (n, 0)
+    };
+    for (on_demand, want) in [(false, want_spot), (true, want_on_demand)] {
+        let pool: Vec<(u32, bool)> = of_v(true)
+            .filter(|(_, r)| r.on_demand == on_demand)
+            .map(|(id, r)| (*id, r.state == ReplicaState::Ready))
+            .collect();
+        let have = pool.len() as u32;
+        if want > have {
+            m.launch += want - have;
+            if on_demand {
+                m.launch_on_demand += want - have;
+            }
+        } else {
+            // Scaling down: those not ready first, then the oldest.
+            let mut extra = pool;
+            extra.sort_by_key(|(id, ready)| (*ready, *id));
+            m.drain
+                .extend(extra.iter().take((have - want) as usize).map(|e| e.0));
+        }
+    }
     if old.is_empty() && !ever_ready && failed_v >= 3 * too_many_failures(n) && m.launch > 0 {
         // Starting more would fail the same way: wait for a new version.
         m.stuck = Some(format!(
             "{failed_v} replicas of version {v} failed and none became ready; fix the service and apply again"
         ));
         m.launch = 0;
-    }
-    if (new_alive.len() as u32) > n {
-        // Scaling down: those not ready first, then the oldest.
-        let mut extra: Vec<(u32, bool)> = of_v(true)
-            .map(|(id, r)| (*id, r.state == ReplicaState::Ready))
-            .collect();
-        extra.sort_by_key(|(id, ready)| (*ready, *id));
-        m.drain
-            .extend(extra.iter().take(new_alive.len() - n as usize).map(|e| e.0));
+        m.launch_on_demand = 0;
     }
     if old.is_empty() {
         m.drain.sort_unstable();
@@ -461,6 +515,7 @@ mod tests {
             running_ms: None,
             ready_ms: (state == ReplicaState::Ready).then_some(1),
             failing_ms: None,
+            on_demand: false,
             draining: None,
             removed: false,
             reason: None,
@@ -557,9 +612,12 @@ mod tests {
     fn scaling_replaces_the_failed_and_drains_the_not_ready_first() {
         use ReplicaState::*;
         let rec = record(&[(1, 1, Ready), (2, 1, Failed)], 2, 1);
-        assert_eq!(moves(&rec, UpdateMode::Rolling).launch, 1);
+        assert_eq!(
+            moves(&rec, UpdateMode::Rolling, Fallback::default()).launch,
+            1
+        );
         let rec = record(&[(1, 1, Ready), (2, 1, Starting), (3, 1, Ready)], 1, 1);
-        let m = moves(&rec, UpdateMode::Rolling);
+        let m = moves(&rec, UpdateMode::Rolling, Fallback::default());
         assert_eq!((m.launch, m.drain), (0, vec![1, 2]));
     }
 
@@ -567,7 +625,7 @@ mod tests {
     fn a_rolling_update_drains_an_old_replica_per_new_ready_one() {
         use ReplicaState::*;
         let rec = record(&[(1, 1, Ready), (2, 1, Ready)], 2, 2);
-        let m = moves(&rec, UpdateMode::Rolling);
+        let m = moves(&rec, UpdateMode::Rolling, Fallback::default());
         assert_eq!((m.launch, m.drain.len()), (2, 0));
         let rec = record(
             &[
@@ -579,14 +637,24 @@ mod tests {
             2,
             2,
         );
-        assert_eq!(moves(&rec, UpdateMode::Rolling).drain, vec![1]);
-        assert!(moves(&rec, UpdateMode::BlueGreen).drain.is_empty());
+        assert_eq!(
+            moves(&rec, UpdateMode::Rolling, Fallback::default()).drain,
+            vec![1]
+        );
+        assert!(
+            moves(&rec, UpdateMode::BlueGreen, Fallback::default())
+                .drain
+                .is_empty()
+        );
         let rec = record(
             &[(1, 1, Ready), (2, 1, Ready), (3, 2, Ready), (4, 2, Ready)],
             2,
             2,
         );
-        assert_eq!(moves(&rec, UpdateMode::BlueGreen).drain, vec![1, 2]);
+        assert_eq!(
+            moves(&rec, UpdateMode::BlueGreen, Fallback::default()).drain,
+            vec![1, 2]
+        );
     }
 
     #[test]
@@ -603,7 +671,7 @@ mod tests {
             2,
             2,
         );
-        let m = moves(&rec, UpdateMode::Rolling);
+        let m = moves(&rec, UpdateMode::Rolling, Fallback::default());
         assert_eq!(m.roll_back, Some(2));
         assert_eq!(m.drain, vec![5]);
         let mut rec = rec;
@@ -611,13 +679,56 @@ mod tests {
         assert_eq!(rec.serving_version(), Some(1));
         // Back on version 1: nothing to start, nothing to drain.
         rec.replicas.remove(&5);
-        assert_eq!(moves(&rec, UpdateMode::Rolling), Moves::default());
+        assert_eq!(
+            moves(&rec, UpdateMode::Rolling, Fallback::default()),
+            Moves::default()
+        );
         // A first version that only fails: after a few tries, no more starts.
         let mut bad = record(&[], 1, 1);
         bad.failures.insert(1, 6);
-        let m = moves(&bad, UpdateMode::Rolling);
+        let m = moves(&bad, UpdateMode::Rolling, Fallback::default());
         assert_eq!(m.launch, 0);
         assert!(m.stuck.is_some());
+    }
+
+    #[test]
+    fn a_spot_service_keeps_its_base_on_demand_and_covers_missing_spot_replicas() {
+        use ReplicaState::*;
+        let fb = Fallback {
+            spot: true,
+            base: 1,
+            dynamic: true,
+        };
+        // From nothing: 3 replicas, 1 on demand; the 2 spot ones are not ready, so 2 more
+        // on demand cover them.
+        let mut rec = record(&[], 3, 1);
+        let m = moves(&rec, UpdateMode::Rolling, fb);
+        assert_eq!((m.launch, m.launch_on_demand), (3, 1));
+        rec.replicas.insert(1, replica(1, Pending));
+        rec.replicas.insert(2, replica(1, Pending));
+        let mut od = replica(1, Pending);
+        od.on_demand = true;
+        rec.replicas.insert(3, od);
+        let m = moves(&rec, UpdateMode::Rolling, fb);
+        assert_eq!((m.launch, m.launch_on_demand), (2, 2));
+        // The spot replicas ready: the covering ones drain, the base stays.
+        for id in [1, 2] {
+            rec.replicas.get_mut(&id).unwrap().state = Ready;
+        }
+        for id in [4, 5] {
+            let mut r = replica(1, Ready);
+            r.on_demand = true;
+            rec.replicas.insert(id, r);
+        }
+        let m = moves(&rec, UpdateMode::Rolling, fb);
+        assert_eq!((m.launch, m.drain), (0, vec![3, 4]));
+        // Without the dynamic fallback, only the base.
+        let fixed = Fallback {
+            dynamic: false,
+            ..fb
+        };
+        let m = moves(&record(&[], 3, 1), UpdateMode::Rolling, fixed);
+        assert_eq!((m.launch, m.launch_on_demand), (3, 1));
     }
 
     #[test]

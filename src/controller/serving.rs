@@ -124,17 +124,28 @@ fn replica_resource(
     res: &ResourceState,
     spec: &ServiceSpec,
     task: &str,
-    id: u32,
-    port: u16,
+    (id, replica): (u32, &Replica),
     address: &Address,
 ) -> ResourceState {
     let mut envs = spec.envs.clone();
-    envs.insert("PORT".into(), port.to_string());
+    envs.insert("PORT".into(), replica.port.to_string());
     envs.insert("SKYFORM_REPLICA_ID".into(), id.to_string());
+    let mut resources = spec.resources.clone();
+    if replica.on_demand {
+        // The fallback: the same request, on demand.
+        resources.use_spot = Some(false);
+        for c in resources
+            .any_of
+            .iter_mut()
+            .chain(resources.ordered.iter_mut())
+        {
+            c.use_spot = Some(false);
+        }
+    }
     envs.insert("SKYFORM_SERVICE".into(), address.to_string());
     let job = ManagedJobSpec {
         num_nodes: 1,
-        resources: spec.resources.clone(),
+        resources,
         workdir: spec.workdir.clone(),
         workdir_hash: spec.workdir_hash.clone(),
         setup: spec.setup.clone(),
@@ -441,7 +452,8 @@ impl Controller<'_> {
             .as_ref()
             .map(ServiceSpec::update_mode)
             .unwrap_or_default();
-        let m = service::moves(&rec, mode);
+        let fallback = spec.as_ref().map(service::Fallback::of).unwrap_or_default();
+        let m = service::moves(&rec, mode, fallback);
         if let Some(v) = m.roll_back {
             rec.rolled_back.push(v);
             let why = format!(
@@ -471,7 +483,7 @@ impl Controller<'_> {
                 .placement
                 .as_ref()
                 .is_none_or(|c| crate::model::backend::is_this_machine(&c.offering.cloud));
-            for _ in 0..m.launch {
+            for i in 0..m.launch {
                 let port = if here {
                     free_port().unwrap_or_else(|| endpoint_port(s))
                 } else {
@@ -488,6 +500,7 @@ impl Controller<'_> {
                         running_ms: None,
                         ready_ms: None,
                         failing_ms: None,
+                        on_demand: i < m.launch_on_demand,
                         draining: None,
                         removed: false,
                         reason: None,
@@ -540,7 +553,7 @@ impl Controller<'_> {
                     continue;
                 }
                 let task = replica_task(id, *rid);
-                let declared = replica_resource(res, s, &task, *rid, r.port, &rec.address);
+                let declared = replica_resource(res, s, &task, (*rid, r), &rec.address);
                 out.insert(task, declared);
             }
         }
