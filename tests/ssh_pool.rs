@@ -355,7 +355,98 @@ fn clusters_hold_whole_hosts_and_move_off_a_dead_one() {
     jobs_on_a_pool(&s);
     autostop_on_a_pool(&s);
     managed_job_moves_off_a_dead_host(&s);
+    a_service_serves_from_the_pool_and_rolls_to_a_new_version(&s);
     across_network_namespaces(&s);
+}
+
+/// A service on the pool: its replica runs on a host of its own, listening on that host's
+/// address; the controller's balancer at the endpoint serves it, and a new version comes up
+/// on another host before the old one drains — no failed request in between.
+fn a_service_serves_from_the_pool_and_rolls_to_a_new_version(s: &Servers) {
+    let w = Work {
+        dir: support::Workdir::new()
+            .with_home()
+            .env("SKYFORM_CONTROLLER_TICK_MS", "300")
+            .env("SKYFORM_CONTROLLER_GRACE_MS", "1000")
+            .env("SKYFORM_SERVE_PROBE_MS", "300"),
+        pool: support::servers::pool_block("rack", &s.hosts, &s.dir),
+    };
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let service = |version: &str| {
+        format!(
+            "service \"web\" {{\n  run = \"python3 {}/testdata/services/replica.py --host $SKYFORM_NODE_IPS --port $PORT --version {version}\"\n  resources {{\n    ports = [{port}]\n  }}\n  readiness_probe {{\n    path                  = \"/\"\n    initial_delay_seconds = 30\n  }}\n}}\n",
+            env!("CARGO_MANIFEST_DIR")
+        )
+    };
+    let get = || -> String {
+        let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        use std::io::{Read, Write};
+        c.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+            .unwrap();
+        write!(c, "GET /x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+        let mut text = String::new();
+        c.read_to_string(&mut text).unwrap();
+        text
+    };
+    let replica_hosts = |row: &Value| -> Vec<(u64, String)> {
+        row["replicas"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|r| {
+                        (
+                            r["version"].as_u64().unwrap_or(0),
+                            r["state"].as_str().unwrap_or("").to_string(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    w.config(&service("v1"));
+    w.ok(&["apply", "-auto-approve"]);
+    let row = w.wait_until("service.web", "a ready replica", |r| {
+        replica_hosts(r).iter().any(|x| x.1 == "READY")
+    });
+    assert_eq!(s.reserved().len(), 1, "one host for the replica: {row}");
+    let first = get();
+    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+    assert!(first.contains("version=v1"), "{first}");
+    // A new version: up on another host, then the old replica drains.
+    w.config(&service("v2"));
+    w.ok(&["apply", "-auto-approve"]);
+    let mut answers = Vec::new();
+    let row = loop {
+        answers.push(get());
+        let row = w.status_row("service.web");
+        let all = replica_hosts(&row);
+        if !all.is_empty() && all.iter().all(|x| x == &(2, "READY".to_string())) {
+            break row;
+        }
+        assert!(answers.len() < 400, "the update did not end: {row}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert_eq!(row["version"], 2, "{row}");
+    let bad: Vec<&String> = answers
+        .iter()
+        .filter(|a| !a.starts_with("HTTP/1.1 200"))
+        .collect();
+    assert!(bad.is_empty(), "{} failed: {:?}", bad.len(), bad.first());
+    assert!(get().contains("version=v2"));
+    w.ok(&["destroy", "-auto-approve"]);
+    let began = std::time::Instant::now();
+    while !s.reserved().is_empty() {
+        assert!(
+            began.elapsed() < std::time::Duration::from_secs(30),
+            "still held: {:?}",
+            s.reserved()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
 }
 
 /// A managed job on the pool gets a host of its own; when that host's sshd stops, the
