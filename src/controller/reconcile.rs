@@ -248,6 +248,7 @@ impl<'e> Controller<'e> {
             .await
             .map_err(Stop::from)?
             .unwrap_or_default();
+        self.absorb().await?;
         let changed = self.adopt_declared(&state);
         self.declared = state
             .resources
@@ -434,29 +435,55 @@ impl<'e> Controller<'e> {
                 }
                 Err(StateError::Conflict { .. }) => {
                     let (theirs, version) = book::read(self.store.as_ref()).await?;
-                    match &theirs.lease {
-                        Some(l) if l.id == self.me.id => {}
-                        other => {
-                            return Err(Stop::Lost(
-                                other
-                                    .as_ref()
-                                    .map_or_else(|| "nobody".into(), Lease::describe),
-                            ));
-                        }
-                    }
-                    for (task, run) in theirs.runs {
-                        match self.book.runs.get_mut(&task) {
-                            Some(mine) => mine.cancel |= run.cancel,
-                            None => {
-                                self.book.runs.insert(task, run);
-                            }
-                        }
-                    }
-                    self.version = version;
+                    self.merge(theirs, version)?;
                 }
                 Err(e) => return Err(e.into()),
             }
         }
+    }
+
+    /// Takes in what another writer (apply asking for a cancel) changed in the book since
+    /// this controller last wrote it, so a cancel is acted on at the next pass and not only
+    /// when the lease is renewed. The book is parsed only when its version moved.
+    async fn absorb(&mut self) -> std::result::Result<(), Stop> {
+        let Some((bytes, version)) = self.store.read_side(book::SIDE).await? else {
+            return Ok(());
+        };
+        if self.version.as_deref() == Some(version.as_str()) {
+            return Ok(());
+        }
+        let theirs: Book = serde_json::from_slice(&bytes).map_err(|e| {
+            Stop::from(StateError::Corrupt(format!(
+                "the controller's book next to {}: {e}",
+                self.store.describe()
+            )))
+        })?;
+        self.merge(theirs, Some(version))
+    }
+
+    /// Merges another writer's book (of `version`) into this one: their cancels and the
+    /// runs they added; a lease that is not this controller's any more stops it.
+    fn merge(&mut self, theirs: Book, version: Option<String>) -> std::result::Result<(), Stop> {
+        match &theirs.lease {
+            Some(l) if l.id == self.me.id => {}
+            other => {
+                return Err(Stop::Lost(
+                    other
+                        .as_ref()
+                        .map_or_else(|| "nobody".into(), Lease::describe),
+                ));
+            }
+        }
+        for (task, run) in theirs.runs {
+            match self.book.runs.get_mut(&task) {
+                Some(mine) => mine.cancel |= run.cancel,
+                None => {
+                    self.book.runs.insert(task, run);
+                }
+            }
+        }
+        self.version = version;
+        Ok(())
     }
 
     /// Whether the managed jobs `res` depends on (a pipeline) have all succeeded.
