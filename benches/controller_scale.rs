@@ -2,8 +2,8 @@
 //! state as apply records them (backend `managed`, a task id), a controller driven tick by
 //! tick through the library, and an in-process backend that answers at once — so what is
 //! measured is the controller's own work (its book, the state, its decisions), not a
-//! cloud's. Prints the wall and CPU time of the first launch of all N, of the tick where
-//! they are all seen running, of a steady tick, and of recovering a tenth of them; the book's
+//! cloud's. Prints the wall and CPU time of the first launch of all N (the launches recorded
+//! in the book), of the tick where they are all seen running, of a steady tick, and of recovering a tenth of them; the book's
 //! size and the process's peak memory. The figures go to docs/benchmarks.md.
 //!
 //! Run: `cargo bench --bench controller_scale` (release build). `SKYFORM_BENCH_JOBS=1000`
@@ -200,14 +200,18 @@ fn book_file(dir: &std::path::Path) -> serde_json::Value {
     serde_json::from_slice(&text).unwrap()
 }
 
-/// How many runs are RUNNING on their `attempt`-th placement or later.
+/// How many runs are RUNNING on their `attempt`-th placement or later (0: launched, in any
+/// phase).
 fn running(dir: &std::path::Path, attempt: u64) -> usize {
     let b = book_file(dir);
     b["runs"]
         .as_object()
         .unwrap()
         .values()
-        .filter(|r| r["phase"] == "RUNNING" && r["attempt"].as_u64() >= Some(attempt))
+        .filter(|r| {
+            (attempt == 0 && r["attempt"].as_u64() >= Some(1))
+                || r["phase"] == "RUNNING" && r["attempt"].as_u64() >= Some(attempt)
+        })
         .count()
 }
 
@@ -270,16 +274,26 @@ fn main() {
 
         println!("the controller watching N managed jobs (in-process backend answering at once)");
         println!("N = {n}, state and book in {}", dir.display());
-        let (first, wall, cpu) = measured(ctl.tick()).await;
-        let first_run = book_file(&dir)["runs"]
-            .as_object()
-            .and_then(|r| r.values().next().cloned());
-        let launched = fleet.creates.load(Ordering::Relaxed);
-        assert_eq!(launched, n, "first tick: {first:?}, {first_run:?}");
-        println!("first tick (launch all N):      wall {wall:>8.3} s   cpu {cpu:>8.3} s");
+        // A pass hands a launch that takes longer than a tick to the next pass; here they
+        // all answer at once, so one tick should do, but the launch is timed to the end.
+        let (mut ticks, mut wall, mut cpu) = (0, 0.0, 0.0);
+        while fleet.creates.load(Ordering::Relaxed) < n || running(&dir, 0) < n {
+            let (out, w, c) = measured(ctl.tick()).await;
+            ticks += 1;
+            wall += w;
+            cpu += c;
+            let first_run = book_file(&dir)["runs"]
+                .as_object()
+                .and_then(|r| r.values().next().cloned());
+            assert!(ticks < 10, "launching: {out:?}, {first_run:?}");
+        }
+        assert_eq!(fleet.creates.load(Ordering::Relaxed), n, "launched once each");
+        println!(
+            "launch all N ({ticks} tick):        wall {wall:>8.3} s   cpu {cpu:>8.3} s"
+        );
         let (_, wall, cpu) = measured(ctl.tick()).await;
-        assert_eq!(running(&dir, 1), n, "every job running after the second tick");
-        println!("second tick (all seen RUNNING): wall {wall:>8.3} s   cpu {cpu:>8.3} s");
+        assert_eq!(running(&dir, 1), n, "every job running after the next tick");
+        println!("next tick (all seen RUNNING):   wall {wall:>8.3} s   cpu {cpu:>8.3} s");
 
         let (mut walls, mut cpus) = (Vec::new(), Vec::new());
         let refreshed = fleet.refreshes.load(Ordering::Relaxed);

@@ -6,7 +6,10 @@
 # the backend's server on loopback (sshd, moto, a kube-apiserver) and runs the backend's
 # crash test (tests/support/crash.rs) with its fixed crash points left out. A failure
 # prints the seed; SKYFORM_KILL_SEED=SEED replays the same moments.
-#   scripts/kill-rounds.sh local|ssh|aws|k8s [ROUNDS]      (ROUNDS: 20 by default)
+# `controller` kills the managed jobs' controller instead (local backend): at random moments
+# of its launches and recoveries, then started again; each job must end with exactly one
+# live placement and nothing leaked (tests/controller_local.rs).
+#   scripts/kill-rounds.sh local|ssh|aws|k8s|controller [ROUNDS]      (ROUNDS: 20 by default)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 backend="${1:-}"
@@ -30,8 +33,11 @@ k8s)
   trap 'scripts/kube.sh stop' EXIT
   test=kubernetes name=a_crash_at_every_point_converges
   ;;
+controller)
+  test=controller_local name=a_controller_killed_at_random_moments_ends_with_one_placement_per_job
+  ;;
 *)
-  echo "usage: scripts/kill-rounds.sh local|ssh|aws|k8s [ROUNDS]" >&2
+  echo "usage: scripts/kill-rounds.sh local|ssh|aws|k8s|controller [ROUNDS]" >&2
   exit 2
   ;;
 esac

@@ -457,20 +457,37 @@ impl<'e> Controller<'e> {
                     crate::faults::passed(crate::faults::Point::Write);
                     return Ok(());
                 }
-                Err(StateError::Conflict { .. }) => self.absorb().await?,
+                Err(StateError::Conflict { .. }) => {
+                    let (theirs, version) = book::read(self.store.as_ref()).await?;
+                    self.merge(theirs, version)?;
+                }
                 Err(e) => return Err(e.into()),
             }
         }
     }
 
-    /// Takes in what others wrote in the book since this controller last did (apply asking
-    /// to cancel a managed job or a service), so it acts on it this pass; a book whose
-    /// lease is no longer this controller's stops it.
+    /// Takes in what another writer (apply asking for a cancel) changed in the book since
+    /// this controller last wrote it, so a cancel is acted on at the next pass and not only
+    /// when the lease is renewed. The book is parsed only when its version moved.
     async fn absorb(&mut self) -> std::result::Result<(), Stop> {
-        let (theirs, version) = book::read(self.store.as_ref()).await?;
-        if version == self.version {
+        let Some((bytes, version)) = self.store.read_side(book::SIDE).await? else {
+            return Ok(());
+        };
+        if self.version.as_deref() == Some(version.as_str()) {
             return Ok(());
         }
+        let theirs: Book = serde_json::from_slice(&bytes).map_err(|e| {
+            Stop::from(StateError::Corrupt(format!(
+                "the controller's book next to {}: {e}",
+                self.store.describe()
+            )))
+        })?;
+        self.merge(theirs, Some(version))
+    }
+
+    /// Merges another writer's book (of `version`) into this one: their cancels and the
+    /// runs they added; a lease that is not this controller's any more stops it.
+    fn merge(&mut self, theirs: Book, version: Option<String>) -> std::result::Result<(), Stop> {
         match &theirs.lease {
             Some(l) if l.id == self.me.id => {}
             other => {
@@ -1052,5 +1069,173 @@ impl Worker<'_> {
         });
         *cached = Some((Instant::now(), o.clone()));
         o
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::{Options, Quiet};
+    use crate::model::ManagedJobSpec;
+    use crate::providers::{Created, Observed, Provider, Request};
+    use serde_json::json;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A backend whose creates answer at once, except those of `managed_job.slow`, which
+    /// wait a minute (a cloud short of machines).
+    #[derive(Debug, Default)]
+    struct Slow {
+        creates: AtomicUsize,
+        answered: AtomicUsize,
+    }
+
+    #[async_trait::async_trait]
+    impl Provider for Slow {
+        fn name(&self) -> &'static str {
+            "aws"
+        }
+        async fn offerings(&self) -> std::result::Result<Vec<Offering>, ProviderError> {
+            Ok(vec![Offering {
+                cloud: "aws".into(),
+                region: Some("us-east-1".into()),
+                zone: None,
+                instance_type: "m6i.2xlarge".into(),
+                accelerators: Vec::new(),
+                cpus: 8.0,
+                memory_gib: 32.0,
+                spot: false,
+                price: 1,
+                max_nodes: None,
+            }])
+        }
+        fn runs_managed_jobs(&self) -> bool {
+            true
+        }
+        fn new_private(&self, address: &Address, _: &Spec, _: &str) -> serde_json::Value {
+            json!({ "id": address.to_string() })
+        }
+        async fn refresh(
+            &self,
+            _: &Address,
+            _: &ResourceState,
+            _: Option<&ResourceState>,
+        ) -> std::result::Result<Observed, ProviderError> {
+            Ok(Observed::Up(BTreeMap::from([(
+                "status".to_string(),
+                json!("RUNNING"),
+            )])))
+        }
+        async fn create(&self, req: Request<'_>) -> std::result::Result<Created, ProviderError> {
+            self.creates.fetch_add(1, Ordering::SeqCst);
+            if req.address.to_string() == "managed_job.slow" {
+                tokio::time::sleep(Duration::from_secs(60)).await;
+            }
+            self.answered.fetch_add(1, Ordering::SeqCst);
+            Ok(Created {
+                computed: BTreeMap::new(),
+                private: req.private.clone(),
+            })
+        }
+        async fn update(&self, req: Request<'_>) -> std::result::Result<Created, ProviderError> {
+            self.create(req).await
+        }
+        async fn delete(
+            &self,
+            _: &Address,
+            _: &ResourceState,
+            _: Option<&ResourceState>,
+        ) -> std::result::Result<(), ProviderError> {
+            Ok(())
+        }
+        fn log_paths(
+            &self,
+            _: &ResourceState,
+            _: Option<&ResourceState>,
+        ) -> Vec<std::path::PathBuf> {
+            Vec::new()
+        }
+    }
+
+    fn declared(name: &str) -> (Address, ResourceState) {
+        let address: Address = format!("managed_job.{name}").parse().expect("address");
+        let spec = Spec::ManagedJob(ManagedJobSpec {
+            num_nodes: 1,
+            resources: Default::default(),
+            workdir: None,
+            workdir_hash: None,
+            setup: None,
+            run: "train".into(),
+            envs: BTreeMap::new(),
+            secrets: BTreeMap::new(),
+            recovery: None,
+        });
+        let res = ResourceState {
+            status: Status::Ready,
+            provider: "managed".into(),
+            spec,
+            computed: BTreeMap::new(),
+            private: json!({ "task_id": format!("task-{name}") }),
+            placement: None,
+            dependencies: Vec::new(),
+            sensitive: Vec::new(),
+            attempts: Vec::new(),
+            leftovers: Vec::new(),
+        };
+        (address, res)
+    }
+
+    /// A launch that waits long does not hold the other jobs' passes back: the fast job is
+    /// launched and seen running while the slow one's create still waits, with the slow
+    /// one's intent on record before its create.
+    #[tokio::test]
+    async fn a_long_launch_does_not_hold_the_other_jobs_back() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        std::fs::write(tmp.path().join("main.sky.hcl"), "").expect("config");
+        let slow = Arc::new(Slow::default());
+        let registry = Arc::new(Registry {
+            providers: BTreeMap::from([("aws", slow.clone() as Arc<dyn Provider>)]),
+            warnings: Vec::new(),
+        });
+        let engine = Engine::open(
+            Options {
+                dir: tmp.path().to_path_buf(),
+                ..Options::default()
+            },
+            Arc::new(Quiet),
+        )
+        .with_registry(registry);
+        let mut state = State::new();
+        state.resources = ["slow", "fast"].into_iter().map(declared).collect();
+        state.serial = 1;
+        let store = engine.store().await.expect("store");
+        store.write(&state).await.expect("state");
+        let settings = Settings {
+            tick: Duration::from_millis(100),
+            ..Settings::default()
+        };
+        let mut ctl = Controller::start(&engine, settings).await.expect("start");
+        let began = Instant::now();
+        for _ in 0..5 {
+            ctl.tick().await.expect("tick");
+        }
+        assert!(began.elapsed() < Duration::from_secs(10));
+        let (b, _) = book::read(store.as_ref()).await.expect("book");
+        assert_eq!(
+            slow.creates.load(Ordering::SeqCst),
+            2,
+            "both launches began: {b:?}"
+        );
+        assert_eq!(
+            slow.answered.load(Ordering::SeqCst),
+            1,
+            "the slow one waits"
+        );
+        let fast = &b.runs["task-fast"];
+        assert_eq!(fast.phase, Phase::Running, "{fast:?}");
+        let slow_run = &b.runs["task-slow"];
+        assert!(
+            slow_run.current.as_ref().is_some_and(|p| !p.launched),
+            "the slow launch's intent is on record: {slow_run:?}"
+        );
     }
 }

@@ -158,29 +158,10 @@ impl Crashes<'_> {
     /// Rounds of `kill -9` at a random moment of an apply and then of a destroy (within
     /// `window`, about what a clean apply takes), each followed by the same command.
     fn random_kills(&self, declared: usize, window: Duration) {
-        let rounds: usize = std::env::var("SKYFORM_KILL_ROUNDS")
-            .ok()
-            .and_then(|r| r.parse().ok())
-            .unwrap_or(3);
-        let seed: u64 = std::env::var("SKYFORM_KILL_SEED")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| {
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(1, |d| d.as_nanos() as u64)
-            });
-        eprintln!(
-            "random kills: {rounds} rounds within {window:?}, SKYFORM_KILL_SEED={seed} replays them"
-        );
-        let mut rng = seed | 1;
-        let mut at = || {
-            // xorshift64: enough to spread the kills, and replayable from the seed.
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            window.mul_f64((rng % 10_000) as f64 / 10_000.0 * 1.2)
-        };
+        let mut moments = Moments::from_env("random kills");
+        let (rounds, seed) = (moments.rounds, moments.seed);
+        eprintln!("random kills within {window:?}");
+        let mut at = || moments.within(window.mul_f64(1.2));
         for round in 1..=rounds {
             let delay = at();
             self.kill_at(&["apply", "-auto-approve"], delay);
@@ -215,5 +196,50 @@ impl Crashes<'_> {
         }
         let _ = child.kill();
         let _ = child.wait();
+    }
+}
+
+/// Random moments for kill rounds, replayable: `SKYFORM_KILL_ROUNDS` rounds (3 by default),
+/// from `SKYFORM_KILL_SEED` (else the clock; printed, so a failure can be replayed).
+pub struct Moments {
+    pub rounds: usize,
+    pub seed: u64,
+    rng: u64,
+}
+
+impl Moments {
+    /// The rounds and seed of this run; says them (as `what`) on stderr.
+    pub fn from_env(what: &str) -> Moments {
+        let rounds: usize = std::env::var("SKYFORM_KILL_ROUNDS")
+            .ok()
+            .and_then(|r| r.parse().ok())
+            .unwrap_or(3);
+        let seed: u64 = std::env::var("SKYFORM_KILL_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(1, |d| d.as_nanos() as u64)
+            });
+        eprintln!("{what}: {rounds} rounds, SKYFORM_KILL_SEED={seed} replays them");
+        Moments {
+            rounds,
+            seed,
+            rng: seed | 1,
+        }
+    }
+
+    /// The next number (xorshift64: enough to spread the kills, and replayable).
+    pub fn next(&mut self) -> u64 {
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        self.rng
+    }
+
+    /// A moment within `window`.
+    pub fn within(&mut self, window: Duration) -> Duration {
+        window.mul_f64((self.next() % 10_000) as f64 / 10_000.0)
     }
 }
