@@ -189,14 +189,21 @@ impl Work {
             .env_remove("AWS_ENDPOINT_URL")
             // The controller apply starts decides in test time.
             .env("SKYFORM_CONTROLLER_TICK_MS", "300")
-            .env("SKYFORM_CONTROLLER_GRACE_MS", "1000");
+            .env("SKYFORM_CONTROLLER_GRACE_MS", "1000")
+            .env("SKYFORM_SERVE_PROBE_MS", "300");
+        let w = Work { dir, proxy };
+        w.config(regions, body);
+        w
+    }
+
+    /// The `infra "aws"` block for `regions` at the proxy, then `body`.
+    fn config(&self, regions: &[&str], body: &str) {
         let regions: Vec<String> = regions.iter().map(|r| format!("\"{r}\"")).collect();
-        dir.write_config(&format!(
+        self.dir.write_config(&format!(
             "infra \"aws\" {{\n  endpoint = \"{}\"\n  regions  = [{}]\n}}\n{body}",
-            proxy.url,
+            self.proxy.url,
             regions.join(", ")
         ));
-        Work { dir, proxy }
     }
 
     fn candidates(&self) -> Vec<Value> {
@@ -1412,4 +1419,80 @@ async fn a_machine_whose_agent_died_is_degraded() {
     assert!(plan.contains("is not running"), "{plan}");
     assert!(plan.contains("must be replaced"), "{plan}");
     w.ok(&["destroy", "-auto-approve"]);
+}
+
+/// A service on EC2: its replica is an instance of its own (a loopback sshd machine here),
+/// listening on the instance's address and the service's port; the controller's balancer
+/// serves it at the endpoint, and a new version comes up on another instance before the
+/// old one drains and is terminated — no failed request in between.
+#[tokio::test]
+#[ignore = "needs moto: run ./scripts/test.sh"]
+async fn a_service_serves_from_an_instance_and_rolls_to_a_new_version() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let service = |version: &str| {
+        format!(
+            "service \"web\" {{\n  run = \"python3 {}/testdata/services/replica.py --host $SKYFORM_NODE_IPS --port $PORT --version {version}\"\n  resources {{\n    instance_type = \"m6i.large\"\n    ports         = [{port}]\n  }}\n  readiness_probe {{\n    path                  = \"/\"\n    initial_delay_seconds = 60\n  }}\n}}\n",
+            env!("CARGO_MANIFEST_DIR")
+        )
+    };
+    let w = Work::new(&["us-east-1"], &service("v1"));
+    let get = move || -> String {
+        use std::io::{Read, Write};
+        let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        write!(c, "GET /x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+        let mut text = String::new();
+        c.read_to_string(&mut text).unwrap();
+        text
+    };
+    let states = |row: &serde_json::Value| -> Vec<(u64, String)> {
+        row["replicas"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|r| {
+                        (
+                            r["version"].as_u64().unwrap_or(0),
+                            r["state"].as_str().unwrap_or("").to_string(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    w.ok(&["apply", "-auto-approve"]);
+    w.wait_until("service.web", "a ready replica", |r| {
+        states(r).iter().any(|x| x.1 == "READY")
+    });
+    assert_eq!(w.proxy.live("us-east-1").await.len(), 1);
+    let first = tokio::task::spawn_blocking(get.clone()).await.unwrap();
+    assert!(
+        first.starts_with("HTTP/1.1 200") && first.contains("version=v1"),
+        "{first}"
+    );
+    w.config(&["us-east-1"], &service("v2"));
+    w.ok(&["apply", "-auto-approve"]);
+    let mut answers = Vec::new();
+    let row = loop {
+        answers.push(tokio::task::spawn_blocking(get.clone()).await.unwrap());
+        let row = w.status_row("service.web");
+        let all = states(&row);
+        if !all.is_empty() && all.iter().all(|x| x == &(2, "READY".to_string())) {
+            break row;
+        }
+        assert!(answers.len() < 600, "the update did not end: {row}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(row["version"], 2, "{row}");
+    let bad: Vec<&String> = answers
+        .iter()
+        .filter(|a| !a.starts_with("HTTP/1.1 200"))
+        .collect();
+    assert!(bad.is_empty(), "{} failed: {:?}", bad.len(), bad.first());
+    w.ok(&["destroy", "-auto-approve"]);
+    assert!(w.proxy.live("us-east-1").await.is_empty());
 }
