@@ -1440,36 +1440,13 @@ async fn a_service_serves_from_an_instance_and_rolls_to_a_new_version() {
         )
     };
     let w = Work::new(&["us-east-1"], &service("v1"));
-    let get = move || -> String {
-        use std::io::{Read, Write};
-        let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-        c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-        write!(c, "GET /x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
-        let mut text = String::new();
-        c.read_to_string(&mut text).unwrap();
-        text
-    };
-    let states = |row: &serde_json::Value| -> Vec<(u64, String)> {
-        row["replicas"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .map(|r| {
-                        (
-                            r["version"].as_u64().unwrap_or(0),
-                            r["state"].as_str().unwrap_or("").to_string(),
-                        )
-                    })
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
+    let get = move || support::http(port, "GET", "/x").unwrap();
     w.ok(&["apply", "-auto-approve"]);
     w.wait_until("service.web", "a ready replica", |r| {
-        states(r).iter().any(|x| x.1 == "READY")
+        support::replicas(r).iter().any(|x| x.2 == "READY")
     });
     assert_eq!(w.proxy.live("us-east-1").await.len(), 1);
-    let first = tokio::task::spawn_blocking(get.clone()).await.unwrap();
+    let first = tokio::task::spawn_blocking(get).await.unwrap();
     assert!(
         first.starts_with("HTTP/1.1 200") && first.contains("version=v1"),
         "{first}"
@@ -1478,10 +1455,9 @@ async fn a_service_serves_from_an_instance_and_rolls_to_a_new_version() {
     w.ok(&["apply", "-auto-approve"]);
     let mut answers = Vec::new();
     let row = loop {
-        answers.push(tokio::task::spawn_blocking(get.clone()).await.unwrap());
+        answers.push(tokio::task::spawn_blocking(get).await.unwrap());
         let row = w.status_row("service.web");
-        let all = states(&row);
-        if !all.is_empty() && all.iter().all(|x| x == &(2, "READY".to_string())) {
+        if support::all_ready_at(&row, 2) {
             break row;
         }
         assert!(answers.len() < 600, "the update did not end: {row}");

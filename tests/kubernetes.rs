@@ -1415,3 +1415,59 @@ async fn controller_pod(pods: &Api<Pod>, old: Option<&str>, fakelet: &Fakelet) -
     }
     name
 }
+
+/// A service on Kubernetes: its replica is a pod (a Kubernetes Job) whose address the
+/// controller asks of the API; the balancer at the endpoint serves it, and a new version's
+/// pod comes up before the old one drains — no failed request in between.
+#[test]
+#[ignore = "needs kube-apiserver: run ./scripts/test.sh"]
+fn a_service_serves_from_a_pod_and_rolls_to_a_new_version() {
+    let Some((kube, _turn)) = begin("a_service_serves_from_a_pod_and_rolls_to_a_new_version")
+    else {
+        return;
+    };
+    let _a = Fakelet::start(&kube, "a", &[&format!("t21-a:{GPU_NODE}")]);
+    let w = Work::new_with(&kube, "t21", &[("SKYFORM_SERVE_PROBE_MS", "300")]);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let service = |version: &str| {
+        format!(
+            "service \"web\" {{\n  run = \"python3 {}/testdata/services/replica.py --host 0.0.0.0 --port $PORT --version {version}\"\n  resources {{\n    infra = \"k8s/a\"\n    ports = [{port}]\n  }}\n  readiness_probe {{\n    path                  = \"/\"\n    initial_delay_seconds = 60\n  }}\n}}\n",
+            env!("CARGO_MANIFEST_DIR")
+        )
+    };
+    let get = move || support::http(port, "GET", "/x").unwrap();
+    w.config(&[("a", 0.0)], &service("v1"));
+    w.ok(&["apply", "-auto-approve"]);
+    w.wait_until("service.web", "a ready replica", |r| {
+        support::replicas(r).iter().any(|x| x.2 == "READY")
+    });
+    let first = get();
+    assert!(
+        first.starts_with("HTTP/1.1 200") && first.contains("version=v1"),
+        "{first}"
+    );
+    w.config(&[("a", 0.0)], &service("v2"));
+    w.ok(&["apply", "-auto-approve"]);
+    let mut answers = Vec::new();
+    let row = loop {
+        answers.push(get());
+        let row = w.status_row("service.web");
+        if support::all_ready_at(&row, 2) {
+            break row;
+        }
+        assert!(answers.len() < 600, "the update did not end: {row}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(row["version"], 2, "{row}");
+    let bad: Vec<&String> = answers
+        .iter()
+        .filter(|a| !a.starts_with("HTTP/1.1 200"))
+        .collect();
+    assert!(bad.is_empty(), "{} failed: {:?}", bad.len(), bad.first());
+    assert!(get().contains("version=v2"));
+    w.destroy_leaves_nothing("a");
+}

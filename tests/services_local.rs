@@ -7,7 +7,6 @@
 
 mod support;
 
-use std::io::{Read, Write};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -42,14 +41,7 @@ fn free_port() -> u16 {
 
 /// One HTTP/1.1 request over a new connection: the status and the body.
 fn request(port: u16, method: &str, path: &str) -> std::io::Result<(u16, String)> {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
-    s.set_read_timeout(Some(Duration::from_secs(40)))?;
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut text = String::new();
-    s.read_to_string(&mut text)?;
+    let text = support::http(port, method, path)?;
     let code = text
         .split_whitespace()
         .nth(1)
@@ -115,23 +107,7 @@ impl Load {
     }
 }
 
-/// The service's replicas in `status -json` as (id, version, state).
-fn replicas(row: &serde_json::Value) -> Vec<(u64, u64, String)> {
-    row["replicas"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|r| {
-                    (
-                        r["id"].as_u64().unwrap_or(0),
-                        r["version"].as_u64().unwrap_or(0),
-                        r["state"].as_str().unwrap_or("").to_string(),
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default()
-}
+use support::replicas;
 
 /// Processes whose command line contains `needle`.
 fn processes_with(needle: &str) -> Vec<u32> {

@@ -382,35 +382,11 @@ fn a_service_serves_from_the_pool_and_rolls_to_a_new_version(s: &Servers) {
             env!("CARGO_MANIFEST_DIR")
         )
     };
-    let get = || -> String {
-        let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-        use std::io::{Read, Write};
-        c.set_read_timeout(Some(std::time::Duration::from_secs(30)))
-            .unwrap();
-        write!(c, "GET /x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
-        let mut text = String::new();
-        c.read_to_string(&mut text).unwrap();
-        text
-    };
-    let replica_hosts = |row: &Value| -> Vec<(u64, String)> {
-        row["replicas"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .map(|r| {
-                        (
-                            r["version"].as_u64().unwrap_or(0),
-                            r["state"].as_str().unwrap_or("").to_string(),
-                        )
-                    })
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
+    let get = move || support::http(port, "GET", "/x").unwrap();
     w.config(&service("v1"));
     w.ok(&["apply", "-auto-approve"]);
     let row = w.wait_until("service.web", "a ready replica", |r| {
-        replica_hosts(r).iter().any(|x| x.1 == "READY")
+        support::replicas(r).iter().any(|x| x.2 == "READY")
     });
     assert_eq!(s.reserved().len(), 1, "one host for the replica: {row}");
     let first = get();
@@ -423,8 +399,7 @@ fn a_service_serves_from_the_pool_and_rolls_to_a_new_version(s: &Servers) {
     let row = loop {
         answers.push(get());
         let row = w.status_row("service.web");
-        let all = replica_hosts(&row);
-        if !all.is_empty() && all.iter().all(|x| x == &(2, "READY".to_string())) {
+        if support::all_ready_at(&row, 2) {
             break row;
         }
         assert!(answers.len() < 400, "the update did not end: {row}");

@@ -71,6 +71,9 @@ pub struct Replica {
     pub version: u32,
     /// Where it listens (`$PORT`).
     pub port: u16,
+    /// The host it is reached at, once known (its machine's or pod's address).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
     pub state: ReplicaState,
     /// When its program was first seen running (probes count from there).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -511,6 +514,7 @@ mod tests {
         Replica {
             version,
             port: 1,
+            host: None,
             state,
             running_ms: None,
             ready_ms: (state == ReplicaState::Ready).then_some(1),

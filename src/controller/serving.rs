@@ -68,12 +68,13 @@ impl Pacing {
 /// What the controller holds for its services between passes.
 pub struct Serving {
     balancers: BTreeMap<String, Arc<Balancer>>,
-    /// Probe answers not judged yet, by replica task.
-    answers: BTreeMap<String, bool>,
+    /// Probe answers not judged yet, by replica task, with the host the replica was
+    /// reached at.
+    answers: BTreeMap<String, (bool, Option<String>)>,
     /// When each replica was last probed (unix ms).
     probed: BTreeMap<String, u64>,
-    tx: mpsc::UnboundedSender<(String, bool)>,
-    rx: mpsc::UnboundedReceiver<(String, bool)>,
+    tx: mpsc::UnboundedSender<(String, bool, Option<String>)>,
+    rx: mpsc::UnboundedReceiver<(String, bool, Option<String>)>,
     pacing: Pacing,
 }
 
@@ -99,16 +100,46 @@ impl Default for Serving {
     }
 }
 
-/// Where a replica listens, as its balancer reaches it: its cluster's head when it runs on
-/// one, else this machine.
-fn replica_addr(run: Option<&book::Run>, port: u16) -> String {
-    let host = run
-        .and_then(|r| r.current.as_ref())
-        .and_then(|p| p.cluster.as_ref())
-        .and_then(|c| c.computed.get("head_ip"))
-        .and_then(serde_json::Value::as_str)
-        .unwrap_or("127.0.0.1");
-    format!("{host}:{port}")
+/// Where a replica listens, when that is known without asking its backend: its cluster's
+/// head when it runs on one, this machine when it runs here; `None` for one its backend
+/// places (a pod), whose address the probe asks for.
+fn known_host(run: Option<&book::Run>) -> Option<String> {
+    let p = run?.current.as_ref()?;
+    if let Some(c) = &p.cluster {
+        return c
+            .computed
+            .get("head_ip")
+            .and_then(serde_json::Value::as_str)
+            .map(String::from);
+    }
+    crate::model::backend::is_this_machine(&p.provider).then(|| "127.0.0.1".to_string())
+}
+
+/// The host a replica's job runs on, asked of its backend (`head_ip` of the job).
+async fn asked_host(
+    registry: &crate::providers::Registry,
+    address: &Address,
+    p: &book::Placement,
+) -> Option<String> {
+    let provider = registry.get(&p.provider)?;
+    let (job, cluster) = super::placement::placed(p);
+    match provider.refresh(address, &job, cluster.as_ref()).await {
+        Ok(
+            crate::providers::Observed::Up(c)
+            | crate::providers::Observed::Degraded { computed: c, .. },
+        ) => c
+            .get("head_ip")
+            .and_then(serde_json::Value::as_str)
+            .map(String::from),
+        _ => None,
+    }
+}
+
+/// Whether replicas placed as `cloud` get machines of their own (a pool's host, an
+/// instance), reached on the service's port as its firewall opens it; elsewhere (this
+/// machine, pods) each gets a port of its own.
+fn machines_of_their_own(cloud: &str) -> bool {
+    crate::model::backend::lookup(cloud).is_some_and(|b| b.catalog || b.name == "ssh")
 }
 
 /// A port no one listens on now, for a replica on this machine.
@@ -295,8 +326,8 @@ impl Controller<'_> {
                 self.dirty = true;
             }
         }
-        while let Ok((task, ok)) = self.serving.rx.try_recv() {
-            self.serving.answers.insert(task, ok);
+        while let Ok((task, ok, host)) = self.serving.rx.try_recv() {
+            self.serving.answers.insert(task, (ok, host));
         }
         let mut out = BTreeMap::new();
         let ids: Vec<String> = self.book.services.keys().cloned().collect();
@@ -397,7 +428,12 @@ impl Controller<'_> {
         for (rid, r) in rec.replicas.iter_mut() {
             let task = replica_task(id, *rid);
             let phase = self.book.runs.get(&task).map(|run| run.phase);
-            let answer = self.serving.answers.remove(&task);
+            let answer = self.serving.answers.remove(&task).map(|(ok, host)| {
+                if host.is_some() {
+                    r.host = host;
+                }
+                ok
+            });
             let was = r.state;
             *r = service::judge(r, phase, answer, now, probing);
             if r.state != was && r.state.is_failed() {
@@ -479,15 +515,15 @@ impl Controller<'_> {
         if let (Some(s), Some(res)) = (&spec, res)
             && launch_ok
         {
-            let here = res
+            let own = res
                 .placement
                 .as_ref()
-                .is_none_or(|c| crate::model::backend::is_this_machine(&c.offering.cloud));
+                .is_some_and(|c| machines_of_their_own(&c.offering.cloud));
             for i in 0..m.launch {
-                let port = if here {
-                    free_port().unwrap_or_else(|| endpoint_port(s))
-                } else {
+                let port = if own {
                     endpoint_port(s)
+                } else {
+                    free_port().unwrap_or_else(|| endpoint_port(s))
                 };
                 let rid = rec.next_id;
                 rec.next_id += 1;
@@ -496,6 +532,7 @@ impl Controller<'_> {
                     Replica {
                         version: rec.newest(),
                         port,
+                        host: None,
                         state: ReplicaState::Pending,
                         running_ms: None,
                         ready_ms: None,
@@ -511,10 +548,12 @@ impl Controller<'_> {
         if let Some(b) = &balancer {
             let ready: Vec<Upstream> = rec
                 .ready()
-                .map(|(rid, r)| Upstream {
-                    id: rid.to_string(),
-                    addr: replica_addr(self.book.runs.get(&replica_task(id, *rid)), r.port),
-                    version: r.version.to_string(),
+                .filter_map(|(rid, r)| {
+                    Some(Upstream {
+                        id: rid.to_string(),
+                        addr: format!("{}:{}", r.host.as_deref()?, r.port),
+                        version: r.version.to_string(),
+                    })
                 })
                 .collect();
             if b.ready() != ready {
@@ -538,11 +577,24 @@ impl Controller<'_> {
             }
             self.serving.probed.insert(task.clone(), now);
             let tx = self.serving.tx.clone();
-            let addr = replica_addr(run, r.port);
-            let probe_spec = probe_spec.clone();
+            let known = r.host.clone().or_else(|| known_host(run));
+            let placement = run.and_then(|x| x.current.clone());
+            let registry = self.engine.registry();
+            let address = rec.address.clone();
+            let (port, probe_spec) = (r.port, probe_spec.clone());
             tokio::spawn(async move {
-                let ok = probe(addr, &probe_spec).await;
-                let _ = tx.send((task, ok));
+                let host = match known {
+                    Some(h) => Some(h),
+                    None => match &placement {
+                        Some(p) => asked_host(&registry, &address, p).await,
+                        None => None,
+                    },
+                };
+                let ok = match &host {
+                    Some(h) => probe(format!("{h}:{port}"), &probe_spec).await,
+                    None => false,
+                };
+                let _ = tx.send((task, ok, host));
             });
         }
         // The replicas to declare: all but those removed or failed (a draining one runs

@@ -23,6 +23,45 @@ pub fn in_ci() -> bool {
 /// The one way out of a gated test whose requirement is missing: a `SKIPPED` line and a
 /// pass on a developer's machine, a failure under `CI=true` when `ci_provides` (CI is
 /// meant to have it, so its absence is a broken setup, not a reason to pass).
+/// One HTTP/1.1 request to `127.0.0.1:port` over a new connection (`Connection: close`):
+/// the whole answer as text — status line, headers, body.
+pub fn http(port: u16, method: &str, path: &str) -> std::io::Result<String> {
+    use std::io::{Read, Write};
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    c.set_read_timeout(Some(std::time::Duration::from_secs(40)))?;
+    write!(
+        c,
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut text = String::new();
+    c.read_to_string(&mut text)?;
+    Ok(text)
+}
+
+/// A service's replicas as `status -json` lists them: (id, version, state).
+pub fn replicas(row: &serde_json::Value) -> Vec<(u64, u64, String)> {
+    row["replicas"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|r| {
+                    (
+                        r["id"].as_u64().unwrap_or(0),
+                        r["version"].as_u64().unwrap_or(0),
+                        r["state"].as_str().unwrap_or("").to_string(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Whether every replica of a service is of `version` and ready (and there is one).
+pub fn all_ready_at(row: &serde_json::Value, version: u64) -> bool {
+    let all = replicas(row);
+    !all.is_empty() && all.iter().all(|r| r.1 == version && r.2 == "READY")
+}
+
 pub fn skip_or_fail(test: &str, why: &str, ci_provides: bool) {
     if ci_provides && in_ci() {
         panic!(

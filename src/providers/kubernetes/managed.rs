@@ -103,6 +103,17 @@ impl KubeProvider {
         name: &str,
         ranks: u32,
     ) -> Result<crate::runtime::JobStatus, ProviderError> {
+        Ok(self.managed_view(conn, name, ranks).await?.0)
+    }
+
+    /// A job's status, and the address of its rank 0's pod (where a service replica that
+    /// runs as this job is reached).
+    pub(super) async fn managed_view(
+        &self,
+        conn: &Conn,
+        name: &str,
+        ranks: u32,
+    ) -> Result<(crate::runtime::JobStatus, Option<String>), ProviderError> {
         let pods = conn
             .pods()
             .list(&selector(LABEL_JOB, name))
@@ -116,6 +127,10 @@ impl KubeProvider {
                     .map_or(exec::Rank::NotThere, rank_of_pod)
             })
             .collect();
-        Ok(exec::status_of(&ranks))
+        let head = pods
+            .iter()
+            .find(|p| pod_rank(p) == Some(0))
+            .and_then(|p| p.status.as_ref()?.pod_ip.clone());
+        Ok((exec::status_of(&ranks), head))
     }
 }

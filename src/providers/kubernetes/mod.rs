@@ -220,8 +220,11 @@ impl super::Provider for KubeProvider {
                     },
                 });
             }
-            let s = self.managed_status(&conn, &p.name, ranks).await?;
-            let computed = super::jobs::computed(&s);
+            let (s, head) = self.managed_view(&conn, &p.name, ranks).await?;
+            let mut computed = super::jobs::computed(&s);
+            if let Some(ip) = head {
+                computed.insert("head_ip".into(), serde_json::json!(ip));
+            }
             if let Some(reason) = lost(&s) {
                 return Ok(Observed::Degraded { reason, computed });
             }
