@@ -326,3 +326,37 @@ fn a_service_scaled_to_zero_wakes_on_its_first_request_and_follows_the_load() {
     assert_eq!(row["qps"], 0.0, "{row}");
     w.ok(&["destroy", "-auto-approve"]);
 }
+
+#[test]
+fn a_blue_green_update_moves_all_traffic_at_once() {
+    let port = free_port();
+    let config = |version: &str| service(port, version, 2, "  update_mode = \"blue_green\"\n");
+    let w = workdir(&config("v1"));
+    w.ok(&["apply", "-auto-approve"]);
+    w.wait_until("service.web", "two ready replicas", |r| ready(r) == 2);
+    w.write_config(&config("v2"));
+    w.ok(&["apply", "-auto-approve"]);
+    // Requests one after another: version 1 until the switch, then version 2 only.
+    let mut seen = Vec::new();
+    let began = Instant::now();
+    loop {
+        let (code, body) = request(port, "GET", "/bg").unwrap();
+        assert_eq!(code, 200, "{body}");
+        seen.push(if body.contains("version=v2") { 2 } else { 1 });
+        if seen.len() % 20 == 0 && support::all_ready_at(&w.status_row("service.web"), 2) {
+            break;
+        }
+        assert!(
+            began.elapsed() < Duration::from_secs(60),
+            "the switch did not come"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let switch = seen.iter().position(|v| *v == 2).unwrap_or(seen.len());
+    assert!(
+        seen[switch..].iter().all(|v| *v == 2),
+        "no request went back to version 1 after the switch: {seen:?}"
+    );
+    assert!(switch > 0, "version 1 served until the switch: {seen:?}");
+    w.ok(&["destroy", "-auto-approve"]);
+}

@@ -500,6 +500,17 @@ pub fn moves(rec: &ServiceRecord, mode: UpdateMode, fb: Fallback) -> Moves {
     m
 }
 
+/// The ready replicas requests go to: all of them, but during a `blue_green` update only
+/// the old version's until the switch (when they are drained all at once).
+pub fn serving_replicas(rec: &ServiceRecord, mode: UpdateMode) -> Vec<u32> {
+    let newest = rec.serving_version().unwrap_or(0);
+    let old_serving = rec.ready().any(|(_, r)| r.version < newest);
+    rec.ready()
+        .filter(|(_, r)| mode == UpdateMode::Rolling || !old_serving || r.version < newest)
+        .map(|(id, _)| *id)
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -659,6 +670,19 @@ mod tests {
             moves(&rec, UpdateMode::BlueGreen, Fallback::default()).drain,
             vec![1, 2]
         );
+        // Until the switch, a blue-green update sends requests to the old version only.
+        let rec = record(
+            &[
+                (1, 1, Ready),
+                (2, 1, Ready),
+                (3, 2, Ready),
+                (4, 2, Starting),
+            ],
+            2,
+            2,
+        );
+        assert_eq!(serving_replicas(&rec, UpdateMode::BlueGreen), vec![1, 2]);
+        assert_eq!(serving_replicas(&rec, UpdateMode::Rolling), vec![1, 2, 3]);
     }
 
     #[test]

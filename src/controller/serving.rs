@@ -546,8 +546,10 @@ impl Controller<'_> {
             }
         }
         if let Some(b) = &balancer {
+            let serving = service::serving_replicas(&rec, mode);
             let ready: Vec<Upstream> = rec
                 .ready()
+                .filter(|(rid, _)| serving.contains(rid))
                 .filter_map(|(rid, r)| {
                     Some(Upstream {
                         id: rid.to_string(),
