@@ -274,6 +274,12 @@ fn a_rolling_update_drops_no_request_and_a_broken_version_is_rolled_back() {
     );
     let (code, body) = request(port, "GET", "/after").unwrap();
     assert_eq!((code, body.contains("version=v2")), (200, true), "{body}");
+    // With its controller stopped, nothing answers at the endpoint, and status says so.
+    w.ok(&["controller", "stop"]);
+    assert_eq!(w.status_of("service.web"), "CONTROLLER_FAILED");
+    assert!(request(port, "GET", "/").is_err(), "the endpoint is down");
+    w.ok(&["controller", "start"]);
+    w.wait_for("service.web", "READY");
     w.ok(&["destroy", "-auto-approve"]);
 }
 

@@ -138,6 +138,22 @@ fn service_computed(
     res: &ResourceState,
 ) -> BTreeMap<String, serde_json::Value> {
     match book.services.get(id) {
+        Some(rec)
+            if !book
+                .lease
+                .as_ref()
+                .is_some_and(|l| l.is_live(book::now_ms())) =>
+        {
+            // Its balancer lives in the controller: with none running, nothing answers at
+            // the endpoint, whatever the replicas do.
+            let mut c = serving::computed(rec, id, &book.runs);
+            c.insert("status".into(), json!("CONTROLLER_FAILED"));
+            c.insert(
+                "reason".into(),
+                json!("no controller runs, so its endpoint does not answer; `skyform controller start` starts one"),
+            );
+            c
+        }
         Some(rec) => serving::computed(rec, id, &book.runs),
         None => {
             let mut c = res.computed.clone();
