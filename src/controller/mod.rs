@@ -17,6 +17,7 @@ pub mod relay;
 pub mod service;
 pub mod serving;
 pub mod spawn;
+mod step;
 
 pub use reconcile::{Controller, Ended};
 

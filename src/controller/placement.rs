@@ -4,8 +4,9 @@
 
 use super::book::{Placement, Run};
 use super::policy::Seen;
-use super::reconcile::{Stop, Worker};
+use super::reconcile::Stop;
 use super::relay;
+use super::step::Worker;
 use crate::model::{Address, Spec};
 use crate::optimizer::Candidate;
 use crate::providers::{ErrorKind, Observed, Progress, ProviderError, Request};
