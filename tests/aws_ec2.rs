@@ -1428,11 +1428,7 @@ async fn a_machine_whose_agent_died_is_degraded() {
 #[tokio::test]
 #[ignore = "needs moto: run ./scripts/test.sh"]
 async fn a_service_serves_from_an_instance_and_rolls_to_a_new_version() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = support::free_port();
     let service = |version: &str| {
         format!(
             "service \"web\" {{\n  run = \"python3 {}/testdata/services/replica.py --host $SKYFORM_NODE_IPS --port $PORT --version {version}\"\n  resources {{\n    instance_type = \"m6i.large\"\n    ports         = [{port}]\n  }}\n  readiness_probe {{\n    path                  = \"/\"\n    initial_delay_seconds = 60\n  }}\n}}\n",
@@ -1453,22 +1449,7 @@ async fn a_service_serves_from_an_instance_and_rolls_to_a_new_version() {
     );
     w.config(&["us-east-1"], &service("v2"));
     w.ok(&["apply", "-auto-approve"]);
-    let mut answers = Vec::new();
-    let row = loop {
-        answers.push(tokio::task::spawn_blocking(get).await.unwrap());
-        let row = w.status_row("service.web");
-        if support::all_ready_at(&row, 2) {
-            break row;
-        }
-        assert!(answers.len() < 600, "the update did not end: {row}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    assert_eq!(row["version"], 2, "{row}");
-    let bad: Vec<&String> = answers
-        .iter()
-        .filter(|a| !a.starts_with("HTTP/1.1 200"))
-        .collect();
-    assert!(bad.is_empty(), "{} failed: {:?}", bad.len(), bad.first());
+    support::serve_until_rolled(&w, "service.web", port, 2);
     w.ok(&["destroy", "-auto-approve"]);
     assert!(w.proxy.live("us-east-1").await.is_empty());
 }

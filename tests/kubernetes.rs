@@ -1428,11 +1428,7 @@ fn a_service_serves_from_a_pod_and_rolls_to_a_new_version() {
     };
     let _a = Fakelet::start(&kube, "a", &[&format!("t21-a:{GPU_NODE}")]);
     let w = Work::new_with(&kube, "t21", &[("SKYFORM_SERVE_PROBE_MS", "300")]);
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = support::free_port();
     let service = |version: &str| {
         format!(
             "service \"web\" {{\n  run = \"python3 {}/testdata/services/replica.py --host 0.0.0.0 --port $PORT --version {version}\"\n  resources {{\n    infra = \"k8s/a\"\n    ports = [{port}]\n  }}\n  readiness_probe {{\n    path                  = \"/\"\n    initial_delay_seconds = 60\n  }}\n}}\n",
@@ -1452,22 +1448,7 @@ fn a_service_serves_from_a_pod_and_rolls_to_a_new_version() {
     );
     w.config(&[("a", 0.0)], &service("v2"));
     w.ok(&["apply", "-auto-approve"]);
-    let mut answers = Vec::new();
-    let row = loop {
-        answers.push(get());
-        let row = w.status_row("service.web");
-        if support::all_ready_at(&row, 2) {
-            break row;
-        }
-        assert!(answers.len() < 600, "the update did not end: {row}");
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    assert_eq!(row["version"], 2, "{row}");
-    let bad: Vec<&String> = answers
-        .iter()
-        .filter(|a| !a.starts_with("HTTP/1.1 200"))
-        .collect();
-    assert!(bad.is_empty(), "{} failed: {:?}", bad.len(), bad.first());
+    support::serve_until_rolled(&w, "service.web", port, 2);
     assert!(get().contains("version=v2"));
     w.destroy_leaves_nothing("a");
 }

@@ -10,7 +10,7 @@ mod support;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
-use support::Workdir;
+use support::{Workdir, free_port};
 
 /// A configuration directory whose controller decides in test time.
 fn workdir(config: &str) -> Workdir {
@@ -28,15 +28,6 @@ fn replica_py() -> String {
         "{}/testdata/services/replica.py",
         env!("CARGO_MANIFEST_DIR")
     )
-}
-
-/// A free port for an endpoint.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// One HTTP/1.1 request over a new connection: the status and the body.
@@ -96,14 +87,21 @@ impl Load {
         }
     }
 
-    /// Stops it; answers (sent, failures).
-    fn finish(self) -> (usize, Vec<String>) {
+    /// Stops it, asserting that at least `least` requests were sent and none failed.
+    fn finish_without_failures(self, least: usize) {
         self.stop.store(true, Ordering::Relaxed);
         for t in self.threads {
             let _ = t.join();
         }
         let failed = self.failed.lock().unwrap().clone();
-        (self.sent.load(Ordering::Relaxed), failed)
+        let sent = self.sent.load(Ordering::Relaxed);
+        assert!(sent >= least, "the load ran ({sent} requests)");
+        assert!(
+            failed.is_empty(),
+            "{} of {sent} failed: {:?}",
+            failed.len(),
+            &failed[..failed.len().min(5)]
+        );
     }
 }
 
@@ -200,14 +198,7 @@ fn two_replicas_serve_through_the_endpoint_and_a_killed_one_is_replaced_under_lo
     let row = w.wait_until("service.web", "a replacement, ready", |r| {
         ready(r) == 2 && replicas(r).iter().any(|x| x.0 >= 3)
     });
-    let (sent, failed) = load.finish();
-    assert!(sent > 100, "the load ran ({sent} requests)");
-    assert!(
-        failed.is_empty(),
-        "{} of {sent} failed: {:?}",
-        failed.len(),
-        &failed[..failed.len().min(5)]
-    );
+    load.finish_without_failures(100);
     assert!(
         replicas(&row).iter().all(|r| r.0 != 1 || r.2 != "READY")
             || replicas(&row).iter().all(|r| r.0 != 2 || r.2 != "READY"),
@@ -264,14 +255,7 @@ fn a_rolling_update_drops_no_request_and_a_broken_version_is_rolled_back() {
             && replicas(r).iter().all(|x| x.1 == 2 || x.2 != "READY")
     });
     assert_eq!(ready(&row), 2, "{row}");
-    let (sent, failed) = load.finish();
-    assert!(sent > 100, "the load ran ({sent} requests)");
-    assert!(
-        failed.is_empty(),
-        "{} of {sent} failed: {:?}",
-        failed.len(),
-        &failed[..failed.len().min(5)]
-    );
+    load.finish_without_failures(100);
     let (code, body) = request(port, "GET", "/after").unwrap();
     assert_eq!((code, body.contains("version=v2")), (200, true), "{body}");
     // With its controller stopped, nothing answers at the endpoint, and status says so.
@@ -318,13 +302,7 @@ fn a_service_scaled_to_zero_wakes_on_its_first_request_and_follows_the_load() {
     w.wait_until("service.web", "two ready replicas under load", |r| {
         ready(r) == 2
     });
-    let (sent, failed) = load.finish();
-    assert!(
-        failed.is_empty(),
-        "{} of {sent} failed: {:?}",
-        failed.len(),
-        &failed[..failed.len().min(5)]
-    );
+    load.finish_without_failures(1);
     // The load gone: back to zero after the downscale delay, each replica drained.
     let row = w.wait_until("service.web", "no replica left", |r| {
         replicas(r).is_empty() && r["status"] == "NO_REPLICA"

@@ -371,11 +371,7 @@ fn a_service_serves_from_the_pool_and_rolls_to_a_new_version(s: &Servers) {
             .env("SKYFORM_SERVE_PROBE_MS", "300"),
         pool: support::servers::pool_block("rack", &s.hosts, &s.dir),
     };
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = support::free_port();
     let service = |version: &str| {
         format!(
             "service \"web\" {{\n  run = \"python3 {}/testdata/services/replica.py --host $SKYFORM_NODE_IPS --port $PORT --version {version}\"\n  resources {{\n    ports = [{port}]\n  }}\n  readiness_probe {{\n    path                  = \"/\"\n    initial_delay_seconds = 30\n  }}\n}}\n",
@@ -395,22 +391,7 @@ fn a_service_serves_from_the_pool_and_rolls_to_a_new_version(s: &Servers) {
     // A new version: up on another host, then the old replica drains.
     w.config(&service("v2"));
     w.ok(&["apply", "-auto-approve"]);
-    let mut answers = Vec::new();
-    let row = loop {
-        answers.push(get());
-        let row = w.status_row("service.web");
-        if support::all_ready_at(&row, 2) {
-            break row;
-        }
-        assert!(answers.len() < 400, "the update did not end: {row}");
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    };
-    assert_eq!(row["version"], 2, "{row}");
-    let bad: Vec<&String> = answers
-        .iter()
-        .filter(|a| !a.starts_with("HTTP/1.1 200"))
-        .collect();
-    assert!(bad.is_empty(), "{} failed: {:?}", bad.len(), bad.first());
+    support::serve_until_rolled(&w, "service.web", port, 2);
     assert!(get().contains("version=v2"));
     w.ok(&["destroy", "-auto-approve"]);
     let began = std::time::Instant::now();

@@ -225,28 +225,35 @@ impl ManagedProvider {
             if book.services.get(id).is_none_or(ServiceRecord::is_gone) {
                 return Ok(());
             }
-            if began.elapsed() > Duration::from_secs(15)
-                && !book
-                    .lease
-                    .as_ref()
-                    .is_some_and(|l| l.is_live(book::now_ms()))
-            {
-                return Err(ProviderError::other(format!(
-                    "no controller runs to remove {address}'s replicas: it did not start, or stopped; see .skyform/controller.log"
-                )));
-            }
-            if began.elapsed() > CANCEL_WAIT {
-                return Err(ProviderError {
-                    kind: ErrorKind::Timeout,
-                    message: format!(
-                        "the controller did not remove {address}'s replicas within {}; see .skyform/controller.log",
-                        humantime::format_duration(CANCEL_WAIT)
-                    ),
-                });
-            }
+            still_waiting(&book, began, &format!("remove {address}'s replicas"))?;
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
     }
+}
+
+/// Whether waiting for the controller to `what` may go on: not when no controller has held
+/// the lease for 15 s (none started, or it stopped), nor past the longest wait.
+fn still_waiting(book: &book::Book, began: Instant, what: &str) -> Result<(), ProviderError> {
+    if began.elapsed() > Duration::from_secs(15)
+        && !book
+            .lease
+            .as_ref()
+            .is_some_and(|l| l.is_live(book::now_ms()))
+    {
+        return Err(ProviderError::other(format!(
+            "no controller runs to {what}: it did not start, or stopped; see .skyform/controller.log"
+        )));
+    }
+    if began.elapsed() > CANCEL_WAIT {
+        return Err(ProviderError {
+            kind: ErrorKind::Timeout,
+            message: format!(
+                "the controller did not {what} within {}; see .skyform/controller.log",
+                humantime::format_duration(CANCEL_WAIT)
+            ),
+        });
+    }
+    Ok(())
 }
 
 fn no_task() -> ProviderError {
@@ -398,25 +405,7 @@ impl Provider for ManagedProvider {
                         "the controller {why}; it keeps trying, and destroying again succeeds once they are gone"
                     )));
                 }
-                if began.elapsed() > Duration::from_secs(15)
-                    && !book
-                        .lease
-                        .as_ref()
-                        .is_some_and(|l| l.is_live(book::now_ms()))
-                {
-                    return Err(ProviderError::other(format!(
-                        "no controller runs to cancel {address}: it did not start, or stopped; see .skyform/controller.log"
-                    )));
-                }
-                if began.elapsed() > CANCEL_WAIT {
-                    return Err(ProviderError {
-                        kind: ErrorKind::Timeout,
-                        message: format!(
-                            "the controller did not remove {address}'s placement within {}; see .skyform/controller.log",
-                            humantime::format_duration(CANCEL_WAIT)
-                        ),
-                    });
-                }
+                still_waiting(&book, began, &format!("cancel {address}"))?;
                 tokio::time::sleep(Duration::from_millis(250)).await;
             }
         }

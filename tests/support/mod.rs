@@ -23,6 +23,14 @@ pub fn in_ci() -> bool {
 /// The one way out of a gated test whose requirement is missing: a `SKIPPED` line and a
 /// pass on a developer's machine, a failure under `CI=true` when `ci_provides` (CI is
 /// meant to have it, so its absence is a broken setup, not a reason to pass).
+/// A port nothing listens on now, on loopback (for an endpoint).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
 /// One HTTP/1.1 request to `127.0.0.1:port` over a new connection (`Connection: close`):
 /// the whole answer as text — status line, headers, body.
 pub fn http(port: u16, method: &str, path: &str) -> std::io::Result<String> {
@@ -60,6 +68,35 @@ pub fn replicas(row: &serde_json::Value) -> Vec<(u64, u64, String)> {
 pub fn all_ready_at(row: &serde_json::Value, version: u64) -> bool {
     let all = replicas(row);
     !all.is_empty() && all.iter().all(|r| r.1 == version && r.2 == "READY")
+}
+
+/// Sends `GET /x` to the endpoint at `port`, one request after another, until every replica
+/// of `addr` runs `version` and is ready; asserts that every request got a 200 meanwhile
+/// (an update drops none) and answers the last `status -json` row.
+pub fn serve_until_rolled(w: &Workdir, addr: &str, port: u16, version: u64) -> serde_json::Value {
+    let mut answers = Vec::new();
+    let row = loop {
+        answers.push(http(port, "GET", "/x").unwrap_or_else(|e| e.to_string()));
+        let row = w.status_row(addr);
+        if all_ready_at(&row, version) {
+            break row;
+        }
+        assert!(answers.len() < 600, "the update did not end: {row}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let bad: Vec<&String> = answers
+        .iter()
+        .filter(|a| !a.starts_with("HTTP/1.1 200"))
+        .collect();
+    assert!(
+        bad.is_empty(),
+        "{} of {} requests failed during the update: {:?}",
+        bad.len(),
+        answers.len(),
+        bad.first()
+    );
+    assert_eq!(row["version"], version, "{row}");
+    row
 }
 
 pub fn skip_or_fail(test: &str, why: &str, ci_provides: bool) {

@@ -177,32 +177,7 @@ impl KubeProvider {
             "secrets",
         )?;
         // Gone means gone: a pod being deleted still holds its share of the node.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-        loop {
-            let left = conn
-                .pods()
-                .list(&lp)
-                .await
-                .map_err(|e| classify(e, "list pods", &at))?
-                .items;
-            if left.is_empty() {
-                return Ok(());
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return Err(ProviderError {
-                    kind: ErrorKind::Timeout,
-                    message: format!(
-                        "{at}: {} pod(s) still terminating after 2m: {}",
-                        left.len(),
-                        left.iter()
-                            .filter_map(|p| p.metadata.name.clone())
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ),
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
+        pods_gone(conn, &lp).await
     }
 
     /// What a cluster's pods and a managed job's Jobs start from: the chosen context (its
@@ -392,5 +367,37 @@ impl KubeProvider {
             }));
         }
         Ok(Observed::Up(computed))
+    }
+}
+
+/// Waits until no pod `lp` selects is left (at most 2 minutes): a pod being deleted still
+/// holds its share of its node, and its process may still run.
+pub(super) async fn pods_gone(conn: &Conn, lp: &ListParams) -> Result<(), ProviderError> {
+    let at = conn.where_();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let left = conn
+            .pods()
+            .list(lp)
+            .await
+            .map_err(|e| classify(e, "list pods", &at))?
+            .items;
+        if left.is_empty() {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(ProviderError {
+                kind: ErrorKind::Timeout,
+                message: format!(
+                    "{at}: {} pod(s) still terminating after 2m: {}",
+                    left.len(),
+                    left.iter()
+                        .filter_map(|p| p.metadata.name.clone())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }

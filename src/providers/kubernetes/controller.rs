@@ -501,25 +501,7 @@ impl KubeProvider {
             "cluster role",
         )?;
         // Its pods go with the ReplicaSet; gone means gone.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-        loop {
-            let left = conn
-                .pods()
-                .list(&selector(LABEL_CONTROLLER, name))
-                .await
-                .map_err(|e| classify(e, "list pods", &at))?
-                .items;
-            if left.is_empty() {
-                return Ok(());
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return Err(ProviderError {
-                    kind: ErrorKind::Timeout,
-                    message: format!("{at}: the controller's pod is still terminating after 2m"),
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
+        super::clusters::pods_gone(conn, &selector(LABEL_CONTROLLER, name)).await
     }
 }
 
