@@ -1359,8 +1359,16 @@ exec sleep 600
     assert_ne!(names[0], names[1]);
     let left: Vec<_> = w.pods("a").into_iter().map(|p| p.0).collect();
     assert_eq!(left, vec![names[1].clone()], "the first pod is gone");
-    // Its volumes went with it; no mount of a pod is seen outside it.
-    assert!(!a.dir.path().join("volumes").join(&uid).exists());
+    // Its volumes go with it (the fakelet removes them as it finishes the deletion, a
+    // moment after the API forgets the pod); no mount of a pod is seen outside it.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while a.dir.path().join("volumes").join(&uid).exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the first pod's volumes are removed"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(!mounts.contains(a.dir.path().to_str().unwrap()), "{mounts}");
     w.rt.block_on(async {
