@@ -771,25 +771,26 @@ pub fn status(state: &crate::state::State) -> String {
             dollars(cost).trim_start_matches('$').to_string(),
         ]);
     }
-    let mut out = table(&["CLUSTER", "INFRA", "NODES", "STATUS", "$/h"], &clusters);
-    out.push('\n');
+    // Each kind's table when it has rows (the clusters' header alone when nothing does).
+    let mut sections = Vec::new();
+    if !clusters.is_empty() || (jobs.is_empty() && managed.is_empty() && services.is_empty()) {
+        sections.push(table(&["CLUSTER", "INFRA", "NODES", "STATUS", "$/h"], &clusters) + "\n");
+    }
     if !jobs.is_empty() {
-        out.push('\n');
-        out.push_str(&table(&["JOB", "CLUSTER", "STATUS", "EXIT"], &jobs));
-        out.push('\n');
+        sections.push(table(&["JOB", "CLUSTER", "STATUS", "EXIT"], &jobs) + "\n");
     }
     if !managed.is_empty() {
-        out.push('\n');
-        out.push_str(&table(
-            &["MANAGED JOB", "INFRA", "NODES", "STATUS", "ATTEMPT", "$/h"],
-            &managed,
-        ));
-        out.push('\n');
+        sections.push(
+            table(
+                &["MANAGED JOB", "INFRA", "NODES", "STATUS", "ATTEMPT", "$/h"],
+                &managed,
+            ) + "\n",
+        );
     }
     if !services.is_empty() {
-        out.push('\n');
-        out.push_str(&services_table(&services));
+        sections.push(services_table(&services));
     }
+    let mut out = sections.join("\n");
     let _ = writeln!(out, "\nTotal: {}/h", dollars(total));
     out
 }
