@@ -3,7 +3,8 @@
 //! process; the figures go to docs/benchmarks.md.
 //!
 //! Run: `cargo bench --bench plan_scale` (release build). `SKYFORM_BENCH_SIZES=1000,100000`
-//! chooses the sizes.
+//! chooses the sizes; `SKYFORM_BENCH_PREPARE=DIR` only makes the first size's setup in DIR
+//! and keeps it (for measuring by hand).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 #![allow(unsafe_code)]
 
@@ -127,6 +128,15 @@ fn main() {
         .ok()
         .map(|s| s.split(',').filter_map(|x| x.trim().parse().ok()).collect())
         .unwrap_or_else(|| vec![1_000, 10_000]);
+    // Only the setup, kept in a directory of one's choosing, for measuring by hand (perf,
+    // /usr/bin/time): SKYFORM_BENCH_PREPARE=DIR with the first size.
+    if let Ok(dir) = std::env::var("SKYFORM_BENCH_PREPARE") {
+        let dir = Path::new(&dir);
+        std::fs::create_dir_all(dir).expect("bench dir");
+        prepare(dir, sizes.first().copied().unwrap_or(100_000));
+        println!("prepared {}", dir.display());
+        return;
+    }
     println!("skyform plan: N jobs (for_each) against a state of N jobs on a live local cluster");
     println!(
         "{:>8}  {:>22}  {:>22}  {:>14}  {:>9}",
