@@ -13,7 +13,7 @@ pub async fn status(engine: &Engine, json: bool) -> Result<i32> {
             serde_json::to_string_pretty(&crate::render::json::status(&state)).unwrap_or_default()
         );
     } else {
-        say_inline!("{}", crate::render::human::status(&state));
+        say_inline!("{}", crate::render::status::status(&state));
         let managed = state
             .resources
             .values()

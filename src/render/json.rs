@@ -338,7 +338,7 @@ pub fn status(state: &crate::state::State) -> Value {
         .resources
         .iter()
         .map(|(a, r)| {
-            if let Some(svc) = super::human::ServiceStatus::of(r) {
+            if let Some(svc) = super::status::ServiceStatus::of(r) {
                 // A service the controller runs: its endpoint, load and replicas.
                 return json!({
                     "address": a.to_string(),

@@ -4,6 +4,7 @@
 pub mod human;
 pub mod json;
 pub mod markdown;
+pub mod status;
 
 /// Colours, used only when writing to a terminal.
 #[derive(Debug, Clone, Copy)]
