@@ -352,10 +352,11 @@ fn clusters_hold_whole_hosts_and_move_off_a_dead_one() {
         "destroy removes the cluster's files"
     );
 
+    // Before the scenarios that stop a host's sshd: a service wants two hosts at once.
+    a_service_serves_from_the_pool_and_rolls_to_a_new_version(&s);
     jobs_on_a_pool(&s);
     autostop_on_a_pool(&s);
     managed_job_moves_off_a_dead_host(&s);
-    a_service_serves_from_the_pool_and_rolls_to_a_new_version(&s);
     across_network_namespaces(&s);
 }
 

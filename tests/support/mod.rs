@@ -81,7 +81,11 @@ pub fn serve_until_rolled(w: &Workdir, addr: &str, port: u16, version: u64) -> s
         if all_ready_at(&row, version) {
             break row;
         }
-        assert!(answers.len() < 600, "the update did not end: {row}");
+        assert!(
+            answers.len() < 600,
+            "the update did not end: {row}\ncontroller log:\n{}",
+            std::fs::read_to_string(w.path().join(".skyform/controller.log")).unwrap_or_default()
+        );
         std::thread::sleep(std::time::Duration::from_millis(100));
     };
     let bad: Vec<&String> = answers
