@@ -352,58 +352,10 @@ fn clusters_hold_whole_hosts_and_move_off_a_dead_one() {
         "destroy removes the cluster's files"
     );
 
-    // Before the scenarios that stop a host's sshd: a service wants two hosts at once.
-    a_service_serves_from_the_pool_and_rolls_to_a_new_version(&s);
     jobs_on_a_pool(&s);
     autostop_on_a_pool(&s);
     managed_job_moves_off_a_dead_host(&s);
     across_network_namespaces(&s);
-}
-
-/// A service on the pool: its replica runs on a host of its own, listening on that host's
-/// address; the controller's balancer at the endpoint serves it, and a new version comes up
-/// on another host before the old one drains — no failed request in between.
-fn a_service_serves_from_the_pool_and_rolls_to_a_new_version(s: &Servers) {
-    let w = Work {
-        dir: support::Workdir::new()
-            .with_home()
-            .env("SKYFORM_CONTROLLER_TICK_MS", "300")
-            .env("SKYFORM_CONTROLLER_GRACE_MS", "1000")
-            .env("SKYFORM_SERVE_PROBE_MS", "300"),
-        pool: support::servers::pool_block("rack", &s.hosts, &s.dir),
-    };
-    let port = support::free_port();
-    let service = |version: &str| {
-        format!(
-            "service \"web\" {{\n  run = \"python3 {}/testdata/services/replica.py --host $SKYFORM_NODE_IPS --port $PORT --version {version}\"\n  resources {{\n    ports = [{port}]\n  }}\n  readiness_probe {{\n    path                  = \"/\"\n    initial_delay_seconds = 30\n  }}\n}}\n",
-            env!("CARGO_MANIFEST_DIR")
-        )
-    };
-    let get = move || support::http(port, "GET", "/x").unwrap();
-    w.config(&service("v1"));
-    w.ok(&["apply", "-auto-approve"]);
-    let row = w.wait_until("service.web", "a ready replica", |r| {
-        support::replicas(r).iter().any(|x| x.2 == "READY")
-    });
-    assert_eq!(s.reserved().len(), 1, "one host for the replica: {row}");
-    let first = get();
-    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
-    assert!(first.contains("version=v1"), "{first}");
-    // A new version: up on another host, then the old replica drains.
-    w.config(&service("v2"));
-    w.ok(&["apply", "-auto-approve"]);
-    support::serve_until_rolled(&w, "service.web", port, 2);
-    assert!(get().contains("version=v2"));
-    w.ok(&["destroy", "-auto-approve"]);
-    let began = std::time::Instant::now();
-    while !s.reserved().is_empty() {
-        assert!(
-            began.elapsed() < std::time::Duration::from_secs(30),
-            "still held: {:?}",
-            s.reserved()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(300));
-    }
 }
 
 /// A managed job on the pool gets a host of its own; when that host's sshd stops, the
