@@ -3,7 +3,8 @@
 # end-to-end tests. Everything the tests need is built by cargo or found on a stock machine
 # (sh, python3, curl, the local backend's real processes) or started here on loopback: moto's
 # S3 and EC2 server for the remote state and AWS backend tests (installed from PyPI by
-# scripts/moto.sh when missing; the AWS tests put scripts/ec2-proxy.py in front of it), and
+# scripts/moto.sh when missing; the AWS tests put scripts/ec2-proxy.py in front of it),
+# Azurite for state in Azure Blob Storage (from npm, by scripts/azurite.sh), and
 # three OpenSSH servers on loopback plus one in a network namespace where the machine allows
 # (scripts/sshd.sh; openssh-server from apt if missing), and two Kubernetes control planes
 # (scripts/kube.sh: kube-apiserver, controller manager and scheduler 1.20.2 from
@@ -31,12 +32,16 @@ echo "== servers"
 eval "$(scripts/moto.sh start)"
 trap 'scripts/moto.sh stop' EXIT
 echo "moto (S3, EC2) at $SKYFORM_TEST_MOTO_ENDPOINT"
+# Azure Blob Storage's emulator, for the state tests (installed from npm when missing).
+eval "$(scripts/azurite.sh start)"
+trap 'scripts/moto.sh stop; scripts/azurite.sh stop' EXIT
+echo "Azurite (Azure Blob Storage) at $SKYFORM_TEST_AZURE_ENDPOINT"
 eval "$(scripts/sshd.sh start 3)"
-trap 'scripts/moto.sh stop; scripts/sshd.sh stop' EXIT
+trap 'scripts/moto.sh stop; scripts/azurite.sh stop; scripts/sshd.sh stop' EXIT
 # Machines that moto's instances become (the AWS tests' proxy maps instances onto them).
 eval "$(scripts/sshd.sh cloud 3)"
 stop_cloud() { SKYFORM_TEST_SSH_DIR=$SKYFORM_TEST_CLOUD_DIR scripts/sshd.sh stop; }
-trap 'scripts/moto.sh stop; scripts/sshd.sh stop; stop_cloud' EXIT
+trap 'scripts/moto.sh stop; scripts/azurite.sh stop; scripts/sshd.sh stop; stop_cloud' EXIT
 echo "cloud machines (for moto's instances) on $(cut -d' ' -f1 "$SKYFORM_TEST_CLOUD_DIR/machines" | paste -sd' ')"
 echo "sshd on $(cut -d' ' -f1 "$SKYFORM_TEST_SSH_DIR/hosts" | paste -sd' ')"
 if [ -f "$SKYFORM_TEST_SSH_DIR/netns-hosts" ]; then
@@ -48,7 +53,7 @@ fi
 # Two Kubernetes control planes (1.20.2) on one etcd; the tests bring their own fake kubelets.
 kube_env=$(scripts/kube.sh start)
 eval "$kube_env"
-trap 'scripts/moto.sh stop; scripts/sshd.sh stop; stop_cloud; scripts/kube.sh stop' EXIT
+trap 'scripts/moto.sh stop; scripts/azurite.sh stop; scripts/sshd.sh stop; stop_cloud; scripts/kube.sh stop' EXIT
 if [ -n "${SKYFORM_TEST_KUBE_DIR:-}" ]; then
   echo "kube-apiserver a at 127.0.0.1:$(cat "$SKYFORM_TEST_KUBE_DIR/a/port"), b at 127.0.0.1:$(cat "$SKYFORM_TEST_KUBE_DIR/b/port")"
 else

@@ -1047,8 +1047,9 @@ cluster "train" {
 
 /// `controller "main" { infra = "k8s/a" }`: apply runs the controller as a Deployment (the
 /// state in moto's S3, which the pod reaches with the credentials given in `secrets`); no
-/// controller runs on the applying machine; the pod's controller runs the managed job, and a
-/// new pod takes over when its pod is deleted; destroy removes everything it made.
+/// controller runs on the applying machine; the pod's controller runs the managed job and
+/// serves the service at the pod's address, and a new pod takes over both when its pod is
+/// deleted; destroy removes everything it made.
 #[test]
 #[ignore = "needs kube-apiserver and moto: run ./scripts/test.sh"]
 fn a_declared_controller_runs_as_a_deployment_and_survives_its_pod() {
@@ -1074,6 +1075,7 @@ fn a_declared_controller_runs_as_a_deployment_and_survives_its_pod() {
         .status()
         .unwrap();
     assert!(made.success(), "creating bucket {bucket} on moto");
+    let port = support::free_port();
     let w = Work::new_with(
         &kube,
         "t20",
@@ -1101,6 +1103,7 @@ controller "main" {{
     SKYFORM_CONTROLLER_TICK_MS      = "300"
     SKYFORM_CONTROLLER_GRACE_MS     = "600"
     SKYFORM_CONTROLLER_LEASE_TTL_MS = "4000"
+    SKYFORM_SERVE_PROBE_MS          = "300"
   }}
   secrets = {{
     AWS_ACCESS_KEY_ID     = "testing"
@@ -1114,7 +1117,20 @@ managed_job "train" {{
   }}
   run = "echo step one; sleep 6; echo step two"
 }}
-"#
+
+service "web" {{
+  run = "python3 {root}/testdata/services/replica.py --host 0.0.0.0 --port $PORT --version v1"
+  resources {{
+    infra = "k8s/a"
+    ports = [{port}]
+  }}
+  readiness_probe {{
+    path                  = "/"
+    initial_delay_seconds = 60
+  }}
+}}
+"#,
+            root = env!("CARGO_MANIFEST_DIR"),
         ),
     );
     let plan = w.ok(&["plan"]);
@@ -1170,6 +1186,17 @@ managed_job "train" {{
     assert_ne!(second, first, "a new pod's controller holds the lease");
     let logs = w.ok(&["logs", "managed_job.train"]);
     assert!(logs.contains("step two"), "{logs}");
+    // The service is served by the new pod's balancer, at the address the pod gives (the
+    // fakelet's pods have loopback's).
+    let row = w.wait_until("service.web", "a ready replica", |r| {
+        support::replicas(r).iter().any(|x| x.2 == "READY")
+    });
+    assert_eq!(row["endpoint"], format!("http://127.0.0.1:{port}"), "{row}");
+    let answer = support::http(port, "GET", "/x").unwrap();
+    assert!(
+        answer.starts_with("HTTP/1.1 200") && answer.contains("version=v1"),
+        "{answer}"
+    );
     w.ok(&["destroy", "-auto-approve"]);
     let left = w.rt.block_on(async {
         let c = w.client("a").await;

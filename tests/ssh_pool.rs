@@ -352,10 +352,58 @@ fn clusters_hold_whole_hosts_and_move_off_a_dead_one() {
         "destroy removes the cluster's files"
     );
 
+    // Before the scenarios that stop a host's sshd: a service wants two hosts at once.
+    a_service_serves_from_the_pool_and_rolls_to_a_new_version(&s);
     jobs_on_a_pool(&s);
     autostop_on_a_pool(&s);
     managed_job_moves_off_a_dead_host(&s);
     across_network_namespaces(&s);
+}
+
+/// A service on the pool: its replica runs on a host of its own, listening on that host's
+/// address; the controller's balancer at the endpoint serves it, and a new version comes up
+/// on another host before the old one drains — no failed request in between.
+fn a_service_serves_from_the_pool_and_rolls_to_a_new_version(s: &Servers) {
+    let w = Work {
+        dir: support::Workdir::new()
+            .with_home()
+            .env("SKYFORM_CONTROLLER_TICK_MS", "300")
+            .env("SKYFORM_CONTROLLER_GRACE_MS", "1000")
+            .env("SKYFORM_SERVE_PROBE_MS", "300"),
+        pool: support::servers::pool_block("rack", &s.hosts, &s.dir),
+    };
+    let port = support::free_port();
+    let service = |version: &str| {
+        format!(
+            "service \"web\" {{\n  run = \"python3 {}/testdata/services/replica.py --host $SKYFORM_NODE_IPS --port $PORT --version {version}\"\n  resources {{\n    ports = [{port}]\n  }}\n  readiness_probe {{\n    path                  = \"/\"\n    initial_delay_seconds = 30\n  }}\n}}\n",
+            env!("CARGO_MANIFEST_DIR")
+        )
+    };
+    let get = move || support::http(port, "GET", "/x").unwrap();
+    w.config(&service("v1"));
+    w.ok(&["apply", "-auto-approve"]);
+    let row = w.wait_until("service.web", "a ready replica", |r| {
+        support::replicas(r).iter().any(|x| x.2 == "READY")
+    });
+    assert_eq!(s.reserved().len(), 1, "one host for the replica: {row}");
+    let first = get();
+    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+    assert!(first.contains("version=v1"), "{first}");
+    // A new version: up on another host, then the old replica drains.
+    w.config(&service("v2"));
+    w.ok(&["apply", "-auto-approve"]);
+    support::serve_until_rolled(&w, "service.web", port, 2);
+    assert!(get().contains("version=v2"));
+    w.ok(&["destroy", "-auto-approve"]);
+    let began = std::time::Instant::now();
+    while !s.reserved().is_empty() {
+        assert!(
+            began.elapsed() < std::time::Duration::from_secs(30),
+            "still held: {:?}",
+            s.reserved()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
 }
 
 /// A managed job on the pool gets a host of its own; when that host's sshd stops, the
@@ -692,8 +740,31 @@ fn autostop_on_a_pool(s: &Servers) {
     assert_eq!(s.reserved().len(), 2, "a stopped cluster keeps its hosts");
     let plan = w.ok(&["plan"]);
     assert!(plan.contains("No changes"), "{plan}");
+    let before = std::time::SystemTime::now();
     w.ok(&["start", "cluster.idle"]);
-    assert_eq!(w.status_of("cluster.idle"), "UP");
+    let looked = w.status_of("cluster.idle");
+    // Every node's agent was started again by `start` (its log, begun anew at each start,
+    // is newer; its pid file is gone again if autostop already stopped it)…
+    let fresh: Vec<bool> = (1..=s.hosts.len())
+        .filter_map(|i| {
+            let clusters = s.dir.join(format!("host-{i}/skyform/clusters"));
+            let token = std::fs::read_dir(clusters).ok()?.flatten().next()?.path();
+            let log = std::fs::read_dir(&token)
+                .ok()?
+                .flatten()
+                .map(|e| e.path().join("agent.log"))
+                .find(|p| p.exists())?;
+            Some(log.metadata().ok()?.modified().ok()? >= before)
+        })
+        .collect();
+    assert_eq!(fresh, [true, true], "both agents started anew");
+    // …and the cluster is UP, unless its idle time (3 s here) passed before status looked,
+    // in which case autostop, armed again by the start, has stopped it again.
+    if before.elapsed().unwrap_or_default() < std::time::Duration::from_secs(3) {
+        assert_eq!(looked, "UP");
+    } else {
+        assert!(matches!(looked.as_str(), "UP" | "STOPPED"), "{looked}");
+    }
 
     w.ok(&["destroy", "-auto-approve"]);
     assert!(s.reserved().is_empty());

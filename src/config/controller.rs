@@ -151,4 +151,50 @@ controller "main" {
         assert!(!k8s.contains_key("kubeconfig"), "{text}");
         assert!(!declared(&again));
     }
+
+    #[test]
+    fn managed_jobs_and_services_depend_on_the_controller() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("main.sky.hcl"),
+            r#"
+skyform {
+  state "s3" {
+    bucket = "team"
+  }
+}
+infra "kubernetes" "prod" {}
+controller "main" {
+  infra = "k8s/prod"
+}
+managed_job "train" {
+  run = "true"
+}
+service "web" {
+  run = "true"
+}
+cluster "dev" {}
+job "j" {
+  cluster = cluster.dev
+  run     = "true"
+}
+"#,
+        )
+        .unwrap();
+        let (config, diags) = super::super::load(dir.path());
+        assert!(!diags.has_errors(), "{diags:?}");
+        let mut sink = super::super::Collect::default();
+        let (_, diags) =
+            super::super::evaluate(&config, &std::collections::BTreeMap::new(), &mut sink);
+        assert!(!diags.has_errors(), "{diags:?}");
+        let mut on_controller: Vec<String> = sink
+            .instances
+            .iter()
+            .filter(|i| i.depends_on.iter().any(|d| d.kind == Kind::Controller))
+            .map(|i| i.address.to_string())
+            .collect();
+        on_controller.sort();
+        // Removed before the controller is: a service's replicas are the controller's to end.
+        assert_eq!(on_controller, ["managed_job.train", "service.web"]);
+    }
 }

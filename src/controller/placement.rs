@@ -80,8 +80,11 @@ impl Worker<'_> {
             }));
         }
         let (cluster_spec, job_spec) = compose(spec, &run.address);
-        let cluster_private = provider.new_private(&run.address, &cluster_spec, lineage);
-        let job_private = provider.new_private(&run.address, &job_spec, lineage);
+        // Not the state's own lineage: an apply of that state gives back or adopts what
+        // carries it and state lacks, and this cluster is the book's, not the state's.
+        let lineage = composed_lineage(lineage);
+        let cluster_private = provider.new_private(&run.address, &cluster_spec, &lineage);
+        let job_private = provider.new_private(&run.address, &job_spec, &lineage);
         run.current = Some(Placement::intent(
             c,
             &job_spec,
@@ -280,6 +283,16 @@ pub fn placed(p: &Placement) -> (ResourceState, Option<ResourceState>) {
             .as_ref()
             .map(|c| res(&c.spec, &c.private, &c.computed)),
     )
+}
+
+/// The lineage a composed cluster's parts carry: the state's, marked as the controller's
+/// (a plain suffix, valid where backends put it in labels).
+pub(super) fn composed_lineage(lineage: &str) -> String {
+    if lineage.is_empty() {
+        String::new()
+    } else {
+        format!("{lineage}-controller")
+    }
 }
 
 /// A managed job as a cluster of its own and the job it runs, for backends that run jobs

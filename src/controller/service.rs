@@ -103,6 +103,11 @@ pub struct ServiceRecord {
     pub address: Address,
     /// Where its load balancer listens.
     pub port: u16,
+    /// The address its endpoint is reached at, as the controller serving it advertises
+    /// (`SKYFORM_SERVE_HOST`: a controller in a pod gives the pod's address); none: this
+    /// machine's loopback.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
     /// What makes each version (digests of what its replicas run), oldest first: version
     /// N is `versions[N-1]`.
     pub versions: Vec<String>,
@@ -137,6 +142,7 @@ impl ServiceRecord {
         ServiceRecord {
             address,
             port,
+            host: None,
             versions: Vec::new(),
             rolled_back: Vec::new(),
             replicas: BTreeMap::new(),

@@ -76,6 +76,32 @@ pub struct Serving {
     tx: mpsc::UnboundedSender<(String, bool, Option<String>)>,
     rx: mpsc::UnboundedReceiver<(String, bool, Option<String>)>,
     pacing: Pacing,
+    listen: Listen,
+}
+
+/// Where the balancers listen and what address endpoints give: this machine's loopback,
+/// unless `SKYFORM_SERVE_BIND` (the address to listen on) and `SKYFORM_SERVE_HOST` (the
+/// address clients reach it at) say otherwise — a controller in a pod listens on every
+/// address and gives the pod's.
+#[derive(Debug, Clone)]
+struct Listen {
+    bind: String,
+    host: Option<String>,
+}
+
+impl Listen {
+    fn from_env() -> Listen {
+        let var = |name: &str| {
+            std::env::var(name)
+                .ok()
+                .map(|v| v.trim().to_string())
+                .filter(|v| !v.is_empty())
+        };
+        Listen {
+            bind: var("SKYFORM_SERVE_BIND").unwrap_or_else(|| "127.0.0.1".into()),
+            host: var("SKYFORM_SERVE_HOST"),
+        }
+    }
 }
 
 impl std::fmt::Debug for Serving {
@@ -96,6 +122,7 @@ impl Default for Serving {
             tx,
             rx,
             pacing: Pacing::from_env(),
+            listen: Listen::from_env(),
         }
     }
 }
@@ -283,7 +310,11 @@ pub fn computed(
         ("status".to_string(), json!(status)),
         (
             "endpoint".to_string(),
-            json!(format!("http://127.0.0.1:{}", rec.port)),
+            json!(format!(
+                "http://{}:{}",
+                rec.host.as_deref().unwrap_or("127.0.0.1"),
+                rec.port
+            )),
         ),
         ("replicas".to_string(), json!(replicas)),
         ("version".to_string(), json!(rec.newest())),
@@ -369,8 +400,9 @@ impl Controller<'_> {
             queue_timeout: self.serving.pacing.queue,
             ..Default::default()
         };
-        match Balancer::bind(("127.0.0.1", rec.port), config).await {
+        match Balancer::bind((self.serving.listen.bind.as_str(), rec.port), config).await {
             Ok(b) => {
+                rec.host.clone_from(&self.serving.listen.host);
                 let b = Arc::new(b);
                 self.serving.balancers.insert(id.to_string(), b.clone());
                 Some(b)
@@ -624,7 +656,8 @@ impl Controller<'_> {
                 || rec.versions != before.versions
                 || rec.cancel != before.cancel
                 || rec.reason != before.reason
-                || rec.failures != before.failures;
+                || rec.failures != before.failures
+                || rec.host != before.host;
             self.book.services.insert(id.to_string(), rec);
         }
     }

@@ -24,10 +24,11 @@ impl<R: InstanceSink> Evaluator<'_, R> {
         let base = Address::new(kind, name).in_module(scope.path.clone());
         let mut deps = self.dependencies(scope, &decl.body);
         deps.extend(scope.inherited.iter().cloned());
-        if kind == Kind::ManagedJob
+        if matches!(kind, Kind::ManagedJob | Kind::Service)
             && let Some(c) = &self.controller
         {
-            // Handed to the controller: it must run first, and stop only after they ended.
+            // Handed to the controller: it must run first, and stop only after they ended
+            // (a service's replicas removed).
             deps.insert(c.address.clone());
         }
         if kind == Kind::Controller && !self.check_controller(scope, decl) {

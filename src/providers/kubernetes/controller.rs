@@ -179,6 +179,14 @@ impl Objects<'_> {
         }));
         env.push(json!({ "name": IN_CLUSTER_ENV, "value": context_of(self.spec) }));
         env.push(json!({ "name": "SKYFORM_WORKSPACE", "value": self.spec.workspace }));
+        // Services' balancers listen on the pod's every address, and endpoints give the
+        // pod's address: reachable from the cluster's network (`kubectl port-forward` from
+        // outside it).
+        env.push(json!({ "name": "SKYFORM_SERVE_BIND", "value": "0.0.0.0" }));
+        env.push(json!({
+            "name": "SKYFORM_SERVE_HOST",
+            "valueFrom": { "fieldRef": { "fieldPath": "status.podIP" } }
+        }));
         let mut labels = self.metadata(true)["labels"].clone();
         labels[LABEL_CONTROLLER] = json!(self.name);
         json!({
@@ -549,6 +557,12 @@ mod tests {
             json!("sky-main-abc123")
         );
         assert_eq!(env[IN_CLUSTER_ENV]["value"], json!("prod"));
+        // Services' endpoints: every address of the pod, given as the pod's own.
+        assert_eq!(env["SKYFORM_SERVE_BIND"]["value"], json!("0.0.0.0"));
+        assert_eq!(
+            env["SKYFORM_SERVE_HOST"]["valueFrom"]["fieldRef"]["fieldPath"],
+            json!("status.podIP")
+        );
         assert_eq!(d["spec"]["strategy"]["type"], json!("Recreate"));
         let before = d["spec"]["template"]["metadata"]["annotations"].clone();
         s.secrets

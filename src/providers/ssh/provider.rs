@@ -93,11 +93,11 @@ impl SshProvider {
         {
             return s.clone();
         }
+        // Fresh from when the probe began: a host can change while it runs. (The lock is
+        // held meanwhile, so a `forget` waits for it and then drops it.)
+        let began = std::time::Instant::now();
         let fresh = pool.probe_hosts().await;
-        cache.insert(
-            pool.name.clone(),
-            (std::time::Instant::now(), fresh.clone()),
-        );
+        cache.insert(pool.name.clone(), (began, fresh.clone()));
         fresh
     }
 
@@ -166,20 +166,22 @@ impl SshProvider {
             build: None,
             hosts: Vec::new(),
         };
-        p.build = Some(
-            runtime::boot(
-                &pool.access,
-                &hosts,
-                &hosts,
-                &p.token,
-                info,
-                spec.autostop
-                    .as_ref()
-                    .map(|a| (a, runtime::pool_autostop_script(a.down))),
-                &self.agent_exe,
-            )
-            .await?,
-        );
+        let booted = runtime::boot(
+            &pool.access,
+            &hosts,
+            &hosts,
+            &p.token,
+            info,
+            spec.autostop
+                .as_ref()
+                .map(|a| (a, runtime::pool_autostop_script(a.down))),
+            &self.agent_exe,
+        )
+        .await;
+        // Agents started (some, at least): a probe kept from before would show them absent,
+        // and a caller watching the cluster (the controller) would take it as lost.
+        self.forget(pool).await;
+        p.build = Some(booted?);
         Ok(())
     }
 
