@@ -138,7 +138,7 @@ fn declared(i: usize) -> (Address, ResourceState) {
     let res = ResourceState {
         status: Status::Ready,
         provider: "managed".into(),
-        spec,
+        spec: spec.into(),
         computed: BTreeMap::from([
             ("status".to_string(), json!("PENDING")),
             ("attempt".to_string(), json!(0)),

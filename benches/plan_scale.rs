@@ -105,7 +105,7 @@ fn prepare(dir: &Path, n: usize) {
             ResourceState {
                 status: Status::Ready,
                 provider: "local".into(),
-                spec,
+                spec: spec.into(),
                 computed: BTreeMap::from([
                     ("status".to_string(), serde_json::json!("SUCCEEDED")),
                     ("exit_code".to_string(), serde_json::json!(0)),

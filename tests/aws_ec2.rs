@@ -650,7 +650,7 @@ async fn aws_backend_conforms() {
     // The agent installed on the machines is skyform, not this test program.
     let mut p = p;
     p.agent_exe = PathBuf::from(support::BIN);
-    let mut spec = change.after.clone().unwrap();
+    let mut spec = change.after.as_deref().cloned().unwrap();
     if let skyform::model::Spec::Cluster(c) = &mut spec {
         c.num_nodes = 2;
     }

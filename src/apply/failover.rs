@@ -47,7 +47,7 @@ impl Walk<'_, '_> {
         });
         let mut delay = Duration::ZERO;
         let until_up = matches!(
-            outcome.spec.as_ref(),
+            outcome.spec.as_deref(),
             Some(Spec::Cluster(c)) if c.retry_until_up
         );
         if next.is_none() && until_up && !self.stopping {

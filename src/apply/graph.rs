@@ -81,7 +81,7 @@ impl StepGraph {
 
 /// The cluster a job in state runs on.
 pub(super) fn cluster_of<'s>(state: &'s State, job: &Address) -> Option<&'s Address> {
-    match state.resources.get(job).map(|r| &r.spec) {
+    match state.resources.get(job).map(|r| r.spec.as_ref()) {
         Some(Spec::Job(j)) => Some(&j.cluster),
         _ => None,
     }

@@ -11,13 +11,14 @@ use crate::plan::{Action, Change};
 use crate::providers::{Created, ProviderError, Request};
 use crate::state::{ResourceState, State, Status};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// A step ready to start.
 pub(super) struct Prepared {
     pub node: NodeId,
     pub provider: String,
-    pub spec: Option<Spec>,
+    pub spec: Option<Arc<Spec>>,
     pub placement: Option<Candidate>,
     /// Jobs that must succeed first.
     pub after: Vec<Address>,
@@ -46,7 +47,7 @@ impl Prepared {
 
     /// For the delete of a job whose cluster is in state: that cluster.
     pub fn job_delete_on<'s>(&self, state: &'s State) -> Option<&'s Address> {
-        match (&self.node.1, &self.spec, &self.error) {
+        match (&self.node.1, self.spec.as_deref(), &self.error) {
             (Step::Delete, Some(Spec::Job(j)), None) => {
                 state.resources.get_key_value(&j.cluster).map(|(a, _)| a)
             }
@@ -71,7 +72,7 @@ pub(super) struct Outcome {
     pub result: Result<Option<Created>, ProviderError>,
     pub seconds: f64,
     /// The spec the step used (with values unknown at plan time filled in).
-    pub spec: Option<Spec>,
+    pub spec: Option<Arc<Spec>>,
     /// The placement it tried.
     pub placement: Option<Candidate>,
     /// A failed attempt whose clean-up could not be confirmed.
@@ -113,9 +114,10 @@ impl Walk<'_, '_> {
         if step != Step::Delete
             && crate::model::contains_unknown(&serde_json::Value::Object(spec.attributes()))
         {
-            spec = self
-                .late
-                .spec_for(self.applier.resolve, state, &addr, &spec)?;
+            spec = Arc::new(
+                self.late
+                    .spec_for(self.applier.resolve, state, &addr, &spec)?,
+            );
         }
         let provider = match step {
             Step::Delete => state
@@ -256,7 +258,7 @@ impl Walk<'_, '_> {
             return;
         };
         let current = state.resources.get(&addr).cloned();
-        let cluster = match &spec {
+        let cluster = match spec.as_ref() {
             Spec::Job(j) => state.resources.get(&j.cluster).cloned(),
             _ => None,
         };
@@ -396,7 +398,7 @@ pub(super) fn record_success(
     step: Step,
     change: Option<&Change>,
     created: Option<Created>,
-    spec: Option<Spec>,
+    spec: Option<Arc<Spec>>,
     summary: &mut super::Summary,
 ) {
     match step {

@@ -418,6 +418,6 @@ impl<'w, 'a> Walk<'w, 'a> {
 fn new_job(n: &NodeId, change: &Change, state: &State) -> bool {
     n.1 == Step::Create
         && change.action == Action::Create
-        && matches!(change.after, Some(crate::model::Spec::Job(_)))
+        && matches!(change.after.as_deref(), Some(crate::model::Spec::Job(_)))
         && !state.resources.contains_key(&n.0)
 }

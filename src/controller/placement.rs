@@ -268,7 +268,7 @@ pub fn placed(p: &Placement) -> (ResourceState, Option<ResourceState>) {
                computed: &BTreeMap<String, serde_json::Value>| ResourceState {
         status: Status::Ready,
         provider: p.provider.clone(),
-        spec: spec.clone(),
+        spec: std::sync::Arc::new(spec.clone()),
         computed: computed.clone(),
         private: private.clone(),
         placement: Some(p.candidate.clone()),

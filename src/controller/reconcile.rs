@@ -358,7 +358,7 @@ impl<'e> Controller<'e> {
         let declared: BTreeMap<&str, &Address> = state
             .resources
             .iter()
-            .filter(|(_, r)| matches!(r.spec, Spec::ManagedJob(_)) && r.status == Status::Ready)
+            .filter(|(_, r)| matches!(*r.spec, Spec::ManagedJob(_)) && r.status == Status::Ready)
             .filter_map(|(a, r)| task_id(r).map(|t| (t, a)))
             .chain(
                 replicas
@@ -538,7 +538,7 @@ impl<'e> Controller<'e> {
 impl Controller<'_> {
     /// What the book says of a managed job or service in state.
     fn computed_of(&self, r: &ResourceState) -> Option<BTreeMap<String, serde_json::Value>> {
-        match &r.spec {
+        match r.spec.as_ref() {
             Spec::ManagedJob(_) => task_id(r)
                 .and_then(|t| self.book.runs.get(t))
                 .map(Run::computed),
@@ -682,7 +682,7 @@ mod tests {
         let res = ResourceState {
             status: Status::Ready,
             provider: "managed".into(),
-            spec,
+            spec: spec.into(),
             computed: BTreeMap::new(),
             private: json!({ "task_id": format!("task-{name}") }),
             placement: None,

@@ -215,7 +215,7 @@ fn replica_resource(
     ResourceState {
         status: Status::Ready,
         provider: NAME.into(),
-        spec: Spec::ManagedJob(job),
+        spec: Arc::new(Spec::ManagedJob(job)),
         computed: BTreeMap::new(),
         private: json!({ "task_id": task }),
         placement: res.placement.clone(),
@@ -334,7 +334,7 @@ impl Controller<'_> {
         let declared: BTreeMap<String, &ResourceState> = state
             .resources
             .values()
-            .filter(|r| matches!(r.spec, Spec::Service(_)) && r.status == Status::Ready)
+            .filter(|r| matches!(*r.spec, Spec::Service(_)) && r.status == Status::Ready)
             .filter_map(|r| service_id(r).map(|id| (id.to_string(), r)))
             .collect();
         for (id, res) in &declared {
@@ -429,7 +429,7 @@ impl Controller<'_> {
             return;
         };
         let before = rec.clone();
-        let spec = res.and_then(|r| match &r.spec {
+        let spec = res.and_then(|r| match r.spec.as_ref() {
             Spec::Service(s) => Some(s.clone()),
             _ => None,
         });

@@ -372,7 +372,7 @@ impl Worker<'_> {
         res: &ResourceState,
         lineage: &str,
     ) -> std::result::Result<(), Stop> {
-        let Spec::ManagedJob(m) = &res.spec else {
+        let Spec::ManagedJob(m) = res.spec.as_ref() else {
             return Ok(());
         };
         let mut spec = m.clone();

@@ -162,7 +162,7 @@ impl Engine {
                 Error::new(format!("{addr} is not in state"))
                     .hint("list addresses with `skyform state list`")
             })?;
-            let cluster_addr = match &res.spec {
+            let cluster_addr = match res.spec.as_ref() {
                 Spec::Job(j) => Some(j.cluster.clone()),
                 _ => None,
             };

@@ -34,7 +34,7 @@ pub async fn refresh(state: &mut State, registry: &Arc<Registry>, concurrency: u
             if (addr.kind == Kind::Cluster) != phase {
                 continue;
             }
-            match &res.spec {
+            match res.spec.as_ref() {
                 crate::model::Spec::Job(j) if state.resources.contains_key(&j.cluster) => {
                     batches
                         .entry((res.provider.clone(), j.cluster.clone()))
@@ -54,7 +54,7 @@ pub async fn refresh(state: &mut State, registry: &Arc<Registry>, concurrency: u
             let Some(res) = state.resources.get(&addr).cloned() else {
                 continue;
             };
-            let cluster = match &res.spec {
+            let cluster = match res.spec.as_ref() {
                 crate::model::Spec::Job(j) => state.resources.get(&j.cluster).cloned(),
                 _ => None,
             };
@@ -131,7 +131,7 @@ pub async fn refresh(state: &mut State, registry: &Arc<Registry>, concurrency: u
         .map(|(a, _)| a.clone())
         .collect();
     for r in state.resources.values_mut() {
-        if let crate::model::Spec::Job(j) = &r.spec
+        if let crate::model::Spec::Job(j) = r.spec.as_ref()
             && broken.contains(&j.cluster)
             && r.computed
                 .get("status")

@@ -511,7 +511,10 @@ impl Session<'_> {
             let (p, _) = plan::plan(config, inputs, state, &[], &Options::default());
             p.changes
                 .into_iter()
-                .filter_map(|c| c.after.map(|a| (c.address, a)))
+                .filter_map(|c| {
+                    c.after
+                        .map(|a| (c.address, std::sync::Arc::unwrap_or_clone(a)))
+                })
                 .collect()
         };
         let on_event = |e: &crate::apply::Event| engine.reporter.notice(Notice::Apply(e));

@@ -14,6 +14,7 @@ use crate::optimizer::{self, Candidate, Micros, Offering};
 use crate::state::{State, Status};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 pub const PLAN_FORMAT_VERSION: &str = "1";
 
@@ -40,10 +41,19 @@ pub struct Change {
     /// Why, one line each ("run forces replacement").
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub reasons: Vec<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub before: Option<Spec>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub after: Option<Spec>,
+    /// Shared with state's copy (and `after` with `before` when they are equal).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::state::shared_spec::option"
+    )]
+    pub before: Option<Arc<Spec>>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::state::shared_spec::option"
+    )]
+    pub after: Option<Arc<Spec>>,
     /// Top-level attributes whose values are sensitive (never rendered).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub sensitive: Vec<String>,
@@ -76,7 +86,7 @@ impl Change {
         serde_json::Map<String, serde_json::Value>,
         serde_json::Map<String, serde_json::Value>,
     ) {
-        let of = |s: &Option<Spec>| s.as_ref().map(Spec::attributes).unwrap_or_default();
+        let of = |s: &Option<Arc<Spec>>| s.as_deref().map(Spec::attributes).unwrap_or_default();
         (of(&self.before), of(&self.after))
     }
 
@@ -265,7 +275,7 @@ impl InstanceSink for Planner<'_> {
             Some(p) => {
                 // Equal specs have equal attributes: the common case with many unchanged
                 // instances skips their JSON forms.
-                let (before, after) = if p.spec == inst.spec {
+                let (before, after) = if *p.spec == inst.spec {
                     Default::default()
                 } else {
                     (attrs_json(&p.spec), attrs_json(&inst.spec))
@@ -433,15 +443,21 @@ impl InstanceSink for Planner<'_> {
                 .map(|a| ((*a).to_string(), serde_json::Value::String(UNKNOWN.into())))
                 .collect(),
         };
+        // An imported cluster is taken as the configuration describes it.
+        let before = prior
+            .map(|p| p.spec.clone())
+            .or_else(|| importing.map(|_| Arc::new(inst.spec.clone())));
+        // Unchanged (most resources of a large plan): one copy, state's.
+        let after = match &before {
+            Some(b) if **b == inst.spec => b.clone(),
+            _ => Arc::new(inst.spec),
+        };
         self.changes.insert(Change {
             address: addr,
             action,
             reasons,
-            // An imported cluster is taken as the configuration describes it.
-            before: prior
-                .map(|p| p.spec.clone())
-                .or_else(|| importing.map(|_| inst.spec.clone())),
-            after: Some(inst.spec),
+            before,
+            after: Some(after),
             sensitive: inst.sensitive.into_iter().collect(),
             candidates,
             excluded,
@@ -503,7 +519,7 @@ impl Planner<'_> {
         let Some(cluster) = self.changes.get(&job.cluster) else {
             return;
         };
-        let Some(Spec::Cluster(cs)) = &cluster.after else {
+        let Some(Spec::Cluster(cs)) = cluster.after.as_deref() else {
             return;
         };
         let Some(place) = cluster.candidates.first() else {

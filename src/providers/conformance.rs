@@ -51,7 +51,7 @@ impl Fixture {
                 .placement
                 .as_ref()
                 .map_or_else(|| "local".to_string(), |p| p.offering.cloud.clone()),
-            spec: self.spec.clone(),
+            spec: std::sync::Arc::new(self.spec.clone()),
             computed: Default::default(),
             private,
             placement: self.placement.clone(),

@@ -132,7 +132,7 @@ fn placement_line(c: &Change) -> Option<String> {
             rest.join(" · ")
         );
     }
-    if let Some(crate::model::Spec::ManagedJob(m)) = &c.after {
+    if let Some(crate::model::Spec::ManagedJob(m)) = c.after.as_deref() {
         let _ = write!(s, "\n          {}", recovery_line(m, &c.candidates));
     }
     if let Some(cost) = ServiceCost::of(c) {
@@ -163,7 +163,7 @@ pub struct ServiceCost {
 impl ServiceCost {
     /// The costs of a service's change, when it has a placement.
     pub fn of(c: &Change) -> Option<ServiceCost> {
-        let Some(crate::model::Spec::Service(s)) = &c.after else {
+        let Some(crate::model::Spec::Service(s)) = c.after.as_deref() else {
             return None;
         };
         let place = c.candidates.first()?;

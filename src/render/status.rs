@@ -23,7 +23,7 @@ pub fn status(state: &crate::state::State) -> String {
     let mut managed = Vec::new();
     let mut services = Vec::new();
     for (a, r) in &state.resources {
-        let nodes = match &r.spec {
+        let nodes = match r.spec.as_ref() {
             Spec::Cluster(c) => c.num_nodes,
             Spec::ManagedJob(m) if r.provider == crate::controller::handoff::NAME => {
                 // Where it runs now, which recovery may have changed.
@@ -145,7 +145,7 @@ const ENDED_REPLICA_STATES: [&str; 4] = [
 
 impl ServiceStatus {
     pub fn of(r: &crate::state::ResourceState) -> Option<ServiceStatus> {
-        if !matches!(r.spec, crate::model::Spec::Service(_)) {
+        if !matches!(*r.spec, crate::model::Spec::Service(_)) {
             return None;
         }
         let list = r.computed.get("replicas")?.as_array()?;

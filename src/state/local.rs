@@ -473,7 +473,8 @@ mod tests {
             spec: Spec::Cluster(ClusterSpec {
                 num_nodes: n,
                 ..ClusterSpec::default()
-            }),
+            })
+            .into(),
             computed: Default::default(),
             private: serde_json::Value::Null,
             placement: None,

@@ -14,6 +14,7 @@ use crate::model::{Address, Kind, Spec};
 use crate::optimizer::Candidate;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 pub use local::LocalStore;
 pub use memory::MemoryStore;
@@ -46,7 +47,10 @@ pub struct Attempt {
 pub struct ResourceState {
     pub status: Status,
     pub provider: String,
-    pub spec: Spec,
+    /// Shared with the plan's change of the resource while the configuration says the same:
+    /// a plan of many unchanged resources holds one copy of each spec, not three.
+    #[serde(with = "shared_spec")]
+    pub spec: Arc<Spec>,
     /// Attributes known once the resource exists (`head_ip`, `status`, `exit_code`, …).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub computed: BTreeMap<String, serde_json::Value>,
@@ -521,7 +525,7 @@ mod tests {
         assert_eq!(addrs, ["job.a", "job.b"]);
         let b = &s.resources[&"job.b".parse::<Address>().unwrap()];
         assert!(
-            matches!(&b.spec, Spec::Job(j) if j.run == "last"),
+            matches!(b.spec.as_ref(), Spec::Job(j) if j.run == "last"),
             "{:?}",
             b.spec
         );
@@ -531,5 +535,34 @@ mod tests {
         )
         .unwrap();
         assert!(empty.resources.is_empty());
+    }
+}
+
+/// Serde for a shared `Spec`, written as the spec itself (serde's own `Arc` support needs a
+/// feature of serde that would rebuild every dependency).
+pub mod shared_spec {
+    use crate::model::Spec;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use std::sync::Arc;
+
+    pub fn serialize<S: Serializer>(spec: &Arc<Spec>, s: S) -> Result<S::Ok, S::Error> {
+        spec.as_ref().serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Arc<Spec>, D::Error> {
+        Spec::deserialize(d).map(Arc::new)
+    }
+
+    /// The same for an optional one.
+    pub mod option {
+        use super::*;
+
+        pub fn serialize<S: Serializer>(spec: &Option<Arc<Spec>>, s: S) -> Result<S::Ok, S::Error> {
+            spec.as_deref().serialize(s)
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Arc<Spec>>, D::Error> {
+            Option::<Spec>::deserialize(d).map(|o| o.map(Arc::new))
+        }
     }
 }

@@ -705,7 +705,7 @@ impl Provider for AwsProvider {
         res: &ResourceState,
         _cluster: Option<&ResourceState>,
     ) -> Result<Observed, ProviderError> {
-        let spec = match &res.spec {
+        let spec = match res.spec.as_ref() {
             Spec::Cluster(spec) => spec,
             Spec::Job(_) => {
                 if _cluster.is_none() {
@@ -926,7 +926,7 @@ impl Provider for AwsProvider {
         res: &ResourceState,
         _cluster: Option<&ResourceState>,
     ) -> Result<(), ProviderError> {
-        if matches!(res.spec, Spec::Job(_)) {
+        if matches!(*res.spec, Spec::Job(_)) {
             let Ok((access, hosts, p)) = self.job_target(_cluster) else {
                 // No cluster, nothing runs the job.
                 return Ok(());
@@ -953,7 +953,7 @@ impl Provider for AwsProvider {
 
     /// Starts the instances (with new public addresses) and the runtime on them again.
     async fn start(&self, res: &ResourceState) -> Result<serde_json::Value, ProviderError> {
-        let Spec::Cluster(spec) = &res.spec else {
+        let Spec::Cluster(spec) = res.spec.as_ref() else {
             return Err(ProviderError::other("only clusters start"));
         };
         self.set_running(res, true).await?;
@@ -1011,7 +1011,7 @@ impl Provider for AwsProvider {
         cluster: Option<&ResourceState>,
         offsets: &[u64],
     ) -> Result<Vec<Vec<u8>>, ProviderError> {
-        let Spec::Job(j) = &res.spec else {
+        let Spec::Job(j) = res.spec.as_ref() else {
             return Ok(Vec::new());
         };
         let (access, hosts, p) = self.job_target(cluster)?;

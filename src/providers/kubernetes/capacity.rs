@@ -157,7 +157,7 @@ pub fn schedulable(node: &Node) -> bool {
 /// What a pod holds on its node: CPUs, bytes of memory, GPUs. A pod asks for the larger of
 /// the sum over its containers and the largest init container, plus its overhead.
 pub fn requests(pod: &Pod) -> (f64, f64, f64) {
-    let Some(spec) = &pod.spec else {
+    let Some(spec) = pod.spec.as_ref() else {
         return (0.0, 0.0, 0.0);
     };
     let of = |c: &k8s_openapi::api::core::v1::Container, key: &str| -> f64 {

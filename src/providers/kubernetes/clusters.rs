@@ -315,7 +315,7 @@ impl KubeProvider {
             .await
             .map_err(|e| classify(e, "list the cluster's pods", &conn.where_()))?
             .items;
-        let want = match &res.spec {
+        let want = match res.spec.as_ref() {
             Spec::Cluster(c) => c.num_nodes.max(1) as usize,
             _ => 1,
         };

@@ -30,7 +30,7 @@ impl KubeProvider {
                 message: format!("cluster {} names no Kubernetes context", spec.cluster),
             })?;
         let n = spec.num_nodes.max(1);
-        let (cluster_nodes, cluster_envs) = match &cluster.spec {
+        let (cluster_nodes, cluster_envs) = match cluster.spec.as_ref() {
             Spec::Cluster(c) => (c.num_nodes.max(1), c.envs.clone()),
             _ => (1, BTreeMap::new()),
         };

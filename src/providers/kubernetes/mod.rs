@@ -181,11 +181,11 @@ impl super::Provider for KubeProvider {
                 reason: "no Kubernetes objects recorded".into(),
             });
         };
-        if let Spec::Controller(_) = res.spec {
+        if let Spec::Controller(_) = *res.spec {
             return self.refresh_controller(res, &p).await;
         }
         if let Some(ranks) = ranks_of(&res.spec) {
-            if matches!(res.spec, Spec::Job(_)) && cluster.is_none() {
+            if matches!(*res.spec, Spec::Job(_)) && cluster.is_none() {
                 return Ok(Observed::Gone {
                     reason: "its cluster is not in state".into(),
                 });
@@ -195,7 +195,7 @@ impl super::Provider for KubeProvider {
                     reason: "it names no Kubernetes context (nothing was made)".into(),
                 });
             };
-            if matches!(res.spec, Spec::Job(_)) {
+            if matches!(*res.spec, Spec::Job(_)) {
                 let s = self.exec_status(&conn, &p, ranks).await?;
                 if s.state == crate::runtime::JobState::Queued {
                     return Ok(Observed::Gone {
@@ -297,7 +297,7 @@ impl super::Provider for KubeProvider {
         let Some(conn) = self.conn_of(&p, res).await? else {
             return Ok(());
         };
-        match &res.spec {
+        match res.spec.as_ref() {
             Spec::Cluster(_) => self.remove(&conn, LABEL_CLUSTER, &p.name).await,
             Spec::Controller(_) => self.delete_controller(&conn, &p.name).await,
             Spec::Job(j) => {
@@ -493,7 +493,7 @@ impl super::Provider for KubeProvider {
             return Ok(Vec::new());
         };
         let mut out = Vec::new();
-        if let Spec::Job(_) = &res.spec {
+        if let Spec::Job(_) = res.spec.as_ref() {
             // Inside the cluster's pods, from each rank's offset on.
             let cluster = p.cluster.clone().unwrap_or_default();
             for rank in 0..ranks {
@@ -554,7 +554,7 @@ mod tests {
         let res = ResourceState {
             status: Status::Ready,
             provider: "k8s".into(),
-            spec: Spec::Cluster(Default::default()),
+            spec: Spec::Cluster(Default::default()).into(),
             computed: BTreeMap::new(),
             private: serde_json::json!({
                 "name": "sky-train-abc123", "context": "lab", "namespace": "ml"

@@ -167,7 +167,7 @@ impl Provider for LocalProvider {
         res: &ResourceState,
         cluster: Option<&ResourceState>,
     ) -> Result<Observed, ProviderError> {
-        match &res.spec {
+        match res.spec.as_ref() {
             Spec::Cluster(c) => {
                 let Some(dir) = Self::cluster_dir(&res.private) else {
                     return Ok(Observed::Gone {
@@ -242,7 +242,7 @@ impl Provider for LocalProvider {
                     });
                 };
                 let mut computed = jobs::computed(&status);
-                if let Spec::Service(s) = &res.spec {
+                if let Spec::Service(s) = res.spec.as_ref() {
                     let port = s.resources.ports.first().copied().unwrap_or(8000);
                     computed.insert("endpoint".into(), json!(format!("http://127.0.0.1:{port}")));
                 }
@@ -285,7 +285,7 @@ impl Provider for LocalProvider {
         let layout = Layout::new(dir);
         let ids: Vec<Option<&str>> = jobs
             .iter()
-            .map(|(_, res)| match res.spec {
+            .map(|(_, res)| match *res.spec {
                 Spec::Job(_) => job_id(&res.private),
                 _ => None,
             })
@@ -293,7 +293,7 @@ impl Provider for LocalProvider {
         let statuses = read_statuses(&layout, &ids);
         let mut out = Vec::with_capacity(jobs.len());
         for (((address, res), id), status) in jobs.iter().zip(&ids).zip(statuses) {
-            let result = match (&res.spec, id, status) {
+            let result = match (res.spec.as_ref(), id, status) {
                 (Spec::Job(_), _, Some(s)) => Ok(Observed::Up(jobs::computed(&s))),
                 (Spec::Job(_), None, None) => gone("its cluster is not in state"),
                 // No status yet: queued, or not there (as `refresh` finds it).
@@ -459,7 +459,7 @@ impl Provider for LocalProvider {
         res: &ResourceState,
         cluster: Option<&ResourceState>,
     ) -> Result<(), ProviderError> {
-        match &res.spec {
+        match res.spec.as_ref() {
             Spec::Job(_) => {
                 let (Some(cluster), Some(job)) = (cluster, job_id(&res.private)) else {
                     return Ok(());
@@ -636,7 +636,7 @@ impl Provider for LocalProvider {
     async fn start(&self, res: &ResourceState) -> Result<serde_json::Value, ProviderError> {
         let dir = Self::cluster_dir(&res.private)
             .ok_or_else(|| ProviderError::other("the cluster has no sandbox recorded"))?;
-        let Spec::Cluster(c) = &res.spec else {
+        let Spec::Cluster(c) = res.spec.as_ref() else {
             return Err(ProviderError::other("only clusters start"));
         };
         let _ = std::fs::remove_file(Layout::new(&dir).stopped());
@@ -672,7 +672,7 @@ impl Provider for LocalProvider {
     }
 
     fn log_paths(&self, res: &ResourceState, cluster: Option<&ResourceState>) -> Vec<PathBuf> {
-        let dir = match &res.spec {
+        let dir = match res.spec.as_ref() {
             Spec::Job(_) => cluster.and_then(|c| Self::cluster_dir(&c.private)),
             Spec::Cluster(_) => None,
             _ => Self::cluster_dir(&res.private),
@@ -680,7 +680,7 @@ impl Provider for LocalProvider {
         let (Some(dir), Some(job)) = (dir, job_id(&res.private)) else {
             return Vec::new();
         };
-        let nodes = match &res.spec {
+        let nodes = match res.spec.as_ref() {
             Spec::Job(j) => j.num_nodes,
             Spec::ManagedJob(m) => m.num_nodes,
             Spec::Service(s) => s.replica_policy.min_replicas.max(1),
@@ -719,7 +719,7 @@ fn placeholder(spec: &Spec, private: &serde_json::Value) -> ResourceState {
     ResourceState {
         status: crate::state::Status::Creating,
         provider: "local".into(),
-        spec: spec.clone(),
+        spec: std::sync::Arc::new(spec.clone()),
         computed: BTreeMap::new(),
         private: private.clone(),
         placement: None,

@@ -318,7 +318,7 @@ impl crate::providers::Provider for SshProvider {
         _cluster: Option<&crate::state::ResourceState>,
     ) -> Result<crate::providers::Observed, ProviderError> {
         use crate::providers::Observed;
-        if matches!(res.spec, crate::model::Spec::Job(_)) {
+        if matches!(*res.spec, crate::model::Spec::Job(_)) {
             if _cluster.is_none() {
                 return Ok(Observed::Gone {
                     reason: "its cluster is not in state".into(),
@@ -529,7 +529,7 @@ impl crate::providers::Provider for SshProvider {
         res: &crate::state::ResourceState,
         cluster: Option<&crate::state::ResourceState>,
     ) -> Result<(), ProviderError> {
-        if matches!(res.spec, crate::model::Spec::Job(_)) {
+        if matches!(*res.spec, crate::model::Spec::Job(_)) {
             return self.cancel(res, cluster).await;
         }
         let Ok(p) = serde_json::from_value::<Private>(res.private.clone()) else {
@@ -584,7 +584,7 @@ impl crate::providers::Provider for SshProvider {
         &self,
         res: &crate::state::ResourceState,
     ) -> Result<serde_json::Value, ProviderError> {
-        let crate::model::Spec::Cluster(spec) = &res.spec else {
+        let crate::model::Spec::Cluster(spec) = res.spec.as_ref() else {
             return Err(ProviderError::other("only clusters start"));
         };
         self.on_every_host(res, &format!("{HOST_DIR}\n{}", runtime::UNMARK_STOPPED))
@@ -672,7 +672,7 @@ impl crate::providers::Provider for SshProvider {
         }
         for res in held {
             if res.status != crate::state::Status::Creating
-                || !matches!(res.spec, crate::model::Spec::Cluster(_))
+                || !matches!(*res.spec, crate::model::Spec::Cluster(_))
             {
                 continue;
             }
@@ -746,7 +746,7 @@ impl crate::providers::Provider for SshProvider {
         cluster: Option<&crate::state::ResourceState>,
         offsets: &[u64],
     ) -> Result<Vec<Vec<u8>>, ProviderError> {
-        let crate::model::Spec::Job(j) = &res.spec else {
+        let crate::model::Spec::Job(j) = res.spec.as_ref() else {
             return Ok(Vec::new());
         };
         let (pool, hosts, p, build) = self.job_target(cluster)?;

@@ -44,7 +44,7 @@ impl RemoteCluster<'_> {
         let id = jobs::job_id(req.private).unwrap_or_default();
         let mut after = Vec::new();
         for (addr, dep) in &req.after {
-            let same = matches!(&dep.spec, Spec::Job(d) if &d.cluster == cluster);
+            let same = matches!(dep.spec.as_ref(), Spec::Job(d) if &d.cluster == cluster);
             let Some(job) = jobs::job_id(&dep.private).filter(|_| same) else {
                 return Err(ProviderError {
                     kind: ErrorKind::Config,
