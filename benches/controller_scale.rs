@@ -143,7 +143,8 @@ fn declared(i: usize) -> (Address, ResourceState) {
             ("status".to_string(), json!("PENDING")),
             ("attempt".to_string(), json!(0)),
             ("exit_code".to_string(), serde_json::Value::Null),
-        ]),
+        ])
+        .into(),
         private: json!({ "task_id": task, "job_id": task, "dir": format!("/tmp/{task}") }),
         placement: None,
         dependencies: Vec::new(),

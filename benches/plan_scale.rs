@@ -109,7 +109,8 @@ fn prepare(dir: &Path, n: usize) {
                 computed: BTreeMap::from([
                     ("status".to_string(), serde_json::json!("SUCCEEDED")),
                     ("exit_code".to_string(), serde_json::json!(0)),
-                ]),
+                ])
+                .into(),
                 private: serde_json::json!({"job_id": job_id, "dir": cluster_dir}),
                 placement: None,
                 dependencies: vec![cluster_addr.clone()],

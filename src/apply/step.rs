@@ -10,7 +10,6 @@ use crate::optimizer::Candidate;
 use crate::plan::{Action, Change};
 use crate::providers::{Created, ProviderError, Request};
 use crate::state::{ResourceState, State, Status};
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -142,7 +141,7 @@ impl Walk<'_, '_> {
                     status: Status::Creating,
                     provider: provider.clone(),
                     spec: spec.clone(),
-                    computed: BTreeMap::new(),
+                    computed: Default::default(),
                     private,
                     placement: change.candidates.first().cloned(),
                     dependencies: change.depends_on.clone(),

@@ -156,7 +156,7 @@ fn service_computed(
         }
         Some(rec) => serving::computed(rec, id, &book.runs),
         None => {
-            let mut c = res.computed.clone();
+            let mut c = res.computed.to_map();
             c.insert("status".into(), json!("REPLICA_INIT"));
             c
         }

@@ -269,7 +269,7 @@ pub fn placed(p: &Placement) -> (ResourceState, Option<ResourceState>) {
         status: Status::Ready,
         provider: p.provider.clone(),
         spec: std::sync::Arc::new(spec.clone()),
-        computed: computed.clone(),
+        computed: computed.clone().into(),
         private: private.clone(),
         placement: Some(p.candidate.clone()),
         dependencies: Vec::new(),

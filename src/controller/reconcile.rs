@@ -503,7 +503,7 @@ impl<'e> Controller<'e> {
             .iter()
             .filter(|(_, r)| {
                 self.computed_of(r)
-                    .is_some_and(|c| !same_but_rate(&c, &r.computed))
+                    .is_some_and(|c| !same_but_rate(&c, &r.computed.to_map()))
             })
             .map(|(a, _)| a.clone())
             .collect();
@@ -520,7 +520,7 @@ impl<'e> Controller<'e> {
                 if let Some(r) = s.resources.get_mut(a)
                     && let Some(c) = self.computed_of(r)
                 {
-                    r.computed = c;
+                    r.computed = c.into();
                     changed = true;
                 }
             }
@@ -683,7 +683,7 @@ mod tests {
             status: Status::Ready,
             provider: "managed".into(),
             spec: spec.into(),
-            computed: BTreeMap::new(),
+            computed: Default::default(),
             private: json!({ "task_id": format!("task-{name}") }),
             placement: None,
             dependencies: Vec::new(),

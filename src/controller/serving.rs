@@ -216,7 +216,7 @@ fn replica_resource(
         status: Status::Ready,
         provider: NAME.into(),
         spec: Arc::new(Spec::ManagedJob(job)),
-        computed: BTreeMap::new(),
+        computed: Default::default(),
         private: json!({ "task_id": task }),
         placement: res.placement.clone(),
         dependencies: Vec::new(),

@@ -609,7 +609,7 @@ impl Session<'_> {
                     spec: c.after.clone().ok_or_else(|| {
                         Error::new(format!("the plan has no specification for {}", c.address))
                     })?,
-                    computed: found.computed,
+                    computed: found.computed.into(),
                     private: found.private,
                     placement: None,
                     dependencies: c.depends_on.clone(),

@@ -426,7 +426,7 @@ impl InstanceSink for Planner<'_> {
                 importing.map(|(_, c)| c.clone()).unwrap_or_default()
             }
             (Action::NoOp | Action::Update, Some(p)) => {
-                let mut m = p.computed.clone();
+                let mut m = p.computed.to_map();
                 for a in computed_attributes(addr.kind) {
                     m.entry((*a).to_string()).or_insert(serde_json::Value::Null);
                 }

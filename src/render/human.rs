@@ -764,7 +764,7 @@ pub fn state(state: &crate::state::State) -> String {
             };
             let _ = writeln!(out, "    {k} = {shown}");
         }
-        for (k, v) in &r.computed {
+        for (k, v) in r.computed.iter() {
             let _ = writeln!(out, "    {k} = {}", value(v));
         }
         out.push('\n');

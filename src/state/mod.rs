@@ -3,6 +3,7 @@
 //! The format lives here; stores (where the bytes go, how they are locked) are in
 //! [`local`] and behind the [`StateStore`] trait.
 
+pub mod computed;
 #[doc(hidden)]
 pub mod conformance;
 pub mod local;
@@ -16,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+pub use computed::Computed;
 pub use local::LocalStore;
 pub use memory::MemoryStore;
 pub use object::ObjectStateStore;
@@ -52,8 +54,8 @@ pub struct ResourceState {
     #[serde(with = "shared_spec")]
     pub spec: Arc<Spec>,
     /// Attributes known once the resource exists (`head_ip`, `status`, `exit_code`, …).
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub computed: BTreeMap<String, serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Computed::is_empty")]
+    pub computed: Computed,
     /// The provider's own identifiers (sandbox paths, process ids, instance ids).
     #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
     pub private: serde_json::Value,

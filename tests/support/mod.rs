@@ -402,7 +402,7 @@ pub fn applied(plan: &Plan, prior: &State) -> State {
                         status: Status::Ready,
                         provider: "local".into(),
                         spec,
-                        computed,
+                        computed: computed.into(),
                         private: serde_json::Value::Null,
                         placement: c.candidates.first().cloned(),
                         dependencies: c.depends_on.clone(),

@@ -555,7 +555,7 @@ mod tests {
             status: Status::Ready,
             provider: "k8s".into(),
             spec: Spec::Cluster(Default::default()).into(),
-            computed: BTreeMap::new(),
+            computed: Default::default(),
             private: serde_json::json!({
                 "name": "sky-train-abc123", "context": "lab", "namespace": "ml"
             }),

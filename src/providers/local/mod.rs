@@ -720,7 +720,7 @@ fn placeholder(spec: &Spec, private: &serde_json::Value) -> ResourceState {
         status: crate::state::Status::Creating,
         provider: "local".into(),
         spec: std::sync::Arc::new(spec.clone()),
-        computed: BTreeMap::new(),
+        computed: Default::default(),
         private: private.clone(),
         placement: None,
         dependencies: Vec::new(),
