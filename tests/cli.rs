@@ -86,10 +86,17 @@ fn fmt_check_diff_and_rewrite() {
         messy,
         "-check writes nothing"
     );
-    assert!(run(tmp.path(), &["fmt"]).status.success());
+    let listed = run(tmp.path(), &["fmt"]);
+    assert!(listed.status.success());
+    assert_eq!(
+        text(&listed.stdout),
+        "main.sky.hcl\n",
+        "lists what it rewrote"
+    );
+    // As `terraform fmt` leaves it: blank lines are kept.
     assert_eq!(
         std::fs::read_to_string(tmp.path().join("main.sky.hcl")).unwrap(),
-        "cluster \"dev\" {\n  num_nodes = 2\n}\n"
+        "cluster \"dev\" {\n  num_nodes = 2\n\n\n}\n"
     );
     assert_eq!(run(tmp.path(), &["fmt", "-check"]).status.code(), Some(0));
 }

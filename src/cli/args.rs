@@ -53,6 +53,7 @@ impl PlanFormat {
 }
 
 #[derive(Debug, clap::Args, Clone)]
+#[command(next_help_heading = "Other Options")]
 pub struct RunFlags {
     /// How many changes run at once.
     #[arg(long, default_value_t = 10, env = "SKYFORM_PARALLELISM")]
@@ -82,12 +83,13 @@ impl RunFlags {
 }
 
 #[derive(Debug, clap::Args, Clone)]
+#[command(next_help_heading = "Other Options")]
 pub struct LockFlags {
     /// How long to wait for the state lock (e.g. 30s, 5m).
     #[arg(long = "lock-timeout", default_value = "0s", env = "SKYFORM_LOCK_TIMEOUT", value_parser = humantime::parse_duration)]
     pub lock_timeout: std::time::Duration,
     /// -lock=false skips the state lock (dangerous: only when no other run can be active).
-    #[arg(long = "lock", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    #[arg(long = "lock", default_value_t = true, num_args = 0..=1, require_equals = true, default_missing_value = "true", action = clap::ArgAction::Set, value_name = "BOOL")]
     pub lock: bool,
 }
 
@@ -101,6 +103,7 @@ impl LockFlags {
 }
 
 #[derive(Debug, clap::Args, Clone)]
+#[command(next_help_heading = "Plan Customization Options")]
 pub struct PlanFlags {
     #[command(flatten)]
     pub vars: VarFlags,
@@ -110,8 +113,8 @@ pub struct PlanFlags {
     /// Replace these resources even if unchanged. Repeatable.
     #[arg(long = "replace", value_name = "ADDR")]
     pub replace: Vec<String>,
-    /// Skip asking providers what is running.
-    #[arg(long = "refresh", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    /// -refresh=false skips asking providers what is running.
+    #[arg(long = "refresh", default_value_t = true, num_args = 0..=1, require_equals = true, default_missing_value = "true", action = clap::ArgAction::Set, value_name = "BOOL")]
     pub refresh: bool,
     /// Only find what changed outside skyform; apply records it in state and changes nothing.
     #[arg(long = "refresh-only")]
@@ -120,10 +123,28 @@ pub struct PlanFlags {
     pub lock: LockFlags,
 }
 
+/// `-input=BOOL`: whether skyform may ask questions on the terminal.
+#[derive(Debug, clap::Args, Clone)]
+pub struct InputFlag {
+    /// -input=false never prompts: what would need an answer fails instead.
+    #[arg(long = "input", default_value_t = true, num_args = 0..=1, require_equals = true, default_missing_value = "true", action = clap::ArgAction::Set, value_name = "BOOL", env = "SKYFORM_INPUT", value_parser = clap::builder::BoolishValueParser::new())]
+    pub input: bool,
+}
+
+/// `-compact-warnings`, as Terraform has it.
+#[derive(Debug, clap::Args, Clone)]
+pub struct WarningFlags {
+    /// With warnings and no errors, show only each warning's summary line.
+    #[arg(long = "compact-warnings")]
+    pub compact_warnings: bool,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Check the configuration, create the state, report which infra is usable.
+    #[command(next_help_heading = "Options")]
     Init {
+        /// The configuration directory (default: the current one).
         dir: Option<PathBuf>,
         /// Copy the state from the backend used before to the one the configuration names.
         #[arg(long)]
@@ -134,80 +155,130 @@ pub enum Command {
         /// With -migrate-state: overwrite a state the new backend already holds.
         #[arg(long)]
         force_copy: bool,
+        #[command(flatten)]
+        input: InputFlag,
+        #[command(flatten)]
+        lock: LockFlags,
+        /// Report as one JSON document on stdout.
+        #[arg(long)]
+        json: bool,
     },
     /// Parse, evaluate and type-check, offline.
     Validate {
+        /// The configuration directory (default: the current one).
         dir: Option<PathBuf>,
+        /// Report as one JSON document on stdout: valid, and the diagnostics.
         #[arg(long)]
         json: bool,
         #[command(flatten)]
         vars: VarFlags,
     },
-    /// Rewrite *.sky.hcl files in canonical format.
+    /// Rewrite configuration files in the canonical format (the same as `terraform fmt`).
     Fmt {
-        dir: Option<PathBuf>,
-        /// Only check; exit 3 if files would change.
-        #[arg(long)]
-        check: bool,
-        /// Show the changes as a diff.
+        /// Files or directories (default: the current directory); `-` reads standard input
+        /// and writes the result to standard output.
+        targets: Vec<PathBuf>,
+        /// -list=false: do not list the files whose formatting differs.
+        #[arg(long, default_value_t = true, num_args = 0..=1, require_equals = true, default_missing_value = "true", action = clap::ArgAction::Set, value_name = "BOOL")]
+        list: bool,
+        /// -write=false: do not rewrite the files (always off with -check or standard input).
+        #[arg(long, default_value_t = true, num_args = 0..=1, require_equals = true, default_missing_value = "true", action = clap::ArgAction::Set, value_name = "BOOL")]
+        write: bool,
+        /// Show the changes as a unified diff.
         #[arg(long)]
         diff: bool,
+        /// Only check: exit 0 when every file is formatted, 3 when one is not.
+        #[arg(long)]
+        check: bool,
+        /// Also the files in subdirectories.
+        #[arg(long)]
+        recursive: bool,
     },
     /// Refresh, diff and show what apply would do.
     Plan {
+        /// The configuration directory (default: the current one).
         dir: Option<PathBuf>,
         #[command(flatten)]
         flags: PlanFlags,
-        /// Write the plan to FILE for `skyform apply FILE`.
-        #[arg(long, value_name = "FILE")]
-        out: Option<PathBuf>,
+        /// Plan to destroy everything in state.
+        #[arg(long, help_heading = "Plan Customization Options")]
+        destroy: bool,
         /// Exit 0 with no changes, 2 with changes, 1 on error.
-        #[arg(long = "detailed-exitcode")]
+        #[arg(long = "detailed-exitcode", help_heading = "Other Options")]
         detailed_exitcode: bool,
-        /// The same as `-format json`.
-        #[arg(long)]
+        /// Write the plan to FILE for `skyform apply FILE`.
+        #[arg(long, value_name = "FILE", help_heading = "Other Options")]
+        out: Option<PathBuf>,
+        /// The same as -format=json.
+        #[arg(long, help_heading = "Other Options")]
         json: bool,
         /// human (default), markdown (for a pull request comment) or json.
-        #[arg(long, value_enum, value_name = "FORMAT")]
+        #[arg(
+            long,
+            value_enum,
+            value_name = "FORMAT",
+            help_heading = "Other Options"
+        )]
         format: Option<PlanFormat>,
-        /// Plan to destroy everything in state.
-        #[arg(long)]
-        destroy: bool,
+        /// Accepted for Terraform's pipelines; planning asks every provider at once.
+        #[arg(long, value_name = "N", help_heading = "Other Options")]
+        parallelism: Option<usize>,
+        #[command(flatten)]
+        input: InputFlag,
+        #[command(flatten)]
+        warnings: WarningFlags,
     },
     /// Carry out a saved plan, or plan, confirm and apply.
     Apply {
-        /// A plan file from `plan -out`.
+        /// A plan file from `plan -out` (or the configuration directory).
         planfile: Option<PathBuf>,
         #[command(flatten)]
         flags: PlanFlags,
-        #[arg(long = "auto-approve")]
+        /// The same as `skyform destroy`.
+        #[arg(long, help_heading = "Plan Customization Options")]
+        destroy: bool,
+        /// Apply without asking for approval.
+        #[arg(long = "auto-approve", help_heading = "Other Options")]
         auto_approve: bool,
-        /// Never prompt.
-        #[arg(long = "input", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL", env = "SKYFORM_INPUT", value_parser = clap::builder::BoolishValueParser::new())]
-        input: bool,
+        #[command(flatten)]
+        input: InputFlag,
         #[command(flatten)]
         run: RunFlags,
         /// Wait for submitted jobs to finish; fail if any failed.
-        #[arg(long)]
+        #[arg(long, help_heading = "Other Options")]
         wait: bool,
+        #[command(flatten)]
+        warnings: WarningFlags,
     },
     /// Destroy everything in state.
     Destroy {
+        /// The configuration directory (default: the current one).
         dir: Option<PathBuf>,
+        /// Destroy without asking for approval.
         #[arg(long = "auto-approve")]
         auto_approve: bool,
-        #[arg(long = "input", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL", env = "SKYFORM_INPUT", value_parser = clap::builder::BoolishValueParser::new())]
-        input: bool,
+        #[command(flatten)]
+        input: InputFlag,
         #[command(flatten)]
         vars: VarFlags,
+        /// Only these resources (and what depends on them). Repeatable.
+        #[arg(long = "target", value_name = "ADDR")]
+        target: Vec<String>,
+        /// -refresh=false skips asking providers what is running.
+        #[arg(long = "refresh", default_value_t = true, num_args = 0..=1, require_equals = true, default_missing_value = "true", action = clap::ArgAction::Set, value_name = "BOOL")]
+        refresh: bool,
         #[command(flatten)]
         lock: LockFlags,
         #[command(flatten)]
         run: RunFlags,
+        #[command(flatten)]
+        warnings: WarningFlags,
     },
     /// Show a saved plan or the current state.
     Show {
+        /// A plan file from `plan -out` (default: the current state).
         planfile: Option<PathBuf>,
+        /// As JSON (the plan's or the state's document).
         #[arg(long)]
         json: bool,
         /// For a plan file: human (default), markdown or json.
@@ -216,11 +287,28 @@ pub enum Command {
     },
     /// Outputs from state.
     Output {
+        /// One output (default: all of them).
         name: Option<String>,
+        /// As JSON: every output with its value, type and sensitivity, or one output's value.
         #[arg(long)]
         json: bool,
+        /// One output's string, number or bool value, as it is (no quotes), for scripts.
         #[arg(long)]
         raw: bool,
+    },
+    /// Evaluate expressions against the configuration and state (reads stdin without a
+    /// terminal).
+    Console {
+        /// The configuration directory (default: the current one).
+        dir: Option<PathBuf>,
+        #[command(flatten)]
+        vars: VarFlags,
+    },
+    /// The version of skyform.
+    Version {
+        /// As a JSON document.
+        #[arg(long)]
+        json: bool,
     },
     /// State surgery.
     State {
@@ -240,17 +328,21 @@ pub enum Command {
     /// Remove a stale lock.
     #[command(name = "force-unlock")]
     ForceUnlock {
+        /// The lock's ID, as the error that names the lock shows it.
         lock_id: String,
+        /// Remove it without asking.
         #[arg(long)]
         force: bool,
     },
     /// Clusters, jobs and services with their placement and cost.
     Status {
+        /// As one JSON document.
         #[arg(long)]
         json: bool,
     },
     /// A shell, or a command, on a cluster's head node.
     Ssh {
+        /// The cluster's name.
         cluster: String,
         /// The command and its arguments (after `--`); none: an interactive shell.
         #[arg(last = true)]
@@ -258,18 +350,21 @@ pub enum Command {
     },
     /// Stop a cluster's machines, keeping their disks (clouds that support it).
     Stop {
+        /// The cluster's name.
         cluster: String,
         #[command(flatten)]
         lock: LockFlags,
     },
     /// Start a stopped cluster again.
     Start {
+        /// The cluster's name.
         cluster: String,
         #[command(flatten)]
         lock: LockFlags,
     },
     /// A job's output.
     Logs {
+        /// The job's address (job.NAME).
         address: String,
         /// Keep following.
         #[arg(short, long)]
@@ -282,24 +377,34 @@ pub enum Command {
         /// Every offer, not the first 20.
         #[arg(long)]
         all: bool,
+        /// As one JSON document.
         #[arg(long)]
         json: bool,
         /// Where the catalogs are (default: catalog_dir of the configuration, else
         /// ~/.skyform/catalogs).
-        #[arg(long = "catalog-dir", env = "SKYFORM_CATALOG_DIR")]
+        #[arg(long = "catalog-dir", env = "SKYFORM_CATALOG_DIR", value_name = "DIR")]
         catalog_dir: Option<PathBuf>,
     },
     /// The price catalogs.
     Catalog {
         #[command(subcommand)]
         command: CatalogCommand,
-        #[arg(long = "catalog-dir", env = "SKYFORM_CATALOG_DIR", global = true)]
+        /// Where the catalogs are (default: catalog_dir of the configuration, else
+        /// ~/.skyform/catalogs).
+        #[arg(
+            long = "catalog-dir",
+            env = "SKYFORM_CATALOG_DIR",
+            global = true,
+            value_name = "DIR"
+        )]
         catalog_dir: Option<PathBuf>,
     },
     /// The dependency graph.
     Graph {
+        /// The configuration directory (default: the current one).
         dir: Option<PathBuf>,
-        #[arg(long, default_value = "dot")]
+        /// dot (Graphviz) or mermaid.
+        #[arg(long, default_value = "dot", value_name = "FORMAT")]
         format: String,
     },
     /// (internal) run a node agent.
@@ -318,19 +423,25 @@ pub enum Command {
 pub struct OffersRequest {
     /// Accelerators: NAME[:COUNT], or several separated by commas (cheapest of).
     pub accelerators: Option<String>,
+    /// vCPUs: N, or N+ for at least N.
     #[arg(long)]
     pub cpus: Option<String>,
+    /// Memory in GB: N, or N+ for at least N.
     #[arg(long)]
     pub memory: Option<String>,
+    /// Spot (preemptible) prices.
     #[arg(long)]
     pub spot: bool,
     /// cloud[/region[/zone]], with "*" wildcards.
     #[arg(long)]
     pub infra: Option<String>,
+    /// Only this instance type.
     #[arg(long = "instance-type")]
     pub instance_type: Option<String>,
+    /// Only offers at most this many dollars an hour (for all the nodes).
     #[arg(long = "max-hourly-cost")]
     pub max_hourly_cost: Option<f64>,
+    /// How many nodes (prices are for all of them).
     #[arg(long, default_value_t = 1)]
     pub nodes: u32,
 }
@@ -360,12 +471,20 @@ pub enum WorkspaceCommand {
     /// The current workspace.
     Show,
     /// Create a workspace with an empty state and switch to it.
-    New { name: String },
+    New {
+        /// The workspace's name.
+        name: String,
+    },
     /// Switch to a workspace.
-    Select { name: String },
+    Select {
+        /// The workspace's name.
+        name: String,
+    },
     /// Delete a workspace's state (refused while it holds resources, unless -force).
     Delete {
+        /// The workspace's name.
         name: String,
+        /// Delete it even though its state still holds resources.
         #[arg(long)]
         force: bool,
     },
@@ -383,6 +502,7 @@ pub enum ControllerCommand {
     Start,
     /// Who runs it, and what it watches.
     Status {
+        /// As one JSON document.
         #[arg(long)]
         json: bool,
     },
@@ -392,20 +512,32 @@ pub enum ControllerCommand {
 
 #[derive(Debug, Clone, Subcommand)]
 pub enum StateCommand {
+    /// The addresses of the resources in state.
     List,
+    /// One resource in state, as JSON.
     Show {
+        /// The resource's address (cluster.NAME, job.NAME, …).
         address: String,
     },
+    /// Forget a resource without touching what runs.
     Rm {
+        /// The resource's address.
         address: String,
     },
+    /// Rename a resource in state.
     Mv {
+        /// The address it has.
         from: String,
+        /// The address it gets.
         to: String,
     },
+    /// The state document on stdout.
     Pull,
+    /// Replace the state with a file's.
     Push {
+        /// A state document, as `state pull` writes it.
         file: PathBuf,
+        /// Push even when its lineage differs or its serial is older.
         #[arg(long)]
         force: bool,
     },

@@ -26,8 +26,9 @@ macro_rules! say_inline {
 mod args;
 mod catalog;
 mod cluster;
+mod console;
 mod controller;
-mod fmt;
+pub mod fmt;
 mod plan;
 mod progress;
 mod report;
@@ -125,6 +126,27 @@ pub fn main() -> i32 {
     runtime.block_on(run(cli))
 }
 
+/// `skyform version`: as `terraform version` prints it.
+fn version(json: bool) -> i32 {
+    let platform = format!(
+        "{}_{}",
+        std::env::consts::OS,
+        match std::env::consts::ARCH {
+            "x86_64" => "amd64",
+            "aarch64" => "arm64",
+            other => other,
+        }
+    );
+    let v = env!("CARGO_PKG_VERSION");
+    if json {
+        let doc = serde_json::json!({ "skyform_version": v, "platform": platform });
+        say!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+    } else {
+        say!("skyform v{v}\non {platform}");
+    }
+    EXIT_OK
+}
+
 /// A boolean environment setting: 1, true, yes or on (any case) mean yes.
 fn env_flag(name: &str) -> bool {
     std::env::var(name).is_ok_and(|v| {
@@ -195,6 +217,9 @@ async fn run(cli: Cli) -> i32 {
             migrate_state,
             reconfigure,
             force_copy,
+            input: _,
+            lock: _,
+            json,
         } => {
             let how = if *migrate_state {
                 BackendChange::Migrate {
@@ -205,14 +230,28 @@ async fn run(cli: Cli) -> i32 {
             } else {
                 BackendChange::Refuse
             };
-            plan::init(&open(dir_of(dir), &none), how).await
+            plan::init(&open(dir_of(dir), &none), how, *json).await
         }
         Command::Validate { dir, json, vars } => {
             plan::validate(&open(dir_of(dir), vars), &term, *json)
         }
-        Command::Fmt { dir, check, diff } => {
-            fmt::run(&dir_of(dir), *check, *diff).map_err(|e| Error::new(e.0))
-        }
+        Command::Fmt {
+            targets,
+            list,
+            write,
+            diff,
+            check,
+            recursive,
+        } => Ok(fmt::run(&fmt::FmtOptions {
+            targets: targets.clone(),
+            list: *list,
+            write: *write,
+            diff: *diff,
+            check: *check,
+            recursive: *recursive,
+        })),
+        Command::Version { json } => Ok(version(*json)),
+        Command::Console { dir, vars } => plan::console(&open(dir_of(dir), vars)).await,
         Command::Plan {
             dir,
             flags,
@@ -221,7 +260,11 @@ async fn run(cli: Cli) -> i32 {
             json,
             format,
             destroy,
+            parallelism: _,
+            input: _,
+            warnings,
         } => {
+            term.set_compact_warnings(warnings.compact_warnings);
             let req = plan::PlanRequest {
                 flags,
                 out: out.as_deref(),
@@ -234,11 +277,14 @@ async fn run(cli: Cli) -> i32 {
         Command::Apply {
             planfile,
             flags,
+            destroy,
             auto_approve,
             input,
             run,
             wait,
+            warnings,
         } => {
+            term.set_compact_warnings(warnings.compact_warnings);
             // `apply DIR` is accepted as well as `apply PLANFILE`.
             let (dir, planfile) = match planfile {
                 Some(p) if base.join(p).is_dir() => (base.join(p), None),
@@ -248,10 +294,10 @@ async fn run(cli: Cli) -> i32 {
                 planfile: planfile.as_deref(),
                 flags,
                 auto_approve: *auto_approve,
-                input: *input,
+                input: input.input,
                 run,
                 wait: *wait,
-                destroy: false,
+                destroy: *destroy,
             };
             plan::apply(&open(dir, &flags.vars), &term, req).await
         }
@@ -260,14 +306,18 @@ async fn run(cli: Cli) -> i32 {
             auto_approve,
             input,
             vars,
+            target,
+            refresh,
             lock,
             run,
+            warnings,
         } => {
+            term.set_compact_warnings(warnings.compact_warnings);
             let flags = PlanFlags {
                 vars: vars.clone(),
-                target: Vec::new(),
+                target: target.clone(),
                 replace: Vec::new(),
-                refresh: true,
+                refresh: *refresh,
                 refresh_only: false,
                 lock: lock.clone(),
             };
@@ -275,7 +325,7 @@ async fn run(cli: Cli) -> i32 {
                 planfile: None,
                 flags: &flags,
                 auto_approve: *auto_approve,
-                input: *input,
+                input: input.input,
                 run,
                 wait: false,
                 destroy: true,
