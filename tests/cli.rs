@@ -585,3 +585,75 @@ fn autostop_stops_or_tears_down_an_idle_local_cluster() {
         out.status.code() == Some(2) && text(&out.stdout).contains("will be created")
     });
 }
+
+/// Every command's help: flags with one dash (as the docs and Terraform write them), each with
+/// a one-line description.
+#[test]
+fn help_uses_single_dash_flags_with_descriptions() {
+    use clap::CommandFactory;
+    fn walk(cmd: &clap::Command, path: Vec<String>, out: &mut Vec<(Vec<String>, clap::Command)>) {
+        for sub in cmd.get_subcommands() {
+            if sub.is_hide_set() || sub.get_name() == "help" {
+                continue;
+            }
+            let mut p = path.clone();
+            p.push(sub.get_name().to_string());
+            out.push((p.clone(), sub.clone()));
+            walk(sub, p, out);
+        }
+    }
+    let root = skyform::cli::Cli::command();
+    let mut all = vec![(Vec::new(), root.clone())];
+    walk(&root, Vec::new(), &mut all);
+    assert!(all.len() > 30, "{}", all.len());
+    for (path, cmd) in &all {
+        for arg in cmd.get_arguments() {
+            if arg.is_hide_set() {
+                continue;
+            }
+            let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
+            assert!(
+                !help.trim().is_empty() && !help.contains('\n'),
+                "skyform {} {}: a one-line description",
+                path.join(" "),
+                arg.get_id()
+            );
+        }
+        let mut args: Vec<&str> = path.iter().map(String::as_str).collect();
+        args.push("-help");
+        let out = Command::new(BIN).args(&args).output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{args:?}");
+        let help = text(&out.stdout);
+        let bad = help.split_whitespace().find(|w| {
+            let w = w.trim_start_matches(['[', '(', '`', '\'']);
+            w.starts_with("--") && w[2..].starts_with(|c: char| c.is_ascii_alphabetic())
+        });
+        assert!(
+            bad.is_none(),
+            "skyform {}: {bad:?} in\n{help}",
+            path.join(" ")
+        );
+        let lines: Vec<&str> = help.lines().collect();
+        for (i, l) in lines.iter().enumerate() {
+            if !l.trim_start().starts_with('-') {
+                continue;
+            }
+            // The description follows the flag on its line, or (clap's layout for long
+            // lines) on the next line, indented further.
+            let same_line = l
+                .trim()
+                .splitn(2, "  ")
+                .nth(1)
+                .is_some_and(|d| !d.trim().is_empty());
+            let next_line = lines.get(i + 1).is_some_and(|n| {
+                let indent = |s: &str| s.len() - s.trim_start().len();
+                !n.trim().is_empty() && !n.trim_start().starts_with('-') && indent(n) > indent(l)
+            });
+            assert!(
+                same_line || next_line,
+                "skyform {}: no description for {l:?}",
+                path.join(" ")
+            );
+        }
+    }
+}

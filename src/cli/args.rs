@@ -7,20 +7,58 @@ use std::path::PathBuf;
 #[command(
     name = "skyform",
     version,
-    about = "Declarative reconciler for AI compute: plan and apply clusters, jobs and services"
+    about = "Declarative reconciler for AI compute: plan and apply clusters, jobs and services",
+    disable_help_flag = true,
+    disable_version_flag = true
 )]
 pub struct Cli {
     /// Run as if started in DIR.
-    #[arg(long, global = true, value_name = "DIR")]
+    #[arg(
+        long,
+        global = true,
+        value_name = "DIR",
+        help_heading = "Global Options"
+    )]
     pub chdir: Option<PathBuf>,
     /// No colour in output.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = "Global Options")]
     pub no_color: bool,
     /// The workspace to work in (default: the one `workspace select` chose, else `default`).
-    #[arg(long, global = true, env = "SKYFORM_WORKSPACE", value_name = "NAME")]
+    #[arg(
+        long,
+        global = true,
+        env = "SKYFORM_WORKSPACE",
+        value_name = "NAME",
+        help_heading = "Global Options"
+    )]
     pub workspace: Option<String>,
+    /// This help (`skyform help COMMAND` too).
+    #[arg(short = 'h', long = "help", global = true, action = clap::ArgAction::Help, help_heading = "Global Options")]
+    pub help: Option<bool>,
+    /// The version (the same as `skyform version`).
+    #[arg(short = 'V', long = "version", visible_short_alias = 'v', action = clap::ArgAction::Version, help_heading = "Global Options")]
+    pub version: Option<bool>,
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// Help and usage errors as Terraform writes flags: `-flag`, not clap's `--flag`.
+pub fn single_dash(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut prev = ' ';
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '-' && !(prev.is_alphanumeric() || prev == '-') && chars.peek() == Some(&'-') {
+            let mut ahead = chars.clone();
+            ahead.next();
+            if ahead.peek().is_some_and(char::is_ascii_lowercase) {
+                chars.next();
+            }
+        }
+        out.push(c);
+        prev = c;
+    }
+    out
 }
 
 #[derive(Debug, clap::Args, Clone, Default)]
@@ -53,16 +91,20 @@ impl PlanFormat {
 }
 
 #[derive(Debug, clap::Args, Clone)]
-#[command(next_help_heading = "Other Options")]
 pub struct RunFlags {
     /// How many changes run at once.
-    #[arg(long, default_value_t = 10, env = "SKYFORM_PARALLELISM")]
+    #[arg(
+        long,
+        default_value_t = 10,
+        env = "SKYFORM_PARALLELISM",
+        value_name = "N"
+    )]
     pub parallelism: usize,
     /// How long one placement may take before apply removes what it made and moves on.
-    #[arg(long = "attempt-timeout", default_value = "120s", env = "SKYFORM_ATTEMPT_TIMEOUT", value_parser = humantime::parse_duration)]
+    #[arg(long = "attempt-timeout", default_value = "120s", value_name = "DURATION", env = "SKYFORM_ATTEMPT_TIMEOUT", value_parser = humantime::parse_duration)]
     pub attempt_timeout: std::time::Duration,
     /// With retry_until_up, the pause before going down the placements again.
-    #[arg(long = "retry-delay", default_value = "30s", env = "SKYFORM_RETRY_DELAY", value_parser = humantime::parse_duration)]
+    #[arg(long = "retry-delay", default_value = "30s", value_name = "DURATION", env = "SKYFORM_RETRY_DELAY", value_parser = humantime::parse_duration)]
     pub retry_delay: std::time::Duration,
     /// Apply only if the state's serial is N (nobody applied since it was read).
     #[arg(long = "check-serial", value_name = "N", env = "SKYFORM_CHECK_SERIAL")]
@@ -83,10 +125,9 @@ impl RunFlags {
 }
 
 #[derive(Debug, clap::Args, Clone)]
-#[command(next_help_heading = "Other Options")]
 pub struct LockFlags {
     /// How long to wait for the state lock (e.g. 30s, 5m).
-    #[arg(long = "lock-timeout", default_value = "0s", env = "SKYFORM_LOCK_TIMEOUT", value_parser = humantime::parse_duration)]
+    #[arg(long = "lock-timeout", default_value = "0s", env = "SKYFORM_LOCK_TIMEOUT", value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub lock_timeout: std::time::Duration,
     /// -lock=false skips the state lock (dangerous: only when no other run can be active).
     #[arg(long = "lock", default_value_t = true, num_args = 0..=1, require_equals = true, default_missing_value = "true", action = clap::ArgAction::Set, value_name = "BOOL")]
@@ -103,7 +144,6 @@ impl LockFlags {
 }
 
 #[derive(Debug, clap::Args, Clone)]
-#[command(next_help_heading = "Plan Customization Options")]
 pub struct PlanFlags {
     #[command(flatten)]
     pub vars: VarFlags,
@@ -119,7 +159,7 @@ pub struct PlanFlags {
     /// Only find what changed outside skyform; apply records it in state and changes nothing.
     #[arg(long = "refresh-only")]
     pub refresh_only: bool,
-    #[command(flatten)]
+    #[command(flatten, next_help_heading = "Other Options")]
     pub lock: LockFlags,
 }
 
@@ -142,7 +182,6 @@ pub struct WarningFlags {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Check the configuration, create the state, report which infra is usable.
-    #[command(next_help_heading = "Options")]
     Init {
         /// The configuration directory (default: the current one).
         dir: Option<PathBuf>,
@@ -198,7 +237,7 @@ pub enum Command {
     Plan {
         /// The configuration directory (default: the current one).
         dir: Option<PathBuf>,
-        #[command(flatten)]
+        #[command(flatten, next_help_heading = "Plan Customization Options")]
         flags: PlanFlags,
         /// Plan to destroy everything in state.
         #[arg(long, help_heading = "Plan Customization Options")]
@@ -223,16 +262,16 @@ pub enum Command {
         /// Accepted for Terraform's pipelines; planning asks every provider at once.
         #[arg(long, value_name = "N", help_heading = "Other Options")]
         parallelism: Option<usize>,
-        #[command(flatten)]
+        #[command(flatten, next_help_heading = "Other Options")]
         input: InputFlag,
-        #[command(flatten)]
+        #[command(flatten, next_help_heading = "Other Options")]
         warnings: WarningFlags,
     },
     /// Carry out a saved plan, or plan, confirm and apply.
     Apply {
         /// A plan file from `plan -out` (or the configuration directory).
         planfile: Option<PathBuf>,
-        #[command(flatten)]
+        #[command(flatten, next_help_heading = "Plan Customization Options")]
         flags: PlanFlags,
         /// The same as `skyform destroy`.
         #[arg(long, help_heading = "Plan Customization Options")]
@@ -240,14 +279,14 @@ pub enum Command {
         /// Apply without asking for approval.
         #[arg(long = "auto-approve", help_heading = "Other Options")]
         auto_approve: bool,
-        #[command(flatten)]
+        #[command(flatten, next_help_heading = "Other Options")]
         input: InputFlag,
-        #[command(flatten)]
+        #[command(flatten, next_help_heading = "Other Options")]
         run: RunFlags,
         /// Wait for submitted jobs to finish; fail if any failed.
         #[arg(long, help_heading = "Other Options")]
         wait: bool,
-        #[command(flatten)]
+        #[command(flatten, next_help_heading = "Other Options")]
         warnings: WarningFlags,
     },
     /// Destroy everything in state.
@@ -380,8 +419,7 @@ pub enum Command {
         /// As one JSON document.
         #[arg(long)]
         json: bool,
-        /// Where the catalogs are (default: catalog_dir of the configuration, else
-        /// ~/.skyform/catalogs).
+        /// Where the catalogs are (default: the configuration's catalog_dir, or ~/.skyform/catalogs).
         #[arg(long = "catalog-dir", env = "SKYFORM_CATALOG_DIR", value_name = "DIR")]
         catalog_dir: Option<PathBuf>,
     },
@@ -389,8 +427,7 @@ pub enum Command {
     Catalog {
         #[command(subcommand)]
         command: CatalogCommand,
-        /// Where the catalogs are (default: catalog_dir of the configuration, else
-        /// ~/.skyform/catalogs).
+        /// Where the catalogs are (default: the configuration's catalog_dir, or ~/.skyform/catalogs).
         #[arg(
             long = "catalog-dir",
             env = "SKYFORM_CATALOG_DIR",
@@ -424,25 +461,25 @@ pub struct OffersRequest {
     /// Accelerators: NAME[:COUNT], or several separated by commas (cheapest of).
     pub accelerators: Option<String>,
     /// vCPUs: N, or N+ for at least N.
-    #[arg(long)]
+    #[arg(long, value_name = "N")]
     pub cpus: Option<String>,
     /// Memory in GB: N, or N+ for at least N.
-    #[arg(long)]
+    #[arg(long, value_name = "GB")]
     pub memory: Option<String>,
     /// Spot (preemptible) prices.
     #[arg(long)]
     pub spot: bool,
     /// cloud[/region[/zone]], with "*" wildcards.
-    #[arg(long)]
+    #[arg(long, value_name = "INFRA")]
     pub infra: Option<String>,
     /// Only this instance type.
-    #[arg(long = "instance-type")]
+    #[arg(long = "instance-type", value_name = "TYPE")]
     pub instance_type: Option<String>,
     /// Only offers at most this many dollars an hour (for all the nodes).
-    #[arg(long = "max-hourly-cost")]
+    #[arg(long = "max-hourly-cost", value_name = "DOLLARS")]
     pub max_hourly_cost: Option<f64>,
     /// How many nodes (prices are for all of them).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_name = "N")]
     pub nodes: u32,
 }
 

@@ -66,8 +66,13 @@ pub fn main() -> i32 {
     let cli = match Cli::try_parse_from(args) {
         Ok(c) => c,
         Err(e) => {
-            let _ = e.print();
-            return if e.use_stderr() { EXIT_ERROR } else { EXIT_OK };
+            let text = single_dash(&e.render().to_string());
+            if e.use_stderr() {
+                eprint!("{text}");
+                return EXIT_ERROR;
+            }
+            say_inline!("{text}");
+            return EXIT_OK;
         }
     };
     let internal = match &cli.command {
