@@ -642,9 +642,8 @@ fn help_uses_single_dash_flags_with_descriptions() {
             // lines) on the next line, indented further.
             let same_line = l
                 .trim()
-                .splitn(2, "  ")
-                .nth(1)
-                .is_some_and(|d| !d.trim().is_empty());
+                .split_once("  ")
+                .is_some_and(|(_, d)| !d.trim().is_empty());
             let next_line = lines.get(i + 1).is_some_and(|n| {
                 let indent = |s: &str| s.len() - s.trim_start().len();
                 !n.trim().is_empty() && !n.trim_start().starts_with('-') && indent(n) > indent(l)
