@@ -102,6 +102,35 @@ fn the_terraform_pipeline_runs_verbatim() {
     assert_eq!(outputs["head_ip"]["value"], "127.0.0.1", "{outputs}");
     assert_eq!(check(&wd, "skyform output -raw greeting", 0), "hello\n");
 
+    // console reads expressions from stdin and sees the state.
+    let mut console = Command::new(BIN)
+        .current_dir(wd.path())
+        .args(["console", "-no-color"])
+        .env("HOME", wd.path().join("home"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = console.stdin.take().unwrap();
+        stdin
+            .write_all(b"cluster.ci.head_ip\nupper(\"ok\")\n{ b = [1], a = 2 }\n")
+            .unwrap();
+    }
+    let out = console.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "\"127.0.0.1\"\n\"OK\"\n{\n  \"a\" = 2\n  \"b\" = [\n    1,\n  ]\n}\n"
+    );
+
     // Nothing left to do: 0, as Terraform's -detailed-exitcode.
     check(
         &wd,

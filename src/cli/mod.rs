@@ -256,7 +256,7 @@ async fn run(cli: Cli) -> i32 {
             recursive: *recursive,
         })),
         Command::Version { json } => Ok(version(*json)),
-        Command::Console { dir, vars } => plan::console(&open(dir_of(dir), vars)).await,
+        Command::Console { dir, vars } => plan::console(&open(dir_of(dir), vars), &term).await,
         Command::Plan {
             dir,
             flags,

@@ -434,6 +434,6 @@ pub fn graph(engine: &Engine, format: &str) -> Result<i32> {
 }
 
 /// `skyform console`: evaluates expressions, one a line, against the configuration and state.
-pub async fn console(engine: &Engine) -> Result<i32> {
-    super::console::run(engine).await
+pub async fn console(engine: &Engine, term: &Terminal) -> Result<i32> {
+    super::console::run(engine, term.style.color).await
 }
