@@ -656,3 +656,75 @@ fn help_uses_single_dash_flags_with_descriptions() {
         }
     }
 }
+
+/// `fmt` with Terraform's flags and exit codes: standard input, files, -recursive, -list,
+/// -write, and 2 for a file that does not parse (the others are still formatted).
+#[test]
+fn fmt_flags_as_terraform() {
+    use std::io::Write;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    std::fs::create_dir_all(dir.join("sub/.hidden")).unwrap();
+    for f in [
+        "a.sky.hcl",
+        "sub/b.sky.hcl",
+        "sub/.hidden/c.sky.hcl",
+        "dev.auto.skyvars.hcl",
+    ] {
+        std::fs::write(dir.join(f), "x=1\nyy=2\n").unwrap();
+    }
+    std::fs::write(dir.join("notes.txt"), "x=1\n").unwrap();
+
+    let mut c = command_in(dir, &["fmt", "-"]);
+    c.stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    child.stdin.take().unwrap().write_all(b"a=1").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(text(&out.stdout), "a = 1\n");
+
+    let out = run(dir, &["fmt", "-list=false", "-write=false", "a.sky.hcl"]);
+    assert_eq!(text(&out.stdout), "x  = 1\nyy = 2\n", "prints the result");
+    let out = run(dir, &["fmt", "-check"]);
+    assert_eq!(out.status.code(), Some(3));
+    assert_eq!(text(&out.stdout), "a.sky.hcl\ndev.auto.skyvars.hcl\n");
+    let out = run(dir, &["fmt", "-check", "-recursive"]);
+    assert_eq!(
+        text(&out.stdout),
+        "a.sky.hcl\ndev.auto.skyvars.hcl\nsub/b.sky.hcl\n",
+        "hidden directories are skipped"
+    );
+    let out = run(dir, &["fmt", "-write=false", "-diff", "sub"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        text(&out.stdout)
+            .starts_with("sub/b.sky.hcl\n--- old/sub/b.sky.hcl\n+++ new/sub/b.sky.hcl\n"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.join("sub/b.sky.hcl")).unwrap(),
+        "x=1\nyy=2\n"
+    );
+
+    std::fs::write(dir.join("bad.sky.hcl"), "x = ").unwrap();
+    let out = run(dir, &["fmt", "-recursive"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("bad.sky.hcl"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.join("bad.sky.hcl")).unwrap(),
+        "x = "
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.join("sub/b.sky.hcl")).unwrap(),
+        "x  = 1\nyy = 2\n",
+        "the other files are formatted"
+    );
+    assert_eq!(run(dir, &["fmt", "missing"]).status.code(), Some(2));
+    assert_eq!(run(dir, &["fmt", "notes.txt"]).status.code(), Some(2));
+}

@@ -187,6 +187,10 @@ fn file(
     }
     if !o.list && !o.write && !o.diff {
         out.push_str(&formatted);
+        // Terraform prints through a writer that ends each write with one line break.
+        if !formatted.ends_with('\n') {
+            out.push('\n');
+        }
     }
     Ok(changed.then_some(formatted))
 }
