@@ -516,6 +516,9 @@ pub enum WorkspaceCommand {
     Select {
         /// The workspace's name.
         name: String,
+        /// Create the workspace when there is none of that name.
+        #[arg(long = "or-create", default_value_t = false, num_args = 0..=1, require_equals = true, default_missing_value = "true", action = clap::ArgAction::Set, value_name = "BOOL")]
+        or_create: bool,
     },
     /// Delete a workspace's state (refused while it holds resources, unless -force).
     Delete {
@@ -560,6 +563,9 @@ pub enum StateCommand {
     Rm {
         /// The resource's address.
         address: String,
+        /// Only say what would be removed.
+        #[arg(long = "dry-run")]
+        dry_run: bool,
     },
     /// Rename a resource in state.
     Mv {
@@ -567,6 +573,9 @@ pub enum StateCommand {
         from: String,
         /// The address it gets.
         to: String,
+        /// Only say what would be moved.
+        #[arg(long = "dry-run")]
+        dry_run: bool,
     },
     /// The state document on stdout.
     Pull,
