@@ -12,8 +12,10 @@ use super::lex::{Kind, Token};
 /// The canonical form of `text`.
 pub fn format(text: &str) -> String {
     let mut toks = super::lex::tokens(text);
+    let eof = toks.pop();
     normalize(&mut toks);
     layout(&mut toks);
+    toks.extend(eof);
     let mut out = String::with_capacity(text.len() + text.len() / 8);
     for t in &toks {
         out.extend(std::iter::repeat_n(' ', t.spaces));

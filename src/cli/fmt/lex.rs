@@ -53,6 +53,9 @@ pub enum Kind {
     Comment,
     Newline,
     Invalid,
+    /// The end of the input: holds the spaces after the last line break, which Terraform
+    /// keeps (they belong to no line, so its layout never touches them).
+    Eof,
 }
 
 #[derive(Debug, Clone)]
@@ -155,6 +158,11 @@ impl Lexer<'_> {
                 Some(Mode::Heredoc { .. }) => self.heredoc_token(),
             }
         }
+        self.out.push(Token {
+            kind: Kind::Eof,
+            text: String::new(),
+            spaces,
+        });
     }
 
     /// `${`, `${~`, `%{` or `%{~` at the start of the rest: enters an expression.
