@@ -5,6 +5,7 @@
 //! an apply print as `(known after apply)`.
 
 use crate::config::decl::{BodyDecl, OutputDecl, attr_decl};
+use crate::config::diag::{Diagnostics, Severity};
 use crate::engine::{Engine, Error, Result};
 use std::io::{BufRead as _, IsTerminal as _, Write as _};
 
@@ -70,12 +71,44 @@ fn eval(
     expr: &str,
     color: bool,
 ) -> std::result::Result<String, String> {
+    let (config, value, diags) = eval_as_output(engine, state, offerings, expr)?;
+    if diags.has_errors() {
+        // A value derived from a sensitive one is refused as an output's: Terraform's
+        // console prints it masked.
+        if diags.items.iter().any(|d| {
+            d.severity == Severity::Error && d.message.ends_with("shows a sensitive value")
+        }) && diags.error_count() == 1
+        {
+            return Ok("(sensitive value)".into());
+        }
+        let mut errors = diags.clone();
+        errors.items.retain(|d| d.severity == Severity::Error);
+        let mut text = errors.render(&config.sources, color);
+        // The count line speaks of planning; here only the expression was evaluated.
+        if let Some(i) = text.trim_end().rfind('\n')
+            && text[i..].contains("nothing was planned")
+        {
+            text.truncate(i + 1);
+        }
+        return Err(text);
+    }
+    Ok(show(&value, 0))
+}
+
+/// Evaluates `expr` as a hidden root output of the configuration, with the planner.
+fn eval_as_output(
+    engine: &Engine,
+    state: &crate::state::State,
+    offerings: &[crate::optimizer::Offering],
+    expr: &str,
+) -> std::result::Result<(crate::config::Config, serde_json::Value, Diagnostics), String> {
     let mut config = engine.config().clone();
     let text = format!("value = {expr}\n");
     let body = hcl_edit::parser::parse_body(&text)
         .map_err(|e| format!("error: not an expression: {}\n", e.message()))?;
-    let Some(attr) = body.attributes().next() else {
-        return Err("error: not an expression\n".into());
+    let mut attrs = body.attributes();
+    let (Some(attr), None) = (attrs.next(), attrs.next()) else {
+        return Err("error: not one expression\n".into());
     };
     let file = config.sources.add("<console>", text.clone());
     let mut decl = BodyDecl::default();
@@ -96,19 +129,12 @@ fn eval(
         offerings,
         &crate::plan::Options::default(),
     );
-    if diags.has_errors() {
-        let mut errors = diags.clone();
-        errors
-            .items
-            .retain(|d| d.severity == crate::config::diag::Severity::Error);
-        return Err(errors.render(&config.sources, color));
-    }
     let value = plan
         .outputs
         .get(NAME)
         .and_then(|o| o.after.clone())
         .unwrap_or(serde_json::Value::Null);
-    Ok(show(&value, 0))
+    Ok((config, value, diags))
 }
 
 /// A value as Terraform's console prints it: strings quoted, lists and maps over lines.
