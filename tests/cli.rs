@@ -603,6 +603,21 @@ fn help_uses_single_dash_flags_with_descriptions() {
         }
     }
     let root = skyform::cli::Cli::command();
+    let root_help = text(&Command::new(BIN).arg("-help").output().unwrap().stdout);
+    assert!(
+        root_help.contains("Main commands:\n  init ") && root_help.contains("All other commands:"),
+        "grouped as Terraform's: {root_help}"
+    );
+    for sub in root
+        .get_subcommands()
+        .filter(|s| !s.is_hide_set() && s.get_name() != "help")
+    {
+        assert!(
+            root_help.contains(&format!("\n  {} ", sub.get_name())),
+            "{} missing from the root help",
+            sub.get_name()
+        );
+    }
     let mut all = vec![(Vec::new(), root.clone())];
     walk(&root, Vec::new(), &mut all);
     assert!(all.len() > 30, "{}", all.len());

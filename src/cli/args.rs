@@ -42,6 +42,34 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// The command line, with the root help laid out as Terraform's: the main workflow
+/// commands first, then all the others, then the global options.
+pub fn command() -> clap::Command {
+    use clap::CommandFactory;
+    const MAIN: [&str; 5] = ["init", "validate", "plan", "apply", "destroy"];
+    let cmd = Cli::command();
+    let listed: Vec<&clap::Command> = cmd.get_subcommands().filter(|c| !c.is_hide_set()).collect();
+    let width = listed.iter().map(|c| c.get_name().len()).max().unwrap_or(0) + 2;
+    let line = |c: &&clap::Command| {
+        let about = c.get_about().map(|a| a.to_string()).unwrap_or_default();
+        format!("  {:<width$}{about}\n", c.get_name())
+    };
+    let main: String = MAIN
+        .iter()
+        .filter_map(|n| listed.iter().find(|c| c.get_name() == *n))
+        .map(line)
+        .collect();
+    let others: String = listed
+        .iter()
+        .filter(|c| !MAIN.contains(&c.get_name()))
+        .map(line)
+        .collect();
+    let template = format!(
+        "{{about-with-newline}}\n{{usage-heading}} {{usage}}\n\nThe primary workflow commands are given first, followed by the others.\n\nMain commands:\n{main}\nAll other commands:\n{others}\nGlobal Options:\n{{options}}"
+    );
+    cmd.help_template(template)
+}
+
 /// Help and usage errors as Terraform writes flags: `-flag`, not clap's `--flag`.
 pub fn single_dash(text: &str) -> String {
     let mut out = String::with_capacity(text.len());

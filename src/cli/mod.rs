@@ -38,7 +38,6 @@ mod workspace;
 pub use args::*;
 
 use crate::engine::store::BackendChange;
-use clap::Parser;
 use std::path::PathBuf;
 
 /// Exit codes (documented in docs/cli.md).
@@ -63,7 +62,10 @@ pub fn main() -> i32 {
         }
     }));
     let args = normalize_args(std::env::args());
-    let cli = match Cli::try_parse_from(args) {
+    let parsed = command()
+        .try_get_matches_from(args)
+        .and_then(|m| <Cli as clap::FromArgMatches>::from_arg_matches(&m));
+    let cli = match parsed {
         Ok(c) => c,
         Err(e) => {
             let text = single_dash(&e.render().to_string());
