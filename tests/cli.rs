@@ -743,3 +743,24 @@ fn fmt_flags_as_terraform() {
     assert_eq!(run(dir, &["fmt", "missing"]).status.code(), Some(2));
     assert_eq!(run(dir, &["fmt", "notes.txt"]).status.code(), Some(2));
 }
+
+/// `-compact-warnings`: warnings without errors as one line each, without their hints.
+#[test]
+fn compact_warnings() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("main.sky.hcl"), CONFIG).unwrap();
+    let full = run(tmp.path(), &["plan", "-target=job.a"]);
+    assert!(full.status.success(), "{}", text(&full.stderr));
+    assert!(
+        text(&full.stderr).contains("hint: use -target for exceptional cases only"),
+        "{}",
+        text(&full.stderr)
+    );
+    let compact = run(tmp.path(), &["plan", "-target=job.a", "-compact-warnings"]);
+    assert!(compact.status.success());
+    let err = text(&compact.stderr);
+    assert!(
+        err.contains("warning: targeting is in effect") && !err.contains("hint:"),
+        "{err}"
+    );
+}
