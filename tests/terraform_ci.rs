@@ -71,7 +71,10 @@ fn the_terraform_pipeline_runs_verbatim() {
     std::fs::create_dir_all(wd.path().join("home")).unwrap();
 
     check(&wd, "skyform init -input=false", 0);
-    assert!(check(&wd, "skyform validate -no-color", 0).starts_with("Success! The configuration is valid."));
+    assert!(
+        check(&wd, "skyform validate -no-color", 0)
+            .starts_with("Success! The configuration is valid.")
+    );
     assert_eq!(check(&wd, "skyform fmt -check -recursive", 0), "");
 
     let plan = check(

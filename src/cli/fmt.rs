@@ -251,6 +251,22 @@ mod tests {
         assert!(wrong.is_empty(), "{}", wrong.join("\n"));
     }
 
+    /// Any prefix of a file (broken syntax included) formats without a panic.
+    #[test]
+    fn truncated_input_does_not_panic() {
+        let base = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/fmt/in");
+        for e in std::fs::read_dir(base).expect("testdata/fmt/in").flatten() {
+            let name = e.file_name().to_string_lossy().to_string();
+            if name.starts_with("repo--") {
+                continue;
+            }
+            let text = std::fs::read_to_string(e.path()).expect("input");
+            for (i, _) in text.char_indices().step_by(3) {
+                let _ = format(&text[..i]);
+            }
+        }
+    }
+
     #[test]
     fn terraform_rewrites() {
         let src = "variable \"v\" {\ntype=list\n  default  = \"${var.x}\"\n}\nresource foo \"bar\" {}\nobj = {a: 1, b=2}\nz = -1 - -2\n";

@@ -111,7 +111,10 @@ pub fn validate(engine: &Engine, term: &Terminal, json: bool) -> Result<i32> {
         return Ok(EXIT_ERROR);
     }
     if !json {
-        say!("{}", term.style.green("Success! The configuration is valid."));
+        say!(
+            "{}",
+            term.style.green("Success! The configuration is valid.")
+        );
     }
     Ok(EXIT_OK)
 }
