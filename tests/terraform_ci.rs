@@ -103,6 +103,7 @@ fn the_terraform_pipeline_runs_verbatim() {
     assert_eq!(outputs["greeting"]["value"], "hello", "{outputs}");
     assert_eq!(outputs["greeting"]["sensitive"], false, "{outputs}");
     assert_eq!(outputs["head_ip"]["value"], "127.0.0.1", "{outputs}");
+    // The value as it is; skyform ends it with a line break, Terraform does not (docs/cli.md).
     assert_eq!(check(&wd, "skyform output -raw greeting", 0), "hello\n");
 
     // console reads expressions from stdin and sees the state.
