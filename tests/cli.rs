@@ -764,3 +764,33 @@ fn compact_warnings() {
         "{err}"
     );
 }
+
+/// `console` without a terminal: one expression a line, or several lines while brackets or a
+/// heredoc are open; values printed as Terraform's console prints them.
+#[test]
+fn console_reads_expressions_from_stdin() {
+    use std::io::Write;
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(
+        tmp.path().join("main.sky.hcl"),
+        format!("{CONFIG}\nvariable \"n\" {{\n  type    = number\n  default = 2\n}}\n"),
+    )
+    .unwrap();
+    let mut c = command_in(tmp.path(), &["console"]);
+    c.stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"var.n * 3\n[\n  \"a\\nb\",\n]\n<<EOT\nx\nEOT\njob.a.run\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout),
+        "6\n[\n  <<-EOT\n  a\n  b\n  EOT,\n]\n<<EOT\nx\n\nEOT\n\"true\"\n"
+    );
+}

@@ -11,9 +11,10 @@ pub async fn run(engine: &Engine, color: bool) -> Result<i32> {
     let stdin = std::io::stdin();
     let mut failed = false;
     let mut lines = stdin.lock().lines();
+    let mut pending = String::new();
     loop {
         if tty {
-            say_inline!("> ");
+            say_inline!("{}", if pending.is_empty() { "> " } else { "  " });
             let _ = std::io::stdout().flush();
         }
         let Some(line) = lines.next() else {
@@ -23,7 +24,14 @@ pub async fn run(engine: &Engine, color: bool) -> Result<i32> {
             break;
         };
         let line = line.map_err(|e| Error::new(format!("cannot read standard input: {e}")))?;
-        let expr = line.trim();
+        // An expression whose brackets, quotes or heredoc are still open goes on.
+        pending.push_str(&line);
+        pending.push('\n');
+        if super::fmt::unfinished(&pending) {
+            continue;
+        }
+        let whole = std::mem::take(&mut pending);
+        let expr = whole.trim();
         if expr.is_empty() {
             continue;
         }
@@ -86,6 +94,15 @@ fn show(v: &serde_json::Value, indent: usize) -> String {
                 .map(|(k, x)| format!("{pad}\"{k}\" = {}\n", show(x, indent + 1)))
                 .collect();
             format!("{{\n{}{end}}}", items.concat())
+        }
+        // Text over several lines prints as a heredoc, indented where it is nested.
+        Value::String(text) if text.contains('\n') => {
+            if indent == 0 {
+                format!("<<EOT\n{text}\nEOT")
+            } else {
+                let lines: Vec<String> = text.split('\n').map(|l| format!("{end}{l}")).collect();
+                format!("<<-EOT\n{}\n{end}EOT", lines.join("\n"))
+            }
         }
         other => crate::render::human::value(other),
     }

@@ -6,6 +6,22 @@ mod lex;
 
 pub use layout::format;
 
+/// Whether `text` has opened more brackets (or heredocs, or quotes) than it closed: a
+/// console expression that goes on on the next line.
+pub fn unfinished(text: &str) -> bool {
+    let toks = lex::tokens(text);
+    let mut depth = 0;
+    for t in &toks {
+        depth += t.bracket_change();
+        match t.kind {
+            lex::Kind::OHeredoc | lex::Kind::OQuote => depth += 1,
+            lex::Kind::CHeredoc | lex::Kind::CQuote => depth -= 1,
+            _ => {}
+        }
+    }
+    depth > 0
+}
+
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
 
@@ -265,6 +281,17 @@ mod tests {
                 let _ = format(&text[..i]);
             }
         }
+    }
+
+    #[test]
+    fn unfinished_expressions() {
+        use super::unfinished;
+        assert!(unfinished("{"));
+        assert!(unfinished("[1,\n  f(2"));
+        assert!(unfinished("<<EOT\nx\n"));
+        assert!(!unfinished("<<EOT\nx\nEOT\n"));
+        assert!(!unfinished("{ a = \"}\" }"));
+        assert!(!unfinished("1 + 2"));
     }
 
     #[test]
