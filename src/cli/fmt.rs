@@ -6,6 +6,9 @@ mod lex;
 
 pub use layout::format;
 
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
+
 /// Whether `text` has opened more brackets (or heredocs, or quotes) than it closed: a
 /// console expression that goes on on the next line.
 pub fn unfinished(text: &str) -> bool {
@@ -21,9 +24,6 @@ pub fn unfinished(text: &str) -> bool {
     }
     depth > 0
 }
-
-use std::io::Read as _;
-use std::path::{Path, PathBuf};
 
 /// The files `fmt` reads in a directory, as `terraform fmt` reads `.tf` and `.tfvars`.
 const EXTENSIONS: [&str; 2] = [".sky.hcl", ".skyvars.hcl"];
