@@ -229,10 +229,13 @@ fn type_expr(toks: &[Token]) -> Option<Vec<Token>> {
 }
 
 /// One line's cells: `lead` up to the `=`, `assign` from it, and a trailing line comment.
+/// Indices into the tokens; the line is `start..end`, line break included.
 struct Line {
     start: usize,
-    /// Start of the assign cell, or the end of the lead.
+    /// Where the assign cell (`=` and the value) starts, when the line has one: an `=` after
+    /// the first token whose value closes every bracket it opens on the line.
     assign: Option<usize>,
+    /// The trailing line comment (it holds the line break).
     comment: Option<usize>,
     end: usize,
 }
