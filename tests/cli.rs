@@ -86,10 +86,17 @@ fn fmt_check_diff_and_rewrite() {
         messy,
         "-check writes nothing"
     );
-    assert!(run(tmp.path(), &["fmt"]).status.success());
+    let listed = run(tmp.path(), &["fmt"]);
+    assert!(listed.status.success());
+    assert_eq!(
+        text(&listed.stdout),
+        "main.sky.hcl\n",
+        "lists what it rewrote"
+    );
+    // As `terraform fmt` leaves it: blank lines are kept.
     assert_eq!(
         std::fs::read_to_string(tmp.path().join("main.sky.hcl")).unwrap(),
-        "cluster \"dev\" {\n  num_nodes = 2\n}\n"
+        "cluster \"dev\" {\n  num_nodes = 2\n\n\n}\n"
     );
     assert_eq!(run(tmp.path(), &["fmt", "-check"]).status.code(), Some(0));
 }
@@ -577,4 +584,213 @@ fn autostop_stops_or_tears_down_an_idle_local_cluster() {
         let out = run(dir, &["plan", "-detailed-exitcode"]);
         out.status.code() == Some(2) && text(&out.stdout).contains("will be created")
     });
+}
+
+/// Every command's help: flags with one dash (as the docs and Terraform write them), each with
+/// a one-line description.
+#[test]
+fn help_uses_single_dash_flags_with_descriptions() {
+    use clap::CommandFactory;
+    fn walk(cmd: &clap::Command, path: Vec<String>, out: &mut Vec<(Vec<String>, clap::Command)>) {
+        for sub in cmd.get_subcommands() {
+            if sub.is_hide_set() || sub.get_name() == "help" {
+                continue;
+            }
+            let mut p = path.clone();
+            p.push(sub.get_name().to_string());
+            out.push((p.clone(), sub.clone()));
+            walk(sub, p, out);
+        }
+    }
+    let root = skyform::cli::Cli::command();
+    let root_help = text(&Command::new(BIN).arg("-help").output().unwrap().stdout);
+    assert!(
+        root_help.contains("Main commands:\n  init ") && root_help.contains("All other commands:"),
+        "grouped as Terraform's: {root_help}"
+    );
+    for sub in root
+        .get_subcommands()
+        .filter(|s| !s.is_hide_set() && s.get_name() != "help")
+    {
+        assert!(
+            root_help.contains(&format!("\n  {} ", sub.get_name())),
+            "{} missing from the root help",
+            sub.get_name()
+        );
+    }
+    let mut all = vec![(Vec::new(), root.clone())];
+    walk(&root, Vec::new(), &mut all);
+    assert!(all.len() > 30, "{}", all.len());
+    for (path, cmd) in &all {
+        for arg in cmd.get_arguments() {
+            if arg.is_hide_set() {
+                continue;
+            }
+            let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
+            assert!(
+                !help.trim().is_empty() && !help.contains('\n'),
+                "skyform {} {}: a one-line description",
+                path.join(" "),
+                arg.get_id()
+            );
+        }
+        let mut args: Vec<&str> = path.iter().map(String::as_str).collect();
+        args.push("-help");
+        let out = Command::new(BIN).args(&args).output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{args:?}");
+        let help = text(&out.stdout);
+        let bad = help.split_whitespace().find(|w| {
+            let w = w.trim_start_matches(['[', '(', '`', '\'']);
+            w.starts_with("--") && w[2..].starts_with(|c: char| c.is_ascii_alphabetic())
+        });
+        assert!(
+            bad.is_none(),
+            "skyform {}: {bad:?} in\n{help}",
+            path.join(" ")
+        );
+        let lines: Vec<&str> = help.lines().collect();
+        for (i, l) in lines.iter().enumerate() {
+            if !l.trim_start().starts_with('-') {
+                continue;
+            }
+            // The description follows the flag on its line, or (clap's layout for long
+            // lines) on the next line, indented further.
+            let same_line = l
+                .trim()
+                .split_once("  ")
+                .is_some_and(|(_, d)| !d.trim().is_empty());
+            let next_line = lines.get(i + 1).is_some_and(|n| {
+                let indent = |s: &str| s.len() - s.trim_start().len();
+                !n.trim().is_empty() && !n.trim_start().starts_with('-') && indent(n) > indent(l)
+            });
+            assert!(
+                same_line || next_line,
+                "skyform {}: no description for {l:?}",
+                path.join(" ")
+            );
+        }
+    }
+}
+
+/// `fmt` with Terraform's flags and exit codes: standard input, files, -recursive, -list,
+/// -write, and 2 for a file that does not parse (the others are still formatted).
+#[test]
+fn fmt_flags_as_terraform() {
+    use std::io::Write;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    std::fs::create_dir_all(dir.join("sub/.hidden")).unwrap();
+    for f in [
+        "a.sky.hcl",
+        "sub/b.sky.hcl",
+        "sub/.hidden/c.sky.hcl",
+        "dev.auto.skyvars.hcl",
+    ] {
+        std::fs::write(dir.join(f), "x=1\nyy=2\n").unwrap();
+    }
+    std::fs::write(dir.join("notes.txt"), "x=1\n").unwrap();
+
+    let mut c = command_in(dir, &["fmt", "-"]);
+    c.stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    child.stdin.take().unwrap().write_all(b"a=1").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(text(&out.stdout), "a = 1\n");
+
+    let out = run(dir, &["fmt", "-list=false", "-write=false", "a.sky.hcl"]);
+    assert_eq!(text(&out.stdout), "x  = 1\nyy = 2\n", "prints the result");
+    let out = run(dir, &["fmt", "-check"]);
+    assert_eq!(out.status.code(), Some(3));
+    assert_eq!(text(&out.stdout), "a.sky.hcl\ndev.auto.skyvars.hcl\n");
+    let out = run(dir, &["fmt", "-check", "-recursive"]);
+    assert_eq!(
+        text(&out.stdout),
+        "a.sky.hcl\ndev.auto.skyvars.hcl\nsub/b.sky.hcl\n",
+        "hidden directories are skipped"
+    );
+    let out = run(dir, &["fmt", "-write=false", "-diff", "sub"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        text(&out.stdout)
+            .starts_with("sub/b.sky.hcl\n--- old/sub/b.sky.hcl\n+++ new/sub/b.sky.hcl\n"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.join("sub/b.sky.hcl")).unwrap(),
+        "x=1\nyy=2\n"
+    );
+
+    std::fs::write(dir.join("bad.sky.hcl"), "x = ").unwrap();
+    let out = run(dir, &["fmt", "-recursive"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("bad.sky.hcl"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.join("bad.sky.hcl")).unwrap(),
+        "x = "
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.join("sub/b.sky.hcl")).unwrap(),
+        "x  = 1\nyy = 2\n",
+        "the other files are formatted"
+    );
+    assert_eq!(run(dir, &["fmt", "missing"]).status.code(), Some(2));
+    assert_eq!(run(dir, &["fmt", "notes.txt"]).status.code(), Some(2));
+}
+
+/// `-compact-warnings`: warnings without errors as one line each, without their hints.
+#[test]
+fn compact_warnings() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("main.sky.hcl"), CONFIG).unwrap();
+    let full = run(tmp.path(), &["plan", "-target=job.a"]);
+    assert!(full.status.success(), "{}", text(&full.stderr));
+    assert!(
+        text(&full.stderr).contains("hint: use -target for exceptional cases only"),
+        "{}",
+        text(&full.stderr)
+    );
+    let compact = run(tmp.path(), &["plan", "-target=job.a", "-compact-warnings"]);
+    assert!(compact.status.success());
+    let err = text(&compact.stderr);
+    assert!(
+        err.contains("warning: targeting is in effect") && !err.contains("hint:"),
+        "{err}"
+    );
+}
+
+/// `console` without a terminal: one expression a line, or several lines while brackets or a
+/// heredoc are open; values printed as Terraform's console prints them.
+#[test]
+fn console_reads_expressions_from_stdin() {
+    use std::io::Write;
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(
+        tmp.path().join("main.sky.hcl"),
+        format!("{CONFIG}\nvariable \"n\" {{\n  type    = number\n  default = 2\n}}\n"),
+    )
+    .unwrap();
+    let mut c = command_in(tmp.path(), &["console"]);
+    c.stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"var.n * 3\n[\n  \"a\\nb\",\n]\n<<EOT\nx\nEOT\njob.a.run\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout),
+        "6\n[\n  <<-EOT\n  a\n  b\n  EOT,\n]\n<<EOT\nx\n\nEOT\n\"true\"\n"
+    );
 }

@@ -7,20 +7,86 @@ use std::path::PathBuf;
 #[command(
     name = "skyform",
     version,
-    about = "Declarative reconciler for AI compute: plan and apply clusters, jobs and services"
+    about = "Declarative reconciler for AI compute: plan and apply clusters, jobs and services",
+    disable_help_flag = true,
+    disable_version_flag = true
 )]
 pub struct Cli {
     /// Run as if started in DIR.
-    #[arg(long, global = true, value_name = "DIR")]
+    #[arg(
+        long,
+        global = true,
+        value_name = "DIR",
+        help_heading = "Global Options"
+    )]
     pub chdir: Option<PathBuf>,
     /// No colour in output.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = "Global Options")]
     pub no_color: bool,
     /// The workspace to work in (default: the one `workspace select` chose, else `default`).
-    #[arg(long, global = true, env = "SKYFORM_WORKSPACE", value_name = "NAME")]
+    #[arg(
+        long,
+        global = true,
+        env = "SKYFORM_WORKSPACE",
+        value_name = "NAME",
+        help_heading = "Global Options"
+    )]
     pub workspace: Option<String>,
+    /// This help (`skyform help COMMAND` too).
+    #[arg(short = 'h', long = "help", global = true, action = clap::ArgAction::Help, help_heading = "Global Options")]
+    pub help: Option<bool>,
+    /// The version (the same as `skyform version`).
+    #[arg(short = 'V', long = "version", visible_short_alias = 'v', action = clap::ArgAction::Version, help_heading = "Global Options")]
+    pub version: Option<bool>,
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// The command line, with the root help laid out as Terraform's: the main workflow
+/// commands first, then all the others, then the global options.
+pub fn command() -> clap::Command {
+    use clap::CommandFactory;
+    const MAIN: [&str; 5] = ["init", "validate", "plan", "apply", "destroy"];
+    let cmd = Cli::command();
+    let listed: Vec<&clap::Command> = cmd.get_subcommands().filter(|c| !c.is_hide_set()).collect();
+    let width = listed.iter().map(|c| c.get_name().len()).max().unwrap_or(0) + 2;
+    let line = |c: &&clap::Command| {
+        let about = c.get_about().map(|a| a.to_string()).unwrap_or_default();
+        format!("  {:<width$}{about}\n", c.get_name())
+    };
+    let main: String = MAIN
+        .iter()
+        .filter_map(|n| listed.iter().find(|c| c.get_name() == *n))
+        .map(line)
+        .collect();
+    let others: String = listed
+        .iter()
+        .filter(|c| !MAIN.contains(&c.get_name()))
+        .map(line)
+        .collect();
+    let template = format!(
+        "{{about-with-newline}}\n{{usage-heading}} {{usage}}\n\nThe primary workflow commands are given first, followed by the others.\n\nMain commands:\n{main}\nAll other commands:\n{others}\nGlobal Options:\n{{options}}"
+    );
+    cmd.help_template(template)
+}
+
+/// Help and usage errors as Terraform writes flags: `-flag`, not clap's `--flag`.
+pub fn single_dash(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut prev = ' ';
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '-' && !(prev.is_alphanumeric() || prev == '-') && chars.peek() == Some(&'-') {
+            let mut ahead = chars.clone();
+            ahead.next();
+            if ahead.peek().is_some_and(char::is_ascii_lowercase) {
+                chars.next();
+            }
+        }
+        out.push(c);
+        prev = c;
+    }
+    out
 }
 
 #[derive(Debug, clap::Args, Clone, Default)]
@@ -55,13 +121,18 @@ impl PlanFormat {
 #[derive(Debug, clap::Args, Clone)]
 pub struct RunFlags {
     /// How many changes run at once.
-    #[arg(long, default_value_t = 10, env = "SKYFORM_PARALLELISM")]
+    #[arg(
+        long,
+        default_value_t = 10,
+        env = "SKYFORM_PARALLELISM",
+        value_name = "N"
+    )]
     pub parallelism: usize,
     /// How long one placement may take before apply removes what it made and moves on.
-    #[arg(long = "attempt-timeout", default_value = "120s", env = "SKYFORM_ATTEMPT_TIMEOUT", value_parser = humantime::parse_duration)]
+    #[arg(long = "attempt-timeout", default_value = "120s", value_name = "DURATION", env = "SKYFORM_ATTEMPT_TIMEOUT", value_parser = humantime::parse_duration)]
     pub attempt_timeout: std::time::Duration,
     /// With retry_until_up, the pause before going down the placements again.
-    #[arg(long = "retry-delay", default_value = "30s", env = "SKYFORM_RETRY_DELAY", value_parser = humantime::parse_duration)]
+    #[arg(long = "retry-delay", default_value = "30s", value_name = "DURATION", env = "SKYFORM_RETRY_DELAY", value_parser = humantime::parse_duration)]
     pub retry_delay: std::time::Duration,
     /// Apply only if the state's serial is N (nobody applied since it was read).
     #[arg(long = "check-serial", value_name = "N", env = "SKYFORM_CHECK_SERIAL")]
@@ -84,10 +155,10 @@ impl RunFlags {
 #[derive(Debug, clap::Args, Clone)]
 pub struct LockFlags {
     /// How long to wait for the state lock (e.g. 30s, 5m).
-    #[arg(long = "lock-timeout", default_value = "0s", env = "SKYFORM_LOCK_TIMEOUT", value_parser = humantime::parse_duration)]
+    #[arg(long = "lock-timeout", default_value = "0s", env = "SKYFORM_LOCK_TIMEOUT", value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub lock_timeout: std::time::Duration,
     /// -lock=false skips the state lock (dangerous: only when no other run can be active).
-    #[arg(long = "lock", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    #[arg(long = "lock", default_value_t = true, num_args = 0..=1, require_equals = true, default_missing_value = "true", action = clap::ArgAction::Set, value_name = "BOOL")]
     pub lock: bool,
 }
 
@@ -110,20 +181,37 @@ pub struct PlanFlags {
     /// Replace these resources even if unchanged. Repeatable.
     #[arg(long = "replace", value_name = "ADDR")]
     pub replace: Vec<String>,
-    /// Skip asking providers what is running.
-    #[arg(long = "refresh", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    /// -refresh=false skips asking providers what is running.
+    #[arg(long = "refresh", default_value_t = true, num_args = 0..=1, require_equals = true, default_missing_value = "true", action = clap::ArgAction::Set, value_name = "BOOL")]
     pub refresh: bool,
     /// Only find what changed outside skyform; apply records it in state and changes nothing.
     #[arg(long = "refresh-only")]
     pub refresh_only: bool,
-    #[command(flatten)]
+    #[command(flatten, next_help_heading = "Other Options")]
     pub lock: LockFlags,
+}
+
+/// `-input=BOOL`: whether skyform may ask questions on the terminal.
+#[derive(Debug, clap::Args, Clone)]
+pub struct InputFlag {
+    /// -input=false never prompts: what would need an answer fails instead.
+    #[arg(long = "input", default_value_t = true, num_args = 0..=1, require_equals = true, default_missing_value = "true", action = clap::ArgAction::Set, value_name = "BOOL", env = "SKYFORM_INPUT", value_parser = clap::builder::BoolishValueParser::new())]
+    pub input: bool,
+}
+
+/// `-compact-warnings`, as Terraform has it.
+#[derive(Debug, clap::Args, Clone)]
+pub struct WarningFlags {
+    /// With warnings and no errors, show only each warning's summary line.
+    #[arg(long = "compact-warnings")]
+    pub compact_warnings: bool,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Check the configuration, create the state, report which infra is usable.
     Init {
+        /// The configuration directory (default: the current one).
         dir: Option<PathBuf>,
         /// Copy the state from the backend used before to the one the configuration names.
         #[arg(long)]
@@ -134,80 +222,130 @@ pub enum Command {
         /// With -migrate-state: overwrite a state the new backend already holds.
         #[arg(long)]
         force_copy: bool,
+        #[command(flatten)]
+        input: InputFlag,
+        #[command(flatten)]
+        lock: LockFlags,
+        /// Report as one JSON document on stdout.
+        #[arg(long)]
+        json: bool,
     },
     /// Parse, evaluate and type-check, offline.
     Validate {
+        /// The configuration directory (default: the current one).
         dir: Option<PathBuf>,
+        /// Report as one JSON document on stdout: valid, and the diagnostics.
         #[arg(long)]
         json: bool,
         #[command(flatten)]
         vars: VarFlags,
     },
-    /// Rewrite *.sky.hcl files in canonical format.
+    /// Rewrite configuration files in the canonical format (the same as `terraform fmt`).
     Fmt {
-        dir: Option<PathBuf>,
-        /// Only check; exit 3 if files would change.
-        #[arg(long)]
-        check: bool,
-        /// Show the changes as a diff.
+        /// Files or directories (default: the current directory); `-` reads standard input
+        /// and writes the result to standard output.
+        targets: Vec<PathBuf>,
+        /// -list=false: do not list the files whose formatting differs.
+        #[arg(long, default_value_t = true, num_args = 0..=1, require_equals = true, default_missing_value = "true", action = clap::ArgAction::Set, value_name = "BOOL")]
+        list: bool,
+        /// -write=false: do not rewrite the files (always off with -check or standard input).
+        #[arg(long, default_value_t = true, num_args = 0..=1, require_equals = true, default_missing_value = "true", action = clap::ArgAction::Set, value_name = "BOOL")]
+        write: bool,
+        /// Show the changes as a unified diff.
         #[arg(long)]
         diff: bool,
+        /// Only check: exit 0 when every file is formatted, 3 when one is not.
+        #[arg(long)]
+        check: bool,
+        /// Also the files in subdirectories.
+        #[arg(long)]
+        recursive: bool,
     },
     /// Refresh, diff and show what apply would do.
     Plan {
+        /// The configuration directory (default: the current one).
         dir: Option<PathBuf>,
-        #[command(flatten)]
+        #[command(flatten, next_help_heading = "Plan Customization Options")]
         flags: PlanFlags,
-        /// Write the plan to FILE for `skyform apply FILE`.
-        #[arg(long, value_name = "FILE")]
-        out: Option<PathBuf>,
+        /// Plan to destroy everything in state.
+        #[arg(long, help_heading = "Plan Customization Options")]
+        destroy: bool,
         /// Exit 0 with no changes, 2 with changes, 1 on error.
-        #[arg(long = "detailed-exitcode")]
+        #[arg(long = "detailed-exitcode", help_heading = "Other Options")]
         detailed_exitcode: bool,
-        /// The same as `-format json`.
-        #[arg(long)]
+        /// Write the plan to FILE for `skyform apply FILE`.
+        #[arg(long, value_name = "FILE", help_heading = "Other Options")]
+        out: Option<PathBuf>,
+        /// The same as -format=json.
+        #[arg(long, help_heading = "Other Options")]
         json: bool,
         /// human (default), markdown (for a pull request comment) or json.
-        #[arg(long, value_enum, value_name = "FORMAT")]
+        #[arg(
+            long,
+            value_enum,
+            value_name = "FORMAT",
+            help_heading = "Other Options"
+        )]
         format: Option<PlanFormat>,
-        /// Plan to destroy everything in state.
-        #[arg(long)]
-        destroy: bool,
+        /// Accepted for Terraform's pipelines; planning asks every provider at once.
+        #[arg(long, value_name = "N", help_heading = "Other Options")]
+        parallelism: Option<usize>,
+        #[command(flatten, next_help_heading = "Other Options")]
+        input: InputFlag,
+        #[command(flatten, next_help_heading = "Other Options")]
+        warnings: WarningFlags,
     },
     /// Carry out a saved plan, or plan, confirm and apply.
     Apply {
-        /// A plan file from `plan -out`.
+        /// A plan file from `plan -out` (or the configuration directory).
         planfile: Option<PathBuf>,
-        #[command(flatten)]
+        #[command(flatten, next_help_heading = "Plan Customization Options")]
         flags: PlanFlags,
-        #[arg(long = "auto-approve")]
+        /// The same as `skyform destroy`.
+        #[arg(long, help_heading = "Plan Customization Options")]
+        destroy: bool,
+        /// Apply without asking for approval.
+        #[arg(long = "auto-approve", help_heading = "Other Options")]
         auto_approve: bool,
-        /// Never prompt.
-        #[arg(long = "input", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL", env = "SKYFORM_INPUT", value_parser = clap::builder::BoolishValueParser::new())]
-        input: bool,
-        #[command(flatten)]
+        #[command(flatten, next_help_heading = "Other Options")]
+        input: InputFlag,
+        #[command(flatten, next_help_heading = "Other Options")]
         run: RunFlags,
         /// Wait for submitted jobs to finish; fail if any failed.
-        #[arg(long)]
+        #[arg(long, help_heading = "Other Options")]
         wait: bool,
+        #[command(flatten, next_help_heading = "Other Options")]
+        warnings: WarningFlags,
     },
     /// Destroy everything in state.
     Destroy {
+        /// The configuration directory (default: the current one).
         dir: Option<PathBuf>,
+        /// Destroy without asking for approval.
         #[arg(long = "auto-approve")]
         auto_approve: bool,
-        #[arg(long = "input", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL", env = "SKYFORM_INPUT", value_parser = clap::builder::BoolishValueParser::new())]
-        input: bool,
+        #[command(flatten)]
+        input: InputFlag,
         #[command(flatten)]
         vars: VarFlags,
+        /// Only these resources (and what depends on them). Repeatable.
+        #[arg(long = "target", value_name = "ADDR")]
+        target: Vec<String>,
+        /// -refresh=false skips asking providers what is running.
+        #[arg(long = "refresh", default_value_t = true, num_args = 0..=1, require_equals = true, default_missing_value = "true", action = clap::ArgAction::Set, value_name = "BOOL")]
+        refresh: bool,
         #[command(flatten)]
         lock: LockFlags,
         #[command(flatten)]
         run: RunFlags,
+        #[command(flatten)]
+        warnings: WarningFlags,
     },
     /// Show a saved plan or the current state.
     Show {
+        /// A plan file from `plan -out` (default: the current state).
         planfile: Option<PathBuf>,
+        /// As JSON (the plan's or the state's document).
         #[arg(long)]
         json: bool,
         /// For a plan file: human (default), markdown or json.
@@ -216,11 +354,28 @@ pub enum Command {
     },
     /// Outputs from state.
     Output {
+        /// One output (default: all of them).
         name: Option<String>,
+        /// As JSON: every output with its value, type and sensitivity, or one output's value.
         #[arg(long)]
         json: bool,
+        /// One output's string, number or bool value, as it is (no quotes), for scripts.
         #[arg(long)]
         raw: bool,
+    },
+    /// Evaluate expressions against the configuration and state (reads stdin without a
+    /// terminal).
+    Console {
+        /// The configuration directory (default: the current one).
+        dir: Option<PathBuf>,
+        #[command(flatten)]
+        vars: VarFlags,
+    },
+    /// The version of skyform.
+    Version {
+        /// As a JSON document.
+        #[arg(long)]
+        json: bool,
     },
     /// State surgery.
     State {
@@ -240,17 +395,21 @@ pub enum Command {
     /// Remove a stale lock.
     #[command(name = "force-unlock")]
     ForceUnlock {
+        /// The lock's ID, as the error that names the lock shows it.
         lock_id: String,
+        /// Remove it without asking.
         #[arg(long)]
         force: bool,
     },
     /// Clusters, jobs and services with their placement and cost.
     Status {
+        /// As one JSON document.
         #[arg(long)]
         json: bool,
     },
     /// A shell, or a command, on a cluster's head node.
     Ssh {
+        /// The cluster's name.
         cluster: String,
         /// The command and its arguments (after `--`); none: an interactive shell.
         #[arg(last = true)]
@@ -258,18 +417,21 @@ pub enum Command {
     },
     /// Stop a cluster's machines, keeping their disks (clouds that support it).
     Stop {
+        /// The cluster's name.
         cluster: String,
         #[command(flatten)]
         lock: LockFlags,
     },
     /// Start a stopped cluster again.
     Start {
+        /// The cluster's name.
         cluster: String,
         #[command(flatten)]
         lock: LockFlags,
     },
     /// A job's output.
     Logs {
+        /// The job's address (job.NAME).
         address: String,
         /// Keep following.
         #[arg(short, long)]
@@ -282,24 +444,32 @@ pub enum Command {
         /// Every offer, not the first 20.
         #[arg(long)]
         all: bool,
+        /// As one JSON document.
         #[arg(long)]
         json: bool,
-        /// Where the catalogs are (default: catalog_dir of the configuration, else
-        /// ~/.skyform/catalogs).
-        #[arg(long = "catalog-dir", env = "SKYFORM_CATALOG_DIR")]
+        /// Where the catalogs are (default: the configuration's catalog_dir, or ~/.skyform/catalogs).
+        #[arg(long = "catalog-dir", env = "SKYFORM_CATALOG_DIR", value_name = "DIR")]
         catalog_dir: Option<PathBuf>,
     },
     /// The price catalogs.
     Catalog {
         #[command(subcommand)]
         command: CatalogCommand,
-        #[arg(long = "catalog-dir", env = "SKYFORM_CATALOG_DIR", global = true)]
+        /// Where the catalogs are (default: the configuration's catalog_dir, or ~/.skyform/catalogs).
+        #[arg(
+            long = "catalog-dir",
+            env = "SKYFORM_CATALOG_DIR",
+            global = true,
+            value_name = "DIR"
+        )]
         catalog_dir: Option<PathBuf>,
     },
     /// The dependency graph.
     Graph {
+        /// The configuration directory (default: the current one).
         dir: Option<PathBuf>,
-        #[arg(long, default_value = "dot")]
+        /// dot (Graphviz) or mermaid.
+        #[arg(long, default_value = "dot", value_name = "FORMAT")]
         format: String,
     },
     /// (internal) run a node agent.
@@ -318,20 +488,26 @@ pub enum Command {
 pub struct OffersRequest {
     /// Accelerators: NAME[:COUNT], or several separated by commas (cheapest of).
     pub accelerators: Option<String>,
-    #[arg(long)]
+    /// vCPUs: N, or N+ for at least N.
+    #[arg(long, value_name = "N")]
     pub cpus: Option<String>,
-    #[arg(long)]
+    /// Memory in GB: N, or N+ for at least N.
+    #[arg(long, value_name = "GB")]
     pub memory: Option<String>,
+    /// Spot (preemptible) prices.
     #[arg(long)]
     pub spot: bool,
     /// cloud[/region[/zone]], with "*" wildcards.
-    #[arg(long)]
+    #[arg(long, value_name = "INFRA")]
     pub infra: Option<String>,
-    #[arg(long = "instance-type")]
+    /// Only this instance type.
+    #[arg(long = "instance-type", value_name = "TYPE")]
     pub instance_type: Option<String>,
-    #[arg(long = "max-hourly-cost")]
+    /// Only offers at most this many dollars an hour (for all the nodes).
+    #[arg(long = "max-hourly-cost", value_name = "DOLLARS")]
     pub max_hourly_cost: Option<f64>,
-    #[arg(long, default_value_t = 1)]
+    /// How many nodes (prices are for all of them).
+    #[arg(long, default_value_t = 1, value_name = "N")]
     pub nodes: u32,
 }
 
@@ -360,12 +536,23 @@ pub enum WorkspaceCommand {
     /// The current workspace.
     Show,
     /// Create a workspace with an empty state and switch to it.
-    New { name: String },
+    New {
+        /// The workspace's name.
+        name: String,
+    },
     /// Switch to a workspace.
-    Select { name: String },
+    Select {
+        /// The workspace's name.
+        name: String,
+        /// Create the workspace when there is none of that name.
+        #[arg(long = "or-create", default_value_t = false, num_args = 0..=1, require_equals = true, default_missing_value = "true", action = clap::ArgAction::Set, value_name = "BOOL")]
+        or_create: bool,
+    },
     /// Delete a workspace's state (refused while it holds resources, unless -force).
     Delete {
+        /// The workspace's name.
         name: String,
+        /// Delete it even though its state still holds resources.
         #[arg(long)]
         force: bool,
     },
@@ -383,6 +570,7 @@ pub enum ControllerCommand {
     Start,
     /// Who runs it, and what it watches.
     Status {
+        /// As one JSON document.
         #[arg(long)]
         json: bool,
     },
@@ -392,20 +580,38 @@ pub enum ControllerCommand {
 
 #[derive(Debug, Clone, Subcommand)]
 pub enum StateCommand {
+    /// The addresses of the resources in state.
     List,
+    /// One resource in state, as JSON.
     Show {
+        /// The resource's address (cluster.NAME, job.NAME, …).
         address: String,
     },
+    /// Forget a resource without touching what runs.
     Rm {
+        /// The resource's address.
         address: String,
+        /// Only say what would be removed.
+        #[arg(long = "dry-run")]
+        dry_run: bool,
     },
+    /// Rename a resource in state.
     Mv {
+        /// The address it has.
         from: String,
+        /// The address it gets.
         to: String,
+        /// Only say what would be moved.
+        #[arg(long = "dry-run")]
+        dry_run: bool,
     },
+    /// The state document on stdout.
     Pull,
+    /// Replace the state with a file's.
     Push {
+        /// A state document, as `state pull` writes it.
         file: PathBuf,
+        /// Push even when its lineage differs or its serial is older.
         #[arg(long)]
         force: bool,
     },

@@ -26,8 +26,9 @@ macro_rules! say_inline {
 mod args;
 mod catalog;
 mod cluster;
+mod console;
 mod controller;
-mod fmt;
+pub mod fmt;
 mod plan;
 mod progress;
 mod report;
@@ -37,7 +38,6 @@ mod workspace;
 pub use args::*;
 
 use crate::engine::store::BackendChange;
-use clap::Parser;
 use std::path::PathBuf;
 
 /// Exit codes (documented in docs/cli.md).
@@ -62,11 +62,19 @@ pub fn main() -> i32 {
         }
     }));
     let args = normalize_args(std::env::args());
-    let cli = match Cli::try_parse_from(args) {
+    let parsed = command()
+        .try_get_matches_from(args)
+        .and_then(|m| <Cli as clap::FromArgMatches>::from_arg_matches(&m));
+    let cli = match parsed {
         Ok(c) => c,
         Err(e) => {
-            let _ = e.print();
-            return if e.use_stderr() { EXIT_ERROR } else { EXIT_OK };
+            let text = single_dash(&e.render().to_string());
+            if e.use_stderr() {
+                eprint!("{text}");
+                return EXIT_ERROR;
+            }
+            say_inline!("{text}");
+            return EXIT_OK;
         }
     };
     let internal = match &cli.command {
@@ -123,6 +131,27 @@ pub fn main() -> i32 {
         }
     };
     runtime.block_on(run(cli))
+}
+
+/// `skyform version`: as `terraform version` prints it.
+fn version(json: bool) -> i32 {
+    let platform = format!(
+        "{}_{}",
+        std::env::consts::OS,
+        match std::env::consts::ARCH {
+            "x86_64" => "amd64",
+            "aarch64" => "arm64",
+            other => other,
+        }
+    );
+    let v = env!("CARGO_PKG_VERSION");
+    if json {
+        let doc = serde_json::json!({ "skyform_version": v, "platform": platform });
+        say!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+    } else {
+        say!("skyform v{v}\non {platform}");
+    }
+    EXIT_OK
 }
 
 /// A boolean environment setting: 1, true, yes or on (any case) mean yes.
@@ -195,6 +224,9 @@ async fn run(cli: Cli) -> i32 {
             migrate_state,
             reconfigure,
             force_copy,
+            input: _,
+            lock: _,
+            json,
         } => {
             let how = if *migrate_state {
                 BackendChange::Migrate {
@@ -205,14 +237,28 @@ async fn run(cli: Cli) -> i32 {
             } else {
                 BackendChange::Refuse
             };
-            plan::init(&open(dir_of(dir), &none), how).await
+            plan::init(&open(dir_of(dir), &none), how, *json).await
         }
         Command::Validate { dir, json, vars } => {
             plan::validate(&open(dir_of(dir), vars), &term, *json)
         }
-        Command::Fmt { dir, check, diff } => {
-            fmt::run(&dir_of(dir), *check, *diff).map_err(|e| Error::new(e.0))
-        }
+        Command::Fmt {
+            targets,
+            list,
+            write,
+            diff,
+            check,
+            recursive,
+        } => Ok(fmt::run(&fmt::FmtOptions {
+            targets: targets.clone(),
+            list: *list,
+            write: *write,
+            diff: *diff,
+            check: *check,
+            recursive: *recursive,
+        })),
+        Command::Version { json } => Ok(version(*json)),
+        Command::Console { dir, vars } => plan::console(&open(dir_of(dir), vars), &term).await,
         Command::Plan {
             dir,
             flags,
@@ -221,7 +267,11 @@ async fn run(cli: Cli) -> i32 {
             json,
             format,
             destroy,
+            parallelism: _,
+            input: _,
+            warnings,
         } => {
+            term.set_compact_warnings(warnings.compact_warnings);
             let req = plan::PlanRequest {
                 flags,
                 out: out.as_deref(),
@@ -234,11 +284,14 @@ async fn run(cli: Cli) -> i32 {
         Command::Apply {
             planfile,
             flags,
+            destroy,
             auto_approve,
             input,
             run,
             wait,
+            warnings,
         } => {
+            term.set_compact_warnings(warnings.compact_warnings);
             // `apply DIR` is accepted as well as `apply PLANFILE`.
             let (dir, planfile) = match planfile {
                 Some(p) if base.join(p).is_dir() => (base.join(p), None),
@@ -248,10 +301,10 @@ async fn run(cli: Cli) -> i32 {
                 planfile: planfile.as_deref(),
                 flags,
                 auto_approve: *auto_approve,
-                input: *input,
+                input: input.input,
                 run,
                 wait: *wait,
-                destroy: false,
+                destroy: *destroy,
             };
             plan::apply(&open(dir, &flags.vars), &term, req).await
         }
@@ -260,14 +313,18 @@ async fn run(cli: Cli) -> i32 {
             auto_approve,
             input,
             vars,
+            target,
+            refresh,
             lock,
             run,
+            warnings,
         } => {
+            term.set_compact_warnings(warnings.compact_warnings);
             let flags = PlanFlags {
                 vars: vars.clone(),
-                target: Vec::new(),
+                target: target.clone(),
                 replace: Vec::new(),
-                refresh: true,
+                refresh: *refresh,
                 refresh_only: false,
                 lock: lock.clone(),
             };
@@ -275,7 +332,7 @@ async fn run(cli: Cli) -> i32 {
                 planfile: None,
                 flags: &flags,
                 auto_approve: *auto_approve,
-                input: *input,
+                input: input.input,
                 run,
                 wait: false,
                 destroy: true,

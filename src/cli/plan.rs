@@ -26,15 +26,17 @@ impl PlanFlags {
     }
 }
 
-pub async fn init(engine: &Engine, how: BackendChange) -> Result<i32> {
+pub async fn init(engine: &Engine, how: BackendChange, json: bool) -> Result<i32> {
     engine.require_parsed()?;
     let (place, created) = engine.init_backend(how).await?;
-    if created {
-        say!("Created the state at {place}.");
-    } else {
-        say!("The state at {place} is ready.");
+    if !json {
+        if created {
+            say!("Created the state at {place}.");
+        } else {
+            say!("The state at {place} is ready.");
+        }
+        say!("Infra:");
     }
-    say!("Infra:");
     let mut kinds: Vec<&str> = engine
         .config()
         .infra
@@ -49,6 +51,7 @@ pub async fn init(engine: &Engine, how: BackendChange) -> Result<i32> {
     kinds.retain(|k| seen.insert(*k));
     let registry = engine.registry();
     let mut hints = Vec::new();
+    let mut rows = Vec::new();
     for k in kinds {
         let found = backend::of_infra_type(k);
         let status = match (found, registry.get(k)) {
@@ -68,7 +71,20 @@ pub async fn init(engine: &Engine, how: BackendChange) -> Result<i32> {
             }
             _ => "not available in this build yet".to_string(),
         };
-        say!("  {k:<12} {status}");
+        rows.push(serde_json::json!({"type": k, "status": status}));
+        if !json {
+            say!("  {k:<12} {status}");
+        }
+    }
+    if json {
+        let doc = serde_json::json!({
+            "state": place.to_string(),
+            "created": created,
+            "infra": rows,
+            "hints": hints,
+        });
+        say!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+        return Ok(EXIT_OK);
     }
     for h in hints {
         say!("\nhint: {h}");
@@ -95,7 +111,10 @@ pub fn validate(engine: &Engine, term: &Terminal, json: bool) -> Result<i32> {
         return Ok(EXIT_ERROR);
     }
     if !json {
-        say!("{}", term.style.green("The configuration is valid."));
+        say!(
+            "{}",
+            term.style.green("Success! The configuration is valid.")
+        );
     }
     Ok(EXIT_OK)
 }
@@ -415,4 +434,9 @@ pub fn graph(engine: &Engine, format: &str) -> Result<i32> {
         }
     }
     Ok(EXIT_OK)
+}
+
+/// `skyform console`: evaluates expressions, one a line, against the configuration and state.
+pub async fn console(engine: &Engine, term: &Terminal) -> Result<i32> {
+    super::console::run(engine, term.style.color).await
 }

@@ -16,6 +16,8 @@ pub struct Terminal {
     pub tty_in: bool,
     /// `-json`: events as JSON lines on stdout.
     pub json: bool,
+    /// `-compact-warnings`: warnings without errors as one summary line each.
+    compact_warnings: std::sync::atomic::AtomicBool,
     progress: OnceLock<Progress>,
 }
 
@@ -25,8 +27,14 @@ impl Terminal {
             style,
             tty_in: std::io::stdin().is_terminal(),
             json,
+            compact_warnings: std::sync::atomic::AtomicBool::new(false),
             progress: OnceLock::new(),
         }
+    }
+
+    pub fn set_compact_warnings(&self, on: bool) {
+        self.compact_warnings
+            .store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
     fn progress(&self) -> &Progress {
@@ -87,7 +95,22 @@ impl Reporter for Terminal {
     fn notice(&self, notice: Notice<'_>) {
         match notice {
             Notice::Diagnostics(diags, sources) => {
-                eprint!("{}", diags.render(sources, self.style.color));
+                if self
+                    .compact_warnings
+                    .load(std::sync::atomic::Ordering::Relaxed)
+                    && !diags.has_errors()
+                {
+                    for d in &diags.items {
+                        let at = d
+                            .location
+                            .as_ref()
+                            .map(|l| format!(" ({})", sources.name(l.file)))
+                            .unwrap_or_default();
+                        eprintln!("{} {}{at}", self.style.yellow("warning:"), d.message);
+                    }
+                } else {
+                    eprint!("{}", diags.render(sources, self.style.color));
+                }
             }
             Notice::Refreshed { resources, seconds } => eprintln!(
                 "Refreshing {resources} resource{}... done in {seconds:.1}s",

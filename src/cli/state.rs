@@ -25,15 +25,25 @@ pub async fn state(engine: &Engine, cmd: StateCommand) -> Result<i32> {
                 .unwrap_or_default();
             say!("{}", serde_json::to_string_pretty(&one).unwrap_or_default());
         }
-        StateCommand::Rm { address } => {
+        StateCommand::Rm { address, dry_run } => {
             let addr = parse_addresses(&[address])?.remove(0);
-            say!("{}", engine.state_rm(&addr).await?);
+            if dry_run {
+                require_in_state(engine, &addr).await?;
+                say!("Would remove {addr}");
+            } else {
+                say!("{}", engine.state_rm(&addr).await?);
+            }
         }
-        StateCommand::Mv { from, to } => {
+        StateCommand::Mv { from, to, dry_run } => {
             let mut both = parse_addresses(&[from, to])?;
             let to = both.remove(1);
             let from = both.remove(0);
-            say!("{}", engine.state_mv(&from, &to).await?);
+            if dry_run {
+                require_in_state(engine, &from).await?;
+                say!("Would move {from} to {to}");
+            } else {
+                say!("{}", engine.state_mv(&from, &to).await?);
+            }
         }
         StateCommand::Pull => {
             let state = engine.read_state().await?;
@@ -44,6 +54,16 @@ pub async fn state(engine: &Engine, cmd: StateCommand) -> Result<i32> {
         }
     }
     Ok(EXIT_OK)
+}
+
+/// `-dry-run`: the address must be in state, as for the real thing.
+async fn require_in_state(engine: &Engine, addr: &crate::model::Address) -> Result<()> {
+    if engine.read_state().await?.resources.contains_key(addr) {
+        Ok(())
+    } else {
+        Err(Error::new(format!("{addr} is not in state"))
+            .hint("list addresses with `skyform state list`"))
+    }
 }
 
 pub async fn force_unlock(engine: &Engine, term: &Terminal, id: &str, force: bool) -> Result<i32> {

@@ -17,8 +17,13 @@ pub async fn workspace(engine: &Engine, command: WorkspaceCommand) -> Result<i32
             engine.new_workspace(&name).await?;
             say!("Created and switched to workspace {name:?}. Its state is empty.");
         }
-        WorkspaceCommand::Select { name } => {
+        WorkspaceCommand::Select { name, or_create } => {
             check_workspace_name(&name)?;
+            if or_create && !engine.workspaces().await?.contains(&name) {
+                engine.new_workspace(&name).await?;
+                say!("Created and switched to workspace {name:?}. Its state is empty.");
+                return Ok(EXIT_OK);
+            }
             if !engine.workspaces().await?.contains(&name) {
                 return Err(Error::new(format!("there is no workspace {name:?}"))
                     .hint(format!("skyform workspace new {name}")));

@@ -11,6 +11,7 @@
 
 pub mod catalog;
 pub mod clusters;
+pub mod console;
 pub mod refresh;
 pub mod session;
 pub mod store;

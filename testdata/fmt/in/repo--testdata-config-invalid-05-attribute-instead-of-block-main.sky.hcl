@@ -1,0 +1,7 @@
+cluster "dev" {
+  num_nodes = 1
+  resources = {
+    cpus   = "8+"
+    memory = "32+"
+  }
+}

@@ -1,0 +1,6 @@
+cluster "dev" {
+  num_nodes = "2"
+  resources {
+    cpus = "4+"
+  }
+}

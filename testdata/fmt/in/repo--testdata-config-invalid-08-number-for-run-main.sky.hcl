@@ -1,0 +1,10 @@
+cluster "dev" {
+  resources {
+    cpus = "4+"
+  }
+}
+
+job "warmup" {
+  cluster = cluster.dev
+  run     = 42
+}

@@ -1,0 +1,10 @@
+cluster "dev" {
+  resources {
+    cpus = "4+"
+  }
+}
+
+job "train" {
+  cluster   = cluster.dev
+  num_nodes = 1
+}

@@ -1,0 +1,11 @@
+service "llm" {
+  resources {
+    accelerators = "L4:1"
+    ports        = [8000]
+  }
+  run      = "vllm serve meta-llama/Llama-3.1-8B --port 8000"
+  replicas = 2
+  replica_policy {
+    min_replicas = 1
+  }
+}

@@ -1,0 +1,6 @@
+cluster "dev" {
+  num_nodes = 1
+  resources {
+    cpus = "4+"
+  }
+}

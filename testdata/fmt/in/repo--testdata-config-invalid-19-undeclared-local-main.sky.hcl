@@ -1,0 +1,9 @@
+locals {
+  acc = "A100:8"
+}
+
+cluster "gpu" {
+  resources {
+    accelerators = local.accelerators
+  }
+}

@@ -1,0 +1,5 @@
+cluster "dev" {}
+
+output "sweep_jobs" {
+  value = module.sweep.jobs
+}

@@ -1,0 +1,5 @@
+cluster "gpu" {
+  resources {
+    accelerators = "A100:x"
+  }
+}

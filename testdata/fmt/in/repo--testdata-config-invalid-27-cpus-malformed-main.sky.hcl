@@ -1,0 +1,5 @@
+cluster "cpu" {
+  resources {
+    cpus = "32++"
+  }
+}

@@ -1,0 +1,6 @@
+cluster "dev" {}
+
+job "shard" {
+  cluster = cluster.dev
+  run     = "python process.py --shard ${count.index}"
+}

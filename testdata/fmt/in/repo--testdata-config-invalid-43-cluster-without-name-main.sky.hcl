@@ -1,0 +1,6 @@
+cluster {
+  num_nodes = 1
+  resources {
+    cpus = "4+"
+  }
+}

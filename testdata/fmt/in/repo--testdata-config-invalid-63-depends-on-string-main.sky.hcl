@@ -1,0 +1,12 @@
+cluster "dev" {}
+
+job "prepare" {
+  cluster = cluster.dev
+  run     = "sh prepare.sh"
+}
+
+job "train" {
+  cluster    = cluster.dev
+  run        = "sh train.sh"
+  depends_on = ["job.prepare"]
+}

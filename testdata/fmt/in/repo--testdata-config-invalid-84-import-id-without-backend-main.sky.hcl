@@ -1,0 +1,6 @@
+cluster "dev" {}
+
+import {
+  to = cluster.dev
+  id = "somewhere"
+}

@@ -1,0 +1,7 @@
+service "web" {
+  run = "python3 -m http.server $PORT"
+  replica_policy {
+    min_replicas           = 1
+    target_qps_per_replica = 5
+  }
+}

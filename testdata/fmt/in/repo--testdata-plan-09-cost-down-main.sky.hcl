@@ -1,0 +1,3 @@
+cluster "dev" {
+  num_nodes = 1
+}

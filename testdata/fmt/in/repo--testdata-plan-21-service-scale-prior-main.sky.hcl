@@ -1,0 +1,4 @@
+service "web" {
+  run      = "python3 -m http.server $PORT"
+  replicas = 2
+}

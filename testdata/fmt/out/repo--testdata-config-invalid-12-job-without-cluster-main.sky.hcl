@@ -1,0 +1,9 @@
+cluster "dev" {
+  resources {
+    cpus = "4+"
+  }
+}
+
+job "train" {
+  run = "python train.py"
+}

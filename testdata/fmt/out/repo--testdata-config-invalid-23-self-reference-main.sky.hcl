@@ -1,0 +1,6 @@
+cluster "dev" {
+  num_nodes = 2
+  envs = {
+    MASTER_ADDR = cluster.dev.head_ip
+  }
+}

@@ -1,0 +1,6 @@
+cluster "cpu" {
+  resources {
+    cpus   = "16+"
+    memory = "4xx"
+  }
+}

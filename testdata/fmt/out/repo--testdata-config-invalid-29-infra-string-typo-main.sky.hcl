@@ -1,0 +1,6 @@
+cluster "gpu" {
+  resources {
+    accelerators = "A100:8"
+    infra        = "awz/us-east-1"
+  }
+}

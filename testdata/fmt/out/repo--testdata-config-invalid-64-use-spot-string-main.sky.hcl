@@ -1,0 +1,6 @@
+cluster "spot" {
+  resources {
+    accelerators = "L4:1"
+    use_spot     = "true"
+  }
+}

@@ -1,0 +1,6 @@
+cluster "dev" {
+  setup = "pip install -r requirements.txt"
+  lifecycle {
+    ignore_changes = [setupp]
+  }
+}

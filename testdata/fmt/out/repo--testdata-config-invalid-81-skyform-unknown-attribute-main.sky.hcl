@@ -1,0 +1,3 @@
+cluster "dev" {
+  envs = { STAGE = skyform.workspace, BAD = skyform.workpsace }
+}

@@ -1,0 +1,6 @@
+service "web" {
+  run = "python3 -m http.server $PORT"
+  replica_policy {
+    min_replicas = 0
+  }
+}
