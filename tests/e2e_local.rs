@@ -826,7 +826,7 @@ fn state_surgery_and_outputs() {
     )]);
     sb.stdout(&["apply", "-auto-approve"]);
     assert_eq!(sb.stdout(&["state", "list"]), "cluster.dev\njob.a\n");
-    assert_eq!(sb.stdout(&["output", "ip", "-raw"]), "127.0.0.1\n");
+    assert_eq!(sb.stdout(&["output", "ip", "-raw"]), "127.0.0.1");
     let all = sb.stdout(&["output"]);
     assert!(
         all.contains("token = (sensitive value)") && !all.contains("hunter2"),

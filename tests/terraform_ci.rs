@@ -102,9 +102,10 @@ fn the_terraform_pipeline_runs_verbatim() {
         serde_json::from_str(&check(&wd, "skyform output -json", 0)).expect("outputs JSON");
     assert_eq!(outputs["greeting"]["value"], "hello", "{outputs}");
     assert_eq!(outputs["greeting"]["sensitive"], false, "{outputs}");
+    assert_eq!(outputs["greeting"]["type"], "string", "{outputs}");
     assert_eq!(outputs["head_ip"]["value"], "127.0.0.1", "{outputs}");
-    // The value as it is; skyform ends it with a line break, Terraform does not (docs/cli.md).
-    assert_eq!(check(&wd, "skyform output -raw greeting", 0), "hello\n");
+    // The value as it is, with no line break after it, as Terraform prints it.
+    assert_eq!(check(&wd, "skyform output -raw greeting", 0), "hello");
 
     // console reads expressions from stdin and sees the state.
     let mut console = Command::new(BIN)

@@ -371,17 +371,47 @@ pub async fn show(
     Ok(EXIT_OK)
 }
 
+/// A value's type as Terraform writes it in `output -json`: `"string"`, `"number"`,
+/// `"bool"`, `["tuple", [...]]`, `["object", {...}]` (HCL's literals are tuples and objects).
+fn type_of(v: &serde_json::Value) -> serde_json::Value {
+    use serde_json::{Value, json};
+    match v {
+        Value::Null => json!("dynamic"),
+        Value::Bool(_) => json!("bool"),
+        Value::Number(_) => json!("number"),
+        Value::String(_) => json!("string"),
+        Value::Array(a) => json!(["tuple", a.iter().map(type_of).collect::<Vec<_>>()]),
+        Value::Object(o) => {
+            // Attribute types in name order, as Terraform lists them.
+            let mut keys: Vec<&String> = o.keys().collect();
+            keys.sort();
+            let types: serde_json::Map<String, Value> = keys
+                .into_iter()
+                .map(|k| (k.clone(), type_of(&o[k])))
+                .collect();
+            json!(["object", types])
+        }
+    }
+}
+
 pub async fn output(engine: &Engine, name: Option<&str>, json: bool, raw: bool) -> Result<i32> {
     let state = engine.read_state().await?;
     let Some(n) = name else {
         if json {
+            // Terraform's shape: outputs by name, each with `sensitive`, `type` and `value`;
+            // a null one is left out, as Terraform keeps none.
             let m: serde_json::Map<String, serde_json::Value> = state
                 .outputs
                 .iter()
+                .filter(|(_, o)| !o.value.is_null())
                 .map(|(k, o)| {
                     (
                         k.clone(),
-                        serde_json::json!({"value": o.value, "sensitive": o.sensitive}),
+                        serde_json::json!({
+                            "sensitive": o.sensitive,
+                            "type": type_of(&o.value),
+                            "value": o.value,
+                        }),
                     )
                 })
                 .collect();
@@ -395,14 +425,18 @@ pub async fn output(engine: &Engine, name: Option<&str>, json: bool, raw: bool) 
         Error::new(format!("no output {n:?}")).hint("list them with `skyform output`")
     })?;
     if raw {
+        // As Terraform: the value alone, with no line break after it (for `$(…)` and files).
         match &o.value {
-            serde_json::Value::String(s) => say!("{s}"),
-            serde_json::Value::Number(_) | serde_json::Value::Bool(_) => say!("{}", o.value),
+            serde_json::Value::String(s) => say_inline!("{s}"),
+            serde_json::Value::Number(_) | serde_json::Value::Bool(_) => {
+                say_inline!("{}", o.value);
+            }
             _ => {
                 return Err(Error::new("-raw works only for strings, numbers and bools")
                     .hint("use -json for lists and maps"));
             }
         }
+        let _ = std::io::Write::flush(&mut std::io::stdout());
     } else if json {
         say!(
             "{}",
@@ -439,4 +473,19 @@ pub fn graph(engine: &Engine, format: &str) -> Result<i32> {
 /// `skyform console`: evaluates expressions, one a line, against the configuration and state.
 pub async fn console(engine: &Engine, term: &Terminal) -> Result<i32> {
     super::console::run(engine, term.style.color).await
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    #[test]
+    fn output_types_are_written_as_terraform_writes_them() {
+        // What `terraform output -json` printed for `{a = 1, b = [1, "x", true]}`.
+        assert_eq!(
+            super::type_of(&json!({"b": [1, "x", true], "a": 1})),
+            json!(["object", {"a": "number", "b": ["tuple", ["number", "string", "bool"]]}])
+        );
+        assert_eq!(super::type_of(&json!("127.0.0.1")), json!("string"));
+    }
 }
