@@ -474,6 +474,70 @@ fn lock_false_skips_the_lock_and_leaves_it() {
     );
 }
 
+/// State surgery takes the lock as Terraform's does: refused while another holds it (after
+/// `-lock-timeout`), and done beside it with `-lock=false`.
+#[test]
+fn state_commands_take_the_lock() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    std::fs::write(dir.join("main.sky.hcl"), "cluster \"dev\" {}\n").unwrap();
+    let out = run(dir, &["apply", "-auto-approve"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let lock = dir.join(".skyform/state.json.lock");
+    std::fs::write(
+        &lock,
+        r#"{"id":"held-elsewhere","who":"alice@ci-runner-7","operation":"apply","created":"2026-11-28T12:00:00Z","version":"0","pid":0}"#,
+    )
+    .unwrap();
+    let began = std::time::Instant::now();
+    let out = run(
+        dir,
+        &[
+            "state",
+            "mv",
+            "-lock-timeout=1s",
+            "cluster.dev",
+            "cluster.prod",
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("alice@ci-runner-7"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(
+        began.elapsed() >= std::time::Duration::from_secs(1),
+        "it waited"
+    );
+    let list = |dir: &std::path::Path| text(&run(dir, &["state", "list"]).stdout);
+    assert_eq!(list(dir), "cluster.dev\n", "nothing moved");
+    for (args, after) in [
+        (
+            &["state", "mv", "-lock=false", "cluster.dev", "cluster.prod"][..],
+            "cluster.prod\n",
+        ),
+        (
+            &["state", "mv", "-lock=false", "cluster.prod", "cluster.dev"][..],
+            "cluster.dev\n",
+        ),
+    ] {
+        let out = run(dir, args);
+        assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
+        assert_eq!(list(dir), after);
+    }
+    assert!(!run(dir, &["state", "rm", "cluster.dev"]).status.success());
+    assert!(
+        std::fs::read_to_string(&lock)
+            .unwrap()
+            .contains("held-elsewhere"),
+        "the other run's lock is left alone"
+    );
+    std::fs::remove_file(&lock).unwrap();
+    let out = run(dir, &["destroy", "-auto-approve"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}
+
 /// `ssh` on a local cluster runs the command in its head node's workdir, exit code and all;
 /// `stop` ends its agents and keeps its files, `start` brings it back and jobs run again.
 #[test]

@@ -594,6 +594,8 @@ pub enum StateCommand {
         /// Only say what would be removed.
         #[arg(long = "dry-run")]
         dry_run: bool,
+        #[command(flatten)]
+        lock: LockFlags,
     },
     /// Rename a resource in state.
     Mv {
@@ -604,6 +606,8 @@ pub enum StateCommand {
         /// Only say what would be moved.
         #[arg(long = "dry-run")]
         dry_run: bool,
+        #[command(flatten)]
+        lock: LockFlags,
     },
     /// The state document on stdout.
     Pull,
@@ -614,6 +618,8 @@ pub enum StateCommand {
         /// Push even when its lineage differs or its serial is older.
         #[arg(long)]
         force: bool,
+        #[command(flatten)]
+        lock: LockFlags,
     },
 }
 

@@ -25,16 +25,25 @@ pub async fn state(engine: &Engine, cmd: StateCommand) -> Result<i32> {
                 .unwrap_or_default();
             say!("{}", serde_json::to_string_pretty(&one).unwrap_or_default());
         }
-        StateCommand::Rm { address, dry_run } => {
+        StateCommand::Rm {
+            address,
+            dry_run,
+            lock,
+        } => {
             let addr = parse_addresses(&[address])?.remove(0);
             if dry_run {
                 require_in_state(engine, &addr).await?;
                 say!("Would remove {addr}");
             } else {
-                say!("{}", engine.state_rm(&addr).await?);
+                say!("{}", engine.state_rm(&addr, lock.options()).await?);
             }
         }
-        StateCommand::Mv { from, to, dry_run } => {
+        StateCommand::Mv {
+            from,
+            to,
+            dry_run,
+            lock,
+        } => {
             let mut both = parse_addresses(&[from, to])?;
             let to = both.remove(1);
             let from = both.remove(0);
@@ -42,15 +51,15 @@ pub async fn state(engine: &Engine, cmd: StateCommand) -> Result<i32> {
                 require_in_state(engine, &from).await?;
                 say!("Would move {from} to {to}");
             } else {
-                say!("{}", engine.state_mv(&from, &to).await?);
+                say!("{}", engine.state_mv(&from, &to, lock.options()).await?);
             }
         }
         StateCommand::Pull => {
             let state = engine.read_state().await?;
             say_inline!("{}", String::from_utf8_lossy(&state.to_json()));
         }
-        StateCommand::Push { file, force } => {
-            say!("{}", engine.state_push(&file, force).await?);
+        StateCommand::Push { file, force, lock } => {
+            say!("{}", engine.state_push(&file, force, lock.options()).await?);
         }
     }
     Ok(EXIT_OK)

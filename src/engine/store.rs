@@ -1,6 +1,7 @@
 //! Which state store a run uses, and what changes it: the backend `init` recorded, the one the
 //! configuration names, migrations between them, workspaces, and state surgery.
 
+use super::session::LockOptions;
 use super::{Engine, Error, Notice, Result};
 use crate::config::StateBackend;
 use crate::model::Address;
@@ -363,10 +364,11 @@ impl Engine {
     pub async fn edit_state(
         &self,
         operation: &str,
+        options: LockOptions,
         edit: impl FnOnce(&mut State) -> Result<String>,
     ) -> Result<String> {
         let store = self.store().await?;
-        let held = lock(store.as_ref(), operation, true, Duration::ZERO).await?;
+        let held = lock(store.as_ref(), operation, options.lock, options.timeout).await?;
         let result = async {
             let mut state = store.read().await?.unwrap_or_default();
             let message = edit(&mut state)?;
@@ -379,8 +381,8 @@ impl Engine {
     }
 
     /// `state rm`: forgets a resource (it still exists in the world).
-    pub async fn state_rm(&self, addr: &Address) -> Result<String> {
-        self.edit_state("state rm", |state| {
+    pub async fn state_rm(&self, addr: &Address, lock: LockOptions) -> Result<String> {
+        self.edit_state("state rm", lock, |state| {
             if state.resources.remove(addr).is_none() {
                 return Err(Error::new(format!("{addr} is not in state")));
             }
@@ -393,14 +395,19 @@ impl Engine {
     }
 
     /// `state mv`: the same resource under another address.
-    pub async fn state_mv(&self, from: &Address, to: &Address) -> Result<String> {
+    pub async fn state_mv(
+        &self,
+        from: &Address,
+        to: &Address,
+        lock: LockOptions,
+    ) -> Result<String> {
         if from.kind != to.kind {
             return Err(Error::new(format!(
                 "cannot move a {} to a {}",
                 from.kind, to.kind
             )));
         }
-        self.edit_state("state mv", |state| {
+        self.edit_state("state mv", lock, |state| {
             if state.resources.contains_key(to) {
                 return Err(Error::new(format!("{to} already exists in state")));
             }
@@ -417,7 +424,7 @@ impl Engine {
 
     /// `state push`: replaces the state with a file's (sealed or plaintext), refusing another
     /// lineage or an older serial unless `force`.
-    pub async fn state_push(&self, file: &Path, force: bool) -> Result<String> {
+    pub async fn state_push(&self, file: &Path, force: bool, lock: LockOptions) -> Result<String> {
         let bytes = std::fs::read(file)
             .map_err(|e| Error::new(format!("cannot read {}: {e}", file.display())))?;
         let codec = Codec {
@@ -426,7 +433,7 @@ impl Engine {
         };
         let new = codec.decode(&bytes, &file.display().to_string())?;
         let existed = self.store().await?.read().await?.is_some();
-        self.edit_state("state push", |state| {
+        self.edit_state("state push", lock, |state| {
             if existed && !force {
                 if state.lineage != new.lineage {
                     return Err(Error::new(format!(
