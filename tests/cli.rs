@@ -858,3 +858,39 @@ fn console_reads_expressions_from_stdin() {
         "6\n[\n  <<-EOT\n  a\n  b\n  EOT,\n]\n<<EOT\nx\n\nEOT\n\"true\"\n"
     );
 }
+
+/// `init -migrate-state` holds both backends' locks: refused while another run holds the
+/// old one, and done beside it with `-lock=false`, as Terraform's.
+#[test]
+fn migrate_state_takes_the_lock_unless_told_not_to() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    std::fs::write(dir.join("main.sky.hcl"), "cluster \"dev\" {}\n").unwrap();
+    let out = run(dir, &["init"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        dir.join(".skyform/state.json").exists(),
+        "init made a state"
+    );
+    std::fs::write(
+        dir.join("main.sky.hcl"),
+        "skyform {\n  state \"local\" {\n    path = \"moved.json\"\n  }\n}\n\ncluster \"dev\" {}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join(".skyform/state.json.lock"),
+        r#"{"id":"held-elsewhere","who":"alice@ci-runner-7","operation":"apply","created":"2026-11-28T12:00:00Z","version":"0","pid":0}"#,
+    )
+    .unwrap();
+    let out = run(dir, &["init", "-migrate-state", "-lock-timeout=1s"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("alice@ci-runner-7"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(!dir.join("moved.json").exists(), "nothing copied");
+    let out = run(dir, &["init", "-migrate-state", "-lock=false"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(dir.join("moved.json").exists(), "copied beside the lock");
+}

@@ -225,12 +225,13 @@ async fn run(cli: Cli) -> i32 {
             reconfigure,
             force_copy,
             input: _,
-            lock: _,
+            lock,
             json,
         } => {
             let how = if *migrate_state {
                 BackendChange::Migrate {
                     force_copy: *force_copy,
+                    lock: lock.options(),
                 }
             } else if *reconfigure {
                 BackendChange::Reconfigure

@@ -16,8 +16,9 @@ pub enum BackendChange {
     Refuse,
     /// Use the new backend as it is.
     Reconfigure,
-    /// Copy the state over (overwriting one already there with `force_copy`).
-    Migrate { force_copy: bool },
+    /// Copy the state over (overwriting one already there with `force_copy`), under the
+    /// lock of both backends as `lock` says (`-lock`, `-lock-timeout`).
+    Migrate { force_copy: bool, lock: LockOptions },
 }
 
 /// A held state lock (nothing with `-lock=false`); released explicitly, since unlocking a
@@ -137,8 +138,9 @@ impl Engine {
         let recorded = self.recorded_backend();
         if recorded != wanted {
             match how {
-                BackendChange::Migrate { force_copy } => {
-                    self.migrate_state(&recorded, &wanted, force_copy).await?;
+                BackendChange::Migrate { force_copy, lock } => {
+                    self.migrate_state(&recorded, &wanted, force_copy, lock)
+                        .await?;
                     self.record_backend(&wanted)?;
                 }
                 BackendChange::Reconfigure => self.record_backend(&wanted)?,
@@ -270,9 +272,10 @@ impl Engine {
         from: &StateBackend,
         to: &StateBackend,
         force_copy: bool,
+        options: LockOptions,
     ) -> Result<()> {
         let (old_codec, new_codec) = (codec_for(from)?, codec_for(to)?);
-        let now = Duration::ZERO;
+        let (locking, wait) = (options.lock, options.timeout);
         if same_place(from, to) {
             // Only the encryption changes: one store that reads the old way and writes the
             // new.
@@ -282,7 +285,7 @@ impl Engine {
                 encrypt: new_codec.encrypt,
             };
             let store = self.open_store_with(to, codec)?;
-            let held = lock(store.as_ref(), "migrate-state", true, now).await?;
+            let held = lock(store.as_ref(), "migrate-state", locking, wait).await?;
             let done = async {
                 if let Some(state) = store.read().await? {
                     store.write(&state).await?;
@@ -307,8 +310,8 @@ impl Engine {
                 ..new_codec
             },
         )?;
-        let old_lock = lock(old.as_ref(), "migrate-state", true, now).await?;
-        let new_lock = match lock(new.as_ref(), "migrate-state", true, now).await {
+        let old_lock = lock(old.as_ref(), "migrate-state", locking, wait).await?;
+        let new_lock = match lock(new.as_ref(), "migrate-state", locking, wait).await {
             Ok(l) => l,
             Err(e) => {
                 old_lock.release().await;
