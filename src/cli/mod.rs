@@ -27,7 +27,8 @@ mod args;
 mod catalog;
 mod cluster;
 mod controller;
-mod fmt;
+mod convert;
+pub(crate) mod fmt;
 mod plan;
 mod progress;
 mod report;
@@ -210,6 +211,12 @@ async fn run(cli: Cli) -> i32 {
         Command::Validate { dir, json, vars } => {
             plan::validate(&open(dir_of(dir), vars), &term, *json)
         }
+        Command::Convert {
+            files,
+            out,
+            json,
+            managed,
+        } => convert::run(files, out.as_deref(), *json, *managed),
         Command::Fmt { dir, check, diff } => {
             fmt::run(&dir_of(dir), *check, *diff).map_err(|e| Error::new(e.0))
         }

@@ -20,6 +20,7 @@
 pub mod link;
 pub mod proc;
 mod sched;
+pub mod skypilot;
 
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -652,6 +653,13 @@ pub async fn run_everywhere(
         let mut e = envs.clone();
         e.insert("SKYFORM_NODE_RANK".into(), rank.to_string());
         e.insert("SKYFORM_NUM_NODES".into(), nodes.to_string());
+        let info = read_json::<ClusterInfo>(&layout.info());
+        skypilot::add_vars(
+            &mut e,
+            skypilot::Phase::Setup,
+            info.as_ref().map(|i| i.ips.as_slice()),
+            info.as_ref().map(|i| i.gpus_per_node),
+        );
         let task = Task {
             id: id.to_string(),
             command: command.to_string(),

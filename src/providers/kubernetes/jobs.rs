@@ -59,6 +59,12 @@ impl KubeProvider {
         for rank in 0..n {
             let mut e = envs.clone();
             e.insert("SKYFORM_NODE_RANK".into(), rank.to_string());
+            crate::runtime::skypilot::add_vars(
+                &mut e,
+                crate::runtime::skypilot::Phase::Run,
+                None,
+                crate::runtime::skypilot::gpus_of(&spec.resources),
+            );
             let pod = objects::pod_name(&cp.name, rank);
             exec::start(&conn, &pod, &p.name, rank, &spec.run, &e).await?;
         }
