@@ -554,6 +554,16 @@ impl Converter {
             }
         }
         // envs (and, for a plain task, the secrets setup needs) in one attribute.
+        if kind == Kind::Cluster && setup_present && !secrets.is_empty() {
+            let line = envs_line.unwrap_or_else(|| {
+                m.iter()
+                    .find(|(k, _)| k.key_text() == "secrets")
+                    .map_or(0, |(k, _)| k.line)
+            });
+            main.push((line, Item::Comment(vec![
+                "The secrets are in envs too, for setup (a cluster has no secrets); they make envs sensitive, so plans mask it.".into(),
+            ])));
+        }
         if let Some(line) = envs_line {
             let mut all = envs.clone();
             if kind == Kind::Cluster && setup_present {
@@ -568,11 +578,6 @@ impl Converter {
                 .find(|(k, _)| k.key_text() == "secrets")
                 .map_or(0, |(k, _)| k.line);
             main.push((line, Item::Attr("envs".into(), hcl::object(&secrets))));
-        }
-        if kind == Kind::Cluster && setup_present && !secrets.is_empty() {
-            main.push((0, Item::Comment(vec![
-                "The secrets are in envs too, for setup (a cluster has no secrets); envs is masked in plans as they are sensitive.".into(),
-            ])));
         }
         let mut main = sorted(main);
         if let Some(dep) = depends_on {
