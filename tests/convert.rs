@@ -370,44 +370,49 @@ fn bad_yaml_is_an_error_with_file_line_and_column() {
         (
             "syntax.yaml",
             "run: echo hi\nresources:\n  cpus: [4\n",
-            4,
+            "4:1",
             "invalid YAML",
         ),
         (
             "unknown.yaml",
             "run: echo hi\nresources:\n  gpu: A100\n",
-            3,
+            "3:3",
             "unknown field \"gpu\"",
         ),
         (
             "unknown-top.yaml",
             "name: a\nrunn: echo hi\n",
-            2,
+            "2:1",
             "did you mean \"run\"",
         ),
         (
             "type.yaml",
             "run: echo hi\nnum_nodes: two\n",
-            2,
+            "2:12",
             "num_nodes must be a whole number",
         ),
         (
             "type-nested.yaml",
             "run: x\nresources:\n  use_spot: maybe\n",
-            3,
+            "3:13",
             "use_spot must be true or false",
         ),
+        (
+            "exclusive.yaml",
+            "run: x\nservice:\n  replicas: 2\n  replica_policy:\n    min_replicas: 1\n",
+            "4:3",
+            "cannot both be given",
+        ),
     ];
-    for (file, text, line, want) in cases {
+    for (file, text, at, want) in cases {
         let e = Converter::new(false)
             .convert(file, text)
             .expect_err("an error");
         let shown = e.to_string();
         assert!(
-            shown.starts_with(&format!("{file}:{line}:")),
+            shown.starts_with(&format!("{file}:{at}: ")),
             "{file}: {shown}"
         );
-        assert!(e.col >= 1, "{shown}");
         assert!(shown.contains(want), "{file}: {shown} lacks {want:?}");
     }
     // From the command line too: nothing on stdout, the place on stderr, exit 1.
@@ -426,7 +431,7 @@ fn cli_reads_stdin_and_writes_a_directory() {
             "a.yaml",
             "name: a\nresources:\n  infra: aws\n  labels: {team: ml}\nrun: echo a\n",
         ),
-        ("b.yaml", "name: a\nrun: echo b\n"),
+        ("b.yaml", "name: a\nworkdir: .\nrun: echo b\n"),
     ]);
     // Standard input: HCL on stdout, warnings on stderr.
     let mut child = w
@@ -457,6 +462,8 @@ fn cli_reads_stdin_and_writes_a_directory() {
     let b = std::fs::read_to_string(w.path().join("out/b.sky.hcl")).unwrap();
     assert!(a.contains("cluster \"a\""));
     assert!(b.contains("cluster \"a-2\""), "{b}");
+    // SkyPilot reads workdir from where it runs; skyform from the configuration's directory.
+    assert!(b.contains("workdir = \"..\""), "{b}");
     let infra = std::fs::read_to_string(w.path().join("out/infra.sky.hcl")).unwrap();
     assert!(infra.contains("infra \"aws\" {}"), "{infra}");
     w.ok(&["validate", "out"]);

@@ -17,6 +17,11 @@ struct FileOut {
 
 pub fn run(files: &[PathBuf], out: Option<&Path>, json: bool, managed: bool) -> Result<i32, Error> {
     let mut conv = Converter::new(managed);
+    if let Some(dir) = out {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::new(format!("cannot create {}: {e}", dir.display())))?;
+        conv.workdir_base = way_back(dir);
+    }
     let mut done: Vec<FileOut> = Vec::new();
     let mut errors: Vec<ConvertError> = Vec::new();
     let mut stems = std::collections::BTreeSet::new();
@@ -133,4 +138,24 @@ fn output_stem(name: &str) -> String {
     } else {
         b.to_string()
     }
+}
+
+/// The relative path from `dir` back to the working directory (`..`, `../..`, `../src`),
+/// or None when they are the same.
+fn way_back(dir: &Path) -> Option<String> {
+    let here = std::env::current_dir().ok()?.canonicalize().ok()?;
+    let there = dir.canonicalize().ok()?;
+    if here == there {
+        return None;
+    }
+    let h: Vec<_> = here.components().collect();
+    let t: Vec<_> = there.components().collect();
+    let common = h.iter().zip(&t).take_while(|(a, b)| a == b).count();
+    let mut parts: Vec<String> = vec!["..".to_string(); t.len() - common];
+    parts.extend(
+        h[common..]
+            .iter()
+            .map(|c| c.as_os_str().to_string_lossy().into_owned()),
+    );
+    Some(parts.join("/"))
 }

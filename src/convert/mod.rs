@@ -72,6 +72,10 @@ pub struct Converted {
 pub struct Converter {
     /// Plain tasks become managed jobs (`sky jobs launch`), as with `-managed`.
     pub managed: bool,
+    /// The way from the output's directory to where `sky` would run (`../..`), put before
+    /// relative workdirs: SkyPilot reads them from there, skyform from the configuration's
+    /// directory. None: the output goes where the YAML's paths start.
+    pub workdir_base: Option<String>,
     names: BTreeSet<String>,
     variables: BTreeSet<String>,
     clouds: BTreeSet<String>,
@@ -150,10 +154,46 @@ impl Converter {
             return None;
         }
         let mut items = vec![Item::Comment(vec![
-            "The clouds the SkyPilot files name. Add `infra \"local\" {}` to keep this machine as an option.".into(),
+            "The infra the SkyPilot files name. Add `infra \"local\" {}` to keep this machine as an option.".into(),
         ])];
         for c in &self.clouds {
-            items.push(Item::Block(Block::new(format!("infra {}", hcl::string(c)))));
+            let block = match c.split_once('/') {
+                None if crate::model::backend::is_catalog_cloud(c) => {
+                    Block::new(format!("infra {}", hcl::string(c)))
+                }
+                None if c == "kubernetes" => {
+                    items.push(Item::Comment(vec![
+                        "infra = \"kubernetes\" uses every `infra \"kubernetes\" \"CONTEXT\" {}` block: declare one per kubeconfig context.".into(),
+                    ]));
+                    continue;
+                }
+                None => {
+                    items.push(Item::Comment(vec![format!(
+                        "infra = \"{c}\" needs `infra \"{c}\" \"NAME\" {{ … }}` blocks."
+                    )]));
+                    continue;
+                }
+                // The context's (or pool's) name is the block's name.
+                Some(("kubernetes", ctx)) if label(ctx) == ctx => {
+                    Block::new(format!("infra \"kubernetes\" {}", hcl::string(ctx)))
+                }
+                Some(("ssh", pool)) if label(pool) == pool => {
+                    let mut b = Block::new(format!("infra \"ssh\" {}", hcl::string(pool)));
+                    b.items.push(Item::Comment(vec![
+                        "The pool's machines: SkyPilot keeps them in ~/.sky/ssh_node_pools.yaml."
+                            .into(),
+                    ]));
+                    b.attr("hosts", "[]".into());
+                    b
+                }
+                Some((kind, name)) => {
+                    items.push(Item::Comment(vec![format!(
+                        "{kind}/{name} needs an `infra \"{kind}\" \"NAME\"` block (a name of letters, digits, _ and -; set context = \"{name}\") and infra = \"{kind}/NAME\"."
+                    )]));
+                    continue;
+                }
+            };
+            items.push(Item::Block(block));
         }
         Some(crate::cli::fmt::format(&hcl::render(&items)))
     }
@@ -462,7 +502,20 @@ impl Converter {
                 }
                 "workdir" => match &v.v {
                     V::Null => {}
-                    V::Str(s) => main.push((line, Item::Attr("workdir".into(), subst(s, &env_values)))),
+                    V::Str(s) => {
+                        let path = match &self.workdir_base {
+                            Some(base) if !s.starts_with(['/', '~', '$']) => {
+                                let rel = s.trim_start_matches("./");
+                                if rel.is_empty() || rel == "." {
+                                    base.clone()
+                                } else {
+                                    format!("{base}/{rel}")
+                                }
+                            }
+                            _ => s.clone(),
+                        };
+                        main.push((line, Item::Attr("workdir".into(), subst(&path, &env_values))));
+                    }
                     V::Map(_) => main.push((line, doc.unsupported(k, ends[i], "workdir",
                         "skyform's workdir is a local directory: clone the repository first (git clone URL && git checkout REF) and point workdir at it, or clone it in setup"))),
                     _ => return Err(doc.error(v, format!("workdir must be a path or {{url, ref}}, found {}", v.kind()))),

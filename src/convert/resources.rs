@@ -139,7 +139,13 @@ pub(super) fn convert(
             };
             let mut b = Block::new(name.clone());
             b.items = super::sorted(candidate(doc, cm, &cends, &mut ccx, &mut res)?);
-            res.items.push((c.line, Item::Block(b)));
+            if b.items.iter().all(|i| matches!(i, Item::Comment(_))) && !b.items.is_empty() {
+                // Nothing of it could be kept: an empty candidate would be the outer block
+                // itself, a choice the YAML did not offer.
+                res.items.extend(b.items.into_iter().map(|i| (c.line, i)));
+            } else {
+                res.items.push((c.line, Item::Block(b)));
+            }
         }
     }
     let _ = &mut cx;
@@ -302,7 +308,16 @@ fn candidate(
                 Err(Bad::Unsupported(why)) => items.push((line, skip(doc, &why))),
             },
             "image_id" => match &v.v {
-                V::Str(s) => items.push((line, Item::Attr("image_id".into(), hcl::string(s)))),
+                V::Str(s) => {
+                    // SkyPilot reads a bare image name on Kubernetes as a container image.
+                    let on_k8s = matches!(cx.outer_cloud.as_deref(), Some("k8s" | "kubernetes"));
+                    let image = if on_k8s && !s.starts_with("docker:") {
+                        format!("docker:{s}")
+                    } else {
+                        s.clone()
+                    };
+                    items.push((line, Item::Attr("image_id".into(), hcl::string(&image))));
+                }
                 V::Map(regions) if cx.outer && !cx.has_candidates && regions.iter().all(|(r, i)| i.as_str().is_some() && !r.key_text().starts_with("docker")) => {
                     // Per-region images: SkyPilot only visits the regions listed, so each
                     // becomes a candidate in that region with its image.
@@ -397,10 +412,26 @@ fn candidate(
     Ok(items)
 }
 
+/// Remembers the infra a file names, for the `infra` blocks the configuration needs.
 fn note_cloud(doc: &mut Doc, infra: &str) {
-    let cloud = infra.split('/').next().unwrap_or_default();
-    if crate::model::backend::is_catalog_cloud(cloud) {
-        doc.clouds.insert(cloud.to_string());
+    let parts: Vec<&str> = infra.split('/').collect();
+    match parts[0] {
+        c if crate::model::backend::is_catalog_cloud(c) => {
+            doc.clouds.insert(c.to_string());
+        }
+        "k8s" | "kubernetes" | "ssh" => {
+            let name = parts.get(1).filter(|p| **p != "*");
+            let kind = if parts[0] == "ssh" {
+                "ssh"
+            } else {
+                "kubernetes"
+            };
+            doc.clouds.insert(match name {
+                Some(n) => format!("{kind}/{n}"),
+                None => kind.to_string(),
+            });
+        }
+        _ => {}
     }
 }
 

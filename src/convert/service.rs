@@ -33,6 +33,14 @@ pub(super) fn convert(
         return Err(doc.error(v, format!("service must be a mapping, found {}", v.kind())));
     };
     let ends = doc.entry_ends(m, end);
+    let given = |n: &str| m.iter().find(|(k, v)| k.key_text() == n && !v.is_null());
+    if let (Some(_), Some((k, _))) = (given("replicas"), given("replica_policy")) {
+        return Err(doc.error(
+            k,
+            "service: replicas and replica_policy cannot both be given (SkyPilot refuses it too)"
+                .into(),
+        ));
+    }
     let count = |n: &Node, field: &str, doc: &Doc| -> Result<String, ConvertError> {
         match n.as_int() {
             Some(i) if i >= 0 => Ok(i.to_string()),

@@ -1,4 +1,4 @@
-# The clouds the SkyPilot files name. Add `infra "local" {}` to keep this machine as an option.
+# The infra the SkyPilot files name. Add `infra "local" {}` to keep this machine as an option.
 infra "gcp" {}
 
 # Converted from legacy-cloud.yaml by `skyform convert`.
