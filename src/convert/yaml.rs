@@ -82,13 +82,7 @@ impl Node {
             V::Bool(true) => "True".into(),
             V::Bool(false) => "False".into(),
             V::Int(i) => i.to_string(),
-            V::Float(f) => {
-                if f.fract() == 0.0 && f.abs() < 1e16 {
-                    format!("{f:.1}")
-                } else {
-                    f.to_string()
-                }
-            }
+            V::Float(f) => py_float(*f),
             V::Str(s) => s.clone(),
             V::Seq(_) | V::Map(_) => return None,
         })
@@ -127,6 +121,29 @@ impl Node {
     }
 }
 
+/// A float as Python's `str()` writes it: `3.0`, `0.0001`, `1e-05`, `1.5e+16`.
+fn py_float(f: f64) -> String {
+    if f.is_nan() {
+        return "nan".into();
+    }
+    if f.is_infinite() {
+        return if f > 0.0 { "inf".into() } else { "-inf".into() };
+    }
+    if f == 0.0 {
+        return if f.is_sign_negative() { "-0.0" } else { "0.0" }.into();
+    }
+    let sci = format!("{f:e}");
+    let (mantissa, exp) = sci.split_once('e').unwrap_or((&sci, "0"));
+    let exp: i32 = exp.parse().unwrap_or(0);
+    if (-4..16).contains(&exp) {
+        let s = f.to_string();
+        if s.contains('.') { s } else { format!("{s}.0") }
+    } else {
+        let sign = if exp < 0 { '-' } else { '+' };
+        format!("{mantissa}e{sign}{:02}", exp.abs())
+    }
+}
+
 /// A problem reading the YAML, with where it is.
 #[derive(Debug, Clone, PartialEq)]
 pub struct YamlError {
@@ -143,9 +160,10 @@ pub fn load(text: &str) -> Result<Vec<Node>, YamlError> {
         col: e.marker().col() + 1,
         message: e.info().to_string(),
     })?;
+    let chars: Vec<char> = text.chars().collect();
     let mut out = Vec::new();
     for d in &docs {
-        let n = node(d)?;
+        let n = node(d, &chars)?;
         if !n.is_null() {
             out.push(n);
         }
@@ -153,10 +171,29 @@ pub fn load(text: &str) -> Result<Vec<Node>, YamlError> {
     Ok(out)
 }
 
-fn node(y: &MarkedYaml<'_>) -> Result<Node, YamlError> {
+fn node(y: &MarkedYaml<'_>, src: &[char]) -> Result<Node, YamlError> {
     let (line, col) = (y.span.start.line(), y.span.start.col() + 1);
     let err = |message: String| YamlError { line, col, message };
     let v = match &y.data {
+        // PyYAML (YAML 1.1, what SkyPilot reads with) takes a float only with a dot:
+        // `1e-4` is the string "1e-4" there, a common learning rate in envs.
+        YamlData::Value(Scalar::FloatingPoint(f)) => {
+            let raw: String = src
+                .get(y.span.start.index()..y.span.end.index())
+                .map(|c| c.iter().collect())
+                .unwrap_or_default();
+            let raw = raw.trim();
+            let lower = raw.to_lowercase();
+            if !raw.is_empty()
+                && !raw.contains('.')
+                && !lower.contains("inf")
+                && !lower.contains("nan")
+            {
+                V::Str(raw.to_string())
+            } else {
+                V::Float(f.into_inner())
+            }
+        }
         YamlData::Value(s) => scalar(s),
         YamlData::Representation(text, style, tag) => {
             match Scalar::parse_from_cow_and_metadata(text.clone(), *style, tag.as_ref()) {
@@ -164,11 +201,16 @@ fn node(y: &MarkedYaml<'_>) -> Result<Node, YamlError> {
                 None => return Err(err(format!("{text:?} is not a valid value for its tag"))),
             }
         }
-        YamlData::Sequence(items) => V::Seq(items.iter().map(node).collect::<Result<_, _>>()?),
+        YamlData::Sequence(items) => V::Seq(
+            items
+                .iter()
+                .map(|i| node(i, src))
+                .collect::<Result<_, _>>()?,
+        ),
         YamlData::Mapping(m) => {
             let mut entries = Vec::new();
             for (k, v) in m {
-                let key = node(k)?;
+                let key = node(k, src)?;
                 if matches!(key.v, V::Seq(_) | V::Map(_)) {
                     // As PyYAML (SkyPilot's reader) says: "found unhashable key". Often an
                     // unrendered template (`{{name}}`).
@@ -181,11 +223,11 @@ fn node(y: &MarkedYaml<'_>) -> Result<Node, YamlError> {
                         ),
                     });
                 }
-                entries.push((key, node(v)?));
+                entries.push((key, node(v, src)?));
             }
             V::Map(entries)
         }
-        YamlData::Tagged(_, inner) => return node(inner).map(|n| Node { line, col, ..n }),
+        YamlData::Tagged(_, inner) => return node(inner, src).map(|n| Node { line, col, ..n }),
         YamlData::Alias(_) => return Err(err("YAML aliases (*name) are not supported".into())),
         YamlData::BadValue => return Err(err("a value that cannot be read".into())),
     };
@@ -220,6 +262,22 @@ mod tests {
             docs[1].as_map().expect("map")[0].1.as_str(),
             Some("echo hi\n")
         );
+    }
+
+    #[test]
+    fn numbers_read_as_skypilot_reads_them() {
+        let d = load("a: 1e-4\nb: 1.0e-5\nc: 3.0\nd: 2.50\ne: 7\nf: 1.5e16\ng: \"1e-4\"\n")
+            .expect("loads");
+        let m = d[0].as_map().expect("map");
+        let text: Vec<String> = m
+            .iter()
+            .map(|(_, v)| v.scalar_text().unwrap_or_default())
+            .collect();
+        assert_eq!(
+            text,
+            ["1e-4", "1e-05", "3.0", "2.5", "7", "1.5e+16", "1e-4"]
+        );
+        assert_eq!(m[0].1.as_str(), Some("1e-4"));
     }
 
     #[test]
