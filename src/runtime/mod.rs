@@ -872,6 +872,73 @@ mod tests {
     }
 
     #[test]
+    fn jobs_and_setup_see_skypilots_names() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let root = tmp.path().join("cluster");
+        std::fs::create_dir_all(&root).expect("cluster dir");
+        let layout = Layout::new(&root);
+        let info = ClusterInfo {
+            name: "cluster.t".into(),
+            num_nodes: 1,
+            cpus_per_node: 1.0,
+            gpus_per_node: 0.0,
+            envs: BTreeMap::new(),
+            ips: vec!["127.0.0.1".into()],
+            links: BTreeMap::new(),
+            autostop: None,
+            build: None,
+            hosts: Vec::new(),
+        };
+        write_json(&layout.info(), &info).expect("cluster.json");
+        let agent = {
+            let root = root.clone();
+            std::thread::spawn(move || run_agent(&root, 0))
+        };
+        let out = |name: &str| tmp.path().join(name);
+        let dump = |name: &str| format!("env | grep '^SKYPILOT_' | sort > {}", out(name).display());
+        submit(&layout, &record("v", &dump("run.txt"), 0.5, Vec::new(), 1)).expect("submit");
+        wait_for("the job", || {
+            job_status(&layout, "v").is_some_and(|s| s.state.is_final())
+        });
+        let run = std::fs::read_to_string(out("run.txt")).expect("the job's dump");
+        for want in [
+            "SKYPILOT_NODE_IPS=127.0.0.1",
+            "SKYPILOT_NODE_RANK=0",
+            "SKYPILOT_NUM_GPUS_PER_NODE=0",
+            "SKYPILOT_NUM_NODES=1",
+            "SKYPILOT_TASK_ID=v",
+        ] {
+            assert!(run.lines().any(|l| l == want), "{want} in {run}");
+        }
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(run_everywhere(
+            &layout,
+            1,
+            "setup",
+            &dump("setup.txt"),
+            &BTreeMap::new(),
+            Duration::from_secs(60),
+        ))
+        .expect("setup");
+        let setup = std::fs::read_to_string(out("setup.txt")).expect("setup's dump");
+        for want in [
+            "SKYPILOT_SETUP_NODE_IPS=127.0.0.1",
+            "SKYPILOT_SETUP_NODE_RANK=0",
+            "SKYPILOT_NUM_NODES=1",
+        ] {
+            assert!(setup.lines().any(|l| l == want), "{want} in {setup}");
+        }
+        std::fs::write(layout.stopped(), b"").expect("stop");
+        agent
+            .join()
+            .expect("the agent")
+            .expect("the agent's result");
+    }
+
+    #[test]
     fn fractions_share_a_device_and_whole_gpus_take_free_ones() {
         let cap = gpu_devices(2.0);
         assert_eq!(cap, [1.0, 1.0]);
