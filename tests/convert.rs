@@ -123,6 +123,66 @@ fn check(dir: &Path, hcl: &str) -> (Option<String>, Vec<Spec>) {
     (None, c.instances.into_iter().map(|i| i.spec).collect())
 }
 
+/// Keys of the task documents (top level, `resources`, its candidates, `service`) that the
+/// HCL mentions neither as what they map to nor in a comment.
+fn dropped_keys(yaml: &str, hcl: &str) -> Vec<String> {
+    fn mapped_to(key: &str) -> &str {
+        match key {
+            "cloud" | "region" | "zone" => "infra",
+            "gpus" => "accelerators",
+            "job_recovery" | "spot_recovery" => "recovery",
+            "secrets" => "secrets",
+            other => other,
+        }
+    }
+    let mentioned = |word: &str| {
+        hcl.lines().any(|l| {
+            let t = l.trim_start();
+            t.starts_with(&format!("{word} ")) || (t.starts_with('#') && t.contains(word))
+        })
+    };
+    let mut out = Vec::new();
+    let docs = saphyr::Yaml::load_from_str(yaml).unwrap_or_default();
+    let mut check = |m: &saphyr::Yaml, path: &str| {
+        let Some(map) = m.as_mapping() else { return };
+        for (k, v) in map {
+            let key = k.as_str().unwrap_or_default();
+            let skip = v.is_null()
+                || v.as_bool() == Some(false)
+                || matches!(
+                    key,
+                    "name" | "execution" | "any_of" | "ordered" | "resources" | "service"
+                )
+                || v.as_mapping().is_some_and(|m| m.is_empty());
+            if !skip && !mentioned(mapped_to(key)) {
+                out.push(format!(
+                    "{path}{key} is neither mapped nor kept as a comment"
+                ));
+            }
+        }
+    };
+    for d in &docs {
+        check(d, "");
+        if let Some(r) = d.as_mapping_get("resources") {
+            check(r, "resources.");
+            for list in ["any_of", "ordered"] {
+                for c in r
+                    .as_mapping_get(list)
+                    .and_then(|l| l.as_vec())
+                    .into_iter()
+                    .flatten()
+                {
+                    check(c, &format!("resources.{list}[]."));
+                }
+            }
+        }
+        if let Some(svc) = d.as_mapping_get("service") {
+            check(svc, "service.");
+        }
+    }
+    out
+}
+
 /// `setup` and `run` of a single-document YAML, as SkyPilot reads them.
 fn scripts_of(text: &str) -> (Option<String>, Option<String>) {
     let docs = saphyr::Yaml::load_from_str(text).unwrap();
@@ -177,6 +237,22 @@ fn every_corpus_file_converts_validates_and_keeps_its_scripts() {
                 out.hcl
             ));
             continue;
+        }
+        // Nothing silently dropped: every key shows up, mapped or as a comment, and every
+        // warning has its comment (or is a note on something mapped).
+        for problem in dropped_keys(&text, &out.hcl) {
+            failures.push(format!("{name}: {problem}"));
+        }
+        for w in &out.warnings {
+            let field = if w.field.starts_with("file_mounts.") {
+                "file_mounts"
+            } else {
+                w.field.as_str()
+            };
+            let noted = w.field.ends_with("spot_recovery") || w.field.ends_with("max_hourly_cost");
+            if !noted && !out.hcl.contains(&format!("# {field} (line ")) {
+                failures.push(format!("{name}: warning without a comment: {w}"));
+            }
         }
         // What `skyform fmt` leaves as it is.
         let fmt = std::process::Command::new(BIN)
@@ -335,6 +411,14 @@ fn golden(path: &Path, actual: &str) -> Option<String> {
 
 #[test]
 fn snapshots_of_conversions() {
+    // The check of dropped keys catches a drop.
+    assert_eq!(
+        dropped_keys(
+            "resources:\n  labels: {a: b}\nrun: x\n",
+            "job \"x\" {\n  run = \"x\"\n}\n"
+        ),
+        ["resources.labels is neither mapped nor kept as a comment"]
+    );
     let mut failures = Vec::new();
     let cases = yaml_files(&cases_dir());
     assert!(cases.len() >= 5, "{} cases", cases.len());
@@ -356,6 +440,9 @@ fn snapshots_of_conversions() {
             &cases_dir().join(format!("{stem}.warnings")),
             &warnings,
         ));
+        for problem in dropped_keys(&text, &out.hcl) {
+            failures.push(format!("{name}: {problem}"));
+        }
         let cfg = config_dir(&out.hcl, conv.infra().as_deref());
         if let (Some(e), _) = check(cfg.path(), &out.hcl) {
             failures.push(format!("{name}: the output is not valid:\n{e}"));
