@@ -657,7 +657,7 @@ impl Converter {
             if let Some(acc) = job_accel {
                 // The job asks for the cluster's GPUs, as SkyPilot's job gets them.
                 let mut r = Block::new("resources");
-                r.attr("accelerators", hcl::string(&acc));
+                r.attr("accelerators", acc);
                 let at = job
                     .iter()
                     .position(|i| matches!(i, Item::Attr(n, _) if n == "run" || n == "secrets"))

@@ -47,7 +47,7 @@ pub(super) struct Res {
     pub items: Vec<(usize, Item)>,
     /// Items for the enclosing block (`autostop`, `recovery`, comments), by YAML line.
     pub outside: Vec<(usize, Item)>,
-    /// A single accelerator request, which the job on a plain task's cluster asks for too.
+    /// The accelerators (HCL) the job on a plain task's cluster asks for too.
     pub job_accel: Option<String>,
 }
 
@@ -269,9 +269,9 @@ fn candidate(
                 _ => return Err(doc.error(v, format!("{field} must be a number or a string such as \"32+\", found {}", v.kind()))),
             },
             "accelerators" | "gpus" => match accelerators(v) {
-                Ok(Some((expr, single))) => {
-                    if cx.outer {
-                        res.job_accel = single;
+                Ok(Some((expr, uniform))) => {
+                    if cx.outer && uniform {
+                        res.job_accel = Some(expr.clone());
                     }
                     items.push((line, Item::Attr("accelerators".into(), expr)));
                 }
@@ -547,13 +547,25 @@ fn one_accel(name: &str, count: Option<&Node>) -> Result<String, Bad> {
         .map_err(|e| Bad::Unsupported(format!("skyform cannot read {text:?} ({e})")))
 }
 
-/// `accelerators:` in every form → (HCL expression, the single request if it is one).
-fn accelerators(v: &Node) -> Result<Option<(String, Option<String>)>, Bad> {
+/// Whether every choice asks for as many devices (then a job can ask for the same choices:
+/// it reserves the first one's count on whichever the cluster got).
+fn same_count(all: &[String]) -> bool {
+    let count = |a: &String| {
+        a.parse::<crate::model::request::Accelerator>()
+            .map(|a| a.count)
+            .unwrap_or(f64::NAN)
+    };
+    all.iter().all(|a| count(a) == count(&all[0]))
+}
+
+/// `accelerators:` in every form → (HCL expression, whether a job on the cluster can ask
+/// for the same: one request, or choices of one count).
+fn accelerators(v: &Node) -> Result<Option<(String, bool)>, Bad> {
     match &v.v {
         V::Null => Ok(None),
         V::Str(s) => {
             let a = one_accel(s, None)?;
-            Ok(Some((hcl::string(&a), Some(a))))
+            Ok(Some((hcl::string(&a), true)))
         }
         V::Map(m) if m.is_empty() => Ok(None),
         V::Map(m) => {
@@ -562,10 +574,13 @@ fn accelerators(v: &Node) -> Result<Option<(String, Option<String>)>, Bad> {
                 .map(|(k, c)| one_accel(&k.key_text(), Some(c)))
                 .collect::<Result<_, _>>()?;
             if all.len() == 1 {
-                Ok(Some((hcl::string(&all[0]), Some(all[0].clone()))))
+                Ok(Some((hcl::string(&all[0]), true)))
             } else {
                 let list: Vec<String> = all.iter().map(|a| hcl::string(a)).collect();
-                Ok(Some((format!("toset([{}])", list.join(", ")), None)))
+                Ok(Some((
+                    format!("toset([{}])", list.join(", ")),
+                    same_count(&all),
+                )))
             }
         }
         V::Seq(items) => {
@@ -585,7 +600,7 @@ fn accelerators(v: &Node) -> Result<Option<(String, Option<String>)>, Bad> {
                 }
             }
             let list: Vec<String> = all.iter().map(|a| hcl::string(a)).collect();
-            Ok(Some((format!("[{}]", list.join(", ")), None)))
+            Ok(Some((format!("[{}]", list.join(", ")), same_count(&all))))
         }
         _ => Err(Bad::Type(format!(
             "must be a string, a mapping or a list, found {}",
