@@ -451,7 +451,7 @@ impl Converter {
                             ));
                         }
                         if ev.is_null() {
-                            self.variable(doc, &var, false, None, ek.line, "envs");
+                            self.variable(doc, &var, false, None, "envs");
                             envs.push((var.clone(), format!("var.{var}")));
                             env_values.insert(var, None);
                         } else {
@@ -521,7 +521,7 @@ impl Converter {
                     _ => return Err(doc.error(v, format!("workdir must be a path or {{url, ref}}, found {}", v.kind()))),
                 },
                 "resources" => {
-                    let r = resources::convert(self, doc, k, v, ends[i], kind, num_nodes)?;
+                    let r = resources::convert(doc, v, ends[i], kind, num_nodes)?;
                     if !r.items.is_empty() {
                         let mut b = Block::new("resources");
                         b.items = sorted(r.items);
@@ -567,7 +567,7 @@ impl Converter {
                                     None => return Err(doc.error(sv, format!("secrets.{var} must be a string or null, found {}", sv.kind()))),
                                 }
                             };
-                            self.variable(doc, &var, true, default, sk.line, "secrets");
+                            self.variable(doc, &var, true, default, "secrets");
                             secrets.push((var.clone(), format!("var.{var}")));
                             env_values.insert(var.clone(), None);
                         }
@@ -584,7 +584,7 @@ impl Converter {
                 },
                 "service" => {
                     if !v.is_null() {
-                        service::convert(doc, k, v, ends[i], &env_values, &mut main)?;
+                        service::convert(doc, v, ends[i], &env_values, &mut main)?;
                     }
                 }
                 "file_mounts" => {
@@ -680,7 +680,6 @@ impl Converter {
         name: &str,
         sensitive: bool,
         default: Option<String>,
-        line: usize,
         from: &str,
     ) {
         if !self.variables.insert(name.to_string()) {
@@ -706,7 +705,6 @@ impl Converter {
         if sensitive {
             b.attr("sensitive", "true".into());
         }
-        let _ = line;
         doc.variables.push(Item::Block(b));
     }
 }

@@ -2,7 +2,7 @@
 
 use super::hcl::{self, Block, Item};
 use super::yaml::{Node, V};
-use super::{ConvertError, Converter, Doc, Kind, describe};
+use super::{ConvertError, Doc, Kind, describe};
 
 /// Keys of one candidate (`_get_single_resources_schema`, plus older ones the corpus uses).
 const CANDIDATE_KEYS: &[&str] = &[
@@ -63,15 +63,12 @@ pub(super) fn has_recovery(r: &Node) -> bool {
 }
 
 pub(super) fn convert(
-    conv: &mut Converter,
     doc: &mut Doc,
-    key: &Node,
     node: &Node,
     end: usize,
     kind: Kind,
     num_nodes: i64,
 ) -> Result<Res, ConvertError> {
-    let _ = (conv, key);
     let mut res = Res::default();
     let m = match &node.v {
         V::Null => return Ok(res),
@@ -120,7 +117,6 @@ pub(super) fn convert(
                 format!("resources.{name} must be a list, found {}", v.kind()),
             ));
         };
-        let _ = ends[i];
         for (j, c) in list.iter().enumerate() {
             let Some(cm) = c.as_map() else {
                 return Err(doc.error(
@@ -131,7 +127,7 @@ pub(super) fn convert(
                     ),
                 ));
             };
-            let cends = doc.entry_ends(cm, end_of(doc, c, list.get(j + 1), ends[i]));
+            let cends = doc.entry_ends(cm, end_of(doc, list.get(j + 1), ends[i]));
             let mut ccx = Cx {
                 outer: false,
                 path: format!("resources.{name}[{j}]"),
@@ -148,12 +144,11 @@ pub(super) fn convert(
             }
         }
     }
-    let _ = &mut cx;
     Ok(res)
 }
 
 /// The end line of a list item: before the next item, or the list's end.
-fn end_of(doc: &Doc, _item: &Node, next: Option<&Node>, list_end: usize) -> usize {
+fn end_of(doc: &Doc, next: Option<&Node>, list_end: usize) -> usize {
     match next {
         Some(n) => doc.trim_end(n.line.saturating_sub(1), n.line.saturating_sub(1)),
         None => list_end,
@@ -337,7 +332,7 @@ fn candidate(
                     items.push((line, skip(doc, "skyform's autostop is per cluster: set it once in the cluster's autostop block")));
                 } else if cx.kind != Kind::Cluster {
                     res.outside.push((line, skip(doc, "only clusters stop when idle in skyform; a managed job's or service's cluster goes away by itself")));
-                } else if let Some(it) = autostop(doc, v, &field, ends[i], k)? {
+                } else if let Some(it) = autostop(doc, v, &field, ends[i])? {
                     res.outside.extend(it.into_iter().map(|i| (line, i)));
                 }
             }
@@ -657,7 +652,6 @@ fn autostop(
     v: &Node,
     field: &str,
     end: usize,
-    key: &Node,
 ) -> Result<Option<Vec<Item>>, ConvertError> {
     let block = |minutes: i64, down: Option<bool>| {
         let mut b = Block::new("autostop");
@@ -715,7 +709,6 @@ fn autostop(
                     _ => return Err(doc.unknown(k, &name, &["idle_minutes", "down", "wait_for", "hook", "hook_timeout"], field)),
                 }
             }
-            let _ = key;
             let mut out = extra;
             let has_idle = m.iter().any(|(k, _)| k.key_text() == "idle_minutes");
             let has_down = m.iter().any(|(k, _)| k.key_text() == "down");

@@ -22,13 +22,11 @@ const SERVICE_KEYS: &[&str] = &[
 
 pub(super) fn convert(
     doc: &mut Doc,
-    key: &Node,
     v: &Node,
     end: usize,
     envs: &BTreeMap<String, Option<String>>,
     out: &mut Vec<(usize, Item)>,
 ) -> Result<(), ConvertError> {
-    let _ = key;
     let Some(m) = v.as_map() else {
         return Err(doc.error(v, format!("service must be a mapping, found {}", v.kind())));
     };
