@@ -233,12 +233,21 @@ fn with_rank(
     n: u32,
     phase: crate::runtime::skypilot::Phase,
     gpus: u32,
+    hosts: Option<&[String]>,
 ) -> BTreeMap<String, String> {
     let mut out = envs.clone();
     out.insert("SKYFORM_NODE_RANK".into(), rank.to_string());
     out.insert("SKYFORM_NUM_NODES".into(), n.to_string());
-    crate::runtime::skypilot::add_vars(&mut out, phase, None, Some(f64::from(gpus)));
+    crate::runtime::skypilot::add_vars(&mut out, phase, hosts, Some(f64::from(gpus)));
     out
+}
+
+/// The stable names of a cluster's pods, in rank order: SkyPilot's node "IPs" here (a
+/// script that takes the first as the head's address works with a name as well).
+pub fn pod_hosts(cluster: &str, n: u32) -> Vec<String> {
+    (0..n)
+        .map(|r| format!("{}.{cluster}", pod_name(cluster, r)))
+        .collect()
 }
 
 /// The spec of every pod skyform makes: one container `main` running `script` with `sh`,
@@ -297,6 +306,7 @@ impl ClusterPod<'_> {
             self.num_nodes,
             crate::runtime::skypilot::Phase::Setup,
             self.shape.gpus,
+            Some(&pod_hosts(self.name, self.num_nodes)),
         );
         envs.insert("SKYFORM_CLUSTER".into(), self.owner.address.to_string());
         envs.insert(
@@ -374,6 +384,7 @@ impl JobRank<'_> {
             self.num_nodes,
             crate::runtime::skypilot::Phase::Run,
             self.shape.gpus,
+            None,
         );
         let mut env = env_list(&envs);
         for key in &self.secret_keys {
@@ -464,6 +475,7 @@ mod tests {
         assert!(env.contains(&json!({"name": "SKYPILOT_SETUP_NODE_RANK", "value": "1"})));
         assert!(env.contains(&json!({"name": "SKYPILOT_NUM_NODES", "value": "2"})));
         assert!(env.contains(&json!({"name": "SKYPILOT_NUM_GPUS_PER_NODE", "value": "4"})));
+        assert!(env.contains(&json!({"name": "SKYPILOT_SETUP_NODE_IPS", "value": "sky-train-abc-0.sky-train-abc\nsky-train-abc-1.sky-train-abc"})));
         let terms = &pod["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"];
         assert_eq!(
             terms["nodeSelectorTerms"][0]["matchExpressions"][0]["values"][0],
