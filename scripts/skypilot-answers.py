@@ -7,9 +7,10 @@ over the shared catalogs, with aws, gcp and lambda enabled, or why it chooses no
 The test converts the same file with `skyform convert` and checks that `skyform plan` on
 the result, with the same clouds declared, chooses the same instance type and price.
 
-Run (SkyPilot from PyPI, offline; its optimizer only reads the catalog CSVs):
+Run (SkyPilot from PyPI, offline; its optimizer only reads the catalog CSVs; the aws and gcp
+extras are what its image checks import):
 
-    python3 -m venv /tmp/venv-sky && /tmp/venv-sky/bin/pip install skypilot==0.14.1
+    python3 -m venv /tmp/venv-sky && /tmp/venv-sky/bin/pip install "skypilot[aws,gcp]==0.14.1"
     /tmp/venv-sky/bin/python scripts/skypilot-answers.py \
         ../shared/corpus/skypilot-yaml ../shared/catalogs/skypilot \
         testdata/convert/skypilot-answers.tsv
