@@ -7,6 +7,7 @@ pub mod apply;
 pub mod cli;
 pub mod config;
 pub mod controller;
+pub mod convert;
 pub mod engine;
 pub mod faults;
 pub mod graph;

@@ -261,6 +261,21 @@ pub enum Command {
         #[arg(long)]
         recursive: bool,
     },
+    /// Convert SkyPilot task, managed-job and service YAML into skyform HCL.
+    Convert {
+        /// YAML files (`-` for standard input).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Write FILE.sky.hcl per input (and infra.sky.hcl) into DIR, not to standard output.
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+        /// Print JSON: each input's HCL and warnings.
+        #[arg(long)]
+        json: bool,
+        /// Plain tasks become managed jobs (as with `sky jobs launch`).
+        #[arg(long)]
+        managed: bool,
+    },
     /// Refresh, diff and show what apply would do.
     Plan {
         /// The configuration directory (default: the current one).

@@ -28,6 +28,7 @@ mod catalog;
 mod cluster;
 mod console;
 mod controller;
+mod convert;
 pub mod fmt;
 mod plan;
 mod progress;
@@ -243,6 +244,12 @@ async fn run(cli: Cli) -> i32 {
         Command::Validate { dir, json, vars } => {
             plan::validate(&open(dir_of(dir), vars), &term, *json)
         }
+        Command::Convert {
+            files,
+            out,
+            json,
+            managed,
+        } => convert::run(files, out.as_deref(), *json, *managed),
         Command::Fmt {
             targets,
             list,

@@ -20,6 +20,7 @@
 pub mod link;
 pub mod proc;
 mod sched;
+pub mod skypilot;
 
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -652,6 +653,13 @@ pub async fn run_everywhere(
         let mut e = envs.clone();
         e.insert("SKYFORM_NODE_RANK".into(), rank.to_string());
         e.insert("SKYFORM_NUM_NODES".into(), nodes.to_string());
+        let info = read_json::<ClusterInfo>(&layout.info());
+        skypilot::add_vars(
+            &mut e,
+            skypilot::Phase::Setup,
+            info.as_ref().map(|i| i.ips.as_slice()),
+            info.as_ref().map(|i| i.gpus_per_node),
+        );
         let task = Task {
             id: id.to_string(),
             command: command.to_string(),
@@ -856,6 +864,73 @@ mod tests {
         wait_for("big to be cancelled", || {
             state("big") == Some(JobState::Cancelled)
         });
+        std::fs::write(layout.stopped(), b"").expect("stop");
+        agent
+            .join()
+            .expect("the agent")
+            .expect("the agent's result");
+    }
+
+    #[test]
+    fn jobs_and_setup_see_skypilots_names() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let root = tmp.path().join("cluster");
+        std::fs::create_dir_all(&root).expect("cluster dir");
+        let layout = Layout::new(&root);
+        let info = ClusterInfo {
+            name: "cluster.t".into(),
+            num_nodes: 1,
+            cpus_per_node: 1.0,
+            gpus_per_node: 0.0,
+            envs: BTreeMap::new(),
+            ips: vec!["127.0.0.1".into()],
+            links: BTreeMap::new(),
+            autostop: None,
+            build: None,
+            hosts: Vec::new(),
+        };
+        write_json(&layout.info(), &info).expect("cluster.json");
+        let agent = {
+            let root = root.clone();
+            std::thread::spawn(move || run_agent(&root, 0))
+        };
+        let out = |name: &str| tmp.path().join(name);
+        let dump = |name: &str| format!("env | grep '^SKYPILOT_' | sort > {}", out(name).display());
+        submit(&layout, &record("v", &dump("run.txt"), 0.5, Vec::new(), 1)).expect("submit");
+        wait_for("the job", || {
+            job_status(&layout, "v").is_some_and(|s| s.state.is_final())
+        });
+        let run = std::fs::read_to_string(out("run.txt")).expect("the job's dump");
+        for want in [
+            "SKYPILOT_NODE_IPS=127.0.0.1",
+            "SKYPILOT_NODE_RANK=0",
+            "SKYPILOT_NUM_GPUS_PER_NODE=0",
+            "SKYPILOT_NUM_NODES=1",
+            "SKYPILOT_TASK_ID=v",
+        ] {
+            assert!(run.lines().any(|l| l == want), "{want} in {run}");
+        }
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(run_everywhere(
+            &layout,
+            1,
+            "setup",
+            &dump("setup.txt"),
+            &BTreeMap::new(),
+            Duration::from_secs(60),
+        ))
+        .expect("setup");
+        let setup = std::fs::read_to_string(out("setup.txt")).expect("setup's dump");
+        for want in [
+            "SKYPILOT_SETUP_NODE_IPS=127.0.0.1",
+            "SKYPILOT_SETUP_NODE_RANK=0",
+            "SKYPILOT_NUM_NODES=1",
+        ] {
+            assert!(setup.lines().any(|l| l == want), "{want} in {setup}");
+        }
         std::fs::write(layout.stopped(), b"").expect("stop");
         agent
             .join()

@@ -517,6 +517,12 @@ impl Scheduler {
                 envs.insert("SKYFORM_NODE_IPS".into(), ips.join("\n"));
                 envs.insert("SKYFORM_CLUSTER".into(), info.name.clone());
                 envs.insert("SKYFORM_JOB_ID".into(), j.id.clone());
+                super::skypilot::add_vars(
+                    &mut envs,
+                    super::skypilot::Phase::Run,
+                    None,
+                    Some(j.gpus),
+                );
                 if j.gpus > 0.0 {
                     let ids: Vec<String> = held[rank].iter().map(u32::to_string).collect();
                     envs.insert("CUDA_VISIBLE_DEVICES".into(), ids.join(","));

@@ -56,9 +56,15 @@ impl KubeProvider {
         envs.insert("SKYFORM_CLUSTER".into(), spec.cluster.to_string());
         envs.insert("SKYFORM_JOB_ID".into(), p.name.clone());
         envs.insert("SKYFORM_NUM_NODES".into(), n.to_string());
+        // The job's ranks run on the cluster's first n pods.
+        let hosts = objects::pod_hosts(&cp.name, n);
         for rank in 0..n {
-            let mut e = envs.clone();
-            e.insert("SKYFORM_NODE_RANK".into(), rank.to_string());
+            let e = rank_envs(
+                &envs,
+                rank,
+                crate::runtime::skypilot::gpus_of(&spec.resources),
+                &hosts,
+            );
             let pod = objects::pod_name(&cp.name, rank);
             exec::start(&conn, &pod, &p.name, rank, &spec.run, &e).await?;
         }
@@ -139,5 +145,47 @@ impl KubeProvider {
             Spec::Job(_) => self.exec_status(conn, p, ranks).await,
             _ => self.managed_status(conn, &p.name, ranks).await,
         }
+    }
+}
+
+/// A rank's environment: `envs` and who it is, in skyform's and SkyPilot's names.
+fn rank_envs(
+    envs: &BTreeMap<String, String>,
+    rank: u32,
+    gpus: Option<f64>,
+    hosts: &[String],
+) -> BTreeMap<String, String> {
+    let mut e = envs.clone();
+    e.insert("SKYFORM_NODE_RANK".into(), rank.to_string());
+    crate::runtime::skypilot::add_vars(
+        &mut e,
+        crate::runtime::skypilot::Phase::Run,
+        Some(hosts),
+        gpus,
+    );
+    e
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rank_sees_skypilots_names() {
+        let envs = BTreeMap::from([
+            ("SKYFORM_NUM_NODES".to_string(), "2".to_string()),
+            ("SKYFORM_JOB_ID".to_string(), "sky-job-1".to_string()),
+        ]);
+        let hosts = objects::pod_hosts("sky-c-1", 2);
+        let e = rank_envs(&envs, 1, Some(8.0), &hosts);
+        assert_eq!(
+            e["SKYPILOT_NODE_IPS"],
+            "sky-c-1-0.sky-c-1\nsky-c-1-1.sky-c-1"
+        );
+        assert_eq!(e["SKYFORM_NODE_RANK"], "1");
+        assert_eq!(e["SKYPILOT_NODE_RANK"], "1");
+        assert_eq!(e["SKYPILOT_NUM_NODES"], "2");
+        assert_eq!(e["SKYPILOT_TASK_ID"], "sky-job-1");
+        assert_eq!(e["SKYPILOT_NUM_GPUS_PER_NODE"], "8");
     }
 }

@@ -226,12 +226,28 @@ pub fn headless_service(owner: &Owner, name: &str, namespace: &str) -> Value {
     })
 }
 
-/// `envs` and the variables that tell a rank who it is.
-fn with_rank(envs: &BTreeMap<String, String>, rank: u32, n: u32) -> BTreeMap<String, String> {
+/// `envs` and the variables that tell a rank who it is (SkyPilot's names too).
+fn with_rank(
+    envs: &BTreeMap<String, String>,
+    rank: u32,
+    n: u32,
+    phase: crate::runtime::skypilot::Phase,
+    gpus: u32,
+    hosts: Option<&[String]>,
+) -> BTreeMap<String, String> {
     let mut out = envs.clone();
     out.insert("SKYFORM_NODE_RANK".into(), rank.to_string());
     out.insert("SKYFORM_NUM_NODES".into(), n.to_string());
+    crate::runtime::skypilot::add_vars(&mut out, phase, hosts, Some(f64::from(gpus)));
     out
+}
+
+/// The stable names of a cluster's pods, in rank order: SkyPilot's node "IPs" here (a
+/// script that takes the first as the head's address works with a name as well).
+pub fn pod_hosts(cluster: &str, n: u32) -> Vec<String> {
+    (0..n)
+        .map(|r| format!("{}.{cluster}", pod_name(cluster, r)))
+        .collect()
 }
 
 /// The spec of every pod skyform makes: one container `main` running `script` with `sh`,
@@ -284,7 +300,14 @@ pub fn pod_name(cluster: &str, rank: u32) -> String {
 impl ClusterPod<'_> {
     pub fn build(&self) -> Value {
         let pod = pod_name(self.name, self.rank);
-        let mut envs = with_rank(self.envs, self.rank, self.num_nodes);
+        let mut envs = with_rank(
+            self.envs,
+            self.rank,
+            self.num_nodes,
+            crate::runtime::skypilot::Phase::Setup,
+            self.shape.gpus,
+            Some(&pod_hosts(self.name, self.num_nodes)),
+        );
         envs.insert("SKYFORM_CLUSTER".into(), self.owner.address.to_string());
         envs.insert(
             "SKYFORM_HEAD_HOST".into(),
@@ -353,8 +376,16 @@ pub fn job_object_name(job: &str, rank: u32) -> String {
 impl JobRank<'_> {
     pub fn build(&self) -> Value {
         let object = job_object_name(self.name, self.rank);
-        let mut envs = with_rank(self.envs, self.rank, self.num_nodes);
-        envs.insert("SKYFORM_JOB_ID".into(), self.name.to_string());
+        let mut with_id = self.envs.clone();
+        with_id.insert("SKYFORM_JOB_ID".into(), self.name.to_string());
+        let envs = with_rank(
+            &with_id,
+            self.rank,
+            self.num_nodes,
+            crate::runtime::skypilot::Phase::Run,
+            self.shape.gpus,
+            None,
+        );
         let mut env = env_list(&envs);
         for key in &self.secret_keys {
             env.push(json!({ "name": key, "valueFrom": { "secretKeyRef": { "name": self.name, "key": key } } }));
@@ -440,6 +471,11 @@ mod tests {
         let env = c["env"].as_array().unwrap();
         assert!(env.contains(&json!({"name": "SKYFORM_NODE_RANK", "value": "1"})));
         assert!(env.contains(&json!({"name": "MODEL", "value": "llama"})));
+        // SkyPilot's names for setup, with the same values.
+        assert!(env.contains(&json!({"name": "SKYPILOT_SETUP_NODE_RANK", "value": "1"})));
+        assert!(env.contains(&json!({"name": "SKYPILOT_NUM_NODES", "value": "2"})));
+        assert!(env.contains(&json!({"name": "SKYPILOT_NUM_GPUS_PER_NODE", "value": "4"})));
+        assert!(env.contains(&json!({"name": "SKYPILOT_SETUP_NODE_IPS", "value": "sky-train-abc-0.sky-train-abc\nsky-train-abc-1.sky-train-abc"})));
         let terms = &pod["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"];
         assert_eq!(
             terms["nodeSelectorTerms"][0]["matchExpressions"][0]["values"][0],
@@ -476,6 +512,14 @@ mod tests {
         );
         assert_eq!(job["spec"]["backoffLimit"], 0);
         let env = pod["containers"][0]["env"].as_array().unwrap();
+        for (k, v) in [
+            ("SKYPILOT_NODE_RANK", "0"),
+            ("SKYPILOT_NUM_NODES", "1"),
+            ("SKYPILOT_TASK_ID", "sky-job-1"),
+            ("SKYPILOT_NUM_GPUS_PER_NODE", "4"),
+        ] {
+            assert!(env.contains(&json!({"name": k, "value": v})), "{k}");
+        }
         assert!(env.contains(&json!({"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "sky-job-1", "key": "TOKEN"}}})));
         let data = BTreeMap::from([("TOKEN".to_string(), "s3cret".to_string())]);
         let s = secret(

@@ -158,6 +158,7 @@ pub async fn provision(
         envs.push(format!("SKYFORM_NODE_RANK={rank}"));
         envs.push(format!("SKYFORM_NUM_NODES={}", hosts.len()));
         envs.push(format!("SKYFORM_NODE_IPS={}", ips.join("\n")));
+        envs.extend(setup_aliases(rank, hosts.len(), ips, &spec.resources));
         set.spawn(async move {
             let c = access.connect(&host).await?;
             let result = async {
@@ -237,4 +238,51 @@ pub async fn wait_for_ssh(
         }
     }
     Ok(())
+}
+
+/// SkyPilot's names for a setup's rank, node count and addresses (`runtime::skypilot`).
+fn setup_aliases(
+    rank: usize,
+    nodes: usize,
+    ips: &[String],
+    resources: &crate::model::Resources,
+) -> Vec<String> {
+    use crate::runtime::skypilot;
+    let mut e = std::collections::BTreeMap::new();
+    e.insert("SKYFORM_NODE_RANK".to_string(), rank.to_string());
+    e.insert("SKYFORM_NUM_NODES".to_string(), nodes.to_string());
+    e.insert("SKYFORM_NODE_IPS".to_string(), ips.join("\n"));
+    skypilot::add_vars(
+        &mut e,
+        skypilot::Phase::Setup,
+        None,
+        skypilot::gpus_of(resources),
+    );
+    e.into_iter()
+        .filter(|(k, _)| k.starts_with("SKYPILOT_"))
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect()
+}
+
+#[cfg(test)]
+mod skypilot_tests {
+    #[test]
+    fn setup_sees_skypilots_names() {
+        let r: crate::model::Resources = crate::model::Resources {
+            accelerators: Some(crate::model::Accelerators::One(
+                "A100:8".parse().expect("accelerator"),
+            )),
+            ..Default::default()
+        };
+        let ips = vec!["10.0.0.1".to_string(), "10.0.0.2".to_string()];
+        let got = super::setup_aliases(1, 2, &ips, &r);
+        for want in [
+            "SKYPILOT_SETUP_NODE_RANK=1",
+            "SKYPILOT_SETUP_NODE_IPS=10.0.0.1\n10.0.0.2",
+            "SKYPILOT_NUM_NODES=2",
+            "SKYPILOT_NUM_GPUS_PER_NODE=8",
+        ] {
+            assert!(got.iter().any(|g| g == want), "{want} in {got:?}");
+        }
+    }
 }
