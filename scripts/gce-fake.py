@@ -30,6 +30,7 @@ Rules (POST /_fake/rules with a JSON list, or --rules) make chosen calls fail or
   {"region": "us-east4", "error": "QUOTA_EXCEEDED", "http": true}   # on the HTTP answer
   {"zone": "us-central1-b", "hang": true}           # the request gets no answer
   {"zone": "us-central1-c", "hang_op": true}        # its operation never finishes
+  {"hang_after": true}                              # GCE acts, the answer never comes
 
 Conditions: method (default insert; delete, start, stop, setLabels, setMetadata, get, list,
 aggregatedList, firewalls.insert, ...), project, zone, region, machine_type. Errors:
@@ -54,6 +55,7 @@ response body) for the schema test.
 Prints the port it listens on, then serves until killed.
 """
 import argparse
+import base64
 import http.server
 import json
 import os
@@ -117,7 +119,8 @@ def new_id():
 
 
 def fingerprint():
-    return "%016x" % random.getrandbits(64)
+    # 8 bytes, as the discovery document's `byte` format says: URL-safe base64.
+    return base64.urlsafe_b64encode(os.urandom(8)).decode()
 
 
 def region_of(zone):
@@ -166,7 +169,7 @@ def match(req):
     with lock:
         for i, r in enumerate(rules):
             conds = {k: v for k, v in r.items()
-                     if k not in ("error", "http", "hang", "hang_op", "seconds", "times")}
+                     if k not in ("error", "http", "hang", "hang_after", "hang_op", "seconds", "times")}
             # A rule that names no method is about inserts (where capacity is decided).
             conds.setdefault("method", "insert")
             if all(req.get(k) == v for k, v in conds.items()):
@@ -637,10 +640,15 @@ def route(method, parts, query, body):
             except Hang:
                 log.append({"zone": zone, "machine_type": mt, "outcome": "hang", "t": time.time()})
                 raise
-            outcome = (rule or {}).get("error") or ("hang_op" if (rule or {}).get("hang_op") else "created")
+            r = rule or {}
+            outcome = r.get("error") or next((k for k in ("hang_op", "hang_after") if r.get(k)), "created")
             with lock:
                 log.append({"zone": zone, "machine_type": mt, "outcome": outcome, "t": time.time()})
-            return 200, remember(insert_instance(project, zone, body or {}, rule)), "compute.instances.insert"
+            op = remember(insert_instance(project, zone, body or {}, rule))
+            if r.get("hang_after"):
+                # GCE acted; the answer never reaches the caller.
+                raise Hang(float(r.get("seconds", 3600)))
+            return 200, op, "compute.instances.insert"
         if len(rest) == 3 and method == "GET":
             guard("list")
             with lock:
