@@ -125,6 +125,8 @@ impl GcpProvider {
         let zone = op.zone.as_deref().map(short).map(str::to_string);
         let started = Instant::now();
         let mut op = op;
+        // Most operations finish within a second: look soon, then every `poll`.
+        let mut pause = self.poll.min(Duration::from_millis(250));
         loop {
             if op.status == Some(model::operation::Status::Done) {
                 return match of_operation(what, &op) {
@@ -141,7 +143,8 @@ impl GcpProvider {
                     ),
                 });
             }
-            tokio::time::sleep(self.poll).await;
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(self.poll);
             op = match &zone {
                 Some(z) => c
                     .zone_ops

@@ -507,6 +507,7 @@ impl GcpProvider {
         for op in ops {
             self.wait("instances.insert", op).await?;
         }
+        let mut pause = self.poll.min(Duration::from_millis(250));
         loop {
             let nodes = self.nodes(p).await?;
             if let Some(gone) = p.instances.iter().find(|name| {
@@ -525,7 +526,8 @@ impl GcpProvider {
             if nodes.len() >= count && nodes.iter().all(Node::running) {
                 return Ok(nodes);
             }
-            tokio::time::sleep(self.poll).await;
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(self.poll);
         }
     }
 
