@@ -1092,3 +1092,97 @@ fn the_fake_answers_as_compute_v1_says() {
         assert!(seen.contains(id), "{id} was not exercised");
     }
 }
+
+/// GCP exhausted in every zone it is planned in: the cluster lands on AWS (moto behind
+/// `scripts/ec2-proxy.py`), in the planned order, and nothing is left on GCP.
+#[test]
+fn gcp_exhausted_everywhere_lands_on_aws() {
+    let test = "gcp_exhausted_everywhere_lands_on_aws";
+    let Some(machines) = machines(test) else {
+        return;
+    };
+    let Ok(moto) = std::env::var("SKYFORM_TEST_MOTO_ENDPOINT") else {
+        support::skip_or_fail(
+            test,
+            "SKYFORM_TEST_MOTO_ENDPOINT is not set: run ./scripts/test.sh, or eval \"$(scripts/moto.sh start)\" first",
+            true,
+        );
+        return;
+    };
+    let fake = Fake::start(Some(&machines), &[]);
+    let account = uuid::Uuid::new_v4().as_u128() % 900_000_000_000 + 100_000_000_000;
+    let ec2 = support::servers::Proxy::start(
+        Command::new("python3")
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/ec2-proxy.py"))
+            .arg(&moto)
+            .args(["--account", &account.to_string()])
+            .arg("--machines")
+            .arg(&machines),
+    );
+    let w = support::Workdir::new()
+        .with_home()
+        .env(
+            "SKYFORM_CATALOG_DIR",
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("testdata/catalogs"),
+        )
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env_remove("AWS_PROFILE")
+        .env_remove("AWS_ENDPOINT_URL");
+    w.write_config(&format!(
+        r#"infra "gcp" {{
+  project  = "skyform-test"
+  endpoint = "{}"
+  regions  = ["us-central1", "us-east4"]
+}}
+infra "aws" {{
+  endpoint = "{}"
+  regions  = ["us-east-1"]
+}}
+cluster "train" {{
+  resources {{
+    cpus = "8+"
+  }}
+}}
+"#,
+        fake.url, ec2.url
+    ));
+    let plan: Value = serde_json::from_str(&w.ok(&["plan", "-json"])).unwrap();
+    let cands = plan["resource_changes"][0]["candidates"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let first_aws = cands.iter().position(|c| c["cloud"] == "aws").unwrap();
+    assert!(first_aws > 0, "GCP is planned first: {cands:?}");
+    fake.rules(serde_json::json!([{"error": "ZONE_RESOURCE_POOL_EXHAUSTED"}]));
+    let out = w.ok(&["apply", "-auto-approve"]);
+    let state = w.state();
+    let r = &state["resources"]["cluster.train"];
+    assert_eq!(r["provider"], "aws", "{out}");
+    assert_eq!(
+        r["placement"]["offering"]["instance_type"], cands[first_aws]["instance_type"],
+        "{out}"
+    );
+    // Every GCP placement before it was tried, in order, zone by zone.
+    let tried: Vec<(String, String)> = fake
+        .calls()
+        .into_iter()
+        .map(|c| (c.0.rsplit_once('-').unwrap().0.to_string(), c.1))
+        .collect();
+    let mut planned: Vec<(String, String)> = cands[..first_aws]
+        .iter()
+        .map(|c| {
+            (
+                c["region"].as_str().unwrap().to_string(),
+                c["instance_type"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    planned.dedup();
+    let mut seen = tried.clone();
+    seen.dedup();
+    assert_eq!(seen, planned, "{out}");
+    assert!(tried.iter().all(|t| !t.1.is_empty()), "{tried:?}");
+    fake.assert_empty();
+    w.ok(&["destroy", "-auto-approve"]);
+}
