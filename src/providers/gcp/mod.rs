@@ -652,15 +652,28 @@ impl Provider for GcpProvider {
         Ok(Vec::new())
     }
 
-    /// Finds credentials and a project (no call to GCP is made).
+    /// Finds credentials and a project, and says where the credentials come from (no call
+    /// to GCP is made).
     async fn check(&self) -> Result<String, ProviderError> {
         let project = self.project()?;
         self.clients().await?;
-        let mut text = format!("credentials found, project {project}");
-        if let Some(e) = &self.settings.endpoint {
-            text.push_str(&format!(", endpoint {e} (anonymous)"));
-        }
-        Ok(text)
+        let adc = std::env::var_os("HOME")
+            .map(|h| PathBuf::from(h).join(".config/gcloud/application_default_credentials.json"));
+        let source = if let Some(e) = &self.settings.endpoint {
+            format!("anonymous, endpoint {e}")
+        } else if let Some(f) = &self.settings.credentials_file {
+            format!("from {}", f.display())
+        } else if let Some(f) = std::env::var_os("GOOGLE_APPLICATION_CREDENTIALS") {
+            format!(
+                "from GOOGLE_APPLICATION_CREDENTIALS ({})",
+                PathBuf::from(f).display()
+            )
+        } else if adc.as_ref().is_some_and(|p| p.is_file()) {
+            "gcloud's application-default login".to_string()
+        } else {
+            "the metadata server's (only on a GCP machine; elsewhere run `gcloud auth application-default login`)".to_string()
+        };
+        Ok(format!("project {project}, credentials {source}"))
     }
 
     fn new_private(&self, address: &Address, spec: &Spec, lineage: &str) -> serde_json::Value {
