@@ -1199,3 +1199,83 @@ cluster "train" {{
     fake.assert_empty();
     w.ok(&["destroy", "-auto-approve"]);
 }
+
+/// Waits until every instance of the fake is in `want`.
+fn wait_for_instances(fake: &Fake, want: &str) {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let states: Vec<String> = fake.instances().into_iter().map(|i| i.2).collect();
+        if !states.is_empty() && states.iter().all(|s| s == want) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "instances are {states:?}, not {want}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+/// Autostop on GCE: the idle head shuts the nodes down from inside, GCE stops them
+/// (TERMINATED, disks kept), `start` brings the cluster back; with `down = true` the next
+/// plan replaces the stopped cluster, and destroy removes it.
+#[test]
+#[ignore = "needs the GCE fake's machines: run ./scripts/test.sh"]
+fn autostop_stops_the_instances() {
+    let Some(mut w) = Work::new(
+        "autostop_stops_the_instances",
+        &["us-central1"],
+        r#"
+cluster "idle" {
+  num_nodes = 2
+  resources {
+    instance_type = "n2-standard-8"
+  }
+  autostop {
+    idle_minutes = 2
+  }
+}
+
+job "j" {
+  cluster = cluster.idle
+  run     = "sleep 1"
+}
+"#,
+    ) else {
+        return;
+    };
+    // Autostop's minutes are seconds here.
+    w.dir = std::mem::take(&mut w.dir).env("SKYFORM_IDLE_MINUTE", "1");
+    w.ok(&["apply", "-auto-approve"]);
+    wait_for_instances(&w.fake, "TERMINATED");
+    assert_eq!(
+        w.status_of("job.j"),
+        "SUCCEEDED",
+        "a running job kept it up"
+    );
+    let plan = w.ok(&["plan"]);
+    assert!(plan.contains("No changes"), "{plan}");
+    assert_eq!(w.status_of("cluster.idle"), "STOPPED");
+    w.ok(&["start", "cluster.idle"]);
+    wait_for_instances(&w.fake, "RUNNING");
+    let state = w.state();
+    assert_ne!(
+        state["resources"]["cluster.idle"]["private"]["build"],
+        Value::Null,
+        "{state}"
+    );
+    w.ok(&["destroy", "-auto-approve"]);
+    w.fake.assert_empty();
+
+    let config = std::fs::read_to_string(w.path().join("main.sky.hcl")).unwrap();
+    w.write_config(&config.replace(
+        "idle_minutes = 2",
+        "idle_minutes = 2\n    down         = true",
+    ));
+    w.ok(&["apply", "-auto-approve"]);
+    wait_for_instances(&w.fake, "TERMINATED");
+    let plan = w.ok(&["plan"]);
+    assert!(plan.contains("autostopped with down = true"), "{plan}");
+    w.ok(&["destroy", "-auto-approve"]);
+    w.fake.assert_empty();
+}
