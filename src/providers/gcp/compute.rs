@@ -71,6 +71,16 @@ impl GcpProvider {
             };
             return built.map_err(|e| config(format!("credentials from {}: {e}", path.display())));
         }
+        // The metadata server is the last resort of Application Default Credentials; off
+        // GCP nothing answers there, so it is not asked (and the cloud is blocked at once).
+        if std::env::var_os("GOOGLE_APPLICATION_CREDENTIALS").is_none()
+            && !adc_file().is_some_and(|f| f.is_file())
+            && !on_gcp()
+        {
+            return Err(config(
+                "no Google Cloud credentials found: run `gcloud auth application-default login`, set GOOGLE_APPLICATION_CREDENTIALS, or credentials_file in infra \"gcp\"".into(),
+            ));
+        }
         credentials::Builder::default()
             .build()
             .map_err(|e| config(format!("no Google Cloud credentials found: {e}")))
@@ -475,6 +485,22 @@ impl GcpProvider {
         }
         Ok(())
     }
+}
+
+/// gcloud's application-default credentials file.
+pub(super) fn adc_file() -> Option<std::path::PathBuf> {
+    let dir = match std::env::var_os("CLOUDSDK_CONFIG") {
+        Some(d) => std::path::PathBuf::from(d),
+        None => std::path::PathBuf::from(std::env::var_os("HOME")?).join(".config/gcloud"),
+    };
+    Some(dir.join("application_default_credentials.json"))
+}
+
+/// Whether this is a GCP machine (whose metadata server gives credentials): the BIOS says
+/// so, as Google's own libraries check.
+pub(super) fn on_gcp() -> bool {
+    std::fs::read_to_string("/sys/class/dmi/id/product_name")
+        .is_ok_and(|n| n.trim().starts_with("Google"))
 }
 
 /// The last part of a resource URL: `…/zones/us-central1-a` → `us-central1-a`.

@@ -548,6 +548,9 @@ impl GcpProvider {
             .clone()
             .ok_or_else(|| ProviderError::other("a gcp placement needs a region"))?;
         p.region = Some(region.clone());
+        // Nothing is asked of GCP without a project and credentials.
+        self.project()?;
+        self.clients().await?;
         let image = match &spec.resources.image_id {
             Some(id) => id.clone(),
             None => default_image(self.settings.catalog_dir.as_deref(), o.gpus() > 0.0),
@@ -657,8 +660,7 @@ impl Provider for GcpProvider {
     async fn check(&self) -> Result<String, ProviderError> {
         let project = self.project()?;
         self.clients().await?;
-        let adc = std::env::var_os("HOME")
-            .map(|h| PathBuf::from(h).join(".config/gcloud/application_default_credentials.json"));
+        let adc = compute::adc_file();
         let source = if let Some(e) = &self.settings.endpoint {
             format!("anonymous, endpoint {e}")
         } else if let Some(f) = &self.settings.credentials_file {
@@ -671,7 +673,7 @@ impl Provider for GcpProvider {
         } else if adc.as_ref().is_some_and(|p| p.is_file()) {
             "gcloud's application-default login".to_string()
         } else {
-            "the metadata server's (only on a GCP machine; elsewhere run `gcloud auth application-default login`)".to_string()
+            "the metadata server's (this is a GCP machine)".to_string()
         };
         Ok(format!("project {project}, credentials {source}"))
     }
