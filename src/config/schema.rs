@@ -414,6 +414,8 @@ pub static INFRA_GCP: BlockSchema = BlockSchema {
         a("regions", Ty::ListOfStrings),
         a("zones", Ty::ListOfStrings),
         a("endpoint", Ty::String),
+        a("credentials_file", Ty::String),
+        a("ssh_public_key", Ty::String),
         a("price_multiplier", Ty::Number),
     ],
     blocks: &[],

@@ -55,9 +55,11 @@ pub const BACKENDS: &[Backend] = &[
         aliases: &[],
         capacity: false,
         catalog: true,
-        provisions: false,
+        provisions: true,
         on_this_machine: false,
-        setup_hint: None,
+        setup_hint: Some(
+            "plans work without credentials, apply needs them and a project (gcloud auth application-default login, GOOGLE_APPLICATION_CREDENTIALS or credentials_file; see docs/gcp.md)",
+        ),
     },
     Backend {
         name: "lambda",

@@ -2,9 +2,11 @@
 
 pub mod aws;
 pub mod conformance;
+pub mod gcp;
 pub mod jobs;
 pub mod kubernetes;
 pub mod local;
+pub mod machines;
 pub mod registry;
 mod shell;
 pub mod ssh;

@@ -4,6 +4,7 @@
 
 use super::Provider;
 use super::aws::{AwsProvider, AwsSettings};
+use super::gcp::{GcpProvider, GcpSettings};
 use super::kubernetes::{Context, KubeProvider};
 use super::local::LocalProvider;
 use super::ssh::{Pool, SshProvider};
@@ -78,6 +79,14 @@ impl Registry {
             aws.agent_exe = exe.clone();
         }
         providers.insert("aws", Arc::new(aws));
+
+        let gcp =
+            GcpSettings::from_infra(declared("gcp").next().map(|i| &i.settings), &places.home);
+        let mut gcp = GcpProvider::new(gcp, places.home.join(".skyform/ssh"));
+        if let Some(exe) = &places.agent_exe {
+            gcp.agent_exe = exe.clone();
+        }
+        providers.insert("gcp", Arc::new(gcp));
 
         let mut pools = Vec::new();
         for i in declared("ssh") {

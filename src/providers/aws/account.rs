@@ -23,7 +23,7 @@ impl AwsProvider {
     }
 
     /// The public key to import: the configured or the user's, else skyform's own, made
-    /// with ssh-keygen on first use.
+    /// with ssh-keygen on first use (`machines::own_key`).
     pub(super) async fn public_key(&self) -> Result<String, ProviderError> {
         self.key
             .get_or_try_init(|| async {
@@ -35,28 +35,7 @@ impl AwsProvider {
                             message: format!("cannot read the ssh public key {}: {e}", p.display()),
                         });
                 }
-                let private = self.key_dir.join("skyform-key");
-                let public = self.key_dir.join("skyform-key.pub");
-                if !public.exists() {
-                    std::fs::create_dir_all(&self.key_dir)?;
-                    let out = tokio::process::Command::new("ssh-keygen")
-                        .args(["-q", "-t", "ed25519", "-N", "", "-C", "skyform", "-f"])
-                        .arg(&private)
-                        .output()
-                        .await
-                        .map_err(|e| {
-                            ProviderError::other(format!(
-                                "cannot run ssh-keygen to make skyform's ssh key: {e}; install the OpenSSH client"
-                            ))
-                        })?;
-                    if !out.status.success() {
-                        return Err(ProviderError::other(format!(
-                            "ssh-keygen failed: {}",
-                            String::from_utf8_lossy(&out.stderr).trim()
-                        )));
-                    }
-                }
-                Ok(std::fs::read_to_string(&public)?.trim().to_string())
+                crate::providers::machines::own_key(&self.key_dir).await
             })
             .await
             .cloned()

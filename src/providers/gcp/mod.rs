@@ -1,0 +1,1123 @@
+//! GCP Compute Engine: clusters as instances in one zone, made with the official
+//! `google-cloud-compute-v1` client.
+//!
+//! Every insert carries a `requestId` fixed by the attempt, zone and node, so a retried
+//! call never makes a second machine, and labels (`skyform-address`, `skyform-lineage`,
+//! `skyform-token`) that let refresh find what an interrupted apply made (the full address
+//! is in the instance's metadata: labels are lowercase and at most 63 characters). Each
+//! attempt owns a firewall rule named after it; destroy removes it with the instances.
+//!
+//! Errors are classified for the failover engine (`errors`), whether they come on the HTTP
+//! answer or inside the finished operation. The client's own retries are off.
+
+mod compute;
+pub mod errors;
+
+pub use errors::{classify, kind_of};
+
+use super::machines::{self, Fleet, Machine, SetUp};
+use super::{Created, ErrorKind, Observed, Provider, ProviderError, Request};
+use crate::model::{Address, Spec};
+use crate::optimizer::{Candidate, Offering};
+use crate::state::{ResourceState, Status};
+use compute::{request_id, short};
+use google_cloud_compute_v1::model;
+use serde_json::json;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// What managed jobs and services on gcp get: the controller composes them from a cluster
+/// and a job (`runs_managed_jobs` is false), so this is said only to a direct call.
+const NO_MANAGED: &str = "the gcp backend keeps clusters and jobs only";
+
+/// The default image when the catalogs have none: Ubuntu 22.04 LTS, newest of its family.
+const UBUNTU: &str = "projects/ubuntu-os-cloud/global/images/family/ubuntu-2204-lts";
+
+/// The labels skyform puts on what it makes.
+mod label {
+    pub const TOKEN: &str = "skyform-token";
+    pub const LINEAGE: &str = "skyform-lineage";
+    pub const ADDRESS: &str = "skyform-address";
+}
+
+/// Settings of `infra "gcp" { … }` that the backend uses.
+#[derive(Debug, Clone, Default)]
+pub struct GcpSettings {
+    pub project: Option<String>,
+    /// A Compute Engine endpoint of its own (the project's fake): anonymous credentials.
+    pub endpoint: Option<String>,
+    /// A credentials file instead of Application Default Credentials.
+    pub credentials_file: Option<PathBuf>,
+    /// The ssh public key put in the instances' metadata: `ssh_public_key`, else the
+    /// user's `~/.ssh/id_ed25519.pub` or `~/.ssh/id_rsa.pub`; none: skyform's own key.
+    pub public_key: Option<PathBuf>,
+    /// Where the catalogs are (`gcp/images.csv` names the default images).
+    pub catalog_dir: Option<PathBuf>,
+}
+
+impl GcpSettings {
+    pub fn from_infra(
+        settings: Option<&serde_json::Map<String, serde_json::Value>>,
+        home: &Path,
+    ) -> Self {
+        let get = |k: &str| {
+            settings
+                .and_then(|s| s.get(k))
+                .and_then(serde_json::Value::as_str)
+                .map(str::to_string)
+        };
+        let path = |p: String| match p.strip_prefix("~/") {
+            Some(rest) => home.join(rest),
+            None => PathBuf::from(p),
+        };
+        GcpSettings {
+            project: get("project"),
+            endpoint: get("endpoint"),
+            credentials_file: get("credentials_file").map(path),
+            public_key: get("ssh_public_key").map(path).or_else(|| {
+                ["id_ed25519.pub", "id_rsa.pub"]
+                    .iter()
+                    .map(|f| home.join(".ssh").join(f))
+                    .find(|p| p.is_file())
+            }),
+            catalog_dir: std::env::var_os("SKYFORM_CATALOG_DIR")
+                .map(PathBuf::from)
+                .or_else(|| Some(home.join(".skyform/catalogs"))),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct GcpProvider {
+    settings: GcpSettings,
+    /// Where skyform keeps its ssh key and the clusters' known_hosts files.
+    key_dir: PathBuf,
+    clients: tokio::sync::OnceCell<compute::Clients>,
+    key: tokio::sync::OnceCell<String>,
+    /// Images known to exist.
+    images_seen: std::sync::Mutex<BTreeSet<String>>,
+    /// Between two looks at an operation or at instances that are starting or stopping.
+    pub poll: Duration,
+    /// The skyform binary installed on the instances as their agent (this program by
+    /// default).
+    pub agent_exe: PathBuf,
+}
+
+/// What an attempt made, kept in state as the resource's private identifiers.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+struct Private {
+    lineage: String,
+    /// Unique per attempt: the `skyform-token` label and the request ids' seed.
+    token: String,
+    /// The firewall rule's name, its target tag, and the instances' name stem.
+    name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    region: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    zone: Option<String>,
+    /// Instance names, head first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    instances: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    firewall: Option<String>,
+    /// The skyform build the cluster's runtime runs; none until it was set up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    build: Option<String>,
+    /// The cluster's address, for its runtime.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    cluster: Option<String>,
+}
+
+impl Private {
+    fn read(res: &ResourceState) -> Option<Private> {
+        let mut p: Private = serde_json::from_value(res.private.clone()).ok()?;
+        if p.region.is_none() {
+            p.region = res
+                .placement
+                .as_ref()
+                .and_then(|c| c.offering.region.clone());
+        }
+        Some(p)
+    }
+
+    fn value(&self) -> serde_json::Value {
+        serde_json::to_value(self).unwrap_or_default()
+    }
+}
+
+/// One instance as refresh sees it.
+#[derive(Debug, Clone)]
+struct Node {
+    name: String,
+    zone: String,
+    /// GCE's status: PROVISIONING, STAGING, RUNNING, STOPPING, TERMINATED, …
+    status: String,
+    private_ip: Option<String>,
+    public_ip: Option<String>,
+}
+
+impl Node {
+    fn of(i: &model::Instance) -> Node {
+        let nic = i.network_interfaces.first();
+        Node {
+            name: i.name.clone().unwrap_or_default(),
+            zone: i.zone.as_deref().map(short).unwrap_or_default().to_string(),
+            status: i
+                .status
+                .as_ref()
+                .and_then(|s| s.name())
+                .unwrap_or_default()
+                .to_string(),
+            private_ip: nic.and_then(|n| n.network_ip.clone()),
+            public_ip: nic
+                .and_then(|n| n.access_configs.iter().find_map(|a| a.nat_ip.clone()))
+                .filter(|a| !a.is_empty()),
+        }
+    }
+
+    fn running(&self) -> bool {
+        self.status == "RUNNING"
+    }
+}
+
+/// The name of a cluster's firewall rule and its instances' stem:
+/// `skyform-<name>-<token8>`, lowercase, short enough for `-<rank>` within 63 characters.
+fn stem(address: &Address, token: &str) -> String {
+    let mut name: String = address
+        .name
+        .to_ascii_lowercase()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_lowercase() || c.is_ascii_digit() {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(36)
+        .collect();
+    name = name.trim_matches('-').to_string();
+    if name.is_empty() {
+        name = "cluster".into();
+    }
+    format!("skyform-{name}-{}", token.get(..8).unwrap_or(token))
+}
+
+/// An address as a label value (lowercase letters, digits, `-` and `_`, at most 63): kept
+/// as it is when it fits, else shortened with a hash of the whole, which metadata keeps.
+fn label_value(address: &str) -> String {
+    let plain: String = address
+        .chars()
+        .map(|c| {
+            if c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if plain == address && plain.len() <= 63 {
+        return plain;
+    }
+    use sha2::Digest;
+    let hash = sha2::Sha256::digest(address.as_bytes());
+    let hex: String = hash.iter().take(4).map(|b| format!("{b:02x}")).collect();
+    let head: String = plain.to_ascii_lowercase().chars().take(54).collect();
+    format!("{head}-{hex}")
+}
+
+/// GCE's accelerator type of a catalog GPU name.
+fn accelerator_type(gpu: &str) -> String {
+    match gpu.to_ascii_uppercase().as_str() {
+        "T4" => "nvidia-tesla-t4".into(),
+        "V100" => "nvidia-tesla-v100".into(),
+        "P100" => "nvidia-tesla-p100".into(),
+        "P4" => "nvidia-tesla-p4".into(),
+        "K80" => "nvidia-tesla-k80".into(),
+        "A100" => "nvidia-tesla-a100".into(),
+        "A100-80GB" => "nvidia-a100-80gb".into(),
+        "L4" => "nvidia-l4".into(),
+        "H100" => "nvidia-h100-80gb".into(),
+        "H100-MEGA" => "nvidia-h100-mega-80gb".into(),
+        "H200" => "nvidia-h200-141gb".into(),
+        other => format!("nvidia-{}", other.to_ascii_lowercase()),
+    }
+}
+
+/// Whether a machine type comes with its GPUs (A2, A3, A4, G2, G4): N1 hosts get them
+/// attached as guest accelerators instead.
+fn gpus_built_in(machine_type: &str) -> bool {
+    let family = machine_type.split('-').next().unwrap_or_default();
+    matches!(family, "a2" | "a3" | "a4" | "g2" | "g4")
+}
+
+/// The default image for an offering: the newest Ubuntu image of the catalogs'
+/// `gcp/images.csv` for GPUs or CPUs (x86), else Ubuntu 22.04 LTS.
+fn default_image(catalog_dir: Option<&Path>, gpus: bool) -> String {
+    let Some(dir) = catalog_dir else {
+        return UBUNTU.into();
+    };
+    let Ok(mut reader) = csv::Reader::from_path(dir.join("gcp/images.csv")) else {
+        return UBUNTU.into();
+    };
+    let prefix = if gpus {
+        "skypilot:custom-gpu-ubuntu"
+    } else {
+        "skypilot:custom-cpu-ubuntu"
+    };
+    let mut best: Option<(String, String)> = None;
+    for row in reader.records().flatten() {
+        let (Some(tag), Some(image), Some(date)) = (row.get(0), row.get(4), row.get(5)) else {
+            continue;
+        };
+        if !tag.starts_with(prefix) || tag.contains("arm64") || image.is_empty() {
+            continue;
+        }
+        if best.as_ref().is_none_or(|(d, _)| date > d.as_str()) {
+            best = Some((date.to_string(), image.to_string()));
+        }
+    }
+    best.map_or_else(|| UBUNTU.into(), |(_, i)| i)
+}
+
+impl GcpProvider {
+    pub fn new(settings: GcpSettings, key_dir: PathBuf) -> Self {
+        GcpProvider {
+            settings,
+            key_dir,
+            clients: tokio::sync::OnceCell::new(),
+            key: tokio::sync::OnceCell::new(),
+            images_seen: std::sync::Mutex::new(BTreeSet::new()),
+            poll: Duration::from_secs(2),
+            agent_exe: crate::runtime::link::agent_exe(),
+        }
+    }
+
+    /// The private key that goes with the public one in the instances' metadata.
+    fn private_key(&self) -> PathBuf {
+        match &self.settings.public_key {
+            Some(p) => p.with_extension(""),
+            None => self.key_dir.join("skyform-key"),
+        }
+    }
+
+    /// The public key: the configured or the user's, else skyform's own, made with
+    /// ssh-keygen on first use.
+    async fn public_key(&self) -> Result<String, ProviderError> {
+        self.key
+            .get_or_try_init(|| async {
+                match &self.settings.public_key {
+                    Some(p) => std::fs::read_to_string(p)
+                        .map(|k| k.trim().to_string())
+                        .map_err(|e| ProviderError {
+                            kind: ErrorKind::Config,
+                            message: format!("cannot read the ssh public key {}: {e}", p.display()),
+                        }),
+                    None => machines::own_key(&self.key_dir).await,
+                }
+            })
+            .await
+            .cloned()
+    }
+
+    fn fleet(&self) -> Fleet {
+        Fleet {
+            key_dir: self.key_dir.clone(),
+            identity: self.private_key(),
+            agent_exe: self.agent_exe.clone(),
+        }
+    }
+
+    fn machines(nodes: &[Node]) -> Vec<Machine> {
+        nodes
+            .iter()
+            .map(|n| Machine {
+                id: n.name.clone(),
+                running: n.running(),
+                public_ip: n.public_ip.clone(),
+                private_ip: n.private_ip.clone(),
+            })
+            .collect()
+    }
+
+    async fn set_up(
+        &self,
+        p: &mut Private,
+        nodes: &[Node],
+        how: &SetUp<'_>,
+    ) -> Result<(), ProviderError> {
+        let build = self
+            .fleet()
+            .set_up(&p.token, &Self::machines(nodes), how)
+            .await?;
+        p.build = Some(build);
+        p.cluster = Some(how.name.to_string());
+        Ok(())
+    }
+
+    /// The running cluster a job goes to.
+    fn job_target(
+        &self,
+        cluster: Option<&ResourceState>,
+    ) -> Result<(super::ssh::Access, Vec<crate::model::Host>, Private), ProviderError> {
+        let cluster =
+            cluster.ok_or_else(|| ProviderError::other("the job's cluster is not in state"))?;
+        let p = Private::read(cluster)
+            .ok_or_else(|| ProviderError::other("the job's cluster has no instances recorded"))?;
+        let hosts = machines::job_hosts(cluster, p.build.as_deref())?;
+        Ok((self.fleet().access(&p.token), hosts, p))
+    }
+
+    /// The instance a node of the cluster is, as inserted.
+    fn instance(
+        req: &Request<'_>,
+        p: &Private,
+        o: &Offering,
+        zone: &str,
+        image: &str,
+        key: &str,
+        rank: usize,
+    ) -> Result<model::Instance, ProviderError> {
+        let Spec::Cluster(spec) = req.spec else {
+            return Err(ProviderError::other(NO_MANAGED));
+        };
+        let mut i = model::Instance::default();
+        i.name = Some(format!("{}-{rank}", p.name));
+        i.description = Some(format!("skyform {} node {rank}", req.address));
+        i.machine_type = Some(format!("zones/{zone}/machineTypes/{}", o.instance_type));
+        let mut params = model::AttachedDiskInitializeParams::default();
+        params.source_image = Some(image.to_string());
+        params.disk_size_gb = spec.resources.disk_size.map(i64::from);
+        params.disk_type = Some(format!("zones/{zone}/diskTypes/pd-balanced"));
+        let mut disk = model::AttachedDisk::default();
+        disk.boot = Some(true);
+        disk.auto_delete = Some(true);
+        disk.initialize_params = Some(params);
+        i.disks = vec![disk];
+        let mut nat = model::AccessConfig::default();
+        nat.name = Some("External NAT".into());
+        nat.r#type = Some(model::access_config::Type::OneToOneNat);
+        let mut nic = model::NetworkInterface::default();
+        nic.network = Some("global/networks/default".into());
+        nic.access_configs = vec![nat];
+        i.network_interfaces = vec![nic];
+        i.labels = [
+            (label::TOKEN, p.token.clone()),
+            (label::LINEAGE, label_value(&p.lineage.to_ascii_lowercase())),
+            (label::ADDRESS, label_value(&req.address.to_string())),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        let item = |k: &str, v: String| {
+            let mut it = model::metadata::Items::default();
+            it.key = Some(k.into());
+            it.value = Some(v);
+            it
+        };
+        let mut meta = model::Metadata::default();
+        meta.items = vec![
+            // As GCE's guest agent reads it: the user it makes and the key it lets in.
+            item("ssh-keys", format!("{}:{key}", machines::USER)),
+            item(label::ADDRESS, req.address.to_string()),
+        ];
+        i.metadata = Some(meta);
+        let mut tags = model::Tags::default();
+        tags.items = vec![p.name.clone()];
+        i.tags = Some(tags);
+        let gpus = o.gpus() > 0.0;
+        let mut sched = model::Scheduling::default();
+        if o.spot {
+            sched.provisioning_model = Some(model::scheduling::ProvisioningModel::Spot);
+            sched.instance_termination_action =
+                Some(model::scheduling::InstanceTerminationAction::Delete);
+            sched.automatic_restart = Some(false);
+            sched.on_host_maintenance = Some(model::scheduling::OnHostMaintenance::Terminate);
+        } else if gpus {
+            // GPU machines cannot live-migrate.
+            sched.on_host_maintenance = Some(model::scheduling::OnHostMaintenance::Terminate);
+            sched.automatic_restart = Some(true);
+        }
+        i.scheduling = Some(sched);
+        if gpus && !gpus_built_in(&o.instance_type) {
+            i.guest_accelerators = o
+                .accelerators
+                .iter()
+                .map(|(name, count)| {
+                    let mut a = model::AcceleratorConfig::default();
+                    a.accelerator_type = Some(format!(
+                        "zones/{zone}/acceleratorTypes/{}",
+                        accelerator_type(name)
+                    ));
+                    a.accelerator_count = Some(count.round() as i32);
+                    a
+                })
+                .collect();
+        }
+        Ok(i)
+    }
+
+    /// Inserts the cluster's instances in one zone and waits until they all run; an
+    /// instance that ends while starting is a capacity failure.
+    async fn launch_in(
+        &self,
+        req: &Request<'_>,
+        p: &Private,
+        o: &Offering,
+        zone: &str,
+        image: &str,
+        count: usize,
+    ) -> Result<Vec<Node>, ProviderError> {
+        let c = self.clients().await?;
+        let project = self.project()?;
+        let key = self.public_key().await?;
+        let mut ops = Vec::new();
+        for rank in 0..count {
+            let body = Self::instance(req, p, o, zone, image, &key, rank)?;
+            let rid = request_id(&p.token, zone, rank);
+            let mut tries = 0;
+            let op = loop {
+                let sent = c
+                    .instances
+                    .insert()
+                    .set_project(&project)
+                    .set_zone(zone)
+                    .set_request_id(&rid)
+                    .set_body(body.clone())
+                    .send()
+                    .await;
+                match sent {
+                    Ok(op) => break Some(op),
+                    // Made by an earlier call whose request id GCE no longer remembers.
+                    Err(e) if e.http_status_code() == Some(409) => break None,
+                    Err(e) => {
+                        let err = classify("instances.insert", e);
+                        if err.kind == ErrorKind::Transient && tries < 3 {
+                            tries += 1;
+                            tokio::time::sleep(Duration::from_millis(500 << tries)).await;
+                            continue;
+                        }
+                        return Err(err);
+                    }
+                }
+            };
+            ops.extend(op);
+        }
+        for op in ops {
+            self.wait("instances.insert", op).await?;
+        }
+        let mut pause = self.poll.min(Duration::from_millis(250));
+        loop {
+            let nodes = self.nodes(p).await?;
+            if let Some(gone) = p.instances.iter().find(|name| {
+                nodes
+                    .iter()
+                    .find(|n| &&n.name == name)
+                    .is_none_or(|n| matches!(n.status.as_str(), "TERMINATED" | "STOPPING"))
+            }) {
+                return Err(ProviderError {
+                    kind: ErrorKind::Capacity,
+                    message: format!(
+                        "instance {gone} ended while starting (capacity was taken back)"
+                    ),
+                });
+            }
+            if nodes.len() >= count && nodes.iter().all(Node::running) {
+                return Ok(nodes);
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(self.poll);
+        }
+    }
+
+    /// Launches the cluster in the placement, trying each zone of a regional placement in
+    /// turn (what a refused zone made is deleted before the next).
+    async fn launch(
+        &self,
+        req: &Request<'_>,
+        p: &mut Private,
+        placement: &Candidate,
+    ) -> Result<Vec<Node>, ProviderError> {
+        let Spec::Cluster(spec) = req.spec else {
+            return Err(ProviderError::other(NO_MANAGED));
+        };
+        let o = &placement.offering;
+        let region = o
+            .region
+            .clone()
+            .ok_or_else(|| ProviderError::other("a gcp placement needs a region"))?;
+        p.region = Some(region.clone());
+        // Nothing is asked of GCP without a project and credentials.
+        self.project()?;
+        self.clients().await?;
+        let image = match &spec.resources.image_id {
+            Some(id) => id.clone(),
+            None => default_image(self.settings.catalog_dir.as_deref(), o.gpus() > 0.0),
+        };
+        self.check_image(&image).await?;
+        p.firewall = Some(p.name.clone());
+        self.firewall(p, &spec.resources.ports).await?;
+        let zones = match &o.zone {
+            Some(z) => vec![z.clone()],
+            None => self.zones_of(&region).await?,
+        };
+        let count = placement.num_nodes.max(1) as usize;
+        let mut refused = Vec::new();
+        for zone in zones {
+            p.zone = Some(zone.clone());
+            p.instances = (0..count).map(|r| format!("{}-{r}", p.name)).collect();
+            match self.launch_in(req, p, o, &zone, &image, count).await {
+                Ok(nodes) => return Ok(nodes),
+                Err(e) if e.kind == ErrorKind::Capacity && o.zone.is_none() => {
+                    refused.push(format!("{zone}: {}", e.message));
+                    self.remove_instances(p).await?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(ProviderError {
+            kind: ErrorKind::Capacity,
+            message: if refused.is_empty() {
+                format!("no zone of {region} is up")
+            } else {
+                refused.join("; ")
+            },
+        })
+    }
+
+    fn computed(nodes: &[Node], p: &Private, stopped: bool) -> BTreeMap<String, serde_json::Value> {
+        let ips: Vec<String> = nodes
+            .iter()
+            .map(|n| {
+                n.public_ip
+                    .clone()
+                    .or_else(|| n.private_ip.clone())
+                    .unwrap_or_default()
+            })
+            .collect();
+        let private_ips: Vec<String> = nodes
+            .iter()
+            .map(|n| n.private_ip.clone().unwrap_or_default())
+            .collect();
+        let ids: Vec<&String> = nodes.iter().map(|n| &n.name).collect();
+        BTreeMap::from([
+            (
+                "head_ip".into(),
+                json!(ips.first().cloned().unwrap_or_default()),
+            ),
+            ("ips".into(), json!(ips)),
+            ("private_ips".into(), json!(private_ips)),
+            ("instance_ids".into(), json!(ids)),
+            (
+                "zone".into(),
+                json!(
+                    nodes
+                        .first()
+                        .map(|n| n.zone.clone())
+                        .or_else(|| p.zone.clone())
+                ),
+            ),
+            (
+                "status".into(),
+                json!(if stopped {
+                    "STOPPED"
+                } else if p.build.is_none() {
+                    // Running machines whose setup did not finish: the plan sets them up.
+                    "INIT"
+                } else {
+                    "UP"
+                }),
+            ),
+        ])
+    }
+}
+
+#[async_trait::async_trait]
+impl Provider for GcpProvider {
+    fn name(&self) -> &'static str {
+        "gcp"
+    }
+
+    /// A create also sets the machines up (workdir, setup), which may rightly take long: it
+    /// bounds its wait for capacity itself.
+    fn create_is_bounded(&self) -> bool {
+        false
+    }
+
+    /// Managed jobs come as a cluster and a job on it (the controller composes them).
+    fn runs_managed_jobs(&self) -> bool {
+        false
+    }
+
+    /// Placements on GCP come from the catalogs.
+    async fn offerings(&self) -> Result<Vec<Offering>, ProviderError> {
+        Ok(Vec::new())
+    }
+
+    /// Finds credentials and a project, and says where the credentials come from (no call
+    /// to GCP is made).
+    async fn check(&self) -> Result<String, ProviderError> {
+        let project = self.project()?;
+        self.clients().await?;
+        let adc = compute::adc_file();
+        let source = if let Some(e) = &self.settings.endpoint {
+            format!("anonymous, endpoint {e}")
+        } else if let Some(f) = &self.settings.credentials_file {
+            format!("from {}", f.display())
+        } else if let Some(f) = std::env::var_os("GOOGLE_APPLICATION_CREDENTIALS") {
+            format!(
+                "from GOOGLE_APPLICATION_CREDENTIALS ({})",
+                PathBuf::from(f).display()
+            )
+        } else if adc.as_ref().is_some_and(|p| p.is_file()) {
+            "gcloud's application-default login".to_string()
+        } else {
+            "the metadata server's (this is a GCP machine)".to_string()
+        };
+        Ok(format!("project {project}, credentials {source}"))
+    }
+
+    fn new_private(&self, address: &Address, spec: &Spec, lineage: &str) -> serde_json::Value {
+        if matches!(spec, Spec::Job(_)) {
+            return super::jobs::new_private();
+        }
+        let token = uuid::Uuid::new_v4().simple().to_string();
+        Private {
+            lineage: lineage.to_string(),
+            name: stem(address, &token),
+            token,
+            ..Private::default()
+        }
+        .value()
+    }
+
+    /// Imports the instances labelled with a token: `TOKEN` (the `skyform-token` label of
+    /// a cluster skyform made), in the configured project. Its firewall rule is found by the
+    /// name skyform gave it, which comes from the cluster's name: import it under that name.
+    async fn import(&self, address: &Address, id: &str) -> Result<Created, ProviderError> {
+        let token = id.rsplit('/').next().unwrap_or(id);
+        let mut p = Private {
+            name: stem(address, token),
+            token: token.to_string(),
+            ..Private::default()
+        };
+        let nodes = self.nodes(&p).await?;
+        if nodes.is_empty() {
+            return Err(ProviderError {
+                kind: ErrorKind::NotFound,
+                message: format!("no instance is labelled {}={token}", label::TOKEN),
+            });
+        }
+        p.instances = nodes.iter().map(|n| n.name.clone()).collect();
+        p.zone = Some(nodes[0].zone.clone());
+        p.region = p
+            .zone
+            .as_deref()
+            .and_then(|z| z.rsplit_once('-'))
+            .map(|(r, _)| r.to_string());
+        p.firewall = Some(p.name.clone());
+        let stopped = nodes.iter().all(|n| !n.running());
+        if !stopped {
+            p.build = self
+                .fleet()
+                .runtime_of(&p.token, &Self::machines(&nodes))
+                .await;
+        }
+        Ok(Created {
+            computed: Self::computed(&nodes, &p, stopped),
+            private: p.value(),
+        })
+    }
+
+    async fn refresh(
+        &self,
+        _address: &Address,
+        res: &ResourceState,
+        cluster: Option<&ResourceState>,
+    ) -> Result<Observed, ProviderError> {
+        let spec = match res.spec.as_ref() {
+            Spec::Cluster(spec) => spec,
+            Spec::Job(_) => {
+                if cluster.is_none() {
+                    return Ok(Observed::Gone {
+                        reason: "its cluster is not in state".into(),
+                    });
+                }
+                let (access, hosts, p) = self.job_target(cluster)?;
+                let job = super::jobs::job_id(&res.private).unwrap_or_default();
+                return Ok(
+                    match machines::remote_cluster(&access, hosts, &p.token, p.build.as_deref())
+                        .status(job)
+                        .await
+                    {
+                        Ok(Some(s)) => Observed::Up(super::jobs::computed(&s)),
+                        Ok(None) => Observed::Gone {
+                            reason: "the job is not in its cluster's queue".into(),
+                        },
+                        Err(e) if e.kind == ErrorKind::NotFound => {
+                            Observed::Gone { reason: e.message }
+                        }
+                        Err(e) => return Err(e),
+                    },
+                );
+            }
+            _ => {
+                return Ok(Observed::Gone {
+                    reason: NO_MANAGED.into(),
+                });
+            }
+        };
+        let Some(mut p) = Private::read(res) else {
+            return Ok(Observed::Gone {
+                reason: "no instances recorded".into(),
+            });
+        };
+        let nodes = self.nodes(&p).await?;
+        let want = spec.num_nodes.max(1) as usize;
+        if res.status == Status::Creating {
+            // An apply stopped between the inserts and its state write: adopt what it made.
+            if nodes.is_empty() {
+                return Ok(Observed::Gone {
+                    reason: "its creation did not start any instance".into(),
+                });
+            }
+            if nodes.len() == want && nodes.iter().all(Node::running) {
+                p.instances = nodes.iter().map(|n| n.name.clone()).collect();
+                p.zone = Some(nodes[0].zone.clone());
+                p.firewall = Some(p.name.clone());
+                // Its runtime may have started before the kill; if not, the machines are
+                // kept and the plan sets them up (status INIT).
+                p.build = self
+                    .fleet()
+                    .runtime_of(&p.token, &Self::machines(&nodes))
+                    .await;
+                return Ok(Observed::Adopted(Created {
+                    computed: Self::computed(&nodes, &p, false),
+                    private: p.value(),
+                }));
+            }
+            return Ok(Observed::Degraded {
+                reason: format!(
+                    "its creation was interrupted with {} of {want} node(s) running",
+                    nodes.iter().filter(|n| n.running()).count()
+                ),
+                computed: Self::computed(&nodes, &p, false),
+            });
+        }
+        if nodes.is_empty() {
+            let reason = "all its instances were deleted outside skyform".to_string();
+            // While its firewall rule remains, a replace removes it.
+            if self.firewall_exists(&p).await? {
+                return Ok(Observed::Degraded {
+                    reason,
+                    computed: Self::computed(&nodes, &p, false),
+                });
+            }
+            return Ok(Observed::Gone { reason });
+        }
+        if let Some((rank, name)) = p
+            .instances
+            .iter()
+            .enumerate()
+            .find(|(_, name)| !nodes.iter().any(|n| &n.name == *name))
+        {
+            return Ok(Observed::Degraded {
+                reason: format!("node {rank} ({name}) was deleted outside skyform"),
+                computed: Self::computed(&nodes, &p, false),
+            });
+        }
+        let stopped = nodes.iter().all(|n| !n.running());
+        if stopped && spec.autostop.as_ref().is_some_and(|a| a.down) {
+            // GCE stops a machine that shuts itself down; `down` wants it gone.
+            return Ok(Observed::Degraded {
+                reason: "it autostopped with down = true: its instances are removed".into(),
+                computed: Self::computed(&nodes, &p, true),
+            });
+        }
+        // Running machines whose agents do not run (restarted outside skyform) run no job.
+        if !stopped
+            && p.build.is_some()
+            && let Some(reason) = self
+                .fleet()
+                .runtime_down(&p.token, &Self::machines(&nodes))
+                .await
+        {
+            return Ok(Observed::Degraded {
+                reason,
+                computed: Self::computed(&nodes, &p, false),
+            });
+        }
+        Ok(Observed::Up(Self::computed(&nodes, &p, stopped)))
+    }
+
+    async fn create(&self, req: Request<'_>) -> Result<Created, ProviderError> {
+        let spec = match req.spec {
+            Spec::Cluster(spec) => spec,
+            Spec::Job(j) => {
+                let (access, hosts, p) = self.job_target(req.cluster)?;
+                return machines::remote_cluster(&access, hosts, &p.token, p.build.as_deref())
+                    .submit(&req, &j.cluster)
+                    .await;
+            }
+            _ => {
+                return Err(ProviderError {
+                    kind: ErrorKind::Config,
+                    message: NO_MANAGED.into(),
+                });
+            }
+        };
+        let placement = req
+            .placement
+            .cloned()
+            .ok_or_else(|| ProviderError::other("a gcp cluster needs a placement"))?;
+        let mut p: Private = serde_json::from_value(req.private.clone())
+            .map_err(|e| ProviderError::other(format!("bad private state: {e}")))?;
+        let made = async {
+            // Capacity is bounded by the attempt timeout; setup that follows is not.
+            let nodes =
+                tokio::time::timeout(req.capacity_timeout, self.launch(&req, &mut p, &placement))
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(ProviderError {
+                            kind: ErrorKind::Timeout,
+                            message: format!(
+                                "no answer within {} (the attempt timeout)",
+                                humantime::format_duration(req.capacity_timeout)
+                            ),
+                        })
+                    })?;
+            let name = req.address.to_string();
+            let how = SetUp {
+                spec,
+                placement: Some(&placement),
+                name: &name,
+                root: Some(&req.root),
+                progress: &req.progress,
+            };
+            self.set_up(&mut p, &nodes, &how).await?;
+            Ok::<_, ProviderError>(nodes)
+        }
+        .await;
+        match made {
+            Ok(nodes) => Ok(Created {
+                computed: Self::computed(&nodes, &p, false),
+                private: p.value(),
+            }),
+            Err(e) => {
+                // Nothing of a failed attempt stays behind; a zone that does not answer is
+                // left to the engine, which records what it could not remove.
+                let cleaned = tokio::time::timeout(req.capacity_timeout, self.remove(&p)).await;
+                match cleaned {
+                    Ok(Err(c)) => Err(ProviderError {
+                        kind: e.kind,
+                        message: format!("{}; and cleaning up failed: {}", e.message, c.message),
+                    }),
+                    _ => Err(e),
+                }
+            }
+        }
+    }
+
+    /// Workdir, setup or envs changed, or the setup never finished (status INIT): the
+    /// machines stay, and are set up again.
+    async fn update(&self, req: Request<'_>) -> Result<Created, ProviderError> {
+        let Spec::Cluster(spec) = req.spec else {
+            return Ok(Created {
+                computed: BTreeMap::new(),
+                private: req.private.clone(),
+            });
+        };
+        let mut p: Private = serde_json::from_value(req.private.clone())
+            .map_err(|e| ProviderError::other(format!("bad private state: {e}")))?;
+        let nodes = self.nodes(&p).await?;
+        if nodes.is_empty() || nodes.iter().any(|n| !n.running()) {
+            return Err(ProviderError::other(
+                "the cluster's instances are not all running: `skyform start` it first",
+            ));
+        }
+        let name = req.address.to_string();
+        let how = SetUp {
+            spec,
+            placement: req.placement,
+            name: &name,
+            root: Some(&req.root),
+            progress: &req.progress,
+        };
+        self.set_up(&mut p, &nodes, &how).await?;
+        Ok(Created {
+            computed: Self::computed(&nodes, &p, false),
+            private: p.value(),
+        })
+    }
+
+    async fn delete(
+        &self,
+        _address: &Address,
+        res: &ResourceState,
+        cluster: Option<&ResourceState>,
+    ) -> Result<(), ProviderError> {
+        if matches!(*res.spec, Spec::Job(_)) {
+            let Ok((access, hosts, p)) = self.job_target(cluster) else {
+                return Ok(());
+            };
+            let job = super::jobs::job_id(&res.private).unwrap_or_default();
+            return machines::remote_cluster(&access, hosts, &p.token, p.build.as_deref())
+                .cancel(job)
+                .await;
+        }
+        match Private::read(res) {
+            Some(p) => {
+                self.remove(&p).await?;
+                // Its machines' host keys go with it: their addresses will be someone else's.
+                let _ = std::fs::remove_file(self.fleet().known_hosts(&p.token));
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
+
+    async fn stop(&self, res: &ResourceState) -> Result<(), ProviderError> {
+        let p = Private::read(res).ok_or_else(|| ProviderError::other("no instances recorded"))?;
+        self.set_running(&p, false).await
+    }
+
+    /// Starts the instances (with new external addresses) and the runtime on them again.
+    async fn start(&self, res: &ResourceState) -> Result<serde_json::Value, ProviderError> {
+        let Spec::Cluster(spec) = res.spec.as_ref() else {
+            return Err(ProviderError::other("only clusters start"));
+        };
+        let mut p =
+            Private::read(res).ok_or_else(|| ProviderError::other("no instances recorded"))?;
+        self.set_running(&p, true).await?;
+        if p.build.is_some() {
+            let nodes = self.nodes(&p).await?;
+            let name = p.cluster.clone().unwrap_or_default();
+            let quiet = super::Progress::default();
+            let how = SetUp {
+                spec,
+                placement: res.placement.as_ref(),
+                name: &name,
+                root: None,
+                progress: &quiet,
+            };
+            self.set_up(&mut p, &nodes, &how).await?;
+        }
+        Ok(p.value())
+    }
+
+    /// ssh to the head's external address as `ubuntu` with the key in the instances'
+    /// metadata; the host key is recorded on first contact, in the cluster's own
+    /// known_hosts.
+    fn ssh_entry(&self, res: &ResourceState) -> Result<super::SshEntry, ProviderError> {
+        let head = res
+            .computed
+            .get("head_ip")
+            .and_then(|v| v.as_str())
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| ProviderError::other("the cluster has no address recorded"))?;
+        Ok(super::SshEntry {
+            user: Some(machines::USER.into()),
+            address: head.to_string(),
+            port: None,
+            identity: Some(self.private_key()),
+            known_hosts: Private::read(res).map_or_else(
+                || self.key_dir.join("known_hosts"),
+                |p| self.fleet().known_hosts(&p.token),
+            ),
+            accept_new: true,
+            config_file: None,
+        })
+    }
+
+    fn log_paths(&self, _res: &ResourceState, _cluster: Option<&ResourceState>) -> Vec<PathBuf> {
+        Vec::new()
+    }
+
+    /// Each rank's log is read on the instance that ran it.
+    async fn read_logs(
+        &self,
+        res: &ResourceState,
+        cluster: Option<&ResourceState>,
+        offsets: &[u64],
+    ) -> Result<Vec<Vec<u8>>, ProviderError> {
+        let Spec::Job(j) = res.spec.as_ref() else {
+            return Ok(Vec::new());
+        };
+        let (access, hosts, p) = self.job_target(cluster)?;
+        let job = super::jobs::job_id(&res.private).unwrap_or_default();
+        machines::remote_cluster(&access, hosts, &p.token, p.build.as_deref())
+            .read_logs(job, j.num_nodes, offsets)
+            .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_labels_fit_gce() {
+        let a: Address = "cluster.Train_Big".parse().expect("an address");
+        let s = stem(&a, "0123456789abcdef");
+        assert!(s.len() + 4 <= 63, "{s}");
+        assert!(
+            s.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'),
+            "{s}"
+        );
+        assert_eq!(label_value("cluster-train"), "cluster-train");
+        let long = format!("module.{}.cluster.train[3]", "x".repeat(80));
+        let v = label_value(&long);
+        assert!(v.len() <= 63, "{v}");
+        assert!(
+            v.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_'),
+            "{v}"
+        );
+        assert_ne!(label_value("cluster.a"), label_value("cluster_a"));
+    }
+
+    #[test]
+    fn gpus_attach_only_to_hosts_without_them() {
+        assert!(gpus_built_in("a2-highgpu-8g"));
+        assert!(gpus_built_in("g2-standard-4"));
+        assert!(gpus_built_in("a3-highgpu-8g"));
+        assert!(!gpus_built_in("n1-highmem-4"));
+        assert_eq!(accelerator_type("T4"), "nvidia-tesla-t4");
+        assert_eq!(accelerator_type("A100-80GB"), "nvidia-a100-80gb");
+    }
+
+    #[test]
+    fn request_ids_are_uuids_fixed_by_the_call() {
+        let a = request_id("tok", "us-central1-a", 0);
+        assert_eq!(a, request_id("tok", "us-central1-a", 0));
+        assert_ne!(a, request_id("tok", "us-central1-a", 1));
+        assert_ne!(a, request_id("tok", "us-central1-b", 0));
+        assert!(uuid::Uuid::parse_str(&a).is_ok());
+    }
+
+    #[test]
+    fn the_default_image_comes_from_the_catalog() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        assert_eq!(default_image(Some(dir.path()), false), UBUNTU);
+        std::fs::create_dir_all(dir.path().join("gcp")).expect("mkdir");
+        std::fs::write(
+            dir.path().join("gcp/images.csv"),
+            "Tag,Region,OS,OSVersion,ImageId,CreationDate,BaseImageId\n\
+             skypilot:custom-cpu-ubuntu-2204,,ubuntu,22.04,projects/a/global/images/cpu-old,20241030,\n\
+             skypilot:custom-cpu-ubuntu-2204-250813,,ubuntu,22.04,projects/a/global/images/cpu-new,20250813,\n\
+             skypilot:custom-cpu-ubuntu-2204-arm64,,ubuntu,22.04,projects/a/global/images/arm,20260923,\n\
+             skypilot:custom-gpu-ubuntu-2204,,ubuntu,22.04,projects/a/global/images/gpu,20241030,\n",
+        )
+        .expect("write");
+        assert_eq!(
+            default_image(Some(dir.path()), false),
+            "projects/a/global/images/cpu-new"
+        );
+        assert_eq!(
+            default_image(Some(dir.path()), true),
+            "projects/a/global/images/gpu"
+        );
+    }
+}
