@@ -634,7 +634,7 @@ impl Loader {
                 Diagnostic::error(format!("import id {value:?} does not name its backend"))
                     .at(file, Some(id.span.clone()))
                     .label("expected BACKEND:ID")
-                    .hint("local:SANDBOX_DIR, ssh:POOL/TOKEN or aws:REGION/TOKEN (see docs/language.md#import)"),
+                    .hint("local:SANDBOX_DIR, ssh:POOL/TOKEN, aws:REGION/TOKEN, gcp:TOKEN or k8s:CONTEXT/NAME (see docs/language.md#import)"),
             );
             return;
         }
