@@ -436,7 +436,21 @@ fn workspaces_keep_separate_states() {
         text(&out.stderr)
     );
     ok(&["-workspace", "staging", "destroy", "-auto-approve"]);
-    assert!(ok(&["workspace", "delete", "staging"]).contains("Deleted"));
+    // Another run holds the workspace's lock: delete waits for it (-lock-timeout), then
+    // refuses naming the holder; -lock=false does it beside the lock.
+    let lock = dir.join(".skyform/workspaces/staging/state.json.lock");
+    std::fs::write(
+        &lock,
+        r#"{"id":"held-elsewhere","who":"alice@ci-runner-7","operation":"apply","created":"2026-11-28T12:00:00Z","version":"0","pid":0}"#,
+    )
+    .unwrap();
+    let out = run(dir, &["workspace", "delete", "-lock-timeout=1s", "staging"]);
+    assert!(
+        !out.status.success() && text(&out.stderr).contains("alice@ci-runner-7"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(ok(&["workspace", "delete", "-lock=false", "staging"]).contains("Deleted"));
     assert_eq!(ok(&["workspace", "list"]), "* default\n");
     let out = run(dir, &["workspace", "select", "staging"]);
     assert!(text(&out.stderr).contains("hint: skyform workspace new staging"));

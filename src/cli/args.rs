@@ -554,6 +554,8 @@ pub enum WorkspaceCommand {
     New {
         /// The workspace's name.
         name: String,
+        #[command(flatten)]
+        lock: LockFlags,
     },
     /// Switch to a workspace.
     Select {
@@ -570,6 +572,8 @@ pub enum WorkspaceCommand {
         /// Delete it even though its state still holds resources.
         #[arg(long)]
         force: bool,
+        #[command(flatten)]
+        lock: LockFlags,
     },
 }
 

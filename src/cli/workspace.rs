@@ -13,14 +13,14 @@ pub async fn workspace(engine: &Engine, command: WorkspaceCommand) -> Result<i32
             }
         }
         WorkspaceCommand::Show => say!("{current}"),
-        WorkspaceCommand::New { name } => {
-            engine.new_workspace(&name).await?;
+        WorkspaceCommand::New { name, lock } => {
+            engine.new_workspace(&name, lock.options()).await?;
             say!("Created and switched to workspace {name:?}. Its state is empty.");
         }
         WorkspaceCommand::Select { name, or_create } => {
             check_workspace_name(&name)?;
             if or_create && !engine.workspaces().await?.contains(&name) {
-                engine.new_workspace(&name).await?;
+                engine.new_workspace(&name, Default::default()).await?;
                 say!("Created and switched to workspace {name:?}. Its state is empty.");
                 return Ok(EXIT_OK);
             }
@@ -31,8 +31,10 @@ pub async fn workspace(engine: &Engine, command: WorkspaceCommand) -> Result<i32
             engine.select_workspace(&name)?;
             say!("Switched to workspace {name:?}.");
         }
-        WorkspaceCommand::Delete { name, force } => {
-            engine.delete_workspace(&name, force).await?;
+        WorkspaceCommand::Delete { name, force, lock } => {
+            engine
+                .delete_workspace(&name, force, lock.options())
+                .await?;
             say!("Deleted workspace {name:?}.");
         }
     }

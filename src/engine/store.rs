@@ -505,18 +505,35 @@ impl Engine {
     }
 
     /// Creates a workspace with an empty state and selects it.
-    pub async fn new_workspace(&self, name: &str) -> Result<()> {
+    pub async fn new_workspace(&self, name: &str, options: LockOptions) -> Result<()> {
         super::check_workspace_name(name)?;
         if self.workspaces().await?.iter().any(|w| w == name) {
             return Err(Error::new(format!("workspace {name:?} already exists"))
                 .hint(format!("skyform workspace select {name}")));
         }
-        self.workspace_store(name)?.write(&State::new()).await?;
+        // Under its lock, as Terraform makes one: two runs creating it at once do not both
+        // write a first state.
+        let store = self.workspace_store(name)?;
+        let held = lock(
+            store.as_ref(),
+            "workspace new",
+            options.lock,
+            options.timeout,
+        )
+        .await?;
+        let written = store.write(&State::new()).await;
+        held.release().await;
+        written?;
         self.select_workspace(name)
     }
 
     /// Deletes a workspace's state; refused while it holds resources, unless `force`.
-    pub async fn delete_workspace(&self, name: &str, force: bool) -> Result<()> {
+    pub async fn delete_workspace(
+        &self,
+        name: &str,
+        force: bool,
+        options: LockOptions,
+    ) -> Result<()> {
         if name == "default" {
             return Err(Error::new("the default workspace cannot be deleted"));
         }
@@ -528,7 +545,13 @@ impl Engine {
             return Err(Error::new(format!("there is no workspace {name:?}")));
         }
         let store = self.workspace_store(name)?;
-        let held = lock(store.as_ref(), "workspace delete", true, Duration::ZERO).await?;
+        let held = lock(
+            store.as_ref(),
+            "workspace delete",
+            options.lock,
+            options.timeout,
+        )
+        .await?;
         let done = async {
             let n = store.read().await?.map_or(0, |s| s.resources.len());
             if n > 0 && !force {
