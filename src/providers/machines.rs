@@ -298,3 +298,40 @@ pub async fn own_key(key_dir: &Path) -> Result<String, ProviderError> {
     }
     Ok(std::fs::read_to_string(&public)?.trim().to_string())
 }
+
+/// What state records of a cluster of rented machines: each node's id and addresses (the
+/// public one, else the private one, is where it is reached), its zone, and its status —
+/// `STOPPED`, `INIT` (running machines whose setup did not finish: the plan sets them up)
+/// or `UP`. `nodes` are (id, public IP, private IP), head first.
+pub fn computed<'a>(
+    nodes: impl Iterator<Item = (&'a str, Option<&'a str>, Option<&'a str>)>,
+    zone: Option<String>,
+    set_up: bool,
+    stopped: bool,
+) -> std::collections::BTreeMap<String, serde_json::Value> {
+    use serde_json::json;
+    let (mut ids, mut ips, mut private_ips) = (Vec::new(), Vec::new(), Vec::new());
+    for (id, public, private) in nodes {
+        ids.push(id);
+        ips.push(public.or(private).unwrap_or_default());
+        private_ips.push(private.unwrap_or_default());
+    }
+    let status = if stopped {
+        "STOPPED"
+    } else if set_up {
+        "UP"
+    } else {
+        "INIT"
+    };
+    std::collections::BTreeMap::from([
+        (
+            "head_ip".into(),
+            json!(ips.first().copied().unwrap_or_default()),
+        ),
+        ("ips".into(), json!(ips)),
+        ("private_ips".into(), json!(private_ips)),
+        ("instance_ids".into(), json!(ids)),
+        ("zone".into(), json!(zone)),
+        ("status".into(), json!(status)),
+    ])
+}

@@ -25,7 +25,6 @@ use ec2::types::{
     InstanceMarketOptionsRequest, InstanceType, MarketType, Placement, ResourceType,
     ShutdownBehavior, SpotInstanceType, SpotMarketOptions, Tag, TagSpecification, VolumeType,
 };
-use serde_json::json;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -519,49 +518,21 @@ impl AwsProvider {
     }
 
     fn computed(nodes: &[Node], p: &Private, stopped: bool) -> BTreeMap<String, serde_json::Value> {
-        let ips: Vec<String> = nodes
-            .iter()
-            .map(|n| {
-                n.public_ip
-                    .clone()
-                    .or_else(|| n.private_ip.clone())
-                    .unwrap_or_default()
-            })
-            .collect();
-        let private_ips: Vec<String> = nodes
-            .iter()
-            .map(|n| n.private_ip.clone().unwrap_or_default())
-            .collect();
-        let ids: Vec<&String> = nodes.iter().map(|n| &n.id).collect();
-        BTreeMap::from([
-            (
-                "head_ip".into(),
-                json!(ips.first().cloned().unwrap_or_default()),
-            ),
-            ("ips".into(), json!(ips)),
-            ("private_ips".into(), json!(private_ips)),
-            ("instance_ids".into(), json!(ids)),
-            (
-                "zone".into(),
-                json!(
-                    nodes
-                        .first()
-                        .and_then(|n| n.zone.clone())
-                        .or_else(|| p.zone.clone())
-                ),
-            ),
-            (
-                "status".into(),
-                json!(if stopped {
-                    "STOPPED"
-                } else if p.build.is_none() {
-                    // Running machines whose setup did not finish: the plan sets them up.
-                    "INIT"
-                } else {
-                    "UP"
-                }),
-            ),
-        ])
+        super::machines::computed(
+            nodes.iter().map(|n| {
+                (
+                    n.id.as_str(),
+                    n.public_ip.as_deref(),
+                    n.private_ip.as_deref(),
+                )
+            }),
+            nodes
+                .first()
+                .and_then(|n| n.zone.clone())
+                .or_else(|| p.zone.clone()),
+            p.build.is_some(),
+            stopped,
+        )
     }
 
     async fn set_running(&self, res: &ResourceState, run: bool) -> Result<(), ProviderError> {
