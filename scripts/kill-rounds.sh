@@ -25,7 +25,9 @@ ssh)
   ;;
 aws)
   eval "$(scripts/moto.sh start)"
-  trap 'scripts/moto.sh stop' EXIT
+  # moto's instances are real machines: sshd hosts on loopback (scripts/test.sh does the same).
+  eval "$(scripts/sshd.sh cloud 2)"
+  trap 'scripts/moto.sh stop; SKYFORM_TEST_SSH_DIR=$SKYFORM_TEST_CLOUD_DIR scripts/sshd.sh stop' EXIT
   test=aws_ec2 name=a_crash_at_every_point_converges
   ;;
 k8s)

@@ -6,7 +6,9 @@
 //!   (create, update, delete, a batch of job cancels, removing what a failed attempt left)
 //!   has returned, and its result is not yet in state (or the controller's book);
 //! - `write`: a state write of apply, or a write of the controller's book, has finished;
-//! - `remote`: a command on a remote host (ssh pools) has returned.
+//! - `remote`: a command on a remote host (ssh pools) has returned;
+//! - `cloud`: a call to a cloud's API that may change the world (EC2's key pairs, groups
+//!   and instances) has returned, before the provider goes on.
 //!
 //! Unset (always, outside tests) this costs one relaxed load per event. The hook is a
 //! crash, not a mock: everything before it happened for real, and the next run must find
@@ -21,6 +23,7 @@ pub enum Point {
     Call,
     Write,
     Remote,
+    Cloud,
 }
 
 impl Point {
@@ -29,6 +32,7 @@ impl Point {
             Point::Call => "call",
             Point::Write => "write",
             Point::Remote => "remote",
+            Point::Cloud => "cloud",
         }
     }
 }
@@ -39,7 +43,7 @@ fn target() -> Option<(Point, u64)> {
     *TARGET.get_or_init(|| {
         let v = std::env::var("SKYFORM_CRASH_AFTER").ok()?;
         let (kind, k) = v.split_once(':')?;
-        let point = [Point::Call, Point::Write, Point::Remote]
+        let point = [Point::Call, Point::Write, Point::Remote, Point::Cloud]
             .into_iter()
             .find(|p| p.name() == kind)?;
         Some((point, k.parse().ok()?))

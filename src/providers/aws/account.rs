@@ -143,6 +143,7 @@ impl AwsProvider {
             .tag_specifications(tag_spec(ResourceType::SecurityGroup, tags))
             .send()
             .await;
+        crate::faults::passed(crate::faults::Point::Cloud);
         let id = match made {
             Ok(out) => out.group_id().unwrap_or_default().to_string(),
             Err(e) if e.code() == Some("InvalidGroup.Duplicate") => {
@@ -163,13 +164,14 @@ impl AwsProvider {
                     .build()
             })
             .collect();
-        match client
+        let authorized = client
             .authorize_security_group_ingress()
             .group_id(&id)
             .set_ip_permissions(Some(perms))
             .send()
-            .await
-        {
+            .await;
+        crate::faults::passed(crate::faults::Point::Cloud);
+        match authorized {
             Ok(_) => {}
             Err(e) if e.code() == Some("InvalidPermission.Duplicate") => {}
             Err(e) => return Err(classify("AuthorizeSecurityGroupIngress", e)),
@@ -184,14 +186,15 @@ impl AwsProvider {
         tags: &[Tag],
     ) -> Result<(), ProviderError> {
         let key = self.public_key().await?;
-        match client
+        let imported = client
             .import_key_pair()
             .key_name(&p.name)
             .public_key_material(ec2::primitives::Blob::new(key.into_bytes()))
             .tag_specifications(tag_spec(ResourceType::KeyPair, tags))
             .send()
-            .await
-        {
+            .await;
+        crate::faults::passed(crate::faults::Point::Cloud);
+        match imported {
             Ok(_) => Ok(()),
             Err(e) if e.code() == Some("InvalidKeyPair.Duplicate") => Ok(()),
             Err(e) => Err(classify("ImportKeyPair", e)),

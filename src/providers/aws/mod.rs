@@ -297,6 +297,19 @@ impl AwsProvider {
             .map(str::to_string))
     }
 
+    /// Whether the attempt's security group or key pair exist (what `remove` removes
+    /// besides instances).
+    async fn leftovers(&self, client: &ec2::Client, p: &Private) -> Result<bool, ProviderError> {
+        if self.find_group(client, p).await?.is_some() {
+            return Ok(true);
+        }
+        match client.describe_key_pairs().key_names(&p.name).send().await {
+            Ok(out) => Ok(!out.key_pairs().is_empty()),
+            Err(e) if e.code() == Some("InvalidKeyPair.NotFound") => Ok(false),
+            Err(e) => Err(classify("DescribeKeyPairs", e)),
+        }
+    }
+
     /// Waits until every instance runs; one that ends instead is a capacity failure.
     async fn wait_running(
         &self,
@@ -345,12 +358,13 @@ impl AwsProvider {
             }
         }
         if !ids.is_empty() {
-            match client
+            let terminated = client
                 .terminate_instances()
                 .set_instance_ids(Some(ids.clone()))
                 .send()
-                .await
-            {
+                .await;
+            crate::faults::passed(crate::faults::Point::Cloud);
+            match terminated {
                 Ok(_) => {}
                 Err(e) if e.code().is_some_and(|c| c.starts_with("InvalidInstanceID")) => {
                     // Some were gone already: terminate the rest one by one.
@@ -375,7 +389,9 @@ impl AwsProvider {
                 Some(id) => req.group_id(id),
                 None => req.group_name(&p.name),
             };
-            match req.send().await {
+            let deleted = req.send().await;
+            crate::faults::passed(crate::faults::Point::Cloud);
+            match deleted {
                 Ok(_) => break,
                 Err(e)
                     if e.code().is_some_and(|c| {
@@ -391,7 +407,9 @@ impl AwsProvider {
                 Err(e) => return Err(classify("DeleteSecurityGroup", e)),
             }
         }
-        match client.delete_key_pair().key_name(&p.name).send().await {
+        let deleted = client.delete_key_pair().key_name(&p.name).send().await;
+        crate::faults::passed(crate::faults::Point::Cloud);
+        match deleted {
             Ok(_) => Ok(()),
             Err(e) if e.code() == Some("InvalidKeyPair.NotFound") => Ok(()),
             Err(e) => Err(classify("DeleteKeyPair", e)),
@@ -487,7 +505,9 @@ impl AwsProvider {
                         .build(),
                 );
             }
-            match run.send().await {
+            let ran = run.send().await;
+            crate::faults::passed(crate::faults::Point::Cloud);
+            match ran {
                 Ok(out) => {
                     p.zone = Some(zone.clone());
                     p.instances = out
@@ -724,8 +744,17 @@ impl Provider for AwsProvider {
         if res.status == Status::Creating {
             // An apply stopped between RunInstances and its state write: adopt what it made.
             if nodes.is_empty() {
+                // Killed after making its key pair or group but before RunInstances: a
+                // replace removes them (a forgotten intent would leak them).
+                let reason = "its creation did not start any instance";
+                if self.leftovers(&client, &p).await? {
+                    return Ok(Observed::Degraded {
+                        reason: format!("{reason}, and its security group or key pair remain"),
+                        computed: BTreeMap::new(),
+                    });
+                }
                 return Ok(Observed::Gone {
-                    reason: "its creation did not start any instance".into(),
+                    reason: reason.into(),
                 });
             }
             if nodes.len() == want && nodes.iter().all(|n| n.state == "running") {
@@ -751,7 +780,7 @@ impl Provider for AwsProvider {
         if nodes.is_empty() {
             let reason = "all its instances were terminated outside skyform".to_string();
             // While its security group or key pair remain, a replace removes them.
-            if self.find_group(&client, &p).await?.is_some() {
+            if self.leftovers(&client, &p).await? {
                 return Ok(Observed::Degraded {
                     reason,
                     computed: Self::computed(&nodes, &p, false),
