@@ -4,7 +4,7 @@ backend uses, with GCE's long-running operations, errors and request deduplicati
 instances that are real OpenSSH servers.
 
 No emulator of Compute Engine exists, so the project owns this one. Its answers are checked
-against Google's discovery document (`tests/gcp.rs`, the schema test), so it cannot drift
+against Google's discovery document (`tests/gcp_fake.rs`, the schema test), so it cannot drift
 into answers GCE would never give.
 
 API (under /compute/v1/projects/PROJECT/):
