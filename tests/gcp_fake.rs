@@ -219,6 +219,63 @@ fn the_fake_answers_as_compute_v1_says() {
         &format!("{p}/zones/{z}/instances/skyform-web-0123abcd-0/start"),
         None,
     ));
+    // GCE takes a spot VM back: TERMINATED, then deleted (its termination action), with a
+    // system event in the zone's operations.
+    let op = call(
+        &fake,
+        "POST",
+        &format!("{p}/zones/{z}/instances"),
+        Some(&instance("skyform-web-0123abcd-1", z)),
+    );
+    wait(&op);
+    let preempted = Command::new("curl")
+        .args(["-sf", "-X", "POST"])
+        .arg(format!(
+            "{}/_fake/preempt/{z}/skyform-web-0123abcd-1",
+            fake.url
+        ))
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(preempted.success());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let mut seen = Vec::new();
+    loop {
+        let got = call(
+            &fake,
+            "GET",
+            &format!("{p}/zones/{z}/instances/skyform-web-0123abcd-1"),
+            None,
+        );
+        let status = got["status"].as_str().unwrap_or("gone").to_string();
+        if seen.last() != Some(&status) {
+            seen.push(status.clone());
+        }
+        if status == "gone" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{seen:?}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(seen.contains(&"TERMINATED".to_string()), "{seen:?}");
+    let events = call(
+        &fake,
+        "GET",
+        &format!(
+            "{p}/zones/{z}/operations?filter=operationType%20%3D%20%22compute.instances.preempted%22"
+        ),
+        None,
+    );
+    let items = events["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "{events}");
+    assert_eq!(items[0]["user"], "system");
+    assert!(
+        items[0]["targetLink"]
+            .as_str()
+            .unwrap()
+            .ends_with("/instances/skyform-web-0123abcd-1")
+    );
+    call(&fake, "GET", &format!("{p}/zones/{z}/operations"), None);
     // A zone without capacity says so in the finished operation; quota on the answer.
     fake.rules(serde_json::json!([
         {"zone": "us-central1-b", "error": "ZONE_RESOURCE_POOL_EXHAUSTED"},
@@ -290,6 +347,7 @@ fn the_fake_answers_as_compute_v1_says() {
         "compute.instances.setMetadata",
         "compute.zoneOperations.get",
         "compute.zoneOperations.wait",
+        "compute.zoneOperations.list",
         "compute.globalOperations.get",
         "compute.globalOperations.wait",
         "compute.firewalls.insert",

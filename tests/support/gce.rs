@@ -131,6 +131,18 @@ impl Fake {
             .collect()
     }
 
+    /// GCE takes a spot instance back (`POST /_fake/preempt/ZONE/NAME`): what its machine
+    /// ran ends, it goes TERMINATED and then, as skyform's spot VMs are, deleted.
+    pub fn preempt(&self, zone: &str, name: &str) {
+        let status = Command::new("curl")
+            .args(["-sf", "-X", "POST"])
+            .arg(format!("{}/_fake/preempt/{zone}/{name}", self.url))
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "preempting {zone}/{name}");
+    }
+
     pub fn firewalls(&self) -> Vec<Value> {
         self.get("firewalls").as_array().unwrap().clone()
     }
@@ -146,6 +158,8 @@ impl Fake {
 pub struct Work {
     pub dir: support::Workdir,
     pub fake: Fake,
+    /// The configuration's `infra "gcp"` block.
+    pub infra: String,
 }
 
 impl std::ops::Deref for Work {
@@ -169,14 +183,24 @@ impl Work {
                 "SKYFORM_CATALOG_DIR",
                 PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("testdata/catalogs"),
             )
-            .env_remove("GOOGLE_APPLICATION_CREDENTIALS");
+            .env_remove("GOOGLE_APPLICATION_CREDENTIALS")
+            // The controller apply starts decides in test time.
+            .env("SKYFORM_CONTROLLER_TICK_MS", "300")
+            .env("SKYFORM_CONTROLLER_GRACE_MS", "1000")
+            .env("SKYFORM_SERVE_PROBE_MS", "300");
         let regions: Vec<String> = regions.iter().map(|r| format!("\"{r}\"")).collect();
-        dir.write_config(&format!(
-            "infra \"gcp\" {{\n  project  = \"skyform-test\"\n  endpoint = \"{}\"\n  regions  = [{}]\n}}\n{body}",
+        let infra = format!(
+            "infra \"gcp\" {{\n  project  = \"skyform-test\"\n  endpoint = \"{}\"\n  regions  = [{}]\n}}\n",
             fake.url,
             regions.join(", ")
-        ));
-        Some(Work { dir, fake })
+        );
+        dir.write_config(&format!("{infra}{body}"));
+        Some(Work { dir, fake, infra })
+    }
+
+    /// The configuration becomes `body` on the same fake.
+    pub fn body(&self, body: &str) {
+        self.dir.write_config(&format!("{}{body}", self.infra));
     }
 
     pub fn candidates(&self) -> Vec<Value> {

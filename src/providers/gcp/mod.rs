@@ -156,6 +156,8 @@ struct Node {
     status: String,
     private_ip: Option<String>,
     public_ip: Option<String>,
+    /// When GCE last started it (RFC 3339): a preemption before that is an old one.
+    last_start: Option<String>,
 }
 
 impl Node {
@@ -174,6 +176,7 @@ impl Node {
             public_ip: nic
                 .and_then(|n| n.access_configs.iter().find_map(|a| a.nat_ip.clone()))
                 .filter(|a| !a.is_empty()),
+            last_start: i.last_start_timestamp.clone(),
         }
     }
 
@@ -678,8 +681,23 @@ impl Provider for GcpProvider {
                 computed: Self::computed(&nodes, &p, false),
             });
         }
+        // A spot node GCE took back is said so (not "stopped" or "deleted outside skyform"):
+        // GCE records it as a system event in the zone's operations.
+        let spot = res.placement.as_ref().is_some_and(|c| c.offering.spot);
+        let preempted = if spot {
+            self.preempted(&p, &nodes).await
+        } else {
+            None
+        };
+        if let (Some(reason), false) = (&preempted, nodes.is_empty()) {
+            return Ok(Observed::Degraded {
+                reason: reason.clone(),
+                computed: Self::computed(&nodes, &p, false),
+            });
+        }
         if nodes.is_empty() {
-            let reason = "all its instances were deleted outside skyform".to_string();
+            let reason = preempted
+                .unwrap_or_else(|| "all its instances were deleted outside skyform".to_string());
             // While its firewall rule remains, a replace removes it.
             if self.firewall_exists(&p).await? {
                 return Ok(Observed::Degraded {
@@ -936,5 +954,20 @@ mod tests {
         assert_ne!(a, request_id("tok", "us-central1-a", 1));
         assert_ne!(a, request_id("tok", "us-central1-b", 0));
         assert!(uuid::Uuid::parse_str(&a).is_ok());
+    }
+
+    #[test]
+    fn gce_times_are_read_with_their_offsets() {
+        use compute::epoch_ms;
+        assert_eq!(epoch_ms("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(
+            epoch_ms("2026-12-05T06:01:02.345-08:00"),
+            Some(1_796_479_262_345)
+        );
+        assert_eq!(
+            epoch_ms("2024-02-29T23:59:59.000-00:00"),
+            Some(1_709_251_199_000)
+        );
+        assert_eq!(epoch_ms("yesterday"), None);
     }
 }
