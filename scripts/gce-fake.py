@@ -35,7 +35,7 @@ Rules (POST /_fake/rules with a JSON list, or --rules) make chosen calls fail or
   {"hang_after": true}                              # GCE acts, the answer never comes
 
 Conditions: method (default insert; delete, start, stop, setLabels, setMetadata, get, list,
-aggregatedList, firewalls.insert, ...), project, zone, region, machine_type. Errors:
+aggregatedList, operations.list, firewalls.insert, ...), project, zone, region, machine_type. Errors:
 ZONE_RESOURCE_POOL_EXHAUSTED(_WITH_DETAILS), QUOTA_EXCEEDED (regional),
 QUOTA_EXCEEDED_GLOBAL, PERMISSION_DENIED, UNAUTHENTICATED, RATE_LIMIT (429),
 BACKEND_ERROR (503), or any other code (sent as given). `times: N` applies a rule to its
