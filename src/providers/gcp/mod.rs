@@ -260,19 +260,6 @@ impl GcpProvider {
         Ok(())
     }
 
-    /// The running cluster a job goes to.
-    fn job_target(
-        &self,
-        cluster: Option<&ResourceState>,
-    ) -> Result<(super::ssh::Access, Vec<crate::model::Host>, Private), ProviderError> {
-        let cluster =
-            cluster.ok_or_else(|| ProviderError::other("the job's cluster is not in state"))?;
-        let p = Private::read(cluster)
-            .ok_or_else(|| ProviderError::other("the job's cluster has no instances recorded"))?;
-        let hosts = machines::job_hosts(cluster, p.build.as_deref())?;
-        Ok((self.fleet().access(&p.token), hosts, p))
-    }
-
     /// The instance a node of the cluster is, as inserted.
     fn instance(
         req: &Request<'_>,
@@ -614,30 +601,7 @@ impl Provider for GcpProvider {
     ) -> Result<Observed, ProviderError> {
         let spec = match res.spec.as_ref() {
             Spec::Cluster(spec) => spec,
-            Spec::Job(_) => {
-                if cluster.is_none() {
-                    return Ok(Observed::Gone {
-                        reason: "its cluster is not in state".into(),
-                    });
-                }
-                let (access, hosts, p) = self.job_target(cluster)?;
-                let job = super::jobs::job_id(&res.private).unwrap_or_default();
-                return Ok(
-                    match machines::remote_cluster(&access, hosts, &p.token, p.build.as_deref())
-                        .status(job)
-                        .await
-                    {
-                        Ok(Some(s)) => Observed::Up(super::jobs::computed(&s)),
-                        Ok(None) => Observed::Gone {
-                            reason: "the job is not in its cluster's queue".into(),
-                        },
-                        Err(e) if e.kind == ErrorKind::NotFound => {
-                            Observed::Gone { reason: e.message }
-                        }
-                        Err(e) => return Err(e),
-                    },
-                );
-            }
+            Spec::Job(_) => return self.fleet().refresh_job(res, cluster).await,
             _ => {
                 return Ok(Observed::Gone {
                     reason: NO_MANAGED.into(),
@@ -745,12 +709,7 @@ impl Provider for GcpProvider {
     async fn create(&self, req: Request<'_>) -> Result<Created, ProviderError> {
         let spec = match req.spec {
             Spec::Cluster(spec) => spec,
-            Spec::Job(j) => {
-                let (access, hosts, p) = self.job_target(req.cluster)?;
-                return machines::remote_cluster(&access, hosts, &p.token, p.build.as_deref())
-                    .submit(&req, &j.cluster)
-                    .await;
-            }
+            Spec::Job(j) => return self.fleet().submit_job(&req, &j.cluster).await,
             _ => {
                 return Err(ProviderError {
                     kind: ErrorKind::Config,
@@ -849,13 +808,7 @@ impl Provider for GcpProvider {
         cluster: Option<&ResourceState>,
     ) -> Result<(), ProviderError> {
         if matches!(*res.spec, Spec::Job(_)) {
-            let Ok((access, hosts, p)) = self.job_target(cluster) else {
-                return Ok(());
-            };
-            let job = super::jobs::job_id(&res.private).unwrap_or_default();
-            return machines::remote_cluster(&access, hosts, &p.token, p.build.as_deref())
-                .cancel(job)
-                .await;
+            return self.fleet().cancel_job(res, cluster).await;
         }
         match Private::read(res) {
             Some(p) => {
@@ -898,27 +851,9 @@ impl Provider for GcpProvider {
     }
 
     /// ssh to the head's external address as `ubuntu` with the key in the instances'
-    /// metadata; the host key is recorded on first contact, in the cluster's own
-    /// known_hosts.
+    /// metadata, trusting its host key on first contact (the cluster's own known_hosts).
     fn ssh_entry(&self, res: &ResourceState) -> Result<super::SshEntry, ProviderError> {
-        let head = res
-            .computed
-            .get("head_ip")
-            .and_then(|v| v.as_str())
-            .filter(|s| !s.is_empty())
-            .ok_or_else(|| ProviderError::other("the cluster has no address recorded"))?;
-        Ok(super::SshEntry {
-            user: Some(machines::USER.into()),
-            address: head.to_string(),
-            port: None,
-            identity: Some(self.private_key()),
-            known_hosts: Private::read(res).map_or_else(
-                || self.key_dir.join("known_hosts"),
-                |p| self.fleet().known_hosts(&p.token),
-            ),
-            accept_new: true,
-            config_file: None,
-        })
+        self.fleet().ssh_entry(res)
     }
 
     fn log_paths(&self, _res: &ResourceState, _cluster: Option<&ResourceState>) -> Vec<PathBuf> {
@@ -932,14 +867,7 @@ impl Provider for GcpProvider {
         cluster: Option<&ResourceState>,
         offsets: &[u64],
     ) -> Result<Vec<Vec<u8>>, ProviderError> {
-        let Spec::Job(j) = res.spec.as_ref() else {
-            return Ok(Vec::new());
-        };
-        let (access, hosts, p) = self.job_target(cluster)?;
-        let job = super::jobs::job_id(&res.private).unwrap_or_default();
-        machines::remote_cluster(&access, hosts, &p.token, p.build.as_deref())
-            .read_logs(job, j.num_nodes, offsets)
-            .await
+        self.fleet().job_logs(res, cluster, offsets).await
     }
 }
 
