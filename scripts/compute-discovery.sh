@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Google's discovery document for Compute Engine v1 (`compute.v1.json`, ~5 MB), which the
-# fake's schema test (tests/gcp.rs) checks scripts/gce-fake.py against. It ships inside the
+# fake's schema test (tests/gcp_fake.rs) checks scripts/gce-fake.py against. It ships inside the
 # `google-api-python-client` wheel on PyPI; this fetches the wheel once with pip, takes the
 # document out into a cache directory (not the repository) and prints
 # `export SKYFORM_TEST_COMPUTE_DISCOVERY=PATH`.

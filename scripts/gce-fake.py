@@ -4,7 +4,7 @@ backend uses, with GCE's long-running operations, errors and request deduplicati
 instances that are real OpenSSH servers.
 
 No emulator of Compute Engine exists, so the project owns this one. Its answers are checked
-against Google's discovery document (`tests/gcp.rs`, the schema test), so it cannot drift
+against Google's discovery document (`tests/gcp_fake.rs`, the schema test), so it cannot drift
 into answers GCE would never give.
 
 API (under /compute/v1/projects/PROJECT/):
@@ -12,6 +12,7 @@ API (under /compute/v1/projects/PROJECT/):
   zones/Z/instances/N            GET, DELETE
   zones/Z/instances/N/start|stop|setLabels|setMetadata   POST
   aggregated/instances           GET (?filter=)
+  zones/Z/operations             GET list (?filter=), system events included
   zones/Z/operations/OP          GET;  zones/Z/operations/OP/wait  POST
   global/operations/OP           GET;  global/operations/OP/wait   POST
   global/firewalls               POST insert, GET list;  global/firewalls/N  GET, DELETE
@@ -21,7 +22,8 @@ API (under /compute/v1/projects/PROJECT/):
 Every mutation answers an Operation that goes PENDING -> RUNNING -> DONE over
 --op-seconds, and acts when DONE, as GCE does. A request whose `requestId` was seen before
 answers the operation of the first one and does nothing again. Filters understand
-`labels.KEY = "VALUE"` terms (ANDed) and `name = "N"`.
+`labels.KEY = "VALUE"` and `FIELD = "VALUE"` terms (ANDed) on top-level fields (`name`,
+`operationType`, `targetId`, ...).
 
 Rules (POST /_fake/rules with a JSON list, or --rules) make chosen calls fail or hang:
 
@@ -33,12 +35,19 @@ Rules (POST /_fake/rules with a JSON list, or --rules) make chosen calls fail or
   {"hang_after": true}                              # GCE acts, the answer never comes
 
 Conditions: method (default insert; delete, start, stop, setLabels, setMetadata, get, list,
-aggregatedList, firewalls.insert, ...), project, zone, region, machine_type. Errors:
+aggregatedList, operations.list, firewalls.insert, ...), project, zone, region, machine_type. Errors:
 ZONE_RESOURCE_POOL_EXHAUSTED(_WITH_DETAILS), QUOTA_EXCEEDED (regional),
 QUOTA_EXCEEDED_GLOBAL, PERMISSION_DENIED, UNAUTHENTICATED, RATE_LIMIT (429),
 BACKEND_ERROR (503), or any other code (sent as given). `times: N` applies a rule to its
 first N matches only. GET /_fake/log lists the inserts seen (zone, machine type, outcome);
 GET /_fake/instances and /_fake/firewalls list what exists (for tests).
+
+POST /_fake/preempt/ZONE/NAME preempts a running spot instance as GCE does: it goes
+STOPPING at once (its machine stops running what it ran, as a stop does), a system event
+`compute.instances.preempted` (user `system`, DONE) is in the zone's operations, then the
+instance is TERMINATED (`lastStopTimestamp`, external address released) after
+--op-seconds, and deleted after as long again when its
+`scheduling.instanceTerminationAction` is DELETE (skyform's spot instances), else kept.
 
 With --machines FILE (lines `ADDRESS DIR`, as `scripts/sshd.sh cloud` writes them) instances
 are real hosts: each gets one server's address as its networkIP and natIP (round robin,
@@ -372,9 +381,10 @@ def matches_filter(res, flt):
     for key, value in re.findall(r'labels\.([a-z0-9_-]+)\s*[=:]\s*"?([^"\s)]*)"?', flt):
         if res.get("labels", {}).get(key) != value:
             return False
-    m = re.search(r'(?<![.\w])name\s*=\s*"?([^"\s)]*)"?', flt)
-    if m and res.get("name") != m.group(1):
-        return False
+    # Top-level fields (not a label's key: those follow "labels." and may hold "-").
+    for key, value in re.findall(r'(?<![.\w-])([a-zA-Z]+)\s*=\s*"?([^"\s)]*)"?', flt):
+        if key != "labels" and str(res.get(key, "")) != value:
+            return False
     return True
 
 
@@ -557,6 +567,50 @@ def instance_op(project, zone, name, action, body, rule):
                          bool(rule and rule.get("hang_op")), inst["id"])
 
 
+def preempt(project, zone, name):
+    """GCE takes a spot instance back: STOPPING now, with a system event in the zone's
+    operations; TERMINATED after --op-seconds; deleted after as long again when its
+    termination action is DELETE."""
+    inst = instance(project, zone, name)
+    with lock:
+        sched = inst.get("scheduling") or {}
+        if sched.get("provisioningModel") != "SPOT" and not sched.get("preemptible"):
+            raise Fail(400, "badRequest", f"{name} is not a spot VM: GCE does not preempt it")
+        if inst["status"] != "RUNNING":
+            raise Fail(400, "badRequest", f"{name} is {inst['status']}, not RUNNING")
+        inst["status"] = "STOPPING"
+        t = now()
+        ev = "systemevent-%d-%s" % (int(time.time() * 1000), "%012x" % random.getrandbits(48))
+        operations[ev] = {"op": {
+            "kind": "compute#operation", "id": new_id(), "name": ev,
+            "operationType": "compute.instances.preempted", "targetLink": inst["selfLink"],
+            "targetId": inst["id"], "status": "DONE", "statusMessage": "Instance was preempted.",
+            "user": "system", "progress": 100, "insertTime": t, "startTime": t, "endTime": t,
+            "zone": zone_url(project, zone), "selfLink": f"{zone_url(project, zone)}/operations/{ev}",
+        }, "t0": time.monotonic(), "act": None, "fail": None, "hang": False,
+            "project": project, "zone": zone}
+    power_off(inst, False)
+
+    def terminated():
+        with lock:
+            if inst["status"] != "STOPPING":
+                return
+            inst["status"] = "TERMINATED"
+            inst["lastStopTimestamp"] = now()
+            set_ips(inst, False)
+        if sched.get("instanceTerminationAction") == "DELETE":
+            threading.Timer(args.op_seconds, deleted).start()
+
+    def deleted():
+        with lock:
+            if instances.get((project, zone, name)) is not inst:
+                return
+            instances.pop((project, zone, name), None)
+        power_off(inst, True)
+
+    threading.Timer(args.op_seconds, terminated).start()
+
+
 def zone_resource(project, z):
     region = region_of(z)
     return {"kind": "compute#zone", "id": str(2000 + sorted(all_zones()).index(z)),
@@ -695,6 +749,18 @@ def route(method, parts, query, body):
                      "selfLink": f"{BASE}projects/{project}/aggregated/instances"}, \
             "compute.instances.aggregatedList"
     # operations
+    if rest[:1] == ["zones"] and len(rest) == 3 and rest[2] == "operations" and method == "GET":
+        zone = rest[1]
+        guard("operations.list")
+        advance()
+        with lock:
+            items = [json.loads(json.dumps(o["op"])) for o in operations.values()
+                     if o["project"] == project and o["zone"] == zone and matches_filter(o["op"], flt)]
+        out = {"kind": "compute#operationList", "id": f"projects/{project}/zones/{zone}/operations",
+               "selfLink": f"{zone_url(project, zone)}/operations"}
+        if items:
+            out["items"] = items
+        return 200, out, "compute.zoneOperations.list"
     if len(rest) >= 4 and rest[2] == "operations" or rest[:2] == ["global", "operations"]:
         scope = "zoneOperations" if rest[0] == "zones" else "globalOperations"
         name = rest[3] if rest[0] == "zones" else rest[2]
@@ -838,6 +904,18 @@ class Handler(http.server.BaseHTTPRequestHandler):
         query = urllib.parse.parse_qs(url.query)
         if url.path.startswith("/_fake/"):
             what = url.path[len("/_fake/"):]
+            if what.startswith("preempt/") and self.command == "POST":
+                # /_fake/preempt/ZONE/NAME (the project is the only one the instance is in)
+                zone, _, name = what[len("preempt/"):].partition("/")
+                with lock:
+                    found = [p for (p, z, n) in instances if z == zone and n == name]
+                try:
+                    if not found:
+                        raise Fail(404, "notFound", f"no instance {zone}/{name}")
+                    preempt(found[0], zone, name)
+                except Fail as f:
+                    return self.reply(f.status, error_body(f.status, f.reason, f.message))
+                return self.reply(200, {})
             with lock:
                 if what == "rules" and self.command == "POST":
                     rules = json.loads(raw or b"[]")

@@ -44,15 +44,15 @@ stop_cloud() { SKYFORM_TEST_SSH_DIR=$SKYFORM_TEST_CLOUD_DIR scripts/sshd.sh stop
 trap 'scripts/moto.sh stop; scripts/azurite.sh stop; scripts/sshd.sh stop; stop_cloud' EXIT
 echo "cloud machines (for moto's and the GCE fake's instances) on $(cut -d' ' -f1 "$SKYFORM_TEST_CLOUD_DIR/machines" | paste -sd' ')"
 # Google's discovery document for compute v1, which the GCE fake (scripts/gce-fake.py,
-# started by each test of tests/gcp.rs) is checked against: pip fetches it once into a cache.
+# started by each test of tests/gcp*.rs) is checked against: pip fetches it once into a cache.
 if discovery_env=$(scripts/compute-discovery.sh); then
   eval "$discovery_env"
   echo "compute v1 discovery document at $SKYFORM_TEST_COMPUTE_DISCOVERY"
 elif [ "${CI:-}" = "true" ]; then
-  echo "FAIL: cannot fetch compute.v1.json (google-api-python-client from PyPI); CI=true needs it for tests/gcp.rs" >&2
+  echo "FAIL: cannot fetch compute.v1.json (google-api-python-client from PyPI); CI=true needs it for tests/gcp_fake.rs" >&2
   exit 1
 else
-  echo "NOTE: no compute.v1.json: the GCE fake's schema test (tests/gcp.rs) is SKIPPED."
+  echo "NOTE: no compute.v1.json: the GCE fake's schema test (tests/gcp_fake.rs) is SKIPPED."
 fi
 echo "sshd on $(cut -d' ' -f1 "$SKYFORM_TEST_SSH_DIR/hosts" | paste -sd' ')"
 if [ -f "$SKYFORM_TEST_SSH_DIR/netns-hosts" ]; then

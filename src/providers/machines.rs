@@ -5,10 +5,11 @@
 //! in a known_hosts file of its own (addresses are reused all the time in a cloud network),
 //! forgotten when the cluster goes.
 
+use crate::model::{Address, Spec};
 use crate::model::{ClusterSpec, Host};
 use crate::optimizer::Candidate;
 use crate::providers::ssh::{Access, HOST_DIR, RemoteCluster, remote, runtime};
-use crate::providers::{ErrorKind, ProviderError};
+use crate::providers::{Created, ErrorKind, Observed, ProviderError, Request, SshEntry, jobs};
 use crate::state::ResourceState;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -223,6 +224,145 @@ impl Fleet {
             }
         }
         None
+    }
+}
+
+/// The running cluster of rented machines a job goes to: its runtime as the job's clients
+/// reach it. Both backends keep the cluster's `token` and `build` in its private state
+/// under these names.
+struct JobCluster {
+    access: Access,
+    hosts: Vec<Host>,
+    token: String,
+    build: Option<String>,
+}
+
+impl Fleet {
+    /// The cluster a job goes to, from the cluster's state.
+    fn job_cluster(&self, cluster: Option<&ResourceState>) -> Result<JobCluster, ProviderError> {
+        let cluster =
+            cluster.ok_or_else(|| ProviderError::other("the job's cluster is not in state"))?;
+        let text = |k: &str| {
+            cluster
+                .private
+                .get(k)
+                .and_then(serde_json::Value::as_str)
+                .filter(|t| !t.is_empty())
+                .map(str::to_string)
+        };
+        let token = text("token")
+            .ok_or_else(|| ProviderError::other("the job's cluster has no instances recorded"))?;
+        let build = text("build");
+        let hosts = job_hosts(cluster, build.as_deref())?;
+        Ok(JobCluster {
+            access: self.access(&token),
+            hosts,
+            token,
+            build,
+        })
+    }
+
+    /// A job on one of this backend's clusters, as refresh sees it: its status in the
+    /// cluster's queue, or gone (no cluster, not in the queue, no runtime there).
+    pub async fn refresh_job(
+        &self,
+        job: &ResourceState,
+        cluster: Option<&ResourceState>,
+    ) -> Result<Observed, ProviderError> {
+        if cluster.is_none() {
+            return Ok(Observed::Gone {
+                reason: "its cluster is not in state".into(),
+            });
+        }
+        let id = jobs::job_id(&job.private).unwrap_or_default();
+        Ok(match self.job_cluster(cluster)?.remote().status(id).await {
+            Ok(Some(s)) => Observed::Up(jobs::computed(&s)),
+            Ok(None) => Observed::Gone {
+                reason: "the job is not in its cluster's queue".into(),
+            },
+            Err(e) if e.kind == ErrorKind::NotFound => Observed::Gone { reason: e.message },
+            Err(e) => return Err(e),
+        })
+    }
+
+    /// Submits a job to its cluster's queue.
+    pub async fn submit_job(
+        &self,
+        req: &Request<'_>,
+        cluster: &Address,
+    ) -> Result<Created, ProviderError> {
+        self.job_cluster(req.cluster)?
+            .remote()
+            .submit(req, cluster)
+            .await
+    }
+
+    /// Cancels a job; without its cluster nothing runs it.
+    pub async fn cancel_job(
+        &self,
+        job: &ResourceState,
+        cluster: Option<&ResourceState>,
+    ) -> Result<(), ProviderError> {
+        let Ok(target) = self.job_cluster(cluster) else {
+            return Ok(());
+        };
+        let id = jobs::job_id(&job.private).unwrap_or_default();
+        target.remote().cancel(id).await
+    }
+
+    /// Each rank's log of a job, read on the machine that ran it, from `offsets` on.
+    pub async fn job_logs(
+        &self,
+        job: &ResourceState,
+        cluster: Option<&ResourceState>,
+        offsets: &[u64],
+    ) -> Result<Vec<Vec<u8>>, ProviderError> {
+        let Spec::Job(j) = job.spec.as_ref() else {
+            return Ok(Vec::new());
+        };
+        let id = jobs::job_id(&job.private).unwrap_or_default();
+        self.job_cluster(cluster)?
+            .remote()
+            .read_logs(id, j.num_nodes, offsets)
+            .await
+    }
+
+    /// ssh to a cluster's head at its recorded address as the image's user with the
+    /// backend's key; the host key is recorded on first contact, in the cluster's own
+    /// known_hosts.
+    pub fn ssh_entry(&self, res: &ResourceState) -> Result<SshEntry, ProviderError> {
+        let head = res
+            .computed
+            .get("head_ip")
+            .and_then(|v| v.as_str())
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| ProviderError::other("the cluster has no address recorded"))?;
+        let token = res
+            .private
+            .get("token")
+            .and_then(serde_json::Value::as_str)
+            .filter(|t| !t.is_empty());
+        Ok(SshEntry {
+            user: Some(USER.into()),
+            address: head.to_string(),
+            port: None,
+            identity: Some(self.identity.clone()),
+            known_hosts: token
+                .map_or_else(|| self.key_dir.join("known_hosts"), |t| self.known_hosts(t)),
+            accept_new: true,
+            config_file: None,
+        })
+    }
+}
+
+impl JobCluster {
+    fn remote(&self) -> RemoteCluster<'_> {
+        remote_cluster(
+            &self.access,
+            self.hosts.clone(),
+            &self.token,
+            self.build.as_deref(),
+        )
     }
 }
 

@@ -698,30 +698,7 @@ impl Provider for AwsProvider {
     ) -> Result<Observed, ProviderError> {
         let spec = match res.spec.as_ref() {
             Spec::Cluster(spec) => spec,
-            Spec::Job(_) => {
-                if _cluster.is_none() {
-                    return Ok(Observed::Gone {
-                        reason: "its cluster is not in state".into(),
-                    });
-                }
-                let (access, hosts, p) = self.job_target(_cluster)?;
-                let job = super::jobs::job_id(&res.private).unwrap_or_default();
-                return Ok(
-                    match runtime::remote_cluster(&access, hosts, &p)
-                        .status(job)
-                        .await
-                    {
-                        Ok(Some(s)) => Observed::Up(super::jobs::computed(&s)),
-                        Ok(None) => Observed::Gone {
-                            reason: "the job is not in its cluster's queue".into(),
-                        },
-                        Err(e) if e.kind == ErrorKind::NotFound => {
-                            Observed::Gone { reason: e.message }
-                        }
-                        Err(e) => return Err(e),
-                    },
-                );
-            }
+            Spec::Job(_) => return self.fleet().refresh_job(res, _cluster).await,
             _ => {
                 return Ok(Observed::Gone {
                     reason: "the aws backend keeps clusters and jobs only".into(),
@@ -816,12 +793,7 @@ impl Provider for AwsProvider {
     async fn create(&self, req: Request<'_>) -> Result<Created, ProviderError> {
         let spec = match req.spec {
             Spec::Cluster(spec) => spec,
-            Spec::Job(j) => {
-                let (access, hosts, p) = self.job_target(req.cluster)?;
-                return runtime::remote_cluster(&access, hosts, &p)
-                    .submit(&req, &j.cluster)
-                    .await;
-            }
+            Spec::Job(j) => return self.fleet().submit_job(&req, &j.cluster).await,
             _ => {
                 return Err(ProviderError {
                     kind: ErrorKind::Config,
@@ -927,14 +899,7 @@ impl Provider for AwsProvider {
         _cluster: Option<&ResourceState>,
     ) -> Result<(), ProviderError> {
         if matches!(*res.spec, Spec::Job(_)) {
-            let Ok((access, hosts, p)) = self.job_target(_cluster) else {
-                // No cluster, nothing runs the job.
-                return Ok(());
-            };
-            let job = super::jobs::job_id(&res.private).unwrap_or_default();
-            return runtime::remote_cluster(&access, hosts, &p)
-                .cancel(job)
-                .await;
+            return self.fleet().cancel_job(res, _cluster).await;
         }
         match Private::read(res) {
             Some(p) => {
@@ -977,27 +942,9 @@ impl Provider for AwsProvider {
     }
 
     /// ssh to the head's public address as `ubuntu` (the default image's user) with the
-    /// imported key; the host key is recorded on first contact, in the cluster's own
-    /// known_hosts.
+    /// imported key, trusting its host key on first contact (the cluster's own known_hosts).
     fn ssh_entry(&self, res: &ResourceState) -> Result<super::SshEntry, ProviderError> {
-        let head = res
-            .computed
-            .get("head_ip")
-            .and_then(|v| v.as_str())
-            .filter(|s| !s.is_empty())
-            .ok_or_else(|| ProviderError::other("the cluster has no address recorded"))?;
-        Ok(super::SshEntry {
-            user: Some(runtime::USER.into()),
-            address: head.to_string(),
-            port: None,
-            identity: Some(self.private_key()),
-            known_hosts: Private::read(res).map_or_else(
-                || self.key_dir.join("known_hosts"),
-                |p| self.known_hosts(&p.token),
-            ),
-            accept_new: true,
-            config_file: None,
-        })
+        self.fleet().ssh_entry(res)
     }
 
     fn log_paths(&self, _res: &ResourceState, _cluster: Option<&ResourceState>) -> Vec<PathBuf> {
@@ -1011,14 +958,7 @@ impl Provider for AwsProvider {
         cluster: Option<&ResourceState>,
         offsets: &[u64],
     ) -> Result<Vec<Vec<u8>>, ProviderError> {
-        let Spec::Job(j) = res.spec.as_ref() else {
-            return Ok(Vec::new());
-        };
-        let (access, hosts, p) = self.job_target(cluster)?;
-        let job = super::jobs::job_id(&res.private).unwrap_or_default();
-        runtime::remote_cluster(&access, hosts, &p)
-            .read_logs(job, j.num_nodes, offsets)
-            .await
+        self.fleet().job_logs(res, cluster, offsets).await
     }
 }
 

@@ -3,18 +3,15 @@
 //! with the imported key.
 
 use super::{AwsProvider, Node, Private};
-use crate::model::Host;
 use crate::providers::ProviderError;
 use crate::providers::machines::{self, Fleet, Machine};
-use crate::providers::ssh::{Access, RemoteCluster};
-use crate::state::ResourceState;
 use std::path::PathBuf;
 
-pub(super) use machines::{SetUp, USER};
+pub(super) use machines::SetUp;
 
 impl AwsProvider {
-    /// How skyform reaches this backend's instances.
-    fn fleet(&self) -> Fleet {
+    /// How skyform reaches this backend's instances (and the jobs on them).
+    pub(super) fn fleet(&self) -> Fleet {
         Fleet {
             key_dir: self.key_dir.clone(),
             identity: self.private_key(),
@@ -72,26 +69,4 @@ impl AwsProvider {
             .runtime_down(&p.token, &Self::machines(nodes))
             .await
     }
-
-    /// The running cluster a job goes to: its runtime, as its clients reach it.
-    pub(super) fn job_target(
-        &self,
-        cluster: Option<&ResourceState>,
-    ) -> Result<(Access, Vec<Host>, Private), ProviderError> {
-        let cluster =
-            cluster.ok_or_else(|| ProviderError::other("the job's cluster is not in state"))?;
-        let p = Private::read(cluster)
-            .ok_or_else(|| ProviderError::other("the job's cluster has no instances recorded"))?;
-        let hosts = machines::job_hosts(cluster, p.build.as_deref())?;
-        Ok((self.fleet().access(&p.token), hosts, p))
-    }
-}
-
-/// The runtime of a cluster reached through `access`.
-pub(super) fn remote_cluster<'a>(
-    access: &'a Access,
-    hosts: Vec<Host>,
-    p: &'a Private,
-) -> RemoteCluster<'a> {
-    machines::remote_cluster(access, hosts, &p.token, p.build.as_deref())
 }

@@ -222,6 +222,96 @@ impl GcpProvider {
         Ok(nodes)
     }
 
+    /// Why the cluster's down or missing instances are, if GCE preempted one of them since
+    /// it last started: the zone's `compute.instances.preempted` system events (GCE marks a
+    /// preempted spot VM TERMINATED, and deletes it when its termination action is DELETE,
+    /// as skyform's are; the instance itself does not tell a preemption from a stop). Asked
+    /// only when some node is not running; a failed look says nothing.
+    pub(super) async fn preempted(&self, p: &Private, nodes: &[Node]) -> Option<String> {
+        let down: Vec<(usize, &String, Option<&Node>)> = p
+            .instances
+            .iter()
+            .enumerate()
+            .map(|(rank, name)| (rank, name, nodes.iter().find(|n| &n.name == name)))
+            .filter(|(_, _, n)| n.is_none_or(|n| !n.running()))
+            .collect();
+        if down.is_empty() {
+            return None;
+        }
+        let zone = p.zone.as_deref()?;
+        let c = self.clients().await.ok()?;
+        let project = self.project().ok()?;
+        let mut events: Vec<(String, Option<i64>)> = Vec::new();
+        let mut page: Option<String> = None;
+        loop {
+            let mut call = c
+                .zone_ops
+                .list()
+                .set_project(&project)
+                .set_zone(zone)
+                .set_filter("operationType = \"compute.instances.preempted\"");
+            if let Some(t) = &page {
+                call = call.set_page_token(t);
+            }
+            let out = match call.send().await {
+                Ok(out) => out,
+                Err(e) => {
+                    tracing::debug!(
+                        "zoneOperations.list: {}",
+                        classify("zoneOperations.list", e).message
+                    );
+                    return None;
+                }
+            };
+            for op in &out.items {
+                if op.operation_type.as_deref() != Some("compute.instances.preempted") {
+                    continue;
+                }
+                let target = op.target_link.as_deref().map(short).unwrap_or_default();
+                events.push((
+                    target.to_string(),
+                    op.insert_time.as_deref().and_then(epoch_ms),
+                ));
+            }
+            page = out.next_page_token.filter(|t| !t.is_empty());
+            if page.is_none() {
+                break;
+            }
+        }
+        let hit: Vec<(usize, &String)> = down
+            .iter()
+            .filter(|(_, name, node)| {
+                let started = node
+                    .and_then(|n| n.last_start.as_deref())
+                    .and_then(epoch_ms);
+                events.iter().any(|(target, at)| {
+                    target == *name
+                        && match (started, at) {
+                            (Some(s), Some(a)) => *a >= s,
+                            _ => true,
+                        }
+                })
+            })
+            .map(|(rank, name, _)| (*rank, *name))
+            .collect();
+        match hit.as_slice() {
+            [] => None,
+            [(rank, name)] => Some(format!(
+                "node {rank} ({name}) was preempted by GCE (spot capacity taken back)"
+            )),
+            many if many.len() == p.instances.len() => {
+                Some("all its instances were preempted by GCE (spot capacity taken back)".into())
+            }
+            many => Some(format!(
+                "nodes {} were preempted by GCE (spot capacity taken back)",
+                many.iter()
+                    .map(|(rank, name)| format!("{rank} ({name})"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+        }
+    }
+
     /// The zones of a region that are up, sorted.
     pub(super) async fn zones_of(&self, region: &str) -> Result<Vec<String>, ProviderError> {
         let c = self.clients().await?;
@@ -485,6 +575,39 @@ impl GcpProvider {
         }
         Ok(())
     }
+}
+
+/// Milliseconds since the epoch of an RFC 3339 time as GCE writes them
+/// (`2026-12-05T06:01:02.345-08:00`, or `Z`); none if it is not one.
+pub(super) fn epoch_ms(t: &str) -> Option<i64> {
+    let num = |s: &str| s.parse::<i64>().ok();
+    let (date, rest) = t.split_once('T')?;
+    let mut d = date.splitn(3, '-');
+    let (y, m, day) = (num(d.next()?)?, num(d.next()?)?, num(d.next()?)?);
+    // The offset: `Z`, or a sign after the seconds.
+    let (clock, offset_min) = if let Some(c) = rest.strip_suffix('Z') {
+        (c, 0)
+    } else {
+        let at = rest.rfind(['+', '-'])?;
+        let (c, off) = rest.split_at(at);
+        let sign = if off.starts_with('-') { -1 } else { 1 };
+        let (oh, om) = off[1..].split_once(':')?;
+        (c, sign * (num(oh)? * 60 + num(om)?))
+    };
+    let mut c = clock.splitn(3, ':');
+    let (h, min, sec) = (num(c.next()?)?, num(c.next()?)?, c.next()?);
+    let (whole, frac) = sec.split_once('.').unwrap_or((sec, ""));
+    let ms = num(&format!("{:0<3}", &frac[..frac.len().min(3)]))?;
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86_400 + h * 3_600 + min * 60 + num(whole)? - offset_min * 60;
+    Some(secs * 1_000 + ms)
 }
 
 /// gcloud's application-default credentials file.

@@ -156,6 +156,8 @@ struct Node {
     status: String,
     private_ip: Option<String>,
     public_ip: Option<String>,
+    /// When GCE last started it (RFC 3339): a preemption before that is an old one.
+    last_start: Option<String>,
 }
 
 impl Node {
@@ -174,6 +176,7 @@ impl Node {
             public_ip: nic
                 .and_then(|n| n.access_configs.iter().find_map(|a| a.nat_ip.clone()))
                 .filter(|a| !a.is_empty()),
+            last_start: i.last_start_timestamp.clone(),
         }
     }
 
@@ -255,19 +258,6 @@ impl GcpProvider {
         p.build = Some(build);
         p.cluster = Some(how.name.to_string());
         Ok(())
-    }
-
-    /// The running cluster a job goes to.
-    fn job_target(
-        &self,
-        cluster: Option<&ResourceState>,
-    ) -> Result<(super::ssh::Access, Vec<crate::model::Host>, Private), ProviderError> {
-        let cluster =
-            cluster.ok_or_else(|| ProviderError::other("the job's cluster is not in state"))?;
-        let p = Private::read(cluster)
-            .ok_or_else(|| ProviderError::other("the job's cluster has no instances recorded"))?;
-        let hosts = machines::job_hosts(cluster, p.build.as_deref())?;
-        Ok((self.fleet().access(&p.token), hosts, p))
     }
 
     /// The instance a node of the cluster is, as inserted.
@@ -611,30 +601,7 @@ impl Provider for GcpProvider {
     ) -> Result<Observed, ProviderError> {
         let spec = match res.spec.as_ref() {
             Spec::Cluster(spec) => spec,
-            Spec::Job(_) => {
-                if cluster.is_none() {
-                    return Ok(Observed::Gone {
-                        reason: "its cluster is not in state".into(),
-                    });
-                }
-                let (access, hosts, p) = self.job_target(cluster)?;
-                let job = super::jobs::job_id(&res.private).unwrap_or_default();
-                return Ok(
-                    match machines::remote_cluster(&access, hosts, &p.token, p.build.as_deref())
-                        .status(job)
-                        .await
-                    {
-                        Ok(Some(s)) => Observed::Up(super::jobs::computed(&s)),
-                        Ok(None) => Observed::Gone {
-                            reason: "the job is not in its cluster's queue".into(),
-                        },
-                        Err(e) if e.kind == ErrorKind::NotFound => {
-                            Observed::Gone { reason: e.message }
-                        }
-                        Err(e) => return Err(e),
-                    },
-                );
-            }
+            Spec::Job(_) => return self.fleet().refresh_job(res, cluster).await,
             _ => {
                 return Ok(Observed::Gone {
                     reason: NO_MANAGED.into(),
@@ -678,8 +645,23 @@ impl Provider for GcpProvider {
                 computed: Self::computed(&nodes, &p, false),
             });
         }
+        // A spot node GCE took back is said so (not "stopped" or "deleted outside skyform"):
+        // GCE records it as a system event in the zone's operations.
+        let spot = res.placement.as_ref().is_some_and(|c| c.offering.spot);
+        let preempted = if spot {
+            self.preempted(&p, &nodes).await
+        } else {
+            None
+        };
+        if let (Some(reason), false) = (&preempted, nodes.is_empty()) {
+            return Ok(Observed::Degraded {
+                reason: reason.clone(),
+                computed: Self::computed(&nodes, &p, false),
+            });
+        }
         if nodes.is_empty() {
-            let reason = "all its instances were deleted outside skyform".to_string();
+            let reason = preempted
+                .unwrap_or_else(|| "all its instances were deleted outside skyform".to_string());
             // While its firewall rule remains, a replace removes it.
             if self.firewall_exists(&p).await? {
                 return Ok(Observed::Degraded {
@@ -727,12 +709,7 @@ impl Provider for GcpProvider {
     async fn create(&self, req: Request<'_>) -> Result<Created, ProviderError> {
         let spec = match req.spec {
             Spec::Cluster(spec) => spec,
-            Spec::Job(j) => {
-                let (access, hosts, p) = self.job_target(req.cluster)?;
-                return machines::remote_cluster(&access, hosts, &p.token, p.build.as_deref())
-                    .submit(&req, &j.cluster)
-                    .await;
-            }
+            Spec::Job(j) => return self.fleet().submit_job(&req, &j.cluster).await,
             _ => {
                 return Err(ProviderError {
                     kind: ErrorKind::Config,
@@ -831,13 +808,7 @@ impl Provider for GcpProvider {
         cluster: Option<&ResourceState>,
     ) -> Result<(), ProviderError> {
         if matches!(*res.spec, Spec::Job(_)) {
-            let Ok((access, hosts, p)) = self.job_target(cluster) else {
-                return Ok(());
-            };
-            let job = super::jobs::job_id(&res.private).unwrap_or_default();
-            return machines::remote_cluster(&access, hosts, &p.token, p.build.as_deref())
-                .cancel(job)
-                .await;
+            return self.fleet().cancel_job(res, cluster).await;
         }
         match Private::read(res) {
             Some(p) => {
@@ -880,27 +851,9 @@ impl Provider for GcpProvider {
     }
 
     /// ssh to the head's external address as `ubuntu` with the key in the instances'
-    /// metadata; the host key is recorded on first contact, in the cluster's own
-    /// known_hosts.
+    /// metadata, trusting its host key on first contact (the cluster's own known_hosts).
     fn ssh_entry(&self, res: &ResourceState) -> Result<super::SshEntry, ProviderError> {
-        let head = res
-            .computed
-            .get("head_ip")
-            .and_then(|v| v.as_str())
-            .filter(|s| !s.is_empty())
-            .ok_or_else(|| ProviderError::other("the cluster has no address recorded"))?;
-        Ok(super::SshEntry {
-            user: Some(machines::USER.into()),
-            address: head.to_string(),
-            port: None,
-            identity: Some(self.private_key()),
-            known_hosts: Private::read(res).map_or_else(
-                || self.key_dir.join("known_hosts"),
-                |p| self.fleet().known_hosts(&p.token),
-            ),
-            accept_new: true,
-            config_file: None,
-        })
+        self.fleet().ssh_entry(res)
     }
 
     fn log_paths(&self, _res: &ResourceState, _cluster: Option<&ResourceState>) -> Vec<PathBuf> {
@@ -914,14 +867,7 @@ impl Provider for GcpProvider {
         cluster: Option<&ResourceState>,
         offsets: &[u64],
     ) -> Result<Vec<Vec<u8>>, ProviderError> {
-        let Spec::Job(j) = res.spec.as_ref() else {
-            return Ok(Vec::new());
-        };
-        let (access, hosts, p) = self.job_target(cluster)?;
-        let job = super::jobs::job_id(&res.private).unwrap_or_default();
-        machines::remote_cluster(&access, hosts, &p.token, p.build.as_deref())
-            .read_logs(job, j.num_nodes, offsets)
-            .await
+        self.fleet().job_logs(res, cluster, offsets).await
     }
 }
 
@@ -936,5 +882,20 @@ mod tests {
         assert_ne!(a, request_id("tok", "us-central1-a", 1));
         assert_ne!(a, request_id("tok", "us-central1-b", 0));
         assert!(uuid::Uuid::parse_str(&a).is_ok());
+    }
+
+    #[test]
+    fn gce_times_are_read_with_their_offsets() {
+        use compute::epoch_ms;
+        assert_eq!(epoch_ms("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(
+            epoch_ms("2026-12-05T06:01:02.345-08:00"),
+            Some(1_796_479_262_345)
+        );
+        assert_eq!(
+            epoch_ms("2024-02-29T23:59:59.000-00:00"),
+            Some(1_709_251_199_000)
+        );
+        assert_eq!(epoch_ms("yesterday"), None);
     }
 }
