@@ -124,7 +124,7 @@ impl Provider for Fleet {
 fn declared(i: usize) -> (Address, ResourceState) {
     let address: Address = format!("managed_job.train[\"k{i:05}\"]").parse().unwrap();
     let task = format!("task-{i:012x}");
-    let spec = Spec::ManagedJob(ManagedJobSpec {
+    let spec = Spec::ManagedJob(Box::new(ManagedJobSpec {
         num_nodes: 1,
         resources: Default::default(),
         workdir: None,
@@ -134,7 +134,7 @@ fn declared(i: usize) -> (Address, ResourceState) {
         envs: BTreeMap::from([("WANDB_PROJECT".to_string(), "sweep".to_string())]),
         secrets: BTreeMap::new(),
         recovery: None,
-    });
+    }));
     let res = ResourceState {
         status: Status::Ready,
         provider: "managed".into(),

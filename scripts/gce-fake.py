@@ -13,6 +13,7 @@ API (under /compute/v1/projects/PROJECT/):
   zones/Z/instances/N/start|stop|setLabels|setMetadata   POST
   aggregated/instances           GET (?filter=)
   zones/Z/operations             GET list (?filter=), system events included
+  global/operations              GET list (?filter=)
   zones/Z/operations/OP          GET;  zones/Z/operations/OP/wait  POST
   global/operations/OP           GET;  global/operations/OP/wait   POST
   global/firewalls               POST insert, GET list;  global/firewalls/N  GET, DELETE
@@ -761,6 +762,17 @@ def route(method, parts, query, body):
         if items:
             out["items"] = items
         return 200, out, "compute.zoneOperations.list"
+    if rest == ["global", "operations"] and method == "GET":
+        guard("operations.list")
+        advance()
+        with lock:
+            items = [json.loads(json.dumps(o["op"])) for o in operations.values()
+                     if o["project"] == project and o["zone"] is None and matches_filter(o["op"], flt)]
+        out = {"kind": "compute#operationList", "id": f"projects/{project}/global/operations",
+               "selfLink": f"{BASE}projects/{project}/global/operations"}
+        if items:
+            out["items"] = items
+        return 200, out, "compute.globalOperations.list"
     if len(rest) >= 4 and rest[2] == "operations" or rest[:2] == ["global", "operations"]:
         scope = "zoneOperations" if rest[0] == "zones" else "globalOperations"
         name = rest[3] if rest[0] == "zones" else rest[2]

@@ -9,7 +9,7 @@
 # `controller` kills the managed jobs' controller instead (local backend): at random moments
 # of its launches and recoveries, then started again; each job must end with exactly one
 # live placement and nothing leaked (tests/controller_local.rs).
-#   scripts/kill-rounds.sh local|ssh|aws|k8s|controller [ROUNDS]      (ROUNDS: 20 by default)
+#   scripts/kill-rounds.sh local|ssh|aws|gcp|k8s|controller [ROUNDS]      (ROUNDS: 20 by default)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 backend="${1:-}"
@@ -30,6 +30,12 @@ aws)
   trap 'scripts/moto.sh stop; SKYFORM_TEST_SSH_DIR=$SKYFORM_TEST_CLOUD_DIR scripts/sshd.sh stop' EXIT
   test=aws_ec2 name=a_crash_at_every_point_converges
   ;;
+gcp)
+  # The GCE fake starts per test; its instances are sshd hosts on loopback.
+  eval "$(scripts/sshd.sh cloud 2)"
+  trap 'SKYFORM_TEST_SSH_DIR=$SKYFORM_TEST_CLOUD_DIR scripts/sshd.sh stop' EXIT
+  test=gcp name=a_crash_at_every_point_converges
+  ;;
 k8s)
   eval "$(scripts/kube.sh start)"
   trap 'scripts/kube.sh stop' EXIT
@@ -39,7 +45,7 @@ controller)
   test=controller_local name=a_controller_killed_at_random_moments_ends_with_one_placement_per_job
   ;;
 *)
-  echo "usage: scripts/kill-rounds.sh local|ssh|aws|k8s|controller [ROUNDS]" >&2
+  echo "usage: scripts/kill-rounds.sh local|ssh|aws|gcp|k8s|controller [ROUNDS]" >&2
   exit 2
   ;;
 esac

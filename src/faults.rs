@@ -8,7 +8,8 @@
 //! - `write`: a state write of apply, or a write of the controller's book, has finished;
 //! - `remote`: a command on a remote host (ssh pools) has returned;
 //! - `cloud`: a call to a cloud's API that may change the world (EC2's key pairs, groups
-//!   and instances) has returned, before the provider goes on.
+//!   and instances; GCE's firewall rules and instances) has returned, before the provider
+//!   goes on.
 //!
 //! Unset (always, outside tests) this costs one relaxed load per event. The hook is a
 //! crash, not a mock: everything before it happened for real, and the next run must find

@@ -275,6 +275,53 @@ cluster "train" {
     w.fake.assert_empty();
 }
 
+/// Killed after every backend call, every state write and every GCE call that changes
+/// something (the firewall rule, each instance) of an apply and of a destroy, and then at
+/// random moments, the same command again converges: the declared instances and their rule
+/// after apply, nothing after destroy (tests/support/crash.rs).
+#[test]
+#[ignore = "needs the GCE fake's machines: run ./scripts/test.sh"]
+fn a_crash_at_every_point_converges() {
+    let Some(w) = Work::new(
+        "a_crash_at_every_point_converges",
+        &["us-central1"],
+        r#"
+cluster "train" {
+  num_nodes = 2
+  resources {
+    instance_type = "n2-standard-8"
+  }
+}
+"#,
+    ) else {
+        return;
+    };
+    let world = || {
+        let mut out: Vec<String> = w
+            .fake
+            .instances()
+            .into_iter()
+            .map(|(zone, name, status)| format!("instance {zone}/{name} {status}"))
+            .collect();
+        out.extend(
+            w.fake
+                .firewalls()
+                .iter()
+                .map(|f| format!("firewall {}", f["name"].as_str().unwrap_or_default())),
+        );
+        out.sort();
+        out
+    };
+    support::crash::Crashes {
+        dir: &w,
+        world: &world,
+        kinds: &[("call", 1), ("write", 1), ("cloud", 1)],
+        min_points: 10,
+    }
+    .run();
+    w.fake.check_schema();
+}
+
 /// stop keeps the machines (TERMINATED, as GCE calls a stopped instance), start runs them
 /// and the runtime again.
 #[test]

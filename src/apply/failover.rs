@@ -113,7 +113,7 @@ impl Applier<'_> {
                 };
                 let mut old = r.clone();
                 old.private = l.private.clone();
-                old.placement = l.placement.clone();
+                old.placement = l.placement.clone().map(Box::new);
                 old.status = Status::Creating;
                 old.leftovers.clear();
                 let gone =

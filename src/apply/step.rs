@@ -143,7 +143,7 @@ impl Walk<'_, '_> {
                     spec: spec.clone(),
                     computed: Default::default(),
                     private,
-                    placement: change.candidates.first().cloned(),
+                    placement: change.candidates.first().cloned().map(Box::new),
                     dependencies: change.depends_on.clone(),
                     sensitive: change.sensitive.clone(),
                     attempts: Vec::new(),
@@ -210,7 +210,7 @@ impl Walk<'_, '_> {
             r.status = Status::Creating;
             r.provider = provider.clone();
             r.private = private;
-            r.placement = Some(at.clone());
+            r.placement = Some(Box::new(at.clone()));
         }
         Ok(Prepared {
             node: node.clone(),
@@ -420,7 +420,7 @@ pub(super) fn record_success(
                     r.dependencies = ch.depends_on.clone();
                     r.sensitive = ch.sensitive.clone();
                     if let Some(p) = ch.candidates.first() {
-                        r.placement = Some(p.clone());
+                        r.placement = Some(Box::new(p.clone()));
                         r.computed.insert(
                             "placement".into(),
                             serde_json::Value::String(p.offering.infra()),

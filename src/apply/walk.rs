@@ -304,7 +304,7 @@ impl<'w, 'a> Walk<'w, 'a> {
         );
         if let (Some(r), Some(p)) = (state.resources.get_mut(&addr), &outcome.placement) {
             // Where it really runs, and the attempts that led there.
-            r.placement = Some(p.clone());
+            r.placement = Some(Box::new(p.clone()));
             r.provider = p.offering.cloud.clone();
             r.computed.insert(
                 "placement".into(),

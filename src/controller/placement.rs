@@ -271,7 +271,7 @@ pub fn placed(p: &Placement) -> (ResourceState, Option<ResourceState>) {
         spec: std::sync::Arc::new(spec.clone()),
         computed: computed.clone().into(),
         private: private.clone(),
-        placement: Some(p.candidate.clone()),
+        placement: Some(Box::new(p.candidate.clone())),
         dependencies: Vec::new(),
         sensitive: Vec::new(),
         attempts: Vec::new(),
@@ -301,7 +301,7 @@ pub(super) fn compose(spec: &Spec, address: &Address) -> (Spec, Spec) {
     let Spec::ManagedJob(m) = spec else {
         return (spec.clone(), spec.clone());
     };
-    let cluster = Spec::Cluster(crate::model::ClusterSpec {
+    let cluster = Spec::Cluster(Box::new(crate::model::ClusterSpec {
         num_nodes: m.num_nodes,
         resources: m.resources.clone(),
         workdir: m.workdir.clone(),
@@ -310,11 +310,11 @@ pub(super) fn compose(spec: &Spec, address: &Address) -> (Spec, Spec) {
         setup: m.setup.clone(),
         autostop: None,
         retry_until_up: false,
-    });
+    }));
     let job = Spec::Job(crate::model::JobSpec {
         cluster: address.clone(),
         num_nodes: m.num_nodes,
-        resources: m.resources.clone(),
+        resources: Box::new(m.resources.clone()),
         run: m.run.clone(),
         envs: m.envs.clone(),
         secrets: m.secrets.clone(),

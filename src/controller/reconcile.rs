@@ -668,7 +668,7 @@ mod tests {
 
     fn declared(name: &str) -> (Address, ResourceState) {
         let address: Address = format!("managed_job.{name}").parse().expect("address");
-        let spec = Spec::ManagedJob(ManagedJobSpec {
+        let spec = Spec::ManagedJob(Box::new(ManagedJobSpec {
             num_nodes: 1,
             resources: Default::default(),
             workdir: None,
@@ -678,7 +678,7 @@ mod tests {
             envs: BTreeMap::new(),
             secrets: BTreeMap::new(),
             recovery: None,
-        });
+        }));
         let res = ResourceState {
             status: Status::Ready,
             provider: "managed".into(),

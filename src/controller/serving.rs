@@ -215,7 +215,7 @@ fn replica_resource(
     ResourceState {
         status: Status::Ready,
         provider: NAME.into(),
-        spec: Arc::new(Spec::ManagedJob(job)),
+        spec: Arc::new(Spec::ManagedJob(Box::new(job))),
         computed: Default::default(),
         private: json!({ "task_id": task }),
         placement: res.placement.clone(),
@@ -444,14 +444,11 @@ impl Controller<'_> {
         let balancer = if rec.cancel && rec.is_gone() {
             None
         } else {
-            let policy = spec
-                .as_ref()
-                .map(ServiceSpec::lb_policy)
-                .unwrap_or_default();
+            let policy = spec.as_ref().map(|s| s.lb_policy()).unwrap_or_default();
             self.balancer(id, &mut rec, policy).await
         };
         let pacing = self.serving.pacing;
-        let probe_spec = spec.as_ref().map(ServiceSpec::probe).unwrap_or_default();
+        let probe_spec = spec.as_ref().map(|s| s.probe()).unwrap_or_default();
         let probing = Probing {
             initial_delay: probe_spec.initial_delay(),
             budget: pacing.budget,
@@ -516,11 +513,11 @@ impl Controller<'_> {
             rec.target = target;
             rec.pending = pending;
         }
-        let mode = spec
+        let mode = spec.as_ref().map(|s| s.update_mode()).unwrap_or_default();
+        let fallback = spec
             .as_ref()
-            .map(ServiceSpec::update_mode)
+            .map(|s| service::Fallback::of(s))
             .unwrap_or_default();
-        let fallback = spec.as_ref().map(service::Fallback::of).unwrap_or_default();
         let m = service::moves(&rec, mode, fallback);
         if let Some(v) = m.roll_back {
             rec.rolled_back.push(v);

@@ -132,8 +132,9 @@ pub struct ClusterSpec {
 pub struct JobSpec {
     pub cluster: Address,
     pub num_nodes: u32,
+    /// Boxed: a job mostly asks for none (its cluster has them).
     #[serde(default)]
-    pub resources: Resources,
+    pub resources: Box<Resources>,
     pub run: String,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub envs: BTreeMap<String, String>,
@@ -470,11 +471,13 @@ pub struct ControllerSpec {
 /// The desired state of one resource instance.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
+/// The larger kinds are boxed: a large configuration is mostly jobs, and a spec is as large
+/// as its largest kind.
 pub enum Spec {
-    Cluster(ClusterSpec),
+    Cluster(Box<ClusterSpec>),
     Job(JobSpec),
-    ManagedJob(ManagedJobSpec),
-    Service(ServiceSpec),
+    ManagedJob(Box<ManagedJobSpec>),
+    Service(Box<ServiceSpec>),
     Controller(ControllerSpec),
 }
 

@@ -65,7 +65,7 @@ pub struct Change {
     pub excluded: Vec<optimizer::Excluded>,
     /// A spot service's on-demand fallback replica: its placement, for the cost range.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ondemand: Option<Candidate>,
+    pub ondemand: Option<Box<Candidate>>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub depends_on: Vec<Address>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -406,7 +406,7 @@ impl InstanceSink for Planner<'_> {
                         );
                     }
                 }
-            } else if let Some(p) = prior.and_then(|p| p.placement.clone()) {
+            } else if let Some(p) = prior.and_then(|p| p.placement.as_deref().cloned()) {
                 candidates = vec![p];
             }
         }
@@ -461,7 +461,7 @@ impl InstanceSink for Planner<'_> {
             sensitive: inst.sensitive.into_iter().collect(),
             candidates,
             excluded,
-            ondemand,
+            ondemand: ondemand.map(Box::new),
             depends_on: inst.depends_on.into_iter().collect(),
             create_before_destroy: inst.lifecycle.create_before_destroy,
             notes,
@@ -590,7 +590,12 @@ pub fn plan(
         state,
         offerings,
         options,
-        changes: Changes::default(),
+        // Most plans have about one change per resource in state: room for them at once
+        // spares growing a list of large changes (and holding it twice while it moves).
+        changes: Changes {
+            list: Vec::with_capacity(state.resources.len()),
+            index: std::collections::HashMap::with_capacity(state.resources.len()),
+        },
         diags: Diagnostics::default(),
         protected: Vec::new(),
         placement_cache: Default::default(),
@@ -741,7 +746,7 @@ pub fn plan(
                 .and_then(|s| s.as_str())
                 .is_some_and(|s| ["SUCCEEDED", "FAILED", "CANCELLED"].contains(&s))
         })
-        .map(|r| cost(r.placement.as_ref()))
+        .map(|r| cost(r.placement.as_deref()))
         .sum();
     let cost_after: Micros = changes
         .iter()
@@ -756,7 +761,7 @@ pub fn plan(
                         .and_then(|s| s.as_str())
                         .is_some_and(|s| ["SUCCEEDED", "FAILED", "CANCELLED"].contains(&s))
                 })
-                .map_or(0, |r| cost(r.placement.as_ref())),
+                .map_or(0, |r| cost(r.placement.as_deref())),
             _ => cost(c.candidates.first()),
         })
         .sum();

@@ -30,10 +30,10 @@ impl Fixture {
     ) -> Fixture {
         Fixture {
             address: "cluster.conform".parse().expect("a valid address"),
-            spec: Spec::Cluster(crate::model::ClusterSpec {
+            spec: Spec::Cluster(Box::new(crate::model::ClusterSpec {
                 num_nodes: nodes,
                 ..Default::default()
-            }),
+            })),
             placement: offering.map(|offering| Candidate {
                 offering,
                 num_nodes: nodes,
@@ -54,7 +54,7 @@ impl Fixture {
             spec: std::sync::Arc::new(self.spec.clone()),
             computed: Default::default(),
             private,
-            placement: self.placement.clone(),
+            placement: self.placement.clone().map(Box::new),
             dependencies: Vec::new(),
             sensitive: Vec::new(),
             attempts: Vec::new(),

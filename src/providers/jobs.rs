@@ -17,7 +17,7 @@ pub fn record(
         Spec::Job(j) => (
             &j.run,
             j.num_nodes,
-            &j.resources,
+            &*j.resources,
             j.envs
                 .iter()
                 .chain(j.secrets.iter())

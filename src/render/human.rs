@@ -177,7 +177,7 @@ impl ServiceCost {
             replica_hourly: per(place),
             spot,
             ondemand_replicas: if spot { p.base_ondemand() } else { 0 },
-            ondemand_hourly: c.ondemand.as_ref().map(per),
+            ondemand_hourly: c.ondemand.as_deref().map(per),
             dynamic_ondemand: spot && p.dynamic_ondemand(),
         })
     }

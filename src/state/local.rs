@@ -470,10 +470,10 @@ mod tests {
         let res = |n: u32| ResourceState {
             status: crate::state::Status::Ready,
             provider: "local".into(),
-            spec: Spec::Cluster(ClusterSpec {
+            spec: Spec::Cluster(Box::new(ClusterSpec {
                 num_nodes: n,
                 ..ClusterSpec::default()
-            })
+            }))
             .into(),
             computed: Default::default(),
             private: serde_json::Value::Null,

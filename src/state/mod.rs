@@ -59,9 +59,14 @@ pub struct ResourceState {
     /// The provider's own identifiers (sandbox paths, process ids, instance ids).
     #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
     pub private: serde_json::Value,
+    /// Boxed: most resources in a large state are jobs, which have none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub placement: Option<Candidate>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub placement: Option<Box<Candidate>>,
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "exact_vec"
+    )]
     pub dependencies: Vec<Address>,
     /// Top-level attributes that hold sensitive values.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -94,7 +99,7 @@ impl ResourceState {
         self.leftovers.push(Leftover {
             provider: self.provider.clone(),
             private: self.private.clone(),
-            placement: self.placement.clone(),
+            placement: self.placement.as_deref().cloned(),
         });
     }
 }
@@ -116,6 +121,16 @@ pub struct State {
     pub resources: BTreeMap<Address, ResourceState>,
     #[serde(default)]
     pub outputs: BTreeMap<String, OutputState>,
+}
+
+/// A list read without spare room: a vector grown one by one holds at least four elements,
+/// and a state holds one such list per resource.
+fn exact_vec<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Vec<T>, D::Error> {
+    let mut v = Vec::<T>::deserialize(d)?;
+    v.shrink_to_fit();
+    Ok(v)
 }
 
 /// The resources read into a list and then built into a map at once: inserting them one by

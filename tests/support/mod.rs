@@ -404,7 +404,7 @@ pub fn applied(plan: &Plan, prior: &State) -> State {
                         spec,
                         computed: computed.into(),
                         private: serde_json::Value::Null,
-                        placement: c.candidates.first().cloned(),
+                        placement: c.candidates.first().cloned().map(Box::new),
                         dependencies: c.depends_on.clone(),
                         sensitive: c.sensitive.clone(),
                         attempts: Vec::new(),

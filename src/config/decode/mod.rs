@@ -533,7 +533,7 @@ pub fn decode(
                     down: a.bool("down").unwrap_or(false),
                 }
             });
-            Spec::Cluster(ClusterSpec {
+            Spec::Cluster(Box::new(ClusterSpec {
                 num_nodes,
                 resources,
                 workdir,
@@ -542,7 +542,7 @@ pub fn decode(
                 setup: f.str("setup"),
                 autostop,
                 retry_until_up: f.bool("retry_until_up").unwrap_or(false),
-            })
+            }))
         }
         Kind::Job => {
             let cluster = f
@@ -573,7 +573,7 @@ pub fn decode(
             Spec::Job(JobSpec {
                 cluster,
                 num_nodes,
-                resources,
+                resources: Box::new(resources),
                 run: f.str("run").unwrap_or_default(),
                 envs: f.map("envs"),
                 secrets: f.map("secrets"),
@@ -604,7 +604,7 @@ pub fn decode(
                         .collect(),
                 }
             });
-            Spec::ManagedJob(ManagedJobSpec {
+            Spec::ManagedJob(Box::new(ManagedJobSpec {
                 num_nodes,
                 resources,
                 workdir,
@@ -614,12 +614,12 @@ pub fn decode(
                 envs: f.map("envs"),
                 secrets: f.map("secrets"),
                 recovery,
-            })
+            }))
         }
         Kind::Service => {
             let (workdir, workdir_hash) = workdir(&f, dirs.module, dirs.root, diags);
             let settings = service_settings(body, &f, eval, diags);
-            Spec::Service(ServiceSpec {
+            Spec::Service(Box::new(ServiceSpec {
                 resources,
                 workdir,
                 workdir_hash,
@@ -631,7 +631,7 @@ pub fn decode(
                 replica_policy: settings.policy,
                 load_balancing_policy: settings.lb,
                 update_mode: settings.update,
-            })
+            }))
         }
         Kind::Controller => {
             let infra = f.str("infra").unwrap_or_default();
@@ -790,7 +790,7 @@ mod tests {
             return Err(diags.items.iter().map(|d| d.message.clone()).collect());
         }
         match sink.instances.into_iter().next().map(|i| i.spec) {
-            Some(Spec::Service(s)) => Ok(s),
+            Some(Spec::Service(s)) => Ok(*s),
             other => panic!("not a service: {other:?}"),
         }
     }

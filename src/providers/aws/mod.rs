@@ -931,7 +931,7 @@ impl Provider for AwsProvider {
             let quiet = super::Progress::default();
             let how = runtime::SetUp {
                 spec,
-                placement: res.placement.as_ref(),
+                placement: res.placement.as_deref(),
                 name: &name,
                 root: None,
                 progress: &quiet,

@@ -369,10 +369,51 @@ impl GcpProvider {
             .set_body(fw)
             .send()
             .await;
+        crate::faults::passed(crate::faults::Point::Cloud);
         match sent {
             Ok(op) => self.wait("firewalls.insert", op).await,
             Err(e) if e.http_status_code() == Some(409) => Ok(()),
             Err(e) => Err(classify("firewalls.insert", e)),
+        }
+    }
+
+    /// The insert of the attempt's firewall rule that GCE has not finished, if any: a run
+    /// killed right after asking for the rule leaves it on its way (a rule appears only when
+    /// its operation is done), and it must not be forgotten.
+    pub(super) async fn firewall_on_its_way(
+        &self,
+        p: &Private,
+    ) -> Result<Option<Operation>, ProviderError> {
+        let c = self.clients().await?;
+        let project = self.project()?;
+        let target = format!("/global/firewalls/{}", p.name);
+        let mut page: Option<String> = None;
+        loop {
+            let mut call = c
+                .global_ops
+                .list()
+                .set_project(&project)
+                .set_filter("operationType = \"insert\"");
+            if let Some(t) = &page {
+                call = call.set_page_token(t);
+            }
+            let out = call
+                .send()
+                .await
+                .map_err(|e| classify("globalOperations.list", e))?;
+            if let Some(op) = out.items.into_iter().find(|op| {
+                op.status != Some(model::operation::Status::Done)
+                    && op
+                        .target_link
+                        .as_deref()
+                        .is_some_and(|l| l.ends_with(&target))
+            }) {
+                return Ok(Some(op));
+            }
+            match out.next_page_token {
+                Some(t) if !t.is_empty() => page = Some(t),
+                _ => return Ok(None),
+            }
         }
     }
 
@@ -396,21 +437,30 @@ impl GcpProvider {
 
     /// Deletes an attempt's instances (by label and by recorded name) and its firewall rule.
     pub(super) async fn remove(&self, p: &Private) -> Result<(), ProviderError> {
-        if p.zone.is_none() && p.instances.is_empty() && p.firewall.is_none() {
-            // Nothing was asked of GCE for this attempt.
+        if p.region.is_none() && p.zone.is_none() && p.instances.is_empty() && p.firewall.is_none()
+        {
+            // Nothing was asked of GCE for this attempt: it had not even a placement. (An
+            // intent with one may have made its firewall rule before a kill.)
             return Ok(());
         }
         self.remove_instances(p).await?;
+        if p.firewall.is_none()
+            && let Some(op) = self.firewall_on_its_way(p).await?
+        {
+            // Let the rule be made, to remove it below.
+            self.wait("firewalls.insert", op).await?;
+        }
         let c = self.clients().await?;
         let project = self.project()?;
-        match c
+        let sent = c
             .firewalls
             .delete()
             .set_project(&project)
             .set_firewall(&p.name)
             .send()
-            .await
-        {
+            .await;
+        crate::faults::passed(crate::faults::Point::Cloud);
+        match sent {
             Ok(op) => match self.wait("firewalls.delete", op).await {
                 Ok(()) => Ok(()),
                 Err(e) if e.kind == ErrorKind::NotFound => Ok(()),
@@ -441,7 +491,7 @@ impl GcpProvider {
         }
         let mut ops = Vec::new();
         for (zone, name) in &doomed {
-            match c
+            let sent = c
                 .instances
                 .delete()
                 .set_project(&project)
@@ -449,8 +499,9 @@ impl GcpProvider {
                 .set_instance(name)
                 .set_request_id(request_id(&p.token, &format!("delete-{zone}-{name}"), 0))
                 .send()
-                .await
-            {
+                .await;
+            crate::faults::passed(crate::faults::Point::Cloud);
+            match sent {
                 Ok(op) => ops.push(op),
                 Err(e) if e.http_status_code() == Some(404) => {}
                 Err(e) => return Err(classify("instances.delete", e)),

@@ -378,6 +378,7 @@ impl GcpProvider {
                     .set_body(body.clone())
                     .send()
                     .await;
+                crate::faults::passed(crate::faults::Point::Cloud);
                 match sent {
                     Ok(op) => break Some(op),
                     // Made by an earlier call whose request id GCE no longer remembers.
@@ -618,8 +619,18 @@ impl Provider for GcpProvider {
         if res.status == Status::Creating {
             // An apply stopped between the inserts and its state write: adopt what it made.
             if nodes.is_empty() {
+                // Killed after making its firewall rule but before any insert: a replace
+                // removes the rule (a forgotten intent would leak it).
+                let reason = "its creation did not start any instance";
+                if self.firewall_exists(&p).await? || self.firewall_on_its_way(&p).await?.is_some()
+                {
+                    return Ok(Observed::Degraded {
+                        reason: format!("{reason}, and its firewall rule remains"),
+                        computed: BTreeMap::new(),
+                    });
+                }
                 return Ok(Observed::Gone {
-                    reason: "its creation did not start any instance".into(),
+                    reason: reason.into(),
                 });
             }
             if nodes.len() == want && nodes.iter().all(Node::running) {
@@ -840,7 +851,7 @@ impl Provider for GcpProvider {
             let quiet = super::Progress::default();
             let how = SetUp {
                 spec,
-                placement: res.placement.as_ref(),
+                placement: res.placement.as_deref(),
                 name: &name,
                 root: None,
                 progress: &quiet,

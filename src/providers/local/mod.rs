@@ -733,7 +733,7 @@ fn placeholder(spec: &Spec, private: &serde_json::Value) -> ResourceState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{ClusterSpec, InstanceKey, JobSpec, Kind};
+    use crate::model::{InstanceKey, JobSpec, Kind};
     use crate::runtime::JobStatus;
 
     #[tokio::test]
@@ -743,7 +743,7 @@ mod tests {
         let layout = Layout::new(&dir);
         let provider = LocalProvider::new(tmp.path().to_path_buf(), None);
         let cluster = placeholder(
-            &Spec::Cluster(ClusterSpec::default()),
+            &Spec::Cluster(Box::default()),
             &json!({ "dir": dir.display().to_string() }),
         );
         let job = |i: usize, private: serde_json::Value| {
