@@ -68,7 +68,9 @@ pub struct Config {
 /// Reads the configuration in `dir`. Problems are returned, never thrown.
 pub fn load(dir: &Path) -> (Config, Diagnostics) {
     let mut loader = load::Loader::new(dir);
-    let root = loader.load_dir(dir);
+    let mut root = loader.load_dir(dir);
+    // Evaluation knows the root module by its real path (as it does the modules it calls).
+    root.dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
     let mut diags = std::mem::take(&mut loader.diags);
     let sources = loader.sources;
     let mut hasher = sha2::Sha256::new();
@@ -179,23 +181,18 @@ fn evaluate_with<R: InstanceSink>(
     missing_vars_unknown: bool,
 ) -> (BTreeMap<String, OutputValue>, Diagnostics) {
     let mut diags = Diagnostics::default();
-    let root_dir = config
-        .dir
-        .canonicalize()
-        .unwrap_or_else(|_| config.dir.clone());
-    let mut root = config.root.clone();
-    root.dir = root_dir.clone();
+    let root = &config.root;
     let outputs = {
         let mut ev = eval::Evaluator {
             diags: &mut diags,
             resolver,
-            root_dir: &root_dir,
+            root_dir: &root.dir,
             workspace: &config.workspace,
             missing_vars_unknown,
             tainted: Default::default(),
             controller: controller::Declared::of(config),
         };
-        ev.eval_root(&root, inputs)
+        ev.eval_root(root, inputs)
     };
     (outputs, diags)
 }

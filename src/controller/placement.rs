@@ -314,7 +314,7 @@ pub(super) fn compose(spec: &Spec, address: &Address) -> (Spec, Spec) {
     let job = Spec::Job(crate::model::JobSpec {
         cluster: address.clone(),
         num_nodes: m.num_nodes,
-        resources: Box::new(m.resources.clone()),
+        resources: crate::model::Resources::shared(m.resources.clone()),
         run: m.run.clone(),
         envs: m.envs.clone(),
         secrets: m.secrets.clone(),

@@ -21,6 +21,10 @@ pub struct Refreshed {
 /// is recorded.
 const BATCH: usize = 1000;
 
+/// How many jobs' answers one round of batch calls holds at most (each is a few hundred
+/// bytes until it is recorded).
+const ROUND_JOBS: usize = 4 * BATCH;
+
 /// Refreshes every resource in `state` in place (clusters first, so jobs see their cluster).
 pub async fn refresh(state: &mut State, registry: &Arc<Registry>, concurrency: usize) -> Refreshed {
     let mut out = Refreshed::default();
@@ -35,6 +39,14 @@ pub async fn refresh(state: &mut State, registry: &Arc<Registry>, concurrency: u
                 continue;
             }
             match res.spec.as_ref() {
+                // A job that ended on a cluster that is still up ended for good: its outcome
+                // is not asked again (a sweep of many finished jobs reads nothing).
+                crate::model::Spec::Job(j)
+                    if ended(res)
+                        && state
+                            .resources
+                            .get(&j.cluster)
+                            .is_some_and(|c| c.status == Status::Ready) => {}
                 crate::model::Spec::Job(j) if state.resources.contains_key(&j.cluster) => {
                     batches
                         .entry((res.provider.clone(), j.cluster.clone()))
@@ -79,7 +91,7 @@ pub async fn refresh(state: &mut State, registry: &Arc<Registry>, concurrency: u
                     .map(move |some| (provider.as_str(), cluster, some))
             })
             .collect();
-        for round in calls.chunks(concurrency.max(1)) {
+        for round in rounds(&calls, concurrency.max(1)) {
             let now = &*state;
             let found =
                 futures::future::join_all(round.iter().map(|&(provider, cluster, addrs)| {
@@ -144,6 +156,40 @@ pub async fn refresh(state: &mut State, registry: &Arc<Registry>, concurrency: u
         }
     }
     out
+}
+
+/// The batch calls in rounds of at most `concurrency` calls and [`ROUND_JOBS`] jobs: many
+/// clusters are asked at once, while the answers for one large cluster's jobs are held a
+/// few batches at a time.
+fn rounds<'c, T>(
+    calls: &'c [(&str, &Address, &[T])],
+    concurrency: usize,
+) -> impl Iterator<Item = &'c [(&'c str, &'c Address, &'c [T])]> {
+    let mut rest = calls;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let mut jobs = 0;
+        let mut n = 0;
+        while n < rest.len() && n < concurrency && (n == 0 || jobs + rest[n].2.len() <= ROUND_JOBS)
+        {
+            jobs += rest[n].2.len();
+            n += 1;
+        }
+        let (round, later) = rest.split_at(n);
+        rest = later;
+        Some(round)
+    })
+}
+
+/// Whether state records the job as ended (succeeded, failed or cancelled).
+fn ended(res: &ResourceState) -> bool {
+    res.computed
+        .get("status")
+        .and_then(|s| s.as_str())
+        .and_then(|s| serde_json::from_value::<crate::runtime::JobState>(s.into()).ok())
+        .is_some_and(crate::runtime::JobState::is_final)
 }
 
 /// Records what refresh found of one resource in state; its drift goes to `drift`.
@@ -261,4 +307,138 @@ pub fn changes(before: &State, after: &State) -> Vec<Drift> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{JobSpec, Spec};
+    use crate::providers::{Created, Provider, ProviderError, Request};
+    use std::sync::Mutex;
+
+    /// Answers every resource up with status RUNNING, and records what it was asked.
+    #[derive(Debug, Default)]
+    struct Asked(Mutex<Vec<String>>);
+
+    #[async_trait::async_trait]
+    impl Provider for Asked {
+        fn name(&self) -> &'static str {
+            "local"
+        }
+        async fn offerings(&self) -> Result<Vec<crate::optimizer::Offering>, ProviderError> {
+            Ok(Vec::new())
+        }
+        fn new_private(&self, _: &Address, _: &Spec, _: &str) -> serde_json::Value {
+            serde_json::Value::Null
+        }
+        async fn refresh(
+            &self,
+            address: &Address,
+            _: &ResourceState,
+            _: Option<&ResourceState>,
+        ) -> Result<Observed, ProviderError> {
+            if let Ok(mut asked) = self.0.lock() {
+                asked.push(address.to_string());
+            }
+            Ok(Observed::Up(BTreeMap::from([(
+                "status".to_string(),
+                serde_json::json!("RUNNING"),
+            )])))
+        }
+        async fn create(&self, _: Request<'_>) -> Result<Created, ProviderError> {
+            Err(ProviderError::other("not here"))
+        }
+        async fn update(&self, _: Request<'_>) -> Result<Created, ProviderError> {
+            Err(ProviderError::other("not here"))
+        }
+        async fn delete(
+            &self,
+            _: &Address,
+            _: &ResourceState,
+            _: Option<&ResourceState>,
+        ) -> Result<(), ProviderError> {
+            Ok(())
+        }
+        fn log_paths(
+            &self,
+            _: &ResourceState,
+            _: Option<&ResourceState>,
+        ) -> Vec<std::path::PathBuf> {
+            Vec::new()
+        }
+    }
+
+    fn resource(spec: Spec, status: Status, job_status: Option<&str>) -> ResourceState {
+        ResourceState {
+            status,
+            provider: "local".into(),
+            spec: Arc::new(spec),
+            computed: job_status
+                .map(|s| BTreeMap::from([("status".to_string(), serde_json::json!(s))]))
+                .unwrap_or_default()
+                .into(),
+            private: serde_json::Value::Null,
+            placement: None,
+            dependencies: Vec::new(),
+            sensitive: Vec::new(),
+            attempts: Vec::new(),
+            leftovers: Vec::new(),
+        }
+    }
+
+    fn job(cluster: &Address) -> Spec {
+        Spec::Job(JobSpec {
+            cluster: cluster.clone(),
+            num_nodes: 1,
+            resources: crate::model::Resources::none(),
+            run: "true".into(),
+            envs: BTreeMap::new(),
+            secrets: BTreeMap::new(),
+        })
+    }
+
+    /// A job that ended on a cluster that is up is not asked again; one that runs is, and
+    /// so is an ended job whose cluster broke.
+    #[tokio::test]
+    async fn ended_jobs_on_a_live_cluster_are_not_asked_again() {
+        let up = Address::new(Kind::Cluster, "up");
+        let broken = Address::new(Kind::Cluster, "broken");
+        let mut state = State::new();
+        let cluster = Spec::Cluster(Box::default());
+        state
+            .resources
+            .insert(up.clone(), resource(cluster.clone(), Status::Ready, None));
+        state
+            .resources
+            .insert(broken.clone(), resource(cluster, Status::Tainted, None));
+        for (name, on, status) in [
+            ("done", &up, "SUCCEEDED"),
+            ("failed", &up, "FAILED"),
+            ("running", &up, "RUNNING"),
+            ("orphan", &broken, "SUCCEEDED"),
+        ] {
+            state.resources.insert(
+                Address::new(Kind::Job, name),
+                resource(job(on), Status::Ready, Some(status)),
+            );
+        }
+        let asked = Arc::new(Asked::default());
+        let registry = Arc::new(Registry::new(BTreeMap::from([(
+            "local",
+            asked.clone() as Arc<dyn Provider>,
+        )])));
+        refresh(&mut state, &registry, 4).await;
+        let mut seen = asked.0.lock().map(|a| a.clone()).unwrap_or_default();
+        seen.sort();
+        assert_eq!(
+            seen,
+            ["cluster.broken", "cluster.up", "job.orphan", "job.running"]
+        );
+        // What was not asked keeps its recorded outcome.
+        let done = &state.resources[&Address::new(Kind::Job, "done")];
+        assert_eq!(
+            done.computed.get("status"),
+            Some(&serde_json::json!("SUCCEEDED"))
+        );
+    }
 }

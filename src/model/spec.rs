@@ -7,6 +7,7 @@ use super::address::{Address, Kind};
 use super::request::{Accelerators, Cpus, Memory};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 /// A value that is known only after apply. Config evaluation carries it as this exact string,
@@ -52,6 +53,38 @@ pub struct Resources {
     pub any_of: Vec<Resources>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub ordered: Vec<Resources>,
+}
+
+impl Resources {
+    /// The empty request, one value for the whole process.
+    pub fn none() -> Arc<Resources> {
+        static NONE: OnceLock<Arc<Resources>> = OnceLock::new();
+        NONE.get_or_init(|| Arc::new(Resources::default())).clone()
+    }
+
+    /// `r` to keep in a job: the shared empty request when it asks for nothing.
+    pub fn shared(r: Resources) -> Arc<Resources> {
+        if r == Resources::default() {
+            Resources::none()
+        } else {
+            Arc::new(r)
+        }
+    }
+}
+
+/// Serde for a job's shared resources: written as the request itself.
+mod shared_resources {
+    use super::Resources;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use std::sync::Arc;
+
+    pub fn serialize<S: Serializer>(r: &Arc<Resources>, s: S) -> Result<S::Ok, S::Error> {
+        r.as_ref().serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Arc<Resources>, D::Error> {
+        Resources::deserialize(d).map(Resources::shared)
+    }
 }
 
 impl Resources {
@@ -132,9 +165,10 @@ pub struct ClusterSpec {
 pub struct JobSpec {
     pub cluster: Address,
     pub num_nodes: u32,
-    /// Boxed: a job mostly asks for none (its cluster has them).
-    #[serde(default)]
-    pub resources: Box<Resources>,
+    /// Shared: a job mostly asks for none (its cluster has them), and all such jobs hold
+    /// one empty value ([`Resources::shared`]).
+    #[serde(default = "Resources::none", with = "shared_resources")]
+    pub resources: Arc<Resources>,
     pub run: String,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub envs: BTreeMap<String, String>,

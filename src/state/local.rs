@@ -57,6 +57,24 @@ impl LocalStore {
 
     /// Reads the state document and replays the journal over it.
     pub fn load(&self) -> Result<Option<State>, StateError> {
+        // A plaintext document is read as it streams in: a large state's text is not held
+        // beside the state it becomes.
+        match std::fs::File::open(&self.path) {
+            Ok(file) => {
+                let mut reader = std::io::BufReader::with_capacity(1 << 16, file);
+                let head = std::io::BufRead::fill_buf(&mut reader)
+                    .map_err(Self::io("cannot read", &self.path))?;
+                if self.codec.reads_as_plaintext(head)
+                    && let Ok(mut state) = State::from_reader(reader)
+                {
+                    self.replay(&mut state)?;
+                    return Ok(Some(state));
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(_) => {}
+        }
+        // Sealed, or not a state: read whole, which also says what is wrong.
         match std::fs::read(&self.path) {
             Ok(bytes) => {
                 let mut state = self

@@ -57,7 +57,11 @@ pub struct ResourceState {
     #[serde(default, skip_serializing_if = "Computed::is_empty")]
     pub computed: Computed,
     /// The provider's own identifiers (sandbox paths, process ids, instance ids).
-    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+    #[serde(
+        default,
+        skip_serializing_if = "serde_json::Value::is_null",
+        deserialize_with = "exact_object"
+    )]
     pub private: serde_json::Value,
     /// Boxed: most resources in a large state are jobs, which have none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -133,6 +137,19 @@ fn exact_vec<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(
     Ok(v)
 }
 
+/// A JSON value read without spare room in its top-level object (a few identifiers, one
+/// per resource of a large state).
+fn exact_object<'de, D: serde::Deserializer<'de>>(d: D) -> Result<serde_json::Value, D::Error> {
+    Ok(match serde_json::Value::deserialize(d)? {
+        serde_json::Value::Object(grown) => {
+            let mut exact = serde_json::Map::with_capacity(grown.len());
+            exact.extend(grown);
+            serde_json::Value::Object(exact)
+        }
+        other => other,
+    })
+}
+
 /// The resources read into a list and then built into a map at once: inserting them one by
 /// one, in the order a state lists them (sorted), leaves the map's nodes about half full, and
 /// each slot holds a whole resource. The last of a repeated address wins, as with inserting.
@@ -188,19 +205,36 @@ impl State {
     }
 
     pub fn from_json(bytes: &[u8]) -> Result<State, StateError> {
-        // The version first, skimming the rest: a whole tree of JSON values for a large
-        // state would cost several times the state itself.
-        let probe: VersionProbe =
-            serde_json::from_slice(bytes).map_err(|e| StateError::Corrupt(e.to_string()))?;
-        let version = probe
-            .0
-            .as_ref()
-            .and_then(serde_json::Value::as_u64)
-            .unwrap_or(0);
-        if version > u64::from(FORMAT_VERSION) {
-            return Err(StateError::TooNew(version));
+        // A document that does not read may be of a newer format: then its version is
+        // skimmed (the rest skipped unread, not built into a tree of JSON values) to say
+        // so, rather than failing on what that format changed.
+        let too_new = |version: u64| version > u64::from(FORMAT_VERSION);
+        match serde_json::from_slice::<State>(bytes) {
+            Ok(state) if too_new(state.format_version.into()) => {
+                Err(StateError::TooNew(state.format_version.into()))
+            }
+            Ok(state) => Ok(state),
+            Err(e) => {
+                let probe: Option<VersionProbe> = serde_json::from_slice(bytes).ok();
+                match probe.and_then(|p| p.0).and_then(|v| v.as_u64()) {
+                    Some(version) if too_new(version) => Err(StateError::TooNew(version)),
+                    _ => Err(StateError::Corrupt(e.to_string())),
+                }
+            }
         }
-        serde_json::from_slice(bytes).map_err(|e| StateError::Corrupt(e.to_string()))
+    }
+}
+
+impl State {
+    /// Reads a plaintext state as it streams from `r`. An error says only that it failed:
+    /// read the document whole with [`State::from_json`] to say why.
+    pub fn from_reader(r: impl std::io::Read) -> Result<State, StateError> {
+        let state: State =
+            serde_json::from_reader(r).map_err(|e| StateError::Corrupt(e.to_string()))?;
+        if state.format_version > FORMAT_VERSION {
+            return Err(StateError::TooNew(state.format_version.into()));
+        }
+        Ok(state)
     }
 }
 

@@ -108,11 +108,17 @@ impl Sealer {
 
 fn envelope(bytes: &[u8]) -> Option<Envelope> {
     // Cheap test first: a state document never starts with this key.
-    let head = &bytes[..bytes.len().min(64)];
-    if !head.windows(17).any(|w| w == b"skyform_encrypted") {
+    if !begins_sealed(bytes) {
         return None;
     }
     serde_json::from_slice(bytes).ok()
+}
+
+/// Whether a document's first bytes name the sealed envelope's key.
+fn begins_sealed(bytes: &[u8]) -> bool {
+    bytes[..bytes.len().min(64)]
+        .windows(17)
+        .any(|w| w == b"skyform_encrypted")
 }
 
 /// Whether the file at `path` holds a sealed document.
@@ -153,6 +159,12 @@ impl Codec {
     }
 
     /// Reads a document; `place` names it in errors.
+    /// Whether a document that begins with `head` is plain JSON that this codec reads as it
+    /// is (not sealed, and no key demands it sealed).
+    pub fn reads_as_plaintext(&self, head: &[u8]) -> bool {
+        !begins_sealed(head) && (self.decrypt.is_none() || self.accept_plaintext)
+    }
+
     pub fn decode(&self, bytes: &[u8], place: &str) -> Result<State, StateError> {
         match (envelope(bytes), &self.decrypt) {
             (Some(e), Some(s)) => State::from_json(&s.open(&e, place)?),

@@ -573,7 +573,7 @@ pub fn decode(
             Spec::Job(JobSpec {
                 cluster,
                 num_nodes,
-                resources: Box::new(resources),
+                resources: Resources::shared(resources),
                 run: f.str("run").unwrap_or_default(),
                 envs: f.map("envs"),
                 secrets: f.map("secrets"),

@@ -700,7 +700,7 @@ fn read_statuses(layout: &Layout, ids: &[Option<&str>]) -> Vec<Option<runtime::J
     let threads = std::thread::available_parallelism()
         .map_or(1, std::num::NonZeroUsize::get)
         .min(4);
-    if threads < 2 || ids.len() < 1024 {
+    if threads < 2 || ids.len() < 256 {
         return ids.iter().map(read).collect();
     }
     std::thread::scope(|s| {
