@@ -1,3 +1,4 @@
+/// mimalloc: large states are many small allocations (docs/decisions.md).
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

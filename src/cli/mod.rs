@@ -47,6 +47,31 @@ pub const EXIT_ERROR: i32 = 1;
 pub const EXIT_CHANGES: i32 = 2;
 
 /// Runs the CLI; returns the process exit code.
+/// Commands that start no agent, controller, job or shell of their own (what they start
+/// would inherit [`crate::runtime::proc::without_huge_pages`]).
+fn starts_no_process(command: &Command) -> bool {
+    matches!(
+        command,
+        Command::Init { .. }
+            | Command::Validate { .. }
+            | Command::Fmt { .. }
+            | Command::Convert { .. }
+            | Command::Plan { .. }
+            | Command::Show { .. }
+            | Command::Output { .. }
+            | Command::Console { .. }
+            | Command::Version { .. }
+            | Command::State { .. }
+            | Command::Workspace { .. }
+            | Command::ForceUnlock { .. }
+            | Command::Status { .. }
+            | Command::Logs { .. }
+            | Command::Offers { .. }
+            | Command::Catalog { .. }
+            | Command::Graph { .. }
+    )
+}
+
 pub fn main() -> i32 {
     crate::runtime::proc::default_sigpipe();
     // One TLS stack: rustls with aws-lc-rs.
@@ -78,6 +103,9 @@ pub fn main() -> i32 {
             return EXIT_OK;
         }
     };
+    if starts_no_process(&cli.command) {
+        crate::runtime::proc::without_huge_pages();
+    }
     let internal = match &cli.command {
         Command::Agent { cluster_dir, rank } => Some(crate::runtime::run_agent(cluster_dir, *rank)),
         Command::Link { cluster_dir, rank } => {

@@ -420,6 +420,20 @@ pub fn is_dir(p: &Path) -> bool {
     p.is_dir()
 }
 
+/// Asks the kernel to back this process with small pages only. The allocator reserves large
+/// aligned regions, and with transparent huge pages each first touch zeroes 2 MiB: most of
+/// the system time of a short run such as `plan`. Inherited by children, so only commands
+/// that start no lasting process call it (an agent, a controller or a user's shell keeps the
+/// system's setting).
+pub fn without_huge_pages() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: prctl(2) with PR_SET_THP_DISABLE sets one flag of this process; no memory is
+    // passed.
+    unsafe {
+        libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
