@@ -745,7 +745,7 @@ fn recovery(
                 None
             }
             _ => {
-                out.push(doc.unsupported(at, end, &format!("{field}.strategy"), &format!("skyform's strategies are failover and eager_next_region, not {s}; the default (failover) is used")));
+                out.push(doc.unsupported(at, end, &format!("{field}.strategy"), &format!("skyform's strategies are eager_next_region and failover, not {s}; the default (eager_next_region) is used")));
                 None
             }
         }

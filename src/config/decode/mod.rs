@@ -583,7 +583,10 @@ pub fn decode(
             let (workdir, workdir_hash) = workdir(&f, dirs.module, dirs.root, diags);
             let recovery = body.block("recovery").map(|b| {
                 let r = fields(b, &schema::RECOVERY, eval, "recovery", diags);
-                let strategy = r.str("strategy").unwrap_or_else(|| "failover".into());
+                // SkyPilot's default, and the one of a managed job without the block.
+                let strategy = r
+                    .str("strategy")
+                    .unwrap_or_else(|| "eager_next_region".into());
                 if !["failover", "eager_next_region"].contains(&strategy.as_str())
                     && let Some(a) = r.attr("strategy")
                 {
@@ -793,6 +796,29 @@ mod tests {
             Some(Spec::Service(s)) => Ok(*s),
             other => panic!("not a service: {other:?}"),
         }
+    }
+
+    /// A `recovery` block that names no strategy keeps the default strategy, as a managed
+    /// job without the block has.
+    #[test]
+    fn recovery_without_a_strategy_is_eager_next_region() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let text = "managed_job \"m\" {\n  run = \"true\"\n  recovery {\n    max_restarts_on_errors = 2\n  }\n}\n";
+        std::fs::write(dir.path().join("main.sky.hcl"), text).expect("a configuration file");
+        let (config, diags) = crate::config::load(dir.path());
+        assert!(!diags.has_errors(), "{:?}", diags.items);
+        let mut sink = Collect::default();
+        crate::config::evaluate(&config, &BTreeMap::new(), &mut sink);
+        let Some(Spec::ManagedJob(m)) = sink.instances.into_iter().next().map(|i| i.spec) else {
+            panic!("not a managed job");
+        };
+        let recovery = m.recovery.expect("a recovery block");
+        assert_eq!(recovery.strategy, "eager_next_region");
+        assert_eq!(recovery.max_restarts_on_errors, 2);
+        assert_eq!(
+            crate::controller::policy::Policy::of(Some(&recovery)).strategy,
+            crate::controller::policy::Policy::default().strategy
+        );
     }
 
     #[test]
