@@ -46,7 +46,6 @@ pub const EXIT_OK: i32 = 0;
 pub const EXIT_ERROR: i32 = 1;
 pub const EXIT_CHANGES: i32 = 2;
 
-/// Runs the CLI; returns the process exit code.
 /// Commands that start no agent, controller, job or shell of their own (what they start
 /// would inherit [`crate::runtime::proc::without_huge_pages`]).
 fn starts_no_process(command: &Command) -> bool {
@@ -72,6 +71,7 @@ fn starts_no_process(command: &Command) -> bool {
     )
 }
 
+/// Runs the CLI; returns the process exit code.
 pub fn main() -> i32 {
     crate::runtime::proc::default_sigpipe();
     // One TLS stack: rustls with aws-lc-rs.

@@ -188,7 +188,7 @@ fn ended(res: &ResourceState) -> bool {
     res.computed
         .get("status")
         .and_then(|s| s.as_str())
-        .and_then(|s| serde_json::from_value::<crate::runtime::JobState>(s.into()).ok())
+        .and_then(crate::runtime::JobState::from_name)
         .is_some_and(crate::runtime::JobState::is_final)
 }
 

@@ -67,6 +67,18 @@ impl JobState {
             JobState::Succeeded | JobState::Failed | JobState::Cancelled
         )
     }
+    /// The state a status word names (`"SUCCEEDED"`, as [`JobState::as_str`] writes it).
+    pub fn from_name(name: &str) -> Option<JobState> {
+        [
+            JobState::Queued,
+            JobState::Running,
+            JobState::Succeeded,
+            JobState::Failed,
+            JobState::Cancelled,
+        ]
+        .into_iter()
+        .find(|s| s.as_str() == name)
+    }
     pub fn as_str(self) -> &'static str {
         match self {
             JobState::Queued => "QUEUED",
