@@ -108,7 +108,11 @@ impl Loader {
         let body = match hcl_edit::parser::parse_body(&text) {
             Ok(b) => b,
             Err(e) => {
-                let offset = e.location().offset().min(text.len());
+                // The parser may point inside a multi-byte character: mark from its start.
+                let mut offset = e.location().offset().min(text.len());
+                while !text.is_char_boundary(offset) {
+                    offset -= 1;
+                }
                 // Mark one character, never a line break (it would render as two lines).
                 let end = text[offset..]
                     .chars()
