@@ -136,9 +136,6 @@ fn declared(i: usize) -> (Address, ResourceState) {
         recovery: None,
     }));
     let res = ResourceState {
-        status: Status::Ready,
-        provider: "managed".into(),
-        spec: spec.into(),
         computed: BTreeMap::from([
             ("status".to_string(), json!("PENDING")),
             ("attempt".to_string(), json!(0)),
@@ -146,11 +143,7 @@ fn declared(i: usize) -> (Address, ResourceState) {
         ])
         .into(),
         private: json!({ "task_id": task, "job_id": task, "dir": format!("/tmp/{task}") }),
-        placement: None,
-        dependencies: Vec::new(),
-        sensitive: Vec::new(),
-        attempts: Vec::new(),
-        leftovers: Vec::new(),
+        ..ResourceState::new(Status::Ready, "managed", spec.into())
     };
     (address, res)
 }

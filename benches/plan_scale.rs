@@ -103,20 +103,14 @@ fn prepare(dir: &Path, n: usize) {
         state.resources.insert(
             Address::new(Kind::Job, "j").with_key(Some(InstanceKey::Key(key))),
             ResourceState {
-                status: Status::Ready,
-                provider: "local".into(),
-                spec: spec.into(),
                 computed: BTreeMap::from([
                     ("status".to_string(), serde_json::json!("SUCCEEDED")),
                     ("exit_code".to_string(), serde_json::json!(0)),
                 ])
                 .into(),
                 private: serde_json::json!({"job_id": job_id, "dir": cluster_dir}),
-                placement: None,
                 dependencies: vec![cluster_addr.clone()],
-                sensitive: Vec::new(),
-                attempts: Vec::new(),
-                leftovers: Vec::new(),
+                ..ResourceState::new(Status::Ready, "local", spec.into())
             },
         );
     }

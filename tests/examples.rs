@@ -45,7 +45,7 @@ fn examples_validate_and_plan() {
         let config = std::fs::read_to_string(dir.join("main.sky.hcl")).unwrap_or_default();
         if config.contains("state \"s3\"") {
             // Its state is in a bucket of its own (examples/ci): planning it needs that bucket
-            // and AWS credentials. tests/e2e_local.rs runs the same flow on local state.
+            // and AWS credentials. tests/e2e_local/ runs the same flow on local state.
             eprintln!(
                 "{}: validated; not planned (its state is in S3)",
                 ex.display()

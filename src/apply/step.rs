@@ -138,21 +138,17 @@ impl Walk<'_, '_> {
             state.resources.insert(
                 addr.clone(),
                 ResourceState {
-                    status: Status::Creating,
-                    provider: provider.clone(),
-                    spec: spec.clone(),
-                    computed: Default::default(),
                     private,
                     placement: change.candidates.first().cloned().map(Box::new),
                     dependencies: change.depends_on.clone(),
                     sensitive: change.sensitive.clone(),
-                    attempts: Vec::new(),
                     // What earlier attempts or a replaced predecessor left stays on record.
                     leftovers: state
                         .resources
                         .get(&addr)
                         .map(|r| r.leftovers.clone())
                         .unwrap_or_default(),
+                    ..ResourceState::new(Status::Creating, provider.clone(), spec.clone())
                 },
             );
             intent = true;

@@ -278,7 +278,7 @@ impl Provider for ManagedProvider {
             // The id of its record in the book, and where its endpoint listens.
             return json!({
                 "service_id": format!("svc-{}", &id[..12]),
-                "port": serving::endpoint_port(s),
+                "port": s.endpoint_port(),
             });
         }
         let task = format!("task-{}", &id[..12]);
@@ -314,7 +314,7 @@ impl Provider for ManagedProvider {
                     ("status".to_string(), json!("REPLICA_INIT")),
                     (
                         "endpoint".to_string(),
-                        json!(format!("http://127.0.0.1:{}", serving::endpoint_port(s))),
+                        json!(format!("http://127.0.0.1:{}", s.endpoint_port())),
                     ),
                 ]),
                 private: req.private.clone(),

@@ -266,16 +266,14 @@ pub fn placed(p: &Placement) -> (ResourceState, Option<ResourceState>) {
     let res = |spec: &Spec,
                private: &serde_json::Value,
                computed: &BTreeMap<String, serde_json::Value>| ResourceState {
-        status: Status::Ready,
-        provider: p.provider.clone(),
-        spec: std::sync::Arc::new(spec.clone()),
         computed: computed.clone().into(),
         private: private.clone(),
         placement: Some(Box::new(p.candidate.clone())),
-        dependencies: Vec::new(),
-        sensitive: Vec::new(),
-        attempts: Vec::new(),
-        leftovers: Vec::new(),
+        ..ResourceState::new(
+            Status::Ready,
+            p.provider.clone(),
+            std::sync::Arc::new(spec.clone()),
+        )
     };
     (
         res(&p.spec, &p.private, &BTreeMap::new()),

@@ -680,16 +680,8 @@ mod tests {
             recovery: None,
         }));
         let res = ResourceState {
-            status: Status::Ready,
-            provider: "managed".into(),
-            spec: spec.into(),
-            computed: Default::default(),
             private: json!({ "task_id": format!("task-{name}") }),
-            placement: None,
-            dependencies: Vec::new(),
-            sensitive: Vec::new(),
-            attempts: Vec::new(),
-            leftovers: Vec::new(),
+            ..ResourceState::new(Status::Ready, "managed", spec.into())
         };
         (address, res)
     }

@@ -27,11 +27,6 @@ pub fn service_id(res: &ResourceState) -> Option<&str> {
         .and_then(serde_json::Value::as_str)
 }
 
-/// The port a service's endpoint listens on: its first port, else 8000.
-pub fn endpoint_port(spec: &ServiceSpec) -> u16 {
-    spec.resources.ports.first().copied().unwrap_or(8000)
-}
-
 /// How often replicas are probed, how long a ready one may fail, how long a drain waits,
 /// how long a request waits for a replica, over how long the request rate is taken:
 /// SkyServe's values, shortened by tests through
@@ -213,16 +208,14 @@ fn replica_resource(
         recovery: None,
     };
     ResourceState {
-        status: Status::Ready,
-        provider: NAME.into(),
-        spec: Arc::new(Spec::ManagedJob(Box::new(job))),
-        computed: Default::default(),
         private: json!({ "task_id": task }),
         placement: res.placement.clone(),
-        dependencies: Vec::new(),
         sensitive: res.sensitive.clone(),
-        attempts: Vec::new(),
-        leftovers: Vec::new(),
+        ..ResourceState::new(
+            Status::Ready,
+            NAME,
+            Arc::new(Spec::ManagedJob(Box::new(job))),
+        )
     }
 }
 
@@ -550,9 +543,9 @@ impl Controller<'_> {
                 .is_some_and(|c| machines_of_their_own(&c.offering.cloud));
             for i in 0..m.launch {
                 let port = if own {
-                    endpoint_port(s)
+                    s.endpoint_port()
                 } else {
-                    free_port().unwrap_or_else(|| endpoint_port(s))
+                    free_port().unwrap_or_else(|| s.endpoint_port())
                 };
                 let rid = rec.next_id;
                 rec.next_id += 1;

@@ -370,19 +370,11 @@ mod tests {
 
     fn resource(spec: Spec, status: Status, job_status: Option<&str>) -> ResourceState {
         ResourceState {
-            status,
-            provider: "local".into(),
-            spec: Arc::new(spec),
             computed: job_status
                 .map(|s| BTreeMap::from([("status".to_string(), serde_json::json!(s))]))
                 .unwrap_or_default()
                 .into(),
-            private: serde_json::Value::Null,
-            placement: None,
-            dependencies: Vec::new(),
-            sensitive: Vec::new(),
-            attempts: Vec::new(),
-            leftovers: Vec::new(),
+            ..ResourceState::new(status, "local", Arc::new(spec))
         }
     }
 

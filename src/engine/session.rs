@@ -604,18 +604,17 @@ impl Session<'_> {
             self.state.resources.insert(
                 c.address.clone(),
                 ResourceState {
-                    status: Status::Ready,
-                    provider: crate::model::backend::canonical(provider),
-                    spec: c.after.clone().ok_or_else(|| {
-                        Error::new(format!("the plan has no specification for {}", c.address))
-                    })?,
                     computed: found.computed.into(),
                     private: found.private,
-                    placement: None,
                     dependencies: c.depends_on.clone(),
                     sensitive: c.sensitive.clone(),
-                    attempts: Vec::new(),
-                    leftovers: Vec::new(),
+                    ..ResourceState::new(
+                        Status::Ready,
+                        crate::model::backend::canonical(provider),
+                        c.after.clone().ok_or_else(|| {
+                            Error::new(format!("the plan has no specification for {}", c.address))
+                        })?,
+                    )
                 },
             );
             self.state.serial += 1;

@@ -443,6 +443,11 @@ pub struct ServiceSpec {
 }
 
 impl ServiceSpec {
+    /// The port the service's endpoint listens on: its first `ports` entry, else 8000.
+    pub fn endpoint_port(&self) -> u16 {
+        self.resources.ports.first().copied().unwrap_or(8000)
+    }
+
     /// What identifies a version of the service: a digest of what its replicas run (run,
     /// setup, resources, envs, secrets, workdir contents). Replica policy, probe, load
     /// balancing and update mode change how the service runs, not what, so they are left out.

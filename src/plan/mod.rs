@@ -194,6 +194,9 @@ struct Planner<'a> {
     placement_cache: std::collections::HashMap<String, Placements>,
     /// Instances with `prevent_destroy`, and where they are declared.
     protected: Vec<(Address, usize, std::ops::Range<usize>)>,
+    /// The services whose endpoint takes each port, with where they are declared and
+    /// whether they say `ports`.
+    endpoints: BTreeMap<u16, Vec<(Address, usize, std::ops::Range<usize>, bool)>>,
 }
 
 /// The changes decided so far, in the order they were: a change is large, so they are kept in
@@ -381,6 +384,11 @@ impl InstanceSink for Planner<'_> {
             }
             self.check_fit(&inst, job);
         }
+        if let Spec::Service(service) = &inst.spec
+            && !self.options.destroy
+        {
+            self.check_endpoint(&inst, service);
+        }
         // Placement: keep the current one unless the resource is (re)created.
         let mut candidates = Vec::new();
         let mut excluded = Vec::new();
@@ -514,6 +522,49 @@ impl Planner<'_> {
         c.into_iter().next()
     }
 
+    /// Notes the port a service's endpoint takes (see [`Planner::endpoint_conflicts`]).
+    fn check_endpoint(&mut self, inst: &Instance, service: &crate::model::ServiceSpec) {
+        self.endpoints
+            .entry(service.endpoint_port())
+            .or_default()
+            .push((
+                inst.address.clone(),
+                inst.file,
+                inst.span.clone(),
+                !service.resources.ports.is_empty(),
+            ));
+    }
+
+    /// Every load balancer listens where the controller runs, so two services cannot share
+    /// an endpoint port: each service after the first (in address order) on a port is an
+    /// error.
+    fn endpoint_conflicts(&mut self) {
+        for (port, services) in &mut self.endpoints {
+            services.sort_by(|a, b| a.0.cmp(&b.0));
+            let Some(((first, ..), rest)) = services.split_first() else {
+                continue;
+            };
+            for (address, file, span, has_ports) in rest {
+                let hint = if *has_ports {
+                    "give one of them another first `ports` entry".to_string()
+                } else {
+                    format!(
+                        "a service without `ports` serves at {port}: give this one another, e.g. `ports = [{}]`",
+                        port.saturating_add(1)
+                    )
+                };
+                self.diags.push(
+                    Diagnostic::error(format!(
+                        "{address} would serve at port {port}, which {first} already serves at"
+                    ))
+                    .at(*file, Some(span.clone()))
+                    .label("its endpoint's port is taken")
+                    .hint(hint),
+                );
+            }
+        }
+    }
+
     /// A job must fit on its cluster's nodes.
     fn check_fit(&mut self, inst: &Instance, job: &crate::model::JobSpec) {
         let Some(cluster) = self.changes.get(&job.cluster) else {
@@ -578,6 +629,14 @@ impl Planner<'_> {
     }
 }
 
+/// Whether a job in state has run to its end (it costs nothing any more).
+fn has_ended(r: &crate::state::ResourceState) -> bool {
+    r.computed
+        .get("status")
+        .and_then(|s| s.as_str())
+        .is_some_and(|s| matches!(s, "SUCCEEDED" | "FAILED" | "CANCELLED"))
+}
+
 /// Makes the plan. `state` is the refreshed prior state.
 pub fn plan(
     config: &Config,
@@ -599,8 +658,10 @@ pub fn plan(
         diags: Diagnostics::default(),
         protected: Vec::new(),
         placement_cache: Default::default(),
+        endpoints: BTreeMap::new(),
     };
     let (outputs, mut diags) = config::evaluate(config, inputs, &mut planner);
+    planner.endpoint_conflicts();
     diags.extend(std::mem::take(&mut planner.diags));
     let mut changes = std::mem::take(&mut planner.changes).into_sorted();
 
@@ -740,12 +801,7 @@ pub fn plan(
     let cost_before: Micros = state
         .resources
         .values()
-        .filter(|r| {
-            !r.computed
-                .get("status")
-                .and_then(|s| s.as_str())
-                .is_some_and(|s| ["SUCCEEDED", "FAILED", "CANCELLED"].contains(&s))
-        })
+        .filter(|r| !has_ended(r))
         .map(|r| cost(r.placement.as_deref()))
         .sum();
     let cost_after: Micros = changes
@@ -755,12 +811,7 @@ pub fn plan(
             Action::NoOp | Action::Update => state
                 .resources
                 .get(&c.address)
-                .filter(|r| {
-                    !r.computed
-                        .get("status")
-                        .and_then(|s| s.as_str())
-                        .is_some_and(|s| ["SUCCEEDED", "FAILED", "CANCELLED"].contains(&s))
-                })
+                .filter(|r| !has_ended(r))
                 .map_or(0, |r| cost(r.placement.as_deref())),
             _ => cost(c.candidates.first()),
         })

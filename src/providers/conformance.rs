@@ -46,19 +46,15 @@ impl Fixture {
 
     fn state(&self, status: Status, private: serde_json::Value) -> ResourceState {
         ResourceState {
-            status,
-            provider: self
-                .placement
-                .as_ref()
-                .map_or_else(|| "local".to_string(), |p| p.offering.cloud.clone()),
-            spec: std::sync::Arc::new(self.spec.clone()),
-            computed: Default::default(),
             private,
             placement: self.placement.clone().map(Box::new),
-            dependencies: Vec::new(),
-            sensitive: Vec::new(),
-            attempts: Vec::new(),
-            leftovers: Vec::new(),
+            ..ResourceState::new(
+                status,
+                self.placement
+                    .as_ref()
+                    .map_or_else(|| "local".to_string(), |p| p.offering.cloud.clone()),
+                std::sync::Arc::new(self.spec.clone()),
+            )
         }
     }
 

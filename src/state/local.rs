@@ -485,21 +485,16 @@ mod tests {
         let store = LocalStore::new(dir.path().join("state.json"));
         let mut s = State::new();
         store.write(&s).await.unwrap();
-        let res = |n: u32| ResourceState {
-            status: crate::state::Status::Ready,
-            provider: "local".into(),
-            spec: Spec::Cluster(Box::new(ClusterSpec {
-                num_nodes: n,
-                ..ClusterSpec::default()
-            }))
-            .into(),
-            computed: Default::default(),
-            private: serde_json::Value::Null,
-            placement: None,
-            dependencies: vec![],
-            sensitive: vec![],
-            attempts: vec![],
-            leftovers: vec![],
+        let res = |n: u32| {
+            ResourceState::new(
+                crate::state::Status::Ready,
+                "local",
+                Spec::Cluster(Box::new(ClusterSpec {
+                    num_nodes: n,
+                    ..ClusterSpec::default()
+                }))
+                .into(),
+            )
         };
         let a = Address::new(Kind::Cluster, "a");
         let b = Address::new(Kind::Cluster, "b");

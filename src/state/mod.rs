@@ -93,6 +93,23 @@ pub struct Leftover {
 }
 
 impl ResourceState {
+    /// A resource with nothing known of it yet but its status, backend and specification;
+    /// the other fields are set with `ResourceState { …, ..ResourceState::new(…) }`.
+    pub fn new(status: Status, provider: impl Into<String>, spec: Arc<Spec>) -> ResourceState {
+        ResourceState {
+            status,
+            provider: provider.into(),
+            spec,
+            computed: Computed::default(),
+            private: serde_json::Value::Null,
+            placement: None,
+            dependencies: Vec::new(),
+            sensitive: Vec::new(),
+            attempts: Vec::new(),
+            leftovers: Vec::new(),
+        }
+    }
+
     pub fn kind(&self) -> Kind {
         self.spec.kind()
     }

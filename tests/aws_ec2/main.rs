@@ -8,8 +8,8 @@
 #[path = "../support/mod.rs"]
 mod support;
 
-mod failover;
 mod clusters;
+mod failover;
 mod jobs;
 
 use aws_sdk_ec2 as ec2;

@@ -46,8 +46,37 @@ fn a_job_too_big_for_its_cluster_is_a_plan_error() {
     );
 }
 
-#[allow(dead_code)]
-fn unused(_: PathBuf) {}
+/// Every load balancer listens where the controller runs: two services on one port are a
+/// plan error that names both, and another port for one of them clears it.
+#[test]
+fn two_services_on_one_endpoint_port_are_a_plan_error() {
+    let service = |name: &str, ports: &str| {
+        format!("service \"{name}\" {{\n  run = \"true\"\n  resources {{\n{ports}  }}\n}}\n\n")
+    };
+    let sb = Workdir::with_files(&[(
+        "main.sky.hcl",
+        &format!("{}{}", service("a", ""), service("b", "")),
+    )]);
+    let out = sb.output(&["plan"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("service.b would serve at port 8000, which service.a already serves at")
+            && err.contains("main.sky.hcl:7:1")
+            && err.contains("ports = [8001]"),
+        "{err}"
+    );
+    sb.write(
+        "main.sky.hcl",
+        &format!(
+            "{}{}",
+            service("a", ""),
+            service("b", "    ports = [8001]\n")
+        ),
+    );
+    let out = sb.output(&["plan"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}
 
 #[test]
 fn sweep_module_runs_managed_jobs_on_temporary_clusters() {

@@ -3,16 +3,16 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use serde_json::Value;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 #[path = "../support/mod.rs"]
 mod support;
 
-mod workflow;
 mod interrupts;
 mod jobs;
+mod workflow;
 
 use support::{BIN, Workdir, copy_dir, processes_mentioning};
 

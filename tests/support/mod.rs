@@ -399,16 +399,11 @@ pub fn applied(plan: &Plan, prior: &State) -> State {
                 state.resources.insert(
                     c.address.clone(),
                     ResourceState {
-                        status: Status::Ready,
-                        provider: "local".into(),
-                        spec,
                         computed: computed.into(),
-                        private: serde_json::Value::Null,
                         placement: c.candidates.first().cloned().map(Box::new),
                         dependencies: c.depends_on.clone(),
                         sensitive: c.sensitive.clone(),
-                        attempts: Vec::new(),
-                        leftovers: Vec::new(),
+                        ..ResourceState::new(Status::Ready, "local", spec)
                     },
                 );
             }

@@ -2,7 +2,8 @@
 //! for the instance's architecture, the cluster's security group, the imported key pair and
 //! the ssh keys behind it, and the region's zones.
 
-use super::{AwsProvider, Image, Private, classify, filter, tag_spec};
+use super::instances::{filter, tag_spec};
+use super::{AwsProvider, Image, Private, classify};
 use crate::optimizer::Offering;
 use crate::providers::{ErrorKind, ProviderError};
 use aws_sdk_ec2 as ec2;

@@ -2,7 +2,8 @@
 //! (`providers::machines`), reached at the instances' public addresses as the image's user
 //! with the imported key.
 
-use super::{AwsProvider, Node, Private};
+use super::instances::Node;
+use super::{AwsProvider, Private};
 use crate::providers::ProviderError;
 use crate::providers::machines::{self, Fleet, Machine};
 use std::path::PathBuf;

@@ -552,18 +552,14 @@ mod tests {
             Path::new("/home/u"),
         )]);
         let res = ResourceState {
-            status: Status::Ready,
-            provider: "k8s".into(),
-            spec: Spec::Cluster(Default::default()).into(),
-            computed: Default::default(),
             private: serde_json::json!({
                 "name": "sky-train-abc123", "context": "lab", "namespace": "ml"
             }),
-            placement: None,
-            dependencies: Vec::new(),
-            sensitive: Vec::new(),
-            attempts: Vec::new(),
-            leftovers: Vec::new(),
+            ..ResourceState::new(
+                Status::Ready,
+                "k8s",
+                Spec::Cluster(Default::default()).into(),
+            )
         };
         let argv = p.shell(&res, &[]).unwrap();
         assert_eq!(

@@ -243,7 +243,7 @@ impl Provider for LocalProvider {
                 };
                 let mut computed = jobs::computed(&status);
                 if let Spec::Service(s) = res.spec.as_ref() {
-                    let port = s.resources.ports.first().copied().unwrap_or(8000);
+                    let port = s.endpoint_port();
                     computed.insert("endpoint".into(), json!(format!("http://127.0.0.1:{port}")));
                 }
                 if !status.state.is_final() {
@@ -404,7 +404,7 @@ impl Provider for LocalProvider {
                 let mut computed =
                     BTreeMap::from([("status".to_string(), json!(JobState::Queued.as_str()))]);
                 if let Spec::Service(s) = req.spec {
-                    let port = s.resources.ports.first().copied().unwrap_or(8000);
+                    let port = s.endpoint_port();
                     computed.insert("endpoint".into(), json!(format!("http://127.0.0.1:{port}")));
                 }
                 Ok(Created { computed, private })
@@ -717,16 +717,12 @@ fn read_statuses(layout: &Layout, ids: &[Option<&str>]) -> Vec<Option<runtime::J
 
 fn placeholder(spec: &Spec, private: &serde_json::Value) -> ResourceState {
     ResourceState {
-        status: crate::state::Status::Creating,
-        provider: "local".into(),
-        spec: std::sync::Arc::new(spec.clone()),
-        computed: Default::default(),
         private: private.clone(),
-        placement: None,
-        dependencies: Vec::new(),
-        sensitive: Vec::new(),
-        attempts: Vec::new(),
-        leftovers: Vec::new(),
+        ..ResourceState::new(
+            crate::state::Status::Creating,
+            "local",
+            std::sync::Arc::new(spec.clone()),
+        )
     }
 }
 

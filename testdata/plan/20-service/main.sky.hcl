@@ -18,7 +18,7 @@ service "llm" {
   resources {
     accelerators = "A100:8"
     use_spot     = true
-    ports        = [8000]
+    ports        = [8001]
   }
   load_balancing_policy = "round_robin"
   update_mode           = "blue_green"
