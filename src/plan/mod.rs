@@ -194,9 +194,16 @@ struct Planner<'a> {
     placement_cache: std::collections::HashMap<String, Placements>,
     /// Instances with `prevent_destroy`, and where they are declared.
     protected: Vec<(Address, usize, std::ops::Range<usize>)>,
-    /// The services whose endpoint takes each port, with where they are declared and
-    /// whether they say `ports`.
-    endpoints: BTreeMap<u16, Vec<(Address, usize, std::ops::Range<usize>, bool)>>,
+    /// The services whose endpoint takes each port.
+    endpoints: BTreeMap<u16, Vec<Endpoint>>,
+}
+
+/// A service's endpoint: where the service is declared and whether it says `ports`.
+struct Endpoint {
+    address: Address,
+    file: usize,
+    span: std::ops::Range<usize>,
+    declared: bool,
 }
 
 /// The changes decided so far, in the order they were: a change is large, so they are kept in
@@ -527,12 +534,12 @@ impl Planner<'_> {
         self.endpoints
             .entry(service.endpoint_port())
             .or_default()
-            .push((
-                inst.address.clone(),
-                inst.file,
-                inst.span.clone(),
-                !service.resources.ports.is_empty(),
-            ));
+            .push(Endpoint {
+                address: inst.address.clone(),
+                file: inst.file,
+                span: inst.span.clone(),
+                declared: !service.resources.ports.is_empty(),
+            });
     }
 
     /// Every load balancer listens where the controller runs, so two services cannot share
@@ -540,12 +547,12 @@ impl Planner<'_> {
     /// error.
     fn endpoint_conflicts(&mut self) {
         for (port, services) in &mut self.endpoints {
-            services.sort_by(|a, b| a.0.cmp(&b.0));
-            let Some(((first, ..), rest)) = services.split_first() else {
+            services.sort_by(|a, b| a.address.cmp(&b.address));
+            let Some((first, rest)) = services.split_first() else {
                 continue;
             };
-            for (address, file, span, has_ports) in rest {
-                let hint = if *has_ports {
+            for later in rest {
+                let hint = if later.declared {
                     "give one of them another first `ports` entry".to_string()
                 } else {
                     format!(
@@ -555,9 +562,10 @@ impl Planner<'_> {
                 };
                 self.diags.push(
                     Diagnostic::error(format!(
-                        "{address} would serve at port {port}, which {first} already serves at"
+                        "{} would serve at port {port}, which {} already serves at",
+                        later.address, first.address
                     ))
-                    .at(*file, Some(span.clone()))
+                    .at(later.file, Some(later.span.clone()))
                     .label("its endpoint's port is taken")
                     .hint(hint),
                 );
