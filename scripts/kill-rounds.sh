@@ -28,7 +28,7 @@ aws)
   # moto's instances are real machines: sshd hosts on loopback (scripts/test.sh does the same).
   eval "$(scripts/sshd.sh cloud 2)"
   trap 'scripts/moto.sh stop; SKYFORM_TEST_SSH_DIR=$SKYFORM_TEST_CLOUD_DIR scripts/sshd.sh stop' EXIT
-  test=aws_ec2 name=a_crash_at_every_point_converges
+  test=aws_ec2 name=clusters::a_crash_at_every_point_converges
   ;;
 gcp)
   # The GCE fake starts per test; its instances are sshd hosts on loopback.
@@ -39,7 +39,7 @@ gcp)
 k8s)
   eval "$(scripts/kube.sh start)"
   trap 'scripts/kube.sh stop' EXIT
-  test=kubernetes name=a_crash_at_every_point_converges
+  test=kubernetes name=clusters::a_crash_at_every_point_converges
   ;;
 controller)
   test=controller_local name=a_controller_killed_at_random_moments_ends_with_one_placement_per_job
@@ -50,4 +50,14 @@ controller)
   ;;
 esac
 echo "== $SKYFORM_KILL_ROUNDS rounds of kill -9 on $backend"
-cargo test --test "$test" -- --include-ignored --exact "$name" --nocapture
+out=$(mktemp)
+status=0
+cargo test --test "$test" -- --include-ignored --exact "$name" --nocapture 2>&1 | tee "$out" || status=$?
+ran=$(grep -c "^running 1 test" "$out" || true)
+rm -f "$out"
+[ "$status" = 0 ] || exit "$status"
+# A renamed test would match nothing and pass: say so instead.
+if [ "$ran" = 0 ]; then
+  echo "FAIL: no test named $name in tests/$test" >&2
+  exit 1
+fi
