@@ -13,7 +13,6 @@ mod gce;
 mod support;
 
 use gce::Work;
-use std::path::PathBuf;
 
 /// A 2-node cluster on GCP runs a 2-node job on its machines, exactly as on AWS: workdir
 /// and setup on both, ranks and private addresses, logs, exit codes, cancel, `skyform
@@ -25,102 +24,14 @@ fn a_cluster_on_gcp_runs_jobs_on_its_machines() {
         "a_cluster_on_gcp_runs_jobs_on_its_machines",
         &["--boot-seconds", "6"],
         &["us-central1"],
-        r#"
-cluster "train" {
-  num_nodes = 2
-  workdir   = "./code"
-  setup     = "cat data.txt > setup-saw.txt"
-  resources {
-    instance_type = "n2-standard-8"
-  }
-}
-
-job "ranks" {
-  cluster   = cluster.train
-  num_nodes = 2
-  run       = "echo rank=$SKYFORM_NODE_RANK of=$SKYFORM_NUM_NODES ips=$(echo $SKYFORM_NODE_IPS | tr ' ' ,) saw=$(cat setup-saw.txt)"
-}
-
-job "fails" {
-  cluster = cluster.train
-  run     = "exit 3"
-}
-
-job "long" {
-  cluster = cluster.train
-  run     = "sleep 600"
-}
-"#,
+        &support::cloud_jobs::config("n2-standard-8"),
     ) else {
         return;
     };
-    w.write("code/data.txt", "the data\n");
-    let out = w.ok(&["apply", "-auto-approve"]);
-    assert!(
-        out.contains("to accept ssh"),
-        "the wait is reported:\n{out}"
-    );
-    let state = w.state();
-    let cluster = &state["resources"]["cluster.train"];
-    assert_eq!(cluster["computed"]["status"], "UP", "{cluster}");
-    let private_ips: Vec<String> =
-        serde_json::from_value(cluster["computed"]["private_ips"].clone()).unwrap();
-    assert_eq!(private_ips.len(), 2);
-    assert_ne!(private_ips[0], private_ips[1], "two machines");
-    w.wait_for("job.ranks", "SUCCEEDED");
-    w.wait_for("job.fails", "FAILED");
-    w.wait_for("job.long", "RUNNING");
-    let logs = w.ok(&["logs", "job.ranks"]);
-    for rank in 0..2 {
-        let want = format!(
-            "(rank {rank}) rank={rank} of=2 ips={} saw=the data",
-            private_ips.join(",")
-        );
-        assert!(logs.lines().any(|l| l == want), "{want:?} in:\n{logs}");
-    }
-    let config = std::fs::read_to_string(w.path().join("main.sky.hcl")).unwrap();
-    let without = config.split("job \"long\"").next().unwrap().to_string();
-    w.write_config(&without);
-    w.ok(&["apply", "-auto-approve"]);
-    let token = cluster["private"]["token"].as_str().unwrap();
-    let machines = PathBuf::from(std::env::var("SKYFORM_TEST_CLOUD_DIR").unwrap());
-    let on_machines = |what: &str| -> Vec<u32> {
-        (1..=3)
-            .flat_map(|i| {
-                support::processes_mentioning(
-                    &machines.join(format!("machine-{i}/skyform/clusters/{token}")),
-                )
-            })
-            .filter(|pid| {
-                std::fs::read(format!("/proc/{pid}/cmdline"))
-                    .is_ok_and(|c| String::from_utf8_lossy(&c).contains(what))
-            })
-            .collect()
-    };
-    assert!(on_machines("sleep").is_empty(), "the cancelled job runs");
-    let out = w.ok(&[
-        "ssh",
-        "cluster.train",
-        "--",
-        "echo",
-        "on",
-        "$SKYFORM_HOST_DIR",
-    ]);
-    assert!(out.contains("on "), "{out}");
-
+    let token = support::cloud_jobs::runs_jobs(&w);
     w.ok(&["destroy", "-auto-approve"]);
     w.fake.assert_empty();
-    for i in 1..=3 {
-        let left = machines.join(format!("machine-{i}/skyform/clusters/{token}"));
-        assert!(!left.exists(), "{} is left", left.display());
-    }
-    assert!(on_machines("__agent").is_empty(), "agents still run");
-    assert!(
-        !w.path()
-            .join(format!("home/.skyform/ssh/known_hosts.d/{token}"))
-            .exists(),
-        "the cluster's host keys are forgotten"
-    );
+    support::cloud_jobs::left_nothing(&w, &token);
 }
 
 /// The region of a status row's placement (`gcp/us-central1…`): `gcp/us-central1`.

@@ -1,6 +1,7 @@
 //! Test support shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod cloud_jobs;
 pub mod crash;
 pub mod servers;
 

@@ -193,20 +193,9 @@ impl Loader {
                     }
                 }
                 "variable" | "output" | "module" => {
-                    if !self.expect_labels(
-                        file,
-                        block,
-                        &labels,
-                        1,
-                        &format!("{ident} \"NAME\" {{ … }}"),
-                    ) {
+                    let Some(name) = self.one_name(file, block, &labels) else {
                         continue;
-                    }
-                    let name = labels[0].to_string();
-                    if !valid_name(&name) {
-                        self.bad_name(file, block, &name);
-                        continue;
-                    }
+                    };
                     let (schema, what) = match ident {
                         "variable" => (&schema::VARIABLE, "variable"),
                         "output" => (&schema::OUTPUT, "output"),
@@ -285,20 +274,9 @@ impl Loader {
                 }
                 _ => {
                     if let Some(kind) = Kind::parse(ident) {
-                        if !self.expect_labels(
-                            file,
-                            block,
-                            &labels,
-                            1,
-                            &format!("{ident} \"NAME\" {{ … }}"),
-                        ) {
+                        let Some(name) = self.one_name(file, block, &labels) else {
                             continue;
-                        }
-                        let name = labels[0].to_string();
-                        if !valid_name(&name) {
-                            self.bad_name(file, block, &name);
-                            continue;
-                        }
+                        };
                         if let Some(prev) = module.resources.get(&(kind, name.clone())) {
                             let first = (prev.file, prev.span.clone());
                             self.duplicate(file, header, ident, &name, first);
@@ -660,13 +638,24 @@ impl Loader {
         });
     }
 
-    fn bad_name(&mut self, file: FileId, block: &Block, name: &str) {
+    /// The one label of a `KIND "NAME" { … }` block, when there is exactly one and it is a
+    /// valid name; otherwise a diagnostic.
+    fn one_name(&mut self, file: FileId, block: &Block, labels: &[&str]) -> Option<String> {
+        let shape = format!("{} \"NAME\" {{ … }}", block.ident.as_str());
+        if !self.expect_labels(file, block, labels, 1, &shape) {
+            return None;
+        }
+        let name = labels[0];
+        if valid_name(name) {
+            return Some(name.to_string());
+        }
         self.diags.push(
             Diagnostic::error(format!("invalid name {name:?}"))
                 .at(file, block.labels.first().and_then(|l| l.span()))
                 .label("names are letters, digits, '_' and '-', starting with a letter or '_'")
                 .hint("rename it, e.g. \"train_1\""),
         );
+        None
     }
 }
 
