@@ -167,16 +167,7 @@ pub(super) async fn attempt(
         }
     };
     let result = if prov.create_is_bounded() {
-        match tokio::time::timeout(opts.attempt_timeout, tries).await {
-            Ok(r) => r,
-            Err(_) => Err(ProviderError {
-                kind: ErrorKind::Timeout,
-                message: format!(
-                    "no answer within {} (the attempt timeout)",
-                    humantime::format_duration(opts.attempt_timeout)
-                ),
-            }),
-        }
+        crate::providers::within_attempt(opts.attempt_timeout, tries).await
     } else {
         tries.await
     };

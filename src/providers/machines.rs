@@ -44,6 +44,23 @@ pub struct Machine {
     pub private_ip: Option<String>,
 }
 
+/// What a failed launch attempt returns once `remove` took away what it made: its own
+/// error, joined by the removal's when that failed too. A cloud that does not answer within
+/// `limit` is left to the engine, which records what it could not remove.
+pub async fn cleaned_up(
+    e: ProviderError,
+    limit: Duration,
+    remove: impl std::future::Future<Output = Result<(), ProviderError>>,
+) -> ProviderError {
+    match tokio::time::timeout(limit, remove).await {
+        Ok(Err(c)) => ProviderError {
+            kind: e.kind,
+            message: format!("{}; and cleaning up failed: {}", e.message, c.message),
+        },
+        _ => e,
+    }
+}
+
 /// What setting up a cluster's machines needs besides the machines.
 #[derive(Debug, Clone, Copy)]
 pub struct SetUp<'a> {

@@ -16,8 +16,8 @@ mod names;
 
 pub use errors::{classify, kind_of};
 
-use super::machines::{self, Fleet, Machine, SetUp};
-use super::{Created, ErrorKind, Observed, Provider, ProviderError, Request};
+use super::machines::{self, Fleet, Machine, SetUp, cleaned_up};
+use super::{Created, ErrorKind, Observed, Provider, ProviderError, Request, within_attempt};
 use crate::model::{Address, Spec};
 use crate::optimizer::{Candidate, Offering};
 use crate::state::{ResourceState, Status};
@@ -736,18 +736,8 @@ impl Provider for GcpProvider {
             .map_err(|e| ProviderError::other(format!("bad private state: {e}")))?;
         let made = async {
             // Capacity is bounded by the attempt timeout; setup that follows is not.
-            let nodes =
-                tokio::time::timeout(req.capacity_timeout, self.launch(&req, &mut p, &placement))
-                    .await
-                    .unwrap_or_else(|_| {
-                        Err(ProviderError {
-                            kind: ErrorKind::Timeout,
-                            message: format!(
-                                "no answer within {} (the attempt timeout)",
-                                humantime::format_duration(req.capacity_timeout)
-                            ),
-                        })
-                    })?;
+            let launch = self.launch(&req, &mut p, &placement);
+            let nodes = within_attempt(req.capacity_timeout, launch).await?;
             let name = req.address.to_string();
             let how = SetUp {
                 spec,
@@ -765,18 +755,8 @@ impl Provider for GcpProvider {
                 computed: Self::computed(&nodes, &p, false),
                 private: p.value(),
             }),
-            Err(e) => {
-                // Nothing of a failed attempt stays behind; a zone that does not answer is
-                // left to the engine, which records what it could not remove.
-                let cleaned = tokio::time::timeout(req.capacity_timeout, self.remove(&p)).await;
-                match cleaned {
-                    Ok(Err(c)) => Err(ProviderError {
-                        kind: e.kind,
-                        message: format!("{}; and cleaning up failed: {}", e.message, c.message),
-                    }),
-                    _ => Err(e),
-                }
-            }
+            // Nothing of a failed attempt stays behind.
+            Err(e) => Err(cleaned_up(e, req.capacity_timeout, self.remove(&p)).await),
         }
     }
 
