@@ -160,16 +160,7 @@ impl Worker<'_> {
         if !provider.create_is_bounded() {
             return provider.create(req).await;
         }
-        match tokio::time::timeout(self.settings.launch_timeout, provider.create(req)).await {
-            Ok(r) => r,
-            Err(_) => Err(ProviderError {
-                kind: ErrorKind::Timeout,
-                message: format!(
-                    "no answer within {}",
-                    humantime::format_duration(self.settings.launch_timeout)
-                ),
-            }),
-        }
+        crate::providers::within_attempt(self.settings.launch_timeout, provider.create(req)).await
     }
 
     /// Removes earlier placements; those whose backend does not confirm stay on record.

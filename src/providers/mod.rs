@@ -53,28 +53,23 @@ impl ProviderError {
             message: message.into(),
         }
     }
+}
 
-    /// An attempt that got no answer within the attempt timeout (it fails over like an
-    /// attempt that found no capacity).
-    pub fn attempt_timeout(limit: std::time::Duration) -> ProviderError {
-        ProviderError {
+/// The answer of `work`, or a timeout (which fails over like an attempt that found no
+/// capacity) once `limit` passed without it.
+pub async fn within_attempt<T>(
+    limit: std::time::Duration,
+    work: impl std::future::Future<Output = Result<T, ProviderError>>,
+) -> Result<T, ProviderError> {
+    tokio::time::timeout(limit, work).await.unwrap_or_else(|_| {
+        Err(ProviderError {
             kind: ErrorKind::Timeout,
             message: format!(
                 "no answer within {} (the attempt timeout)",
                 humantime::format_duration(limit)
             ),
-        }
-    }
-}
-
-/// The answer of `work`, or [`ProviderError::attempt_timeout`] once `limit` passed without it.
-pub async fn within_attempt<T>(
-    limit: std::time::Duration,
-    work: impl std::future::Future<Output = Result<T, ProviderError>>,
-) -> Result<T, ProviderError> {
-    tokio::time::timeout(limit, work)
-        .await
-        .unwrap_or_else(|_| Err(ProviderError::attempt_timeout(limit)))
+        })
+    })
 }
 
 impl From<crate::runtime::link::CallError> for ProviderError {
